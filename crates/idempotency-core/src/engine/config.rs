@@ -1,0 +1,235 @@
+//! Engine configuration and its builder.
+
+use std::time::Duration;
+
+use crate::{ConfigError, validate_prefix};
+
+/// Environment variable that turns every check off when set to `true` (an emergency kill switch
+/// for operators; logged loudly at start-up).
+pub const DISABLE_ENV_VAR: &str = "DISABLE_IDEMPOTENCY_CHECKS";
+
+/// What to do when the store fails or times out before an operation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Refuse the operation with a retryable error (HTTP 503). The default: a duplicate side
+    /// effect is usually worse than a refused request.
+    #[default]
+    FailClosed,
+    /// Run the operation without protection, logging and counting every such pass. For
+    /// operations where availability matters more than at-most-once.
+    FailOpen,
+}
+
+/// Bounded waiting for a key whose first attempt is still running, instead of answering
+/// [`crate::IdempotencyError::InFlight`] at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightWait {
+    /// Give up and answer `InFlight` after this long.
+    pub max_wait: Duration,
+    /// How often to look again (each look is one store round trip).
+    pub poll_interval: Duration,
+}
+
+/// The engine's settings. Build one with [`crate::Idempotency::builder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub(crate) retention: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) prefix: String,
+    pub(crate) failure_policy: FailurePolicy,
+    pub(crate) max_outcome_size: usize,
+    pub(crate) compression_threshold: usize,
+    pub(crate) disabled: bool,
+    pub(crate) in_flight_wait: Option<InFlightWait>,
+    pub(crate) in_flight_retry_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 60 * 60),
+            lease: Duration::from_secs(60),
+            store_timeout: Duration::from_millis(1500),
+            prefix: "idempotency:".to_owned(),
+            failure_policy: FailurePolicy::FailClosed,
+            max_outcome_size: 1024 * 1024,
+            compression_threshold: 4 * 1024,
+            disabled: false,
+            in_flight_wait: None,
+            in_flight_retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Config {
+    /// How long completed records are kept (default 24 h).
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+    /// How long a claim holds a key before it lapses (default 60 s).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+    /// Time budget of one store operation (default 1.5 s).
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout
+    }
+    /// Prefix of every store key (default `idempotency:`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// Behaviour on store failure (default fail closed).
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.failure_policy
+    }
+    /// Largest outcome body stored, before compression (default 1 MiB).
+    pub fn max_outcome_size(&self) -> usize {
+        self.max_outcome_size
+    }
+    /// Bodies at least this large are compressed (default 4 KiB).
+    pub fn compression_threshold(&self) -> usize {
+        self.compression_threshold
+    }
+    /// Whether the kill switch is on.
+    pub fn disabled(&self) -> bool {
+        self.disabled
+    }
+    /// In-flight waiting, if configured.
+    pub fn in_flight_wait(&self) -> Option<InFlightWait> {
+        self.in_flight_wait
+    }
+    /// The `Retry-After` suggested with an in-flight answer (default 1 s).
+    pub fn in_flight_retry_after(&self) -> Duration {
+        self.in_flight_retry_after
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("retention", self.retention),
+            ("lease", self.lease),
+            ("store_timeout", self.store_timeout),
+        ];
+        for (setting, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { setting });
+            }
+        }
+        if let Some(wait) = self.in_flight_wait {
+            if wait.poll_interval.is_zero() {
+                return Err(ConfigError::ZeroDuration {
+                    setting: "in_flight_wait.poll_interval",
+                });
+            }
+        }
+        if self.retention < self.lease {
+            return Err(ConfigError::RetentionShorterThanLease {
+                retention: self.retention,
+                lease: self.lease,
+            });
+        }
+        validate_prefix(&self.prefix)?;
+        Ok(())
+    }
+}
+
+/// Builder for [`crate::Idempotency`]; every setting has a production default.
+#[derive(Debug)]
+pub struct IdempotencyBuilder<S> {
+    pub(crate) store: S,
+    pub(crate) config: Config,
+    pub(crate) read_env: bool,
+}
+
+impl<S> IdempotencyBuilder<S> {
+    /// How long completed outcomes are replayed (default 24 h).
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
+    /// How long a claim holds the key before it lapses if its owner dies (default 60 s). Pick
+    /// more than the slowest operation, or heartbeat with [`crate::Guard::extend`].
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// Time budget for each store operation (default 1.5 s).
+    #[must_use]
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.config.store_timeout = timeout;
+        self
+    }
+
+    /// Prefix of every store key, to share a database between services (default
+    /// `idempotency:`; 1..=64 visible ASCII bytes).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// Behaviour when the store fails before an operation runs (default fail closed).
+    #[must_use]
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.config.failure_policy = policy;
+        self
+    }
+
+    /// Largest outcome stored, in bytes before compression (default 1 MiB).
+    #[must_use]
+    pub fn max_outcome_size(mut self, bytes: usize) -> Self {
+        self.config.max_outcome_size = bytes;
+        self
+    }
+
+    /// Compress outcomes of at least this many bytes (default 4 KiB; `usize::MAX` disables).
+    #[must_use]
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.config.compression_threshold = bytes;
+        self
+    }
+
+    /// Turn every check off: operations always run. Also switched on by
+    /// `DISABLE_IDEMPOTENCY_CHECKS=true` unless [`Self::ignore_env`] is used.
+    #[must_use]
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.config.disabled = disabled;
+        self
+    }
+
+    /// Do not read `DISABLE_IDEMPOTENCY_CHECKS` (for tests and embedded uses).
+    #[must_use]
+    pub fn ignore_env(mut self) -> Self {
+        self.read_env = false;
+        self
+    }
+
+    /// Wait up to `max_wait` for an in-flight first attempt to finish, looking every
+    /// `poll_interval`, before answering `InFlight` (default: answer at once).
+    #[must_use]
+    pub fn wait_for_in_flight(mut self, max_wait: Duration, poll_interval: Duration) -> Self {
+        self.config.in_flight_wait = Some(InFlightWait {
+            max_wait,
+            poll_interval,
+        });
+        self
+    }
+
+    /// The `Retry-After` suggested with an in-flight answer (default 1 s).
+    #[must_use]
+    pub fn in_flight_retry_after(mut self, retry_after: Duration) -> Self {
+        self.config.in_flight_retry_after = retry_after;
+        self
+    }
+}
+
+/// Whether the kill-switch variable is set to a true value.
+pub(crate) fn disabled_by_env() -> bool {
+    std::env::var(DISABLE_ENV_VAR)
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+        .unwrap_or(false)
+}

@@ -1,0 +1,107 @@
+//! The engine's errors.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::{CorruptRecord, KeyError, PrefixError, StoreError};
+
+/// Why the engine did not run or record an operation. Match on the variant to choose a response:
+///
+/// | variant | HTTP answer | retry? |
+/// |---|---|---|
+/// | [`InvalidKey`](Self::InvalidKey) | 400 | no, fix the key |
+/// | [`InFlight`](Self::InFlight) | 409 + `Retry-After` | yes, later |
+/// | [`FingerprintMismatch`](Self::FingerprintMismatch) | 422 | no, use a new key |
+/// | [`StoreUnavailable`](Self::StoreUnavailable) | 503 + `Retry-After` | yes |
+/// | [`CorruptRecord`](Self::CorruptRecord) | 500 | no, an operator must look |
+/// | [`LeaseLost`](Self::LeaseLost) | (after the fact) | the outcome was not recorded |
+/// | [`OutcomeTooLarge`](Self::OutcomeTooLarge) | (after the fact) | the outcome was not recorded |
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// The client key is not acceptable.
+    #[error("invalid idempotency key")]
+    InvalidKey(#[from] KeyError),
+    /// Another attempt with this key is running.
+    #[error("a request with this idempotency key is still in flight")]
+    InFlight {
+        /// When the caller should try again.
+        retry_after: Duration,
+    },
+    /// The key was first used with a different request.
+    #[error("this idempotency key was used with a different request")]
+    FingerprintMismatch,
+    /// The store failed or timed out (and the policy is fail closed, or the failure came after
+    /// the operation ran).
+    #[error("idempotency store unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    /// The value under the key is not a readable record.
+    #[error("idempotency record is corrupt")]
+    CorruptRecord(#[source] CorruptRecord),
+    /// The claim lapsed (lease expired, or the key was deleted or taken over) before the
+    /// operation finished, so its outcome was not stored.
+    #[error("the lease on this idempotency key was lost before completion")]
+    LeaseLost,
+    /// The outcome is larger than the configured maximum; the claim was released.
+    #[error("outcome of {size} bytes exceeds the maximum stored size of {max} bytes")]
+    OutcomeTooLarge {
+        /// Size of the refused outcome.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+impl IdempotencyError {
+    /// Whether the same request may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::InFlight { .. } => true,
+            Self::StoreUnavailable(e) => e.is_transient() || matches!(e, StoreError::Backend { .. }),
+            _ => false,
+        }
+    }
+
+    /// When a client should retry, for errors where retrying makes sense.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::InFlight { retry_after } => Some(*retry_after),
+            Self::StoreUnavailable(_) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for IdempotencyError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Corrupt(c) => Self::CorruptRecord(c),
+            other => Self::StoreUnavailable(other),
+        }
+    }
+}
+
+/// An engine configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A duration that must be positive was zero.
+    #[error("`{setting}` must be greater than zero")]
+    ZeroDuration {
+        /// The setting's name.
+        setting: &'static str,
+    },
+    /// The retention is shorter than the lease, so a completed record would vanish before an
+    /// in-progress claim could have lapsed.
+    #[error("retention ({retention:?}) must not be shorter than the lease ({lease:?})")]
+    RetentionShorterThanLease {
+        /// Configured retention.
+        retention: Duration,
+        /// Configured lease.
+        lease: Duration,
+    },
+    /// The key prefix is not acceptable.
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+}

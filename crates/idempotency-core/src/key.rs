@@ -1,0 +1,322 @@
+//! Client keys, scopes and the store keys derived from them.
+//!
+//! The store key is `prefix + escape(scope) + ":" + key`. The scope is escaped so that it can
+//! never contain `:`; the first `:` after the prefix therefore ends the scope, and the client key
+//! (which may contain anything visible) is the rest. That makes the derivation injective: two
+//! different `(scope, key)` pairs never share a store key, whatever bytes a client sends.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// Longest accepted client key, in bytes (Stripe and the IETF draft use 255).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Why a client-supplied idempotency key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key was empty.
+    #[error("idempotency key is empty")]
+    Empty,
+    /// The key was longer than [`MAX_KEY_LEN`] bytes.
+    #[error("idempotency key is {len} bytes long; at most {max} are allowed", max = MAX_KEY_LEN)]
+    TooLong {
+        /// Length of the refused key in bytes.
+        len: usize,
+    },
+    /// The key held a byte outside visible ASCII (`0x21..=0x7E`).
+    #[error(
+        "idempotency key has a byte outside visible ASCII (0x{byte:02x} at position {position}); \
+         use letters, digits and punctuation only (a UUID is a good key)"
+    )]
+    InvalidByte {
+        /// The first offending byte.
+        byte: u8,
+        /// Its position in the key.
+        position: usize,
+    },
+}
+
+/// A validated client idempotency key: 1..=255 bytes of visible ASCII.
+///
+/// ```
+/// use idempotency_core::IdempotencyKey;
+/// let key = IdempotencyKey::new("8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap();
+/// assert_eq!(key.as_str().len(), 36);
+/// assert!(IdempotencyKey::new("has space").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Validate and wrap a client key.
+    ///
+    /// # Errors
+    /// [`KeyError`] when the key is empty, longer than 255 bytes, or holds anything but visible
+    /// ASCII.
+    pub fn new(key: impl AsRef<str>) -> Result<Self, KeyError> {
+        let key = key.as_ref();
+        Self::validate(key.as_bytes())?;
+        Ok(Self(key.to_owned()))
+    }
+
+    /// Validate a key given as raw bytes (for example an HTTP header value).
+    ///
+    /// # Errors
+    /// As [`IdempotencyKey::new`].
+    pub fn from_bytes(key: &[u8]) -> Result<Self, KeyError> {
+        Self::validate(key)?;
+        // Visible ASCII is valid UTF-8.
+        Ok(Self(key.iter().map(|&b| b as char).collect()))
+    }
+
+    fn validate(bytes: &[u8]) -> Result<(), KeyError> {
+        if bytes.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if bytes.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong { len: bytes.len() });
+        }
+        if let Some(position) = bytes.iter().position(|b| !(0x21..=0x7e).contains(b)) {
+            return Err(KeyError::InvalidByte {
+                byte: bytes[position],
+                position,
+            });
+        }
+        Ok(())
+    }
+
+    /// The key as given by the client.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdempotencyKey({:?})", self.0)
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for IdempotencyKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// The owner of a key: a tenant, an authenticated principal, or [`Scope::global`].
+///
+/// Tenant A's key `abc` must never replay tenant B's response, so every key lives inside a
+/// scope. Any string is accepted; it is escaped when the store key is derived.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(String);
+
+impl Scope {
+    /// A scope for one tenant or principal.
+    pub fn new(scope: impl Into<String>) -> Self {
+        Self(scope.into())
+    }
+
+    /// The single shared scope, for services without tenants (every client shares keys).
+    pub fn global() -> Self {
+        Self(String::new())
+    }
+
+    /// The scope as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scope({:?})", self.0)
+    }
+}
+
+impl From<&str> for Scope {
+    fn from(value: &str) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<String> for Scope {
+    fn from(value: String) -> Self {
+        Self::new(value)
+    }
+}
+
+/// Why a key prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("key prefix {prefix:?} is not allowed: use 1..=64 bytes of visible ASCII")]
+pub struct PrefixError {
+    /// The refused prefix.
+    pub prefix: String,
+}
+
+/// Check a store key prefix chosen by the operator.
+///
+/// # Errors
+/// [`PrefixError`] when the prefix is empty, longer than 64 bytes or not visible ASCII.
+pub fn validate_prefix(prefix: &str) -> Result<(), PrefixError> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PrefixError {
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+/// The key a record is stored under, derived injectively from `(prefix, scope, key)`.
+///
+/// ```
+/// use idempotency_core::{IdempotencyKey, Scope, StoreKey};
+/// let key = IdempotencyKey::new("order-1").unwrap();
+/// let a = StoreKey::derive("idem:", &Scope::new("tenant:a"), &key);
+/// assert_eq!(a.as_str(), "idem:tenant%3Aa:order-1");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreKey(String);
+
+impl StoreKey {
+    /// Derive the store key. The prefix is used verbatim (it is the operator's choice and should
+    /// be validated with [`validate_prefix`]); the scope is escaped so it cannot contain `:`.
+    pub fn derive(prefix: &str, scope: &Scope, key: &IdempotencyKey) -> Self {
+        let mut out = String::with_capacity(prefix.len() + scope.0.len() + key.0.len() + 8);
+        out.push_str(prefix);
+        escape_scope_into(&scope.0, &mut out);
+        out.push(':');
+        out.push_str(&key.0);
+        Self(out)
+    }
+
+    /// Wrap a raw store key (for inspection tools and tests). No escaping is applied.
+    pub fn from_raw(raw: impl Into<String>) -> Self {
+        Self(raw.into())
+    }
+
+    /// The key as sent to the store.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreKey({:?})", self.0)
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Percent-escape everything but unreserved characters. `%` and `:` are always escaped (so the
+/// scope cannot forge a separator), and so are `{`/`}` (so a tenant cannot pick a Redis Cluster
+/// hash tag and pile every key into one slot) and all non-ASCII or control bytes.
+fn escape_scope_into(scope: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in scope.as_bytes() {
+        let keep = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'@');
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0x0f) as usize] as char);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn key_validation_reports_what_is_wrong() {
+        assert_eq!(IdempotencyKey::new(""), Err(KeyError::Empty));
+        assert_eq!(
+            IdempotencyKey::new("a".repeat(256)),
+            Err(KeyError::TooLong { len: 256 })
+        );
+        assert!(IdempotencyKey::new("a".repeat(255)).is_ok());
+        assert_eq!(
+            IdempotencyKey::new("ab c"),
+            Err(KeyError::InvalidByte {
+                byte: b' ',
+                position: 2
+            })
+        );
+        assert_eq!(
+            IdempotencyKey::new("é"),
+            Err(KeyError::InvalidByte {
+                byte: 0xc3,
+                position: 0
+            })
+        );
+        assert!(IdempotencyKey::from_bytes(b"k\x7f").is_err());
+        assert!(IdempotencyKey::new("!~{}:%").is_ok());
+    }
+
+    #[test]
+    fn prefix_validation() {
+        assert!(validate_prefix("idem:").is_ok());
+        assert!(validate_prefix("").is_err());
+        assert!(validate_prefix("a b").is_err());
+    }
+
+    #[test]
+    fn scope_cannot_forge_separator() {
+        let k1 = IdempotencyKey::new("b:c").unwrap();
+        let k2 = IdempotencyKey::new("c").unwrap();
+        let a = StoreKey::derive("p:", &Scope::new("a"), &k1);
+        let b = StoreKey::derive("p:", &Scope::new("a:b"), &k2);
+        assert_ne!(a, b);
+        let g = StoreKey::derive("p:", &Scope::global(), &k2);
+        assert_eq!(g.as_str(), "p::c");
+    }
+
+    proptest! {
+        #[test]
+        fn derivation_is_injective(
+            s1 in ".{0,12}", k1 in "[!-~]{1,12}",
+            s2 in ".{0,12}", k2 in "[!-~]{1,12}",
+        ) {
+            let key1 = IdempotencyKey::new(&k1).unwrap();
+            let key2 = IdempotencyKey::new(&k2).unwrap();
+            let d1 = StoreKey::derive("idem:", &Scope::new(s1.clone()), &key1);
+            let d2 = StoreKey::derive("idem:", &Scope::new(s2.clone()), &key2);
+            prop_assert_eq!(d1 == d2, s1 == s2 && k1 == k2);
+        }
+
+        #[test]
+        fn derivation_is_injective_near_collisions(
+            s in "[a:%{}]{0,6}", k in "[a:%{}]{1,6}", t in "[a:%{}]{0,6}", j in "[a:%{}]{1,6}",
+        ) {
+            let d1 = StoreKey::derive("x", &Scope::new(s.clone()), &IdempotencyKey::new(&k).unwrap());
+            let d2 = StoreKey::derive("x", &Scope::new(t.clone()), &IdempotencyKey::new(&j).unwrap());
+            prop_assert_eq!(d1 == d2, s == t && k == j);
+        }
+
+        #[test]
+        fn store_keys_are_printable(s in any::<String>(), k in "[!-~]{1,40}") {
+            let d = StoreKey::derive("idem:", &Scope::new(s), &IdempotencyKey::new(&k).unwrap());
+            prop_assert!(d.as_str().bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! # idempotency-core
+//!
+//! The protocol and engine of the idempotency toolkit: run a side effect **at most once** per
+//! `(scope, key)` and give every retry the first outcome back, on any store that implements the
+//! small atomic [`IdempotencyStore`] trait. No network code lives here; backends are separate
+//! crates (`idempotency-memory`, `idempotency-redis`, `idempotency-kv-rest`).
+//!
+//! ```
+//! use idempotency_core::{Begin, Fingerprint, Idempotency, IdempotencyKey, Scope, StoredOutcome};
+//! # use idempotency_core::*;
+//! # use std::time::Duration;
+//! # #[derive(Debug, Default)] struct Tiny(std::sync::Mutex<std::collections::HashMap<StoreKey, Record>>);
+//! # #[async_trait::async_trait] impl IdempotencyStore for Tiny {
+//! #   async fn try_claim(&self, k: &StoreKey, r: &InProgress, _: Duration) -> Result<Claim, StoreError> {
+//! #     let mut m = self.0.lock().unwrap();
+//! #     Ok(match m.get(k) { Some(e) => Claim::Existing(e.clone()), None => { m.insert(k.clone(), Record::InProgress(r.clone())); Claim::Claimed } }) }
+//! #   async fn complete(&self, k: &StoreKey, _: &LeaseToken, r: &Completed, _: Duration) -> Result<Fenced, StoreError> {
+//! #     self.0.lock().unwrap().insert(k.clone(), Record::Completed(r.clone())); Ok(Fenced::Applied) }
+//! #   async fn release(&self, k: &StoreKey, _: &LeaseToken) -> Result<Fenced, StoreError> { self.0.lock().unwrap().remove(k); Ok(Fenced::Applied) }
+//! #   async fn extend(&self, _: &StoreKey, _: &LeaseToken, _: Duration) -> Result<Fenced, StoreError> { Ok(Fenced::Applied) }
+//! #   async fn get(&self, k: &StoreKey) -> Result<Option<Record>, StoreError> { Ok(self.0.lock().unwrap().get(k).cloned()) }
+//! #   async fn delete(&self, k: &StoreKey) -> Result<bool, StoreError> { Ok(self.0.lock().unwrap().remove(k).is_some()) }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let store = Tiny::default();
+//! // `store` is any IdempotencyStore, e.g. idempotency_memory::MemoryStore::new().
+//! let engine = Idempotency::builder(store).ignore_env().build()?;
+//! let key = IdempotencyKey::new("pay-7f3a")?;
+//! let scope = Scope::new("customer-42");
+//! let fingerprint = Fingerprint::builder().part("POST").part("/pay").part(r#"{"cents":1999}"#).finish();
+//!
+//! match engine.begin(&scope, &key, fingerprint).await? {
+//!     Begin::Run(guard) => {
+//!         let receipt = "charged 19.99"; // the side effect runs here, once
+//!         guard.complete(StoredOutcome::new(receipt, Some("text/plain".into()))).await?;
+//!     }
+//!     Begin::Replay(_) => unreachable!("first attempt"),
+//! }
+//! // A retry with the same key and request gets the stored outcome back.
+//! let Begin::Replay(outcome) = engine.begin(&scope, &key, fingerprint).await? else { panic!() };
+//! assert_eq!(&outcome.body[..], b"charged 19.99");
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`IdempotencyStore`]: the atomic primitives a backend implements (`try_claim`, `complete`,
+//!   `release`, `extend`, `get`, `delete`) and their contract;
+//! - [`Idempotency`]: the engine (policy, timeouts, failure policy, metrics), with
+//!   [`Idempotency::begin`] / [`Guard`] and the generic [`Idempotency::run`];
+//! - [`IdempotencyKey`], [`Scope`], [`StoreKey`]: validated client keys and injective store keys;
+//! - [`Fingerprint`]: what identifies a request; [`LeaseToken`]: the fencing token;
+//! - [`Record`], [`StoredOutcome`] and the [`codec`] (record format v1, documented there);
+//! - [`lua`]: the scripts shared by the Redis-protocol backends.
+//!
+//! # Observability
+//! `tracing` spans (`idempotency.begin`) and events at debug level (warnings for fail-open, lost
+//! leases and the kill switch); `metrics` counters and a latency histogram named in
+//! [`metric_names`] (no-ops without a recorder); and [`Idempotency::stats`] for a cheap snapshot.
+
+#![deny(missing_docs)]
+
+pub mod codec;
+mod engine;
+mod error;
+mod fingerprint;
+mod key;
+pub mod lua;
+mod record;
+mod store;
+mod token;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use codec::CorruptRecord;
+pub use engine::{
+    Begin, Config, DISABLE_ENV_VAR, FailurePolicy, Guard, Idempotency, IdempotencyBuilder,
+    InFlightWait, RUN_CONTENT_TYPE, RunError, StatsSnapshot, Unprotected, metric_names,
+};
+pub use error::{ConfigError, IdempotencyError};
+pub use fingerprint::{Fingerprint, FingerprintBuilder};
+pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, PrefixError, Scope, StoreKey, validate_prefix};
+pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
+pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError};
+pub use token::LeaseToken;

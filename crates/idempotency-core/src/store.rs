@@ -1,0 +1,187 @@
+//! The store trait: atomic primitives only. The engine owns the policy, so every backend
+//! behaves the same.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::{Completed, CorruptRecord, InProgress, LeaseToken, Record, StoreKey};
+
+/// A boxed error from a backend's client library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result of [`IdempotencyStore::try_claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was absent; the in-progress record now holds it.
+    Claimed,
+    /// The key was held; this is what is there (nothing was written).
+    Existing(Record),
+}
+
+/// The result of a fenced operation ([`IdempotencyStore::complete`], `release`, `extend`).
+///
+/// Losing the lease is an expected outcome, not a failure of the store, so it is a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// The record was held under the token and the operation was applied.
+    Applied,
+    /// The record is gone, completed, or held under another token; nothing was changed.
+    LeaseLost,
+}
+
+/// A store failed: it could not say what the state of the key is.
+///
+/// Expected outcomes (key held, lease lost) are values of [`Claim`] and [`Fenced`]; this type is
+/// only for infrastructure trouble, so that a caller can tell "store unavailable" apart.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The operation did not finish within its time budget.
+    #[error("store operation `{operation}` timed out after {after:?}")]
+    Timeout {
+        /// The primitive that timed out.
+        operation: &'static str,
+        /// The budget.
+        after: Duration,
+    },
+    /// The store could not be reached (connection refused, reset, DNS, TLS...).
+    #[error("store unreachable")]
+    Unavailable {
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The store answered with an error (for Redis: an error reply such as `WRONGTYPE`).
+    #[error("store replied with an error: {message}")]
+    Backend {
+        /// The server's message.
+        message: String,
+    },
+    /// The value under the key is not a record this build can read.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    /// An embedded store is at capacity and everything in it is still needed.
+    #[error("store is full: {entries} records held, all in progress or protected")]
+    Full {
+        /// Records held when the claim was refused.
+        entries: usize,
+    },
+    /// Anything else, from the client library.
+    #[error("store error")]
+    Other {
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same call later could succeed (timeouts, unreachable, full).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Unavailable { .. } | StoreError::Full { .. }
+        )
+    }
+}
+
+/// Atomic primitives of the record protocol.
+///
+/// # Contract
+/// Every implementation must guarantee, and the behaviour suite in `idempotency-testkit` checks:
+/// - `try_claim` is one atomic step: of any number of concurrent claims on an absent key exactly
+///   one returns [`Claim::Claimed`]; the others see the winner's record. An expired record is
+///   absent.
+/// - The in-progress record expires after `lease`, the completed one after `retention`, measured
+///   by the store (no clock comparisons between machines).
+/// - `complete`, `release` and `extend` apply only when the record is in progress under `token`;
+///   otherwise they change nothing and return [`Fenced::LeaseLost`]. `complete` is also
+///   [`Fenced::Applied`] when the record is already completed under the same token (a retried
+///   call whose first reply was lost), without changing it.
+/// - Anything stored under a key that is not a record is reported as [`StoreError::Corrupt`] by
+///   every operation that reads it, never treated as absent.
+/// - Only infrastructure trouble is an `Err`.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
+    /// Create the in-progress record if the key is absent, else return what is there.
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Replace the in-progress record held under `token` by `record`, kept for `retention`.
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError>;
+
+    /// Delete the in-progress record held under `token`.
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError>;
+
+    /// Reset the lease of the in-progress record held under `token` to `lease` from now.
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError>;
+
+    /// Read the record, if any (inspection and in-flight polling).
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
+
+    /// Delete the record whatever its state (explicit invalidation). Returns whether one existed.
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError>;
+}
+
+macro_rules! forward_store {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<T: IdempotencyStore + ?Sized> IdempotencyStore for $ty {
+            async fn try_claim(
+                &self,
+                key: &StoreKey,
+                record: &InProgress,
+                lease: Duration,
+            ) -> Result<Claim, StoreError> {
+                (**self).try_claim(key, record, lease).await
+            }
+            async fn complete(
+                &self,
+                key: &StoreKey,
+                token: &LeaseToken,
+                record: &Completed,
+                retention: Duration,
+            ) -> Result<Fenced, StoreError> {
+                (**self).complete(key, token, record, retention).await
+            }
+            async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+                (**self).release(key, token).await
+            }
+            async fn extend(
+                &self,
+                key: &StoreKey,
+                token: &LeaseToken,
+                lease: Duration,
+            ) -> Result<Fenced, StoreError> {
+                (**self).extend(key, token, lease).await
+            }
+            async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+                (**self).get(key).await
+            }
+            async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+                (**self).delete(key).await
+            }
+        }
+    };
+}
+
+forward_store!(Arc<T>);
+forward_store!(Box<T>);
