@@ -52,7 +52,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{Completed, Fingerprint, InProgress, LeaseToken, OutcomeEncoding, Record, StoredOutcome};
+use crate::{
+    Completed, Fingerprint, InProgress, LeaseToken, OutcomeEncoding, Record, StoredOutcome,
+};
 
 /// The version this crate writes and reads.
 pub const FORMAT_VERSION: u64 = 1;
@@ -149,7 +151,10 @@ struct Wire<'a> {
 /// version or state, bad hex or base64, missing fields).
 pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
     let wire: Wire<'_> = serde_json::from_slice(bytes).map_err(|e| {
-        CorruptRecord::new(format!("not a v1 record ({e}); starts with {:?}", preview(bytes)))
+        CorruptRecord::new(format!(
+            "not a v1 record ({e}); starts with {:?}",
+            preview(bytes)
+        ))
     })?;
     if wire.v != FORMAT_VERSION {
         return Err(CorruptRecord::new(format!(
@@ -181,7 +186,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
                 None => OutcomeEncoding::Identity,
                 Some("lz4") => OutcomeEncoding::Lz4,
                 Some(other) => {
-                    return Err(CorruptRecord::new(format!("unknown body encoding {other:?}")));
+                    return Err(CorruptRecord::new(format!(
+                        "unknown body encoding {other:?}"
+                    )));
                 }
             };
             Ok(Record::Completed(Completed {
@@ -196,7 +203,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
                 },
             }))
         }
-        other => Err(CorruptRecord::new(format!("unknown record state {other:?}"))),
+        other => Err(CorruptRecord::new(format!(
+            "unknown record state {other:?}"
+        ))),
     }
 }
 
@@ -244,13 +253,18 @@ mod tests {
             good.replace("\"v\":1", "\"v\":2").into_bytes(),
             good.replace("\"s\":\"c\"", "\"s\":\"x\"").into_bytes(),
             good.replace("\"b\":\"aGk=\"", "\"b\":\"!!\"").into_bytes(),
-            good.replace("\"b\":\"aGk=\"", "\"b\":\"aGk=\",\"z\":\"gzip\"").into_bytes(),
+            good.replace("\"b\":\"aGk=\"", "\"b\":\"aGk=\",\"z\":\"gzip\"")
+                .into_bytes(),
             good.replace(",\"d\":9", "").into_bytes(),
             good[..good.len() - 1].as_bytes().to_vec(),
             good.replacen("\"t\":\"", "\"t\":\"zz", 1).into_bytes(),
         ];
         for case in cases {
-            assert!(decode(&case).is_err(), "{:?}", String::from_utf8_lossy(&case));
+            assert!(
+                decode(&case).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(&case)
+            );
         }
         assert!(decode(good.as_bytes()).is_ok());
     }

@@ -58,7 +58,9 @@ impl IdempotencyError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::InFlight { .. } => true,
-            Self::StoreUnavailable(e) => e.is_transient() || matches!(e, StoreError::Backend { .. }),
+            Self::StoreUnavailable(e) => {
+                e.is_transient() || matches!(e, StoreError::Backend { .. })
+            }
             _ => false,
         }
     }

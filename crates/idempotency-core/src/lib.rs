@@ -78,7 +78,9 @@ pub use engine::{
 };
 pub use error::{ConfigError, IdempotencyError};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
-pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, PrefixError, Scope, StoreKey, validate_prefix};
+pub use key::{
+    IdempotencyKey, KeyError, MAX_KEY_LEN, PrefixError, Scope, StoreKey, validate_prefix,
+};
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
 pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError};
 pub use token::LeaseToken;

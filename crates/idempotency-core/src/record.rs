@@ -79,7 +79,11 @@ impl StoredOutcome {
 fn decompress_lz4(packed: &[u8]) -> Result<Vec<u8>, crate::CorruptRecord> {
     let (size, block) = match packed {
         [a, b, c, d, rest @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, rest),
-        _ => return Err(crate::CorruptRecord::new("lz4 body shorter than its size header")),
+        _ => {
+            return Err(crate::CorruptRecord::new(
+                "lz4 body shorter than its size header",
+            ));
+        }
     };
     if size > block.len().saturating_mul(255).saturating_add(16) {
         return Err(crate::CorruptRecord::new(format!(
@@ -186,7 +190,10 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         let random = StoredOutcome::new(noise, None);
-        assert_eq!(random.clone().compressed_above(16).encoding, OutcomeEncoding::Identity);
+        assert_eq!(
+            random.clone().compressed_above(16).encoding,
+            OutcomeEncoding::Identity
+        );
     }
 
     #[test]

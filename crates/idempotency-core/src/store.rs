@@ -162,7 +162,11 @@ macro_rules! forward_store {
             ) -> Result<Fenced, StoreError> {
                 (**self).complete(key, token, record, retention).await
             }
-            async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+            async fn release(
+                &self,
+                key: &StoreKey,
+                token: &LeaseToken,
+            ) -> Result<Fenced, StoreError> {
                 (**self).release(key, token).await
             }
             async fn extend(

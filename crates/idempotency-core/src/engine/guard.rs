@@ -102,7 +102,12 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         };
         let retention = config.retention();
         let fenced = engine
-            .timed("complete", engine.store().complete(&key, &record.token, &completed, retention))
+            .timed(
+                "complete",
+                engine
+                    .store()
+                    .complete(&key, &record.token, &completed, retention),
+            )
             .await?;
         match fenced {
             Fenced::Applied => {
@@ -147,7 +152,12 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let lease = lease.unwrap_or(self.engine.config().lease());
         let engine = &self.engine;
         let fenced = engine
-            .timed("extend", engine.store().extend(&claim.key, &claim.record.token, lease))
+            .timed(
+                "extend",
+                engine
+                    .store()
+                    .extend(&claim.key, &claim.record.token, lease),
+            )
             .await?;
         match fenced {
             Fenced::Applied => Ok(()),

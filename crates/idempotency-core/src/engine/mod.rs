@@ -112,11 +112,16 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         fingerprint: Fingerprint,
     ) -> Result<Begin<S>, IdempotencyError> {
         if self.inner.config.disabled {
-            return Ok(Begin::Run(Guard::unprotected(self.clone(), Unprotected::Disabled)));
+            return Ok(Begin::Run(Guard::unprotected(
+                self.clone(),
+                Unprotected::Disabled,
+            )));
         }
         let store_key = self.store_key(scope, key);
         let span = tracing::debug_span!("idempotency.begin", key = %store_key);
-        self.begin_claim(store_key, fingerprint).instrument(span).await
+        self.begin_claim(store_key, fingerprint)
+            .instrument(span)
+            .await
     }
 
     async fn begin_claim(
@@ -134,7 +139,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let wait_deadline = config.in_flight_wait.map(|w| Instant::now() + w.max_wait);
         loop {
             let claimed = self
-                .timed("try_claim", self.inner.store.try_claim(&store_key, &record, config.lease))
+                .timed(
+                    "try_claim",
+                    self.inner
+                        .store
+                        .try_claim(&store_key, &record, config.lease),
+                )
                 .await;
             let existing = match claimed {
                 Ok(Claim::Claimed) => return Ok(self.claimed(store_key, record)),
@@ -195,7 +205,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Stats::bump(&self.inner.stats.fail_open);
             metrics::counter!(names::FAIL_OPEN).increment(1);
             tracing::warn!(%error, "idempotency store failed; running WITHOUT protection (fail-open)");
-            return Ok(Begin::Run(Guard::unprotected(self.clone(), Unprotected::FailOpen)));
+            return Ok(Begin::Run(Guard::unprotected(
+                self.clone(),
+                Unprotected::FailOpen,
+            )));
         }
         tracing::warn!(%error, "idempotency store failed; refusing (fail-closed)");
         Err(error.into())
@@ -225,7 +238,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         key: &IdempotencyKey,
     ) -> Result<bool, IdempotencyError> {
         let store_key = self.store_key(scope, key);
-        Ok(self.timed("delete", self.inner.store.delete(&store_key)).await?)
+        Ok(self
+            .timed("delete", self.inner.store.delete(&store_key))
+            .await?)
     }
 
     /// Run a store call under the timeout, recording its latency and failures.

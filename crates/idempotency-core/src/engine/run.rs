@@ -7,7 +7,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::{Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore, Scope, StoredOutcome};
+use crate::{
+    Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore, Scope, StoredOutcome,
+};
 
 use super::{Begin, Idempotency};
 
@@ -85,9 +87,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                     Err(error) => {
                         // Dropping the guard releases the claim.
                         drop(guard);
-                        let error = IdempotencyError::StoreUnavailable(
-                            crate::StoreError::Other { source: Box::new(error) },
-                        );
+                        let error = IdempotencyError::StoreUnavailable(crate::StoreError::Other {
+                            source: Box::new(error),
+                        });
                         return Err(RunError::NotRecorded { value, error });
                     }
                 };

@@ -1,0 +1,473 @@
+//! # idempotency-memory
+//!
+//! The embedded store of the idempotency toolkit: a sharded concurrent map (`dashmap`) with
+//! atomic claims, lease and retention expiry, and a capacity bound. The default for development,
+//! tests and single-instance services.
+//!
+//! **One process only.** Records live in this process's memory: two instances behind a load
+//! balancer do not see each other's claims, and a restart forgets everything. Use the Redis or
+//! KV REST store when more than one instance serves the same keys.
+//!
+//! ```
+//! use idempotency_core::{Begin, Fingerprint, Idempotency, IdempotencyKey, Scope, StoredOutcome};
+//! use idempotency_memory::MemoryStore;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Idempotency::builder(MemoryStore::new()).ignore_env().build()?;
+//! let (scope, key) = (Scope::global(), IdempotencyKey::new("job-1")?);
+//! if let Begin::Run(guard) = engine.begin(&scope, &key, Fingerprint::of("job")).await? {
+//!     guard.complete(StoredOutcome::new("done", None)).await?;
+//! }
+//! assert!(matches!(engine.begin(&scope, &key, Fingerprint::of("job")).await?, Begin::Replay(_)));
+//! # Ok(()) }
+//! ```
+//!
+//! # Expiry and memory
+//! Every read honours expiry (an expired record is absent). Expired records are also swept from
+//! the map, amortised over claims (at most once per sweep interval, default 30 s), so memory does
+//! not grow with dead records. No background task is needed, and the store can be built outside
+//! a tokio runtime.
+//!
+//! # Capacity
+//! The bound (default 1 000 000 records and 1 GiB, approximately) is checked on every claim.
+//! When it is reached, expired records go first, then the **oldest completed** records are
+//! evicted (counted in `idempotency_memory_evictions_total` and logged): a later retry of an
+//! evicted key would run again, so size the bound for your retention. In-progress records are
+//! never evicted; when nothing else is left, claims fail with [`StoreError::Full`].
+
+#![deny(missing_docs)]
+
+mod clock;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+use idempotency_core::{
+    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
+    StoreKey, async_trait,
+};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use idempotency_core;
+
+/// Counter of completed records evicted to make room.
+pub const EVICTIONS_METRIC: &str = "idempotency_memory_evictions_total";
+
+/// Fixed per-entry overhead counted against the byte bound (map slot, key and record headers).
+const ENTRY_OVERHEAD: usize = 96;
+
+/// The in-memory store. Cheap to clone; clones share the same records.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    map: DashMap<StoreKey, Entry>,
+    clock: Arc<dyn Clock>,
+    max_entries: usize,
+    max_bytes: usize,
+    sweep_interval_ms: u64,
+    entries: AtomicUsize,
+    bytes: AtomicUsize,
+    next_sweep_ms: AtomicU64,
+    sweeping: AtomicBool,
+    evictions: AtomicU64,
+    /// Serialises capacity work so concurrent full claims do not all scan the map.
+    making_room: parking_lot::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: Record,
+    expires_at_ms: u64,
+    size: usize,
+}
+
+impl Entry {
+    fn new(key: &StoreKey, record: Record, expires_at_ms: u64) -> Self {
+        let size = ENTRY_OVERHEAD + key.as_str().len() + record.approximate_size();
+        Self {
+            record,
+            expires_at_ms,
+            size,
+        }
+    }
+
+    fn live(&self, now: u64) -> bool {
+        self.expires_at_ms > now
+    }
+
+    fn held_by(&self, token: &LeaseToken, now: u64) -> bool {
+        self.live(now) && matches!(&self.record, Record::InProgress(r) if r.token == *token)
+    }
+}
+
+/// Settings for a [`MemoryStore`].
+#[derive(Debug)]
+pub struct MemoryStoreBuilder {
+    clock: Arc<dyn Clock>,
+    max_entries: usize,
+    max_bytes: usize,
+    sweep_interval: Duration,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock::new()),
+            max_entries: 1_000_000,
+            max_bytes: 1 << 30,
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Most records held (default 1 000 000).
+    #[must_use]
+    pub fn max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max.max(1);
+        self
+    }
+
+    /// Most bytes held, approximately: keys, outcome bodies and a fixed overhead per record
+    /// (default 1 GiB).
+    #[must_use]
+    pub fn max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
+        self
+    }
+
+    /// How often expired records are swept out of the map (default 30 s).
+    #[must_use]
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// The time source for expiry (default the system's monotonic clock).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Build the store.
+    pub fn build(self) -> MemoryStore {
+        let sweep_interval_ms = self.sweep_interval.as_millis().max(1) as u64;
+        let now = self.clock.now_ms();
+        MemoryStore {
+            shared: Arc::new(Shared {
+                map: DashMap::new(),
+                clock: self.clock,
+                max_entries: self.max_entries,
+                max_bytes: self.max_bytes,
+                sweep_interval_ms,
+                entries: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
+                next_sweep_ms: AtomicU64::new(now + sweep_interval_ms),
+                sweeping: AtomicBool::new(false),
+                evictions: AtomicU64::new(0),
+                making_room: parking_lot::Mutex::new(()),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store with default limits and the system clock.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configure limits or the clock.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// Records held, including expired ones not yet swept.
+    pub fn len(&self) -> usize {
+        self.shared.entries.load(Ordering::Relaxed)
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Approximate bytes held.
+    pub fn approximate_bytes(&self) -> usize {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Completed records evicted to make room since the store was built.
+    pub fn evictions(&self) -> u64 {
+        self.shared.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Remove every expired record now (normally done amortised over claims).
+    pub fn sweep_expired(&self) -> usize {
+        self.shared.sweep(self.shared.clock.now_ms())
+    }
+}
+
+impl Shared {
+    fn account_insert(&self, size: usize) {
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    fn account_remove(&self, size: usize) {
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    fn account_resize(&self, old: usize, new: usize) {
+        if new >= old {
+            self.bytes.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(old - new, Ordering::Relaxed);
+        }
+    }
+
+    fn is_full(&self, incoming: usize) -> bool {
+        self.entries.load(Ordering::Relaxed) >= self.max_entries
+            || self.bytes.load(Ordering::Relaxed) + incoming > self.max_bytes
+    }
+
+    /// Sweep at most once per interval, by whichever claim notices first.
+    fn maybe_sweep(&self, now: u64) {
+        if now < self.next_sweep_ms.load(Ordering::Relaxed)
+            || self.sweeping.swap(true, Ordering::Acquire)
+        {
+            return;
+        }
+        self.sweep(now);
+        self.next_sweep_ms
+            .store(now + self.sweep_interval_ms, Ordering::Relaxed);
+        self.sweeping.store(false, Ordering::Release);
+    }
+
+    fn sweep(&self, now: u64) -> usize {
+        let mut removed = 0;
+        self.map.retain(|_, entry| {
+            let keep = entry.live(now);
+            if !keep {
+                removed += 1;
+                self.account_remove(entry.size);
+            }
+            keep
+        });
+        removed
+    }
+
+    /// Free room for a record of `incoming` bytes: expired records first, then the oldest
+    /// completed ones. Returns whether there is room now.
+    fn make_room(&self, now: u64, incoming: usize) -> bool {
+        let _one_at_a_time = self.making_room.lock();
+        if !self.is_full(incoming) {
+            return true;
+        }
+        self.sweep(now);
+        if !self.is_full(incoming) {
+            return true;
+        }
+        // Evict a batch (1/16 of the bound, at least what is needed) so this O(n) scan is
+        // amortised over many claims.
+        let mut completed: Vec<(u64, StoreKey)> = self
+            .map
+            .iter()
+            .filter(|e| matches!(e.record, Record::Completed(_)))
+            .map(|e| (e.expires_at_ms, e.key().clone()))
+            .collect();
+        let over_entries =
+            (self.entries.load(Ordering::Relaxed) + 1).saturating_sub(self.max_entries);
+        let batch = (self.max_entries / 16)
+            .max(over_entries)
+            .max(1)
+            .min(completed.len());
+        if batch == 0 {
+            return false;
+        }
+        completed.select_nth_unstable(batch - 1);
+        let mut evicted = 0u64;
+        for (expires_at_ms, key) in completed.into_iter().take(batch) {
+            let removed = self.map.remove_if(&key, |_, e| {
+                e.expires_at_ms == expires_at_ms && matches!(e.record, Record::Completed(_))
+            });
+            if let Some((_, entry)) = removed {
+                self.account_remove(entry.size);
+                evicted += 1;
+            }
+        }
+        // Keep going past the entry batch if the byte bound still bites.
+        while self.is_full(incoming) && self.evict_oldest_completed() {
+            evicted += 1;
+        }
+        self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        metrics::counter!(EVICTIONS_METRIC).increment(evicted);
+        tracing::warn!(
+            evicted,
+            held = self.entries.load(Ordering::Relaxed),
+            "memory store full: evicted the oldest completed records (retries of those keys will run again)"
+        );
+        !self.is_full(incoming)
+    }
+
+    fn evict_oldest_completed(&self) -> bool {
+        let oldest = self
+            .map
+            .iter()
+            .filter(|e| matches!(e.record, Record::Completed(_)))
+            .min_by_key(|e| e.expires_at_ms)
+            .map(|e| e.key().clone());
+        let Some(key) = oldest else { return false };
+        match self
+            .map
+            .remove_if(&key, |_, e| matches!(e.record, Record::Completed(_)))
+        {
+            Some((_, entry)) => {
+                self.account_remove(entry.size);
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let shared = &self.shared;
+        let now = shared.clock.now_ms();
+        shared.maybe_sweep(now);
+        let fresh = Entry::new(key, Record::InProgress(record.clone()), now + millis(lease));
+        // Fast path: an existing live record needs no room.
+        if let Some(existing) = shared.map.get(key) {
+            if existing.live(now) {
+                return Ok(Claim::Existing(existing.record.clone()));
+            }
+        }
+        if shared.is_full(fresh.size) && !shared.make_room(now, fresh.size) {
+            return Err(StoreError::Full {
+                entries: shared.entries.load(Ordering::Relaxed),
+            });
+        }
+        // The entry API holds the shard's write lock across the check and the insert: atomic.
+        match shared.map.entry(key.clone()) {
+            MapEntry::Occupied(mut occupied) => {
+                if occupied.get().live(now) {
+                    return Ok(Claim::Existing(occupied.get().record.clone()));
+                }
+                let old = occupied.insert(fresh);
+                shared.account_resize(old.size, occupied.get().size);
+                Ok(Claim::Claimed)
+            }
+            MapEntry::Vacant(vacant) => {
+                shared.account_insert(fresh.size);
+                vacant.insert(fresh);
+                Ok(Claim::Claimed)
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let shared = &self.shared;
+        let now = shared.clock.now_ms();
+        let Some(mut entry) = shared.map.get_mut(key) else {
+            return Ok(Fenced::LeaseLost);
+        };
+        if !entry.live(now) {
+            return Ok(Fenced::LeaseLost);
+        }
+        match &entry.record {
+            Record::InProgress(r) if r.token == *token => {
+                let replacement = Entry::new(
+                    key,
+                    Record::Completed(record.clone()),
+                    now + millis(retention),
+                );
+                shared.account_resize(entry.size, replacement.size);
+                *entry = replacement;
+                Ok(Fenced::Applied)
+            }
+            // A retried completion whose first reply was lost.
+            Record::Completed(r) if r.token == *token => Ok(Fenced::Applied),
+            _ => Ok(Fenced::LeaseLost),
+        }
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        let now = self.shared.clock.now_ms();
+        match self.shared.map.remove_if(key, |_, e| e.held_by(token, now)) {
+            Some((_, entry)) => {
+                self.shared.account_remove(entry.size);
+                Ok(Fenced::Applied)
+            }
+            None => Ok(Fenced::LeaseLost),
+        }
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let now = self.shared.clock.now_ms();
+        match self.shared.map.get_mut(key) {
+            Some(mut entry) if entry.held_by(token, now) => {
+                entry.expires_at_ms = now + millis(lease);
+                Ok(Fenced::Applied)
+            }
+            _ => Ok(Fenced::LeaseLost),
+        }
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let now = self.shared.clock.now_ms();
+        Ok(self
+            .shared
+            .map
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.record.clone()))
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let now = self.shared.clock.now_ms();
+        match self.shared.map.remove(key) {
+            Some((_, entry)) => {
+                self.shared.account_remove(entry.size);
+                Ok(entry.live(now))
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// Whole milliseconds, at least 1 so a tiny lease still expires in the future, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2).max(1)
+}
