@@ -36,10 +36,20 @@ fn print_help() {
 /// fmt, clippy, provisioning, then the whole test suite (doc tests included). Stops at the first
 /// failing step; the last lines printed are the test runner's summary.
 fn test(extra: &[String]) -> Result<(), String> {
-    step("cargo fmt --check", cargo(&["fmt", "--all", "--", "--check"]))?;
+    step(
+        "cargo fmt --check",
+        cargo(&["fmt", "--all", "--", "--check"]),
+    )?;
     step(
         "cargo clippy",
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     provision::ensure_test_servers()?;
     let mut args = vec!["test", "--workspace"];

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod faults;
 mod harness;
 pub mod model;
 pub mod suite;

@@ -229,7 +229,14 @@ impl<S> IdempotencyBuilder<S> {
 
 /// Whether the kill-switch variable is set to a true value.
 pub(crate) fn disabled_by_env() -> bool {
-    std::env::var(DISABLE_ENV_VAR)
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
-        .unwrap_or(false)
+    std::env::var(DISABLE_ENV_VAR).is_ok_and(|v| kill_switch_value(&v))
+}
+
+/// How a value of `DISABLE_IDEMPOTENCY_CHECKS` is read: `true`, `1` or `yes` (any case, trimmed)
+/// switch the checks off; anything else leaves them on.
+pub fn kill_switch_value(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes"
+    )
 }

@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use tracing::Instrument as _;
 
-pub use config::{Config, DISABLE_ENV_VAR, FailurePolicy, IdempotencyBuilder, InFlightWait};
+pub use config::{
+    Config, DISABLE_ENV_VAR, FailurePolicy, IdempotencyBuilder, InFlightWait, kill_switch_value,
+};
 pub use guard::{Guard, Unprotected};
 pub use run::{RUN_CONTENT_TYPE, RunError};
 pub use stats::{StatsSnapshot, names as metric_names};

@@ -1,0 +1,480 @@
+//! Engine behaviour on the memory store: failure policies, kill switch, waiting, guards, and
+//! the at-most-once guarantee under a storm of duplicates.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use idempotency_core::{
+    Begin, Claim, Completed, ConfigError, FailurePolicy, Fenced, Fingerprint, Idempotency,
+    IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, RunError,
+    Scope, StoreError, StoreKey, StoredOutcome, Unprotected, async_trait,
+};
+use idempotency_memory::MemoryStore;
+use idempotency_testkit::faults::{Fault, FaultyStore};
+
+fn key(s: &str) -> IdempotencyKey {
+    IdempotencyKey::new(s).unwrap()
+}
+
+fn faulty() -> FaultyStore {
+    FaultyStore::new(Arc::new(MemoryStore::new()))
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_with_a_retryable_error() {
+    let store = faulty();
+    let engine = Idempotency::builder(store.clone())
+        .ignore_env()
+        .build()
+        .unwrap();
+    store.set(Fault::Unavailable);
+    let err = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IdempotencyError::StoreUnavailable(StoreError::Unavailable { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(engine.stats().store_errors, 1);
+}
+
+#[tokio::test]
+async fn fail_open_runs_unprotected_and_counts_it() {
+    let store = faulty();
+    let engine = Idempotency::builder(store.clone())
+        .failure_policy(FailurePolicy::FailOpen)
+        .ignore_env()
+        .build()
+        .unwrap();
+    store.set(Fault::Unavailable);
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("fail-open runs");
+    };
+    assert_eq!(guard.unprotected_reason(), Some(Unprotected::FailOpen));
+    guard.complete(StoredOutcome::new("x", None)).await.unwrap();
+    assert_eq!(engine.stats().fail_open, 1);
+}
+
+#[tokio::test]
+async fn a_hanging_store_times_out_within_budget() {
+    let store = faulty();
+    let engine = Idempotency::builder(store.clone())
+        .store_timeout(Duration::from_millis(100))
+        .ignore_env()
+        .build()
+        .unwrap();
+    store.set(Fault::Hang);
+    let started = Instant::now();
+    let err = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IdempotencyError::StoreUnavailable(StoreError::Timeout {
+                operation: "try_claim",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no hang: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn kill_switch_runs_everything() {
+    let store = faulty();
+    let engine = Idempotency::builder(store.clone())
+        .disabled(true)
+        .ignore_env()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let Begin::Run(guard) = engine
+            .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+            .await
+            .unwrap()
+        else {
+            panic!("disabled engines always run");
+        };
+        assert_eq!(guard.unprotected_reason(), Some(Unprotected::Disabled));
+        guard.complete(StoredOutcome::new("x", None)).await.unwrap();
+    }
+    assert_eq!(
+        store.calls(),
+        0,
+        "a disabled engine never touches the store"
+    );
+}
+
+#[test]
+fn kill_switch_values() {
+    for on in ["true", "TRUE", " 1", "yes"] {
+        assert!(idempotency_core::kill_switch_value(on), "{on}");
+    }
+    for off in ["", "false", "0", "no", "maybe"] {
+        assert!(!idempotency_core::kill_switch_value(off), "{off}");
+    }
+}
+
+/// A network store that retries a claim after losing the first reply sees its own record.
+#[derive(Debug)]
+struct LostReplyStore(MemoryStore);
+
+#[async_trait]
+impl IdempotencyStore for LostReplyStore {
+    async fn try_claim(
+        &self,
+        k: &StoreKey,
+        r: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let _lost = self.0.try_claim(k, r, lease).await?;
+        self.0.try_claim(k, r, lease).await
+    }
+    async fn complete(
+        &self,
+        k: &StoreKey,
+        t: &LeaseToken,
+        r: &Completed,
+        ret: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let _lost = self.0.complete(k, t, r, ret).await?;
+        self.0.complete(k, t, r, ret).await
+    }
+    async fn release(&self, k: &StoreKey, t: &LeaseToken) -> Result<Fenced, StoreError> {
+        self.0.release(k, t).await
+    }
+    async fn extend(
+        &self,
+        k: &StoreKey,
+        t: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.0.extend(k, t, lease).await
+    }
+    async fn get(&self, k: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.0.get(k).await
+    }
+    async fn delete(&self, k: &StoreKey) -> Result<bool, StoreError> {
+        self.0.delete(k).await
+    }
+}
+
+#[tokio::test]
+async fn retried_claim_and_completion_recognise_their_own_token() {
+    let engine = Idempotency::builder(LostReplyStore(MemoryStore::new()))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let begun = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap();
+    let Begin::Run(guard) = begun else {
+        panic!("own claim seen again is still a claim")
+    };
+    guard
+        .complete(StoredOutcome::new("once", None))
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine
+            .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+            .await
+            .unwrap(),
+        Begin::Replay(_)
+    ));
+}
+
+#[tokio::test]
+async fn waiting_for_in_flight_returns_the_outcome() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .wait_for_in_flight(Duration::from_secs(5), Duration::from_millis(10))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let finisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        guard
+            .complete(StoredOutcome::new("done", None))
+            .await
+            .unwrap();
+    });
+    match engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+        Begin::Run(_) => panic!("must wait, not run"),
+    }
+    finisher.await.unwrap();
+}
+
+#[tokio::test]
+async fn waiting_gives_up_with_in_flight() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .wait_for_in_flight(Duration::from_millis(50), Duration::from_millis(10))
+        .in_flight_retry_after(Duration::from_secs(3))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let _held = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IdempotencyError::InFlight { retry_after } if retry_after == Duration::from_secs(3))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(40));
+}
+
+#[tokio::test]
+async fn dropped_guard_releases_in_the_background() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .build()
+        .unwrap();
+    let begun = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap();
+    drop(begun);
+    for _ in 0..100 {
+        if engine
+            .get(&Scope::global(), &key("k"))
+            .await
+            .unwrap()
+            .is_none()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(matches!(
+        engine
+            .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+            .await
+            .unwrap(),
+        Begin::Run(_)
+    ));
+}
+
+#[tokio::test]
+async fn oversize_outcome_is_refused_and_the_claim_released() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .max_outcome_size(10)
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let err = guard
+        .complete(StoredOutcome::new(vec![0u8; 11], None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        IdempotencyError::OutcomeTooLarge { size: 11, max: 10 }
+    ));
+    assert!(matches!(
+        engine
+            .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+            .await
+            .unwrap(),
+        Begin::Run(_)
+    ));
+}
+
+#[tokio::test]
+async fn guard_extend_and_release() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    guard.extend(Some(Duration::from_secs(600))).await.unwrap();
+    guard.release().await.unwrap();
+    assert!(
+        engine
+            .get(&Scope::global(), &key("k"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !engine
+            .invalidate(&Scope::global(), &key("k"))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn stats_count_hits_misses_and_writes() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .build()
+        .unwrap();
+    let (scope, k) = (Scope::global(), key("k"));
+    for _ in 0..3 {
+        let value = engine
+            .run(&scope, &k, Fingerprint::of("a"), || async {
+                Ok::<_, std::io::Error>(7u32)
+            })
+            .await;
+        assert_eq!(value.unwrap(), 7);
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.misses, stats.hits, stats.writes), (1, 2, 1));
+    assert!((stats.hit_rate() - 2.0 / 3.0).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn run_releases_on_error_and_reports_bad_replays() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .build()
+        .unwrap();
+    let failed: Result<u32, RunError<&str, u32>> = engine
+        .run(
+            &Scope::global(),
+            &key("k"),
+            Fingerprint::of("a"),
+            || async { Err("boom") },
+        )
+        .await;
+    assert!(matches!(failed, Err(RunError::Operation("boom"))));
+    let ok: Result<String, RunError<&str, String>> = engine
+        .run(
+            &Scope::global(),
+            &key("k"),
+            Fingerprint::of("a"),
+            || async { Ok("text".to_owned()) },
+        )
+        .await;
+    assert_eq!(ok.unwrap(), "text");
+    let wrong_type: Result<u32, RunError<&str, u32>> = engine
+        .run(
+            &Scope::global(),
+            &key("k"),
+            Fingerprint::of("a"),
+            || async { Ok(1) },
+        )
+        .await;
+    assert!(matches!(wrong_type, Err(RunError::Deserialize(_))));
+}
+
+#[test]
+fn invalid_configurations_are_typed_errors() {
+    let build =
+        |b: idempotency_core::IdempotencyBuilder<MemoryStore>| b.ignore_env().build().map(|_| ());
+    assert_eq!(
+        build(Idempotency::builder(MemoryStore::new()).lease(Duration::ZERO)),
+        Err(ConfigError::ZeroDuration { setting: "lease" })
+    );
+    assert!(matches!(
+        build(Idempotency::builder(MemoryStore::new()).retention(Duration::from_secs(1))),
+        Err(ConfigError::RetentionShorterThanLease { .. })
+    ));
+    assert!(matches!(
+        build(Idempotency::builder(MemoryStore::new()).prefix("a b")),
+        Err(ConfigError::Prefix(_))
+    ));
+}
+
+#[test]
+fn store_and_engine_build_without_a_runtime() {
+    let store = MemoryStore::new();
+    let engine = Idempotency::builder(store).ignore_env().build().unwrap();
+    assert_eq!(engine.config().lease(), Duration::from_secs(60));
+    assert_eq!(engine.config().retention(), Duration::from_secs(86_400));
+}
+
+/// 10 000 keys × 16 concurrent duplicate callers: every operation ran exactly once and all
+/// callers of a key got the identical outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_keys_sixteen_duplicates_each() {
+    const KEYS: usize = 10_000;
+    const CALLERS: usize = 16;
+    let engine = Idempotency::builder(MemoryStore::new())
+        .wait_for_in_flight(Duration::from_secs(30), Duration::from_millis(1))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let executions: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..KEYS).map(|_| AtomicUsize::new(0)).collect());
+    let mut tasks = Vec::with_capacity(KEYS * CALLERS);
+    for caller in 0..CALLERS {
+        for n in 0..KEYS {
+            let engine = engine.clone();
+            let executions = Arc::clone(&executions);
+            tasks.push(tokio::spawn(async move {
+                let k = key(&format!("storm-{n}"));
+                let scope = Scope::new(format!("tenant-{}", n % 7));
+                let out: Result<String, RunError<std::io::Error, String>> = engine
+                    .run(&scope, &k, Fingerprint::of(n.to_le_bytes()), || async {
+                        executions[n].fetch_add(1, Ordering::SeqCst);
+                        Ok(format!("key {n} ran by caller {caller}"))
+                    })
+                    .await;
+                (n, out.unwrap())
+            }));
+        }
+    }
+    let mut outcomes: Vec<Option<String>> = vec![None; KEYS];
+    for task in tasks {
+        let (n, out) = task.await.unwrap();
+        match &outcomes[n] {
+            Some(first) => assert_eq!(first, &out, "key {n}: identical outcomes"),
+            None => outcomes[n] = Some(out),
+        }
+    }
+    for (n, count) in executions.iter().enumerate() {
+        assert_eq!(count.load(Ordering::SeqCst), 1, "key {n} ran exactly once");
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.misses, KEYS as u64);
+    assert_eq!(stats.writes, KEYS as u64);
+    assert_eq!(stats.hits, (KEYS * (CALLERS - 1)) as u64);
+}

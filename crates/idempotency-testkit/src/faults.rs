@@ -1,0 +1,112 @@
+//! A store wrapper that injects failures, for testing failure policies without a real outage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idempotency_core::{
+    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
+    StoreKey,
+};
+
+/// What the wrapped store does on the next calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// Pass every call through.
+    None = 0,
+    /// Fail every call with [`StoreError::Unavailable`].
+    Unavailable = 1,
+    /// Never answer (the engine's timeout must fire).
+    Hang = 2,
+}
+
+/// Wraps a store; [`FaultyStore::set`] switches failures on and off for all clones.
+#[derive(Debug, Clone)]
+pub struct FaultyStore {
+    inner: Arc<dyn IdempotencyStore>,
+    fault: Arc<AtomicU8>,
+    calls: Arc<AtomicU64>,
+}
+
+impl FaultyStore {
+    /// Wrap `inner`, passing calls through until told otherwise.
+    pub fn new(inner: Arc<dyn IdempotencyStore>) -> Self {
+        Self {
+            inner,
+            fault: Arc::new(AtomicU8::new(Fault::None as u8)),
+            calls: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Switch the failure mode.
+    pub fn set(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    /// Calls made so far (all primitives).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn gate(&self) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match self.fault.load(Ordering::SeqCst) {
+            1 => Err(StoreError::Unavailable {
+                source: "injected fault: connection refused".into(),
+            }),
+            2 => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(StoreError::Unavailable {
+                    source: "injected hang ended".into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for FaultyStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.gate().await?;
+        self.inner.try_claim(key, record, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.gate().await?;
+        self.inner.complete(key, token, record, retention).await
+    }
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        self.gate().await?;
+        self.inner.release(key, token).await
+    }
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.gate().await?;
+        self.inner.extend(key, token, lease).await
+    }
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.gate().await?;
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.gate().await?;
+        self.inner.delete(key).await
+    }
+}
