@@ -1,0 +1,76 @@
+//! Request-level failures and how they map onto HTTP (`{"error": …}` bodies).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Why a request failed as a whole (per-command errors inside a pipeline are not these).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GatewayError {
+    /// Malformed request, refused command or a Redis error reply: HTTP 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong token: HTTP 401.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// A method the endpoint does not accept: HTTP 405.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// The body exceeds the configured limit: HTTP 413.
+    #[error("request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Redis cannot be reached (connection refused, timeout, dropped connection): HTTP 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else on the Redis client side (an unexpected reply shape): HTTP 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string() });
+        crate::server::json_response(self.status(), &body)
+    }
+}
+
+/// Maps a `redis` crate error: replies from the server keep their text (`ERR …`,
+/// `WRONGTYPE …`, `NOSCRIPT …`) as a 400; transport trouble becomes a 503.
+pub(crate) fn from_redis(error: &redis::RedisError) -> GatewayError {
+    if let Some(code) = error.code() {
+        let text = match error.detail() {
+            Some(detail) => format!("{code} {detail}"),
+            None => code.to_owned(),
+        };
+        return GatewayError::BadRequest(text);
+    }
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+    {
+        return GatewayError::Unavailable(format!("Redis is unavailable: {error}"));
+    }
+    GatewayError::Internal(format!("Redis client error: {error}"))
+}
+
+/// The text of a server error reply, with its code prefix (`ERR …`, `WRONGTYPE …`).
+pub(crate) fn server_error_text(error: &redis::ServerError) -> String {
+    match error.details() {
+        Some(detail) => format!("{} {detail}", error.code()),
+        None => error.code().to_owned(),
+    }
+}

@@ -1,0 +1,124 @@
+//! The `kv-rest-gateway` binary: the KV REST protocol in front of a Redis server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kv_rest_gateway::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE, GatewayConfig, Secret, serve,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Serve the Upstash / Vercel KV REST API in front of a real Redis.
+///
+/// Every option can also come from the environment variable shown next to it.
+#[derive(Parser)]
+#[command(name = "kv-rest-gateway", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "KV_REST_GATEWAY_LISTEN", default_value = "127.0.0.1:8079")]
+    listen: SocketAddr,
+
+    /// Redis URL (redis://[user:password@]host:port[/db]).
+    #[arg(long, env = "KV_REST_GATEWAY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+
+    /// Read-write API token (clients send `Authorization: Bearer <token>`).
+    #[arg(long, env = "KV_REST_GATEWAY_TOKEN", hide_env_values = true)]
+    token: String,
+
+    /// Optional read-only API token (read commands only, no SCAN/KEYS).
+    #[arg(long, env = "KV_REST_GATEWAY_READ_ONLY_TOKEN", hide_env_values = true)]
+    read_only_token: Option<String>,
+
+    /// Maximum request body in bytes (larger bodies get HTTP 413).
+    #[arg(long, env = "KV_REST_GATEWAY_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+
+    /// Maximum commands per /pipeline or /multi-exec request.
+    #[arg(long, env = "KV_REST_GATEWAY_MAX_PIPELINE", default_value_t = DEFAULT_MAX_PIPELINE)]
+    max_pipeline: usize,
+
+    /// Redis reply timeout in milliseconds.
+    #[arg(long, env = "KV_REST_GATEWAY_REDIS_TIMEOUT_MS", default_value_t = 10_000)]
+    redis_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Args")
+            .field("listen", &self.listen)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let mut config = GatewayConfig::new(args.redis_url, Secret::new(args.token))
+        .with_max_body_bytes(args.max_body_bytes)
+        .with_max_pipeline(args.max_pipeline)
+        .with_timeouts(
+            kv_rest_gateway::DEFAULT_CONNECT_TIMEOUT,
+            Duration::from_millis(args.redis_timeout_ms),
+        );
+    if let Some(read_only) = args.read_only_token {
+        config = config.with_read_only_token(read_only);
+    }
+
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, listen = %args.listen, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serve(listener, config, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,381 @@
+//! The HTTP server: routing, limits, auth and the request forms.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value as Json;
+use tokio::net::TcpListener;
+
+use crate::auth::{Access, Tokens, presented_token};
+use crate::backend::{Backend, TransactionOutcome};
+use crate::command::{Command, check_allowed, command_from_json, command_from_path};
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+use crate::resp::{Encoding, item, to_json};
+use crate::scripts::{ReplyFix, ScriptRegistry};
+
+/// The unauthenticated health endpoint: `GET` or `HEAD`, 200 `{"result":"OK"}` when Redis
+/// answers `PING`, else 503.
+///
+/// A command path's first segment is a Redis command name, and no Redis command contains `~`,
+/// so this path can never shadow a path-form command.
+pub const HEALTH_PATH: &str = "/~health";
+
+/// Response header carrying a fresh read-your-writes token on every response.
+pub const SYNC_TOKEN_HEADER: &str = "upstash-sync-token";
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Redis URL could not be parsed.
+    #[error("invalid Redis URL")]
+    InvalidRedisUrl(#[source] redis::RedisError),
+    /// The HTTP server failed.
+    #[error("HTTP server error")]
+    Io(#[source] std::io::Error),
+}
+
+/// A configured gateway: the shared state behind [`router`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    tokens: Tokens,
+    scripts: ScriptRegistry,
+    max_body_bytes: usize,
+    max_pipeline: usize,
+    sync_prefix: u64,
+    sync_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("redis", &self.inner.backend.address())
+            .field("max_body_bytes", &self.inner.max_body_bytes)
+            .field("max_pipeline", &self.inner.max_pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway state. Does not connect: Redis may come up later (requests get 503
+    /// until it does).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRedisUrl`] when the Redis URL does not parse.
+    pub fn new(config: &GatewayConfig) -> Result<Self, Error> {
+        let backend = Backend::new(config).map_err(Error::InvalidRedisUrl)?;
+        let sync_prefix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                tokens: Tokens::new(&config.token, config.read_only_token.as_ref()),
+                scripts: ScriptRegistry::default(),
+                max_body_bytes: config.max_body_bytes,
+                max_pipeline: config.max_pipeline,
+                sync_prefix,
+                sync_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The router serving the protocol with this state.
+    pub fn router(&self) -> Router {
+        router(self.clone())
+    }
+}
+
+/// The axum router serving the KV REST protocol (every path; see the crate docs).
+pub fn router(gateway: Gateway) -> Router {
+    Router::new().fallback(handle).with_state(gateway)
+}
+
+/// Serves the protocol on `listener` until `shutdown` completes, then finishes the requests in
+/// flight and returns.
+///
+/// # Errors
+/// [`Error::InvalidRedisUrl`] for a bad Redis URL, [`Error::Io`] when the server fails.
+pub async fn serve(
+    listener: TcpListener,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let gateway = Gateway::new(&config)?;
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, redis = %gateway.inner.backend.address(), "kv-rest-gateway listening");
+    }
+    axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::Io)
+}
+
+/// A JSON response with the given status.
+pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
+    let mut response = match dispatch(&gateway.inner, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(%error, "request failed");
+            }
+            error.into_response()
+        }
+    };
+    let sequence = gateway.inner.sync_counter.fetch_add(1, Ordering::Relaxed);
+    let token = format!("{:x}-{sequence:x}", gateway.inner.sync_prefix);
+    if let Ok(value) = HeaderValue::from_str(&token) {
+        response.headers_mut().insert(SYNC_TOKEN_HEADER, value);
+    }
+    response
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Json,
+    Pipeline,
+    Transaction,
+    Path,
+}
+
+async fn dispatch(state: &Inner, request: Request) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let query = parts.uri.query();
+
+    if path == HEALTH_PATH && matches!(parts.method, Method::GET | Method::HEAD) {
+        return health(state).await;
+    }
+    let endpoint = match path.trim_end_matches('/') {
+        "" => Endpoint::Json,
+        "/pipeline" => Endpoint::Pipeline,
+        "/multi-exec" => Endpoint::Transaction,
+        _ => Endpoint::Path,
+    };
+    let method_ok = match endpoint {
+        Endpoint::Path => matches!(
+            parts.method,
+            Method::GET | Method::POST | Method::PUT | Method::HEAD
+        ),
+        _ => parts.method == Method::POST,
+    };
+    if !method_ok {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+
+    let access = state
+        .tokens
+        .check(presented_token(&parts.headers, query).as_deref())
+        .ok_or(GatewayError::Unauthorized)?;
+    let encoding = encoding(&parts.headers)?;
+    let has_body = matches!(parts.method, Method::POST | Method::PUT);
+    let body = if has_body {
+        read_body(&parts.headers, body, state.max_body_bytes).await?
+    } else {
+        Bytes::new()
+    };
+
+    match endpoint {
+        Endpoint::Json => {
+            let command = command_from_json(&parse_json(&body)?)?;
+            single(state, command, access, encoding).await
+        }
+        Endpoint::Path => {
+            let command = command_from_path(path, has_body.then_some(&body[..]), query)?;
+            single(state, command, access, encoding).await
+        }
+        Endpoint::Pipeline => {
+            let commands = parse_batch(state, &body)?;
+            pipeline(state, commands, access, encoding).await
+        }
+        Endpoint::Transaction => {
+            let commands = parse_batch(state, &body)?;
+            transaction(state, commands, access, encoding).await
+        }
+    }
+}
+
+/// `Upstash-Encoding` and `Upstash-Response-Format`.
+fn encoding(headers: &HeaderMap) -> Result<Encoding, GatewayError> {
+    if let Some(format) = headers.get("upstash-response-format") {
+        let format = format.to_str().unwrap_or_default();
+        if !format.eq_ignore_ascii_case("json") {
+            let reason = if format.eq_ignore_ascii_case("resp2") {
+                "is not supported by this gateway (use JSON)".to_owned()
+            } else {
+                "is unknown (expected json or resp2)".to_owned()
+            };
+            return Err(GatewayError::BadRequest(format!(
+                "ERR Upstash-Response-Format '{format}' {reason}"
+            )));
+        }
+    }
+    let base64 = headers
+        .get("upstash-encoding")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("base64"));
+    Ok(if base64 {
+        Encoding::Base64
+    } else {
+        Encoding::Text
+    })
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    // Refuse a declared oversize body before reading any of it.
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(GatewayError::PayloadTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(GatewayError::PayloadTooLarge(limit))
+        }
+        Err(error) => Err(GatewayError::BadRequest(format!(
+            "ERR failed to read the request body: {error}"
+        ))),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Json, GatewayError> {
+    serde_json::from_slice(body).map_err(|error| {
+        GatewayError::BadRequest(format!("ERR failed to parse the request body as JSON: {error}"))
+    })
+}
+
+/// A `/pipeline` or `/multi-exec` body: a non-empty JSON array of command arrays.
+fn parse_batch(state: &Inner, body: &[u8]) -> Result<Vec<Command>, GatewayError> {
+    let Json::Array(items) = parse_json(body)? else {
+        return Err(GatewayError::BadRequest(
+            "ERR the body must be a JSON array of commands, e.g. [[\"GET\",\"k\"]]".into(),
+        ));
+    };
+    if items.is_empty() {
+        return Err(GatewayError::BadRequest("ERR no commands in the request".into()));
+    }
+    if items.len() > state.max_pipeline {
+        return Err(GatewayError::BadRequest(format!(
+            "ERR too many commands: {} (at most {} per request)",
+            items.len(),
+            state.max_pipeline
+        )));
+    }
+    items.iter().map(command_from_json).collect()
+}
+
+fn ok(body: &Json) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+async fn single(
+    state: &Inner,
+    mut command: Command,
+    access: Access,
+    encoding: Encoding,
+) -> Result<Response, GatewayError> {
+    check_allowed(&command, access).map_err(GatewayError::BadRequest)?;
+    let fix = state.scripts.translate(&mut command);
+    tracing::debug!(command = %command.name(), "command");
+    let value = fix.apply(state.backend.command(&command.to_redis()).await?);
+    Ok(ok(&serde_json::json!({ "result": to_json(&value, encoding) })))
+}
+
+async fn pipeline(
+    state: &Inner,
+    commands: Vec<Command>,
+    access: Access,
+    encoding: Encoding,
+) -> Result<Response, GatewayError> {
+    tracing::debug!(commands = commands.len(), "pipeline");
+    // Refused commands answer inline and are not sent; the others run in order.
+    let mut slots: Vec<Result<ReplyFix, String>> = Vec::with_capacity(commands.len());
+    let mut to_send = Vec::with_capacity(commands.len());
+    for mut command in commands {
+        match check_allowed(&command, access) {
+            Ok(()) => {
+                slots.push(Ok(state.scripts.translate(&mut command)));
+                to_send.push(command.to_redis());
+            }
+            Err(message) => slots.push(Err(message)),
+        }
+    }
+    let mut replies = state.backend.pipeline(to_send).await?.into_iter();
+    let mut items = Vec::with_capacity(slots.len());
+    for slot in slots {
+        items.push(match slot {
+            Err(message) => serde_json::json!({ "error": message }),
+            Ok(fix) => match replies.next() {
+                Some(value) => item(&fix.apply(value), encoding),
+                None => {
+                    return Err(GatewayError::Internal("missing pipeline reply".into()));
+                }
+            },
+        });
+    }
+    Ok(ok(&Json::Array(items)))
+}
+
+async fn transaction(
+    state: &Inner,
+    commands: Vec<Command>,
+    access: Access,
+    encoding: Encoding,
+) -> Result<Response, GatewayError> {
+    tracing::debug!(commands = commands.len(), "transaction");
+    // One refused command refuses the whole transaction: it must run entirely or not at all.
+    let mut fixes = Vec::with_capacity(commands.len());
+    let mut to_send = Vec::with_capacity(commands.len());
+    for mut command in commands {
+        check_allowed(&command, access).map_err(GatewayError::BadRequest)?;
+        fixes.push(state.scripts.translate(&mut command));
+        to_send.push(command.to_redis());
+    }
+    match state.backend.transaction(to_send).await? {
+        TransactionOutcome::Refused(message) => Err(GatewayError::BadRequest(message)),
+        TransactionOutcome::Executed(values) => {
+            let items = values
+                .into_iter()
+                .zip(&fixes)
+                .map(|(value, fix)| item(&fix.apply(value), encoding))
+                .collect();
+            Ok(ok(&Json::Array(items)))
+        }
+    }
+}
+
+async fn health(state: &Inner) -> Result<Response, GatewayError> {
+    match state.backend.command(&redis::cmd("PING")).await {
+        Ok(_) => Ok(ok(&serde_json::json!({ "result": "OK" }))),
+        Err(error) => Err(GatewayError::Unavailable(error.to_string())),
+    }
+}
