@@ -256,7 +256,7 @@ mod tests {
             good.replace("\"b\":\"aGk=\"", "\"b\":\"aGk=\",\"z\":\"gzip\"")
                 .into_bytes(),
             good.replace(",\"d\":9", "").into_bytes(),
-            good[..good.len() - 1].as_bytes().to_vec(),
+            good.as_bytes()[..good.len() - 1].to_vec(),
             good.replacen("\"t\":\"", "\"t\":\"zz", 1).into_bytes(),
         ];
         for case in cases {

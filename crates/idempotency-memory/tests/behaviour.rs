@@ -1,5 +1,7 @@
 //! The shared behaviour suite and model, run against the memory store with a manual clock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! Capacity bound, eviction order and sweeping of the memory store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use idempotency_core::{

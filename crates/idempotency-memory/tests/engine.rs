@@ -1,6 +1,8 @@
 //! Engine behaviour on the memory store: failure policies, kill switch, waiting, guards, and
 //! the at-most-once guarantee under a storm of duplicates.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

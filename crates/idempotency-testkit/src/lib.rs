@@ -23,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod faults;
+pub mod fixtures;
 mod harness;
 pub mod model;
 pub mod suite;
