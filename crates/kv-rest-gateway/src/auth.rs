@@ -90,9 +90,15 @@ mod tests {
         assert_eq!(tokens.check(None), None);
 
         let mut headers = HeaderMap::new();
-        assert_eq!(presented_token(&headers, Some("a=1&_token=x%20y")), Some("x y".into()));
+        assert_eq!(
+            presented_token(&headers, Some("a=1&_token=x%20y")),
+            Some("x y".into())
+        );
         headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc"));
-        assert_eq!(presented_token(&headers, Some("_token=other")), Some("abc".into()));
+        assert_eq!(
+            presented_token(&headers, Some("_token=other")),
+            Some("abc".into())
+        );
         assert_eq!(presented_token(&HeaderMap::new(), None), None);
     }
 }

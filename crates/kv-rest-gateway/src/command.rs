@@ -7,8 +7,8 @@
 use percent_encoding::percent_decode;
 use serde_json::Value as Json;
 
-use crate::error::GatewayError;
 use crate::auth::Access;
+use crate::error::GatewayError;
 
 /// One Redis command: the name followed by its arguments, each binary safe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,7 +269,10 @@ mod tests {
             strings(&command),
             ["set", "a/b", "x y", "body", "EX", "100", "NX", "k", "a b+"]
         );
-        assert_eq!(strings(&command_from_path("/ping/", Some(b""), None)?), ["ping"]);
+        assert_eq!(
+            strings(&command_from_path("/ping/", Some(b""), None)?),
+            ["ping"]
+        );
         assert!(command_from_path("/", None, None).is_err());
         Ok(())
     }

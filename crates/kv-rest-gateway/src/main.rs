@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kv_rest_gateway::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE, GatewayConfig, Secret, serve,
-};
+use kv_rest_gateway::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE, GatewayConfig, Secret, serve};
 use tracing_subscriber::EnvFilter;
 
 /// Serve the Upstash / Vercel KV REST API in front of a real Redis.
@@ -21,7 +19,11 @@ struct Args {
     listen: SocketAddr,
 
     /// Redis URL (redis://[user:password@]host:port[/db]).
-    #[arg(long, env = "KV_REST_GATEWAY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "KV_REST_GATEWAY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis_url: String,
 
     /// Read-write API token (clients send `Authorization: Bearer <token>`).
@@ -41,7 +43,11 @@ struct Args {
     max_pipeline: usize,
 
     /// Redis reply timeout in milliseconds.
-    #[arg(long, env = "KV_REST_GATEWAY_REDIS_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "KV_REST_GATEWAY_REDIS_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     redis_timeout_ms: u64,
 }
 

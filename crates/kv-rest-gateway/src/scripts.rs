@@ -197,17 +197,26 @@ mod tests {
             strip_flag(b"#!lua flags=no-writes,allow-key-locking\nreturn 1").as_deref(),
             Some(&b"#!lua flags=no-writes\nreturn 1"[..])
         );
-        assert_eq!(strip_flag(b"#!lua flags=allow-key-locking").as_deref(), Some(&b""[..]));
+        assert_eq!(
+            strip_flag(b"#!lua flags=allow-key-locking").as_deref(),
+            Some(&b""[..])
+        );
         assert_eq!(strip_flag(b"#!lua flags=no-writes\nreturn 1"), None);
         assert_eq!(strip_flag(b"return 1"), None);
         assert_eq!(strip_flag(b"#!luax flags=allow-key-locking\n"), None);
-        assert_eq!(strip_flag(b"return 1 -- #!lua flags=allow-key-locking"), None);
+        assert_eq!(
+            strip_flag(b"return 1 -- #!lua flags=allow-key-locking"),
+            None
+        );
     }
 
     #[test]
     fn sha_matches_redis() {
         // SHA-1 of "return 1" as Redis reports it for SCRIPT LOAD.
-        assert_eq!(sha1_hex(b"return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        assert_eq!(
+            sha1_hex(b"return 1"),
+            "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+        );
     }
 
     #[test]
@@ -227,7 +236,10 @@ mod tests {
         let fix = registry.translate(&mut load);
         assert_eq!(fix, ReplyFix::Sha(sha1_hex(flagged.as_bytes())));
         let fixed = fix.apply(Value::BulkString(b"x".to_vec()));
-        assert_eq!(fixed, Value::BulkString(sha1_hex(flagged.as_bytes()).into_bytes()));
+        assert_eq!(
+            fixed,
+            Value::BulkString(sha1_hex(flagged.as_bytes()).into_bytes())
+        );
         Ok(())
     }
 }

@@ -129,7 +129,8 @@ pub async fn serve(
 
 /// A JSON response with the given status.
 pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
+    let bytes =
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
     (
         status,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -269,7 +270,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 
 fn parse_json(body: &[u8]) -> Result<Json, GatewayError> {
     serde_json::from_slice(body).map_err(|error| {
-        GatewayError::BadRequest(format!("ERR failed to parse the request body as JSON: {error}"))
+        GatewayError::BadRequest(format!(
+            "ERR failed to parse the request body as JSON: {error}"
+        ))
     })
 }
 
@@ -281,7 +284,9 @@ fn parse_batch(state: &Inner, body: &[u8]) -> Result<Vec<Command>, GatewayError>
         ));
     };
     if items.is_empty() {
-        return Err(GatewayError::BadRequest("ERR no commands in the request".into()));
+        return Err(GatewayError::BadRequest(
+            "ERR no commands in the request".into(),
+        ));
     }
     if items.len() > state.max_pipeline {
         return Err(GatewayError::BadRequest(format!(
@@ -307,7 +312,9 @@ async fn single(
     let fix = state.scripts.translate(&mut command);
     tracing::debug!(command = %command.name(), "command");
     let value = fix.apply(state.backend.command(&command.to_redis()).await?);
-    Ok(ok(&serde_json::json!({ "result": to_json(&value, encoding) })))
+    Ok(ok(
+        &serde_json::json!({ "result": to_json(&value, encoding) }),
+    ))
 }
 
 async fn pipeline(

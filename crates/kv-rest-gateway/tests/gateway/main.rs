@@ -1,0 +1,13 @@
+//! Protocol tests over real HTTP: the gateway in-process on 127.0.0.1:0, in front of a real
+//! `redis-server` started per test (the testkit's `RedisServer` fixture).
+
+// Test helpers outside #[test] functions may panic on setup failures: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod auth_limits;
+mod faults;
+mod forms;
+mod official_client;
+mod scripts;
