@@ -185,7 +185,7 @@ pub(crate) fn is_read_only(name: &str) -> bool {
         "PING" | "ECHO" | "TIME" | "DBSIZE" | "RANDOMKEY"
             // keyspace
             | "EXISTS" | "TYPE" | "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "TOUCH"
-            | "DUMP" | "OBJECT"
+            | "DUMP" | "OBJECT" | "SORT_RO"
             // strings and bits
             | "GET" | "MGET" | "GETRANGE" | "SUBSTR" | "STRLEN" | "LCS" | "GETBIT" | "BITCOUNT"
             | "BITPOS" | "BITFIELD_RO"

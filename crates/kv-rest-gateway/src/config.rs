@@ -63,8 +63,8 @@ impl From<&str> for Secret {
 /// Everything the gateway needs to run (the listening socket is passed separately to
 /// [`serve`](crate::serve)).
 ///
-/// `Debug` redacts both tokens.
-#[derive(Clone, Debug)]
+/// `Debug` redacts both tokens and any password in the Redis URL.
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// Redis connection URL, e.g. `redis://127.0.0.1:6379` (`rediss://` needs a TLS-enabled
     /// build of the `redis` crate, which this crate does not enable).
@@ -81,6 +81,32 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// Timeout for one Redis reply.
     pub response_timeout: Duration,
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("token", &self.token)
+            .field("read_only_token", &self.read_only_token)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_pipeline", &self.max_pipeline)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// The URL with its user-info part (`user:password@`) replaced.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 impl GatewayConfig {
@@ -139,5 +165,18 @@ mod tests {
         assert!(!shown.contains("super-secret"), "{shown}");
         assert!(shown.contains("redacted"));
         assert_eq!(Secret::new("x").to_string(), "<redacted>");
+    }
+
+    #[test]
+    fn debug_redacts_the_redis_password() {
+        let config = GatewayConfig::new("redis://user:hunter2@db:6379/0", "t");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://<redacted>@db:6379/0"), "{shown}");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("redis://:pw@h/0"), "redis://<redacted>@h/0");
     }
 }

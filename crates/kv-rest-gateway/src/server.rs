@@ -78,6 +78,9 @@ impl Gateway {
     ///
     /// # Errors
     /// [`Error::InvalidRedisUrl`] when the Redis URL does not parse.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (the Redis connection manager spawns its background task here).
     pub fn new(config: &GatewayConfig) -> Result<Self, Error> {
         let backend = Backend::new(config).map_err(Error::InvalidRedisUrl)?;
         let sync_prefix = SystemTime::now()

@@ -196,6 +196,27 @@ async fn body_and_pipeline_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_body_limit_takes_a_3_mib_value() {
+    let gw = TestGateway::start().await;
+    let value = "v".repeat(3 * 1024 * 1024);
+    let set = gw.cmd(json!(["SET", "big", value])).await;
+    assert_eq!(set.result(), "OK");
+    let strlen = gw.cmd(json!(["STRLEN", "big"])).await;
+    assert_eq!(strlen.result(), 3 * 1024 * 1024);
+    let over = gw
+        .request(
+            Method::POST,
+            "/set/big",
+            Some(TOKEN),
+            &[],
+            Some(vec![b'v'; kv_rest_gateway::DEFAULT_MAX_BODY_BYTES + 1]),
+        )
+        .await;
+    over.error(413);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_commands() {
     let gw = TestGateway::start().await;
     for command in [
