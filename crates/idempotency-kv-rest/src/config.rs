@@ -1,0 +1,200 @@
+//! Where the REST endpoint is and how to talk to it.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Environment variable pairs read by [`crate::KvRestStore::from_env`], in order: the official
+/// Upstash names first, then the (deprecated) Vercel KV names, as the official clients do.
+pub const ENV_PAIRS: [(&str, &str); 2] = [
+    ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"),
+    ("KV_REST_API_URL", "KV_REST_API_TOKEN"),
+];
+
+/// Why a store could not be configured.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum KvRestConfigError {
+    /// A needed environment variable is not set (or is empty).
+    #[error("environment variable {0} is not set")]
+    MissingVariable(&'static str),
+    /// The URL is not an `http://` or `https://` URL.
+    #[error("KV REST URL {url:?} is not an http(s) URL")]
+    InvalidUrl {
+        /// The refused URL.
+        url: String,
+    },
+    /// The token is empty.
+    #[error("KV REST token is empty")]
+    EmptyToken,
+    /// The HTTP client could not be built (TLS backend missing?).
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// A bearer token that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Token(pub(crate) String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Settings for a [`crate::KvRestStore`].
+#[derive(Debug, Clone)]
+pub struct KvRestConfig {
+    pub(crate) url: String,
+    pub(crate) token: Token,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) retries: u32,
+    pub(crate) key_locking_scripts: bool,
+}
+
+impl KvRestConfig {
+    /// Endpoint and token; defaults: 1 s per request, 2 retries on connection failures, scripts
+    /// sent with Upstash's per-key locking flag.
+    ///
+    /// # Errors
+    /// [`KvRestConfigError::InvalidUrl`] or [`KvRestConfigError::EmptyToken`].
+    pub fn new(
+        url: impl Into<String>,
+        token: impl Into<String>,
+    ) -> Result<Self, KvRestConfigError> {
+        let url = url.into().trim_end_matches('/').to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(KvRestConfigError::InvalidUrl { url });
+        }
+        let token = token.into();
+        if token.is_empty() {
+            return Err(KvRestConfigError::EmptyToken);
+        }
+        Ok(Self {
+            url,
+            token: Token(token),
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            retries: 2,
+            key_locking_scripts: true,
+        })
+    }
+
+    /// Read the endpoint from a variable lookup (`std::env::var` in [`crate::KvRestStore::from_env`]).
+    ///
+    /// # Errors
+    /// [`KvRestConfigError::MissingVariable`] naming the variable to set.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, KvRestConfigError> {
+        let present = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        for (url_var, token_var) in ENV_PAIRS {
+            if let Some(url) = present(url_var) {
+                let token =
+                    present(token_var).ok_or(KvRestConfigError::MissingVariable(token_var))?;
+                return Self::new(url, token);
+            }
+        }
+        Err(KvRestConfigError::MissingVariable(
+            "UPSTASH_REDIS_REST_URL (or KV_REST_API_URL)",
+        ))
+    }
+
+    /// Time budget of one HTTP request (default 1 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Time budget to open a connection (default 500 ms).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Retries after a connection failure (default 2; never after an HTTP answer).
+    #[must_use]
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Send scripts with `#!lua flags=allow-key-locking` (default true): on Upstash, scripts on
+    /// different keys then run in parallel instead of under a global lock. Turn off for a server
+    /// that refuses the flag and does not strip it.
+    #[must_use]
+    pub fn key_locking_scripts(mut self, enabled: bool) -> Self {
+        self.key_locking_scripts = enabled;
+        self
+    }
+
+    /// The endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn upstash_names_win_over_vercel_names() {
+        let c = KvRestConfig::from_lookup(lookup(&[
+            ("UPSTASH_REDIS_REST_URL", "https://a.upstash.io/"),
+            ("UPSTASH_REDIS_REST_TOKEN", "t1"),
+            ("KV_REST_API_URL", "https://b.vercel"),
+            ("KV_REST_API_TOKEN", "t2"),
+        ]))
+        .unwrap();
+        assert_eq!(c.url(), "https://a.upstash.io");
+        assert_eq!(c.token.0, "t1");
+    }
+
+    #[test]
+    fn vercel_names_are_the_fallback() {
+        let c = KvRestConfig::from_lookup(lookup(&[
+            ("KV_REST_API_URL", "https://b.vercel"),
+            ("KV_REST_API_TOKEN", "t2"),
+        ]))
+        .unwrap();
+        assert_eq!(c.url(), "https://b.vercel");
+    }
+
+    #[test]
+    fn missing_variables_are_named() {
+        let err =
+            KvRestConfig::from_lookup(lookup(&[("KV_REST_API_URL", "https://b")])).unwrap_err();
+        assert!(matches!(
+            err,
+            KvRestConfigError::MissingVariable("KV_REST_API_TOKEN")
+        ));
+        let err = KvRestConfig::from_lookup(lookup(&[])).unwrap_err();
+        assert!(err.to_string().contains("UPSTASH_REDIS_REST_URL"));
+        assert!(matches!(
+            KvRestConfig::new("redis://x", "t"),
+            Err(KvRestConfigError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            KvRestConfig::new("http://x", ""),
+            Err(KvRestConfigError::EmptyToken)
+        ));
+    }
+
+    #[test]
+    fn token_is_redacted() {
+        let c = KvRestConfig::new("http://127.0.0.1:1", "super-secret").unwrap();
+        assert!(!format!("{c:?}").contains("super-secret"));
+    }
+}

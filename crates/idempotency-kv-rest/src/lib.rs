@@ -1,0 +1,355 @@
+//! # idempotency-kv-rest
+//!
+//! An idempotency store over the Upstash Redis REST API (also what Vercel KV was): plain HTTPS,
+//! no TCP connection to Redis, so it works from serverless and edge functions.
+//!
+//! It speaks the same protocol as the `redis` crate store — claim with `SET key record NX PX
+//! lease GET`, fenced `complete` / `release` / `extend` with the Lua scripts of
+//! [`idempotency_core::lua`] via `EVALSHA` (falling back to `EVAL` on `NOSCRIPT`) — over the same
+//! record format, so both stores can share one database.
+//!
+//! ```no_run
+//! use idempotency_core::Idempotency;
+//! use idempotency_kv_rest::KvRestStore;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Reads UPSTASH_REDIS_REST_URL / _TOKEN, else KV_REST_API_URL / KV_REST_API_TOKEN.
+//! let engine = Idempotency::builder(KvRestStore::from_env()?).build()?;
+//! # let _ = engine; Ok(()) }
+//! ```
+//!
+//! # Retries
+//! A request that fails to connect is retried (default twice). Every primitive is safe to send
+//! twice: a claim whose first reply was lost finds its own token and the engine treats it as
+//! claimed; a repeated completion under the same token is accepted. A request that got an HTTP
+//! answer is never retried.
+//!
+//! # Feature flags
+//! - `rustls` (default): HTTPS through rustls, needed for the hosted service.
+
+#![deny(missing_docs)]
+
+mod config;
+
+use std::fmt;
+use std::time::Duration;
+
+use idempotency_core::{
+    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
+    StoreKey, async_trait, codec, lua,
+};
+use serde_json::{Value, json};
+
+pub use config::{ENV_PAIRS, KvRestConfig, KvRestConfigError};
+pub use idempotency_core;
+pub use reqwest;
+
+/// A script as sent: its text (with the optional Upstash flag line) and the SHA-1 of that text.
+#[derive(Debug, Clone)]
+struct Script {
+    text: String,
+    sha: String,
+}
+
+impl Script {
+    fn new(body: &str, key_locking: bool) -> Self {
+        let text = if key_locking {
+            format!("{}{body}", lua::UPSTASH_KEY_LOCKING_SHEBANG)
+        } else {
+            body.to_owned()
+        };
+        let sha = sha1_smol::Sha1::from(text.as_bytes()).digest().to_string();
+        Self { text, sha }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scripts {
+    complete: Script,
+    release: Script,
+    extend: Script,
+}
+
+/// The KV REST store. Cheap to clone (the HTTP client pools connections).
+#[derive(Clone)]
+pub struct KvRestStore {
+    client: reqwest::Client,
+    config: KvRestConfig,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl fmt::Debug for KvRestStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvRestStore")
+            .field("url", &self.config.url)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failure of one REST call, before it is mapped to [`StoreError`].
+#[derive(Debug)]
+enum CallError {
+    Transport(reqwest::Error),
+    Redis(String),
+    Http { status: u16, message: String },
+    Protocol(String),
+}
+
+impl CallError {
+    fn into_store_error(self, timeout: Duration) -> StoreError {
+        match self {
+            CallError::Transport(e) if e.is_timeout() => StoreError::Timeout {
+                operation: "kv-rest request",
+                after: timeout,
+            },
+            CallError::Transport(e) => StoreError::Unavailable {
+                source: Box::new(e),
+            },
+            CallError::Redis(message) => StoreError::Backend { message },
+            CallError::Http { status, message } if status >= 500 => StoreError::Unavailable {
+                source: format!("HTTP {status}: {message}").into(),
+            },
+            CallError::Http { status, message } => StoreError::Backend {
+                message: format!("HTTP {status}: {message}"),
+            },
+            CallError::Protocol(message) => StoreError::Other {
+                source: message.into(),
+            },
+        }
+    }
+}
+
+impl KvRestStore {
+    /// A store for `config`.
+    ///
+    /// # Errors
+    /// [`KvRestConfigError::Client`] when the HTTP client cannot be built.
+    pub fn new(config: KvRestConfig) -> Result<Self, KvRestConfigError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(KvRestConfigError::Client)?;
+        let locking = config.key_locking_scripts;
+        let scripts = Scripts {
+            complete: Script::new(lua::COMPLETE, locking),
+            release: Script::new(lua::RELEASE, locking),
+            extend: Script::new(lua::EXTEND, locking),
+        };
+        Ok(Self {
+            client,
+            config,
+            scripts: std::sync::Arc::new(scripts),
+        })
+    }
+
+    /// A store for `url` and `token` with default settings.
+    ///
+    /// # Errors
+    /// As [`KvRestConfig::new`] and [`KvRestStore::new`].
+    pub fn connect(
+        url: impl Into<String>,
+        token: impl Into<String>,
+    ) -> Result<Self, KvRestConfigError> {
+        Self::new(KvRestConfig::new(url, token)?)
+    }
+
+    /// A store from `UPSTASH_REDIS_REST_URL` + `UPSTASH_REDIS_REST_TOKEN`, else `KV_REST_API_URL` +
+    /// `KV_REST_API_TOKEN`.
+    ///
+    /// # Errors
+    /// [`KvRestConfigError::MissingVariable`] naming what to set.
+    pub fn from_env() -> Result<Self, KvRestConfigError> {
+        Self::new(KvRestConfig::from_lookup(|name| std::env::var(name).ok())?)
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &KvRestConfig {
+        &self.config
+    }
+
+    /// Run one command and map failures to store errors.
+    async fn command(&self, command: &Value) -> Result<Value, StoreError> {
+        self.call(command)
+            .await
+            .map_err(|e| e.into_store_error(self.config.timeout))
+    }
+
+    /// Run one command (JSON form, `POST /`) and return its `result`.
+    async fn call(&self, command: &Value) -> Result<Value, CallError> {
+        let mut attempt = 0;
+        loop {
+            let sent = self
+                .client
+                .post(&self.config.url)
+                .bearer_auth(&self.config.token.0)
+                .json(command)
+                .send()
+                .await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) if e.is_connect() && attempt < self.config.retries => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "KV REST connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(CallError::Transport(e)),
+            };
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.map_err(|e| {
+                if e.is_timeout() {
+                    CallError::Transport(e)
+                } else {
+                    CallError::Http {
+                        status,
+                        message: format!("reply is not JSON: {e}"),
+                    }
+                }
+            })?;
+            if let Some(error) = body.get("error") {
+                let message = error
+                    .as_str()
+                    .map_or_else(|| error.to_string(), str::to_owned);
+                return Err(if status == 400 {
+                    CallError::Redis(message)
+                } else {
+                    CallError::Http { status, message }
+                });
+            }
+            if !(200..300).contains(&status) {
+                return Err(CallError::Http {
+                    status,
+                    message: body.to_string(),
+                });
+            }
+            return match body {
+                Value::Object(mut map) => map
+                    .remove("result")
+                    .ok_or_else(|| CallError::Protocol("reply without `result`".into())),
+                other => Err(CallError::Protocol(format!("unexpected reply {other}"))),
+            };
+        }
+    }
+
+    /// Run a fenced script by SHA, loading it with EVAL when the server does not know it.
+    async fn eval(
+        &self,
+        script: &Script,
+        key: &StoreKey,
+        args: &[Value],
+    ) -> Result<Fenced, StoreError> {
+        let with = |head: Vec<Value>| -> Value {
+            let mut command = head;
+            command.push(json!(1));
+            command.push(json!(key.as_str()));
+            command.extend_from_slice(args);
+            Value::Array(command)
+        };
+        let by_sha = with(vec![json!("EVALSHA"), json!(script.sha)]);
+        let reply = match self.call(&by_sha).await {
+            Err(CallError::Redis(message)) if message.starts_with("NOSCRIPT") => {
+                tracing::debug!("script not cached on the server; sending it with EVAL");
+                self.command(&with(vec![json!("EVAL"), json!(script.text)]))
+                    .await?
+            }
+            other => other.map_err(|e| e.into_store_error(self.config.timeout))?,
+        };
+        match reply.as_i64() {
+            Some(1) => Ok(Fenced::Applied),
+            Some(0) => Ok(Fenced::LeaseLost),
+            _ => Err(StoreError::Backend {
+                message: format!("unexpected script reply {reply}"),
+            }),
+        }
+    }
+}
+
+fn millis(d: Duration) -> Value {
+    json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+}
+
+fn decode_reply(reply: Value) -> Result<Option<Record>, StoreError> {
+    match reply {
+        Value::Null => Ok(None),
+        Value::String(text) => Ok(Some(codec::decode(text.as_bytes())?)),
+        other => Err(StoreError::Backend {
+            message: format!("expected a string or null, got {other}"),
+        }),
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for KvRestStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let text = codec::encode(&Record::InProgress(record.clone()));
+        let command = json!(["SET", key.as_str(), text, "NX", "PX", millis(lease), "GET"]);
+        match decode_reply(self.command(&command).await?)? {
+            None => Ok(Claim::Claimed),
+            Some(existing) => Ok(Claim::Existing(existing)),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let text = codec::encode(&Record::Completed(record.clone()));
+        let args = [json!(token.to_hex()), json!(text), millis(retention)];
+        self.eval(&self.scripts.complete, key, &args).await
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        self.eval(&self.scripts.release, key, &[json!(token.to_hex())])
+            .await
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let args = [json!(token.to_hex()), millis(lease)];
+        self.eval(&self.scripts.extend, key, &args).await
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        decode_reply(self.command(&json!(["GET", key.as_str()])).await?)
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let reply = self.command(&json!(["DEL", key.as_str()])).await?;
+        Ok(reply.as_i64().unwrap_or(0) > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flagged_scripts_hash_their_sent_text() {
+        let plain = Script::new(lua::RELEASE, false);
+        let flagged = Script::new(lua::RELEASE, true);
+        assert!(flagged.text.starts_with("#!lua flags=allow-key-locking\n"));
+        assert_ne!(plain.sha, flagged.sha);
+        assert_eq!(plain.sha.len(), 40);
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let store = KvRestStore::connect("http://127.0.0.1:9", "hunter2").unwrap();
+        assert!(!format!("{store:?}").contains("hunter2"));
+    }
+}
