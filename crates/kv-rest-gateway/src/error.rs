@@ -1,6 +1,7 @@
 //! Request-level failures and how they map onto HTTP (`{"error": …}` bodies).
 
-use axum::http::StatusCode;
+use axum::http::header::ALLOW;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// Why a request failed as a whole (per-command errors inside a pipeline are not these).
@@ -12,9 +13,9 @@ pub(crate) enum GatewayError {
     /// Missing or wrong token: HTTP 401.
     #[error("Unauthorized")]
     Unauthorized,
-    /// A method the endpoint does not accept: HTTP 405.
+    /// A method the endpoint does not accept: HTTP 405 with `Allow: <the accepted methods>`.
     #[error("Method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     /// The body exceeds the configured limit: HTTP 413.
     #[error("request body exceeds the limit of {0} bytes")]
     PayloadTooLarge(usize),
@@ -31,7 +32,7 @@ impl GatewayError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -42,7 +43,13 @@ impl GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
-        crate::server::json_response(self.status(), &body)
+        let mut response = crate::server::json_response(self.status(), &body);
+        if let Self::MethodNotAllowed(allowed) = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+        }
+        response
     }
 }
 

@@ -11,8 +11,8 @@ use axum::extract::{Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde_json::Value as Json;
 use tokio::net::TcpListener;
 
@@ -182,15 +182,18 @@ async fn dispatch(state: &Inner, request: Request) -> Result<Response, GatewayEr
         "/multi-exec" => Endpoint::Transaction,
         _ => Endpoint::Path,
     };
-    let method_ok = match endpoint {
-        Endpoint::Path => matches!(
-            parts.method,
-            Method::GET | Method::POST | Method::PUT | Method::HEAD
+    let (method_ok, allowed) = match endpoint {
+        Endpoint::Path => (
+            matches!(
+                parts.method,
+                Method::GET | Method::POST | Method::PUT | Method::HEAD
+            ),
+            "GET, HEAD, POST, PUT",
         ),
-        _ => parts.method == Method::POST,
+        _ => (parts.method == Method::POST, "POST"),
     };
     if !method_ok {
-        return Err(GatewayError::MethodNotAllowed);
+        return Err(GatewayError::MethodNotAllowed(allowed));
     }
 
     let access = state
@@ -251,24 +254,46 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, GatewayError> {
     })
 }
 
+/// How much of an oversize body is still read (and discarded) so the client gets the 413.
+///
+/// A server that answers without reading the body closes a connection the client is still
+/// writing to; the client then sees a broken pipe instead of the 413, and the official JS client
+/// retries network errors (five times, re-sending the whole body). Past this cap the connection
+/// is dropped after all.
+const OVERSIZE_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    // Refuse a declared oversize body before reading any of it.
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
+    let mut oversize = declared.is_some_and(|length| length > limit as u64);
+    let mut collected = BytesMut::new();
+    let mut seen = 0_usize;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            GatewayError::BadRequest(format!("ERR failed to read the request body: {error}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit {
+            oversize = true;
+        }
+        if oversize {
+            if seen > limit.saturating_add(OVERSIZE_DRAIN_BYTES) {
+                break;
+            }
+        } else {
+            collected.extend_from_slice(&data);
+        }
+    }
+    if oversize {
         return Err(GatewayError::PayloadTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(GatewayError::PayloadTooLarge(limit))
-        }
-        Err(error) => Err(GatewayError::BadRequest(format!(
-            "ERR failed to read the request body: {error}"
-        ))),
-    }
+    Ok(collected.freeze())
 }
 
 fn parse_json(body: &[u8]) -> Result<Json, GatewayError> {

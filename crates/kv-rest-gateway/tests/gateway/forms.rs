@@ -116,10 +116,12 @@ async fn path_form_get_post_put_head() {
         .request(Method::DELETE, "/get/put", auth, &[], None)
         .await;
     assert_eq!(delete.status, 405);
+    assert_eq!(delete.headers["allow"], "GET, HEAD, POST, PUT");
     let get_root = gw.request(Method::GET, "/", auth, &[], None).await;
     assert_eq!(get_root.status, 405);
     let get_pipeline = gw.request(Method::GET, "/pipeline", auth, &[], None).await;
     assert_eq!(get_pipeline.status, 405);
+    assert_eq!(get_pipeline.headers["allow"], "POST");
     gw.shutdown().await;
 }
 
