@@ -70,3 +70,32 @@ async fn gateway_starts_before_redis() {
     late.shutdown().await;
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_times_out_with_5xx_then_recovers() {
+    let mut gw = TestGateway::start_with(|config| {
+        config.with_timeouts(Duration::from_millis(500), Duration::from_millis(500))
+    })
+    .await;
+    assert_eq!(gw.cmd(json!(["SET", "k", "v"])).await.result(), "OK");
+    gw.redis.pause().unwrap();
+    let started = Instant::now();
+    let hung = gw.cmd(json!(["GET", "k"])).await;
+    let waited = started.elapsed();
+    gw.redis.resume().unwrap();
+    assert!((500..600).contains(&hung.status), "{hung:?}");
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    // Replies to the timed-out request arrive late; later requests must still get their own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = gw.cmd(json!(["GET", "k"])).await;
+        if reply.status == 200 {
+            assert_eq!(reply.result(), "v");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.cmd(json!(["ECHO", "mine"])).await.result(), "mine");
+    gw.shutdown().await;
+}
