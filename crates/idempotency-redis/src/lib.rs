@@ -1,0 +1,100 @@
+//! # idempotency-redis
+//!
+//! A Redis / Valkey / Redis Cluster store for the idempotency toolkit: run a side effect at most
+//! once per `(scope, key)` across every instance of a service that shares the database.
+//!
+//! ```no_run
+//! use idempotency_core::{Begin, Fingerprint, Idempotency, IdempotencyKey, Scope, StoredOutcome};
+//! use idempotency_redis::RedisStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+//! let report = store.doctor().await?; // warns about eviction policies and persistence
+//! assert!(report.server_version.is_some());
+//!
+//! let engine = Idempotency::builder(store).build()?;
+//! let key = IdempotencyKey::new("pay-7f3a")?;
+//! let scope = Scope::new("customer-42");
+//! let fingerprint = Fingerprint::builder().part("POST").part("/pay").part("1999").finish();
+//! match engine.begin(&scope, &key, fingerprint).await? {
+//!     Begin::Run(guard) => {
+//!         // ... charge the card, once ...
+//!         guard.complete(StoredOutcome::new("charged", None)).await?;
+//!     }
+//!     Begin::Replay(outcome) => println!("replayed: {:?}", outcome.body),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Protocol
+//! One key per record, holding the core's record format v1 (`idempotency_core::codec`), so a
+//! record written here is readable by the KV REST backend on the same database and vice versa.
+//!
+//! | primitive | on the server | round trips |
+//! |---|---|---|
+//! | `try_claim` | `SET key record NX PX lease GET` (Redis >= 7.0; the core's claim script before) | 1 |
+//! | `complete` / `release` / `extend` | `EVALSHA` of the core's fenced scripts (`EVAL` after `NOSCRIPT`) | 1 |
+//! | `get` / `delete` | `GET` / `DEL` | 1 |
+//!
+//! A first attempt through the engine therefore costs two commands (claim + complete) and a
+//! replay one. The Lua sources live in `idempotency_core::lua` and nowhere else.
+//!
+//! # Failures
+//! Every operation has its own time budget ([`RedisStoreBuilder::operation_timeout`], default
+//! 1 s), so a paused or overloaded server cannot hang a request; errors map onto the core's
+//! typed [`StoreError`](idempotency_core::StoreError):
+//!
+//! | condition | error |
+//! |---|---|
+//! | connection refused, reset, closed; cluster down; loading | `Unavailable` |
+//! | no answer within the budget | `Timeout` |
+//! | an error reply from the server (`NOPERM`, `OOM`, ...) | `Backend` |
+//! | a value under the key that is not a record, or not a string (`WRONGTYPE`) | `Corrupt` |
+//!
+//! The connection re-establishes itself after a server restart; the operation that finds it
+//! broken retries once on the new one.
+//!
+//! # Layout
+//! - [`RedisStore`]: the store, generic over the connection; [`RedisClusterStore`] for Redis
+//!   Cluster;
+//! - [`RedisStoreBuilder`]: timeouts, reconnection, claim strategy; `connect`,
+//!   `connect_cluster`, `with_connection`;
+//! - [`RedisStore::doctor`] and [`DoctorReport`]: the start-up check of the server settings;
+//! - [`redis`]: the client crate, re-exported so versions match.
+//!
+//! # Feature flags
+//! - `cluster` (default): [`RedisClusterStore`] on `redis::cluster_async`;
+//! - `tls`: `rediss://` URLs with rustls (ring is installed as the crypto provider unless the
+//!   application installed one).
+
+#![deny(missing_docs)]
+
+mod builder;
+mod doctor;
+mod error;
+mod info;
+mod scripts;
+mod store;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use builder::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, RedisStoreBuilder};
+pub use doctor::{DoctorReport, DoctorWarning};
+pub use idempotency_core::{IdempotencyStore, StoreError};
+pub use redis;
+pub use store::{ClaimStrategy, RedisStore, ServerMode};
+
+/// A [`RedisStore`] on a Redis Cluster connection; build it with
+/// [`RedisStoreBuilder::connect_cluster`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), idempotency_core::StoreError> {
+/// use idempotency_redis::{RedisClusterStore, RedisStore};
+/// let store: RedisClusterStore = RedisStore::builder()
+///     .connect_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "cluster")]
+pub type RedisClusterStore = RedisStore<redis::cluster_async::ClusterConnection>;

@@ -1,0 +1,373 @@
+//! [`RedisStore`]: the record protocol on the `redis` crate.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idempotency_core::{
+    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
+    StoreKey, codec,
+};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Cmd, RedisResult, Value};
+
+use crate::error::{Error, is_reconnectable};
+use crate::scripts::SCRIPTS;
+
+/// How [`RedisStore::try_claim`](IdempotencyStore::try_claim) claims a key; chosen once at
+/// connect from the server version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClaimStrategy {
+    /// `SET key record NX PX lease GET` (Redis / Valkey >= 7.0): one command, one round trip.
+    SetNxGet,
+    /// The core's claim script (`idempotency_core::lua::CLAIM`) for servers older than 7.0, or
+    /// servers whose version could not be read: also one round trip, via `EVALSHA`.
+    Script,
+}
+
+/// How the server runs, as reported by `INFO server` (`redis_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ServerMode {
+    /// A single server (possibly with replicas).
+    Standalone,
+    /// Redis Cluster.
+    Cluster,
+    /// A Sentinel process (not a data server).
+    Sentinel,
+    /// `INFO` could not be read or did not say.
+    Unknown,
+}
+
+impl ServerMode {
+    pub(crate) fn parse(text: Option<&str>) -> Self {
+        match text {
+            Some("standalone") => Self::Standalone,
+            Some("cluster") => Self::Cluster,
+            Some("sentinel") => Self::Sentinel,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for ServerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
+/// An [`IdempotencyStore`] on Redis, Valkey or Redis Cluster.
+///
+/// Generic over the connection: [`ConnectionManager`] (the default: multiplexed, reconnects by
+/// itself), [`redis::cluster_async::ClusterConnection`] (see [`RedisClusterStore`]), or any
+/// other [`redis::aio::ConnectionLike`] a caller supplies through
+/// [`RedisStoreBuilder::with_connection`](crate::RedisStoreBuilder::with_connection).
+///
+/// Each record lives under exactly one key, and every command and script touches only that key,
+/// so the store works unchanged on Redis Cluster (no hash tags, no cross-slot operations).
+///
+/// | primitive | commands (one round trip each) |
+/// |---|---|
+/// | `try_claim` | `SET key record NX PX lease GET` (or the claim script before Redis 7.0) |
+/// | `complete` / `release` / `extend` | `EVALSHA` of the core's fenced scripts |
+/// | `get` / `delete` | `GET` / `DEL` |
+///
+/// Every operation is bounded by the store's own operation timeout (default 1 s) and fails with
+/// [`StoreError::Timeout`] past it, even when the server hangs (for example when it is paused).
+/// An operation that finds its connection broken retries once on the re-established
+/// connection, inside the same budget; every primitive tolerates that (a repeated claim sees its
+/// own record, a repeated completion under the same token is accepted).
+///
+/// Cheap to clone: the connection is shared.
+///
+/// [`RedisClusterStore`]: crate::RedisClusterStore
+#[derive(Clone)]
+pub struct RedisStore<C = ConnectionManager> {
+    pub(crate) conn: C,
+    pub(crate) claim: ClaimStrategy,
+    pub(crate) mode: ServerMode,
+    pub(crate) version: Option<String>,
+    pub(crate) timeout: Duration,
+}
+
+impl<C> fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("connection", &std::any::type_name::<C>())
+            .field("mode", &self.mode)
+            .field("version", &self.version)
+            .field("claim", &self.claim)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<C> RedisStore<C> {
+    /// The connection the store uses (clone it to run your own commands on it).
+    pub fn connection(&self) -> &C {
+        &self.conn
+    }
+
+    /// How keys are claimed on this server.
+    pub fn claim_strategy(&self) -> ClaimStrategy {
+        self.claim
+    }
+
+    /// The server mode seen at connect.
+    pub fn mode(&self) -> ServerMode {
+        self.mode
+    }
+
+    /// The server version seen at connect (the lowest one across a cluster), if it was readable.
+    pub fn server_version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    /// The time budget of each operation.
+    pub fn operation_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Milliseconds for `PX` / `PEXPIRE`: at least 1 (Redis refuses 0).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A record read from the server, or `None` for nil.
+fn record_from(operation: &'static str, value: Value) -> Result<Option<Record>, Error> {
+    let bytes = match value {
+        Value::Nil => return Ok(None),
+        Value::BulkString(bytes) => bytes,
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => text.into_bytes(),
+        other => {
+            return Err(Error::UnexpectedReply {
+                operation,
+                reply: format!("{other:?}"),
+            });
+        }
+    };
+    codec::decode(&bytes).map(Some).map_err(Error::Corrupt)
+}
+
+/// The reply of a fenced script: 1 applied, 0 lease lost.
+fn fenced_from(operation: &'static str, value: Value) -> Result<Fenced, Error> {
+    match value {
+        Value::Int(1) | Value::Boolean(true) => Ok(Fenced::Applied),
+        Value::Int(0) | Value::Boolean(false) | Value::Nil => Ok(Fenced::LeaseLost),
+        other => Err(Error::UnexpectedReply {
+            operation,
+            reply: format!("{other:?}"),
+        }),
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Run one request under the operation timeout; retry once if the connection was broken
+    /// (the connection manager reconnects in the background as soon as it sees that).
+    pub(crate) async fn exec<F, Fut>(
+        &self,
+        operation: &'static str,
+        request: F,
+    ) -> Result<Value, Error>
+    where
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = RedisResult<Value>>,
+    {
+        let attempts = async {
+            match request(self.conn.clone()).await {
+                Err(error) if is_reconnectable(&error) => {
+                    tracing::debug!(%error, operation, "connection broken; retrying once");
+                    request(self.conn.clone()).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempts).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Error::client(operation, self.timeout, error)),
+            Err(_) => Err(Error::Timeout {
+                operation,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    pub(crate) async fn command(&self, operation: &'static str, cmd: &Cmd) -> Result<Value, Error> {
+        self.exec(operation, |mut conn| async move {
+            cmd.query_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Run a fenced script; on "lease lost", make sure the key does not hold something that is
+    /// not a record (the contract reports that as corrupt, and the scripts cannot tell).
+    async fn fenced(
+        &self,
+        operation: &'static str,
+        key: &StoreKey,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Fenced, StoreError> {
+        let reply = self
+            .exec(operation, |mut conn| async move {
+                invocation.invoke_async::<Value>(&mut conn).await
+            })
+            .await?;
+        match fenced_from(operation, reply)? {
+            Fenced::Applied => Ok(Fenced::Applied),
+            Fenced::LeaseLost => match self.read(key).await {
+                Err(corrupt @ StoreError::Corrupt(_)) => Err(corrupt),
+                _ => Ok(Fenced::LeaseLost),
+            },
+        }
+    }
+
+    async fn read(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let reply = self
+            .command("get", redis::cmd("GET").arg(key.as_str()))
+            .await?;
+        Ok(record_from("get", reply)?)
+    }
+}
+
+#[async_trait]
+impl<C> IdempotencyStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let text = codec::encode(&Record::InProgress(record.clone()));
+        let reply = match self.claim {
+            ClaimStrategy::SetNxGet => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key.as_str())
+                    .arg(&text)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(lease))
+                    .arg("GET");
+                self.command("try_claim", &cmd).await?
+            }
+            ClaimStrategy::Script => {
+                let mut invocation = SCRIPTS.claim.prepare_invoke();
+                invocation.key(key.as_str()).arg(&text).arg(millis(lease));
+                let invocation = &invocation;
+                self.exec("try_claim", |mut conn| async move {
+                    invocation.invoke_async::<Value>(&mut conn).await
+                })
+                .await?
+            }
+        };
+        Ok(match record_from("try_claim", reply)? {
+            None => Claim::Claimed,
+            Some(existing) => Claim::Existing(existing),
+        })
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let text = codec::encode(&Record::Completed(record.clone()));
+        let mut invocation = SCRIPTS.complete.prepare_invoke();
+        invocation
+            .key(key.as_str())
+            .arg(token.to_hex())
+            .arg(text)
+            .arg(millis(retention));
+        self.fenced("complete", key, &invocation).await
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        let mut invocation = SCRIPTS.release.prepare_invoke();
+        invocation.key(key.as_str()).arg(token.to_hex());
+        self.fenced("release", key, &invocation).await
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let mut invocation = SCRIPTS.extend.prepare_invoke();
+        invocation
+            .key(key.as_str())
+            .arg(token.to_hex())
+            .arg(millis(lease));
+        self.fenced("extend", key, &invocation).await
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.read(key).await
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let reply = self
+            .command("delete", redis::cmd("DEL").arg(key.as_str()))
+            .await?;
+        match reply {
+            Value::Int(n) => Ok(n > 0),
+            other => Err(Error::UnexpectedReply {
+                operation: "delete",
+                reply: format!("{other:?}"),
+            }
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_is_never_zero() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn replies_map_to_values_or_typed_errors() {
+        assert!(matches!(record_from("get", Value::Nil), Ok(None)));
+        assert!(matches!(
+            record_from("get", Value::BulkString(b"nope".to_vec())),
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            record_from("get", Value::Int(3)),
+            Err(Error::UnexpectedReply { .. })
+        ));
+        assert!(matches!(
+            fenced_from("x", Value::Int(1)),
+            Ok(Fenced::Applied)
+        ));
+        assert!(matches!(
+            fenced_from("x", Value::Int(0)),
+            Ok(Fenced::LeaseLost)
+        ));
+        assert!(fenced_from("x", Value::Okay).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! Shared test helpers: the `StoreHarness` for Redis and one server / cluster per test binary.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use idempotency_core::async_trait;
+use idempotency_core::{IdempotencyStore, StoreKey};
+use idempotency_redis::redis::aio::ConnectionLike;
+use idempotency_redis::{ClaimStrategy, RedisClusterStore, RedisStore};
+use idempotency_testkit::fixtures::{RedisCluster, RedisServer};
+use idempotency_testkit::{RawValue, StoreHarness, TimeControl, unique_prefix};
+
+/// One server for every test of the binary. Statics are never dropped: the fixture's watchdog
+/// kills the process when the test binary exits.
+pub fn shared_server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start().expect("starting the shared redis server"))
+}
+
+/// One 3-master cluster for every test of the binary.
+pub fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| RedisCluster::start(3).expect("starting the shared redis cluster"))
+}
+
+/// The behaviour-suite harness over any `RedisStore<C>`.
+pub struct RedisHarness<C> {
+    pub store: Arc<RedisStore<C>>,
+    pub prefix: String,
+}
+
+impl<C> RedisHarness<C> {
+    pub fn new(store: RedisStore<C>) -> Self {
+        Self {
+            store: Arc::new(store),
+            prefix: unique_prefix(),
+        }
+    }
+}
+
+#[async_trait]
+impl<C> StoreHarness for RedisHarness<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn store(&self) -> Arc<dyn IdempotencyStore> {
+        self.store.clone()
+    }
+
+    fn time_control(&self) -> TimeControl {
+        TimeControl::Real
+    }
+
+    async fn advance(&self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+
+    fn short_lease(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+
+    async fn put_raw(&self, key: &StoreKey, value: RawValue) -> bool {
+        let mut conn = self.store.connection().clone();
+        let _: () = idempotency_redis::redis::cmd("DEL")
+            .arg(key.as_str())
+            .query_async(&mut conn)
+            .await
+            .map(|_: i64| ())
+            .expect("DEL");
+        match value {
+            RawValue::String(bytes) => idempotency_redis::redis::cmd("SET")
+                .arg(key.as_str())
+                .arg(bytes)
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("SET raw"),
+            RawValue::Hash => idempotency_redis::redis::cmd("HSET")
+                .arg(key.as_str())
+                .arg("field")
+                .arg("value")
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("HSET"),
+        }
+        true
+    }
+
+    fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// A store on the shared server.
+pub async fn single_store() -> RedisStore {
+    RedisStore::connect(shared_server().url())
+        .await
+        .expect("connecting to the shared redis server")
+}
+
+/// A harness on the shared server (SET NX GET claims).
+pub async fn single_harness() -> RedisHarness<idempotency_redis::redis::aio::ConnectionManager> {
+    RedisHarness::new(single_store().await)
+}
+
+/// A harness on the shared server that claims with the pre-7.0 Lua script.
+pub async fn script_claim_harness() -> RedisHarness<idempotency_redis::redis::aio::ConnectionManager>
+{
+    let store = RedisStore::builder()
+        .claim_strategy(ClaimStrategy::Script)
+        .connect(shared_server().url())
+        .await
+        .expect("connecting to the shared redis server");
+    RedisHarness::new(store)
+}
+
+/// A cluster store on the shared 3-master cluster.
+pub async fn cluster_store() -> RedisClusterStore {
+    RedisStore::builder()
+        .connect_cluster(shared_cluster().urls())
+        .await
+        .expect("connecting to the shared redis cluster")
+}
+
+/// A harness on the shared cluster.
+pub async fn cluster_harness()
+-> RedisHarness<idempotency_redis::redis::cluster_async::ClusterConnection> {
+    RedisHarness::new(cluster_store().await)
+}
