@@ -1,0 +1,270 @@
+//! The layer, its builder and the policies it takes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderName, Method, StatusCode};
+use idempotency_core::{Idempotency, IdempotencyStore, Scope};
+use tower_layer::Layer;
+
+use crate::service::IdempotencyService;
+
+/// Default header name (IETF draft-ietf-httpapi-idempotency-key-header).
+pub const DEFAULT_HEADER: &str = "idempotency-key";
+
+/// Refusal from a [`ScopeExtractor`]: the request gets this status and a problem body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRejection {
+    /// Status to answer with.
+    pub status: StatusCode,
+    /// Human-readable reason (sent in the problem body).
+    pub detail: String,
+}
+
+impl ScopeRejection {
+    /// A rejection with any status.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    /// 401: no principal could be identified.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+}
+
+/// Decides whose key a request's `Idempotency-Key` is (the tenant or principal), so one tenant's
+/// key never replays another's response. A required choice of the builder.
+pub trait ScopeExtractor: Clone + Send + Sync + 'static {
+    /// The scope of this request, or why it cannot be served.
+    ///
+    /// # Errors
+    /// A [`ScopeRejection`] that becomes the response.
+    fn extract(&self, parts: &Parts) -> Result<Scope, ScopeRejection>;
+}
+
+impl<F> ScopeExtractor for F
+where
+    F: Fn(&Parts) -> Result<Scope, ScopeRejection> + Clone + Send + Sync + 'static,
+{
+    fn extract(&self, parts: &Parts) -> Result<Scope, ScopeRejection> {
+        self(parts)
+    }
+}
+
+/// Every client shares one key space (only for services without users or tenants).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobalScope;
+
+impl ScopeExtractor for GlobalScope {
+    fn extract(&self, _: &Parts) -> Result<Scope, ScopeRejection> {
+        Ok(Scope::global())
+    }
+}
+
+/// Builder state before a scope was chosen: [`LayerBuilder::build`] is not available yet.
+#[derive(Debug, Clone, Copy)]
+pub struct NoScope;
+
+type StatusPolicy = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+type BodyCanonicalizer = Arc<dyn Fn(&Bytes) -> Bytes + Send + Sync>;
+
+/// The layer's settings, shared by every service it builds.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) methods: Vec<Method>,
+    pub(crate) header: HeaderName,
+    pub(crate) key_required: bool,
+    pub(crate) max_request_body: usize,
+    pub(crate) store_status: StatusPolicy,
+    pub(crate) keep_set_cookie: bool,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) canonical_body: Option<BodyCanonicalizer>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("methods", &self.methods)
+            .field("header", &self.header)
+            .field("key_required", &self.key_required)
+            .field("max_request_body", &self.max_request_body)
+            .field("keep_set_cookie", &self.keep_set_cookie)
+            .field("fingerprint_headers", &self.fingerprint_headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default stored-status policy: keep every answer below 500 except the transient ones a
+/// retry should re-run (408, 409, 425, 429). 5xx answers release the claim.
+pub fn default_store_status(status: StatusCode) -> bool {
+    status.as_u16() < 500 && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+            header: HeaderName::from_static(DEFAULT_HEADER),
+            key_required: true,
+            max_request_body: 1024 * 1024,
+            store_status: Arc::new(default_store_status),
+            keep_set_cookie: false,
+            fingerprint_headers: Vec::new(),
+            canonical_body: None,
+        }
+    }
+}
+
+/// Configures an [`IdempotencyLayer`]. Start with [`IdempotencyLayer::builder`]; choose a scope
+/// ([`scope`](Self::scope) or [`global_scope`](Self::global_scope)) before [`build`](Self::build).
+#[derive(Debug)]
+pub struct LayerBuilder<S, E> {
+    engine: Idempotency<S>,
+    scope: E,
+    settings: Settings,
+}
+
+impl<S: IdempotencyStore + 'static> LayerBuilder<S, NoScope> {
+    /// Scope keys by what `extractor` finds in the request (the authenticated principal from an
+    /// extension, a tenant header...).
+    pub fn scope<E: ScopeExtractor>(self, extractor: E) -> LayerBuilder<S, E> {
+        LayerBuilder {
+            engine: self.engine,
+            scope: extractor,
+            settings: self.settings,
+        }
+    }
+
+    /// One key space for every client (no tenants).
+    pub fn global_scope(self) -> LayerBuilder<S, GlobalScope> {
+        self.scope(GlobalScope)
+    }
+}
+
+impl<S, E> LayerBuilder<S, E> {
+    /// Methods the layer protects (default POST, PUT, PATCH, DELETE); others pass through.
+    #[must_use]
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.settings.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether a covered request without the header is refused with 400 (default) or passes
+    /// through unprotected.
+    #[must_use]
+    pub fn key_required(mut self, required: bool) -> Self {
+        self.settings.key_required = required;
+        self
+    }
+
+    /// Header carrying the key (default `Idempotency-Key`).
+    #[must_use]
+    pub fn header_name(mut self, header: HeaderName) -> Self {
+        self.settings.header = header;
+        self
+    }
+
+    /// Largest request body accepted on covered requests (default 1 MiB; larger → 413).
+    #[must_use]
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.settings.max_request_body = bytes;
+        self
+    }
+
+    /// Which response statuses are stored and replayed (default [`default_store_status`]).
+    /// Responses not stored release the claim, so a retry runs again.
+    #[must_use]
+    pub fn store_status(
+        mut self,
+        policy: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.settings.store_status = Arc::new(policy);
+        self
+    }
+
+    /// Store and replay `Set-Cookie` headers too (default: not stored).
+    #[must_use]
+    pub fn store_set_cookie(mut self, keep: bool) -> Self {
+        self.settings.keep_set_cookie = keep;
+        self
+    }
+
+    /// Also fingerprint these request headers (default: method, path and query, content type
+    /// and body only).
+    #[must_use]
+    pub fn fingerprint_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.settings.fingerprint_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// Fingerprint a canonical form of the body instead of its bytes (e.g. parse JSON and drop a
+    /// client timestamp field).
+    #[must_use]
+    pub fn fingerprint_body_with(
+        mut self,
+        canonical: impl Fn(&Bytes) -> Bytes + Send + Sync + 'static,
+    ) -> Self {
+        self.settings.canonical_body = Some(Arc::new(canonical));
+        self
+    }
+}
+
+impl<S: IdempotencyStore + 'static, E: ScopeExtractor> LayerBuilder<S, E> {
+    /// The layer.
+    pub fn build(self) -> IdempotencyLayer<S, E> {
+        IdempotencyLayer {
+            engine: self.engine,
+            scope: self.scope,
+            settings: Arc::new(self.settings),
+        }
+    }
+}
+
+/// Tower layer applying the `Idempotency-Key` protocol to the services it wraps.
+#[derive(Debug)]
+pub struct IdempotencyLayer<S, E> {
+    engine: Idempotency<S>,
+    scope: E,
+    settings: Arc<Settings>,
+}
+
+impl<S, E: Clone> Clone for IdempotencyLayer<S, E> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            scope: self.scope.clone(),
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+impl<S: IdempotencyStore + 'static> IdempotencyLayer<S, NoScope> {
+    /// Start configuring a layer over `engine` (timeouts, retention, failure policy and the kill
+    /// switch are the engine's settings).
+    pub fn builder(engine: Idempotency<S>) -> LayerBuilder<S, NoScope> {
+        LayerBuilder {
+            engine,
+            scope: NoScope,
+            settings: Settings::default(),
+        }
+    }
+}
+
+impl<S, E: Clone, Svc> Layer<Svc> for IdempotencyLayer<S, E> {
+    type Service = IdempotencyService<Svc, S, E>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        IdempotencyService::new(
+            inner,
+            self.engine.clone(),
+            self.scope.clone(),
+            Arc::clone(&self.settings),
+        )
+    }
+}

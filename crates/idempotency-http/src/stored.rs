@@ -1,0 +1,195 @@
+//! The stored form of an HTTP response: status, the headers worth replaying, and the body (or a
+//! mark that it was too large to keep).
+//!
+//! Binary and length-prefixed (the record codec base64s it once; JSON inside would double the
+//! cost):
+//!
+//! ```text
+//! "IH1" | status: u16 BE | flags: u8 (bit 0: body omitted) | header count: u16 BE
+//!       | per header: name len u16 BE, name, value len u32 BE, value
+//!       | body (the rest)
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use idempotency_core::CorruptRecord;
+
+/// Content type marking an outcome written by this layer.
+pub(crate) const CONTENT_TYPE: &str = "application/vnd.idempotency.http-response.v1";
+const MAGIC: &[u8; 3] = b"IH1";
+const BODY_OMITTED: u8 = 1;
+
+/// A response as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+    pub(crate) body_omitted: bool,
+}
+
+impl StoredResponse {
+    pub(crate) fn encode(&self) -> Bytes {
+        let header_bytes: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum();
+        let mut out = BytesMut::with_capacity(8 + header_bytes + self.body.len());
+        out.put_slice(MAGIC);
+        out.put_u16(self.status.as_u16());
+        out.put_u8(if self.body_omitted { BODY_OMITTED } else { 0 });
+        out.put_u16(u16::try_from(self.headers.len()).unwrap_or(u16::MAX));
+        for (name, value) in self.headers.iter().take(u16::MAX as usize) {
+            out.put_u16(name.as_str().len() as u16);
+            out.put_slice(name.as_str().as_bytes());
+            out.put_u32(value.len() as u32);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    pub(crate) fn decode(bytes: &Bytes) -> Result<Self, CorruptRecord> {
+        let mut reader = Reader { bytes, at: 0 };
+        if reader.take(3)? != MAGIC {
+            return Err(CorruptRecord::new("stored HTTP response has no IH1 header"));
+        }
+        let status = StatusCode::from_u16(reader.u16()?)
+            .map_err(|_| CorruptRecord::new("stored HTTP status is invalid"))?;
+        let flags = reader.take(1)?[0];
+        let count = reader.u16()?;
+        let mut headers = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let name_len = reader.u16()? as usize;
+            let name = HeaderName::from_bytes(reader.take(name_len)?)
+                .map_err(|_| CorruptRecord::new("stored header name is invalid"))?;
+            let value_len = reader.u32()? as usize;
+            let value = HeaderValue::from_bytes(reader.take(value_len)?)
+                .map_err(|_| CorruptRecord::new("stored header value is invalid"))?;
+            headers.push((name, value));
+        }
+        Ok(Self {
+            status,
+            headers,
+            body: bytes.slice(reader.at..),
+            body_omitted: flags & BODY_OMITTED != 0,
+        })
+    }
+
+    /// Keep the headers worth replaying: never hop-by-hop ones or `content-length` (recomputed);
+    /// `set-cookie` only when asked (a session cookie replayed to a retry is rarely wanted).
+    pub(crate) fn replayable_headers(
+        headers: &HeaderMap,
+        keep_set_cookie: bool,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        headers
+            .iter()
+            .filter(|(name, _)| !is_hop_by_hop(name) && *name != http::header::CONTENT_LENGTH)
+            .filter(|(name, _)| keep_set_cookie || *name != http::header::SET_COOKIE)
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still send.
+/// Whether a header is connection-specific (never stored or replayed).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], CorruptRecord> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| CorruptRecord::new("stored HTTP response is truncated"))?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u16(&mut self) -> Result<u16, CorruptRecord> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, CorruptRecord> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let stored = StoredResponse {
+            status: StatusCode::CREATED,
+            headers: vec![
+                (
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (
+                    HeaderName::from_static("x-request-id"),
+                    HeaderValue::from_static("abc"),
+                ),
+            ],
+            body: Bytes::from_static(b"{\"id\":1}"),
+            body_omitted: false,
+        };
+        assert_eq!(StoredResponse::decode(&stored.encode()).unwrap(), stored);
+    }
+
+    #[test]
+    fn garbage_is_corrupt_not_a_panic() {
+        for bytes in [
+            &b""[..],
+            b"IH1",
+            b"IH1\x00\xc9\x00\x00\x05",
+            b"XX1\x00\xc8\x00\x00\x00",
+            b"IH1\x03\xe8\x00\x00\x00",
+        ] {
+            assert!(
+                StoredResponse::decode(&Bytes::copy_from_slice(bytes)).is_err(),
+                "{bytes:?}"
+            );
+        }
+        let many = b"IH1\x00\xc8\x00\xff\xff\x00\x05".to_vec();
+        assert!(StoredResponse::decode(&Bytes::from(many)).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_and_cookies_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("content-length", HeaderValue::from_static("5"));
+        headers.insert("set-cookie", HeaderValue::from_static("s=1"));
+        headers.insert("location", HeaderValue::from_static("/orders/1"));
+        let kept = StoredResponse::replayable_headers(&headers, false);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, http::header::LOCATION);
+        assert_eq!(StoredResponse::replayable_headers(&headers, true).len(), 2);
+    }
+}
