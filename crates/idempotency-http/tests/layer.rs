@@ -88,14 +88,16 @@ fn engine<S: IdempotencyStore + 'static>(store: S) -> Idempotency<S> {
         .unwrap()
 }
 
+type ScopeFn = fn(&http::request::Parts) -> Result<Scope, ScopeRejection>;
+
 struct App<S: IdempotencyStore + 'static> {
     handler: Handler,
-    layer: IdempotencyLayer<S, fn(&http::request::Parts) -> Result<Scope, ScopeRejection>>,
+    layer: IdempotencyLayer<S, ScopeFn>,
 }
 
 impl<S: IdempotencyStore + 'static> App<S> {
     fn new(engine: Idempotency<S>) -> Self {
-        let scope: fn(&http::request::Parts) -> Result<Scope, ScopeRejection> = principal_scope;
+        let scope: ScopeFn = principal_scope;
         Self {
             handler: Handler::default(),
             layer: IdempotencyLayer::builder(engine)
