@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use idempotency_core::{
-    Begin, Claim, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, InProgress,
-    LeaseToken, Record, Scope, StoreKey, StoredOutcome, codec,
+    Begin, Claim, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore,
+    InProgress, LeaseToken, Record, Scope, StoreKey, StoredOutcome, codec,
 };
 use idempotency_memory::MemoryStore;
 
@@ -31,19 +31,26 @@ fn fingerprint(c: &mut Criterion) {
 }
 
 fn keys(c: &mut Criterion) {
-    let key = IdempotencyKey::new("8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap_or_else(|e| panic!("{e}"));
+    let key = IdempotencyKey::new("8e03978e-40d5-43e8-bc93-6894a57f9324")
+        .unwrap_or_else(|e| panic!("{e}"));
     let scope = Scope::new("tenant:acme/user@example.com");
     c.bench_function("key/validate", |b| {
         b.iter(|| IdempotencyKey::new(black_box("8e03978e-40d5-43e8-bc93-6894a57f9324")))
     });
-    c.bench_function("key/derive", |b| b.iter(|| StoreKey::derive("idempotency:", black_box(&scope), black_box(&key))));
+    c.bench_function("key/derive", |b| {
+        b.iter(|| StoreKey::derive("idempotency:", black_box(&scope), black_box(&key)))
+    });
 }
 
 fn completed_record(size: usize, compress: bool) -> Record {
     let pattern = b"{\"id\":12345,\"name\":\"widget\"},";
     let body: Vec<u8> = (0..size).map(|i| pattern[i % pattern.len()]).collect();
     let outcome = StoredOutcome::new(body, Some("application/json".into()));
-    let outcome = if compress { outcome.compressed_above(4096) } else { outcome };
+    let outcome = if compress {
+        outcome.compressed_above(4096)
+    } else {
+        outcome
+    };
     Record::Completed(Completed {
         token: LeaseToken::generate(),
         fingerprint: Fingerprint::of("x"),
@@ -68,11 +75,17 @@ fn codec_bench(c: &mut Criterion) {
     ];
     for (name, record) in cases {
         let text = codec::encode(&record);
-        group.bench_function(BenchmarkId::new("encode", name), |b| b.iter(|| codec::encode(black_box(&record))));
-        group.bench_function(BenchmarkId::new("decode", name), |b| b.iter(|| codec::decode(black_box(text.as_bytes()))));
+        group.bench_function(BenchmarkId::new("encode", name), |b| {
+            b.iter(|| codec::encode(black_box(&record)))
+        });
+        group.bench_function(BenchmarkId::new("decode", name), |b| {
+            b.iter(|| codec::decode(black_box(text.as_bytes())))
+        });
     }
     let big = StoredOutcome::new(vec![b'a'; 65536], None);
-    group.bench_function("compress_64KiB", |b| b.iter(|| black_box(big.clone()).compressed_above(4096)));
+    group.bench_function("compress_64KiB", |b| {
+        b.iter(|| black_box(big.clone()).compressed_above(4096))
+    });
     group.finish();
 }
 
@@ -89,7 +102,9 @@ fn memory(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let lease = Duration::from_secs(60);
     let retention = Duration::from_secs(3600);
-    let keys: Vec<StoreKey> = (0..1_000_000).map(|n| StoreKey::from_raw(format!("idempotency:bench:{n}"))).collect();
+    let keys: Vec<StoreKey> = (0..1_000_000)
+        .map(|n| StoreKey::from_raw(format!("idempotency:bench:{n}")))
+        .collect();
 
     group.bench_function("store_claim_complete", |b| {
         b.iter_custom(|iters| {
@@ -98,7 +113,11 @@ fn memory(c: &mut Criterion) {
                 let start = Instant::now();
                 for n in 0..iters as usize {
                     let key = &keys[n % keys.len()];
-                    let claim = InProgress { token: LeaseToken::generate(), fingerprint: Fingerprint::from_bytes([1; 32]), created_at_ms: 0 };
+                    let claim = InProgress {
+                        token: LeaseToken::generate(),
+                        fingerprint: Fingerprint::from_bytes([1; 32]),
+                        created_at_ms: 0,
+                    };
                     let claimed = store.try_claim(key, &claim, lease).await;
                     if matches!(claimed, Ok(Claim::Claimed)) {
                         let done = Completed {
@@ -108,7 +127,8 @@ fn memory(c: &mut Criterion) {
                             completed_at_ms: 1,
                             outcome: StoredOutcome::new(&b"{\"ok\":true}"[..], None),
                         };
-                        let _ = black_box(store.complete(key, &claim.token, &done, retention).await);
+                        let _ =
+                            black_box(store.complete(key, &claim.token, &done, retention).await);
                     }
                 }
                 start.elapsed()
@@ -119,39 +139,75 @@ fn memory(c: &mut Criterion) {
     let store = MemoryStore::new();
     let replay_key = StoreKey::from_raw("idempotency:bench:replay");
     rt.block_on(async {
-        let claim = InProgress { token: LeaseToken::generate(), fingerprint: Fingerprint::from_bytes([1; 32]), created_at_ms: 0 };
+        let claim = InProgress {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::from_bytes([1; 32]),
+            created_at_ms: 0,
+        };
         let _ = store.try_claim(&replay_key, &claim, lease).await;
-        let done = Completed { token: claim.token, fingerprint: claim.fingerprint, created_at_ms: 0, completed_at_ms: 1, outcome: StoredOutcome::new(&b"{\"ok\":true}"[..], None) };
-        let _ = store.complete(&replay_key, &claim.token, &done, retention).await;
+        let done = Completed {
+            token: claim.token,
+            fingerprint: claim.fingerprint,
+            created_at_ms: 0,
+            completed_at_ms: 1,
+            outcome: StoredOutcome::new(&b"{\"ok\":true}"[..], None),
+        };
+        let _ = store
+            .complete(&replay_key, &claim.token, &done, retention)
+            .await;
     });
     group.bench_function("store_replay", |b| {
-        let claim = InProgress { token: LeaseToken::generate(), fingerprint: Fingerprint::from_bytes([1; 32]), created_at_ms: 0 };
+        let claim = InProgress {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::from_bytes([1; 32]),
+            created_at_ms: 0,
+        };
         b.iter(|| futures::executor::block_on(store.try_claim(&replay_key, &claim, lease)))
     });
 
     let scope = Scope::new("tenant-1");
-    let ids: Vec<IdempotencyKey> = (0..1_000_000).map(|n| IdempotencyKey::new(format!("key-{n}")).unwrap_or_else(|e| panic!("{e}"))).collect();
+    let ids: Vec<IdempotencyKey> = (0..1_000_000)
+        .map(|n| IdempotencyKey::new(format!("key-{n}")).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
     group.bench_function("engine_begin_complete", |b| {
         b.iter_custom(|iters| {
-            let engine = Idempotency::builder(MemoryStore::builder().max_entries(usize::MAX).build())
-                .ignore_env()
-                .build()
-                .unwrap_or_else(|e| panic!("{e}"));
+            let engine =
+                Idempotency::builder(MemoryStore::builder().max_entries(usize::MAX).build())
+                    .ignore_env()
+                    .build()
+                    .unwrap_or_else(|e| panic!("{e}"));
             rt.block_on(async {
                 let start = Instant::now();
                 for n in 0..iters as usize {
-                    if let Ok(Begin::Run(guard)) = engine.begin(&scope, &ids[n % ids.len()], Fingerprint::from_bytes([2; 32])).await {
-                        let _ = guard.complete(StoredOutcome::new(&b"{\"ok\":true}"[..], None)).await;
+                    if let Ok(Begin::Run(guard)) = engine
+                        .begin(
+                            &scope,
+                            &ids[n % ids.len()],
+                            Fingerprint::from_bytes([2; 32]),
+                        )
+                        .await
+                    {
+                        let _ = guard
+                            .complete(StoredOutcome::new(&b"{\"ok\":true}"[..], None))
+                            .await;
                     }
                 }
                 start.elapsed()
             })
         })
     });
-    let engine = Idempotency::builder(MemoryStore::new()).ignore_env().build().unwrap_or_else(|e| panic!("{e}"));
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async {
-        if let Ok(Begin::Run(guard)) = engine.begin(&scope, &ids[0], Fingerprint::from_bytes([2; 32])).await {
-            let _ = guard.complete(StoredOutcome::new(&b"{\"ok\":true}"[..], None)).await;
+        if let Ok(Begin::Run(guard)) = engine
+            .begin(&scope, &ids[0], Fingerprint::from_bytes([2; 32]))
+            .await
+        {
+            let _ = guard
+                .complete(StoredOutcome::new(&b"{\"ok\":true}"[..], None))
+                .await;
         }
     });
     group.bench_function("engine_replay", |b| {
@@ -159,7 +215,11 @@ fn memory(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let _ = black_box(engine.begin(&scope, &ids[0], Fingerprint::from_bytes([2; 32])).await);
+                    let _ = black_box(
+                        engine
+                            .begin(&scope, &ids[0], Fingerprint::from_bytes([2; 32]))
+                            .await,
+                    );
                 }
                 start.elapsed()
             })
