@@ -37,18 +37,13 @@ pub struct Guard<S: IdempotencyStore + 'static> {
 struct Claim {
     key: StoreKey,
     record: InProgress,
-    finished: bool,
 }
 
 impl<S: IdempotencyStore + 'static> Guard<S> {
     pub(crate) fn claimed(engine: Idempotency<S>, key: StoreKey, record: InProgress) -> Self {
         Self {
             engine,
-            claim: Ok(Claim {
-                key,
-                record,
-                finished: false,
-            }),
+            claim: Ok(Claim { key, record }),
         }
     }
 
@@ -78,13 +73,10 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     /// - [`IdempotencyError::LeaseLost`]: the claim lapsed (or was deleted) first;
     /// - [`IdempotencyError::StoreUnavailable`]: the store failed; the claim lapses after its lease.
     pub async fn complete(mut self, outcome: StoredOutcome) -> Result<(), IdempotencyError> {
-        let Ok(claim) = &mut self.claim else {
+        let Some(Claim { key, record }) = self.take_claim() else {
             return Ok(());
         };
-        claim.finished = true;
-        let key = claim.key.clone();
-        let record = claim.record.clone();
-        let engine = self.engine.clone();
+        let engine = &self.engine;
         let config = engine.config();
         let max = config.max_outcome_size();
         if outcome.body.len() > max {
@@ -131,12 +123,21 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     /// [`IdempotencyError::LeaseLost`] when the claim had already lapsed (harmless), or
     /// [`IdempotencyError::StoreUnavailable`] (the claim lapses after its lease).
     pub async fn release(mut self) -> Result<(), IdempotencyError> {
-        let Ok(claim) = &mut self.claim else {
-            return Ok(());
-        };
-        claim.finished = true;
-        let (key, record) = (claim.key.clone(), claim.record.clone());
-        self.engine.release_claim(&key, &record).await
+        match self.take_claim() {
+            Some(claim) => self.engine.release_claim(&claim.key, &claim.record).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Move the claim out (so `Drop` has nothing left to release).
+    fn take_claim(&mut self) -> Option<Claim> {
+        match std::mem::replace(&mut self.claim, Err(Unprotected::Disabled)) {
+            Ok(claim) => Some(claim),
+            Err(why) => {
+                self.claim = Err(why);
+                None
+            }
+        }
     }
 
     /// Reset the lease to `lease` from now (default: the configured lease), for operations that
@@ -194,15 +195,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
 
 impl<S: IdempotencyStore + 'static> Drop for Guard<S> {
     fn drop(&mut self) {
-        let Ok(claim) = &mut self.claim else {
+        // Completed or released guards have already given their claim up.
+        let Some(Claim { key, record }) = self.take_claim() else {
             return;
         };
-        if claim.finished {
-            return;
-        }
-        claim.finished = true;
-        let key = claim.key.clone();
-        let record = claim.record.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 tracing::debug!(key = %key, "guard dropped without completion; releasing in the background");

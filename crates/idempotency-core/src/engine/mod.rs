@@ -7,6 +7,7 @@ mod stats;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use tracing::Instrument as _;
@@ -253,9 +254,15 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> Result<T, StoreError> {
         let after = self.inner.config.store_timeout;
         let started = Instant::now();
-        let result = match tokio::time::timeout(after, call).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout { operation, after }),
+        let mut call = std::pin::pin!(call);
+        // Embedded stores answer on the first poll: only arm a timer when the call must wait.
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => match tokio::time::timeout(after, call).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout { operation, after }),
+            },
         };
         metrics::histogram!(names::STORE_LATENCY, "op" => operation)
             .record(started.elapsed().as_secs_f64());
