@@ -28,33 +28,69 @@ fn print_help() {
     println!(
         "cargo xtask <command>\n\n\
          commands:\n  \
-         test [-- <cargo test args>]  fmt check, clippy (-D warnings), provision Redis, cargo test --workspace\n  \
-         help                         this text"
+         test [--testcontainers] [-- <cargo test args>]\n    \
+         fmt check, clippy (-D warnings), provision Redis, cargo test --workspace.\n    \
+         --testcontainers (or {TESTCONTAINERS_ENV}=1): build the testkit's `testcontainers`\n    \
+         feature, so Redis fixtures start in Docker when an engine answers (CI on GitHub)\n  \
+         help  this text"
     );
 }
 
 /// fmt, clippy, provisioning, then the whole test suite (doc tests included). Stops at the first
 /// failing step; the last lines printed are the test runner's summary.
 fn test(extra: &[String]) -> Result<(), String> {
+    let (testcontainers, extra) = take_testcontainers_switch(extra);
+    // Cargo arguments that select the testkit's Docker fixtures, for clippy and test alike (the
+    // same feature set both times, so the test build reuses clippy's dependency builds).
+    let features: &[&str] = if testcontainers {
+        &["--features", "idempotency-testkit/testcontainers"]
+    } else {
+        &[]
+    };
     step(
         "cargo fmt --check",
         cargo(&["fmt", "--all", "--", "--check"]),
     )?;
     step(
         "cargo clippy",
-        cargo(&[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+        cargo(
+            &[
+                &["clippy", "--workspace", "--all-targets"],
+                features,
+                &["--", "-D", "warnings"],
+            ]
+            .concat(),
+        ),
     )?;
     provision::ensure_test_servers()?;
     let mut args = vec!["test", "--workspace"];
+    args.extend_from_slice(features);
     args.extend(extra.iter().map(String::as_str));
     step("cargo test --workspace", cargo(&args))
+}
+
+/// Environment variable that turns on `--testcontainers` (any value but empty, `0` or `false`).
+const TESTCONTAINERS_ENV: &str = "XTASK_TESTCONTAINERS";
+
+/// Removes `--testcontainers` from the arguments before `--` and says whether it, or
+/// [`TESTCONTAINERS_ENV`], asked for the Docker fixtures. Off by default: the feature adds ~100
+/// crates to the build, and `.ci/run` uses a local `redis-server`.
+fn take_testcontainers_switch(args: &[String]) -> (bool, Vec<String>) {
+    let from_env = std::env::var(TESTCONTAINERS_ENV)
+        .map(|v| !matches!(v.trim(), "" | "0" | "false"))
+        .unwrap_or(false);
+    let mut found = false;
+    let mut rest = Vec::with_capacity(args.len());
+    let mut after_separator = false;
+    for arg in args {
+        if !after_separator && arg == "--testcontainers" {
+            found = true;
+            continue;
+        }
+        after_separator |= arg == "--";
+        rest.push(arg.clone());
+    }
+    (found || from_env, rest)
 }
 
 fn cargo(args: &[&str]) -> Command {
