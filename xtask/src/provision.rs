@@ -1,6 +1,102 @@
-//! Provisioning of the servers the tests need (filled in by the Redis issue).
+//! Provisioning of the servers the tests need: a Redis server (and `redis-cli`, for the local
+//! cluster fixture).
+//!
+//! In order: `IDEMPOTENCY_TEST_REDIS_URL` set → nothing to do; `redis-server` and `redis-cli` on
+//! `PATH` → done; a Docker engine answers → done (the fixtures can use containers); root on
+//! Debian/Ubuntu → `apt-get install redis-server redis-tools`; otherwise fail with the
+//! instruction.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const URL_ENV: &str = "IDEMPOTENCY_TEST_REDIS_URL";
 
 /// Make sure the tests can start a Redis server.
 pub(crate) fn ensure_test_servers() -> Result<(), String> {
-    Ok(())
+    if std::env::var(URL_ENV).is_ok_and(|url| !url.trim().is_empty()) {
+        eprintln!("==> redis: using {URL_ENV}");
+        return Ok(());
+    }
+    if on_path("redis-server") && on_path("redis-cli") {
+        return Ok(());
+    }
+    if docker_engine_answers() {
+        eprintln!("==> redis: no redis-server on PATH, but a Docker engine answers");
+        return Ok(());
+    }
+    if Path::new("/etc/debian_version").exists() && is_root() {
+        eprintln!(
+            "==> redis: redis-server is not installed; installing it with apt-get \
+             (redis-server redis-tools)"
+        );
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "redis-server", "redis-tools"]))?;
+        if on_path("redis-server") && on_path("redis-cli") {
+            return Ok(());
+        }
+        return Err("apt-get installed redis-server, but it is still not on PATH".into());
+    }
+    Err(format!(
+        "the tests need a Redis server and none is available: install it \
+         (`apt-get install redis-server`, which brings redis-cli), or set \
+         {URL_ENV}=redis://host:port to use an existing server"
+    ))
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let status = command
+        .status()
+        .map_err(|e| format!("could not run {command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed ({status})"))
+    }
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Whether a Docker engine answers `GET /_ping` within half a second (unix sockets only: the
+/// usual local setups). Same check as the testkit fixtures.
+fn docker_engine_answers() -> bool {
+    let mut candidates = Vec::new();
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if host.starts_with("unix://") => {
+            candidates.push(PathBuf::from(&host["unix://".len()..]));
+        }
+        Ok(host) if !host.is_empty() => return false,
+        _ => {
+            candidates.push(PathBuf::from("/var/run/docker.sock"));
+            if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+                candidates.push(PathBuf::from(dir).join("docker.sock"));
+            }
+        }
+    }
+    candidates.iter().any(|path| ping(path).unwrap_or(false))
+}
+
+fn ping(path: &Path) -> std::io::Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+    let mut answer = String::new();
+    let _ = stream.take(4096).read_to_string(&mut answer);
+    Ok(answer.starts_with("HTTP/1.") && answer.contains(" 200 "))
 }
