@@ -5,7 +5,9 @@
 //! the first response back.
 //!
 //! This facade re-exports [`idempotency_core`] (the engine, keys, fingerprints, the store trait)
-//! and, behind features, the stores.
+//! and, behind features, the stores and the HTTP layer; [`store_from_env`] picks the store from
+//! the environment so the same binary runs on the embedded store in development and on Redis or
+//! the KV REST API in production.
 //!
 //! ```
 //! use idempotency::{Fingerprint, Idempotency, IdempotencyKey, RunError, Scope};
@@ -20,20 +22,45 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Store selection
+//! [`store_from_env`] returns an [`AnyStore`] (an [`IdempotencyStore`] delegating to whichever
+//! store was chosen) following DESIGN §4: `UPSTASH_REDIS_REST_URL` + `_TOKEN` or
+//! `KV_REST_API_URL` + `KV_REST_API_TOKEN` → KV REST; `REDIS_URL` or `KV_URL` → Redis; nothing →
+//! memory, logged as a warning, or [`StoreSelectionError::DistributedStoreRequired`] under
+//! [`StoreSelection::RequireDistributed`]. [`plan_store`] makes the same choice from any lookup
+//! function, without I/O (for tests and for config systems other than the environment).
+//! [`StoreDescription`] says what was chosen with secrets redacted; log that, never the URL.
+//! (Available when at least one store feature is on.)
+//!
 //! # Feature flags
 //! - `memory` (default): [`memory::MemoryStore`], the embedded store for development, tests and
 //!   single-instance services.
+//! - `redis`: [`redis`], the Redis / Valkey / Redis Cluster store; `redis-tls` adds `rediss://`.
+//! - `kv-rest`: [`kv_rest`], the Upstash / Vercel KV REST API store.
+//! - `http`: [`http`], the tower / axum `Idempotency-Key` middleware.
 //!
 //! # Crates
 //! | crate | what |
 //! |---|---|
 //! | `idempotency-core` | traits, record protocol, engine (no I/O) |
 //! | `idempotency-memory` | embedded store |
+//! | `idempotency-redis` | Redis / Valkey / Redis Cluster store |
+//! | `idempotency-kv-rest` | Upstash / Vercel KV REST store |
+//! | `idempotency-http` | tower / axum layer |
 //! | `idempotency-testkit` | behaviour suite every store passes |
 
 #![deny(missing_docs)]
 
+#[cfg(any(feature = "memory", feature = "redis", feature = "kv-rest"))]
+mod select;
+
 pub use idempotency_core::*;
+#[cfg(any(feature = "memory", feature = "redis", feature = "kv-rest"))]
+pub use select::{
+    AnyStore, BackendKind, REDIS_ENV_VARS, REST_ENV_PAIRS, StoreDescription, StorePlan,
+    StoreSelection, StoreSelectionError, plan_store, redact_url, store_from_env,
+    store_from_env_with, store_from_lookup,
+};
 
 /// The embedded in-memory store.
 #[cfg(feature = "memory")]
@@ -41,4 +68,22 @@ pub mod memory {
     pub use idempotency_memory::{
         Clock, EVICTIONS_METRIC, ManualClock, MemoryStore, MemoryStoreBuilder, SystemClock,
     };
+}
+
+/// The Redis / Valkey / Redis Cluster store (`idempotency-redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use idempotency_redis::*;
+}
+
+/// The Upstash / Vercel KV REST API store (`idempotency-kv-rest`).
+#[cfg(feature = "kv-rest")]
+pub mod kv_rest {
+    pub use idempotency_kv_rest::*;
+}
+
+/// The tower / axum `Idempotency-Key` middleware (`idempotency-http`).
+#[cfg(feature = "http")]
+pub mod http {
+    pub use idempotency_http::*;
 }

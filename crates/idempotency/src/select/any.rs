@@ -1,0 +1,212 @@
+//! [`AnyStore`]: whichever store the environment chose, behind one type the engine takes.
+
+use std::fmt;
+use std::time::Duration;
+
+use idempotency_core::{
+    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
+    StoreKey, async_trait,
+};
+
+use super::{BackendKind, StoreDescription, StoreSelectionError};
+
+/// One of the stores compiled into this build, chosen at run time (by [`super::store_from_env`]
+/// or built from a store with `From`). Implements [`IdempotencyStore`] by delegation, so
+/// `Idempotency<AnyStore>` is one engine type whatever the environment says.
+#[derive(Clone)]
+pub struct AnyStore {
+    inner: Inner,
+    description: StoreDescription,
+}
+
+#[derive(Clone)]
+enum Inner {
+    #[cfg(feature = "memory")]
+    Memory(idempotency_memory::MemoryStore),
+    #[cfg(feature = "redis")]
+    Redis(idempotency_redis::RedisStore),
+    #[cfg(feature = "kv-rest")]
+    KvRest(idempotency_kv_rest::KvRestStore),
+}
+
+impl fmt::Debug for AnyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every inner store's Debug already redacts its secrets.
+        let mut out = f.debug_struct("AnyStore");
+        out.field("description", &self.description);
+        match self.inner {
+            #[cfg(feature = "memory")]
+            Inner::Memory(ref store) => out.field("store", store),
+            #[cfg(feature = "redis")]
+            Inner::Redis(ref store) => out.field("store", store),
+            #[cfg(feature = "kv-rest")]
+            Inner::KvRest(ref store) => out.field("store", store),
+        };
+        out.finish()
+    }
+}
+
+impl AnyStore {
+    /// What this store is, safe to log.
+    pub fn description(&self) -> &StoreDescription {
+        &self.description
+    }
+
+    /// The kind of store.
+    pub fn kind(&self) -> BackendKind {
+        self.description.kind()
+    }
+
+    /// The memory store, if that is what this is.
+    #[cfg(feature = "memory")]
+    pub fn as_memory(&self) -> Option<&idempotency_memory::MemoryStore> {
+        match self.inner {
+            Inner::Memory(ref store) => Some(store),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The Redis store (for `doctor()`), if that is what this is.
+    #[cfg(feature = "redis")]
+    pub fn as_redis(&self) -> Option<&idempotency_redis::RedisStore> {
+        match self.inner {
+            Inner::Redis(ref store) => Some(store),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The KV REST store, if that is what this is.
+    #[cfg(feature = "kv-rest")]
+    pub fn as_kv_rest(&self) -> Option<&idempotency_kv_rest::KvRestStore> {
+        match self.inner {
+            Inner::KvRest(ref store) => Some(store),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "memory")]
+impl From<idempotency_memory::MemoryStore> for AnyStore {
+    fn from(store: idempotency_memory::MemoryStore) -> Self {
+        Self {
+            inner: Inner::Memory(store),
+            description: StoreDescription::new(BackendKind::Memory, None, None),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<idempotency_redis::RedisStore> for AnyStore {
+    fn from(store: idempotency_redis::RedisStore) -> Self {
+        Self {
+            inner: Inner::Redis(store),
+            description: StoreDescription::new(BackendKind::Redis, None, None),
+        }
+    }
+}
+
+#[cfg(feature = "kv-rest")]
+impl From<idempotency_kv_rest::KvRestStore> for AnyStore {
+    fn from(store: idempotency_kv_rest::KvRestStore) -> Self {
+        let url = store.config().url().to_owned();
+        Self {
+            inner: Inner::KvRest(store),
+            description: StoreDescription::new(BackendKind::KvRest, Some(&url), None),
+        }
+    }
+}
+
+/// Open the store a plan describes. `url` and `token` are what the plan read.
+#[allow(unused_variables)]
+pub(super) async fn open(
+    description: StoreDescription,
+    url: Option<String>,
+    token: Option<String>,
+) -> Result<AnyStore, StoreSelectionError> {
+    let failed = |source: idempotency_core::BoxError| StoreSelectionError::Open {
+        description: description.clone(),
+        source,
+    };
+    let inner = match (description.kind(), url, token) {
+        #[cfg(feature = "memory")]
+        (BackendKind::Memory, _, _) => Inner::Memory(idempotency_memory::MemoryStore::new()),
+        #[cfg(feature = "redis")]
+        (BackendKind::Redis, Some(url), _) => {
+            let store = idempotency_redis::RedisStore::connect(&url)
+                .await
+                .map_err(|e| failed(Box::new(e)))?;
+            // Logs its own warnings (eviction policy, persistence); a failed check is not fatal.
+            if let Err(error) = store.doctor().await {
+                tracing::warn!(%error, "could not check the Redis server settings");
+            }
+            Inner::Redis(store)
+        }
+        #[cfg(feature = "kv-rest")]
+        (BackendKind::KvRest, Some(url), Some(token)) => Inner::KvRest(
+            idempotency_kv_rest::KvRestStore::connect(url, token)
+                .map_err(|e| failed(Box::new(e)))?,
+        ),
+        _ => return Err(failed("this store is not compiled into this build".into())),
+    };
+    Ok(AnyStore { inner, description })
+}
+
+/// Forward one call to whichever store is inside.
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self.inner {
+            #[cfg(feature = "memory")]
+            Inner::Memory(ref $store) => $call.await,
+            #[cfg(feature = "redis")]
+            Inner::Redis(ref $store) => $call.await,
+            #[cfg(feature = "kv-rest")]
+            Inner::KvRest(ref $store) => $call.await,
+        }
+    };
+}
+
+#[async_trait]
+impl IdempotencyStore for AnyStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        delegate!(self, s => s.try_claim(key, record, lease))
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        delegate!(self, s => s.complete(key, token, record, retention))
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        delegate!(self, s => s.release(key, token))
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        delegate!(self, s => s.extend(key, token, lease))
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        delegate!(self, s => s.get(key))
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        delegate!(self, s => s.delete(key))
+    }
+}

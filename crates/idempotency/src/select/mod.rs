@@ -1,0 +1,450 @@
+//! Choosing the store from the environment (DESIGN §4): the same binary runs on the embedded
+//! store on a laptop and on Redis or the KV REST API in production, without code changes.
+//!
+//! | variables (first match wins) | store |
+//! |---|---|
+//! | `UPSTASH_REDIS_REST_URL` + `UPSTASH_REDIS_REST_TOKEN` | KV REST (feature `kv-rest`) |
+//! | `KV_REST_API_URL` + `KV_REST_API_TOKEN` | KV REST (feature `kv-rest`) |
+//! | `REDIS_URL` | Redis (feature `redis`) |
+//! | `KV_URL` | Redis (feature `redis`; Vercel's `rediss://` URL needs `redis-tls`) |
+//! | none | memory (feature `memory`), **logged as a warning**; an error under [`StoreSelection::RequireDistributed`] |
+//!
+//! Empty values count as unset. A variable that selects a store this build cannot open (its
+//! feature is off), a REST URL without its token and an unusable URL are errors, never a silent
+//! fall back to another store.
+//!
+//! The choice is made in two steps so it can be tested without touching the process
+//! environment: [`plan_store`] reads variables through a lookup function and does no I/O;
+//! [`StorePlan::open`] connects. [`store_from_env`] does both with `std::env::var`.
+
+mod any;
+mod redact;
+
+use std::fmt;
+
+use thiserror::Error;
+
+pub use any::AnyStore;
+pub use redact::redact_url;
+
+/// The REST variable pairs, in the order they are tried (the official Upstash names first).
+pub const REST_ENV_PAIRS: [(&str, &str); 2] = [
+    ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"),
+    ("KV_REST_API_URL", "KV_REST_API_TOKEN"),
+];
+
+/// The Redis URL variables, in the order they are tried.
+pub const REDIS_ENV_VARS: [&str; 2] = ["REDIS_URL", "KV_URL"];
+
+const REDIS_SCHEMES: [&str; 7] = [
+    "redis",
+    "rediss",
+    "valkey",
+    "valkeys",
+    "unix",
+    "redis+unix",
+    "valkey+unix",
+];
+
+/// Whether falling back to the per-process memory store is acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreSelection {
+    /// Use the memory store when no distributed store is configured, with a warning (the
+    /// default: right for development and single-instance services).
+    #[default]
+    AllowMemory,
+    /// Fail with [`StoreSelectionError::DistributedStoreRequired`] instead: for services that
+    /// run more than one instance, where a per-process store would let duplicates through.
+    RequireDistributed,
+}
+
+/// The kinds of store [`plan_store`] can choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// The embedded per-process store.
+    Memory,
+    /// Redis, Valkey or a Redis-protocol service over TCP.
+    Redis,
+    /// The Upstash Redis REST API (also what Vercel KV was).
+    KvRest,
+}
+
+impl BackendKind {
+    /// Whether instances of a service sharing this store deduplicate each other's requests.
+    pub fn is_distributed(self) -> bool {
+        !matches!(self, Self::Memory)
+    }
+
+    /// The facade feature that compiles this store in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::KvRest => "kv-rest",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::KvRest => "kv-rest",
+        })
+    }
+}
+
+/// What was chosen, safe to log: the kind, the endpoint with its secrets redacted, and the
+/// variable it came from. Never holds a token or a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreDescription {
+    kind: BackendKind,
+    location: Option<String>,
+    source: Option<&'static str>,
+}
+
+impl StoreDescription {
+    /// A description of a store of `kind` at `url` (redacted here), named by variable `source`.
+    pub fn new(kind: BackendKind, url: Option<&str>, source: Option<&'static str>) -> Self {
+        Self {
+            kind,
+            location: url.map(redact_url),
+            source,
+        }
+    }
+
+    /// The kind of store.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The endpoint, secrets redacted (`None` for the memory store).
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+
+    /// The environment variable the endpoint came from, if any.
+    pub fn source(&self) -> Option<&'static str> {
+        self.source
+    }
+}
+
+impl fmt::Display for StoreDescription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.location, self.kind) {
+            (None, BackendKind::Memory) => {
+                f.write_str("memory (per process: no deduplication across instances)")?;
+            }
+            (None, kind) => write!(f, "{kind}")?,
+            (Some(location), kind) => write!(f, "{kind} at {location}")?,
+        }
+        if let Some(source) = self.source {
+            write!(f, " (from {source})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why no store could be chosen or opened. Messages name variables, never their secret values.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreSelectionError {
+    /// [`StoreSelection::RequireDistributed`] was asked for and no distributed store is
+    /// configured.
+    #[error(
+        "a distributed idempotency store is required but none is configured: set \
+         UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (or KV_REST_API_URL and \
+         KV_REST_API_TOKEN) for the KV REST API, or REDIS_URL (or KV_URL) for Redis"
+    )]
+    DistributedStoreRequired,
+    /// A REST URL variable is set without its token (or the other way round).
+    #[error("{present} is set but {missing} is not; the KV REST store needs both")]
+    IncompleteRestConfig {
+        /// The variable that is set.
+        present: &'static str,
+        /// The variable to set.
+        missing: &'static str,
+    },
+    /// A variable holds something that cannot work (the reason never quotes a secret).
+    #[error("{variable} is not usable: {reason}")]
+    InvalidVariable {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The environment selects a store whose feature is not compiled in.
+    #[error(
+        "{variable} selects the {backend} store, but this build of `idempotency` lacks its \
+         `{feature}` feature"
+    )]
+    FeatureDisabled {
+        /// The variable that selected it.
+        variable: &'static str,
+        /// The store it selects.
+        backend: BackendKind,
+        /// The feature to enable.
+        feature: &'static str,
+    },
+    /// Nothing is configured and the `memory` feature is off.
+    #[error(
+        "no idempotency store is configured and the `memory` feature is off: configure \
+         Redis or the KV REST API, or enable the feature"
+    )]
+    MemoryUnavailable,
+    /// The chosen store could not be opened (connection refused, TLS, ...).
+    #[error("cannot open the idempotency store {description}")]
+    Open {
+        /// The store (secrets redacted).
+        description: StoreDescription,
+        /// Why.
+        #[source]
+        source: idempotency_core::BoxError,
+    },
+}
+
+/// A store chosen from the environment but not opened yet (no I/O has happened). `Debug` and
+/// [`StorePlan::description`] never show the token or a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorePlan {
+    description: StoreDescription,
+    url: Option<String>,
+    token: Option<String>,
+}
+
+impl fmt::Debug for StorePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorePlan")
+            .field("description", &self.description)
+            .field("token", &self.token.as_ref().map(|_| redact::REDACTED))
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorePlan {
+    /// The chosen store, safe to log.
+    pub fn description(&self) -> &StoreDescription {
+        &self.description
+    }
+
+    /// The kind of store chosen.
+    pub fn kind(&self) -> BackendKind {
+        self.description.kind
+    }
+
+    /// Open the store: connect to Redis (and check the server), build the REST client, or
+    /// create the memory store with a warning that it does not deduplicate across instances.
+    /// Logs the choice at info level.
+    ///
+    /// # Errors
+    /// [`StoreSelectionError::Open`] when the store cannot be reached or built.
+    pub async fn open(self) -> Result<AnyStore, StoreSelectionError> {
+        let description = self.description.clone();
+        match description.kind {
+            BackendKind::Memory => {
+                tracing::warn!(
+                    "no distributed idempotency store configured (UPSTASH_REDIS_REST_URL, \
+                     KV_REST_API_URL, REDIS_URL, KV_URL): using the per-process memory store, \
+                     which does NOT deduplicate requests across instances"
+                );
+            }
+            _ => tracing::info!(store = %description, "opening the idempotency store"),
+        }
+        any::open(self.description, self.url, self.token).await
+    }
+}
+
+/// Choose a store from variables read through `lookup` (no I/O; see the [module](self) table).
+///
+/// ```
+/// use idempotency::{StoreSelection, StoreSelectionError, plan_store};
+/// // A service with several instances must not fall back to a per-process store.
+/// let nothing_set = |_: &str| None;
+/// let refused = plan_store(StoreSelection::RequireDistributed, nothing_set);
+/// assert!(matches!(refused, Err(StoreSelectionError::DistributedStoreRequired)));
+///
+/// # #[cfg(feature = "redis")] {
+/// let plan = plan_store(StoreSelection::RequireDistributed, |name| {
+///     (name == "REDIS_URL").then(|| "redis://:hunter2@10.0.0.5:6379".to_owned())
+/// })?;
+/// assert_eq!(plan.description().to_string(), "redis at redis://:<redacted>@10.0.0.5:6379 (from REDIS_URL)");
+/// # }
+/// # Ok::<(), idempotency::StoreSelectionError>(())
+/// ```
+///
+/// # Errors
+/// See [`StoreSelectionError`]: a distributed store required but not configured, a REST URL
+/// without its token, an unusable URL, a store whose feature is off.
+pub fn plan_store(
+    selection: StoreSelection,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<StorePlan, StoreSelectionError> {
+    plan_for(Compiled::THIS_BUILD, selection, lookup)
+}
+
+/// Which stores a build has (a parameter so the tests can check every feature combination from
+/// any one build).
+#[derive(Debug, Clone, Copy)]
+struct Compiled {
+    memory: bool,
+    redis: bool,
+    redis_tls: bool,
+    kv_rest: bool,
+}
+
+impl Compiled {
+    const THIS_BUILD: Self = Self {
+        memory: cfg!(feature = "memory"),
+        redis: cfg!(feature = "redis"),
+        redis_tls: cfg!(feature = "redis-tls"),
+        kv_rest: cfg!(feature = "kv-rest"),
+    };
+}
+
+fn plan_for(
+    compiled: Compiled,
+    selection: StoreSelection,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<StorePlan, StoreSelectionError> {
+    let present = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    for (url_var, token_var) in REST_ENV_PAIRS {
+        match (present(url_var), present(token_var)) {
+            (Some(url), Some(token)) => {
+                return rest_plan(compiled, url_var, url.trim(), token);
+            }
+            (Some(_), None) => {
+                return Err(StoreSelectionError::IncompleteRestConfig {
+                    present: url_var,
+                    missing: token_var,
+                });
+            }
+            (None, Some(_)) => {
+                return Err(StoreSelectionError::IncompleteRestConfig {
+                    present: token_var,
+                    missing: url_var,
+                });
+            }
+            (None, None) => {}
+        }
+    }
+    for variable in REDIS_ENV_VARS {
+        if let Some(url) = present(variable) {
+            return redis_plan(compiled, variable, url.trim());
+        }
+    }
+    match selection {
+        StoreSelection::RequireDistributed => Err(StoreSelectionError::DistributedStoreRequired),
+        StoreSelection::AllowMemory if compiled.memory => Ok(StorePlan {
+            description: StoreDescription::new(BackendKind::Memory, None, None),
+            url: None,
+            token: None,
+        }),
+        StoreSelection::AllowMemory => Err(StoreSelectionError::MemoryUnavailable),
+    }
+}
+
+fn rest_plan(
+    compiled: Compiled,
+    variable: &'static str,
+    url: &str,
+    token: String,
+) -> Result<StorePlan, StoreSelectionError> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(StoreSelectionError::InvalidVariable {
+            variable,
+            reason: format!("`{}` is not an http(s) URL", redact_url(url)),
+        });
+    }
+    if !compiled.kv_rest {
+        return Err(feature_disabled(variable, BackendKind::KvRest));
+    }
+    Ok(StorePlan {
+        description: StoreDescription::new(BackendKind::KvRest, Some(url), Some(variable)),
+        url: Some(url.to_owned()),
+        token: Some(token),
+    })
+}
+
+fn redis_plan(
+    compiled: Compiled,
+    variable: &'static str,
+    url: &str,
+) -> Result<StorePlan, StoreSelectionError> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    let Some(scheme) = scheme.filter(|s| REDIS_SCHEMES.contains(&s.to_ascii_lowercase().as_str()))
+    else {
+        return Err(StoreSelectionError::InvalidVariable {
+            variable,
+            reason: format!(
+                "`{}` is not a redis://, rediss://, valkey:// or unix:// URL",
+                redact_url(url)
+            ),
+        });
+    };
+    if !compiled.redis {
+        return Err(feature_disabled(variable, BackendKind::Redis));
+    }
+    let tls = matches!(scheme.to_ascii_lowercase().as_str(), "rediss" | "valkeys");
+    if tls && !compiled.redis_tls {
+        return Err(StoreSelectionError::FeatureDisabled {
+            variable,
+            backend: BackendKind::Redis,
+            feature: "redis-tls",
+        });
+    }
+    Ok(StorePlan {
+        description: StoreDescription::new(BackendKind::Redis, Some(url), Some(variable)),
+        url: Some(url.to_owned()),
+        token: None,
+    })
+}
+
+fn feature_disabled(variable: &'static str, backend: BackendKind) -> StoreSelectionError {
+    StoreSelectionError::FeatureDisabled {
+        variable,
+        backend,
+        feature: backend.feature(),
+    }
+}
+
+/// [`plan_store`] then [`StorePlan::open`].
+///
+/// # Errors
+/// As both.
+pub async fn store_from_lookup(
+    selection: StoreSelection,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<AnyStore, StoreSelectionError> {
+    plan_store(selection, lookup)?.open().await
+}
+
+/// The store the process environment selects (memory, with a warning, when none is configured).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = idempotency::store_from_env().await?;
+/// tracing::info!(store = %store.description(), "idempotency store ready");
+/// let engine = idempotency::Idempotency::builder(store).build()?;
+/// # let _ = engine; Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`plan_store`] and [`StorePlan::open`].
+pub async fn store_from_env() -> Result<AnyStore, StoreSelectionError> {
+    store_from_env_with(StoreSelection::AllowMemory).await
+}
+
+/// The store the process environment selects, under `selection`.
+///
+/// # Errors
+/// As [`plan_store`] and [`StorePlan::open`].
+pub async fn store_from_env_with(
+    selection: StoreSelection,
+) -> Result<AnyStore, StoreSelectionError> {
+    store_from_lookup(selection, |name| std::env::var(name).ok()).await
+}
+
+#[cfg(test)]
+mod tests;

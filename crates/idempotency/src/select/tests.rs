@@ -1,0 +1,367 @@
+//! Every combination of the selection variables, without touching the process environment.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use super::*;
+
+const SECRET: &str = "s3cr3t-token-value";
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+const ALL: Compiled = Compiled {
+    memory: true,
+    redis: true,
+    redis_tls: true,
+    kv_rest: true,
+};
+
+/// The choice in a build with every store (the feature checks have their own tests).
+fn plan(vars: &[(&str, &str)]) -> Result<StorePlan, StoreSelectionError> {
+    plan_for(ALL, StoreSelection::AllowMemory, env(vars))
+}
+
+fn required(vars: &[(&str, &str)]) -> Result<StorePlan, StoreSelectionError> {
+    plan_for(ALL, StoreSelection::RequireDistributed, env(vars))
+}
+
+/// Nothing a caller can print shows a secret.
+fn assert_no_secret(shown: &str) {
+    assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+    assert!(!shown.contains("hunter2"), "password leaked: {shown}");
+}
+
+#[test]
+fn nothing_configured_means_memory() {
+    let plan = plan(&[]).unwrap();
+    assert_eq!(plan.kind(), BackendKind::Memory);
+    assert!(!plan.kind().is_distributed());
+    assert_eq!(plan.description().location(), None);
+    assert!(plan.description().to_string().starts_with("memory"));
+}
+
+#[test]
+fn nothing_configured_is_refused_when_distributed_is_required() {
+    let error = required(&[]).unwrap_err();
+    assert!(matches!(
+        error,
+        StoreSelectionError::DistributedStoreRequired
+    ));
+    let message = error.to_string();
+    for variable in [
+        "UPSTASH_REDIS_REST_URL",
+        "KV_REST_API_URL",
+        "REDIS_URL",
+        "KV_URL",
+    ] {
+        assert!(message.contains(variable), "{message}");
+    }
+}
+
+#[test]
+fn upstash_variables_select_the_rest_store() {
+    let vars = [
+        ("UPSTASH_REDIS_REST_URL", "https://eu1-fine-cat.upstash.io"),
+        ("UPSTASH_REDIS_REST_TOKEN", SECRET),
+    ];
+    for plan in [plan(&vars).unwrap(), required(&vars).unwrap()] {
+        assert_eq!(plan.kind(), BackendKind::KvRest);
+        assert_eq!(plan.description().source(), Some("UPSTASH_REDIS_REST_URL"));
+        assert_eq!(
+            plan.description().to_string(),
+            "kv-rest at https://eu1-fine-cat.upstash.io (from UPSTASH_REDIS_REST_URL)"
+        );
+        assert_no_secret(&format!("{plan:?} {}", plan.description()));
+    }
+}
+
+#[test]
+fn vercel_rest_variables_select_the_rest_store() {
+    let plan = plan(&[
+        ("KV_REST_API_URL", "https://x.kv.vercel-storage.com"),
+        ("KV_REST_API_TOKEN", SECRET),
+        ("KV_REST_API_READ_ONLY_TOKEN", "ro"),
+    ])
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::KvRest);
+    assert_eq!(plan.description().source(), Some("KV_REST_API_URL"));
+}
+
+#[test]
+fn upstash_names_win_over_vercel_names_and_rest_over_redis() {
+    let plan = plan(&[
+        ("KV_REST_API_URL", "https://b.vercel"),
+        ("KV_REST_API_TOKEN", "t2"),
+        ("UPSTASH_REDIS_REST_URL", "https://a.upstash.io"),
+        ("UPSTASH_REDIS_REST_TOKEN", "t1"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("KV_URL", "rediss://default:hunter2@x.upstash.io:6379"),
+    ])
+    .unwrap();
+    assert_eq!(plan.description().source(), Some("UPSTASH_REDIS_REST_URL"));
+    // What Vercel sets for a KV database: all four; the REST pair wins.
+    let plan = self::plan(&[
+        ("KV_URL", "rediss://default:hunter2@x.upstash.io:6379"),
+        ("KV_REST_API_URL", "https://x.upstash.io"),
+        ("KV_REST_API_TOKEN", SECRET),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ])
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::KvRest);
+    assert_eq!(plan.description().source(), Some("KV_REST_API_URL"));
+}
+
+#[test]
+fn a_rest_url_without_its_token_is_an_error_not_a_fall_back() {
+    for vars in [
+        &[("UPSTASH_REDIS_REST_URL", "https://a.upstash.io")][..],
+        &[
+            ("UPSTASH_REDIS_REST_URL", "https://a.upstash.io"),
+            ("UPSTASH_REDIS_REST_TOKEN", "  "),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ][..],
+    ] {
+        let error = plan(vars).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreSelectionError::IncompleteRestConfig {
+                    present: "UPSTASH_REDIS_REST_URL",
+                    missing: "UPSTASH_REDIS_REST_TOKEN"
+                }
+            ),
+            "{error:?}"
+        );
+    }
+    let error = plan(&[("KV_REST_API_TOKEN", SECRET)]).unwrap_err();
+    assert!(matches!(
+        error,
+        StoreSelectionError::IncompleteRestConfig {
+            present: "KV_REST_API_TOKEN",
+            missing: "KV_REST_API_URL"
+        }
+    ));
+    assert_no_secret(&error.to_string());
+}
+
+#[test]
+fn redis_url_selects_redis_before_kv_url() {
+    let plan = plan(&[
+        ("KV_URL", "redis://other:6379"),
+        ("REDIS_URL", "redis://:hunter2@10.0.0.5:6379/2"),
+    ])
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::Redis);
+    assert_eq!(plan.description().source(), Some("REDIS_URL"));
+    assert_eq!(
+        plan.description().location(),
+        Some("redis://:<redacted>@10.0.0.5:6379/2")
+    );
+    assert_no_secret(&format!("{plan:?} {}", plan.description()));
+    let required = required(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap();
+    assert!(required.kind().is_distributed());
+}
+
+#[test]
+fn kv_url_selects_redis() {
+    let plan = plan(&[("KV_URL", "redis://default:hunter2@127.0.0.1:6379")]).unwrap();
+    assert_eq!(plan.kind(), BackendKind::Redis);
+    assert_eq!(plan.description().source(), Some("KV_URL"));
+    assert_no_secret(&plan.description().to_string());
+}
+
+#[test]
+fn tls_redis_urls_need_the_tls_feature() {
+    let vars = env(&[("KV_URL", "rediss://default:hunter2@x.upstash.io:6379")]);
+    let with_tls = plan_for(ALL, StoreSelection::AllowMemory, &vars).unwrap();
+    assert_eq!(with_tls.kind(), BackendKind::Redis);
+    let without = Compiled {
+        redis_tls: false,
+        ..ALL
+    };
+    let error = plan_for(without, StoreSelection::AllowMemory, &vars).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreSelectionError::FeatureDisabled {
+                variable: "KV_URL",
+                feature: "redis-tls",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_no_secret(&error.to_string());
+    // A plain redis:// URL does not need it.
+    let plain = env(&[("REDIS_URL", "redis://127.0.0.1:6379")]);
+    assert!(plan_for(without, StoreSelection::AllowMemory, &plain).is_ok());
+}
+
+#[test]
+fn empty_values_count_as_unset() {
+    let plan = plan(&[
+        ("UPSTASH_REDIS_REST_URL", ""),
+        ("UPSTASH_REDIS_REST_TOKEN", ""),
+        ("REDIS_URL", " "),
+        ("KV_URL", ""),
+    ])
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::Memory);
+    assert!(matches!(
+        required(&[("REDIS_URL", "")]),
+        Err(StoreSelectionError::DistributedStoreRequired)
+    ));
+}
+
+#[test]
+fn unusable_urls_are_named_without_their_secrets() {
+    let error = plan(&[("REDIS_URL", "hunter2")]).unwrap_err();
+    assert!(matches!(
+        error,
+        StoreSelectionError::InvalidVariable {
+            variable: "REDIS_URL",
+            ..
+        }
+    ));
+    assert_no_secret(&error.to_string());
+    let error = plan(&[("REDIS_URL", "http://:hunter2@127.0.0.1:6379")]).unwrap_err();
+    assert!(error.to_string().contains("REDIS_URL"), "{error}");
+    assert_no_secret(&error.to_string());
+    let error = plan(&[
+        ("KV_REST_API_URL", "redis://:hunter2@x:6379"),
+        ("KV_REST_API_TOKEN", SECRET),
+    ])
+    .unwrap_err();
+    assert!(matches!(
+        error,
+        StoreSelectionError::InvalidVariable {
+            variable: "KV_REST_API_URL",
+            ..
+        }
+    ));
+    assert_no_secret(&error.to_string());
+}
+
+#[test]
+fn a_store_whose_feature_is_off_is_an_error_not_a_fall_back() {
+    let none = Compiled {
+        memory: true,
+        redis: false,
+        redis_tls: false,
+        kv_rest: false,
+    };
+    let error = plan_for(
+        none,
+        StoreSelection::AllowMemory,
+        env(&[("REDIS_URL", "redis://:hunter2@127.0.0.1:6379")]),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        error,
+        StoreSelectionError::FeatureDisabled {
+            variable: "REDIS_URL",
+            backend: BackendKind::Redis,
+            feature: "redis",
+        }
+    ));
+    assert_no_secret(&error.to_string());
+    let error = plan_for(
+        none,
+        StoreSelection::AllowMemory,
+        env(&[
+            ("KV_REST_API_URL", "https://x"),
+            ("KV_REST_API_TOKEN", SECRET),
+        ]),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        error,
+        StoreSelectionError::FeatureDisabled {
+            backend: BackendKind::KvRest,
+            feature: "kv-rest",
+            ..
+        }
+    ));
+    assert_no_secret(&error.to_string());
+}
+
+#[test]
+fn no_memory_feature_and_nothing_configured_is_an_error() {
+    let redis_only = Compiled {
+        memory: false,
+        ..ALL
+    };
+    let error = plan_for(redis_only, StoreSelection::AllowMemory, env(&[])).unwrap_err();
+    assert!(matches!(error, StoreSelectionError::MemoryUnavailable));
+    assert!(matches!(
+        plan_for(redis_only, StoreSelection::RequireDistributed, env(&[])),
+        Err(StoreSelectionError::DistributedStoreRequired)
+    ));
+}
+
+#[test]
+fn this_build_chooses_what_it_has() {
+    let result = plan_store(
+        StoreSelection::AllowMemory,
+        env(&[("REDIS_URL", "redis://127.0.0.1:6379")]),
+    );
+    assert_eq!(result.is_ok(), cfg!(feature = "redis"), "{result:?}");
+}
+
+#[cfg(feature = "memory")]
+#[tokio::test]
+async fn opening_the_memory_plan_gives_a_memory_store() {
+    let store = store_from_lookup(StoreSelection::AllowMemory, env(&[]))
+        .await
+        .unwrap();
+    assert_eq!(store.kind(), BackendKind::Memory);
+    assert!(store.as_memory().is_some());
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn an_unreachable_redis_is_an_open_error_without_the_password() {
+    // Port 1 on loopback: nothing listens there.
+    let error = store_from_lookup(
+        StoreSelection::RequireDistributed,
+        env(&[("REDIS_URL", "redis://:hunter2@127.0.0.1:1")]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, StoreSelectionError::Open { .. }),
+        "{error:?}"
+    );
+    let mut shown = format!("{error} {error:?}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        shown.push_str(&format!(" {cause}"));
+        source = cause.source();
+    }
+    assert_no_secret(&shown);
+    assert!(shown.contains("127.0.0.1:1"), "{shown}");
+}
+
+#[cfg(feature = "kv-rest")]
+#[tokio::test]
+async fn a_rest_plan_opens_without_io_and_keeps_its_token_hidden() {
+    let store = store_from_lookup(
+        StoreSelection::RequireDistributed,
+        env(&[
+            ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
+            ("UPSTASH_REDIS_REST_TOKEN", SECRET),
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.kind(), BackendKind::KvRest);
+    assert!(store.as_kv_rest().is_some());
+    assert_no_secret(&format!("{store:?} {}", store.description()));
+}
