@@ -358,10 +358,10 @@ impl IdempotencyStore for MemoryStore {
         shared.maybe_sweep(now);
         let fresh = Entry::new(key, Record::InProgress(record.clone()), now + millis(lease));
         // Fast path: an existing live record needs no room.
-        if let Some(existing) = shared.map.get(key) {
-            if existing.live(now) {
-                return Ok(Claim::Existing(existing.record.clone()));
-            }
+        if let Some(existing) = shared.map.get(key)
+            && existing.live(now)
+        {
+            return Ok(Claim::Existing(existing.record.clone()));
         }
         if shared.is_full(fresh.size) && !shared.make_room(now, fresh.size) {
             return Err(StoreError::Full {

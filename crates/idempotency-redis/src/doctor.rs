@@ -168,22 +168,22 @@ where
         };
 
         let mut warnings = Vec::new();
-        if let Some(policy) = &maxmemory_policy {
-            if policy.starts_with("allkeys-") || policy.starts_with("volatile-") {
-                warnings.push(DoctorWarning::EvictionPolicy {
-                    policy: policy.clone(),
-                });
-            }
+        if let Some(policy) = &maxmemory_policy
+            && (policy.starts_with("allkeys-") || policy.starts_with("volatile-"))
+        {
+            warnings.push(DoctorWarning::EvictionPolicy {
+                policy: policy.clone(),
+            });
         }
         if rdb_enabled == Some(false) && aof_enabled == Some(false) {
             warnings.push(DoctorWarning::PersistenceOff);
         }
-        if let Some(version) = &server_version {
-            if parse_version(version).is_some_and(|(major, _, _)| major < 7) {
-                warnings.push(DoctorWarning::OldServer {
-                    version: version.clone(),
-                });
-            }
+        if let Some(version) = &server_version
+            && parse_version(version).is_some_and(|(major, _, _)| major < 7)
+        {
+            warnings.push(DoctorWarning::OldServer {
+                version: version.clone(),
+            });
         }
         let report = DoctorReport {
             server_version,

@@ -115,12 +115,12 @@ impl Config {
                 return Err(ConfigError::ZeroDuration { setting });
             }
         }
-        if let Some(wait) = self.in_flight_wait {
-            if wait.poll_interval.is_zero() {
-                return Err(ConfigError::ZeroDuration {
-                    setting: "in_flight_wait.poll_interval",
-                });
-            }
+        if let Some(wait) = self.in_flight_wait
+            && wait.poll_interval.is_zero()
+        {
+            return Err(ConfigError::ZeroDuration {
+                setting: "in_flight_wait.poll_interval",
+            });
         }
         if self.retention < self.lease {
             return Err(ConfigError::RetentionShorterThanLease {
