@@ -56,6 +56,10 @@
 //! `tracing` spans (`idempotency.begin`) and events at debug level (warnings for fail-open, lost
 //! leases and the kill switch); `metrics` counters and a latency histogram named in
 //! [`metric_names`] (no-ops without a recorder); and [`Idempotency::stats`] for a cheap snapshot.
+//!
+//! # Feature flags
+//! None: the crate is always the whole protocol and engine. It needs a tokio runtime (timers)
+//! but no I/O driver.
 
 #![deny(missing_docs)]
 

@@ -56,6 +56,10 @@
 //! [`LayerBuilder::fingerprint_body_with`]. The request body is buffered (up to
 //! [`LayerBuilder::max_request_body`]) and handed on to the inner service, whose request body
 //! type must be buildable from `Bytes` (axum's `Body`, `Full<Bytes>`...).
+//!
+//! # Feature flags
+//! None: the layer depends only on `http`, `http-body` and `tower-layer`/`tower-service`, so it
+//! fits any tower-based server without pulling in a framework.
 
 #![deny(missing_docs)]
 

@@ -33,6 +33,9 @@
 //! evicted (counted in `idempotency_memory_evictions_total` and logged): a later retry of an
 //! evicted key would run again, so size the bound for your retention. In-progress records are
 //! never evicted; when nothing else is left, claims fail with [`StoreError::Full`].
+//!
+//! # Feature flags
+//! None.
 
 #![deny(missing_docs)]
 

@@ -43,7 +43,7 @@
 //! # Failures
 //! Every operation has its own time budget ([`RedisStoreBuilder::operation_timeout`], default
 //! 1 s), so a paused or overloaded server cannot hang a request; errors map onto the core's
-//! typed [`StoreError`](idempotency_core::StoreError):
+//! typed [`StoreError`]:
 //!
 //! | condition | error |
 //! |---|---|

@@ -8,16 +8,71 @@
 //! fresh [`StoreHarness`] (with its own key prefix) per test:
 //!
 //! ```ignore
-//! async fn harness() -> MyHarness { /* ... */ }
+//! // tests/behaviour.rs of a backend crate
+//! async fn harness() -> MyHarness { /* a fresh store view with its own key prefix */ }
 //! idempotency_testkit::behaviour_suite!(harness());
 //! ```
 //!
 //! The macro expands to one `#[test]` per behaviour plus `model_matches_reference`, so a new
-//! behaviour added here runs on every backend automatically. A backend that cannot be tested
-//! (no server) must fail with an instruction, never skip silently.
+//! behaviour added here runs on every backend automatically. Each behaviour is also a plain
+//! `async fn` in [`suite`], callable on its own:
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
+//! use idempotency_testkit::{RawValue, StoreHarness, TimeControl};
+//! # use idempotency_core::*;
+//! # #[derive(Debug, Default)] struct MyStore(std::sync::Mutex<std::collections::HashMap<StoreKey, Record>>);
+//! # #[async_trait] impl IdempotencyStore for MyStore {
+//! #   async fn try_claim(&self, k: &StoreKey, r: &InProgress, _: Duration) -> Result<Claim, StoreError> {
+//! #     let mut m = self.0.lock().unwrap();
+//! #     Ok(match m.get(k) { Some(e) => Claim::Existing(e.clone()), None => { m.insert(k.clone(), Record::InProgress(r.clone())); Claim::Claimed } }) }
+//! #   async fn complete(&self, k: &StoreKey, _: &LeaseToken, r: &Completed, _: Duration) -> Result<Fenced, StoreError> {
+//! #     self.0.lock().unwrap().insert(k.clone(), Record::Completed(r.clone())); Ok(Fenced::Applied) }
+//! #   async fn release(&self, k: &StoreKey, _: &LeaseToken) -> Result<Fenced, StoreError> { self.0.lock().unwrap().remove(k); Ok(Fenced::Applied) }
+//! #   async fn extend(&self, _: &StoreKey, _: &LeaseToken, _: Duration) -> Result<Fenced, StoreError> { Ok(Fenced::Applied) }
+//! #   async fn get(&self, k: &StoreKey) -> Result<Option<Record>, StoreError> { Ok(self.0.lock().unwrap().get(k).cloned()) }
+//! #   async fn delete(&self, k: &StoreKey) -> Result<bool, StoreError> { Ok(self.0.lock().unwrap().remove(k).is_some()) }
+//! # }
+//!
+//! struct MyHarness {
+//!     store: Arc<MyStore>,
+//!     prefix: String,
+//! }
+//!
+//! #[async_trait]
+//! impl StoreHarness for MyHarness {
+//!     fn store(&self) -> Arc<dyn IdempotencyStore> { self.store.clone() }
+//!     // Expiry lives on a server: `advance` sleeps, expiry tests use a short lease.
+//!     fn time_control(&self) -> TimeControl { TimeControl::Real }
+//!     async fn advance(&self, by: Duration) { tokio::time::sleep(by).await }
+//!     fn short_lease(&self) -> Duration { Duration::from_millis(300) }
+//!     // Typed records only: the suite then checks the codec instead of raw corrupt values.
+//!     async fn put_raw(&self, _: &StoreKey, _: RawValue) -> bool { false }
+//!     fn key_prefix(&self) -> &str { &self.prefix }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let harness = MyHarness {
+//!     store: Arc::new(MyStore::default()),
+//!     prefix: idempotency_testkit::unique_prefix(),
+//! };
+//! idempotency_testkit::suite::claim_on_empty(&harness).await;
+//! idempotency_testkit::suite::second_claim_sees_in_progress(&harness).await;
+//! # }
+//! ```
+//!
+//! A backend that cannot be tested (no server) must fail with an instruction, never skip
+//! silently.
 //!
 //! This crate writes to the stores it is given and panics on broken expectations: it is test
 //! code, not a stable API.
+//!
+//! # Feature flags
+//! - `testcontainers` (off by default): [`fixtures::RedisServer::start`] runs Redis in Docker
+//!   (a pinned `redis:7.x` image) when a Docker engine answers, before falling back to a local
+//!   `redis-server`. It adds ~100 crates to the build; `cargo xtask test --testcontainers`
+//!   turns it on (CI on GitHub does).
 
 #![deny(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -73,6 +73,10 @@
 //! - `resp`: Redis replies as JSON, base64 encoding.
 //! - `scripts`: the `allow-key-locking` flag and the SHA map.
 //! - `backend`: the Redis connections.
+//!
+//! # Feature flags
+//! None. A container image: `crates/kv-rest-gateway/Dockerfile` (multi-stage, distroless,
+//! non-root); the workspace's `docker-compose.yml` runs it next to Redis.
 #![deny(missing_docs)]
 
 mod auth;
