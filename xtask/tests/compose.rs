@@ -365,9 +365,29 @@ fn demo_uses_the_hosted_variable_names_and_reaches_the_gateway() {
         );
     }
 
+    // Every variable is one the demo reads: its own (clap `env = ...`), the store selection's
+    // (the hosted services' names), or the log filter.
+    let env = environment(demo, "demo");
+    if let Ok(main) = std::fs::read_to_string(root().join("crates/idempotency-demo/src/main.rs")) {
+        let own = clap_env_names(&main);
+        let store_vars = [
+            "UPSTASH_REDIS_REST_URL",
+            "UPSTASH_REDIS_REST_TOKEN",
+            "KV_REST_API_URL",
+            "KV_REST_API_TOKEN",
+            "REDIS_URL",
+            "KV_URL",
+        ];
+        for (name, _) in &env {
+            assert!(
+                own.contains(name) || store_vars.contains(&name.as_str()) || name == "RUST_LOG",
+                "idempotency-demo does not read `{name}` (its own variables: {own:?})"
+            );
+        }
+    }
+
     // The pairs the KV REST store reads (its ENV_PAIRS), as Upstash and Vercel name them.
     let store_config = read("crates/idempotency-kv-rest/src/config.rs");
-    let env = environment(demo, "demo");
     let gateway_env = environment(service(&doc, "kv-rest-gateway"), "kv-rest-gateway");
     let pair = [
         ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"),
