@@ -62,7 +62,7 @@ fn test(extra: &[String]) -> Result<(), String> {
             .concat(),
         ),
     )?;
-    provision::ensure_test_servers()?;
+    provision::ensure_test_servers(testcontainers)?;
     let mut args = vec!["test", "--workspace"];
     args.extend_from_slice(features);
     args.extend(extra.iter().map(String::as_str));

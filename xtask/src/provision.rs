@@ -2,7 +2,8 @@
 //! cluster fixture).
 //!
 //! In order: `IDEMPOTENCY_TEST_REDIS_URL` set → nothing to do; `redis-server` and `redis-cli` on
-//! `PATH` → done; a Docker engine answers → done (the fixtures can use containers); root on
+//! `PATH` → done; a Docker engine answers and `--testcontainers` is on → done (the fixtures use
+//! containers); root on
 //! Debian/Ubuntu → `apt-get install redis-server redis-tools`; otherwise fail with the
 //! instruction.
 
@@ -13,8 +14,9 @@ use std::time::Duration;
 
 const URL_ENV: &str = "IDEMPOTENCY_TEST_REDIS_URL";
 
-/// Make sure the tests can start a Redis server.
-pub(crate) fn ensure_test_servers() -> Result<(), String> {
+/// Make sure the tests can start a Redis server. A Docker engine only counts when the fixtures
+/// are built with `testcontainers` (without it they always spawn a local `redis-server`).
+pub(crate) fn ensure_test_servers(testcontainers: bool) -> Result<(), String> {
     if std::env::var(URL_ENV).is_ok_and(|url| !url.trim().is_empty()) {
         eprintln!("==> redis: using {URL_ENV}");
         return Ok(());
@@ -22,7 +24,7 @@ pub(crate) fn ensure_test_servers() -> Result<(), String> {
     if on_path("redis-server") && on_path("redis-cli") {
         return Ok(());
     }
-    if docker_engine_answers() {
+    if testcontainers && docker_engine_answers() {
         eprintln!("==> redis: no redis-server on PATH, but a Docker engine answers");
         return Ok(());
     }
