@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -32,6 +33,10 @@ fn print_help() {
          fmt check, clippy (-D warnings), provision Redis, cargo test --workspace.\n    \
          --testcontainers (or {TESTCONTAINERS_ENV}=1): build the testkit's `testcontainers`\n    \
          feature, so Redis fixtures start in Docker when an engine answers (CI on GitHub)\n  \
+         bench [--quick] [--out DIR] [-- <loadgen args>]\n    \
+         latency percentiles per backend, scenario and concurrency against same-run baselines\n    \
+         (crates/idempotency-loadgen, built in release); writes report.json, report.md and\n    \
+         latency.svg to DIR (default target/bench). --quick: ~2 min instead of ~10\n  \
          help  this text"
     );
 }
@@ -67,6 +72,38 @@ fn test(extra: &[String]) -> Result<(), String> {
     args.extend_from_slice(features);
     args.extend(extra.iter().map(String::as_str));
     step("cargo test --workspace", cargo(&args))
+}
+
+/// Provision Redis, then run the load generator in release mode. Its servers live on 127.0.0.1
+/// and stop when it ends. Everything but `--out` is passed through (see its `--help`).
+fn bench(args: &[String]) -> Result<(), String> {
+    let mut forwarded: Vec<String> = Vec::new();
+    let mut out = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = Some(args.next().ok_or("--out needs a directory")?.clone()),
+            "--" => {}
+            other => forwarded.push(other.to_owned()),
+        }
+    }
+    let out = out.unwrap_or_else(|| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
+        format!("{target}/bench")
+    });
+    provision::ensure_test_servers(false)?;
+    let mut command = vec![
+        "run",
+        "--release",
+        "-p",
+        "idempotency-loadgen",
+        "--",
+        "--out",
+    ];
+    command.push(&out);
+    command.extend(forwarded.iter().map(String::as_str));
+    step("idempotency-loadgen", cargo(&command))
 }
 
 /// Environment variable that turns on `--testcontainers` (any value but empty, `0` or `false`).

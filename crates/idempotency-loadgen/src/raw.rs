@@ -1,0 +1,178 @@
+//! The baseline: the plain `redis` crate sending exactly the commands `RedisStore` sends —
+//! `SET key <in-progress record> NX PX <lease> GET`, then `EVALSHA` of the core's completion
+//! script with the token, the completed record and the retention — with none of our code in
+//! the loop (no engine, no codec, no timeouts). Records are made by replacing the token in a
+//! template encoded once, so the server sees the same bytes and runs the same script branch.
+
+use anyhow::{Context as _, Result, bail};
+use idempotency_core::{Completed, InProgress, LeaseToken, Record, codec, lua, unix_millis_now};
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+use crate::cells::{LEASE, RETENTION, Scenario};
+use crate::engine::{fingerprint, outcome};
+use crate::load::Worker;
+
+/// Record texts with a placeholder token, encoded once by the real codec.
+#[derive(Clone)]
+pub(crate) struct Templates {
+    token: String,
+    in_progress: String,
+    completed: String,
+    script: Script,
+}
+
+impl Templates {
+    pub(crate) fn new() -> Self {
+        let token = LeaseToken::generate();
+        let now = unix_millis_now();
+        let claim = InProgress {
+            token,
+            fingerprint: fingerprint(),
+            created_at_ms: now,
+        };
+        let done = Completed {
+            token,
+            fingerprint: claim.fingerprint,
+            created_at_ms: now,
+            completed_at_ms: now,
+            outcome: outcome(),
+        };
+        Self {
+            token: token.to_hex(),
+            in_progress: codec::encode(&Record::InProgress(claim)),
+            completed: codec::encode(&Record::Completed(done)),
+            script: Script::new(lua::COMPLETE),
+        }
+    }
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One raw client task (all tasks share one multiplexed connection, as the store does).
+pub(crate) struct RawWorker {
+    conn: ConnectionManager,
+    templates: Templates,
+    scenario: Scenario,
+    prefix: String,
+    task: u64,
+    n: u64,
+    fixed: String,
+}
+
+impl RawWorker {
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        templates: Templates,
+        scenario: Scenario,
+        prefix: String,
+        task: u64,
+        fixed: String,
+    ) -> Self {
+        Self {
+            conn,
+            templates,
+            scenario,
+            prefix,
+            task,
+            n: 0,
+            fixed,
+        }
+    }
+
+    async fn claim(&mut self, key: &str, token: &str) -> Result<Value> {
+        let record = self
+            .templates
+            .in_progress
+            .replacen(&self.templates.token, token, 1);
+        Ok(redis::cmd("SET")
+            .arg(key)
+            .arg(record)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(LEASE))
+            .arg("GET")
+            .query_async(&mut self.conn)
+            .await?)
+    }
+
+    async fn complete(&mut self, key: &str, token: &str) -> Result<()> {
+        let record = self
+            .templates
+            .completed
+            .replacen(&self.templates.token, token, 1);
+        let applied: i64 = self
+            .templates
+            .script
+            .key(key)
+            .arg(token)
+            .arg(record)
+            .arg(millis(RETENTION))
+            .invoke_async(&mut self.conn)
+            .await?;
+        if applied != 1 {
+            bail!("completion script answered {applied}");
+        }
+        Ok(())
+    }
+
+    fn token(&self) -> String {
+        format!("{:016x}{:016x}", self.task, self.n)
+    }
+}
+
+impl Worker for RawWorker {
+    async fn op(&mut self) -> Result<()> {
+        let token = self.token();
+        self.n += 1;
+        match self.scenario {
+            Scenario::Fresh => {
+                let key = format!("{}{}", self.prefix, self.n);
+                match self.claim(&key, &token).await? {
+                    Value::Nil => self.complete(&key, &token).await,
+                    other => bail!("fresh key held: {other:?}"),
+                }
+            }
+            Scenario::Replay | Scenario::Conflict => {
+                let key = std::mem::take(&mut self.fixed);
+                let reply = self.claim(&key, &token).await;
+                self.fixed = key;
+                match reply? {
+                    Value::BulkString(_) => Ok(()),
+                    other => bail!("expected the existing record, got {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Put the fixed key in the state the scenario needs.
+pub(crate) async fn prepare(
+    conn: &ConnectionManager,
+    templates: &Templates,
+    scenario: Scenario,
+    key: &str,
+) -> Result<()> {
+    if scenario == Scenario::Fresh {
+        return Ok(());
+    }
+    let mut worker = RawWorker::new(
+        conn.clone(),
+        templates.clone(),
+        scenario,
+        String::new(),
+        u64::MAX,
+        String::new(),
+    );
+    let token = worker.token();
+    match worker.claim(key, &token).await.context("preparing")? {
+        Value::Nil => {}
+        other => bail!("the scenario key was held: {other:?}"),
+    }
+    if scenario == Scenario::Replay {
+        worker.complete(key, &token).await?;
+    }
+    Ok(())
+}
