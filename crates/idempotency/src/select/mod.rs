@@ -256,7 +256,7 @@ impl StorePlan {
     }
 }
 
-/// Choose a store from variables read through `lookup` (no I/O; see the [module](self) table).
+/// Choose a store from variables read through `lookup` (no I/O; see [store selection](crate#store-selection) for the variables).
 ///
 /// ```
 /// use idempotency::{StoreSelection, StoreSelectionError, plan_store};

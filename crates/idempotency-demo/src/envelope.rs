@@ -1,0 +1,73 @@
+//! The `{ "data", "error", "meta" }` response envelope and the API's errors.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use idempotency::unix_millis_now;
+use serde_json::{Map, Value, json};
+
+/// A successful answer: `status` with `{ "data": data, "error": null, "meta": meta }`.
+pub(crate) fn ok(status: StatusCode, data: Value, mut meta: Map<String, Value>) -> Response {
+    meta.insert("timestamp".to_owned(), json!(unix_millis_now()));
+    let body = json!({ "data": data, "error": null, "meta": meta });
+    (status, Json(body)).into_response()
+}
+
+/// A refusal from the API itself (the idempotency layer answers with `problem+json` instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code (`VALIDATION_FAILED`, `NOT_FOUND`...).
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400: the body is not JSON, or a field is missing or wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", message)
+    }
+
+    /// 401: no `Authorization: Bearer <user>`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    /// 403: authenticated, but not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+
+    /// 404: no such resource.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "data": null,
+            "error": { "code": self.code, "message": self.message },
+            "meta": { "timestamp": unix_millis_now() },
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"idempotency-demo\""),
+            );
+        }
+        response
+    }
+}

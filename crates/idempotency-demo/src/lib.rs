@@ -1,0 +1,195 @@
+//! # idempotency-demo
+//!
+//! A small shop API protected by the `Idempotency-Key` layer, on whichever store the environment
+//! selects (memory by default; Redis with `REDIS_URL`; the Upstash / Vercel KV REST API with
+//! `UPSTASH_REDIS_REST_URL` + `_TOKEN` or `KV_REST_API_URL` + `_TOKEN`). Run it with
+//! `cargo run -p idempotency-demo`; see the README for curl lines.
+//!
+//! # Routes
+//! Every route needs `Authorization: Bearer <user>` (the token *is* the user id; missing → 401).
+//! `PUT` and `POST` need an `Idempotency-Key`, scoped to that user.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `PUT /api/products/{id}` | `{"name": str, "price": int}` | 201 created / 200 replaced; `version` +1 on every execution |
+//! | `GET /api/products/{id}` | | 200, or 404 |
+//! | `POST /api/orders` | `{"productId": str, "quantity": int}` | 201, a new `id` and `Location`; 404 for an unknown product |
+//! | `PUT /api/orders/{id}/status` | `{"status": "PENDING" \| "PROCESSING" \| "SHIPPED" \| "DELIVERED" \| "CANCELLED"}` | 200, or 404 |
+//! | `GET /api/orders` | | 200, all orders |
+//! | `GET /api/internal/metrics/idempotency` | | 200 `{cacheHits, cacheMisses, cacheWrites, hitRate, ...}` for the `DEMO_ADMIN_TOKEN` bearer, else 403 |
+//!
+//! Answers use the envelope `{ "data": ..., "error": null | {"code", "message"}, "meta": {...} }`;
+//! invalid JSON or fields get 400 with `error` set. The idempotency layer's own answers (missing
+//! or malformed key 400, reused key 422, in flight 409, store down 503) are RFC 9457
+//! `application/problem+json`, as DESIGN §5 says; replays carry `Idempotent-Replayed: true`.
+//!
+//! # Layout
+//! - [`app`]: the router with authentication outside and the idempotency layer inside;
+//!   [`unprotected_app`]: the same routes without the layer (what `idempotency-probe` must
+//!   catch);
+//! - [`AppState`]: the engine, the shop and the admin token; [`serve`]: serve a router until a
+//!   shutdown future completes; [`shutdown_signal`]: Ctrl-C or SIGTERM.
+
+#![deny(missing_docs)]
+
+mod auth;
+mod envelope;
+mod shop;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::{get, post, put};
+use idempotency::http::IdempotencyLayer;
+use idempotency::{AnyStore, Idempotency};
+use parking_lot::Mutex;
+
+pub use auth::{Principal, authenticate, principal_scope};
+pub use envelope::ApiError;
+pub use shop::{Order, OrderStatus, Product};
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Idempotency<AnyStore>,
+    shop: Mutex<shop::Shop>,
+    admin_token: Option<String>,
+    handler_runs: AtomicU64,
+}
+
+impl AppState {
+    /// State over `engine`; `admin_token` (from `DEMO_ADMIN_TOKEN`) unlocks the metrics route,
+    /// which is closed to everyone when it is `None`.
+    pub fn new(engine: Idempotency<AnyStore>, admin_token: Option<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                shop: Mutex::new(shop::Shop::default()),
+                admin_token: admin_token.filter(|t| !t.is_empty()),
+                handler_runs: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The idempotency engine.
+    pub fn engine(&self) -> &Idempotency<AnyStore> {
+        &self.inner.engine
+    }
+
+    /// How many times a mutating handler ran its side effect (replays do not count).
+    pub fn handler_runs(&self) -> u64 {
+        self.inner.handler_runs.load(Ordering::Relaxed)
+    }
+
+    /// A product, as the shop holds it now.
+    pub fn product(&self, id: &str) -> Option<Product> {
+        self.inner.shop.lock().products.get(id).cloned()
+    }
+
+    pub(crate) fn shop(&self) -> &Mutex<shop::Shop> {
+        &self.inner.shop
+    }
+
+    pub(crate) fn count_run(&self) {
+        self.inner.handler_runs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_admin(&self, token: &str) -> bool {
+        self.inner
+            .admin_token
+            .as_deref()
+            .is_some_and(|admin| constant_time_eq(admin.as_bytes(), token.as_bytes()))
+    }
+}
+
+/// Compare without an early exit on the first differing byte (the length still shows).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/products/{id}",
+            put(shop::put_product).get(shop::get_product),
+        )
+        .route(
+            "/api/orders",
+            post(shop::create_order).get(shop::list_orders),
+        )
+        .route("/api/orders/{id}/status", put(shop::set_order_status))
+        .route("/api/internal/metrics/idempotency", get(shop::metrics))
+        .fallback(shop::not_found)
+}
+
+/// The shop API: authentication (outermost), then the idempotency layer on `PUT` and `POST`
+/// (key required, scoped per principal), then the handlers.
+pub fn app(state: AppState) -> Router {
+    let layer = IdempotencyLayer::builder(state.engine().clone())
+        .scope(principal_scope)
+        .build();
+    routes()
+        .layer(layer)
+        .layer(middleware::from_fn(authenticate))
+        .with_state(state)
+}
+
+/// The same routes and authentication **without** the idempotency layer: a deliberately broken
+/// service on which every retry runs again. It exists to show what `idempotency-probe` reports
+/// for such a service (and to test that it does); never deploy it.
+pub fn unprotected_app(state: AppState) -> Router {
+    routes()
+        .layer(middleware::from_fn(authenticate))
+        .with_state(state)
+}
+
+/// Serve `router` on `listener` until `shutdown` completes, then finish the requests in flight.
+///
+/// # Errors
+/// An I/O error from the listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,132 @@
+//! `idempotency-demo`: the shop API on 127.0.0.1:3000, store from the environment.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use idempotency::{Idempotency, StoreSelection, store_from_env_with};
+use idempotency_demo::{AppState, app, serve, shutdown_signal};
+use tracing_subscriber::EnvFilter;
+
+/// A small shop API protected by the Idempotency-Key layer.
+///
+/// The idempotency store comes from the environment: UPSTASH_REDIS_REST_URL + _TOKEN or
+/// KV_REST_API_URL + KV_REST_API_TOKEN (KV REST API), else REDIS_URL or KV_URL (Redis), else the
+/// per-process memory store (with a warning).
+#[derive(Parser)]
+#[command(name = "idempotency-demo", version, about)]
+struct Args {
+    /// Address to listen on [default: 127.0.0.1:$PORT if PORT is set, else 127.0.0.1:3000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+
+    /// Bearer token allowed to read /api/internal/metrics/idempotency (closed when unset).
+    #[arg(long, env = "DEMO_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
+    /// Refuse to start on the per-process memory store (no store configured → exit 1).
+    #[arg(long, env = "DEMO_REQUIRE_DISTRIBUTED")]
+    require_distributed: bool,
+
+    /// Let a duplicate that arrives while the first attempt runs wait up to this long for its
+    /// replay instead of getting 409 at once (0: answer 409 at once).
+    #[arg(long, env = "DEMO_WAIT_IN_FLIGHT_MS", default_value_t = 0)]
+    wait_in_flight_ms: u64,
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Args")
+            .field("listen", &self.listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn listen_address(args: &Args) -> Result<SocketAddr, String> {
+    if let Some(listen) = args.listen {
+        return Ok(listen);
+    }
+    match std::env::var("PORT") {
+        Ok(port) if !port.trim().is_empty() => port
+            .trim()
+            .parse::<u16>()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .map_err(|_| format!("PORT={port:?} is not a port number")),
+        _ => Ok(SocketAddr::from(([127, 0, 0, 1], 3000))),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let listen = match listen_address(&args) {
+        Ok(listen) => listen,
+        Err(error) => {
+            tracing::error!(%error, "cannot choose the listen address");
+            return ExitCode::FAILURE;
+        }
+    };
+    let selection = if args.require_distributed {
+        StoreSelection::RequireDistributed
+    } else {
+        StoreSelection::AllowMemory
+    };
+    let store = match store_from_env_with(selection).await {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "no idempotency store");
+            return ExitCode::FAILURE;
+        }
+    };
+    let description = store.description().to_string();
+    let mut builder = Idempotency::builder(store);
+    if args.wait_in_flight_ms > 0 {
+        builder = builder.wait_for_in_flight(
+            Duration::from_millis(args.wait_in_flight_ms),
+            Duration::from_millis(20),
+        );
+    }
+    let engine = match builder.build() {
+        Ok(engine) => engine,
+        Err(error) => {
+            tracing::error!(%error, "invalid engine configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.admin_token.is_none() {
+        tracing::info!("DEMO_ADMIN_TOKEN is not set: the metrics route answers 403 to everyone");
+    }
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, %listen, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = listener
+        .local_addr()
+        .map_or_else(|_| listen.to_string(), |a| a.to_string());
+    tracing::info!(store = %description, url = %format!("http://{url}"), "idempotency-demo listening");
+    let state = AppState::new(engine, args.admin_token);
+    match serve(listener, app(state), shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The shop's handlers: products, orders and the idempotency metrics.
+//!
+//! Every mutating handler counts its executions ([`crate::AppState::handler_runs`]) and bumps
+//! a `version` on what it writes, so a duplicate execution is visible from outside.
+
+use std::collections::BTreeMap;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use idempotency::unix_millis_now;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::envelope::{ApiError, ok};
+
+/// A product of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    /// From the path.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Price in cents.
+    pub price: u64,
+    /// Incremented by every execution of `PUT /api/products/{id}` (1 after the first).
+    pub version: u64,
+    /// The principal of the last write.
+    pub updated_by: String,
+    /// Unix milliseconds of the last write.
+    pub updated_at: u64,
+}
+
+/// An order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// `ord_000001`, ...
+    pub id: String,
+    /// The ordered product.
+    pub product_id: String,
+    /// How many.
+    pub quantity: u32,
+    /// Where it is.
+    pub status: OrderStatus,
+    /// Incremented by every status change (1 at creation).
+    pub version: u64,
+    /// Who ordered.
+    pub created_by: String,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// An order's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Accepted, not started.
+    Pending,
+    /// Being prepared.
+    Processing,
+    /// On its way.
+    Shipped,
+    /// Arrived.
+    Delivered,
+    /// Called off.
+    Cancelled,
+}
+
+#[derive(Deserialize)]
+struct ProductInput {
+    name: String,
+    price: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderInput {
+    product_id: String,
+    quantity: u32,
+}
+
+#[derive(Deserialize)]
+struct StatusInput {
+    status: OrderStatus,
+}
+
+/// The catalogue and the orders, in memory (the demo is about the idempotency store, not about
+/// persistence).
+#[derive(Debug, Default)]
+pub(crate) struct Shop {
+    pub(crate) products: BTreeMap<String, Product>,
+    pub(crate) orders: BTreeMap<String, Order>,
+    pub(crate) next_order: u64,
+}
+
+/// Parse a JSON body, answering 400 with the envelope on anything wrong.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        let what = if error.is_data() {
+            "invalid fields"
+        } else {
+            "invalid JSON"
+        };
+        ApiError::bad_request(format!("{what}: {error}"))
+    })
+}
+
+fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{kind} id must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'"
+        )))
+    }
+}
+
+fn data<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// `PUT /api/products/{id}` `{"name", "price"}`: create or replace; 201 on create, 200 after.
+pub(crate) async fn put_product(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_id("product", &id)?;
+    let input: ProductInput = parse(&body)?;
+    let name = input.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::bad_request("name must be 1 to 200 characters"));
+    }
+    state.count_run();
+    let (status, product) = {
+        let mut shop = state.shop().lock();
+        let previous = shop.products.get(&id).map(|p| p.version);
+        let product = Product {
+            id: id.clone(),
+            name: name.to_owned(),
+            price: input.price,
+            version: previous.unwrap_or(0) + 1,
+            updated_by: principal.0,
+            updated_at: unix_millis_now(),
+        };
+        shop.products.insert(id, product.clone());
+        let status = if previous.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        (status, product)
+    };
+    tracing::debug!(product = %product.id, version = product.version, "product written");
+    Ok(ok(status, data(&product), Map::new()))
+}
+
+/// `GET /api/products/{id}`.
+pub(crate) async fn get_product(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let product = state.shop().lock().products.get(&id).cloned();
+    match product {
+        Some(product) => Ok(ok(StatusCode::OK, data(&product), Map::new())),
+        None => Err(ApiError::not_found(format!("no product `{id}`"))),
+    }
+}
+
+/// `POST /api/orders` `{"productId", "quantity"}`: 201 with the new order and a `Location`.
+pub(crate) async fn create_order(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: OrderInput = parse(&body)?;
+    if input.quantity == 0 {
+        return Err(ApiError::bad_request("quantity must be at least 1"));
+    }
+    let order = {
+        let mut shop = state.shop().lock();
+        if !shop.products.contains_key(&input.product_id) {
+            return Err(ApiError::not_found(format!(
+                "no product `{}`",
+                input.product_id
+            )));
+        }
+        state.count_run();
+        shop.next_order += 1;
+        let order = Order {
+            id: format!("ord_{:06}", shop.next_order),
+            product_id: input.product_id,
+            quantity: input.quantity,
+            status: OrderStatus::Pending,
+            version: 1,
+            created_by: principal.0,
+            created_at: unix_millis_now(),
+        };
+        shop.orders.insert(order.id.clone(), order.clone());
+        order
+    };
+    tracing::debug!(order = %order.id, "order created");
+    let mut response = ok(StatusCode::CREATED, data(&order), Map::new());
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{}", order.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `PUT /api/orders/{id}/status` `{"status"}`.
+pub(crate) async fn set_order_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: StatusInput = parse(&body)?;
+    let order = {
+        let mut shop = state.shop().lock();
+        let Some(order) = shop.orders.get_mut(&id) else {
+            return Err(ApiError::not_found(format!("no order `{id}`")));
+        };
+        state.count_run();
+        order.status = input.status;
+        order.version += 1;
+        order.clone()
+    };
+    Ok(ok(StatusCode::OK, data(&order), Map::new()))
+}
+
+/// `GET /api/orders`: every order, oldest first.
+pub(crate) async fn list_orders(State(state): State<AppState>) -> Response {
+    let orders: Vec<Order> = state.shop().lock().orders.values().cloned().collect();
+    let mut meta = Map::new();
+    meta.insert("count".to_owned(), json!(orders.len()));
+    ok(StatusCode::OK, data(&orders), meta)
+}
+
+/// `GET /api/internal/metrics/idempotency`: the engine's counters, for the admin token only.
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    if !state.is_admin(&principal.0) {
+        return Err(ApiError::forbidden(
+            "the metrics are for the DEMO_ADMIN_TOKEN bearer only",
+        ));
+    }
+    let engine = state.engine();
+    let stats = engine.stats();
+    let store = engine.store().description();
+    let body = json!({
+        "cacheHits": stats.hits,
+        "cacheMisses": stats.misses,
+        "cacheWrites": stats.writes,
+        "hitRate": stats.hit_rate(),
+        "inFlightConflicts": stats.in_flight,
+        "fingerprintMismatches": stats.mismatches,
+        "storeErrors": stats.store_errors,
+        "failOpen": stats.fail_open,
+        "handlerRuns": state.handler_runs(),
+        "backend": store.kind().to_string(),
+        "store": store.to_string(),
+    });
+    Ok(ok(StatusCode::OK, body, Map::new()))
+}
+
+/// Anything else: 404 in the envelope.
+pub(crate) async fn not_found() -> impl IntoResponse {
+    ApiError::not_found("no such route")
+}

@@ -1,0 +1,135 @@
+//! The `idempotency-demo` binary: starts on the memory store with a warning, logs the store and
+//! its URL, serves, and stops cleanly on SIGTERM; refuses to start without a distributed store
+//! when asked to; logs a Redis URL without its password.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const STORE_VARS: [&str; 8] = [
+    "UPSTASH_REDIS_REST_URL",
+    "UPSTASH_REDIS_REST_TOKEN",
+    "KV_REST_API_URL",
+    "KV_REST_API_TOKEN",
+    "REDIS_URL",
+    "KV_URL",
+    "PORT",
+    "DEMO_REQUIRE_DISTRIBUTED",
+];
+
+fn demo() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_idempotency-demo"));
+    for var in STORE_VARS {
+        command.env_remove(var);
+    }
+    command
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Read stderr until the "listening" line; return everything read and the URL.
+fn wait_listening(child: &mut Child) -> (String, String) {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("idempotency-demo listening") {
+                let url = line
+                    .split("url=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                tx.send((seen.clone(), url)).unwrap();
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the demo logs its URL")
+}
+
+fn stop(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the demo did not stop within 5 s of SIGTERM");
+}
+
+#[test]
+fn starts_on_memory_with_a_warning_serves_and_stops_on_sigterm() {
+    let mut child = demo().args(["--listen", "127.0.0.1:0"]).spawn().unwrap();
+    let (log, url) = wait_listening(&mut child);
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("does NOT deduplicate"), "{log}");
+    assert!(log.contains("store=memory"), "{log}");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let put = || {
+            client
+                .put(format!("{url}/api/products/tea"))
+                .bearer_auth("alice")
+                .header("idempotency-key", "bin-1")
+                .body(r#"{"name":"Tea","price":450}"#)
+        };
+        let first = put().send().await.unwrap();
+        assert_eq!(first.status(), 201);
+        let first = first.bytes().await.unwrap();
+        let retry = put().send().await.unwrap();
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        assert_eq!(retry.bytes().await.unwrap(), first);
+    });
+    stop(&mut child);
+}
+
+#[test]
+fn refuses_memory_when_a_distributed_store_is_required() {
+    let output = demo()
+        .args(["--listen", "127.0.0.1:0", "--require-distributed"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("a distributed idempotency store is required"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_unreachable_redis_fails_the_start_without_showing_its_password() {
+    let output = demo()
+        .args(["--listen", "127.0.0.1:0"])
+        .env("REDIS_URL", "redis://:hunter2@127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("redis://:<redacted>@127.0.0.1:1"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}

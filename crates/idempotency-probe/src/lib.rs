@@ -1,0 +1,328 @@
+//! # idempotency-probe
+//!
+//! Checks that a deployed endpoint honours `Idempotency-Key` (DESIGN §5, the IETF draft and
+//! Stripe's behaviour), from the outside, with real requests:
+//!
+//! | check | requests | passes when |
+//! |---|---|---|
+//! | a | the request twice under a fresh key | 2xx, then the identical status and body with `Idempotent-Replayed: true` |
+//! | b | the request under another fresh key | 2xx without the replay header (it ran again) |
+//! | c | the request without the key header | 400 |
+//! | d | (a)'s key with a changed body | 422 |
+//! | e | N copies at once under a fresh key, then one more | exactly one executed (2xx, no replay header), the others replays of it or 409, all 2xx identical; the last one a replay |
+//!
+//! Every check sends real requests with side effects (that is the point): aim it at an
+//! endpoint where a few extra writes do no harm.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), idempotency_probe::ProbeError> {
+//! use idempotency_probe::{ProbeConfig, run};
+//! let config = ProbeConfig::new("http://127.0.0.1:3000/api/products/p1", r#"{"name":"Tea","price":450}"#)
+//!     .method("PUT")?
+//!     .header("Authorization: Bearer alice")?;
+//! let report = run(&config).await?;
+//! print!("{}", report.table());
+//! assert!(report.passed());
+//! # Ok(()) }
+//! ```
+//!
+//! The binary: `idempotency-probe --url URL --method PUT --body JSON [-H 'K: V']...
+//! [--concurrency N] [--json]`; exit status 0 when every check passes, 1 when one fails, 2 when
+//! the probe could not run.
+
+#![deny(missing_docs)]
+
+mod check;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Client, Method};
+use serde::Serialize;
+use thiserror::Error;
+
+pub use check::{REPLAYED_HEADER, random_key};
+
+/// Why the probe could not run at all (a failing check is a [`ProbeReport`] value instead).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// `-H` was not `Name: value`, or the name or value is not valid in HTTP.
+    #[error("invalid header {0:?}: expected `Name: value`")]
+    InvalidHeader(String),
+    /// Not an HTTP method.
+    #[error("invalid method {0:?}")]
+    InvalidMethod(String),
+    /// Not an http(s) URL.
+    #[error("invalid URL {0:?}: expected http:// or https://")]
+    InvalidUrl(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// What to probe and how.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    url: String,
+    method: Method,
+    body: String,
+    headers: HeaderMap,
+    key_header: HeaderName,
+    concurrency: usize,
+    timeout: Duration,
+}
+
+impl ProbeConfig {
+    /// Probe `POST url` with `body` (`Content-Type: application/json` unless a header says
+    /// otherwise), 8 concurrent duplicates, a 10 s timeout per request.
+    pub fn new(url: impl Into<String>, body: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            method: Method::POST,
+            body: body.into(),
+            headers: HeaderMap::new(),
+            key_header: HeaderName::from_static("idempotency-key"),
+            concurrency: 8,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The HTTP method (`PUT`, `POST`, `PATCH`...).
+    ///
+    /// # Errors
+    /// [`ProbeError::InvalidMethod`].
+    pub fn method(mut self, method: &str) -> Result<Self, ProbeError> {
+        self.method = Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
+            .map_err(|_| ProbeError::InvalidMethod(method.to_owned()))?;
+        Ok(self)
+    }
+
+    /// Add a header to every request, written as `Name: value` (as curl's `-H`).
+    ///
+    /// # Errors
+    /// [`ProbeError::InvalidHeader`].
+    pub fn header(mut self, line: &str) -> Result<Self, ProbeError> {
+        let invalid = || ProbeError::InvalidHeader(redact_header_line(line));
+        let (name, value) = line.split_once(':').ok_or_else(invalid)?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| invalid())?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| invalid())?;
+        self.headers.append(name, value);
+        Ok(self)
+    }
+
+    /// How many duplicates check (e) sends at once (default 8, at least 2).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(2);
+        self
+    }
+
+    /// The key header (default `Idempotency-Key`).
+    ///
+    /// # Errors
+    /// [`ProbeError::InvalidHeader`].
+    pub fn key_header(mut self, name: &str) -> Result<Self, ProbeError> {
+        self.key_header = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ProbeError::InvalidHeader(name.to_owned()))?;
+        Ok(self)
+    }
+
+    /// Time budget of each request (default 10 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// `Authorization: <redacted>` for error messages: header lines often carry credentials.
+fn redact_header_line(line: &str) -> String {
+    match line.split_once(':') {
+        Some((name, _)) => format!("{}: <redacted>", name.trim()),
+        None => "<redacted>".to_owned(),
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    /// `a` to `e`.
+    pub id: &'static str,
+    /// What is checked.
+    pub name: &'static str,
+    /// Whether the endpoint behaved.
+    pub passed: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Every check's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// The probed URL.
+    pub url: String,
+    /// The method used.
+    pub method: String,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// The checks, in order.
+    pub checks: Vec<CheckResult>,
+}
+
+impl ProbeReport {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.passed
+    }
+
+    /// The checks that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &CheckResult> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+
+    /// A plain-text table, one row per check, and a summary line.
+    pub fn table(&self) -> String {
+        let name_width = self
+            .checks
+            .iter()
+            .map(|c| c.name.chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut out = format!("idempotency-probe: {} {}\n\n", self.method, self.url);
+        out.push_str(&format!("   {:<name_width$}  result  detail\n", "check"));
+        for check in &self.checks {
+            out.push_str(&format!(
+                "{}  {:<name_width$}  {:<6}  {}\n",
+                check.id,
+                check.name,
+                if check.passed { "PASS" } else { "FAIL" },
+                check.detail
+            ));
+        }
+        let failed = self.failures().count();
+        out.push_str(&format!(
+            "\n{} checks: {} passed, {} failed\n",
+            self.checks.len(),
+            self.checks.len() - failed,
+            failed
+        ));
+        out
+    }
+
+    /// The report as JSON (`{url, method, passed, checks: [{id, name, passed, detail}]}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A configured client.
+pub(crate) struct Probe {
+    client: Client,
+    pub(crate) config: ProbeConfig,
+}
+
+impl Probe {
+    /// One request; a transport failure becomes the message the table shows.
+    pub(crate) async fn send(
+        &self,
+        key: check::KeyUse<'_>,
+        body: &str,
+    ) -> Result<check::Answer, String> {
+        let mut request = self
+            .client
+            .request(self.config.method.clone(), &self.config.url)
+            .headers(self.config.headers.clone())
+            .body(body.to_owned());
+        if !self.config.headers.contains_key(CONTENT_TYPE) {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        if let check::KeyUse::Key(key) = key {
+            request = request.header(self.config.key_header.clone(), key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+        let status = response.status();
+        let replayed = response
+            .headers()
+            .get(REPLAYED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let body: Bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("reading the response failed: {}", error_chain(&e)))?;
+        Ok(check::Answer {
+            status,
+            replayed,
+            body,
+        })
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Run every check against the configured endpoint, in order (a, b, c, d, e).
+///
+/// # Errors
+/// [`ProbeError`] when the probe cannot run (bad URL, no HTTP client). Failing checks and
+/// unreachable endpoints are reported in the [`ProbeReport`].
+pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
+    if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
+        return Err(ProbeError::InvalidUrl(config.url.clone()));
+    }
+    let client = Client::builder()
+        .timeout(config.timeout)
+        .build()
+        .map_err(ProbeError::Client)?;
+    let probe = Probe {
+        client,
+        config: config.clone(),
+    };
+    let key = random_key();
+    let (a, first) = check::duplicate(&probe, &key).await;
+    let b = check::new_key(&probe, first.as_ref()).await;
+    let c = check::missing_key(&probe).await;
+    let d = check::changed(&probe, &key).await;
+    let e = check::concurrent(&probe).await;
+    let checks = vec![a, b, c, d, e];
+    Ok(ProbeReport {
+        url: config.url.clone(),
+        method: config.method.to_string(),
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lines_parse_and_errors_hide_values() {
+        let config = ProbeConfig::new("http://x", "{}")
+            .header("Authorization: Bearer alice")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.headers["authorization"], "Bearer alice");
+        let error = ProbeConfig::new("http://x", "{}")
+            .header("Authorization Bearer secret")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!error.contains("secret"), "{error}");
+        assert!(ProbeConfig::new("http://x", "{}").method("P UT").is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! `idempotency-probe`: check a deployed endpoint's `Idempotency-Key` behaviour.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use idempotency_probe::{ProbeConfig, ProbeError, run};
+
+/// Check that an endpoint honours Idempotency-Key: duplicates replay the first response, new
+/// keys run, a missing key gets 400, a reused key with another body 422, and concurrent
+/// duplicates run once. Sends real requests with side effects.
+///
+/// Exit status: 0 every check passed, 1 a check failed, 2 the probe could not run.
+#[derive(Parser)]
+#[command(name = "idempotency-probe", version, about)]
+struct Args {
+    /// The endpoint, e.g. http://127.0.0.1:3000/api/products/p1.
+    #[arg(long)]
+    url: String,
+
+    /// HTTP method.
+    #[arg(long, short = 'X', default_value = "POST")]
+    method: String,
+
+    /// Request body (JSON unless a Content-Type header says otherwise).
+    #[arg(long, short = 'd', default_value = "{}")]
+    body: String,
+
+    /// Extra header for every request, `Name: value` (repeatable), e.g. -H 'Authorization: Bearer alice'.
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+
+    /// Concurrent duplicates for the concurrency check.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+
+    /// Name of the key header.
+    #[arg(long, default_value = "Idempotency-Key")]
+    key_header: String,
+
+    /// Timeout of each request, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn config(args: &Args) -> Result<ProbeConfig, ProbeError> {
+    let mut config = ProbeConfig::new(&args.url, &args.body)
+        .method(&args.method)?
+        .key_header(&args.key_header)?
+        .concurrency(args.concurrency)
+        .timeout(Duration::from_millis(args.timeout_ms));
+    for line in &args.headers {
+        config = config.header(line)?;
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let report = match config(&args) {
+        Ok(config) => run(&config).await,
+        Err(error) => Err(error),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("idempotency-probe: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        println!("{:#}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,91 @@
+//! The `idempotency-probe` binary against the demo, in-process on 127.0.0.1: exit status 0 and
+//! a passing JSON report on the real app; exit status 1 and the failed checks on the same routes
+//! without the layer; 2 for unusable arguments.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+use idempotency::memory::MemoryStore;
+use idempotency::{AnyStore, Idempotency};
+use idempotency_demo::{AppState, app, serve, unprotected_app};
+
+const BODY: &str = r#"{"name":"Tea","price":450}"#;
+
+async fn start(protected: bool) -> String {
+    let engine = Idempotency::builder(AnyStore::from(MemoryStore::new()))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let state = AppState::new(engine, None);
+    let router = if protected {
+        app(state)
+    } else {
+        unprotected_app(state)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, router, std::future::pending()));
+    url
+}
+
+async fn probe(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn args(base: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--url",
+        &format!("{base}/api/products/bin"),
+        "--method",
+        "PUT",
+        "--body",
+        BODY,
+        "-H",
+        "Authorization: Bearer bin",
+        "--concurrency",
+        "4",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_status_and_json_follow_the_verdict() {
+    let good = start(true).await;
+    let broken = start(false).await;
+    for (base, expect_ok) in [(&good, true), (&broken, false)] {
+        let output = probe(args(base, &["--json"])).await;
+        assert_eq!(
+            output.status.code(),
+            Some(if expect_ok { 0 } else { 1 }),
+            "{output:?}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["passed"], expect_ok);
+        assert_eq!(report["checks"].as_array().unwrap().len(), 5);
+    }
+    let table = probe(args(&broken, &[])).await;
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("FAIL") && text.contains("4 failed"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_arguments_exit_with_2() {
+    let output = probe(vec!["--url".into(), "ftp://x".into()]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let output = probe(args("http://127.0.0.1:1", &["-H", "Authorization secret"])).await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
