@@ -22,6 +22,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Axum in three lines
+//! With the `http` feature: an engine on a store, a layer with a scope (whose key is it?), the
+//! layer on the routes. More in the repository's `docs/axum.md` and `examples/axum_app.rs`.
+//!
+//! ```
+//! # #[cfg(all(feature = "http", feature = "memory"))] {
+//! use axum::{Router, routing::post};
+//! use idempotency::http::{IdempotencyLayer, ScopeRejection};
+//! use idempotency::{Idempotency, Scope, memory::MemoryStore};
+//!
+//! /// The authenticated principal owns the key (here the bearer token; use your auth's identity).
+//! fn principal(parts: &axum::http::request::Parts) -> Result<Scope, ScopeRejection> {
+//!     parts.headers.get("authorization").and_then(|v| v.to_str().ok())
+//!         .and_then(|v| v.strip_prefix("Bearer ")).map(Scope::new)
+//!         .ok_or_else(|| ScopeRejection::unauthorized("sign in first"))
+//! }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // In production: `Idempotency::builder(idempotency::store_from_env().await?)`.
+//! let engine = Idempotency::builder(MemoryStore::new()).build()?;
+//! let layer = IdempotencyLayer::builder(engine).scope(principal).build();
+//! let app: Router = Router::new().route("/orders", post(|| async { "created" })).layer(layer);
+//! # let _ = app; Ok(()) }
+//! # main().unwrap() }
+//! ```
+//!
 //! # Store selection
 //! [`store_from_env`] returns an [`AnyStore`] (an [`IdempotencyStore`] delegating to whichever
 //! store was chosen) following DESIGN §4: `UPSTASH_REDIS_REST_URL` + `_TOKEN` or
