@@ -25,8 +25,10 @@ fn claim_record() -> InProgress {
 #[tokio::test]
 async fn redis_written_records_complete_through_rest() {
     let gateway = common::shared_gateway();
-    let redis = RedisStore::connect(gateway.redis.url()).await.unwrap();
-    let rest = common::rest_store(&gateway.url);
+    let redis = RedisStore::connect(common::shared_redis().url())
+        .await
+        .unwrap();
+    let rest = common::rest_store(gateway.url());
     let prefix = idempotency_testkit::unique_prefix();
     let scope = Scope::new("tenant");
     let key = IdempotencyKey::new("interop-1").unwrap();
@@ -75,8 +77,10 @@ async fn redis_written_records_complete_through_rest() {
 #[tokio::test]
 async fn rest_written_claims_complete_through_redis() {
     let gateway = common::shared_gateway();
-    let redis = RedisStore::connect(gateway.redis.url()).await.unwrap();
-    let rest = common::rest_store(&gateway.url);
+    let redis = RedisStore::connect(common::shared_redis().url())
+        .await
+        .unwrap();
+    let rest = common::rest_store(gateway.url());
     let key = StoreKey::from_raw(format!(
         "{}rest-first",
         idempotency_testkit::unique_prefix()
@@ -124,7 +128,7 @@ async fn rest_written_claims_complete_through_redis() {
 #[tokio::test]
 async fn wrong_token_is_a_typed_backend_error() {
     let gateway = common::shared_gateway();
-    let store = KvRestStore::connect(&gateway.url, "wrong-token").unwrap();
+    let store = KvRestStore::connect(gateway.url(), "wrong-token").unwrap();
     let err = store.get(&StoreKey::from_raw("x")).await.unwrap_err();
     assert!(
         matches!(&err, StoreError::Backend { message } if message.contains("401")),
@@ -153,9 +157,10 @@ async fn unreachable_endpoint_is_unavailable_quickly() {
 #[tokio::test]
 async fn paused_redis_behind_the_gateway_times_out() {
     let mut redis = idempotency_testkit::fixtures::RedisServer::start_local().unwrap();
-    let url = common::start_gateway(redis.url());
+    let gateway =
+        idempotency_testkit::fixtures::GatewayServer::start(redis.url(), common::TOKEN).unwrap();
     let store = KvRestStore::new(
-        KvRestConfig::new(&url, common::TOKEN)
+        KvRestConfig::new(gateway.url(), common::TOKEN)
             .unwrap()
             .timeout(Duration::from_millis(300)),
     )

@@ -2,15 +2,13 @@
 //! and one KV REST gateway per test binary.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use idempotency::memory::MemoryStore;
 use idempotency::{AnyStore, BackendKind, Idempotency, StoreSelection, store_from_lookup};
 use idempotency_demo::{AppState, app, serve};
-use idempotency_testkit::fixtures::RedisServer;
-use kv_rest_gateway::GatewayConfig;
+use idempotency_testkit::fixtures::{GatewayServer, RedisServer};
 
 pub const GATEWAY_TOKEN: &str = "demo-test-gateway-token";
 pub const ADMIN: &str = "admin-secret";
@@ -27,35 +25,15 @@ pub fn shared_redis() -> &'static RedisServer {
     SERVER.get_or_init(|| RedisServer::start().expect("starting the shared redis server"))
 }
 
-/// A KV REST gateway in front of the shared Redis, serving from its own runtime thread so it
-/// outlives every test's runtime.
+/// A KV REST gateway in front of the shared Redis (served from its own runtime thread, so it
+/// outlives every test's runtime); returns its URL.
 pub fn shared_gateway() -> &'static str {
-    static GATEWAY: OnceLock<String> = OnceLock::new();
-    GATEWAY.get_or_init(|| {
-        let config = GatewayConfig::new(shared_redis().url(), GATEWAY_TOKEN);
-        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("gateway runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                tx.send(listener.local_addr().expect("addr"))
-                    .expect("send addr");
-                kv_rest_gateway::serve(listener, config, std::future::pending())
-                    .await
-                    .expect("gateway");
-            });
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("gateway started");
-        format!("http://{addr}")
-    })
+    static GATEWAY: OnceLock<GatewayServer> = OnceLock::new();
+    GATEWAY
+        .get_or_init(|| {
+            GatewayServer::start(shared_redis().url(), GATEWAY_TOKEN).expect("starting the gateway")
+        })
+        .url()
 }
 
 /// The store for `backend`, chosen the way the demo binary chooses it: through the facade's

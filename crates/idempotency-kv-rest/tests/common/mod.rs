@@ -2,65 +2,27 @@
 //! behaviour-suite harness for `KvRestStore`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
 use idempotency_kv_rest::{KvRestConfig, KvRestStore};
-use idempotency_testkit::fixtures::RedisServer;
+use idempotency_testkit::fixtures::{GatewayServer, RedisServer};
 use idempotency_testkit::{RawValue, StoreHarness, TimeControl, unique_prefix};
-use kv_rest_gateway::GatewayConfig;
 
 pub const TOKEN: &str = "test-token-0123456789";
 
-/// A gateway on 127.0.0.1 in front of a Redis server, serving from its own runtime thread so it
-/// outlives the runtime of any single test.
-pub struct GatewayServer {
-    pub url: String,
-    pub redis: &'static RedisServer,
-}
-
+/// One Redis server per test binary.
 pub fn shared_redis() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(|| RedisServer::start().expect("starting the shared redis server"))
 }
 
-/// Start a gateway for `redis_url` on a free port; it serves until the process exits.
-pub fn start_gateway(redis_url: &str) -> String {
-    let config = GatewayConfig::new(redis_url, TOKEN);
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("gateway runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            kv_rest_gateway::serve(listener, config, std::future::pending())
-                .await
-                .expect("gateway");
-        });
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("gateway started");
-    format!("http://{addr}")
-}
-
+/// One gateway in front of [`shared_redis`] per test binary.
 pub fn shared_gateway() -> &'static GatewayServer {
     static GATEWAY: OnceLock<GatewayServer> = OnceLock::new();
     GATEWAY.get_or_init(|| {
-        let redis = shared_redis();
-        GatewayServer {
-            url: start_gateway(redis.url()),
-            redis,
-        }
+        GatewayServer::start(shared_redis().url(), TOKEN).expect("starting the gateway")
     })
 }
 
@@ -82,8 +44,8 @@ pub struct RestHarness {
 pub async fn rest_harness() -> RestHarness {
     let gateway = shared_gateway();
     RestHarness {
-        store: Arc::new(rest_store(&gateway.url)),
-        gateway_url: gateway.url.clone(),
+        store: Arc::new(rest_store(gateway.url())),
+        gateway_url: gateway.url().to_owned(),
         prefix: unique_prefix(),
     }
 }
