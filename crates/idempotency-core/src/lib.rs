@@ -67,6 +67,7 @@ pub mod codec;
 mod engine;
 mod error;
 mod fingerprint;
+mod hexfmt;
 mod key;
 pub mod lua;
 mod record;

@@ -26,14 +26,12 @@ impl LeaseToken {
 
     /// 32 lower-case hex digits, as stored in records.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::hexfmt::to_hex(&self.0)
     }
 
     /// Parse 32 hex digits.
     pub fn from_hex(text: &str) -> Option<Self> {
-        let mut out = [0u8; 16];
-        hex::decode_to_slice(text, &mut out).ok()?;
-        Some(Self(out))
+        crate::hexfmt::from_hex(text.as_bytes()).map(Self)
     }
 }
 

@@ -1,8 +1,9 @@
 //! The baseline: the plain `redis` crate sending exactly the commands `RedisStore` sends —
 //! `SET key <in-progress record> NX PX <lease> GET`, then `EVALSHA` of the core's completion
 //! script with the token, the completed record and the retention — with none of our code in
-//! the loop (no engine, no codec, no timeouts). Records are made by replacing the token in a
-//! template encoded once, so the server sees the same bytes and runs the same script branch.
+//! the loop (no engine, no codec, no timeouts). Records are made by splicing the token into a
+//! template encoded once, so the server sees the same bytes and runs the same script branch,
+//! while the client does as little as a hand-written client could.
 
 use anyhow::{Context as _, Result, bail};
 use idempotency_core::{Completed, InProgress, LeaseToken, Record, codec, lua, unix_millis_now};
@@ -13,12 +14,36 @@ use crate::cells::{LEASE, RETENTION, Scenario};
 use crate::engine::{fingerprint, outcome};
 use crate::load::Worker;
 
-/// Record texts with a placeholder token, encoded once by the real codec.
+/// A record text split around its token.
+#[derive(Clone)]
+struct Template {
+    before: String,
+    after: String,
+}
+
+impl Template {
+    fn new(text: &str, token: &str) -> Self {
+        let (before, after) = text.split_once(token).unwrap_or((text, ""));
+        Self {
+            before: before.to_owned(),
+            after: after.to_owned(),
+        }
+    }
+
+    fn with(&self, token: &str) -> String {
+        let mut out = String::with_capacity(self.before.len() + token.len() + self.after.len());
+        out.push_str(&self.before);
+        out.push_str(token);
+        out.push_str(&self.after);
+        out
+    }
+}
+
+/// Record texts encoded once by the real codec.
 #[derive(Clone)]
 pub(crate) struct Templates {
-    token: String,
-    in_progress: String,
-    completed: String,
+    in_progress: Template,
+    completed: Template,
     script: Script,
 }
 
@@ -38,10 +63,10 @@ impl Templates {
             completed_at_ms: now,
             outcome: outcome(),
         };
+        let token = token.to_hex();
         Self {
-            token: token.to_hex(),
-            in_progress: codec::encode(&Record::InProgress(claim)),
-            completed: codec::encode(&Record::Completed(done)),
+            in_progress: Template::new(&codec::encode(&Record::InProgress(claim)), &token),
+            completed: Template::new(&codec::encode(&Record::Completed(done)), &token),
             script: Script::new(lua::COMPLETE),
         }
     }
@@ -83,10 +108,7 @@ impl RawWorker {
     }
 
     async fn claim(&mut self, key: &str, token: &str) -> Result<Value> {
-        let record = self
-            .templates
-            .in_progress
-            .replacen(&self.templates.token, token, 1);
+        let record = self.templates.in_progress.with(token);
         Ok(redis::cmd("SET")
             .arg(key)
             .arg(record)
@@ -99,10 +121,7 @@ impl RawWorker {
     }
 
     async fn complete(&mut self, key: &str, token: &str) -> Result<()> {
-        let record = self
-            .templates
-            .completed
-            .replacen(&self.templates.token, token, 1);
+        let record = self.templates.completed.with(token);
         let applied: i64 = self
             .templates
             .script
@@ -118,8 +137,16 @@ impl RawWorker {
         Ok(())
     }
 
+    /// 32 hex digits, unique per task and operation.
     fn token(&self) -> String {
-        format!("{:016x}{:016x}", self.task, self.n)
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(32);
+        for word in [self.task, self.n] {
+            for shift in (0..16).rev() {
+                out.push(char::from(DIGITS[((word >> (shift * 4)) & 0xf) as usize]));
+            }
+        }
+        out
     }
 }
 
