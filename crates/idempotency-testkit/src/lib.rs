@@ -73,6 +73,8 @@
 //!   (a pinned `redis:7.x` image) when a Docker engine answers, before falling back to a local
 //!   `redis-server`. It adds ~100 crates to the build; `cargo xtask test --testcontainers`
 //!   turns it on (CI on GitHub does).
+//! - `gateway` (off by default): `fixtures::GatewayServer`, the KV REST gateway in-process in
+//!   front of a Redis fixture, for testing REST clients against a real server.
 
 #![deny(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
