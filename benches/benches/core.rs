@@ -82,6 +82,21 @@ fn codec_bench(c: &mut Criterion) {
             b.iter(|| codec::decode(black_box(text.as_bytes())))
         });
     }
+    // The same 200 B record with its fields reordered: not the encoder's layout, so it takes the
+    // general JSON decoder instead of the canonical reader (what a foreign writer would cost).
+    let reordered = {
+        let text = codec::encode(&completed_record(200, false));
+        let (head, body) = text.split_once(",\"b\":").unwrap_or((&text, ""));
+        let body = body.trim_end_matches('}');
+        format!("{{\"b\":{body},{}}}", &head[1..])
+    };
+    if codec::decode(reordered.as_bytes()).is_err() {
+        panic!("the reordered record does not decode: {reordered}");
+    }
+    group.bench_function(
+        BenchmarkId::new("decode", "completed_200B_reordered"),
+        |b| b.iter(|| codec::decode(black_box(reordered.as_bytes()))),
+    );
     let big = StoredOutcome::new(vec![b'a'; 65536], None);
     group.bench_function("compress_64KiB", |b| {
         b.iter(|| black_box(big.clone()).compressed_above(4096))

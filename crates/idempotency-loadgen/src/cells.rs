@@ -106,8 +106,9 @@ impl Backend {
 }
 
 /// A memory store without the default 1 M record bound: a fresh cell writes millions of
-/// records, and evictions would measure the bound rather than the store.
-fn unbounded_memory() -> MemoryStore {
+/// records, and evictions (an O(n) scan when the bound is hit) would measure the bound rather
+/// than the store.
+pub(crate) fn unbounded_memory() -> MemoryStore {
     MemoryStore::builder()
         .max_entries(usize::MAX)
         .max_bytes(usize::MAX)

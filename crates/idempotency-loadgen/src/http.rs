@@ -19,7 +19,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use idempotency_core::{Idempotency, IdempotencyStore};
 use idempotency_http::IdempotencyLayer;
-use idempotency_memory::MemoryStore;
 use idempotency_redis::RedisStore;
 use tokio::sync::Notify;
 
@@ -96,7 +95,7 @@ impl HttpServer {
             let plain = router(app_state);
             let router = match app {
                 App::Bare => plain,
-                App::Memory => with_layer(plain, MemoryStore::new())?,
+                App::Memory => with_layer(plain, crate::cells::unbounded_memory())?,
                 App::Redis(url) => with_layer(plain, RedisStore::connect(&url).await?)?,
             };
             let listener = listener.tap_io(|tcp| {

@@ -49,14 +49,54 @@ pub(super) fn render(report: &Report) -> String {
         "Absolute figures vary with the machine and its load; read the ratios against the \
          baselines measured in the same run.\n"
     );
-    results(&mut out, report);
+    summary(&mut out, report);
     ratio_tables(&mut out, report);
+    results(&mut out, report);
     targets(&mut out, report);
     out
 }
 
+/// One line per backend and scenario: p50 / p99 / ops/s at each concurrency.
+fn summary(out: &mut String, report: &Report) {
+    let concurrencies = report.concurrencies();
+    let _ = writeln!(out, "## Summary (p50 / p99 / ops/s)\n");
+    let mut header = "| backend | scenario |".to_owned();
+    let mut rule = "|---|---|".to_owned();
+    for c in &concurrencies {
+        let _ = write!(header, " {c} task{} |", if *c == 1 { "" } else { "s" });
+        rule.push_str("---|");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for r in &report.rows {
+        if !seen.contains(&(r.backend, r.scenario)) {
+            seen.push((r.backend, r.scenario));
+        }
+    }
+    seen.sort_by_key(|(_, s)| ["fresh", "replay", "conflict"].iter().position(|x| x == s));
+    for (backend, scenario) in seen {
+        let _ = write!(out, "| {backend} | {scenario} |");
+        for c in &concurrencies {
+            match report.find(backend, scenario, *c) {
+                Some(r) => {
+                    let _ = write!(
+                        out,
+                        " {} / {} / {} |",
+                        human_us(r.p50_us),
+                        human_us(r.p99_us),
+                        human_rate(r.ops_per_sec)
+                    );
+                }
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out);
+}
+
 fn results(out: &mut String, report: &Report) {
-    let _ = writeln!(out, "## Results\n");
+    let _ = writeln!(out, "## All figures\n");
     let _ = writeln!(
         out,
         "| backend | scenario | tasks | ops | p50 | p95 | p99 | p99.9 | ops/s | p95 < 10 ms |\n\
