@@ -186,8 +186,15 @@ mod tests {
         let small = StoredOutcome::new(vec![b'a'; 100], None);
         assert_eq!(small.clone().compressed_above(4096), small);
 
-        let noise: Vec<u8> = (0..8192u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        // xorshift64: incompressible enough for LZ4.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
             .collect();
         let random = StoredOutcome::new(noise, None);
         assert_eq!(
