@@ -150,6 +150,18 @@ pub async fn run_scenario(h: &dyn StoreHarness, ops: &[Op]) -> Result<(), TestCa
         }
     };
     for (step, op) in ops.iter().enumerate() {
+        // The store's answer must equal the model's, naming the step on failure.
+        macro_rules! check {
+            ($got:expr, $expected:expr) => {
+                prop_assert_eq!(
+                    $got.map_err(|e| e.to_string()),
+                    Ok($expected),
+                    "step {}: {:?}",
+                    step,
+                    op
+                )
+            };
+        }
         match op {
             Op::Claim {
                 key,
@@ -172,13 +184,7 @@ pub async fn run_scenario(h: &dyn StoreHarness, ops: &[Op]) -> Result<(), TestCa
                         Claim::Claimed
                     }
                 };
-                prop_assert_eq!(
-                    got.map_err(|e| e.to_string()),
-                    Ok(expected),
-                    "step {}: {:?}",
-                    step,
-                    op
-                );
+                check!(got, expected);
             }
             Op::Complete {
                 key,
@@ -208,13 +214,7 @@ pub async fn run_scenario(h: &dyn StoreHarness, ops: &[Op]) -> Result<(), TestCa
                 } else {
                     Fenced::LeaseLost
                 };
-                prop_assert_eq!(
-                    got.map_err(|e| e.to_string()),
-                    Ok(expected),
-                    "step {}: {:?}",
-                    step,
-                    op
-                );
+                check!(got, expected);
             }
             Op::Release { key, token } => {
                 let claim = pick(&issued, token);
@@ -225,13 +225,7 @@ pub async fn run_scenario(h: &dyn StoreHarness, ops: &[Op]) -> Result<(), TestCa
                 } else {
                     Fenced::LeaseLost
                 };
-                prop_assert_eq!(
-                    got.map_err(|e| e.to_string()),
-                    Ok(expected),
-                    "step {}: {:?}",
-                    step,
-                    op
-                );
+                check!(got, expected);
             }
             Op::Extend {
                 key,
@@ -251,36 +245,18 @@ pub async fn run_scenario(h: &dyn StoreHarness, ops: &[Op]) -> Result<(), TestCa
                 } else {
                     Fenced::LeaseLost
                 };
-                prop_assert_eq!(
-                    got.map_err(|e| e.to_string()),
-                    Ok(expected),
-                    "step {}: {:?}",
-                    step,
-                    op
-                );
+                check!(got, expected);
             }
             Op::Get { key } => {
                 let got = store.get(&key_of(*key)).await;
                 let expected = model.live(*key).cloned();
-                prop_assert_eq!(
-                    got.map_err(|e| e.to_string()),
-                    Ok(expected),
-                    "step {}: {:?}",
-                    step,
-                    op
-                );
+                check!(got, expected);
             }
             Op::Delete { key } => {
                 let got = store.delete(&key_of(*key)).await;
                 let expected = model.live(*key).is_some();
                 model.records.remove(key);
-                prop_assert_eq!(
-                    got.map_err(|e| e.to_string()),
-                    Ok(expected),
-                    "step {}: {:?}",
-                    step,
-                    op
-                );
+                check!(got, expected);
             }
             Op::Advance { ms: by } => {
                 h.advance(ms(*by)).await;
