@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use idempotency::{Idempotency, StoreSelection, store_from_env_with};
+use idempotency::{EnvSettings, Idempotency, StoreSelection, store_from_env_with};
 use idempotency_demo::{AppState, app, serve, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +14,12 @@ use tracing_subscriber::EnvFilter;
 ///
 /// The idempotency store comes from the environment: UPSTASH_REDIS_REST_URL + _TOKEN or
 /// KV_REST_API_URL + KV_REST_API_TOKEN (KV REST API), else REDIS_URL or KV_URL (Redis), else the
-/// per-process memory store (with a warning).
+/// per-process memory store (with a warning); IDEMPOTENCY_STORE names one explicitly. Engine
+/// settings: IDEMPOTENCY_RETENTION, IDEMPOTENCY_LEASE, IDEMPOTENCY_STORE_TIMEOUT (durations such
+/// as 24h, 30s, 250ms), IDEMPOTENCY_FAILURE_POLICY (fail-closed, fail-open),
+/// IDEMPOTENCY_WAIT_IN_PROGRESS; DISABLE_IDEMPOTENCY_CHECKS=true turns every check off (the
+/// store is then not even opened). A store that is down at start-up is connected in the
+/// background; until then the failure policy answers.
 #[derive(Parser)]
 #[command(name = "idempotency-demo", version, about)]
 struct Args {
@@ -79,6 +84,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Settings first: a typo in a variable stops start-up before anything is opened.
+    let settings = match EnvSettings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::error!(%error, "invalid idempotency setting");
+            return ExitCode::FAILURE;
+        }
+    };
     let selection = if args.require_distributed {
         StoreSelection::RequireDistributed
     } else {
@@ -99,6 +112,9 @@ async fn main() -> ExitCode {
             Duration::from_millis(20),
         );
     }
+    // The environment's settings win over the flag above.
+    let builder = settings.apply(builder);
+    tracing::info!(settings = %settings, "idempotency settings");
     let engine = match builder.build() {
         Ok(engine) => engine,
         Err(error) => {

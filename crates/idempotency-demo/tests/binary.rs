@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const STORE_VARS: [&str; 8] = [
+const STORE_VARS: [&str; 15] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
     "KV_REST_API_URL",
@@ -17,6 +17,13 @@ const STORE_VARS: [&str; 8] = [
     "KV_URL",
     "PORT",
     "DEMO_REQUIRE_DISTRIBUTED",
+    "IDEMPOTENCY_STORE",
+    "IDEMPOTENCY_RETENTION",
+    "IDEMPOTENCY_LEASE",
+    "IDEMPOTENCY_STORE_TIMEOUT",
+    "IDEMPOTENCY_FAILURE_POLICY",
+    "IDEMPOTENCY_WAIT_IN_PROGRESS",
+    "DISABLE_IDEMPOTENCY_CHECKS",
 ];
 
 fn demo() -> Command {
@@ -121,15 +128,100 @@ fn refuses_memory_when_a_distributed_store_is_required() {
     );
 }
 
+/// A Redis that is down at start-up does not keep the service down: it starts, says so loudly,
+/// and answers protected requests with the failure policy (fail closed: 503 + Retry-After)
+/// until the store is back; the password is never shown.
 #[test]
-fn an_unreachable_redis_fails_the_start_without_showing_its_password() {
-    let output = demo()
+fn an_unreachable_redis_starts_and_answers_503_without_showing_its_password() {
+    let mut child = demo()
         .args(["--listen", "127.0.0.1:0"])
         .env("REDIS_URL", "redis://:hunter2@127.0.0.1:1")
+        .env("IDEMPOTENCY_STORE_TIMEOUT", "300ms")
+        .spawn()
+        .unwrap();
+    let (log, url) = wait_listening(&mut child);
+    assert!(log.contains("redis://:<redacted>@127.0.0.1:1"), "{log}");
+    assert!(log.contains("NOT REACHABLE"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .put(format!("{url}/api/products/tea"))
+            .bearer_auth("alice")
+            .header("idempotency-key", "down-1")
+            .body(r#"{"name":"Tea","price":450}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("hunter2"), "{body}");
+    });
+    stop(&mut child);
+}
+
+/// The kill switch works in the emergency it exists for: the store is down and the service
+/// still starts, running every request (no replays).
+#[test]
+fn the_kill_switch_starts_the_demo_with_the_store_down() {
+    let mut child = demo()
+        .args(["--listen", "127.0.0.1:0"])
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("DISABLE_IDEMPOTENCY_CHECKS", "true")
+        .spawn()
+        .unwrap();
+    let (log, url) = wait_listening(&mut child);
+    assert!(log.contains("not opened"), "{log}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..2 {
+            let response = client
+                .put(format!("{url}/api/products/tea"))
+                .bearer_auth("alice")
+                .header("idempotency-key", "kill-1")
+                .body(r#"{"name":"Tea","price":450}"#)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            assert!(!response.headers().contains_key("idempotent-replayed"));
+        }
+    });
+    stop(&mut child);
+}
+
+/// A setting that cannot be read stops start-up with its variable named.
+#[test]
+fn an_invalid_setting_stops_start_up_naming_the_variable() {
+    for (variable, value) in [
+        ("IDEMPOTENCY_LEASE", "soon"),
+        ("IDEMPOTENCY_RETENTION", "0"),
+        ("IDEMPOTENCY_FAILURE_POLICY", "maybe"),
+        ("IDEMPOTENCY_STORE", "postgress"),
+    ] {
+        let output = demo()
+            .args(["--listen", "127.0.0.1:0"])
+            .env(variable, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{variable}={value}");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(log.contains(variable), "{variable}: {log}");
+    }
+    // A retention shorter than the lease is refused as a combination.
+    let output = demo()
+        .args(["--listen", "127.0.0.1:0"])
+        .env("IDEMPOTENCY_RETENTION", "10s")
+        .env("IDEMPOTENCY_LEASE", "1m")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("redis://:<redacted>@127.0.0.1:1"), "{log}");
-    assert!(!log.contains("hunter2"), "{log}");
 }

@@ -1,6 +1,8 @@
 //! [`AnyStore`]: whichever store the environment chose, behind one type the engine takes.
 
 use std::fmt;
+#[cfg(feature = "redis")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{
@@ -8,6 +10,8 @@ use idempotency_core::{
     StoreKey, async_trait,
 };
 
+#[cfg(feature = "redis")]
+use super::deferred::{Connect, Deferred};
 use super::{BackendKind, StoreDescription, StoreSelectionError};
 
 /// One of the stores compiled into this build, chosen at run time (by [`super::store_from_env`]
@@ -27,6 +31,11 @@ enum Inner {
     Redis(idempotency_redis::RedisStore),
     #[cfg(feature = "kv-rest")]
     KvRest(idempotency_kv_rest::KvRestStore),
+    /// Not opened because the kill switch was on at start-up (the engine never calls it).
+    Unopened,
+    /// A Redis server that did not answer at start-up: connecting in the background.
+    #[cfg(feature = "redis")]
+    RedisDeferred(Arc<Deferred<idempotency_redis::RedisStore>>),
 }
 
 impl fmt::Debug for AnyStore {
@@ -41,6 +50,9 @@ impl fmt::Debug for AnyStore {
             Inner::Redis(ref store) => out.field("store", store),
             #[cfg(feature = "kv-rest")]
             Inner::KvRest(ref store) => out.field("store", store),
+            #[cfg(feature = "redis")]
+            Inner::RedisDeferred(ref deferred) => out.field("store", deferred),
+            Inner::Unopened => out.field("store", &"not opened (kill switch)"),
         };
         out.finish()
     }
@@ -55,6 +67,20 @@ impl AnyStore {
     /// The kind of store.
     pub fn kind(&self) -> BackendKind {
         self.description.kind()
+    }
+
+    /// Whether the store is connected. `false` only for a server that did not answer at
+    /// start-up and has not answered since: it is being connected in the background, and until
+    /// then every operation fails with [`StoreError::Unavailable`] (the engine's failure policy
+    /// answers requests).
+    pub fn is_connected(&self) -> bool {
+        match self.inner {
+            #[cfg(feature = "redis")]
+            Inner::RedisDeferred(ref deferred) => deferred.ready().is_some(),
+            Inner::Unopened => false,
+            #[allow(unreachable_patterns)]
+            _ => true,
+        }
     }
 
     /// The memory store, if that is what this is.
@@ -72,6 +98,7 @@ impl AnyStore {
     pub fn as_redis(&self) -> Option<&idempotency_redis::RedisStore> {
         match self.inner {
             Inner::Redis(ref store) => Some(store),
+            Inner::RedisDeferred(ref deferred) => deferred.ready(),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -119,6 +146,14 @@ impl From<idempotency_kv_rest::KvRestStore> for AnyStore {
     }
 }
 
+/// A store that is never opened: the kill switch is on, so the engine will not call it.
+pub(super) fn unopened(description: StoreDescription) -> AnyStore {
+    AnyStore {
+        inner: Inner::Unopened,
+        description,
+    }
+}
+
 /// Open the store a plan describes. `url` and `token` are what the plan read.
 #[allow(unused_variables)]
 pub(super) async fn open(
@@ -134,16 +169,22 @@ pub(super) async fn open(
         #[cfg(feature = "memory")]
         (BackendKind::Memory, _, _) => Inner::Memory(idempotency_memory::MemoryStore::new()),
         #[cfg(feature = "redis")]
-        (BackendKind::Redis, Some(url), _) => {
-            let store = idempotency_redis::RedisStore::connect(&url)
-                .await
-                .map_err(|e| failed(Box::new(e)))?;
-            // Logs its own warnings (eviction policy, persistence); a failed check is not fatal.
-            if let Err(error) = store.doctor().await {
-                tracing::warn!(%error, "could not check the Redis server settings");
+        (BackendKind::Redis, Some(url), _) => match connect_redis(&url).await {
+            Ok(store) => Inner::Redis(store),
+            // The server is down or slow: start anyway and connect in the background, so an
+            // outage of the store at deploy time does not keep the service down (the failure
+            // policy answers requests until the store is back).
+            Err(error) if error.is_transient() => {
+                tracing::error!(
+                    store = %description, %error,
+                    "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and connecting \
+                     in the background; until it answers, the failure policy answers every \
+                     protected request"
+                );
+                Inner::RedisDeferred(Deferred::start(description.clone(), url, error))
             }
-            Inner::Redis(store)
-        }
+            Err(error) => return Err(failed(Box::new(error))),
+        },
         #[cfg(feature = "kv-rest")]
         (BackendKind::KvRest, Some(url), Some(token)) => Inner::KvRest(
             idempotency_kv_rest::KvRestStore::connect(url, token)
@@ -152,6 +193,23 @@ pub(super) async fn open(
         _ => return Err(failed("this store is not compiled into this build".into())),
     };
     Ok(AnyStore { inner, description })
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(url: &str) -> Result<idempotency_redis::RedisStore, StoreError> {
+    let store = idempotency_redis::RedisStore::connect(url).await?;
+    // Logs its own warnings (eviction policy, persistence); a failed check is not fatal.
+    if let Err(error) = store.doctor().await {
+        tracing::warn!(%error, "could not check the Redis server settings");
+    }
+    Ok(store)
+}
+
+#[cfg(feature = "redis")]
+impl Connect for idempotency_redis::RedisStore {
+    async fn connect(url: &str) -> Result<Self, StoreError> {
+        connect_redis(url).await
+    }
 }
 
 /// Forward one call to whichever store is inside.
@@ -164,6 +222,18 @@ macro_rules! delegate {
             Inner::Redis(ref $store) => $call.await,
             #[cfg(feature = "kv-rest")]
             Inner::KvRest(ref $store) => $call.await,
+            #[cfg(feature = "redis")]
+            Inner::RedisDeferred(ref deferred) => match deferred.get() {
+                Ok($store) => $call.await,
+                Err(error) => Err(error),
+            },
+            Inner::Unopened => Err(StoreError::Unavailable {
+                source: format!(
+                    "the store was not opened: {} was on at start-up",
+                    idempotency_core::DISABLE_ENV_VAR
+                )
+                .into(),
+            }),
         }
     };
 }

@@ -9,6 +9,10 @@
 //! | `KV_URL` | Redis (feature `redis`; Vercel's `rediss://` URL needs `redis-tls`) |
 //! | none | memory (feature `memory`), **logged as a warning**; an error under [`StoreSelection::RequireDistributed`] |
 //!
+//! `IDEMPOTENCY_STORE=memory|redis|kv-rest` overrides the detection: the named store is used
+//! and its variables must be set (`memory` is still refused under
+//! [`StoreSelection::RequireDistributed`]).
+//!
 //! Empty values count as unset. A variable that selects a store this build cannot open (its
 //! feature is off), a REST URL without its token and an unusable URL are errors, never a silent
 //! fall back to another store.
@@ -18,6 +22,8 @@
 //! [`StorePlan::open`] connects. [`store_from_env`] does both with `std::env::var`.
 
 mod any;
+#[cfg(feature = "redis")]
+mod deferred;
 mod redact;
 
 use std::fmt;
@@ -35,6 +41,11 @@ pub const REST_ENV_PAIRS: [(&str, &str); 2] = [
 
 /// The Redis URL variables, in the order they are tried.
 pub const REDIS_ENV_VARS: [&str; 2] = ["REDIS_URL", "KV_URL"];
+
+/// `IDEMPOTENCY_STORE`: names the store explicitly (`memory`, `redis`, `kv-rest`) instead of
+/// detecting it from which variables are set. The named store's own variables must then be set;
+/// the others are ignored.
+pub const STORE_ENV_VAR: &str = "IDEMPOTENCY_STORE";
 
 const REDIS_SCHEMES: [&str; 7] = [
     "redis",
@@ -238,8 +249,17 @@ impl StorePlan {
     /// create the memory store with a warning that it does not deduplicate across instances.
     /// Logs the choice at info level.
     ///
+    /// A Redis server that does not answer (refused, timed out) does not stop start-up: the
+    /// store is returned unconnected, an error is logged loudly, and it connects in the
+    /// background (retrying with backoff up to every 5 s); until then every operation fails
+    /// with `StoreError::Unavailable`, so the engine's failure policy answers requests, as it
+    /// does for an outage that begins later. [`AnyStore::is_connected`] tells which. (The KV
+    /// REST store makes no connection at start-up; its first request finds out.) Needs a tokio
+    /// runtime.
+    ///
     /// # Errors
-    /// [`StoreSelectionError::Open`] when the store cannot be reached or built.
+    /// [`StoreSelectionError::Open`] when the store cannot be built (an unusable URL, a
+    /// refused password, TLS without its feature...).
     pub async fn open(self) -> Result<AnyStore, StoreSelectionError> {
         let description = self.description.clone();
         match description.kind {
@@ -309,30 +329,69 @@ fn plan_for(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<StorePlan, StoreSelectionError> {
     let present = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-    for (url_var, token_var) in REST_ENV_PAIRS {
-        match (present(url_var), present(token_var)) {
-            (Some(url), Some(token)) => {
-                return rest_plan(compiled, url_var, url.trim(), token);
-            }
-            (Some(_), None) => {
-                return Err(StoreSelectionError::IncompleteRestConfig {
-                    present: url_var,
-                    missing: token_var,
+    let explicit = match present(STORE_ENV_VAR) {
+        None => None,
+        Some(name) => Some(match name.trim().to_ascii_lowercase().as_str() {
+            "memory" => BackendKind::Memory,
+            "redis" | "valkey" => BackendKind::Redis,
+            "kv-rest" | "rest" | "upstash" => BackendKind::KvRest,
+            _ => {
+                return Err(StoreSelectionError::InvalidVariable {
+                    variable: STORE_ENV_VAR,
+                    reason: format!(
+                        "`{}` is not a store; expected `memory`, `redis` or `kv-rest`",
+                        name.trim()
+                    ),
                 });
             }
-            (None, Some(_)) => {
-                return Err(StoreSelectionError::IncompleteRestConfig {
-                    present: token_var,
-                    missing: url_var,
-                });
+        }),
+    };
+    if matches!(explicit, None | Some(BackendKind::KvRest)) {
+        for (url_var, token_var) in REST_ENV_PAIRS {
+            match (present(url_var), present(token_var)) {
+                (Some(url), Some(token)) => {
+                    return rest_plan(compiled, url_var, url.trim(), token);
+                }
+                (Some(_), None) => {
+                    return Err(StoreSelectionError::IncompleteRestConfig {
+                        present: url_var,
+                        missing: token_var,
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(StoreSelectionError::IncompleteRestConfig {
+                        present: token_var,
+                        missing: url_var,
+                    });
+                }
+                (None, None) => {}
             }
-            (None, None) => {}
         }
     }
-    for variable in REDIS_ENV_VARS {
-        if let Some(url) = present(variable) {
-            return redis_plan(compiled, variable, url.trim());
+    if matches!(explicit, None | Some(BackendKind::Redis)) {
+        for variable in REDIS_ENV_VARS {
+            if let Some(url) = present(variable) {
+                return redis_plan(compiled, variable, url.trim());
+            }
         }
+    }
+    match explicit {
+        Some(BackendKind::KvRest) => {
+            return Err(StoreSelectionError::InvalidVariable {
+                variable: STORE_ENV_VAR,
+                reason: "selects the KV REST store, but neither UPSTASH_REDIS_REST_URL + \
+                         UPSTASH_REDIS_REST_TOKEN nor KV_REST_API_URL + KV_REST_API_TOKEN is set"
+                    .to_owned(),
+            });
+        }
+        Some(BackendKind::Redis) => {
+            return Err(StoreSelectionError::InvalidVariable {
+                variable: STORE_ENV_VAR,
+                reason: "selects the Redis store, but neither REDIS_URL nor KV_URL is set"
+                    .to_owned(),
+            });
+        }
+        _ => {}
     }
     match selection {
         StoreSelection::RequireDistributed => Err(StoreSelectionError::DistributedStoreRequired),
@@ -409,7 +468,16 @@ fn feature_disabled(variable: &'static str, backend: BackendKind) -> StoreSelect
     }
 }
 
-/// [`plan_store`] then [`StorePlan::open`].
+/// [`plan_store`] then [`StorePlan::open`], except under the kill switch.
+///
+/// When `DISABLE_IDEMPOTENCY_CHECKS` is on (as `lookup` reads it), the store is planned (so a
+/// misconfiguration is still reported) but **not opened**: an operator turns the checks off in
+/// exactly the emergency where the store may be down, and the engine built with the switch on
+/// never calls the store. Every operation on the returned store fails with
+/// `StoreError::Unavailable`.
+///
+/// A store that is configured correctly but does not answer (connection refused, timeout) does
+/// not fail either: see [`StorePlan::open`].
 ///
 /// # Errors
 /// As both.
@@ -417,7 +485,18 @@ pub async fn store_from_lookup(
     selection: StoreSelection,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<AnyStore, StoreSelectionError> {
-    plan_store(selection, lookup)?.open().await
+    let disabled = lookup(idempotency_core::DISABLE_ENV_VAR)
+        .is_some_and(|v| idempotency_core::kill_switch_value(&v));
+    let plan = plan_store(selection, lookup)?;
+    if disabled {
+        tracing::warn!(
+            store = %plan.description(),
+            "{} is on: the idempotency store is not opened and every request runs unprotected",
+            idempotency_core::DISABLE_ENV_VAR
+        );
+        return Ok(any::unopened(plan.description));
+    }
+    plan.open().await
 }
 
 /// The store the process environment selects (memory, with a warning, when none is configured).
@@ -444,6 +523,50 @@ pub async fn store_from_env_with(
     selection: StoreSelection,
 ) -> Result<AnyStore, StoreSelectionError> {
     store_from_lookup(selection, |name| std::env::var(name).ok()).await
+}
+
+/// Why [`engine_from_env`] could not build an engine. Each message names the variable to fix.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FromEnvError {
+    /// An engine setting variable (`IDEMPOTENCY_LEASE`...) holds an unusable value.
+    #[error(transparent)]
+    Settings(#[from] crate::SettingsError),
+    /// No store could be chosen or built.
+    #[error(transparent)]
+    Store(#[from] StoreSelectionError),
+    /// The settings are individually valid but not together (e.g. a retention shorter than the
+    /// lease).
+    #[error("invalid idempotency settings: {0}")]
+    Config(#[from] idempotency_core::ConfigError),
+}
+
+/// The whole set-up from the process environment: engine settings ([`crate::EnvSettings`]:
+/// `IDEMPOTENCY_RETENTION`, `_LEASE`, `_STORE_TIMEOUT`, `_FAILURE_POLICY`,
+/// `_WAIT_IN_PROGRESS`), the kill switch, and the store ([`store_from_env_with`]). Logs the
+/// settings and the store at start-up.
+///
+/// The service starts even when the store is down (it connects in the background and the
+/// failure policy answers meanwhile) and, under `DISABLE_IDEMPOTENCY_CHECKS=true`, without
+/// opening the store at all.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use idempotency::{StoreSelection, engine_from_env};
+/// let engine = engine_from_env(StoreSelection::AllowMemory).await?;
+/// # let _ = engine; Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`FromEnvError`], naming the variable at fault.
+pub async fn engine_from_env(
+    selection: StoreSelection,
+) -> Result<idempotency_core::Idempotency<AnyStore>, FromEnvError> {
+    let settings = crate::EnvSettings::from_env()?;
+    let store = store_from_env_with(selection).await?;
+    tracing::info!(store = %store.description(), settings = %settings, "idempotency configured");
+    let builder = settings.apply(idempotency_core::Idempotency::builder(store));
+    Ok(builder.build()?)
 }
 
 #[cfg(test)]

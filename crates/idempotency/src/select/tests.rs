@@ -327,19 +327,28 @@ async fn opening_the_memory_plan_gives_a_memory_store() {
 
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn an_unreachable_redis_is_an_open_error_without_the_password() {
+async fn an_unreachable_redis_starts_unconnected_without_showing_the_password() {
+    use idempotency_core::{IdempotencyStore, Scope};
     // Port 1 on loopback: nothing listens there.
-    let error = store_from_lookup(
+    let store = store_from_lookup(
         StoreSelection::RequireDistributed,
         env(&[("REDIS_URL", "redis://:hunter2@127.0.0.1:1")]),
     )
     .await
-    .unwrap_err();
+    .expect("an unreachable store must not stop start-up");
+    assert!(!store.is_connected());
+    assert!(store.as_redis().is_none());
+    let key = idempotency_core::StoreKey::derive(
+        "t:",
+        &Scope::global(),
+        &idempotency_core::IdempotencyKey::new("k").unwrap(),
+    );
+    let error = store.get(&key).await.unwrap_err();
     assert!(
-        matches!(error, StoreSelectionError::Open { .. }),
+        matches!(error, idempotency_core::StoreError::Unavailable { .. }),
         "{error:?}"
     );
-    let mut shown = format!("{error} {error:?}");
+    let mut shown = format!("{error} {error:?} {store:?} {}", store.description());
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         shown.push_str(&format!(" {cause}"));
@@ -364,4 +373,61 @@ async fn a_rest_plan_opens_without_io_and_keeps_its_token_hidden() {
     assert_eq!(store.kind(), BackendKind::KvRest);
     assert!(store.as_kv_rest().is_some());
     assert_no_secret(&format!("{store:?} {}", store.description()));
+}
+
+#[test]
+fn idempotency_store_names_the_store_over_detection() {
+    let everything = [
+        ("UPSTASH_REDIS_REST_URL", "https://a.upstash.io"),
+        ("UPSTASH_REDIS_REST_TOKEN", SECRET),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+    let with = |store: &str| {
+        let mut vars = everything.to_vec();
+        vars.push((STORE_ENV_VAR, store));
+        plan(&vars)
+    };
+    assert_eq!(with("redis").unwrap().kind(), BackendKind::Redis);
+    assert_eq!(with(" Valkey ").unwrap().kind(), BackendKind::Redis);
+    assert_eq!(with("kv-rest").unwrap().kind(), BackendKind::KvRest);
+    assert_eq!(with("memory").unwrap().kind(), BackendKind::Memory);
+    // Unset or empty: detection as before (REST first).
+    assert_eq!(with("").unwrap().kind(), BackendKind::KvRest);
+    // Memory is still refused when a distributed store is required.
+    let mut vars = everything.to_vec();
+    vars.push((STORE_ENV_VAR, "memory"));
+    assert!(matches!(
+        required(&vars),
+        Err(StoreSelectionError::DistributedStoreRequired)
+    ));
+}
+
+#[test]
+fn idempotency_store_without_its_variables_is_an_error_naming_them() {
+    let error = plan(&[(STORE_ENV_VAR, "redis")]).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(STORE_ENV_VAR) && message.contains("REDIS_URL"),
+        "{message}"
+    );
+    // The REST variables do not satisfy a request for Redis.
+    let error = plan(&[
+        (STORE_ENV_VAR, "redis"),
+        ("KV_REST_API_URL", "https://x.kv.vercel-storage.com"),
+        ("KV_REST_API_TOKEN", SECRET),
+    ])
+    .unwrap_err();
+    assert!(error.to_string().contains("REDIS_URL"));
+    assert_no_secret(&error.to_string());
+    let error = plan(&[
+        (STORE_ENV_VAR, "kv-rest"),
+        ("REDIS_URL", "redis://127.0.0.1"),
+    ])
+    .unwrap_err();
+    assert!(error.to_string().contains("KV_REST_API_URL"), "{error}");
+    let error = plan(&[(STORE_ENV_VAR, "postgress")]).unwrap_err();
+    assert!(
+        matches!(error, StoreSelectionError::InvalidVariable { variable, .. } if variable == STORE_ENV_VAR)
+    );
+    assert!(error.to_string().contains("postgress"));
 }

@@ -1,0 +1,134 @@
+//! Start-up when the store is down, and under the kill switch (a real redis-server).
+
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use idempotency::{
+    Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoreSelection,
+    StoredOutcome, store_from_lookup,
+};
+use idempotency_testkit::fixtures::RedisServer;
+
+fn lookup(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// A store that is down at start-up: the service starts at once, the failure policy answers,
+/// and once the server is up the same store protects requests without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_at_start_up_is_connected_in_the_background() {
+    let mut server =
+        RedisServer::start_local().expect("redis-server (apt-get install redis-server)");
+    let url = server.url().to_owned();
+    server.stop().unwrap();
+
+    let started = std::time::Instant::now();
+    let store = store_from_lookup(
+        StoreSelection::RequireDistributed,
+        lookup(vec![("REDIS_URL", url)]),
+    )
+    .await
+    .expect("a store that is down must not stop start-up");
+    assert!(!store.is_connected());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "start-up waited {:?}",
+        started.elapsed()
+    );
+
+    let engine = Idempotency::builder(store.clone())
+        .ignore_env()
+        .build()
+        .unwrap();
+    let scope = Scope::new("tenant");
+    let key = IdempotencyKey::new("down-at-start").unwrap();
+    // Fail closed: a retryable refusal, not a hang and not an unprotected run.
+    match engine.begin(&scope, &key, Fingerprint::of("a")).await {
+        Err(IdempotencyError::StoreUnavailable(_)) => {}
+        other => panic!("expected StoreUnavailable, got {other:?}"),
+    }
+
+    server.restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !store.is_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never connected after the server came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Begin::Run(guard) = engine
+        .begin(&scope, &key, Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt must run");
+    };
+    guard
+        .complete(StoredOutcome::new(b"done".to_vec(), None))
+        .await
+        .unwrap();
+    match engine
+        .begin(&scope, &key, Fingerprint::of("a"))
+        .await
+        .unwrap()
+    {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+        Begin::Run(_) => panic!("the retry must replay"),
+    }
+}
+
+/// Under the kill switch the store is never opened (it may be down: that is the emergency),
+/// and the engine runs every operation.
+#[tokio::test]
+async fn the_kill_switch_is_honoured_before_the_store_is_opened() {
+    // Nothing listens on this port (bound and released at once).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = store_from_lookup(
+        StoreSelection::RequireDistributed,
+        lookup(vec![
+            ("REDIS_URL", format!("redis://127.0.0.1:{port}")),
+            ("DISABLE_IDEMPOTENCY_CHECKS", "true".to_owned()),
+        ]),
+    )
+    .await
+    .unwrap();
+    assert!(!store.is_connected());
+    let engine = Idempotency::builder(store)
+        .ignore_env()
+        .disabled(true)
+        .build()
+        .unwrap();
+    let key = IdempotencyKey::new("k").unwrap();
+    for _ in 0..2 {
+        match engine
+            .begin(&Scope::global(), &key, Fingerprint::of("a"))
+            .await
+            .unwrap()
+        {
+            Begin::Run(guard) => assert!(guard.unprotected_reason().is_some()),
+            Begin::Replay(_) => panic!("disabled engines never replay"),
+        }
+    }
+    // A misconfiguration is still reported under the switch.
+    let error = store_from_lookup(
+        StoreSelection::AllowMemory,
+        lookup(vec![
+            ("REDIS_URL", "http://not-redis".to_owned()),
+            ("DISABLE_IDEMPOTENCY_CHECKS", "true".to_owned()),
+        ]),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("REDIS_URL"));
+}
