@@ -1,0 +1,313 @@
+//! # idempotency-client
+//!
+//! The client half of the `Idempotency-Key` protocol, as a [`reqwest_middleware`] middleware.
+//! What Stripe's SDKs do and most hand-written clients get wrong:
+//!
+//! - **one key per logical request**: a mutating request (by default `POST`, `PUT`, `PATCH`,
+//!   `DELETE`) without an `Idempotency-Key` gets a fresh UUID v7, and **every retry of that
+//!   request carries the same key** — so the server runs the side effect once and replays its
+//!   first answer to the retries. A key the caller set is never overwritten (use one when the
+//!   logical request outlives the process, e.g. a job that may be re-run).
+//! - **retries only when they are safe and useful**: connection failures, timeouts, `409`
+//!   (the first attempt is still in progress), `429` and `503`; never `400`, `422` or another
+//!   `4xx`, which would fail again the same way. `Retry-After` (seconds or an HTTP date) is
+//!   honoured; otherwise exponential backoff with full jitter. Bounded by a number of attempts
+//!   and a total time.
+//! - **tells you what happened**: [`Outcome`] in the response's extensions says how many attempts
+//!   it took, which key was used and whether the answer was a replay (`Idempotent-Replayed:
+//!   true`, set by servers following Stripe and the IETF draft).
+//!
+//! ```no_run
+//! use idempotency_client::{IdempotencyMiddleware, Outcome};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(IdempotencyMiddleware::default())
+//!     .build();
+//! let response = client
+//!     .post("http://127.0.0.1:3000/api/orders")
+//!     .bearer_auth("alice")
+//!     .header("content-type", "application/json")
+//!     .body(r#"{"product":"tea","quantity":2}"#)
+//!     .send()
+//!     .await?;
+//! let outcome = Outcome::of(&response).expect("set by the middleware");
+//! println!("{} after {} attempt(s), key {}, replayed: {}",
+//!     response.status(), outcome.attempts, outcome.key.as_deref().unwrap_or("-"), outcome.replayed);
+//! # Ok(()) }
+//! ```
+//!
+//! # Which requests are retried
+//! Only requests whose body can be replayed (reqwest's `try_clone`: bytes, strings, JSON — not
+//! a stream) and, unless [`RetryPolicy::retry_without_key`] is on, only requests that carry a
+//! key (every method in [`RetryPolicy::methods`] gets one). A request without a key is sent
+//! once: retrying a non-idempotent request without a key is exactly how duplicates happen.
+//!
+//! After the last attempt the last response is returned as it is (e.g. the final `503`), or
+//! the last transport error; the caller decides what to do next — and may retry later **with
+//! the same key** (read it from [`Outcome::key`]).
+
+#![deny(missing_docs)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Extensions, HeaderName, HeaderValue, Method, StatusCode};
+use rand::Rng as _;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+
+/// The request header carrying the key (draft-ietf-httpapi-idempotency-key-header).
+pub const KEY_HEADER: &str = "idempotency-key";
+/// The response header saying the answer is a replay of the first one (Stripe, the IETF draft).
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// When and how often to retry. The defaults suit interactive calls: up to 8 attempts within
+/// 30 s, backoff from 100 ms doubling up to 5 s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Methods that get a key (and so may be retried). Default `POST`, `PUT`, `PATCH`, `DELETE`.
+    pub methods: Vec<Method>,
+    /// Attempts in all, the first included (default 8; 1 disables retries).
+    pub max_attempts: u32,
+    /// No attempt starts after this much time since the first (default 30 s).
+    pub max_elapsed: Duration,
+    /// First backoff; doubled after each attempt (default 100 ms).
+    pub initial_backoff: Duration,
+    /// Longest backoff, and the longest `Retry-After` honoured (default 5 s; a longer
+    /// `Retry-After` is clamped to it).
+    pub max_backoff: Duration,
+    /// Statuses worth another attempt (default 409, 429, 503).
+    pub retry_statuses: Vec<StatusCode>,
+    /// Also retry requests without a key (methods outside [`Self::methods`], e.g. `GET`).
+    /// Default `false`.
+    pub retry_without_key: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(30),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            retry_statuses: vec![
+                StatusCode::CONFLICT,
+                StatusCode::TOO_MANY_REQUESTS,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ],
+            retry_without_key: false,
+        }
+    }
+}
+
+/// What the middleware did for a response, in the response's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// The key sent with every attempt (`None`: the request had none and got none).
+    pub key: Option<String>,
+    /// Attempts made, the first included.
+    pub attempts: u32,
+    /// The server answered with a replay of an earlier response (`Idempotent-Replayed: true`).
+    pub replayed: bool,
+}
+
+impl Outcome {
+    /// The outcome recorded on `response`, if it came through the middleware.
+    pub fn of(response: &Response) -> Option<&Outcome> {
+        response.extensions().get::<Outcome>()
+    }
+}
+
+/// Whether `response` is a replay of an earlier answer (`Idempotent-Replayed: true`), whether
+/// or not it came through the middleware.
+pub fn was_replayed(response: &Response) -> bool {
+    response
+        .headers()
+        .get(REPLAYED_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// The middleware. Add it with `reqwest_middleware::ClientBuilder::with`.
+#[derive(Debug, Clone, Default)]
+pub struct IdempotencyMiddleware {
+    policy: RetryPolicy,
+}
+
+impl IdempotencyMiddleware {
+    /// A middleware with `policy`.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self { policy }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// How long to wait before the attempt after `attempt` (1-based): the server's
+    /// `Retry-After` if it sent one (clamped to `max_backoff`), else full-jitter exponential
+    /// backoff.
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(retry_after) = retry_after {
+            return retry_after.min(self.policy.max_backoff);
+        }
+        let exponent = attempt.saturating_sub(1).min(16);
+        let ceiling = self
+            .policy
+            .initial_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.policy.max_backoff);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+}
+
+#[async_trait]
+impl Middleware for IdempotencyMiddleware {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let header = HeaderName::from_static(KEY_HEADER);
+        if self.policy.methods.contains(request.method())
+            && !request.headers().contains_key(&header)
+        {
+            let key = uuid::Uuid::now_v7().to_string();
+            match HeaderValue::from_str(&key) {
+                Ok(value) => {
+                    request.headers_mut().insert(header.clone(), value);
+                }
+                Err(_) => unreachable_key(&key),
+            }
+        }
+        let key = request
+            .headers()
+            .get(&header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retryable = key.is_some() || self.policy.retry_without_key;
+        let started = tokio::time::Instant::now();
+        let mut attempt = 1u32;
+        loop {
+            // A body that cannot be replayed (a stream) means this attempt is the only one.
+            let spare = if retryable && attempt < self.policy.max_attempts {
+                request.try_clone()
+            } else {
+                None
+            };
+            let result = next.clone().run(request, extensions).await;
+            let retry_after = match &result {
+                Ok(response) if self.policy.retry_statuses.contains(&response.status()) => {
+                    Some(retry_after(response))
+                }
+                Ok(_) => None,
+                Err(error) if is_transient(error) => Some(None),
+                Err(_) => None,
+            };
+            let next_try = match (spare, retry_after) {
+                (Some(spare), Some(retry_after)) => {
+                    let delay = self.delay(attempt, retry_after);
+                    (started.elapsed() + delay <= self.policy.max_elapsed).then_some((spare, delay))
+                }
+                _ => None,
+            };
+            let Some((spare, delay)) = next_try else {
+                return result.map(|mut response| {
+                    let replayed = was_replayed(&response);
+                    response.extensions_mut().insert(Outcome {
+                        key,
+                        attempts: attempt,
+                        replayed,
+                    });
+                    response
+                });
+            };
+            match &result {
+                Ok(response) => tracing::debug!(
+                    status = %response.status(), attempt, ?delay, key = key.as_deref(),
+                    "retrying with the same idempotency key"
+                ),
+                Err(error) => tracing::debug!(
+                    %error, attempt, ?delay, key = key.as_deref(),
+                    "retrying with the same idempotency key"
+                ),
+            }
+            // Free the connection of a response we will not read before waiting.
+            drop(result);
+            tokio::time::sleep(delay).await;
+            request = spare;
+            attempt += 1;
+        }
+    }
+}
+
+/// A UUID's text is always a valid header value; kept out of line so the request path has no
+/// panic.
+#[cold]
+fn unreachable_key(key: &str) {
+    tracing::error!(
+        key,
+        "generated key is not a header value; sending without a key"
+    );
+}
+
+/// Connection failures and timeouts: the request may or may not have reached the server, and
+/// the key makes a retry safe either way.
+fn is_transient(error: &reqwest_middleware::Error) -> bool {
+    match error {
+        reqwest_middleware::Error::Reqwest(error) => {
+            error.is_connect() || error.is_timeout() || error.is_request()
+        }
+        reqwest_middleware::Error::Middleware(_) => false,
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3); `None` when absent or
+/// unreadable.
+fn retry_after(response: &Response) -> Option<Duration> {
+    let value = response
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_is_capped() {
+        let middleware = IdempotencyMiddleware::default();
+        for attempt in 1..20 {
+            let ceiling = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(Duration::from_secs(5));
+            for _ in 0..50 {
+                assert!(middleware.delay(attempt, None) <= ceiling);
+            }
+        }
+        // Retry-After wins, clamped to the longest backoff.
+        assert_eq!(
+            middleware.delay(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            middleware.delay(1, Some(Duration::from_secs(3600))),
+            Duration::from_secs(5)
+        );
+    }
+}
