@@ -15,10 +15,13 @@ use axum::routing::any;
 use idempotency_client::{IdempotencyMiddleware, Outcome, RetryPolicy};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
+/// A scripted answer: status and optional `Retry-After`.
+type Answer = (StatusCode, Option<&'static str>);
+
 /// A server answering from a script (then 201), recording the key of every request it saw.
 #[derive(Clone, Default)]
 struct Scripted {
-    answers: Arc<Mutex<VecDeque<(StatusCode, Option<&'static str>)>>>,
+    answers: Arc<Mutex<VecDeque<Answer>>>,
     keys: Arc<Mutex<Vec<Option<String>>>>,
 }
 
