@@ -10,6 +10,7 @@
 //! | c | the request without the key header | 400 |
 //! | d | (a)'s key with a changed body | 422 |
 //! | e | N copies at once under a fresh key, then one more | exactly one executed (2xx, no replay header), the others replays of it or 409, all 2xx identical; the last one a replay |
+//! | f | with `--latency N`: N requests under fresh keys, then N duplicates of one, one at a time | p95 of both within the budget (default 10 ms, the production guide's figure for cache lookups); p50 / p95 / p99 reported |
 //!
 //! Every check sends real requests with side effects (that is the point): aim it at an
 //! endpoint where a few extra writes do no harm.
@@ -27,12 +28,13 @@
 //! ```
 //!
 //! The binary: `idempotency-probe --url URL --method PUT --body JSON [-H 'K: V']...
-//! [--concurrency N] [--json]`; exit status 0 when every check passes, 1 when one fails, 2 when
+//! [--concurrency N] [--latency N [--budget-ms MS]] [--json]`; exit status 0 when every check passes, 1 when one fails, 2 when
 //! the probe could not run.
 
 #![deny(missing_docs)]
 
 mod check;
+mod latency;
 
 use std::time::Duration;
 
@@ -43,6 +45,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use check::{REPLAYED_HEADER, random_key};
+pub use latency::{LatencyReport, Percentiles};
 
 /// Why the probe could not run at all (a failing check is a [`ProbeReport`] value instead).
 #[derive(Debug, Error)]
@@ -57,6 +60,9 @@ pub enum ProbeError {
     /// Not an http(s) URL.
     #[error("invalid URL {0:?}: expected http:// or https://")]
     InvalidUrl(String),
+    /// The latency budget is not a positive number of milliseconds.
+    #[error("invalid latency budget {0} ms: expected a positive number")]
+    InvalidBudget(f64),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
@@ -72,6 +78,7 @@ pub struct ProbeConfig {
     key_header: HeaderName,
     concurrency: usize,
     timeout: Duration,
+    latency: Option<(usize, Duration)>,
 }
 
 impl ProbeConfig {
@@ -86,6 +93,7 @@ impl ProbeConfig {
             key_header: HeaderName::from_static("idempotency-key"),
             concurrency: 8,
             timeout: Duration::from_secs(10),
+            latency: None,
         }
     }
 
@@ -129,6 +137,15 @@ impl ProbeConfig {
         Ok(self)
     }
 
+    /// Also run check (f): `requests` fresh requests and `requests` replays, one at a time,
+    /// whose p95 must each be within `budget_p95` (the production guide's budget is 10 ms).
+    /// Off by default; `requests` is at least 1.
+    #[must_use]
+    pub fn latency(mut self, requests: usize, budget_p95: Duration) -> Self {
+        self.latency = Some((requests.max(1), budget_p95));
+        self
+    }
+
     /// Time budget of each request (default 10 s).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -169,6 +186,9 @@ pub struct ProbeReport {
     pub passed: bool,
     /// The checks, in order.
     pub checks: Vec<CheckResult>,
+    /// The latency figures, when check (f) ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyReport>,
 }
 
 impl ProbeReport {
@@ -212,7 +232,9 @@ impl ProbeReport {
         out
     }
 
-    /// The report as JSON (`{url, method, passed, checks: [{id, name, passed, detail}]}`).
+    /// The report as JSON (`{url, method, passed, checks: [{id, name, passed, detail}]}`, plus
+    /// `latency: {fresh, replay: {count, p50_ms, p95_ms, p99_ms, max_ms}, budget_p95_ms}` when
+    /// check (f) ran).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
@@ -298,12 +320,19 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
     let c = check::missing_key(&probe).await;
     let d = check::changed(&probe, &key).await;
     let e = check::concurrent(&probe).await;
-    let checks = vec![a, b, c, d, e];
+    let mut checks = vec![a, b, c, d, e];
+    let mut latency = None;
+    if let Some((requests, budget)) = config.latency {
+        let (f, report) = latency::check(&probe, requests, budget).await;
+        checks.push(f);
+        latency = report;
+    }
     Ok(ProbeReport {
         url: config.url.clone(),
         method: config.method.to_string(),
         passed: checks.iter().all(|c| c.passed),
         checks,
+        latency,
     })
 }
 

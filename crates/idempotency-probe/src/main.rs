@@ -42,6 +42,15 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
 
+    /// Also measure latency: N requests under fresh keys and N duplicates, one at a time;
+    /// p50/p95/p99 of each, checked against --budget-ms.
+    #[arg(long, value_name = "N")]
+    latency: Option<usize>,
+
+    /// The p95 latency budget in milliseconds for --latency (the production guide's 10 ms).
+    #[arg(long, default_value_t = 10.0, requires = "latency")]
+    budget_ms: f64,
+
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -55,6 +64,13 @@ fn config(args: &Args) -> Result<ProbeConfig, ProbeError> {
         .timeout(Duration::from_millis(args.timeout_ms));
     for line in &args.headers {
         config = config.header(line)?;
+    }
+    if let Some(requests) = args.latency {
+        let budget = Duration::try_from_secs_f64(args.budget_ms / 1000.0)
+            .ok()
+            .filter(|b| !b.is_zero())
+            .ok_or(ProbeError::InvalidBudget(args.budget_ms))?;
+        config = config.latency(requests, budget);
     }
     Ok(config)
 }

@@ -89,3 +89,38 @@ async fn unusable_arguments_exit_with_2() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("secret"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_percentiles_are_reported_and_checked_against_the_budget() {
+    let good = start(true).await;
+    let output = probe(args(
+        &good,
+        &["--json", "--latency", "40", "--budget-ms", "5000"],
+    ))
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 6);
+    assert_eq!(checks[5]["id"], "f");
+    let latency = &report["latency"];
+    for kind in ["fresh", "replay"] {
+        assert_eq!(latency[kind]["count"], 40, "{latency}");
+        let p50 = latency[kind]["p50_ms"].as_f64().unwrap();
+        let p95 = latency[kind]["p95_ms"].as_f64().unwrap();
+        let p99 = latency[kind]["p99_ms"].as_f64().unwrap();
+        assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{latency}");
+    }
+    assert_eq!(latency["budget_p95_ms"], 5000.0);
+
+    // A budget nothing can meet fails the run (exit 1) and says which side is over.
+    let output = probe(args(&good, &["--latency", "5", "--budget-ms", "0.001"])).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("over the 0.00 ms budget"), "{table}");
+    assert!(table.contains("p95"), "{table}");
+
+    // An unusable budget is an argument error.
+    let output = probe(args(&good, &["--latency", "5", "--budget-ms", "-1"])).await;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
