@@ -132,3 +132,131 @@ async fn the_kill_switch_is_honoured_before_the_store_is_opened() {
     .unwrap_err();
     assert!(error.to_string().contains("REDIS_URL"));
 }
+
+/// `REDIS_CLUSTER_URLS` opens a working store on a real 3-master cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_from_the_environment() {
+    let cluster = idempotency_testkit::fixtures::RedisCluster::start(3)
+        .expect("redis-server (apt-get install redis-server)");
+    let urls = cluster.urls().join(",");
+    let store = store_from_lookup(
+        StoreSelection::RequireDistributed,
+        lookup(vec![("REDIS_CLUSTER_URLS", urls)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.kind(), idempotency::BackendKind::RedisCluster);
+    assert!(store.as_redis_cluster().is_some());
+    round_trip(store).await;
+}
+
+/// `REDIS_URL=unix:///path` opens a working store over a unix socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_a_unix_socket_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let socket = socket.to_str().unwrap().to_owned();
+    let _server =
+        RedisServer::start_local_with(&["--unixsocket", &socket, "--unixsocketperm", "700"])
+            .expect("redis-server (apt-get install redis-server)");
+    let store = store_from_lookup(
+        StoreSelection::RequireDistributed,
+        lookup(vec![("REDIS_URL", format!("unix://{socket}"))]),
+    )
+    .await
+    .unwrap();
+    assert!(store.is_connected());
+    assert!(store.as_redis().is_some());
+    round_trip(store).await;
+}
+
+/// Claim, complete and replay one key.
+async fn round_trip(store: idempotency::AnyStore) {
+    let engine = Idempotency::builder(store).ignore_env().build().unwrap();
+    let key = IdempotencyKey::new(format!("rt-{}", std::process::id())).unwrap();
+    let scope = Scope::new("t");
+    let Begin::Run(guard) = engine
+        .begin(&scope, &key, Fingerprint::of("x"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt must run");
+    };
+    guard
+        .complete(StoredOutcome::new(b"ok".to_vec(), None))
+        .await
+        .unwrap();
+    match engine
+        .begin(&scope, &key, Fingerprint::of("x"))
+        .await
+        .unwrap()
+    {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"ok"),
+        Begin::Run(_) => panic!("the retry must replay"),
+    }
+}
+
+/// `REDIS_URL=rediss://…` (feature `redis-tls`) opens a working store on a local TLS server
+/// (a self-signed certificate made with the `openssl` command; `#insecure` skips verification,
+/// as redis-rs documents, because the test has no CA).
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the `openssl` command (apt-get install openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let tls_port_text = tls_port.to_string();
+    let _server = RedisServer::start_local_with(&[
+        "--tls-port",
+        &tls_port_text,
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+        "--tls-ca-cert-file",
+        cert,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .expect("redis-server with TLS (Debian's redis-server has it)");
+    let store = store_from_lookup(
+        StoreSelection::RequireDistributed,
+        lookup(vec![(
+            "REDIS_URL",
+            format!("rediss://127.0.0.1:{tls_port}/#insecure"),
+        )]),
+    )
+    .await
+    .unwrap();
+    assert!(store.is_connected(), "{store:?}");
+    round_trip(store).await;
+}

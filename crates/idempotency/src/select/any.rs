@@ -29,6 +29,8 @@ enum Inner {
     Memory(idempotency_memory::MemoryStore),
     #[cfg(feature = "redis")]
     Redis(idempotency_redis::RedisStore),
+    #[cfg(feature = "redis")]
+    RedisCluster(idempotency_redis::RedisClusterStore),
     #[cfg(feature = "kv-rest")]
     KvRest(idempotency_kv_rest::KvRestStore),
     /// Not opened because the kill switch was on at start-up (the engine never calls it).
@@ -36,6 +38,9 @@ enum Inner {
     /// A Redis server that did not answer at start-up: connecting in the background.
     #[cfg(feature = "redis")]
     RedisDeferred(Arc<Deferred<idempotency_redis::RedisStore>>),
+    /// A Redis Cluster that did not answer at start-up: connecting in the background.
+    #[cfg(feature = "redis")]
+    RedisClusterDeferred(Arc<Deferred<idempotency_redis::RedisClusterStore>>),
 }
 
 impl fmt::Debug for AnyStore {
@@ -52,6 +57,10 @@ impl fmt::Debug for AnyStore {
             Inner::KvRest(ref store) => out.field("store", store),
             #[cfg(feature = "redis")]
             Inner::RedisDeferred(ref deferred) => out.field("store", deferred),
+            #[cfg(feature = "redis")]
+            Inner::RedisCluster(ref store) => out.field("store", store),
+            #[cfg(feature = "redis")]
+            Inner::RedisClusterDeferred(ref deferred) => out.field("store", deferred),
             Inner::Unopened => out.field("store", &"not opened (kill switch)"),
         };
         out.finish()
@@ -77,6 +86,8 @@ impl AnyStore {
         match self.inner {
             #[cfg(feature = "redis")]
             Inner::RedisDeferred(ref deferred) => deferred.ready().is_some(),
+            #[cfg(feature = "redis")]
+            Inner::RedisClusterDeferred(ref deferred) => deferred.ready().is_some(),
             Inner::Unopened => false,
             #[allow(unreachable_patterns)]
             _ => true,
@@ -99,6 +110,17 @@ impl AnyStore {
         match self.inner {
             Inner::Redis(ref store) => Some(store),
             Inner::RedisDeferred(ref deferred) => deferred.ready(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The Redis Cluster store (for `doctor()`), if that is what this is and it is connected.
+    #[cfg(feature = "redis")]
+    pub fn as_redis_cluster(&self) -> Option<&idempotency_redis::RedisClusterStore> {
+        match self.inner {
+            Inner::RedisCluster(ref store) => Some(store),
+            Inner::RedisClusterDeferred(ref deferred) => deferred.ready(),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -185,6 +207,22 @@ pub(super) async fn open(
             }
             Err(error) => return Err(failed(Box::new(error))),
         },
+        #[cfg(feature = "redis")]
+        (BackendKind::RedisCluster, Some(urls), _) => {
+            match <idempotency_redis::RedisClusterStore as Connect>::connect(&urls).await {
+                Ok(store) => Inner::RedisCluster(store),
+                Err(error) if error.is_transient() => {
+                    tracing::error!(
+                        store = %description, %error,
+                        "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and \
+                         connecting in the background; until it answers, the failure policy \
+                         answers every protected request"
+                    );
+                    Inner::RedisClusterDeferred(Deferred::start(description.clone(), urls, error))
+                }
+                Err(error) => return Err(failed(Box::new(error))),
+            }
+        }
         #[cfg(feature = "kv-rest")]
         (BackendKind::KvRest, Some(url), Some(token)) => Inner::KvRest(
             idempotency_kv_rest::KvRestStore::connect(url, token)
@@ -212,6 +250,21 @@ impl Connect for idempotency_redis::RedisStore {
     }
 }
 
+#[cfg(feature = "redis")]
+impl Connect for idempotency_redis::RedisClusterStore {
+    /// `urls`: seed node URLs separated by commas.
+    async fn connect(urls: &str) -> Result<Self, StoreError> {
+        let nodes: Vec<String> = urls.split(',').map(|n| n.trim().to_owned()).collect();
+        let store = idempotency_redis::RedisStore::builder()
+            .connect_cluster(nodes)
+            .await?;
+        if let Err(error) = store.doctor().await {
+            tracing::warn!(%error, "could not check the Redis Cluster settings");
+        }
+        Ok(store)
+    }
+}
+
 /// Forward one call to whichever store is inside.
 macro_rules! delegate {
     ($self:ident, $store:ident => $call:expr) => {
@@ -224,6 +277,13 @@ macro_rules! delegate {
             Inner::KvRest(ref $store) => $call.await,
             #[cfg(feature = "redis")]
             Inner::RedisDeferred(ref deferred) => match deferred.get() {
+                Ok($store) => $call.await,
+                Err(error) => Err(error),
+            },
+            #[cfg(feature = "redis")]
+            Inner::RedisCluster(ref $store) => $call.await,
+            #[cfg(feature = "redis")]
+            Inner::RedisClusterDeferred(ref deferred) => match deferred.get() {
                 Ok($store) => $call.await,
                 Err(error) => Err(error),
             },

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | `UPSTASH_REDIS_REST_URL` + `UPSTASH_REDIS_REST_TOKEN` | KV REST (feature `kv-rest`) |
 //! | `KV_REST_API_URL` + `KV_REST_API_TOKEN` | KV REST (feature `kv-rest`) |
-//! | `REDIS_URL` | Redis (feature `redis`) |
+//! | `REDIS_CLUSTER_URLS` | Redis Cluster (feature `redis`): seed node URLs separated by commas |
+//! | `REDIS_URL` | Redis (feature `redis`; also `rediss://` with `redis-tls`, `unix:///path`) |
 //! | `KV_URL` | Redis (feature `redis`; Vercel's `rediss://` URL needs `redis-tls`) |
 //! | none | memory (feature `memory`), **logged as a warning**; an error under [`StoreSelection::RequireDistributed`] |
 //!
@@ -42,7 +43,12 @@ pub const REST_ENV_PAIRS: [(&str, &str); 2] = [
 /// The Redis URL variables, in the order they are tried.
 pub const REDIS_ENV_VARS: [&str; 2] = ["REDIS_URL", "KV_URL"];
 
-/// `IDEMPOTENCY_STORE`: names the store explicitly (`memory`, `redis`, `kv-rest`) instead of
+/// The Redis Cluster variable: seed node URLs separated by commas
+/// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`); the client discovers the other nodes. A
+/// comma inside a password must be percent-encoded (`%2C`).
+pub const REDIS_CLUSTER_ENV_VAR: &str = "REDIS_CLUSTER_URLS";
+
+/// `IDEMPOTENCY_STORE`: names the store explicitly (`memory`, `redis`, `redis-cluster`, `kv-rest`) instead of
 /// detecting it from which variables are set. The named store's own variables must then be set;
 /// the others are ignored.
 pub const STORE_ENV_VAR: &str = "IDEMPOTENCY_STORE";
@@ -75,8 +81,10 @@ pub enum StoreSelection {
 pub enum BackendKind {
     /// The embedded per-process store.
     Memory,
-    /// Redis, Valkey or a Redis-protocol service over TCP.
+    /// Redis, Valkey or a Redis-protocol service over TCP (or a unix socket).
     Redis,
+    /// A Redis (or Valkey) Cluster.
+    RedisCluster,
     /// The Upstash Redis REST API (also what Vercel KV was).
     KvRest,
 }
@@ -91,7 +99,7 @@ impl BackendKind {
     pub fn feature(self) -> &'static str {
         match self {
             Self::Memory => "memory",
-            Self::Redis => "redis",
+            Self::Redis | Self::RedisCluster => "redis",
             Self::KvRest => "kv-rest",
         }
     }
@@ -102,6 +110,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             Self::Memory => "memory",
             Self::Redis => "redis",
+            Self::RedisCluster => "redis-cluster",
             Self::KvRest => "kv-rest",
         })
     }
@@ -119,9 +128,18 @@ pub struct StoreDescription {
 impl StoreDescription {
     /// A description of a store of `kind` at `url` (redacted here), named by variable `source`.
     pub fn new(kind: BackendKind, url: Option<&str>, source: Option<&'static str>) -> Self {
+        let location = url.map(|url| match kind {
+            // A list of node URLs: each is redacted on its own.
+            BackendKind::RedisCluster => url
+                .split(',')
+                .map(|node| redact_url(node.trim()))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => redact_url(url),
+        });
         Self {
             kind,
-            location: url.map(redact_url),
+            location,
             source,
         }
     }
@@ -334,12 +352,14 @@ fn plan_for(
         Some(name) => Some(match name.trim().to_ascii_lowercase().as_str() {
             "memory" => BackendKind::Memory,
             "redis" | "valkey" => BackendKind::Redis,
+            "redis-cluster" | "cluster" | "valkey-cluster" => BackendKind::RedisCluster,
             "kv-rest" | "rest" | "upstash" => BackendKind::KvRest,
             _ => {
                 return Err(StoreSelectionError::InvalidVariable {
                     variable: STORE_ENV_VAR,
                     reason: format!(
-                        "`{}` is not a store; expected `memory`, `redis` or `kv-rest`",
+                        "`{}` is not a store; expected `memory`, `redis`, `redis-cluster` or \
+                         `kv-rest`",
                         name.trim()
                     ),
                 });
@@ -368,6 +388,11 @@ fn plan_for(
             }
         }
     }
+    if matches!(explicit, None | Some(BackendKind::RedisCluster))
+        && let Some(urls) = present(REDIS_CLUSTER_ENV_VAR)
+    {
+        return redis_cluster_plan(compiled, &urls);
+    }
     if matches!(explicit, None | Some(BackendKind::Redis)) {
         for variable in REDIS_ENV_VARS {
             if let Some(url) = present(variable) {
@@ -382,6 +407,14 @@ fn plan_for(
                 reason: "selects the KV REST store, but neither UPSTASH_REDIS_REST_URL + \
                          UPSTASH_REDIS_REST_TOKEN nor KV_REST_API_URL + KV_REST_API_TOKEN is set"
                     .to_owned(),
+            });
+        }
+        Some(BackendKind::RedisCluster) => {
+            return Err(StoreSelectionError::InvalidVariable {
+                variable: STORE_ENV_VAR,
+                reason: format!(
+                    "selects the Redis Cluster store, but {REDIS_CLUSTER_ENV_VAR} is not set"
+                ),
             });
         }
         Some(BackendKind::Redis) => {
@@ -423,6 +456,43 @@ fn rest_plan(
         description: StoreDescription::new(BackendKind::KvRest, Some(url), Some(variable)),
         url: Some(url.to_owned()),
         token: Some(token),
+    })
+}
+
+fn redis_cluster_plan(compiled: Compiled, urls: &str) -> Result<StorePlan, StoreSelectionError> {
+    let variable = REDIS_CLUSTER_ENV_VAR;
+    let nodes: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if nodes.is_empty() {
+        return Err(StoreSelectionError::InvalidVariable {
+            variable,
+            reason: "no node URL (expected `redis://host:port,redis://host:port`)".to_owned(),
+        });
+    }
+    for node in &nodes {
+        let checked = redis_plan(compiled, variable, node)?;
+        if node
+            .split_once("://")
+            .is_some_and(|(scheme, _)| scheme.ends_with("unix"))
+        {
+            return Err(StoreSelectionError::InvalidVariable {
+                variable,
+                reason: format!(
+                    "`{}`: cluster nodes are reached over TCP, not a unix socket",
+                    redact_url(node)
+                ),
+            });
+        }
+        drop(checked);
+    }
+    let url = nodes.join(",");
+    Ok(StorePlan {
+        description: StoreDescription::new(BackendKind::RedisCluster, Some(&url), Some(variable)),
+        url: Some(url),
+        token: None,
     })
 }
 

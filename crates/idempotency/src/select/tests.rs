@@ -431,3 +431,75 @@ fn idempotency_store_without_its_variables_is_an_error_naming_them() {
     );
     assert!(error.to_string().contains("postgress"));
 }
+
+#[test]
+fn redis_cluster_urls_select_the_cluster_store_with_every_password_hidden() {
+    let plan = plan(&[
+        (
+            REDIS_CLUSTER_ENV_VAR,
+            "redis://:hunter2@10.0.0.1:7000, redis://u:s3cr3t-token-value@10.0.0.2:7000,",
+        ),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ])
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::RedisCluster);
+    assert!(plan.kind().is_distributed());
+    assert_eq!(plan.description().source(), Some(REDIS_CLUSTER_ENV_VAR));
+    assert_eq!(
+        plan.description().location(),
+        Some("redis://:<redacted>@10.0.0.1:7000,redis://u:<redacted>@10.0.0.2:7000")
+    );
+    assert_no_secret(&format!("{plan:?} {}", plan.description()));
+    // REST still wins over any Redis variable; IDEMPOTENCY_STORE can pick the cluster.
+    let plan = self::plan(&[
+        (REDIS_CLUSTER_ENV_VAR, "redis://10.0.0.1:7000"),
+        ("UPSTASH_REDIS_REST_URL", "https://a.upstash.io"),
+        ("UPSTASH_REDIS_REST_TOKEN", SECRET),
+    ])
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::KvRest);
+    let plan = self::plan(&[
+        (REDIS_CLUSTER_ENV_VAR, "redis://10.0.0.1:7000"),
+        ("UPSTASH_REDIS_REST_URL", "https://a.upstash.io"),
+        ("UPSTASH_REDIS_REST_TOKEN", SECRET),
+        (STORE_ENV_VAR, "redis-cluster"),
+    ])
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::RedisCluster);
+}
+
+#[test]
+fn unusable_cluster_lists_are_errors_naming_the_variable() {
+    for bad in [
+        " , ,",
+        "redis://10.0.0.1:7000,http://10.0.0.2:7000",
+        "unix:///tmp/redis.sock",
+        "10.0.0.1:7000",
+    ] {
+        let error = plan(&[(REDIS_CLUSTER_ENV_VAR, bad)]).unwrap_err();
+        assert!(
+            matches!(error, StoreSelectionError::InvalidVariable { variable, .. } if variable == REDIS_CLUSTER_ENV_VAR),
+            "{bad}: {error:?}"
+        );
+    }
+    let error = plan(&[(STORE_ENV_VAR, "cluster")]).unwrap_err();
+    assert!(error.to_string().contains(REDIS_CLUSTER_ENV_VAR), "{error}");
+    // TLS nodes need the redis-tls feature.
+    let no_tls = Compiled {
+        redis_tls: false,
+        ..ALL
+    };
+    let error = plan_for(
+        no_tls,
+        StoreSelection::AllowMemory,
+        env(&[(REDIS_CLUSTER_ENV_VAR, "rediss://10.0.0.1:7000")]),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        error,
+        StoreSelectionError::FeatureDisabled {
+            feature: "redis-tls",
+            ..
+        }
+    ));
+}
