@@ -68,6 +68,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         ),
     )?;
     provision::ensure_test_servers(testcontainers)?;
+    provision::ensure_valkey()?;
     let mut args = vec!["test", "--workspace"];
     args.extend_from_slice(features);
     args.extend(extra.iter().map(String::as_str));

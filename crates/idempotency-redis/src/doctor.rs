@@ -58,8 +58,16 @@ impl fmt::Display for DoctorWarning {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DoctorReport {
-    /// `redis_version` (the lowest across a cluster's nodes).
+    /// The server product: `redis`, or `valkey` (from `INFO server`'s `server_name`, which
+    /// Valkey sets and Redis does not).
+    pub server_name: String,
+    /// The product's own version (the lowest across a cluster's nodes): `redis_version` on
+    /// Redis, `valkey_version` on Valkey (whose `redis_version` is a fixed compatibility
+    /// number, 7.2.4 on Valkey 8).
     pub server_version: Option<String>,
+    /// On Valkey, the Redis version it declares compatibility with (`redis_version`); `None`
+    /// on Redis.
+    pub redis_compatible_version: Option<String>,
     /// Standalone or cluster.
     pub mode: ServerMode,
     /// How the store claims keys on this server.
@@ -94,10 +102,13 @@ impl<T: fmt::Display> fmt::Display for Unknown<'_, T> {
 
 impl fmt::Display for DoctorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.server_name, Unknown(&self.server_version))?;
+        if let Some(compatible) = &self.redis_compatible_version {
+            write!(f, " (redis {compatible} compatible)")?;
+        }
         write!(
             f,
-            "redis {} ({}), claims via {:?}, maxmemory-policy {}, rdb {}, aof {}",
-            Unknown(&self.server_version),
+            " ({}), claims via {:?}, maxmemory-policy {}, rdb {}, aof {}",
             self.mode,
             self.claim_strategy,
             Unknown(&self.maxmemory_policy),
@@ -134,12 +145,24 @@ where
         let field = |name: &str| -> Vec<&str> {
             infos.iter().filter_map(|t| info_field(t, name)).collect()
         };
-        let server_version = field("redis_version")
-            .into_iter()
-            .filter_map(|v| parse_version(v).map(|p| (p, v)))
-            .min_by_key(|(p, _)| *p)
-            .map(|(_, v)| v.to_owned())
-            .or_else(|| self.version.clone());
+        let lowest = |name: &str| {
+            field(name)
+                .into_iter()
+                .filter_map(|v| parse_version(v).map(|p| (p, v)))
+                .min_by_key(|(p, _)| *p)
+                .map(|(_, v)| v.to_owned())
+        };
+        let redis_version = lowest("redis_version").or_else(|| self.version.clone());
+        let valkey_version = lowest("valkey_version");
+        let valkey = valkey_version.is_some()
+            || field("server_name")
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case("valkey"));
+        let (server_name, server_version, redis_compatible_version) = if valkey {
+            ("valkey", valkey_version, redis_version.clone())
+        } else {
+            ("redis", redis_version.clone(), None)
+        };
         let mode = match field("redis_mode").first() {
             Some(mode) => ServerMode::parse(Some(mode)),
             None => self.mode,
@@ -178,7 +201,8 @@ where
         if rdb_enabled == Some(false) && aof_enabled == Some(false) {
             warnings.push(DoctorWarning::PersistenceOff);
         }
-        if let Some(version) = &server_version
+        // The claim strategy follows the Redis-protocol version (Valkey's compatibility one).
+        if let Some(version) = &redis_version
             && parse_version(version).is_some_and(|(major, _, _)| major < 7)
         {
             warnings.push(DoctorWarning::OldServer {
@@ -186,7 +210,9 @@ where
             });
         }
         let report = DoctorReport {
+            server_name: server_name.to_owned(),
             server_version,
+            redis_compatible_version,
             mode,
             claim_strategy: self.claim,
             maxmemory_policy,
@@ -223,7 +249,9 @@ mod tests {
     #[test]
     fn report_prints_unknown_and_warnings() {
         let report = DoctorReport {
+            server_name: "redis".into(),
             server_version: Some("7.0.15".into()),
+            redis_compatible_version: None,
             mode: ServerMode::Standalone,
             claim_strategy: ClaimStrategy::SetNxGet,
             maxmemory_policy: None,

@@ -91,6 +91,20 @@ where
     }
 }
 
+/// One Valkey server for every test of the binary (Valkey tests only).
+pub fn shared_valkey() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start_valkey().expect("starting the shared valkey server"))
+}
+
+/// A harness on the shared Valkey server.
+pub async fn valkey_harness() -> RedisHarness<idempotency_redis::redis::aio::ConnectionManager> {
+    let store = RedisStore::connect(shared_valkey().url())
+        .await
+        .expect("connecting to the shared valkey server");
+    RedisHarness::new(store)
+}
+
 /// A store on the shared server.
 pub async fn single_store() -> RedisStore {
     RedisStore::connect(shared_server().url())
