@@ -416,7 +416,10 @@ mod tests {
         assert_eq!(k(br#""a\"b\\c""#).unwrap().as_str(), r#"a"b\c"#);
         assert_eq!(k(b"\"abc"), Err(KeyError::Unterminated));
         assert_eq!(k(b"\"abc\\"), Err(KeyError::InvalidEscape { position: 4 }));
-        assert_eq!(k(br#""a\nb""#), Err(KeyError::InvalidEscape { position: 2 }));
+        assert_eq!(
+            k(br#""a\nb""#),
+            Err(KeyError::InvalidEscape { position: 2 })
+        );
         assert_eq!(
             k(b"\"a\", \"b\""),
             Err(KeyError::AfterClosingQuote { position: 3 })
@@ -437,7 +440,10 @@ mod tests {
         );
         assert_eq!(k(b"\"\""), Err(KeyError::Empty));
         assert_eq!(k(b"   "), Err(KeyError::Empty));
-        assert!(matches!(k(b"a b"), Err(KeyError::InvalidByte { byte: b' ', .. })));
+        assert!(matches!(
+            k(b"a b"),
+            Err(KeyError::InvalidByte { byte: b' ', .. })
+        ));
         let long = format!("\"{}\"", "a".repeat(256));
         assert_eq!(k(long.as_bytes()), Err(KeyError::TooLong { len: 256 }));
         // 255 characters, each escaped: the header is longer, the key is not.

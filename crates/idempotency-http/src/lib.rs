@@ -64,15 +64,21 @@
 #![deny(missing_docs)]
 
 mod body;
+mod effects;
+mod encoding;
+mod fingerprint;
 mod layer;
 mod problem;
+mod record;
 mod service;
 mod stored;
 
 pub use body::{BoxError, ResponseBody};
+pub use effects::{SideEffects, SideEffectsMarker};
+pub use fingerprint::JsonFingerprint;
 pub use layer::{
-    DEFAULT_HEADER, GlobalScope, IdempotencyLayer, LayerBuilder, NoScope, ScopeExtractor,
-    ScopeRejection, default_store_status,
+    DEFAULT_HEADER, GlobalScope, IdempotencyLayer, LayerBuilder, NoScope, OversizePolicy,
+    ScopeExtractor, ScopeRejection, default_is_stream, default_store_status,
 };
 pub use problem::PROBLEM_TYPE_BASE;
 pub use service::{BODY_OMITTED_HEADER, IdempotencyService, REPLAYED_HEADER};
