@@ -386,3 +386,47 @@ async fn an_oversize_request_body_gets_the_413_not_a_broken_pipe() {
     assert_eq!(small.status(), StatusCode::CREATED);
     assert_eq!(ctx.writes.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn an_oversize_request_body_is_drained_and_the_connection_kept() {
+    let (addr, ctx) = serve().await;
+    let socket = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = socket.into_split();
+    // Larger than loopback socket buffers: without draining, the server would close while this
+    // is still being written, and the client would see a reset instead of the answer.
+    let size = 6 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nhost: {addr}\r\nx-user-id: user-1\r\nidempotency-key: big-2\r\n\
+             content-length: {size}\r\n\r\n"
+        );
+        write.write_all(head.as_bytes()).await?;
+        write.write_all(&vec![b'x'; size]).await?;
+        // A second request on the same connection.
+        let next = format!(
+            "POST /echo HTTP/1.1\r\nhost: {addr}\r\nx-user-id: user-1\r\nidempotency-key: small-2\r\n\
+             content-length: 2\r\n\r\nok"
+        );
+        write.write_all(next.as_bytes()).await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let text = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf))
+            .await
+            .expect("timed out waiting for both answers")
+            .expect("the connection must not be reset");
+        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains("run 1: 2 bytes") {
+            break text;
+        }
+    };
+    writer.await.unwrap().expect("the whole body was accepted");
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("body-too-large"), "{text}");
+    assert!(text.contains("HTTP/1.1 201"), "{text}");
+    assert_eq!(ctx.writes.load(Ordering::SeqCst), 1);
+}
