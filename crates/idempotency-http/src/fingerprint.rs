@@ -78,8 +78,18 @@ pub(crate) fn fingerprint(
     builder.finish()
 }
 
-/// The RFC 8785 form of `body`, or `None` when it is not JSON.
-pub(crate) fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
+/// The RFC 8785 (JCS) canonical form of a JSON document, or `None` when `body` is not JSON.
+///
+/// What [`JsonFingerprint::Canonical`] fingerprints; useful inside a
+/// [`fingerprint_body_with`](crate::LayerBuilder::fingerprint_body_with) closure that first
+/// drops a field (a client timestamp) and then canonicalises the rest.
+///
+/// ```
+/// let a = idempotency_http::canonical_json(br#"{"b": 1.0, "a": [true, null]}"#).unwrap();
+/// assert_eq!(a, br#"{"a":[true,null],"b":1}"#);
+/// assert_eq!(idempotency_http::canonical_json(b"not json"), None);
+/// ```
+pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     match serde_jcs::to_vec(&value) {
         Ok(canonical) => Some(canonical),

@@ -75,7 +75,7 @@ mod stored;
 
 pub use body::{BoxError, ResponseBody};
 pub use effects::{SideEffects, SideEffectsMarker};
-pub use fingerprint::JsonFingerprint;
+pub use fingerprint::{JsonFingerprint, canonical_json};
 pub use layer::{
     DEFAULT_HEADER, GlobalScope, IdempotencyLayer, LayerBuilder, NoScope, OversizePolicy,
     ScopeExtractor, ScopeRejection, default_is_stream, default_store_status,

@@ -35,7 +35,10 @@ async fn big(State(runs): State<Arc<AtomicUsize>>) -> impl IntoResponse {
         // A fresh copy per chunk, as a real producer would allocate.
         Ok::<_, std::io::Error>(Bytes::copy_from_slice(&chunk))
     }));
-    ([("content-type", "application/octet-stream")], Body::from_stream(chunks))
+    (
+        [("content-type", "application/octet-stream")],
+        Body::from_stream(chunks),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

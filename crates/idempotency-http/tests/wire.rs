@@ -417,7 +417,11 @@ async fn an_oversize_request_body_is_drained_and_the_connection_kept() {
             .await
             .expect("timed out waiting for both answers")
             .expect("the connection must not be reset");
-        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&seen).into_owned();
         if text.contains("run 1: 2 bytes") {
