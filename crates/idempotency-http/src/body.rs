@@ -106,7 +106,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
             Kind::Full { body } => body.size_hint(),
-            Kind::Detached { hint, .. } => hint.clone(),
+            Kind::Detached { hint, .. } => *hint,
         }
     }
 }

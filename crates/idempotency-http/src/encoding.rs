@@ -23,12 +23,10 @@ pub(crate) fn unacceptable_coding(
         .iter()
         .flat_map(|v| {
             String::from_utf8_lossy(v.as_bytes())
-                .into_owned()
                 .split(',')
-                .map(parse_accept)
+                .filter_map(parse_accept)
                 .collect::<Vec<_>>()
         })
-        .flatten()
         .collect();
     stored
         .iter()
@@ -52,10 +50,10 @@ fn parse_accept(element: &str) -> Option<(String, bool)> {
     }
     let mut allowed = true;
     for param in parts {
-        if let Some((name, value)) = param.split_once('=') {
-            if name.trim().eq_ignore_ascii_case("q") {
-                allowed = value.trim().parse::<f32>().map_or(false, |q| q > 0.0);
-            }
+        if let Some((name, value)) = param.split_once('=')
+            && name.trim().eq_ignore_ascii_case("q")
+        {
+            allowed = value.trim().parse::<f32>().is_ok_and(|q| q > 0.0);
         }
     }
     Some((coding, allowed))

@@ -8,7 +8,6 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -125,7 +124,7 @@ pub(crate) async fn drive<S, F, B, E>(
     let client = head
         .send(Ok(Response::from_parts(
             parts,
-            ResponseBody::detached(receiver, hint.clone()),
+            ResponseBody::detached(receiver, hint),
         )))
         .is_ok();
     let pump = Pump {
@@ -171,7 +170,8 @@ impl Pump {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let mut body = pin!(body);
+        // Boxed (not `pin!`) so that dropping it below really ends the handler's body.
+        let mut body = Box::pin(body);
         let mut forwarded = 0_u64;
         // Once the body's exact length has arrived, what remains (its last data frame, trailers)
         // waits until the record is written: a client that has the whole answer and retries at
