@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use idempotency::memory::MemoryStore;
@@ -48,16 +50,33 @@ struct Orders {
     all: Arc<tokio::sync::Mutex<Vec<Order>>>,
 }
 
-/// Whose key is it? The authenticated principal; here simply the bearer token. In a real app,
-/// read the principal your auth layer put into the request extensions.
-fn bearer_principal(parts: &http::request::Parts) -> Result<Scope, ScopeRejection> {
-    parts
-        .headers
+/// The verified principal's id, inserted by [`authenticate`].
+#[derive(Clone)]
+struct UserId(String);
+
+/// Stand-in authentication: here the bearer token *is* the user name. A real app verifies the
+/// credential (session, JWT...) and inserts the principal's id.
+async fn authenticate(mut request: axum::extract::Request, next: Next) -> Response {
+    let user = request
+        .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|token| !token.is_empty())
-        .map(Scope::new)
+        .map(|token| UserId(format!("user:{token}")));
+    if let Some(user) = user {
+        request.extensions_mut().insert(user);
+    }
+    next.run(request).await
+}
+
+/// Whose key is it? The authenticated principal's id, never the raw credential: the scope is
+/// part of the store key (visible in the store, in tools and logs), and a credential rotates.
+fn principal(parts: &http::request::Parts) -> Result<Scope, ScopeRejection> {
+    parts
+        .extensions
+        .get::<UserId>()
+        .map(|user| Scope::new(user.0.as_str()))
         .ok_or_else(|| ScopeRejection::unauthorized("send Authorization: Bearer <user>"))
 }
 
@@ -87,13 +106,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The three lines: an engine on a store, a layer with a scope, the layer on the routes.
     let engine = Idempotency::builder(MemoryStore::new()).build()?;
-    let layer = IdempotencyLayer::builder(engine)
-        .scope(bearer_principal)
-        .build();
+    let layer = IdempotencyLayer::builder(engine).scope(principal).build();
     let app = Router::new()
         .route("/orders", post(create_order).get(list_orders))
         .with_state(Orders::default())
-        .layer(layer);
+        .layer(layer)
+        .layer(middleware::from_fn(authenticate));
 
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3001".into());
     let listener = tokio::net::TcpListener::bind(&listen).await?;

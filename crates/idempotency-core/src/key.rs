@@ -36,9 +36,33 @@ pub enum KeyError {
         /// Its position in the key.
         position: usize,
     },
+    /// A quoted key (RFC 8941 sf-string) had no closing quote.
+    #[error("quoted idempotency key has no closing `\"`")]
+    Unterminated,
+    /// A quoted key had a `\\` that was not followed by `"` or `\\` (the only escapes RFC 8941
+    /// allows), or ended right after it.
+    #[error(
+        "quoted idempotency key has an invalid escape at position {position}; \
+         only `\\\"` and `\\\\` are allowed inside quotes"
+    )]
+    InvalidEscape {
+        /// Position of the backslash in the header value.
+        position: usize,
+    },
+    /// Something followed the closing quote of a quoted key (for example a second key:
+    /// `"a", "b"`).
+    #[error(
+        "quoted idempotency key has text after its closing quote (position {position}); \
+         send exactly one key"
+    )]
+    AfterClosingQuote {
+        /// Position of the first byte after the closing quote.
+        position: usize,
+    },
 }
 
-/// A validated client idempotency key: 1..=255 bytes of visible ASCII.
+/// A validated client idempotency key: 1..=255 bytes of visible ASCII (plus space, for a key
+/// that arrived quoted: see [`IdempotencyKey::from_header_value`]).
 ///
 /// ```
 /// use idempotency_core::IdempotencyKey;
@@ -69,6 +93,97 @@ impl IdempotencyKey {
         Self::validate(key)?;
         // Visible ASCII is valid UTF-8.
         Ok(Self(key.iter().map(|&b| b as char).collect()))
+    }
+
+    /// Parse an HTTP header value: either an RFC 8941 sf-string (`"abc"`, the form of
+    /// draft-ietf-httpapi-idempotency-key-header) or the bare form Stripe-style clients send
+    /// (`abc`). Both mean the key `abc`, so a client that quotes and a retry that does not share
+    /// one record.
+    ///
+    /// Surrounding spaces and tabs (HTTP optional whitespace) are ignored. A value starting with
+    /// `"` is parsed as an sf-string (RFC 8941 §4.2.5): `\"` and `\\` are the only escapes, and
+    /// every other character must be printable ASCII, **including space** (so `"a b"` is the key
+    /// `a b`). Any other value is a bare key and follows [`IdempotencyKey::new`] (visible ASCII,
+    /// no space); so a bare key cannot start with `"` (send it quoted: `"\"k"`).
+    ///
+    /// ```
+    /// use idempotency_core::IdempotencyKey;
+    /// let quoted = IdempotencyKey::from_header_value(br#""8e03978e-40d5""#).unwrap();
+    /// let bare = IdempotencyKey::from_header_value(b"8e03978e-40d5").unwrap();
+    /// assert_eq!(quoted, bare);
+    /// assert_eq!(IdempotencyKey::from_header_value(br#""a \"b\"""#).unwrap().as_str(), r#"a "b""#);
+    /// assert!(IdempotencyKey::from_header_value(br#""open"#).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`KeyError::Unterminated`], [`KeyError::InvalidEscape`] or
+    /// [`KeyError::AfterClosingQuote`] for a malformed quoted value; [`KeyError::InvalidByte`]
+    /// for a control or non-ASCII byte (position in the header value); [`KeyError::Empty`] and
+    /// [`KeyError::TooLong`] as for [`IdempotencyKey::new`] (measured on the unquoted key).
+    pub fn from_header_value(value: &[u8]) -> Result<Self, KeyError> {
+        let start = value
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t'))
+            .unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|b| !matches!(b, b' ' | b'\t'))
+            .map_or(start, |i| i + 1);
+        let trimmed = &value[start..end];
+        if trimmed.first() != Some(&b'"') {
+            return Self::from_bytes(trimmed).map_err(|e| match e {
+                KeyError::InvalidByte { byte, position } => KeyError::InvalidByte {
+                    byte,
+                    position: position + start,
+                },
+                other => other,
+            });
+        }
+        let mut key = String::with_capacity(trimmed.len());
+        let mut i = 1;
+        loop {
+            let Some(&b) = trimmed.get(i) else {
+                return Err(KeyError::Unterminated);
+            };
+            match b {
+                b'\\' => match trimmed.get(i + 1) {
+                    Some(&e @ (b'"' | b'\\')) => {
+                        key.push(e as char);
+                        i += 2;
+                    }
+                    _ => {
+                        return Err(KeyError::InvalidEscape {
+                            position: start + i,
+                        });
+                    }
+                },
+                b'"' => {
+                    if i + 1 != trimmed.len() {
+                        return Err(KeyError::AfterClosingQuote {
+                            position: start + i + 1,
+                        });
+                    }
+                    break;
+                }
+                0x20..=0x7e => {
+                    key.push(b as char);
+                    i += 1;
+                }
+                byte => {
+                    return Err(KeyError::InvalidByte {
+                        byte,
+                        position: start + i,
+                    });
+                }
+            }
+        }
+        if key.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong { len: key.len() });
+        }
+        Ok(Self(key))
     }
 
     fn validate(bytes: &[u8]) -> Result<(), KeyError> {
@@ -291,7 +406,90 @@ mod tests {
         assert_eq!(g.as_str(), "p::c");
     }
 
+    #[test]
+    fn header_values_quoted_and_bare() {
+        let k = |v: &[u8]| IdempotencyKey::from_header_value(v);
+        assert_eq!(k(b"abc").unwrap().as_str(), "abc");
+        assert_eq!(k(b"\"abc\"").unwrap().as_str(), "abc");
+        assert_eq!(k(b"  \"abc\"\t").unwrap().as_str(), "abc");
+        assert_eq!(k(b"\"a b\"").unwrap().as_str(), "a b");
+        assert_eq!(k(br#""a\"b\\c""#).unwrap().as_str(), r#"a"b\c"#);
+        assert_eq!(k(b"\"abc"), Err(KeyError::Unterminated));
+        assert_eq!(k(b"\"abc\\"), Err(KeyError::InvalidEscape { position: 4 }));
+        assert_eq!(
+            k(br#""a\nb""#),
+            Err(KeyError::InvalidEscape { position: 2 })
+        );
+        assert_eq!(
+            k(b"\"a\", \"b\""),
+            Err(KeyError::AfterClosingQuote { position: 3 })
+        );
+        assert_eq!(
+            k(b"\"a\x01b\""),
+            Err(KeyError::InvalidByte {
+                byte: 1,
+                position: 2
+            })
+        );
+        assert_eq!(
+            k("\"é\"".as_bytes()),
+            Err(KeyError::InvalidByte {
+                byte: 0xc3,
+                position: 1
+            })
+        );
+        assert_eq!(k(b"\"\""), Err(KeyError::Empty));
+        assert_eq!(k(b"   "), Err(KeyError::Empty));
+        assert!(matches!(
+            k(b"a b"),
+            Err(KeyError::InvalidByte { byte: b' ', .. })
+        ));
+        let long = format!("\"{}\"", "a".repeat(256));
+        assert_eq!(k(long.as_bytes()), Err(KeyError::TooLong { len: 256 }));
+        // 255 characters, each escaped: the header is longer, the key is not.
+        let escaped = format!("\"{}\"", "\\\\".repeat(255));
+        assert_eq!(k(escaped.as_bytes()).unwrap().as_str().len(), 255);
+    }
+
+    /// RFC 8941 §4.1.6 serialisation of an sf-string.
+    fn quote(key: &str) -> String {
+        let mut out = String::from("\"");
+        for c in key.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+
     proptest! {
+        #[test]
+        // A bare key is any visible-ASCII key that does not start with `"` (such a value is an
+        // sf-string by definition).
+        fn quoted_and_bare_keys_share_a_store_key(k in "[!#-~][!-~]{0,254}", scope in ".{0,8}") {
+            let bare = IdempotencyKey::from_header_value(k.as_bytes()).unwrap();
+            let quoted = IdempotencyKey::from_header_value(quote(&k).as_bytes()).unwrap();
+            let scope = Scope::new(scope);
+            prop_assert_eq!(
+                StoreKey::derive("idem:", &scope, &bare),
+                StoreKey::derive("idem:", &scope, &quoted)
+            );
+            prop_assert_eq!(bare.as_str(), k.as_str());
+        }
+
+        #[test]
+        fn every_printable_key_round_trips_through_quotes(k in "[ -~]{1,255}") {
+            let quoted = IdempotencyKey::from_header_value(quote(&k).as_bytes()).unwrap();
+            prop_assert_eq!(quoted.as_str(), k.as_str());
+        }
+
+        #[test]
+        fn header_parsing_never_panics(v in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = IdempotencyKey::from_header_value(&v);
+        }
+
         #[test]
         fn derivation_is_injective(
             s1 in ".{0,12}", k1 in "[!-~]{1,12}",

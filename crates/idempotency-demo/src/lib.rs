@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use axum::middleware;
 use axum::routing::{get, post, put};
-use idempotency::http::IdempotencyLayer;
+use idempotency::http::{IdempotencyLayer, JsonFingerprint};
 use idempotency::{AnyStore, Idempotency};
 use parking_lot::Mutex;
 
@@ -135,6 +135,8 @@ fn routes() -> Router<AppState> {
 pub fn app(state: AppState) -> Router {
     let layer = IdempotencyLayer::builder(state.engine().clone())
         .scope(principal_scope)
+        // A retry that re-serialises the same JSON (key order, spacing) is the same request.
+        .fingerprint_json(JsonFingerprint::Canonical)
         .build();
     routes()
         .layer(layer)

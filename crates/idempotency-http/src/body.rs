@@ -1,5 +1,6 @@
-//! The response body of the layer: the inner service's body, untouched, or bytes the layer
-//! produced (a replay, a problem, or a buffered response).
+//! The response body of the layer: the inner service's body, untouched; bytes the layer
+//! produced (a replay, a problem); or the frames of a handler's body forwarded by the detached
+//! task that records it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
 
 /// Boxed error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,6 +31,7 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { #[pin] body: Full<Bytes> },
+        Detached { frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>, hint: SizeHint, done: bool },
     }
 }
 
@@ -36,6 +39,21 @@ impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
+        }
+    }
+
+    /// Frames sent by the recording task; dropping this body (the client went away) tells that
+    /// task, which then finishes the record on its own.
+    pub(crate) fn detached(
+        frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+        hint: SizeHint,
+    ) -> Self {
+        Self {
+            kind: Kind::Detached {
+                frames,
+                hint,
+                done: false,
+            },
         }
     }
 
@@ -63,6 +81,16 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            KindProj::Detached { frames, done, .. } => {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                let next = frames.poll_recv(cx);
+                if let Poll::Ready(None) = next {
+                    *done = true;
+                }
+                next
+            }
         }
     }
 
@@ -70,6 +98,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { body } => body.is_end_stream(),
+            Kind::Detached { done, .. } => *done,
         }
     }
 
@@ -77,6 +106,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
             Kind::Full { body } => body.size_hint(),
+            Kind::Detached { hint, .. } => *hint,
         }
     }
 }

@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderName, Method, StatusCode};
+use http::{HeaderName, Method, StatusCode, response};
 use idempotency_core::{Idempotency, IdempotencyStore, Scope};
 use tower_layer::Layer;
 
+use crate::fingerprint::JsonFingerprint;
 use crate::service::IdempotencyService;
 
 /// Default header name (IETF draft-ietf-httpapi-idempotency-key-header).
@@ -73,6 +75,33 @@ pub struct NoScope;
 
 type StatusPolicy = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
 type BodyCanonicalizer = Arc<dyn Fn(&Bytes) -> Bytes + Send + Sync>;
+type StreamPredicate = Arc<dyn Fn(&response::Parts) -> bool + Send + Sync>;
+
+/// What the layer records when a response body cannot be kept whole: it grew past the engine's
+/// maximum outcome size, or it is a stream by nature (see [`LayerBuilder::stream_responses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OversizePolicy {
+    /// Record the status and headers without the body (the default): the operation never runs
+    /// again; retries get the status and headers, an empty body and
+    /// `Idempotent-Body-Omitted: true`.
+    #[default]
+    OmitBody,
+    /// Release the claim: a retry runs the operation again (for reads dressed as `POST`, or
+    /// operations that are idempotent by themselves).
+    Release,
+}
+
+/// The default stream predicate: `text/event-stream` (server-sent events), whose body is
+/// endless or long-lived by nature and is never worth replaying.
+pub fn default_is_stream(parts: &response::Parts) -> bool {
+    parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
+}
 
 /// The layer's settings, shared by every service it builds.
 #[derive(Clone)]
@@ -85,6 +114,11 @@ pub(crate) struct Settings {
     pub(crate) keep_set_cookie: bool,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
     pub(crate) canonical_body: Option<BodyCanonicalizer>,
+    pub(crate) json: JsonFingerprint,
+    pub(crate) oversize: OversizePolicy,
+    pub(crate) is_stream: StreamPredicate,
+    pub(crate) oversize_drain: usize,
+    pub(crate) oversize_drain_time: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -96,6 +130,10 @@ impl fmt::Debug for Settings {
             .field("max_request_body", &self.max_request_body)
             .field("keep_set_cookie", &self.keep_set_cookie)
             .field("fingerprint_headers", &self.fingerprint_headers)
+            .field("json", &self.json)
+            .field("oversize", &self.oversize)
+            .field("oversize_drain", &self.oversize_drain)
+            .field("oversize_drain_time", &self.oversize_drain_time)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +155,11 @@ impl Default for Settings {
             keep_set_cookie: false,
             fingerprint_headers: Vec::new(),
             canonical_body: None,
+            json: JsonFingerprint::Bytes,
+            oversize: OversizePolicy::OmitBody,
+            is_stream: Arc::new(default_is_stream),
+            oversize_drain: 8 * 1024 * 1024,
+            oversize_drain_time: Duration::from_secs(5),
         }
     }
 }
@@ -177,6 +220,20 @@ impl<S, E> LayerBuilder<S, E> {
         self
     }
 
+    /// How much of an oversize request body is still read and discarded before the 413 is sent
+    /// (default 8 MiB beyond the limit, for at most 5 s).
+    ///
+    /// A server that answers while the client is still sending, and closes, makes many clients
+    /// see a broken pipe (or a TCP reset that destroys the 413 in flight) instead of the answer;
+    /// reading the rest first lets them see the 413. Past either bound the 413 is sent with
+    /// `Connection: close` and the connection is dropped after all. `0` disables draining.
+    #[must_use]
+    pub fn oversize_drain(mut self, bytes: usize, max_time: Duration) -> Self {
+        self.settings.oversize_drain = bytes;
+        self.settings.oversize_drain_time = max_time;
+        self
+    }
+
     /// Which response statuses are stored and replayed (default [`default_store_status`]).
     /// Responses not stored release the claim, so a retry runs again.
     #[must_use]
@@ -203,8 +260,41 @@ impl<S, E> LayerBuilder<S, E> {
         self
     }
 
+    /// How JSON bodies are fingerprinted: byte for byte (the default) or in their RFC 8785
+    /// canonical form, so a retry that re-serialises the same object with another key order or
+    /// spacing is still "the same request" (see [`JsonFingerprint`]).
+    #[must_use]
+    pub fn fingerprint_json(mut self, mode: JsonFingerprint) -> Self {
+        self.settings.json = mode;
+        self
+    }
+
+    /// What to record when a response body is larger than the engine's maximum outcome size,
+    /// or a stream (default [`OversizePolicy::OmitBody`]).
+    #[must_use]
+    pub fn oversize_response(mut self, policy: OversizePolicy) -> Self {
+        self.settings.oversize = policy;
+        self
+    }
+
+    /// Which responses are streams by nature and never recorded (default
+    /// [`default_is_stream`]: `text/event-stream`). Their body passes through untouched and no
+    /// copy is kept; the claim ends when the head is ready, by the
+    /// [`oversize_response`](Self::oversize_response) policy (default: recorded without its body,
+    /// so a retry gets the status and headers plus `Idempotent-Body-Omitted: true`, not the
+    /// events, and the operation does not run again).
+    #[must_use]
+    pub fn stream_responses(
+        mut self,
+        is_stream: impl Fn(&response::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.settings.is_stream = Arc::new(is_stream);
+        self
+    }
+
     /// Fingerprint a canonical form of the body instead of its bytes (e.g. parse JSON and drop a
-    /// client timestamp field).
+    /// client timestamp field). Takes precedence over [`fingerprint_json`](Self::fingerprint_json)
+    /// for the body (the media type is still normalised in canonical mode).
     #[must_use]
     pub fn fingerprint_body_with(
         mut self,

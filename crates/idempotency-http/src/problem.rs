@@ -17,6 +17,7 @@ pub(crate) struct Problem {
     pub(crate) title: &'static str,
     pub(crate) detail: String,
     pub(crate) retry_after: Option<Duration>,
+    pub(crate) close: bool,
 }
 
 impl Problem {
@@ -32,7 +33,75 @@ impl Problem {
             title,
             detail: detail.into(),
             retry_after: None,
+            close: false,
         }
+    }
+
+    /// Ask the server to close the connection after this answer (`Connection: close`).
+    pub(crate) fn close_connection(mut self, close: bool) -> Self {
+        self.close = close;
+        self
+    }
+
+    pub(crate) fn multiple_keys(header: &str, count: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "multiple-keys",
+            "Idempotency key ambiguous",
+            format!("the request carries {count} `{header}` headers; send exactly one key"),
+        )
+    }
+
+    pub(crate) fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("idempotent requests may carry at most {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn encoding_not_acceptable(coding: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "encoding-not-acceptable",
+            "Stored response encoding not acceptable",
+            format!(
+                "the stored response for this idempotency key is `{coding}`-encoded and this \
+                 request's Accept-Encoding does not allow it; retry accepting `{coding}` (the \
+                 server should compress outside the idempotency layer)"
+            ),
+        )
+    }
+
+    /// Recorded for retries when a handler failed after marking a committed side effect.
+    pub(crate) fn response_lost() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "response-lost",
+            "Operation ran, response lost",
+            "the operation for this idempotency key ran and changed state, but its response \
+             failed; it will not run again under this key",
+        )
+    }
+
+    pub(crate) fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "Server shutting down",
+            "the server stopped before this request was answered; retry with the same key",
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
+    pub(crate) fn no_runtime() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Idempotency layer misconfigured",
+            "the idempotency layer needs a tokio runtime; the request was not processed",
+        )
     }
 
     pub(crate) fn retry_after(mut self, after: Duration) -> Self {
@@ -96,6 +165,11 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             response

@@ -1,25 +1,38 @@
 //! The middleware service: the DESIGN §5 table, request by request.
+//!
+//! [`Service::call`] is a pure decision step ([`IdempotencyService::decide`]: pass through,
+//! answer at once, or protect) followed by one async path for protected requests
+//! ([`protect`]): read the body, fingerprint, begin, then hand the handler to the detached
+//! recording task ([`crate::record`]).
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use idempotency_core::{
-    Begin, Fingerprint, Guard, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore,
-    StoredOutcome,
+    Begin, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore, Scope, StoredOutcome,
 };
+use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::Instrument as _;
 
 use crate::body::{BoxError, ResponseBody};
+use crate::effects::SideEffectsMarker;
+use crate::encoding;
+use crate::fingerprint::fingerprint;
 use crate::layer::{ScopeExtractor, Settings};
 use crate::problem::Problem;
+use crate::record::{self, Failure, Recording};
 use crate::stored::{self, StoredResponse};
+
+/// Metric: replays refused because the retry does not accept the stored `Content-Encoding`.
+const ENCODING_REFUSED: &str = "idempotency_http_replay_encoding_refused_total";
 
 /// Header set on every replayed response.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -74,6 +87,52 @@ impl<Svc, S, E> IdempotencyService<Svc, S, E> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// What to do with a request, decided without I/O.
+enum Decision {
+    /// Not covered (method, or no key where keys are optional): the inner service alone.
+    PassThrough,
+    /// Refused before anything runs (missing, ambiguous or malformed key, scope refused).
+    Answer(Problem),
+    /// Covered: the protocol runs.
+    Protect { key: IdempotencyKey, scope: Scope },
+}
+
+impl<Svc, S, E: ScopeExtractor> IdempotencyService<Svc, S, E> {
+    fn decide(&self, parts: &Parts) -> Decision {
+        let settings = &self.settings;
+        if !settings.methods.contains(&parts.method) {
+            return Decision::PassThrough;
+        }
+        let mut values = parts.headers.get_all(&settings.header).iter();
+        let Some(value) = values.next() else {
+            return if settings.key_required {
+                Decision::Answer(Problem::missing_key(settings.header.as_str()))
+            } else {
+                Decision::PassThrough
+            };
+        };
+        let extra = values.count();
+        if extra > 0 {
+            return Decision::Answer(Problem::multiple_keys(settings.header.as_str(), extra + 1));
+        }
+        let key = match IdempotencyKey::from_header_value(value.as_bytes()) {
+            Ok(key) => key,
+            Err(e) => {
+                return Decision::Answer(Problem::from_engine(&IdempotencyError::InvalidKey(e)));
+            }
+        };
+        match self.scope.extract(parts) {
+            Ok(scope) => Decision::Protect { key, scope },
+            Err(rejection) => Decision::Answer(Problem::new(
+                rejection.status,
+                "scope-rejected",
+                "Request not accepted",
+                rejection.detail,
+            )),
+        }
+    }
+}
+
 impl<Svc, S, E, ReqB, ResB> Service<Request<ReqB>> for IdempotencyService<Svc, S, E>
 where
     Svc: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -99,130 +158,168 @@ where
         // The clone is the one that was not driven to readiness: keep the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let settings = Arc::clone(&self.settings);
-        if !settings.methods.contains(request.method()) {
-            return Box::pin(
-                async move { Ok(inner.call(request).await?.map(ResponseBody::inner)) },
-            );
-        }
-        let raw_key = request
-            .headers()
-            .get(&settings.header)
-            .map(|v| v.as_bytes().to_vec());
-        let Some(raw_key) = raw_key else {
-            if settings.key_required {
-                let header = settings.header.as_str().to_owned();
-                return Box::pin(async move { Ok(problem(Problem::missing_key(&header))) });
-            }
-            return Box::pin(
-                async move { Ok(inner.call(request).await?.map(ResponseBody::inner)) },
-            );
-        };
-        let key = match IdempotencyKey::from_bytes(&raw_key) {
-            Ok(key) => key,
-            Err(e) => {
-                let answer = Problem::from_engine(&IdempotencyError::InvalidKey(e));
-                return Box::pin(async move { Ok(problem(answer)) });
-            }
-        };
         let (parts, body) = request.into_parts();
-        let scope = match self.scope.extract(&parts) {
-            Ok(scope) => scope,
-            Err(rejection) => {
-                let answer = Problem::new(
-                    rejection.status,
-                    "scope-rejected",
-                    "Request not accepted",
-                    rejection.detail,
-                );
-                return Box::pin(async move { Ok(problem(answer)) });
+        match self.decide(&parts) {
+            Decision::PassThrough => {
+                let request = Request::from_parts(parts, body);
+                Box::pin(async move { Ok(inner.call(request).await?.map(ResponseBody::inner)) })
             }
-        };
-        let engine = self.engine.clone();
-        let span = tracing::debug_span!("idempotency.http", method = %parts.method, path = parts.uri.path(), key = key.as_str());
-        Box::pin(
-            async move {
-                let body = match Limited::new(body, settings.max_request_body)
-                    .collect()
-                    .await
-                {
-                    Ok(collected) => collected.to_bytes(),
-                    Err(error) => {
-                        return Ok(problem(body_problem(&error, settings.max_request_body)));
-                    }
+            Decision::Answer(answer) => Box::pin(async move { Ok(problem(answer)) }),
+            Decision::Protect { key, scope } => {
+                let span = tracing::debug_span!("idempotency.http", method = %parts.method, path = parts.uri.path(), key = key.as_str());
+                let protected = Protected {
+                    engine: self.engine.clone(),
+                    settings: Arc::clone(&self.settings),
+                    key,
+                    scope,
                 };
-                let fingerprint = fingerprint(&parts, &body, &settings);
-                let guard = match engine.begin(&scope, &key, fingerprint).await {
-                    Ok(Begin::Run(guard)) => guard,
-                    Ok(Begin::Replay(outcome)) => return Ok(replay(outcome)),
-                    Err(error) => return Ok(problem(Problem::from_engine(&error))),
-                };
-                let request = Request::from_parts(parts, ReqB::from(body));
-                // A panic in the handler drops `guard`, which releases the claim.
-                let response = match inner.call(request).await {
-                    Ok(response) => response,
-                    Err(error) => {
-                        release(guard).await;
-                        return Err(error);
-                    }
-                };
-                Ok(record(guard, response, &engine, &settings).await)
+                Box::pin(protect(protected, inner, parts, body).instrument(span))
             }
-            .instrument(span),
-        )
+        }
     }
+}
+
+struct Protected<S> {
+    engine: Idempotency<S>,
+    settings: Arc<Settings>,
+    key: IdempotencyKey,
+    scope: Scope,
+}
+
+/// The one async path: body, fingerprint, claim, then the handler in the detached task.
+async fn protect<Svc, S, ReqB, ResB>(
+    protected: Protected<S>,
+    mut inner: Svc,
+    parts: Parts,
+    body: ReqB,
+) -> Result<Response<ResponseBody<ResB>>, Svc::Error>
+where
+    Svc: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: Send + 'static,
+    ReqB: Body + From<Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError> + Send,
+    S: IdempotencyStore + 'static,
+{
+    let Protected {
+        engine,
+        settings,
+        key,
+        scope,
+    } = protected;
+    let body = match read_body(body, &parts.headers, &settings).await {
+        Ok(body) => body,
+        Err(answer) => return Ok(problem(answer)),
+    };
+    let fingerprint = fingerprint(&parts, &body, &settings);
+    let guard = match engine.begin(&scope, &key, fingerprint).await {
+        Ok(Begin::Run(guard)) => guard,
+        Ok(Begin::Replay(outcome)) => return Ok(replay(outcome, &parts.headers)),
+        Err(error) => return Ok(problem(Problem::from_engine(&error))),
+    };
+    // From here to the spawn there is no await: a request dropped before it never reached the
+    // handler, and its guard (dropped with it) releases the claim at once.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        record::release(guard).await;
+        return Ok(problem(Problem::no_runtime()));
+    };
+    let marker = SideEffectsMarker::default();
+    let mut request = Request::from_parts(parts, ReqB::from(body));
+    request.extensions_mut().insert(marker.clone());
+    let recording = Recording {
+        guard,
+        settings,
+        marker,
+        max_outcome: engine.config().max_outcome_size(),
+    };
+    let handler = inner.call(request);
+    let (head, answer) = oneshot::channel();
+    // Detached: dropping this future (the client left, a timeout layer fired) cancels neither
+    // the handler nor the recording, so the retry gets the replay.
+    runtime.spawn(record::drive(recording, handler, head).in_current_span());
+    match answer.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(Failure::Error(error))) => Err(error),
+        Ok(Err(Failure::Panic(panic))) => std::panic::resume_unwind(panic),
+        // The task was dropped without answering: the runtime is shutting down.
+        Err(_) => Ok(problem(Problem::shutting_down())),
+    }
+}
+
+/// Collect the request body up to the limit. An oversize body is still read (and discarded) up
+/// to the drain bounds so that the client sees the 413 rather than a broken pipe.
+async fn read_body<B>(body: B, headers: &HeaderMap, settings: &Settings) -> Result<Bytes, Problem>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let limit = settings.max_request_body;
+    let drain_to = limit.saturating_add(settings.oversize_drain);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > drain_to as u64) {
+        // It cannot be drained within the bound anyway: answer now and close.
+        return Err(Problem::body_too_large(limit).close_connection(true));
+    }
+    let mut body = pin!(body);
+    let mut collected = BytesMut::new();
+    let mut seen = 0_usize;
+    loop {
+        match body.frame().await {
+            None => return Ok(collected.freeze()),
+            Some(Err(error)) => return Err(unreadable(error.into())),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    seen = seen.saturating_add(data.remaining());
+                    if seen > limit {
+                        break;
+                    }
+                    collected.put(data);
+                }
+            }
+        }
+    }
+    drop(collected);
+    let drained = tokio::time::timeout(settings.oversize_drain_time, async {
+        loop {
+            match body.frame().await {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        seen = seen.saturating_add(data.remaining());
+                        if seen > drain_to {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let drained = matches!(drained, Ok(true));
+    tracing::debug!(limit, seen, drained, "request body too large");
+    Err(Problem::body_too_large(limit).close_connection(!drained))
+}
+
+fn unreadable(error: BoxError) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "body-unreadable",
+        "Request body unreadable",
+        error.to_string(),
+    )
 }
 
 fn problem<B>(answer: Problem) -> Response<ResponseBody<B>> {
     answer.into_response().map(ResponseBody::full)
 }
 
-fn body_problem(error: &BoxError, limit: usize) -> Problem {
-    if error.is::<http_body_util::LengthLimitError>() {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Request body too large",
-            format!("idempotent requests may carry at most {limit} bytes"),
-        )
-    } else {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "body-unreadable",
-            "Request body unreadable",
-            error.to_string(),
-        )
-    }
-}
-
-/// Method, path and query, content type, configured headers, then the (canonical) body; each a
-/// length-prefixed part, so nothing can shift between them.
-fn fingerprint(parts: &http::request::Parts, body: &Bytes, settings: &Settings) -> Fingerprint {
-    let mut builder = Fingerprint::builder();
-    builder.push(parts.method.as_str().as_bytes());
-    builder.push(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
-    let content_type = parts.headers.get(header::CONTENT_TYPE);
-    builder.push(content_type.map_or(&b""[..], HeaderValue::as_bytes));
-    for name in &settings.fingerprint_headers {
-        builder.push(name.as_str().as_bytes());
-        for value in parts.headers.get_all(name) {
-            builder.push(value.as_bytes());
-        }
-    }
-    match &settings.canonical_body {
-        Some(canonical) => builder.push(&canonical(body)),
-        None => builder.push(body),
-    }
-    builder.finish()
-}
-
-fn replay<B>(outcome: StoredOutcome) -> Response<ResponseBody<B>> {
+fn replay<B>(outcome: StoredOutcome, request: &HeaderMap) -> Response<ResponseBody<B>> {
     if outcome.content_type.as_deref() != Some(stored::CONTENT_TYPE) {
         tracing::error!("stored outcome was not written by the HTTP layer (shared prefix?)");
         return problem(Problem::from_engine(&IdempotencyError::CorruptRecord(
@@ -238,6 +335,15 @@ fn replay<B>(outcome: StoredOutcome) -> Response<ResponseBody<B>> {
             )));
         }
     };
+    if let Some(coding) = encoding::unacceptable_coding(&stored.headers, request) {
+        metrics::counter!(ENCODING_REFUSED).increment(1);
+        tracing::warn!(
+            coding,
+            "stored response is encoded in a way this retry does not accept (compression runs \
+             inside the idempotency layer; move it outside)"
+        );
+        return problem(Problem::encoding_not_acceptable(&coding));
+    }
     let mut response = Response::new(ResponseBody::full(stored.body));
     *response.status_mut() = stored.status;
     let headers = response.headers_mut();
@@ -249,73 +355,4 @@ fn replay<B>(outcome: StoredOutcome) -> Response<ResponseBody<B>> {
         headers.insert(BODY_OMITTED_HEADER, HeaderValue::from_static("true"));
     }
     response
-}
-
-async fn release<S: IdempotencyStore + 'static>(guard: Guard<S>) {
-    if let Err(error) = guard.release().await {
-        tracing::debug!(%error, "releasing the claim did not apply; it lapses with its lease");
-    }
-}
-
-/// Store the handler's response if the policy says so, and answer with it.
-async fn record<S, B>(
-    guard: Guard<S>,
-    response: Response<B>,
-    engine: &Idempotency<S>,
-    settings: &Settings,
-) -> Response<ResponseBody<B>>
-where
-    S: IdempotencyStore + 'static,
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    if !(settings.store_status)(response.status()) {
-        release(guard).await;
-        return response.map(ResponseBody::inner);
-    }
-    let (parts, body) = response.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            let error: BoxError = error.into();
-            tracing::warn!(%error, "response body failed; releasing the claim");
-            release(guard).await;
-            return problem(Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "response-failed",
-                "Response failed",
-                "the response could not be produced; retry with the same key",
-            ));
-        }
-    };
-    let mut stored = StoredResponse {
-        status: parts.status,
-        headers: StoredResponse::replayable_headers(&parts.headers, settings.keep_set_cookie),
-        body,
-        body_omitted: false,
-    };
-    let mut encoded = stored.encode();
-    let max = engine.config().max_outcome_size();
-    let body = stored.body.clone();
-    if encoded.len() > max {
-        tracing::warn!(
-            size = body.len(),
-            max,
-            "response too large to store; recording it without its body"
-        );
-        stored.body = Bytes::new();
-        stored.body_omitted = true;
-        encoded = stored.encode();
-    }
-    if let Err(error) = guard
-        .complete(StoredOutcome::new(
-            encoded,
-            Some(stored::CONTENT_TYPE.to_owned()),
-        ))
-        .await
-    {
-        // The handler ran: answer with its response anyway; a retry may run it again.
-        tracing::warn!(%error, "response could not be recorded");
-    }
-    Response::from_parts(parts, ResponseBody::full(body))
 }

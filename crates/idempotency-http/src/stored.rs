@@ -29,13 +29,18 @@ pub(crate) struct StoredResponse {
 }
 
 impl StoredResponse {
-    pub(crate) fn encode(&self) -> Bytes {
+    /// Length of [`encode`](Self::encode)'s output.
+    pub(crate) fn encoded_len(&self) -> usize {
         let header_bytes: usize = self
             .headers
             .iter()
             .map(|(n, v)| 6 + n.as_str().len() + v.len())
             .sum();
-        let mut out = BytesMut::with_capacity(8 + header_bytes + self.body.len());
+        8 + header_bytes + self.body.len()
+    }
+
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
         out.put_slice(MAGIC);
         out.put_u16(self.status.as_u16());
         out.put_u8(if self.body_omitted { BODY_OMITTED } else { 0 });
@@ -159,6 +164,7 @@ mod tests {
             body_omitted: false,
         };
         assert_eq!(StoredResponse::decode(&stored.encode()).unwrap(), stored);
+        assert_eq!(stored.encode().len(), stored.encoded_len());
     }
 
     #[test]

@@ -32,10 +32,14 @@
 //! use idempotency::http::{IdempotencyLayer, ScopeRejection};
 //! use idempotency::{Idempotency, Scope, memory::MemoryStore};
 //!
-//! /// The authenticated principal owns the key (here the bearer token; use your auth's identity).
+//! /// The verified principal's id, inserted by your authentication middleware.
+//! #[derive(Clone)]
+//! struct UserId(String);
+//!
+//! /// The authenticated principal owns the key: its id, never the raw credential (the scope is
+//! /// part of the store key, visible in the store and in logs; credentials rotate).
 //! fn principal(parts: &axum::http::request::Parts) -> Result<Scope, ScopeRejection> {
-//!     parts.headers.get("authorization").and_then(|v| v.to_str().ok())
-//!         .and_then(|v| v.strip_prefix("Bearer ")).map(Scope::new)
+//!     parts.extensions.get::<UserId>().map(|user| Scope::new(user.0.as_str()))
 //!         .ok_or_else(|| ScopeRejection::unauthorized("sign in first"))
 //! }
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

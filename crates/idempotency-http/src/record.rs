@@ -1,0 +1,330 @@
+//! The detached half of a protected request: it runs the handler, forwards the response as it is
+//! produced, keeps a bounded copy of it, and ends the claim.
+//!
+//! It runs as its own tokio task, so the connection going away (a client timeout, a server
+//! timeout layer dropping the request future) cancels neither the handler nor the recording: once
+//! the handler may have run, the retry gets the replay, never a second execution.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::Response;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt as _;
+use idempotency_core::{Guard, IdempotencyStore, StoredOutcome};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::{BoxError, ResponseBody};
+use crate::effects::{SideEffects, SideEffectsMarker};
+use crate::layer::{OversizePolicy, Settings};
+use crate::problem::Problem;
+use crate::stored::{self, StoredResponse};
+
+/// Metric: responses recorded (or released) after their client had gone.
+pub(crate) const CLIENT_GONE: &str = "idempotency_http_client_gone_total";
+/// Metric: stream responses passed through without a copy.
+pub(crate) const STREAMS: &str = "idempotency_http_streams_not_recorded_total";
+/// Metric: responses recorded without their body because they outgrew the maximum size.
+pub(crate) const BODY_OMITTED: &str = "idempotency_http_body_omitted_total";
+
+/// Frames in flight between the recording task and the connection: small, so a slow client
+/// slows the handler's body down (backpressure) instead of growing a queue.
+const FRAMES_IN_FLIGHT: usize = 2;
+
+/// Why the handler produced no response.
+pub(crate) enum Failure<E> {
+    /// The inner service returned an error.
+    Error(E),
+    /// The handler panicked (the payload, to resume the panic on the connection's side).
+    Panic(Box<dyn Any + Send>),
+}
+
+/// What the connection side receives: the response head (with a body that forwards frames), or
+/// the failure.
+pub(crate) type Head<B, E> = Result<Response<ResponseBody<B>>, Failure<E>>;
+
+/// A claim and what is needed to end it.
+pub(crate) struct Recording<S: IdempotencyStore + 'static> {
+    pub(crate) guard: Guard<S>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) marker: SideEffectsMarker,
+    pub(crate) max_outcome: usize,
+}
+
+/// Run `handler`, send its head to `head`, forward and record its body, end the claim.
+pub(crate) async fn drive<S, F, B, E>(
+    recording: Recording<S>,
+    handler: F,
+    head: oneshot::Sender<Head<B, E>>,
+) where
+    S: IdempotencyStore + 'static,
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let Recording {
+        guard,
+        settings,
+        marker,
+        max_outcome,
+    } = recording;
+    // The guard lives outside the unwinding future: a panicking handler still gets its claim
+    // ended by the rules below, not by the guard's drop.
+    let response = match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            handler_failed(guard, &marker, max_outcome).await;
+            let _ = head.send(Err(Failure::Error(error)));
+            return;
+        }
+        Err(panic) => {
+            tracing::warn!("handler panicked");
+            handler_failed(guard, &marker, max_outcome).await;
+            let _ = head.send(Err(Failure::Panic(panic)));
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let said = parts
+        .extensions
+        .get::<SideEffects>()
+        .copied()
+        .or_else(|| marker.get());
+    let store = match said {
+        Some(SideEffects::Committed) => true,
+        Some(SideEffects::None) => false,
+        None => (settings.store_status)(parts.status),
+    };
+    if !store {
+        release(guard).await;
+        let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+        return;
+    }
+    let stored = StoredResponse {
+        status: parts.status,
+        headers: StoredResponse::replayable_headers(&parts.headers, settings.keep_set_cookie),
+        body: Bytes::new(),
+        body_omitted: false,
+    };
+    if (settings.is_stream)(&parts) {
+        // Recorded before the head goes out, so a retry that follows the first byte finds it.
+        metrics::counter!(STREAMS).increment(1);
+        tracing::debug!("stream response: passed through, not recorded");
+        without_body(guard, stored, settings.oversize).await;
+        let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+        return;
+    }
+    let budget = max_outcome.saturating_sub(stored.encoded_len());
+    let hint = body.size_hint();
+    let (frames, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
+    let client = head
+        .send(Ok(Response::from_parts(
+            parts,
+            ResponseBody::detached(receiver, hint),
+        )))
+        .is_ok();
+    let pump = Pump {
+        frames,
+        client,
+        exact: hint.exact(),
+        copy: Recorder::new(budget, hint.exact()),
+    };
+    pump.run(guard, stored, body, &marker, &settings, max_outcome)
+        .await;
+}
+
+/// Forwards frames to the connection and copies them, within the budget.
+struct Pump {
+    frames: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    /// Whether the connection still takes frames.
+    client: bool,
+    /// The body's exact length, when known (its last frame is held until the record is written).
+    exact: Option<u64>,
+    copy: Recorder,
+}
+
+enum Ending {
+    /// The body ended normally.
+    Done,
+    /// The client left and the copy overflowed: nothing more is worth reading.
+    Abandoned,
+    /// The body failed.
+    Failed(BoxError),
+}
+
+impl Pump {
+    async fn run<S, B>(
+        mut self,
+        guard: Guard<S>,
+        mut stored: StoredResponse,
+        body: B,
+        marker: &SideEffectsMarker,
+        settings: &Settings,
+        max_outcome: usize,
+    ) where
+        S: IdempotencyStore + 'static,
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        // Boxed (not `pin!`) so that dropping it below really ends the handler's body.
+        let mut body = Box::pin(body);
+        let mut forwarded = 0_u64;
+        // Once the body's exact length has arrived, what remains (its last data frame, trailers)
+        // waits until the record is written: a client that has the whole answer and retries at
+        // once then finds the replay, not "in flight". Bodies of unknown length are sent as they
+        // come; their end (the last chunk marker) waits the same way.
+        let mut held: Vec<Frame<Bytes>> = Vec::new();
+        let ending = loop {
+            let frame = match body.frame().await {
+                None => break Ending::Done,
+                Some(Err(error)) => break Ending::Failed(error.into()),
+                Some(Ok(frame)) => frame,
+            };
+            if let Some(data) = frame.data_ref() {
+                self.copy.push(data);
+                forwarded = forwarded.saturating_add(data.len() as u64);
+            }
+            if self.exact.is_some_and(|exact| forwarded >= exact) {
+                held.push(frame);
+                continue;
+            }
+            if self.client && self.frames.send(Ok(frame)).await.is_err() {
+                self.client = false;
+                tracing::debug!("client went away mid-body; recording continues");
+            }
+            if !self.client && self.copy.overflowed {
+                break Ending::Abandoned;
+            }
+        };
+        drop(body);
+        if !self.client {
+            metrics::counter!(CLIENT_GONE).increment(1);
+        }
+        match ending {
+            Ending::Failed(error) => {
+                tracing::warn!(%error, "response body failed");
+                handler_failed(guard, marker, max_outcome).await;
+                if self.client {
+                    let _ = self.frames.send(Err(error)).await;
+                }
+                return;
+            }
+            Ending::Abandoned => without_body(guard, stored, settings.oversize).await,
+            Ending::Done if self.copy.overflowed => {
+                without_body(guard, stored, settings.oversize).await;
+            }
+            Ending::Done => {
+                stored.body = self.copy.buffer.freeze();
+                let encoded = stored.encode();
+                if encoded.len() > max_outcome {
+                    stored.body = Bytes::new();
+                    without_body(guard, stored, settings.oversize).await;
+                } else {
+                    complete(guard, encoded).await;
+                }
+            }
+        }
+        for frame in held {
+            if !self.client || self.frames.send(Ok(frame)).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A copy of the body of at most `budget` bytes; past that it lets go of what it held.
+struct Recorder {
+    buffer: BytesMut,
+    budget: usize,
+    overflowed: bool,
+}
+
+impl Recorder {
+    fn new(budget: usize, exact: Option<u64>) -> Self {
+        let capacity = exact.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(budget));
+        Self {
+            buffer: BytesMut::with_capacity(capacity),
+            budget,
+            overflowed: false,
+        }
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        if self.buffer.len().saturating_add(data.len()) > self.budget {
+            tracing::debug!(
+                budget = self.budget,
+                "response outgrew the maximum outcome size; no longer copied"
+            );
+            self.overflowed = true;
+            self.buffer = BytesMut::new();
+            return;
+        }
+        self.buffer.extend_from_slice(data);
+    }
+}
+
+/// The body cannot be kept: record the head alone, or release, by the policy.
+async fn without_body<S: IdempotencyStore + 'static>(
+    guard: Guard<S>,
+    mut stored: StoredResponse,
+    policy: OversizePolicy,
+) {
+    match policy {
+        OversizePolicy::OmitBody => {
+            metrics::counter!(BODY_OMITTED).increment(1);
+            stored.body = Bytes::new();
+            stored.body_omitted = true;
+            complete(guard, stored.encode()).await;
+        }
+        OversizePolicy::Release => release(guard).await,
+    }
+}
+
+/// No response (an error, a panic, a failed body): release, unless the handler said a side
+/// effect happened; then a 500 problem is recorded so that no retry runs it again.
+async fn handler_failed<S: IdempotencyStore + 'static>(
+    guard: Guard<S>,
+    marker: &SideEffectsMarker,
+    max_outcome: usize,
+) {
+    if marker.get() != Some(SideEffects::Committed) {
+        release(guard).await;
+        return;
+    }
+    tracing::warn!("handler failed after committing a side effect; recording a 500 for retries");
+    let answer = Problem::response_lost().into_response();
+    let (parts, body) = answer.into_parts();
+    let stored = StoredResponse {
+        status: parts.status,
+        headers: StoredResponse::replayable_headers(&parts.headers, false),
+        body,
+        body_omitted: false,
+    };
+    let encoded = stored.encode();
+    if encoded.len() > max_outcome {
+        release(guard).await;
+    } else {
+        complete(guard, encoded).await;
+    }
+}
+
+pub(crate) async fn release<S: IdempotencyStore + 'static>(guard: Guard<S>) {
+    if let Err(error) = guard.release().await {
+        tracing::debug!(%error, "releasing the claim did not apply; it lapses with its lease");
+    }
+}
+
+async fn complete<S: IdempotencyStore + 'static>(guard: Guard<S>, encoded: Bytes) {
+    let outcome = StoredOutcome::new(encoded, Some(stored::CONTENT_TYPE.to_owned()));
+    if let Err(error) = guard.complete(outcome).await {
+        // The handler ran: its response went (or goes) out anyway; a retry may run it again.
+        tracing::warn!(%error, "response could not be recorded");
+    }
+}
