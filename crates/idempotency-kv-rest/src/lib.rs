@@ -374,12 +374,14 @@ mod tests {
 
     #[test]
     fn write_refusals_are_typed() {
-        let oom = CallError::Redis("OOM command not allowed when used memory > 'maxmemory'.".into());
+        let oom =
+            CallError::Redis("OOM command not allowed when used memory > 'maxmemory'.".into());
         assert!(matches!(
             oom.into_store_error(Duration::from_secs(1)),
             StoreError::WriteRefused { .. }
         ));
-        let readonly = CallError::Redis("READONLY You can't write against a read only replica.".into());
+        let readonly =
+            CallError::Redis("READONLY You can't write against a read only replica.".into());
         assert!(matches!(
             readonly.into_store_error(Duration::from_secs(1)),
             StoreError::WriteRefused { .. }

@@ -384,14 +384,18 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let now = Instant::now();
         match result {
             Ok(Fenced::Applied) => {
-                live.due = now + renewal_interval(live.lease);
+                let due = now + renewal_interval(live.lease);
+                live.due = due;
+                self.wake_driver_for(&mut state, due);
                 drop(state);
                 metrics::counter!(names::RENEWALS, "result" => "applied").increment(1);
                 tracing::trace!(key = %key, "lease renewed");
             }
             Ok(Fenced::LeaseLost) if live.completing => {
                 // Most likely our own completion landed first; the completion reports the rest.
-                live.due = now + renewal_interval(live.lease);
+                let due = now + renewal_interval(live.lease);
+                live.due = due;
+                self.wake_driver_for(&mut state, due);
             }
             Ok(Fenced::LeaseLost) => {
                 live.lost = true;
@@ -406,7 +410,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 );
             }
             Err(error) => {
-                live.due = now + renewal_retry(live.lease);
+                let due = now + renewal_retry(live.lease);
+                live.due = due;
+                self.wake_driver_for(&mut state, due);
                 drop(state);
                 metrics::counter!(names::RENEWALS, "result" => "failed").increment(1);
                 tracing::debug!(key = %key, %error, "lease renewal failed; retrying soon");
