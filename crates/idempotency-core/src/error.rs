@@ -24,6 +24,14 @@ pub enum IdempotencyError {
     #[error("invalid idempotency key")]
     InvalidKey(#[from] KeyError),
     /// Another attempt with this key is running.
+    ///
+    /// `retry_after` comes from the remaining lease where the store can tell
+    /// ([`IdempotencyStore::time_to_live`](crate::IdempotencyStore::time_to_live)): when the
+    /// lease was refreshed within about half a renewal interval of its full length, its owner is
+    /// alive and may finish any moment, so the configured fixed value (default 1 s) is
+    /// suggested; when it has not been refreshed for longer (its owner crashed, or its claim
+    /// was orphaned by a store outage) the key frees when the lease ends, so the remaining lease
+    /// is suggested, clamped to 1 s..=lease. Stores that cannot tell give the fixed value.
     #[error("a request with this idempotency key is still in flight")]
     InFlight {
         /// When the caller should try again.
@@ -40,7 +48,8 @@ pub enum IdempotencyError {
     #[error("idempotency record is corrupt")]
     CorruptRecord(#[source] CorruptRecord),
     /// The claim lapsed (lease expired, or the key was deleted or taken over) before the
-    /// operation finished, so its outcome was not stored.
+    /// operation finished, so its outcome was not stored. Also answered by a completion after a
+    /// lease renewal found the lease lost.
     #[error("the lease on this idempotency key was lost before completion")]
     LeaseLost,
     /// The outcome is larger than the configured maximum; the claim was released.
@@ -106,4 +115,8 @@ pub enum ConfigError {
     /// The key prefix is not acceptable.
     #[error(transparent)]
     Prefix(#[from] PrefixError),
+    /// [`FailurePolicy::Fallback`](crate::FailurePolicy::Fallback) was chosen without a
+    /// fallback store ([`IdempotencyBuilder::fallback_store`](crate::IdempotencyBuilder::fallback_store)).
+    #[error("the fallback failure policy needs a fallback store")]
+    MissingFallbackStore,
 }

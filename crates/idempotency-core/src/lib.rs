@@ -52,10 +52,20 @@
 //! - [`Record`], [`StoredOutcome`] and the [`codec`] (record format v1, documented there);
 //! - [`lua`]: the scripts shared by the Redis-protocol backends.
 //!
+//! # Under faults
+//! A live [`Guard`] renews its lease about every third of the lease (so the lease bounds how long
+//! a crashed attempt blocks its key, not how long a live one may run); claims orphaned by a store
+//! failure and failed releases are released in the background with bounded retries; a
+//! completion rides out a short outage (bounded retries); `Retry-After` follows the remaining
+//! lease of an abandoned claim; [`FailurePolicy`] offers fail-closed, fail-open and a
+//! per-process fallback store; a store that refuses writes ([`StoreError::WriteRefused`]) still
+//! replays completed records. See the guide's "Failure policy" section.
+//!
 //! # Observability
-//! `tracing` spans (`idempotency.begin`) and events at debug level (warnings for fail-open, lost
-//! leases and the kill switch); `metrics` counters and a latency histogram named in
-//! [`metric_names`] (no-ops without a recorder); and [`Idempotency::stats`] for a cheap snapshot.
+//! `tracing` spans (`idempotency.begin`) and events at debug level (warnings for fail-open,
+//! fallback claims, lost leases, abandoned completions and the kill switch); `metrics` counters
+//! and a latency histogram named in [`metric_names`] (no-ops without a recorder); and
+//! [`Idempotency::stats`] for a cheap snapshot.
 //!
 //! # Feature flags
 //! None: the crate is always the whole protocol and engine. It needs a tokio runtime (timers)

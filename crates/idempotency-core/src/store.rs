@@ -63,6 +63,16 @@ pub enum StoreError {
     /// The value under the key is not a record this build can read.
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
+    /// The store is up but refuses writes: Redis `OOM command not allowed when used memory >
+    /// 'maxmemory'` (with a `noeviction` policy) or `READONLY You can't write against a read only
+    /// replica` (after a failover, or a client pointed at a replica), also when they come through
+    /// the KV REST API. Reads still work, so the engine can still replay completed records (see
+    /// [`crate::Idempotency::begin`]).
+    #[error("store refuses writes: {message}")]
+    WriteRefused {
+        /// The server's message (e.g. `OOM command not allowed ...`).
+        message: String,
+    },
     /// An embedded store is at capacity and everything in it is still needed.
     #[error("store is full: {entries} records held, all in progress or protected")]
     Full {
@@ -79,11 +89,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same call later could succeed (timeouts, unreachable, full).
+    /// Whether retrying the same call later could succeed (timeouts, unreachable, full, writes
+    /// refused).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Timeout { .. } | StoreError::Unavailable { .. } | StoreError::Full { .. }
+            StoreError::Timeout { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Full { .. }
+                | StoreError::WriteRefused { .. }
+        )
+    }
+
+    /// Whether a write that failed this way may nevertheless have been applied (the request
+    /// may have reached the store and only its reply was lost): timeouts, broken connections
+    /// and unclassified client errors. Answers and refusals from the store (`Backend`,
+    /// `WriteRefused`, `Full`, `Corrupt`) prove that nothing was written.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Unavailable { .. } | StoreError::Other { .. }
         )
     }
 }
@@ -103,7 +128,11 @@ impl StoreError {
 ///   call whose first reply was lost), without changing it.
 /// - Anything stored under a key that is not a record is reported as [`StoreError::Corrupt`] by
 ///   every operation that reads it, never treated as absent.
-/// - Only infrastructure trouble is an `Err`.
+/// - Only infrastructure trouble is an `Err`. A store that is up but refuses writes (out of
+///   memory, read-only replica) reports [`StoreError::WriteRefused`] from the writing
+///   primitives, so that the engine can still serve replays from `get`.
+/// - [`IdempotencyStore::time_to_live`] is optional (the default knows nothing); when
+///   implemented it reports the time the record under a key has left, as the store measures it.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Create the in-progress record if the key is absent, else return what is there.
@@ -139,6 +168,22 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
 
     /// Delete the record whatever its state (explicit invalidation). Returns whether one existed.
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError>;
+
+    /// How long the record under `key` has left before it expires (for an in-progress record:
+    /// the rest of its lease), or `None` when the key is absent, has no expiry, or the store
+    /// cannot tell.
+    ///
+    /// Optional: the default answers `None` without a round trip. The engine asks only when it
+    /// answers "in progress" to a retry, to derive `Retry-After` from the lease (see
+    /// [`crate::IdempotencyError::InFlight`]); Redis answers it with `PTTL`.
+    ///
+    /// # Errors
+    /// Infrastructure trouble, as for the other primitives (the engine then falls back to its
+    /// fixed `Retry-After`).
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 macro_rules! forward_store {
@@ -182,6 +227,9 @@ macro_rules! forward_store {
             }
             async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
                 (**self).delete(key).await
+            }
+            async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+                (**self).time_to_live(key).await
             }
         }
     };

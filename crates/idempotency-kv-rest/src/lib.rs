@@ -105,6 +105,9 @@ impl CallError {
             CallError::Transport(e) => StoreError::Unavailable {
                 source: Box::new(e),
             },
+            CallError::Redis(message) if is_write_refused(&message) => {
+                StoreError::WriteRefused { message }
+            }
             CallError::Redis(message) => StoreError::Backend { message },
             CallError::Http { status, message } if status >= 500 => StoreError::Unavailable {
                 source: format!("HTTP {status}: {message}").into(),
@@ -267,6 +270,16 @@ impl KvRestStore {
     }
 }
 
+/// Whether a Redis error relayed by the REST API says the server refuses writes but still
+/// serves reads: `OOM command not allowed ...` (full, `noeviction`) or `READONLY ...` (a
+/// replica), also when wrapped by a script error (`ERR Error running script ... OOM ...`).
+fn is_write_refused(message: &str) -> bool {
+    message.starts_with("OOM ")
+        || message.starts_with("READONLY ")
+        || message.contains("OOM command not allowed")
+        || message.contains("READONLY You can't write")
+}
+
 fn millis(d: Duration) -> Value {
     json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
 }
@@ -332,6 +345,18 @@ impl IdempotencyStore for KvRestStore {
         let reply = self.command(&json!(["DEL", key.as_str()])).await?;
         Ok(reply.as_i64().unwrap_or(0) > 0)
     }
+
+    /// `PTTL` (one more request, made only when the engine answers "in progress").
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        let reply = self.command(&json!(["PTTL", key.as_str()])).await?;
+        match reply.as_i64() {
+            Some(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms.unsigned_abs()))),
+            Some(-1 | -2) => Ok(None),
+            _ => Err(StoreError::Backend {
+                message: format!("unexpected PTTL reply {reply}"),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +370,27 @@ mod tests {
         assert!(flagged.text.starts_with("#!lua flags=allow-key-locking\n"));
         assert_ne!(plain.sha, flagged.sha);
         assert_eq!(plain.sha.len(), 40);
+    }
+
+    #[test]
+    fn write_refusals_are_typed() {
+        let oom =
+            CallError::Redis("OOM command not allowed when used memory > 'maxmemory'.".into());
+        assert!(matches!(
+            oom.into_store_error(Duration::from_secs(1)),
+            StoreError::WriteRefused { .. }
+        ));
+        let readonly =
+            CallError::Redis("READONLY You can't write against a read only replica.".into());
+        assert!(matches!(
+            readonly.into_store_error(Duration::from_secs(1)),
+            StoreError::WriteRefused { .. }
+        ));
+        let other = CallError::Redis("NOPERM nope".into());
+        assert!(matches!(
+            other.into_store_error(Duration::from_secs(1)),
+            StoreError::Backend { .. }
+        ));
     }
 
     #[test]

@@ -458,6 +458,16 @@ impl IdempotencyStore for MemoryStore {
             .map(|e| e.record.clone()))
     }
 
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        let now = self.shared.clock.now_ms();
+        Ok(self
+            .shared
+            .map
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| Duration::from_millis(e.expires_at_ms - now)))
+    }
+
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let now = self.shared.clock.now_ms();
         match self.shared.map.remove(key) {

@@ -49,6 +49,22 @@ pub(crate) fn is_wrong_type(error: &ClientError) -> bool {
         || error.to_string().contains("WRONGTYPE")
 }
 
+/// Whether the server refuses writes but still serves reads: `OOM command not allowed when used
+/// memory > 'maxmemory'` (a full server with a `noeviction` policy) or `READONLY You can't write
+/// against a read only replica`. Inside a Lua script Redis 7 keeps the code; older servers wrap
+/// it into `ERR Error running script ...`, so look at the text too.
+pub(crate) fn is_write_refused(error: &ClientError) -> bool {
+    const CODES: [&str; 2] = ["OOM", "READONLY"];
+    if matches!(error.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly)) {
+        return true;
+    }
+    if error.code().is_some_and(|code| CODES.contains(&code)) {
+        return true;
+    }
+    let text = error.to_string();
+    text.contains("OOM command not allowed") || text.contains("READONLY You can't write")
+}
+
 /// Whether the connection itself broke, so one retry on the (automatically re-established)
 /// connection can succeed.
 pub(crate) fn is_reconnectable(error: &ClientError) -> bool {
@@ -86,6 +102,11 @@ fn map_client_error(operation: &'static str, budget: Duration, error: ClientErro
         return StoreError::Corrupt(CorruptRecord::new(format!(
             "the key holds a value that is not a string (a hash, list, set...): {error}"
         )));
+    }
+    if is_write_refused(&error) {
+        return StoreError::WriteRefused {
+            message: error.to_string(),
+        };
     }
     if error.is_timeout() {
         return StoreError::Timeout {
@@ -164,6 +185,25 @@ mod tests {
         }
         .into();
         assert!(matches!(e, StoreError::Backend { message } if message.contains("release")));
+    }
+
+    #[test]
+    fn oom_and_readonly_replies_are_write_refused() {
+        let oom = ClientError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "OOM command not allowed when used memory > 'maxmemory'.",
+        ));
+        assert!(matches!(map(oom), StoreError::WriteRefused { .. }));
+        let readonly = ClientError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(matches!(map(readonly), StoreError::WriteRefused { .. }));
+        let noperm = ClientError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "NOPERM this user has no permissions",
+        ));
+        assert!(matches!(map(noperm), StoreError::Backend { .. }));
     }
 
     #[test]

@@ -36,6 +36,7 @@
 //! | `try_claim` | `SET key record NX PX lease GET` (Redis >= 7.0; the core's claim script before) | 1 |
 //! | `complete` / `release` / `extend` | `EVALSHA` of the core's fenced scripts (`EVAL` after `NOSCRIPT`) | 1 |
 //! | `get` / `delete` | `GET` / `DEL` | 1 |
+//! | `time_to_live` (only when the engine answers "in progress") | `PTTL` | 1 |
 //!
 //! A first attempt through the engine therefore costs two commands (claim + complete) and a
 //! replay one. The Lua sources live in `idempotency_core::lua` and nowhere else.
@@ -49,7 +50,8 @@
 //! |---|---|
 //! | connection refused, reset, closed; cluster down; loading | `Unavailable` |
 //! | no answer within the budget | `Timeout` |
-//! | an error reply from the server (`NOPERM`, `OOM`, ...) | `Backend` |
+//! | `OOM command not allowed` (full, `noeviction`), `READONLY` (a replica) | `WriteRefused` |
+//! | any other error reply from the server (`NOPERM`, ...) | `Backend` |
 //! | a value under the key that is not a record, or not a string (`WRONGTYPE`) | `Corrupt` |
 //!
 //! The connection re-establishes itself after a server restart; the operation that finds it

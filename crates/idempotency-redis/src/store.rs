@@ -78,6 +78,7 @@ impl fmt::Display for ServerMode {
 /// | `try_claim` | `SET key record NX PX lease GET` (or the claim script before Redis 7.0) |
 /// | `complete` / `release` / `extend` | `EVALSHA` of the core's fenced scripts |
 /// | `get` / `delete` | `GET` / `DEL` |
+/// | `time_to_live` | `PTTL` (asked only on the "in progress" path, for `Retry-After`) |
 ///
 /// Every operation is bounded by the store's own operation timeout (default 1 s) and fails with
 /// [`StoreError::Timeout`] past it, even when the server hangs (for example when it is paused).
@@ -335,6 +336,25 @@ where
             .into()),
         }
     }
+
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        let reply = self
+            .command("time_to_live", redis::cmd("PTTL").arg(key.as_str()))
+            .await?;
+        Ok(ttl_from("time_to_live", reply)?)
+    }
+}
+
+/// A `PTTL` reply: milliseconds left, `-2` absent, `-1` no expiry (https://redis.io/docs/latest/commands/pttl/).
+fn ttl_from(operation: &'static str, value: Value) -> Result<Option<Duration>, Error> {
+    match value {
+        Value::Int(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms.unsigned_abs()))),
+        Value::Int(-1 | -2) => Ok(None),
+        other => Err(Error::UnexpectedReply {
+            operation,
+            reply: format!("{other:?}"),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -369,5 +389,12 @@ mod tests {
             Ok(Fenced::LeaseLost)
         ));
         assert!(fenced_from("x", Value::Okay).is_err());
+        assert_eq!(
+            ttl_from("x", Value::Int(1500)).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(ttl_from("x", Value::Int(-2)).unwrap(), None);
+        assert_eq!(ttl_from("x", Value::Int(-1)).unwrap(), None);
+        assert!(ttl_from("x", Value::Okay).is_err());
     }
 }

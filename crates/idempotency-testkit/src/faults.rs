@@ -20,6 +20,24 @@ pub enum Fault {
     Unavailable = 1,
     /// Never answer (the engine's timeout must fire).
     Hang = 2,
+    /// Refuse writes with [`StoreError::WriteRefused`] (like Redis at `maxmemory` with
+    /// `noeviction`); reads pass through.
+    RefuseWrites = 3,
+    /// Fail [`IdempotencyStore::complete`] with [`StoreError::Unavailable`]; every other call
+    /// passes through (an outage that starts after the claim).
+    FailCompletions = 4,
+    /// Fail [`IdempotencyStore::try_claim`] with [`StoreError::Timeout`] *after* passing it
+    /// through: the claim is applied but its reply is lost (a claim orphaned by a timeout).
+    LoseClaimReplies = 5,
+}
+
+/// Which primitive a call is, for faults that hit only some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Claim,
+    Complete,
+    Write,
+    Read,
 }
 
 /// Wraps a store; [`FaultyStore::set`] switches failures on and off for all clones.
@@ -50,18 +68,37 @@ impl FaultyStore {
         self.calls.load(Ordering::SeqCst)
     }
 
-    async fn gate(&self) -> Result<(), StoreError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+    /// The fault in force.
+    pub fn fault(&self) -> Fault {
         match self.fault.load(Ordering::SeqCst) {
-            1 => Err(StoreError::Unavailable {
+            1 => Fault::Unavailable,
+            2 => Fault::Hang,
+            3 => Fault::RefuseWrites,
+            4 => Fault::FailCompletions,
+            5 => Fault::LoseClaimReplies,
+            _ => Fault::None,
+        }
+    }
+
+    async fn gate(&self, op: Op) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match self.fault() {
+            Fault::Unavailable => Err(StoreError::Unavailable {
                 source: "injected fault: connection refused".into(),
             }),
-            2 => {
+            Fault::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Err(StoreError::Unavailable {
                     source: "injected hang ended".into(),
                 })
             }
+            Fault::RefuseWrites if op != Op::Read => Err(StoreError::WriteRefused {
+                message: "OOM command not allowed when used memory > 'maxmemory'. (injected)"
+                    .into(),
+            }),
+            Fault::FailCompletions if op == Op::Complete => Err(StoreError::Unavailable {
+                source: "injected fault: connection reset during completion".into(),
+            }),
             _ => Ok(()),
         }
     }
@@ -75,8 +112,15 @@ impl IdempotencyStore for FaultyStore {
         record: &InProgress,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        self.gate().await?;
-        self.inner.try_claim(key, record, lease).await
+        self.gate(Op::Claim).await?;
+        let claimed = self.inner.try_claim(key, record, lease).await?;
+        if self.fault() == Fault::LoseClaimReplies {
+            return Err(StoreError::Timeout {
+                operation: "try_claim",
+                after: Duration::from_millis(1),
+            });
+        }
+        Ok(claimed)
     }
     async fn complete(
         &self,
@@ -85,11 +129,11 @@ impl IdempotencyStore for FaultyStore {
         record: &Completed,
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
-        self.gate().await?;
+        self.gate(Op::Complete).await?;
         self.inner.complete(key, token, record, retention).await
     }
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
-        self.gate().await?;
+        self.gate(Op::Write).await?;
         self.inner.release(key, token).await
     }
     async fn extend(
@@ -98,15 +142,19 @@ impl IdempotencyStore for FaultyStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        self.gate().await?;
+        self.gate(Op::Write).await?;
         self.inner.extend(key, token, lease).await
     }
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        self.gate().await?;
+        self.gate(Op::Read).await?;
         self.inner.get(key).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        self.gate().await?;
+        self.gate(Op::Write).await?;
         self.inner.delete(key).await
+    }
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        self.gate(Op::Read).await?;
+        self.inner.time_to_live(key).await
     }
 }

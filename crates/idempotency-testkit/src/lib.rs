@@ -125,7 +125,8 @@ macro_rules! behaviour_suite {
             key_injectivity,
             engine_semantics,
             engine_runs_once_under_duplicates,
-            expired_records_are_absent
+            expired_records_are_absent,
+            time_to_live_is_bounded
         );
 
         #[test]

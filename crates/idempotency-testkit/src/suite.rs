@@ -635,3 +635,26 @@ pub async fn expired_records_are_absent(h: &dyn StoreHarness) {
         Claim::Claimed
     );
 }
+
+/// `time_to_live` (optional: `None` from stores that cannot tell) never reports a key that is
+/// absent, and what it reports lies within the lease of an in-progress record and the retention
+/// of a completed one.
+pub async fn time_to_live_is_bounded(h: &dyn StoreHarness) {
+    let store = h.store();
+    let k = key(h, "ttl");
+    assert_eq!(store.time_to_live(&k).await.expect("time_to_live"), None);
+    let r = in_progress("a");
+    claim(&*store, &k, &r, LONG).await;
+    if let Some(left) = store.time_to_live(&k).await.expect("time_to_live") {
+        assert!(left <= LONG && left > LONG / 2, "in progress: {left:?}");
+    }
+    store
+        .complete(&k, &r.token, &completed(&r, &b"x"[..]), RETAIN)
+        .await
+        .expect("complete");
+    if let Some(left) = store.time_to_live(&k).await.expect("time_to_live") {
+        assert!(left <= RETAIN && left > RETAIN / 2, "completed: {left:?}");
+    }
+    assert!(store.delete(&k).await.expect("delete"));
+    assert_eq!(store.time_to_live(&k).await.expect("time_to_live"), None);
+}

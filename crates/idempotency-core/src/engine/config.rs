@@ -9,7 +9,13 @@ use crate::{ConfigError, validate_prefix};
 pub const DISABLE_ENV_VAR: &str = "DISABLE_IDEMPOTENCY_CHECKS";
 
 /// What to do when the store fails or times out before an operation runs.
+///
+/// Whatever the policy, a store that is up but refuses writes
+/// ([`StoreError::WriteRefused`](crate::StoreError::WriteRefused)) is first asked for the record
+/// (one read): a completed record is replayed, an in-progress one answered "in progress", and
+/// only an absent key reaches the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FailurePolicy {
     /// Refuse the operation with a retryable error (HTTP 503). The default: a duplicate side
     /// effect is usually worse than a refused request.
@@ -18,6 +24,17 @@ pub enum FailurePolicy {
     /// Run the operation without protection, logging and counting every such pass. For
     /// operations where availability matters more than at-most-once.
     FailOpen,
+    /// Claim in a per-process fallback store instead (given with
+    /// [`IdempotencyBuilder::fallback_store`], usually an in-memory store), logged and counted
+    /// (`idempotency_fallback_claims_total`). Between fail-closed and fail-open: a duplicate
+    /// that reaches **the same process** during the outage still runs once and gets the replay.
+    ///
+    /// Limits: no protection across instances (a duplicate sent to another instance runs
+    /// again); records written to the fallback are not copied back, so after the store recovers
+    /// a retry of a key completed in the fallback runs again; and the fallback's own limits apply
+    /// (a full fallback store refuses with the original error). If the fallback store fails
+    /// too, the request is refused as under fail-closed.
+    Fallback,
 }
 
 /// Bounded waiting for a key whose first attempt is still running, instead of answering
@@ -43,6 +60,9 @@ pub struct Config {
     pub(crate) disabled: bool,
     pub(crate) in_flight_wait: Option<InFlightWait>,
     pub(crate) in_flight_retry_after: Duration,
+    pub(crate) renew_leases: bool,
+    pub(crate) completion_retry: Duration,
+    pub(crate) background_releases: usize,
 }
 
 impl Default for Config {
@@ -58,6 +78,9 @@ impl Default for Config {
             disabled: false,
             in_flight_wait: None,
             in_flight_retry_after: Duration::from_secs(1),
+            renew_leases: true,
+            completion_retry: Duration::from_secs(30),
+            background_releases: 10_000,
         }
     }
 }
@@ -99,9 +122,24 @@ impl Config {
     pub fn in_flight_wait(&self) -> Option<InFlightWait> {
         self.in_flight_wait
     }
-    /// The `Retry-After` suggested with an in-flight answer (default 1 s).
+    /// The `Retry-After` suggested with an in-flight answer when the lease says nothing better
+    /// (default 1 s); see [`crate::IdempotencyError::InFlight`].
     pub fn in_flight_retry_after(&self) -> Duration {
         self.in_flight_retry_after
+    }
+    /// Whether live guards renew their lease by themselves (default on), about every third of
+    /// the lease.
+    pub fn renew_leases(&self) -> bool {
+        self.renew_leases
+    }
+    /// How long a completion keeps retrying through transient store failures (default 30 s;
+    /// zero: no retries).
+    pub fn completion_retry(&self) -> Duration {
+        self.completion_retry
+    }
+    /// Most claims waiting to be released in the background (default 10 000).
+    pub fn background_releases(&self) -> usize {
+        self.background_releases
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -139,6 +177,7 @@ pub struct IdempotencyBuilder<S> {
     pub(crate) store: S,
     pub(crate) config: Config,
     pub(crate) read_env: bool,
+    pub(crate) fallback: Option<std::sync::Arc<dyn crate::IdempotencyStore>>,
 }
 
 impl<S> IdempotencyBuilder<S> {
@@ -149,8 +188,10 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
-    /// How long a claim holds the key before it lapses if its owner dies (default 60 s). Pick
-    /// more than the slowest operation, or heartbeat with [`crate::Guard::extend`].
+    /// How long a claim holds the key before it lapses if its owner dies (default 60 s). While
+    /// the owner lives its guard renews the lease by itself (see [`Self::renew_leases`]), so
+    /// the lease bounds how long a **crashed** attempt blocks its key, not how long a live one
+    /// may run.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
@@ -173,9 +214,47 @@ impl<S> IdempotencyBuilder<S> {
     }
 
     /// Behaviour when the store fails before an operation runs (default fail closed).
+    /// [`FailurePolicy::Fallback`] also needs [`Self::fallback_store`].
     #[must_use]
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.config.failure_policy = policy;
+        self
+    }
+
+    /// The store claims go to while the main store fails, under [`FailurePolicy::Fallback`]
+    /// (typically `idempotency_memory::MemoryStore`, one per process). Ignored under the other
+    /// policies.
+    #[must_use]
+    pub fn fallback_store(mut self, store: impl crate::IdempotencyStore + 'static) -> Self {
+        self.fallback = Some(std::sync::Arc::new(store));
+        self
+    }
+
+    /// Renew the lease of every live guard about every third of the lease, until it completes,
+    /// releases or is dropped (default on). Off, a claim lapses one lease after it was made (or
+    /// last [extended](crate::Guard::extend)), even while its operation still runs.
+    #[must_use]
+    pub fn renew_leases(mut self, renew: bool) -> Self {
+        self.config.renew_leases = renew;
+        self
+    }
+
+    /// How long [`Guard::complete`](crate::Guard::complete) keeps retrying through transient
+    /// store failures (timeouts, connection trouble, writes refused), with backoff, while the
+    /// lease is kept alive (default 30 s; `Duration::ZERO` turns retries off). The caller waits
+    /// meanwhile; past the bound it gets `StoreUnavailable` and the claim lapses after its lease.
+    #[must_use]
+    pub fn completion_retry(mut self, bound: Duration) -> Self {
+        self.config.completion_retry = bound;
+        self
+    }
+
+    /// Most claims waiting to be released in the background at once (claims whose outcome is
+    /// unknown after a store failure, failed releases, dropped guards; default 10 000). Past it
+    /// such claims lapse at the end of their lease instead (logged and counted).
+    #[must_use]
+    pub fn background_releases(mut self, max: usize) -> Self {
+        self.config.background_releases = max;
         self
     }
 
@@ -219,7 +298,9 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
-    /// The `Retry-After` suggested with an in-flight answer (default 1 s).
+    /// The `Retry-After` suggested with an in-flight answer when the first attempt is alive
+    /// (default 1 s); see [`crate::IdempotencyError::InFlight`] for when the remaining lease is
+    /// used instead.
     #[must_use]
     pub fn in_flight_retry_after(mut self, retry_after: Duration) -> Self {
         self.config.in_flight_retry_after = retry_after;

@@ -2,13 +2,21 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::engine::background::{Ticket, Which};
 use crate::engine::stats::{Stats, names};
 use crate::{
-    Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreKey, StoredOutcome,
-    unix_millis_now,
+    Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreError, StoreKey,
+    StoredOutcome, unix_millis_now,
 };
 
 use super::Idempotency;
+
+/// First delay between two completion attempts; doubles per attempt.
+const COMPLETION_BACKOFF_START: Duration = Duration::from_millis(50);
+/// Longest delay between two completion attempts.
+const COMPLETION_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why a guard holds no claim: the operation runs without protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,97 +29,249 @@ pub enum Unprotected {
 
 /// Proof of a claim on a key. End it with [`Guard::complete`] or [`Guard::release`].
 ///
+/// # Lease renewal
+/// While the guard lives, the engine renews its lease about every third of the lease (unless
+/// switched off with [`IdempotencyBuilder::renew_leases`](crate::IdempotencyBuilder::renew_leases)),
+/// so an operation may run longer than one lease and a retry meanwhile is still answered "in
+/// progress". Renewal stops when the guard completes, releases or is dropped. If a renewal finds
+/// the lease lost (the store lost the record, or it lapsed during an outage and another attempt
+/// took the key), a warning and `idempotency_lease_renewals_total{result="lease_lost"}` are
+/// emitted, [`Guard::is_lease_lost`] turns true and [`Guard::complete`] answers
+/// [`IdempotencyError::LeaseLost`] without writing.
+///
 /// # Dropping
 /// A guard dropped without either (an early return, a panic, a cancelled request) releases the
-/// claim in the background on the current tokio runtime, best effort: if there is no runtime, or
-/// the store is unreachable, the claim lapses by itself when its lease expires, and until then
-/// retries are answered "in flight".
+/// claim in the background, with bounded retries while the store is unreachable. Without a tokio
+/// runtime, or if the store stays unreachable, the claim lapses by itself when its lease
+/// expires, and until then retries are answered "in progress". A guard dropped while
+/// [`Guard::complete`] is running (its future cancelled) does not release: the operation ran,
+/// so its claim stands until the lease ends rather than inviting a second run.
 #[derive(Debug)]
 #[must_use = "complete or release the claim"]
 pub struct Guard<S: IdempotencyStore + 'static> {
     engine: Idempotency<S>,
-    claim: Result<Claim, Unprotected>,
+    state: State,
 }
 
 #[derive(Debug)]
-struct Claim {
-    key: StoreKey,
-    record: InProgress,
+enum State {
+    /// A claim the guard holds: dropping releases it.
+    Held(Claim),
+    /// A completion is under way: dropping (cancellation) only stops renewal.
+    Completing(Claim),
+    /// No claim: the operation runs without protection.
+    Unprotected(Unprotected),
+    /// The claim was completed, released or handed away.
+    Done,
+}
+
+/// A claim on a key, as held by a guard.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// The claimed key.
+    pub(crate) key: StoreKey,
+    /// The in-progress record written by the claim (its token is the fencing token).
+    pub(crate) record: InProgress,
+    /// The store holding the claim.
+    pub(crate) which: Which,
+    /// Its place in the renewal registry (`None`: not renewed).
+    ticket: Option<Ticket>,
+}
+
+impl Claim {
+    /// Whether the claim lives in the engine's own store (not the fallback store).
+    #[allow(dead_code)]
+    pub(crate) fn is_primary(&self) -> bool {
+        self.which == Which::Primary
+    }
+}
+
+fn completion_backoff(attempt: u32) -> Duration {
+    COMPLETION_BACKOFF_START
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(COMPLETION_BACKOFF_MAX)
 }
 
 impl<S: IdempotencyStore + 'static> Guard<S> {
-    pub(crate) fn claimed(engine: Idempotency<S>, key: StoreKey, record: InProgress) -> Self {
+    pub(crate) fn claimed(
+        engine: Idempotency<S>,
+        key: StoreKey,
+        record: InProgress,
+        which: Which,
+    ) -> Self {
+        let ticket = engine.register_claim(&key, record.token, which);
         Self {
             engine,
-            claim: Ok(Claim { key, record }),
+            state: State::Held(Claim {
+                key,
+                record,
+                which,
+                ticket,
+            }),
         }
     }
 
     pub(crate) fn unprotected(engine: Idempotency<S>, why: Unprotected) -> Self {
         Self {
             engine,
-            claim: Err(why),
+            state: State::Unprotected(why),
         }
     }
 
     /// `None` when the guard holds a claim; otherwise why the operation runs unprotected.
     pub fn unprotected_reason(&self) -> Option<Unprotected> {
-        self.claim.as_ref().err().copied()
+        match self.state {
+            State::Unprotected(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// The store key claimed, if any.
     pub fn store_key(&self) -> Option<&StoreKey> {
-        self.claim.as_ref().ok().map(|c| &c.key)
+        match &self.state {
+            State::Held(claim) | State::Completing(claim) => Some(&claim.key),
+            _ => None,
+        }
+    }
+
+    /// Whether the claim is held in the fallback store ([`crate::FailurePolicy::Fallback`]):
+    /// protection within this process only.
+    pub fn is_fallback(&self) -> bool {
+        matches!(&self.state, State::Held(c) | State::Completing(c) if c.which == Which::Fallback)
+    }
+
+    /// Whether a lease renewal found this claim's lease lost: the outcome will not be stored
+    /// and another attempt may be running the operation. Stop early if you can.
+    pub fn is_lease_lost(&self) -> bool {
+        match &self.state {
+            State::Held(Claim {
+                ticket: Some(ticket),
+                ..
+            }) => self.engine.inner.background.is_lost(*ticket),
+            _ => false,
+        }
     }
 
     /// Store `outcome` so that every retry replays it. Bodies above the compression threshold are
     /// compressed.
     ///
+    /// A transient store failure (timeout, connection trouble, writes refused) is retried with
+    /// backoff (50 ms doubling to 1 s) for up to
+    /// [`completion_retry`](crate::IdempotencyBuilder::completion_retry) (default 30 s) while the
+    /// lease keeps being renewed, so a short outage delays this call instead of losing the
+    /// outcome; retries are counted in `idempotency_completion_retries_total`. A retried
+    /// completion is safe: one under the same token that already landed is accepted.
+    ///
     /// # Errors
     /// - [`IdempotencyError::OutcomeTooLarge`]: nothing stored; the claim is released so a retry
     ///   runs again;
-    /// - [`IdempotencyError::LeaseLost`]: the claim lapsed (or was deleted) first;
-    /// - [`IdempotencyError::StoreUnavailable`]: the store failed; the claim lapses after its lease.
+    /// - [`IdempotencyError::LeaseLost`]: the claim lapsed (or was deleted or taken over) first,
+    ///   or a renewal found it lost;
+    /// - [`IdempotencyError::StoreUnavailable`]: the store kept failing past the retry bound (or
+    ///   failed in a way retrying cannot fix); the outcome is not stored and the claim lapses
+    ///   after its lease, after which a retry runs the operation again.
     pub async fn complete(mut self, outcome: StoredOutcome) -> Result<(), IdempotencyError> {
-        let Some(Claim { key, record }) = self.take_claim() else {
-            return Ok(());
+        let claim = match std::mem::replace(&mut self.state, State::Done) {
+            State::Held(claim) => claim,
+            other => {
+                self.state = other;
+                return Ok(());
+            }
         };
-        let engine = &self.engine;
+        let engine = self.engine.clone();
+        let background = &engine.inner.background;
+        if let Some(ticket) = claim.ticket
+            && background.mark_completing(ticket)
+        {
+            background.deregister(ticket);
+            tracing::warn!(key = %claim.key, "lease lost before completion; outcome not stored");
+            return Err(IdempotencyError::LeaseLost);
+        }
         let config = engine.config();
         let max = config.max_outcome_size();
         if outcome.body.len() > max {
             let size = outcome.body.len();
             tracing::warn!(size, max, "outcome too large to store; releasing the claim");
-            let _ = engine.release_claim(&key, &record).await;
+            self.state = State::Held(claim);
+            if let Some(claim) = self.take_claim() {
+                let _ = engine.release_claim(claim).await;
+            }
             return Err(IdempotencyError::OutcomeTooLarge { size, max });
         }
         let completed = Completed {
-            token: record.token,
-            fingerprint: record.fingerprint,
-            created_at_ms: record.created_at_ms,
+            token: claim.record.token,
+            fingerprint: claim.record.fingerprint,
+            created_at_ms: claim.record.created_at_ms,
             completed_at_ms: unix_millis_now(),
             outcome: outcome.compressed_above(config.compression_threshold()),
         };
         let retention = config.retention();
-        let fenced = engine
-            .timed(
-                "complete",
-                engine
-                    .store()
-                    .complete(&key, &record.token, &completed, retention),
-            )
-            .await?;
-        match fenced {
-            Fenced::Applied => {
+        let bound = config.completion_retry();
+        // From here on, a cancelled future stops renewal but does not release (see Dropping).
+        self.state = State::Completing(claim);
+        let State::Completing(claim) = &self.state else {
+            return Ok(());
+        };
+        let store = engine.store_of(claim.which);
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let result = loop {
+            let result = engine
+                .timed(
+                    "complete",
+                    store.complete(&claim.key, &claim.record.token, &completed, retention),
+                )
+                .await;
+            match result {
+                Err(error) if error.is_transient() => {
+                    let backoff = completion_backoff(attempt);
+                    if started.elapsed() + backoff > bound {
+                        if attempt > 0 {
+                            metrics::counter!(names::COMPLETION_RETRIES, "result" => "exhausted")
+                                .increment(1);
+                        }
+                        break Err(error);
+                    }
+                    attempt += 1;
+                    Stats::bump(&engine.inner.stats.completion_retries);
+                    metrics::counter!(names::COMPLETION_RETRIES, "result" => "retry").increment(1);
+                    tracing::debug!(key = %claim.key, %error, attempt, "completion failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+                other => {
+                    if attempt > 0 && other.is_ok() {
+                        metrics::counter!(names::COMPLETION_RETRIES, "result" => "recovered")
+                            .increment(1);
+                    }
+                    break other;
+                }
+            }
+        };
+        let key = claim.key.clone();
+        if let State::Completing(claim) = std::mem::replace(&mut self.state, State::Done)
+            && let Some(ticket) = claim.ticket
+        {
+            background.deregister(ticket);
+        }
+        match result {
+            Ok(Fenced::Applied) => {
                 Stats::bump(&engine.inner.stats.writes);
                 metrics::counter!(names::COMPLETIONS).increment(1);
                 tracing::debug!(key = %key, "outcome stored");
                 Ok(())
             }
-            Fenced::LeaseLost => {
+            Ok(Fenced::LeaseLost) => {
+                Stats::bump(&engine.inner.stats.leases_lost);
                 metrics::counter!(names::LEASE_LOST).increment(1);
                 tracing::warn!(key = %key, "lease lost before completion; outcome not stored");
                 Err(IdempotencyError::LeaseLost)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    key = %key, %error, attempts = attempt + 1,
+                    "outcome not stored: the store kept failing; the claim lapses after its lease"
+                );
+                Err(error.into())
             }
         }
     }
@@ -121,33 +281,40 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     ///
     /// # Errors
     /// [`IdempotencyError::LeaseLost`] when the claim had already lapsed (harmless), or
-    /// [`IdempotencyError::StoreUnavailable`] (the claim lapses after its lease).
+    /// [`IdempotencyError::StoreUnavailable`]: the release is then retried in the background
+    /// until the store answers (or the lease ends).
     pub async fn release(mut self) -> Result<(), IdempotencyError> {
         match self.take_claim() {
-            Some(claim) => self.engine.release_claim(&claim.key, &claim.record).await,
+            Some(claim) => self.engine.release_claim(claim).await,
             None => Ok(()),
         }
     }
 
-    /// Move the claim out (so `Drop` has nothing left to release).
-    fn take_claim(&mut self) -> Option<Claim> {
-        match std::mem::replace(&mut self.claim, Err(Unprotected::Disabled)) {
-            Ok(claim) => Some(claim),
-            Err(why) => {
-                self.claim = Err(why);
+    /// Move the claim out of the guard: `Drop` will not release it and its lease renewal stops.
+    /// The caller now owns the claim's fate (complete it elsewhere, or let it lapse).
+    pub(crate) fn take_claim(&mut self) -> Option<Claim> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Held(mut claim) => {
+                if let Some(ticket) = claim.ticket.take() {
+                    self.engine.inner.background.deregister(ticket);
+                }
+                Some(claim)
+            }
+            other => {
+                self.state = other;
                 None
             }
         }
     }
 
-    /// Reset the lease to `lease` from now (default: the configured lease), for operations that
-    /// run longer than one lease.
+    /// Reset the lease to `lease` from now (default: the configured lease). With renewal on
+    /// (the default) this is rarely needed; later renewals keep the new lease length.
     ///
     /// # Errors
     /// [`IdempotencyError::LeaseLost`] when the claim already lapsed: stop the operation if you
     /// can, another attempt may be running it; or [`IdempotencyError::StoreUnavailable`].
     pub async fn extend(&self, lease: Option<Duration>) -> Result<(), IdempotencyError> {
-        let Ok(claim) = &self.claim else {
+        let State::Held(claim) = &self.state else {
             return Ok(());
         };
         let lease = lease.unwrap_or(self.engine.config().lease());
@@ -156,13 +323,22 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             .timed(
                 "extend",
                 engine
-                    .store()
+                    .store_of(claim.which)
                     .extend(&claim.key, &claim.record.token, lease),
             )
             .await?;
+        let background = &engine.inner.background;
         match fenced {
-            Fenced::Applied => Ok(()),
+            Fenced::Applied => {
+                if let Some(ticket) = claim.ticket {
+                    background.extended(ticket, lease);
+                }
+                Ok(())
+            }
             Fenced::LeaseLost => {
+                if let Some(ticket) = claim.ticket {
+                    background.mark_lost(ticket);
+                }
                 metrics::counter!(names::LEASE_LOST).increment(1);
                 Err(IdempotencyError::LeaseLost)
             }
@@ -171,14 +347,23 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
 }
 
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
-    pub(crate) async fn release_claim(
-        &self,
-        key: &StoreKey,
-        record: &InProgress,
-    ) -> Result<(), IdempotencyError> {
-        let fenced = self
-            .timed("release", self.store().release(key, &record.token))
-            .await?;
+    /// Release a claim now; if the store fails, keep releasing it in the background.
+    pub(crate) async fn release_claim(&self, claim: Claim) -> Result<(), IdempotencyError> {
+        let Claim {
+            key, record, which, ..
+        } = claim;
+        let fenced = match self
+            .timed("release", self.store_of(which).release(&key, &record.token))
+            .await
+        {
+            Ok(fenced) => fenced,
+            Err(error) => {
+                if !matches!(error, StoreError::Corrupt(_)) {
+                    self.release_in_background(key, record.token, which);
+                }
+                return Err(error.into());
+            }
+        };
         metrics::counter!(names::RELEASES).increment(1);
         match fenced {
             Fenced::Applied => {
@@ -195,23 +380,34 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
 
 impl<S: IdempotencyStore + 'static> Drop for Guard<S> {
     fn drop(&mut self) {
-        // Completed or released guards have already given their claim up.
-        let Some(Claim { key, record }) = self.take_claim() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                tracing::debug!(key = %key, "guard dropped without completion; releasing in the background");
-                let engine = self.engine.clone();
-                runtime.spawn(async move {
-                    if let Err(error) = engine.release_claim(&key, &record).await {
-                        tracing::debug!(key = %key, %error, "background release failed; the lease will lapse");
-                    }
-                });
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Held(claim) => {
+                if let Some(ticket) = claim.ticket {
+                    self.engine.inner.background.deregister(ticket);
+                }
+                tracing::debug!(key = %claim.key, "guard dropped without completion; releasing in the background");
+                self.engine
+                    .release_in_background(claim.key, claim.record.token, claim.which);
             }
-            Err(_) => {
-                tracing::warn!(key = %key, "guard dropped outside a tokio runtime; the claim lapses when its lease expires");
+            State::Completing(claim) => {
+                if let Some(ticket) = claim.ticket {
+                    self.engine.inner.background.deregister(ticket);
+                }
+                tracing::warn!(key = %claim.key, "completion cancelled; the claim stands until its lease ends");
             }
+            State::Unprotected(_) | State::Done => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_backoff_doubles_to_a_cap() {
+        assert_eq!(completion_backoff(0), Duration::from_millis(50));
+        assert_eq!(completion_backoff(3), Duration::from_millis(400));
+        assert_eq!(completion_backoff(30), COMPLETION_BACKOFF_MAX);
     }
 }

@@ -1,5 +1,6 @@
 //! The engine: runs an operation at most once per `(scope, key)` on any store.
 
+mod background;
 mod config;
 mod guard;
 mod run;
@@ -8,7 +9,9 @@ mod stats;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::Instrument as _;
 
@@ -23,6 +26,7 @@ use crate::{
     Claim, ConfigError, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore,
     InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome, unix_millis_now,
 };
+use background::{Background, Which};
 use stats::{Stats, names};
 
 /// What [`Idempotency::begin`] decided.
@@ -56,8 +60,19 @@ impl<S> Clone for Idempotency<S> {
 #[derive(Debug)]
 struct Inner<S> {
     store: S,
+    fallback: Option<Arc<dyn IdempotencyStore>>,
     config: Config,
     stats: Stats,
+    background: Background,
+}
+
+/// What an existing record means for a new attempt with `fingerprint`.
+enum Seen {
+    /// Our own claim, seen again because a retried request's first reply was lost.
+    Own,
+    Mismatch,
+    Replay(StoredOutcome),
+    InProgress,
 }
 
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
@@ -67,6 +82,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             store,
             config: Config::default(),
             read_env: true,
+            fallback: None,
         }
     }
 
@@ -150,71 +166,195 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 )
                 .await;
             let existing = match claimed {
-                Ok(Claim::Claimed) => return Ok(self.claimed(store_key, record)),
+                Ok(Claim::Claimed) => return Ok(self.claimed(store_key, record, Which::Primary)),
                 Ok(Claim::Existing(existing)) => existing,
-                Err(error) => return self.claim_failed(error),
+                Err(error) => return self.claim_failed(store_key, record, error).await,
             };
-            match existing {
-                // Our own claim, seen again because a retried request's first reply was lost.
-                Record::InProgress(r) if r.token == token => {
-                    return Ok(self.claimed(store_key, record));
-                }
-                r if *r.fingerprint() != fingerprint => {
-                    Stats::bump(&self.inner.stats.mismatches);
-                    metrics::counter!(names::MISMATCHES).increment(1);
-                    tracing::debug!("fingerprint mismatch");
-                    return Err(IdempotencyError::FingerprintMismatch);
-                }
-                Record::Completed(done) => {
-                    Stats::bump(&self.inner.stats.hits);
-                    metrics::counter!(names::REPLAYS).increment(1);
-                    tracing::debug!("replaying stored outcome");
-                    let outcome = done
-                        .outcome
-                        .decompressed()
-                        .map_err(IdempotencyError::CorruptRecord)?;
-                    return Ok(Begin::Replay(outcome));
-                }
-                Record::InProgress(_) => {
+            match self.seen(existing, &record)? {
+                Seen::Own => return Ok(self.claimed(store_key, record, Which::Primary)),
+                Seen::Mismatch => return Err(self.mismatch()),
+                Seen::Replay(outcome) => return Ok(self.replay(outcome)),
+                Seen::InProgress => {
                     let poll = config.in_flight_wait.map(|w| w.poll_interval);
                     match (wait_deadline, poll) {
                         (Some(deadline), Some(poll)) if Instant::now() + poll <= deadline => {
                             tokio::time::sleep(poll).await;
                         }
-                        _ => {
-                            Stats::bump(&self.inner.stats.in_flight);
-                            metrics::counter!(names::IN_FLIGHT).increment(1);
-                            tracing::debug!("first attempt still in flight");
-                            return Err(IdempotencyError::InFlight {
-                                retry_after: config.in_flight_retry_after,
-                            });
-                        }
+                        _ => return Err(self.in_progress(Which::Primary, &store_key).await),
                     }
                 }
             }
         }
     }
 
-    fn claimed(&self, store_key: StoreKey, record: InProgress) -> Begin<S> {
+    /// Classify what a claim found under the key.
+    fn seen(&self, existing: Record, ours: &InProgress) -> Result<Seen, IdempotencyError> {
+        Ok(match existing {
+            Record::InProgress(r) if r.token == ours.token => Seen::Own,
+            r if *r.fingerprint() != ours.fingerprint => Seen::Mismatch,
+            Record::Completed(done) => Seen::Replay(
+                done.outcome
+                    .decompressed()
+                    .map_err(IdempotencyError::CorruptRecord)?,
+            ),
+            Record::InProgress(_) => Seen::InProgress,
+        })
+    }
+
+    fn mismatch(&self) -> IdempotencyError {
+        Stats::bump(&self.inner.stats.mismatches);
+        metrics::counter!(names::MISMATCHES).increment(1);
+        tracing::debug!("fingerprint mismatch");
+        IdempotencyError::FingerprintMismatch
+    }
+
+    fn replay(&self, outcome: StoredOutcome) -> Begin<S> {
+        Stats::bump(&self.inner.stats.hits);
+        metrics::counter!(names::REPLAYS).increment(1);
+        tracing::debug!("replaying stored outcome");
+        Begin::Replay(outcome)
+    }
+
+    /// The answer for a retry that finds the first attempt in progress, with a `Retry-After`
+    /// from the remaining lease where the store can tell (see [`IdempotencyError::InFlight`]).
+    async fn in_progress(&self, which: Which, key: &StoreKey) -> IdempotencyError {
+        Stats::bump(&self.inner.stats.in_flight);
+        metrics::counter!(names::IN_FLIGHT).increment(1);
+        tracing::debug!("first attempt still in progress");
+        let config = &self.inner.config;
+        let remaining = self
+            .timed("time_to_live", self.store_of(which).time_to_live(key))
+            .await;
+        let retry_after = match remaining {
+            Ok(Some(remaining)) => {
+                retry_after_from_lease(remaining, config.lease, config.in_flight_retry_after)
+            }
+            _ => config.in_flight_retry_after,
+        };
+        IdempotencyError::InFlight { retry_after }
+    }
+
+    fn claimed(&self, store_key: StoreKey, record: InProgress, which: Which) -> Begin<S> {
         Stats::bump(&self.inner.stats.misses);
         metrics::counter!(names::CLAIMS).increment(1);
         tracing::debug!("claimed");
-        Begin::Run(Guard::claimed(self.clone(), store_key, record))
+        Begin::Run(Guard::claimed(self.clone(), store_key, record, which))
     }
 
-    fn claim_failed(&self, error: StoreError) -> Result<Begin<S>, IdempotencyError> {
-        let corrupt = matches!(error, StoreError::Corrupt(_));
-        if self.inner.config.failure_policy == FailurePolicy::FailOpen && !corrupt {
-            Stats::bump(&self.inner.stats.fail_open);
-            metrics::counter!(names::FAIL_OPEN).increment(1);
-            tracing::warn!(%error, "idempotency store failed; running WITHOUT protection (fail-open)");
-            return Ok(Begin::Run(Guard::unprotected(
-                self.clone(),
-                Unprotected::FailOpen,
-            )));
+    /// The claim failed: clean up a claim that may have been applied, answer from a read when
+    /// the store only refuses writes, else apply the failure policy.
+    async fn claim_failed(
+        &self,
+        store_key: StoreKey,
+        record: InProgress,
+        error: StoreError,
+    ) -> Result<Begin<S>, IdempotencyError> {
+        if error.outcome_unknown() {
+            // The claim may have landed with nobody holding its token: free the key as soon as
+            // the store answers again, instead of blocking it for a whole lease.
+            self.release_in_background(store_key.clone(), record.token, Which::Primary);
         }
-        tracing::warn!(%error, "idempotency store failed; refusing (fail-closed)");
-        Err(error.into())
+        if matches!(error, StoreError::Corrupt(_)) {
+            return Err(error.into());
+        }
+        if matches!(error, StoreError::WriteRefused { .. })
+            && let Some(answer) = self.answer_from_read(&store_key, &record).await
+        {
+            return answer;
+        }
+        match self.inner.config.failure_policy {
+            FailurePolicy::FailOpen => {
+                Stats::bump(&self.inner.stats.fail_open);
+                metrics::counter!(names::FAIL_OPEN).increment(1);
+                tracing::warn!(%error, "idempotency store failed; running WITHOUT protection (fail-open)");
+                Ok(Begin::Run(Guard::unprotected(
+                    self.clone(),
+                    Unprotected::FailOpen,
+                )))
+            }
+            FailurePolicy::Fallback if self.inner.fallback.is_some() => {
+                self.claim_in_fallback(store_key, record, error).await
+            }
+            _ => {
+                tracing::warn!(%error, "idempotency store failed; refusing (fail-closed)");
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The store refuses writes but may still read: replay a completed record, or answer
+    /// "in progress" / mismatch from what is there. `None`: nothing to answer from.
+    async fn answer_from_read(
+        &self,
+        store_key: &StoreKey,
+        record: &InProgress,
+    ) -> Option<Result<Begin<S>, IdempotencyError>> {
+        let read = self.timed("get", self.inner.store.get(store_key)).await;
+        let (result, answer) = match read {
+            Ok(Some(existing)) => match self.seen(existing, record) {
+                Ok(Seen::Replay(outcome)) => ("replayed", Ok(self.replay(outcome))),
+                Ok(Seen::Mismatch) => ("mismatch", Err(self.mismatch())),
+                Ok(Seen::InProgress | Seen::Own) => (
+                    "in_progress",
+                    Err(self.in_progress(Which::Primary, store_key).await),
+                ),
+                Err(error) => ("corrupt", Err(error)),
+            },
+            Ok(None) | Err(_) => {
+                metrics::counter!(names::WRITE_REFUSED, "result" => "policy").increment(1);
+                return None;
+            }
+        };
+        metrics::counter!(names::WRITE_REFUSED, "result" => result).increment(1);
+        tracing::debug!(result, "store refuses writes; answered from a read");
+        Some(answer)
+    }
+
+    /// [`FailurePolicy::Fallback`]: claim in the per-process fallback store.
+    async fn claim_in_fallback(
+        &self,
+        store_key: StoreKey,
+        record: InProgress,
+        primary_error: StoreError,
+    ) -> Result<Begin<S>, IdempotencyError> {
+        let fallback = self.store_of(Which::Fallback);
+        let claimed = self
+            .timed(
+                "try_claim",
+                fallback.try_claim(&store_key, &record, self.inner.config.lease),
+            )
+            .await;
+        let existing = match claimed {
+            Ok(Claim::Claimed) => {
+                Stats::bump(&self.inner.stats.fallback);
+                metrics::counter!(names::FALLBACK).increment(1);
+                tracing::warn!(
+                    error = %primary_error,
+                    "idempotency store failed; protecting this request with the per-process \
+                     fallback store (no protection across instances)"
+                );
+                return Ok(self.claimed(store_key, record, Which::Fallback));
+            }
+            Ok(Claim::Existing(existing)) => existing,
+            Err(error) => {
+                tracing::warn!(%primary_error, fallback_error = %error, "idempotency store and fallback store failed; refusing");
+                return Err(primary_error.into());
+            }
+        };
+        match self.seen(existing, &record)? {
+            Seen::Own => Ok(self.claimed(store_key, record, Which::Fallback)),
+            Seen::Mismatch => Err(self.mismatch()),
+            Seen::Replay(outcome) => Ok(self.replay(outcome)),
+            Seen::InProgress => Err(self.in_progress(Which::Fallback, &store_key).await),
+        }
+    }
+
+    /// The store holding claims of kind `which`.
+    pub(crate) fn store_of(&self, which: Which) -> &dyn IdempotencyStore {
+        match (which, &self.inner.fallback) {
+            (Which::Fallback, Some(fallback)) => &**fallback,
+            _ => &self.inner.store,
+        }
     }
 
     /// Read the record for `(scope, key)` (inspection).
@@ -285,6 +425,9 @@ impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
             self.config.disabled = true;
         }
         self.config.validate()?;
+        if self.config.failure_policy == FailurePolicy::Fallback && self.fallback.is_none() {
+            return Err(ConfigError::MissingFallbackStore);
+        }
         if self.config.disabled {
             tracing::warn!(
                 "IDEMPOTENCY CHECKS ARE DISABLED (kill switch or {DISABLE_ENV_VAR}=true): \
@@ -294,9 +437,62 @@ impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
         Ok(Idempotency {
             inner: Arc::new(Inner {
                 store: self.store,
+                fallback: self.fallback,
                 config: self.config,
                 stats: Stats::default(),
+                background: Background::default(),
             }),
         })
+    }
+}
+
+/// `Retry-After` for an in-progress answer, from the remaining lease (see
+/// [`IdempotencyError::InFlight`]). A lease refreshed within 1.5 renewal intervals of its full
+/// length has a live owner that may finish any moment: suggest `fixed`. Otherwise the key frees
+/// when the lease ends: suggest the remaining lease, clamped to 1 s..=lease.
+fn retry_after_from_lease(remaining: Duration, lease: Duration, fixed: Duration) -> Duration {
+    let since_refresh = lease.saturating_sub(remaining);
+    let interval = background::renewal_interval(lease);
+    if since_refresh <= interval + interval / 2 {
+        return fixed;
+    }
+    let floor = Duration::from_secs(1);
+    remaining.clamp(floor, lease.max(floor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_the_remaining_lease_of_stale_claims() {
+        let lease = Duration::from_secs(60);
+        let fixed = Duration::from_secs(1);
+        // Fresh or recently renewed: the owner is alive.
+        assert_eq!(retry_after_from_lease(lease, lease, fixed), fixed);
+        assert_eq!(
+            retry_after_from_lease(Duration::from_secs(31), lease, fixed),
+            fixed
+        );
+        // Not refreshed for longer than 1.5 renewal intervals: wait for the lease to end.
+        assert_eq!(
+            retry_after_from_lease(Duration::from_secs(29), lease, fixed),
+            Duration::from_secs(29)
+        );
+        assert_eq!(
+            retry_after_from_lease(Duration::from_millis(200), lease, fixed),
+            Duration::from_secs(1),
+            "at least 1 s"
+        );
+        // Odd store answers are clamped to the lease.
+        assert_eq!(
+            retry_after_from_lease(Duration::from_secs(3600), lease, fixed),
+            fixed
+        );
+        let short = Duration::from_millis(500);
+        assert_eq!(
+            retry_after_from_lease(Duration::from_millis(10), short, fixed),
+            Duration::from_secs(1)
+        );
     }
 }

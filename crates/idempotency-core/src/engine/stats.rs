@@ -23,6 +23,23 @@ pub mod names {
     pub const STORE_ERRORS: &str = "idempotency_store_errors_total";
     /// Operations run without protection under the fail-open policy.
     pub const FAIL_OPEN: &str = "idempotency_fail_open_total";
+    /// Lease renewals of live guards, labelled by `result`: `applied`, `lease_lost` (the guard
+    /// learns it; its completion answers `LeaseLost`), `failed` (store error; retried sooner).
+    pub const RENEWALS: &str = "idempotency_lease_renewals_total";
+    /// Background releases of claims whose outcome is unknown, failed releases and dropped
+    /// guards, labelled by `result`: `released`, `absent` (nothing of ours was left), `retry`,
+    /// `abandoned` (the lease ended first, or the data is corrupt), `dropped` (queue full).
+    pub const BACKGROUND_RELEASES: &str = "idempotency_background_releases_total";
+    /// Completions that met a transient store failure, labelled by `result`: `retry` (one per
+    /// retried attempt), `recovered` (stored after retrying), `exhausted` (the bound ran out; not
+    /// stored).
+    pub const COMPLETION_RETRIES: &str = "idempotency_completion_retries_total";
+    /// Operations claimed in the fallback store under the fallback policy.
+    pub const FALLBACK: &str = "idempotency_fallback_claims_total";
+    /// Claims refused because the store refuses writes (out of memory, read-only replica),
+    /// labelled by `result`: `replayed`, `in_progress`, `mismatch` (answered from one read),
+    /// `policy` (nothing to answer from: the failure policy applied).
+    pub const WRITE_REFUSED: &str = "idempotency_write_refused_total";
     /// Store operation latency in seconds, labelled by `op`.
     pub const STORE_LATENCY: &str = "idempotency_store_op_duration_seconds";
 }
@@ -36,6 +53,10 @@ pub(crate) struct Stats {
     pub(crate) mismatches: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) fail_open: AtomicU64,
+    pub(crate) fallback: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
+    pub(crate) background_releases: AtomicU64,
+    pub(crate) completion_retries: AtomicU64,
 }
 
 impl Stats {
@@ -53,6 +74,10 @@ impl Stats {
             mismatches: load(&self.mismatches),
             store_errors: load(&self.store_errors),
             fail_open: load(&self.fail_open),
+            fallback: load(&self.fallback),
+            leases_lost: load(&self.leases_lost),
+            background_releases: load(&self.background_releases),
+            completion_retries: load(&self.completion_retries),
         }
     }
 }
@@ -75,6 +100,14 @@ pub struct StatsSnapshot {
     pub store_errors: u64,
     /// Operations run unprotected under fail-open.
     pub fail_open: u64,
+    /// Operations claimed in the fallback store.
+    pub fallback: u64,
+    /// Leases that a renewal found lost while their operation ran.
+    pub leases_lost: u64,
+    /// Claims released in the background (orphaned claims, failed releases, dropped guards).
+    pub background_releases: u64,
+    /// Completion attempts retried after a transient store failure.
+    pub completion_retries: u64,
 }
 
 impl StatsSnapshot {

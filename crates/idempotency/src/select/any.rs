@@ -339,4 +339,8 @@ impl IdempotencyStore for AnyStore {
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         delegate!(self, s => s.delete(key))
     }
+
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        delegate!(self, s => s.time_to_live(key))
+    }
 }
