@@ -34,9 +34,9 @@ pub struct Guard<S: IdempotencyStore + 'static> {
 }
 
 #[derive(Debug)]
-struct Claim {
-    key: StoreKey,
-    record: InProgress,
+pub(crate) struct Claim {
+    pub(crate) key: StoreKey,
+    pub(crate) record: InProgress,
 }
 
 impl<S: IdempotencyStore + 'static> Guard<S> {
@@ -45,6 +45,10 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             engine,
             claim: Ok(Claim { key, record }),
         }
+    }
+
+    pub(crate) fn engine(&self) -> &Idempotency<S> {
+        &self.engine
     }
 
     pub(crate) fn unprotected(engine: Idempotency<S>, why: Unprotected) -> Self {
@@ -130,7 +134,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     }
 
     /// Move the claim out (so `Drop` has nothing left to release).
-    fn take_claim(&mut self) -> Option<Claim> {
+    pub(crate) fn take_claim(&mut self) -> Option<Claim> {
         match std::mem::replace(&mut self.claim, Err(Unprotected::Disabled)) {
             Ok(claim) => Some(claim),
             Err(why) => {

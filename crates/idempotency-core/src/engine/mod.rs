@@ -1,6 +1,7 @@
 //! The engine: runs an operation at most once per `(scope, key)` on any store.
 
 mod config;
+mod external;
 mod guard;
 mod run;
 mod stats;
@@ -15,6 +16,7 @@ use tracing::Instrument as _;
 pub use config::{
     Config, DISABLE_ENV_VAR, FailurePolicy, IdempotencyBuilder, InFlightWait, kill_switch_value,
 };
+pub use external::{CompletionParts, PendingCompletion};
 pub use guard::{Guard, Unprotected};
 pub use run::{RUN_CONTENT_TYPE, RunError};
 pub use stats::{StatsSnapshot, names as metric_names};
