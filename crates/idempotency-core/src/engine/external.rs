@@ -76,8 +76,9 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     /// parts, which backends treat as "nothing to write".
     ///
     /// # Errors
-    /// [`IdempotencyError::OutcomeTooLarge`]: nothing will be stored; the claim was released (best
-    /// effort) so a retry runs again.
+    /// [`IdempotencyError::OutcomeTooLarge`]: nothing will be stored; the claim is released in
+    /// the background (best effort, once the caller's transaction lets go of the row) so a retry
+    /// runs again.
     pub async fn prepare(
         mut self,
         outcome: StoredOutcome,
@@ -94,7 +95,22 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         if outcome.body.len() > max {
             let size = outcome.body.len();
             tracing::warn!(size, max, "outcome too large to store; releasing the claim");
-            let _ = engine.release_claim(&claim.key, &claim.record).await;
+            // Released in the background, not awaited: the caller's transaction may hold the
+            // record's row (or SQLite's write lock) until it rolls back.
+            drop(PendingCompletion {
+                engine: engine.clone(),
+                pending: Some(Pending {
+                    key: claim.key.clone(),
+                    claim: claim.record.clone(),
+                    completed: Completed {
+                        token: claim.record.token,
+                        fingerprint: claim.record.fingerprint,
+                        created_at_ms: claim.record.created_at_ms,
+                        completed_at_ms: 0,
+                        outcome: StoredOutcome::default(),
+                    },
+                }),
+            });
             return Err(IdempotencyError::OutcomeTooLarge { size, max });
         }
         let completed = Completed {
