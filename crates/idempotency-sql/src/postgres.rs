@@ -183,16 +183,18 @@ impl PostgresStoreBuilder {
             .bind(format!("idempotency-sql:{}", table.name))
             .execute(&mut *tx)
             .await?;
-        sqlx::raw_sql(&migrate::bookkeeping(&table))
-            .execute(&mut *tx)
+        // `Executor::execute` (a boxed future) rather than `RawSql::execute` (an async fn generic
+        // over the executor), which would make `migrate()`'s future not `Send` for `tokio::spawn`.
+        (&mut *tx)
+            .execute(sqlx::raw_sql(&migrate::bookkeeping(&table)))
             .await?;
         let applied: Vec<i64> =
             sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
                 .fetch_all(&mut *tx)
                 .await?;
         for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-            sqlx::raw_sql(&migrate::for_table(migration.postgres, &table))
-                .execute(&mut *tx)
+            (&mut *tx)
+                .execute(sqlx::raw_sql(&migrate::for_table(migration.postgres, &table)))
                 .await?;
             sqlx::query(&format!(
                 "INSERT INTO {} (version, name) VALUES ($1, $2)",

@@ -121,6 +121,24 @@ macro_rules! transactional_tests {
                 assert_eq!(count(&engine, &orders).await, 1);
             }
 
+            /// The whole flow is `Send` (it runs in `tokio::spawn`, as inside an axum handler).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_flow_runs_in_a_spawned_task() {
+                let (engine, orders, _keep) = setup().await;
+                let task = tokio::spawn(async move {
+                    let key = IdempotencyKey::new("spawned").unwrap();
+                    let guard = begin_run(&engine, &key).await;
+                    let store = engine.store().clone();
+                    let mut tx = begin_tx(store.pool()).await.expect("begin");
+                    insert(&mut tx, &orders, "first").await;
+                    let pending = store.complete_in(&mut tx, guard, outcome("spawned")).await.expect("complete_in");
+                    tx.commit().await.expect("commit");
+                    pending.committed();
+                    count(&engine, &orders).await
+                });
+                assert_eq!(task.await.expect("task"), 1);
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dropping_a_committed_pending_completion_changes_nothing() {
                 let (engine, orders, _keep) = setup().await;
