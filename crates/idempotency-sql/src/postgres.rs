@@ -194,7 +194,10 @@ impl PostgresStoreBuilder {
                 .await?;
         for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
             (&mut *tx)
-                .execute(sqlx::raw_sql(&migrate::for_table(migration.postgres, &table)))
+                .execute(sqlx::raw_sql(&migrate::for_table(
+                    migration.postgres,
+                    &table,
+                )))
                 .await?;
             sqlx::query(&format!(
                 "INSERT INTO {} (version, name) VALUES ($1, $2)",

@@ -131,7 +131,10 @@ macro_rules! transactional_tests {
                     let store = engine.store().clone();
                     let mut tx = begin_tx(store.pool()).await.expect("begin");
                     insert(&mut tx, &orders, "first").await;
-                    let pending = store.complete_in(&mut tx, guard, outcome("spawned")).await.expect("complete_in");
+                    let pending = store
+                        .complete_in(&mut tx, guard, outcome("spawned"))
+                        .await
+                        .expect("complete_in");
                     tx.commit().await.expect("commit");
                     pending.committed();
                     count(&engine, &orders).await
