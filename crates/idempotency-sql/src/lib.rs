@@ -156,6 +156,30 @@ pub use sqlite::{SqliteStore, SqliteStoreBuilder, connect_options as sqlite_conn
 pub use sqlx;
 pub use table::DEFAULT_TABLE;
 
+/// The SQL text of each primitive, built once per store for its table name (see
+/// [`PostgresStore::statements`] / [`SqliteStore::statements`]). Parameters, in order:
+/// `claim` (key, token, fingerprint, created-at ms, lease: µs on Postgres, ms on SQLite),
+/// `complete` (key, token, completed-at ms, content type, encoding, body, retention), `release`
+/// (key, token), `extend` (key, token, lease), `get` and `delete` (key), `purge` (batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqlStatements {
+    /// `try_claim`: returns `claimed` and the row.
+    pub claim: String,
+    /// `complete`: Postgres returns one boolean (applied), SQLite one affected row.
+    pub complete: String,
+    /// `release`: returns whether the deleted row was live (no row: nothing deleted).
+    pub release: String,
+    /// `extend`: one affected row when applied.
+    pub extend: String,
+    /// `get`: the live row, if any.
+    pub get: String,
+    /// `delete`: returns whether the deleted row was live.
+    pub delete: String,
+    /// `purge_expired`: affected rows.
+    pub purge: String,
+}
+
 /// The default time budget of one store operation.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 

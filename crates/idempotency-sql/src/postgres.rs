@@ -15,7 +15,7 @@ use crate::error::timed;
 use crate::migrate::{self, MIGRATIONS};
 use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
 use crate::table::{DEFAULT_TABLE, Table};
-use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStoreError, duration_micros};
+use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_micros};
 
 /// An idempotency store in a Postgres table, on the application's own [`PgPool`].
 ///
@@ -33,23 +33,11 @@ struct Inner {
     pool: PgPool,
     table: Table,
     timeout: Duration,
-    sql: Statements,
+    sql: SqlStatements,
 }
 
-/// The store's statements, built once for its table name.
-#[derive(Debug)]
-struct Statements {
-    claim: String,
-    complete: String,
-    release: String,
-    extend: String,
-    get: String,
-    delete: String,
-    purge: String,
-}
-
-impl Statements {
-    fn new(t: &str) -> Self {
+impl SqlStatements {
+    fn postgres(t: &str) -> Self {
         // The claim always writes the row (an upsert whose SET keeps every old value unless the
         // row has expired), so RETURNING always yields the row as it is after the statement:
         // either ours (`claimed`: our fresh random token is in it) or the live one that was
@@ -161,7 +149,7 @@ impl PostgresStoreBuilder {
         check_shape(&self.pool, &table).await?;
         Ok(PostgresStore {
             inner: Arc::new(Inner {
-                sql: Statements::new(&table.quoted),
+                sql: SqlStatements::postgres(&table.quoted),
                 pool: self.pool,
                 table,
                 timeout: self.timeout,
@@ -286,6 +274,12 @@ impl PostgresStore {
     /// The records table's name, as configured.
     pub fn table(&self) -> &str {
         &self.inner.table.name
+    }
+
+    /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
+    /// `raw-postgres` benchmark baseline sends).
+    pub fn statements(&self) -> &SqlStatements {
+        &self.inner.sql
     }
 
     /// Delete up to `batch` expired rows (lapsed claims and records past their retention) and
@@ -506,7 +500,7 @@ mod tests {
 
     #[test]
     fn statements_name_the_table_and_bind_in_order() {
-        let sql = Statements::new("\"t\"");
+        let sql = SqlStatements::postgres("\"t\"");
         assert!(sql.claim.contains("INSERT INTO \"t\" AS r"));
         assert!(sql.claim.contains("now.t + $5::float8"));
         assert!(sql.complete.contains("$7::float8"));

@@ -19,7 +19,7 @@ use crate::error::timed;
 use crate::migrate::{self, MIGRATIONS};
 use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
 use crate::table::{DEFAULT_TABLE, Table};
-use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStoreError, duration_millis};
+use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_millis};
 
 /// The database's clock in milliseconds since the Unix epoch. `julianday('now')` works on every
 /// SQLite version (`unixepoch('subsec')` needs 3.42) and is the same for the whole statement.
@@ -54,22 +54,11 @@ struct Inner {
     pool: SqlitePool,
     table: Table,
     timeout: Duration,
-    sql: Statements,
+    sql: SqlStatements,
 }
 
-#[derive(Debug)]
-struct Statements {
-    claim: String,
-    complete: String,
-    release: String,
-    extend: String,
-    get: String,
-    delete: String,
-    purge: String,
-}
-
-impl Statements {
-    fn new(t: &str) -> Self {
+impl SqlStatements {
+    fn sqlite(t: &str) -> Self {
         // As on Postgres, the upsert always writes the row and keeps every old value unless the
         // row has expired, so RETURNING always yields the row as it is after the statement.
         // SQLite runs one writer at a time, so the statement is atomic.
@@ -186,7 +175,7 @@ impl SqliteStoreBuilder {
         }
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                sql: Statements::new(&table.quoted),
+                sql: SqlStatements::sqlite(&table.quoted),
                 pool: self.pool,
                 table,
                 timeout: self.timeout,
@@ -278,6 +267,12 @@ impl SqliteStore {
     /// The records table's name, as configured.
     pub fn table(&self) -> &str {
         &self.inner.table.name
+    }
+
+    /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
+    /// `raw-postgres` benchmark baseline sends).
+    pub fn statements(&self) -> &SqlStatements {
+        &self.inner.sql
     }
 
     /// Delete up to `batch` expired rows and return how many went (one short write
