@@ -1,10 +1,11 @@
 //! Provisioning of the servers the tests need: a Redis server (and `redis-cli`, for the local
-//! cluster fixture).
+//! cluster fixture) and the Postgres server binaries (`initdb`, `postgres`).
 //!
-//! In order: `IDEMPOTENCY_TEST_REDIS_URL` set → nothing to do; `redis-server` and `redis-cli` on
-//! `PATH` → done; a Docker engine answers and `--testcontainers` is on → done (the fixtures use
-//! containers); root on
-//! Debian/Ubuntu → `apt-get install redis-server redis-tools`; otherwise fail with the
+//! For each, in order: its URL variable set (`IDEMPOTENCY_TEST_REDIS_URL`,
+//! `IDEMPOTENCY_TEST_POSTGRES_URL`) → nothing to do; the binaries on `PATH` (Postgres: also
+//! Debian's `/usr/lib/postgresql/<version>/bin`) → done; a Docker engine answers and
+//! `--testcontainers` is on → done (the fixtures use containers); root on Debian/Ubuntu →
+//! `apt-get install redis-server redis-tools` / `postgresql`; otherwise fail with the
 //! instruction.
 
 use std::io::{Read as _, Write as _};
@@ -13,10 +14,63 @@ use std::process::Command;
 use std::time::Duration;
 
 const URL_ENV: &str = "IDEMPOTENCY_TEST_REDIS_URL";
+const POSTGRES_URL_ENV: &str = "IDEMPOTENCY_TEST_POSTGRES_URL";
 
-/// Make sure the tests can start a Redis server. A Docker engine only counts when the fixtures
-/// are built with `testcontainers` (without it they always spawn a local `redis-server`).
+/// Make sure the tests can start a Redis server and a Postgres server. A Docker engine only
+/// counts when the fixtures are built with `testcontainers` (without it they always spawn local
+/// processes).
 pub(crate) fn ensure_test_servers(testcontainers: bool) -> Result<(), String> {
+    ensure_redis(testcontainers)?;
+    ensure_postgres(testcontainers)
+}
+
+/// Whether `initdb` and `postgres` are on `PATH` or in Debian's versioned directories (where
+/// the `postgresql` package puts them, off `PATH`).
+fn postgres_binaries() -> bool {
+    let both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| both(&dir)));
+    on_path
+        || std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|entry| both(&entry.path().join("bin")))
+        })
+}
+
+fn ensure_postgres(testcontainers: bool) -> Result<(), String> {
+    if std::env::var(POSTGRES_URL_ENV).is_ok_and(|url| !url.trim().is_empty()) {
+        eprintln!("==> postgres: using {POSTGRES_URL_ENV}");
+        return Ok(());
+    }
+    if postgres_binaries() {
+        return Ok(());
+    }
+    if testcontainers && docker_engine_answers() {
+        eprintln!("==> postgres: no initdb/postgres binaries, but a Docker engine answers");
+        return Ok(());
+    }
+    if Path::new("/etc/debian_version").exists() && is_root() {
+        eprintln!(
+            "==> postgres: the server binaries are not installed; installing postgresql with apt-get"
+        );
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "postgresql"]))?;
+        if postgres_binaries() {
+            return Ok(());
+        }
+        return Err("apt-get installed postgresql, but initdb/postgres are still not found".into());
+    }
+    Err(format!(
+        "the SQL store's tests need the Postgres server binaries and none are available: install \
+         them (`apt-get install postgresql`), or set {POSTGRES_URL_ENV}=postgres://user:password@host:port/db \
+         to use an existing server"
+    ))
+}
+
+fn ensure_redis(testcontainers: bool) -> Result<(), String> {
     if std::env::var(URL_ENV).is_ok_and(|url| !url.trim().is_empty()) {
         eprintln!("==> redis: using {URL_ENV}");
         return Ok(());

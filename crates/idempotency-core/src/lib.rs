@@ -88,9 +88,9 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use codec::CorruptRecord;
 pub use engine::{
-    Begin, Config, DISABLE_ENV_VAR, FailurePolicy, Guard, Idempotency, IdempotencyBuilder,
-    InFlightWait, RUN_CONTENT_TYPE, RunError, StatsSnapshot, Unprotected, kill_switch_value,
-    metric_names,
+    Begin, CompletionParts, Config, DISABLE_ENV_VAR, FailurePolicy, Guard, Idempotency,
+    IdempotencyBuilder, InFlightWait, PendingCompletion, RUN_CONTENT_TYPE, RunError, StatsSnapshot,
+    Unprotected, kill_switch_value, metric_names,
 };
 pub use error::{ConfigError, IdempotencyError};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};

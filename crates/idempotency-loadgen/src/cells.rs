@@ -15,6 +15,8 @@ use crate::http::{App, HttpServer, HttpWorker};
 use crate::load::{self, Counter, Measured, Plan};
 use crate::raw::{RawWorker, Templates};
 use crate::servers::{self, Background, GATEWAY_TOKEN, RedisServers};
+use crate::sql::{self, RawPgWorker, SqlServers};
+use idempotency_sql::{PostgresStore, SqliteStore};
 
 /// The engine's default lease and retention, used by the raw baseline too.
 pub(crate) const LEASE: Duration = Duration::from_secs(60);
@@ -58,6 +60,12 @@ pub(crate) enum Backend {
     RedisCluster,
     /// The engine on `KvRestStore` through the in-process gateway.
     KvRest,
+    /// `sqlx` sending exactly `PostgresStore`'s statements: the baseline of `postgres`.
+    RawPostgres,
+    /// The engine on `PostgresStore`.
+    Postgres,
+    /// The engine on `SqliteStore` (a WAL database file).
+    Sqlite,
     /// The axum handler alone: the baseline of the HTTP rows.
     BareAxum,
     /// The layer on the memory store.
@@ -69,13 +77,16 @@ pub(crate) enum Backend {
 impl Backend {
     /// In run order: each baseline next to what it is compared with, so drift on a shared
     /// machine hits both alike.
-    pub(crate) const ALL: [Backend; 9] = [
+    pub(crate) const ALL: [Backend; 12] = [
         Backend::MemoryStore,
         Backend::Memory,
         Backend::RawRedis,
         Backend::Redis,
         Backend::RedisCluster,
         Backend::KvRest,
+        Backend::RawPostgres,
+        Backend::Postgres,
+        Backend::Sqlite,
         Backend::BareAxum,
         Backend::HttpMemory,
         Backend::HttpRedis,
@@ -89,6 +100,9 @@ impl Backend {
             Backend::Redis => "redis",
             Backend::RedisCluster => "redis-cluster",
             Backend::KvRest => "kv-rest",
+            Backend::RawPostgres => "raw-postgres",
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
             Backend::BareAxum => "bare-axum",
             Backend::HttpMemory => "http-memory",
             Backend::HttpRedis => "http-redis",
@@ -118,6 +132,9 @@ pub(crate) fn unbounded_memory() -> MemoryStore {
 /// Servers and clients shared by every cell.
 pub(crate) struct Env {
     pub(crate) servers: RedisServers,
+    sql_servers: SqlServers,
+    postgres: Option<PostgresStore>,
+    sqlite: Option<SqliteStore>,
     gateway: Background,
     bare: HttpServer,
     http_memory: HttpServer,
@@ -134,6 +151,7 @@ pub(crate) struct Env {
 pub(crate) struct Versions {
     pub(crate) redis: String,
     pub(crate) cluster: String,
+    pub(crate) postgres: String,
 }
 
 impl Env {
@@ -141,12 +159,16 @@ impl Env {
     /// runtimes).
     pub(crate) fn start() -> Result<Self> {
         let servers = RedisServers::start()?;
+        let sql_servers = SqlServers::start()?;
         let gateway = servers::start_gateway(servers.single.url())?;
         let bare = HttpServer::start(App::Bare)?;
         let http_memory = HttpServer::start(App::Memory)?;
         let http_redis = HttpServer::start(App::Redis(servers.single.url().to_owned()))?;
         Ok(Self {
             servers,
+            sql_servers,
+            postgres: None,
+            sqlite: None,
             gateway,
             bare,
             http_memory,
@@ -171,10 +193,14 @@ impl Env {
             KvRestConfig::new(kv_url, GATEWAY_TOKEN)?.timeout(Duration::from_secs(2)),
         )?;
         let raw = ConnectionManager::new(redis::Client::open(url)?).await?;
+        let (postgres, sqlite, postgres_version) = self.sql_servers.connect().await?;
         let versions = Versions {
             redis: redis.server_version().unwrap_or("unknown").to_owned(),
             cluster: cluster.server_version().unwrap_or("unknown").to_owned(),
+            postgres: postgres_version,
         };
+        self.postgres = Some(postgres);
+        self.sqlite = Some(sqlite);
         self.redis = Some(redis);
         self.cluster = Some(cluster);
         self.kv = Some(kv);
@@ -185,6 +211,7 @@ impl Env {
     /// Stop every server and drop every client.
     pub(crate) fn stop(self) -> Result<()> {
         drop((self.redis, self.cluster, self.kv, self.raw));
+        drop((self.postgres, self.sqlite));
         let results = [
             self.bare.stop(),
             self.http_memory.stop(),
@@ -192,6 +219,7 @@ impl Env {
             self.gateway.stop(),
         ];
         self.servers.stop();
+        self.sql_servers.stop();
         results.into_iter().collect()
     }
 
@@ -199,6 +227,10 @@ impl Env {
         client
             .clone()
             .ok_or_else(|| anyhow::anyhow!("clients not connected"))
+    }
+
+    fn sql(&self) -> Result<(PostgresStore, SqliteStore)> {
+        Ok((Self::client(&self.postgres)?, Self::client(&self.sqlite)?))
     }
 
     /// Empty the Redis servers so every cell starts from the same state.
@@ -284,6 +316,29 @@ pub(crate) async fn run(
                 })
                 .collect();
             load::run(workers, plan, counter).await
+        }
+        Backend::RawPostgres => {
+            let (postgres, sqlite) = env.sql()?;
+            sql::flush(&postgres, &sqlite).await?;
+            let fixed = format!("idempotency:bench:{}", cell.fixed());
+            sql::prepare_raw(&postgres, cell.scenario, &fixed).await?;
+            let workers = (0..c)
+                .map(|t| {
+                    let prefix = format!("idempotency:bench:{}", cell.prefix(t));
+                    RawPgWorker::new(&postgres, cell.scenario, prefix, fixed.clone())
+                })
+                .collect();
+            load::run(workers, plan, counter).await
+        }
+        Backend::Postgres => {
+            let (postgres, sqlite) = env.sql()?;
+            sql::flush(&postgres, &sqlite).await?;
+            engine_cell(postgres, cell, plan, counter).await
+        }
+        Backend::Sqlite => {
+            let (postgres, sqlite) = env.sql()?;
+            sql::flush(&postgres, &sqlite).await?;
+            engine_cell(sqlite, cell, plan, counter).await
         }
         Backend::BareAxum => http_cell(&env.bare, false, cell, plan, counter).await,
         Backend::HttpMemory => http_cell(&env.http_memory, true, cell, plan, counter).await,

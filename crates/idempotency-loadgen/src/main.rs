@@ -1,8 +1,8 @@
 //! # idempotency-loadgen
 //!
 //! The load generator behind `cargo xtask bench [--quick] [--out DIR]`: starts its own servers
-//! on 127.0.0.1 (a Redis server and a 3-master Redis Cluster from the testkit fixtures, the KV
-//! REST gateway in process, axum apps with and without the layer), runs a closed-loop load per
+//! on 127.0.0.1 (a Redis server, a 3-master Redis Cluster and a Postgres server from the testkit
+//! fixtures, a SQLite file, the KV REST gateway in process, axum apps with and without the layer), runs a closed-loop load per
 //! backend × scenario × concurrency with HdrHistogram latencies, writes `report.json`,
 //! `report.md` and `latency.svg`, and stops every server.
 //!
@@ -15,6 +15,7 @@
 //! # Layout
 //! - `load`: the closed loop and histograms; `cells`: backends, scenarios, one cell;
 //! - `engine`: workers on our engine and memory store; `raw`: the plain `redis` baseline;
+//! - `sql`: the Postgres server, the SQLite file and the `raw-postgres` baseline;
 //! - `http`: the axum apps and the hyper client; `servers`: server lifecycles;
 //! - `machine`: what the run was measured on; `report`: JSON, Markdown and SVG.
 
@@ -26,6 +27,7 @@ mod machine;
 mod raw;
 mod report;
 mod servers;
+mod sql;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -261,6 +263,7 @@ fn run() -> Result<()> {
         servers: ServerVersions {
             redis: versions.redis,
             redis_cluster: versions.cluster,
+            postgres: versions.postgres,
             kv_rest_gateway: format!("kv-rest-gateway {} (in process)", env!("CARGO_PKG_VERSION")),
             http_server: "axum 0.8 / hyper 1 (HTTP/1.1, keep-alive)".to_owned(),
         },

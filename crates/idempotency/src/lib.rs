@@ -66,6 +66,8 @@
 //!   single-instance services.
 //! - `redis`: [`redis`], the Redis / Valkey / Redis Cluster store; `redis-tls` adds `rediss://`.
 //! - `kv-rest`: [`kv_rest`], the Upstash / Vercel KV REST API store.
+//! - `sql`: [`sql`], the Postgres and SQLite store (`sqlx`) whose completions can commit in the
+//!   application's own transaction.
 //! - `http`: [`http`], the tower / axum `Idempotency-Key` middleware.
 //!
 //! # Crates
@@ -75,6 +77,7 @@
 //! | `idempotency-memory` | embedded store |
 //! | `idempotency-redis` | Redis / Valkey / Redis Cluster store |
 //! | `idempotency-kv-rest` | Upstash / Vercel KV REST store |
+//! | `idempotency-sql` | Postgres / SQLite store, transactional completion |
 //! | `idempotency-http` | tower / axum layer |
 //! | `idempotency-testkit` | behaviour suite every store passes |
 
@@ -115,6 +118,13 @@ pub mod redis {
 #[cfg(feature = "kv-rest")]
 pub mod kv_rest {
     pub use idempotency_kv_rest::*;
+}
+
+/// The Postgres / SQLite store with completion inside the application's transaction
+/// (`idempotency-sql`; feature `sql` enables both databases).
+#[cfg(feature = "sql")]
+pub mod sql {
+    pub use idempotency_sql::*;
 }
 
 /// The tower / axum `Idempotency-Key` middleware (`idempotency-http`).

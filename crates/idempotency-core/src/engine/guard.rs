@@ -93,6 +93,11 @@ fn completion_backoff(attempt: u32) -> Duration {
 }
 
 impl<S: IdempotencyStore + 'static> Guard<S> {
+    /// The engine this guard belongs to.
+    pub(crate) fn engine(&self) -> &Idempotency<S> {
+        &self.engine
+    }
+
     pub(crate) fn claimed(
         engine: Idempotency<S>,
         key: StoreKey,

@@ -2,6 +2,7 @@
 
 mod background;
 mod config;
+mod external;
 mod guard;
 mod run;
 mod stats;
@@ -18,6 +19,7 @@ use tracing::Instrument as _;
 pub use config::{
     Config, DISABLE_ENV_VAR, FailurePolicy, IdempotencyBuilder, InFlightWait, kill_switch_value,
 };
+pub use external::{CompletionParts, PendingCompletion};
 pub use guard::{Guard, Unprotected};
 pub use run::{RUN_CONTENT_TYPE, RunError};
 pub use stats::{StatsSnapshot, names as metric_names};

@@ -25,7 +25,7 @@ pub(super) fn render(report: &Report) -> String {
         out,
         "- machine: {} cores, {} ({}); load average {} at start, {} at end\n\
          - date: {}; commit `{}`\n\
-         - servers: Redis {} (single), Redis {} (3-master cluster), {}, {}\n\
+         - servers: Redis {} (single), Redis {} (3-master cluster), Postgres {}, {}, {}\n\
          - each cell: {:.1} s warm-up, then {:.1} s measured ({:.1} s for in-process rows); \
          closed loop, one operation after another per task; whole run {:.0} s\n",
         m.cores,
@@ -37,6 +37,7 @@ pub(super) fn render(report: &Report) -> String {
         report.git_commit,
         report.servers.redis,
         report.servers.redis_cluster,
+        report.servers.postgres,
         report.servers.kv_rest_gateway,
         report.servers.http_server,
         report.warmup_seconds,
@@ -158,12 +159,16 @@ fn ratio_tables(out: &mut String, report: &Report) {
          `p50 ×` is ours / baseline; `throughput ×` is baseline ops/s / ours (both: 1.00 = as \
          fast, above 1 = ours is slower). `raw-redis` sends the same commands as `RedisStore` \
          with the plain `redis` crate (fresh: `SET NX PX GET` + `EVALSHA`; replay and conflict: \
-         one `SET NX PX GET`); `bare-axum` is the same handler without the layer.\n"
+         one `SET NX PX GET`); `raw-postgres` sends `PostgresStore`'s own statements with \
+         plain `sqlx` (fresh: the claim upsert + the fenced completion; replay and conflict: the \
+         claim upsert); `bare-axum` is the same handler without the layer.\n"
     );
     for (ours, base, limit) in [
         ("redis", "raw-redis", 1.10),
         ("redis-cluster", "raw-redis", f64::INFINITY),
         ("kv-rest", "raw-redis", f64::INFINITY),
+        ("postgres", "raw-postgres", 1.10),
+        ("sqlite", "raw-postgres", f64::INFINITY),
         ("http-memory", "bare-axum", 1.30),
         ("http-redis", "bare-axum", f64::INFINITY),
     ] {
@@ -237,6 +242,31 @@ fn targets(out: &mut String, report: &Report) {
             p50 <= 1.10 && tput <= 1.10
         });
         let _ = writeln!(out, "- {label}: {} ({})", verdict(ok), detail.join("; "));
+    }
+    let pg: Vec<_> = pairs(report, "postgres", "raw-postgres")
+        .into_iter()
+        .filter(|(s, ..)| *s == "fresh")
+        .collect();
+    if !pg.is_empty() {
+        let detail: Vec<String> = pg
+            .iter()
+            .map(|(_, c, o, b)| {
+                let (p50, tput) = ratios(o, b);
+                format!("{c} tasks: {p50:.2}× / {tput:.2}×")
+            })
+            .collect();
+        let ok = pg.iter().all(|(_, _, o, b)| {
+            let (p50, tput) = ratios(o, b);
+            p50 <= 1.10 && tput <= 1.10
+        });
+        let _ = writeln!(
+            out,
+            "- Postgres `fresh` within 1.10× of `raw-postgres` (p50 and throughput): {} ({}); \
+             replay is one statement (the claim upsert) and a transactional completion adds one \
+             statement to the application's transaction, by construction",
+            verdict(ok),
+            detail.join("; ")
+        );
     }
     let kv: Vec<&Row> = report
         .rows

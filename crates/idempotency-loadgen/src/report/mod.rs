@@ -62,6 +62,7 @@ impl Row {
 pub(crate) struct ServerVersions {
     pub(crate) redis: String,
     pub(crate) redis_cluster: String,
+    pub(crate) postgres: String,
     pub(crate) kv_rest_gateway: String,
     pub(crate) http_server: String,
 }

@@ -1,0 +1,160 @@
+//! Errors: [`SqlStoreError`] at construction and migration, and the mapping of `sqlx` errors onto
+//! the core's [`StoreError`] for every store operation.
+
+use std::time::Duration;
+
+use idempotency_core::{CorruptRecord, StoreError};
+use thiserror::Error;
+
+/// Why a store could not be built or its schema migrated.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SqlStoreError {
+    /// The table name is not a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 63
+    /// bytes; Postgres also accepts `schema.table`).
+    #[error("invalid table name {name:?}: use letters, digits and `_` (Postgres: `schema.table`)")]
+    InvalidTableName {
+        /// The refused name.
+        name: String,
+    },
+    /// The records table does not exist.
+    #[error(
+        "table {table} does not exist: run the store's `migrate()` (or apply migration {migration} \
+         from the idempotency-sql crate docs with your migration tool)"
+    )]
+    MissingTable {
+        /// The table looked for.
+        table: String,
+        /// The migration that creates it.
+        migration: &'static str,
+    },
+    /// The records table exists but its columns are not the ones this version needs.
+    #[error(
+        "table {table} has the wrong shape ({detail}): run the store's `migrate()` (or apply \
+         migration {migration} from the idempotency-sql crate docs)"
+    )]
+    WrongShape {
+        /// The table.
+        table: String,
+        /// What differs (missing column, column of another type).
+        detail: String,
+        /// The migration that gives the table the expected shape.
+        migration: &'static str,
+    },
+    /// The database failed while checking or migrating the schema.
+    #[error("database error while checking or migrating the idempotency table")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for SqlStoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+/// Map a `sqlx` error from `operation` onto the core's typed error.
+///
+/// - pool timeouts and the store's own budget → [`StoreError::Timeout`];
+/// - I/O, TLS, a closed pool, a crashed worker, SQLSTATE class `08` (connection exception),
+///   `57P01`..`57P03` (server shutting down / starting), `53300` (too many connections) and
+///   SQLite `BUSY`/`LOCKED` after the busy timeout → [`StoreError::Unavailable`];
+/// - a value that does not decode → [`StoreError::Corrupt`];
+/// - other database errors → [`StoreError::Backend`] with the server's message;
+/// - anything else → [`StoreError::Other`].
+pub(crate) fn map_sqlx(
+    operation: &'static str,
+    budget: Duration,
+    error: sqlx::Error,
+) -> StoreError {
+    use sqlx::Error as E;
+    match error {
+        E::PoolTimedOut => StoreError::Timeout {
+            operation,
+            after: budget,
+        },
+        E::Io(_) | E::Tls(_) | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
+            StoreError::Unavailable {
+                source: Box::new(error),
+            }
+        }
+        E::ColumnDecode { .. } | E::Decode(_) => StoreError::Corrupt(CorruptRecord::new(format!(
+            "a column of the idempotency row does not decode: {error}"
+        ))),
+        E::Database(db) => {
+            if is_unavailable(db.code().as_deref()) {
+                StoreError::Unavailable {
+                    source: Box::new(E::Database(db)),
+                }
+            } else {
+                StoreError::Backend {
+                    message: db.message().to_owned(),
+                }
+            }
+        }
+        other => StoreError::Other {
+            source: Box::new(other),
+        },
+    }
+}
+
+/// SQLSTATE codes (Postgres) and primary result codes (SQLite, as decimal text) that mean "the
+/// database cannot serve us now" rather than "the statement is wrong".
+fn is_unavailable(code: Option<&str>) -> bool {
+    match code {
+        Some(code) => {
+            code.starts_with("08")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "53000")
+                // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes
+                // (code & 0xff), after the busy timeout has run out.
+                || code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        None => false,
+    }
+}
+
+/// Run `call` under the store's own time budget.
+pub(crate) async fn timed<T>(
+    operation: &'static str,
+    budget: Duration,
+    call: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(budget, call).await {
+        Ok(result) => result.map_err(|e| map_sqlx(operation, budget, e)),
+        Err(_) => Err(StoreError::Timeout {
+            operation,
+            after: budget,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_codes() {
+        assert!(is_unavailable(Some("08006")));
+        assert!(is_unavailable(Some("57P01")));
+        assert!(is_unavailable(Some("5")));
+        assert!(is_unavailable(Some("517"))); // SQLITE_BUSY_SNAPSHOT
+        assert!(!is_unavailable(Some("42P01")));
+        assert!(!is_unavailable(Some("19"))); // SQLITE_CONSTRAINT
+        assert!(!is_unavailable(None));
+    }
+
+    #[test]
+    fn pool_timeout_is_a_timeout() {
+        let mapped = map_sqlx("get", Duration::from_secs(1), sqlx::Error::PoolTimedOut);
+        assert!(matches!(
+            mapped,
+            StoreError::Timeout {
+                operation: "get",
+                ..
+            }
+        ));
+        assert!(matches!(
+            map_sqlx("get", Duration::from_secs(1), sqlx::Error::PoolClosed),
+            StoreError::Unavailable { .. }
+        ));
+    }
+}

@@ -1,0 +1,216 @@
+//! # idempotency-sql
+//!
+//! The idempotency store for services that already keep their data in **Postgres** or
+//! **SQLite** (through `sqlx`): the records live in one table of the application's own database,
+//! on the application's own pool, and a claim can be **completed inside the application's
+//! transaction**, so the side effect and the completed record commit together or not at all.
+//!
+//! That closes the one window no cache store can close: with Redis, a process that dies after
+//! its database write committed and before `complete` reached Redis leaves a claim that lapses,
+//! and the retry runs the write again. Here the completed record is part of the same commit
+//! (Stripe's and Brandur Leach's "atomic phases"); and a stale owner (its lease lapsed and
+//! another attempt took the key over) fails inside its transaction, so its side effect rolls
+//! back with it.
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use idempotency_core::{Begin, Fingerprint, Idempotency, IdempotencyKey, Scope, StoredOutcome};
+//! use idempotency_sql::PostgresStore;
+//!
+//! let pool = sqlx::PgPool::connect("postgres://app@localhost/shop").await?;
+//! // Creates or upgrades the table (safe at every start); `build()` only checks it.
+//! let store = PostgresStore::builder(pool.clone()).migrate().await?;
+//! let engine = Idempotency::builder(store).build()?;
+//!
+//! let (scope, key) = (Scope::new("customer-42"), IdempotencyKey::new("order-7f3a")?);
+//! let fingerprint = Fingerprint::of(r#"{"sku":"tea","qty":2}"#);
+//! match engine.begin(&scope, &key, fingerprint).await? {
+//!     Begin::Replay(outcome) => println!("retry: {:?}", outcome.body), // answered before
+//!     Begin::Run(guard) => {
+//!         let mut tx = pool.begin().await?;
+//!         sqlx::query("INSERT INTO orders (sku, qty) VALUES ('tea', 2)")
+//!             .execute(&mut *tx)
+//!             .await?;
+//!         let receipt = StoredOutcome::new(r#"{"order":1}"#, Some("application/json".into()));
+//!         // The fenced UPDATE runs in `tx`. On `Err` (e.g. LeaseLost) `tx` is dropped, which
+//!         // rolls the order back too; the claim is then released in the background.
+//!         let pending = engine.store().complete_in(&mut tx, guard, receipt).await?;
+//!         tx.commit().await?;
+//!         pending.committed(); // (dropping it instead costs one harmless release round trip)
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`PostgresStore`] / [`SqliteStore`] (features `postgres` / `sqlite`): the
+//!   [`IdempotencyStore`](idempotency_core::IdempotencyStore) primitives, `migrate()`,
+//!   `purge_expired(batch)` and `complete_in(&mut conn, guard, outcome)`;
+//! - [`PurgeExpired`] and [`PurgeTask`]: bounded-batch cleanup of expired rows, in the
+//!   background if wanted;
+//! - [`SqlStoreError`]: construction and migration errors (missing table, wrong shape: each
+//!   names the migration to run).
+//!
+//! # Transactional completion
+//! [`Guard::prepare`](idempotency_core::Guard::prepare) (core, backend-neutral) applies the
+//! engine's policy (size limit, compression) and returns a
+//! [`PendingCompletion`](idempotency_core::PendingCompletion); `complete_in` is `prepare` plus
+//! the fenced UPDATE on the caller's connection (`&mut *tx`). Settle it when the transaction's
+//! fate is known:
+//!
+//! | outcome | what to do | effect |
+//! |---|---|---|
+//! | `complete_in` → `Ok`, commit succeeded | `pending.committed()` | done: replays return the outcome |
+//! | `complete_in` → `Err(LeaseLost)` | roll back | the stale side effect is undone; the new owner's claim is untouched |
+//! | any `Err`, or the commit fails | roll back | the pending completion (dropped) releases the claim in the background: a retry runs |
+//! | rolled back for another reason | `pending.release().await` (or drop it) | the claim is released: a retry runs |
+//!
+//! Releasing after a successful commit is harmless (a release is fenced on the record being
+//! in progress under the token), so a dropped pending completion may always release. The row
+//! stays locked by the transaction until it ends: concurrent retries of the same key wait for
+//! it (Postgres row lock, SQLite write lock), so keep such transactions short. On SQLite, open
+//! the transaction with `pool.begin_with("BEGIN IMMEDIATE")`.
+//!
+//! # Statements
+//! One statement, one round trip, per primitive; every time comparison is on the database's
+//! clock (Postgres `clock_timestamp()`, SQLite `julianday('now')`), never the application's, so
+//! instances with skewed clocks agree. `expires_at` is the lease end of an in-progress row and
+//! the retention end of a completed one; a row past it is absent for every operation.
+//! - `try_claim`: `INSERT … ON CONFLICT (store_key) DO UPDATE SET col = CASE WHEN expired THEN
+//!   excluded.col ELSE col END, … RETURNING (token = $new_token) AS claimed, …`. The upsert
+//!   always touches the row, so `RETURNING` always yields it as it is after the statement: ours
+//!   (claimed, a fresh random token is in it) or the live one that was there. (`DO UPDATE …
+//!   WHERE expired` returns no row for a live one, and a second SELECT in the same statement
+//!   reads a snapshot that can miss a row committed concurrently.) Concurrent claims on one key
+//!   serialise on the row (Postgres) or on the write lock (SQLite): exactly one wins.
+//! - `complete`: `UPDATE … WHERE store_key = $1 AND token = $2 AND state = 'in_progress' AND
+//!   expires_at > now`, also applied (changing nothing) when the row is already completed under
+//!   the same token (a retried call whose reply was lost).
+//! - `release`: `DELETE … WHERE store_key, token, state = 'in_progress'`, applied when the row
+//!   was live; `extend`: `UPDATE … SET expires_at = now + lease` with the same fence;
+//! - `get`: `SELECT … WHERE store_key = $1 AND expires_at > now`; `delete`: `DELETE … RETURNING
+//!   expires_at > now` (whether a live record existed).
+//! - `purge_expired(batch)`: deletes at most `batch` expired rows (Postgres: `FOR UPDATE SKIP
+//!   LOCKED`, so rows held by a running transaction are skipped).
+//!
+//! # Schema
+//! `migrate()` creates `<table>_migrations (version BIGINT PRIMARY KEY, name TEXT)` and applies
+//! the migrations not recorded there, in one transaction (Postgres: under an advisory lock).
+//! To use your own migration tool instead, copy the SQL below (for another table name, replace
+//! `idempotency_records` everywhere); the stores only check the table's columns at construction
+//! and fail with [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the
+//! migration (`0001_create_records`).
+//!
+//! Postgres, `0001_create_records`:
+//! ```sql
+#![doc = include_str!("../migrations/postgres/0001_create_records.sql")]
+//! ```
+//! SQLite, `0001_create_records`:
+//! ```sql
+#![doc = include_str!("../migrations/sqlite/0001_create_records.sql")]
+//! ```
+//!
+//! # Errors and faults
+//! Every operation runs under the store's `operation_timeout` (default 1 s, including the wait
+//! for a pooled connection): an unreachable database or an exhausted pool is a
+//! [`StoreError::Timeout`](idempotency_core::StoreError::Timeout) or
+//! [`StoreError::Unavailable`](idempotency_core::StoreError::Unavailable), never a hang, and the
+//! engine's failure policy applies as for every store. Errors are recognised by SQLSTATE
+//! (Postgres) or result code (SQLite), never by message text. A row that is not a valid record
+//! (edited by hand) is [`StoreError::Corrupt`](idempotency_core::StoreError::Corrupt), never
+//! absent and never overwritten.
+//!
+//! # Observability
+//! `tracing` events (migrations at info, purge results at debug, failures at warn); the engine
+//! records the operation metrics as for every store.
+//!
+//! # Feature flags
+//! - `postgres` (default): [`PostgresStore`] on a `sqlx::PgPool`.
+//! - `sqlite` (default): [`SqliteStore`] on a `sqlx::SqlitePool` (SQLite bundled by sqlx) and
+//!   [`sqlite_connect_options`].
+//!
+//! `sqlx` is re-exported ([`sqlx`]) so the application's pool and this crate agree on versions.
+
+#![deny(missing_docs)]
+
+mod error;
+mod migrate;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod purge;
+mod row;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod table;
+
+use std::time::Duration;
+
+pub use error::SqlStoreError;
+pub use idempotency_core;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreBuilder};
+pub use purge::{PurgeExpired, PurgeTask};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder, connect_options as sqlite_connect_options};
+pub use sqlx;
+pub use table::DEFAULT_TABLE;
+
+/// The SQL text of each primitive, built once per store for its table name (see
+/// [`PostgresStore::statements`] / [`SqliteStore::statements`]). Parameters, in order:
+/// `claim` (key, token, fingerprint, created-at ms, lease: µs on Postgres, ms on SQLite),
+/// `complete` (key, token, completed-at ms, content type, encoding, body, retention), `release`
+/// (key, token), `extend` (key, token, lease), `get` and `delete` (key), `purge` (batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqlStatements {
+    /// `try_claim`: returns `claimed` and the row.
+    pub claim: String,
+    /// `complete`: Postgres returns one boolean (applied), SQLite one affected row.
+    pub complete: String,
+    /// `release`: returns whether the deleted row was live (no row: nothing deleted).
+    pub release: String,
+    /// `extend`: one affected row when applied.
+    pub extend: String,
+    /// `get`: the live row, if any.
+    pub get: String,
+    /// `delete`: returns whether the deleted row was live.
+    pub delete: String,
+    /// `purge_expired`: affected rows.
+    pub purge: String,
+}
+
+/// The default time budget of one store operation.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Leases and retentions are capped at 100 years so `now + duration` never overflows a
+/// database timestamp.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn duration_micros(duration: Duration) -> i64 {
+    i64::try_from(duration.min(MAX_DURATION).as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+fn duration_millis(duration: Duration) -> i64 {
+    // Round up, so a sub-millisecond lease is not an already-expired one.
+    let micros = duration.min(MAX_DURATION).as_micros();
+    i64::try_from(micros.div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_capped_and_rounded_up() {
+        assert_eq!(duration_micros(Duration::from_millis(1500)), 1_500_000);
+        assert_eq!(duration_millis(Duration::from_micros(1)), 1);
+        assert_eq!(duration_millis(Duration::from_millis(300)), 300);
+        assert_eq!(
+            duration_micros(Duration::MAX),
+            duration_micros(MAX_DURATION)
+        );
+    }
+}

@@ -1,0 +1,520 @@
+//! [`PostgresStore`]: the records table on Postgres, every time comparison on the database's
+//! `clock_timestamp()`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotency_core::{
+    Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
+    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
+};
+use sqlx::postgres::{PgConnection, PgPool, PgRow};
+use sqlx::{Executor, Postgres, Row as _};
+
+use crate::error::timed;
+use crate::migrate::{self, MIGRATIONS};
+use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
+use crate::table::{DEFAULT_TABLE, Table};
+use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_micros};
+
+/// An idempotency store in a Postgres table, on the application's own [`PgPool`].
+///
+/// Cheap to clone (an `Arc`). Build it with [`PostgresStore::builder`]; the table must exist
+/// (run [`PostgresStoreBuilder::migrate`] or apply the SQL in the crate docs). See the crate docs
+/// for the statements and for completing a claim inside the application's transaction
+/// ([`PostgresStore::complete_in`]).
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    table: Table,
+    timeout: Duration,
+    sql: SqlStatements,
+}
+
+impl SqlStatements {
+    fn postgres(t: &str) -> Self {
+        // The claim always writes the row (an upsert whose SET keeps every old value unless the
+        // row has expired), so RETURNING always yields the row as it is after the statement:
+        // either ours (`claimed`: our fresh random token is in it) or the live one that was
+        // there. Postgres' `DO UPDATE ... WHERE expired` alone would return nothing for a live
+        // row, and a follow-up SELECT in the same statement reads a snapshot that can miss a row
+        // committed concurrently. `now` is read once (a materialised CTE) so every CASE agrees.
+        let keep_unless_expired = |column: &str| {
+            format!(
+                "{column} = CASE WHEN r.expires_at <= (SELECT t FROM now) \
+                 THEN excluded.{column} ELSE r.{column} END"
+            )
+        };
+        let assignments = [
+            "state",
+            "token",
+            "fingerprint",
+            "created_at_ms",
+            "completed_at_ms",
+            "content_type",
+            "encoding",
+            "body",
+            "expires_at",
+        ]
+        .map(keep_unless_expired)
+        .join(", ");
+        let micros = "$N::float8 * interval '1 microsecond'";
+        Self {
+            claim: format!(
+                "WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t) \
+                 INSERT INTO {t} AS r (store_key, state, token, fingerprint, created_at_ms, expires_at) \
+                 SELECT $1, 'in_progress', $2, $3, $4, now.t + {} FROM now \
+                 ON CONFLICT (store_key) DO UPDATE SET {assignments} \
+                 RETURNING (r.token = $2) AS claimed, {COLUMNS}",
+                micros.replace("$N", "$5")
+            ),
+            // Applied when it completes our live claim, or when it finds the record already
+            // completed under our token (a retried call whose reply was lost: nothing changes).
+            complete: format!(
+                "WITH done AS (\
+                   UPDATE {t} SET state = 'completed', completed_at_ms = $3, content_type = $4, \
+                   encoding = $5, body = $6, expires_at = clock_timestamp() + {} \
+                   WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
+                   AND expires_at > clock_timestamp() RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM done) OR EXISTS (SELECT 1 FROM {t} \
+                   WHERE store_key = $1 AND token = $2 AND state = 'completed' \
+                   AND expires_at > clock_timestamp())",
+                micros.replace("$N", "$7")
+            ),
+            // Our own lapsed claim is deleted too (it is garbage), but reported as lost.
+            release: format!(
+                "DELETE FROM {t} WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
+                 RETURNING expires_at > clock_timestamp()"
+            ),
+            extend: format!(
+                "UPDATE {t} SET expires_at = clock_timestamp() + {} \
+                 WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
+                 AND expires_at > clock_timestamp()",
+                micros.replace("$N", "$3")
+            ),
+            get: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE store_key = $1 AND expires_at > clock_timestamp()"
+            ),
+            delete: format!(
+                "DELETE FROM {t} WHERE store_key = $1 RETURNING expires_at > clock_timestamp()"
+            ),
+            // SKIP LOCKED: rows held by a running transaction (a completion in progress) are
+            // left for the next batch instead of waited for.
+            purge: format!(
+                "DELETE FROM {t} WHERE store_key IN (SELECT store_key FROM {t} \
+                   WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND expires_at <= clock_timestamp()"
+            ),
+        }
+    }
+}
+
+/// Configures and checks a [`PostgresStore`].
+#[derive(Debug)]
+#[must_use = "call build() or migrate()"]
+pub struct PostgresStoreBuilder {
+    pool: PgPool,
+    table: String,
+    timeout: Duration,
+}
+
+impl PostgresStoreBuilder {
+    /// The records table (default `idempotency_records`); `schema.table` is accepted. Letters,
+    /// digits and `_` only, at most 48 bytes per part.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+
+    /// Each operation's time budget (default 1 s), including waiting for a pooled connection;
+    /// past it the operation fails with [`StoreError::Timeout`]. Keep it at or below the
+    /// engine's `store_timeout` so the store's typed error is the one reported.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Check that the table exists with the expected columns, and build the store.
+    ///
+    /// # Errors
+    /// [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the migration to
+    /// run, [`SqlStoreError::InvalidTableName`], or [`SqlStoreError::Database`].
+    pub async fn build(self) -> Result<PostgresStore, SqlStoreError> {
+        let table = Table::parse(&self.table, true)?;
+        check_shape(&self.pool, &table).await?;
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                sql: SqlStatements::postgres(&table.quoted),
+                pool: self.pool,
+                table,
+                timeout: self.timeout,
+            }),
+        })
+    }
+
+    /// Apply the migrations this version knows and has not applied yet (recorded in
+    /// `<table>_migrations`), then [`build`](Self::build). Safe to run at every start and from
+    /// several instances at once (a transaction-scoped advisory lock serialises them).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build); [`SqlStoreError::Database`] when a migration fails (nothing
+    /// of it is applied: each run is one transaction).
+    pub async fn migrate(self) -> Result<PostgresStore, SqlStoreError> {
+        let table = Table::parse(&self.table, true)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("idempotency-sql:{}", table.name))
+            .execute(&mut *tx)
+            .await?;
+        // `Executor::execute` (a boxed future) rather than `RawSql::execute` (an async fn generic
+        // over the executor), which would make `migrate()`'s future not `Send` for `tokio::spawn`.
+        (&mut *tx)
+            .execute(sqlx::raw_sql(&migrate::bookkeeping(&table)))
+            .await?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
+                .fetch_all(&mut *tx)
+                .await?;
+        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            (&mut *tx)
+                .execute(sqlx::raw_sql(&migrate::for_table(
+                    migration.postgres,
+                    &table,
+                )))
+                .await?;
+            sqlx::query(&format!(
+                "INSERT INTO {} (version, name) VALUES ($1, $2)",
+                table.migrations_quoted
+            ))
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(table = %table.name, migration = migration.name, "idempotency migration applied");
+        }
+        tx.commit().await?;
+        self.build().await
+    }
+}
+
+async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&table.quoted)
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Err(SqlStoreError::MissingTable {
+            table: table.name.clone(),
+            migration: migrate::CURRENT,
+        });
+    }
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+    )
+    .bind(&table.quoted)
+    .fetch_all(pool)
+    .await?;
+    match migrate::shape_mismatch(&columns, true) {
+        Some(detail) => Err(SqlStoreError::WrongShape {
+            table: table.name.clone(),
+            detail,
+            migration: migrate::CURRENT,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn raw_row(row: &PgRow) -> Result<RawRow, sqlx::Error> {
+    Ok(RawRow {
+        state: row.try_get("state")?,
+        token: row.try_get("token")?,
+        fingerprint: row.try_get("fingerprint")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        completed_at_ms: row.try_get("completed_at_ms")?,
+        content_type: row.try_get("content_type")?,
+        encoding: row.try_get::<Option<i16>, _>("encoding")?.map(i64::from),
+        body: row.try_get("body")?,
+    })
+}
+
+fn decode(row: &PgRow) -> Result<Record, StoreError> {
+    let raw = raw_row(row).map_err(|e| crate::error::map_sqlx("decode", Duration::ZERO, e))?;
+    Ok(raw.decode()?)
+}
+
+impl PostgresStore {
+    /// Start configuring a store on `pool` (the application's own pool).
+    pub fn builder(pool: PgPool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            pool,
+            table: DEFAULT_TABLE.to_owned(),
+            timeout: DEFAULT_OPERATION_TIMEOUT,
+        }
+    }
+
+    /// A store on the default table, checked to exist.
+    ///
+    /// # Errors
+    /// As [`PostgresStoreBuilder::build`].
+    pub async fn new(pool: PgPool) -> Result<Self, SqlStoreError> {
+        Self::builder(pool).build().await
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The records table's name, as configured.
+    pub fn table(&self) -> &str {
+        &self.inner.table.name
+    }
+
+    /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
+    /// `raw-postgres` benchmark baseline sends).
+    pub fn statements(&self) -> &SqlStatements {
+        &self.inner.sql
+    }
+
+    /// Delete up to `batch` expired rows (lapsed claims and records past their retention) and
+    /// return how many went. One short statement; rows locked by a running transaction are
+    /// skipped. Call it in a loop until it returns less than `batch`, or use
+    /// [`crate::PurgeTask`].
+    ///
+    /// # Errors
+    /// [`StoreError`] as for every operation.
+    pub async fn purge_expired(&self, batch: u32) -> Result<u64, StoreError> {
+        let done = timed(
+            "purge_expired",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.purge)
+                .bind(i64::from(batch))
+                .execute(&self.inner.pool),
+        )
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Complete `guard`'s claim with `outcome` **inside the caller's transaction** `conn` (a
+    /// `&mut *tx` of `pool.begin()`): the fenced UPDATE runs there, so the side effect and the
+    /// completed record commit together or not at all.
+    ///
+    /// Then commit and call [`PendingCompletion::committed`]; on a rollback, call
+    /// [`PendingCompletion::release`] (or drop it: it releases in the background) so a retry
+    /// runs again. The engine's `store_timeout` bounds the statement.
+    ///
+    /// # Errors
+    /// - [`IdempotencyError::LeaseLost`]: the claim lapsed or was taken over; **roll back**, so
+    ///   this stale attempt's side effect is undone too;
+    /// - [`IdempotencyError::OutcomeTooLarge`]: nothing written, the claim was released;
+    /// - [`IdempotencyError::StoreUnavailable`] / [`IdempotencyError::CorruptRecord`]: the
+    ///   statement failed; roll back (the claim is released in the background).
+    pub async fn complete_in<S: IdempotencyStore + 'static>(
+        &self,
+        conn: &mut PgConnection,
+        guard: Guard<S>,
+        outcome: StoredOutcome,
+    ) -> Result<PendingCompletion<S>, IdempotencyError> {
+        let pending = guard.prepare(outcome).await?;
+        self.write_in(conn, pending).await
+    }
+
+    /// The fenced write of a [`PendingCompletion`] (from [`Guard::prepare`]) in the caller's
+    /// transaction; [`complete_in`](Self::complete_in) is `prepare` + this.
+    ///
+    /// # Errors
+    /// As [`complete_in`](Self::complete_in).
+    pub async fn write_in<S: IdempotencyStore + 'static>(
+        &self,
+        conn: &mut PgConnection,
+        pending: PendingCompletion<S>,
+    ) -> Result<PendingCompletion<S>, IdempotencyError> {
+        let Some(parts) = pending.parts() else {
+            return Ok(pending);
+        };
+        let applied = timed(
+            "complete_in",
+            parts.timeout,
+            self.complete_on(
+                &mut *conn,
+                parts.key,
+                parts.token,
+                parts.completed,
+                parts.retention,
+            ),
+        )
+        .await;
+        match applied {
+            Ok(true) => Ok(pending),
+            Ok(false) => Err(pending.lease_lost()),
+            // Dropping `pending` releases the claim in the background once the caller's
+            // transaction lets go of the row.
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(
+        &self,
+        executor: E,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(&self.inner.sql.complete)
+            .bind(key.as_str())
+            .bind(token.as_bytes().as_slice())
+            .bind(millis_column(record.completed_at_ms))
+            .bind(record.outcome.content_type.as_deref())
+            .bind(encoding_code(record.outcome.encoding))
+            .bind(&record.outcome.body[..])
+            .bind(duration_micros(retention))
+            .fetch_one(executor)
+            .await
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for PostgresStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let row = timed(
+            "try_claim",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.claim)
+                .bind(key.as_str())
+                .bind(record.token.as_bytes().as_slice())
+                .bind(record.fingerprint.as_bytes().as_slice())
+                .bind(millis_column(record.created_at_ms))
+                .bind(duration_micros(lease))
+                .fetch_one(&self.inner.pool),
+        )
+        .await?;
+        let claimed: Option<bool> = row
+            .try_get("claimed")
+            .map_err(|e| crate::error::map_sqlx("try_claim", Duration::ZERO, e))?;
+        if claimed == Some(true) {
+            return Ok(Claim::Claimed);
+        }
+        Ok(Claim::Existing(decode(&row)?))
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let applied = timed(
+            "complete",
+            self.inner.timeout,
+            self.complete_on(&self.inner.pool, key, token, record, retention),
+        )
+        .await?;
+        Ok(if applied {
+            Fenced::Applied
+        } else {
+            Fenced::LeaseLost
+        })
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        let live: Option<bool> = timed(
+            "release",
+            self.inner.timeout,
+            sqlx::query_scalar(&self.inner.sql.release)
+                .bind(key.as_str())
+                .bind(token.as_bytes().as_slice())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        Ok(if live == Some(true) {
+            Fenced::Applied
+        } else {
+            Fenced::LeaseLost
+        })
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let done = timed(
+            "extend",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.extend)
+                .bind(key.as_str())
+                .bind(token.as_bytes().as_slice())
+                .bind(duration_micros(lease))
+                .execute(&self.inner.pool),
+        )
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            Fenced::Applied
+        } else {
+            Fenced::LeaseLost
+        })
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let row = timed(
+            "get",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.get)
+                .bind(key.as_str())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let live: Option<bool> = timed(
+            "delete",
+            self.inner.timeout,
+            sqlx::query_scalar(&self.inner.sql.delete)
+                .bind(key.as_str())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        Ok(live == Some(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_name_the_table_and_bind_in_order() {
+        let sql = SqlStatements::postgres("\"t\"");
+        assert!(sql.claim.contains("INSERT INTO \"t\" AS r"));
+        assert!(sql.claim.contains("now.t + $5::float8"));
+        assert!(sql.complete.contains("$7::float8"));
+        assert!(sql.extend.contains("$3::float8"));
+        for s in [
+            &sql.claim,
+            &sql.complete,
+            &sql.release,
+            &sql.extend,
+            &sql.get,
+            &sql.delete,
+        ] {
+            assert!(s.contains("clock_timestamp()") || s.contains("(SELECT t FROM now)"));
+            assert!(!s.contains("$N"));
+        }
+    }
+}

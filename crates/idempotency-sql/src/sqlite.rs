@@ -1,0 +1,482 @@
+//! [`SqliteStore`]: the records table on SQLite, every time comparison on the database's clock
+//! (`julianday('now')`, which SQLite keeps constant within one statement).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotency_core::{
+    Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
+    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Connection as _, Executor, Row as _, Sqlite};
+
+use crate::error::timed;
+use crate::migrate::{self, MIGRATIONS};
+use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
+use crate::table::{DEFAULT_TABLE, Table};
+use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_millis};
+
+/// The database's clock in milliseconds since the Unix epoch. `julianday('now')` works on every
+/// SQLite version (`unixepoch('subsec')` needs 3.42) and is the same for the whole statement.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+/// Connection options for a SQLite database file shared by concurrent tasks: WAL (readers do
+/// not block the writer), a 5 s busy timeout (writers queue instead of failing at once),
+/// `synchronous = NORMAL` (durable at checkpoints; the usual WAL setting) and
+/// `create_if_missing`. Build the application's pool from these (or set the same on yours).
+pub fn connect_options(path: impl AsRef<Path>) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+}
+
+/// An idempotency store in a SQLite table, on the application's own [`SqlitePool`].
+///
+/// Cheap to clone (an `Arc`). SQLite serialises writers, so of concurrent claims on one key
+/// exactly one wins; open the pool with [`connect_options`] (WAL, busy timeout) so that
+/// concurrent writers wait rather than fail. An in-memory database is per connection: use a
+/// file (or `file:name?mode=memory&cache=shared`).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: SqlitePool,
+    table: Table,
+    timeout: Duration,
+    sql: SqlStatements,
+}
+
+impl SqlStatements {
+    fn sqlite(t: &str) -> Self {
+        // As on Postgres, the upsert always writes the row and keeps every old value unless the
+        // row has expired, so RETURNING always yields the row as it is after the statement.
+        // SQLite runs one writer at a time, so the statement is atomic.
+        let keep_unless_expired = |column: &str| {
+            format!(
+                "{column} = CASE WHEN r.expires_at <= {NOW_MS} \
+                 THEN excluded.{column} ELSE r.{column} END"
+            )
+        };
+        let assignments = [
+            "state",
+            "token",
+            "fingerprint",
+            "created_at_ms",
+            "completed_at_ms",
+            "content_type",
+            "encoding",
+            "body",
+            "expires_at",
+        ]
+        .map(keep_unless_expired)
+        .join(", ");
+        // SQLite has no data-modifying CTEs: the completion keeps every value of a row already
+        // completed under the token (a retried call) and counts it as applied.
+        let if_running = |column: &str, value: &str| {
+            format!("{column} = CASE WHEN state = 'in_progress' THEN {value} ELSE {column} END")
+        };
+        Self {
+            claim: format!(
+                "INSERT INTO {t} AS r (store_key, state, token, fingerprint, created_at_ms, expires_at) \
+                 VALUES (?1, 'in_progress', ?2, ?3, ?4, {NOW_MS} + ?5) \
+                 ON CONFLICT (store_key) DO UPDATE SET {assignments} \
+                 RETURNING (token = ?2) AS claimed, {COLUMNS}"
+            ),
+            complete: format!(
+                "UPDATE {t} SET {}, {}, {}, {}, {}, state = 'completed' \
+                 WHERE store_key = ?1 AND token = ?2 AND state IN ('in_progress', 'completed') \
+                 AND expires_at > {NOW_MS}",
+                if_running("completed_at_ms", "?3"),
+                if_running("content_type", "?4"),
+                if_running("encoding", "?5"),
+                if_running("body", "?6"),
+                if_running("expires_at", &format!("{NOW_MS} + ?7")),
+            ),
+            release: format!(
+                "DELETE FROM {t} WHERE store_key = ?1 AND token = ?2 AND state = 'in_progress' \
+                 RETURNING expires_at > {NOW_MS}"
+            ),
+            extend: format!(
+                "UPDATE {t} SET expires_at = {NOW_MS} + ?3 \
+                 WHERE store_key = ?1 AND token = ?2 AND state = 'in_progress' \
+                 AND expires_at > {NOW_MS}"
+            ),
+            get: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE store_key = ?1 AND expires_at > {NOW_MS}"
+            ),
+            delete: format!("DELETE FROM {t} WHERE store_key = ?1 RETURNING expires_at > {NOW_MS}"),
+            purge: format!(
+                "DELETE FROM {t} WHERE store_key IN (SELECT store_key FROM {t} \
+                 WHERE expires_at <= {NOW_MS} LIMIT ?1)"
+            ),
+        }
+    }
+}
+
+/// Configures and checks a [`SqliteStore`].
+#[derive(Debug)]
+#[must_use = "call build() or migrate()"]
+pub struct SqliteStoreBuilder {
+    pool: SqlitePool,
+    table: String,
+    timeout: Duration,
+}
+
+impl SqliteStoreBuilder {
+    /// The records table (default `idempotency_records`): letters, digits and `_`, at most 48
+    /// bytes.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+
+    /// Each operation's time budget (default 1 s), including waiting for a pooled connection
+    /// and for SQLite's write lock; past it the operation fails with [`StoreError::Timeout`].
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Check that the table exists with the expected columns, and build the store.
+    ///
+    /// # Errors
+    /// [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the migration to
+    /// run, [`SqlStoreError::InvalidTableName`], or [`SqlStoreError::Database`].
+    pub async fn build(self) -> Result<SqliteStore, SqlStoreError> {
+        let table = Table::parse(&self.table, false)?;
+        let columns: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, type FROM pragma_table_info(?1)")
+                .bind(&table.bare)
+                .fetch_all(&self.pool)
+                .await?;
+        if columns.is_empty() {
+            return Err(SqlStoreError::MissingTable {
+                table: table.name,
+                migration: migrate::CURRENT,
+            });
+        }
+        if let Some(detail) = migrate::shape_mismatch(&columns, false) {
+            return Err(SqlStoreError::WrongShape {
+                table: table.name,
+                detail,
+                migration: migrate::CURRENT,
+            });
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                sql: SqlStatements::sqlite(&table.quoted),
+                pool: self.pool,
+                table,
+                timeout: self.timeout,
+            }),
+        })
+    }
+
+    /// Apply the migrations this version knows and has not applied yet (recorded in
+    /// `<table>_migrations`), then [`build`](Self::build). Safe to run at every start and from
+    /// several processes at once (`BEGIN IMMEDIATE` serialises them).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build); [`SqlStoreError::Database`] when a migration fails (nothing
+    /// of it is applied: each run is one transaction).
+    pub async fn migrate(self) -> Result<SqliteStore, SqlStoreError> {
+        let table = Table::parse(&self.table, false)?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        // `Executor::execute` (a boxed future) rather than `RawSql::execute` (an async fn generic
+        // over the executor), which would make `migrate()`'s future not `Send` for `tokio::spawn`.
+        (&mut *tx)
+            .execute(sqlx::raw_sql(&migrate::bookkeeping(&table)))
+            .await?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
+                .fetch_all(&mut *tx)
+                .await?;
+        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            (&mut *tx)
+                .execute(sqlx::raw_sql(&migrate::for_table(migration.sqlite, &table)))
+                .await?;
+            sqlx::query(&format!(
+                "INSERT INTO {} (version, name) VALUES (?1, ?2)",
+                table.migrations_quoted
+            ))
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(table = %table.name, migration = migration.name, "idempotency migration applied");
+        }
+        tx.commit().await?;
+        drop(conn);
+        self.build().await
+    }
+}
+
+fn raw_row(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
+    Ok(RawRow {
+        state: row.try_get("state")?,
+        token: row.try_get("token")?,
+        fingerprint: row.try_get("fingerprint")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        completed_at_ms: row.try_get("completed_at_ms")?,
+        content_type: row.try_get("content_type")?,
+        encoding: row.try_get("encoding")?,
+        body: row.try_get("body")?,
+    })
+}
+
+fn decode(row: &SqliteRow) -> Result<Record, StoreError> {
+    let raw = raw_row(row).map_err(|e| crate::error::map_sqlx("decode", Duration::ZERO, e))?;
+    Ok(raw.decode()?)
+}
+
+impl SqliteStore {
+    /// Start configuring a store on `pool` (the application's own pool).
+    pub fn builder(pool: SqlitePool) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            pool,
+            table: DEFAULT_TABLE.to_owned(),
+            timeout: DEFAULT_OPERATION_TIMEOUT,
+        }
+    }
+
+    /// A store on the default table, checked to exist.
+    ///
+    /// # Errors
+    /// As [`SqliteStoreBuilder::build`].
+    pub async fn new(pool: SqlitePool) -> Result<Self, SqlStoreError> {
+        Self::builder(pool).build().await
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// The records table's name, as configured.
+    pub fn table(&self) -> &str {
+        &self.inner.table.name
+    }
+
+    /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
+    /// `raw-postgres` benchmark baseline sends).
+    pub fn statements(&self) -> &SqlStatements {
+        &self.inner.sql
+    }
+
+    /// Delete up to `batch` expired rows and return how many went (one short write
+    /// transaction). Call it in a loop until it returns less than `batch`, or use
+    /// [`crate::PurgeTask`].
+    ///
+    /// # Errors
+    /// [`StoreError`] as for every operation.
+    pub async fn purge_expired(&self, batch: u32) -> Result<u64, StoreError> {
+        let done = timed(
+            "purge_expired",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.purge)
+                .bind(i64::from(batch))
+                .execute(&self.inner.pool),
+        )
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Complete `guard`'s claim with `outcome` **inside the caller's transaction** `conn` (a
+    /// `&mut *tx`; prefer `pool.begin_with("BEGIN IMMEDIATE")` so the transaction takes the
+    /// write lock up front). The side effect and the completed record commit together or not
+    /// at all. Then commit and call [`PendingCompletion::committed`]; on a rollback call
+    /// [`PendingCompletion::release`] (or drop it: it releases in the background).
+    ///
+    /// # Errors
+    /// - [`IdempotencyError::LeaseLost`]: the claim lapsed or was taken over; **roll back**;
+    /// - [`IdempotencyError::OutcomeTooLarge`]: nothing written, the claim was released;
+    /// - [`IdempotencyError::StoreUnavailable`] / [`IdempotencyError::CorruptRecord`]: roll back.
+    pub async fn complete_in<S: IdempotencyStore + 'static>(
+        &self,
+        conn: &mut SqliteConnection,
+        guard: Guard<S>,
+        outcome: StoredOutcome,
+    ) -> Result<PendingCompletion<S>, IdempotencyError> {
+        let pending = guard.prepare(outcome).await?;
+        self.write_in(conn, pending).await
+    }
+
+    /// The fenced write of a [`PendingCompletion`] in the caller's transaction;
+    /// [`complete_in`](Self::complete_in) is [`Guard::prepare`] + this.
+    ///
+    /// # Errors
+    /// As [`complete_in`](Self::complete_in).
+    pub async fn write_in<S: IdempotencyStore + 'static>(
+        &self,
+        conn: &mut SqliteConnection,
+        pending: PendingCompletion<S>,
+    ) -> Result<PendingCompletion<S>, IdempotencyError> {
+        let Some(parts) = pending.parts() else {
+            return Ok(pending);
+        };
+        let applied = timed(
+            "complete_in",
+            parts.timeout,
+            self.complete_on(
+                &mut *conn,
+                parts.key,
+                parts.token,
+                parts.completed,
+                parts.retention,
+            ),
+        )
+        .await;
+        match applied {
+            Ok(true) => Ok(pending),
+            Ok(false) => Err(pending.lease_lost()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn complete_on<'e, E: Executor<'e, Database = Sqlite>>(
+        &self,
+        executor: E,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(&self.inner.sql.complete)
+            .bind(key.as_str())
+            .bind(token.as_bytes().as_slice())
+            .bind(millis_column(record.completed_at_ms))
+            .bind(record.outcome.content_type.as_deref())
+            .bind(encoding_code(record.outcome.encoding))
+            .bind(&record.outcome.body[..])
+            .bind(duration_millis(retention))
+            .execute(executor)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let row = timed(
+            "try_claim",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.claim)
+                .bind(key.as_str())
+                .bind(record.token.as_bytes().as_slice())
+                .bind(record.fingerprint.as_bytes().as_slice())
+                .bind(millis_column(record.created_at_ms))
+                .bind(duration_millis(lease))
+                .fetch_one(&self.inner.pool),
+        )
+        .await?;
+        let claimed: Option<bool> = row
+            .try_get("claimed")
+            .map_err(|e| crate::error::map_sqlx("try_claim", Duration::ZERO, e))?;
+        if claimed == Some(true) {
+            return Ok(Claim::Claimed);
+        }
+        Ok(Claim::Existing(decode(&row)?))
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let applied = timed(
+            "complete",
+            self.inner.timeout,
+            self.complete_on(&self.inner.pool, key, token, record, retention),
+        )
+        .await?;
+        Ok(if applied {
+            Fenced::Applied
+        } else {
+            Fenced::LeaseLost
+        })
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        let live: Option<bool> = timed(
+            "release",
+            self.inner.timeout,
+            sqlx::query_scalar(&self.inner.sql.release)
+                .bind(key.as_str())
+                .bind(token.as_bytes().as_slice())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        Ok(if live == Some(true) {
+            Fenced::Applied
+        } else {
+            Fenced::LeaseLost
+        })
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let done = timed(
+            "extend",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.extend)
+                .bind(key.as_str())
+                .bind(token.as_bytes().as_slice())
+                .bind(duration_millis(lease))
+                .execute(&self.inner.pool),
+        )
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            Fenced::Applied
+        } else {
+            Fenced::LeaseLost
+        })
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let row = timed(
+            "get",
+            self.inner.timeout,
+            sqlx::query(&self.inner.sql.get)
+                .bind(key.as_str())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let live: Option<bool> = timed(
+            "delete",
+            self.inner.timeout,
+            sqlx::query_scalar(&self.inner.sql.delete)
+                .bind(key.as_str())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        Ok(live == Some(true))
+    }
+}

@@ -1,0 +1,5 @@
+//! The shared behaviour suite and reference model on Postgres (a real server: see
+//! `idempotency_testkit::fixtures::PostgresServer` for where it comes from).
+mod common;
+
+idempotency_testkit::behaviour_suite!(common::pg_harness());
