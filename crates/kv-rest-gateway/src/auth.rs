@@ -14,7 +14,7 @@ use crate::config::Secret;
 pub(crate) enum Access {
     /// Every command the gateway supports.
     ReadWrite,
-    /// Read commands only (see [`crate::command::is_read_only`]).
+    /// Read commands only (see [`crate::policy::is_read_only`]).
     ReadOnly,
 }
 

@@ -1,11 +1,16 @@
-//! The Redis side: one shared, self-reconnecting connection for commands and pipelines, and a
-//! dedicated connection per transaction.
+//! The Redis side: per token, one shared self-reconnecting connection for commands and
+//! pipelines and a dedicated connection per transaction, each authenticated as that token's
+//! ACL user ([`crate::acl`]); plus a separate connection that stops over-long scripts.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, Value};
+use tokio::sync::Mutex;
 
+use crate::acl::{self, AclError, Credentials, Role};
+use crate::auth::Access;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, from_redis, server_error_text};
 
@@ -18,21 +23,64 @@ pub(crate) enum TransactionOutcome {
     Refused(String),
 }
 
+/// One token's connections.
+#[derive(Clone)]
+struct UserConnections {
+    client: Client,
+    /// Multiplexed and shared by every request of this token; it reconnects by itself after an
+    /// I/O error, so the gateway recovers when Redis comes back without a restart.
+    shared: ConnectionManager,
+}
+
+/// The connections, once the ACL users are set up.
+struct Ready {
+    main: UserConnections,
+    read_only: Option<UserConnections>,
+    /// Sends `SCRIPT KILL` / `FUNCTION KILL`; never carries client commands, so it is free
+    /// while the shared connection waits for a script.
+    killer: ConnectionManager,
+    /// Set when the gateway created the users: they are re-created after an authentication
+    /// failure (a Redis restart without an ACL file forgets them).
+    provisioned: Option<Provisioned>,
+}
+
+#[derive(Clone)]
+struct Provisioned {
+    main: Credentials,
+    read_only: Option<Credentials>,
+}
+
 /// Connections to the Redis server behind the gateway.
 #[derive(Clone)]
 pub(crate) struct Backend {
-    client: Client,
-    /// Multiplexed and shared by every request; it reconnects by itself after an I/O error, so
-    /// the gateway recovers when Redis comes back without a restart.
-    shared: ConnectionManager,
-    transaction_config: AsyncConnectionConfig,
+    inner: Arc<BackendInner>,
+}
+
+struct BackendInner {
+    /// The configured URL's client: the admin in provisioning mode, else the main user.
+    configured: Client,
+    read_only_url: Option<ConnectionInfo>,
+    wants_read_only: bool,
+    users: (String, String),
+    tokens: (crate::config::Secret, Option<crate::config::Secret>),
+    manager_config: ConnectionManagerConfig,
+    connection_config: AsyncConnectionConfig,
+    script_time_limit: Duration,
+    ready: OnceLock<Ready>,
+    /// Serialises re-provisioning after authentication failures.
+    reprovision: Mutex<()>,
 }
 
 impl Backend {
-    /// Prepares the connections without connecting: the gateway starts (and answers 503) while
-    /// Redis is still down.
+    /// Prepares the backend without connecting: the gateway starts (and answers 503) while
+    /// Redis is still down; [`Backend::setup`] connects.
     pub(crate) fn new(config: &GatewayConfig) -> Result<Self, redis::RedisError> {
-        let client = Client::open(config.redis_url.as_str())?;
+        let configured = Client::open(config.redis_url.as_str())?;
+        let read_only_url = config
+            .read_only_redis_url
+            .as_deref()
+            .map(IntoConnectionInfo::into_connection_info)
+            .transpose()?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -41,29 +89,190 @@ impl Backend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let shared = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
-        let transaction_config = AsyncConnectionConfig::new()
+        let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
         Ok(Self {
-            client,
-            shared,
-            transaction_config,
+            inner: Arc::new(BackendInner {
+                configured,
+                read_only_url,
+                wants_read_only: config.read_only_token.is_some(),
+                users: (config.acl_user.clone(), config.read_only_acl_user.clone()),
+                tokens: (config.token.clone(), config.read_only_token.clone()),
+                manager_config,
+                connection_config,
+                script_time_limit: config.script_time_limit,
+                ready: OnceLock::new(),
+                reprovision: Mutex::new(()),
+            }),
         })
     }
 
     /// The Redis address for logs (never the password).
     pub(crate) fn address(&self) -> String {
-        self.client.get_connection_info().addr().to_string()
+        self.inner.configured.get_connection_info().addr().to_string()
     }
 
-    /// Runs one command. A Redis error reply becomes [`GatewayError::BadRequest`] with its text.
-    pub(crate) async fn command(&self, cmd: &Cmd) -> Result<Value, GatewayError> {
-        let mut connection = self.shared.clone();
-        match connection.send_packed_command(cmd).await {
-            Ok(Value::ServerError(error)) => {
-                Err(GatewayError::BadRequest(server_error_text(&error)))
+    /// Sets up the ACL users (or verifies the prepared ones) and opens the connections.
+    ///
+    /// # Errors
+    /// [`AclError::Unavailable`] while Redis cannot be reached (retry), any other
+    /// [`AclError`] for a configuration the gateway refuses to serve with.
+    pub(crate) async fn setup(&self) -> Result<(), AclError> {
+        if self.inner.ready.get().is_some() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let db = inner.configured.get_connection_info().redis_settings().db();
+        let mut configured = self.connect(&inner.configured).await?;
+        let main_creds = acl::derived_credentials(Role::Main, &inner.users.0, &inner.tokens.0);
+        let ready = match acl::provision(&mut configured, Role::Main, &main_creds, db).await {
+            Ok(()) => {
+                let read_only_creds = match &inner.tokens.1 {
+                    Some(token) if inner.wants_read_only => {
+                        let creds = acl::derived_credentials(Role::ReadOnly, &inner.users.1, token);
+                        acl::provision(&mut configured, Role::ReadOnly, &creds, db).await?;
+                        Some(creds)
+                    }
+                    _ => None,
+                };
+                let main_info = with_credentials(inner.configured.get_connection_info(), &main_creds);
+                let main = self.user_connections(main_info.clone(), Role::Main, db).await?;
+                let read_only = match &read_only_creds {
+                    Some(creds) => {
+                        let info = with_credentials(inner.configured.get_connection_info(), creds);
+                        Some(self.user_connections(info, Role::ReadOnly, db).await?)
+                    }
+                    None => None,
+                };
+                tracing::info!("serving through the gateway's own Redis ACL users");
+                Ready {
+                    killer: self.killer(main_info).await?,
+                    main,
+                    read_only,
+                    provisioned: Some(Provisioned {
+                        main: main_creds,
+                        read_only: read_only_creds,
+                    }),
+                }
             }
+            Err(AclError::NotPermitted) => {
+                // Operator-prepared users: the configured URL is the main user.
+                let main_info = inner.configured.get_connection_info().clone();
+                let main = self.user_connections(main_info.clone(), Role::Main, db).await?;
+                let read_only = if inner.wants_read_only {
+                    let Some(info) = inner.read_only_url.clone() else {
+                        return Err(AclError::TooRestricted {
+                            role: "main",
+                            command: "ACL SETUSER",
+                            reply: "NOPERM; with a read-only token, give the read-only user's \
+                                    URL too (--read-only-redis-url)"
+                                .into(),
+                        });
+                    };
+                    let ro_db = info.redis_settings().db();
+                    Some(self.user_connections(info, Role::ReadOnly, ro_db).await?)
+                } else {
+                    None
+                };
+                tracing::info!("serving through operator-prepared Redis ACL users (verified)");
+                Ready {
+                    killer: self.killer(main_info).await?,
+                    main,
+                    read_only,
+                    provisioned: None,
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        let _ = inner.ready.set(ready);
+        Ok(())
+    }
+
+    async fn connect(&self, client: &Client) -> Result<MultiplexedConnection, AclError> {
+        client
+            .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
+            .await
+            .map_err(|error| match error.code() {
+                Some(_) => AclError::TooRestricted {
+                    role: "configured",
+                    command: "AUTH",
+                    reply: error.to_string(),
+                },
+                None => AclError::Unavailable(error),
+            })
+    }
+
+    /// Verifies a user with probes, then opens its shared connection.
+    async fn user_connections(
+        &self,
+        info: ConnectionInfo,
+        role: Role,
+        db: i64,
+    ) -> Result<UserConnections, AclError> {
+        let info = skip_lib_name(info);
+        let client = Client::open(info).map_err(AclError::Unavailable)?;
+        let mut probe = self.connect(&client).await?;
+        acl::verify(&mut probe, role, db).await?;
+        drop(probe);
+        let shared =
+            ConnectionManager::new_lazy_with_config(client.clone(), self.inner.manager_config.clone())
+                .map_err(AclError::Unavailable)?;
+        Ok(UserConnections { client, shared })
+    }
+
+    async fn killer(&self, info: ConnectionInfo) -> Result<ConnectionManager, AclError> {
+        let client = Client::open(skip_lib_name(info)).map_err(AclError::Unavailable)?;
+        // Connected now, not lazily: during a busy script Redis answers BUSY to the set-up
+        // commands of a new connection.
+        ConnectionManager::new_with_config(client, self.inner.manager_config.clone())
+            .await
+            .map_err(AclError::Unavailable)
+    }
+
+    fn ready(&self) -> Result<&Ready, GatewayError> {
+        self.inner.ready.get().ok_or_else(|| {
+            GatewayError::Unavailable("Redis is unavailable: the gateway is still connecting".into())
+        })
+    }
+
+    fn user(&self, access: Access) -> Result<&UserConnections, GatewayError> {
+        let ready = self.ready()?;
+        match access {
+            Access::ReadWrite => Ok(&ready.main),
+            Access::ReadOnly => ready.read_only.as_ref().ok_or_else(|| {
+                GatewayError::Internal("no read-only Redis user is configured".into())
+            }),
+        }
+    }
+
+    /// Runs one command as `access`'s user. A Redis error reply becomes
+    /// [`GatewayError::BadRequest`] with its text.
+    pub(crate) async fn command(
+        &self,
+        access: Access,
+        cmd: &Cmd,
+        script: bool,
+    ) -> Result<Value, GatewayError> {
+        let result = self.command_once(access, cmd, script).await;
+        if self.reprovision_if_needed(&result).await {
+            return self.command_once(access, cmd, script).await;
+        }
+        result
+    }
+
+    async fn command_once(
+        &self,
+        access: Access,
+        cmd: &Cmd,
+        script: bool,
+    ) -> Result<Value, GatewayError> {
+        let mut connection = self.user(access)?.shared.clone();
+        let reply = self
+            .script_limited(script, connection.send_packed_command(cmd))
+            .await;
+        match reply {
+            Ok(Value::ServerError(error)) => Err(GatewayError::BadRequest(server_error_text(&error))),
             Ok(value) => Ok(value),
             Err(error) => Err(from_redis(&error)),
         }
@@ -71,18 +280,35 @@ impl Backend {
 
     /// Runs commands as one pipeline (not atomic). Returns one value per command; errors of
     /// single commands are inline `Value::ServerError`s.
-    pub(crate) async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, GatewayError> {
+    pub(crate) async fn pipeline(
+        &self,
+        access: Access,
+        cmds: Vec<Cmd>,
+        script: bool,
+    ) -> Result<Vec<Value>, GatewayError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         let count = cmds.len();
         let pipeline = pipeline_of(cmds);
-        let mut connection = self.shared.clone();
-        let values = connection
-            .send_packed_commands(&pipeline, 0, count)
+        let mut result = self.pipeline_once(access, &pipeline, count, script).await;
+        if self.reprovision_if_needed(&result).await {
+            result = self.pipeline_once(access, &pipeline, count, script).await;
+        }
+        expect_len(result?, count)
+    }
+
+    async fn pipeline_once(
+        &self,
+        access: Access,
+        pipeline: &Pipeline,
+        count: usize,
+        script: bool,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let mut connection = self.user(access)?.shared.clone();
+        self.script_limited(script, connection.send_packed_commands(pipeline, 0, count))
             .await
-            .map_err(|error| from_redis(&error))?;
-        expect_len(values, count)
+            .map_err(|error| from_redis(&error))
     }
 
     /// Runs commands as `MULTI` … `EXEC` on a connection of its own.
@@ -91,14 +317,11 @@ impl Backend {
     /// inside it, and a transaction left open by a failure dies with its connection.
     pub(crate) async fn transaction(
         &self,
+        access: Access,
         cmds: Vec<Cmd>,
+        script: bool,
     ) -> Result<TransactionOutcome, GatewayError> {
         let count = cmds.len();
-        let mut connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.transaction_config)
-            .await
-            .map_err(|error| from_redis(&error))?;
         // Sent as a plain pipeline (MULTI, the commands, EXEC) so every reply comes back,
         // including the queueing errors that explain an EXECABORT.
         let mut all = Vec::with_capacity(count + 2);
@@ -106,10 +329,11 @@ impl Backend {
         all.extend(cmds);
         all.push(redis::cmd("EXEC"));
         let pipeline = pipeline_of(all);
-        let mut replies = connection
-            .send_packed_commands(&pipeline, 0, count + 2)
-            .await
-            .map_err(|error| from_redis(&error))?;
+        let mut result = self.transaction_once(access, &pipeline, count, script).await;
+        if self.reprovision_if_needed(&result).await {
+            result = self.transaction_once(access, &pipeline, count, script).await;
+        }
+        let mut replies = result?;
         let replies_len = replies.len();
         let exec = replies.pop();
         match exec {
@@ -135,6 +359,134 @@ impl Backend {
             ))),
         }
     }
+
+    async fn transaction_once(
+        &self,
+        access: Access,
+        pipeline: &Pipeline,
+        count: usize,
+        script: bool,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let client = self.user(access)?.client.clone();
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
+            .await
+            .map_err(|error| from_redis(&error))?;
+        self.script_limited(script, connection.send_packed_commands(pipeline, 0, count + 2))
+            .await
+            .map_err(|error| from_redis(&error))
+    }
+
+    /// `PING` on the main user's shared connection.
+    pub(crate) async fn ping(&self) -> Result<(), GatewayError> {
+        self.command(Access::ReadWrite, &redis::cmd("PING"), false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Awaits `reply`; when it carries a script and takes longer than the script time limit,
+    /// stops the running script over the killer connection and keeps waiting for the reply
+    /// (Redis then answers the caller with a "script killed" error).
+    ///
+    /// Redis handles the kill only after the script has run for its `busy-reply-threshold`;
+    /// before that it serves no connection at all. A script that already wrote cannot be
+    /// killed (Redis answers `UNKILLABLE`); the caller then waits for the response timeout.
+    async fn script_limited<T>(
+        &self,
+        script: bool,
+        reply: impl std::future::Future<Output = T>,
+    ) -> T {
+        if !script {
+            return reply.await;
+        }
+        let mut reply = std::pin::pin!(reply);
+        tokio::select! {
+            result = &mut reply => return result,
+            () = tokio::time::sleep(self.inner.script_time_limit) => {}
+        }
+        self.kill_scripts().await;
+        reply.await
+    }
+
+    async fn kill_scripts(&self) {
+        let Ok(ready) = self.ready() else { return };
+        let mut killer = ready.killer.clone();
+        metrics::counter!("kv_rest_gateway_scripts_killed_total").increment(1);
+        for kill in [["SCRIPT", "KILL"], ["FUNCTION", "KILL"]] {
+            let mut cmd = Cmd::new();
+            cmd.arg(kill[0]).arg(kill[1]);
+            match killer.send_packed_command(&cmd).await {
+                Ok(Value::ServerError(error)) => {
+                    tracing::debug!(reply = %server_error_text(&error), "{} {}", kill[0], kill[1]);
+                }
+                Ok(_) => {
+                    tracing::warn!(
+                        limit_ms = self.inner.script_time_limit.as_millis() as u64,
+                        "stopped a script over the time limit ({} {})",
+                        kill[0],
+                        kill[1]
+                    );
+                    return;
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    if text.contains("UNKILLABLE") {
+                        tracing::error!(
+                            "a script over the time limit has written and cannot be killed; \
+                             Redis stays busy until it ends"
+                        );
+                        return;
+                    }
+                    tracing::debug!(%error, "{} {}", kill[0], kill[1]);
+                }
+            }
+        }
+    }
+
+    /// After an authentication failure in provisioning mode (Redis restarted without its ACL
+    /// users), re-creates the users. Returns whether the caller should retry.
+    async fn reprovision_if_needed<T>(&self, result: &Result<T, GatewayError>) -> bool {
+        let Err(GatewayError::Unavailable(text) | GatewayError::BadRequest(text)) = result else {
+            return false;
+        };
+        if !(text.contains("WRONGPASS") || text.contains("NOAUTH") || text.contains("uthentication")) {
+            return false;
+        }
+        let Ok(ready) = self.ready() else { return false };
+        let Some(provisioned) = ready.provisioned.clone() else {
+            return false;
+        };
+        let _guard = self.inner.reprovision.lock().await;
+        let db = self.inner.configured.get_connection_info().redis_settings().db();
+        let Ok(mut admin) = self.connect(&self.inner.configured).await else {
+            return false;
+        };
+        let mut ok = acl::provision(&mut admin, Role::Main, &provisioned.main, db)
+            .await
+            .is_ok();
+        if let Some(read_only) = &provisioned.read_only {
+            ok &= acl::provision(&mut admin, Role::ReadOnly, read_only, db)
+                .await
+                .is_ok();
+        }
+        tracing::warn!(ok, "re-created the Redis ACL users after an authentication failure");
+        ok
+    }
+}
+
+fn with_credentials(info: &ConnectionInfo, credentials: &Credentials) -> ConnectionInfo {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_username(&credentials.user)
+        .set_password(credentials.password.expose());
+    info.clone().set_redis_settings(settings)
+}
+
+/// `CLIENT SETINFO` is a connection command the users may not run; skip it.
+fn skip_lib_name(info: ConnectionInfo) -> ConnectionInfo {
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    info.set_redis_settings(settings)
 }
 
 fn pipeline_of(cmds: Vec<Cmd>) -> Pipeline {

@@ -20,6 +20,21 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default timeout for one Redis reply (a command, a pipeline or a transaction).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tokens shorter than this many characters are accepted with a warning at start.
+///
+/// 32 characters of hex are 128 bits; generate tokens with `openssl rand -hex 32` (64
+/// characters, 256 bits).
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// Default [`GatewayConfig::script_time_limit`]: 5 s, Redis's default `busy-reply-threshold`.
+pub const DEFAULT_SCRIPT_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Default name of the read-write token's Redis ACL user.
+pub const DEFAULT_ACL_USER: &str = "kv-rest-gateway";
+
+/// Default name of the read-only token's Redis ACL user.
+pub const DEFAULT_READ_ONLY_ACL_USER: &str = "kv-rest-gateway-ro";
+
 /// A secret string (an API token) whose `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -67,8 +82,24 @@ impl From<&str> for Secret {
 #[derive(Clone)]
 pub struct GatewayConfig {
     /// Redis connection URL, e.g. `redis://127.0.0.1:6379` (`rediss://` needs a TLS-enabled
-    /// build of the `redis` crate, which this crate does not enable).
+    /// build of the `redis` crate, which this crate does not enable). When its user may run
+    /// `ACL SETUSER`, the gateway creates its restricted users with it; otherwise it is the
+    /// operator-prepared user of the read-write token (see [`crate#redis-acl-users`]).
     pub redis_url: String,
+    /// The operator-prepared Redis user of the read-only token (a URL with its credentials);
+    /// needed with a read-only token when `redis_url`'s user may not run `ACL SETUSER`.
+    pub read_only_redis_url: Option<String>,
+    /// Name of the ACL user the gateway creates for the read-write token.
+    pub acl_user: String,
+    /// Name of the ACL user the gateway creates for the read-only token.
+    pub read_only_acl_user: String,
+    /// A script (`EVAL*`, `FCALL*`) running longer than this is stopped with `SCRIPT KILL` /
+    /// `FUNCTION KILL` over a separate connection; its caller gets an error. Redis processes
+    /// the kill only once the script has run for its `busy-reply-threshold`, so keep that at
+    /// or below this limit.
+    pub script_time_limit: Duration,
+    /// Timeouts and limits of the HTTP server.
+    pub limits: crate::ServerLimits,
     /// The read-write API token (`Authorization: Bearer <token>` or `?_token=`).
     pub token: Secret,
     /// An optional read-only API token: read commands only, and not `SCAN` / `KEYS`.
@@ -87,6 +118,14 @@ impl fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GatewayConfig")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field(
+                "read_only_redis_url",
+                &self.read_only_redis_url.as_deref().map(redact_url),
+            )
+            .field("acl_user", &self.acl_user)
+            .field("read_only_acl_user", &self.read_only_acl_user)
+            .field("script_time_limit", &self.script_time_limit)
+            .field("limits", &self.limits)
             .field("token", &self.token)
             .field("read_only_token", &self.read_only_token)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -114,6 +153,11 @@ impl GatewayConfig {
     pub fn new(redis_url: impl Into<String>, token: impl Into<Secret>) -> Self {
         Self {
             redis_url: redis_url.into(),
+            read_only_redis_url: None,
+            acl_user: DEFAULT_ACL_USER.to_owned(),
+            read_only_acl_user: DEFAULT_READ_ONLY_ACL_USER.to_owned(),
+            script_time_limit: DEFAULT_SCRIPT_TIME_LIMIT,
+            limits: crate::ServerLimits::default(),
             token: token.into(),
             read_only_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -144,6 +188,61 @@ impl GatewayConfig {
         self
     }
 
+    /// Sets the operator-prepared Redis user of the read-only token (a URL with credentials).
+    #[must_use]
+    pub fn with_read_only_redis_url(mut self, url: impl Into<String>) -> Self {
+        self.read_only_redis_url = Some(url.into());
+        self
+    }
+
+    /// Sets the names of the ACL users the gateway creates (read-write, read-only).
+    #[must_use]
+    pub fn with_acl_users(mut self, main: impl Into<String>, read_only: impl Into<String>) -> Self {
+        self.acl_user = main.into();
+        self.read_only_acl_user = read_only.into();
+        self
+    }
+
+    /// Sets the script time limit.
+    #[must_use]
+    pub fn with_script_time_limit(mut self, limit: Duration) -> Self {
+        self.script_time_limit = limit;
+        self
+    }
+
+    /// Sets the HTTP server's timeouts and limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: crate::ServerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Checks the tokens: an empty token (or one of only white space) is refused, and the two
+    /// tokens must differ. Returns warnings (short tokens) to log.
+    ///
+    /// # Errors
+    /// [`crate::Error::EmptyToken`], [`crate::Error::SameTokens`].
+    pub fn validate(&self) -> Result<Vec<String>, crate::Error> {
+        let mut warnings = Vec::new();
+        let tokens = [("token", Some(&self.token)), ("read-only token", self.read_only_token.as_ref())];
+        for (which, token) in tokens {
+            let Some(token) = token else { continue };
+            if token.expose().trim().is_empty() {
+                return Err(crate::Error::EmptyToken(which));
+            }
+            if token.expose().chars().count() < MIN_TOKEN_LEN {
+                warnings.push(format!(
+                    "the {which} is shorter than {MIN_TOKEN_LEN} characters: generate one with \
+                     `openssl rand -hex 32`"
+                ));
+            }
+        }
+        if self.read_only_token.as_ref() == Some(&self.token) {
+            return Err(crate::Error::SameTokens);
+        }
+        Ok(warnings)
+    }
+
     /// Sets the Redis connect and response timeouts.
     #[must_use]
     pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Self {
@@ -165,6 +264,34 @@ mod tests {
         assert!(!shown.contains("super-secret"), "{shown}");
         assert!(shown.contains("redacted"));
         assert_eq!(Secret::new("x").to_string(), "<redacted>");
+    }
+
+    #[test]
+    fn empty_short_and_equal_tokens() {
+        assert!(matches!(
+            GatewayConfig::new("redis://h", "").validate(),
+            Err(crate::Error::EmptyToken("token"))
+        ));
+        assert!(matches!(
+            GatewayConfig::new("redis://h", " \t").validate(),
+            Err(crate::Error::EmptyToken("token"))
+        ));
+        assert!(matches!(
+            GatewayConfig::new("redis://h", "a".repeat(40))
+                .with_read_only_token("")
+                .validate(),
+            Err(crate::Error::EmptyToken("read-only token"))
+        ));
+        assert!(matches!(
+            GatewayConfig::new("redis://h", "a".repeat(40))
+                .with_read_only_token("a".repeat(40))
+                .validate(),
+            Err(crate::Error::SameTokens)
+        ));
+        let warnings = GatewayConfig::new("redis://h", "short").validate().unwrap_or_default();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let none = GatewayConfig::new("redis://h", "a".repeat(64)).validate();
+        assert!(none.is_ok_and(|w| w.is_empty()));
     }
 
     #[test]

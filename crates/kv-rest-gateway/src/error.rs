@@ -16,6 +16,9 @@ pub(crate) enum GatewayError {
     /// A method the endpoint does not accept: HTTP 405 with `Allow: <the accepted methods>`.
     #[error("Method not allowed")]
     MethodNotAllowed(&'static str),
+    /// The body did not arrive within the body read timeout: HTTP 408, connection closed.
+    #[error("ERR the request body did not arrive within {} ms", .0.as_millis())]
+    BodyTimeout(std::time::Duration),
     /// The body exceeds the configured limit: HTTP 413.
     #[error("request body exceeds the limit of {0} bytes")]
     PayloadTooLarge(usize),
@@ -34,6 +37,7 @@ impl GatewayError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -44,6 +48,13 @@ impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
         let mut response = crate::server::json_response(self.status(), &body);
+        if matches!(self, Self::BodyTimeout(_)) {
+            // The client may still be sending: do not keep reading from it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         if let Self::MethodNotAllowed(allowed) = self {
             response
                 .headers_mut()

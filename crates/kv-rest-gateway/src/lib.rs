@@ -79,17 +79,27 @@
 //! non-root); the workspace's `docker-compose.yml` runs it next to Redis.
 #![deny(missing_docs)]
 
+mod acl;
 mod auth;
 mod backend;
+mod body;
 mod command;
 mod config;
 mod error;
+mod listen;
+mod policy;
 mod resp;
 mod scripts;
 mod server;
 
+pub use acl::{MAIN_RULES, READ_ONLY_RULES};
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE,
-    DEFAULT_RESPONSE_TIMEOUT, GatewayConfig, Secret,
+    DEFAULT_ACL_USER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE,
+    DEFAULT_READ_ONLY_ACL_USER, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SCRIPT_TIME_LIMIT,
+    GatewayConfig, MIN_TOKEN_LEN, Secret,
+};
+pub use listen::{
+    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, ServerLimits,
 };
 pub use server::{Error, Gateway, HEALTH_PATH, SYNC_TOKEN_HEADER, router, serve};

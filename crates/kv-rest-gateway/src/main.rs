@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kv_rest_gateway::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE, GatewayConfig, Secret, serve};
+use kv_rest_gateway::{
+    DEFAULT_ACL_USER, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PIPELINE,
+    DEFAULT_READ_ONLY_ACL_USER, GatewayConfig, Secret, ServerLimits, serve,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Serve the Upstash / Vercel KV REST API in front of a real Redis.
@@ -18,7 +21,9 @@ struct Args {
     #[arg(long, env = "KV_REST_GATEWAY_LISTEN", default_value = "127.0.0.1:8079")]
     listen: SocketAddr,
 
-    /// Redis URL (redis://[user:password@]host:port[/db]).
+    /// Redis URL (redis://[user:password@]host:port[/db]). A user that may run ACL SETUSER
+    /// (e.g. a local Redis's default user): the gateway creates its restricted users with it.
+    /// Otherwise: the operator-prepared user of the read-write token (see SECURITY.md).
     #[arg(
         long,
         env = "KV_REST_GATEWAY_REDIS_URL",
@@ -26,7 +31,21 @@ struct Args {
     )]
     redis_url: String,
 
-    /// Read-write API token (clients send `Authorization: Bearer <token>`).
+    /// Operator-prepared Redis user of the read-only token (redis://user:password@host:port),
+    /// when the --redis-url user may not run ACL SETUSER.
+    #[arg(long, env = "KV_REST_GATEWAY_READ_ONLY_REDIS_URL", hide_env_values = true)]
+    read_only_redis_url: Option<String>,
+
+    /// Name of the Redis ACL user the gateway creates for the read-write token.
+    #[arg(long, env = "KV_REST_GATEWAY_ACL_USER", default_value = DEFAULT_ACL_USER)]
+    acl_user: String,
+
+    /// Name of the Redis ACL user the gateway creates for the read-only token.
+    #[arg(long, env = "KV_REST_GATEWAY_READ_ONLY_ACL_USER", default_value = DEFAULT_READ_ONLY_ACL_USER)]
+    read_only_acl_user: String,
+
+    /// Read-write API token (clients send `Authorization: Bearer <token>`). Must not be empty;
+    /// at least 32 characters, e.g. `openssl rand -hex 32`.
     #[arg(long, env = "KV_REST_GATEWAY_TOKEN", hide_env_values = true)]
     token: String,
 
@@ -49,6 +68,27 @@ struct Args {
         default_value_t = 10_000
     )]
     redis_timeout_ms: u64,
+
+    /// Scripts running longer than this are stopped with SCRIPT KILL (milliseconds). Keep
+    /// Redis's busy-reply-threshold at or below it.
+    #[arg(long, env = "KV_REST_GATEWAY_SCRIPT_TIME_LIMIT_MS", default_value_t = 5_000)]
+    script_time_limit_ms: u64,
+
+    /// Time a client has to send a request's headers (milliseconds).
+    #[arg(long, env = "KV_REST_GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+
+    /// Time a client has to send a request's body (milliseconds).
+    #[arg(long, env = "KV_REST_GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    body_read_timeout_ms: u64,
+
+    /// Idle keep-alive connections are closed after this long (milliseconds).
+    #[arg(long, env = "KV_REST_GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 5_000)]
+    idle_timeout_ms: u64,
+
+    /// Maximum HTTP connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "KV_REST_GATEWAY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for Args {
@@ -76,9 +116,20 @@ async fn main() -> ExitCode {
         .with_timeouts(
             kv_rest_gateway::DEFAULT_CONNECT_TIMEOUT,
             Duration::from_millis(args.redis_timeout_ms),
-        );
+        )
+        .with_acl_users(args.acl_user, args.read_only_acl_user)
+        .with_script_time_limit(Duration::from_millis(args.script_time_limit_ms))
+        .with_limits(ServerLimits {
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            max_connections: args.max_connections,
+        });
     if let Some(read_only) = args.read_only_token {
         config = config.with_read_only_token(read_only);
+    }
+    if let Some(url) = args.read_only_redis_url {
+        config = config.with_read_only_redis_url(url);
     }
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {

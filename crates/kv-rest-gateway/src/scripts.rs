@@ -75,7 +75,7 @@ impl ScriptRegistry {
                     None => ReplyFix::None,
                 },
                 Some("EXISTS") => {
-                    let len = command.args().len();
+                    let len = command.len();
                     self.translate_sha_args(command, 2..len);
                     ReplyFix::None
                 }
@@ -88,20 +88,23 @@ impl ScriptRegistry {
     /// Strips the flag from the script at `index`; returns the flagged text's SHA if it was
     /// flagged.
     fn strip_arg(&self, command: &mut Command, index: usize) -> Option<String> {
-        let script = command.args_mut().get_mut(index)?;
+        let script = command.arg(index)?;
         let stripped = strip_flag(script)?;
         let flagged_sha = sha1_hex(script);
         self.remember(flagged_sha.clone(), sha1_hex(&stripped));
-        *script = stripped;
+        command.set_arg(index, &stripped);
         Some(flagged_sha)
     }
 
     fn translate_sha_args(&self, command: &mut Command, range: std::ops::Range<usize>) {
         let translations = self.lock();
-        for arg in command.args_mut().get_mut(range).into_iter().flatten() {
+        for index in range {
+            let Some(arg) = command.arg(index) else {
+                continue;
+            };
             let sha = String::from_utf8_lossy(arg).to_ascii_lowercase();
             if let Some(actual) = translations.get(&sha) {
-                *arg = actual.clone().into_bytes();
+                command.set_arg(index, actual.as_bytes());
             }
         }
     }
@@ -225,12 +228,12 @@ mod tests {
         let flagged = "#!lua flags=allow-key-locking\nreturn 1";
         let mut eval = Command::new(vec![b"eval".to_vec(), flagged.into(), b"0".to_vec()])?;
         assert_eq!(registry.translate(&mut eval), ReplyFix::None);
-        assert_eq!(eval.args()[1], b"\nreturn 1");
+        assert_eq!(eval.arg(1), Some(&b"\nreturn 1"[..]));
 
         let flagged_sha = sha1_hex(flagged.as_bytes()).to_ascii_uppercase();
         let mut evalsha = Command::new(vec![b"EVALSHA".to_vec(), flagged_sha.into(), b"0".into()])?;
         registry.translate(&mut evalsha);
-        assert_eq!(evalsha.args()[1], sha1_hex(b"\nreturn 1").into_bytes());
+        assert_eq!(evalsha.arg(1), Some(sha1_hex(b"\nreturn 1").as_bytes()));
 
         let mut load = Command::new(vec![b"script".to_vec(), b"load".to_vec(), flagged.into()])?;
         let fix = registry.translate(&mut load);

@@ -18,9 +18,12 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Access, Tokens, presented_token};
 use crate::backend::{Backend, TransactionOutcome};
-use crate::command::{Command, check_allowed, command_from_json, command_from_path};
+use crate::body::{parse_batch, parse_command};
+use crate::command::{Command, command_from_path};
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
+use crate::listen::{ConnectionCounter, ServerLimits, serve_with_limits};
+use crate::policy::check_allowed;
 use crate::resp::{Encoding, item, to_json};
 use crate::scripts::{ReplyFix, ScriptRegistry};
 
@@ -44,6 +47,16 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("HTTP server error")]
     Io(#[source] std::io::Error),
+    /// A token is empty (or only white space): it would let anyone in.
+    #[error("the {0} is empty: set a long random value, e.g. from `openssl rand -hex 32`")]
+    EmptyToken(&'static str),
+    /// The read-only token equals the read-write token.
+    #[error("the read-only token equals the read-write token")]
+    SameTokens,
+    /// The Redis ACL users could not be set up, or an operator-prepared user may do more than
+    /// it should (see SECURITY.md).
+    #[error("Redis ACL users: {0}")]
+    RedisUsers(String),
 }
 
 /// A configured gateway: the shared state behind [`router`]. Cheap to clone.
@@ -58,6 +71,8 @@ struct Inner {
     scripts: ScriptRegistry,
     max_body_bytes: usize,
     max_pipeline: usize,
+    limits: ServerLimits,
+    connections: Arc<ConnectionCounter>,
     sync_prefix: u64,
     sync_counter: AtomicU64,
 }
@@ -74,14 +89,16 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Builds the gateway state. Does not connect: Redis may come up later (requests get 503
-    /// until it does).
+    /// until [`Gateway::serve`] has set up the Redis users).
     ///
     /// # Errors
-    /// [`Error::InvalidRedisUrl`] when the Redis URL does not parse.
-    ///
-    /// # Panics
-    /// Outside a Tokio runtime (the Redis connection manager spawns its background task here).
+    /// [`Error::InvalidRedisUrl`] when a Redis URL does not parse, [`Error::EmptyToken`] /
+    /// [`Error::SameTokens`] for unusable tokens (see [`GatewayConfig::validate`]). Short tokens
+    /// are logged as warnings.
     pub fn new(config: &GatewayConfig) -> Result<Self, Error> {
+        for warning in config.validate()? {
+            tracing::warn!("{warning}");
+        }
         let backend = Backend::new(config).map_err(Error::InvalidRedisUrl)?;
         let sync_prefix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -93,6 +110,8 @@ impl Gateway {
                 scripts: ScriptRegistry::default(),
                 max_body_bytes: config.max_body_bytes,
                 max_pipeline: config.max_pipeline,
+                limits: config.limits,
+                connections: Arc::new(ConnectionCounter::default()),
                 sync_prefix,
                 sync_counter: AtomicU64::new(0),
             }),
@@ -102,6 +121,83 @@ impl Gateway {
     /// The router serving the protocol with this state.
     pub fn router(&self) -> Router {
         router(self.clone())
+    }
+
+    /// HTTP connections open now, and the most that were open at once (served by
+    /// [`Gateway::serve`]).
+    pub fn connections(&self) -> (usize, usize) {
+        (self.inner.connections.open(), self.inner.connections.peak())
+    }
+
+    /// Serves the protocol on `listener` with the configured limits until `shutdown`
+    /// completes, then finishes the requests in flight and returns.
+    ///
+    /// Meanwhile it sets up the Redis ACL users (retrying while Redis is unreachable; requests
+    /// get 503 until then). When the users cannot be set up or are too permissive, the server
+    /// stops and this returns [`Error::RedisUsers`].
+    ///
+    /// # Errors
+    /// [`Error::RedisUsers`], [`Error::Io`].
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, redis = %self.inner.backend.address(), "kv-rest-gateway listening");
+        }
+        let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
+        let backend = self.inner.backend.clone();
+        let setup = tokio::spawn(async move {
+            let mut delay = std::time::Duration::from_millis(50);
+            loop {
+                match backend.setup().await {
+                    Ok(()) => return,
+                    Err(error) if error.is_transient() => {
+                        tracing::debug!(%error, "Redis not ready; retrying the ACL setup");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                    }
+                    Err(error) => {
+                        let _ = fatal_tx.send(error.to_string());
+                        return;
+                    }
+                }
+            }
+        });
+        let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
+        let fatal_seen = fatal.clone();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown => {}
+                message = fatal_rx => {
+                    if let Ok(message) = message {
+                        tracing::error!(error = %message, "refusing to serve");
+                        *fatal_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
+                    } else {
+                        // Setup finished: wait for the real shutdown.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        let result = serve_with_limits(
+            listener,
+            router(self.clone()),
+            self.inner.limits,
+            self.inner.connections.clone(),
+            stop,
+        )
+        .await;
+        setup.abort();
+        if let Some(message) = fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            return Err(Error::RedisUsers(message));
+        }
+        result.map_err(Error::Io)
     }
 }
 
@@ -114,20 +210,13 @@ pub fn router(gateway: Gateway) -> Router {
 /// flight and returns.
 ///
 /// # Errors
-/// [`Error::InvalidRedisUrl`] for a bad Redis URL, [`Error::Io`] when the server fails.
+/// As [`Gateway::new`] and [`Gateway::serve`].
 pub async fn serve(
     listener: TcpListener,
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let gateway = Gateway::new(&config)?;
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, redis = %gateway.inner.backend.address(), "kv-rest-gateway listening");
-    }
-    axum::serve(listener, router(gateway))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(Error::Io)
+    Gateway::new(&config)?.serve(listener, shutdown).await
 }
 
 /// A JSON response with the given status.
@@ -203,14 +292,17 @@ async fn dispatch(state: &Inner, request: Request) -> Result<Response, GatewayEr
     let encoding = encoding(&parts.headers)?;
     let has_body = matches!(parts.method, Method::POST | Method::PUT);
     let body = if has_body {
-        read_body(&parts.headers, body, state.max_body_bytes).await?
+        let limit = state.limits.body_read_timeout;
+        tokio::time::timeout(limit, read_body(&parts.headers, body, state.max_body_bytes))
+            .await
+            .map_err(|_| GatewayError::BodyTimeout(limit))??
     } else {
         Bytes::new()
     };
 
     match endpoint {
         Endpoint::Json => {
-            let command = command_from_json(&parse_json(&body)?)?;
+            let command = parse_command(&body)?;
             single(state, command, access, encoding).await
         }
         Endpoint::Path => {
@@ -218,11 +310,11 @@ async fn dispatch(state: &Inner, request: Request) -> Result<Response, GatewayEr
             single(state, command, access, encoding).await
         }
         Endpoint::Pipeline => {
-            let commands = parse_batch(state, &body)?;
+            let commands = parse_batch(&body, state.max_pipeline)?;
             pipeline(state, commands, access, encoding).await
         }
         Endpoint::Transaction => {
-            let commands = parse_batch(state, &body)?;
+            let commands = parse_batch(&body, state.max_pipeline)?;
             transaction(state, commands, access, encoding).await
         }
     }
@@ -296,36 +388,6 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     Ok(collected.freeze())
 }
 
-fn parse_json(body: &[u8]) -> Result<Json, GatewayError> {
-    serde_json::from_slice(body).map_err(|error| {
-        GatewayError::BadRequest(format!(
-            "ERR failed to parse the request body as JSON: {error}"
-        ))
-    })
-}
-
-/// A `/pipeline` or `/multi-exec` body: a non-empty JSON array of command arrays.
-fn parse_batch(state: &Inner, body: &[u8]) -> Result<Vec<Command>, GatewayError> {
-    let Json::Array(items) = parse_json(body)? else {
-        return Err(GatewayError::BadRequest(
-            "ERR the body must be a JSON array of commands, e.g. [[\"GET\",\"k\"]]".into(),
-        ));
-    };
-    if items.is_empty() {
-        return Err(GatewayError::BadRequest(
-            "ERR no commands in the request".into(),
-        ));
-    }
-    if items.len() > state.max_pipeline {
-        return Err(GatewayError::BadRequest(format!(
-            "ERR too many commands: {} (at most {} per request)",
-            items.len(),
-            state.max_pipeline
-        )));
-    }
-    items.iter().map(command_from_json).collect()
-}
-
 fn ok(body: &Json) -> Response {
     json_response(StatusCode::OK, body)
 }
@@ -336,10 +398,15 @@ async fn single(
     access: Access,
     encoding: Encoding,
 ) -> Result<Response, GatewayError> {
-    check_allowed(&command, access).map_err(GatewayError::BadRequest)?;
+    allowed(&command, access)?;
     let fix = state.scripts.translate(&mut command);
     tracing::debug!(command = %command.name(), "command");
-    let value = fix.apply(state.backend.command(&command.to_redis()).await?);
+    let value = fix.apply(
+        state
+            .backend
+            .command(access, &command.to_redis(), command.is_script())
+            .await?,
+    );
     Ok(ok(
         &serde_json::json!({ "result": to_json(&value, encoding) }),
     ))
@@ -355,16 +422,22 @@ async fn pipeline(
     // Refused commands answer inline and are not sent; the others run in order.
     let mut slots: Vec<Result<ReplyFix, String>> = Vec::with_capacity(commands.len());
     let mut to_send = Vec::with_capacity(commands.len());
+    let mut script = false;
     for mut command in commands {
-        match check_allowed(&command, access) {
+        match allowed(&command, access) {
             Ok(()) => {
+                script |= command.is_script();
                 slots.push(Ok(state.scripts.translate(&mut command)));
                 to_send.push(command.to_redis());
             }
-            Err(message) => slots.push(Err(message)),
+            Err(error) => slots.push(Err(error.to_string())),
         }
     }
-    let mut replies = state.backend.pipeline(to_send).await?.into_iter();
+    let mut replies = state
+        .backend
+        .pipeline(access, to_send, script)
+        .await?
+        .into_iter();
     let mut items = Vec::with_capacity(slots.len());
     for slot in slots {
         items.push(match slot {
@@ -390,12 +463,14 @@ async fn transaction(
     // One refused command refuses the whole transaction: it must run entirely or not at all.
     let mut fixes = Vec::with_capacity(commands.len());
     let mut to_send = Vec::with_capacity(commands.len());
+    let mut script = false;
     for mut command in commands {
-        check_allowed(&command, access).map_err(GatewayError::BadRequest)?;
+        allowed(&command, access)?;
+        script |= command.is_script();
         fixes.push(state.scripts.translate(&mut command));
         to_send.push(command.to_redis());
     }
-    match state.backend.transaction(to_send).await? {
+    match state.backend.transaction(access, to_send, script).await? {
         TransactionOutcome::Refused(message) => Err(GatewayError::BadRequest(message)),
         TransactionOutcome::Executed(values) => {
             let items = values
@@ -408,8 +483,18 @@ async fn transaction(
     }
 }
 
+/// The name filter, counted in `kv_rest_gateway_refused_total{reason}`.
+fn allowed(command: &Command, access: Access) -> Result<(), GatewayError> {
+    check_allowed(command, access).map_err(|refusal| {
+        metrics::counter!("kv_rest_gateway_refused_total", "reason" => refusal.label())
+            .increment(1);
+        tracing::debug!(reason = refusal.label(), "command refused by the name filter");
+        GatewayError::BadRequest(refusal.message().to_owned())
+    })
+}
+
 async fn health(state: &Inner) -> Result<Response, GatewayError> {
-    match state.backend.command(&redis::cmd("PING")).await {
+    match state.backend.ping().await {
         Ok(_) => Ok(ok(&serde_json::json!({ "result": "OK" }))),
         Err(error) => Err(GatewayError::Unavailable(error.to_string())),
     }

@@ -1,0 +1,286 @@
+//! Least privilege enforced by Redis: one ACL user per token (Redis ≥ 6).
+//!
+//! The name filter ([`crate::policy`]) is the first line; this is the second. Each token's
+//! connections authenticate as an ACL user that can run only what that token may run, and
+//! Redis applies a user's rules inside scripts too, so `EVAL` cannot reach what the filter
+//! refuses by name.
+//!
+//! At start the gateway connects with the configured Redis URL and tries `ACL SETUSER`:
+//! - **allowed** (a plain local Redis, the compose file's, an admin URL): it creates or updates
+//!   its two users with the rules below and serves through them. Passwords are derived from the
+//!   tokens (SHA-256), so every instance with the same tokens sets the same passwords and
+//!   instances never lock each other out; after a Redis restart that lost the users, the first
+//!   authentication failure re-creates them.
+//! - **refused with NOPERM**: the URL's user is taken as the operator-prepared main user (and
+//!   `read_only_redis_url` as the read-only one). The gateway probes them with harmless
+//!   commands of each forbidden kind and refuses to start when one of them is allowed.
+//!
+//! The exact rules are [`MAIN_RULES`] and [`READ_ONLY_RULES`]; the README and SECURITY.md show
+//! them as `ACL SETUSER` lines.
+
+use redis::aio::MultiplexedConnection;
+use redis::{Cmd, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+use crate::error::server_error_text;
+
+/// The rules of the read-write token's user: the data commands of the KV REST API.
+///
+/// Categories first, then exceptions: `@dangerous` also holds data commands the API offers
+/// (`KEYS`, `SORT`, `FLUSHDB`), and `@blocking` holds `XREAD`/`XREADGROUP`, which the name
+/// filter lets through without `BLOCK`.
+pub const MAIN_RULES: &str = "~* resetchannels -@all +@read +@write +@keyspace +@string \
++@bitmap +@hash +@list +@set +@sortedset +@stream +@geo +@hyperloglog +@scripting -@admin \
+-@dangerous -@blocking -@pubsub -@connection +keys +sort +sort_ro +flushdb +xread +xreadgroup \
++multi +exec +discard +ping +echo +time -script|debug -move -swapdb -watch -unwatch";
+
+/// The rules of the read-only token's user: reads of known keys (`%R~*`: read access to keys
+/// only), never `KEYS`, `SCAN` or `RANDOMKEY`, and no writes even inside scripts.
+pub const READ_ONLY_RULES: &str = "%R~* resetchannels -@all +@read -@write -@admin \
+-@dangerous -@blocking -@pubsub -@connection -keys -scan -randomkey +ping +echo +time \
++eval_ro +evalsha_ro +fcall_ro +xread";
+
+/// Which token a user serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The read-write token.
+    Main,
+    /// The read-only token.
+    ReadOnly,
+}
+
+impl Role {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Main => "main",
+            Self::ReadOnly => "read-only",
+        }
+    }
+
+    /// The rule text for `ACL SETUSER`. A database other than 0 needs `+select`: the
+    /// connection selects it when it connects (the name filter still refuses `SELECT`).
+    pub(crate) fn rules(self, db: i64) -> String {
+        let base = match self {
+            Self::Main => MAIN_RULES,
+            Self::ReadOnly => READ_ONLY_RULES,
+        };
+        if db == 0 {
+            base.to_owned()
+        } else {
+            format!("{base} +select")
+        }
+    }
+}
+
+/// A user name and its password.
+#[derive(Clone, Debug)]
+pub(crate) struct Credentials {
+    pub(crate) user: String,
+    pub(crate) password: Secret,
+}
+
+/// The credentials the gateway creates for `role`: the configured user name, and a password
+/// derived from the token (`hex(SHA-256("kv-rest-gateway acl v1" 0 role 0 token))`).
+pub(crate) fn derived_credentials(role: Role, user: &str, token: &Secret) -> Credentials {
+    let mut hasher = Sha256::new();
+    hasher.update(b"kv-rest-gateway acl v1\0");
+    hasher.update(role.label().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(token.expose().as_bytes());
+    let password: String = hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    Credentials {
+        user: user.to_owned(),
+        password: Secret::new(password),
+    }
+}
+
+/// Why the ACL setup failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AclError {
+    /// The configured user may not run `ACL SETUSER` (verify mode applies).
+    #[error("the Redis user may not manage ACL users")]
+    NotPermitted,
+    /// Redis has no ACL (Redis < 6).
+    #[error("Redis refused ACL SETUSER ({0}): Redis 6 or newer is required")]
+    NoAcl(String),
+    /// A user can run commands it must not.
+    #[error(
+        "the {role} Redis user can run commands it must not: {allowed}; prepare it with the \
+         ACL SETUSER line in SECURITY.md"
+    )]
+    TooPermissive {
+        /// Which user.
+        role: &'static str,
+        /// The probes that were allowed.
+        allowed: String,
+    },
+    /// A user cannot run what it must (`PING`, `GET`).
+    #[error("the {role} Redis user cannot run {command}: {reply}")]
+    TooRestricted {
+        /// Which user.
+        role: &'static str,
+        /// The probe.
+        command: &'static str,
+        /// Redis's reply.
+        reply: String,
+    },
+    /// Transport trouble: retry later.
+    #[error("Redis is unavailable")]
+    Unavailable(#[source] redis::RedisError),
+}
+
+impl AclError {
+    /// Whether retrying later may succeed (Redis down), as opposed to a configuration error.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Runs `ACL SETUSER <user> reset on ><password> <rules>` on `admin`.
+pub(crate) async fn provision(
+    admin: &mut MultiplexedConnection,
+    role: Role,
+    credentials: &Credentials,
+    db: i64,
+) -> Result<(), AclError> {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(&credentials.user)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{}", credentials.password.expose()));
+    for rule in role.rules(db).split_whitespace() {
+        cmd.arg(rule);
+    }
+    match send(admin, &cmd).await? {
+        Ok(_) => {
+            tracing::info!(user = %credentials.user, role = role.label(), "Redis ACL user set");
+            Ok(())
+        }
+        Err(text) if text.starts_with("NOPERM") => Err(AclError::NotPermitted),
+        Err(text) => Err(AclError::NoAcl(text)),
+    }
+}
+
+/// Harmless commands of each kind a user must not run. `{probe}` keys and channels belong to
+/// no one; a probe that is wrongly allowed changes nothing (`SET … XX` of an absent key, a
+/// 10 ms `BLPOP`, `SCRIPT DEBUG NO`).
+fn probes(role: Role, db: i64) -> Vec<(&'static str, Vec<&'static str>)> {
+    const KEY: &str = "kv-rest-gateway:acl-probe";
+    let mut probes = vec![
+        ("CONFIG GET (@admin)", vec!["CONFIG", "GET", KEY]),
+        ("ACL LIST (@admin)", vec!["ACL", "LIST"]),
+        ("INFO (@dangerous)", vec!["INFO", "server"]),
+        ("CLIENT ID (connection state)", vec!["CLIENT", "ID"]),
+        ("PUBLISH (@pubsub)", vec!["PUBLISH", KEY, "x"]),
+        ("BLPOP (@blocking)", vec!["BLPOP", KEY, "0.01"]),
+        ("SCRIPT DEBUG (debugging)", vec!["SCRIPT", "DEBUG", "NO"]),
+        (
+            "CONFIG GET inside EVAL",
+            vec!["EVAL", "return redis.call('CONFIG','GET','maxmemory')", "0"],
+        ),
+    ];
+    if db == 0 {
+        probes.push(("SELECT (connection state)", vec!["SELECT", "0"]));
+    }
+    if role == Role::ReadOnly {
+        probes.extend([
+            ("KEYS (enumeration)", vec!["KEYS", "kv-rest-gateway:acl-probe:*"]),
+            ("SCAN (enumeration)", vec!["SCAN", "0", "COUNT", "1"]),
+            ("RANDOMKEY (enumeration)", vec!["RANDOMKEY"]),
+            ("SET (write)", vec!["SET", KEY, "x", "XX"]),
+            (
+                "KEYS inside EVAL_RO",
+                vec!["EVAL_RO", "return redis.call('KEYS','kv-rest-gateway:acl-probe:*')", "0"],
+            ),
+        ]);
+    }
+    probes
+}
+
+/// Checks a user's effective rights with probes (see [`probes`]), plus that it can run what
+/// it must.
+pub(crate) async fn verify(
+    connection: &mut MultiplexedConnection,
+    role: Role,
+    db: i64,
+) -> Result<(), AclError> {
+    for (command, args) in [("PING", vec!["PING"]), ("GET", vec!["GET", "kv-rest-gateway:acl-probe"])] {
+        if let Err(reply) = send(connection, &cmd_of(&args)).await? {
+            return Err(AclError::TooRestricted {
+                role: role.label(),
+                command,
+                reply,
+            });
+        }
+    }
+    let mut allowed = Vec::new();
+    for (label, args) in probes(role, db) {
+        let refused = match send(connection, &cmd_of(&args)).await? {
+            Err(text) => {
+                text.starts_with("NOPERM") || text.contains("can't run this command")
+            }
+            Ok(_) => false,
+        };
+        if !refused {
+            allowed.push(label);
+        }
+    }
+    if allowed.is_empty() {
+        Ok(())
+    } else {
+        Err(AclError::TooPermissive {
+            role: role.label(),
+            allowed: allowed.join(", "),
+        })
+    }
+}
+
+fn cmd_of(args: &[&str]) -> Cmd {
+    let mut cmd = Cmd::new();
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    cmd
+}
+
+/// Sends one command: `Ok(Ok(value))`, `Ok(Err(error text))` for a Redis error reply, `Err`
+/// for transport trouble.
+async fn send(
+    connection: &mut MultiplexedConnection,
+    cmd: &Cmd,
+) -> Result<Result<Value, String>, AclError> {
+    match connection.send_packed_command(cmd).await {
+        Ok(Value::ServerError(error)) => Ok(Err(server_error_text(&error))),
+        Ok(value) => Ok(Ok(value)),
+        Err(error) => match error.code() {
+            Some(code) => Ok(Err(match error.detail() {
+                Some(detail) => format!("{code} {detail}"),
+                None => code.to_owned(),
+            })),
+            None => Err(AclError::Unavailable(error)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_passwords_depend_on_role_and_token() {
+        let a = derived_credentials(Role::Main, "u", &Secret::new("t1"));
+        let b = derived_credentials(Role::ReadOnly, "u", &Secret::new("t1"));
+        let c = derived_credentials(Role::Main, "u", &Secret::new("t2"));
+        let again = derived_credentials(Role::Main, "u", &Secret::new("t1"));
+        assert_eq!(a.password, again.password);
+        assert_ne!(a.password, b.password);
+        assert_ne!(a.password, c.password);
+        assert_eq!(a.password.expose().len(), 64);
+    }
+}
