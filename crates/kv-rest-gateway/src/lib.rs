@@ -84,6 +84,9 @@ mod backend;
 mod command;
 mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod resp;
 mod scripts;
 mod server;
