@@ -2,8 +2,8 @@
 //! whenever the fast path accepts, and every decoded record survives encode → decode.
 #![no_main]
 
-use idempotency_core::codec::{self, fuzzing};
 use idempotency_core::Record;
+use idempotency_core::codec::{self, fuzzing};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let canonical = fuzzing::decode_canonical(data);
     if let Some(fast) = &canonical {
         // The fast path reads a subset of what the general decoder reads, identically.
-        assert_eq!(general.as_ref().ok(), Some(fast), "decoders disagree on {data:?}");
+        assert_eq!(
+            general.as_ref().ok(),
+            Some(fast),
+            "decoders disagree on {data:?}"
+        );
     }
     let decoded = codec::decode(data);
     match (&canonical, &general) {
@@ -22,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(record) = decoded {
         let text = codec::encode(&record);
         // What the encoder writes is the canonical layout: the fast path must take it.
-        assert_eq!(fuzzing::decode_canonical(text.as_bytes()).as_ref(), Some(&record));
+        assert_eq!(
+            fuzzing::decode_canonical(text.as_bytes()).as_ref(),
+            Some(&record)
+        );
         assert_eq!(codec::decode(text.as_bytes()).as_ref(), Ok(&record));
         if let Record::Completed(completed) = record {
             // A compressed body that does not decompress is a typed error, never a panic.

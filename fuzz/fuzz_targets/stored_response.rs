@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(same) = stored_response_round_trip(data) {
-        assert!(same, "decode → encode → decode changed the response: {data:?}");
+        assert!(
+            same,
+            "decode → encode → decode changed the response: {data:?}"
+        );
     }
 });
