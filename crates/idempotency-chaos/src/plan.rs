@@ -151,23 +151,35 @@ impl fmt::Display for Policy {
     }
 }
 
+/// A duration as milliseconds in `report.json`.
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The sizes and times of a run. [`Params::quick`] fits `cargo xtask test` (< 60 s with
-/// [`quick_matrix`]); [`Params::full`] is `cargo xtask chaos`.
+/// [`quick_matrix`]); [`Params::full`] is `cargo xtask chaos`. Durations are milliseconds in
+/// `report.json` (`traffic_ms`...).
 #[derive(Debug, Clone, Serialize)]
 pub struct Params {
     /// Logical requests (keys) per scenario.
     pub keys: usize,
     /// Window over which the keys are launched.
+    #[serde(rename = "traffic_ms", serialize_with = "as_millis")]
     pub traffic: Duration,
     /// `DEMO_WORK_MS`.
+    #[serde(rename = "work_ms", serialize_with = "as_millis")]
     pub work: Duration,
     /// `DEMO_AFTER_WRITE_MS`.
+    #[serde(rename = "after_write_ms", serialize_with = "as_millis")]
     pub after_write: Duration,
     /// How long a pause lasts, or how long a killed process stays down before its restart.
+    #[serde(rename = "outage_ms", serialize_with = "as_millis")]
     pub outage: Duration,
     /// One attempt without any answer for this long counts as a hang.
+    #[serde(rename = "attempt_timeout_ms", serialize_with = "as_millis")]
     pub attempt_timeout: Duration,
     /// A client gives up this long after `outage + 5 s`.
+    #[serde(rename = "grace_ms", serialize_with = "as_millis")]
     pub grace: Duration,
     /// Scenarios run at the same time (more is faster and noisier on a small machine).
     pub parallel: usize,
@@ -268,7 +280,7 @@ pub fn quick_matrix() -> Vec<ScenarioSpec> {
 
 /// The seeded schedule of one scenario: when each key is launched, when the second client of a
 /// key follows the first, when the fault starts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Schedule {
     /// Offset of each key's first client from the start of the traffic window.
     pub launches: Vec<Duration>,
