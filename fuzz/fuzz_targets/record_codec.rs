@@ -25,12 +25,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(record) = decoded {
         let text = codec::encode(&record);
-        // What the encoder writes is the canonical layout: the fast path must take it.
-        assert_eq!(
-            fuzzing::decode_canonical(text.as_bytes()).as_ref(),
-            Some(&record)
-        );
+        // The encoder's output decodes to the same record; the fast path takes it unless it
+        // holds an escape (a content type with a quote, say), and then agrees.
         assert_eq!(codec::decode(text.as_bytes()).as_ref(), Ok(&record));
+        if let Some(fast) = fuzzing::decode_canonical(text.as_bytes()) {
+            assert_eq!(fast, record);
+        }
         if let Record::Completed(completed) = record {
             // A compressed body that does not decompress is a typed error, never a panic.
             let _ = completed.outcome.decompressed();
