@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("chaos") => chaos(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -30,13 +32,23 @@ fn print_help() {
         "cargo xtask <command>\n\n\
          commands:\n  \
          test [--testcontainers] [-- <cargo test args>]\n    \
-         fmt check, clippy (-D warnings), provision Redis, cargo test --workspace.\n    \
+         fmt check, clippy (-D warnings), provision Redis, cargo test --workspace, then the\n    \
+         quick chaos run (< 60 s; fails only on the guarantees that must hold today).\n    \
          --testcontainers (or {TESTCONTAINERS_ENV}=1): build the testkit's `testcontainers`\n    \
          feature, so Redis fixtures start in Docker when an engine answers (CI on GitHub)\n  \
          bench [--quick] [--out DIR] [-- <loadgen args>]\n    \
          latency percentiles per backend, scenario and concurrency against same-run baselines\n    \
          (crates/idempotency-loadgen, built in release); writes report.json, report.md and\n    \
          latency.svg to DIR (default target/bench). --quick: ~2 min instead of ~10\n  \
+         chaos [--quick] [--out DIR] [-- <idempotency-chaos args>]\n    \
+         fault injection: demo instances, Redis (AOF) and the KV REST gateway as real\n    \
+         processes under retrying clients and a seeded schedule of pauses, kill -9 and\n    \
+         restarts (crates/idempotency-chaos); writes report.json and report.md to DIR\n    \
+         (default target/chaos). Full: ~10 min, release build; --quick: < 60 s, dev build\n  \
+         fuzz [--seconds N | --runs N] [TARGET] [-- <libFuzzer args>]\n    \
+         cargo +nightly fuzz run on every target in fuzz/ (or TARGET), N seconds each\n    \
+         (default 60) or N executions; corpus in fuzz/corpus, committed seeds in\n    \
+         fuzz/seeds. Needs a nightly toolchain and `cargo install cargo-fuzz`\n  \
          help  this text"
     );
 }
@@ -72,7 +84,157 @@ fn test(extra: &[String]) -> Result<(), String> {
     let mut args = vec!["test", "--workspace"];
     args.extend_from_slice(features);
     args.extend(extra.iter().map(String::as_str));
-    step("cargo test --workspace", cargo(&args))
+    step("cargo test --workspace", cargo(&args))?;
+    chaos(&["--quick".to_owned()])
+}
+
+/// The target directory cargo builds into (`CARGO_TARGET_DIR` or the workspace's `target`).
+fn target_dir() -> String {
+    std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned())
+}
+
+/// Build the demo, the gateway and the harness (dev profile for `--quick`, release otherwise),
+/// then run the harness on them. Every process it starts binds 127.0.0.1 and is stopped by it.
+fn chaos(args: &[String]) -> Result<(), String> {
+    let mut forwarded: Vec<String> = Vec::new();
+    let mut out = None;
+    let mut quick = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = Some(args.next().ok_or("--out needs a directory")?.clone()),
+            "--quick" => quick = true,
+            "--" => {}
+            other => forwarded.push(other.to_owned()),
+        }
+    }
+    let target = target_dir();
+    let out = out.unwrap_or_else(|| format!("{target}/chaos"));
+    provision::ensure_test_servers(false)?;
+    let packages = [
+        "-p",
+        "idempotency-demo",
+        "-p",
+        "kv-rest-gateway",
+        "-p",
+        "idempotency-chaos",
+    ];
+    let (profile_args, profile_dir): (&[&str], &str) = if quick {
+        (&[], "debug")
+    } else {
+        (&["--release"], "release")
+    };
+    step(
+        "build the chaos binaries",
+        cargo(&[&["build"], profile_args, &packages].concat()),
+    )?;
+    let bin_dir = format!("{target}/{profile_dir}");
+    let mut command = Command::new(format!("{bin_dir}/idempotency-chaos"));
+    command.args(["--bin-dir", &bin_dir, "--out", &out]);
+    if quick {
+        command.arg("--quick");
+    }
+    command.args(&forwarded);
+    step(
+        if quick {
+            "idempotency-chaos --quick"
+        } else {
+            "idempotency-chaos"
+        },
+        command,
+    )
+}
+
+/// The fuzz targets in `fuzz/fuzz_targets` (cargo-fuzz layout).
+const FUZZ_TARGETS: [&str; 4] = [
+    "record_codec",
+    "stored_response",
+    "idempotency_key",
+    "gateway_command",
+];
+
+/// `cargo +nightly fuzz run` on each target in turn, bounded by time or executions. Not part
+/// of `cargo xtask test` (it needs nightly).
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let mut seconds: u64 = 60;
+    let mut runs: Option<u64> = None;
+    let mut targets: Vec<String> = Vec::new();
+    let mut libfuzzer: Vec<String> = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--seconds needs a number")?;
+            }
+            "--runs" => {
+                runs = Some(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or("--runs needs a number")?,
+                );
+            }
+            "--" => {
+                libfuzzer.extend(args.by_ref().cloned());
+            }
+            name if FUZZ_TARGETS.contains(&name) => targets.push(name.to_owned()),
+            other => {
+                return Err(format!(
+                    "unknown fuzz argument `{other}`; targets: {}",
+                    FUZZ_TARGETS.join(", ")
+                ));
+            }
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    }
+    let has_nightly = Command::new("rustup")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        return Err(
+            "cargo fuzz needs a nightly toolchain: `rustup toolchain install nightly`".into(),
+        );
+    }
+    let has_cargo_fuzz = Command::new("cargo")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        return Err("cargo fuzz is not installed: `cargo install cargo-fuzz`".into());
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for target in &targets {
+        let corpus = format!("{root}/fuzz/corpus/{target}");
+        let seeds = format!("{root}/fuzz/seeds/{target}");
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("creating {corpus}: {e}"))?;
+        let mut command = Command::new("cargo");
+        command
+            .current_dir(root)
+            // `cargo xtask` runs under the stable cargo; let rustup pick nightly for this one.
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTDOC")
+            // The fuzz crate is its own workspace: keep its sanitizer builds apart.
+            .env("CARGO_TARGET_DIR", format!("{}/fuzz", target_dir()))
+            .args(["+nightly", "fuzz", "run", target, &corpus, &seeds, "--"]);
+        match runs {
+            Some(runs) => command.arg(format!("-runs={runs}")),
+            None => command.arg(format!("-max_total_time={seconds}")),
+        };
+        command.arg("-print_final_stats=1").args(&libfuzzer);
+        step(&format!("cargo fuzz run {target}"), command)?;
+    }
+    Ok(())
 }
 
 /// Provision Redis, then run the load generator in release mode. Its servers live on 127.0.0.1
@@ -88,11 +250,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             other => forwarded.push(other.to_owned()),
         }
     }
-    let out = out.unwrap_or_else(|| {
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
-        format!("{target}/bench")
-    });
+    let out = out.unwrap_or_else(|| format!("{}/bench", target_dir()));
     provision::ensure_test_servers(false)?;
     let mut command = vec![
         "run",

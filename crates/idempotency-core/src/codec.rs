@@ -350,6 +350,27 @@ fn decode_canonical(bytes: &[u8]) -> Option<Record> {
     r.0.is_empty().then_some(record)
 }
 
+/// Both decoders on their own, for the fuzz targets in `fuzz/` (feature `fuzzing`). Not a
+/// stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{CorruptRecord, Record};
+
+    /// The canonical fast path alone (`None`: not the exact layout `encode` writes).
+    pub fn decode_canonical(bytes: &[u8]) -> Option<Record> {
+        super::decode_canonical(bytes)
+    }
+
+    /// The general serde decoder alone.
+    ///
+    /// # Errors
+    /// As [`super::decode`].
+    pub fn decode_json(bytes: &[u8]) -> Result<Record, CorruptRecord> {
+        super::decode_json(bytes)
+    }
+}
+
 fn preview(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(24)]).into_owned()
 }

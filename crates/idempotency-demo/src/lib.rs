@@ -29,12 +29,17 @@
 //!   catch);
 //! - [`AppState`]: the engine, the shop and the admin token; [`serve`]: serve a router until a
 //!   shutdown future completes; [`shutdown_signal`]: Ctrl-C or SIGTERM.
+//! - [`SlowWork`] (`DEMO_WORK_MS`, `DEMO_AFTER_WRITE_MS`): simulated time inside each mutating
+//!   handler before and after its write; [`ExecutionLog`] (`DEMO_EXECUTION_LOG`): one durable
+//!   line per handler execution. Both exist for fault-injection runs (`cargo xtask chaos`),
+//!   which land kills and store outages between the side effect and the completion.
 
 #![deny(missing_docs)]
 
 mod auth;
 mod envelope;
 mod shop;
+mod work;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,6 +55,7 @@ use parking_lot::Mutex;
 pub use auth::{Principal, authenticate, principal_scope};
 pub use envelope::ApiError;
 pub use shop::{Order, OrderStatus, Product};
+pub use work::{ExecutionLog, SlowWork};
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -63,18 +69,33 @@ struct Inner {
     shop: Mutex<shop::Shop>,
     admin_token: Option<String>,
     handler_runs: AtomicU64,
+    work: SlowWork,
+    execution_log: Option<ExecutionLog>,
 }
 
 impl AppState {
     /// State over `engine`; `admin_token` (from `DEMO_ADMIN_TOKEN`) unlocks the metrics route,
     /// which is closed to everyone when it is `None`.
     pub fn new(engine: Idempotency<AnyStore>, admin_token: Option<String>) -> Self {
+        Self::with_work(engine, admin_token, SlowWork::default(), None)
+    }
+
+    /// [`AppState::new`] plus simulated slow work in every mutating handler and, when given, a
+    /// journal of every handler execution (see [`SlowWork`] and [`ExecutionLog`]).
+    pub fn with_work(
+        engine: Idempotency<AnyStore>,
+        admin_token: Option<String>,
+        work: SlowWork,
+        execution_log: Option<ExecutionLog>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
                 shop: Mutex::new(shop::Shop::default()),
                 admin_token: admin_token.filter(|t| !t.is_empty()),
                 handler_runs: AtomicU64::new(0),
+                work,
+                execution_log,
             }),
         }
     }
@@ -98,8 +119,18 @@ impl AppState {
         &self.inner.shop
     }
 
-    pub(crate) fn count_run(&self) {
+    /// The simulated slow work.
+    pub fn work(&self) -> SlowWork {
+        self.inner.work
+    }
+
+    /// Count one execution of a mutating handler's side effect and journal it (when an
+    /// [`ExecutionLog`] is configured).
+    pub(crate) fn count_run(&self, run: &shop::Run<'_>, resource: &str) {
         self.inner.handler_runs.fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = &self.inner.execution_log {
+            log.record(run.key, run.principal, run.route, resource);
+        }
     }
 
     pub(crate) fn is_admin(&self, token: &str) -> bool {

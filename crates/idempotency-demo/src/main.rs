@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotency::{EnvSettings, Idempotency, StoreSelection, store_from_env_with};
-use idempotency_demo::{AppState, app, serve, shutdown_signal};
+use idempotency_demo::{AppState, ExecutionLog, SlowWork, app, serve, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
 /// A small shop API protected by the Idempotency-Key layer.
@@ -39,6 +39,18 @@ struct Args {
     /// replay instead of getting 409 at once (0: answer 409 at once).
     #[arg(long, env = "DEMO_WAIT_IN_FLIGHT_MS", default_value_t = 0)]
     wait_in_flight_ms: u64,
+
+    /// Simulated payment-provider call inside each mutating handler, before its write (ms).
+    #[arg(long, env = "DEMO_WORK_MS", default_value_t = 0)]
+    work_ms: u64,
+
+    /// Simulated work after each mutating handler's write, before its response (ms).
+    #[arg(long, env = "DEMO_AFTER_WRITE_MS", default_value_t = 0)]
+    after_write_ms: u64,
+
+    /// Append one JSON line per handler execution to this file (for fault-injection runs).
+    #[arg(long, env = "DEMO_EXECUTION_LOG")]
+    execution_log: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Args {
@@ -136,7 +148,23 @@ async fn main() -> ExitCode {
         .local_addr()
         .map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(store = %description, url = %format!("http://{url}"), "idempotency-demo listening");
-    let state = AppState::new(engine, args.admin_token);
+    let execution_log = match args.execution_log.as_deref().map(ExecutionLog::open) {
+        None => None,
+        Some(Ok(log)) => Some(log),
+        Some(Err(error)) => {
+            tracing::error!(%error, "cannot open the execution log (DEMO_EXECUTION_LOG)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let work = SlowWork::from_millis(args.work_ms, args.after_write_ms);
+    if work != SlowWork::default() {
+        tracing::info!(
+            before_write_ms = args.work_ms,
+            after_write_ms = args.after_write_ms,
+            "simulated slow work in every mutating handler"
+        );
+    }
+    let state = AppState::with_work(engine, args.admin_token, work, execution_log);
     match serve(listener, app(state), shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");

@@ -1,13 +1,15 @@
 //! The shop's handlers: products, orders and the idempotency metrics.
 //!
-//! Every mutating handler counts its executions ([`crate::AppState::handler_runs`]) and bumps
-//! a `version` on what it writes, so a duplicate execution is visible from outside.
+//! Every mutating handler counts its executions ([`crate::AppState::handler_runs`], and the
+//! [`crate::ExecutionLog`] when one is configured) and bumps a `version` on what it writes, so a
+//! duplicate execution is visible from outside. Each waits [`crate::SlowWork::before_write`]
+//! (the payment-provider call) before its write and [`crate::SlowWork::after_write`] after it.
 
 use std::collections::BTreeMap;
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use idempotency::unix_millis_now;
@@ -100,6 +102,20 @@ pub(crate) struct Shop {
     pub(crate) next_order: u64,
 }
 
+/// One execution of a mutating handler, as the execution log records it.
+pub(crate) struct Run<'a> {
+    /// The `Idempotency-Key` header as sent.
+    pub(crate) key: Option<&'a str>,
+    pub(crate) principal: &'a str,
+    pub(crate) route: &'static str,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+}
+
 /// Parse a JSON body, answering 400 with the envelope on anything wrong.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
@@ -135,6 +151,7 @@ pub(crate) async fn put_product(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_id("product", &id)?;
@@ -143,16 +160,22 @@ pub(crate) async fn put_product(
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::bad_request("name must be 1 to 200 characters"));
     }
-    state.count_run();
+    state.work().before_write().await;
+    let run = Run {
+        key: idempotency_key(&headers),
+        principal: &principal.0,
+        route: "PUT /api/products/{id}",
+    };
     let (status, product) = {
         let mut shop = state.shop().lock();
+        state.count_run(&run, &id);
         let previous = shop.products.get(&id).map(|p| p.version);
         let product = Product {
             id: id.clone(),
             name: name.to_owned(),
             price: input.price,
             version: previous.unwrap_or(0) + 1,
-            updated_by: principal.0,
+            updated_by: principal.0.clone(),
             updated_at: unix_millis_now(),
         };
         shop.products.insert(id, product.clone());
@@ -164,6 +187,7 @@ pub(crate) async fn put_product(
         (status, product)
     };
     tracing::debug!(product = %product.id, version = product.version, "product written");
+    state.work().after_write().await;
     Ok(ok(status, data(&product), Map::new()))
 }
 
@@ -183,12 +207,19 @@ pub(crate) async fn get_product(
 pub(crate) async fn create_order(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let input: OrderInput = parse(&body)?;
     if input.quantity == 0 {
         return Err(ApiError::bad_request("quantity must be at least 1"));
     }
+    state.work().before_write().await;
+    let run = Run {
+        key: idempotency_key(&headers),
+        principal: &principal.0,
+        route: "POST /api/orders",
+    };
     let order = {
         let mut shop = state.shop().lock();
         if !shop.products.contains_key(&input.product_id) {
@@ -197,21 +228,23 @@ pub(crate) async fn create_order(
                 input.product_id
             )));
         }
-        state.count_run();
         shop.next_order += 1;
+        let id = format!("ord_{:06}", shop.next_order);
+        state.count_run(&run, &id);
         let order = Order {
-            id: format!("ord_{:06}", shop.next_order),
+            id,
             product_id: input.product_id,
             quantity: input.quantity,
             status: OrderStatus::Pending,
             version: 1,
-            created_by: principal.0,
+            created_by: principal.0.clone(),
             created_at: unix_millis_now(),
         };
         shop.orders.insert(order.id.clone(), order.clone());
         order
     };
     tracing::debug!(order = %order.id, "order created");
+    state.work().after_write().await;
     let mut response = ok(StatusCode::CREATED, data(&order), Map::new());
     if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{}", order.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -222,20 +255,29 @@ pub(crate) async fn create_order(
 /// `PUT /api/orders/{id}/status` `{"status"}`.
 pub(crate) async fn set_order_status(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let input: StatusInput = parse(&body)?;
+    state.work().before_write().await;
+    let run = Run {
+        key: idempotency_key(&headers),
+        principal: &principal.0,
+        route: "PUT /api/orders/{id}/status",
+    };
     let order = {
         let mut shop = state.shop().lock();
         let Some(order) = shop.orders.get_mut(&id) else {
             return Err(ApiError::not_found(format!("no order `{id}`")));
         };
-        state.count_run();
+        state.count_run(&run, &id);
         order.status = input.status;
         order.version += 1;
         order.clone()
     };
+    state.work().after_write().await;
     Ok(ok(StatusCode::OK, data(&order), Map::new()))
 }
 

@@ -144,3 +144,24 @@ pub use layer::{
 pub use problem::PROBLEM_TYPE_BASE;
 pub use service::{BODY_OMITTED_HEADER, IdempotencyService, REPLAYED_HEADER};
 pub use stored::is_hop_by_hop;
+
+/// The stored-response decoder, for the fuzz targets in `fuzz/` (feature `fuzzing`). Not a
+/// stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::Bytes;
+    use idempotency_core::CorruptRecord;
+
+    use crate::stored::StoredResponse;
+
+    /// Decode `bytes` as a stored response; when that succeeds, encode what was decoded and
+    /// decode it again. `Ok(true)` when the second decode equals the first.
+    ///
+    /// # Errors
+    /// The first decode's [`CorruptRecord`].
+    pub fn stored_response_round_trip(bytes: &[u8]) -> Result<bool, CorruptRecord> {
+        let decoded = StoredResponse::decode(&Bytes::copy_from_slice(bytes))?;
+        Ok(StoredResponse::decode(&decoded.encode()).as_ref() == Ok(&decoded))
+    }
+}

@@ -88,6 +88,9 @@ mod config;
 mod error;
 mod listen;
 mod policy;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod resp;
 mod scripts;
 mod server;

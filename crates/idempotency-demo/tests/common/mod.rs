@@ -97,6 +97,11 @@ impl Demo {
         Self::serve(state.clone(), idempotency_demo::unprotected_app(state)).await
     }
 
+    /// The protected app over a state built by the test (slow work, an execution log).
+    pub async fn start_with_state(state: AppState) -> Self {
+        Self::serve(state.clone(), app(state)).await
+    }
+
     async fn serve(state: AppState, router: axum::Router) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
