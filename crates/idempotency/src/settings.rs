@@ -7,7 +7,7 @@
 //! | `IDEMPOTENCY_RETENTION` | how long completed outcomes are replayed | a duration: `24h`, `30m` |
 //! | `IDEMPOTENCY_LEASE` | how long a claim holds a key if its owner dies | a duration: `60s` |
 //! | `IDEMPOTENCY_STORE_TIMEOUT` | time budget of one store operation | a duration: `1500ms` |
-//! | `IDEMPOTENCY_FAILURE_POLICY` | what happens when the store fails | `fail-closed` (or `closed`), `fail-open` (or `open`) |
+//! | `IDEMPOTENCY_FAILURE_POLICY` | what happens when the store fails | `fail-closed` (or `closed`), `fail-open` (or `open`), `fallback` (or `fallback-memory`: a per-process memory store protects requests during an outage; feature `memory`) |
 //! | `IDEMPOTENCY_WAIT_IN_PROGRESS` | how long a duplicate waits for the first attempt before 409 | a duration; `0` answers at once |
 //!
 //! Durations are read by [`humantime`]: a number followed by a unit (`ms`, `s`, `m`, `h`, `d`),
@@ -27,7 +27,7 @@ pub const RETENTION_ENV: &str = "IDEMPOTENCY_RETENTION";
 pub const LEASE_ENV: &str = "IDEMPOTENCY_LEASE";
 /// `IDEMPOTENCY_STORE_TIMEOUT`: time budget of one store operation.
 pub const STORE_TIMEOUT_ENV: &str = "IDEMPOTENCY_STORE_TIMEOUT";
-/// `IDEMPOTENCY_FAILURE_POLICY`: `fail-closed` or `fail-open`.
+/// `IDEMPOTENCY_FAILURE_POLICY`: `fail-closed`, `fail-open` or `fallback`.
 pub const FAILURE_POLICY_ENV: &str = "IDEMPOTENCY_FAILURE_POLICY";
 /// `IDEMPOTENCY_WAIT_IN_PROGRESS`: how long a duplicate waits for the first attempt (`0`: not at
 /// all).
@@ -132,6 +132,10 @@ impl EnvSettings {
         }
         if let Some(policy) = self.failure_policy {
             builder = builder.failure_policy(policy);
+            #[cfg(feature = "memory")]
+            if policy == FailurePolicy::Fallback {
+                builder = builder.fallback_store(idempotency_memory::MemoryStore::new());
+            }
         }
         if let Some(wait) = self.wait_in_progress.filter(|w| !w.is_zero()) {
             builder = builder.wait_for_in_flight(wait, WAIT_POLL_INTERVAL.min(wait));
@@ -192,10 +196,16 @@ fn policy((variable, value): (&'static str, String)) -> Result<FailurePolicy, Se
     match value.to_ascii_lowercase().as_str() {
         "fail-closed" | "closed" => Ok(FailurePolicy::FailClosed),
         "fail-open" | "open" => Ok(FailurePolicy::FailOpen),
+        "fallback" | "fallback-memory" if cfg!(feature = "memory") => Ok(FailurePolicy::Fallback),
+        "fallback" | "fallback-memory" => Err(SettingsError {
+            variable,
+            value,
+            reason: "the fallback policy needs the `memory` feature of `idempotency`".to_owned(),
+        }),
         _ => Err(SettingsError {
             variable,
             value,
-            reason: "expected `fail-closed` or `fail-open`".to_owned(),
+            reason: "expected `fail-closed`, `fail-open` or `fallback`".to_owned(),
         }),
     }
 }
@@ -204,6 +214,8 @@ fn policy_name(policy: FailurePolicy) -> &'static str {
     match policy {
         FailurePolicy::FailClosed => "fail-closed",
         FailurePolicy::FailOpen => "fail-open",
+        FailurePolicy::Fallback => "fallback",
+        _ => "other",
     }
 }
 
@@ -292,6 +304,8 @@ mod tests {
             ("closed", FailurePolicy::FailClosed),
             ("FAIL-OPEN", FailurePolicy::FailOpen),
             ("open", FailurePolicy::FailOpen),
+            ("fallback", FailurePolicy::Fallback),
+            ("Fallback-Memory", FailurePolicy::Fallback),
         ] {
             assert_eq!(
                 read(&[(FAILURE_POLICY_ENV, value)]).unwrap().failure_policy,
@@ -327,6 +341,15 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(engine.config().in_flight_wait(), None);
+    }
+
+    #[test]
+    fn the_fallback_policy_comes_with_a_memory_fallback_store() {
+        let settings = read(&[(FAILURE_POLICY_ENV, "fallback")]).unwrap();
+        let builder = idempotency_core::Idempotency::builder(NoStore).ignore_env();
+        let engine = settings.apply(builder).build().unwrap();
+        assert_eq!(engine.config().failure_policy(), FailurePolicy::Fallback);
+        assert_eq!(settings.to_string(), "IDEMPOTENCY_FAILURE_POLICY=fallback");
     }
 
     #[test]

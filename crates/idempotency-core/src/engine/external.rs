@@ -26,6 +26,7 @@ use crate::{
     StoredOutcome, unix_millis_now,
 };
 
+use super::background::Which;
 use super::{Guard, Idempotency};
 
 /// What the fenced write of an external completion needs: replace the record under `key`, only
@@ -62,6 +63,8 @@ pub struct PendingCompletion<S: IdempotencyStore + 'static> {
 #[derive(Debug)]
 struct Pending {
     key: StoreKey,
+    /// The store holding the claim (the engine's own, or its fallback store).
+    which: Which,
     claim: InProgress,
     completed: Completed,
 }
@@ -101,6 +104,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
                 engine: engine.clone(),
                 pending: Some(Pending {
                     key: claim.key.clone(),
+                    which: claim.which,
                     claim: claim.record.clone(),
                     completed: Completed {
                         token: claim.record.token,
@@ -123,6 +127,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         Ok(PendingCompletion {
             pending: Some(Pending {
                 key: claim.key.clone(),
+                which: claim.which,
                 claim: claim.record.clone(),
                 completed,
             }),
@@ -175,7 +180,28 @@ impl<S: IdempotencyStore + 'static> PendingCompletion<S> {
     /// [`IdempotencyError::StoreUnavailable`] (the claim lapses after its lease).
     pub async fn release(mut self) -> Result<(), IdempotencyError> {
         match self.pending.take() {
-            Some(p) => self.engine.release_claim(&p.key, &p.claim).await,
+            Some(p) => {
+                let engine = &self.engine;
+                let released = engine
+                    .timed(
+                        "release",
+                        engine.store_of(p.which).release(&p.key, &p.claim.token),
+                    )
+                    .await;
+                match released {
+                    Ok(Fenced::Applied) => {
+                        metrics::counter!(names::RELEASES).increment(1);
+                        Ok(())
+                    }
+                    Ok(Fenced::LeaseLost) => Err(IdempotencyError::LeaseLost),
+                    Err(error) => {
+                        // Keep trying in the background, so the key frees once the store
+                        // answers again.
+                        engine.release_in_background(p.key, p.claim.token, p.which);
+                        Err(error.into())
+                    }
+                }
+            }
             None => Ok(()),
         }
     }
@@ -194,7 +220,10 @@ impl<S: IdempotencyStore + 'static> Drop for PendingCompletion<S> {
                     // `LeaseLost` is the normal answer after a commit (the record is completed),
                     // so it is neither counted nor logged as a lost lease.
                     let released = engine
-                        .timed("release", engine.store().release(&p.key, &p.claim.token))
+                        .timed(
+                            "release",
+                            engine.store_of(p.which).release(&p.key, &p.claim.token),
+                        )
                         .await;
                     match released {
                         Ok(Fenced::Applied) => {
