@@ -18,7 +18,7 @@ use http_body_util::BodyExt as _;
 use idempotency_core::{Guard, IdempotencyStore, StoredOutcome};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, Forwarded, ResponseBody};
 use crate::effects::{SideEffects, SideEffectsMarker};
 use crate::layer::{OversizePolicy, Settings};
 use crate::problem::Problem;
@@ -139,7 +139,7 @@ pub(crate) async fn drive<S, F, B, E>(
 
 /// Forwards frames to the connection and copies them, within the budget.
 struct Pump {
-    frames: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    frames: mpsc::Sender<Forwarded>,
     /// Whether the connection still takes frames.
     client: bool,
     /// The body's exact length, when known (its last frame is held until the record is written).
@@ -179,10 +179,12 @@ impl Pump {
         // come; their end (the last chunk marker) waits the same way.
         let mut held: Vec<Frame<Bytes>> = Vec::new();
         let ending = loop {
-            let frame = match body.frame().await {
-                None => break Ending::Done,
-                Some(Err(error)) => break Ending::Failed(error.into()),
-                Some(Ok(frame)) => frame,
+            // A panic while producing the body is a failed body, not a dead task.
+            let frame = match AssertUnwindSafe(body.frame()).catch_unwind().await {
+                Ok(None) => break Ending::Done,
+                Ok(Some(Err(error))) => break Ending::Failed(error.into()),
+                Err(_) => break Ending::Failed("the response body panicked".into()),
+                Ok(Some(Ok(frame))) => frame,
             };
             if let Some(data) = frame.data_ref() {
                 self.copy.push(data);
@@ -192,7 +194,7 @@ impl Pump {
                 held.push(frame);
                 continue;
             }
-            if self.client && self.frames.send(Ok(frame)).await.is_err() {
+            if self.client && self.frames.send(Some(Ok(frame))).await.is_err() {
                 self.client = false;
                 tracing::debug!("client went away mid-body; recording continues");
             }
@@ -209,7 +211,7 @@ impl Pump {
                 tracing::warn!(%error, "response body failed");
                 handler_failed(guard, marker, max_outcome).await;
                 if self.client {
-                    let _ = self.frames.send(Err(error)).await;
+                    let _ = self.frames.send(Some(Err(error))).await;
                 }
                 return;
             }
@@ -229,9 +231,12 @@ impl Pump {
             }
         }
         for frame in held {
-            if !self.client || self.frames.send(Ok(frame)).await.is_err() {
-                break;
+            if !self.client || self.frames.send(Some(Ok(frame))).await.is_err() {
+                return;
             }
+        }
+        if self.client {
+            let _ = self.frames.send(None).await;
         }
     }
 }
