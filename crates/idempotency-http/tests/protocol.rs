@@ -17,7 +17,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use idempotency_core::{Idempotency, Scope};
 use idempotency_http::{
-    IdempotencyLayer, JsonFingerprint, ScopeRejection, SideEffects, SideEffectsMarker,
+    IdempotencyLayer, JsonFingerprint, OversizePolicy, ScopeRejection, SideEffects,
+    SideEffectsMarker,
 };
 use idempotency_memory::MemoryStore;
 use tower::ServiceExt;
@@ -422,4 +423,73 @@ async fn a_stored_content_encoding_is_replayed_only_to_a_retry_that_accepts_it()
     assert_eq!(accepted.1["idempotent-replayed"], "true");
     assert_eq!(accepted.2, first.2);
     assert_eq!(runs.get(), 1);
+}
+
+/// A layer with a 1 KiB outcome cap, `policy` for what does not fit, and a stream predicate
+/// on an `x-stream` response header.
+fn small_app(policy: OversizePolicy) -> (Router, Runs) {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .max_outcome_size(1024)
+        .build()
+        .unwrap();
+    let layer = IdempotencyLayer::builder(engine)
+        .scope(principal)
+        .oversize_response(policy)
+        .stream_responses(|parts| {
+            idempotency_http::default_is_stream(parts) || parts.headers.contains_key("x-stream")
+        })
+        .build();
+    let runs = Runs::default();
+    let router = Router::new()
+        .route("/big", post(big))
+        .layer(layer)
+        .with_state(runs.clone());
+    (router, runs)
+}
+
+/// 4 KiB, or a "stream" (by the predicate) of 10 bytes with `x-stream` in the request.
+async fn big(State(runs): State<Runs>, headers: HeaderMap) -> axum::response::Response {
+    runs.bump();
+    if headers.contains_key("x-stream") {
+        return ([("x-stream", "1")], "tiny body").into_response();
+    }
+    "z".repeat(4096).into_response()
+}
+
+#[tokio::test]
+async fn oversize_policy_release_runs_the_retry_again() {
+    let (router, runs) = small_app(OversizePolicy::Release);
+    for _ in 0..2 {
+        let (status, headers, body) =
+            send(&router, request("/big", &["o-1"], "text/plain", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.len(), 4096, "the client always gets the whole body");
+        assert!(!headers.contains_key("idempotent-replayed"));
+    }
+    assert_eq!(runs.get(), 2);
+}
+
+#[tokio::test]
+async fn oversize_policy_omit_body_and_a_stream_predicate() {
+    let (router, runs) = small_app(OversizePolicy::OmitBody);
+    let first = send(&router, request("/big", &["o-2"], "text/plain", "")).await;
+    assert_eq!(first.2.len(), 4096);
+    let retry = send(&router, request("/big", &["o-2"], "text/plain", "")).await;
+    assert_eq!(retry.1["idempotent-replayed"], "true");
+    assert_eq!(retry.1["idempotent-body-omitted"], "true");
+    assert!(retry.2.is_empty());
+    // Small, but a stream by the user's predicate: passed through, not copied.
+    let mut streamed = request("/big", &["o-3"], "text/plain", "");
+    streamed
+        .headers_mut()
+        .insert("x-stream", "1".parse().unwrap());
+    let first = send(&router, streamed).await;
+    assert_eq!(first.2, "tiny body");
+    let mut again = request("/big", &["o-3"], "text/plain", "");
+    again.headers_mut().insert("x-stream", "1".parse().unwrap());
+    let retry = send(&router, again).await;
+    assert_eq!(retry.1["idempotent-body-omitted"], "true");
+    assert!(retry.2.is_empty());
+    assert_eq!(runs.get(), 2);
 }
