@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -492,4 +493,45 @@ async fn oversize_policy_omit_body_and_a_stream_predicate() {
     assert_eq!(retry.1["idempotent-body-omitted"], "true");
     assert!(retry.2.is_empty());
     assert_eq!(runs.get(), 2);
+}
+
+/// A server-side timeout (here `tokio::time::timeout`, as `tower::timeout` does) that drops the
+/// request future while the handler runs does not undo protection: the handler finishes in its
+/// own task, its answer is recorded, and the retry gets it. Paused clock: the timeout fires when
+/// everything else is idle, with no real waiting.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_that_drops_the_request_does_not_cause_a_second_run() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .wait_for_in_flight(Duration::from_secs(30), Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let runs = Runs::default();
+    let handler = {
+        let (gate, runs) = (gate.clone(), runs.clone());
+        move || async move {
+            gate.notified().await;
+            let n = runs.bump();
+            (StatusCode::CREATED, format!("charged once ({n})"))
+        }
+    };
+    let router = Router::new()
+        .route("/pay", post(handler))
+        .layer(IdempotencyLayer::builder(engine).scope(principal).build());
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        router
+            .clone()
+            .oneshot(request("/pay", &["t-1"], "text/plain", "")),
+    )
+    .await;
+    assert!(first.is_err(), "the timeout dropped the request future");
+    assert_eq!(runs.get(), 0);
+    gate.notify_one();
+    let (status, headers, body) = send(&router, request("/pay", &["t-1"], "text/plain", "")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(body, "charged once (1)");
+    assert_eq!(runs.get(), 1);
 }
