@@ -11,6 +11,11 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc;
 
+/// One message from the recording task: a frame, the body's error, or (`None`) its clean end.
+/// A channel that closes without `None` means the task died (a panic in the body, a runtime
+/// shutting down): the body then fails, so the client never takes a cut-off body for a whole one.
+pub(crate) type Forwarded = Option<Result<Frame<Bytes>, BoxError>>;
+
 /// Boxed error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,7 +36,7 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { #[pin] body: Full<Bytes> },
-        Detached { frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>, hint: SizeHint, done: bool },
+        Detached { frames: mpsc::Receiver<Forwarded>, hint: SizeHint, done: bool },
     }
 }
 
@@ -44,10 +49,7 @@ impl<B> ResponseBody<B> {
 
     /// Frames sent by the recording task; dropping this body (the client went away) tells that
     /// task, which then finishes the record on its own.
-    pub(crate) fn detached(
-        frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
-        hint: SizeHint,
-    ) -> Self {
+    pub(crate) fn detached(frames: mpsc::Receiver<Forwarded>, hint: SizeHint) -> Self {
         Self {
             kind: Kind::Detached {
                 frames,
@@ -85,11 +87,22 @@ where
                 if *done {
                     return Poll::Ready(None);
                 }
-                let next = frames.poll_recv(cx);
-                if let Poll::Ready(None) = next {
-                    *done = true;
+                match frames.poll_recv(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Some(Ok(frame)))) => Poll::Ready(Some(Ok(frame))),
+                    Poll::Ready(Some(Some(Err(error)))) => {
+                        *done = true;
+                        Poll::Ready(Some(Err(error)))
+                    }
+                    Poll::Ready(Some(None)) => {
+                        *done = true;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(None) => {
+                        *done = true;
+                        Poll::Ready(Some(Err("the response body was cut off".into())))
+                    }
                 }
-                next
             }
         }
     }

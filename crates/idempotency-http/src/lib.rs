@@ -85,9 +85,11 @@
 //! predicate in [`LayerBuilder::stream_responses`]) are never copied: they are recorded the same
 //! way when their head is ready, so a retry gets the head without the events.
 //!
-//! The record is written when the body ends, before its end reaches the client (the last chunk of
-//! a body of known length, or the end of a chunked one, is held until then): a client that has the
-//! whole answer and retries at once gets the replay, not "in flight". If the body fails midway,
+//! The record is written when the body ends, before its end reaches the client: a body of known
+//! length within the cap that arrives as one frame (axum's `Json`, `String`...) is recorded before
+//! the head is sent; otherwise the last chunk of a body of known length, or the end of a chunked
+//! one, is held until the record is written. A client that has the whole answer and retries at
+//! once gets the replay, not "in flight". If the body fails midway,
 //! the client's connection is aborted and the claim is released (or, after
 //! `SideEffects::Committed`, a 500 `response-lost` is recorded).
 //!

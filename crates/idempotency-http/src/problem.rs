@@ -74,6 +74,16 @@ impl Problem {
         )
     }
 
+    /// The response body failed before anything was sent.
+    pub(crate) fn response_failed() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "response-failed",
+            "Response failed",
+            "the response could not be produced; retry with the same key",
+        )
+    }
+
     /// Recorded for retries when a handler failed after marking a committed side effect.
     pub(crate) fn response_lost() -> Self {
         Self::new(

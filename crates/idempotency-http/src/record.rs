@@ -8,6 +8,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -18,7 +19,7 @@ use http_body_util::BodyExt as _;
 use idempotency_core::{Guard, IdempotencyStore, StoredOutcome};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, Forwarded, ResponseBody};
 use crate::effects::{SideEffects, SideEffectsMarker};
 use crate::layer::{OversizePolicy, Settings};
 use crate::problem::Problem;
@@ -104,7 +105,7 @@ pub(crate) async fn drive<S, F, B, E>(
         let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
         return;
     }
-    let stored = StoredResponse {
+    let mut stored = StoredResponse {
         status: parts.status,
         headers: StoredResponse::replayable_headers(&parts.headers, settings.keep_set_cookie),
         body: Bytes::new(),
@@ -120,6 +121,45 @@ pub(crate) async fn drive<S, F, B, E>(
     }
     let budget = max_outcome.saturating_sub(stored.encoded_len());
     let hint = body.size_hint();
+    // Boxed (not `pin!`) so that dropping it really ends the handler's body.
+    let mut body = Box::pin(body);
+    let mut first = None;
+    if hint.exact().is_some_and(|n| n <= budget as u64) {
+        // Most answers (axum's `Json`, `String`, `Bytes`) are one frame of known length within
+        // the cap: read it, record it, then answer with it. The record exists before the head
+        // goes out, and no channel is needed.
+        if !body.is_end_stream() {
+            match AssertUnwindSafe(body.frame()).catch_unwind().await {
+                Ok(Some(Ok(frame))) => first = Some(frame),
+                Ok(None) => {}
+                Ok(Some(Err(error))) => {
+                    let error: BoxError = error.into();
+                    tracing::warn!(%error, "response body failed");
+                    return failed_before_head(guard, &marker, max_outcome, head).await;
+                }
+                Err(_) => {
+                    tracing::warn!("response body panicked");
+                    return failed_before_head(guard, &marker, max_outcome, head).await;
+                }
+            }
+        }
+        let whole = match &first {
+            None => Some(Bytes::new()),
+            Some(frame) if body.is_end_stream() => frame.data_ref().cloned(),
+            Some(_) => None,
+        };
+        if let Some(data) = whole {
+            stored.body = data.clone();
+            let encoded = stored.encode();
+            if encoded.len() > max_outcome {
+                without_body(guard, stored, settings.oversize).await;
+            } else {
+                complete(guard, encoded).await;
+            }
+            let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::full(data))));
+            return;
+        }
+    }
     let (frames, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
     let client = head
         .send(Ok(Response::from_parts(
@@ -132,19 +172,36 @@ pub(crate) async fn drive<S, F, B, E>(
         client,
         exact: hint.exact(),
         copy: Recorder::new(budget, hint.exact()),
+        first,
     };
     pump.run(guard, stored, body, &marker, &settings, max_outcome)
         .await;
 }
 
+/// The body failed before anything was sent: end the claim, answer with a 500 problem.
+async fn failed_before_head<S, B, E>(
+    guard: Guard<S>,
+    marker: &SideEffectsMarker,
+    max_outcome: usize,
+    head: oneshot::Sender<Head<B, E>>,
+) where
+    S: IdempotencyStore + 'static,
+{
+    handler_failed(guard, marker, max_outcome).await;
+    let answer = Problem::response_failed().into_response();
+    let _ = head.send(Ok(answer.map(ResponseBody::full)));
+}
+
 /// Forwards frames to the connection and copies them, within the budget.
 struct Pump {
-    frames: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    frames: mpsc::Sender<Forwarded>,
     /// Whether the connection still takes frames.
     client: bool,
     /// The body's exact length, when known (its last frame is held until the record is written).
     exact: Option<u64>,
     copy: Recorder,
+    /// A frame already read (while checking for a single-frame body), forwarded first.
+    first: Option<Frame<Bytes>>,
 }
 
 enum Ending {
@@ -161,7 +218,7 @@ impl Pump {
         mut self,
         guard: Guard<S>,
         mut stored: StoredResponse,
-        body: B,
+        mut body: Pin<Box<B>>,
         marker: &SideEffectsMarker,
         settings: &Settings,
         max_outcome: usize,
@@ -170,8 +227,7 @@ impl Pump {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        // Boxed (not `pin!`) so that dropping it below really ends the handler's body.
-        let mut body = Box::pin(body);
+        let mut first = self.first.take();
         let mut forwarded = 0_u64;
         // Once the body's exact length has arrived, what remains (its last data frame, trailers)
         // waits until the record is written: a client that has the whole answer and retries at
@@ -179,10 +235,16 @@ impl Pump {
         // come; their end (the last chunk marker) waits the same way.
         let mut held: Vec<Frame<Bytes>> = Vec::new();
         let ending = loop {
-            let frame = match body.frame().await {
-                None => break Ending::Done,
-                Some(Err(error)) => break Ending::Failed(error.into()),
-                Some(Ok(frame)) => frame,
+            // A panic while producing the body is a failed body, not a dead task.
+            let next = match first.take() {
+                Some(frame) => Ok(Some(Ok(frame))),
+                None => AssertUnwindSafe(body.frame()).catch_unwind().await,
+            };
+            let frame = match next {
+                Ok(None) => break Ending::Done,
+                Ok(Some(Err(error))) => break Ending::Failed(error.into()),
+                Err(_) => break Ending::Failed("the response body panicked".into()),
+                Ok(Some(Ok(frame))) => frame,
             };
             if let Some(data) = frame.data_ref() {
                 self.copy.push(data);
@@ -192,7 +254,7 @@ impl Pump {
                 held.push(frame);
                 continue;
             }
-            if self.client && self.frames.send(Ok(frame)).await.is_err() {
+            if self.client && self.frames.send(Some(Ok(frame))).await.is_err() {
                 self.client = false;
                 tracing::debug!("client went away mid-body; recording continues");
             }
@@ -209,7 +271,7 @@ impl Pump {
                 tracing::warn!(%error, "response body failed");
                 handler_failed(guard, marker, max_outcome).await;
                 if self.client {
-                    let _ = self.frames.send(Err(error)).await;
+                    let _ = self.frames.send(Some(Err(error))).await;
                 }
                 return;
             }
@@ -229,9 +291,12 @@ impl Pump {
             }
         }
         for frame in held {
-            if !self.client || self.frames.send(Ok(frame)).await.is_err() {
-                break;
+            if !self.client || self.frames.send(Some(Ok(frame))).await.is_err() {
+                return;
             }
+        }
+        if self.client {
+            let _ = self.frames.send(None).await;
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,7 +18,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use idempotency_core::{Idempotency, Scope};
 use idempotency_http::{
-    IdempotencyLayer, JsonFingerprint, ScopeRejection, SideEffects, SideEffectsMarker,
+    IdempotencyLayer, JsonFingerprint, OversizePolicy, ScopeRejection, SideEffects,
+    SideEffectsMarker,
 };
 use idempotency_memory::MemoryStore;
 use tower::ServiceExt;
@@ -421,5 +423,115 @@ async fn a_stored_content_encoding_is_replayed_only_to_a_retry_that_accepts_it()
     assert_eq!(accepted.0, StatusCode::OK);
     assert_eq!(accepted.1["idempotent-replayed"], "true");
     assert_eq!(accepted.2, first.2);
+    assert_eq!(runs.get(), 1);
+}
+
+/// A layer with a 1 KiB outcome cap, `policy` for what does not fit, and a stream predicate
+/// on an `x-stream` response header.
+fn small_app(policy: OversizePolicy) -> (Router, Runs) {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .max_outcome_size(1024)
+        .build()
+        .unwrap();
+    let layer = IdempotencyLayer::builder(engine)
+        .scope(principal)
+        .oversize_response(policy)
+        .stream_responses(|parts| {
+            idempotency_http::default_is_stream(parts) || parts.headers.contains_key("x-stream")
+        })
+        .build();
+    let runs = Runs::default();
+    let router = Router::new()
+        .route("/big", post(big))
+        .layer(layer)
+        .with_state(runs.clone());
+    (router, runs)
+}
+
+/// 4 KiB, or a "stream" (by the predicate) of 10 bytes with `x-stream` in the request.
+async fn big(State(runs): State<Runs>, headers: HeaderMap) -> axum::response::Response {
+    runs.bump();
+    if headers.contains_key("x-stream") {
+        return ([("x-stream", "1")], "tiny body").into_response();
+    }
+    "z".repeat(4096).into_response()
+}
+
+#[tokio::test]
+async fn oversize_policy_release_runs_the_retry_again() {
+    let (router, runs) = small_app(OversizePolicy::Release);
+    for _ in 0..2 {
+        let (status, headers, body) =
+            send(&router, request("/big", &["o-1"], "text/plain", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.len(), 4096, "the client always gets the whole body");
+        assert!(!headers.contains_key("idempotent-replayed"));
+    }
+    assert_eq!(runs.get(), 2);
+}
+
+#[tokio::test]
+async fn oversize_policy_omit_body_and_a_stream_predicate() {
+    let (router, runs) = small_app(OversizePolicy::OmitBody);
+    let first = send(&router, request("/big", &["o-2"], "text/plain", "")).await;
+    assert_eq!(first.2.len(), 4096);
+    let retry = send(&router, request("/big", &["o-2"], "text/plain", "")).await;
+    assert_eq!(retry.1["idempotent-replayed"], "true");
+    assert_eq!(retry.1["idempotent-body-omitted"], "true");
+    assert!(retry.2.is_empty());
+    // Small, but a stream by the user's predicate: passed through, not copied.
+    let mut streamed = request("/big", &["o-3"], "text/plain", "");
+    streamed
+        .headers_mut()
+        .insert("x-stream", "1".parse().unwrap());
+    let first = send(&router, streamed).await;
+    assert_eq!(first.2, "tiny body");
+    let mut again = request("/big", &["o-3"], "text/plain", "");
+    again.headers_mut().insert("x-stream", "1".parse().unwrap());
+    let retry = send(&router, again).await;
+    assert_eq!(retry.1["idempotent-body-omitted"], "true");
+    assert!(retry.2.is_empty());
+    assert_eq!(runs.get(), 2);
+}
+
+/// A server-side timeout (here `tokio::time::timeout`, as `tower::timeout` does) that drops the
+/// request future while the handler runs does not undo protection: the handler finishes in its
+/// own task, its answer is recorded, and the retry gets it. Paused clock: the timeout fires when
+/// everything else is idle, with no real waiting.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_that_drops_the_request_does_not_cause_a_second_run() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .wait_for_in_flight(Duration::from_secs(30), Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let runs = Runs::default();
+    let handler = {
+        let (gate, runs) = (gate.clone(), runs.clone());
+        move || async move {
+            gate.notified().await;
+            let n = runs.bump();
+            (StatusCode::CREATED, format!("charged once ({n})"))
+        }
+    };
+    let router = Router::new()
+        .route("/pay", post(handler))
+        .layer(IdempotencyLayer::builder(engine).scope(principal).build());
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        router
+            .clone()
+            .oneshot(request("/pay", &["t-1"], "text/plain", "")),
+    )
+    .await;
+    assert!(first.is_err(), "the timeout dropped the request future");
+    assert_eq!(runs.get(), 0);
+    gate.notify_one();
+    let (status, headers, body) = send(&router, request("/pay", &["t-1"], "text/plain", "")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(body, "charged once (1)");
     assert_eq!(runs.get(), 1);
 }

@@ -86,6 +86,8 @@ async fn serve() -> (SocketAddr, Ctx) {
         .route("/stream", post(stream))
         .route("/sse", post(sse))
         .route("/echo", post(echo))
+        .route("/broken", post(broken))
+        .route("/ticks", post(ticks))
         .layer(layer)
         .layer(middleware::from_fn_with_state(ctx.clone(), probe))
         .with_state(ctx.clone());
@@ -204,6 +206,42 @@ async fn sse(State(ctx): State<Ctx>) -> impl IntoResponse {
     (
         [("content-type", "text/event-stream")],
         gated_body(ctx, "data: 1\n\n", "data: 2\n\n"),
+    )
+}
+
+/// A body that fails after its first part: with an error, or (`x-panic`) by panicking.
+async fn broken(State(ctx): State<Ctx>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    ctx.writes.fetch_add(1, Ordering::SeqCst);
+    let panics = headers.contains_key("x-panic");
+    let parts = futures::stream::unfold(0, move |step| async move {
+        match step {
+            0 => Some((Ok(Bytes::from_static(b"part-1\n")), 1)),
+            1 if panics => panic!("body panicked"),
+            1 => Some((Err(std::io::Error::other("disk on fire")), 2)),
+            _ => None,
+        }
+    });
+    Body::from_stream(parts)
+}
+
+/// Three server-sent events 1.5 s apart, in real time.
+async fn ticks(State(ctx): State<Ctx>) -> impl IntoResponse {
+    ctx.writes.fetch_add(1, Ordering::SeqCst);
+    let events = futures::stream::unfold(0, |n| async move {
+        if n == 3 {
+            return None;
+        }
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("data: {n}\n\n"))),
+            n + 1,
+        ))
+    });
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(events),
     )
 }
 
@@ -433,4 +471,57 @@ async fn an_oversize_request_body_is_drained_and_the_connection_kept() {
     assert!(text.contains("body-too-large"), "{text}");
     assert!(text.contains("HTTP/1.1 201"), "{text}");
     assert_eq!(ctx.writes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn sse_events_1_5_s_apart_arrive_as_they_are_sent() {
+    let (addr, _ctx) = serve().await;
+    let started = Instant::now();
+    let mut response = request(addr, "/ticks", "t-1").send().await.unwrap();
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        arrivals.push((started.elapsed(), chunk));
+    }
+    eprintln!("SSE events 1.5 s apart, arrivals: {arrivals:?}");
+    assert_eq!(arrivals.len(), 3, "{arrivals:?}");
+    // Generous bounds: the first event long before the second is produced, the others after
+    // their producer's sleeps (never all at the end).
+    assert!(arrivals[0].0 < Duration::from_millis(1000), "{arrivals:?}");
+    assert!(arrivals[1].0 >= Duration::from_millis(1500), "{arrivals:?}");
+    assert!(arrivals[1].0 < arrivals[2].0, "{arrivals:?}");
+}
+
+#[tokio::test]
+async fn a_body_that_fails_midway_aborts_the_response_and_releases_the_claim() {
+    let (addr, ctx) = serve().await;
+    for (key, panics) in [("e-1", false), ("e-2", true)] {
+        let mut first = request(addr, "/broken", key);
+        if panics {
+            first = first.header("x-panic", "1");
+        }
+        // Not a clean end: the client can tell the answer is incomplete (the server may abort
+        // before or after the head is flushed).
+        let outcome = match first.send().await {
+            Err(error) => Err(error),
+            Ok(response) => response.bytes().await,
+        };
+        assert!(
+            outcome.is_err(),
+            "a failed body must not look complete ({key}): {outcome:?}"
+        );
+        // Nothing was recorded and the claim was released before the abort: the retry runs the
+        // handler again (and fails the same way) instead of getting a replay or a 409.
+        let before = ctx.writes.load(Ordering::SeqCst);
+        let mut retry = request(addr, "/broken", key);
+        if panics {
+            retry = retry.header("x-panic", "1");
+        }
+        let outcome = match retry.send().await {
+            Err(error) => Err(error),
+            Ok(response) => response.bytes().await,
+        };
+        assert!(outcome.is_err(), "{key}: {outcome:?}");
+        assert_eq!(ctx.writes.load(Ordering::SeqCst), before + 1, "{key}");
+    }
+    assert_eq!(ctx.writes.load(Ordering::SeqCst), 4);
 }
