@@ -83,7 +83,10 @@
 //!   (claimed, a fresh random token is in it) or the live one that was there. (`DO UPDATE …
 //!   WHERE expired` returns no row for a live one, and a second SELECT in the same statement
 //!   reads a snapshot that can miss a row committed concurrently.) Concurrent claims on one key
-//!   serialise on the row (Postgres) or on the write lock (SQLite): exactly one wins.
+//!   serialise on the row (Postgres) or on the write lock (SQLite): exactly one wins. On
+//!   Postgres the same statement first looks for a live row in its snapshot (a CTE) and returns
+//!   it without writing or locking anything, so replays and in-flight answers are plain reads;
+//!   the upsert runs only when the snapshot has no live row.
 //! - `complete`: `UPDATE … WHERE store_key = $1 AND token = $2 AND state = 'in_progress' AND
 //!   expires_at > now`, also applied (changing nothing) when the row is already completed under
 //!   the same token (a retried call whose reply was lost).

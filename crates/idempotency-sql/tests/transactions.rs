@@ -1,6 +1,7 @@
 //! Completion inside the application's transaction, on Postgres and SQLite: commit → replay;
 //! rollback → the claim is freed and a retry runs; a stale owner gets `LeaseLost` inside its
 //! transaction and its side effect rolls back with it.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
