@@ -68,9 +68,11 @@
 //!
 //! Releasing after a successful commit is harmless (a release is fenced on the record being
 //! in progress under the token), so a dropped pending completion may always release. The row
-//! stays locked by the transaction until it ends: concurrent retries of the same key wait for
-//! it (Postgres row lock, SQLite write lock), so keep such transactions short. On SQLite, open
-//! the transaction with `pool.begin_with("BEGIN IMMEDIATE")`.
+//! stays locked by the transaction until it ends. On Postgres a retry of the same key meanwhile
+//! is answered "in flight" at once (the claim reads the live row from its snapshot without
+//! waiting for the lock); on SQLite the transaction holds the database's write lock, so every
+//! writer (claims included) waits for it: keep such transactions short, and open them with
+//! `pool.begin_with("BEGIN IMMEDIATE")` so they take the write lock up front.
 //!
 //! # Statements
 //! One statement, one round trip, per primitive; every time comparison is on the database's
