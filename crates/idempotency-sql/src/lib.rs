@@ -68,9 +68,11 @@
 //!
 //! Releasing after a successful commit is harmless (a release is fenced on the record being
 //! in progress under the token), so a dropped pending completion may always release. The row
-//! stays locked by the transaction until it ends: concurrent retries of the same key wait for
-//! it (Postgres row lock, SQLite write lock), so keep such transactions short. On SQLite, open
-//! the transaction with `pool.begin_with("BEGIN IMMEDIATE")`.
+//! stays locked by the transaction until it ends. On Postgres a retry of the same key meanwhile
+//! is answered "in flight" at once (the claim reads the live row from its snapshot without
+//! waiting for the lock); on SQLite the transaction holds the database's write lock, so every
+//! writer (claims included) waits for it: keep such transactions short, and open them with
+//! `pool.begin_with("BEGIN IMMEDIATE")` so they take the write lock up front.
 //!
 //! # Statements
 //! One statement, one round trip, per primitive; every time comparison is on the database's
@@ -83,7 +85,10 @@
 //!   (claimed, a fresh random token is in it) or the live one that was there. (`DO UPDATE …
 //!   WHERE expired` returns no row for a live one, and a second SELECT in the same statement
 //!   reads a snapshot that can miss a row committed concurrently.) Concurrent claims on one key
-//!   serialise on the row (Postgres) or on the write lock (SQLite): exactly one wins.
+//!   serialise on the row (Postgres) or on the write lock (SQLite): exactly one wins. On
+//!   Postgres the same statement first looks for a live row in its snapshot (a CTE) and returns
+//!   it without writing or locking anything, so replays and in-flight answers are plain reads;
+//!   the upsert runs only when the snapshot has no live row.
 //! - `complete`: `UPDATE … WHERE store_key = $1 AND token = $2 AND state = 'in_progress' AND
 //!   expires_at > now`, also applied (changing nothing) when the row is already completed under
 //!   the same token (a retried call whose reply was lost).

@@ -38,12 +38,17 @@ struct Inner {
 
 impl SqlStatements {
     fn postgres(t: &str) -> Self {
-        // The claim always writes the row (an upsert whose SET keeps every old value unless the
-        // row has expired), so RETURNING always yields the row as it is after the statement:
-        // either ours (`claimed`: our fresh random token is in it) or the live one that was
-        // there. Postgres' `DO UPDATE ... WHERE expired` alone would return nothing for a live
-        // row, and a follow-up SELECT in the same statement reads a snapshot that can miss a row
-        // committed concurrently. `now` is read once (a materialised CTE) so every CASE agrees.
+        // The claim, in one statement:
+        // - `live`: a live row visible in the statement's snapshot is returned as it is, with no
+        //   write and no lock (replays and in-flight answers, the hot path of retry storms);
+        // - otherwise `ins` upserts, and its `DO UPDATE` always touches the conflicting row (the
+        //   SET keeps every old value unless the row has expired), so its RETURNING always
+        //   yields the row as it is after the statement: ours (`claimed`: our fresh random
+        //   token is in it), or a live one committed concurrently, after our snapshot, which
+        //   `live` could not see. (`DO UPDATE ... WHERE expired` alone would return nothing for
+        //   such a row.) Concurrent inserters of one key serialise on the unique index and the
+        //   row lock, and each decides on the latest row version: exactly one wins.
+        // `now` is read once (a materialised CTE) so every comparison agrees.
         let keep_unless_expired = |column: &str| {
             format!(
                 "{column} = CASE WHEN r.expires_at <= (SELECT t FROM now) \
@@ -66,11 +71,17 @@ impl SqlStatements {
         let micros = "$N::float8 * interval '1 microsecond'";
         Self {
             claim: format!(
-                "WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t) \
-                 INSERT INTO {t} AS r (store_key, state, token, fingerprint, created_at_ms, expires_at) \
-                 SELECT $1, 'in_progress', $2, $3, $4, now.t + {} FROM now \
-                 ON CONFLICT (store_key) DO UPDATE SET {assignments} \
-                 RETURNING (r.token = $2) AS claimed, {COLUMNS}",
+                "WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t), \
+                 live AS MATERIALIZED (SELECT {COLUMNS} FROM {t}, now \
+                   WHERE store_key = $1 AND expires_at > now.t), \
+                 ins AS (\
+                   INSERT INTO {t} AS r (store_key, state, token, fingerprint, created_at_ms, expires_at) \
+                   SELECT $1, 'in_progress', $2, $3, $4, now.t + {} FROM now \
+                   WHERE NOT EXISTS (SELECT 1 FROM live) \
+                   ON CONFLICT (store_key) DO UPDATE SET {assignments} \
+                   RETURNING (r.token = $2) AS claimed, {COLUMNS}) \
+                 SELECT false AS claimed, {COLUMNS} FROM live \
+                 UNION ALL SELECT claimed, {COLUMNS} FROM ins",
                 micros.replace("$N", "$5")
             ),
             // Applied when it completes our live claim, or when it finds the record already

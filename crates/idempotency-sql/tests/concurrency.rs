@@ -1,5 +1,6 @@
 //! 1 000 keys × 16 concurrent claimers released together per key: exactly one winner per key,
 //! and every loser sees the winner's record, on Postgres and on SQLite.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,6 +1,7 @@
 //! Faults: an exhausted pool, a frozen server, a stopped server and SQLite's write lock held
 //! elsewhere all end in a typed, transient `StoreError` within the store's time budget (never a
 //! hang), and the engine's failure policy applies.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,6 +1,7 @@
 //! Construction, migrations and expired-row cleanup on both databases: a missing table or one
 //! of the wrong shape is a typed error naming the migration; `migrate()` is idempotent and safe
 //! to run concurrently; `purge_expired` deletes in bounded batches and never a live row.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,6 +1,7 @@
 //! Completion inside the application's transaction, on Postgres and SQLite: commit → replay;
 //! rollback → the claim is freed and a retry runs; a stale owner gets `LeaseLost` inside its
 //! transaction and its side effect rolls back with it.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -388,4 +389,38 @@ mod sqlite_tx {
     );
     #[allow(dead_code)]
     fn _types(_: LiteStore) {}
+}
+
+/// Postgres: a retry that arrives while the first attempt's completion waits in its open
+/// transaction is answered "in flight" from the claim statement's snapshot, without waiting for
+/// the row lock; once the transaction commits the retry replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retry_during_an_open_completion_is_in_flight_without_waiting() {
+    let store = std::sync::Arc::new(common::pg_store(8).await);
+    let engine = engine(store.clone(), &idempotency_testkit::unique_prefix());
+    let key = IdempotencyKey::new("open-tx").unwrap();
+    let guard = begin_run(&engine, &key).await;
+    let mut tx = store.pool().begin().await.expect("begin");
+    let pending = store
+        .complete_in(&mut tx, guard, outcome("done"))
+        .await
+        .expect("complete_in");
+    // The row is now locked by `tx`. The engine's own store timeout (1.5 s) bounds the retry;
+    // an answer at all (rather than a timeout) shows it did not wait for the lock.
+    let retry = engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await;
+    assert!(
+        matches!(retry, Err(IdempotencyError::InFlight { .. })),
+        "{retry:?}"
+    );
+    tx.commit().await.expect("commit");
+    pending.committed();
+    match engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await
+    {
+        Ok(Begin::Replay(replayed)) => assert_eq!(replayed, outcome("done")),
+        other => panic!("a retry after the commit replays, got {other:?}"),
+    }
 }

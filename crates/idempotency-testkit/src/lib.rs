@@ -2,7 +2,7 @@
 //!
 //! One behaviour contract for every idempotency store: the suite of behaviours
 //! ([`suite`]), a proptest comparison with a reference model ([`model`]), and real-server
-//! fixtures for the network backends.
+//! fixtures for the network backends (Redis, Redis Cluster, Postgres).
 //!
 //! A backend runs all of it with one line in its tests, given an async factory that returns a
 //! fresh [`StoreHarness`] (with its own key prefix) per test:
@@ -70,8 +70,9 @@
 //!
 //! # Feature flags
 //! - `testcontainers` (off by default): [`fixtures::RedisServer::start`] runs Redis in Docker
-//!   (a pinned `redis:7.x` image) when a Docker engine answers, before falling back to a local
-//!   `redis-server`. It adds ~100 crates to the build; `cargo xtask test --testcontainers`
+//!   (a pinned `redis:7.x` image) and [`fixtures::PostgresServer::start`] Postgres
+//!   (`postgres:16-alpine`) when a Docker engine answers, before falling back to a local
+//!   `redis-server` / `initdb` + `postgres`. It adds ~100 crates to the build; `cargo xtask test --testcontainers`
 //!   turns it on (CI on GitHub does).
 //! - `gateway` (off by default): `fixtures::GatewayServer`, the KV REST gateway in-process in
 //!   front of a Redis fixture, for testing REST clients against a real server.

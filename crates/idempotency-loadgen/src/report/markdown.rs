@@ -262,7 +262,7 @@ fn targets(out: &mut String, report: &Report) {
         let _ = writeln!(
             out,
             "- Postgres `fresh` within 1.10× of `raw-postgres` (p50 and throughput): {} ({}); \
-             replay is one statement (the claim upsert) and a transactional completion adds one \
+             replay is one statement (the claim) and a transactional completion adds one \
              statement to the application's transaction, by construction",
             verdict(ok),
             detail.join("; ")
