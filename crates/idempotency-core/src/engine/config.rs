@@ -240,8 +240,9 @@ impl<S> IdempotencyBuilder<S> {
     }
 
     /// How long [`Guard::complete`](crate::Guard::complete) keeps retrying through transient
-    /// store failures (timeouts, connection trouble, writes refused), with backoff, while the
-    /// lease is kept alive (default 30 s; `Duration::ZERO` turns retries off). The caller waits
+    /// store failures (timeouts, connection trouble, writes refused), with backoff (50 ms
+    /// doubling to 1 s), counted from the first failure, while the lease is kept alive (default
+    /// 30 s; `Duration::ZERO` turns retries off). The caller waits
     /// meanwhile; past the bound it gets `StoreUnavailable` and the claim lapses after its lease.
     #[must_use]
     pub fn completion_retry(mut self, bound: Duration) -> Self {

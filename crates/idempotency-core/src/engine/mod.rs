@@ -168,7 +168,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             let existing = match claimed {
                 Ok(Claim::Claimed) => return Ok(self.claimed(store_key, record, Which::Primary)),
                 Ok(Claim::Existing(existing)) => existing,
-                Err(error) => return self.claim_failed(store_key, record, error).await,
+                // Boxed: the failure paths' state stays out of the common path's future.
+                Err(error) => {
+                    return Box::pin(self.claim_failed(store_key, record, error)).await;
+                }
             };
             match self.seen(existing, &record)? {
                 Seen::Own => return Ok(self.claimed(store_key, record, Which::Primary)),
@@ -180,7 +183,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                         (Some(deadline), Some(poll)) if Instant::now() + poll <= deadline => {
                             tokio::time::sleep(poll).await;
                         }
-                        _ => return Err(self.in_progress(Which::Primary, &store_key).await),
+                        _ => {
+                            return Err(
+                                Box::pin(self.in_progress(Which::Primary, &store_key)).await
+                            );
+                        }
                     }
                 }
             }
@@ -434,13 +441,14 @@ impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
                  every retry will run its side effect again"
             );
         }
+        let background = Background::new(self.config.lease);
         Ok(Idempotency {
             inner: Arc::new(Inner {
                 store: self.store,
                 fallback: self.fallback,
                 config: self.config,
                 stats: Stats::default(),
-                background: Background::default(),
+                background,
             }),
         })
     }
