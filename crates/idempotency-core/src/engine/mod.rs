@@ -229,6 +229,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         metrics::counter!(names::IN_FLIGHT).increment(1);
         tracing::debug!("first attempt still in progress");
         let config = &self.inner.config;
+        if !config.retry_after_from_lease {
+            return IdempotencyError::InFlight {
+                retry_after: config.in_flight_retry_after,
+            };
+        }
         let remaining = self
             .timed("time_to_live", self.store_of(which).time_to_live(key))
             .await;
