@@ -541,6 +541,42 @@ async fn retry_after_comes_from_the_remaining_lease_of_an_abandoned_claim() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn retry_after_from_the_lease_can_be_switched_off() {
+    let memory = memory();
+    let engine = Idempotency::builder(memory.clone())
+        .lease(Duration::from_secs(60))
+        .retry_after_from_lease(false)
+        .in_flight_retry_after(Duration::from_secs(2))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let _held = engine
+        .begin(&Scope::global(), &key("k"), fp())
+        .await
+        .unwrap();
+    // Renewal is on, so take the claim out of the picture: an abandoned one, 45 s old.
+    let dead = InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: fp(),
+        created_at_ms: 0,
+    };
+    let other = engine.store_key(&Scope::global(), &key("dead"));
+    memory
+        .try_claim(&other, &dead, Duration::from_secs(60))
+        .await
+        .unwrap();
+    advance(Duration::from_secs(45)).await;
+    let err = engine
+        .begin(&Scope::global(), &key("dead"), fp())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IdempotencyError::InFlight { retry_after } if retry_after == Duration::from_secs(2)),
+        "the fixed value: {err:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn fallback_policy_protects_duplicates_within_the_process() {
     let primary = FaultyStore::new(Arc::new(memory()));
     let engine = Idempotency::builder(primary.clone())

@@ -12,8 +12,9 @@
 //!   was ever applied.
 //!
 //! # Cost on the request path
-//! Registering a claim is one uncontended mutex section (a slab insert; the store key is
-//! cloned) and deregistering another; no task is spawned and no timer is armed per request. The
+//! Registering a claim is one uncontended mutex section (the store key is copied into a
+//! recycled slot, so no allocation once the registry has grown to the peak number of running
+//! operations) and deregistering another; no task is spawned and no timer is armed per request. The
 //! driver is spawned on the first registration, sleeps until the earliest renewal is due, and
 //! parks itself after a quiet period; it holds only a weak reference to the engine, so dropping
 //! the engine stops it.
@@ -29,7 +30,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use slab::Slab;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
@@ -78,8 +78,11 @@ fn release_backoff(attempts: u32) -> Duration {
 
 #[derive(Debug)]
 struct Live {
+    /// [`VACANT`] when the slot is free.
     id: u64,
-    key: StoreKey,
+    /// The store key's text; the buffer is kept when the slot is freed and reused by the next
+    /// claim (the registry's memory is bounded by the peak number of live claims).
+    key: String,
     token: LeaseToken,
     which: Which,
     lease: Duration,
@@ -89,6 +92,89 @@ struct Live {
     /// The guard is storing its outcome: a renewal that finds the lease gone may just be seeing
     /// that completion, so it is not reported as lost (the completion itself tells the truth).
     completing: bool,
+}
+
+/// The id of a free slot.
+const VACANT: u64 = u64::MAX;
+
+/// Slots of live claims with a free list; freed slots keep their key buffer.
+#[derive(Debug, Default)]
+struct Slots {
+    slots: Vec<Live>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Slots {
+    fn get(&self, ticket: Ticket) -> Option<&Live> {
+        self.slots.get(ticket.index).filter(|l| l.id == ticket.id)
+    }
+
+    fn get_mut(&mut self, ticket: Ticket) -> Option<&mut Live> {
+        self.slots
+            .get_mut(ticket.index)
+            .filter(|l| l.id == ticket.id)
+    }
+
+    /// Free the slot; returns whether its lease had been found lost.
+    fn remove(&mut self, ticket: Ticket) -> Option<bool> {
+        let live = self.get_mut(ticket)?;
+        live.id = VACANT;
+        let lost = live.lost;
+        self.free.push(ticket.index);
+        self.live -= 1;
+        Some(lost)
+    }
+
+    fn insert(
+        &mut self,
+        id: u64,
+        key: &StoreKey,
+        token: LeaseToken,
+        which: Which,
+        lease: Duration,
+        due: Instant,
+    ) -> usize {
+        self.live += 1;
+        if let Some(index) = self.free.pop()
+            && let Some(slot) = self.slots.get_mut(index)
+        {
+            slot.id = id;
+            slot.key.clear();
+            slot.key.push_str(key.as_str());
+            slot.token = token;
+            slot.which = which;
+            slot.lease = lease;
+            slot.due = due;
+            slot.renewing = false;
+            slot.lost = false;
+            slot.completing = false;
+            return index;
+        }
+        self.slots.push(Live {
+            id,
+            key: key.as_str().to_owned(),
+            token,
+            which,
+            lease,
+            due,
+            renewing: false,
+            lost: false,
+            completing: false,
+        });
+        self.slots.len() - 1
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Live)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, l)| l.id != VACANT)
+    }
 }
 
 #[derive(Debug)]
@@ -112,7 +198,7 @@ enum Driver {
 
 #[derive(Debug)]
 struct State {
-    claims: Slab<Live>,
+    claims: Slots,
     next_id: u64,
     releases: VecDeque<Release>,
     driver: Driver,
@@ -125,13 +211,17 @@ pub(crate) struct Background {
     state: Mutex<State>,
     wake: Arc<Notify>,
     permits: Arc<Semaphore>,
+    /// The renewal interval of the configured lease, computed once (a `Duration` division is
+    /// not free on the claim path).
+    interval: Duration,
 }
 
-impl Default for Background {
-    fn default() -> Self {
+impl Background {
+    pub(crate) fn new(lease: Duration) -> Self {
         Self {
+            interval: renewal_interval(lease),
             state: Mutex::new(State {
-                claims: Slab::new(),
+                claims: Slots::default(),
                 next_id: 0,
                 releases: VecDeque::new(),
                 driver: Driver::Idle,
@@ -141,9 +231,7 @@ impl Default for Background {
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
-}
 
-impl Background {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the registry inconsistent in a way that
         // matters more than losing renewals; keep serving.
@@ -155,40 +243,32 @@ impl Background {
     /// Whether a renewal found the lease of `ticket` lost.
     pub(crate) fn is_lost(&self, ticket: Ticket) -> bool {
         let state = self.lock();
-        state
-            .claims
-            .get(ticket.index)
-            .is_some_and(|live| live.id == ticket.id && live.lost)
+        state.claims.get(ticket).is_some_and(|live| live.lost)
     }
 
     /// Stop renewing `ticket`. Returns whether a renewal had found the lease lost.
     pub(crate) fn deregister(&self, ticket: Ticket) -> bool {
         let mut state = self.lock();
-        match state.claims.get(ticket.index) {
-            Some(live) if live.id == ticket.id => state.claims.remove(ticket.index).lost,
-            _ => false,
-        }
+        state.claims.remove(ticket).unwrap_or(false)
     }
 
     /// The guard starts storing its outcome (renewals continue, see [`Live::completing`]).
     /// Returns whether a renewal had already found the lease lost.
     pub(crate) fn mark_completing(&self, ticket: Ticket) -> bool {
         let mut state = self.lock();
-        match state.claims.get_mut(ticket.index) {
-            Some(live) if live.id == ticket.id => {
+        match state.claims.get_mut(ticket) {
+            Some(live) => {
                 live.completing = true;
                 live.lost
             }
-            _ => false,
+            None => false,
         }
     }
 
     /// An explicit `extend` succeeded: renew relative to the new lease.
     pub(crate) fn extended(&self, ticket: Ticket, lease: Duration) {
         let mut state = self.lock();
-        if let Some(live) = state.claims.get_mut(ticket.index)
-            && live.id == ticket.id
-        {
+        if let Some(live) = state.claims.get_mut(ticket) {
             live.lease = lease;
             live.due = Instant::now() + renewal_interval(lease);
         }
@@ -197,9 +277,7 @@ impl Background {
     /// An explicit `extend` found the lease lost.
     pub(crate) fn mark_lost(&self, ticket: Ticket) {
         let mut state = self.lock();
-        if let Some(live) = state.claims.get_mut(ticket.index)
-            && live.id == ticket.id
-        {
+        if let Some(live) = state.claims.get_mut(ticket) {
             live.lost = true;
         }
     }
@@ -227,22 +305,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             return None;
         }
         let lease = self.inner.config.lease;
-        let due = Instant::now() + renewal_interval(lease);
         let background = &self.inner.background;
+        let due = Instant::now() + background.interval;
         let mut state = background.lock();
         let id = state.next_id;
         state.next_id += 1;
-        let index = state.claims.insert(Live {
-            id,
-            key: key.clone(),
-            token,
-            which,
-            lease,
-            due,
-            renewing: false,
-            lost: false,
-            completing: false,
-        });
+        let index = state.claims.insert(id, key, token, which, lease, due);
         self.wake_driver_for(&mut state, due);
         Some(Ticket { index, id })
     }
@@ -275,7 +343,8 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     fn wake_driver_for(&self, state: &mut State, due: Instant) {
         match state.driver {
             Driver::Running { wake_at, .. } => {
-                if wake_at.is_none_or(|at| due < at) {
+                // `None`: the driver has not planned yet and will see this entry when it does.
+                if wake_at.is_some_and(|at| due < at) {
                     self.inner.background.wake.notify_one();
                 }
             }
@@ -318,7 +387,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 live.renewing = true;
                 renew.push((
                     Ticket { index, id: live.id },
-                    live.key.clone(),
+                    StoreKey::from_raw(live.key.clone()),
                     live.token,
                     live.which,
                     live.lease,
@@ -372,11 +441,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             .timed("extend", self.store_of(which).extend(&key, &token, lease))
             .await;
         let mut state = self.inner.background.lock();
-        let Some(live) = state
-            .claims
-            .get_mut(ticket.index)
-            .filter(|l| l.id == ticket.id)
-        else {
+        let Some(live) = state.claims.get_mut(ticket) else {
             // The guard finished while the renewal was in flight.
             return;
         };

@@ -61,6 +61,7 @@ pub struct Config {
     pub(crate) in_flight_wait: Option<InFlightWait>,
     pub(crate) in_flight_retry_after: Duration,
     pub(crate) renew_leases: bool,
+    pub(crate) retry_after_from_lease: bool,
     pub(crate) completion_retry: Duration,
     pub(crate) background_releases: usize,
 }
@@ -79,6 +80,7 @@ impl Default for Config {
             in_flight_wait: None,
             in_flight_retry_after: Duration::from_secs(1),
             renew_leases: true,
+            retry_after_from_lease: true,
             completion_retry: Duration::from_secs(30),
             background_releases: 10_000,
         }
@@ -131,6 +133,11 @@ impl Config {
     /// the lease.
     pub fn renew_leases(&self) -> bool {
         self.renew_leases
+    }
+    /// Whether an "in progress" answer asks the store for the remaining lease to derive
+    /// `Retry-After` (default on; one more round trip on that path for Redis and KV REST).
+    pub fn retry_after_from_lease(&self) -> bool {
+        self.retry_after_from_lease
     }
     /// How long a completion keeps retrying through transient store failures (default 30 s;
     /// zero: no retries).
@@ -239,9 +246,21 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
+    /// Derive the `Retry-After` of an "in progress" answer from the remaining lease (default
+    /// on; see [`crate::IdempotencyError::InFlight`]). It costs one more store round trip on
+    /// that path only (Redis / KV REST: `PTTL`; measured on a local Redis: the 409 path's p50
+    /// from ~61 µs to ~129 µs; fresh claims and replays are unchanged). Off, the fixed
+    /// [`Self::in_flight_retry_after`] is always used.
+    #[must_use]
+    pub fn retry_after_from_lease(mut self, enabled: bool) -> Self {
+        self.config.retry_after_from_lease = enabled;
+        self
+    }
+
     /// How long [`Guard::complete`](crate::Guard::complete) keeps retrying through transient
-    /// store failures (timeouts, connection trouble, writes refused), with backoff, while the
-    /// lease is kept alive (default 30 s; `Duration::ZERO` turns retries off). The caller waits
+    /// store failures (timeouts, connection trouble, writes refused), with backoff (50 ms
+    /// doubling to 1 s), counted from the first failure, while the lease is kept alive (default
+    /// 30 s; `Duration::ZERO` turns retries off). The caller waits
     /// meanwhile; past the bound it gets `StoreUnavailable` and the claim lapses after its lease.
     #[must_use]
     pub fn completion_retry(mut self, bound: Duration) -> Self {

@@ -211,53 +211,32 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             outcome: outcome.compressed_above(config.compression_threshold()),
         };
         let retention = config.retention();
-        let bound = config.completion_retry();
         // From here on, a cancelled future stops renewal but does not release (see Dropping).
         self.state = State::Completing(claim);
         let State::Completing(claim) = &self.state else {
             return Ok(());
         };
         let store = engine.store_of(claim.which);
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        let result = loop {
-            let result = engine
-                .timed(
-                    "complete",
-                    store.complete(&claim.key, &claim.record.token, &completed, retention),
-                )
-                .await;
-            match result {
-                Err(error) if error.is_transient() => {
-                    let backoff = completion_backoff(attempt);
-                    if started.elapsed() + backoff > bound {
-                        if attempt > 0 {
-                            metrics::counter!(names::COMPLETION_RETRIES, "result" => "exhausted")
-                                .increment(1);
-                        }
-                        break Err(error);
-                    }
-                    attempt += 1;
-                    Stats::bump(&engine.inner.stats.completion_retries);
-                    metrics::counter!(names::COMPLETION_RETRIES, "result" => "retry").increment(1);
-                    tracing::debug!(key = %claim.key, %error, attempt, "completion failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                }
-                other => {
-                    if attempt > 0 && other.is_ok() {
-                        metrics::counter!(names::COMPLETION_RETRIES, "result" => "recovered")
-                            .increment(1);
-                    }
-                    break other;
-                }
+        let first = engine
+            .timed(
+                "complete",
+                store.complete(&claim.key, &claim.record.token, &completed, retention),
+            )
+            .await;
+        let (result, attempts) = match first {
+            // Boxed: the retry loop's state stays out of the common path's future.
+            Err(error) if error.is_transient() => {
+                Box::pin(engine.retry_completion(claim, &completed, error)).await
             }
+            other => (other, 1),
         };
-        let key = claim.key.clone();
-        if let State::Completing(claim) = std::mem::replace(&mut self.state, State::Done)
-            && let Some(ticket) = claim.ticket
-        {
+        let State::Completing(claim) = std::mem::replace(&mut self.state, State::Done) else {
+            return Ok(());
+        };
+        if let Some(ticket) = claim.ticket {
             background.deregister(ticket);
         }
+        let key = claim.key;
         match result {
             Ok(Fenced::Applied) => {
                 Stats::bump(&engine.inner.stats.writes);
@@ -273,7 +252,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             }
             Err(error) => {
                 tracing::warn!(
-                    key = %key, %error, attempts = attempt + 1,
+                    key = %key, %error, attempts,
                     "outcome not stored: the store kept failing; the claim lapses after its lease"
                 );
                 Err(error.into())
@@ -352,6 +331,54 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
 }
 
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
+    /// Retry a completion that failed transiently, with backoff, for up to the configured
+    /// bound from the first failure (the lease keeps being renewed meanwhile). Returns the last
+    /// result and the number of attempts made in all.
+    async fn retry_completion(
+        &self,
+        claim: &Claim,
+        completed: &Completed,
+        first_error: StoreError,
+    ) -> (Result<Fenced, StoreError>, u32) {
+        let bound = self.config().completion_retry();
+        let retention = self.config().retention();
+        let store = self.store_of(claim.which);
+        let started = Instant::now();
+        let mut error = first_error;
+        let mut attempt = 0u32;
+        loop {
+            let backoff = completion_backoff(attempt);
+            if started.elapsed() + backoff > bound {
+                if attempt > 0 {
+                    metrics::counter!(names::COMPLETION_RETRIES, "result" => "exhausted")
+                        .increment(1);
+                }
+                return (Err(error), attempt + 1);
+            }
+            attempt += 1;
+            Stats::bump(&self.inner.stats.completion_retries);
+            metrics::counter!(names::COMPLETION_RETRIES, "result" => "retry").increment(1);
+            tracing::debug!(key = %claim.key, %error, attempt, "completion failed; retrying");
+            tokio::time::sleep(backoff).await;
+            let result = self
+                .timed(
+                    "complete",
+                    store.complete(&claim.key, &claim.record.token, completed, retention),
+                )
+                .await;
+            match result {
+                Err(again) if again.is_transient() => error = again,
+                other => {
+                    if other.is_ok() {
+                        metrics::counter!(names::COMPLETION_RETRIES, "result" => "recovered")
+                            .increment(1);
+                    }
+                    return (other, attempt + 1);
+                }
+            }
+        }
+    }
+
     /// Release a claim now; if the store fails, keep releasing it in the background.
     pub(crate) async fn release_claim(&self, claim: Claim) -> Result<(), IdempotencyError> {
         let Claim {

@@ -170,7 +170,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             let existing = match claimed {
                 Ok(Claim::Claimed) => return Ok(self.claimed(store_key, record, Which::Primary)),
                 Ok(Claim::Existing(existing)) => existing,
-                Err(error) => return self.claim_failed(store_key, record, error).await,
+                // Boxed: the failure paths' state stays out of the common path's future.
+                Err(error) => {
+                    return Box::pin(self.claim_failed(store_key, record, error)).await;
+                }
             };
             match self.seen(existing, &record)? {
                 Seen::Own => return Ok(self.claimed(store_key, record, Which::Primary)),
@@ -182,7 +185,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                         (Some(deadline), Some(poll)) if Instant::now() + poll <= deadline => {
                             tokio::time::sleep(poll).await;
                         }
-                        _ => return Err(self.in_progress(Which::Primary, &store_key).await),
+                        _ => {
+                            return Err(
+                                Box::pin(self.in_progress(Which::Primary, &store_key)).await
+                            );
+                        }
                     }
                 }
             }
@@ -224,6 +231,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         metrics::counter!(names::IN_FLIGHT).increment(1);
         tracing::debug!("first attempt still in progress");
         let config = &self.inner.config;
+        if !config.retry_after_from_lease {
+            return IdempotencyError::InFlight {
+                retry_after: config.in_flight_retry_after,
+            };
+        }
         let remaining = self
             .timed("time_to_live", self.store_of(which).time_to_live(key))
             .await;
@@ -436,13 +448,14 @@ impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
                  every retry will run its side effect again"
             );
         }
+        let background = Background::new(self.config.lease);
         Ok(Idempotency {
             inner: Arc::new(Inner {
                 store: self.store,
                 fallback: self.fallback,
                 config: self.config,
                 stats: Stats::default(),
-                background: Background::default(),
+                background,
             }),
         })
     }
