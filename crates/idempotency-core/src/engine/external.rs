@@ -1,22 +1,7 @@
 //! Completing a claim somewhere the engine cannot see: inside the application's own database
 //! transaction (the SQL store's transactional completion).
 //!
-//! The engine stays backend-neutral: [`Guard::prepare`] applies the engine's policy (size limit,
-//! compression, timestamps) and hands out a [`PendingCompletion`] holding everything the fenced
-//! write needs. A backend that can write inside a caller's transaction (`idempotency-sql`) runs
-//! that write there, then the caller settles the pending completion:
-//!
-//! | what happened | call | effect |
-//! |---|---|---|
-//! | fenced write applied, transaction committed | [`PendingCompletion::committed`] | counted as a completion |
-//! | fenced write found the lease lost | [`PendingCompletion::lease_lost`] | an [`IdempotencyError::LeaseLost`] to roll back with |
-//! | transaction rolled back (or failed) | [`PendingCompletion::release`] | the claim is released so a retry runs |
-//! | dropped unsettled | (drop) | released in the background, best effort |
-//!
-//! Releasing after a commit is harmless: a release is fenced on the record being *in progress*
-//! under the token, and a committed completion made it completed, so the release changes nothing.
-//! That is why dropping a pending completion may always release: the only cost of forgetting
-//! [`PendingCompletion::committed`] is one extra store round trip.
+//! The engine stays backend-neutral: see [`PendingCompletion`] for the flow.
 
 use std::time::Duration;
 
@@ -46,8 +31,24 @@ pub struct CompletionParts<'a> {
 }
 
 /// A completion prepared by [`Guard::prepare`] and written by someone else (inside the
-/// application's transaction). Settle it once the transaction's fate is known; see the
-/// [module documentation](self) for the flow.
+/// application's transaction), then settled once the transaction's fate is known.
+///
+/// [`Guard::prepare`] applies the engine's policy (size limit, compression, timestamps) and
+/// hands out this value holding everything the fenced write needs ([`PendingCompletion::parts`]).
+/// A backend that can write inside a caller's transaction (`idempotency-sql`'s `complete_in`)
+/// runs that write there; then the caller settles it:
+///
+/// | what happened | call | effect |
+/// |---|---|---|
+/// | fenced write applied, transaction committed | [`PendingCompletion::committed`] | counted as a completion |
+/// | fenced write found the lease lost | [`PendingCompletion::lease_lost`] | an [`IdempotencyError::LeaseLost`] to roll back with |
+/// | transaction rolled back (or failed) | [`PendingCompletion::release`] | the claim is released so a retry runs |
+/// | dropped unsettled | (drop) | released in the background, best effort |
+///
+/// Releasing after a commit is harmless: a release is fenced on the record being *in progress*
+/// under the token, and a committed completion made it completed, so the release changes
+/// nothing. That is why dropping a pending completion may always release: the only cost of
+/// forgetting [`PendingCompletion::committed`] is one extra store round trip.
 ///
 /// # Dropping
 /// A pending completion dropped unsettled releases the claim in the background on the current
