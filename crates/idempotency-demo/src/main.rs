@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotency::{Idempotency, StoreSelection, store_from_env_with};
-use idempotency_demo::{AppState, app, serve, shutdown_signal};
+use idempotency_demo::{AppState, ServerLimits, app, serve_with_limits, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
 /// A small shop API protected by the Idempotency-Key layer.
@@ -34,6 +34,10 @@ struct Args {
     /// replay instead of getting 409 at once (0: answer 409 at once).
     #[arg(long, env = "DEMO_WAIT_IN_FLIGHT_MS", default_value_t = 0)]
     wait_in_flight_ms: u64,
+
+    /// HTTP server timeouts and connection limit.
+    #[command(flatten)]
+    limits: ServerLimits,
 }
 
 impl std::fmt::Debug for Args {
@@ -121,7 +125,7 @@ async fn main() -> ExitCode {
         .map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(store = %description, url = %format!("http://{url}"), "idempotency-demo listening");
     let state = AppState::new(engine, args.admin_token);
-    match serve(listener, app(state), shutdown_signal()).await {
+    match serve_with_limits(listener, app(state), args.limits, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -181,8 +181,8 @@ fn probes(role: Role, db: i64) -> Vec<(&'static str, Vec<&'static str>)> {
         ("BLPOP (@blocking)", vec!["BLPOP", KEY, "0.01"]),
         ("SCRIPT DEBUG (debugging)", vec!["SCRIPT", "DEBUG", "NO"]),
         (
-            "CONFIG GET inside EVAL",
-            vec!["EVAL", "return redis.call('CONFIG','GET','maxmemory')", "0"],
+            "LASTSAVE inside EVAL (@dangerous in a script)",
+            vec!["EVAL", "return redis.call('LASTSAVE')", "0"],
         ),
     ];
     if db == 0 {

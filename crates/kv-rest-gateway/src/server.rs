@@ -146,6 +146,15 @@ impl Gateway {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, redis = %self.inner.backend.address(), "kv-rest-gateway listening");
         }
+        // One attempt before accepting, so a gateway whose Redis is up serves from its first
+        // request; later attempts run in the background.
+        match self.inner.backend.setup().await {
+            Err(error) if !error.is_transient() => {
+                tracing::error!(%error, "refusing to serve");
+                return Err(Error::RedisUsers(error.to_string()));
+            }
+            _ => {}
+        }
         let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
         let backend = self.inner.backend.clone();
         let setup = tokio::spawn(async move {
@@ -168,18 +177,19 @@ impl Gateway {
         let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
         let fatal_seen = fatal.clone();
         let stop = async move {
+            let mut shutdown = std::pin::pin!(shutdown);
             tokio::select! {
-                () = shutdown => {}
+                () = &mut shutdown => return,
                 message = fatal_rx => {
                     if let Ok(message) = message {
                         tracing::error!(error = %message, "refusing to serve");
                         *fatal_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
-                    } else {
-                        // Setup finished: wait for the real shutdown.
-                        std::future::pending::<()>().await;
+                        return;
                     }
                 }
             }
+            // The setup finished without a fatal error: wait for the real shutdown.
+            shutdown.await;
         };
         let result = serve_with_limits(
             listener,
