@@ -43,7 +43,11 @@ pub struct ServerLimits {
     #[arg(long = "idle-timeout-ms", env = "DEMO_IDLE_TIMEOUT_MS", default_value_t = 5_000, value_parser = parse_ms)]
     pub idle_timeout: MillisDuration,
     /// Maximum connections open at once; more wait in the listen backlog.
-    #[arg(long = "max-connections", env = "DEMO_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(
+        long = "max-connections",
+        env = "DEMO_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
     pub max_connections: usize,
 }
 
@@ -137,7 +141,12 @@ impl Activity {
         if self.in_flight.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        Some(*self.last_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Some(
+            *self
+                .last_end
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -145,7 +154,11 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.last_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        *self
+            .0
+            .last_end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -185,7 +198,9 @@ async fn serve_connection(
     let mut connection = std::pin::pin!(connection);
     let mut shutting_down = false;
     loop {
-        let idle_deadline = activity.idle_since().map(|since| since + limits.idle_timeout.0);
+        let idle_deadline = activity
+            .idle_since()
+            .map(|since| since + limits.idle_timeout.0);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -226,7 +241,11 @@ pub struct BodyTimeout(Duration);
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the request body did not arrive within {} ms", self.0.as_millis())
+        write!(
+            f,
+            "the request body did not arrive within {} ms",
+            self.0.as_millis()
+        )
     }
 }
 

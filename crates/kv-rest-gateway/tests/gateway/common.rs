@@ -71,12 +71,19 @@ impl TestGateway {
             if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
                 panic!("the gateway stopped while starting (see its error in the test output)");
             }
-            if let Ok(response) = self.client.get(format!("{}/~health", self.base)).send().await
+            if let Ok(response) = self
+                .client
+                .get(format!("{}/~health", self.base))
+                .send()
+                .await
                 && response.status() == 200
             {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "the gateway is not ready after 10 s");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway is not ready after 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

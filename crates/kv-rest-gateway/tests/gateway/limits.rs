@@ -60,7 +60,10 @@ fn limits(header_ms: u64, body_ms: u64, idle_ms: u64, max_connections: usize) ->
 async fn slowloris_headers_are_cut_off() {
     let (_redis, _gateway, address, stop) = gateway_with(limits(300, 10_000, 10_000, 16)).await;
     let mut stream = TcpStream::connect(address).await.unwrap();
-    stream.write_all(b"GET /~health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /~health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     // One header byte every 100 ms, forever: the server must close before we finish.
     let writer = async {
         for _ in 0..200 {
@@ -72,7 +75,10 @@ async fn slowloris_headers_are_cut_off() {
         false
     };
     let cut_off = tokio::time::timeout(Duration::from_secs(10), writer).await;
-    assert!(matches!(cut_off, Ok(true)), "the slow header was not cut off");
+    assert!(
+        matches!(cut_off, Ok(true)),
+        "the slow header was not cut off"
+    );
     let _ = stop.send(());
 }
 
@@ -95,12 +101,16 @@ async fn slow_bodies_get_408_and_the_connection_closes() {
         }
     });
     let mut received = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received)).await;
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received)).await;
     trickle.abort();
     assert!(read.is_ok(), "the connection stayed open");
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     let _ = stop.send(());
 }
 
@@ -150,7 +160,10 @@ async fn connection_flood_stays_within_the_limit() {
     assert_eq!(health.status(), 200);
     let (_, peak) = gateway.connections();
     assert!(peak <= LIMIT, "peak {peak} connections, limit {LIMIT}");
-    assert!(peak >= LIMIT / 2, "the flood never reached the limit (peak {peak})");
+    assert!(
+        peak >= LIMIT / 2,
+        "the flood never reached the limit (peak {peak})"
+    );
     let _ = stop.send(());
 }
 

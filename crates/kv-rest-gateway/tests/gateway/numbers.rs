@@ -27,28 +27,74 @@ async fn numbers_reach_redis_as_sent_in_every_form() {
     for (index, number) in NUMBERS.iter().enumerate() {
         // JSON form
         let body = format!(r#"["SET","n:{index}",{number}]"#);
-        let set = gw.request(reqwest::Method::POST, "/", Some(crate::common::TOKEN), &[], Some(body.into_bytes())).await;
+        let set = gw
+            .request(
+                reqwest::Method::POST,
+                "/",
+                Some(crate::common::TOKEN),
+                &[],
+                Some(body.into_bytes()),
+            )
+            .await;
         assert_eq!(set.result(), "OK");
-        assert_eq!(gw.cmd(json!(["GET", format!("n:{index}")])).await.result(), *number);
+        assert_eq!(
+            gw.cmd(json!(["GET", format!("n:{index}")])).await.result(),
+            *number
+        );
         // pipeline form
         let body = format!(r#"[["SET","p:{index}",{number}],["GET","p:{index}"]]"#);
-        let piped = gw.request(reqwest::Method::POST, "/pipeline", Some(crate::common::TOKEN), &[], Some(body.into_bytes())).await;
+        let piped = gw
+            .request(
+                reqwest::Method::POST,
+                "/pipeline",
+                Some(crate::common::TOKEN),
+                &[],
+                Some(body.into_bytes()),
+            )
+            .await;
         assert_eq!(piped.json[1]["result"], *number, "{piped:?}");
         // transaction form
         let body = format!(r#"[["SET","m:{index}",{number}],["GET","m:{index}"]]"#);
-        let multi = gw.request(reqwest::Method::POST, "/multi-exec", Some(crate::common::TOKEN), &[], Some(body.into_bytes())).await;
+        let multi = gw
+            .request(
+                reqwest::Method::POST,
+                "/multi-exec",
+                Some(crate::common::TOKEN),
+                &[],
+                Some(body.into_bytes()),
+            )
+            .await;
         assert_eq!(multi.json[1]["result"], *number, "{multi:?}");
         // and Redis itself holds the text
-        assert_eq!(gw.redis_cli(&["GET", &format!("m:{index}")]).trim(), *number);
+        assert_eq!(
+            gw.redis_cli(&["GET", &format!("m:{index}")]).trim(),
+            *number
+        );
     }
     // A number as an option value works as Redis reads it (EX 100).
     let body = br#"["SET","ttl",1,"EX",100]"#.to_vec();
-    let reply = gw.request(reqwest::Method::POST, "/", Some(crate::common::TOKEN), &[], Some(body)).await;
+    let reply = gw
+        .request(
+            reqwest::Method::POST,
+            "/",
+            Some(crate::common::TOKEN),
+            &[],
+            Some(body),
+        )
+        .await;
     assert_eq!(reply.result(), "OK");
     // Malformed numbers are JSON errors: 400, never a different value.
     for bad in ["01", "1.", ".5", "+1", "1e", "NaN", "Infinity", "0x10"] {
         let body = format!(r#"["SET","bad",{bad}]"#);
-        let reply = gw.request(reqwest::Method::POST, "/", Some(crate::common::TOKEN), &[], Some(body.into_bytes())).await;
+        let reply = gw
+            .request(
+                reqwest::Method::POST,
+                "/",
+                Some(crate::common::TOKEN),
+                &[],
+                Some(body.into_bytes()),
+            )
+            .await;
         assert!(reply.error(400).contains("JSON"), "{bad}: {reply:?}");
     }
     assert_eq!(gw.cmd(json!(["EXISTS", "bad"])).await.result(), 0);
@@ -68,8 +114,21 @@ async fn an_oversized_batch_is_refused_while_parsing() {
     }
     body.push(']');
     for path in ["/pipeline", "/multi-exec"] {
-        let reply = gw.request(reqwest::Method::POST, path, Some(crate::common::TOKEN), &[], Some(body.clone().into_bytes())).await;
-        assert!(reply.error(400).contains("too many commands: more than 1000"), "{reply:?}");
+        let reply = gw
+            .request(
+                reqwest::Method::POST,
+                path,
+                Some(crate::common::TOKEN),
+                &[],
+                Some(body.clone().into_bytes()),
+            )
+            .await;
+        assert!(
+            reply
+                .error(400)
+                .contains("too many commands: more than 1000"),
+            "{reply:?}"
+        );
     }
     assert_eq!(gw.cmd(json!(["EXISTS", "k"])).await.result(), 0);
     gw.shutdown().await;

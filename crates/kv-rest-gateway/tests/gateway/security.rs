@@ -16,52 +16,104 @@ async fn assert_connections_intact(gw: &TestGateway) {
     assert_eq!(gw.cmd(json!(["SET", "intact", "yes"])).await.result(), "OK");
     assert_eq!(gw.cmd(json!(["GET", "intact"])).await.result(), "yes");
     let ro = gw
-        .request(Method::POST, "/", Some(RO_TOKEN), &[], Some(br#"["GET","intact"]"#.to_vec()))
+        .request(
+            Method::POST,
+            "/",
+            Some(RO_TOKEN),
+            &[],
+            Some(br#"["GET","intact"]"#.to_vec()),
+        )
         .await;
     assert_eq!(ro.result(), "yes");
     let health = gw.request(Method::GET, "/~health", None, &[], None).await;
     assert_eq!(health.result(), "OK");
     let clients = gw.redis_cli(&["CLIENT", "LIST"]);
-    for line in clients.lines().filter(|l| l.contains("user=kv-rest-gateway")) {
-        assert!(line.contains(" db=0 "), "a gateway connection changed database: {line}");
+    for line in clients
+        .lines()
+        .filter(|l| l.contains("user=kv-rest-gateway"))
+    {
+        assert!(
+            line.contains(" db=0 "),
+            "a gateway connection changed database: {line}"
+        );
         assert!(!line.contains("cmd=monitor"), "{line}");
-        assert!(line.contains(" sub=0 ") && line.contains(" psub=0 "), "{line}");
+        assert!(
+            line.contains(" sub=0 ") && line.contains(" psub=0 "),
+            "{line}"
+        );
         assert!(!line.contains("flags=O"), "MONITOR: {line}");
     }
-    assert!(clients.contains("user=kv-rest-gateway "), "no gateway user connection: {clients}");
+    assert!(
+        clients.contains("user=kv-rest-gateway "),
+        "no gateway user connection: {clients}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_bypass_by_name_case_and_bytes_is_refused() {
     let gw = TestGateway::start().await;
     let names = [
-        "SELECT\u{0}x", "MONITOR\u{0}", "CLIENT\u{0}ID", "HELLO\u{0}", "SWAPDB\u{0}1", "GET ",
-        " GET", "G\tET", "GÉT", "SELECT\r\n", "\u{0}", "", "1GET",
+        "SELECT\u{0}x",
+        "MONITOR\u{0}",
+        "CLIENT\u{0}ID",
+        "HELLO\u{0}",
+        "SWAPDB\u{0}1",
+        "GET ",
+        " GET",
+        "G\tET",
+        "GÉT",
+        "SELECT\r\n",
+        "\u{0}",
+        "",
+        "1GET",
     ];
     for name in names {
         let single = gw.cmd(json!([name, "1", "0"])).await;
-        assert!(single.error(400).starts_with("ERR invalid command name"), "{name:?}: {single:?}");
-        let pipeline = gw.post("/pipeline", &json!([[name, "1"], ["PING"]]), &[]).await;
+        assert!(
+            single.error(400).starts_with("ERR invalid command name"),
+            "{name:?}: {single:?}"
+        );
+        let pipeline = gw
+            .post("/pipeline", &json!([[name, "1"], ["PING"]]), &[])
+            .await;
         assert_eq!(pipeline.status, 200, "{pipeline:?}");
-        assert!(pipeline.json[0]["error"].as_str().is_some_and(|e| e.contains("invalid command")));
+        assert!(
+            pipeline.json[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("invalid command"))
+        );
         assert_eq!(pipeline.json[1]["result"], "PONG");
-        let multi = gw.post("/multi-exec", &json!([["PING"], [name, "1"]]), &[]).await;
+        let multi = gw
+            .post("/multi-exec", &json!([["PING"], [name, "1"]]), &[])
+            .await;
         multi.error(400);
     }
     // Path form: percent-encoded NUL and space.
     for path in ["/select%00x/1", "/monitor%00", "/get%20/k", "/client%00/id"] {
         let reply = gw.request(Method::GET, path, Some(TOKEN), &[], None).await;
-        assert!(reply.error(400).starts_with("ERR invalid command name"), "{path}: {reply:?}");
+        assert!(
+            reply.error(400).starts_with("ERR invalid command name"),
+            "{path}: {reply:?}"
+        );
     }
     // Any letter case of a refused command, and sub-commands with bytes appended.
     for (args, expected) in [
         (json!(["sElEcT", "1"]), "not available"),
         (json!(["Monitor"]), "not available"),
         (json!(["script", "DEBUG", "yes"]), "not available"),
-        (json!(["SCRIPT", "debug\u{0}", "yes"]), "invalid sub-command"),
-        (json!(["SCRIPT", "LOAD\u{0}x", "return 1"]), "invalid sub-command"),
+        (
+            json!(["SCRIPT", "debug\u{0}", "yes"]),
+            "invalid sub-command",
+        ),
+        (
+            json!(["SCRIPT", "LOAD\u{0}x", "return 1"]),
+            "invalid sub-command",
+        ),
         (json!(["object", "help"]), "not available"),
-        (json!(["XREAD", "block\u{0}", "0", "STREAMS", "s", "$"]), "invalid option"),
+        (
+            json!(["XREAD", "block\u{0}", "0", "STREAMS", "s", "$"]),
+            "invalid option",
+        ),
         (json!(["XREAD", "Block", "0", "STREAMS", "s", "$"]), "BLOCK"),
     ] {
         let reply = gw.cmd(args.clone()).await;
@@ -90,7 +142,10 @@ async fn main_token_cannot_reach_administration() {
         json!(["REPLICAOF", "127.0.0.1", "1"]),
     ] {
         let reply = gw.cmd(args.clone()).await;
-        assert!(reply.error(400).contains("not available"), "{args}: {reply:?}");
+        assert!(
+            reply.error(400).contains("not available"),
+            "{args}: {reply:?}"
+        );
     }
     // The same through scripts: Redis's ACL refuses them inside EVAL.
     assert_eq!(gw.cmd(json!(["SET", "keep", "me"])).await.result(), "OK");
@@ -111,7 +166,11 @@ async fn main_token_cannot_reach_administration() {
         );
     }
     assert_eq!(gw.cmd(json!(["GET", "keep"])).await.result(), "me");
-    assert!(gw.redis_cli(&["ACL", "LIST"]).lines().all(|l| !l.contains("evil")));
+    assert!(
+        gw.redis_cli(&["ACL", "LIST"])
+            .lines()
+            .all(|l| !l.contains("evil"))
+    );
     assert_connections_intact(&gw).await;
     gw.shutdown().await;
 }
@@ -142,7 +201,10 @@ async fn read_only_token_cannot_write_or_enumerate() {
         json!(["SCRIPT", "LOAD", "return 1"]),
     ] {
         let reply = ro(&gw, args.clone()).await;
-        assert!(reply.error(400).starts_with("NOPERM") || reply.error(400).contains("not available"), "{args}: {reply:?}");
+        assert!(
+            reply.error(400).starts_with("NOPERM") || reply.error(400).contains("not available"),
+            "{args}: {reply:?}"
+        );
     }
     // Scripts run with the read-only user's rights: no enumeration, no writes.
     for script in [
@@ -154,7 +216,10 @@ async fn read_only_token_cannot_write_or_enumerate() {
     ] {
         let reply = ro(&gw, json!(["EVAL_RO", script, "0"])).await;
         assert_eq!(reply.status, 400, "{script}: {reply:?}");
-        assert!(!reply.text.contains("secret:1"), "{script} listed a key: {reply:?}");
+        assert!(
+            !reply.text.contains("secret:1"),
+            "{script} listed a key: {reply:?}"
+        );
     }
     let piped = gw
         .request(
@@ -190,13 +255,29 @@ async fn connection_hijack_attempts_are_refused() {
         json!(["BLMOVE", "a", "b", "LEFT", "LEFT", "0"]),
         json!(["WAIT", "1", "0"]),
         json!(["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]),
-        json!(["XREADGROUP", "GROUP", "g", "c", "BLOCK", "0", "STREAMS", "s", ">"]),
+        json!([
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "BLOCK",
+            "0",
+            "STREAMS",
+            "s",
+            ">"
+        ]),
         json!(["QUIT"]),
     ];
     for args in &attempts {
         for token in [TOKEN, RO_TOKEN] {
             let reply = gw
-                .request(Method::POST, "/", Some(token), &[], Some(serde_json::to_vec(args).unwrap()))
+                .request(
+                    Method::POST,
+                    "/",
+                    Some(token),
+                    &[],
+                    Some(serde_json::to_vec(args).unwrap()),
+                )
                 .await;
             reply.error(400);
         }
@@ -207,7 +288,13 @@ async fn connection_hijack_attempts_are_refused() {
     }
     // A read-only blocking read through the path form with a NUL-suffixed option.
     let blocked = gw
-        .request(Method::GET, "/xread/BLOCK%00/0/STREAMS/s/$", Some(RO_TOKEN), &[], None)
+        .request(
+            Method::GET,
+            "/xread/BLOCK%00/0/STREAMS/s/$",
+            Some(RO_TOKEN),
+            &[],
+            None,
+        )
         .await;
     blocked.error(400);
     assert_connections_intact(&gw).await;
@@ -239,11 +326,16 @@ async fn endless_script_is_killed_and_others_are_served_again() {
     let port = gw.redis.port();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = tokio::task::spawn_blocking(move || redis_cli(port, &["PING"])).await.unwrap();
+        let reply = tokio::task::spawn_blocking(move || redis_cli(port, &["PING"]))
+            .await
+            .unwrap();
         if reply.contains("BUSY") {
             break;
         }
-        assert!(Instant::now() < deadline, "the script never made Redis busy: {reply}");
+        assert!(
+            Instant::now() < deadline,
+            "the script never made Redis busy: {reply}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Another client through the gateway is served again (no 503 from the response timeout).
@@ -255,8 +347,19 @@ async fn endless_script_is_killed_and_others_are_served_again() {
     let health = gw.request(Method::GET, "/~health", None, &[], None).await;
     assert_eq!(health.result(), "OK");
     // The same for a script inside a pipeline.
-    let piped = gw.post("/pipeline", &json!([["EVAL", "while true do end", "0"], ["GET", "k"]]), &[]).await;
-    assert!(piped.json[0]["error"].as_str().is_some_and(|e| e.contains("killed")), "{piped:?}");
+    let piped = gw
+        .post(
+            "/pipeline",
+            &json!([["EVAL", "while true do end", "0"], ["GET", "k"]]),
+            &[],
+        )
+        .await;
+    assert!(
+        piped.json[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("killed")),
+        "{piped:?}"
+    );
     assert_eq!(piped.json[1]["result"], "v");
     gw.shutdown().await;
 }
@@ -280,12 +383,23 @@ async fn empty_tokens_refuse_to_start() {
     for (env, args) in [
         (vec![("KV_REST_GATEWAY_TOKEN", "")], vec![]),
         (vec![], vec!["--token", ""]),
-        (vec![("KV_REST_GATEWAY_TOKEN", TOKEN), ("KV_REST_GATEWAY_READ_ONLY_TOKEN", "")], vec![]),
+        (
+            vec![
+                ("KV_REST_GATEWAY_TOKEN", TOKEN),
+                ("KV_REST_GATEWAY_READ_ONLY_TOKEN", ""),
+            ],
+            vec![],
+        ),
     ] {
         let mut command = std::process::Command::new(binary);
         command
             .env_clear()
-            .args(["--listen", "127.0.0.1:0", "--redis-url", "redis://127.0.0.1:1"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--redis-url",
+                "redis://127.0.0.1:1",
+            ])
             .args(&args)
             .envs(env.iter().copied());
         let output = command.output().unwrap();
@@ -302,13 +416,33 @@ async fn empty_tokens_refuse_to_start() {
 async fn gateway_creates_its_acl_users_and_recreates_them_after_a_restart() {
     let mut gw = TestGateway::start().await;
     let users = gw.redis_cli(&["ACL", "LIST"]);
-    let main = users.lines().find(|l| l.starts_with("user kv-rest-gateway ")).expect(&users);
+    let main = users
+        .lines()
+        .find(|l| l.starts_with("user kv-rest-gateway "))
+        .expect(&users);
     // Redis normalises the rules: check what matters in its rendering.
-    assert!(main.contains("-@all") && !main.contains("+@all") && !main.contains("+config"), "{main}");
-    assert!(!main.contains("+@admin") && !main.contains("+@dangerous") && main.contains("-script|debug"), "{main}");
-    let read_only = users.lines().find(|l| l.starts_with("user kv-rest-gateway-ro ")).expect(&users);
-    assert!(read_only.contains("%R~*") && !read_only.contains("+keys") && !read_only.contains("+scan"), "{read_only}");
-    assert!(!read_only.contains("+@write") && !read_only.contains("+set "), "{read_only}");
+    assert!(
+        main.contains("-@all") && !main.contains("+@all") && !main.contains("+config"),
+        "{main}"
+    );
+    assert!(
+        !main.contains("+@admin")
+            && !main.contains("+@dangerous")
+            && main.contains("-script|debug"),
+        "{main}"
+    );
+    let read_only = users
+        .lines()
+        .find(|l| l.starts_with("user kv-rest-gateway-ro "))
+        .expect(&users);
+    assert!(
+        read_only.contains("%R~*") && !read_only.contains("+keys") && !read_only.contains("+scan"),
+        "{read_only}"
+    );
+    assert!(
+        !read_only.contains("+@write") && !read_only.contains("+set "),
+        "{read_only}"
+    );
     // Redis forgets the users on a restart (no ACL file): the gateway re-creates them.
     gw.redis.restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -344,14 +478,31 @@ async fn operator_prepared_users_are_verified() {
     let ro_url = format!("redis://app-ro:ro-password@127.0.0.1:{port}");
     let gw = TestGateway::start_on(redis, {
         let (main_url, ro_url) = (main_url.clone(), ro_url.clone());
-        move |config| kv_rest_gateway::GatewayConfig { redis_url: main_url, ..config }.with_read_only_redis_url(ro_url)
+        move |config| {
+            kv_rest_gateway::GatewayConfig {
+                redis_url: main_url,
+                ..config
+            }
+            .with_read_only_redis_url(ro_url)
+        }
     })
     .await;
     assert_eq!(gw.cmd(json!(["SET", "k", "v"])).await.result(), "OK");
     assert_eq!(ro(&gw, json!(["GET", "k"])).await.result(), "v");
-    assert_eq!(ro(&gw, json!(["EVAL_RO", "return redis.call('KEYS','*')", "0"])).await.status, 400);
+    assert_eq!(
+        ro(
+            &gw,
+            json!(["EVAL_RO", "return redis.call('KEYS','*')", "0"])
+        )
+        .await
+        .status,
+        400
+    );
     let users = gw.redis_cli(&["ACL", "USERS"]);
-    assert!(!users.contains("kv-rest-gateway"), "created users in verify mode: {users}");
+    assert!(
+        !users.contains("kv-rest-gateway"),
+        "created users in verify mode: {users}"
+    );
     gw.shutdown().await;
 
     // Too permissive: the main user may run administration and scripts with it.
@@ -367,7 +518,10 @@ async fn operator_prepared_users_are_verified() {
     })
     .await;
     let error = gw.stopped_error().await.to_string();
-    assert!(error.contains("can run commands it must not") && error.contains("CONFIG GET"), "{error}");
+    assert!(
+        error.contains("can run commands it must not") && error.contains("CONFIG GET"),
+        "{error}"
+    );
 
     // A read-only token without a read-only user.
     let redis = RedisServer::start_local().unwrap();
