@@ -37,7 +37,7 @@ mod envelope;
 mod limits;
 mod shop;
 
-pub use limits::{BodyTimeout, MillisDuration, ServerLimits, serve_with_limits};
+pub use limits::{BodyTimeout, LimitArgs, ServerLimits, serve_with_limits};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -29,55 +29,61 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 
-/// Timeouts and limits of the demo's HTTP server (flags `--header-read-timeout-ms`,
-/// `--body-read-timeout-ms`, `--idle-timeout-ms`, `--max-connections`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
-pub struct ServerLimits {
-    /// Time a client has to send a request's headers (milliseconds).
-    #[arg(long = "header-read-timeout-ms", env = "DEMO_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = parse_ms)]
-    pub header_read_timeout: MillisDuration,
-    /// Time a client has to send a request's body (milliseconds).
-    #[arg(long = "body-read-timeout-ms", env = "DEMO_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, value_parser = parse_ms)]
-    pub body_read_timeout: MillisDuration,
-    /// Idle keep-alive connections are closed after this long (milliseconds).
-    #[arg(long = "idle-timeout-ms", env = "DEMO_IDLE_TIMEOUT_MS", default_value_t = 5_000, value_parser = parse_ms)]
-    pub idle_timeout: MillisDuration,
-    /// Maximum connections open at once; more wait in the listen backlog.
-    #[arg(
-        long = "max-connections",
-        env = "DEMO_MAX_CONNECTIONS",
-        default_value_t = 1024
-    )]
-    pub max_connections: usize,
-}
-
-/// A duration given in milliseconds on the command line.
+/// Timeouts and limits of the demo's HTTP server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MillisDuration(pub Duration);
-
-impl std::fmt::Display for MillisDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.as_millis())
-    }
-}
-
-impl From<u64> for MillisDuration {
-    fn from(ms: u64) -> Self {
-        Self(Duration::from_millis(ms))
-    }
-}
-
-fn parse_ms(text: &str) -> Result<MillisDuration, std::num::ParseIntError> {
-    text.parse::<u64>().map(MillisDuration::from)
+pub struct ServerLimits {
+    /// Time a client has to send a request's headers (also the wait for the next request on a
+    /// kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body, from when its head arrived.
+    pub body_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Maximum connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
+        LimitArgs::default().into()
+    }
+}
+
+/// The command-line flags (and environment variables) for [`ServerLimits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct LimitArgs {
+    /// Time a client has to send a request's headers (milliseconds).
+    #[arg(long, env = "DEMO_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body (milliseconds).
+    #[arg(long, env = "DEMO_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this long (milliseconds).
+    #[arg(long, env = "DEMO_IDLE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub idle_timeout_ms: u64,
+    /// Maximum HTTP connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "DEMO_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
         Self {
-            header_read_timeout: MillisDuration(Duration::from_secs(10)),
-            body_read_timeout: MillisDuration(Duration::from_secs(30)),
-            idle_timeout: MillisDuration(Duration::from_secs(5)),
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 5_000,
             max_connections: 1024,
+        }
+    }
+}
+
+impl From<LimitArgs> for ServerLimits {
+    fn from(args: LimitArgs) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            max_connections: args.max_connections,
         }
     }
 }
@@ -174,7 +180,7 @@ async fn serve_connection(
         last_end: std::sync::Mutex::new(Instant::now()),
     });
     let service_activity = activity.clone();
-    let body_timeout = limits.body_read_timeout.0;
+    let body_timeout = limits.body_read_timeout;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         service_activity.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(service_activity.clone());
@@ -192,7 +198,7 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
+        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
@@ -200,7 +206,7 @@ async fn serve_connection(
     loop {
         let idle_deadline = activity
             .idle_since()
-            .map(|since| since + limits.idle_timeout.0);
+            .map(|since| since + limits.idle_timeout);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -211,7 +217,7 @@ async fn serve_connection(
             () = sleep_until_some(idle_deadline), if !shutting_down => {
                 if activity
                     .idle_since()
-                    .is_some_and(|since| since + limits.idle_timeout.0 <= Instant::now())
+                    .is_some_and(|since| since + limits.idle_timeout <= Instant::now())
                 {
                     connection.as_mut().graceful_shutdown();
                     shutting_down = true;
@@ -223,7 +229,7 @@ async fn serve_connection(
                     shutting_down = true;
                 }
             }
-            () = tokio::time::sleep(limits.idle_timeout.0), if idle_deadline.is_none() && !shutting_down => {}
+            () = tokio::time::sleep(limits.idle_timeout), if idle_deadline.is_none() && !shutting_down => {}
         }
     }
 }

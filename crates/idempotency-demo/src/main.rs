@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotency::{Idempotency, StoreSelection, store_from_env_with};
-use idempotency_demo::{AppState, ServerLimits, app, serve_with_limits, shutdown_signal};
+use idempotency_demo::{AppState, LimitArgs, app, serve_with_limits, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
 /// A small shop API protected by the Idempotency-Key layer.
@@ -37,7 +37,7 @@ struct Args {
 
     /// HTTP server timeouts and connection limit.
     #[command(flatten)]
-    limits: ServerLimits,
+    limits: LimitArgs,
 }
 
 impl std::fmt::Debug for Args {
@@ -125,7 +125,7 @@ async fn main() -> ExitCode {
         .map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(store = %description, url = %format!("http://{url}"), "idempotency-demo listening");
     let state = AppState::new(engine, args.admin_token);
-    match serve_with_limits(listener, app(state), args.limits, shutdown_signal()).await {
+    match serve_with_limits(listener, app(state), args.limits.into(), shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
