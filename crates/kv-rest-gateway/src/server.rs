@@ -73,6 +73,9 @@ struct Inner {
     max_pipeline: usize,
     limits: ServerLimits,
     connections: Arc<ConnectionCounter>,
+    /// Bodies held in memory at once, in KiB: [`BODY_BUDGET_BODIES`] × `max_body_bytes`.
+    body_budget: Arc<tokio::sync::Semaphore>,
+    body_budget_kib: u32,
     sync_prefix: u64,
     sync_counter: AtomicU64,
 }
@@ -100,6 +103,14 @@ impl Gateway {
             tracing::warn!("{warning}");
         }
         let backend = Backend::new(config).map_err(Error::InvalidRedisUrl)?;
+        let budget_kib = u32::try_from(
+            config
+                .max_body_bytes
+                .saturating_mul(BODY_BUDGET_BODIES)
+                .div_ceil(1024)
+                .max(1),
+        )
+        .unwrap_or(u32::MAX >> 3);
         let sync_prefix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
@@ -112,6 +123,8 @@ impl Gateway {
                 max_pipeline: config.max_pipeline,
                 limits: config.limits,
                 connections: Arc::new(ConnectionCounter::default()),
+                body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib as usize)),
+                body_budget_kib: budget_kib,
                 sync_prefix,
                 sync_counter: AtomicU64::new(0),
             }),
@@ -146,6 +159,15 @@ impl Gateway {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, redis = %self.inner.backend.address(), "kv-rest-gateway listening");
         }
+        // One attempt before accepting, so a gateway whose Redis is up serves from its first
+        // request; later attempts run in the background.
+        match self.inner.backend.setup().await {
+            Err(error) if !error.is_transient() => {
+                tracing::error!(%error, "refusing to serve");
+                return Err(Error::RedisUsers(error.to_string()));
+            }
+            _ => {}
+        }
         let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
         let backend = self.inner.backend.clone();
         let setup = tokio::spawn(async move {
@@ -168,18 +190,19 @@ impl Gateway {
         let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
         let fatal_seen = fatal.clone();
         let stop = async move {
+            let mut shutdown = std::pin::pin!(shutdown);
             tokio::select! {
-                () = shutdown => {}
+                () = &mut shutdown => return,
                 message = fatal_rx => {
                     if let Ok(message) = message {
                         tracing::error!(error = %message, "refusing to serve");
                         *fatal_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
-                    } else {
-                        // Setup finished: wait for the real shutdown.
-                        std::future::pending::<()>().await;
+                        return;
                     }
                 }
             }
+            // The setup finished without a fatal error: wait for the real shutdown.
+            shutdown.await;
         };
         let result = serve_with_limits(
             listener,
@@ -291,9 +314,15 @@ async fn dispatch(state: &Inner, request: Request) -> Result<Response, GatewayEr
         .ok_or(GatewayError::Unauthorized)?;
     let encoding = encoding(&parts.headers)?;
     let has_body = matches!(parts.method, Method::POST | Method::PUT);
+    // Held until the response is built: bodies in memory stay within the budget.
+    let mut _budget = None;
     let body = if has_body {
         let limit = state.limits.body_read_timeout;
-        tokio::time::timeout(limit, read_body(&parts.headers, body, state.max_body_bytes))
+        let read = async {
+            _budget = Some(reserve_body_memory(state, &parts.headers).await?);
+            read_body(&parts.headers, body, state.max_body_bytes).await
+        };
+        tokio::time::timeout(limit, read)
             .await
             .map_err(|_| GatewayError::BodyTimeout(limit))??
     } else {
@@ -344,6 +373,35 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, GatewayError> {
     } else {
         Encoding::Text
     })
+}
+
+/// How many maximum-size bodies the gateway holds in memory at once (64 MiB with the default
+/// 4 MiB limit). Requests beyond wait for room (within the body read timeout) instead of
+/// growing memory: 64 parallel 4 MiB bodies otherwise need 256 MiB for the bodies alone.
+pub(crate) const BODY_BUDGET_BODIES: usize = 16;
+
+/// Reserves memory for a request body from the budget: its declared `Content-Length` (capped at
+/// the body limit), or the limit when it is not declared.
+async fn reserve_body_memory(
+    state: &Inner,
+    headers: &HeaderMap,
+) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let bytes = declared.map_or(state.max_body_bytes as u64, |length| {
+        length.min(state.max_body_bytes as u64)
+    });
+    let kib = u32::try_from(bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, state.body_budget_kib);
+    state
+        .body_budget
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| GatewayError::Internal("the body budget is closed".into()))
 }
 
 /// How much of an oversize body is still read (and discarded) so the client gets the 413.
@@ -488,7 +546,10 @@ fn allowed(command: &Command, access: Access) -> Result<(), GatewayError> {
     check_allowed(command, access).map_err(|refusal| {
         metrics::counter!("kv_rest_gateway_refused_total", "reason" => refusal.label())
             .increment(1);
-        tracing::debug!(reason = refusal.label(), "command refused by the name filter");
+        tracing::debug!(
+            reason = refusal.label(),
+            "command refused by the name filter"
+        );
         GatewayError::BadRequest(refusal.message().to_owned())
     })
 }

@@ -11,8 +11,8 @@ use serde_json::Value as Json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub(crate) const TOKEN: &str = "test-rw-token";
-pub(crate) const RO_TOKEN: &str = "test-ro-token";
+pub(crate) const TOKEN: &str = "test-rw-token-0123456789abcdef0123456789abcdef";
+pub(crate) const RO_TOKEN: &str = "test-ro-token-0123456789abcdef0123456789abcdef";
 
 pub(crate) struct TestGateway {
     pub(crate) redis: RedisServer,
@@ -57,8 +57,69 @@ impl TestGateway {
         Self::start_with(|config| config).await
     }
 
+    /// Starts a gateway and waits until it serves (its Redis users are set up).
     pub(crate) async fn start_with(adjust: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Self {
+        let gateway = Self::start_unready_with(adjust).await;
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// Waits until the health route answers 200; panics with the server's error if it stopped.
+    pub(crate) async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                panic!("the gateway stopped while starting (see its error in the test output)");
+            }
+            if let Ok(response) = self
+                .client
+                .get(format!("{}/~health", self.base))
+                .send()
+                .await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway is not ready after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server task's result once it stopped by itself (a refused start).
+    pub(crate) async fn stopped_error(mut self) -> kv_rest_gateway::Error {
+        let task = self.task.take().expect("server task");
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(Err(error))) => error,
+            other => panic!("expected the gateway to refuse to serve, got {other:?}"),
+        }
+    }
+
+    /// Starts a gateway without waiting for it to be ready.
+    pub(crate) async fn start_unready_with(
+        adjust: impl FnOnce(GatewayConfig) -> GatewayConfig,
+    ) -> Self {
         let redis = RedisServer::start_local().expect("redis-server fixture");
+        Self::start_on_unready(redis, adjust).await
+    }
+
+    /// Starts a gateway in front of `redis` and waits until it serves.
+    pub(crate) async fn start_on(
+        redis: RedisServer,
+        adjust: impl FnOnce(GatewayConfig) -> GatewayConfig,
+    ) -> Self {
+        let gateway = Self::start_on_unready(redis, adjust).await;
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// Starts a gateway in front of `redis` without waiting.
+    pub(crate) async fn start_on_unready(
+        redis: RedisServer,
+        adjust: impl FnOnce(GatewayConfig) -> GatewayConfig,
+    ) -> Self {
         let config = adjust(
             GatewayConfig::new(redis.url(), TOKEN)
                 .with_read_only_token(RO_TOKEN)
@@ -136,6 +197,12 @@ impl TestGateway {
         self.post("/", &command, &[]).await
     }
 
+    /// `redis-cli` against the Redis behind the gateway as its default (administrator) user:
+    /// stdout and stderr.
+    pub(crate) fn redis_cli(&self, args: &[&str]) -> String {
+        redis_cli(self.redis.port(), args)
+    }
+
     /// Stops the HTTP server and waits for it.
     pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -153,4 +220,15 @@ impl Drop for TestGateway {
             task.abort();
         }
     }
+}
+
+/// `redis-cli -p port args…` as the default user: stdout and stderr.
+pub(crate) fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
 }

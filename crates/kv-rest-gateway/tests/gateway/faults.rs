@@ -46,7 +46,7 @@ async fn gateway_starts_before_redis() {
     let mut gw = TestGateway::start().await;
     gw.redis.stop().unwrap();
     // a fresh gateway whose Redis is down from the start: 5xx, no panic, no exit
-    let late = TestGateway::start_with({
+    let late = TestGateway::start_unready_with({
         let url = gw.redis.url().to_owned();
         move |config| kv_rest_gateway::GatewayConfig {
             redis_url: url,

@@ -9,5 +9,8 @@ mod common;
 mod auth_limits;
 mod faults;
 mod forms;
+mod limits;
+mod numbers;
 mod official_client;
 mod scripts;
+mod security;
