@@ -3,6 +3,7 @@
 mod background;
 mod config;
 mod guard;
+mod registry;
 mod run;
 mod stats;
 
