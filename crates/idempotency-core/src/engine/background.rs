@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::registry::Slots;
 use super::stats::{Stats, names};
 use super::{Idempotency, Inner};
 use crate::{Fenced, IdempotencyStore, LeaseToken, StoreError, StoreKey};
@@ -55,8 +56,8 @@ pub(crate) enum Which {
 /// A claim's place in the renewal registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket {
-    index: usize,
-    id: u64,
+    pub(super) index: usize,
+    pub(super) id: u64,
 }
 
 /// The time between two renewals of a lease: a third of it (at least 1 ms).
@@ -74,107 +75,6 @@ fn release_backoff(attempts: u32) -> Duration {
     RELEASE_BACKOFF_START
         .saturating_mul(1u32 << attempts.min(16))
         .min(RELEASE_BACKOFF_MAX)
-}
-
-#[derive(Debug)]
-struct Live {
-    /// [`VACANT`] when the slot is free.
-    id: u64,
-    /// The store key's text; the buffer is kept when the slot is freed and reused by the next
-    /// claim (the registry's memory is bounded by the peak number of live claims).
-    key: String,
-    token: LeaseToken,
-    which: Which,
-    lease: Duration,
-    due: Instant,
-    renewing: bool,
-    lost: bool,
-    /// The guard is storing its outcome: a renewal that finds the lease gone may just be seeing
-    /// that completion, so it is not reported as lost (the completion itself tells the truth).
-    completing: bool,
-}
-
-/// The id of a free slot.
-const VACANT: u64 = u64::MAX;
-
-/// Slots of live claims with a free list; freed slots keep their key buffer.
-#[derive(Debug, Default)]
-struct Slots {
-    slots: Vec<Live>,
-    free: Vec<usize>,
-    live: usize,
-}
-
-impl Slots {
-    fn get(&self, ticket: Ticket) -> Option<&Live> {
-        self.slots.get(ticket.index).filter(|l| l.id == ticket.id)
-    }
-
-    fn get_mut(&mut self, ticket: Ticket) -> Option<&mut Live> {
-        self.slots
-            .get_mut(ticket.index)
-            .filter(|l| l.id == ticket.id)
-    }
-
-    /// Free the slot; returns whether its lease had been found lost.
-    fn remove(&mut self, ticket: Ticket) -> Option<bool> {
-        let live = self.get_mut(ticket)?;
-        live.id = VACANT;
-        let lost = live.lost;
-        self.free.push(ticket.index);
-        self.live -= 1;
-        Some(lost)
-    }
-
-    fn insert(
-        &mut self,
-        id: u64,
-        key: &StoreKey,
-        token: LeaseToken,
-        which: Which,
-        lease: Duration,
-        due: Instant,
-    ) -> usize {
-        self.live += 1;
-        if let Some(index) = self.free.pop()
-            && let Some(slot) = self.slots.get_mut(index)
-        {
-            slot.id = id;
-            slot.key.clear();
-            slot.key.push_str(key.as_str());
-            slot.token = token;
-            slot.which = which;
-            slot.lease = lease;
-            slot.due = due;
-            slot.renewing = false;
-            slot.lost = false;
-            slot.completing = false;
-            return index;
-        }
-        self.slots.push(Live {
-            id,
-            key: key.as_str().to_owned(),
-            token,
-            which,
-            lease,
-            due,
-            renewing: false,
-            lost: false,
-            completing: false,
-        });
-        self.slots.len() - 1
-    }
-
-    fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Live)> {
-        self.slots
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, l)| l.id != VACANT)
-    }
 }
 
 #[derive(Debug)]

@@ -4,6 +4,7 @@ mod background;
 mod config;
 mod external;
 mod guard;
+mod registry;
 mod run;
 mod stats;
 
