@@ -55,7 +55,8 @@ pub struct KvRestConfig {
 }
 
 impl KvRestConfig {
-    /// Endpoint and token; defaults: 1 s per request, 2 retries on connection failures, scripts
+    /// Endpoint and token; defaults: 1 s per request, 2 retries on connection failures (or a
+    /// request cut off before any reply), scripts
     /// sent with Upstash's per-key locking flag.
     ///
     /// # Errors
@@ -114,7 +115,9 @@ impl KvRestConfig {
         self
     }
 
-    /// Retries after a connection failure (default 2; never after an HTTP answer).
+    /// Retries after a connection failure or a request cut off before any reply (default 2;
+    /// never after an HTTP answer or a timeout). Safe because every command the store sends is
+    /// idempotent under the record protocol.
     #[must_use]
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;

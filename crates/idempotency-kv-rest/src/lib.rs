@@ -122,6 +122,13 @@ impl CallError {
     }
 }
 
+/// Whether a transport error may be retried: the connection failed, or the request was cut off
+/// before any reply (never a timeout: the server may still be running the command, and the
+/// caller's budget is spent).
+fn is_resendable(error: &reqwest::Error) -> bool {
+    !error.is_timeout() && (error.is_connect() || error.is_request())
+}
+
 impl KvRestStore {
     /// A store for `config`.
     ///
@@ -193,9 +200,16 @@ impl KvRestStore {
                 .await;
             let response = match sent {
                 Ok(response) => response,
-                Err(e) if e.is_connect() && attempt < self.config.retries => {
+                // Safe to send again: every command this store sends is idempotent under the
+                // record protocol (a claim resent after it was applied finds the claimer's own
+                // token, which the engine recognises; completion is idempotent for its token;
+                // release and extend are fenced; reads are reads). Besides refused connections,
+                // this covers a kept-alive connection the server closed just as the request was
+                // sent ("connection closed before message completed"), which servers with an
+                // idle timeout shorter than the pool's cause now and then.
+                Err(e) if is_resendable(&e) && attempt < self.config.retries => {
                     attempt += 1;
-                    tracing::debug!(attempt, error = %e, "KV REST connection failed; retrying");
+                    tracing::debug!(attempt, error = %e, "KV REST request did not get through; retrying");
                     tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
                     continue;
                 }

@@ -118,11 +118,11 @@ mod body;
 mod command;
 mod config;
 mod error;
-mod listen;
-mod policy;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod listen;
+mod policy;
 mod resp;
 mod scripts;
 mod server;
