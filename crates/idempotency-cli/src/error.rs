@@ -29,7 +29,9 @@ pub(crate) enum CliError {
     #[error("{0}")]
     Usage(String),
     /// No record under the key.
-    #[error("no record under `{0}` (never claimed, expired after its lease or retention, or deleted)")]
+    #[error(
+        "no record under `{0}` (never claimed, expired after its lease or retention, or deleted)"
+    )]
     NotFound(String),
     /// The command needs a confirmation that could not be asked for.
     #[error("{0}: stdin is not a terminal, so pass --yes to confirm")]

@@ -68,7 +68,8 @@ impl Keyspace {
     pub(crate) async fn nodes(&self) -> Result<Vec<Node>, CliError> {
         match self {
             Self::Redis(url) => {
-                let conn = connect(url.as_str().into_connection_info().map_err(redis_error)?).await?;
+                let conn =
+                    connect(url.as_str().into_connection_info().map_err(redis_error)?).await?;
                 Ok(vec![Node::Redis {
                     conn,
                     one_key_per_unlink: false,
@@ -182,8 +183,7 @@ fn primaries_in(text: &str) -> Vec<(String, u16)> {
             let address = fields.next()?;
             let flags = fields.next()?;
             let flags: Vec<&str> = flags.split(',').collect();
-            if !flags.contains(&"master") || flags.iter().any(|f| matches!(*f, "fail" | "noaddr"))
-            {
+            if !flags.contains(&"master") || flags.iter().any(|f| matches!(*f, "fail" | "noaddr")) {
                 return None;
             }
             let host_port = address.split(['@', ',']).next()?;
@@ -322,12 +322,16 @@ impl Node {
             .await
             .map_err(|e| CliError::Keyspace(format!("KV REST API: {}", e.without_url())))?;
         let status = response.status();
-        let body: Json = response
-            .json()
-            .await
-            .map_err(|e| CliError::Keyspace(format!("KV REST API answer ({status}): {}", e.without_url())))?;
+        let body: Json = response.json().await.map_err(|e| {
+            CliError::Keyspace(format!(
+                "KV REST API answer ({status}): {}",
+                e.without_url()
+            ))
+        })?;
         if let Some(error) = body.get("error") {
-            return Err(CliError::Keyspace(format!("KV REST API ({status}): {error}")));
+            return Err(CliError::Keyspace(format!(
+                "KV REST API ({status}): {error}"
+            )));
         }
         body.get("result")
             .cloned()
@@ -376,7 +380,10 @@ mod tests {
                     e5 :0@0 master,noaddr - 0 0 4 connected\n";
         assert_eq!(
             primaries_in(text),
-            vec![("127.0.0.1".to_owned(), 7000), ("127.0.0.1".to_owned(), 7001)]
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001)
+            ]
         );
     }
 

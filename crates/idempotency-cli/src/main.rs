@@ -181,13 +181,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         _ => None,
     };
     let opened = open::open(|name| std::env::var(name).ok()).await?;
-    let key = || single_key.clone().ok_or_else(|| CliError::Usage("no key".into()));
+    let key = || {
+        single_key
+            .clone()
+            .ok_or_else(|| CliError::Usage("no key".into()))
+    };
     match cli.command {
         Command::Inspect { json, .. } => record::inspect(&opened.store, &key()?, json).await?,
         Command::Release { yes, .. } => record::release(&opened.store, &key()?, yes).await?,
         Command::Delete { yes, .. } => record::delete(&opened.store, &key()?, yes).await?,
         Command::Purge { yes, batch, .. } => {
-            let target = purge_prefix.ok_or_else(|| CliError::Usage("give --scope or --prefix".into()))?;
+            let target =
+                purge_prefix.ok_or_else(|| CliError::Usage("give --scope or --prefix".into()))?;
             bulk::purge(&opened, &target, yes, usize::from(batch)).await?;
         }
         Command::Stats { json, batch } => {

@@ -2,7 +2,8 @@
 //! keyspace commands need: the backend's own client for `SCAN`.
 
 use idempotency::{
-    AnyStore, BackendKind, REDIS_CLUSTER_ENV_VAR, REST_ENV_PAIRS, StoreSelection, StoreSelectionError, plan_store,
+    AnyStore, BackendKind, REDIS_CLUSTER_ENV_VAR, REST_ENV_PAIRS, StoreSelection,
+    StoreSelectionError, plan_store,
 };
 
 use crate::error::CliError;

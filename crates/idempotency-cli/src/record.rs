@@ -44,7 +44,11 @@ async fn read(store: &AnyStore, key: &StoreKey) -> Result<Record, CliError> {
 ///
 /// # Errors
 /// No record, a value that is not a record (`StoreError::Corrupt`), store failures.
-pub(crate) async fn inspect(store: &AnyStore, key: &StoreKey, as_json: bool) -> Result<(), CliError> {
+pub(crate) async fn inspect(
+    store: &AnyStore,
+    key: &StoreKey,
+    as_json: bool,
+) -> Result<(), CliError> {
     let record = read(store, key).await?;
     let ttl = store.time_to_live(key).await?;
     let ttl_ms = ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
@@ -112,7 +116,10 @@ pub(crate) async fn inspect(store: &AnyStore, key: &StoreKey, as_json: bool) -> 
                     rfc3339(r.created_at_ms),
                     rfc3339(r.completed_at_ms),
                     r.outcome.body.len(),
-                    content_type.map_or_else(|| "no content type".to_owned(), |t| format!("content type {t}")),
+                    content_type.map_or_else(
+                        || "no content type".to_owned(),
+                        |t| format!("content type {t}")
+                    ),
                 )
                 .map_err(io)?;
             }

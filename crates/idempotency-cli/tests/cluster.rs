@@ -40,9 +40,16 @@ async fn purge_and_stats_cover_every_primary() {
     assert_eq!(dry.code, 0, "{}", dry.all());
     assert!(dry.stdout.starts_with("300 records"), "{}", dry.stdout);
 
-    let purged = run(&env, &["purge", "--scope", "alice", "--yes", "--batch", "50"]);
+    let purged = run(
+        &env,
+        &["purge", "--scope", "alice", "--yes", "--batch", "50"],
+    );
     assert_eq!(purged.code, 0, "{}", purged.all());
-    assert!(purged.stdout.contains("deleted 300 records"), "{}", purged.stdout);
+    assert!(
+        purged.stdout.contains("deleted 300 records"),
+        "{}",
+        purged.stdout
+    );
     for i in [0, 99, 299] {
         let key = store_key("alice", &format!("k{i}"));
         assert!(store.get(&key).await.unwrap().is_none());

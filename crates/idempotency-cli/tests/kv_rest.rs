@@ -13,7 +13,7 @@ const TOKEN: &str = "cli-test-token-do-not-print";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_command_through_the_rest_api() {
-    // `start` (not `start_local`) prepares the ACL users the gateway insists on.
+    // `start` (not `start_local`): the gateway provisions its ACL users on it.
     let server = RedisServer::start().expect("redis-server");
     let gateway = GatewayServer::start(server.url(), TOKEN).expect("kv rest gateway");
     let store = RedisStore::connect(server.url()).await.unwrap();
@@ -40,18 +40,32 @@ async fn every_command_through_the_rest_api() {
 
     let dry = run(&env, &["purge", "--scope", "alice", "--batch", "25"]);
     assert!(dry.stdout.starts_with("120 records"), "{}", dry.all());
-    let purged = run(&env, &["purge", "--scope", "alice", "--yes", "--batch", "25"]);
+    let purged = run(
+        &env,
+        &["purge", "--scope", "alice", "--yes", "--batch", "25"],
+    );
     assert_eq!(purged.code, 0, "{}", purged.all());
-    assert!(purged.stdout.contains("deleted 120 records"), "{}", purged.stdout);
+    assert!(
+        purged.stdout.contains("deleted 120 records"),
+        "{}",
+        purged.stdout
+    );
     let stats = json(&run(&env, &["stats", "--json"]));
-    assert_eq!((stats["in_progress"].as_u64(), stats["completed"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (stats["in_progress"].as_u64(), stats["completed"].as_u64()),
+        (Some(0), Some(1))
+    );
 
     let doctor = run(&env, &["doctor"]);
     assert_eq!(doctor.code, 0, "{}", doctor.all());
     assert!(doctor.stdout.contains("kv-rest"), "{}", doctor.stdout);
 
     for output in [inspected, dry, purged, doctor] {
-        assert!(!output.all().contains(TOKEN), "the token was printed: {}", output.all());
+        assert!(
+            !output.all().contains(TOKEN),
+            "the token was printed: {}",
+            output.all()
+        );
     }
 
     // A wrong token: a clear failure, still without the token.
@@ -63,5 +77,9 @@ async fn every_command_through_the_rest_api() {
         &["stats"],
     );
     assert_ne!(wrong.code, 0, "{}", wrong.all());
-    assert!(!wrong.all().contains("wrong-token-secret"), "{}", wrong.all());
+    assert!(
+        !wrong.all().contains("wrong-token-secret"),
+        "{}",
+        wrong.all()
+    );
 }

@@ -28,11 +28,23 @@ async fn inspect_release_and_delete_one_record() {
     let refused = run(&env, &["release", "alice", "order-1"]);
     assert_eq!(refused.code, 2, "{}", refused.all());
     assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
-    assert!(store.get(&store_key("alice", "order-1")).await.unwrap().is_some());
+    assert!(
+        store
+            .get(&store_key("alice", "order-1"))
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let released = run(&env, &["release", "alice", "order-1", "--yes"]);
     assert_eq!(released.code, 0, "{}", released.all());
-    assert!(store.get(&store_key("alice", "order-1")).await.unwrap().is_none());
+    assert!(
+        store
+            .get(&store_key("alice", "order-1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // A completed record: its outcome is described; release refuses, delete removes it.
     seed(
@@ -49,7 +61,11 @@ async fn inspect_release_and_delete_one_record() {
     assert_eq!(value["outcome"]["content_type"], "text/plain");
     assert!(value["retention_left_ms"].as_u64().unwrap() > 600_000);
     let text = run(&env, &["inspect", "alice", "order-2"]);
-    assert!(text.stdout.contains("state           completed"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("state           completed"),
+        "{}",
+        text.stdout
+    );
     assert!(text.stdout.contains("5 bytes stored"), "{}", text.stdout);
 
     let release_completed = run(&env, &["release", "alice", "order-2", "--yes"]);
@@ -100,12 +116,19 @@ async fn bad_input_fails_clearly() {
 fn missing_or_memory_configuration_is_refused() {
     let nothing = run(&[], &["stats"]);
     assert_eq!(nothing.code, 2, "{}", nothing.all());
-    assert!(nothing.stderr.contains("memory store"), "{}", nothing.stderr);
+    assert!(
+        nothing.stderr.contains("memory store"),
+        "{}",
+        nothing.stderr
+    );
 
     let memory = run(&[("IDEMPOTENCY_STORE", "memory")], &["stats"]);
     assert_eq!(memory.code, 2, "{}", memory.all());
 
-    let half_rest = run(&[("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")], &["stats"]);
+    let half_rest = run(
+        &[("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")],
+        &["stats"],
+    );
     assert_eq!(half_rest.code, 2, "{}", half_rest.all());
     assert!(half_rest.stderr.contains("UPSTASH_REDIS_REST_TOKEN"));
 }
@@ -119,8 +142,16 @@ fn passwords_are_never_printed() {
         &["doctor"],
     );
     assert_eq!(unreachable.code, 1, "{}", unreachable.all());
-    assert!(unreachable.stderr.contains("cannot reach"), "{}", unreachable.stderr);
-    assert!(!unreachable.all().contains("hunter2-secret"), "{}", unreachable.all());
+    assert!(
+        unreachable.stderr.contains("cannot reach"),
+        "{}",
+        unreachable.stderr
+    );
+    assert!(
+        !unreachable.all().contains("hunter2-secret"),
+        "{}",
+        unreachable.all()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,9 +172,16 @@ async fn purge_a_scope_in_batches_with_a_dry_run_first() {
     assert_eq!(stats["in_progress"], 525 + 2 + 4);
     assert_eq!(stats["completed"], 525 + 1 + 3);
 
-    let purged = run(&env, &["purge", "--scope", "alice", "--yes", "--batch", "100"]);
+    let purged = run(
+        &env,
+        &["purge", "--scope", "alice", "--yes", "--batch", "100"],
+    );
     assert_eq!(purged.code, 0, "{}", purged.all());
-    assert!(purged.stdout.contains("deleted 1050 records"), "{}", purged.stdout);
+    assert!(
+        purged.stdout.contains("deleted 1050 records"),
+        "{}",
+        purged.stdout
+    );
 
     let stats = json(&run(&env, &["stats", "--json"]));
     assert_eq!(stats["in_progress"], 2 + 4);
@@ -154,7 +192,11 @@ async fn purge_a_scope_in_batches_with_a_dry_run_first() {
     assert!(store.get(&store_key("bob", "k0")).await.unwrap().is_some());
 
     let everything = run(&env, &["purge", "--prefix", "idempotency:", "--yes"]);
-    assert!(everything.stdout.contains("deleted 7 records"), "{}", everything.all());
+    assert!(
+        everything.stdout.contains("deleted 7 records"),
+        "{}",
+        everything.all()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -163,6 +205,10 @@ async fn doctor_reports_the_server_checks() {
     let env = [("REDIS_URL", server.url())];
     let doctor = run(&env, &["doctor"]);
     assert_eq!(doctor.code, 0, "{}", doctor.all());
-    assert!(doctor.stdout.contains("store: redis at redis://127.0.0.1"), "{}", doctor.stdout);
+    assert!(
+        doctor.stdout.contains("store: redis at redis://127.0.0.1"),
+        "{}",
+        doctor.stdout
+    );
     assert!(doctor.stdout.contains("maxmemory"), "{}", doctor.stdout);
 }

@@ -69,7 +69,10 @@ where
     /// it must run on the connection that wrote: the store's multiplexed connection (on Redis
     /// Cluster the client routes `WAIT` to every primary and keeps the lowest count, so it
     /// waits for the busiest shard as well).
-    pub(crate) async fn wait_for_replicas(&self, operation: &'static str) -> Result<(), StoreError> {
+    pub(crate) async fn wait_for_replicas(
+        &self,
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
         let Some(wait) = self.replica_wait else {
             return Ok(());
         };

@@ -191,5 +191,8 @@ async fn wait_latency_figure() {
         let p99 = samples[N * 99 / 100];
         figures.push(format!("{name}: p50 {p50:?}, p99 {p99:?} (n = {N})"));
     }
-    println!("WAIT latency, local primary + 1 replica: {}", figures.join("; "));
+    println!(
+        "WAIT latency, local primary + 1 replica: {}",
+        figures.join("; ")
+    );
 }

@@ -47,7 +47,11 @@ pub fn run(env: &[(&str, &str)], args: &[&str]) -> Run {
 }
 
 pub fn store_key(scope: &str, key: &str) -> StoreKey {
-    StoreKey::derive(PREFIX, &Scope::new(scope), &IdempotencyKey::new(key).unwrap())
+    StoreKey::derive(
+        PREFIX,
+        &Scope::new(scope),
+        &IdempotencyKey::new(key).unwrap(),
+    )
 }
 
 /// Write a record as the engine does: claim, then (if `outcome`) complete.
@@ -95,6 +99,9 @@ pub async fn seed_many(store: &(impl IdempotencyStore + Sync), scope: &str, n: u
 /// The first line of stdout as JSON.
 pub fn json(run: &Run) -> serde_json::Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}\nstderr: {}", run.stdout, run.stderr)
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            run.stdout, run.stderr
+        )
     })
 }
