@@ -86,7 +86,7 @@ pub async fn seed(
 }
 
 /// Seed `n` records of `scope` (keys `k0..`), alternately in progress and completed.
-pub async fn seed_many(store: &(impl IdempotencyStore + Sync), scope: &str, n: usize) {
+pub async fn seed_many(store: &impl IdempotencyStore, scope: &str, n: usize) {
     use futures::StreamExt as _;
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| async move {
