@@ -4,7 +4,8 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::time::{Duration, UNIX_EPOCH};
 
 use idempotency::{
-    AnyStore, Fenced, IdempotencyKey, IdempotencyStore, OutcomeEncoding, Record, Scope, StoreKey,
+    AnyStore, Fenced, IdempotencyKey, IdempotencyStore, OutcomeEncoding, Record, Scope, StoreError,
+    StoreKey,
 };
 use serde_json::json;
 
@@ -183,16 +184,18 @@ pub(crate) async fn release(store: &AnyStore, key: &StoreKey, yes: bool) -> Resu
     }
 }
 
-/// `delete`: remove the record whatever its state.
+/// `delete`: remove the record whatever its state (also a value that is not a record).
 ///
 /// # Errors
 /// No record; store failures; no confirmation possible.
 pub(crate) async fn delete(store: &AnyStore, key: &StoreKey, yes: bool) -> Result<(), CliError> {
-    let record = read(store, key).await?;
-    let state = if record.is_in_progress() {
-        "in progress"
-    } else {
-        "completed"
+    // A value that is not a record can be deleted too: that is the repair for it.
+    let state = match store.get(key).await {
+        Ok(Some(record)) if record.is_in_progress() => "in progress",
+        Ok(Some(_)) => "completed",
+        Ok(None) => return Err(CliError::NotFound(key.to_string())),
+        Err(StoreError::Corrupt(_)) => "holding something that is not a record",
+        Err(other) => return Err(other.into()),
     };
     let question = format!(
         "delete `{key}` ({state})? The next request with this key runs the operation again"

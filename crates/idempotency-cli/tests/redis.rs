@@ -110,6 +110,15 @@ async fn bad_input_fails_clearly() {
     let junk = run(&env, &["inspect", "alice", "junk"]);
     assert_eq!(junk.code, 1, "{}", junk.all());
     assert!(junk.stderr.contains("store error"), "{}", junk.stderr);
+    // ... and `delete` is its repair.
+    let repaired = run(&env, &["delete", "alice", "junk", "--yes"]);
+    assert_eq!(repaired.code, 0, "{}", repaired.all());
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("idempotency:alice:junk")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
 }
 
 #[test]
