@@ -317,6 +317,26 @@ impl StoreKey {
         Self(out)
     }
 
+    /// The beginning every store key of `scope` shares: `prefix + escape(scope) + ":"`. Since
+    /// the escaped scope never contains `:`, a store key starts with it exactly when it was
+    /// derived from this scope (and prefix), so operators' tools can select one tenant's records
+    /// by prefix (the `idempotency purge --scope` command does).
+    ///
+    /// ```
+    /// use idempotency_core::{IdempotencyKey, Scope, StoreKey};
+    /// let prefix = StoreKey::scope_prefix("idem:", &Scope::new("tenant:a"));
+    /// assert_eq!(prefix, "idem:tenant%3Aa:");
+    /// let key = StoreKey::derive("idem:", &Scope::new("tenant:a"), &IdempotencyKey::new("k").unwrap());
+    /// assert!(key.as_str().starts_with(&prefix));
+    /// ```
+    pub fn scope_prefix(prefix: &str, scope: &Scope) -> String {
+        let mut out = String::with_capacity(prefix.len() + scope.0.len() + 8);
+        out.push_str(prefix);
+        escape_scope_into(&scope.0, &mut out);
+        out.push(':');
+        out
+    }
+
     /// Wrap a raw store key (for inspection tools and tests). No escaping is applied.
     pub fn from_raw(raw: impl Into<String>) -> Self {
         Self(raw.into())

@@ -37,6 +37,7 @@ pub struct RedisStoreBuilder {
     reconnect_attempts: usize,
     claim_strategy: Option<ClaimStrategy>,
     preload_scripts: bool,
+    replica_wait: Option<crate::ReplicaWait>,
 }
 
 impl Default for RedisStoreBuilder {
@@ -47,6 +48,7 @@ impl Default for RedisStoreBuilder {
             reconnect_attempts: 3,
             claim_strategy: None,
             preload_scripts: true,
+            replica_wait: None,
         }
     }
 }
@@ -90,6 +92,27 @@ impl RedisStoreBuilder {
     #[must_use]
     pub fn preload_scripts(mut self, preload: bool) -> Self {
         self.preload_scripts = preload;
+        self
+    }
+
+    /// Opt-in failover safety (off by default): after each claim and each completion, send
+    /// [`WAIT replicas timeout`](https://redis.io/docs/latest/commands/wait/) on the same
+    /// connection so the write has reached `replicas` replicas before the store answers.
+    ///
+    /// - **Claim**: when fewer replicas acknowledge within `timeout`, the claim is released
+    ///   (fenced by its token) and `try_claim` fails with [`StoreError::Unavailable`] whose
+    ///   source is [`ReplicasNotAcknowledged`](crate::ReplicasNotAcknowledged): the handler does
+    ///   not run and the engine's failure policy answers the request (fail closed by default).
+    /// - **Completion**: the outcome is already stored on the primary; `complete` fails the same
+    ///   way, the engine retries it (each retry waits again) and reports the outcome as not
+    ///   recorded if replicas still lag. Retries on the same primary replay it meanwhile.
+    ///
+    /// Every claim and completion pays one more round trip plus the replication delay (see the
+    /// README's figure); `replicas = 0` makes `WAIT` return at once. On Redis Cluster the client
+    /// sends `WAIT` to every primary and keeps the lowest count.
+    #[must_use]
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_wait = Some(crate::ReplicaWait { replicas, timeout });
         self
     }
 
@@ -184,6 +207,7 @@ impl RedisStoreBuilder {
             mode: ServerMode::Unknown,
             version: None,
             timeout: self.operation_timeout,
+            replica_wait: self.replica_wait,
         };
         match store
             .command("connect", redis::cmd("INFO").arg("server"))

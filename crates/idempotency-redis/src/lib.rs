@@ -76,6 +76,7 @@ mod builder;
 mod doctor;
 mod error;
 mod info;
+mod replicas;
 mod scripts;
 mod store;
 #[cfg(feature = "tls")]
@@ -85,6 +86,7 @@ pub use builder::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, RedisStore
 pub use doctor::{DoctorReport, DoctorWarning};
 pub use idempotency_core::{IdempotencyStore, StoreError};
 pub use redis;
+pub use replicas::{ReplicaWait, ReplicasNotAcknowledged};
 pub use store::{ClaimStrategy, RedisStore, ServerMode};
 
 /// A [`RedisStore`] on a Redis Cluster connection; build it with

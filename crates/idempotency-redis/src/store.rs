@@ -96,6 +96,8 @@ pub struct RedisStore<C = ConnectionManager> {
     pub(crate) mode: ServerMode,
     pub(crate) version: Option<String>,
     pub(crate) timeout: Duration,
+    /// Opt-in `WAIT` after claims and completions (see [`crate::ReplicaWait`]).
+    pub(crate) replica_wait: Option<crate::ReplicaWait>,
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -106,6 +108,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("version", &self.version)
             .field("claim", &self.claim)
             .field("timeout", &self.timeout)
+            .field("replica_wait", &self.replica_wait)
             .finish()
     }
 }
@@ -134,6 +137,11 @@ impl<C> RedisStore<C> {
     /// The time budget of each operation.
     pub fn operation_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The replicas each claim and completion waits for, if that was asked for.
+    pub fn replica_wait(&self) -> Option<crate::ReplicaWait> {
+        self.replica_wait
     }
 }
 
@@ -276,10 +284,21 @@ where
                 .await?
             }
         };
-        Ok(match record_from("try_claim", reply)? {
-            None => Claim::Claimed,
-            Some(existing) => Claim::Existing(existing),
-        })
+        match record_from("try_claim", reply)? {
+            None => {
+                if let Err(error) = self.wait_for_replicas("try_claim").await {
+                    // Fail closed: the handler must not run on a claim a failover can lose.
+                    // Take the claim back (fenced by our token) so a retry is not told "in
+                    // progress" for a whole lease; if that fails too the claim lapses.
+                    if let Err(release) = self.release(key, &record.token).await {
+                        tracing::debug!(%release, "could not release an unreplicated claim");
+                    }
+                    return Err(error);
+                }
+                Ok(Claim::Claimed)
+            }
+            Some(existing) => Ok(Claim::Existing(existing)),
+        }
     }
 
     async fn complete(
@@ -296,7 +315,14 @@ where
             .arg(token.to_hex())
             .arg(text)
             .arg(millis(retention));
-        self.fenced("complete", key, &invocation).await
+        let fenced = self.fenced("complete", key, &invocation).await?;
+        if fenced == Fenced::Applied {
+            // The outcome is stored on the primary whatever WAIT says; the error tells the
+            // engine (which retries the completion, waiting again) that it may not survive a
+            // failover.
+            self.wait_for_replicas("complete").await?;
+        }
+        Ok(fenced)
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {

@@ -232,7 +232,13 @@ pub(crate) async fn verify(
     let mut allowed = Vec::new();
     for (label, args) in probes(role, db) {
         let refused = match send(connection, &cmd_of(&args)).await? {
-            Err(text) => text.starts_with("NOPERM") || text.contains("can't run this command"),
+            Err(text) => {
+                // Redis 7.0 and Valkey refuse `noscript` commands inside scripts before the
+                // ACL check ("ERR This Redis command is not allowed from script"): refused too.
+                text.starts_with("NOPERM")
+                    || text.contains("can't run this command")
+                    || text.contains("not allowed from script")
+            }
             Ok(_) => false,
         };
         if !refused {

@@ -1,0 +1,62 @@
+//! The CLI's errors and exit codes.
+
+use idempotency::{KeyError, PrefixError, StoreError, StoreSelectionError};
+use thiserror::Error;
+
+/// Why a command failed. Messages name variables and keys, never a token or a password.
+#[derive(Debug, Error)]
+pub(crate) enum CliError {
+    /// The memory store was selected: it lives inside one process, there is nothing to inspect.
+    #[error(
+        "no distributed store is configured (the environment selects the per-process memory \
+         store, which only the app's own process can see): set REDIS_URL, REDIS_CLUSTER_URLS, \
+         or UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN as the app does"
+    )]
+    MemoryStore,
+    /// The environment does not select a usable store.
+    #[error(transparent)]
+    Selection(#[from] StoreSelectionError),
+    /// The store was configured but does not answer.
+    #[error("cannot reach the store {0}: is it running, and is the URL right?")]
+    Unreachable(String),
+    /// A malformed idempotency key on the command line.
+    #[error("invalid key: {0}")]
+    Key(#[from] KeyError),
+    /// A malformed `--key-prefix`.
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+    /// Other bad input on the command line.
+    #[error("{0}")]
+    Usage(String),
+    /// No record under the key.
+    #[error(
+        "no record under `{0}` (never claimed, expired after its lease or retention, or deleted)"
+    )]
+    NotFound(String),
+    /// The command needs a confirmation that could not be asked for.
+    #[error("{0}: stdin is not a terminal, so pass --yes to confirm")]
+    NeedsYes(&'static str),
+    /// A store operation failed.
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+    /// Scanning or deleting keys failed.
+    #[error("{0}")]
+    Keyspace(String),
+}
+
+impl CliError {
+    /// The process exit code: 2 for bad input and configuration (as clap's own usage errors),
+    /// 3 for "no record", 1 for everything else.
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            Self::MemoryStore
+            | Self::Selection(_)
+            | Self::Key(_)
+            | Self::Prefix(_)
+            | Self::Usage(_)
+            | Self::NeedsYes(_) => 2,
+            Self::NotFound(_) => 3,
+            Self::Unreachable(_) | Self::Store(_) | Self::Keyspace(_) => 1,
+        }
+    }
+}

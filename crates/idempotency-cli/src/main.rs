@@ -1,0 +1,209 @@
+//! `idempotency`: the operators' command-line tool for the idempotency store.
+//!
+//! It opens the store exactly as the application does, from the same environment variables
+//! (`REDIS_URL` / `KV_URL`, `REDIS_CLUSTER_URLS`, `UPSTASH_REDIS_REST_URL` +
+//! `UPSTASH_REDIS_REST_TOKEN` or `KV_REST_API_URL` + `KV_REST_API_TOKEN`, `IDEMPOTENCY_STORE`;
+//! see `idempotency::plan_store`). The memory store is refused: it lives inside the app's
+//! process and no other process can see it.
+//!
+//! # Commands
+//! - `inspect <scope> <key> [--json]`: state, lease or retention time left, fingerprint,
+//!   fencing token, created and completed times, stored outcome size and content type;
+//! - `release <scope> <key> [--yes]`: free a stuck claim (fenced by its own token);
+//! - `delete <scope> <key> [--yes]`: remove a record whatever its state;
+//! - `purge (--scope S | --prefix P) [--yes] [--batch N]`: cursor-based deletion (`SCAN` +
+//!   `UNLINK`, on every primary of a Cluster, through the REST API's `SCAN` on KV REST); a dry
+//!   run that counts unless `--yes`;
+//! - `stats [--json]`: records by state; `doctor [--strict]`: the store's checks.
+//!
+//! A scope is written exactly as the app's scope extractor produces it (the demo's user name,
+//! a tenant id; an empty string for the global scope); the tool escapes it as the engine does.
+//! `--key-prefix` is the engine's prefix (default `idempotency:`).
+//!
+//! # Exit codes
+//! 0 success; 1 the store failed; 2 bad input or configuration (also clap's usage errors, and
+//! a confirmation that cannot be asked on a non-terminal stdin without `--yes`); 3 no record
+//! under the key; for `doctor --strict`, 1 when it warns.
+//!
+//! Tokens and passwords are never printed: the store is shown through its redacted
+//! description.
+
+#![deny(missing_docs)]
+
+mod bulk;
+mod error;
+mod keyspace;
+mod open;
+mod record;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use idempotency::{Scope, StoreKey};
+
+use crate::error::CliError;
+
+/// Inspect and repair idempotency records in the store the app uses (from the same variables).
+#[derive(Debug, Parser)]
+#[command(name = "idempotency", version, about, long_about = None)]
+struct Cli {
+    /// The engine's key prefix (`Idempotency::builder(..).prefix(..)`).
+    #[arg(long, global = true, default_value = "idempotency:")]
+    key_prefix: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show one record: state, time left, fingerprint, times, outcome size and content type.
+    Inspect {
+        /// The scope, as the app's scope extractor produces it ("" for the global scope).
+        scope: String,
+        /// The client's idempotency key.
+        key: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Free a stuck claim, so the next retry runs the operation (asks unless --yes).
+    Release {
+        /// The scope.
+        scope: String,
+        /// The client's idempotency key.
+        key: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete a record, in progress or completed (asks unless --yes).
+    Delete {
+        /// The scope.
+        scope: String,
+        /// The client's idempotency key.
+        key: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete every record of a scope or under a store-key prefix; a counting dry run unless --yes.
+    Purge {
+        /// Every record of this scope (as the app's scope extractor produces it).
+        #[arg(long, conflicts_with = "prefix", required_unless_present = "prefix")]
+        scope: Option<String>,
+        /// Every record whose store key starts with this (it must start with --key-prefix).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Delete (without it, only count).
+        #[arg(long)]
+        yes: bool,
+        /// Keys per SCAN step (and per UNLINK), 1..=10000.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10000))]
+        batch: u16,
+    },
+    /// Count the records by state (reads every record: mind big stores).
+    Stats {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Keys per SCAN step, 1..=10000.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10000))]
+        batch: u16,
+    },
+    /// Check the store's settings (eviction policy, persistence, server version).
+    Doctor {
+        /// Exit with 1 when there is a warning.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let prefix = cli.key_prefix;
+    idempotency::validate_prefix(&prefix)?;
+    // Check the arguments before connecting, so bad input fails fast and the same way
+    // whatever the store.
+    let single_key = match &cli.command {
+        Command::Inspect { scope, key, .. }
+        | Command::Release { scope, key, .. }
+        | Command::Delete { scope, key, .. } => Some(record::store_key(&prefix, scope, key)?),
+        _ => None,
+    };
+    let purge_prefix = match &cli.command {
+        Command::Purge {
+            scope: Some(scope), ..
+        } => Some(StoreKey::scope_prefix(&prefix, &Scope::new(scope.as_str()))),
+        Command::Purge {
+            prefix: Some(raw), ..
+        } => {
+            if !raw.starts_with(&prefix) {
+                return Err(CliError::Usage(format!(
+                    "--prefix `{raw}` does not start with the key prefix `{prefix}`: purge only \
+                     deletes idempotency records (set --key-prefix if the app uses another)"
+                )));
+            }
+            Some(raw.clone())
+        }
+        _ => None,
+    };
+    let opened = open::open(|name| std::env::var(name).ok()).await?;
+    let key = || {
+        single_key
+            .clone()
+            .ok_or_else(|| CliError::Usage("no key".into()))
+    };
+    match cli.command {
+        Command::Inspect { json, .. } => record::inspect(&opened.store, &key()?, json).await?,
+        Command::Release { yes, .. } => record::release(&opened.store, &key()?, yes).await?,
+        Command::Delete { yes, .. } => record::delete(&opened.store, &key()?, yes).await?,
+        Command::Purge { yes, batch, .. } => {
+            let target =
+                purge_prefix.ok_or_else(|| CliError::Usage("give --scope or --prefix".into()))?;
+            bulk::purge(&opened, &target, yes, usize::from(batch)).await?;
+        }
+        Command::Stats { json, batch } => {
+            bulk::stats(&opened, &prefix, usize::from(batch), json).await?;
+        }
+        Command::Doctor { strict } => {
+            let healthy = bulk::doctor(&opened).await?;
+            if strict && !healthy {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

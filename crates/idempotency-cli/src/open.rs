@@ -1,0 +1,76 @@
+//! Opening the store exactly as the app does (`idempotency::plan_store`), plus what the
+//! keyspace commands need: the backend's own client for `SCAN`.
+
+use idempotency::{
+    AnyStore, BackendKind, REDIS_CLUSTER_ENV_VAR, REST_ENV_PAIRS, StoreSelection,
+    StoreSelectionError, plan_store,
+};
+
+use crate::error::CliError;
+use crate::keyspace::Keyspace;
+
+/// The opened store and the way to walk its keys.
+pub(crate) struct Opened {
+    pub(crate) store: AnyStore,
+    pub(crate) keyspace: Keyspace,
+}
+
+/// Plan and open the store from `lookup` (the process environment in `main`).
+///
+/// # Errors
+/// [`CliError::MemoryStore`] when the environment selects the memory store (nothing to inspect
+/// from another process), the selection errors of `plan_store`, and
+/// [`CliError::Unreachable`] when the server does not answer (the app would start and retry in
+/// the background; an operator's command fails instead).
+pub(crate) async fn open(lookup: impl Fn(&str) -> Option<String>) -> Result<Opened, CliError> {
+    // This build has no memory store; every way the environment can lead to it (nothing
+    // configured, `IDEMPOTENCY_STORE=memory`) gets the message that says why it is pointless.
+    let plan = match plan_store(StoreSelection::RequireDistributed, &lookup) {
+        Ok(plan) if plan.kind() == BackendKind::Memory => return Err(CliError::MemoryStore),
+        Ok(plan) => plan,
+        Err(
+            StoreSelectionError::DistributedStoreRequired
+            | StoreSelectionError::MemoryUnavailable
+            | StoreSelectionError::FeatureDisabled {
+                backend: BackendKind::Memory,
+                ..
+            },
+        ) => return Err(CliError::MemoryStore),
+        Err(other) => return Err(other.into()),
+    };
+    let description = plan.description().clone();
+    let source = description.source();
+    let variable = |name: Option<&str>| name.and_then(&lookup).filter(|v| !v.is_empty());
+    let keyspace = match plan.kind() {
+        BackendKind::Redis => Keyspace::redis(
+            variable(source).ok_or_else(|| CliError::Usage("the Redis URL is not set".into()))?,
+        ),
+        BackendKind::RedisCluster => {
+            let urls = variable(Some(source.unwrap_or(REDIS_CLUSTER_ENV_VAR)))
+                .ok_or_else(|| CliError::Usage(format!("{REDIS_CLUSTER_ENV_VAR} is empty")))?;
+            Keyspace::cluster(urls.split(',').map(|u| u.trim().to_owned()).collect())
+        }
+        BackendKind::KvRest => {
+            let (url_var, token_var) = REST_ENV_PAIRS
+                .iter()
+                .find(|(url_var, _)| Some(*url_var) == source)
+                .copied()
+                .unwrap_or(REST_ENV_PAIRS[0]);
+            let url = variable(Some(url_var))
+                .ok_or_else(|| CliError::Usage(format!("{url_var} is not set")))?;
+            let token = variable(Some(token_var))
+                .ok_or_else(|| CliError::Usage(format!("{token_var} is not set")))?;
+            Keyspace::rest(url, token)?
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "the {other} store is not supported by this tool"
+            )));
+        }
+    };
+    let store = plan.open().await?;
+    if !store.is_connected() {
+        return Err(CliError::Unreachable(description.to_string()));
+    }
+    Ok(Opened { store, keyspace })
+}
