@@ -135,6 +135,7 @@ mod problem;
 mod record;
 mod service;
 mod stored;
+mod transactional;
 
 pub use body::{BoxError, ResponseBody};
 pub use effects::{SideEffects, SideEffectsMarker};
@@ -146,6 +147,7 @@ pub use layer::{
 pub use problem::PROBLEM_TYPE_BASE;
 pub use service::{BODY_OMITTED_HEADER, IdempotencyService, REPLAYED_HEADER};
 pub use stored::is_hop_by_hop;
+pub use transactional::{TransactionalClaim, TransactionalError};
 
 /// The stored-response decoder, for the fuzz targets in `fuzz/` (feature `fuzzing`). Not a
 /// stable API.
