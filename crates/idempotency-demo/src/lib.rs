@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod db;
 mod envelope;
 mod shop;
 mod work;
@@ -53,6 +54,7 @@ use idempotency::{AnyStore, Idempotency};
 use parking_lot::Mutex;
 
 pub use auth::{Principal, authenticate, principal_scope};
+pub use db::Database;
 pub use envelope::ApiError;
 pub use shop::{Order, OrderStatus, Product};
 pub use work::{ExecutionLog, SlowWork};
@@ -71,6 +73,7 @@ struct Inner {
     handler_runs: AtomicU64,
     work: SlowWork,
     execution_log: Option<ExecutionLog>,
+    db: Option<Database>,
 }
 
 impl AppState {
@@ -96,8 +99,37 @@ impl AppState {
                 handler_runs: AtomicU64::new(0),
                 work,
                 execution_log,
+                db: None,
             }),
         }
+    }
+
+    /// [`AppState::with_work`] with the shop kept in `db` (`DATABASE_URL`) instead of memory.
+    /// When the engine's store is the SQL store on that database, every idempotent request
+    /// completes in the same transaction as its write.
+    pub fn with_database(
+        engine: Idempotency<AnyStore>,
+        admin_token: Option<String>,
+        work: SlowWork,
+        execution_log: Option<ExecutionLog>,
+        db: Database,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                shop: Mutex::new(shop::Shop::default()),
+                admin_token: admin_token.filter(|t| !t.is_empty()),
+                handler_runs: AtomicU64::new(0),
+                work,
+                execution_log,
+                db: Some(db),
+            }),
+        }
+    }
+
+    /// The shop's database, when it is not kept in memory.
+    pub fn db(&self) -> Option<&Database> {
+        self.inner.db.as_ref()
     }
 
     /// The idempotency engine.
