@@ -5,6 +5,16 @@
 //! `UPSTASH_REDIS_REST_URL` + `_TOKEN` or `KV_REST_API_URL` + `_TOKEN`). Run it with
 //! `cargo run -p idempotency-demo`; see the README for curl lines.
 //!
+//! # The shop's data
+//! In memory by default. With `DATABASE_URL=postgres://…` or `sqlite://…` the products and
+//! orders live in that database ([`Database`]: tables `demo_products`, `demo_orders`), one
+//! transaction per mutating request. The idempotency records stay in the store the environment
+//! selects (`DATABASE_URL` alone does not move them); with `IDEMPOTENCY_STORE=sql` they are in the
+//! same database and every idempotent request **completes in the same transaction as its write**
+//! (`TransactionalClaim`), so a crash anywhere leaves the order and its recorded answer together
+//! or neither (`tests/crash.rs` proves it with SIGKILL storms). `DEMO_AFTER_WRITE_MS` then runs
+//! inside the transaction; on other stores it runs after the commit, before the layer records.
+//!
 //! # Routes
 //! Every route needs `Authorization: Bearer <user>` (the token *is* the user id; missing → 401).
 //! `PUT` and `POST` need an `Idempotency-Key`, scoped to that user.
