@@ -285,8 +285,30 @@ struct Figures {
     differing_answers: usize,
 }
 
-async fn check(database_url: &str, run: &str, storm: &Storm) -> Figures {
+/// Order executions journaled by the demo (`DEMO_EXECUTION_LOG`, written inside the
+/// transaction before it commits): more than the committed orders means kills landed between
+/// the write and the commit.
+fn executions(journal: &std::path::Path, run: &str) -> usize {
+    let text = std::fs::read_to_string(journal).unwrap_or_default();
+    let key = format!("\"key\":\"{run}-");
+    text.lines()
+        .filter(|line| line.contains("POST /api/orders") && line.contains(&key))
+        .count()
+}
+
+async fn check(database_url: &str, run: &str, storm: &Storm, journal: &std::path::Path) -> Figures {
     let orders = orders_per_key(database_url, run).await;
+    let committed: i64 = orders.values().sum();
+    let executed = executions(journal, run);
+    assert!(
+        executed as i64 >= committed,
+        "the journal misses executions ({executed} < {committed})"
+    );
+    eprintln!(
+        "crash storm {run}: {executed} order executions journaled, {committed} committed \
+         ({} rolled back or lost with a killed process)",
+        executed as i64 - committed
+    );
     let mut figures = Figures {
         keys: storm.answers.len(),
         duplicated_keys: 0,
@@ -324,8 +346,9 @@ async fn check(database_url: &str, run: &str, storm: &Storm) -> Figures {
     figures
 }
 
-fn common_env(database_url: &str) -> Vec<(&'static str, String)> {
+fn common_env(database_url: &str, journal: &std::path::Path) -> Vec<(&'static str, String)> {
     vec![
+        ("DEMO_EXECUTION_LOG", journal.display().to_string()),
         ("DATABASE_URL", database_url.to_owned()),
         ("IDEMPOTENCY_LEASE", "1s".to_owned()),
         ("DEMO_WORK_MS", "5".to_owned()),
@@ -346,12 +369,14 @@ async fn sigkill_storm_on_postgres_runs_each_order_exactly_once() {
         panic!("the crash proof needs Postgres ({e}); install postgresql or set IDEMPOTENCY_TEST_POSTGRES_URL")
     });
     let url = server.url().to_owned();
-    let mut env = common_env(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("executions.jsonl");
+    let mut env = common_env(&url, &journal);
     env.push(("IDEMPOTENCY_STORE", "sql".to_owned()));
     let mut demo = Demo::start(env);
     let run = format!("pg{}", rand::random::<u32>());
     let storm = storm(&mut demo, &run).await;
-    let figures = check(&url, &run, &storm).await;
+    let figures = check(&url, &run, &storm, &journal).await;
     assert_exactly_once(&figures, &storm);
 }
 
@@ -359,12 +384,13 @@ async fn sigkill_storm_on_postgres_runs_each_order_exactly_once() {
 async fn sigkill_storm_on_sqlite_runs_each_order_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("shop.db").display());
-    let mut env = common_env(&url);
+    let journal = dir.path().join("executions.jsonl");
+    let mut env = common_env(&url, &journal);
     env.push(("IDEMPOTENCY_STORE", "sql".to_owned()));
     let mut demo = Demo::start(env);
     let run = format!("lite{}", rand::random::<u32>());
     let storm = storm(&mut demo, &run).await;
-    let figures = check(&url, &run, &storm).await;
+    let figures = check(&url, &run, &storm, &journal).await;
     assert_exactly_once(&figures, &storm);
 }
 
@@ -377,13 +403,14 @@ async fn sigkill_storm_on_redis_reports_the_crash_window() {
     });
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("shop.db").display());
-    let mut env = common_env(&url);
+    let journal = dir.path().join("executions.jsonl");
+    let mut env = common_env(&url, &journal);
     env.push(("IDEMPOTENCY_STORE", "redis".to_owned()));
     env.push(("REDIS_URL", redis.url().to_owned()));
     let mut demo = Demo::start(env);
     let run = format!("redis{}", rand::random::<u32>());
     let storm = storm(&mut demo, &run).await;
-    let figures = check(&url, &run, &storm).await;
+    let figures = check(&url, &run, &storm, &journal).await;
     assert!(storm.kills > 0, "no kill landed during the storm");
     assert_eq!(figures.missing, 0, "a key has no order");
     eprintln!(

@@ -190,20 +190,13 @@ fn probes(role: Role, db: i64) -> Vec<(&'static str, Vec<&'static str>)> {
     }
     if role == Role::ReadOnly {
         probes.extend([
-            (
-                "KEYS (enumeration)",
-                vec!["KEYS", "kv-rest-gateway:acl-probe:*"],
-            ),
+            ("KEYS (enumeration)", vec!["KEYS", "kv-rest-gateway:acl-probe:*"]),
             ("SCAN (enumeration)", vec!["SCAN", "0", "COUNT", "1"]),
             ("RANDOMKEY (enumeration)", vec!["RANDOMKEY"]),
             ("SET (write)", vec!["SET", KEY, "x", "XX"]),
             (
                 "KEYS inside EVAL_RO",
-                vec![
-                    "EVAL_RO",
-                    "return redis.call('KEYS','kv-rest-gateway:acl-probe:*')",
-                    "0",
-                ],
+                vec!["EVAL_RO", "return redis.call('KEYS','kv-rest-gateway:acl-probe:*')", "0"],
             ),
         ]);
     }
@@ -217,10 +210,7 @@ pub(crate) async fn verify(
     role: Role,
     db: i64,
 ) -> Result<(), AclError> {
-    for (command, args) in [
-        ("PING", vec!["PING"]),
-        ("GET", vec!["GET", "kv-rest-gateway:acl-probe"]),
-    ] {
+    for (command, args) in [("PING", vec!["PING"]), ("GET", vec!["GET", "kv-rest-gateway:acl-probe"])] {
         if let Err(reply) = send(connection, &cmd_of(&args)).await? {
             return Err(AclError::TooRestricted {
                 role: role.label(),
@@ -232,7 +222,9 @@ pub(crate) async fn verify(
     let mut allowed = Vec::new();
     for (label, args) in probes(role, db) {
         let refused = match send(connection, &cmd_of(&args)).await? {
-            Err(text) => text.starts_with("NOPERM") || text.contains("can't run this command"),
+            Err(text) => {
+                text.starts_with("NOPERM") || text.contains("can't run this command")
+            }
             Ok(_) => false,
         };
         if !refused {

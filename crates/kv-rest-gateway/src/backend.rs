@@ -6,9 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, Value,
-};
+use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, Value};
 use tokio::sync::Mutex;
 
 use crate::acl::{self, AclError, Credentials, Role};
@@ -112,11 +110,7 @@ impl Backend {
 
     /// The Redis address for logs (never the password).
     pub(crate) fn address(&self) -> String {
-        self.inner
-            .configured
-            .get_connection_info()
-            .addr()
-            .to_string()
+        self.inner.configured.get_connection_info().addr().to_string()
     }
 
     /// Sets up the ACL users (or verifies the prepared ones) and opens the connections.
@@ -142,11 +136,8 @@ impl Backend {
                     }
                     _ => None,
                 };
-                let main_info =
-                    with_credentials(inner.configured.get_connection_info(), &main_creds);
-                let main = self
-                    .user_connections(main_info.clone(), Role::Main, db)
-                    .await?;
+                let main_info = with_credentials(inner.configured.get_connection_info(), &main_creds);
+                let main = self.user_connections(main_info.clone(), Role::Main, db).await?;
                 let read_only = match &read_only_creds {
                     Some(creds) => {
                         let info = with_credentials(inner.configured.get_connection_info(), creds);
@@ -168,9 +159,7 @@ impl Backend {
             Err(AclError::NotPermitted) => {
                 // Operator-prepared users: the configured URL is the main user.
                 let main_info = inner.configured.get_connection_info().clone();
-                let main = self
-                    .user_connections(main_info.clone(), Role::Main, db)
-                    .await?;
+                let main = self.user_connections(main_info.clone(), Role::Main, db).await?;
                 let read_only = if inner.wants_read_only {
                     let Some(info) = inner.read_only_url.clone() else {
                         return Err(AclError::TooRestricted {
@@ -226,11 +215,9 @@ impl Backend {
         let mut probe = self.connect(&client).await?;
         acl::verify(&mut probe, role, db).await?;
         drop(probe);
-        let shared = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            self.inner.manager_config.clone(),
-        )
-        .map_err(AclError::Unavailable)?;
+        let shared =
+            ConnectionManager::new_lazy_with_config(client.clone(), self.inner.manager_config.clone())
+                .map_err(AclError::Unavailable)?;
         Ok(UserConnections { client, shared })
     }
 
@@ -245,9 +232,7 @@ impl Backend {
 
     fn ready(&self) -> Result<&Ready, GatewayError> {
         self.inner.ready.get().ok_or_else(|| {
-            GatewayError::Unavailable(
-                "Redis is unavailable: the gateway is still connecting".into(),
-            )
+            GatewayError::Unavailable("Redis is unavailable: the gateway is still connecting".into())
         })
     }
 
@@ -287,9 +272,7 @@ impl Backend {
             .script_limited(script, connection.send_packed_command(cmd))
             .await;
         match reply {
-            Ok(Value::ServerError(error)) => {
-                Err(GatewayError::BadRequest(server_error_text(&error)))
-            }
+            Ok(Value::ServerError(error)) => Err(GatewayError::BadRequest(server_error_text(&error))),
             Ok(value) => Ok(value),
             Err(error) => Err(from_redis(&error)),
         }
@@ -346,13 +329,9 @@ impl Backend {
         all.extend(cmds);
         all.push(redis::cmd("EXEC"));
         let pipeline = pipeline_of(all);
-        let mut result = self
-            .transaction_once(access, &pipeline, count, script)
-            .await;
+        let mut result = self.transaction_once(access, &pipeline, count, script).await;
         if self.reprovision_if_needed(&result).await {
-            result = self
-                .transaction_once(access, &pipeline, count, script)
-                .await;
+            result = self.transaction_once(access, &pipeline, count, script).await;
         }
         let mut replies = result?;
         let replies_len = replies.len();
@@ -393,12 +372,9 @@ impl Backend {
             .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
             .await
             .map_err(|error| from_redis(&error))?;
-        self.script_limited(
-            script,
-            connection.send_packed_commands(pipeline, 0, count + 2),
-        )
-        .await
-        .map_err(|error| from_redis(&error))
+        self.script_limited(script, connection.send_packed_commands(pipeline, 0, count + 2))
+            .await
+            .map_err(|error| from_redis(&error))
     }
 
     /// `PING` on the main user's shared connection.
@@ -473,25 +449,15 @@ impl Backend {
         let Err(GatewayError::Unavailable(text) | GatewayError::BadRequest(text)) = result else {
             return false;
         };
-        if !(text.contains("WRONGPASS")
-            || text.contains("NOAUTH")
-            || text.contains("uthentication"))
-        {
+        if !(text.contains("WRONGPASS") || text.contains("NOAUTH") || text.contains("uthentication")) {
             return false;
         }
-        let Ok(ready) = self.ready() else {
-            return false;
-        };
+        let Ok(ready) = self.ready() else { return false };
         let Some(provisioned) = ready.provisioned.clone() else {
             return false;
         };
         let _guard = self.inner.reprovision.lock().await;
-        let db = self
-            .inner
-            .configured
-            .get_connection_info()
-            .redis_settings()
-            .db();
+        let db = self.inner.configured.get_connection_info().redis_settings().db();
         let Ok(mut admin) = self.connect(&self.inner.configured).await else {
             return false;
         };
@@ -503,10 +469,7 @@ impl Backend {
                 .await
                 .is_ok();
         }
-        tracing::warn!(
-            ok,
-            "re-created the Redis ACL users after an authentication failure"
-        );
+        tracing::warn!(ok, "re-created the Redis ACL users after an authentication failure");
         ok
     }
 }

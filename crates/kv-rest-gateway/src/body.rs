@@ -220,10 +220,7 @@ mod tests {
         let ok = parse_batch(br#"[["get","a"],["set","b",2.50]]"#, 2)?;
         assert_eq!(strings(&ok[1]), ["set", "b", "2.50"]);
         // The third command is refused before the (invalid) rest of the body is even read.
-        let text = error_text(parse_batch(
-            br#"[["get","a"],["get","b"],["get","c"],oops"#,
-            2,
-        ));
+        let text = error_text(parse_batch(br#"[["get","a"],["get","b"],["get","c"],oops"#, 2));
         assert!(text.contains("too many commands: more than 2"), "{text}");
         Ok(())
     }

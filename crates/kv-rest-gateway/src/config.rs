@@ -224,10 +224,7 @@ impl GatewayConfig {
     /// [`crate::Error::EmptyToken`], [`crate::Error::SameTokens`].
     pub fn validate(&self) -> Result<Vec<String>, crate::Error> {
         let mut warnings = Vec::new();
-        let tokens = [
-            ("token", Some(&self.token)),
-            ("read-only token", self.read_only_token.as_ref()),
-        ];
+        let tokens = [("token", Some(&self.token)), ("read-only token", self.read_only_token.as_ref())];
         for (which, token) in tokens {
             let Some(token) = token else { continue };
             if token.expose().trim().is_empty() {
@@ -291,9 +288,7 @@ mod tests {
                 .validate(),
             Err(crate::Error::SameTokens)
         ));
-        let warnings = GatewayConfig::new("redis://h", "short")
-            .validate()
-            .unwrap_or_default();
+        let warnings = GatewayConfig::new("redis://h", "short").validate().unwrap_or_default();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         let none = GatewayConfig::new("redis://h", "a".repeat(64)).validate();
         assert!(none.is_ok_and(|w| w.is_empty()));

@@ -86,11 +86,11 @@ mod body;
 mod command;
 mod config;
 mod error;
+mod listen;
+mod policy;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod listen;
-mod policy;
 mod resp;
 mod scripts;
 mod server;
@@ -98,8 +98,8 @@ mod server;
 pub use acl::{MAIN_RULES, READ_ONLY_RULES};
 pub use config::{
     DEFAULT_ACL_USER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIPELINE,
-    DEFAULT_READ_ONLY_ACL_USER, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SCRIPT_TIME_LIMIT, GatewayConfig,
-    MIN_TOKEN_LEN, Secret,
+    DEFAULT_READ_ONLY_ACL_USER, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SCRIPT_TIME_LIMIT,
+    GatewayConfig, MIN_TOKEN_LEN, Secret,
 };
 pub use listen::{
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

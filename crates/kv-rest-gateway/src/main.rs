@@ -33,11 +33,7 @@ struct Args {
 
     /// Operator-prepared Redis user of the read-only token (redis://user:password@host:port),
     /// when the --redis-url user may not run ACL SETUSER.
-    #[arg(
-        long,
-        env = "KV_REST_GATEWAY_READ_ONLY_REDIS_URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "KV_REST_GATEWAY_READ_ONLY_REDIS_URL", hide_env_values = true)]
     read_only_redis_url: Option<String>,
 
     /// Name of the Redis ACL user the gateway creates for the read-write token.
@@ -75,27 +71,15 @@ struct Args {
 
     /// Scripts running longer than this are stopped with SCRIPT KILL (milliseconds). Keep
     /// Redis's busy-reply-threshold at or below it.
-    #[arg(
-        long,
-        env = "KV_REST_GATEWAY_SCRIPT_TIME_LIMIT_MS",
-        default_value_t = 5_000
-    )]
+    #[arg(long, env = "KV_REST_GATEWAY_SCRIPT_TIME_LIMIT_MS", default_value_t = 5_000)]
     script_time_limit_ms: u64,
 
     /// Time a client has to send a request's headers (milliseconds).
-    #[arg(
-        long,
-        env = "KV_REST_GATEWAY_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "KV_REST_GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     header_read_timeout_ms: u64,
 
     /// Time a client has to send a request's body (milliseconds).
-    #[arg(
-        long,
-        env = "KV_REST_GATEWAY_BODY_READ_TIMEOUT_MS",
-        default_value_t = 30_000
-    )]
+    #[arg(long, env = "KV_REST_GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
     body_read_timeout_ms: u64,
 
     /// Idle keep-alive connections are closed after this long (milliseconds).

@@ -104,13 +104,7 @@ fn allowed_subcommands(name: &str, access: Access) -> Option<&'static [&'static 
         ("FUNCTION", _) => &[
             "LOAD", "DELETE", "FLUSH", "LIST", "DUMP", "RESTORE", "STATS", "KILL",
         ],
-        ("XGROUP", _) => &[
-            "CREATE",
-            "CREATECONSUMER",
-            "DELCONSUMER",
-            "DESTROY",
-            "SETID",
-        ],
+        ("XGROUP", _) => &["CREATE", "CREATECONSUMER", "DELCONSUMER", "DESTROY", "SETID"],
         ("XINFO", _) => &["CONSUMERS", "GROUPS", "STREAM"],
         ("OBJECT", _) => &["ENCODING", "FREQ", "IDLETIME", "REFCOUNT"],
         ("MEMORY", _) => &["USAGE"],
@@ -130,7 +124,9 @@ fn refusal_reason(name: &str) -> &'static str {
             "subscriptions are not supported over REST"
         }
         "SELECT" | "SWAPDB" | "MOVE" | "QUIT" | "RESET" | "HELLO" | "AUTH" | "CLIENT"
-        | "READONLY" | "READWRITE" | "ASKING" => "connection commands are not supported over REST",
+        | "READONLY" | "READWRITE" | "ASKING" => {
+            "connection commands are not supported over REST"
+        }
         _ => "not part of the KV REST API (administration, or unknown)",
     }
 }
@@ -280,7 +276,13 @@ mod tests {
         assert!(
             matches!(check_allowed(&cmd(&[b"set", b"k", b"v"]), ro), Err(Refusal::Refused(m)) if m.starts_with("NOPERM"))
         );
-        for refused in [&b"scan"[..], b"keys", b"randomkey", b"config", b"flushall"] {
+        for refused in [
+            &b"scan"[..],
+            b"keys",
+            b"randomkey",
+            b"config",
+            b"flushall",
+        ] {
             assert!(check_allowed(&cmd(&[refused, b"0"]), ro).is_err());
         }
         for refused in [
@@ -298,10 +300,7 @@ mod tests {
             b"blpop",
         ] {
             assert!(
-                matches!(
-                    check_allowed(&cmd(&[refused, b"x"]), rw),
-                    Err(Refusal::Refused(_))
-                ),
+                matches!(check_allowed(&cmd(&[refused, b"x"]), rw), Err(Refusal::Refused(_))),
                 "{}",
                 String::from_utf8_lossy(refused)
             );
@@ -317,10 +316,7 @@ mod tests {
             b"GET\r\n",
         ] {
             assert!(
-                matches!(
-                    check_allowed(&cmd(&[malformed, b"k"]), rw),
-                    Err(Refusal::Malformed(_))
-                ),
+                matches!(check_allowed(&cmd(&[malformed, b"k"]), rw), Err(Refusal::Malformed(_))),
                 "{malformed:?}"
             );
         }
@@ -335,40 +331,19 @@ mod tests {
             check_allowed(&cmd(&[b"script", b"debug\0", b"yes"]), rw),
             Err(Refusal::Malformed(_))
         ));
-        assert!(
-            check_allowed(
-                &cmd(&[b"XREAD", b"COUNT", b"1", b"STREAMS", b"s", b"0"]),
-                rw
-            )
-            .is_ok()
-        );
+        assert!(check_allowed(&cmd(&[b"XREAD", b"COUNT", b"1", b"STREAMS", b"s", b"0"]), rw).is_ok());
         assert!(check_allowed(&cmd(&[b"XREAD", b"STREAMS", b"block", b"0"]), rw).is_ok());
         assert!(matches!(
-            check_allowed(
-                &cmd(&[b"XREAD", b"block", b"0", b"STREAMS", b"s", b"$"]),
-                rw
-            ),
+            check_allowed(&cmd(&[b"XREAD", b"block", b"0", b"STREAMS", b"s", b"$"]), rw),
             Err(Refusal::Refused(_))
         ));
         assert!(matches!(
-            check_allowed(
-                &cmd(&[b"XREAD", b"BLOCK\0x", b"0", b"STREAMS", b"s", b"$"]),
-                rw
-            ),
+            check_allowed(&cmd(&[b"XREAD", b"BLOCK\0x", b"0", b"STREAMS", b"s", b"$"]), rw),
             Err(Refusal::Malformed(_))
         ));
         assert!(
             check_allowed(
-                &cmd(&[
-                    b"XREADGROUP",
-                    b"GROUP",
-                    b"g\0 x",
-                    b"c",
-                    b"NOACK",
-                    b"STREAMS",
-                    b"s",
-                    b">"
-                ]),
+                &cmd(&[b"XREADGROUP", b"GROUP", b"g\0 x", b"c", b"NOACK", b"STREAMS", b"s", b">"]),
                 rw
             )
             .is_ok()

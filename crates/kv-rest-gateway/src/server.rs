@@ -488,10 +488,7 @@ fn allowed(command: &Command, access: Access) -> Result<(), GatewayError> {
     check_allowed(command, access).map_err(|refusal| {
         metrics::counter!("kv_rest_gateway_refused_total", "reason" => refusal.label())
             .increment(1);
-        tracing::debug!(
-            reason = refusal.label(),
-            "command refused by the name filter"
-        );
+        tracing::debug!(reason = refusal.label(), "command refused by the name filter");
         GatewayError::BadRequest(refusal.message().to_owned())
     })
 }
