@@ -67,7 +67,8 @@
 //! - `redis`: [`redis`], the Redis / Valkey / Redis Cluster store; `redis-tls` adds `rediss://`.
 //! - `kv-rest`: [`kv_rest`], the Upstash / Vercel KV REST API store.
 //! - `sql`: [`sql`], the Postgres and SQLite store (`sqlx`) whose completions can commit in the
-//!   application's own transaction.
+//!   application's own transaction; `IDEMPOTENCY_STORE=sql` selects it on `DATABASE_URL` (the only
+//!   way: `DATABASE_URL` alone never moves the records).
 //! - `http`: [`http`], the tower / axum `Idempotency-Key` middleware.
 //!
 //! # Crates
