@@ -45,6 +45,20 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
 
+    /// 503: the shop's database failed (the write was rolled back; retry).
+    pub fn database(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+            message,
+        )
+    }
+
+    /// 409: the request's claim was lost before its transaction committed (rolled back; retry).
+    pub fn claim_lost(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "CLAIM_LOST", message)
+    }
+
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,

@@ -5,6 +5,16 @@
 //! `UPSTASH_REDIS_REST_URL` + `_TOKEN` or `KV_REST_API_URL` + `_TOKEN`). Run it with
 //! `cargo run -p idempotency-demo`; see the README for curl lines.
 //!
+//! # The shop's data
+//! In memory by default. With `DATABASE_URL=postgres://…` or `sqlite://…` the products and
+//! orders live in that database ([`Database`]: tables `demo_products`, `demo_orders`), one
+//! transaction per mutating request. The idempotency records stay in the store the environment
+//! selects (`DATABASE_URL` alone does not move them); with `IDEMPOTENCY_STORE=sql` they are in the
+//! same database and every idempotent request **completes in the same transaction as its write**
+//! (`TransactionalClaim`), so a crash anywhere leaves the order and its recorded answer together
+//! or neither (`tests/crash.rs` proves it with SIGKILL storms). `DEMO_AFTER_WRITE_MS` then runs
+//! inside the transaction; on other stores it runs after the commit, before the layer records.
+//!
 //! # Routes
 //! Every route needs `Authorization: Bearer <user>` (the token *is* the user id; missing → 401).
 //! `PUT` and `POST` need an `Idempotency-Key`, scoped to that user.
@@ -37,6 +47,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod db;
 mod envelope;
 mod limits;
 mod shop;
@@ -56,6 +67,7 @@ use idempotency::{AnyStore, Idempotency};
 use parking_lot::Mutex;
 
 pub use auth::{Principal, authenticate, principal_scope};
+pub use db::Database;
 pub use envelope::ApiError;
 pub use shop::{Order, OrderStatus, Product};
 pub use work::{ExecutionLog, SlowWork};
@@ -74,6 +86,7 @@ struct Inner {
     handler_runs: AtomicU64,
     work: SlowWork,
     execution_log: Option<ExecutionLog>,
+    db: Option<Database>,
 }
 
 impl AppState {
@@ -99,8 +112,37 @@ impl AppState {
                 handler_runs: AtomicU64::new(0),
                 work,
                 execution_log,
+                db: None,
             }),
         }
+    }
+
+    /// [`AppState::with_work`] with the shop kept in `db` (`DATABASE_URL`) instead of memory.
+    /// When the engine's store is the SQL store on that database, every idempotent request
+    /// completes in the same transaction as its write.
+    pub fn with_database(
+        engine: Idempotency<AnyStore>,
+        admin_token: Option<String>,
+        work: SlowWork,
+        execution_log: Option<ExecutionLog>,
+        db: Database,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                shop: Mutex::new(shop::Shop::default()),
+                admin_token: admin_token.filter(|t| !t.is_empty()),
+                handler_runs: AtomicU64::new(0),
+                work,
+                execution_log,
+                db: Some(db),
+            }),
+        }
+    }
+
+    /// The shop's database, when it is not kept in memory.
+    pub fn db(&self) -> Option<&Database> {
+        self.inner.db.as_ref()
     }
 
     /// The idempotency engine.

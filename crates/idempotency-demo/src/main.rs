@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use idempotency::{EnvSettings, Idempotency, StoreSelection, store_from_env_with};
 use idempotency_demo::{
-    AppState, ExecutionLog, LimitArgs, SlowWork, app, serve_with_limits, shutdown_signal,
+    AppState, Database, ExecutionLog, LimitArgs, SlowWork, app, serve_with_limits, shutdown_signal,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -170,7 +170,37 @@ async fn main() -> ExitCode {
             "simulated slow work in every mutating handler"
         );
     }
-    let state = AppState::with_work(engine, args.admin_token, work, execution_log);
+    let database_url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty());
+    let state = match database_url {
+        None => {
+            tracing::info!("DATABASE_URL is not set: the shop's data is kept in memory");
+            AppState::with_work(engine, args.admin_token, work, execution_log)
+        }
+        Some(url) => match Database::connect(url.trim()).await {
+            Ok(db) => {
+                let store = engine.store();
+                let transactional = match db {
+                    Database::Postgres(_) => store.as_postgres().is_some(),
+                    Database::Sqlite(_) => store.as_sqlite().is_some(),
+                };
+                if transactional {
+                    tracing::info!(
+                        database = db.kind(),
+                        "shop data in DATABASE_URL; every idempotent request completes in the same transaction as its write"
+                    );
+                } else {
+                    tracing::info!(database = db.kind(), store = %description, "shop data in DATABASE_URL; the idempotency records stay in their own store (IDEMPOTENCY_STORE=sql keeps them in the same database and transaction)");
+                }
+                AppState::with_database(engine, args.admin_token, work, execution_log, db)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot open the shop's database (DATABASE_URL)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     match serve_with_limits(listener, app(state), args.limits.into(), shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");

@@ -17,9 +17,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use idempotency::AnyStore;
+use idempotency::http::TransactionalClaim;
+
 use crate::AppState;
 use crate::auth::Principal;
+use crate::db::{Completion, Write, Written};
 use crate::envelope::{ApiError, ok};
+
+/// The claim the layer hands to protected requests (absent on unprotected routers).
+type Claim = Option<Extension<TransactionalClaim<AnyStore>>>;
 
 /// A product of the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,8 +100,8 @@ struct StatusInput {
     status: OrderStatus,
 }
 
-/// The catalogue and the orders, in memory (the demo is about the idempotency store, not about
-/// persistence).
+/// The catalogue and the orders in memory, when no `DATABASE_URL` is given (else
+/// [`crate::db::Database`] holds them).
 #[derive(Debug, Default)]
 pub(crate) struct Shop {
     pub(crate) products: BTreeMap<String, Product>,
@@ -151,6 +158,7 @@ pub(crate) async fn put_product(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    claim: Claim,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -166,6 +174,39 @@ pub(crate) async fn put_product(
         principal: &principal.0,
         route: "PUT /api/products/{id}",
     };
+    if let Some(db) = state.db() {
+        let product = Product {
+            id: id.clone(),
+            name: name.to_owned(),
+            price: input.price,
+            version: 1,
+            updated_by: principal.0.clone(),
+            updated_at: unix_millis_now(),
+        };
+        let completion = Completion::new(claim.map(|c| c.0), state.engine().store());
+        let (_, response) = db
+            .write(
+                Write::Product { product: &product },
+                completion,
+                state.work(),
+                |w| {
+                    state.count_run(&run, &id);
+                    match w {
+                        Written::Product(product, created) => {
+                            let status = if *created {
+                                StatusCode::CREATED
+                            } else {
+                                StatusCode::OK
+                            };
+                            Ok(ok(status, data(product), Map::new()))
+                        }
+                        Written::Order(_) => Err(ApiError::database("unexpected write")),
+                    }
+                },
+            )
+            .await?;
+        return Ok(response);
+    }
     let (status, product) = {
         let mut shop = state.shop().lock();
         state.count_run(&run, &id);
@@ -196,7 +237,10 @@ pub(crate) async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let product = state.shop().lock().products.get(&id).cloned();
+    let product = match state.db() {
+        Some(db) => db.product(&id).await?,
+        None => state.shop().lock().products.get(&id).cloned(),
+    };
     match product {
         Some(product) => Ok(ok(StatusCode::OK, data(&product), Map::new())),
         None => Err(ApiError::not_found(format!("no product `{id}`"))),
@@ -207,6 +251,7 @@ pub(crate) async fn get_product(
 pub(crate) async fn create_order(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    claim: Claim,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -220,6 +265,27 @@ pub(crate) async fn create_order(
         principal: &principal.0,
         route: "POST /api/orders",
     };
+    if let Some(db) = state.db() {
+        let completion = Completion::new(claim.map(|c| c.0), state.engine().store());
+        let write = Write::Order {
+            product_id: &input.product_id,
+            quantity: input.quantity,
+            created_by: &principal.0,
+            created_at: unix_millis_now(),
+            key: run.key,
+        };
+        let (_, response) = db
+            .write(write, completion, state.work(), |w| match w {
+                Written::Order(order) => {
+                    state.count_run(&run, &order.id);
+                    tracing::debug!(order = %order.id, "order created");
+                    Ok(order_created(order))
+                }
+                Written::Product(..) => Err(ApiError::database("unexpected write")),
+            })
+            .await?;
+        return Ok(response);
+    }
     let order = {
         let mut shop = state.shop().lock();
         if !shop.products.contains_key(&input.product_id) {
@@ -245,11 +311,15 @@ pub(crate) async fn create_order(
     };
     tracing::debug!(order = %order.id, "order created");
     state.work().after_write().await;
-    let mut response = ok(StatusCode::CREATED, data(&order), Map::new());
+    Ok(order_created(&order))
+}
+
+fn order_created(order: &Order) -> Response {
+    let mut response = ok(StatusCode::CREATED, data(order), Map::new());
     if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{}", order.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    Ok(response)
+    response
 }
 
 /// `PUT /api/orders/{id}/status` `{"status"}`.
@@ -257,6 +327,7 @@ pub(crate) async fn set_order_status(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    claim: Claim,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -267,6 +338,23 @@ pub(crate) async fn set_order_status(
         principal: &principal.0,
         route: "PUT /api/orders/{id}/status",
     };
+    if let Some(db) = state.db() {
+        let completion = Completion::new(claim.map(|c| c.0), state.engine().store());
+        let write = Write::Status {
+            id: &id,
+            status: input.status,
+        };
+        let (_, response) = db
+            .write(write, completion, state.work(), |w| match w {
+                Written::Order(order) => {
+                    state.count_run(&run, &id);
+                    Ok(ok(StatusCode::OK, data(order), Map::new()))
+                }
+                Written::Product(..) => Err(ApiError::database("unexpected write")),
+            })
+            .await?;
+        return Ok(response);
+    }
     let order = {
         let mut shop = state.shop().lock();
         let Some(order) = shop.orders.get_mut(&id) else {
@@ -282,11 +370,14 @@ pub(crate) async fn set_order_status(
 }
 
 /// `GET /api/orders`: every order, oldest first.
-pub(crate) async fn list_orders(State(state): State<AppState>) -> Response {
-    let orders: Vec<Order> = state.shop().lock().orders.values().cloned().collect();
+pub(crate) async fn list_orders(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let orders: Vec<Order> = match state.db() {
+        Some(db) => db.orders().await?,
+        None => state.shop().lock().orders.values().cloned().collect(),
+    };
     let mut meta = Map::new();
     meta.insert("count".to_owned(), json!(orders.len()));
-    ok(StatusCode::OK, data(&orders), meta)
+    Ok(ok(StatusCode::OK, data(&orders), meta))
 }
 
 /// `GET /api/internal/metrics/idempotency`: the engine's counters, for the admin token only.

@@ -93,6 +93,17 @@
 //! the client's connection is aborted and the claim is released (or, after
 //! `SideEffects::Committed`, a 500 `response-lost` is recorded).
 //!
+//! # Completion in the handler's own transaction
+//! Every protected request carries its claim as a [`TransactionalClaim`] extension. A handler
+//! whose side effect is a database write can complete **in that write's transaction** (with a
+//! store that can write there: `idempotency_sql`'s `write_in`):
+//! [`TransactionalClaim::prepare`] encodes the exact response it will return and gives a
+//! [`PendingCompletion`](idempotency_core::PendingCompletion) to write in the transaction; the
+//! response it gives back is marked, and the layer then writes no second completion. Retries
+//! replay those bytes. A handler that took its claim and then fails, panics or rolls back
+//! releases it (the guard or pending completion is dropped), so the retry runs again. See
+//! `docs/axum.md`.
+//!
 //! # Cancellation
 //! Once the claim is taken, the handler and the recording run in their own tokio task, detached
 //! from the connection. A client that disconnects (or a timeout layer that drops the request
@@ -135,6 +146,7 @@ mod problem;
 mod record;
 mod service;
 mod stored;
+mod transactional;
 
 pub use body::{BoxError, ResponseBody};
 pub use effects::{SideEffects, SideEffectsMarker};
@@ -146,6 +158,7 @@ pub use layer::{
 pub use problem::PROBLEM_TYPE_BASE;
 pub use service::{BODY_OMITTED_HEADER, IdempotencyService, REPLAYED_HEADER};
 pub use stored::is_hop_by_hop;
+pub use transactional::{TransactionalClaim, TransactionalError};
 
 /// The stored-response decoder, for the fuzz targets in `fuzz/` (feature `fuzzing`). Not a
 /// stable API.

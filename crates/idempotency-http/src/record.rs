@@ -24,6 +24,7 @@ use crate::effects::{SideEffects, SideEffectsMarker};
 use crate::layer::{OversizePolicy, Settings};
 use crate::problem::Problem;
 use crate::stored::{self, StoredResponse};
+use crate::transactional::{self, CompletedByHandler, Slot};
 
 /// Metric: responses recorded (or released) after their client had gone.
 pub(crate) const CLIENT_GONE: &str = "idempotency_http_client_gone_total";
@@ -50,7 +51,8 @@ pub(crate) type Head<B, E> = Result<Response<ResponseBody<B>>, Failure<E>>;
 
 /// A claim and what is needed to end it.
 pub(crate) struct Recording<S: IdempotencyStore + 'static> {
-    pub(crate) guard: Guard<S>,
+    /// The claim, unless the handler takes it ([`crate::TransactionalClaim`]).
+    pub(crate) slot: Slot<S>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) marker: SideEffectsMarker,
     pub(crate) max_outcome: usize,
@@ -68,14 +70,31 @@ pub(crate) async fn drive<S, F, B, E>(
     B::Error: Into<BoxError>,
 {
     let Recording {
-        guard,
+        slot,
         settings,
         marker,
         max_outcome,
     } = recording;
     // The guard lives outside the unwinding future: a panicking handler still gets its claim
     // ended by the rules below, not by the guard's drop.
-    let response = match AssertUnwindSafe(handler).catch_unwind().await {
+    let result = AssertUnwindSafe(handler).catch_unwind().await;
+    let Some(guard) = transactional::lock(&slot).take() else {
+        // The handler took its claim (`TransactionalClaim`): it completed it in its own
+        // transaction (the response is marked), or its guard / pending completion was dropped
+        // and released the claim. Nothing to record: forward what it gave.
+        let _ = head.send(match result {
+            Ok(Ok(response)) => {
+                if response.extensions().get::<CompletedByHandler>().is_none() {
+                    tracing::debug!("handler took its claim and answered without completing it");
+                }
+                Ok(response.map(ResponseBody::inner))
+            }
+            Ok(Err(error)) => Err(Failure::Error(error)),
+            Err(panic) => Err(Failure::Panic(panic)),
+        });
+        return;
+    };
+    let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             handler_failed(guard, &marker, max_outcome).await;

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
@@ -30,6 +30,7 @@ use crate::layer::{ScopeExtractor, Settings};
 use crate::problem::Problem;
 use crate::record::{self, Failure, Recording};
 use crate::stored::{self, StoredResponse};
+use crate::transactional::TransactionalClaim;
 
 /// Metric: replays refused because the retry does not accept the stored `Content-Encoding`.
 const ENCODING_REFUSED: &str = "idempotency_http_replay_encoding_refused_total";
@@ -226,10 +227,15 @@ where
         return Ok(problem(Problem::no_runtime()));
     };
     let marker = SideEffectsMarker::default();
+    let slot = Arc::new(Mutex::new(Some(guard)));
     let mut request = Request::from_parts(parts, ReqB::from(body));
     request.extensions_mut().insert(marker.clone());
+    request.extensions_mut().insert(TransactionalClaim::new(
+        Arc::clone(&slot),
+        settings.keep_set_cookie,
+    ));
     let recording = Recording {
-        guard,
+        slot,
         settings,
         marker,
         max_outcome: engine.config().max_outcome_size(),

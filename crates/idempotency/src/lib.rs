@@ -67,7 +67,8 @@
 //! - `redis`: [`redis`], the Redis / Valkey / Redis Cluster store; `redis-tls` adds `rediss://`.
 //! - `kv-rest`: [`kv_rest`], the Upstash / Vercel KV REST API store.
 //! - `sql`: [`sql`], the Postgres and SQLite store (`sqlx`) whose completions can commit in the
-//!   application's own transaction.
+//!   application's own transaction; `IDEMPOTENCY_STORE=sql` selects it on `DATABASE_URL` (the only
+//!   way: `DATABASE_URL` alone never moves the records).
 //! - `http`: [`http`], the tower / axum `Idempotency-Key` middleware.
 //!
 //! # Crates
@@ -90,10 +91,10 @@ mod settings;
 pub use idempotency_core::*;
 #[cfg(any(feature = "memory", feature = "redis", feature = "kv-rest"))]
 pub use select::{
-    AnyStore, BackendKind, FromEnvError, REDIS_CLUSTER_ENV_VAR, REDIS_ENV_VARS, REST_ENV_PAIRS,
-    STORE_ENV_VAR, StoreDescription, StorePlan, StoreSelection, StoreSelectionError,
-    engine_from_env, plan_store, redact_url, store_from_env, store_from_env_with,
-    store_from_lookup,
+    AnyStore, BackendKind, DATABASE_URL_ENV_VAR, FromEnvError, REDIS_CLUSTER_ENV_VAR,
+    REDIS_ENV_VARS, REST_ENV_PAIRS, STORE_ENV_VAR, StoreDescription, StorePlan, StoreSelection,
+    StoreSelectionError, engine_from_env, plan_store, redact_url, store_from_env,
+    store_from_env_with, store_from_lookup,
 };
 pub use settings::{
     EnvSettings, FAILURE_POLICY_ENV, LEASE_ENV, RETENTION_ENV, STORE_TIMEOUT_ENV, SettingsError,

@@ -1,7 +1,7 @@
 //! [`AnyStore`]: whichever store the environment chose, behind one type the engine takes.
 
 use std::fmt;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "sql"))]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use idempotency_core::{
     StoreKey, async_trait,
 };
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "sql"))]
 use super::deferred::{Connect, Deferred};
 use super::{BackendKind, StoreDescription, StoreSelectionError};
 
@@ -33,6 +33,13 @@ enum Inner {
     RedisCluster(idempotency_redis::RedisClusterStore),
     #[cfg(feature = "kv-rest")]
     KvRest(idempotency_kv_rest::KvRestStore),
+    #[cfg(feature = "sql")]
+    Postgres(idempotency_sql::PostgresStore),
+    #[cfg(feature = "sql")]
+    Sqlite(idempotency_sql::SqliteStore),
+    /// A Postgres server that did not answer at start-up: connecting in the background.
+    #[cfg(feature = "sql")]
+    PostgresDeferred(Arc<Deferred<idempotency_sql::PostgresStore>>),
     /// Not opened because the kill switch was on at start-up (the engine never calls it).
     Unopened,
     /// A Redis server that did not answer at start-up: connecting in the background.
@@ -61,6 +68,12 @@ impl fmt::Debug for AnyStore {
             Inner::RedisCluster(ref store) => out.field("store", store),
             #[cfg(feature = "redis")]
             Inner::RedisClusterDeferred(ref deferred) => out.field("store", deferred),
+            #[cfg(feature = "sql")]
+            Inner::Postgres(ref store) => out.field("store", store),
+            #[cfg(feature = "sql")]
+            Inner::Sqlite(ref store) => out.field("store", store),
+            #[cfg(feature = "sql")]
+            Inner::PostgresDeferred(ref deferred) => out.field("store", deferred),
             Inner::Unopened => out.field("store", &"not opened (kill switch)"),
         };
         out.finish()
@@ -88,6 +101,8 @@ impl AnyStore {
             Inner::RedisDeferred(ref deferred) => deferred.ready().is_some(),
             #[cfg(feature = "redis")]
             Inner::RedisClusterDeferred(ref deferred) => deferred.ready().is_some(),
+            #[cfg(feature = "sql")]
+            Inner::PostgresDeferred(ref deferred) => deferred.ready().is_some(),
             Inner::Unopened => false,
             #[allow(unreachable_patterns)]
             _ => true,
@@ -126,6 +141,30 @@ impl AnyStore {
         }
     }
 
+    /// The Postgres store, if that is what this is and it is connected: its
+    /// [`write_in`](idempotency_sql::PostgresStore::write_in) completes a claim inside the
+    /// application's transaction, and [`pool`](idempotency_sql::PostgresStore::pool) is the
+    /// pool the facade opened on `DATABASE_URL`.
+    #[cfg(feature = "sql")]
+    pub fn as_postgres(&self) -> Option<&idempotency_sql::PostgresStore> {
+        match self.inner {
+            Inner::Postgres(ref store) => Some(store),
+            Inner::PostgresDeferred(ref deferred) => deferred.ready(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The SQLite store, if that is what this is (see [`AnyStore::as_postgres`]).
+    #[cfg(feature = "sql")]
+    pub fn as_sqlite(&self) -> Option<&idempotency_sql::SqliteStore> {
+        match self.inner {
+            Inner::Sqlite(ref store) => Some(store),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// The KV REST store, if that is what this is.
     #[cfg(feature = "kv-rest")]
     pub fn as_kv_rest(&self) -> Option<&idempotency_kv_rest::KvRestStore> {
@@ -153,6 +192,26 @@ impl From<idempotency_redis::RedisStore> for AnyStore {
         Self {
             inner: Inner::Redis(store),
             description: StoreDescription::new(BackendKind::Redis, None, None),
+        }
+    }
+}
+
+#[cfg(feature = "sql")]
+impl From<idempotency_sql::PostgresStore> for AnyStore {
+    fn from(store: idempotency_sql::PostgresStore) -> Self {
+        Self {
+            inner: Inner::Postgres(store),
+            description: StoreDescription::new(BackendKind::Sql, None, None),
+        }
+    }
+}
+
+#[cfg(feature = "sql")]
+impl From<idempotency_sql::SqliteStore> for AnyStore {
+    fn from(store: idempotency_sql::SqliteStore) -> Self {
+        Self {
+            inner: Inner::Sqlite(store),
+            description: StoreDescription::new(BackendKind::Sql, None, None),
         }
     }
 }
@@ -228,6 +287,26 @@ pub(super) async fn open(
             idempotency_kv_rest::KvRestStore::connect(url, token)
                 .map_err(|e| failed(Box::new(e)))?,
         ),
+        #[cfg(feature = "sql")]
+        (BackendKind::Sql, Some(url), _) if is_sqlite_url(&url) => {
+            Inner::Sqlite(open_sqlite(&url).await.map_err(|e| failed(Box::new(e)))?)
+        }
+        #[cfg(feature = "sql")]
+        (BackendKind::Sql, Some(url), _) => {
+            match <idempotency_sql::PostgresStore as Connect>::connect(&url).await {
+                Ok(store) => Inner::Postgres(store),
+                Err(error) if error.is_transient() => {
+                    tracing::error!(
+                        store = %description, %error,
+                        "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and \
+                         connecting in the background; until it answers, the failure policy \
+                         answers every protected request"
+                    );
+                    Inner::PostgresDeferred(Deferred::start(description.clone(), url, error))
+                }
+                Err(error) => return Err(failed(Box::new(error))),
+            }
+        }
         _ => return Err(failed("this store is not compiled into this build".into())),
     };
     Ok(AnyStore { inner, description })
@@ -265,6 +344,69 @@ impl Connect for idempotency_redis::RedisClusterStore {
     }
 }
 
+#[cfg(feature = "sql")]
+fn is_sqlite_url(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sqlite:"))
+}
+
+/// Open a SQLite database from its URL (created if missing; WAL and a busy timeout, as
+/// [`idempotency_sql::sqlite_connect_options`]) and migrate the records table.
+#[cfg(feature = "sql")]
+async fn open_sqlite(
+    url: &str,
+) -> Result<idempotency_sql::SqliteStore, idempotency_sql::SqlStoreError> {
+    use idempotency_sql::sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous,
+    };
+    use std::str::FromStr as _;
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePool::connect_with(options).await?;
+    idempotency_sql::SqliteStore::builder(pool).migrate().await
+}
+
+#[cfg(feature = "sql")]
+impl Connect for idempotency_sql::PostgresStore {
+    /// Connects a pool to `url` and creates or upgrades the records table.
+    async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = idempotency_sql::sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(url)
+            .await
+            .map_err(sql_start_error)?;
+        idempotency_sql::PostgresStore::builder(pool)
+            .migrate()
+            .await
+            .map_err(|e| match e {
+                idempotency_sql::SqlStoreError::Database(e) => sql_start_error(e),
+                other => StoreError::Other {
+                    source: Box::new(other),
+                },
+            })
+    }
+}
+
+/// A connection failure at start-up is transient (the server may come back); anything else
+/// (a refused password, a bad database name) is not.
+#[cfg(feature = "sql")]
+fn sql_start_error(error: idempotency_sql::sqlx::Error) -> StoreError {
+    use idempotency_sql::sqlx::Error;
+    match error {
+        Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::Tls(_) => {
+            StoreError::Unavailable {
+                source: Box::new(error),
+            }
+        }
+        other => StoreError::Other {
+            source: Box::new(other),
+        },
+    }
+}
+
 /// Forward one call to whichever store is inside.
 macro_rules! delegate {
     ($self:ident, $store:ident => $call:expr) => {
@@ -284,6 +426,15 @@ macro_rules! delegate {
             Inner::RedisCluster(ref $store) => $call.await,
             #[cfg(feature = "redis")]
             Inner::RedisClusterDeferred(ref deferred) => match deferred.get() {
+                Ok($store) => $call.await,
+                Err(error) => Err(error),
+            },
+            #[cfg(feature = "sql")]
+            Inner::Postgres(ref $store) => $call.await,
+            #[cfg(feature = "sql")]
+            Inner::Sqlite(ref $store) => $call.await,
+            #[cfg(feature = "sql")]
+            Inner::PostgresDeferred(ref deferred) => match deferred.get() {
                 Ok($store) => $call.await,
                 Err(error) => Err(error),
             },

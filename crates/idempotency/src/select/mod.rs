@@ -10,9 +10,15 @@
 //! | `KV_URL` | Redis (feature `redis`; Vercel's `rediss://` URL needs `redis-tls`) |
 //! | none | memory (feature `memory`), **logged as a warning**; an error under [`StoreSelection::RequireDistributed`] |
 //!
-//! `IDEMPOTENCY_STORE=memory|redis|kv-rest` overrides the detection: the named store is used
+//! `IDEMPOTENCY_STORE=memory|redis|kv-rest|sql` overrides the detection: the named store is used
 //! and its variables must be set (`memory` is still refused under
 //! [`StoreSelection::RequireDistributed`]).
+//!
+//! `IDEMPOTENCY_STORE=sql` (feature `sql`) keeps the records in the application's own database,
+//! `DATABASE_URL` (`postgres://…` or `sqlite://…`), in the `idempotency_records` table (created
+//! or upgraded at start-up by `migrate()`). It is only ever an explicit choice: `DATABASE_URL`
+//! alone never moves the records out of the store detection chooses (memory when nothing else is
+//! set), because most applications set `DATABASE_URL` for their own data.
 //!
 //! Empty values count as unset. A variable that selects a store this build cannot open (its
 //! feature is off), a REST URL without its token and an unusable URL are errors, never a silent
@@ -23,7 +29,7 @@
 //! [`StorePlan::open`] connects. [`store_from_env`] does both with `std::env::var`.
 
 mod any;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "sql"))]
 mod deferred;
 mod redact;
 
@@ -52,6 +58,10 @@ pub const REDIS_CLUSTER_ENV_VAR: &str = "REDIS_CLUSTER_URLS";
 /// detecting it from which variables are set. The named store's own variables must then be set;
 /// the others are ignored.
 pub const STORE_ENV_VAR: &str = "IDEMPOTENCY_STORE";
+
+/// The application's database URL, read only when [`STORE_ENV_VAR`] is `sql`
+/// (`postgres://`, `postgresql://` or `sqlite:`).
+pub const DATABASE_URL_ENV_VAR: &str = "DATABASE_URL";
 
 const REDIS_SCHEMES: [&str; 7] = [
     "redis",
@@ -87,6 +97,9 @@ pub enum BackendKind {
     RedisCluster,
     /// The Upstash Redis REST API (also what Vercel KV was).
     KvRest,
+    /// The application's own Postgres or SQLite database (`idempotency-sql`), chosen only by
+    /// `IDEMPOTENCY_STORE=sql`.
+    Sql,
 }
 
 impl BackendKind {
@@ -101,6 +114,7 @@ impl BackendKind {
             Self::Memory => "memory",
             Self::Redis | Self::RedisCluster => "redis",
             Self::KvRest => "kv-rest",
+            Self::Sql => "sql",
         }
     }
 }
@@ -112,6 +126,7 @@ impl fmt::Display for BackendKind {
             Self::Redis => "redis",
             Self::RedisCluster => "redis-cluster",
             Self::KvRest => "kv-rest",
+            Self::Sql => "sql",
         })
     }
 }
@@ -330,6 +345,7 @@ struct Compiled {
     redis: bool,
     redis_tls: bool,
     kv_rest: bool,
+    sql: bool,
 }
 
 impl Compiled {
@@ -338,6 +354,7 @@ impl Compiled {
         redis: cfg!(feature = "redis"),
         redis_tls: cfg!(feature = "redis-tls"),
         kv_rest: cfg!(feature = "kv-rest"),
+        sql: cfg!(feature = "sql"),
     };
 }
 
@@ -354,18 +371,22 @@ fn plan_for(
             "redis" | "valkey" => BackendKind::Redis,
             "redis-cluster" | "cluster" | "valkey-cluster" => BackendKind::RedisCluster,
             "kv-rest" | "rest" | "upstash" => BackendKind::KvRest,
+            "sql" | "postgres" | "postgresql" | "sqlite" | "database" => BackendKind::Sql,
             _ => {
                 return Err(StoreSelectionError::InvalidVariable {
                     variable: STORE_ENV_VAR,
                     reason: format!(
-                        "`{}` is not a store; expected `memory`, `redis`, `redis-cluster` or \
-                         `kv-rest`",
+                        "`{}` is not a store; expected `memory`, `redis`, `redis-cluster`, \
+                         `kv-rest` or `sql`",
                         name.trim()
                     ),
                 });
             }
         }),
     };
+    if explicit == Some(BackendKind::Sql) {
+        return sql_plan(compiled, present(DATABASE_URL_ENV_VAR));
+    }
     if matches!(explicit, None | Some(BackendKind::KvRest)) {
         for (url_var, token_var) in REST_ENV_PAIRS {
             match (present(url_var), present(token_var)) {
@@ -435,6 +456,40 @@ fn plan_for(
         }),
         StoreSelection::AllowMemory => Err(StoreSelectionError::MemoryUnavailable),
     }
+}
+
+fn sql_plan(compiled: Compiled, url: Option<String>) -> Result<StorePlan, StoreSelectionError> {
+    let variable = DATABASE_URL_ENV_VAR;
+    let Some(url) = url else {
+        return Err(StoreSelectionError::InvalidVariable {
+            variable: STORE_ENV_VAR,
+            reason: format!("selects the SQL store, but {variable} is not set"),
+        });
+    };
+    let url = url.trim();
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if !matches!(
+        scheme.as_deref(),
+        Some("postgres" | "postgresql" | "sqlite")
+    ) {
+        return Err(StoreSelectionError::InvalidVariable {
+            variable,
+            reason: format!(
+                "`{}` is neither a postgres:// nor a sqlite: URL",
+                redact_url(url)
+            ),
+        });
+    }
+    if !compiled.sql {
+        return Err(feature_disabled(variable, BackendKind::Sql));
+    }
+    Ok(StorePlan {
+        description: StoreDescription::new(BackendKind::Sql, Some(url), Some(variable)),
+        url: Some(url.to_owned()),
+        token: None,
+    })
 }
 
 fn rest_plan(

@@ -21,6 +21,7 @@ const ALL: Compiled = Compiled {
     redis: true,
     redis_tls: true,
     kv_rest: true,
+    sql: true,
 };
 
 /// The choice in a build with every store (the feature checks have their own tests).
@@ -256,6 +257,7 @@ fn a_store_whose_feature_is_off_is_an_error_not_a_fall_back() {
         redis: false,
         redis_tls: false,
         kv_rest: false,
+        sql: false,
     };
     let error = plan_for(
         none,
@@ -502,4 +504,112 @@ fn unusable_cluster_lists_are_errors_naming_the_variable() {
             ..
         }
     ));
+}
+
+#[test]
+fn database_url_alone_does_not_move_the_records() {
+    let plan = plan(&[("DATABASE_URL", "postgres://app:hunter2@db/shop")]).unwrap();
+    assert_eq!(plan.kind(), BackendKind::Memory);
+    let plan = plan_for(
+        ALL,
+        StoreSelection::AllowMemory,
+        env(&[
+            ("DATABASE_URL", "postgres://app@db/shop"),
+            ("REDIS_URL", "redis://cache:6379"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(plan.kind(), BackendKind::Redis);
+}
+
+#[test]
+fn idempotency_store_sql_uses_the_database_url() {
+    for (url, shown) in [
+        (
+            "postgres://app:hunter2@db:5432/shop",
+            "sql at postgres://app:<redacted>@db:5432/shop (from DATABASE_URL)",
+        ),
+        (
+            "sqlite://data/app.db",
+            "sql at sqlite://data/app.db (from DATABASE_URL)",
+        ),
+    ] {
+        let plan = required(&[
+            ("IDEMPOTENCY_STORE", "sql"),
+            ("DATABASE_URL", url),
+            ("REDIS_URL", "redis://cache:6379"),
+        ])
+        .unwrap();
+        assert_eq!(plan.kind(), BackendKind::Sql);
+        assert!(plan.kind().is_distributed());
+        assert_eq!(plan.description().to_string(), shown);
+        assert_no_secret(&format!("{plan:?} {}", plan.description()));
+    }
+}
+
+#[test]
+fn idempotency_store_sql_needs_a_usable_database_url() {
+    let missing = plan(&[("IDEMPOTENCY_STORE", "sql")]).unwrap_err();
+    assert!(
+        missing.to_string().contains("DATABASE_URL is not set"),
+        "{missing}"
+    );
+    let wrong = plan(&[
+        ("IDEMPOTENCY_STORE", "sql"),
+        ("DATABASE_URL", "mysql://app:hunter2@db/shop"),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(
+            wrong,
+            StoreSelectionError::InvalidVariable {
+                variable: "DATABASE_URL",
+                ..
+            }
+        ),
+        "{wrong}"
+    );
+    assert_no_secret(&wrong.to_string());
+    let without = Compiled { sql: false, ..ALL };
+    let disabled = plan_for(
+        without,
+        StoreSelection::AllowMemory,
+        env(&[
+            ("IDEMPOTENCY_STORE", "sql"),
+            ("DATABASE_URL", "sqlite://a.db"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        disabled,
+        StoreSelectionError::FeatureDisabled { feature: "sql", .. }
+    ));
+}
+
+#[cfg(feature = "sql")]
+#[tokio::test]
+async fn idempotency_store_sql_opens_and_migrates_a_sqlite_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("app.db").display());
+    let plan = plan(&[("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", &url)]).unwrap();
+    let store = plan.open().await.unwrap();
+    assert_eq!(store.kind(), BackendKind::Sql);
+    let sqlite = store.as_sqlite().expect("a SQLite store");
+    let tables: i64 = idempotency_sql::sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'idempotency_records'",
+    )
+    .fetch_one(sqlite.pool())
+    .await
+    .unwrap();
+    assert_eq!(tables, 1);
+    let engine = idempotency_core::Idempotency::builder(store)
+        .build()
+        .unwrap();
+    let key = idempotency_core::IdempotencyKey::new("k").unwrap();
+    let scope = idempotency_core::Scope::new("s");
+    let begun = engine
+        .begin(&scope, &key, idempotency_core::Fingerprint::of("x"))
+        .await
+        .unwrap();
+    assert!(matches!(begun, idempotency_core::Begin::Run(_)));
 }
