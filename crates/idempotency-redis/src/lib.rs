@@ -76,6 +76,7 @@ mod builder;
 mod doctor;
 mod error;
 mod info;
+mod notify;
 mod scripts;
 mod store;
 #[cfg(feature = "tls")]
