@@ -264,6 +264,9 @@ impl Shared {
 /// until the connection fails; repeat. Ends when the notifier is dropped.
 async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request>) {
     let mut backoff = BACKOFF.0;
+    // Whether a waiter may have missed a message: it was told "not subscribed", or a
+    // connection with subscriptions was lost. Then every waiter is woken on connect.
+    let mut missed = false;
     loop {
         let connected =
             tokio::time::timeout(shared.timeout, shared.client.get_async_pubsub()).await;
@@ -280,6 +283,7 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request>
                     match requests.try_recv() {
                         Ok(request) => {
                             if let Some(reply) = request.reply {
+                                missed = true;
                                 let _ = reply.send(false);
                             }
                         }
@@ -306,7 +310,10 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request>
         shared.connected.store(true, Ordering::SeqCst);
         tracing::debug!(channels = subscribed.len(), "wake-up subscriber connected");
         // Anything published while no subscription was live is lost: every waiter looks again.
-        shared.wake_all();
+        // (Not on a first connection that nobody was told about: no spurious re-reads.)
+        if std::mem::take(&mut missed) {
+            shared.wake_all();
+        }
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let lost = loop {
             tokio::select! {
@@ -348,6 +355,7 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request>
             }
         };
         shared.connected.store(false, Ordering::SeqCst);
+        missed = true;
         tracing::warn!(
             reason = lost,
             "wake-up subscriber lost its connection; reconnecting (waiters re-read on reconnect)"
