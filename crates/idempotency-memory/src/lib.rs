@@ -34,6 +34,14 @@
 //! evicted key would run again, so size the bound for your retention. In-progress records are
 //! never evicted; when nothing else is left, claims fail with [`StoreError::Full`].
 //!
+//! # Waiting duplicates are woken
+//! With the engine's `wait_for_in_flight`, a duplicate that finds the key in progress waits on a
+//! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the
+//! completion, release, delete or takeover, and re-reads once. The notification exists only
+//! while someone waits on the key ([`MemoryStore::waited_keys`]); when nobody waits, writers pay
+//! one fence and one atomic load. Lease expiry is not announced: the engine re-reads once at
+//! the end of the wait.
+//!
 //! # Feature flags
 //! None.
 
