@@ -150,7 +150,7 @@ impl StoreError {
 ///   implemented it reports the time the record under a key has left, as the store measures it.
 /// - [`IdempotencyStore::wait_for_change`] is optional (the default answers
 ///   [`Waited::Unsupported`] at once, and the engine polls); when implemented it must not miss a
-///   completion, release or delete that happens after the call began (see its docs).
+///   completion or release that happens after the caller's read (see its docs).
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Create the in-progress record if the key is absent, else return what is there.
@@ -214,7 +214,8 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// - Returns [`Waited::Changed`] when the record under `key` is no longer in progress under
     ///   `seen` — including when that happened between the caller's read and this call (the
     ///   implementation subscribes first, then checks once), or may have (spurious wake-ups are
-    ///   allowed, missed ones are not, except lease expiry, which stores need not notify).
+    ///   allowed). Completions and releases must not be missed; deletes and lease expiry need
+    ///   not be notified (the caller's re-read at the end of the wait catches them).
     /// - Returns [`Waited::TimedOut`] after `timeout` otherwise; the caller then re-reads once.
     /// - Costs no store round trips per unit of time waited: one subscription per waited key
     ///   at most, shared by every waiter of the key in this process.

@@ -23,6 +23,8 @@ struct Counting {
     claims: Arc<AtomicUsize>,
     gets: Arc<AtomicUsize>,
     waits: Arc<AtomicUsize>,
+    /// `false`: answer `Unsupported`, as a store that cannot notify.
+    cannot_notify: bool,
 }
 
 #[async_trait]
@@ -70,6 +72,9 @@ impl IdempotencyStore for Counting {
         timeout: Duration,
     ) -> Result<Waited, StoreError> {
         self.waits.fetch_add(1, Ordering::SeqCst);
+        if self.cannot_notify {
+            return Ok(Waited::Unsupported);
+        }
         self.inner.wait_for_change(key, seen, timeout).await
     }
 }
@@ -248,4 +253,48 @@ async fn a_cancelled_wait_leaves_nothing_behind() {
         assert!(wait.await.unwrap_err().is_cancelled());
     }
     assert_eq!(store.waited_keys(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stores_that_cannot_notify_are_polled_as_before() {
+    let store = Counting {
+        cannot_notify: true,
+        ..Counting::default()
+    };
+    let engine = Idempotency::builder(store.clone())
+        .wait_for_in_flight(Duration::from_secs(1), Duration::from_millis(100))
+        .renew_leases(false)
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt runs")
+    };
+    let claims_before = store.claims.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let finisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        guard
+            .complete(StoredOutcome::new("done", None))
+            .await
+            .unwrap();
+    });
+    let answer = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Begin::Replay(_)));
+    // Looks at 0, 100, 200 (in progress), 300 ms (completed): the next poll after 250 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(store.claims.load(Ordering::SeqCst) - claims_before, 4);
+    assert_eq!(
+        store.waits.load(Ordering::SeqCst),
+        1,
+        "asked once, then polled"
+    );
+    finisher.await.unwrap();
 }
