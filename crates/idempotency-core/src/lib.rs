@@ -98,5 +98,5 @@ pub use key::{
     IdempotencyKey, KeyError, MAX_KEY_LEN, PrefixError, Scope, StoreKey, validate_prefix,
 };
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
-pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError};
+pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError, Waited};
 pub use token::LeaseToken;

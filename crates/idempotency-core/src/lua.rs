@@ -8,11 +8,32 @@
 /// existing record.
 pub const CLAIM: &str = include_str!("lua/claim.lua");
 /// Fenced completion. Reply: 1 stored (or already completed under this token), 0 lease lost.
+/// Publishes on the wake-up channel given as ARGV\[4\], if any.
 pub const COMPLETE: &str = include_str!("lua/complete.lua");
-/// Fenced release. Reply: 1 deleted, 0 lease lost.
+/// Fenced release. Reply: 1 deleted, 0 lease lost. Publishes on the wake-up channel given as
+/// ARGV\[2\], if any.
 pub const RELEASE: &str = include_str!("lua/release.lua");
 /// Fenced lease extension. Reply: 1 extended, 0 lease lost.
 pub const EXTEND: &str = include_str!("lua/extend.lua");
+
+/// Prefix of the wake-up channels (see [`wake_channel`]).
+pub const WAKE_CHANNEL_PREFIX: &str = "idempotency:wake:";
+
+/// The pub/sub channel on which the completion and release scripts announce a change of the
+/// record under `key` to waiting duplicates (when the caller passes it; the Redis store does,
+/// the KV REST store does not).
+///
+/// Injective: a fixed prefix followed by the whole key text. It cannot collide with a record
+/// key because Redis keeps channels apart from the keyspace ("Pub/Sub has no relation to the
+/// key space", <https://redis.io/docs/latest/develop/interact/pubsub/>); the prefix keeps it
+/// apart from other applications' channels, which, unlike keys, are shared by every database
+/// number of the server (a wake-up seen across databases only costs a waiter one re-read).
+pub fn wake_channel(key: &crate::StoreKey) -> String {
+    let mut channel = String::with_capacity(WAKE_CHANNEL_PREFIX.len() + key.as_str().len());
+    channel.push_str(WAKE_CHANNEL_PREFIX);
+    channel.push_str(key.as_str());
+    channel
+}
 
 /// First line Upstash understands as "lock only the keys in KEYS" (scripts on different keys run
 /// in parallel). Stock Redis refuses the flag; our KV REST gateway strips it.
@@ -41,5 +62,17 @@ mod tests {
             assert!(script.starts_with("-- "), "scripts start with their header");
         }
         assert!(COMPLETE.contains(r#"'{"v":1,"s":"c","t":"' .. ARGV[1] .. '"'"#));
+    }
+
+    #[test]
+    fn wake_channels_are_injective_and_published_by_complete_and_release() {
+        use crate::StoreKey;
+        let a = wake_channel(&StoreKey::from_raw("p:s:k"));
+        assert_eq!(a, "idempotency:wake:p:s:k");
+        assert_ne!(a, wake_channel(&StoreKey::from_raw("p:s:k2")));
+        assert_ne!(a, wake_channel(&StoreKey::from_raw("p:s:")));
+        assert!(COMPLETE.contains("redis.pcall('PUBLISH', ARGV[4], '1')"));
+        assert!(RELEASE.contains("redis.pcall('PUBLISH', ARGV[2], '1')"));
+        assert!(!EXTEND.contains("PUBLISH") && !CLAIM.contains("PUBLISH"));
     }
 }

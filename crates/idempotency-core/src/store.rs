@@ -32,6 +32,21 @@ pub enum Fenced {
     LeaseLost,
 }
 
+/// The result of [`IdempotencyStore::wait_for_change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Waited {
+    /// The record under the key may have changed (completed, released, deleted, or taken
+    /// over): re-read it. Spurious wake-ups are allowed (e.g. after the store's subscriber
+    /// reconnected, when a notification may have been missed).
+    Changed,
+    /// Nothing was heard within the timeout. The caller re-reads once anyway (the safety
+    /// re-check: a lease that expired is not notified, and a notification can be lost).
+    TimedOut,
+    /// The store cannot notify (the default): the caller polls instead.
+    Unsupported,
+}
+
 /// A store failed: it could not say what the state of the key is.
 ///
 /// Expected outcomes (key held, lease lost) are values of [`Claim`] and [`Fenced`]; this type is
@@ -133,6 +148,9 @@ impl StoreError {
 ///   primitives, so that the engine can still serve replays from `get`.
 /// - [`IdempotencyStore::time_to_live`] is optional (the default knows nothing); when
 ///   implemented it reports the time the record under a key has left, as the store measures it.
+/// - [`IdempotencyStore::wait_for_change`] is optional (the default answers
+///   [`Waited::Unsupported`] at once, and the engine polls); when implemented it must not miss a
+///   completion or release that happens after the caller's read (see its docs).
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Create the in-progress record if the key is absent, else return what is there.
@@ -184,6 +202,37 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
         let _ = key;
         Ok(None)
     }
+
+    /// Wait until the in-progress record held under `seen` (the lease token a claim just found)
+    /// may have changed, for at most `timeout` (tokio's clock), so that a waiting duplicate is
+    /// woken instead of polling.
+    ///
+    /// Optional: the default answers [`Waited::Unsupported`] without waiting, and the engine
+    /// then polls `get`/`try_claim` every `poll_interval` as before.
+    ///
+    /// # Contract
+    /// - Returns [`Waited::Changed`] when the record under `key` is no longer in progress under
+    ///   `seen` — including when that happened between the caller's read and this call (the
+    ///   implementation subscribes first, then checks once), or may have (spurious wake-ups are
+    ///   allowed). Completions and releases must not be missed; deletes and lease expiry need
+    ///   not be notified (the caller's re-read at the end of the wait catches them).
+    /// - Returns [`Waited::TimedOut`] after `timeout` otherwise; the caller then re-reads once.
+    /// - Costs no store round trips per unit of time waited: one subscription per waited key
+    ///   at most, shared by every waiter of the key in this process.
+    /// - Cancel-safe: dropping the future unregisters the waiter.
+    ///
+    /// # Errors
+    /// Infrastructure trouble while subscribing or checking (the engine then falls back to
+    /// polling for this wait).
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        let _ = (key, seen, timeout);
+        Ok(Waited::Unsupported)
+    }
 }
 
 macro_rules! forward_store {
@@ -230,6 +279,14 @@ macro_rules! forward_store {
             }
             async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
                 (**self).time_to_live(key).await
+            }
+            async fn wait_for_change(
+                &self,
+                key: &StoreKey,
+                seen: &LeaseToken,
+                timeout: Duration,
+            ) -> Result<Waited, StoreError> {
+                (**self).wait_for_change(key, seen, timeout).await
             }
         }
     };

@@ -23,6 +23,13 @@
 //! claimed; a repeated completion under the same token is accepted. A request that got an HTTP
 //! answer is never retried.
 //!
+//! # Waiting duplicates poll
+//! This store does not implement `IdempotencyStore::wait_for_change`: the REST API is plain
+//! request/response and this client holds no subscription (the KV REST gateway also refuses
+//! pub/sub commands), so a duplicate waiting with the engine's `wait_for_in_flight` re-claims
+//! every `poll_interval`. The shared completion and release scripts publish only when given a
+//! channel, which this store never passes.
+//!
 //! # Feature flags
 //! - `rustls` (default): HTTPS through rustls, needed for the hosted service.
 

@@ -34,12 +34,21 @@
 //! evicted key would run again, so size the bound for your retention. In-progress records are
 //! never evicted; when nothing else is left, claims fail with [`StoreError::Full`].
 //!
+//! # Waiting duplicates are woken
+//! With the engine's `wait_for_in_flight`, a duplicate that finds the key in progress waits on a
+//! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the
+//! completion, release, delete or takeover, and re-reads once. The notification exists only
+//! while someone waits on the key ([`MemoryStore::waited_keys`]); when nobody waits, writers pay
+//! one fence and one atomic load. Lease expiry is not announced: the engine re-reads once at
+//! the end of the wait.
+//!
 //! # Feature flags
 //! None.
 
 #![deny(missing_docs)]
 
 mod clock;
+mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -49,7 +58,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, async_trait,
+    StoreKey, Waited, async_trait,
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -81,6 +90,8 @@ struct Shared {
     evictions: AtomicU64,
     /// Serialises capacity work so concurrent full claims do not all scan the map.
     making_room: parking_lot::Mutex<()>,
+    /// Duplicates waiting for a key's in-progress record to change.
+    wakers: wake::Wakers,
 }
 
 #[derive(Debug)]
@@ -176,6 +187,7 @@ impl MemoryStoreBuilder {
                 sweeping: AtomicBool::new(false),
                 evictions: AtomicU64::new(0),
                 making_room: parking_lot::Mutex::new(()),
+                wakers: wake::Wakers::default(),
             }),
         }
     }
@@ -216,6 +228,12 @@ impl MemoryStore {
     /// Completed records evicted to make room since the store was built.
     pub fn evictions(&self) -> u64 {
         self.shared.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Keys on which a duplicate currently waits for a wake-up (a notification exists only
+    /// for these; see `IdempotencyStore::wait_for_change`).
+    pub fn waited_keys(&self) -> usize {
+        self.shared.wakers.waited_keys()
     }
 
     /// Remove every expired record now (normally done amortised over claims).
@@ -379,6 +397,9 @@ impl IdempotencyStore for MemoryStore {
                 }
                 let old = occupied.insert(fresh);
                 shared.account_resize(old.size, occupied.get().size);
+                drop(occupied);
+                // A takeover of an expired claim: its waiters should look again.
+                shared.wakers.wake(key);
                 Ok(Claim::Claimed)
             }
             MapEntry::Vacant(vacant) => {
@@ -413,6 +434,9 @@ impl IdempotencyStore for MemoryStore {
                 );
                 shared.account_resize(entry.size, replacement.size);
                 *entry = replacement;
+                // Release the shard lock before waking, so woken waiters can read at once.
+                drop(entry);
+                shared.wakers.wake(key);
                 Ok(Fenced::Applied)
             }
             // A retried completion whose first reply was lost.
@@ -426,6 +450,7 @@ impl IdempotencyStore for MemoryStore {
         match self.shared.map.remove_if(key, |_, e| e.held_by(token, now)) {
             Some((_, entry)) => {
                 self.shared.account_remove(entry.size);
+                self.shared.wakers.wake(key);
                 Ok(Fenced::Applied)
             }
             None => Ok(Fenced::LeaseLost),
@@ -468,11 +493,41 @@ impl IdempotencyStore for MemoryStore {
             .map(|e| Duration::from_millis(e.expires_at_ms - now)))
     }
 
+    /// In-process: a `tokio::sync::Notify` per waited key, created when the first duplicate
+    /// waits and dropped with the last (see the module `wake`). Lease expiry is not notified
+    /// (records expire lazily); the engine's re-read at the end of the wait catches it.
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        let registration = self.shared.wakers.register(key);
+        let notified = registration.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Enabled before the check: a wake-up between the check and the await is kept.
+        notified.as_mut().enable();
+        let now = self.shared.clock.now_ms();
+        let still_held = self
+            .shared
+            .map
+            .get(key)
+            .is_some_and(|e| e.held_by(seen, now));
+        if !still_held {
+            return Ok(Waited::Changed);
+        }
+        Ok(match tokio::time::timeout(timeout, notified).await {
+            Ok(()) => Waited::Changed,
+            Err(_) => Waited::TimedOut,
+        })
+    }
+
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let now = self.shared.clock.now_ms();
         match self.shared.map.remove(key) {
             Some((_, entry)) => {
                 self.shared.account_remove(entry.size);
+                self.shared.wakers.wake(key);
                 Ok(entry.live(now))
             }
             None => Ok(false),

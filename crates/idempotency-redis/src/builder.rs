@@ -1,5 +1,6 @@
 //! Connecting: [`RedisStoreBuilder`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::StoreError;
@@ -8,6 +9,7 @@ use redis::{Client, Value};
 
 use crate::error::{Error, is_refusal};
 use crate::info::{info_field, node_texts, parse_version};
+use crate::notify::Notifier;
 use crate::scripts::SCRIPTS;
 use crate::store::{ClaimStrategy, RedisStore, ServerMode};
 
@@ -146,6 +148,9 @@ impl RedisStoreBuilder {
             .set_number_of_retries(self.reconnect_attempts)
             .set_max_delay(Duration::from_secs(1));
         let budget = self.connect_timeout + self.operation_timeout;
+        // Kept for the wake-up subscriber, a connection of its own (opened on first wait).
+        let subscriber = client.clone();
+        let subscriber_timeout = self.connect_timeout.max(self.operation_timeout);
         let manager =
             tokio::time::timeout(budget, ConnectionManager::new_with_config(client, config))
                 .await
@@ -154,7 +159,11 @@ impl RedisStoreBuilder {
                     after: budget,
                 })?
                 .map_err(|e| client_error("connect", budget, e))?;
-        self.with_connection(manager).await
+        let mut store = self.with_connection(manager).await?;
+        if store.mode != ServerMode::Cluster {
+            store.notifier = Some(Arc::new(Notifier::new(subscriber, subscriber_timeout)));
+        }
+        Ok(store)
     }
 
     /// Connect to a Redis Cluster through any of its nodes (`redis://host:port` each); the
@@ -208,6 +217,7 @@ impl RedisStoreBuilder {
             version: None,
             timeout: self.operation_timeout,
             replica_wait: self.replica_wait,
+            notifier: None,
         };
         match store
             .command("connect", redis::cmd("INFO").arg("server"))

@@ -41,6 +41,21 @@
 //! A first attempt through the engine therefore costs two commands (claim + complete) and a
 //! replay one. The Lua sources live in `idempotency_core::lua` and nowhere else.
 //!
+//! # Waiting duplicates are woken
+//! With the engine's `wait_for_in_flight`, a duplicate that finds the key in progress waits
+//! for a wake-up instead of polling (`IdempotencyStore::wait_for_change`). The completion and
+//! release scripts `PUBLISH` on the key's channel (`idempotency_core::lua::wake_channel`:
+//! `idempotency:wake:` + the store key; channels do not share the keyspace). Each store
+//! built with [`RedisStoreBuilder::connect`] / `connect_client` has **one** extra connection,
+//! a pub/sub subscriber opened by the first wait, multiplexed across every waited key
+//! (subscribed while someone in this process waits on it) and reconnecting with back-off;
+//! after a reconnection every waiter re-reads once, since messages published meanwhile are
+//! lost. A waiter costs `SUBSCRIBE`/`UNSUBSCRIBE` (first/last waiter of a key), one `GET`
+//! after subscribing, and one re-read — no command per unit of time waited. Lease expiry is
+//! not published: the engine's safety re-read at the end of the wait catches it.
+//! [`RedisClusterStore`] and stores over a caller's connection (`with_connection`) have no
+//! subscriber and poll every `poll_interval` (sharded pub/sub, `SSUBSCRIBE`, is a follow-up).
+//!
 //! # Failures
 //! Every operation has its own time budget ([`RedisStoreBuilder::operation_timeout`], default
 //! 1 s), so a paused or overloaded server cannot hang a request; errors map onto the core's
@@ -63,6 +78,7 @@
 //! - [`RedisStoreBuilder`]: timeouts, reconnection, claim strategy; `connect`,
 //!   `connect_cluster`, `with_connection`;
 //! - [`RedisStore::doctor`] and [`DoctorReport`]: the start-up check of the server settings;
+//! - `notify` (private): the wake-up subscriber;
 //! - [`redis`]: the client crate, re-exported so versions match.
 //!
 //! # Feature flags
@@ -76,6 +92,7 @@ mod builder;
 mod doctor;
 mod error;
 mod info;
+mod notify;
 mod replicas;
 mod scripts;
 mod store;

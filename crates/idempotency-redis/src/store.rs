@@ -2,17 +2,19 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, codec,
+    StoreKey, Waited, codec, lua,
 };
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, RedisResult, Value};
 
 use crate::error::{Error, is_reconnectable};
+use crate::notify::Notifier;
 use crate::scripts::SCRIPTS;
 
 /// How [`RedisStore::try_claim`](IdempotencyStore::try_claim) claims a key; chosen once at
@@ -98,6 +100,8 @@ pub struct RedisStore<C = ConnectionManager> {
     pub(crate) timeout: Duration,
     /// Opt-in `WAIT` after claims and completions (see [`crate::ReplicaWait`]).
     pub(crate) replica_wait: Option<crate::ReplicaWait>,
+    /// Wake-ups for waiting duplicates; `None`: the store cannot notify (waiters poll).
+    pub(crate) notifier: Option<Arc<Notifier>>,
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -109,6 +113,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("claim", &self.claim)
             .field("timeout", &self.timeout)
             .field("replica_wait", &self.replica_wait)
+            .field("notifier", &self.notifier)
             .finish()
     }
 }
@@ -142,6 +147,24 @@ impl<C> RedisStore<C> {
     /// The replicas each claim and completion waits for, if that was asked for.
     pub fn replica_wait(&self) -> Option<crate::ReplicaWait> {
         self.replica_wait
+    /// Whether waiting duplicates are woken by pub/sub (stores built with
+    /// [`RedisStoreBuilder::connect`](crate::RedisStoreBuilder::connect) or `connect_client`)
+    /// rather than polling (cluster stores and caller-made connections; see the crate docs).
+    pub fn notifies_waiters(&self) -> bool {
+        self.notifier.is_some()
+    }
+
+    /// Whether the wake-up subscriber connection is up (`false` before the first wait: it is
+    /// opened lazily), and how many subscriber connections were opened (1 + reconnections).
+    pub fn wake_up_subscriber(&self) -> (bool, u64) {
+        self.notifier
+            .as_ref()
+            .map_or((false, 0), |n| (n.is_connected(), n.connections()))
+    }
+
+    /// Keys on which a duplicate in this process currently waits for a wake-up.
+    pub fn waited_keys(&self) -> usize {
+        self.notifier.as_ref().map_or(0, |n| n.waited_channels())
     }
 }
 
@@ -243,7 +266,7 @@ where
         }
     }
 
-    async fn read(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+    pub(crate) async fn read(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let reply = self
             .command("get", redis::cmd("GET").arg(key.as_str()))
             .await?;
@@ -315,6 +338,9 @@ where
             .arg(token.to_hex())
             .arg(text)
             .arg(millis(retention));
+        if self.notifier.is_some() {
+            invocation.arg(lua::wake_channel(key));
+        }
         let fenced = self.fenced("complete", key, &invocation).await?;
         if fenced == Fenced::Applied {
             // The outcome is stored on the primary whatever WAIT says; the error tells the
@@ -328,6 +354,9 @@ where
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
         let mut invocation = SCRIPTS.release.prepare_invoke();
         invocation.key(key.as_str()).arg(token.to_hex());
+        if self.notifier.is_some() {
+            invocation.arg(lua::wake_channel(key));
+        }
         self.fenced("release", key, &invocation).await
     }
 
@@ -360,6 +389,20 @@ where
                 reply: format!("{other:?}"),
             }
             .into()),
+        }
+    }
+
+    /// One pub/sub subscriber connection per store, multiplexed across keys (see the module
+    /// `notify`); `Unsupported` (the engine polls) when the store has no subscriber.
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        match &self.notifier {
+            Some(notifier) => notifier.wait(self, key, seen, timeout).await,
+            None => Ok(Waited::Unsupported),
         }
     }
 

@@ -130,6 +130,11 @@
 //! `tracing` events (migrations at info, purge results at debug, failures at warn); the engine
 //! records the operation metrics as for every store.
 //!
+//! # Waiting duplicates poll
+//! The SQL stores do not implement `IdempotencyStore::wait_for_change` yet: a duplicate waiting
+//! with the engine's `wait_for_in_flight` re-claims every `poll_interval` (Postgres
+//! `LISTEN`/`NOTIFY` is a follow-up).
+//!
 //! # Feature flags
 //! - `postgres` (default): [`PostgresStore`] on a `sqlx::PgPool`.
 //! - `sqlite` (default): [`SqliteStore`] on a `sqlx::SqlitePool` (SQLite bundled by sqlx) and

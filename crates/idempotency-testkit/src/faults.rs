@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey,
+    StoreKey, Waited,
 };
 
 /// What the wrapped store does on the next calls.
@@ -156,5 +156,14 @@ impl IdempotencyStore for FaultyStore {
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
         self.gate(Op::Read).await?;
         self.inner.time_to_live(key).await
+    }
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        self.gate(Op::Read).await?;
+        self.inner.wait_for_change(key, seen, timeout).await
     }
 }

@@ -43,7 +43,10 @@ pub enum FailurePolicy {
 pub struct InFlightWait {
     /// Give up and answer `InFlight` after this long.
     pub max_wait: Duration,
-    /// How often to look again (each look is one store round trip).
+    /// How often to look again (each look is one store round trip) on stores that cannot
+    /// notify ([`crate::IdempotencyStore::wait_for_change`] answers
+    /// [`crate::Waited::Unsupported`]). Stores that notify wake the waiter instead and it
+    /// re-reads once; the interval is then unused.
     pub poll_interval: Duration,
 }
 
@@ -306,8 +309,10 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
-    /// Wait up to `max_wait` for an in-flight first attempt to finish, looking every
-    /// `poll_interval`, before answering `InFlight` (default: answer at once).
+    /// Wait up to `max_wait` for an in-flight first attempt to finish before answering
+    /// `InFlight` (default: answer at once). On a store that notifies (memory, Redis), the
+    /// waiter is woken by the completion or release and re-reads once, with a safety re-read at
+    /// the end of the wait; on others it looks every `poll_interval`.
     #[must_use]
     pub fn wait_for_in_flight(mut self, max_wait: Duration, poll_interval: Duration) -> Self {
         self.config.in_flight_wait = Some(InFlightWait {

@@ -27,7 +27,8 @@ pub use stats::{StatsSnapshot, names as metric_names};
 
 use crate::{
     Claim, ConfigError, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore,
-    InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome, unix_millis_now,
+    InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome, Waited,
+    unix_millis_now,
 };
 use background::{Background, Which};
 use stats::{Stats, names};
@@ -69,13 +70,27 @@ struct Inner<S> {
     background: Background,
 }
 
+/// Where a duplicate's wait for an in-progress first attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitState {
+    /// Not waited yet.
+    NotYet,
+    /// Woken by the store at least once.
+    Woken,
+    /// The store's wait timed out; the claim after it was the last look.
+    SafetyChecked,
+    /// The store cannot notify (or its wait failed): poll.
+    Polling,
+}
+
 /// What an existing record means for a new attempt with `fingerprint`.
 enum Seen {
     /// Our own claim, seen again because a retried request's first reply was lost.
     Own,
     Mismatch,
     Replay(StoredOutcome),
-    InProgress,
+    /// Another attempt holds the key under this token.
+    InProgress(LeaseToken),
 }
 
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
@@ -159,6 +174,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             created_at_ms: unix_millis_now(),
         };
         let wait_deadline = config.in_flight_wait.map(|w| Instant::now() + w.max_wait);
+        let mut waits = WaitState::NotYet;
         loop {
             let claimed = self
                 .timed(
@@ -180,21 +196,68 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 Seen::Own => return Ok(self.claimed(store_key, record, Which::Primary)),
                 Seen::Mismatch => return Err(self.mismatch()),
                 Seen::Replay(outcome) => return Ok(self.replay(outcome)),
-                Seen::InProgress => {
-                    let poll = config.in_flight_wait.map(|w| w.poll_interval);
-                    match (wait_deadline, poll) {
-                        (Some(deadline), Some(poll)) if Instant::now() + poll <= deadline => {
-                            tokio::time::sleep(poll).await;
-                        }
-                        _ => {
-                            return Err(
-                                Box::pin(self.in_progress(Which::Primary, &store_key)).await
-                            );
-                        }
+                Seen::InProgress(seen) => {
+                    if !Box::pin(self.wait_in_flight(&store_key, &seen, wait_deadline, &mut waits))
+                        .await
+                    {
+                        return Err(Box::pin(self.in_progress(Which::Primary, &store_key)).await);
                     }
                 }
             }
         }
+    }
+
+    /// A duplicate found the key in progress under `seen`: wait, if configured, for the record
+    /// to change. `true`: look again (claim); `false`: answer "in progress".
+    ///
+    /// On a store that notifies, the first wait lasts until the wake-up or the deadline, and
+    /// the claim that follows is the one re-read (after a timeout it is the safety re-check
+    /// that catches a missed notification or an expired lease). A second "in progress" after a
+    /// wake-up (another duplicate claimed first, or a spurious wake) waits again, still bounded
+    /// by the deadline. Stores that cannot notify are polled every `poll_interval`, as before.
+    async fn wait_in_flight(
+        &self,
+        store_key: &StoreKey,
+        seen: &LeaseToken,
+        deadline: Option<Instant>,
+        waits: &mut WaitState,
+    ) -> bool {
+        let (Some(deadline), Some(wait)) = (deadline, self.inner.config.in_flight_wait) else {
+            return false;
+        };
+        let now = Instant::now();
+        if now >= deadline || *waits == WaitState::SafetyChecked {
+            return false;
+        }
+        if *waits != WaitState::Polling {
+            let waited = self
+                .inner
+                .store
+                .wait_for_change(store_key, seen, deadline - now)
+                .await;
+            match waited {
+                Ok(Waited::Changed) => {
+                    metrics::counter!(names::WAKE_UPS, "result" => "changed").increment(1);
+                    *waits = WaitState::Woken;
+                    return true;
+                }
+                Ok(Waited::TimedOut) => {
+                    metrics::counter!(names::WAKE_UPS, "result" => "timed_out").increment(1);
+                    *waits = WaitState::SafetyChecked;
+                    return true;
+                }
+                Ok(Waited::Unsupported) => *waits = WaitState::Polling,
+                Err(error) => {
+                    tracing::debug!(%error, "waiting for a wake-up failed; polling instead");
+                    *waits = WaitState::Polling;
+                }
+            }
+        }
+        if Instant::now() + wait.poll_interval > deadline {
+            return false;
+        }
+        tokio::time::sleep(wait.poll_interval).await;
+        true
     }
 
     /// Classify what a claim found under the key.
@@ -207,7 +270,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                     .decompressed()
                     .map_err(IdempotencyError::CorruptRecord)?,
             ),
-            Record::InProgress(_) => Seen::InProgress,
+            Record::InProgress(r) => Seen::InProgress(r.token),
         })
     }
 
@@ -309,7 +372,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Ok(Some(existing)) => match self.seen(existing, record) {
                 Ok(Seen::Replay(outcome)) => ("replayed", Ok(self.replay(outcome))),
                 Ok(Seen::Mismatch) => ("mismatch", Err(self.mismatch())),
-                Ok(Seen::InProgress | Seen::Own) => (
+                Ok(Seen::InProgress(_) | Seen::Own) => (
                     "in_progress",
                     Err(self.in_progress(Which::Primary, store_key).await),
                 ),
@@ -360,7 +423,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Seen::Own => Ok(self.claimed(store_key, record, Which::Fallback)),
             Seen::Mismatch => Err(self.mismatch()),
             Seen::Replay(outcome) => Ok(self.replay(outcome)),
-            Seen::InProgress => Err(self.in_progress(Which::Fallback, &store_key).await),
+            Seen::InProgress(_) => Err(self.in_progress(Which::Fallback, &store_key).await),
         }
     }
 

@@ -40,6 +40,9 @@ pub mod names {
     /// labelled by `result`: `replayed`, `in_progress`, `mismatch` (answered from one read),
     /// `policy` (nothing to answer from: the failure policy applied).
     pub const WRITE_REFUSED: &str = "idempotency_write_refused_total";
+    /// Waits of duplicates on a store that notifies, labelled by `result`: `changed` (woken by
+    /// a completion, release or delete) or `timed_out` (the safety re-read followed).
+    pub const WAKE_UPS: &str = "idempotency_in_flight_wake_ups_total";
     /// Store operation latency in seconds, labelled by `op`.
     pub const STORE_LATENCY: &str = "idempotency_store_op_duration_seconds";
 }

@@ -1,0 +1,300 @@
+//! Waiting duplicates are woken by the completion or release, not polling (issue 12 item 4):
+//! on the paused clock, the waiter answers at the instant of the completion, and it costs one
+//! re-read (a second claim), whatever the poll interval.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use idempotency_core::{
+    Begin, Claim, Completed, Fenced, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey,
+    IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
+    Waited, async_trait,
+};
+use idempotency_memory::MemoryStore;
+use tokio::time::Instant;
+
+/// Counts the primitives a waiting duplicate costs.
+#[derive(Debug, Clone, Default)]
+struct Counting {
+    inner: MemoryStore,
+    claims: Arc<AtomicUsize>,
+    gets: Arc<AtomicUsize>,
+    waits: Arc<AtomicUsize>,
+    /// `false`: answer `Unsupported`, as a store that cannot notify.
+    cannot_notify: bool,
+}
+
+#[async_trait]
+impl IdempotencyStore for Counting {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.try_claim(key, record, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.inner.complete(key, token, record, retention).await
+    }
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        self.inner.release(key, token).await
+    }
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.inner.extend(key, token, lease).await
+    }
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        self.waits.fetch_add(1, Ordering::SeqCst);
+        if self.cannot_notify {
+            return Ok(Waited::Unsupported);
+        }
+        self.inner.wait_for_change(key, seen, timeout).await
+    }
+}
+
+fn key() -> IdempotencyKey {
+    IdempotencyKey::new("k").unwrap()
+}
+
+/// An engine that would poll only every 10 s: any answer sooner is a wake-up.
+fn engine(store: Counting, max_wait: Duration) -> Idempotency<Counting> {
+    Idempotency::builder(store)
+        .wait_for_in_flight(max_wait, Duration::from_secs(10))
+        .renew_leases(false)
+        .ignore_env()
+        .build()
+        .unwrap()
+}
+
+/// Let the spawned waiter run until it is registered on the key (no time passes).
+async fn until_waiting(store: &MemoryStore) {
+    while store.waited_keys() == 0 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn completion_wakes_the_waiter_at_once_with_one_re_read() {
+    let store = Counting::default();
+    let engine = engine(store.clone(), Duration::from_secs(30));
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt runs")
+    };
+    let claims_before = store.claims.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let waiter = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+                .await
+        }
+    });
+    until_waiting(&store.inner).await;
+    guard
+        .complete(StoredOutcome::new("done", None))
+        .await
+        .unwrap();
+    match waiter.await.unwrap().unwrap() {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+        Begin::Run(_) => panic!("must wait, not run"),
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO, "woken, not polled");
+    assert_eq!(
+        store.claims.load(Ordering::SeqCst) - claims_before,
+        2,
+        "the first look and one re-read"
+    );
+    assert_eq!(store.gets.load(Ordering::SeqCst), 0);
+    assert_eq!(store.waits.load(Ordering::SeqCst), 1);
+    assert_eq!(store.inner.waited_keys(), 0, "the notification is dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_wakes_the_waiter_which_then_runs() {
+    let store = Counting::default();
+    let engine = engine(store.clone(), Duration::from_secs(30));
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt runs")
+    };
+    let started = Instant::now();
+    let waiter = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+                .await
+        }
+    });
+    until_waiting(&store.inner).await;
+    guard.release().await.unwrap();
+    let Begin::Run(second) = waiter.await.unwrap().unwrap() else {
+        panic!("a released key is claimed by the waiter")
+    };
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    second.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_wait_ends_with_one_safety_re_read_then_in_flight() {
+    let store = Counting::default();
+    let engine = engine(store.clone(), Duration::from_secs(3));
+    let _held = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap();
+    let claims_before = store.claims.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let err = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdempotencyError::InFlight { .. }), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(3), "bounded wait");
+    assert_eq!(
+        store.claims.load(Ordering::SeqCst) - claims_before,
+        2,
+        "the first look and the safety re-read, no polling"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_before_the_wait_began_is_not_missed() {
+    let store = MemoryStore::new();
+    let k = StoreKey::from_raw("k");
+    let first = InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: Fingerprint::of("a"),
+        created_at_ms: 1,
+    };
+    assert_eq!(
+        store
+            .try_claim(&k, &first, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    // Released after the duplicate's read, before its wait: the wait returns at once.
+    store.release(&k, &first.token).await.unwrap();
+    let started = Instant::now();
+    let waited = store
+        .wait_for_change(&k, &first.token, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(waited, Waited::Changed);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(store.waited_keys(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_wait_leaves_nothing_behind() {
+    let store = MemoryStore::new();
+    let k = StoreKey::from_raw("k");
+    let first = InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: Fingerprint::of("a"),
+        created_at_ms: 1,
+    };
+    store
+        .try_claim(&k, &first, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let waits: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, k) = (store.clone(), k.clone());
+            tokio::spawn(async move {
+                store
+                    .wait_for_change(&k, &first.token, Duration::from_secs(30))
+                    .await
+            })
+        })
+        .collect();
+    until_waiting(&store).await;
+    assert_eq!(store.waited_keys(), 1, "one notification per key, shared");
+    for wait in &waits {
+        wait.abort();
+    }
+    for wait in waits {
+        assert!(wait.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(store.waited_keys(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stores_that_cannot_notify_are_polled_as_before() {
+    let store = Counting {
+        cannot_notify: true,
+        ..Counting::default()
+    };
+    let engine = Idempotency::builder(store.clone())
+        .wait_for_in_flight(Duration::from_secs(1), Duration::from_millis(100))
+        .renew_leases(false)
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt runs")
+    };
+    let claims_before = store.claims.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let finisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        guard
+            .complete(StoredOutcome::new("done", None))
+            .await
+            .unwrap();
+    });
+    let answer = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Begin::Replay(_)));
+    // Looks at 0, 100, 200 (in progress), 300 ms (completed): the next poll after 250 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(store.claims.load(Ordering::SeqCst) - claims_before, 4);
+    assert_eq!(
+        store.waits.load(Ordering::SeqCst),
+        1,
+        "asked once, then polled"
+    );
+    finisher.await.unwrap();
+}
