@@ -147,6 +147,8 @@ impl<C> RedisStore<C> {
     /// The replicas each claim and completion waits for, if that was asked for.
     pub fn replica_wait(&self) -> Option<crate::ReplicaWait> {
         self.replica_wait
+    }
+
     /// Whether waiting duplicates are woken by pub/sub (stores built with
     /// [`RedisStoreBuilder::connect`](crate::RedisStoreBuilder::connect) or `connect_client`)
     /// rather than polling (cluster stores and caller-made connections; see the crate docs).
