@@ -21,7 +21,11 @@ fn describe(commands: Vec<Command>) -> Parsed {
             let read_only = check_allowed(&command, Access::ReadOnly)
                 .err()
                 .map(|refusal| refusal.message().to_owned());
-            (command.args().map(<[u8]>::to_vec).collect(), read_write, read_only)
+            (
+                command.args().map(<[u8]>::to_vec).collect(),
+                read_write,
+                read_only,
+            )
         })
         .collect()
 }
