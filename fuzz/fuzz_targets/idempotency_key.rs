@@ -1,30 +1,97 @@
-//! Client key parsing and store-key derivation: `from_bytes` never panics, agrees with `new`,
-//! accepts exactly 1..=255 visible ASCII bytes, and the derivation is injective over
-//! (scope, key) pairs.
+//! Client key parsing and store-key derivation.
+//!
+//! - `from_bytes` never panics, agrees with `new`, and accepts exactly 1..=255 visible ASCII
+//!   bytes.
+//! - `from_header_value` (RFC 8941 sf-string or bare key, optional whitespace around) never
+//!   panics and agrees with an independent model of that grammar; what it accepts is 1..=255
+//!   bytes of printable ASCII; a key written back as an sf-string parses to itself, and a bare
+//!   key quoted means the same key.
+//! - The store-key derivation is injective over (scope, key) pairs, for bare and quoted keys.
 #![no_main]
 
 use idempotency_core::{IdempotencyKey, Scope, StoreKey};
 use libfuzzer_sys::fuzz_target;
 
-fn valid(bytes: &[u8]) -> bool {
+fn valid_bare(bytes: &[u8]) -> bool {
     (1..=255).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// RFC 8941 §4.2.5 sf-string or a bare key, written from the RFC text, not from the crate.
+fn model(value: &[u8]) -> Option<String> {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().take_while(|b| ows(b)).count();
+    let rest = &value[start..];
+    let end = rest.len() - rest.iter().rev().take_while(|b| ows(b)).count();
+    let trimmed = &rest[..end];
+    if trimmed.first() != Some(&b'"') {
+        return valid_bare(trimmed).then(|| String::from_utf8_lossy(trimmed).into_owned());
+    }
+    let mut out = String::new();
+    let mut bytes = trimmed[1..].iter();
+    loop {
+        match *bytes.next()? {
+            b'\\' => match *bytes.next()? {
+                e @ (b'"' | b'\\') => out.push(char::from(e)),
+                _ => return None,
+            },
+            b'"' => break,
+            b @ 0x20..=0x7e => out.push(char::from(b)),
+            _ => return None,
+        }
+    }
+    (bytes.next().is_none() && (1..=255).contains(&out.len())).then_some(out)
+}
+
+fn quote(key: &str) -> Vec<u8> {
+    let mut out = vec![b'"'];
+    for b in key.bytes() {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    out
 }
 
 fuzz_target!(|data: &[u8]| {
     let parsed = IdempotencyKey::from_bytes(data);
-    assert_eq!(parsed.is_ok(), valid(data), "{data:?}");
+    assert_eq!(parsed.is_ok(), valid_bare(data), "{data:?}");
     if let Ok(text) = std::str::from_utf8(data) {
         assert_eq!(IdempotencyKey::new(text).ok(), parsed.clone().ok());
     }
     if let Ok(key) = &parsed {
         assert_eq!(key.as_str().as_bytes(), data);
+        // A bare key and the same key quoted are one key.
+        assert_eq!(
+            IdempotencyKey::from_header_value(&quote(key.as_str())).as_ref(),
+            Ok(key)
+        );
     }
-    // Injectivity: the input as four NUL-separated parts, scope A, key A, scope B, key B.
+
+    let header = IdempotencyKey::from_header_value(data);
+    assert_eq!(
+        header.as_ref().ok().map(IdempotencyKey::as_str),
+        model(data).as_deref(),
+        "header value {data:?}: {header:?}"
+    );
+    if let Ok(key) = &header {
+        let text = key.as_str();
+        assert!((1..=255).contains(&text.len()), "{text:?}");
+        assert!(text.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{text:?}");
+        assert_eq!(
+            IdempotencyKey::from_header_value(&quote(text)).as_ref(),
+            Ok(key)
+        );
+    }
+
+    // Injectivity: the input as four NUL-separated parts, scope A, key A, scope B, key B, the
+    // keys read as header values (so quoted keys with spaces and escapes take part).
     let parts: Vec<&[u8]> = data.splitn(4, |&b| b == 0).collect();
     if let [scope_a, key_a, scope_b, key_b] = parts[..] {
         let (Ok(key_a), Ok(key_b)) = (
-            IdempotencyKey::from_bytes(key_a),
-            IdempotencyKey::from_bytes(key_b),
+            IdempotencyKey::from_header_value(key_a),
+            IdempotencyKey::from_header_value(key_b),
         ) else {
             return;
         };

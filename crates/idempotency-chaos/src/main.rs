@@ -41,8 +41,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
 
-    /// Failure policies passed as IDEMPOTENCY_FAILURE_POLICY (comma-separated): closed, open
-    /// [default: closed,open; quick: closed].
+    /// Failure policies passed as IDEMPOTENCY_FAILURE_POLICY (comma-separated): closed, open,
+    /// fallback [default: closed,open,fallback; quick: closed].
     #[arg(long, value_delimiter = ',')]
     policies: Vec<String>,
 
@@ -131,7 +131,7 @@ async fn plan_and_run(args: Args) -> Result<bool, String> {
             if args.quick {
                 vec![Policy::Closed]
             } else {
-                vec![Policy::Closed, Policy::Open]
+                Policy::ALL.to_vec()
             }
         } else {
             parse_all(&args.policies, Policy::parse, "policy")?

@@ -129,14 +129,21 @@ pub enum Policy {
     Closed,
     /// Run without protection.
     Open,
+    /// Protect requests with a per-process memory store during the outage (issue 13 item 9):
+    /// a double click on one instance still runs once; nothing protects across instances.
+    Fallback,
 }
 
 impl Policy {
-    /// Parse `closed` or `open`.
+    /// Every policy, in table order.
+    pub const ALL: [Policy; 3] = [Policy::Closed, Policy::Open, Policy::Fallback];
+
+    /// Parse `closed`, `open` or `fallback`.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "closed" => Some(Policy::Closed),
             "open" => Some(Policy::Open),
+            "fallback" => Some(Policy::Fallback),
             _ => None,
         }
     }
@@ -147,6 +154,7 @@ impl fmt::Display for Policy {
         f.write_str(match self {
             Policy::Closed => "closed",
             Policy::Open => "open",
+            Policy::Fallback => "fallback",
         })
     }
 }
@@ -334,7 +342,7 @@ mod tests {
 
     #[test]
     fn the_matrix_skips_faults_that_do_not_apply() {
-        let all = matrix(&Backend::ALL, None, &[Policy::Closed, Policy::Open]);
+        let all = matrix(&Backend::ALL, None, &Policy::ALL);
         assert!(
             !all.iter()
                 .any(|s| s.backend == Backend::Memory && s.fault == Fault::StoreKill)
@@ -345,9 +353,11 @@ mod tests {
         );
         assert!(
             !all.iter()
-                .any(|s| s.backend == Backend::Memory && s.policy == Policy::Open)
+                .any(|s| s.backend == Backend::Memory && s.policy != Policy::Closed)
         );
-        assert_eq!(all.len(), 2 + 4 * 2 + 5 * 2);
+        assert_eq!(all.len(), 2 + 4 * 3 + 5 * 3);
+        assert_eq!(Policy::parse("fallback"), Some(Policy::Fallback));
+        assert_eq!(Policy::Fallback.to_string(), "fallback");
         let only = matrix(
             &[Backend::Redis],
             Some(&[Fault::DemoKill]),

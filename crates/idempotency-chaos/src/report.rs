@@ -266,6 +266,12 @@ impl ScenarioReport {
                 self.divergent
             ));
         }
+        if self.duplicates > 0 {
+            violations.push(format!(
+                "{} duplicate execution(s) outside the crash window",
+                self.duplicates
+            ));
+        }
         if self.bare_5xx > 0 {
             violations.push(format!(
                 "{} 5xx answer(s) without an application/problem+json body",
@@ -494,8 +500,11 @@ mod tests {
         assert_eq!(report.late_replays, 1);
         assert_eq!(report.late_reruns, 2);
         assert_eq!(report.p50_ms, Some(30.0));
-        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        // Key c ran twice and answered twice differently outside the crash window; key b's
+        // duplicate is in the crash window and is not a violation.
+        assert_eq!(report.violations.len(), 2, "{:?}", report.violations);
         assert!(report.violations[0].contains("different 2xx"));
+        assert!(report.violations[1].contains("1 duplicate execution(s) outside"));
     }
 
     #[test]
