@@ -246,8 +246,7 @@ pub async fn run(
     dir: &Path,
 ) -> Result<ScenarioReport, ChaosError> {
     let wall = Instant::now();
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ChaosError::io(format!("creating {}", dir.display()), e))?;
+    fresh_dir(dir)?;
     let procs = {
         let (params, bins, dir) = (params.clone(), bins.clone(), dir.to_owned());
         tokio::task::spawn_blocking(move || Procs::start(spec, &params, &bins, &dir))
@@ -388,4 +387,39 @@ fn read_journal(path: &Path) -> Result<Vec<Execution>, ChaosError> {
         .lines()
         .filter_map(|line| serde_json::from_str::<Execution>(line).ok())
         .collect())
+}
+
+/// Empty `dir` (a previous run's journals, logs and Redis AOF) and create it again.
+///
+/// A scenario's directory has a fixed name, so a second run into the same `--out` would
+/// otherwise append to the first run's execution journals (every key counted twice) and
+/// restart Redis from the first run's AOF.
+///
+/// # Errors
+/// When the directory cannot be removed or created.
+pub fn fresh_dir(dir: &Path) -> Result<(), ChaosError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ChaosError::io(format!("removing {}", dir.display()), e)),
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ChaosError::io(format!("creating {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod fresh_dir_tests {
+    use super::fresh_dir;
+
+    #[test]
+    fn a_second_run_starts_from_an_empty_directory() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("scenarios").join("00-redis-none-closed");
+        fresh_dir(&dir).expect("first");
+        std::fs::write(dir.join("executions-0.log"), "k1\n").expect("journal");
+        std::fs::create_dir_all(dir.join("redis")).expect("redis dir");
+        std::fs::write(dir.join("redis").join("appendonly.aof"), "*1\r\n").expect("aof");
+        fresh_dir(&dir).expect("second");
+        assert_eq!(std::fs::read_dir(&dir).expect("read").count(), 0);
+    }
 }
