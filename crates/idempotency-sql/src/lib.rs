@@ -147,6 +147,8 @@
 mod error;
 mod migrate;
 #[cfg(feature = "postgres")]
+mod pg_notify;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod purge;
 mod row;
@@ -158,6 +160,8 @@ use std::time::Duration;
 
 pub use error::SqlStoreError;
 pub use idempotency_core;
+#[cfg(feature = "postgres")]
+pub use pg_notify::WAKE_LISTENER_APPLICATION_NAME;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use purge::{PurgeExpired, PurgeTask};

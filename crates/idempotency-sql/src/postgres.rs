@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
-    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
+    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
 use crate::error::timed;
 use crate::migrate::{self, MIGRATIONS};
+use crate::pg_notify::{Notifier, notify_sql, wake_channel};
 use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
 use crate::table::{DEFAULT_TABLE, Table};
 use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_micros};
@@ -34,10 +35,13 @@ struct Inner {
     table: Table,
     timeout: Duration,
     sql: SqlStatements,
+    /// The wake-up listener (`None` when waking waiters was turned off).
+    notifier: Option<Notifier>,
 }
 
 impl SqlStatements {
-    fn postgres(t: &str) -> Self {
+    /// `wake`: the notification channel, when `complete` and `release` notify waiters.
+    fn postgres(t: &str, wake: Option<&str>) -> Self {
         // The claim, in one statement:
         // - `live`: a live row visible in the statement's snapshot is returned as it is, with no
         //   write and no lock (replays and in-flight answers, the hot path of retry storms);
@@ -86,6 +90,10 @@ impl SqlStatements {
             ),
             // Applied when it completes our live claim, or when it finds the record already
             // completed under our token (a retried call whose reply was lost: nothing changes).
+            // With waking on, the statement also notifies the key's waiters when it changed
+            // the row: `pg_notify` queues the notification, delivered when the transaction
+            // commits (at once on the pool, or at the caller's COMMIT for `complete_in`), and
+            // never on a rollback. `count(...)` forces the call once per changed row.
             complete: format!(
                 "WITH done AS (\
                    UPDATE {t} SET state = 'completed', completed_at_ms = $3, content_type = $4, \
@@ -94,14 +102,28 @@ impl SqlStatements {
                    AND expires_at > clock_timestamp() RETURNING 1) \
                  SELECT EXISTS (SELECT 1 FROM done) OR EXISTS (SELECT 1 FROM {t} \
                    WHERE store_key = $1 AND token = $2 AND state = 'completed' \
-                   AND expires_at > clock_timestamp())",
-                micros.replace("$N", "$7")
+                   AND expires_at > clock_timestamp()){}",
+                micros.replace("$N", "$7"),
+                wake.map_or_else(String::new, |channel| format!(
+                    ", (SELECT count({}) FROM done) AS woken",
+                    notify_sql(channel)
+                ))
             ),
             // Our own lapsed claim is deleted too (it is garbage), but reported as lost.
-            release: format!(
-                "DELETE FROM {t} WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                 RETURNING expires_at > clock_timestamp()"
-            ),
+            release: match wake {
+                None => format!(
+                    "DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
+                     AND state = 'in_progress' RETURNING expires_at > clock_timestamp()"
+                ),
+                // One row (and one notification) when a row was deleted, none otherwise.
+                Some(channel) => format!(
+                    "WITH gone AS (DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
+                       AND state = 'in_progress' RETURNING expires_at > clock_timestamp() AS live) \
+                     SELECT gone.live, woken.n FROM gone, \
+                       (SELECT count({}) AS n FROM gone) AS woken",
+                    notify_sql(channel)
+                ),
+            },
             extend: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + {} \
                  WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
@@ -132,6 +154,7 @@ pub struct PostgresStoreBuilder {
     pool: PgPool,
     table: String,
     timeout: Duration,
+    wake_waiters: bool,
 }
 
 impl PostgresStoreBuilder {
@@ -150,6 +173,17 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether duplicates waiting on an in-progress record are woken by `LISTEN`/`NOTIFY`
+    /// (default `true`; see the crate docs, "Waiting duplicates"). With `false`, `complete`
+    /// and `release` send no `NOTIFY`, no listener connection is opened, and waiting
+    /// duplicates poll (`wait_for_change` answers `Unsupported`). Turn it off behind a pooler
+    /// that does not keep sessions (PgBouncer in transaction or statement mode does not
+    /// deliver notifications), or when notifying commits would contend (see the crate docs).
+    pub fn wake_waiters(mut self, wake: bool) -> Self {
+        self.wake_waiters = wake;
+        self
+    }
+
     /// Check that the table exists with the expected columns, and build the store.
     ///
     /// # Errors
@@ -158,12 +192,17 @@ impl PostgresStoreBuilder {
     pub async fn build(self) -> Result<PostgresStore, SqlStoreError> {
         let table = Table::parse(&self.table, true)?;
         check_shape(&self.pool, &table).await?;
+        let channel = self.wake_waiters.then(|| wake_channel(&table.name));
+        let notifier = channel
+            .clone()
+            .map(|channel| Notifier::new(&self.pool, channel, self.timeout));
         Ok(PostgresStore {
             inner: Arc::new(Inner {
-                sql: SqlStatements::postgres(&table.quoted),
+                sql: SqlStatements::postgres(&table.quoted, channel.as_deref()),
                 pool: self.pool,
                 table,
                 timeout: self.timeout,
+                notifier,
             }),
         })
     }
@@ -266,6 +305,7 @@ impl PostgresStore {
             pool,
             table: DEFAULT_TABLE.to_owned(),
             timeout: DEFAULT_OPERATION_TIMEOUT,
+            wake_waiters: true,
         }
     }
 
@@ -285,6 +325,32 @@ impl PostgresStore {
     /// The records table's name, as configured.
     pub fn table(&self) -> &str {
         &self.inner.table.name
+    }
+
+    /// Whether waiting duplicates are woken by `LISTEN`/`NOTIFY` (see
+    /// [`PostgresStoreBuilder::wake_waiters`]).
+    pub fn notifies_waiters(&self) -> bool {
+        self.inner.notifier.is_some()
+    }
+
+    /// The notification channel `complete` and `release` notify (`<table>_wake`), when waking
+    /// is on.
+    pub fn wake_channel(&self) -> Option<&str> {
+        self.inner.notifier.as_ref().map(Notifier::channel)
+    }
+
+    /// Whether the wake-up listener connection is up (`false` before the first wait: it is
+    /// opened lazily), and how many listener connections were opened (1 + reconnections).
+    pub fn wake_up_listener(&self) -> (bool, u64) {
+        self.inner
+            .notifier
+            .as_ref()
+            .map_or((false, 0), |n| (n.is_connected(), n.connections()))
+    }
+
+    /// Keys on which a duplicate in this process currently waits for a wake-up.
+    pub fn waited_keys(&self) -> usize {
+        self.inner.notifier.as_ref().map_or(0, Notifier::waited_keys)
     }
 
     /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
@@ -503,6 +569,20 @@ impl IdempotencyStore for PostgresStore {
         .await?;
         Ok(live == Some(true))
     }
+
+    /// One `LISTEN` connection per store, multiplexed across keys (see the module
+    /// `pg_notify`); `Unsupported` (the engine polls) when waking is off.
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        match &self.inner.notifier {
+            Some(notifier) => notifier.wait(self, key, seen, timeout).await,
+            None => Ok(Waited::Unsupported),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -511,7 +591,7 @@ mod tests {
 
     #[test]
     fn statements_name_the_table_and_bind_in_order() {
-        let sql = SqlStatements::postgres("\"t\"");
+        let sql = SqlStatements::postgres("\"t\"", None);
         assert!(sql.claim.contains("INSERT INTO \"t\" AS r"));
         assert!(sql.claim.contains("now.t + $5::float8"));
         assert!(sql.complete.contains("$7::float8"));
