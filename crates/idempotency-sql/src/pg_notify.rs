@@ -36,15 +36,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use idempotency_core::{IdempotencyStore as _, LeaseToken, Record, StoreError, StoreKey, Waited};
+use idempotency_core::{LeaseToken, Record, StoreError, StoreKey, Waited};
 use sha2::{Digest as _, Sha256};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Acquire as _, Connection as _};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-use crate::PostgresStore;
 
 /// How often the listener connection is pinged to notice a dead peer.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
@@ -176,13 +174,17 @@ impl Notifier {
     }
 
     /// See [`IdempotencyStore::wait_for_change`](idempotency_core::IdempotencyStore::wait_for_change).
-    pub(crate) async fn wait(
+    /// `check` reads the record (the store's `get`); it runs once, after `LISTEN` is in effect.
+    pub(crate) async fn wait<F>(
         &self,
-        store: &PostgresStore,
         key: &StoreKey,
         seen: &LeaseToken,
         timeout: Duration,
-    ) -> Result<Waited, StoreError> {
+        check: F,
+    ) -> Result<Waited, StoreError>
+    where
+        F: Future<Output = Result<Option<Record>, StoreError>>,
+    {
         let deadline = Instant::now() + timeout;
         let registration = Registration::new(&self.shared, wake_payload(key));
         // Created now: a wake-up from here on is kept until the await below.
@@ -210,7 +212,7 @@ impl Notifier {
         }
         // The one check after listening: a change committed before `LISTEN` took effect is
         // seen here.
-        match store.get(key).await {
+        match check.await {
             Ok(record) if !held_by(record.as_ref(), seen) => return Ok(Waited::Changed),
             Ok(_) => {}
             // The wait goes on; the engine re-reads when it ends.
@@ -379,14 +381,126 @@ async fn run(shared: Arc<Shared>) {
 mod tests {
     use super::*;
 
+    /// A notifier whose listener can never connect (nothing listens on port 1), on a short
+    /// operation timeout.
+    fn unreachable_notifier(timeout: Duration) -> Notifier {
+        let pool = PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a valid URL");
+        Notifier::new(&pool, "t_wake".to_owned(), timeout)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_without_a_listener_is_an_error_so_the_engine_polls() {
+        let notifier = unreachable_notifier(Duration::from_secs(1));
+        let key = StoreKey::from_raw("k");
+        let started = Instant::now();
+        let checked = std::sync::atomic::AtomicBool::new(false);
+        let waited = notifier
+            .wait(
+                &key,
+                &LeaseToken::generate(),
+                Duration::from_secs(30),
+                async {
+                    checked.store(true, Ordering::SeqCst);
+                    Ok(None)
+                },
+            )
+            .await;
+        assert!(
+            matches!(waited, Err(StoreError::Unavailable { .. })),
+            "{waited:?}"
+        );
+        // It gave the listener the operation timeout to come up, no more.
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(
+            !checked.load(Ordering::SeqCst),
+            "no read without a listener"
+        );
+        assert_eq!(notifier.waited_keys(), 0, "unregistered");
+        assert!(!notifier.is_connected());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_shorter_than_the_connection_budget_times_out() {
+        let notifier = unreachable_notifier(Duration::from_secs(5));
+        let started = Instant::now();
+        let waited = notifier
+            .wait(
+                &StoreKey::from_raw("k"),
+                &LeaseToken::generate(),
+                Duration::from_millis(300),
+                async { Ok(None) },
+            )
+            .await;
+        assert_eq!(waited.ok(), Some(Waited::TimedOut));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn notifications_wake_the_waiters_of_their_payload_only() {
+        let notifier = unreachable_notifier(Duration::from_secs(1));
+        let shared = &notifier.shared;
+        let (a, b) = (StoreKey::from_raw("a"), StoreKey::from_raw("b"));
+        let reg_a = Registration::new(shared, wake_payload(&a));
+        let reg_a2 = Registration::new(shared, wake_payload(&a));
+        let reg_b = Registration::new(shared, wake_payload(&b));
+        assert_eq!(
+            notifier.waited_keys(),
+            2,
+            "two waiters of `a` share one entry"
+        );
+        let (mut na, mut na2, mut nb) = (
+            Box::pin(reg_a.notify.notified()),
+            Box::pin(reg_a2.notify.notified()),
+            Box::pin(reg_b.notify.notified()),
+        );
+        na.as_mut().enable();
+        na2.as_mut().enable();
+        nb.as_mut().enable();
+        shared.wake(&wake_payload(&a));
+        let short = Duration::from_millis(10);
+        assert!(tokio::time::timeout(short, na).await.is_ok());
+        assert!(tokio::time::timeout(short, na2).await.is_ok());
+        assert!(tokio::time::timeout(short, &mut nb).await.is_err());
+        // A reconnection after a loss wakes everyone.
+        shared.up(true);
+        assert!(tokio::time::timeout(short, nb).await.is_ok());
+        assert!(notifier.is_connected());
+        drop((reg_a, reg_a2));
+        assert_eq!(notifier.waited_keys(), 1);
+        drop(reg_b);
+        assert_eq!(notifier.waited_keys(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_connection_wakes_nobody() {
+        let notifier = unreachable_notifier(Duration::from_secs(1));
+        let reg = Registration::new(&notifier.shared, "p".to_owned());
+        let mut notified = Box::pin(reg.notify.notified());
+        notified.as_mut().enable();
+        notifier.shared.up(false);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), notified)
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn channels_fit_postgres_identifiers() {
-        assert_eq!(wake_channel("idempotency_records"), "idempotency_records_wake");
+        assert_eq!(
+            wake_channel("idempotency_records"),
+            "idempotency_records_wake"
+        );
         assert_eq!(wake_channel("app.records"), "app.records_wake");
         let long = format!("{}.{}", "s".repeat(48), "t".repeat(48));
         let channel = wake_channel(&long);
         assert!(channel.len() <= 63, "{channel}");
-        assert_ne!(channel, wake_channel(&format!("{}.{}", "s".repeat(48), "u".repeat(48))));
+        assert_ne!(
+            channel,
+            wake_channel(&format!("{}.{}", "s".repeat(48), "u".repeat(48)))
+        );
     }
 
     #[test]

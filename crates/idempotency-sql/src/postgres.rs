@@ -350,7 +350,10 @@ impl PostgresStore {
 
     /// Keys on which a duplicate in this process currently waits for a wake-up.
     pub fn waited_keys(&self) -> usize {
-        self.inner.notifier.as_ref().map_or(0, Notifier::waited_keys)
+        self.inner
+            .notifier
+            .as_ref()
+            .map_or(0, Notifier::waited_keys)
     }
 
     /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
@@ -579,7 +582,7 @@ impl IdempotencyStore for PostgresStore {
         timeout: Duration,
     ) -> Result<Waited, StoreError> {
         match &self.inner.notifier {
-            Some(notifier) => notifier.wait(self, key, seen, timeout).await,
+            Some(notifier) => notifier.wait(key, seen, timeout, self.get(key)).await,
             None => Ok(Waited::Unsupported),
         }
     }

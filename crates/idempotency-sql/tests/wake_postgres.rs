@@ -1,0 +1,532 @@
+//! Waiting duplicates on Postgres are woken by `LISTEN`/`NOTIFY`, not polling (issue 12 item 4):
+//! by a completion, a release, a transactional completion only once it commits, and after a
+//! missed notification by the listener's reconnection; a waiting duplicate sends no polling
+//! statements (counted by the server).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use idempotency_core::{
+    Begin, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, Record, Scope,
+    StoreKey, StoredOutcome, Waited, unix_millis_now,
+};
+use idempotency_sql::sqlx::postgres::{PgConnection, PgPoolOptions};
+use idempotency_sql::sqlx::{self, Connection as _};
+use idempotency_sql::{PostgresStore, WAKE_LISTENER_APPLICATION_NAME};
+use idempotency_testkit::fixtures::PostgresServer;
+
+/// Polling, if it happened, would look every 5 ms.
+const POLL: Duration = Duration::from_millis(5);
+const MAX_WAIT: Duration = Duration::from_secs(20);
+
+fn key(name: &str) -> IdempotencyKey {
+    IdempotencyKey::new(format!("{name}-{}", rand::random::<u64>())).unwrap()
+}
+
+fn engine_of(store: PostgresStore, max_wait: Duration) -> Idempotency<PostgresStore> {
+    Idempotency::builder(store)
+        .wait_for_in_flight(max_wait, POLL)
+        .ignore_env()
+        .build()
+        .unwrap()
+}
+
+async fn shared_engine() -> Idempotency<PostgresStore> {
+    let store = common::pg_store(8).await;
+    assert!(store.notifies_waiters());
+    engine_of(store, MAX_WAIT)
+}
+
+async fn first_attempt(
+    engine: &Idempotency<PostgresStore>,
+    scope: &Scope,
+    k: &IdempotencyKey,
+) -> idempotency_core::Guard<PostgresStore> {
+    match engine.begin(scope, k, Fingerprint::of("a")).await.unwrap() {
+        Begin::Run(guard) => guard,
+        Begin::Replay(_) => panic!("the first attempt runs"),
+    }
+}
+
+fn spawn_duplicate(
+    engine: &Idempotency<PostgresStore>,
+    scope: &Scope,
+    k: &IdempotencyKey,
+) -> tokio::task::JoinHandle<(
+    Result<Begin<PostgresStore>, idempotency_core::IdempotencyError>,
+    Instant,
+)> {
+    let (engine, scope, k) = (engine.clone(), scope.clone(), k.clone());
+    tokio::spawn(async move {
+        let answer = engine.begin(&scope, &k, Fingerprint::of("a")).await;
+        (answer, Instant::now())
+    })
+}
+
+/// Gate: a duplicate of this process waits on a key with the listener up.
+async fn until_waiting(store: &PostgresStore) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.waited_keys() == 0 || !store.wake_up_listener().0 {
+        assert!(Instant::now() < deadline, "the duplicate never waited");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn admin(server: &PostgresServer) -> PgConnection {
+    PgConnection::connect(server.url()).await.unwrap()
+}
+
+/// A fresh database on `server` and its URL.
+async fn fresh_database(admin: &mut PgConnection, server: &PostgresServer, name: &str) -> String {
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    let base = server
+        .url()
+        .strip_suffix("/postgres")
+        .expect("a local server's URL ends with /postgres");
+    format!("{base}/{name}")
+}
+
+async fn backends_of(admin: &mut PgConnection, db: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+        .bind(db)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap()
+}
+
+/// Gate: no backend serves `db` any more. A backend reports its pending statistics when it
+/// exits, so `pg_stat_database` is then exact for `db` (idle backends report them only up to
+/// 10 s late).
+async fn until_no_backends(admin: &mut PgConnection, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while backends_of(admin, db).await > 0 {
+        assert!(Instant::now() < deadline, "backends of {db} stay connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn terminate_backends(admin: &mut PgConnection, db: &str) {
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(db)
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    until_no_backends(admin, db).await;
+}
+
+/// `(xact_commit, sessions)` of `db`.
+async fn committed_transactions(admin: &mut PgConnection, db: &str) -> (i64, i64) {
+    sqlx::query_as("SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = $1")
+        .bind(db)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap()
+}
+
+/// The transactions (each statement of the store is one) that `db` commits from the moment a
+/// duplicate starts waiting on a key whose first attempt then works for `work` and completes,
+/// to the duplicate's answer (a replay).
+async fn statements_of_a_waiting_duplicate(
+    server: &PostgresServer,
+    db: &str,
+    wake: bool,
+    work: Duration,
+) -> i64 {
+    let mut admin = admin(server).await;
+    let url = fresh_database(&mut admin, server, db).await;
+    // One pooled connection, so the count is the same at every run: each statement runs on
+    // it (prepared on first use after the reconnection below).
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let store = PostgresStore::builder(pool)
+        .wake_waiters(wake)
+        .operation_timeout(Duration::from_secs(10))
+        .migrate()
+        .await
+        .unwrap();
+    let engine = engine_of(store, MAX_WAIT);
+    let (scope, k) = (Scope::global(), key("count"));
+    let guard = first_attempt(&engine, &scope, &k).await;
+    // Every backend of `db` exits (reporting its statistics); the pool reconnects on demand.
+    terminate_backends(&mut admin, db).await;
+    let before = committed_transactions(&mut admin, db).await;
+    let duplicate = spawn_duplicate(&engine, &scope, &k);
+    if wake {
+        until_waiting(engine.store()).await;
+    }
+    // The first attempt keeps working: `work / POLL` polls' worth.
+    tokio::time::sleep(work).await;
+    guard
+        .complete(StoredOutcome::new("done", None))
+        .await
+        .unwrap();
+    match duplicate.await.unwrap().0.unwrap() {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+        Begin::Run(_) => panic!("must wait, not run"),
+    }
+    engine.store().pool().close().await;
+    drop(engine);
+    until_no_backends(&mut admin, db).await;
+    let after = committed_transactions(&mut admin, db).await;
+    eprintln!(
+        "{db}: xact_commit +{}, sessions +{}",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    after.0 - before.0
+}
+
+/// Counted by the server (`pg_stat_database.xact_commit` of a database of the test's own, read
+/// once every backend has exited): the same scenario, polled, shows the polls; woken, it costs
+/// the same few statements whatever the first attempt's duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_duplicate_sends_no_polling_statements() {
+    let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
+    let work = POLL * 100;
+    let polled = statements_of_a_waiting_duplicate(&server, "polled", false, work).await;
+    let short = statements_of_a_waiting_duplicate(&server, "woken_short", true, POLL * 4).await;
+    let long = statements_of_a_waiting_duplicate(&server, "woken_long", true, work).await;
+    eprintln!(
+        "transactions committed while a duplicate waits {work:?} and gets its replay: \
+         polled {polled}, woken {long} (woken after {:?}: {short})",
+        POLL * 4
+    );
+    // The duplicate's claim, the check after `LISTEN` (a `get`), the re-read after the wake-up
+    // (a claim), and the first attempt's completion (with its `pg_notify`) and the `LISTEN`.
+    // Woken, the statements are the duplicate's claim, the listener's `LISTEN`, the check
+    // after it (a `get`), the first attempt's completion (with its `pg_notify`), the
+    // duplicate's re-read (a claim) and the listener's `UNLISTEN *` when the store is dropped
+    // (as the server's log shows with `log_statement = all`); the count adds sqlx's prepares
+    // on the reopened connection and the two sessions' start-up, the same at every run.
+    assert_eq!(short, long, "the cost does not grow with the time waited");
+    assert!(
+        polled >= long + 40,
+        "the count shows polling when it happens: {polled}"
+    );
+    assert!(long <= 15, "{long}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_wakes_the_waiter() {
+    let engine = shared_engine().await;
+    let (scope, k) = (Scope::global(), key("wake-complete"));
+    let guard = first_attempt(&engine, &scope, &k).await;
+    let duplicate = spawn_duplicate(&engine, &scope, &k);
+    until_waiting(engine.store()).await;
+    let completing = Instant::now();
+    guard
+        .complete(StoredOutcome::new("done", None))
+        .await
+        .unwrap();
+    let (answer, answered) = duplicate.await.unwrap();
+    match answer.unwrap() {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+        Begin::Run(_) => panic!("must wait, not run"),
+    }
+    assert!(
+        answered.duration_since(completing) < MAX_WAIT / 4,
+        "woken, not timed out"
+    );
+    // The last waiter unregistered.
+    assert_eq!(engine.store().waited_keys(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_wakes_the_waiter_which_runs() {
+    let engine = shared_engine().await;
+    let (scope, k) = (Scope::global(), key("wake-release"));
+    let guard = first_attempt(&engine, &scope, &k).await;
+    let duplicate = spawn_duplicate(&engine, &scope, &k);
+    until_waiting(engine.store()).await;
+    let releasing = Instant::now();
+    guard.release().await.unwrap();
+    let (answer, answered) = duplicate.await.unwrap();
+    let Begin::Run(second) = answer.unwrap() else {
+        panic!("a released key is claimed by the waiter")
+    };
+    assert!(
+        answered.duration_since(releasing) < MAX_WAIT / 4,
+        "woken, not timed out"
+    );
+    second.release().await.unwrap();
+}
+
+/// The store-level wait on a key completed inside the application's transaction: no wake-up
+/// while the transaction is open, a wake-up at its commit, none at a rollback.
+async fn transactional_completion(commit: bool) {
+    let engine = shared_engine().await;
+    let store = engine.store().clone();
+    let (scope, k) = (Scope::global(), key("wake-tx"));
+    let guard = first_attempt(&engine, &scope, &k).await;
+    let store_key = engine.store_key(&scope, &k);
+    let Some(Record::InProgress(held)) = store.get(&store_key).await.unwrap() else {
+        panic!("in progress")
+    };
+    let wait_for = if commit {
+        MAX_WAIT
+    } else {
+        Duration::from_secs(2)
+    };
+    let waiter = tokio::spawn({
+        let (store, store_key) = (store.clone(), store_key.clone());
+        async move {
+            let waited = store
+                .wait_for_change(&store_key, &held.token, wait_for)
+                .await;
+            (waited, Instant::now())
+        }
+    });
+    until_waiting(&store).await;
+    let mut tx = store.pool().begin().await.unwrap();
+    let pending = store
+        .complete_in(&mut tx, guard, StoredOutcome::new("done", None))
+        .await
+        .unwrap();
+    // The completion is written (uncommitted): its notification is queued, not delivered.
+    let mut waiter = waiter;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiter)
+            .await
+            .is_err(),
+        "woken before the commit"
+    );
+    let ended = Instant::now();
+    if commit {
+        tx.commit().await.unwrap();
+        pending.committed();
+        let (waited, at) = waiter.await.unwrap();
+        assert_eq!(waited.unwrap(), Waited::Changed);
+        assert!(
+            at.duration_since(ended) < MAX_WAIT / 4,
+            "woken at the commit"
+        );
+        match engine
+            .begin(&scope, &k, Fingerprint::of("a"))
+            .await
+            .unwrap()
+        {
+            Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+            Begin::Run(_) => panic!("committed: replay"),
+        }
+    } else {
+        tx.rollback().await.unwrap();
+        let (waited, _) = waiter.await.unwrap();
+        assert_eq!(
+            waited.unwrap(),
+            Waited::TimedOut,
+            "a rolled back completion notifies nobody"
+        );
+        // Settling the rolled back completion releases the claim: that does notify.
+        let waiter = tokio::spawn({
+            let (store, store_key) = (store.clone(), store_key.clone());
+            async move {
+                store
+                    .wait_for_change(&store_key, &held.token, MAX_WAIT)
+                    .await
+            }
+        });
+        until_waiting(&store).await;
+        pending.release().await.unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), Waited::Changed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_completion_wakes_only_at_commit() {
+    transactional_completion(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_completion_wakes_nobody() {
+    transactional_completion(false).await;
+}
+
+/// A completion whose notification the listener never saw (written by a store that does not
+/// notify, while the listener's connection is cut and new connections to the database are
+/// refused) is caught by the re-read every waiter makes when the listener is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_missed_while_reconnecting_is_caught() {
+    let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
+    let mut admin = admin(&server).await;
+    let url = fresh_database(&mut admin, &server, "reconnect").await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    let max_wait = Duration::from_secs(30);
+    let engine = engine_of(
+        PostgresStore::builder(pool.clone())
+            .operation_timeout(Duration::from_secs(5))
+            .migrate()
+            .await
+            .unwrap(),
+        max_wait,
+    );
+    // Its pool keeps the connection `build()` opened, for use while new ones are refused.
+    let silent = PostgresStore::builder(pool)
+        .wake_waiters(false)
+        .build()
+        .await
+        .unwrap();
+    let (scope, k) = (Scope::global(), key("wake-reconnect"));
+    let _guard = first_attempt(&engine, &scope, &k).await;
+    let store_key = engine.store_key(&scope, &k);
+    let Some(Record::InProgress(held)) = engine.store().get(&store_key).await.unwrap() else {
+        panic!("in progress")
+    };
+    let started = Instant::now();
+    let duplicate = spawn_duplicate(&engine, &scope, &k);
+    until_waiting(engine.store()).await;
+    // Gate: the duplicate's check after `LISTEN` (a `get`) ran and found the key in progress.
+    let get = engine.store().statements().get.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let checked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = 'reconnect' AND query = $1 AND state = 'idle'",
+        )
+        .bind(&get)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if checked > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the duplicate never checked");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(engine.store().wake_up_listener(), (true, 1));
+    // No new connections to the database (superusers included), then cut the listener's.
+    sqlx::query("ALTER DATABASE reconnect ALLOW_CONNECTIONS false")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(WAKE_LISTENER_APPLICATION_NAME)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, vec![true]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.store().wake_up_listener().0 {
+        assert!(Instant::now() < deadline, "the listener never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let completed = Completed {
+        token: held.token,
+        fingerprint: held.fingerprint,
+        created_at_ms: held.created_at_ms,
+        completed_at_ms: unix_millis_now(),
+        outcome: StoredOutcome::new("done", None),
+    };
+    silent
+        .complete(&store_key, &held.token, &completed, Duration::from_secs(60))
+        .await
+        .unwrap();
+    sqlx::query("ALTER DATABASE reconnect ALLOW_CONNECTIONS true")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    match duplicate.await.unwrap().0.unwrap() {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+        Begin::Run(_) => panic!("must replay"),
+    }
+    assert!(
+        started.elapsed() < max_wait / 2,
+        "caught on reconnect, not by the end of the wait"
+    );
+    assert_eq!(
+        engine.store().wake_up_listener(),
+        (true, 2),
+        "reconnected once"
+    );
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    format!("p50 {:?}, p99 {:?}, max {:?}", at(0.50), at(0.99), at(1.0))
+}
+
+/// The figure for the issue: time from the start of the completion to the waiter's answer on
+/// loopback, and what the `pg_notify` in the completion statement costs it. Printed, not
+/// asserted (timing targets belong to benchmarks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_up_latency_figures() {
+    let engine = shared_engine().await;
+    let rounds = 200;
+    let mut latencies = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (scope, k) = (Scope::global(), key(&format!("wake-figure-{round}")));
+        let guard = first_attempt(&engine, &scope, &k).await;
+        let duplicate = spawn_duplicate(&engine, &scope, &k);
+        until_waiting(engine.store()).await;
+        let completing = Instant::now();
+        guard
+            .complete(StoredOutcome::new("done", None))
+            .await
+            .unwrap();
+        let (answer, answered) = duplicate.await.unwrap();
+        assert!(matches!(answer.unwrap(), Begin::Replay(_)));
+        latencies.push(answered.saturating_duration_since(completing));
+    }
+    eprintln!(
+        "wake-up latency over {rounds} rounds (completion start -> waiter's answer): {}",
+        percentiles(latencies)
+    );
+    // The completion statement alone, with and without its `pg_notify` (same statement, so no
+    // extra round trip either way).
+    let silent = PostgresStore::builder(engine.store().pool().clone())
+        .wake_waiters(false)
+        .build()
+        .await
+        .unwrap();
+    for (name, store) in [("with pg_notify", engine.store()), ("without", &silent)] {
+        let mut took = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            let store_key = StoreKey::from_raw(format!(
+                "wake-cost-{name}-{round}-{}",
+                rand::random::<u64>()
+            ));
+            let record = idempotency_core::InProgress {
+                token: idempotency_core::LeaseToken::generate(),
+                fingerprint: Fingerprint::of("a"),
+                created_at_ms: unix_millis_now(),
+            };
+            store
+                .try_claim(&store_key, &record, Duration::from_secs(60))
+                .await
+                .unwrap();
+            let completed = Completed {
+                token: record.token,
+                fingerprint: record.fingerprint,
+                created_at_ms: record.created_at_ms,
+                completed_at_ms: unix_millis_now(),
+                outcome: StoredOutcome::new("done", None),
+            };
+            let start = Instant::now();
+            store
+                .complete(
+                    &store_key,
+                    &record.token,
+                    &completed,
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+            took.push(start.elapsed());
+        }
+        eprintln!("complete() {name}, {rounds} rounds: {}", percentiles(took));
+    }
+}
