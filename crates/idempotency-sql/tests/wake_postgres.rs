@@ -529,4 +529,78 @@ async fn wake_up_latency_figures() {
         }
         eprintln!("complete() {name}, {rounds} rounds: {}", percentiles(took));
     }
+    // Concurrent completions: a transaction that queued a notification takes a cluster-wide
+    // lock at commit (Postgres `PreCommit_Notify`), so notifying commits serialise.
+    // Measured with `fsync` on (the fixture runs with it off), so each commit's WAL flush is
+    // inside the lock; restored afterwards.
+    let set_fsync = |on: bool| {
+        let pool = engine.store().pool().clone();
+        async move {
+            sqlx::query(&format!("ALTER SYSTEM SET fsync = {on}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("SELECT pg_reload_conf()")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    set_fsync(true).await;
+    for (name, store) in [
+        ("with pg_notify", engine.store()),
+        ("without", &silent),
+        ("with pg_notify", engine.store()),
+        ("without", &silent),
+    ] {
+        let (workers, each) = (8, 50);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..workers)
+            .map(|worker| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for round in 0..each {
+                        let store_key = StoreKey::from_raw(format!(
+                            "wake-tput-{worker}-{round}-{}",
+                            rand::random::<u64>()
+                        ));
+                        let record = idempotency_core::InProgress {
+                            token: idempotency_core::LeaseToken::generate(),
+                            fingerprint: Fingerprint::of("a"),
+                            created_at_ms: unix_millis_now(),
+                        };
+                        store
+                            .try_claim(&store_key, &record, Duration::from_secs(60))
+                            .await
+                            .unwrap();
+                        let completed = Completed {
+                            token: record.token,
+                            fingerprint: record.fingerprint,
+                            created_at_ms: record.created_at_ms,
+                            completed_at_ms: unix_millis_now(),
+                            outcome: StoredOutcome::new("done", None),
+                        };
+                        store
+                            .complete(
+                                &store_key,
+                                &record.token,
+                                &completed,
+                                Duration::from_secs(60),
+                            )
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "claim+complete {name} (fsync on), {workers} concurrent workers x {each}: {:.0} pairs/s",
+            f64::from(workers * each) / elapsed.as_secs_f64()
+        );
+    }
+    set_fsync(false).await;
 }
