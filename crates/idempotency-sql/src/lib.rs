@@ -108,7 +108,7 @@
 //! To use your own migration tool instead, copy the SQL below (for another table name, replace
 //! `idempotency_records` everywhere); the stores only check the table's columns at construction
 //! and fail with [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the
-//! migration (`0001_create_records`).
+//! migration (`0001_create_records`, `0002_waiters`).
 //!
 //! Postgres, `0001_create_records`:
 //! ```sql
@@ -117,6 +117,14 @@
 //! SQLite, `0001_create_records`:
 //! ```sql
 #![doc = include_str!("../migrations/sqlite/0001_create_records.sql")]
+//! ```
+//! Postgres, `0002_waiters`:
+//! ```sql
+#![doc = include_str!("../migrations/postgres/0002_waiters.sql")]
+//! ```
+//! SQLite, `0002_waiters`:
+//! ```sql
+#![doc = include_str!("../migrations/sqlite/0002_waiters.sql")]
 //! ```
 //!
 //! # Errors and faults

@@ -3,7 +3,7 @@
 //! by `LISTEN`/`NOTIFY`.
 //!
 //! The `complete` and `release` statements call `pg_notify(<channel>, <payload>)` in the same
-//! statement when they change a row (no extra round trip): the channel is fixed per table
+//! statement when they change a row that has waiters (no extra round trip): the channel is fixed per table
 //! ([`wake_channel`]), the payload is the hex SHA-256 of the store key (64 bytes, far below
 //! Postgres' 8000-byte payload limit whatever the key's length, and no tenant or key text is
 //! broadcast). A notification is queued by the statement and delivered when its transaction
@@ -19,10 +19,15 @@
 //! `Sync`, which runs no statement) to notice a dead peer, and reconnects with back-off.
 //!
 //! # Why no completion is missed
-//! - A waiter registers its payload and creates its `Notified` future, makes sure the listener
-//!   is connected (its `LISTEN` done), then reads the record once: a change committed before
-//!   that read is seen by it, a change committed after it is notified to the listening
-//!   connection.
+//! - Only rows with waiters notify: a waiter registers its payload and creates its `Notified`
+//!   future, makes sure the listener is connected (its `LISTEN` done), then runs one statement
+//!   that sets the row's `waiters` flag if the row is still in progress under the token it saw
+//!   (else: changed, re-read). `complete` and `release` call `pg_notify` only for a flagged
+//!   row, so completions nobody waits for never notify (a notifying commit takes a
+//!   cluster-wide lock in Postgres, `PreCommit_Notify`, which serialises such commits). The
+//!   row lock orders the flag and the completion: a change committed before the flag is seen
+//!   by the flag statement, a completion after it sees the flag and notifies the listening
+//!   connection at its commit.
 //! - While the connection is down, notifications are lost. When it comes back (`LISTEN` done
 //!   again), the task wakes **every** waiter, which re-reads once: a completion committed while
 //!   the listener was reconnecting is caught by that re-read. A waiter that arrives while the
@@ -36,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use idempotency_core::{LeaseToken, Record, StoreError, StoreKey, Waited};
+use idempotency_core::{StoreError, StoreKey, Waited};
 use sha2::{Digest as _, Sha256};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Acquire as _, Connection as _};
@@ -174,16 +179,17 @@ impl Notifier {
     }
 
     /// See [`IdempotencyStore::wait_for_change`](idempotency_core::IdempotencyStore::wait_for_change).
-    /// `check` reads the record (the store's `get`); it runs once, after `LISTEN` is in effect.
+    /// `flag` marks the record as waited on and answers whether it is still in progress under
+    /// the token the caller saw (see `flag_waiter_sql` in `postgres.rs`); it runs once, after
+    /// `LISTEN` is in effect.
     pub(crate) async fn wait<F>(
         &self,
         key: &StoreKey,
-        seen: &LeaseToken,
         timeout: Duration,
-        check: F,
+        flag: F,
     ) -> Result<Waited, StoreError>
     where
-        F: Future<Output = Result<Option<Record>, StoreError>>,
+        F: Future<Output = Result<bool, StoreError>>,
     {
         let deadline = Instant::now() + timeout;
         let registration = Registration::new(&self.shared, wake_payload(key));
@@ -210,13 +216,11 @@ impl Notifier {
                 source: "the wake-up listener connection is down".into(),
             });
         }
-        // The one check after listening: a change committed before `LISTEN` took effect is
-        // seen here.
-        match check.await {
-            Ok(record) if !held_by(record.as_ref(), seen) => return Ok(Waited::Changed),
-            Ok(_) => {}
-            // The wait goes on; the engine re-reads when it ends.
-            Err(error) => tracing::debug!(%error, "check after listening failed"),
+        // The one statement after listening: a change committed before `LISTEN` took effect
+        // is seen here; once the row is flagged, its completion or release notifies. Without
+        // the flag (the statement failed) nothing would: the engine polls this wait instead.
+        if !flag.await? {
+            return Ok(Waited::Changed);
         }
         Ok(match tokio::time::timeout_at(deadline, notified).await {
             Ok(()) => Waited::Changed,
@@ -231,10 +235,6 @@ impl Drop for Notifier {
             handle.abort();
         }
     }
-}
-
-fn held_by(record: Option<&Record>, seen: &LeaseToken) -> bool {
-    matches!(record, Some(Record::InProgress(r)) if r.token == *seen)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -397,15 +397,10 @@ mod tests {
         let started = Instant::now();
         let checked = std::sync::atomic::AtomicBool::new(false);
         let waited = notifier
-            .wait(
-                &key,
-                &LeaseToken::generate(),
-                Duration::from_secs(30),
-                async {
-                    checked.store(true, Ordering::SeqCst);
-                    Ok(None)
-                },
-            )
+            .wait(&key, Duration::from_secs(30), async {
+                checked.store(true, Ordering::SeqCst);
+                Ok(true)
+            })
             .await;
         assert!(
             matches!(waited, Err(StoreError::Unavailable { .. })),
@@ -415,7 +410,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(1));
         assert!(
             !checked.load(Ordering::SeqCst),
-            "no read without a listener"
+            "no statement without a listener"
         );
         assert_eq!(notifier.waited_keys(), 0, "unregistered");
         assert!(!notifier.is_connected());
@@ -428,9 +423,8 @@ mod tests {
         let waited = notifier
             .wait(
                 &StoreKey::from_raw("k"),
-                &LeaseToken::generate(),
                 Duration::from_millis(300),
-                async { Ok(None) },
+                async { Ok(true) },
             )
             .await;
         assert_eq!(waited.ok(), Some(Waited::TimedOut));

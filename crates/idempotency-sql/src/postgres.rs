@@ -37,6 +37,28 @@ struct Inner {
     sql: SqlStatements,
     /// The wake-up listener (`None` when waking waiters was turned off).
     notifier: Option<Notifier>,
+    /// Marks the in-progress row `($1 key, $2 token)` as waited on (see [`flag_waiter_sql`]).
+    flag_waiter: String,
+}
+
+/// A waiting duplicate's one statement before it waits: set `waiters` on the live row still in
+/// progress under the token it saw, and answer whether that row is (still) held and flagged,
+/// so that its completion or release will notify. `false`: it changed (or, rarely, another
+/// waiter flagged it concurrently: a spurious wake-up, re-read).
+///
+/// Race-free by the row lock: a completion that already updated the row in a transaction not
+/// yet committed holds it, so this UPDATE waits for that transaction; at its commit the row is
+/// completed (no match: `false`, re-read), at its rollback the flag is set (the release that
+/// follows notifies). A flag committed before a completion's UPDATE is seen by that UPDATE
+/// (it runs on the latest row version), which then notifies. `AND NOT waiters` and the second,
+/// read-only part skip the write when the snapshot already shows the flag (duplicate storms).
+fn flag_waiter_sql(t: &str) -> String {
+    let held = "store_key = $1 AND token = $2 AND state = 'in_progress' \
+                AND expires_at > clock_timestamp()";
+    format!(
+        "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM flagged) OR EXISTS (SELECT 1 FROM {t} WHERE {held} AND waiters)"
+    )
 }
 
 impl SqlStatements {
@@ -69,6 +91,8 @@ impl SqlStatements {
             "encoding",
             "body",
             "expires_at",
+            // A takeover starts without waiters (`excluded.waiters` is the default, false).
+            "waiters",
         ]
         .map(keep_unless_expired)
         .join(", ");
@@ -90,22 +114,23 @@ impl SqlStatements {
             ),
             // Applied when it completes our live claim, or when it finds the record already
             // completed under our token (a retried call whose reply was lost: nothing changes).
-            // With waking on, the statement also notifies the key's waiters when it changed
-            // the row: `pg_notify` queues the notification, delivered when the transaction
-            // commits (at once on the pool, or at the caller's COMMIT for `complete_in`), and
-            // never on a rollback. `count(...)` forces the call once per changed row.
+            // With waking on, the statement also notifies the key's waiters when it changed a
+            // row that has some (`waiters`, set by `flag_waiter_sql` below): `pg_notify` queues
+            // the notification, delivered when the transaction commits (at once on the pool,
+            // or at the caller's COMMIT for `complete_in`), and never on a rollback.
+            // `count(...)` forces the call once per such row.
             complete: format!(
                 "WITH done AS (\
                    UPDATE {t} SET state = 'completed', completed_at_ms = $3, content_type = $4, \
                    encoding = $5, body = $6, expires_at = clock_timestamp() + {} \
                    WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                   AND expires_at > clock_timestamp() RETURNING 1) \
+                   AND expires_at > clock_timestamp() RETURNING waiters) \
                  SELECT EXISTS (SELECT 1 FROM done) OR EXISTS (SELECT 1 FROM {t} \
                    WHERE store_key = $1 AND token = $2 AND state = 'completed' \
                    AND expires_at > clock_timestamp()){}",
                 micros.replace("$N", "$7"),
                 wake.map_or_else(String::new, |channel| format!(
-                    ", (SELECT count({}) FROM done) AS woken",
+                    ", (SELECT count({}) FROM done WHERE done.waiters) AS woken",
                     notify_sql(channel)
                 ))
             ),
@@ -115,12 +140,13 @@ impl SqlStatements {
                     "DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
                      AND state = 'in_progress' RETURNING expires_at > clock_timestamp()"
                 ),
-                // One row (and one notification) when a row was deleted, none otherwise.
+                // One row when a row was deleted (and a notification when it had waiters).
                 Some(channel) => format!(
                     "WITH gone AS (DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
-                       AND state = 'in_progress' RETURNING expires_at > clock_timestamp() AS live) \
+                       AND state = 'in_progress' \
+                       RETURNING expires_at > clock_timestamp() AS live, waiters) \
                      SELECT gone.live, woken.n FROM gone, \
-                       (SELECT count({}) AS n FROM gone) AS woken",
+                       (SELECT count({}) AS n FROM gone WHERE gone.waiters) AS woken",
                     notify_sql(channel)
                 ),
             },
@@ -199,6 +225,7 @@ impl PostgresStoreBuilder {
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 sql: SqlStatements::postgres(&table.quoted, channel.as_deref()),
+                flag_waiter: flag_waiter_sql(&table.quoted),
                 pool: self.pool,
                 table,
                 timeout: self.timeout,
@@ -260,7 +287,7 @@ async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> 
     if !exists {
         return Err(SqlStoreError::MissingTable {
             table: table.name.clone(),
-            migration: migrate::CURRENT,
+            migration: migrate::FIRST,
         });
     }
     let columns: Vec<(String, String)> = sqlx::query_as(
@@ -582,7 +609,17 @@ impl IdempotencyStore for PostgresStore {
         timeout: Duration,
     ) -> Result<Waited, StoreError> {
         match &self.inner.notifier {
-            Some(notifier) => notifier.wait(key, seen, timeout, self.get(key)).await,
+            Some(notifier) => {
+                let flag = timed(
+                    "wait_for_change",
+                    self.inner.timeout,
+                    sqlx::query_scalar::<_, bool>(&self.inner.flag_waiter)
+                        .bind(key.as_str())
+                        .bind(seen.as_bytes().as_slice())
+                        .fetch_one(&self.inner.pool),
+                );
+                notifier.wait(key, timeout, flag).await
+            }
             None => Ok(Waited::Unsupported),
         }
     }

@@ -12,7 +12,7 @@ use idempotency_core::{
     Begin, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, Record, Scope,
     StoreKey, StoredOutcome, Waited, unix_millis_now,
 };
-use idempotency_sql::sqlx::postgres::{PgConnection, PgPoolOptions};
+use idempotency_sql::sqlx::postgres::{PgConnection, PgListener, PgPoolOptions};
 use idempotency_sql::sqlx::{self, Connection as _};
 use idempotency_sql::{PostgresStore, WAKE_LISTENER_APPLICATION_NAME};
 use idempotency_testkit::fixtures::PostgresServer;
@@ -70,6 +70,28 @@ async fn until_waiting(store: &PostgresStore) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.waited_keys() == 0 || !store.wake_up_listener().0 {
         assert!(Instant::now() < deadline, "the duplicate never waited");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Gate: a duplicate waits on `key` and its row is flagged as waited on (so the completion or
+/// release notifies).
+async fn until_flagged(store: &PostgresStore, key: &StoreKey) {
+    until_waiting(store).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let flagged: Option<bool> = sqlx::query_scalar(&format!(
+            "SELECT waiters FROM {} WHERE store_key = $1",
+            store.table()
+        ))
+        .bind(key.as_str())
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        if flagged == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the row was never flagged");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -201,8 +223,9 @@ async fn a_waiting_duplicate_sends_no_polling_statements() {
     );
     // The duplicate's claim, the check after `LISTEN` (a `get`), the re-read after the wake-up
     // (a claim), and the first attempt's completion (with its `pg_notify`) and the `LISTEN`.
-    // Woken, the statements are the duplicate's claim, the listener's `LISTEN`, the check
-    // after it (a `get`), the first attempt's completion (with its `pg_notify`), the
+    // Woken, the statements are the duplicate's claim, the listener's `LISTEN`, the flag
+    // after it (marks the row as waited on), the first attempt's completion (with its
+    // `pg_notify`), the
     // duplicate's re-read (a claim) and the listener's `UNLISTEN *` when the store is dropped
     // (as the server's log shows with `log_statement = all`); the count adds sqlx's prepares
     // on the reopened connection and the two sessions' start-up, the same at every run.
@@ -220,7 +243,7 @@ async fn completion_wakes_the_waiter() {
     let (scope, k) = (Scope::global(), key("wake-complete"));
     let guard = first_attempt(&engine, &scope, &k).await;
     let duplicate = spawn_duplicate(&engine, &scope, &k);
-    until_waiting(engine.store()).await;
+    until_flagged(engine.store(), &engine.store_key(&scope, &k)).await;
     let completing = Instant::now();
     guard
         .complete(StoredOutcome::new("done", None))
@@ -245,7 +268,7 @@ async fn release_wakes_the_waiter_which_runs() {
     let (scope, k) = (Scope::global(), key("wake-release"));
     let guard = first_attempt(&engine, &scope, &k).await;
     let duplicate = spawn_duplicate(&engine, &scope, &k);
-    until_waiting(engine.store()).await;
+    until_flagged(engine.store(), &engine.store_key(&scope, &k)).await;
     let releasing = Instant::now();
     guard.release().await.unwrap();
     let (answer, answered) = duplicate.await.unwrap();
@@ -284,7 +307,7 @@ async fn transactional_completion(commit: bool) {
             (waited, Instant::now())
         }
     });
-    until_waiting(&store).await;
+    until_flagged(&store, &store_key).await;
     let mut tx = store.pool().begin().await.unwrap();
     let pending = store
         .complete_in(&mut tx, guard, StoredOutcome::new("done", None))
@@ -386,24 +409,8 @@ async fn a_completion_missed_while_reconnecting_is_caught() {
     let started = Instant::now();
     let duplicate = spawn_duplicate(&engine, &scope, &k);
     until_waiting(engine.store()).await;
-    // Gate: the duplicate's check after `LISTEN` (a `get`) ran and found the key in progress.
-    let get = engine.store().statements().get.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let checked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = 'reconnect' AND query = $1 AND state = 'idle'",
-        )
-        .bind(&get)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        if checked > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the duplicate never checked");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    // Gate: the duplicate's statement after `LISTEN` ran and flagged the row in progress.
+    until_flagged(engine.store(), &store_key).await;
     assert_eq!(engine.store().wake_up_listener(), (true, 1));
     // No new connections to the database (superusers included), then cut the listener's.
     sqlx::query("ALTER DATABASE reconnect ALLOW_CONNECTIONS false")
@@ -453,6 +460,70 @@ async fn a_completion_missed_while_reconnecting_is_caught() {
     );
 }
 
+/// Completions and releases nobody waits for send no notification (a notifying commit takes a
+/// cluster-wide lock); a completion with a waiter sends one. Notifications are delivered in
+/// commit order, so had the unwaited ones notified, a listener would see them first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_rows_with_waiters_notify() {
+    let engine = shared_engine().await;
+    let store = engine.store();
+    let mut listener = PgListener::connect(common::shared_server().url())
+        .await
+        .unwrap();
+    listener
+        .listen(store.wake_channel().unwrap())
+        .await
+        .unwrap();
+    let scope = Scope::global();
+    let (a, b, c) = (key("quiet-a"), key("quiet-b"), key("waited-c"));
+    first_attempt(&engine, &scope, &a)
+        .await
+        .complete(StoredOutcome::new("a", None))
+        .await
+        .unwrap();
+    first_attempt(&engine, &scope, &b)
+        .await
+        .release()
+        .await
+        .unwrap();
+    let guard = first_attempt(&engine, &scope, &c).await;
+    let duplicate = spawn_duplicate(&engine, &scope, &c);
+    until_flagged(store, &engine.store_key(&scope, &c)).await;
+    guard.complete(StoredOutcome::new("c", None)).await.unwrap();
+    assert!(matches!(
+        duplicate.await.unwrap().0.unwrap(),
+        Begin::Replay(_)
+    ));
+    let payload = |k: &IdempotencyKey| {
+        let store_key = engine.store_key(&scope, k);
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT encode(sha256(convert_to($1, 'UTF8')), 'hex')")
+                .bind(store_key.as_str())
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (pa, pb, pc) = (payload(&a).await, payload(&b).await, payload(&c).await);
+    // Other tests of this binary notify the same channel: read until ours arrives.
+    loop {
+        let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("the waited completion notifies")
+            .unwrap();
+        assert_ne!(
+            notification.payload(),
+            pa,
+            "an unwaited completion notified"
+        );
+        assert_ne!(notification.payload(), pb, "an unwaited release notified");
+        if notification.payload() == pc {
+            break;
+        }
+    }
+}
+
 fn percentiles(mut samples: Vec<Duration>) -> String {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
@@ -471,7 +542,7 @@ async fn wake_up_latency_figures() {
         let (scope, k) = (Scope::global(), key(&format!("wake-figure-{round}")));
         let guard = first_attempt(&engine, &scope, &k).await;
         let duplicate = spawn_duplicate(&engine, &scope, &k);
-        until_waiting(engine.store()).await;
+        until_flagged(engine.store(), &engine.store_key(&scope, &k)).await;
         let completing = Instant::now();
         guard
             .complete(StoredOutcome::new("done", None))
@@ -485,110 +556,43 @@ async fn wake_up_latency_figures() {
         "wake-up latency over {rounds} rounds (completion start -> waiter's answer): {}",
         percentiles(latencies)
     );
-    // The completion statement alone, with and without its `pg_notify` (same statement, so no
-    // extra round trip either way).
-    let silent = PostgresStore::builder(engine.store().pool().clone())
-        .wake_waiters(false)
-        .build()
-        .await
-        .unwrap();
-    for (name, store) in [("with pg_notify", engine.store()), ("without", &silent)] {
-        let mut took = Vec::with_capacity(rounds);
-        for round in 0..rounds {
-            let store_key = StoreKey::from_raw(format!(
-                "wake-cost-{name}-{round}-{}",
-                rand::random::<u64>()
-            ));
-            let record = idempotency_core::InProgress {
-                token: idempotency_core::LeaseToken::generate(),
-                fingerprint: Fingerprint::of("a"),
-                created_at_ms: unix_millis_now(),
-            };
-            store
-                .try_claim(&store_key, &record, Duration::from_secs(60))
-                .await
-                .unwrap();
-            let completed = Completed {
-                token: record.token,
-                fingerprint: record.fingerprint,
-                created_at_ms: record.created_at_ms,
-                completed_at_ms: unix_millis_now(),
-                outcome: StoredOutcome::new("done", None),
-            };
+    // What the `pg_notify` costs a completion: the same store and statement, on rows flagged
+    // as waited on (it notifies) or not (it does not). The flag is set by hand, out of the
+    // measured time.
+    let mut took = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+    for round in 0..rounds {
+        for (notify, samples) in [true, false].into_iter().zip(took.iter_mut()) {
+            let store_key = claimed(engine.store(), &format!("cost-{round}"), notify).await;
             let start = Instant::now();
-            store
-                .complete(
-                    &store_key,
-                    &record.token,
-                    &completed,
-                    Duration::from_secs(60),
-                )
-                .await
-                .unwrap();
-            took.push(start.elapsed());
+            complete(engine.store(), &store_key).await;
+            samples.push(start.elapsed());
         }
-        eprintln!("complete() {name}, {rounds} rounds: {}", percentiles(took));
     }
+    let [with, without] = took;
+    eprintln!(
+        "complete() notifying, {rounds} rounds: {}",
+        percentiles(with)
+    );
+    eprintln!(
+        "complete() not notifying, {rounds} rounds: {}",
+        percentiles(without)
+    );
     // Concurrent completions: a transaction that queued a notification takes a cluster-wide
-    // lock at commit (Postgres `PreCommit_Notify`), so notifying commits serialise.
-    // Measured with `fsync` on (the fixture runs with it off), so each commit's WAL flush is
-    // inside the lock; restored afterwards.
-    let set_fsync = |on: bool| {
-        let pool = engine.store().pool().clone();
-        async move {
-            sqlx::query(&format!("ALTER SYSTEM SET fsync = {on}"))
-                .execute(&pool)
-                .await
-                .unwrap();
-            sqlx::query("SELECT pg_reload_conf()")
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-    };
-    set_fsync(true).await;
-    for (name, store) in [
-        ("with pg_notify", engine.store()),
-        ("without", &silent),
-        ("with pg_notify", engine.store()),
-        ("without", &silent),
-    ] {
+    // lock at commit (Postgres `PreCommit_Notify`), so notifying commits serialise. Measured
+    // with `fsync` on (the fixture runs with it off), so each commit's WAL flush is inside
+    // the lock; restored afterwards.
+    set_fsync(engine.store(), true).await;
+    for notify in [true, false, true, false] {
         let (workers, each) = (8, 50);
         let started = Instant::now();
         let tasks: Vec<_> = (0..workers)
             .map(|worker| {
-                let store = store.clone();
+                let store = engine.store().clone();
                 tokio::spawn(async move {
                     for round in 0..each {
-                        let store_key = StoreKey::from_raw(format!(
-                            "wake-tput-{worker}-{round}-{}",
-                            rand::random::<u64>()
-                        ));
-                        let record = idempotency_core::InProgress {
-                            token: idempotency_core::LeaseToken::generate(),
-                            fingerprint: Fingerprint::of("a"),
-                            created_at_ms: unix_millis_now(),
-                        };
-                        store
-                            .try_claim(&store_key, &record, Duration::from_secs(60))
-                            .await
-                            .unwrap();
-                        let completed = Completed {
-                            token: record.token,
-                            fingerprint: record.fingerprint,
-                            created_at_ms: record.created_at_ms,
-                            completed_at_ms: unix_millis_now(),
-                            outcome: StoredOutcome::new("done", None),
-                        };
-                        store
-                            .complete(
-                                &store_key,
-                                &record.token,
-                                &completed,
-                                Duration::from_secs(60),
-                            )
-                            .await
-                            .unwrap();
+                        let store_key =
+                            claimed(&store, &format!("tput-{worker}-{round}"), notify).await;
+                        complete(&store, &store_key).await;
                     }
                 })
             })
@@ -596,11 +600,66 @@ async fn wake_up_latency_figures() {
         for task in tasks {
             task.await.unwrap();
         }
-        let elapsed = started.elapsed();
         eprintln!(
-            "claim+complete {name} (fsync on), {workers} concurrent workers x {each}: {:.0} pairs/s",
-            f64::from(workers * each) / elapsed.as_secs_f64()
+            "claim+flag+complete, notifying {notify} (fsync on), {workers} concurrent workers x \
+             {each}: {:.0} per second",
+            f64::from(workers * each) / started.elapsed().as_secs_f64()
         );
     }
-    set_fsync(false).await;
+    set_fsync(engine.store(), false).await;
+}
+
+async fn set_fsync(store: &PostgresStore, on: bool) {
+    sqlx::query(&format!("ALTER SYSTEM SET fsync = {on}"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+/// A fresh key claimed on `store`, its row flagged as waited on or not.
+async fn claimed(store: &PostgresStore, name: &str, waited: bool) -> (StoreKey, Completed) {
+    let store_key = StoreKey::from_raw(format!("wake-{name}-{}", rand::random::<u64>()));
+    let record = idempotency_core::InProgress {
+        token: idempotency_core::LeaseToken::generate(),
+        fingerprint: Fingerprint::of("a"),
+        created_at_ms: unix_millis_now(),
+    };
+    store
+        .try_claim(&store_key, &record, Duration::from_secs(60))
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {} SET waiters = $2 WHERE store_key = $1",
+        store.table()
+    ))
+    .bind(store_key.as_str())
+    .bind(waited)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let completed = Completed {
+        token: record.token,
+        fingerprint: record.fingerprint,
+        created_at_ms: record.created_at_ms,
+        completed_at_ms: unix_millis_now(),
+        outcome: StoredOutcome::new("done", None),
+    };
+    (store_key, completed)
+}
+
+async fn complete(store: &PostgresStore, (store_key, completed): &(StoreKey, Completed)) {
+    let applied = store
+        .complete(
+            store_key,
+            &completed.token,
+            completed,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, idempotency_core::Fenced::Applied);
 }
