@@ -93,9 +93,9 @@
 //! - `complete`: `UPDATE … WHERE store_key = $1 AND token = $2 AND state = 'in_progress' AND
 //!   expires_at > now`, also applied (changing nothing) when the row is already completed under
 //!   the same token (a retried call whose reply was lost). On Postgres it also notifies waiters
-//!   (`pg_notify`, see "Waiting duplicates") when it changed the row.
+//!   (`pg_notify`, see "Waiting duplicates") when it changed a row flagged as waited on.
 //! - `release`: `DELETE … WHERE store_key, token, state = 'in_progress'`, applied when the row
-//!   was live (Postgres: and notifies); `extend`: `UPDATE … SET expires_at = now + lease` with
+//!   was live (Postgres: and notifies when the row was waited on); `extend`: `UPDATE … SET expires_at = now + lease` with
 //!   the same fence;
 //! - `get`: `SELECT … WHERE store_key = $1 AND expires_at > now`; `delete`: `DELETE … RETURNING
 //!   expires_at > now` (whether a live record existed).
@@ -148,35 +148,41 @@
 //!
 //! **Postgres** wakes it by `LISTEN`/`NOTIFY` (on by default;
 //! [`PostgresStoreBuilder::wake_waiters`] turns it off):
-//! - `complete` and `release` call `pg_notify('<table>_wake', <hex SHA-256 of the store key>)`
-//!   **in the same statement** when they change the row, so notifying adds no round trip (the
-//!   statements are in [`PostgresStore::statements`]). The payload is 64 bytes whatever the
-//!   key's length (Postgres refuses payloads of 8000 bytes or more) and carries no key text.
+//! - A waiting duplicate flags the row it waits on (`waiters`, migration `0002_waiters`), in
+//!   one statement that also tells it whether the row is still in progress under the token it
+//!   saw. `complete` and `release` call `pg_notify('<table>_wake', <hex SHA-256 of the store
+//!   key>)` **in the same statement** when they change a flagged row, so notifying adds no
+//!   round trip, and completions nobody waits for send nothing (see the costs below). The
+//!   payload is 64 bytes whatever the key's length (Postgres refuses payloads of 8000 bytes or
+//!   more) and carries no key text.
 //! - A notification is delivered when the transaction commits and dropped on a rollback
 //!   (<https://www.postgresql.org/docs/current/sql-notify.html>), so a completion inside the
-//!   caller's transaction (`complete_in`) wakes waiters exactly when it becomes visible.
+//!   caller's transaction (`complete_in`) wakes waiters exactly when it becomes visible. The
+//!   row lock orders the flag and the completion: a completion that already updated the row in
+//!   an open transaction makes the flag statement wait for its commit (then: changed, re-read)
+//!   or rollback (then: flagged; the release that follows notifies), and a completion after
+//!   the flag sees it and notifies.
 //! - Each store opens **one** listener connection (a `PgListener`, `application_name`
 //!   [`WAKE_LISTENER_APPLICATION_NAME`], made from the pool's connect options but not taken
 //!   from the pool) at its first wait, `LISTEN`s on the table's channel and routes
-//!   notifications to the waiters of this process by payload. It pings every second and
-//!   reconnects with back-off; after a reconnection every waiter re-reads once (notifications
-//!   sent while it was down are lost). A waiter registers, makes sure the `LISTEN` is in
-//!   effect, then reads the record once, so a completion is either seen by that read or
-//!   notified; at the end of the wait the engine re-reads once more (a lease that expires is
-//!   not notified). When the listener cannot connect within the operation timeout, the wait
-//!   fails and the engine polls for that wait.
-//! - A waiting duplicate costs its claim, one `get` after listening and one re-read (a claim),
-//!   plus `LISTEN` once per listener connection: no statement per unit of time waited.
+//!   notifications to the waiters of this process by payload. It pings every second (a
+//!   protocol `Sync`, no statement) and reconnects with back-off; after a reconnection every
+//!   waiter re-reads once (notifications sent while it was down are lost). A waiter registers,
+//!   makes sure the `LISTEN` is in effect, then flags the row, so a completion is either seen
+//!   by that statement or notified; at the end of the wait the engine re-reads once more (a
+//!   lease that expires is not notified). When the listener cannot connect within the
+//!   operation timeout, or the flag statement fails (e.g. it waited longer than the operation
+//!   timeout for a long transaction holding the row), that wait polls instead.
+//! - A waiting duplicate costs its claim, the flag statement and one re-read (a claim), plus
+//!   `LISTEN` once per listener connection: no statement per unit of time waited.
 //! - Costs and limits: a transaction that notified takes a cluster-wide lock at commit
-//!   (Postgres serialises notifying commits to keep the queue in commit order), so completions
-//!   and releases commit one at a time (we could not measure a throughput difference on a
-//!   loaded 2-core machine, with `fsync` on or off, but it exists by design); a listener
-//!   anywhere in the cluster that stops consuming (a session that `LISTEN`s and stays idle in
-//!   a transaction) lets the notification queue (8 GB) fill, after which notifying commits
-//!   fail — watch `pg_notification_queue_usage()`. Behind a pooler that does not keep sessions
-//!   (PgBouncer in transaction or statement mode) `LISTEN` does not work: point the store's pool
-//!   at the server or use `wake_waiters(false)`, which makes waiters poll every
-//!   `poll_interval`.
+//!   (Postgres serialises notifying commits to keep its queue in commit order); only
+//!   completions and releases of waited rows pay it. A listener anywhere in the cluster that
+//!   stops consuming (a session that `LISTEN`s and stays idle in a transaction) lets the
+//!   notification queue (8 GB) fill, after which notifying commits fail — watch
+//!   `pg_notification_queue_usage()`. Behind a pooler that does not keep sessions (PgBouncer in
+//!   transaction or statement mode) `LISTEN` does not work: point the store's pool at the
+//!   server or use `wake_waiters(false)`, which makes waiters poll every `poll_interval`.
 //!
 //! **SQLite** polls: the engine re-claims every `poll_interval` (a local read). SQLite has no
 //! notification between processes sharing the file, and a completion inside the caller's
