@@ -3,8 +3,8 @@
 //! by `LISTEN`/`NOTIFY`.
 //!
 //! The `complete` and `release` statements call `pg_notify(<channel>, <payload>)` in the same
-//! statement when they change a row that has waiters (no extra round trip): the channel is fixed per table
-//! ([`wake_channel`]), the payload is the hex SHA-256 of the store key (64 bytes, far below
+//! statement when they change a row that has waiters (no extra round trip): the channel is
+//! fixed per table ([`wake_channel`]), the payload is the hex SHA-256 of the store key (64 bytes, far below
 //! Postgres' 8000-byte payload limit whatever the key's length, and no tenant or key text is
 //! broadcast). A notification is queued by the statement and delivered when its transaction
 //! commits, never on a rollback ("NOTIFY interacts with SQL transactions",
@@ -13,8 +13,8 @@
 //!
 //! Each store has **one** listener connection (a `sqlx::postgres::PgListener` on a private
 //! one-connection pool built from the application pool's connect options, so it takes nothing
-//! from the application's pool; `application_name` = [`WAKE_LISTENER_APPLICATION_NAME`]), opened by
-//! the first wait and kept; it listens on the one channel and is multiplexed across every
+//! from the application's pool; `application_name` = [`WAKE_LISTENER_APPLICATION_NAME`]),
+//! opened by the first wait and kept; it listens on the one channel and is multiplexed across every
 //! waited key by payload. A background task owns it, pings it every [`PING_EVERY`] (a protocol
 //! `Sync`, which runs no statement) to notice a dead peer, and reconnects with back-off.
 //!

@@ -372,6 +372,46 @@ async fn a_rolled_back_completion_wakes_nobody() {
     transactional_completion(false).await;
 }
 
+/// A transactional completion that holds the row longer than the store's operation timeout:
+/// the waiter's flag statement waits for the row lock, times out, and that wait polls (the
+/// engine's fallback); the duplicate still gets the replay once the transaction commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_on_the_row_falls_back_to_polling() {
+    let store = PostgresStore::builder(common::pg_pool(8).await)
+        .operation_timeout(Duration::from_millis(200))
+        .migrate()
+        .await
+        .unwrap();
+    let engine = engine_of(store, MAX_WAIT);
+    let store = engine.store().clone();
+    let (scope, k) = (Scope::global(), key("wake-long-tx"));
+    let guard = first_attempt(&engine, &scope, &k).await;
+    let mut tx = store.pool().begin().await.unwrap();
+    let pending = store
+        .complete_in(&mut tx, guard, StoredOutcome::new("done", None))
+        .await
+        .unwrap();
+    // The row is locked by `tx` from here until its commit.
+    let duplicate = spawn_duplicate(&engine, &scope, &k);
+    until_waiting(&store).await;
+    // Gate: the waiter gave up on the wake-up (its flag statement timed out) and polls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.waited_keys() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the flag statement never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!duplicate.is_finished(), "answered while the row is locked");
+    tx.commit().await.unwrap();
+    pending.committed();
+    match duplicate.await.unwrap().0.unwrap() {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"done"),
+        Begin::Run(_) => panic!("committed: replay"),
+    }
+}
+
 /// A completion whose notification the listener never saw (written by a store that does not
 /// notify, while the listener's connection is cut and new connections to the database are
 /// refused) is caught by the re-read every waiter makes when the listener is back.
