@@ -205,6 +205,9 @@ impl PostgresStoreBuilder {
     /// duplicates poll (`wait_for_change` answers `Unsupported`). Turn it off behind a pooler
     /// that does not keep sessions (PgBouncer in transaction or statement mode does not
     /// deliver notifications), or when notifying commits would contend (see the crate docs).
+    /// Every instance on one table should agree: a completion by an instance that does not
+    /// notify (this option off, or a version before it) leaves the waiters of the others
+    /// waiting until the end of their `max_wait` (then they re-read).
     pub fn wake_waiters(mut self, wake: bool) -> Self {
         self.wake_waiters = wake;
         self
@@ -647,5 +650,19 @@ mod tests {
             assert!(s.contains("clock_timestamp()") || s.contains("(SELECT t FROM now)"));
             assert!(!s.contains("$N"));
         }
+        let woke = SqlStatements::postgres("\"t\"", Some("t_wake"));
+        for s in [&woke.complete, &woke.release] {
+            assert!(
+                s.contains("pg_notify('t_wake', encode(sha256(convert_to($1, 'UTF8')), 'hex'))")
+            );
+            assert!(
+                s.contains(".waiters) AS"),
+                "only rows with waiters notify: {s}"
+            );
+        }
+        assert!(!sql.complete.contains("pg_notify") && !sql.release.contains("pg_notify"));
+        assert_eq!(woke.claim, sql.claim);
+        let flag = flag_waiter_sql("\"t\"");
+        assert!(flag.contains("SET waiters = true") && flag.contains("$2"));
     }
 }
