@@ -212,7 +212,7 @@ async fn statements_of_a_waiting_duplicate(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_duplicate_sends_no_polling_statements() {
     let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
-    let work = POLL * 100;
+    let work = POLL * 200;
     let polled = statements_of_a_waiting_duplicate(&server, "polled", false, work).await;
     let short = statements_of_a_waiting_duplicate(&server, "woken_short", true, POLL * 4).await;
     let long = statements_of_a_waiting_duplicate(&server, "woken_long", true, work).await;
@@ -221,17 +221,16 @@ async fn a_waiting_duplicate_sends_no_polling_statements() {
          polled {polled}, woken {long} (woken after {:?}: {short})",
         POLL * 4
     );
-    // The duplicate's claim, the check after `LISTEN` (a `get`), the re-read after the wake-up
-    // (a claim), and the first attempt's completion (with its `pg_notify`) and the `LISTEN`.
     // Woken, the statements are the duplicate's claim, the listener's `LISTEN`, the flag
     // after it (marks the row as waited on), the first attempt's completion (with its
-    // `pg_notify`), the
-    // duplicate's re-read (a claim) and the listener's `UNLISTEN *` when the store is dropped
-    // (as the server's log shows with `log_statement = all`); the count adds sqlx's prepares
-    // on the reopened connection and the two sessions' start-up, the same at every run.
+    // `pg_notify`), the duplicate's re-read (a claim) and the listener's `UNLISTEN *` when
+    // the store is dropped (as the server's log shows with `log_statement = all`); the count
+    // adds sqlx's prepares on the reopened connection and the two sessions' start-up, the
+    // same at every run.
     assert_eq!(short, long, "the cost does not grow with the time waited");
+    // Polling every 5 ms for 1 s: about 100 claims on an idle machine, fewer under load.
     assert!(
-        polled >= long + 40,
+        polled >= long + 30,
         "the count shows polling when it happens: {polled}"
     );
     assert!(long <= 15, "{long}");
