@@ -95,8 +95,8 @@
 //!   the same token (a retried call whose reply was lost). On Postgres it also notifies waiters
 //!   (`pg_notify`, see "Waiting duplicates") when it changed a row flagged as waited on.
 //! - `release`: `DELETE … WHERE store_key, token, state = 'in_progress'`, applied when the row
-//!   was live (Postgres: and notifies when the row was waited on); `extend`: `UPDATE … SET expires_at = now + lease` with
-//!   the same fence;
+//!   was live (Postgres: and notifies when the row was waited on); `extend`: `UPDATE … SET
+//!   expires_at = now + lease` with the same fence;
 //! - `get`: `SELECT … WHERE store_key = $1 AND expires_at > now`; `delete`: `DELETE … RETURNING
 //!   expires_at > now` (whether a live record existed).
 //! - `purge_expired(batch)`: deletes at most `batch` expired rows (Postgres: `FOR UPDATE SKIP

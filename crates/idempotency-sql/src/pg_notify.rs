@@ -4,12 +4,12 @@
 //!
 //! The `complete` and `release` statements call `pg_notify(<channel>, <payload>)` in the same
 //! statement when they change a row that has waiters (no extra round trip): the channel is
-//! fixed per table ([`wake_channel`]), the payload is the hex SHA-256 of the store key (64 bytes, far below
-//! Postgres' 8000-byte payload limit whatever the key's length, and no tenant or key text is
-//! broadcast). A notification is queued by the statement and delivered when its transaction
-//! commits, never on a rollback ("NOTIFY interacts with SQL transactions",
-//! <https://www.postgresql.org/docs/current/sql-notify.html>): a completion inside the caller's
-//! transaction (`complete_in`) wakes waiters exactly when it becomes visible.
+//! fixed per table ([`wake_channel`]), the payload is the hex SHA-256 of the store key (64
+//! bytes, far below Postgres' 8000-byte payload limit whatever the key's length, and no tenant
+//! or key text is broadcast). A notification is queued by the statement and delivered when its
+//! transaction commits, never on a rollback ("NOTIFY interacts with SQL transactions",
+//! <https://www.postgresql.org/docs/current/sql-notify.html>): a completion inside the
+//! caller's transaction (`complete_in`) wakes waiters exactly when it becomes visible.
 //!
 //! Each store has **one** listener connection (a `sqlx::postgres::PgListener` on a private
 //! one-connection pool built from the application pool's connect options, so it takes nothing
@@ -84,6 +84,26 @@ pub(crate) fn wake_payload(key: &StoreKey) -> String {
 /// The SQL expression that notifies waiters of the key bound as `$1`.
 pub(crate) fn notify_sql(channel: &str) -> String {
     format!("pg_notify('{channel}', encode(sha256(convert_to($1, 'UTF8')), 'hex'))")
+}
+
+/// A waiting duplicate's one statement before it waits: set `waiters` on the live row still in
+/// progress under the token it saw, and answer whether that row is (still) held and flagged,
+/// so that its completion or release will notify. `false`: it changed (or, rarely, another
+/// waiter flagged it concurrently: a spurious wake-up, re-read).
+///
+/// Race-free by the row lock: a completion that already updated the row in a transaction not
+/// yet committed holds it, so this UPDATE waits for that transaction; at its commit the row is
+/// completed (no match: `false`, re-read), at its rollback the flag is set (the release that
+/// follows notifies). A flag committed before a completion's UPDATE is seen by that UPDATE
+/// (it runs on the latest row version), which then notifies. `AND NOT waiters` and the second,
+/// read-only part skip the write when the snapshot already shows the flag (duplicate storms).
+pub(crate) fn flag_waiter_sql(t: &str) -> String {
+    let held = "store_key = $1 AND token = $2 AND state = 'in_progress' \
+                AND expires_at > clock_timestamp()";
+    format!(
+        "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM flagged) OR EXISTS (SELECT 1 FROM {t} WHERE {held} AND waiters)"
+    )
 }
 
 /// The listener of one store (shared by its clones). Dropping the last clone of the store
@@ -180,7 +200,7 @@ impl Notifier {
 
     /// See [`IdempotencyStore::wait_for_change`](idempotency_core::IdempotencyStore::wait_for_change).
     /// `flag` marks the record as waited on and answers whether it is still in progress under
-    /// the token the caller saw (see `flag_waiter_sql` in `postgres.rs`); it runs once, after
+    /// the token the caller saw (see [`flag_waiter_sql`]); it runs once, after
     /// `LISTEN` is in effect.
     pub(crate) async fn wait<F>(
         &self,

@@ -13,7 +13,7 @@ use sqlx::{Executor, Postgres, Row as _};
 
 use crate::error::timed;
 use crate::migrate::{self, MIGRATIONS};
-use crate::pg_notify::{Notifier, notify_sql, wake_channel};
+use crate::pg_notify::{Notifier, flag_waiter_sql, notify_sql, wake_channel};
 use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
 use crate::table::{DEFAULT_TABLE, Table};
 use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_micros};
@@ -37,28 +37,9 @@ struct Inner {
     sql: SqlStatements,
     /// The wake-up listener (`None` when waking waiters was turned off).
     notifier: Option<Notifier>,
-    /// Marks the in-progress row `($1 key, $2 token)` as waited on (see [`flag_waiter_sql`]).
+    /// Marks the in-progress row `($1 key, $2 token)` as waited on
+    /// (`pg_notify::flag_waiter_sql`).
     flag_waiter: String,
-}
-
-/// A waiting duplicate's one statement before it waits: set `waiters` on the live row still in
-/// progress under the token it saw, and answer whether that row is (still) held and flagged,
-/// so that its completion or release will notify. `false`: it changed (or, rarely, another
-/// waiter flagged it concurrently: a spurious wake-up, re-read).
-///
-/// Race-free by the row lock: a completion that already updated the row in a transaction not
-/// yet committed holds it, so this UPDATE waits for that transaction; at its commit the row is
-/// completed (no match: `false`, re-read), at its rollback the flag is set (the release that
-/// follows notifies). A flag committed before a completion's UPDATE is seen by that UPDATE
-/// (it runs on the latest row version), which then notifies. `AND NOT waiters` and the second,
-/// read-only part skip the write when the snapshot already shows the flag (duplicate storms).
-fn flag_waiter_sql(t: &str) -> String {
-    let held = "store_key = $1 AND token = $2 AND state = 'in_progress' \
-                AND expires_at > clock_timestamp()";
-    format!(
-        "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters RETURNING 1) \
-         SELECT EXISTS (SELECT 1 FROM flagged) OR EXISTS (SELECT 1 FROM {t} WHERE {held} AND waiters)"
-    )
 }
 
 impl SqlStatements {
@@ -115,9 +96,9 @@ impl SqlStatements {
             // Applied when it completes our live claim, or when it finds the record already
             // completed under our token (a retried call whose reply was lost: nothing changes).
             // With waking on, the statement also notifies the key's waiters when it changed a
-            // row that has some (`waiters`, set by `flag_waiter_sql` below): `pg_notify` queues
-            // the notification, delivered when the transaction commits (at once on the pool,
-            // or at the caller's COMMIT for `complete_in`), and never on a rollback.
+            // row that has some (`waiters`, set by `pg_notify::flag_waiter_sql`): `pg_notify`
+            // queues the notification, delivered when the transaction commits (at once on the
+            // pool, or at the caller's COMMIT for `complete_in`), and never on a rollback.
             // `count(...)` forces the call once per such row.
             complete: format!(
                 "WITH done AS (\
