@@ -19,13 +19,13 @@ pub enum SqlStoreError {
     },
     /// The records table does not exist.
     #[error(
-        "table {table} does not exist: run the store's `migrate()` (or apply migration {migration} \
-         from the idempotency-sql crate docs with your migration tool)"
+        "table {table} does not exist: run the store's `migrate()` (or apply the migrations from \
+         {migration} on, from the idempotency-sql crate docs, with your migration tool)"
     )]
     MissingTable {
         /// The table looked for.
         table: String,
-        /// The migration that creates it.
+        /// The migration that creates it (apply it and every later one).
         migration: &'static str,
     },
     /// The records table exists but its columns are not the ones this version needs.

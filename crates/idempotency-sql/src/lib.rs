@@ -46,7 +46,8 @@
 //! # Layout
 //! - [`PostgresStore`] / [`SqliteStore`] (features `postgres` / `sqlite`): the
 //!   [`IdempotencyStore`](idempotency_core::IdempotencyStore) primitives, `migrate()`,
-//!   `purge_expired(batch)` and `complete_in(&mut conn, guard, outcome)`;
+//!   `purge_expired(batch)` and `complete_in(&mut conn, guard, outcome)`; Postgres also wakes
+//!   waiting duplicates (`LISTEN`/`NOTIFY`, module `pg_notify`);
 //! - [`PurgeExpired`] and [`PurgeTask`]: bounded-batch cleanup of expired rows, in the
 //!   background if wanted;
 //! - [`SqlStoreError`]: construction and migration errors (missing table, wrong shape: each
@@ -91,9 +92,11 @@
 //!   the upsert runs only when the snapshot has no live row.
 //! - `complete`: `UPDATE … WHERE store_key = $1 AND token = $2 AND state = 'in_progress' AND
 //!   expires_at > now`, also applied (changing nothing) when the row is already completed under
-//!   the same token (a retried call whose reply was lost).
+//!   the same token (a retried call whose reply was lost). On Postgres it also notifies waiters
+//!   (`pg_notify`, see "Waiting duplicates") when it changed a row flagged as waited on.
 //! - `release`: `DELETE … WHERE store_key, token, state = 'in_progress'`, applied when the row
-//!   was live; `extend`: `UPDATE … SET expires_at = now + lease` with the same fence;
+//!   was live (Postgres: and notifies when the row was waited on); `extend`: `UPDATE … SET
+//!   expires_at = now + lease` with the same fence;
 //! - `get`: `SELECT … WHERE store_key = $1 AND expires_at > now`; `delete`: `DELETE … RETURNING
 //!   expires_at > now` (whether a live record existed).
 //! - `purge_expired(batch)`: deletes at most `batch` expired rows (Postgres: `FOR UPDATE SKIP
@@ -105,7 +108,7 @@
 //! To use your own migration tool instead, copy the SQL below (for another table name, replace
 //! `idempotency_records` everywhere); the stores only check the table's columns at construction
 //! and fail with [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the
-//! migration (`0001_create_records`).
+//! migration (`0001_create_records`, `0002_waiters`).
 //!
 //! Postgres, `0001_create_records`:
 //! ```sql
@@ -114,6 +117,14 @@
 //! SQLite, `0001_create_records`:
 //! ```sql
 #![doc = include_str!("../migrations/sqlite/0001_create_records.sql")]
+//! ```
+//! Postgres, `0002_waiters`:
+//! ```sql
+#![doc = include_str!("../migrations/postgres/0002_waiters.sql")]
+//! ```
+//! SQLite, `0002_waiters`:
+//! ```sql
+#![doc = include_str!("../migrations/sqlite/0002_waiters.sql")]
 //! ```
 //!
 //! # Errors and faults
@@ -127,13 +138,56 @@
 //! absent and never overwritten.
 //!
 //! # Observability
-//! `tracing` events (migrations at info, purge results at debug, failures at warn); the engine
-//! records the operation metrics as for every store.
+//! `tracing` events (migrations at info, purge results at debug, failures at warn; the wake-up
+//! listener's connections at debug and its lost connections at warn); the engine records the
+//! operation metrics, and the wake-up counter, as for every store.
 //!
-//! # Waiting duplicates poll
-//! The SQL stores do not implement `IdempotencyStore::wait_for_change` yet: a duplicate waiting
-//! with the engine's `wait_for_in_flight` re-claims every `poll_interval` (Postgres
-//! `LISTEN`/`NOTIFY` is a follow-up).
+//! # Waiting duplicates
+//! With the engine's `wait_for_in_flight`, a duplicate that finds the key in progress waits
+//! for the first attempt (`IdempotencyStore::wait_for_change`).
+//!
+//! **Postgres** wakes it by `LISTEN`/`NOTIFY` (on by default;
+//! [`PostgresStoreBuilder::wake_waiters`] turns it off):
+//! - A waiting duplicate flags the row it waits on (`waiters`, migration `0002_waiters`), in
+//!   one statement that also tells it whether the row is still in progress under the token it
+//!   saw. `complete` and `release` call `pg_notify('<table>_wake', <hex SHA-256 of the store
+//!   key>)` **in the same statement** when they change a flagged row, so notifying adds no
+//!   round trip, and completions nobody waits for send nothing (see the costs below). The
+//!   payload is 64 bytes whatever the key's length (Postgres refuses payloads of 8000 bytes or
+//!   more) and carries no key text.
+//! - A notification is delivered when the transaction commits and dropped on a rollback
+//!   (<https://www.postgresql.org/docs/current/sql-notify.html>), so a completion inside the
+//!   caller's transaction (`complete_in`) wakes waiters exactly when it becomes visible. The
+//!   row lock orders the flag and the completion: a completion that already updated the row in
+//!   an open transaction makes the flag statement wait for its commit (then: changed, re-read)
+//!   or rollback (then: flagged; the release that follows notifies), and a completion after
+//!   the flag sees it and notifies.
+//! - Each store opens **one** listener connection (a `PgListener`, `application_name`
+//!   [`WAKE_LISTENER_APPLICATION_NAME`], made from the pool's connect options but not taken
+//!   from the pool) at its first wait, `LISTEN`s on the table's channel and routes
+//!   notifications to the waiters of this process by payload. It pings every second (a
+//!   protocol `Sync`, no statement) and reconnects with back-off; after a reconnection every
+//!   waiter re-reads once (notifications sent while it was down are lost). A waiter registers,
+//!   makes sure the `LISTEN` is in effect, then flags the row, so a completion is either seen
+//!   by that statement or notified; at the end of the wait the engine re-reads once more (a
+//!   lease that expires is not notified). When the listener cannot connect within the
+//!   operation timeout, or the flag statement fails (e.g. it waited longer than the operation
+//!   timeout for a long transaction holding the row), that wait polls instead.
+//! - A waiting duplicate costs its claim, the flag statement and one re-read (a claim), plus
+//!   `LISTEN` once per listener connection: no statement per unit of time waited.
+//! - Costs and limits: a transaction that notified takes a cluster-wide lock at commit
+//!   (Postgres serialises notifying commits to keep its queue in commit order); only
+//!   completions and releases of waited rows pay it. A listener anywhere in the cluster that
+//!   stops consuming (a session that `LISTEN`s and stays idle in a transaction) lets the
+//!   notification queue (8 GB) fill, after which notifying commits fail — watch
+//!   `pg_notification_queue_usage()`. Behind a pooler that does not keep sessions (PgBouncer in
+//!   transaction or statement mode) `LISTEN` does not work: point the store's pool at the
+//!   server or use `wake_waiters(false)`, which makes waiters poll every `poll_interval`.
+//!
+//! **SQLite** polls: the engine re-claims every `poll_interval` (a local read). SQLite has no
+//! notification between processes sharing the file, and a completion inside the caller's
+//! transaction becomes visible at a `COMMIT` the store does not see, so an in-process wake-up
+//! would still need the polling behind it; it is not implemented.
 //!
 //! # Feature flags
 //! - `postgres` (default): [`PostgresStore`] on a `sqlx::PgPool`.
@@ -147,6 +201,8 @@
 mod error;
 mod migrate;
 #[cfg(feature = "postgres")]
+mod pg_notify;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod purge;
 mod row;
@@ -159,6 +215,8 @@ use std::time::Duration;
 pub use error::SqlStoreError;
 pub use idempotency_core;
 #[cfg(feature = "postgres")]
+pub use pg_notify::WAKE_LISTENER_APPLICATION_NAME;
+#[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 pub use purge::{PurgeExpired, PurgeTask};
 #[cfg(feature = "sqlite")]
@@ -170,7 +228,9 @@ pub use table::DEFAULT_TABLE;
 /// [`PostgresStore::statements`] / [`SqliteStore::statements`]). Parameters, in order:
 /// `claim` (key, token, fingerprint, created-at ms, lease: µs on Postgres, ms on SQLite),
 /// `complete` (key, token, completed-at ms, content type, encoding, body, retention), `release`
-/// (key, token), `extend` (key, token, lease), `get` and `delete` (key), `purge` (batch).
+/// (key, token), `extend` (key, token, lease), `get` and `delete` (key), `purge` (batch). On a
+/// Postgres store that wakes waiters, `complete` and `release` return a second column (the
+/// notifications sent) after the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SqlStatements {

@@ -20,15 +20,26 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_create_records",
-    postgres: include_str!("../migrations/postgres/0001_create_records.sql"),
-    sqlite: include_str!("../migrations/sqlite/0001_create_records.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_create_records",
+        postgres: include_str!("../migrations/postgres/0001_create_records.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_create_records.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_waiters",
+        postgres: include_str!("../migrations/postgres/0002_waiters.sql"),
+        sqlite: include_str!("../migrations/sqlite/0002_waiters.sql"),
+    },
+];
 
-/// The migration that gives the table the shape this version reads.
-pub(crate) const CURRENT: &str = "0001_create_records";
+/// The first migration, which creates the table.
+pub(crate) const FIRST: &str = "0001_create_records";
+
+/// The last migration: the table must have the shape it leaves.
+pub(crate) const CURRENT: &str = "0002_waiters";
 
 /// The migration's SQL with the default names replaced by `table`'s.
 pub(crate) fn for_table(sql: &str, table: &Table) -> String {
@@ -57,6 +68,7 @@ pub(crate) const SHAPE: &[(&str, &str, &str)] = &[
     ("encoding", "smallint", "INTEGER"),
     ("body", "bytea", "BLOB"),
     ("expires_at", "timestamp with time zone", "INTEGER"),
+    ("waiters", "boolean", "INTEGER"),
 ];
 
 /// Compare the reported `(column, type)` list with [`SHAPE`]; `Some(detail)` when it differs.
@@ -86,20 +98,24 @@ mod tests {
             let sql = for_table(m.postgres, &table);
             assert!(!sql.contains("idempotency_records"), "{sql}");
             assert!(sql.contains("\"app\".\"records\""));
-            assert!(sql.contains("\"records_expires_at\""));
         }
+        assert!(for_table(MIGRATIONS[0].postgres, &table).contains("\"records_expires_at\""));
         let table = Table::parse("t", false).unwrap();
-        assert!(!for_table(MIGRATIONS[0].sqlite, &table).contains("idempotency_records"));
+        for m in MIGRATIONS {
+            assert!(!for_table(m.sqlite, &table).contains("idempotency_records"));
+        }
     }
 
     #[test]
     fn every_column_is_created_by_the_migrations() {
         for (name, ..) in SHAPE {
-            assert!(
-                MIGRATIONS[0].postgres.contains(&format!("{name} ")),
-                "{name}"
-            );
-            assert!(MIGRATIONS[0].sqlite.contains(&format!("{name} ")), "{name}");
+            let created = |sql: fn(&Migration) -> &str| {
+                MIGRATIONS
+                    .iter()
+                    .any(|m| sql(m).contains(&format!("{name} ")))
+            };
+            assert!(created(|m| m.postgres), "{name}");
+            assert!(created(|m| m.sqlite), "{name}");
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.name), Some(CURRENT));
     }

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
-    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
+    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
 use crate::error::timed;
 use crate::migrate::{self, MIGRATIONS};
+use crate::pg_notify::{Notifier, flag_waiter_sql, notify_sql, wake_channel};
 use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
 use crate::table::{DEFAULT_TABLE, Table};
 use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_micros};
@@ -34,10 +35,16 @@ struct Inner {
     table: Table,
     timeout: Duration,
     sql: SqlStatements,
+    /// The wake-up listener (`None` when waking waiters was turned off).
+    notifier: Option<Notifier>,
+    /// Marks the in-progress row `($1 key, $2 token)` as waited on
+    /// (`pg_notify::flag_waiter_sql`).
+    flag_waiter: String,
 }
 
 impl SqlStatements {
-    fn postgres(t: &str) -> Self {
+    /// `wake`: the notification channel, when `complete` and `release` notify waiters.
+    fn postgres(t: &str, wake: Option<&str>) -> Self {
         // The claim, in one statement:
         // - `live`: a live row visible in the statement's snapshot is returned as it is, with no
         //   write and no lock (replays and in-flight answers, the hot path of retry storms);
@@ -65,6 +72,8 @@ impl SqlStatements {
             "encoding",
             "body",
             "expires_at",
+            // A takeover starts without waiters (`excluded.waiters` is the default, false).
+            "waiters",
         ]
         .map(keep_unless_expired)
         .join(", ");
@@ -86,22 +95,42 @@ impl SqlStatements {
             ),
             // Applied when it completes our live claim, or when it finds the record already
             // completed under our token (a retried call whose reply was lost: nothing changes).
+            // With waking on, the statement also notifies the key's waiters when it changed a
+            // row that has some (`waiters`, set by `pg_notify::flag_waiter_sql`): `pg_notify`
+            // queues the notification, delivered when the transaction commits (at once on the
+            // pool, or at the caller's COMMIT for `complete_in`), and never on a rollback.
+            // `count(...)` forces the call once per such row.
             complete: format!(
                 "WITH done AS (\
                    UPDATE {t} SET state = 'completed', completed_at_ms = $3, content_type = $4, \
                    encoding = $5, body = $6, expires_at = clock_timestamp() + {} \
                    WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                   AND expires_at > clock_timestamp() RETURNING 1) \
+                   AND expires_at > clock_timestamp() RETURNING waiters) \
                  SELECT EXISTS (SELECT 1 FROM done) OR EXISTS (SELECT 1 FROM {t} \
                    WHERE store_key = $1 AND token = $2 AND state = 'completed' \
-                   AND expires_at > clock_timestamp())",
-                micros.replace("$N", "$7")
+                   AND expires_at > clock_timestamp()){}",
+                micros.replace("$N", "$7"),
+                wake.map_or_else(String::new, |channel| format!(
+                    ", (SELECT count({}) FROM done WHERE done.waiters) AS woken",
+                    notify_sql(channel)
+                ))
             ),
             // Our own lapsed claim is deleted too (it is garbage), but reported as lost.
-            release: format!(
-                "DELETE FROM {t} WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                 RETURNING expires_at > clock_timestamp()"
-            ),
+            release: match wake {
+                None => format!(
+                    "DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
+                     AND state = 'in_progress' RETURNING expires_at > clock_timestamp()"
+                ),
+                // One row when a row was deleted (and a notification when it had waiters).
+                Some(channel) => format!(
+                    "WITH gone AS (DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
+                       AND state = 'in_progress' \
+                       RETURNING expires_at > clock_timestamp() AS live, waiters) \
+                     SELECT gone.live, woken.n FROM gone, \
+                       (SELECT count({}) AS n FROM gone WHERE gone.waiters) AS woken",
+                    notify_sql(channel)
+                ),
+            },
             extend: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + {} \
                  WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
@@ -132,6 +161,7 @@ pub struct PostgresStoreBuilder {
     pool: PgPool,
     table: String,
     timeout: Duration,
+    wake_waiters: bool,
 }
 
 impl PostgresStoreBuilder {
@@ -150,6 +180,20 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether duplicates waiting on an in-progress record are woken by `LISTEN`/`NOTIFY`
+    /// (default `true`; see the crate docs, "Waiting duplicates"). With `false`, `complete`
+    /// and `release` send no `NOTIFY`, no listener connection is opened, and waiting
+    /// duplicates poll (`wait_for_change` answers `Unsupported`). Turn it off behind a pooler
+    /// that does not keep sessions (PgBouncer in transaction or statement mode does not
+    /// deliver notifications), or when notifying commits would contend (see the crate docs).
+    /// Every instance on one table should agree: a completion by an instance that does not
+    /// notify (this option off, or a version before it) leaves the waiters of the others
+    /// waiting until the end of their `max_wait` (then they re-read).
+    pub fn wake_waiters(mut self, wake: bool) -> Self {
+        self.wake_waiters = wake;
+        self
+    }
+
     /// Check that the table exists with the expected columns, and build the store.
     ///
     /// # Errors
@@ -158,12 +202,18 @@ impl PostgresStoreBuilder {
     pub async fn build(self) -> Result<PostgresStore, SqlStoreError> {
         let table = Table::parse(&self.table, true)?;
         check_shape(&self.pool, &table).await?;
+        let channel = self.wake_waiters.then(|| wake_channel(&table.name));
+        let notifier = channel
+            .clone()
+            .map(|channel| Notifier::new(&self.pool, channel, self.timeout));
         Ok(PostgresStore {
             inner: Arc::new(Inner {
-                sql: SqlStatements::postgres(&table.quoted),
+                sql: SqlStatements::postgres(&table.quoted, channel.as_deref()),
+                flag_waiter: flag_waiter_sql(&table.quoted),
                 pool: self.pool,
                 table,
                 timeout: self.timeout,
+                notifier,
             }),
         })
     }
@@ -221,7 +271,7 @@ async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> 
     if !exists {
         return Err(SqlStoreError::MissingTable {
             table: table.name.clone(),
-            migration: migrate::CURRENT,
+            migration: migrate::FIRST,
         });
     }
     let columns: Vec<(String, String)> = sqlx::query_as(
@@ -266,6 +316,7 @@ impl PostgresStore {
             pool,
             table: DEFAULT_TABLE.to_owned(),
             timeout: DEFAULT_OPERATION_TIMEOUT,
+            wake_waiters: true,
         }
     }
 
@@ -285,6 +336,35 @@ impl PostgresStore {
     /// The records table's name, as configured.
     pub fn table(&self) -> &str {
         &self.inner.table.name
+    }
+
+    /// Whether waiting duplicates are woken by `LISTEN`/`NOTIFY` (see
+    /// [`PostgresStoreBuilder::wake_waiters`]).
+    pub fn notifies_waiters(&self) -> bool {
+        self.inner.notifier.is_some()
+    }
+
+    /// The notification channel `complete` and `release` notify (`<table>_wake`), when waking
+    /// is on.
+    pub fn wake_channel(&self) -> Option<&str> {
+        self.inner.notifier.as_ref().map(Notifier::channel)
+    }
+
+    /// Whether the wake-up listener connection is up (`false` before the first wait: it is
+    /// opened lazily), and how many listener connections were opened (1 + reconnections).
+    pub fn wake_up_listener(&self) -> (bool, u64) {
+        self.inner
+            .notifier
+            .as_ref()
+            .map_or((false, 0), |n| (n.is_connected(), n.connections()))
+    }
+
+    /// Keys on which a duplicate in this process currently waits for a wake-up.
+    pub fn waited_keys(&self) -> usize {
+        self.inner
+            .notifier
+            .as_ref()
+            .map_or(0, Notifier::waited_keys)
     }
 
     /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
@@ -503,6 +583,30 @@ impl IdempotencyStore for PostgresStore {
         .await?;
         Ok(live == Some(true))
     }
+
+    /// One `LISTEN` connection per store, multiplexed across keys (see the module
+    /// `pg_notify`); `Unsupported` (the engine polls) when waking is off.
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        match &self.inner.notifier {
+            Some(notifier) => {
+                let flag = timed(
+                    "wait_for_change",
+                    self.inner.timeout,
+                    sqlx::query_scalar::<_, bool>(&self.inner.flag_waiter)
+                        .bind(key.as_str())
+                        .bind(seen.as_bytes().as_slice())
+                        .fetch_one(&self.inner.pool),
+                );
+                notifier.wait(key, timeout, flag).await
+            }
+            None => Ok(Waited::Unsupported),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -511,7 +615,7 @@ mod tests {
 
     #[test]
     fn statements_name_the_table_and_bind_in_order() {
-        let sql = SqlStatements::postgres("\"t\"");
+        let sql = SqlStatements::postgres("\"t\"", None);
         assert!(sql.claim.contains("INSERT INTO \"t\" AS r"));
         assert!(sql.claim.contains("now.t + $5::float8"));
         assert!(sql.complete.contains("$7::float8"));
@@ -527,5 +631,19 @@ mod tests {
             assert!(s.contains("clock_timestamp()") || s.contains("(SELECT t FROM now)"));
             assert!(!s.contains("$N"));
         }
+        let woke = SqlStatements::postgres("\"t\"", Some("t_wake"));
+        for s in [&woke.complete, &woke.release] {
+            assert!(
+                s.contains("pg_notify('t_wake', encode(sha256(convert_to($1, 'UTF8')), 'hex'))")
+            );
+            assert!(
+                s.contains(".waiters) AS"),
+                "only rows with waiters notify: {s}"
+            );
+        }
+        assert!(!sql.complete.contains("pg_notify") && !sql.release.contains("pg_notify"));
+        assert_eq!(woke.claim, sql.claim);
+        let flag = flag_waiter_sql("\"t\"");
+        assert!(flag.contains("SET waiters = true") && flag.contains("$2"));
     }
 }

@@ -163,7 +163,7 @@ impl SqliteStoreBuilder {
         if columns.is_empty() {
             return Err(SqlStoreError::MissingTable {
                 table: table.name,
-                migration: migrate::CURRENT,
+                migration: migrate::FIRST,
             });
         }
         if let Some(detail) = migrate::shape_mismatch(&columns, false) {

@@ -83,7 +83,7 @@ async fn postgres_wrong_shape_is_refused() {
         SqlStoreError::WrongShape {
             detail, migration, ..
         } => {
-            assert_eq!(migration, "0001_create_records");
+            assert_eq!(migration, "0002_waiters");
             assert!(detail.contains("missing column `token`"), "{detail}");
             assert!(
                 detail.contains("column `state` is integer, expected text"),
@@ -92,6 +92,53 @@ async fn postgres_wrong_shape_is_refused() {
         }
         other => panic!("expected WrongShape, got {other:?}"),
     }
+}
+
+/// A table of an earlier version (migration 0001 only, with a live row) is refused by `build()`
+/// naming the missing migration, and upgraded by `migrate()` with its rows kept.
+#[tokio::test]
+async fn postgres_table_of_0001_is_upgraded() {
+    let pool = common::pg_pool(2).await;
+    let table = table_name();
+    let create = include_str!("../migrations/postgres/0001_create_records.sql")
+        .replace(
+            "\"idempotency_records_expires_at\"",
+            &format!("\"{table}_expires_at\""),
+        )
+        .replace("\"idempotency_records\"", &format!("\"{table}\""));
+    sqlx::raw_sql(&create).execute(&pool).await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (store_key, state, token, fingerprint, created_at_ms, expires_at) \
+         VALUES ('k', 'in_progress', '\\x00', '\\x00', 0, clock_timestamp() + interval '1 hour')"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    match PostgresStore::builder(pool.clone())
+        .table(&table)
+        .build()
+        .await
+        .unwrap_err()
+    {
+        SqlStoreError::WrongShape {
+            detail, migration, ..
+        } => {
+            assert_eq!(migration, "0002_waiters");
+            assert_eq!(detail, "missing column `waiters`");
+        }
+        other => panic!("expected WrongShape, got {other:?}"),
+    }
+    // Recorded as not applied: `migrate()` applies 0001 (a no-op: IF NOT EXISTS) and 0002.
+    PostgresStore::builder(pool.clone())
+        .table(&table)
+        .migrate()
+        .await
+        .expect("upgrade");
+    let waiters: Vec<bool> = sqlx::query_scalar(&format!("SELECT waiters FROM {table}"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(waiters, vec![false], "the row is kept, without waiters");
 }
 
 #[tokio::test]
@@ -150,11 +197,13 @@ async fn postgres_migrate_is_idempotent_and_concurrency_safe() {
         .migrate()
         .await
         .expect("again");
-    let versions: Vec<i64> = sqlx::query_scalar(&format!("SELECT version FROM {table}_migrations"))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(versions, vec![1]);
+    let versions: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT version FROM {table}_migrations ORDER BY version"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, vec![1, 2]);
     let key = StoreKey::from_raw("k");
     assert_eq!(
         store
@@ -202,11 +251,12 @@ async fn sqlite_migrate_is_idempotent_and_concurrency_safe() {
         .migrate()
         .await
         .expect("again");
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM records_migrations")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(versions, vec![1]);
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM records_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2]);
 }
 
 async fn purge_checks<S: IdempotencyStore + PurgeExpired + Clone>(store: S) {

@@ -12,6 +12,8 @@ use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
 use idempotency_testkit::fixtures::PostgresServer;
 use idempotency_testkit::{RawValue, StoreHarness, TimeControl, unique_prefix};
 
+pub mod wake;
+
 /// One server for every test of the binary (statics are never dropped: the fixture's watchdog
 /// stops the server when the test binary exits).
 pub fn shared_server() -> &'static PostgresServer {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, async_trait,
+    StoreKey, Waited, async_trait,
 };
 
 #[cfg(any(feature = "redis", feature = "sql"))]
@@ -493,5 +493,16 @@ impl IdempotencyStore for AnyStore {
 
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
         delegate!(self, s => s.time_to_live(key))
+    }
+
+    /// Forwarded, so waiting duplicates are woken on the stores that notify (memory, Redis,
+    /// Postgres) rather than polled.
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        delegate!(self, s => s.wait_for_change(key, seen, timeout))
     }
 }

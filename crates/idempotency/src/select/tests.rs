@@ -327,6 +327,27 @@ async fn opening_the_memory_plan_gives_a_memory_store() {
     assert!(store.as_memory().is_some());
 }
 
+/// `AnyStore` forwards `wait_for_change` (the default would answer `Unsupported`, and every
+/// waiting duplicate would poll): on the memory store, a key not held by the token seen has
+/// changed, at once.
+#[cfg(feature = "memory")]
+#[tokio::test]
+async fn the_any_store_forwards_wake_ups() {
+    use idempotency_core::{IdempotencyStore, LeaseToken, Waited};
+    let store = store_from_lookup(StoreSelection::AllowMemory, env(&[]))
+        .await
+        .unwrap();
+    let waited = store
+        .wait_for_change(
+            &idempotency_core::StoreKey::from_raw("absent"),
+            &LeaseToken::generate(),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waited, Waited::Changed);
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn an_unreachable_redis_starts_unconnected_without_showing_the_password() {
