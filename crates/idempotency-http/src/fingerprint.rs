@@ -1,5 +1,7 @@
 //! The request fingerprint: what makes "the same request" for the `422` check.
 
+mod lossless;
+
 use bytes::Bytes;
 use http::{HeaderValue, header};
 use idempotency_core::Fingerprint;
@@ -16,12 +18,30 @@ pub enum JsonFingerprint {
     Bytes,
     /// The RFC 8785 JSON Canonicalization Scheme (JCS) form of the body, for requests whose
     /// media type is JSON (`application/json`, any `+json` type): object keys sorted, no
-    /// insignificant whitespace, numbers in their shortest ECMAScript form (so `1.0` and `1`,
-    /// `12e1` and `120` are one value; integers beyond 2^53 are compared as IEEE doubles, as
-    /// JCS specifies). The media type counts by its essence in lower case plus its parameters
-    /// other than `charset` (JSON is UTF-8 by RFC 8259 §8.1), so `application/json`,
-    /// `application/json; charset=utf-8` and `Application/JSON` fingerprint the same. A body that
-    /// is not valid JSON is fingerprinted by its bytes, and a non-JSON media type exactly as in
+    /// insignificant whitespace, numbers in their shortest ECMAScript form (so `450`, `450.0`
+    /// and `4.5e2` are one value).
+    ///
+    /// Only where that form is **lossless** for the body; otherwise the body counts by its
+    /// bytes, as in [`JsonFingerprint::Bytes`] (so a changed request is never taken for the
+    /// first one, at worst a re-serialised one gets `422`):
+    /// - every number must denote exactly the value JCS writes for it: `9007199254740993`
+    ///   (beyond 2^53), `12345678901234567890` or `0.10000000000000001` (more than 17
+    ///   significant digits) would be written as another value, so such a body counts by its
+    ///   bytes (`-0` is the value `0`, written `0`);
+    /// - no object may have a member name twice (RFC 8785 requires I-JSON, RFC 7493 §2.3; a
+    ///   parser keeps one of the two values, so `{"name":"Bronze","name":"Silver"}` would
+    ///   fingerprint like `{"name":"Silver"}`);
+    /// - the body must be JSON (RFC 8259) at all, in UTF-8.
+    ///
+    /// Each fallback is logged at debug level and counted in
+    /// `idempotency_http_fingerprint_bytes_fallback_total` (label `reason`: `not_json`,
+    /// `duplicate_name`, `inexact_number`).
+    ///
+    /// The media type counts by its essence in lower case plus its parameters other than
+    /// `charset`, so `application/json`, `application/json; charset=utf-8` and
+    /// `Application/JSON` fingerprint the same. JSON is UTF-8 (RFC 8259 §8.1): a JSON media
+    /// type with another `charset` (`latin1`, `utf-16`...) is not canonicalised; its header
+    /// and body count byte for byte. A non-JSON media type is fingerprinted exactly as in
     /// [`JsonFingerprint::Bytes`].
     Canonical,
 }
@@ -61,14 +81,19 @@ pub(crate) fn fingerprint(
     }
     match (&settings.canonical_body, json_type) {
         (Some(canonical), _) => builder.push(&canonical(body)),
-        (None, Some(_)) => match canonical_json(body) {
-            // Canonical output is valid JSON and the fallback is not, so they cannot collide;
-            // the tag keeps that obvious.
-            Some(canonical) => {
+        (None, Some(_)) => match lossless::canonical(body) {
+            // The tag keeps canonical and raw parts apart: a body that falls back (e.g. with a
+            // duplicate name) can be valid JSON, even the canonical text of another body.
+            Ok(canonical) => {
                 builder.push(b"jcs");
                 builder.push(&canonical);
             }
-            None => {
+            Err(refusal) => {
+                tracing::debug!(
+                    reason = refusal.as_str(),
+                    "JSON body has no lossless RFC 8785 form; fingerprinting its bytes"
+                );
+                metrics::counter!(BYTES_FALLBACK, "reason" => refusal.as_str()).increment(1);
                 builder.push(b"raw");
                 builder.push(body);
             }
@@ -78,7 +103,10 @@ pub(crate) fn fingerprint(
     builder.finish()
 }
 
-/// The RFC 8785 (JCS) canonical form of a JSON document, or `None` when `body` is not JSON.
+/// The RFC 8785 (JCS) canonical form of a JSON document, or `None` when `body` has no
+/// lossless one: it is not JSON (RFC 8259, UTF-8), an object has a member name twice, or a
+/// number would be written as another value (beyond 2^53, more than 17 significant digits);
+/// see [`JsonFingerprint::Canonical`].
 ///
 /// What [`JsonFingerprint::Canonical`] fingerprints; useful inside a
 /// [`fingerprint_body_with`](crate::LayerBuilder::fingerprint_body_with) closure that first
@@ -88,24 +116,30 @@ pub(crate) fn fingerprint(
 /// let a = idempotency_http::canonical_json(br#"{"b": 1.0, "a": [true, null]}"#).unwrap();
 /// assert_eq!(a, br#"{"a":[true,null],"b":1}"#);
 /// assert_eq!(idempotency_http::canonical_json(b"not json"), None);
+/// // Lossy: one double for both integers, or a repeated name.
+/// assert_eq!(idempotency_http::canonical_json(b"9007199254740993"), None);
+/// assert_eq!(idempotency_http::canonical_json(br#"{"a":1,"a":2}"#), None);
 /// ```
 pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match serde_jcs::to_vec(&value) {
-        Ok(canonical) => Some(canonical),
-        Err(error) => {
-            tracing::debug!(%error, "body parsed as JSON but has no JCS form; fingerprinting its bytes");
-            None
-        }
-    }
+    lossless::canonical(body).ok()
 }
 
-/// For a JSON media type, its normalised form (`type/subtype` in lower case, then the
-/// parameters other than `charset`, names in lower case, sorted); `None` otherwise.
+/// Metric: JSON bodies fingerprinted by their bytes in canonical mode (label `reason`).
+const BYTES_FALLBACK: &str = "idempotency_http_fingerprint_bytes_fallback_total";
+
+/// For a JSON media type in UTF-8, its normalised form (`type/subtype` in lower case, then the
+/// parameters other than `charset`, names in lower case, sorted); `None` otherwise, including
+/// a JSON type that names another charset (JSON is UTF-8 only, RFC 8259 §8.1).
 fn json_media_type(value: &HeaderValue) -> Option<String> {
     let media: mime::Mime = value.to_str().ok()?.parse().ok()?;
     let is_json = media.subtype() == mime::JSON || media.suffix() == Some(mime::JSON);
     if !is_json {
+        return None;
+    }
+    if media
+        .get_param(mime::CHARSET)
+        .is_some_and(|charset| !charset.as_str().eq_ignore_ascii_case("utf-8"))
+    {
         return None;
     }
     let mut params: Vec<(String, String)> = media
@@ -147,6 +181,11 @@ mod tests {
             media("application/json; b=2; a=1").as_deref(),
             Some("application/json;a=1;b=2")
         );
+        assert_eq!(media("application/json; charset=\"utf-8\"  "), plain);
+        // Not UTF-8: not JSON as RFC 8259 defines it, so bytes.
+        assert_eq!(media("application/json; charset=latin1"), None);
+        assert_eq!(media("application/json; charset=ISO-8859-1"), None);
+        assert_eq!(media("application/problem+json; charset=utf-16"), None);
         assert_eq!(media("text/plain"), None);
         assert_eq!(media("not a media type"), None);
     }
@@ -162,3 +201,6 @@ mod tests {
         assert_eq!(canonical_json(b"plain text"), None);
     }
 }
+
+#[cfg(test)]
+mod props;
