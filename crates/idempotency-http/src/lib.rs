@@ -119,7 +119,9 @@
 //! The fingerprint covers the method, path and query, `Content-Type` and body; add headers with
 //! [`LayerBuilder::fingerprint_headers`]. By default the body counts byte for byte;
 //! [`JsonFingerprint::Canonical`] uses its RFC 8785 form instead (and normalises JSON media
-//! types), a body that is not JSON still counting by its bytes; [`LayerBuilder::fingerprint_body_with`]
+//! types) where that form is lossless, a body that is not UTF-8 JSON, repeats a member name or
+//! has a number JCS would change (beyond 2^53, past 17 digits) still counting by its bytes;
+//! [`LayerBuilder::fingerprint_body_with`]
 //! takes your own canonical form. The request body is buffered (up to
 //! [`LayerBuilder::max_request_body`]) and handed on to the inner service, whose request body
 //! type must be buildable from `Bytes` (axum's `Body`, `Full<Bytes>`...).
@@ -127,7 +129,9 @@
 //! # Metrics
 //! Besides the engine's: `idempotency_http_client_gone_total` (responses recorded after their
 //! client left), `idempotency_http_streams_not_recorded_total`,
-//! `idempotency_http_body_omitted_total` and `idempotency_http_replay_encoding_refused_total`.
+//! `idempotency_http_body_omitted_total`, `idempotency_http_replay_encoding_refused_total` and
+//! `idempotency_http_fingerprint_bytes_fallback_total{reason}` (canonical-mode JSON bodies
+//! fingerprinted by their bytes).
 //!
 //! # Feature flags
 //! None: the layer depends on `http`, `http-body`, `tower-layer`/`tower-service` and tokio (for

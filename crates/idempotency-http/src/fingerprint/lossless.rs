@@ -82,8 +82,12 @@ impl Check<'_> {
     fn number<E: de::Error>(&mut self, parsed: f64) -> Result<(), E> {
         let token = self.tokens.next();
         let exact = parsed.is_finite()
-            && token.is_some_and(|token| {
-                same_value(token, self.buffer.format_finite(parsed).as_bytes())
+            && token.is_some_and(|token| match short_integer(token) {
+                // Fast path: below 10^15 < 2^53 every integer is a double, and JCS writes it
+                // with its own digits; only the parser's value needs checking.
+                #[allow(clippy::cast_precision_loss)]
+                Some(n) => n as f64 == parsed,
+                None => same_value(token, self.buffer.format_finite(parsed).as_bytes()),
             });
         if exact {
             Ok(())
@@ -189,14 +193,15 @@ impl<'a> Iterator for NumberTokens<'a> {
                 b'"' => {
                     self.pos += 1;
                     loop {
-                        match *self.text.get(self.pos)? {
+                        let rest = self.text.get(self.pos..)?;
+                        let at = memchr::memchr2(b'"', b'\\', rest)?;
+                        match rest.get(at)? {
                             // The escaped byte is never the closing quote (`\"`).
-                            b'\\' => self.pos += 2,
-                            b'"' => {
-                                self.pos += 1;
+                            b'\\' => self.pos += at + 2,
+                            _ => {
+                                self.pos += at + 1;
                                 break;
                             }
-                            _ => self.pos += 1,
                         }
                     }
                 }
@@ -215,6 +220,21 @@ impl<'a> Iterator for NumberTokens<'a> {
             }
         }
     }
+}
+
+/// The value of an integer token of at most 15 digits (`-?[0-9]{1,15}`), else `None`.
+fn short_integer(token: &[u8]) -> Option<i64> {
+    let (negative, digits) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, token),
+    };
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+    Some(if negative { -n } else { n })
 }
 
 fn is_number_byte(byte: u8) -> bool {
