@@ -1,5 +1,7 @@
 //! What the HTTP layer's request fingerprint costs: the body's bytes (the default) against its
 //! RFC 8785 canonical form (`JsonFingerprint::Canonical`), for 1 KiB and 64 KiB JSON bodies.
+//! The canonical figure includes the lossless check (every number exact, no repeated member
+//! names) that decides whether the canonical form may be used.
 //!
 //! `cargo bench -p idempotency-benches --bench http`
 
