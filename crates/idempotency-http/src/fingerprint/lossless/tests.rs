@@ -111,6 +111,11 @@ fn canonical_refuses_lossy_bodies() {
     }
     // Invalid UTF-8 (a Latin-1 `é` inside a string) is not JSON.
     assert_eq!(canonical(b"{\"n\":\"caf\xe9\"}"), Err(Refusal::NotJson));
+    // Nesting past serde_json's recursion limit (128) is refused, not a stack overflow.
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(canonical(deep.as_bytes()), Err(Refusal::NotJson));
+    let ok_deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    assert_eq!(ok(&ok_deep), ok_deep);
     // Same names in different objects are fine.
     assert_eq!(ok(r#"[{"a":1},{"a":2}]"#), r#"[{"a":1},{"a":2}]"#);
 }
