@@ -50,6 +50,7 @@ mod auth;
 mod db;
 mod envelope;
 mod limits;
+mod model;
 mod shop;
 mod work;
 
@@ -69,7 +70,7 @@ use parking_lot::Mutex;
 pub use auth::{Principal, authenticate, principal_scope};
 pub use db::Database;
 pub use envelope::ApiError;
-pub use shop::{Order, OrderStatus, Product};
+pub use model::{Order, OrderStatus, Product};
 pub use work::{ExecutionLog, SlowWork};
 
 /// Everything the handlers share. Cheap to clone.

@@ -142,20 +142,24 @@ mod effects;
 mod encoding;
 mod fingerprint;
 mod layer;
+mod policy;
 mod problem;
 mod record;
+mod scope;
 mod service;
+mod settings;
 mod stored;
 mod transactional;
 
 pub use body::{BoxError, ResponseBody};
 pub use effects::{SideEffects, SideEffectsMarker};
-pub use fingerprint::{JsonFingerprint, canonical_json};
-pub use layer::{
-    DEFAULT_HEADER, GlobalScope, IdempotencyLayer, LayerBuilder, NoScope, OversizePolicy,
-    ScopeExtractor, ScopeRejection, default_is_stream, default_store_status,
+pub use fingerprint::canonical_json;
+pub use layer::{IdempotencyLayer, LayerBuilder};
+pub use policy::{
+    DEFAULT_HEADER, JsonFingerprint, OversizePolicy, default_is_stream, default_store_status,
 };
 pub use problem::PROBLEM_TYPE_BASE;
+pub use scope::{GlobalScope, NoScope, ScopeExtractor, ScopeRejection};
 pub use service::{BODY_OMITTED_HEADER, IdempotencyService, REPLAYED_HEADER};
 pub use stored::is_hop_by_hop;
 pub use transactional::{TransactionalClaim, TransactionalError};

@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{BoxError, Forwarded, ResponseBody};
 use crate::effects::{SideEffects, SideEffectsMarker};
-use crate::layer::{OversizePolicy, Settings};
+use crate::policy::OversizePolicy;
 use crate::problem::Problem;
+use crate::settings::Settings;
 use crate::stored::{self, StoredResponse};
 use crate::transactional::{self, CompletedByHandler, Slot};
 

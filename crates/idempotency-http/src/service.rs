@@ -26,9 +26,10 @@ use crate::body::{BoxError, ResponseBody};
 use crate::effects::SideEffectsMarker;
 use crate::encoding;
 use crate::fingerprint::fingerprint;
-use crate::layer::{ScopeExtractor, Settings};
 use crate::problem::Problem;
 use crate::record::{self, Failure, Recording};
+use crate::scope::ScopeExtractor;
+use crate::settings::Settings;
 use crate::stored::{self, StoredResponse};
 use crate::transactional::TransactionalClaim;
 

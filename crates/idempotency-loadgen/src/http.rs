@@ -22,8 +22,8 @@ use idempotency_http::IdempotencyLayer;
 use idempotency_redis::RedisStore;
 use tokio::sync::Notify;
 
-use crate::cells::Scenario;
 use crate::load::Worker;
+use crate::scenario::{Scenario, unbounded_memory};
 use crate::servers::Background;
 
 /// The request body every client sends.
@@ -95,7 +95,7 @@ impl HttpServer {
             let plain = router(app_state);
             let router = match app {
                 App::Bare => plain,
-                App::Memory => with_layer(plain, crate::cells::unbounded_memory())?,
+                App::Memory => with_layer(plain, unbounded_memory())?,
                 App::Redis(url) => with_layer(plain, RedisStore::connect(&url).await?)?,
             };
             let listener = listener.tap_io(|tcp| {

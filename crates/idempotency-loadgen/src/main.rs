@@ -13,7 +13,8 @@
 //! ```
 //!
 //! # Layout
-//! - `load`: the closed loop and histograms; `cells`: backends, scenarios, one cell;
+//! - `scenario`: the scenarios and what every worker shares (lease, retention, request, outcome);
+//! - `load`: the closed loop and histograms; `cells`: backends, servers, one cell;
 //! - `engine`: workers on our engine and memory store; `raw`: the plain `redis` baseline;
 //! - `sql`: the Postgres server, the SQLite file and the `raw-postgres` baseline;
 //! - `http`: the axum apps and the hyper client; `servers`: server lifecycles;
@@ -26,6 +27,7 @@ mod load;
 mod machine;
 mod raw;
 mod report;
+mod scenario;
 mod servers;
 mod sql;
 
@@ -37,9 +39,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cells::{Backend, Cell, Env, Scenario};
+use crate::cells::{Backend, Cell, Env};
 use crate::load::{Counter, Plan};
 use crate::report::{Report, Row, ServerVersions};
+use crate::scenario::Scenario;
 
 /// What to run, from the command line.
 #[derive(Debug)]

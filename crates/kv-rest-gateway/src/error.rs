@@ -1,8 +1,9 @@
 //! Request-level failures and how they map onto HTTP (`{"error": …}` bodies).
 
-use axum::http::header::ALLOW;
+use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value as Json;
 
 /// Why a request failed as a whole (per-command errors inside a pipeline are not these).
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,7 @@ impl GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
-        let mut response = crate::server::json_response(self.status(), &body);
+        let mut response = json_response(self.status(), &body);
         if matches!(self, Self::BodyTimeout(_)) {
             // The client may still be sending: do not keep reading from it.
             response.headers_mut().insert(
@@ -62,6 +63,18 @@ impl IntoResponse for GatewayError {
         }
         response
     }
+}
+
+/// A JSON response with the given status.
+pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
+    let bytes =
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        bytes,
+    )
+        .into_response()
 }
 
 /// Maps a `redis` crate error: replies from the server keep their text (`ERR …`,

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -21,7 +21,7 @@ use crate::backend::{Backend, TransactionOutcome};
 use crate::body::{parse_batch, parse_command};
 use crate::command::{Command, command_from_path};
 use crate::config::GatewayConfig;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, json_response};
 use crate::listen::{ConnectionCounter, ServerLimits, serve_with_limits};
 use crate::policy::check_allowed;
 use crate::resp::{Encoding, item, to_json};
@@ -240,18 +240,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     Gateway::new(&config)?.serve(listener, shutdown).await
-}
-
-/// A JSON response with the given status.
-pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
-    let bytes =
-        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
-    (
-        status,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        bytes,
-    )
-        .into_response()
 }
 
 async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
