@@ -82,13 +82,20 @@ impl Backend {
         }
     }
 
-    pub(crate) fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.name() == name)
-    }
-
     /// Runs on one current-thread runtime, with no I/O.
     pub(crate) fn in_process(self) -> bool {
         matches!(self, Backend::MemoryStore | Backend::Memory)
+    }
+}
+
+/// `--backends` values: the names of [`Backend::name`].
+impl clap::ValueEnum for Backend {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 

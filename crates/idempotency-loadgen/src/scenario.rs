@@ -8,6 +8,17 @@ use std::time::Duration;
 use idempotency_core::{Fingerprint, Scope, StoredOutcome};
 use idempotency_memory::MemoryStore;
 
+/// `--scenarios` values: the names of [`Scenario::name`].
+impl clap::ValueEnum for Scenario {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
 /// The engine's default lease and retention, used by the raw baseline too.
 pub(crate) const LEASE: Duration = Duration::from_secs(60);
 pub(crate) const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
