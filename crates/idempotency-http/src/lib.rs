@@ -138,6 +138,7 @@
 #![deny(missing_docs)]
 
 mod body;
+mod decide;
 mod effects;
 mod encoding;
 mod fingerprint;

@@ -1,6 +1,6 @@
 //! Request-level failures and how they map onto HTTP (`{"error": …}` bodies).
 
-use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value as Json;
@@ -14,9 +14,9 @@ pub(crate) enum GatewayError {
     /// Missing or wrong token: HTTP 401.
     #[error("Unauthorized")]
     Unauthorized,
-    /// A method the endpoint does not accept: HTTP 405 with `Allow: <the accepted methods>`.
+    /// A method the endpoint does not accept: HTTP 405 (axum's method routing adds `Allow`).
     #[error("Method not allowed")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed,
     /// The body did not arrive within the body read timeout: HTTP 408, connection closed.
     #[error("ERR the request body did not arrive within {} ms", .0.as_millis())]
     BodyTimeout(std::time::Duration),
@@ -36,7 +36,7 @@ impl GatewayError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -55,11 +55,6 @@ impl IntoResponse for GatewayError {
                 axum::http::header::CONNECTION,
                 HeaderValue::from_static("close"),
             );
-        }
-        if let Self::MethodNotAllowed(allowed) = self {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allowed));
         }
         response
     }
