@@ -181,7 +181,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> Result<Fenced, StoreError>;
 
-    /// Read the record, if any (inspection and in-flight polling).
+    /// Read the record, if any (inspection and polling while in progress).
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
 
     /// Delete the record whatever its state (explicit invalidation). Returns whether one existed.
@@ -193,7 +193,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     ///
     /// Optional: the default answers `None` without a round trip. The engine asks only when it
     /// answers "in progress" to a retry, to derive `Retry-After` from the lease (see
-    /// [`crate::IdempotencyError::InFlight`]); Redis answers it with `PTTL`.
+    /// [`crate::IdempotencyError::InProgress`]); Redis answers it with `PTTL`.
     ///
     /// # Errors
     /// Infrastructure trouble, as for the other primitives (the engine then falls back to its

@@ -30,7 +30,7 @@
 //!
 //! Answers use the envelope `{ "data": ..., "error": null | {"code", "message"}, "meta": {...} }`;
 //! invalid JSON or fields get 400 with `error` set. The idempotency layer's own answers (missing
-//! or malformed key 400, reused key 422, in flight 409, store down 503) are RFC 9457
+//! or malformed key 400, reused key 422, in progress 409, store down 503) are RFC 9457
 //! `application/problem+json`, as DESIGN §5 says; replays carry `Idempotent-Replayed: true`.
 //!
 //! # Layout

@@ -341,11 +341,11 @@ pub(crate) async fn metrics(
     let stats = engine.stats();
     let store = engine.store().description();
     let body = json!({
-        "cacheHits": stats.hits,
-        "cacheMisses": stats.misses,
-        "cacheWrites": stats.writes,
+        "cacheHits": stats.replays,
+        "cacheMisses": stats.claims,
+        "cacheWrites": stats.completions,
         "hitRate": stats.hit_rate(),
-        "inFlightConflicts": stats.in_flight,
+        "inProgressConflicts": stats.in_progress,
         "fingerprintMismatches": stats.mismatches,
         "storeErrors": stats.store_errors,
         "failOpen": stats.fail_open,

@@ -220,7 +220,7 @@ async fn same_key_different_request_is_422() {
 }
 
 #[tokio::test]
-async fn in_flight_duplicate_is_409_with_retry_after() {
+async fn in_progress_duplicate_is_409_with_retry_after() {
     let app = Arc::new(App::new(engine(MemoryStore::new())));
     let first = {
         let app = Arc::clone(&app);
@@ -236,7 +236,7 @@ async fn in_flight_duplicate_is_409_with_retry_after() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(headers["retry-after"], "1");
-    assert_eq!(problem_type(&body), "in-flight");
+    assert_eq!(problem_type(&body), "in-progress");
     app.handler.release.notify_one();
     assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
     let (status, headers, _) = app.send(req(post(Some("slow"), ""), "x")).await;

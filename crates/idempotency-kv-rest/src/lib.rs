@@ -26,9 +26,13 @@
 //! # Waiting duplicates poll
 //! This store does not implement `IdempotencyStore::wait_for_change`: the REST API is plain
 //! request/response and this client holds no subscription (the KV REST gateway also refuses
-//! pub/sub commands), so a duplicate waiting with the engine's `wait_for_in_flight` re-claims
+//! pub/sub commands), so a duplicate waiting with the engine's `wait_for_in_progress` re-claims
 //! every `poll_interval`. The shared completion and release scripts publish only when given a
 //! channel, which this store never passes.
+//!
+//! # Re-exports
+//! [`idempotency_core`] and [`reqwest`], so versions match (every backend crate re-exports core
+//! and its client crate the same way).
 //!
 //! # Feature flags
 //! - `rustls` (default): HTTPS through rustls, needed for the hosted service.
@@ -46,7 +50,9 @@ use idempotency_core::{
 };
 use serde_json::{Value, json};
 
-pub use config::{ENV_PAIRS, KvRestConfig, KvRestConfigError};
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, ENV_PAIRS, KvRestConfig, KvRestConfigError,
+};
 pub use idempotency_core;
 pub use reqwest;
 
@@ -143,7 +149,7 @@ impl KvRestStore {
     /// [`KvRestConfigError::Client`] when the HTTP client cannot be built.
     pub fn new(config: KvRestConfig) -> Result<Self, KvRestConfigError> {
         let client = reqwest::Client::builder()
-            .timeout(config.timeout)
+            .timeout(config.operation_timeout)
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
@@ -191,7 +197,7 @@ impl KvRestStore {
     async fn command(&self, command: &Value) -> Result<Value, StoreError> {
         self.call(command)
             .await
-            .map_err(|e| e.into_store_error(self.config.timeout))
+            .map_err(|e| e.into_store_error(self.config.operation_timeout))
     }
 
     /// Run one command (JSON form, `POST /`) and return its `result`.
@@ -214,10 +220,11 @@ impl KvRestStore {
                 // this covers a kept-alive connection the server closed just as the request was
                 // sent ("connection closed before message completed"), which servers with an
                 // idle timeout shorter than the pool's cause now and then.
-                Err(e) if is_resendable(&e) && attempt < self.config.retries => {
+                Err(e) if is_resendable(&e) && attempt < self.config.reconnect_attempts => {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "KV REST request did not get through; retrying");
-                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                    // 20, 40, 80 ms ... capped at about 10 s.
+                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(10))).await;
                     continue;
                 }
                 Err(e) => return Err(CallError::Transport(e)),
@@ -279,7 +286,7 @@ impl KvRestStore {
                 self.command(&with(vec![json!("EVAL"), json!(script.text)]))
                     .await?
             }
-            other => other.map_err(|e| e.into_store_error(self.config.timeout))?,
+            other => other.map_err(|e| e.into_store_error(self.config.operation_timeout))?,
         };
         match reply.as_i64() {
             Some(1) => Ok(Fenced::Applied),

@@ -160,7 +160,7 @@ impl Env {
             .await?;
         let kv_url = format!("http://{}", self.gateway.addr);
         let kv = KvRestStore::new(
-            KvRestConfig::new(kv_url, GATEWAY_TOKEN)?.timeout(Duration::from_secs(2)),
+            KvRestConfig::new(kv_url, GATEWAY_TOKEN)?.operation_timeout(Duration::from_secs(2)),
         )?;
         let raw = ConnectionManager::new(redis::Client::open(url)?).await?;
         let (postgres, sqlite, postgres_version) = self.sql_servers.connect().await?;

@@ -75,9 +75,9 @@ impl<S: IdempotencyStore + 'static> Worker for EngineWorker<S> {
                     .begin(&self.scope, &self.fixed, self.fingerprint)
                     .await
                 {
-                    Err(IdempotencyError::InFlight { .. }) => Ok(()),
+                    Err(IdempotencyError::InProgress { .. }) => Ok(()),
                     Err(other) => Err(other.into()),
-                    Ok(_) => bail!("an in-flight key was not reported in flight"),
+                    Ok(_) => bail!("an in-progress key was not reported in progress"),
                 }
             }
         }

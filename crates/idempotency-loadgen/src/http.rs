@@ -29,7 +29,7 @@ use crate::servers::Background;
 /// The request body every client sends.
 const BODY: &[u8] = br#"{"sku":"widget","qty":1}"#;
 /// A request with this header parks in the handler until [`HttpServer::unhold`]: it keeps its
-/// key in flight for the `conflict` scenario.
+/// key in progress for the `conflict` scenario.
 const HOLD_HEADER: &str = "x-bench-hold";
 
 /// Which app to serve.
@@ -210,7 +210,7 @@ impl Worker for HttpWorker {
     }
 }
 
-/// A request parked in the handler, holding its key in flight; finish with [`Held::finish`].
+/// A request parked in the handler, holding its key in progress; finish with [`Held::finish`].
 pub(crate) struct Held {
     request: tokio::task::JoinHandle<Result<StatusCode>>,
 }

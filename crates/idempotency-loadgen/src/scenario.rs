@@ -30,7 +30,7 @@ pub(crate) enum Scenario {
     Fresh,
     /// Begin on a completed key (the stored outcome comes back).
     Replay,
-    /// Begin on a key whose first attempt is in flight.
+    /// Begin on a key whose first attempt is in progress.
     Conflict,
 }
 

@@ -40,7 +40,7 @@ impl SqlStatements {
     fn postgres(t: &str) -> Self {
         // The claim, in one statement:
         // - `live`: a live row visible in the statement's snapshot is returned as it is, with no
-        //   write and no lock (replays and in-flight answers, the hot path of retry storms);
+        //   write and no lock (replays and in-progress answers, the hot path of retry storms);
         // - otherwise `ins` upserts, and its `DO UPDATE` always touches the conflicting row (the
         //   SET keeps every old value unless the row has expired), so its RETURNING always
         //   yields the row as it is after the statement: ours (`claimed`: our fresh random

@@ -516,7 +516,7 @@ fn engine_over(h: &dyn StoreHarness) -> Idempotency<Arc<dyn IdempotencyStore>> {
         .expect("engine")
 }
 
-/// The engine over the store (as `Box<dyn IdempotencyStore>`): run, replay, mismatch, in flight.
+/// The engine over the store (as `Box<dyn IdempotencyStore>`): run, replay, mismatch, in progress.
 pub async fn engine_semantics(h: &dyn StoreHarness) {
     let boxed: Box<dyn IdempotencyStore> = Box::new(h.store());
     let engine = Idempotency::builder(boxed)
@@ -532,7 +532,7 @@ pub async fn engine_semantics(h: &dyn StoreHarness) {
     };
     let conflict = engine.begin(&scope, &k, fp).await;
     assert!(
-        matches!(conflict, Err(IdempotencyError::InFlight { .. })),
+        matches!(conflict, Err(IdempotencyError::InProgress { .. })),
         "{conflict:?}"
     );
     let big = vec![b'x'; 20_000];
@@ -575,7 +575,7 @@ pub async fn engine_runs_once_under_duplicates(h: &dyn StoreHarness) {
     let engine = Idempotency::builder(h.store())
         .prefix(h.key_prefix())
         .store_timeout(Duration::from_secs(10))
-        .wait_for_in_flight(Duration::from_secs(20), Duration::from_millis(10))
+        .wait_for_in_progress(Duration::from_secs(20), Duration::from_millis(10))
         .ignore_env()
         .build()
         .expect("engine");

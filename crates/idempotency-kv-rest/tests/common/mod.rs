@@ -30,7 +30,7 @@ pub fn rest_store(url: &str) -> KvRestStore {
     KvRestStore::new(
         KvRestConfig::new(url, TOKEN)
             .unwrap()
-            .timeout(Duration::from_secs(2)),
+            .operation_timeout(Duration::from_secs(2)),
     )
     .unwrap()
 }
