@@ -129,6 +129,18 @@
 //! client left), `idempotency_http_streams_not_recorded_total`,
 //! `idempotency_http_body_omitted_total` and `idempotency_http_replay_encoding_refused_total`.
 //!
+//! # Layout
+//! - `layer`: [`IdempotencyLayer`] and its [`LayerBuilder`]; `settings`: what the builder sets,
+//!   shared by every service; `policy`: the policy types and defaults ([`OversizePolicy`],
+//!   [`JsonFingerprint`], [`default_store_status`], [`default_is_stream`]); `scope`: the
+//!   [`ScopeExtractor`] and its refusal.
+//! - `service`: [`IdempotencyService`]: `decide` (pure: pass through, answer at once, or protect)
+//!   then one async path (body, fingerprint, claim, the handler in the detached task of
+//!   `record`).
+//! - `fingerprint`, `problem` (RFC 9457 answers), `stored` (the stored-response codec),
+//!   `encoding` (`Accept-Encoding` on replay), `effects` ([`SideEffects`]), `transactional`
+//!   ([`TransactionalClaim`]), `body` ([`ResponseBody`]).
+//!
 //! # Feature flags
 //! None: the layer depends on `http`, `http-body`, `tower-layer`/`tower-service` and tokio (for
 //! the detached task), so it fits any tower-based server without pulling in a framework.
