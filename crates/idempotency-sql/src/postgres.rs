@@ -433,11 +433,11 @@ impl IdempotencyStore for PostgresStore {
             self.complete_on(&self.inner.pool, key, token, record, retention),
         )
         .await?;
-        Ok(if applied {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if applied {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
@@ -450,11 +450,11 @@ impl IdempotencyStore for PostgresStore {
                 .fetch_optional(&self.inner.pool),
         )
         .await?;
-        Ok(if live == Some(true) {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if live == Some(true) {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn extend(
@@ -473,11 +473,11 @@ impl IdempotencyStore for PostgresStore {
                 .execute(&self.inner.pool),
         )
         .await?;
-        Ok(if done.rows_affected() == 1 {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if done.rows_affected() == 1 {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
