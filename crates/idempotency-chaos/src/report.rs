@@ -363,7 +363,7 @@ impl RunReport {
             "# Chaos run ({}, seed {})\n\n{}; {} keys per scenario over {:.1} s, each sent by two \
              retrying clients at once; DEMO_WORK_MS={}, DEMO_AFTER_WRITE_MS={}; outage {:.1} s; \
              \"unanswered\" = no final answer within outage + 5 s. The demo's own defaults \
-             otherwise (lease, store timeout, 409 at once for a duplicate in flight).\n",
+             otherwise (lease, store timeout, 409 at once for a duplicate in progress).\n",
             self.variant,
             self.seed,
             self.machine,

@@ -4,27 +4,8 @@ use bytes::Bytes;
 use http::{HeaderValue, header};
 use idempotency_core::Fingerprint;
 
-use crate::layer::Settings;
-
-/// How a JSON request body is fingerprinted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum JsonFingerprint {
-    /// The body's bytes as sent (the default): a retry must send the very same bytes, so a
-    /// client that re-serialises a map with another key order gets `422`. Nothing is parsed.
-    #[default]
-    Bytes,
-    /// The RFC 8785 JSON Canonicalization Scheme (JCS) form of the body, for requests whose
-    /// media type is JSON (`application/json`, any `+json` type): object keys sorted, no
-    /// insignificant whitespace, numbers in their shortest ECMAScript form (so `1.0` and `1`,
-    /// `12e1` and `120` are one value; integers beyond 2^53 are compared as IEEE doubles, as
-    /// JCS specifies). The media type counts by its essence in lower case plus its parameters
-    /// other than `charset` (JSON is UTF-8 by RFC 8259 §8.1), so `application/json`,
-    /// `application/json; charset=utf-8` and `Application/JSON` fingerprint the same. A body that
-    /// is not valid JSON is fingerprinted by its bytes, and a non-JSON media type exactly as in
-    /// [`JsonFingerprint::Bytes`].
-    Canonical,
-}
+use crate::policy::JsonFingerprint;
+use crate::settings::Settings;
 
 /// Method, path and query, content type, configured headers, then the (canonical) body; each a
 /// length-prefixed part, so nothing can shift between them.
