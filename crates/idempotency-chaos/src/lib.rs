@@ -73,6 +73,9 @@ pub enum ChaosError {
     /// A Redis fixture failed (the testkit's message says how to get `redis-server`).
     #[error("redis: {0}")]
     Redis(String),
+    /// A Postgres fixture failed (the testkit's message says how to get the binaries).
+    #[error("postgres: {0}")]
+    Postgres(String),
 }
 
 impl ChaosError {
