@@ -210,6 +210,9 @@ pub struct Params {
     pub grace: Duration,
     /// Scenarios run at the same time (more is faster and noisier on a small machine).
     pub parallel: usize,
+    /// `IDEMPOTENCY_LEASE` for every demo instance (`None`: the demo's default, 60 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl Params {
@@ -224,6 +227,7 @@ impl Params {
             attempt_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(1),
             parallel: 2,
+            lease: None,
         }
     }
 
@@ -238,6 +242,7 @@ impl Params {
             attempt_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(10),
             parallel: 1,
+            lease: None,
         }
     }
 }
@@ -289,7 +294,8 @@ pub fn matrix(
     out
 }
 
-/// The quick run inside `cargo xtask test`: one scenario per kind of fault, fail-closed.
+/// The quick run inside `cargo xtask test`: one scenario per kind of fault, fail-closed, and
+/// the SQL store's crash window (`sql demo-kill`).
 pub fn quick_matrix() -> Vec<ScenarioSpec> {
     let spec = |backend, fault| ScenarioSpec {
         backend,
@@ -302,6 +308,7 @@ pub fn quick_matrix() -> Vec<ScenarioSpec> {
         spec(Backend::Redis, Fault::DemoKill),
         spec(Backend::KvRest, Fault::GatewayKill),
         spec(Backend::Memory, Fault::DemoKill),
+        spec(Backend::Sql, Fault::DemoKill),
     ]
 }
 

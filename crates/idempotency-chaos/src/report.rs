@@ -428,7 +428,7 @@ impl RunReport {
             "# Chaos run ({}, seed {})\n\n{}; {} keys per scenario over {:.1} s, each sent by two \
              retrying clients at once; DEMO_WORK_MS={}, DEMO_AFTER_WRITE_MS={}; outage {:.1} s; \
              \"unanswered\" = no final answer within outage + 5 s. The demo's own defaults \
-             otherwise (lease, store timeout, 409 at once for a duplicate in flight). On `sql` \
+             otherwise ({}store timeout, 409 at once for a duplicate in flight). On `sql` \
              rows, executions and duplicates are **committed** writes read from the database \
              (each committed run of the upsert adds 1 to the product's `version`), followed by \
              the journal's handler runs in parentheses (runs rolled back or killed before their \
@@ -441,6 +441,10 @@ impl RunReport {
             p.work.as_millis(),
             p.after_write.as_millis(),
             p.outage.as_secs_f64(),
+            p.lease.as_ref().map_or_else(
+                || "lease, ".to_owned(),
+                |l| format!("but IDEMPOTENCY_LEASE={l}; ")
+            ),
         );
         md.push_str(
             "| backend | fault | policy | requests | executions | duplicates | divergent 2xx | \
@@ -583,6 +587,73 @@ mod tests {
         assert_eq!(report.violations.len(), 2, "{:?}", report.violations);
         assert!(report.violations[0].contains("different 2xx"));
         assert!(report.violations[1].contains("1 duplicate execution(s) outside"));
+    }
+
+    #[test]
+    fn on_sql_duplicates_are_counted_from_committed_rows() {
+        let spec = ScenarioSpec {
+            backend: Backend::Sql,
+            fault: Fault::StoreKill,
+            policy: Policy::Closed,
+        };
+        let seen = Observations {
+            keys: vec!["a".into(), "b".into(), "c".into()],
+            outcomes: vec![
+                answered(201, "x", 10),
+                answered(201, "x", 20),
+                answered(201, "y", 30),
+                answered(201, "y", 40),
+                answered(201, "z", 50),
+                answered(201, "z", 60),
+            ],
+            verify: vec![
+                answered(201, "x", 1),
+                answered(201, "y", 1),
+                answered(201, "z", 1),
+            ],
+            // a ran twice, one run rolled back (1 committed); b ran twice and both committed;
+            // c was answered although nothing committed.
+            executions: vec![
+                execution(1, "a", 1_000),
+                execution(2, "a", 2_000),
+                execution(1, "b", 3_000),
+                execution(2, "b", 4_000),
+                execution(1, "c", 5_000),
+            ],
+            committed: Some(vec![1, 2, 0]),
+            killed: Vec::new(),
+            outage: Duration::from_secs(1),
+            events: Vec::new(),
+            errors: Vec::new(),
+            wall: Duration::from_secs(3),
+        };
+        let report = ScenarioReport::new(spec, &Params::quick(), seen);
+        assert_eq!(report.executions, 5);
+        assert_eq!(report.duplicates, 2, "journal: a and b ran twice");
+        assert_eq!(report.committed_executions, Some(3));
+        assert_eq!(
+            report.committed_duplicates,
+            Some(1),
+            "only b committed twice"
+        );
+        assert_eq!(report.committed_duplicates_crash_window, Some(0));
+        assert_eq!(report.keys_without_commit, Some(1));
+        assert_eq!(report.acknowledged_without_commit, Some(1));
+        assert_eq!(report.violations.len(), 2, "{:?}", report.violations);
+        assert!(report.violations[0].contains("1 duplicate committed execution(s)"));
+        assert!(report.violations[1].contains("answered 2xx although nothing committed"));
+        let run = RunReport {
+            variant: "quick".into(),
+            seed: 1,
+            params: Params::quick(),
+            machine: String::new(),
+            scenarios: vec![report],
+            failed_to_run: Vec::new(),
+        };
+        assert!(
+            run.markdown()
+                .contains("| sql | store-kill | closed | 6 | 3 (5 runs) | 1 (2 runs) |")
+        );
     }
 
     #[test]

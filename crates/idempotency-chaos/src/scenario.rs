@@ -127,6 +127,9 @@ impl Procs {
                     spec.policy.to_string(),
                 ),
             ]);
+            if let Some(lease) = &params.lease {
+                env.push(("IDEMPOTENCY_LEASE".to_owned(), lease.clone()));
+            }
             let mut demo = Managed::new(
                 format!("idempotency-demo #{index}"),
                 bins.demo.clone(),
