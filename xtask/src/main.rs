@@ -45,7 +45,7 @@ fn print_help() {
          (shop data and idempotency records) as real processes under retrying clients and\n    \
          a seeded schedule of pauses, kill -9 and\n    \
          restarts (crates/idempotency-chaos); writes report.json and report.md to DIR\n    \
-         (default target/chaos). Full: ~10 min, release build; --quick: < 60 s, dev build\n  \
+         (default target/chaos). Full: ~12 min, release build; --quick: < 60 s, dev build\n  \
          fuzz [--seconds N | --runs N] [TARGET] [-- <libFuzzer args>]\n    \
          cargo +nightly fuzz run on every target in fuzz/ (or TARGET), N seconds each\n    \
          (default 60) or N executions; corpus in fuzz/corpus, committed seeds in\n    \
