@@ -93,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(first, redelivered);
 
     // 2. Two workers get the same new message at the same moment: one runs it, the other is
-    //    told it is in flight and should not ack (the broker redelivers it later, and then it
+    //    told it is in progress and should not ack (the broker redelivers it later, and then it
     //    replays).
     let twin = Message {
         payment_id: "pay_77aa".into(),
@@ -106,8 +106,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (worker, result) in [("worker A", a), ("worker B", b)] {
         match result {
             Ok(receipt) => println!("{worker}        -> {receipt:?}"),
-            Err(RunError::Idempotency(IdempotencyError::InFlight { retry_after })) => {
-                println!("{worker}        -> in flight; nack and retry in {retry_after:?}")
+            Err(RunError::Idempotency(IdempotencyError::InProgress { retry_after })) => {
+                println!("{worker}        -> in progress; nack and retry in {retry_after:?}")
             }
             Err(other) => return Err(other.into()),
         }

@@ -41,10 +41,11 @@ fn print_help() {
          (crates/idempotency-loadgen, built in release); writes report.json, report.md and\n    \
          latency.svg to DIR (default target/bench). --quick: ~2 min instead of ~10\n  \
          chaos [--quick] [--out DIR] [-- <idempotency-chaos args>]\n    \
-         fault injection: demo instances, Redis (AOF) and the KV REST gateway as real\n    \
-         processes under retrying clients and a seeded schedule of pauses, kill -9 and\n    \
+         fault injection: demo instances, Redis (AOF), the KV REST gateway and Postgres\n    \
+         (shop data and idempotency records) as real processes under retrying clients and\n    \
+         a seeded schedule of pauses, kill -9 and\n    \
          restarts (crates/idempotency-chaos); writes report.json and report.md to DIR\n    \
-         (default target/chaos). Full: ~10 min, release build; --quick: < 60 s, dev build\n  \
+         (default target/chaos). Full: ~12 min, release build; --quick: < 60 s, dev build\n  \
          fuzz [--seconds N | --runs N] [TARGET] [-- <libFuzzer args>]\n    \
          cargo +nightly fuzz run on every target in fuzz/ (or TARGET), N seconds each\n    \
          (default 60) or N executions; corpus in fuzz/corpus, committed seeds in\n    \

@@ -57,7 +57,9 @@ pub struct Outcome {
     pub statuses: Vec<u16>,
     /// Attempts that ended in a connection error.
     pub connection_errors: u32,
-    /// 5xx answers whose content type is not `application/problem+json`.
+    /// 5xx answers with neither an `application/problem+json` body (the idempotency layer's)
+    /// nor the API's own JSON error envelope (`{"error": {"code": ...}}`, e.g. the demo's 503
+    /// when its database is down).
     pub bare_5xx: u32,
     /// Attempts with no answer within the attempt timeout, on an instance not killed meanwhile.
     pub hangs: u32,
@@ -138,13 +140,13 @@ pub async fn run(
                         if status == 503 {
                             instance = (instance + 1) % instances;
                         }
-                        if status >= 500 && !content_type.starts_with("application/problem+json") {
+                        if status >= 500 && !described(&content_type, &body) {
                             outcome.bare_5xx += 1;
                         }
                         retry_after.map(|s| Duration::from_secs(s.min(5)))
                     }
                     _ => {
-                        if status >= 500 && !content_type.starts_with("application/problem+json") {
+                        if status >= 500 && !described(&content_type, &body) {
                             outcome.bare_5xx += 1;
                         }
                         instance = (instance + 1) % instances;
@@ -160,5 +162,34 @@ pub async fn run(
         });
         let remaining = give_up.saturating_sub(started.elapsed());
         tokio::time::sleep(wait.min(remaining)).await;
+    }
+}
+
+/// Whether an error answer says what went wrong in a machine-readable body: RFC 9457
+/// `application/problem+json`, or the API's JSON envelope with an `error.code`.
+fn described(content_type: &str, body: &[u8]) -> bool {
+    if content_type.starts_with("application/problem+json") {
+        return true;
+    }
+    content_type.starts_with("application/json")
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .is_some_and(|v| v.pointer("/error/code").is_some_and(|c| c.is_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::described;
+
+    #[test]
+    fn a_5xx_body_counts_as_described_only_when_machine_readable() {
+        assert!(described("application/problem+json", b"{}"));
+        assert!(described(
+            "application/json",
+            br#"{"data":null,"error":{"code":"DATABASE_UNAVAILABLE","message":"x"}}"#
+        ));
+        assert!(!described("application/json", br#"{"data":null}"#));
+        assert!(!described("text/plain", b"Internal Server Error"));
+        assert!(!described("", b""));
     }
 }

@@ -11,7 +11,8 @@ use idempotency_chaos::report::RunReport;
 use idempotency_chaos::scenario::{self, Binaries};
 use idempotency_chaos::{ChaosError, procs};
 
-/// Fault injection against real demo instances, Redis and the KV REST gateway (loopback only).
+/// Fault injection against real demo instances, Redis, the KV REST gateway and Postgres
+/// (loopback only).
 #[derive(Debug, Parser)]
 #[command(name = "idempotency-chaos", version, about)]
 struct Args {
@@ -32,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 13)]
     seed: u64,
 
-    /// Backends (comma-separated): memory, redis, kv-rest [default: all].
+    /// Backends (comma-separated): memory, redis, kv-rest, sql [default: all].
     #[arg(long, value_delimiter = ',')]
     backends: Vec<String>,
 
@@ -53,6 +54,12 @@ struct Args {
     /// Scenarios run at the same time (overrides the variant's).
     #[arg(long)]
     parallel: Option<usize>,
+
+    /// Claim lease passed to every demo instance as IDEMPOTENCY_LEASE (e.g. `2s`) [default:
+    /// the demo's own]. A lease shorter than the outage lets a retry take over the claim of a
+    /// killed handler within the run.
+    #[arg(long)]
+    lease: Option<String>,
 }
 
 fn parse_all<T>(
@@ -112,6 +119,7 @@ async fn plan_and_run(args: Args) -> Result<bool, String> {
     if let Some(parallel) = args.parallel {
         params.parallel = parallel.max(1);
     }
+    params.lease = args.lease.clone();
     let customised =
         !args.backends.is_empty() || !args.faults.is_empty() || !args.policies.is_empty();
     let specs = if args.quick && !customised {

@@ -17,17 +17,26 @@ pub enum Backend {
     Redis,
     /// The KV REST gateway in front of such a Redis, through `KV_REST_API_URL` / `_TOKEN`.
     KvRest,
+    /// A local Postgres (`synchronous_commit=on`) holding both the shop's data
+    /// (`DATABASE_URL`) and the idempotency records (`IDEMPOTENCY_STORE=sql`): each handler
+    /// commits its write and its recorded answer in one transaction.
+    Sql,
 }
 
 impl Backend {
     /// Every backend, in report order.
-    pub const ALL: [Backend; 3] = [Backend::Memory, Backend::Redis, Backend::KvRest];
+    pub const ALL: [Backend; 4] = [
+        Backend::Memory,
+        Backend::Redis,
+        Backend::KvRest,
+        Backend::Sql,
+    ];
 
     /// How many demo instances share the store.
     pub fn instances(self) -> usize {
         match self {
             Backend::Memory => 1,
-            Backend::Redis | Backend::KvRest => 2,
+            Backend::Redis | Backend::KvRest | Backend::Sql => 2,
         }
     }
 
@@ -35,7 +44,7 @@ impl Backend {
     pub fn faults(self) -> &'static [Fault] {
         match self {
             Backend::Memory => &[Fault::None, Fault::DemoKill],
-            Backend::Redis => &[
+            Backend::Redis | Backend::Sql => &[
                 Fault::None,
                 Fault::StorePause,
                 Fault::StoreKill,
@@ -51,12 +60,19 @@ impl Backend {
         }
     }
 
-    /// Parse `memory`, `redis` or `kv-rest`.
+    /// Whether the side effects are rows in the store's own database (counted from committed
+    /// rows, not only from the journals).
+    pub fn commits_side_effects(self) -> bool {
+        self == Backend::Sql
+    }
+
+    /// Parse `memory`, `redis`, `kv-rest` or `sql`.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "memory" => Some(Backend::Memory),
             "redis" => Some(Backend::Redis),
             "kv-rest" => Some(Backend::KvRest),
+            "sql" => Some(Backend::Sql),
             _ => None,
         }
     }
@@ -68,6 +84,7 @@ impl fmt::Display for Backend {
             Backend::Memory => "memory",
             Backend::Redis => "redis",
             Backend::KvRest => "kv-rest",
+            Backend::Sql => "sql",
         })
     }
 }
@@ -78,9 +95,11 @@ impl fmt::Display for Backend {
 pub enum Fault {
     /// Nothing: the baseline.
     None,
-    /// `SIGSTOP` the Redis server, `SIGCONT` it after the outage.
+    /// `SIGSTOP` the store's server, `SIGCONT` it after the outage: Redis, or every Postgres
+    /// process (the postmaster and its backends).
     StorePause,
-    /// `kill -9` the Redis server, restart it from its AOF after the outage.
+    /// `kill -9` the store's server, restart it after the outage: Redis from its AOF, Postgres
+    /// (the postmaster and its children) on the same data directory, from its WAL.
     StoreKill,
     /// `kill -9` the KV REST gateway, restart it after the outage.
     GatewayKill,
@@ -191,6 +210,9 @@ pub struct Params {
     pub grace: Duration,
     /// Scenarios run at the same time (more is faster and noisier on a small machine).
     pub parallel: usize,
+    /// `IDEMPOTENCY_LEASE` for every demo instance (`None`: the demo's default, 60 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl Params {
@@ -205,6 +227,7 @@ impl Params {
             attempt_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(1),
             parallel: 2,
+            lease: None,
         }
     }
 
@@ -219,6 +242,7 @@ impl Params {
             attempt_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(10),
             parallel: 1,
+            lease: None,
         }
     }
 }
@@ -270,7 +294,8 @@ pub fn matrix(
     out
 }
 
-/// The quick run inside `cargo xtask test`: one scenario per kind of fault, fail-closed.
+/// The quick run inside `cargo xtask test`: one scenario per kind of fault, fail-closed, and
+/// the SQL store's crash window (`sql demo-kill`).
 pub fn quick_matrix() -> Vec<ScenarioSpec> {
     let spec = |backend, fault| ScenarioSpec {
         backend,
@@ -283,6 +308,7 @@ pub fn quick_matrix() -> Vec<ScenarioSpec> {
         spec(Backend::Redis, Fault::DemoKill),
         spec(Backend::KvRest, Fault::GatewayKill),
         spec(Backend::Memory, Fault::DemoKill),
+        spec(Backend::Sql, Fault::DemoKill),
     ]
 }
 
@@ -355,7 +381,13 @@ mod tests {
             !all.iter()
                 .any(|s| s.backend == Backend::Memory && s.policy != Policy::Closed)
         );
-        assert_eq!(all.len(), 2 + 4 * 3 + 5 * 3);
+        assert_eq!(all.len(), 2 + 4 * 3 + 5 * 3 + 4 * 3);
+        assert_eq!(Backend::parse("sql"), Some(Backend::Sql));
+        assert_eq!(Backend::Sql.instances(), 2);
+        assert!(
+            !all.iter()
+                .any(|s| s.backend == Backend::Sql && s.fault == Fault::GatewayKill)
+        );
         assert_eq!(Policy::parse("fallback"), Some(Policy::Fallback));
         assert_eq!(Policy::Fallback.to_string(), "fallback");
         let only = matrix(

@@ -57,7 +57,7 @@ pub struct Managed {
 
 /// Environment variables that select a store or change the demo; removed from every child so
 /// the harness alone decides.
-const CLEARED_ENV: [&str; 12] = [
+const CLEARED_ENV: [&str; 15] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
     "KV_REST_API_URL",
@@ -66,10 +66,13 @@ const CLEARED_ENV: [&str; 12] = [
     "KV_URL",
     "PORT",
     "DEMO_REQUIRE_DISTRIBUTED",
-    "DEMO_WAIT_IN_FLIGHT_MS",
+    "DEMO_WAIT_IN_PROGRESS_MS",
     "DISABLE_IDEMPOTENCY_CHECKS",
     "IDEMPOTENCY_LEASE",
     "IDEMPOTENCY_STORE_TIMEOUT",
+    "IDEMPOTENCY_STORE",
+    "DATABASE_URL",
+    "IDEMPOTENCY_RETENTION",
 ];
 
 impl Managed {

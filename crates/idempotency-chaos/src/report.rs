@@ -34,6 +34,9 @@ pub struct Observations {
     pub verify: Vec<Outcome>,
     /// Every journal line.
     pub executions: Vec<Execution>,
+    /// Per key (same order as `keys`): committed executions read from the database, for the
+    /// backends whose side effects are rows in the store's database (`None` otherwise).
+    pub committed: Option<Vec<u64>>,
     /// Demo pids killed by the fault, with the kill time (Unix ms).
     pub killed: Vec<(u32, u64)>,
     /// The outage the fault caused.
@@ -63,12 +66,28 @@ pub struct ScenarioReport {
     pub requests: usize,
     /// HTTP attempts of those requests.
     pub attempts: u64,
-    /// Handler executions for the scenario's keys (journal lines, late retries included).
+    /// Handler executions for the scenario's keys, from the journals (late retries included; on
+    /// `sql`, executions rolled back or killed before their commit too).
     pub executions: u64,
-    /// Executions beyond the first per key, outside the crash window.
+    /// Journal executions beyond the first per key, outside the crash window.
     pub duplicates: u64,
-    /// Executions beyond the first per key whose key had an execution in the crash window.
+    /// Journal executions beyond the first per key whose key had an execution in the crash
+    /// window.
     pub duplicates_crash_window: u64,
+    /// `sql` only: executions whose write committed, from the database (each committed run of
+    /// the upsert adds 1 to the product's `version`). What the side effects really are.
+    pub committed_executions: Option<u64>,
+    /// `sql` only: committed executions beyond the first per key, outside the crash window
+    /// (the duplicates that count on `sql`; the journal's are runs that may have rolled back).
+    pub committed_duplicates: Option<u64>,
+    /// `sql` only: the same for keys with a journal execution in the crash window.
+    pub committed_duplicates_crash_window: Option<u64>,
+    /// `sql` only: keys with no committed execution at all (blocked by a killed handler's
+    /// lease, or never answered).
+    pub keys_without_commit: Option<u64>,
+    /// `sql` only: keys that got a 2xx answer although nothing committed for them (a lost
+    /// acknowledged write).
+    pub acknowledged_without_commit: Option<u64>,
     /// Keys whose 2xx answers (both clients and the late retry) are not all identical, outside
     /// the crash window.
     pub divergent: u64,
@@ -159,6 +178,11 @@ impl ScenarioReport {
             executions: 0,
             duplicates: 0,
             duplicates_crash_window: 0,
+            committed_executions: None,
+            committed_duplicates: None,
+            committed_duplicates_crash_window: None,
+            keys_without_commit: None,
+            acknowledged_without_commit: None,
             divergent: 0,
             divergent_crash_window: 0,
             unanswered: 0,
@@ -188,7 +212,36 @@ impl ScenarioReport {
             } else {
                 report.duplicates += extra;
             }
-            if extra > 0 && report.duplicate_examples.len() < 5 {
+            let committed = seen.committed.as_ref().and_then(|c| c.get(i).copied());
+            let committed_extra = committed.map_or(0, |c| c.saturating_sub(1));
+            if let Some(committed) = committed {
+                let add = |field: &mut Option<u64>, n: u64| *field = Some(field.unwrap_or(0) + n);
+                add(&mut report.committed_executions, committed);
+                add(&mut report.committed_duplicates, 0);
+                add(&mut report.committed_duplicates_crash_window, 0);
+                add(&mut report.keys_without_commit, u64::from(committed == 0));
+                add(&mut report.acknowledged_without_commit, 0);
+                if crash {
+                    add(
+                        &mut report.committed_duplicates_crash_window,
+                        committed_extra,
+                    );
+                } else {
+                    add(&mut report.committed_duplicates, committed_extra);
+                }
+                let acknowledged = [
+                    seen.outcomes.get(2 * i),
+                    seen.outcomes.get(2 * i + 1),
+                    seen.verify.get(i),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|o| o.status.is_some_and(|s| (200..300).contains(&s)));
+                if acknowledged && committed == 0 {
+                    add(&mut report.acknowledged_without_commit, 1);
+                }
+            }
+            if (extra > 0 || committed_extra > 0) && report.duplicate_examples.len() < 5 {
                 report.duplicate_examples.push(seen.keys[i].clone());
             }
             let answers: BTreeSet<(u16, &Bytes)> = [
@@ -266,10 +319,22 @@ impl ScenarioReport {
                 self.divergent
             ));
         }
-        if self.duplicates > 0 {
-            violations.push(format!(
+        // Where the side effects are committed rows, those are what counts: a journal line
+        // whose transaction rolled back (claim lost, commit failed, process killed) left nothing.
+        match self.committed_duplicates {
+            Some(committed) if committed > 0 => violations.push(format!(
+                "{committed} duplicate committed execution(s) outside the crash window"
+            )),
+            Some(_) => {}
+            None if self.duplicates > 0 => violations.push(format!(
                 "{} duplicate execution(s) outside the crash window",
                 self.duplicates
+            )),
+            None => {}
+        }
+        if let Some(lost) = self.acknowledged_without_commit.filter(|n| *n > 0) {
+            violations.push(format!(
+                "{lost} key(s) answered 2xx although nothing committed for them"
             ));
         }
         if self.bare_5xx > 0 {
@@ -363,7 +428,11 @@ impl RunReport {
             "# Chaos run ({}, seed {})\n\n{}; {} keys per scenario over {:.1} s, each sent by two \
              retrying clients at once; DEMO_WORK_MS={}, DEMO_AFTER_WRITE_MS={}; outage {:.1} s; \
              \"unanswered\" = no final answer within outage + 5 s. The demo's own defaults \
-             otherwise (lease, store timeout, 409 at once for a duplicate in flight).\n",
+             otherwise ({}store timeout, 409 at once for a duplicate in progress). On `sql` \
+             rows, executions and duplicates are **committed** writes read from the database \
+             (each committed run of the upsert adds 1 to the product's `version`), followed by \
+             the journal's handler runs in parentheses (runs rolled back or killed before their \
+             commit included); on the other rows they are the journal's.\n",
             self.variant,
             self.seed,
             self.machine,
@@ -372,6 +441,10 @@ impl RunReport {
             p.work.as_millis(),
             p.after_write.as_millis(),
             p.outage.as_secs_f64(),
+            p.lease.as_ref().map_or_else(
+                || "lease, ".to_owned(),
+                |l| format!("but IDEMPOTENCY_LEASE={l}; ")
+            ),
         );
         md.push_str(
             "| backend | fault | policy | requests | executions | duplicates | divergent 2xx | \
@@ -379,6 +452,10 @@ impl RunReport {
              |---|---|---|---|---|---|---|---|---|---|\n",
         );
         let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0} ms"));
+        let counted = |committed: Option<u64>, journal: u64| match committed {
+            Some(committed) => format!("{committed} ({journal} runs)"),
+            None => journal.to_string(),
+        };
         for s in &self.scenarios {
             let _ = writeln!(
                 md,
@@ -387,8 +464,8 @@ impl RunReport {
                 s.fault,
                 s.policy,
                 s.requests,
-                s.executions,
-                s.duplicates,
+                counted(s.committed_executions, s.executions),
+                counted(s.committed_duplicates, s.duplicates),
                 s.divergent,
                 s.unanswered,
                 s.never_answered,
@@ -401,19 +478,23 @@ impl RunReport {
                 let _ = writeln!(
                     md,
                     "| ↳ crash window{} | | | | | {} | {} | | | |",
-                    if s.backend == Backend::Memory {
-                        " (memory store dies with the process)"
-                    } else {
-                        " (between the write and the completion)"
+                    match s.backend {
+                        Backend::Memory => " (memory store dies with the process)",
+                        Backend::Sql =>
+                            " (killed inside the transaction: write and completion roll back together)",
+                        _ => " (between the write and the completion)",
                     },
-                    s.duplicates_crash_window,
+                    counted(
+                        s.committed_duplicates_crash_window,
+                        s.duplicates_crash_window
+                    ),
                     s.divergent_crash_window,
                 );
             }
         }
         let violations = self.violations();
         if violations.is_empty() {
-            md.push_str("\nGuarantees checked on fail-closed rows (0 divergent 2xx outside the crash window, no 5xx without a problem body, no hung attempt, no 4xx final answer): all held.\n");
+            md.push_str("\nGuarantees checked on fail-closed rows (0 divergent 2xx and 0 duplicate executions outside the crash window — committed ones on `sql` —, no 2xx without a committed write on `sql`, no 5xx without a problem or error-envelope body, no hung attempt, no 4xx final answer): all held.\n");
         } else {
             md.push_str("\nGuarantees that failed:\n");
             for v in violations {
@@ -476,6 +557,7 @@ mod tests {
                 answered(201, "y2", 1),
                 answered(201, "z2", 1),
             ],
+            committed: None,
             executions: vec![
                 execution(2, "a", 1_000),
                 execution(1, "b", 5_000),
@@ -505,6 +587,73 @@ mod tests {
         assert_eq!(report.violations.len(), 2, "{:?}", report.violations);
         assert!(report.violations[0].contains("different 2xx"));
         assert!(report.violations[1].contains("1 duplicate execution(s) outside"));
+    }
+
+    #[test]
+    fn on_sql_duplicates_are_counted_from_committed_rows() {
+        let spec = ScenarioSpec {
+            backend: Backend::Sql,
+            fault: Fault::StoreKill,
+            policy: Policy::Closed,
+        };
+        let seen = Observations {
+            keys: vec!["a".into(), "b".into(), "c".into()],
+            outcomes: vec![
+                answered(201, "x", 10),
+                answered(201, "x", 20),
+                answered(201, "y", 30),
+                answered(201, "y", 40),
+                answered(201, "z", 50),
+                answered(201, "z", 60),
+            ],
+            verify: vec![
+                answered(201, "x", 1),
+                answered(201, "y", 1),
+                answered(201, "z", 1),
+            ],
+            // a ran twice, one run rolled back (1 committed); b ran twice and both committed;
+            // c was answered although nothing committed.
+            executions: vec![
+                execution(1, "a", 1_000),
+                execution(2, "a", 2_000),
+                execution(1, "b", 3_000),
+                execution(2, "b", 4_000),
+                execution(1, "c", 5_000),
+            ],
+            committed: Some(vec![1, 2, 0]),
+            killed: Vec::new(),
+            outage: Duration::from_secs(1),
+            events: Vec::new(),
+            errors: Vec::new(),
+            wall: Duration::from_secs(3),
+        };
+        let report = ScenarioReport::new(spec, &Params::quick(), seen);
+        assert_eq!(report.executions, 5);
+        assert_eq!(report.duplicates, 2, "journal: a and b ran twice");
+        assert_eq!(report.committed_executions, Some(3));
+        assert_eq!(
+            report.committed_duplicates,
+            Some(1),
+            "only b committed twice"
+        );
+        assert_eq!(report.committed_duplicates_crash_window, Some(0));
+        assert_eq!(report.keys_without_commit, Some(1));
+        assert_eq!(report.acknowledged_without_commit, Some(1));
+        assert_eq!(report.violations.len(), 2, "{:?}", report.violations);
+        assert!(report.violations[0].contains("1 duplicate committed execution(s)"));
+        assert!(report.violations[1].contains("answered 2xx although nothing committed"));
+        let run = RunReport {
+            variant: "quick".into(),
+            seed: 1,
+            params: Params::quick(),
+            machine: String::new(),
+            scenarios: vec![report],
+            failed_to_run: Vec::new(),
+        };
+        assert!(
+            run.markdown()
+                .contains("| sql | store-kill | closed | 6 | 3 (5 runs) | 1 (2 runs) |")
+        );
     }
 
     #[test]

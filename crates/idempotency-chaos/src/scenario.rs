@@ -1,12 +1,13 @@
 //! One scenario end to end: start the processes, storm them while the fault is injected, send
 //! every key once more, read the journals, stop everything.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotency_testkit::fixtures::RedisServer;
+use idempotency_testkit::fixtures::{PostgresServer, RedisServer};
 
 use crate::ChaosError;
 use crate::client::{self, Outcome, Request, Target};
@@ -40,6 +41,7 @@ const ADMIN_TOKEN: &str = "chaos-admin";
 #[derive(Debug)]
 struct Procs {
     redis: Option<RedisServer>,
+    postgres: Option<PostgresServer>,
     gateway: Option<Managed>,
     demos: Vec<Managed>,
 }
@@ -53,6 +55,7 @@ impl Procs {
     ) -> Result<Self, ChaosError> {
         let mut procs = Procs {
             redis: None,
+            postgres: None,
             gateway: None,
             demos: Vec::new(),
         };
@@ -90,6 +93,17 @@ impl Procs {
                 procs.gateway = Some(gateway);
             }
         }
+        if spec.backend == Backend::Sql {
+            // `synchronous_commit=on`: a commit is acknowledged once its WAL reached the OS, so
+            // a `kill -9` of every Postgres process loses no acknowledged commit (`fsync=off`
+            // stays: the OS does not crash here). The fixture's default (`off`) would.
+            let postgres = PostgresServer::start_local_with(&["synchronous_commit=on"])
+                .map_err(|e| ChaosError::Postgres(e.to_string()))?;
+            store_env.push(("DATABASE_URL".into(), postgres.url().to_owned()));
+            store_env.push(("IDEMPOTENCY_STORE".into(), "sql".into()));
+            procs.postgres = Some(postgres);
+        }
+        // One at a time: each creates the tables it needs if they do not exist.
         for index in 0..spec.backend.instances() {
             let port = free_port()?;
             let mut env = store_env.clone();
@@ -113,6 +127,9 @@ impl Procs {
                     spec.policy.to_string(),
                 ),
             ]);
+            if let Some(lease) = &params.lease {
+                env.push(("IDEMPOTENCY_LEASE".to_owned(), lease.clone()));
+            }
             let mut demo = Managed::new(
                 format!("idempotency-demo #{index}"),
                 bins.demo.clone(),
@@ -166,6 +183,37 @@ fn inject(
     let mut result: Result<(), String> = Ok(());
     match fault {
         Fault::None => {}
+        Fault::StorePause if procs.postgres.is_some() => {
+            if let Some(postgres) = &mut procs.postgres {
+                result = postgres.pause().map_err(|e| e.to_string());
+                note(
+                    "postgres SIGSTOP (postmaster and backends)".into(),
+                    &mut injected,
+                );
+                std::thread::sleep(params.outage);
+                if let Err(e) = postgres.resume() {
+                    result = Err(e.to_string());
+                }
+                note("postgres SIGCONT".into(), &mut injected);
+            }
+        }
+        Fault::StoreKill if procs.postgres.is_some() => {
+            if let Some(postgres) = &mut procs.postgres {
+                result = postgres.kill().map_err(|e| e.to_string());
+                note(
+                    "postgres kill -9 (postmaster and children)".into(),
+                    &mut injected,
+                );
+                std::thread::sleep(params.outage);
+                if let Err(e) = postgres.restart() {
+                    result = Err(e.to_string());
+                }
+                note(
+                    "postgres restarted on its data directory (WAL replayed)".into(),
+                    &mut injected,
+                );
+            }
+        }
         Fault::StorePause => {
             if let Some(redis) = &mut procs.redis {
                 result = redis.pause().map_err(|e| e.to_string());
@@ -351,6 +399,22 @@ pub async fn run(
     {
         errors.push(crash);
     }
+    // The side effects that committed, read after the storm (sql only).
+    let committed = match &procs.postgres {
+        Some(postgres) => match committed_versions(postgres.url()).await {
+            Ok(versions) => Some(
+                requests
+                    .iter()
+                    .map(|r| versions.get(&r.product).copied().unwrap_or(0))
+                    .collect(),
+            ),
+            Err(error) => {
+                errors.push(format!("reading the committed rows failed: {error}"));
+                None
+            }
+        },
+        None => None,
+    };
     tokio::task::spawn_blocking(move || drop(procs))
         .await
         .map_err(|e| ChaosError::Process(format!("stopping the processes failed: {e}")))?;
@@ -367,6 +431,7 @@ pub async fn run(
             outcomes,
             verify,
             executions,
+            committed,
             killed,
             outage: injected.outage,
             events: injected.events,
@@ -374,6 +439,21 @@ pub async fn run(
             wall: wall.elapsed(),
         },
     ))
+}
+
+/// Per product id, its `version` in `demo_products`: every committed execution of the
+/// upsert adds 1 (a handler rolled back or killed before its commit adds nothing).
+async fn committed_versions(url: &str) -> Result<HashMap<String, u64>, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT id, version FROM demo_products")
+        .fetch_all(&mut connection)
+        .await?;
+    let _ = connection.close().await;
+    Ok(rows
+        .into_iter()
+        .map(|(id, version)| (id, u64::try_from(version).unwrap_or(0)))
+        .collect())
 }
 
 fn read_journal(path: &Path) -> Result<Vec<Execution>, ChaosError> {

@@ -11,7 +11,7 @@ use crate::{CorruptRecord, KeyError, PrefixError, StoreError};
 /// | variant | HTTP answer | retry? |
 /// |---|---|---|
 /// | [`InvalidKey`](Self::InvalidKey) | 400 | no, fix the key |
-/// | [`InFlight`](Self::InFlight) | 409 + `Retry-After` | yes, later |
+/// | [`InProgress`](Self::InProgress) | 409 + `Retry-After` | yes, later |
 /// | [`FingerprintMismatch`](Self::FingerprintMismatch) | 422 | no, use a new key |
 /// | [`StoreUnavailable`](Self::StoreUnavailable) | 503 + `Retry-After` | yes |
 /// | [`CorruptRecord`](Self::CorruptRecord) | 500 | no, an operator must look |
@@ -32,8 +32,8 @@ pub enum IdempotencyError {
     /// suggested; when it has not been refreshed for longer (its owner crashed, or its claim
     /// was orphaned by a store outage) the key frees when the lease ends, so the remaining lease
     /// is suggested, clamped to 1 s..=lease. Stores that cannot tell give the fixed value.
-    #[error("a request with this idempotency key is still in flight")]
-    InFlight {
+    #[error("a request with this idempotency key is still in progress")]
+    InProgress {
         /// When the caller should try again.
         retry_after: Duration,
     },
@@ -66,7 +66,7 @@ impl IdempotencyError {
     /// Whether the same request may succeed if retried later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::InFlight { .. } => true,
+            Self::InProgress { .. } => true,
             Self::StoreUnavailable(e) => {
                 e.is_transient() || matches!(e, StoreError::Backend { .. })
             }
@@ -77,7 +77,7 @@ impl IdempotencyError {
     /// When a client should retry, for errors where retrying makes sense.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::InFlight { retry_after } => Some(*retry_after),
+            Self::InProgress { retry_after } => Some(*retry_after),
             Self::StoreUnavailable(_) => Some(Duration::from_secs(1)),
             _ => None,
         }

@@ -89,8 +89,8 @@ pub use bytes::Bytes;
 pub use codec::CorruptRecord;
 pub use engine::{
     Begin, CompletionParts, Config, DISABLE_ENV_VAR, FailurePolicy, Guard, Idempotency,
-    IdempotencyBuilder, InFlightWait, PendingCompletion, RUN_CONTENT_TYPE, RunError, StatsSnapshot,
-    Unprotected, kill_switch_value, metric_names,
+    IdempotencyBuilder, InProgressWait, PendingCompletion, RUN_CONTENT_TYPE, RunError,
+    StatsSnapshot, Unprotected, kill_switch_value, metric_names,
 };
 pub use error::{ConfigError, IdempotencyError};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};

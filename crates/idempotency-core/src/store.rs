@@ -32,6 +32,29 @@ pub enum Fenced {
     LeaseLost,
 }
 
+impl Fenced {
+    /// The answer of a fenced primitive whose write did not apply, given a re-read of the key:
+    /// [`Fenced::LeaseLost`], unless the key holds something that is not a record, which the
+    /// contract reports as [`StoreError::Corrupt`] from every operation (scripts and conditional
+    /// updates cannot tell "not ours" from "not a record"; the re-read can). Other read
+    /// failures do not hide the lease loss: the write surely did not apply.
+    ///
+    /// Costs the backend one read, on the rare lease-lost path only. Every backend that can
+    /// hold non-records (Redis, KV REST, SQL) answers through this, so the same corrupt key
+    /// gives the same error kind everywhere.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the re-read found a value that is not a record.
+    pub fn lease_lost_unless_corrupt(
+        reread: Result<Option<Record>, StoreError>,
+    ) -> Result<Fenced, StoreError> {
+        match reread {
+            Err(corrupt @ StoreError::Corrupt(_)) => Err(corrupt),
+            Ok(_) | Err(_) => Ok(Fenced::LeaseLost),
+        }
+    }
+}
+
 /// The result of [`IdempotencyStore::wait_for_change`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -141,8 +164,11 @@ impl StoreError {
 ///   otherwise they change nothing and return [`Fenced::LeaseLost`]. `complete` is also
 ///   [`Fenced::Applied`] when the record is already completed under the same token (a retried
 ///   call whose first reply was lost), without changing it.
-/// - Anything stored under a key that is not a record is reported as [`StoreError::Corrupt`] by
-///   every operation that reads it, never treated as absent.
+/// - Anything stored under a key that is not a record (undecodable bytes, or a value of another
+///   type such as a Redis hash) is reported as [`StoreError::Corrupt`] — not `Backend`, not
+///   absent — by `try_claim`, `get`, and by `complete`, `release` and `extend`, which never
+///   apply to it (a fenced write that did not apply re-reads the key:
+///   [`Fenced::lease_lost_unless_corrupt`]). `delete` removes it.
 /// - Only infrastructure trouble is an `Err`. A store that is up but refuses writes (out of
 ///   memory, read-only replica) reports [`StoreError::WriteRefused`] from the writing
 ///   primitives, so that the engine can still serve replays from `get`.
@@ -181,7 +207,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> Result<Fenced, StoreError>;
 
-    /// Read the record, if any (inspection and in-flight polling).
+    /// Read the record, if any (inspection and polling while in progress).
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
 
     /// Delete the record whatever its state (explicit invalidation). Returns whether one existed.
@@ -193,7 +219,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     ///
     /// Optional: the default answers `None` without a round trip. The engine asks only when it
     /// answers "in progress" to a retry, to derive `Retry-After` from the lease (see
-    /// [`crate::IdempotencyError::InFlight`]); Redis answers it with `PTTL`.
+    /// [`crate::IdempotencyError::InProgress`]); Redis answers it with `PTTL`.
     ///
     /// # Errors
     /// Infrastructure trouble, as for the other primitives (the engine then falls back to its

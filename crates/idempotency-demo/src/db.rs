@@ -20,7 +20,7 @@ use idempotency::sql::sqlx::sqlite::{
 };
 
 use crate::envelope::ApiError;
-use crate::shop::{Order, OrderStatus, Product};
+use crate::model::{Order, OrderStatus, Product};
 
 /// The shop's database.
 #[derive(Debug, Clone)]

@@ -30,7 +30,7 @@
 //!
 //! Answers use the envelope `{ "data": ..., "error": null | {"code", "message"}, "meta": {...} }`;
 //! invalid JSON or fields get 400 with `error` set. The idempotency layer's own answers (missing
-//! or malformed key 400, reused key 422, in flight 409, store down 503) are RFC 9457
+//! or malformed key 400, reused key 422, in progress 409, store down 503) are RFC 9457
 //! `application/problem+json`, as DESIGN §5 says; replays carry `Idempotent-Replayed: true`.
 //!
 //! # Layout
@@ -50,6 +50,7 @@ mod auth;
 mod db;
 mod envelope;
 mod limits;
+mod model;
 mod shop;
 mod work;
 
@@ -69,7 +70,7 @@ use parking_lot::Mutex;
 pub use auth::{Principal, authenticate, principal_scope};
 pub use db::Database;
 pub use envelope::ApiError;
-pub use shop::{Order, OrderStatus, Product};
+pub use model::{Order, OrderStatus, Product};
 pub use work::{ExecutionLog, SlowWork};
 
 /// Everything the handlers share. Cheap to clone.

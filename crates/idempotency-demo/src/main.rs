@@ -39,8 +39,8 @@ struct Args {
 
     /// Let a duplicate that arrives while the first attempt runs wait up to this long for its
     /// replay instead of getting 409 at once (0: answer 409 at once).
-    #[arg(long, env = "DEMO_WAIT_IN_FLIGHT_MS", default_value_t = 0)]
-    wait_in_flight_ms: u64,
+    #[arg(long, env = "DEMO_WAIT_IN_PROGRESS_MS", default_value_t = 0)]
+    wait_in_progress_ms: u64,
 
     /// Simulated payment-provider call inside each mutating handler, before its write (ms).
     #[arg(long, env = "DEMO_WORK_MS", default_value_t = 0)]
@@ -124,9 +124,9 @@ async fn main() -> ExitCode {
     };
     let description = store.description().to_string();
     let mut builder = Idempotency::builder(store);
-    if args.wait_in_flight_ms > 0 {
-        builder = builder.wait_for_in_flight(
-            Duration::from_millis(args.wait_in_flight_ms),
+    if args.wait_in_progress_ms > 0 {
+        builder = builder.wait_for_in_progress(
+            Duration::from_millis(args.wait_in_progress_ms),
             Duration::from_millis(20),
         );
     }

@@ -24,63 +24,10 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::db::{Completion, Write, Written};
 use crate::envelope::{ApiError, ok};
+use crate::model::{Order, OrderStatus, Product};
 
 /// The claim the layer hands to protected requests (absent on unprotected routers).
 type Claim = Option<Extension<TransactionalClaim<AnyStore>>>;
-
-/// A product of the catalogue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Product {
-    /// From the path.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Price in cents.
-    pub price: u64,
-    /// Incremented by every execution of `PUT /api/products/{id}` (1 after the first).
-    pub version: u64,
-    /// The principal of the last write.
-    pub updated_by: String,
-    /// Unix milliseconds of the last write.
-    pub updated_at: u64,
-}
-
-/// An order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Order {
-    /// `ord_000001`, ...
-    pub id: String,
-    /// The ordered product.
-    pub product_id: String,
-    /// How many.
-    pub quantity: u32,
-    /// Where it is.
-    pub status: OrderStatus,
-    /// Incremented by every status change (1 at creation).
-    pub version: u64,
-    /// Who ordered.
-    pub created_by: String,
-    /// Unix milliseconds.
-    pub created_at: u64,
-}
-
-/// An order's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    /// Accepted, not started.
-    Pending,
-    /// Being prepared.
-    Processing,
-    /// On its way.
-    Shipped,
-    /// Arrived.
-    Delivered,
-    /// Called off.
-    Cancelled,
-}
 
 #[derive(Deserialize)]
 struct ProductInput {
@@ -394,11 +341,11 @@ pub(crate) async fn metrics(
     let stats = engine.stats();
     let store = engine.store().description();
     let body = json!({
-        "cacheHits": stats.hits,
-        "cacheMisses": stats.misses,
-        "cacheWrites": stats.writes,
+        "cacheHits": stats.replays,
+        "cacheMisses": stats.claims,
+        "cacheWrites": stats.completions,
         "hitRate": stats.hit_rate(),
-        "inFlightConflicts": stats.in_flight,
+        "inProgressConflicts": stats.in_progress,
         "fingerprintMismatches": stats.mismatches,
         "storeErrors": stats.store_errors,
         "failOpen": stats.fail_open,

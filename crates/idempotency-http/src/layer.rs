@@ -1,168 +1,18 @@
-//! The layer, its builder and the policies it takes.
+//! The layer and its builder (the policy types it takes live in [`crate::policy`], the scope
+//! extractor in [`crate::scope`]).
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::request::Parts;
 use http::{HeaderName, Method, StatusCode, response};
-use idempotency_core::{Idempotency, IdempotencyStore, Scope};
+use idempotency_core::{Idempotency, IdempotencyStore};
 use tower_layer::Layer;
 
-use crate::fingerprint::JsonFingerprint;
+use crate::policy::{JsonFingerprint, OversizePolicy};
+use crate::scope::{GlobalScope, NoScope, ScopeExtractor};
 use crate::service::IdempotencyService;
-
-/// Default header name (IETF draft-ietf-httpapi-idempotency-key-header).
-pub const DEFAULT_HEADER: &str = "idempotency-key";
-
-/// Refusal from a [`ScopeExtractor`]: the request gets this status and a problem body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScopeRejection {
-    /// Status to answer with.
-    pub status: StatusCode,
-    /// Human-readable reason (sent in the problem body).
-    pub detail: String,
-}
-
-impl ScopeRejection {
-    /// A rejection with any status.
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-        }
-    }
-
-    /// 401: no principal could be identified.
-    pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, detail)
-    }
-}
-
-/// Decides whose key a request's `Idempotency-Key` is (the tenant or principal), so one tenant's
-/// key never replays another's response. A required choice of the builder.
-pub trait ScopeExtractor: Clone + Send + Sync + 'static {
-    /// The scope of this request, or why it cannot be served.
-    ///
-    /// # Errors
-    /// A [`ScopeRejection`] that becomes the response.
-    fn extract(&self, parts: &Parts) -> Result<Scope, ScopeRejection>;
-}
-
-impl<F> ScopeExtractor for F
-where
-    F: Fn(&Parts) -> Result<Scope, ScopeRejection> + Clone + Send + Sync + 'static,
-{
-    fn extract(&self, parts: &Parts) -> Result<Scope, ScopeRejection> {
-        self(parts)
-    }
-}
-
-/// Every client shares one key space (only for services without users or tenants).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GlobalScope;
-
-impl ScopeExtractor for GlobalScope {
-    fn extract(&self, _: &Parts) -> Result<Scope, ScopeRejection> {
-        Ok(Scope::global())
-    }
-}
-
-/// Builder state before a scope was chosen: [`LayerBuilder::build`] is not available yet.
-#[derive(Debug, Clone, Copy)]
-pub struct NoScope;
-
-type StatusPolicy = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
-type BodyCanonicalizer = Arc<dyn Fn(&Bytes) -> Bytes + Send + Sync>;
-type StreamPredicate = Arc<dyn Fn(&response::Parts) -> bool + Send + Sync>;
-
-/// What the layer records when a response body cannot be kept whole: it grew past the engine's
-/// maximum outcome size, or it is a stream by nature (see [`LayerBuilder::stream_responses`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum OversizePolicy {
-    /// Record the status and headers without the body (the default): the operation never runs
-    /// again; retries get the status and headers, an empty body and
-    /// `Idempotent-Body-Omitted: true`.
-    #[default]
-    OmitBody,
-    /// Release the claim: a retry runs the operation again (for reads dressed as `POST`, or
-    /// operations that are idempotent by themselves).
-    Release,
-}
-
-/// The default stream predicate: `text/event-stream` (server-sent events), whose body is
-/// endless or long-lived by nature and is never worth replaying.
-pub fn default_is_stream(parts: &response::Parts) -> bool {
-    parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
-}
-
-/// The layer's settings, shared by every service it builds.
-#[derive(Clone)]
-pub(crate) struct Settings {
-    pub(crate) methods: Vec<Method>,
-    pub(crate) header: HeaderName,
-    pub(crate) key_required: bool,
-    pub(crate) max_request_body: usize,
-    pub(crate) store_status: StatusPolicy,
-    pub(crate) keep_set_cookie: bool,
-    pub(crate) fingerprint_headers: Vec<HeaderName>,
-    pub(crate) canonical_body: Option<BodyCanonicalizer>,
-    pub(crate) json: JsonFingerprint,
-    pub(crate) oversize: OversizePolicy,
-    pub(crate) is_stream: StreamPredicate,
-    pub(crate) oversize_drain: usize,
-    pub(crate) oversize_drain_time: Duration,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("methods", &self.methods)
-            .field("header", &self.header)
-            .field("key_required", &self.key_required)
-            .field("max_request_body", &self.max_request_body)
-            .field("keep_set_cookie", &self.keep_set_cookie)
-            .field("fingerprint_headers", &self.fingerprint_headers)
-            .field("json", &self.json)
-            .field("oversize", &self.oversize)
-            .field("oversize_drain", &self.oversize_drain)
-            .field("oversize_drain_time", &self.oversize_drain_time)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The default stored-status policy: keep every answer below 500 except the transient ones a
-/// retry should re-run (408, 409, 425, 429). 5xx answers release the claim.
-pub fn default_store_status(status: StatusCode) -> bool {
-    status.as_u16() < 500 && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
-            header: HeaderName::from_static(DEFAULT_HEADER),
-            key_required: true,
-            max_request_body: 1024 * 1024,
-            store_status: Arc::new(default_store_status),
-            keep_set_cookie: false,
-            fingerprint_headers: Vec::new(),
-            canonical_body: None,
-            json: JsonFingerprint::Bytes,
-            oversize: OversizePolicy::OmitBody,
-            is_stream: Arc::new(default_is_stream),
-            oversize_drain: 8 * 1024 * 1024,
-            oversize_drain_time: Duration::from_secs(5),
-        }
-    }
-}
+use crate::settings::Settings;
 
 /// Configures an [`IdempotencyLayer`]. Start with [`IdempotencyLayer::builder`]; choose a scope
 /// ([`scope`](Self::scope) or [`global_scope`](Self::global_scope)) before [`build`](Self::build).

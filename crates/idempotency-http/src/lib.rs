@@ -46,7 +46,7 @@
 //! | key malformed (length, charset, bad sf-string) | 400 (`invalid-key`, the detail says what is wrong) |
 //! | more than one `Idempotency-Key` header | 400 (`multiple-keys`) |
 //! | same key, different request | 422 (`key-reused`) |
-//! | same key, first attempt in flight | 409 + `Retry-After` (or the engine waits, if configured) |
+//! | same key, first attempt in progress | 409 + `Retry-After` (or the engine waits, if configured) |
 //! | same key, completed | the stored response + `Idempotent-Replayed: true` |
 //! | same key, completed, stored `Content-Encoding` not in the retry's `Accept-Encoding` | 406 (`encoding-not-acceptable`) |
 //! | store unavailable, fail closed | 503 + `Retry-After` |
@@ -54,7 +54,7 @@
 //! | scope extractor refuses | its status (e.g. 401) |
 //!
 //! Problem `type` URIs are [`PROBLEM_TYPE_BASE`] followed by `missing-key`, `invalid-key`,
-//! `multiple-keys`, `key-reused`, `in-flight`, `store-unavailable`, `body-too-large`,
+//! `multiple-keys`, `key-reused`, `in-progress`, `store-unavailable`, `body-too-large`,
 //! `body-unreadable`, `encoding-not-acceptable`, `scope-rejected`, `response-lost`,
 //! `shutting-down` or `internal`.
 //!
@@ -89,7 +89,7 @@
 //! length within the cap that arrives as one frame (axum's `Json`, `String`...) is recorded before
 //! the head is sent; otherwise the last chunk of a body of known length, or the end of a chunked
 //! one, is held until the record is written. A client that has the whole answer and retries at
-//! once gets the replay, not "in flight". If the body fails midway,
+//! once gets the replay, not "in progress". If the body fails midway,
 //! the client's connection is aborted and the claim is released (or, after
 //! `SideEffects::Committed`, a 500 `response-lost` is recorded).
 //!
@@ -109,7 +109,7 @@
 //! from the connection. A client that disconnects (or a timeout layer that drops the request
 //! future) during the handler or mid-body cancels neither: the handler finishes, the response
 //! body is drained into the bounded copy and recorded, and the client's retry gets the replay
-//! (with in-flight waiting on, it waits for it; else it gets 409 until then). If the copy has
+//! (with waiting for in-progress attempts on, it waits for it; else it gets 409 until then). If the copy has
 //! already outgrown the cap when the client leaves, the rest of the body is not read and the
 //! record follows the [`OversizePolicy`]; a stream response is dropped at once. Only a request
 //! that never reached the handler (the client left while its body was being read) leaves no
@@ -133,6 +133,18 @@
 //! `idempotency_http_fingerprint_bytes_fallback_total{reason}` (canonical-mode JSON bodies
 //! fingerprinted by their bytes).
 //!
+//! # Layout
+//! - `layer`: [`IdempotencyLayer`] and its [`LayerBuilder`]; `settings`: what the builder sets,
+//!   shared by every service; `policy`: the policy types and defaults ([`OversizePolicy`],
+//!   [`JsonFingerprint`], [`default_store_status`], [`default_is_stream`]); `scope`: the
+//!   [`ScopeExtractor`] and its refusal.
+//! - `service`: [`IdempotencyService`]: `decide` (pure: pass through, answer at once, or protect)
+//!   then one async path (body, fingerprint, claim, the handler in the detached task of
+//!   `record`).
+//! - `fingerprint`, `problem` (RFC 9457 answers), `stored` (the stored-response codec),
+//!   `encoding` (`Accept-Encoding` on replay), `effects` ([`SideEffects`]), `transactional`
+//!   ([`TransactionalClaim`]), `body` ([`ResponseBody`]).
+//!
 //! # Feature flags
 //! None: the layer depends on `http`, `http-body`, `tower-layer`/`tower-service` and tokio (for
 //! the detached task), so it fits any tower-based server without pulling in a framework.
@@ -142,24 +154,29 @@
 #![deny(missing_docs)]
 
 mod body;
+mod decide;
 mod effects;
 mod encoding;
 mod fingerprint;
 mod layer;
+mod policy;
 mod problem;
 mod record;
+mod scope;
 mod service;
+mod settings;
 mod stored;
 mod transactional;
 
 pub use body::{BoxError, ResponseBody};
 pub use effects::{SideEffects, SideEffectsMarker};
-pub use fingerprint::{JsonFingerprint, canonical_json};
-pub use layer::{
-    DEFAULT_HEADER, GlobalScope, IdempotencyLayer, LayerBuilder, NoScope, OversizePolicy,
-    ScopeExtractor, ScopeRejection, default_is_stream, default_store_status,
+pub use fingerprint::canonical_json;
+pub use layer::{IdempotencyLayer, LayerBuilder};
+pub use policy::{
+    DEFAULT_HEADER, JsonFingerprint, OversizePolicy, default_is_stream, default_store_status,
 };
 pub use problem::PROBLEM_TYPE_BASE;
+pub use scope::{GlobalScope, NoScope, ScopeExtractor, ScopeRejection};
 pub use service::{BODY_OMITTED_HEADER, IdempotencyService, REPLAYED_HEADER};
 pub use stored::is_hop_by_hop;
 pub use transactional::{TransactionalClaim, TransactionalError};

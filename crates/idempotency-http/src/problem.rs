@@ -133,9 +133,9 @@ impl Problem {
             IdempotencyError::InvalidKey(e) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid-key", "Idempotency key invalid", e.to_string())
             }
-            IdempotencyError::InFlight { retry_after } => Self::new(
+            IdempotencyError::InProgress { retry_after } => Self::new(
                 StatusCode::CONFLICT,
-                "in-flight",
+                "in-progress",
                 "Request in progress",
                 "a request with this idempotency key is still being processed; retry later",
             )

@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{BoxError, Forwarded, ResponseBody};
 use crate::effects::{SideEffects, SideEffectsMarker};
-use crate::layer::{OversizePolicy, Settings};
+use crate::policy::OversizePolicy;
 use crate::problem::Problem;
+use crate::settings::Settings;
 use crate::stored::{self, StoredResponse};
 use crate::transactional::{self, CompletedByHandler, Slot};
 
@@ -250,7 +251,7 @@ impl Pump {
         let mut forwarded = 0_u64;
         // Once the body's exact length has arrived, what remains (its last data frame, trailers)
         // waits until the record is written: a client that has the whole answer and retries at
-        // once then finds the replay, not "in flight". Bodies of unknown length are sent as they
+        // once then finds the replay, not "in progress". Bodies of unknown length are sent as they
         // come; their end (the last chunk marker) waits the same way.
         let mut held: Vec<Frame<Bytes>> = Vec::new();
         let ending = loop {

@@ -1,9 +1,9 @@
 //! The middleware service: the DESIGN §5 table, request by request.
 //!
-//! [`Service::call`] is a pure decision step ([`IdempotencyService::decide`]: pass through,
-//! answer at once, or protect) followed by one async path for protected requests
-//! ([`protect`]): read the body, fingerprint, begin, then hand the handler to the detached
-//! recording task ([`crate::record`]).
+//! [`Service::call`] is a pure decision step ([`crate::decide`]: pass through, answer at once,
+//! or protect) followed by one async path for protected requests ([`protect`]): read the body,
+//! fingerprint, begin, then hand the handler to the detached recording task
+//! ([`crate::record`]).
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -23,12 +23,14 @@ use tower_service::Service;
 use tracing::Instrument as _;
 
 use crate::body::{BoxError, ResponseBody};
+use crate::decide::{Decision, decide};
 use crate::effects::SideEffectsMarker;
 use crate::encoding;
 use crate::fingerprint::fingerprint;
-use crate::layer::{ScopeExtractor, Settings};
 use crate::problem::Problem;
 use crate::record::{self, Failure, Recording};
+use crate::scope::ScopeExtractor;
+use crate::settings::Settings;
 use crate::stored::{self, StoredResponse};
 use crate::transactional::TransactionalClaim;
 
@@ -88,52 +90,6 @@ impl<Svc, S, E> IdempotencyService<Svc, S, E> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// What to do with a request, decided without I/O.
-enum Decision {
-    /// Not covered (method, or no key where keys are optional): the inner service alone.
-    PassThrough,
-    /// Refused before anything runs (missing, ambiguous or malformed key, scope refused).
-    Answer(Problem),
-    /// Covered: the protocol runs.
-    Protect { key: IdempotencyKey, scope: Scope },
-}
-
-impl<Svc, S, E: ScopeExtractor> IdempotencyService<Svc, S, E> {
-    fn decide(&self, parts: &Parts) -> Decision {
-        let settings = &self.settings;
-        if !settings.methods.contains(&parts.method) {
-            return Decision::PassThrough;
-        }
-        let mut values = parts.headers.get_all(&settings.header).iter();
-        let Some(value) = values.next() else {
-            return if settings.key_required {
-                Decision::Answer(Problem::missing_key(settings.header.as_str()))
-            } else {
-                Decision::PassThrough
-            };
-        };
-        let extra = values.count();
-        if extra > 0 {
-            return Decision::Answer(Problem::multiple_keys(settings.header.as_str(), extra + 1));
-        }
-        let key = match IdempotencyKey::from_header_value(value.as_bytes()) {
-            Ok(key) => key,
-            Err(e) => {
-                return Decision::Answer(Problem::from_engine(&IdempotencyError::InvalidKey(e)));
-            }
-        };
-        match self.scope.extract(parts) {
-            Ok(scope) => Decision::Protect { key, scope },
-            Err(rejection) => Decision::Answer(Problem::new(
-                rejection.status,
-                "scope-rejected",
-                "Request not accepted",
-                rejection.detail,
-            )),
-        }
-    }
-}
-
 impl<Svc, S, E, ReqB, ResB> Service<Request<ReqB>> for IdempotencyService<Svc, S, E>
 where
     Svc: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -160,7 +116,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
-        match self.decide(&parts) {
+        match decide(&parts, &self.settings, &self.scope) {
             Decision::PassThrough => {
                 let request = Request::from_parts(parts, body);
                 Box::pin(async move { Ok(inner.call(request).await?.map(ResponseBody::inner)) })

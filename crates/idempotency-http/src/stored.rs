@@ -10,7 +10,7 @@
 //!       | body (the rest)
 //! ```
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use idempotency_core::CorruptRecord;
 
@@ -56,28 +56,30 @@ impl StoredResponse {
     }
 
     pub(crate) fn decode(bytes: &Bytes) -> Result<Self, CorruptRecord> {
-        let mut reader = Reader { bytes, at: 0 };
-        if reader.take(3)? != MAGIC {
+        // `Bytes` is a `Buf`: every read below advances it, `split_to` hands out the header
+        // bytes without copying, and what remains at the end is the body.
+        let mut buf = bytes.clone();
+        if take(&mut buf, MAGIC.len())? != MAGIC[..] {
             return Err(CorruptRecord::new("stored HTTP response has no IH1 header"));
         }
-        let status = StatusCode::from_u16(reader.u16()?)
+        let status = StatusCode::from_u16(buf.try_get_u16().map_err(truncated)?)
             .map_err(|_| CorruptRecord::new("stored HTTP status is invalid"))?;
-        let flags = reader.take(1)?[0];
-        let count = reader.u16()?;
-        let mut headers = Vec::with_capacity(count as usize);
+        let flags = buf.try_get_u8().map_err(truncated)?;
+        let count = buf.try_get_u16().map_err(truncated)?;
+        let mut headers = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
-            let name_len = reader.u16()? as usize;
-            let name = HeaderName::from_bytes(reader.take(name_len)?)
+            let name_len = usize::from(buf.try_get_u16().map_err(truncated)?);
+            let name = HeaderName::from_bytes(&take(&mut buf, name_len)?)
                 .map_err(|_| CorruptRecord::new("stored header name is invalid"))?;
-            let value_len = reader.u32()? as usize;
-            let value = HeaderValue::from_bytes(reader.take(value_len)?)
+            let value_len = buf.try_get_u32().map_err(truncated)? as usize;
+            let value = HeaderValue::from_maybe_shared(take(&mut buf, value_len)?)
                 .map_err(|_| CorruptRecord::new("stored header value is invalid"))?;
             headers.push((name, value));
         }
         Ok(Self {
             status,
             headers,
-            body: bytes.slice(reader.at..),
+            body: buf,
             body_omitted: flags & BODY_OMITTED != 0,
         })
     }
@@ -114,32 +116,19 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// The next `len` bytes of `buf`, without copying; a short buffer is a truncated record.
+fn take(buf: &mut Bytes, len: usize) -> Result<Bytes, CorruptRecord> {
+    if buf.remaining() < len {
+        return Err(truncated(bytes::TryGetError {
+            requested: len,
+            available: buf.remaining(),
+        }));
+    }
+    Ok(buf.split_to(len))
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], CorruptRecord> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| CorruptRecord::new("stored HTTP response is truncated"))?;
-        let slice = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(slice)
-    }
-
-    fn u16(&mut self) -> Result<u16, CorruptRecord> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, CorruptRecord> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
+fn truncated(_: bytes::TryGetError) -> CorruptRecord {
+    CorruptRecord::new("stored HTTP response is truncated")
 }
 
 #[cfg(test)]
@@ -165,6 +154,28 @@ mod tests {
         };
         assert_eq!(StoredResponse::decode(&stored.encode()).unwrap(), stored);
         assert_eq!(stored.encode().len(), stored.encoded_len());
+    }
+
+    #[test]
+    fn every_truncation_is_corrupt() {
+        let stored = StoredResponse {
+            status: StatusCode::OK,
+            headers: vec![(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("1"),
+            )],
+            body: Bytes::new(),
+            body_omitted: true,
+        };
+        let encoded = stored.encode();
+        for len in 0..encoded.len() {
+            assert!(
+                StoredResponse::decode(&encoded.slice(..len)).is_err(),
+                "{len} of {} bytes decoded",
+                encoded.len()
+            );
+        }
+        assert_eq!(StoredResponse::decode(&encoded).unwrap(), stored);
     }
 
     #[test]

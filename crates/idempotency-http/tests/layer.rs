@@ -15,22 +15,29 @@ use idempotency_core::{Idempotency, IdempotencyStore, Scope};
 use idempotency_http::{IdempotencyLayer, ScopeRejection};
 use idempotency_memory::MemoryStore;
 use idempotency_testkit::faults::{Fault, FaultyStore};
+use tokio::sync::Notify;
 use tower::{Layer, ServiceExt};
 
 type Req = Request<Full<Bytes>>;
 
 /// A handler that counts executions and answers with the status in `x-status` (default 201),
-/// echoing the body and the execution number.
+/// echoing the body and the execution number. With `x-hold`, it signals `entered` and waits for
+/// `release` before answering: a test decides when the first attempt ends, without racing a
+/// sleep.
 #[derive(Clone, Default)]
 struct Handler {
     runs: Arc<AtomicUsize>,
+    entered: Arc<Notify>,
+    release: Arc<Notify>,
 }
 
 impl Handler {
     fn service(&self) -> tower::util::BoxCloneService<Req, Response<Full<Bytes>>, Infallible> {
         let runs = Arc::clone(&self.runs);
+        let (entered, release) = (Arc::clone(&self.entered), Arc::clone(&self.release));
         tower::util::BoxCloneService::new(tower::service_fn(move |req: Req| {
             let runs = Arc::clone(&runs);
+            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
             async move {
                 let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
                 let status = req
@@ -41,12 +48,9 @@ impl Handler {
                 if req.headers().contains_key("x-panic") {
                     panic!("handler panicked");
                 }
-                if let Some(ms) = req
-                    .headers()
-                    .get("x-sleep-ms")
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                if req.headers().contains_key("x-hold") {
+                    entered.notify_one();
+                    release.notified().await;
                 }
                 let size = req
                     .headers()
@@ -216,23 +220,28 @@ async fn same_key_different_request_is_422() {
 }
 
 #[tokio::test]
-async fn in_flight_duplicate_is_409_with_retry_after() {
+async fn in_progress_duplicate_is_409_with_retry_after() {
     let app = Arc::new(App::new(engine(MemoryStore::new())));
     let first = {
         let app = Arc::clone(&app);
         tokio::spawn(async move {
-            app.send(req(post(Some("slow"), "").header("x-sleep-ms", "300"), "x"))
+            app.send(req(post(Some("slow"), "").header("x-hold", "1"), "x"))
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first attempt holds its claim inside the handler until released.
+    app.handler.entered.notified().await;
     let (status, headers, body) = app
-        .send(req(post(Some("slow"), "").header("x-sleep-ms", "300"), "x"))
+        .send(req(post(Some("slow"), "").header("x-hold", "1"), "x"))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(headers["retry-after"], "1");
-    assert_eq!(problem_type(&body), "in-flight");
+    assert_eq!(problem_type(&body), "in-progress");
+    app.handler.release.notify_one();
     assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
+    let (status, headers, _) = app.send(req(post(Some("slow"), ""), "x")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(app.runs(), 1);
 }
 
@@ -358,7 +367,9 @@ async fn handler_errors_release_the_claim() {
     );
 }
 
-#[tokio::test]
+/// Paused clock: each 10 ms step below only passes once every task (the release of the claim
+/// in the background among them) is idle, so the loop measures steps, not machine speed.
+#[tokio::test(start_paused = true)]
 async fn a_panicking_handler_releases_the_claim() {
     let app = Arc::new(App::new(engine(MemoryStore::new())));
     let crashed = {

@@ -503,7 +503,7 @@ async fn oversize_policy_omit_body_and_a_stream_predicate() {
 async fn a_timeout_that_drops_the_request_does_not_cause_a_second_run() {
     let engine = Idempotency::builder(MemoryStore::new())
         .ignore_env()
-        .wait_for_in_flight(Duration::from_secs(30), Duration::from_millis(10))
+        .wait_for_in_progress(Duration::from_secs(30), Duration::from_millis(10))
         .build()
         .unwrap();
     let gate = Arc::new(tokio::sync::Notify::new());

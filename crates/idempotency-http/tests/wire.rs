@@ -73,7 +73,7 @@ async fn serve() -> (SocketAddr, Ctx) {
     let engine = Idempotency::builder(MemoryStore::new())
         .ignore_env()
         // A retry that arrives while the detached first attempt still records waits for it.
-        .wait_for_in_flight(Duration::from_secs(10), Duration::from_millis(5))
+        .wait_for_in_progress(Duration::from_secs(10), Duration::from_millis(5))
         .build()
         .unwrap();
     let layer = IdempotencyLayer::builder(engine)

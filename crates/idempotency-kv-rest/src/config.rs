@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// Default time budget of one store operation (one HTTP request).
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time budget to open a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Environment variable pairs read by [`crate::KvRestStore::from_env`], in order: the official
 /// Upstash names first, then the (deprecated) Vercel KV names, as the official clients do.
 pub const ENV_PAIRS: [(&str, &str); 2] = [
@@ -48,14 +53,14 @@ impl fmt::Debug for Token {
 pub struct KvRestConfig {
     pub(crate) url: String,
     pub(crate) token: Token,
-    pub(crate) timeout: Duration,
+    pub(crate) operation_timeout: Duration,
     pub(crate) connect_timeout: Duration,
-    pub(crate) retries: u32,
+    pub(crate) reconnect_attempts: usize,
     pub(crate) key_locking_scripts: bool,
 }
 
 impl KvRestConfig {
-    /// Endpoint and token; defaults: 1 s per request, 2 retries on connection failures (or a
+    /// Endpoint and token; defaults: 1 s per operation, 2 reconnect attempts on connection failures (or a
     /// request cut off before any reply), scripts
     /// sent with Upstash's per-key locking flag.
     ///
@@ -76,9 +81,9 @@ impl KvRestConfig {
         Ok(Self {
             url,
             token: Token(token),
-            timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_millis(500),
-            retries: 2,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            reconnect_attempts: 2,
             key_locking_scripts: true,
         })
     }
@@ -101,10 +106,13 @@ impl KvRestConfig {
         ))
     }
 
-    /// Time budget of one HTTP request (default 1 s).
+    /// Time budget of each store operation, i.e. one HTTP request (default 1 s). Past it the
+    /// operation fails with [`StoreError::Timeout`](idempotency_core::StoreError::Timeout).
+    /// Keep it at or below the engine's `store_timeout` so the store's typed error is the one
+    /// reported. Same name and meaning as the Redis store's option.
     #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
         self
     }
 
@@ -115,12 +123,13 @@ impl KvRestConfig {
         self
     }
 
-    /// Retries after a connection failure or a request cut off before any reply (default 2;
-    /// never after an HTTP answer or a timeout). Safe because every command the store sends is
-    /// idempotent under the record protocol.
+    /// How many times a request is sent again after a connection failure or a request cut off
+    /// before any reply (default 2; never after an HTTP answer or a timeout), with exponential
+    /// back-off. Safe because every command the store sends is idempotent under the record
+    /// protocol. Same name as the Redis store's option.
     #[must_use]
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.retries = retries;
+    pub fn reconnect_attempts(mut self, attempts: usize) -> Self {
+        self.reconnect_attempts = attempts;
         self
     }
 

@@ -23,12 +23,31 @@
 //! claimed; a repeated completion under the same token is accepted. A request that got an HTTP
 //! answer is never retried.
 //!
+//! # Failures
+//! Errors map onto the core's typed `StoreError` exactly as the Redis store maps them, so the
+//! same database gives the same answer through either store:
+//!
+//! | condition | error |
+//! |---|---|
+//! | connection refused or cut off (after the resends), HTTP 5xx | `Unavailable` |
+//! | no answer within [`KvRestConfig::operation_timeout`] | `Timeout` |
+//! | `OOM command not allowed`, `READONLY` | `WriteRefused` |
+//! | any other Redis error reply (`NOPERM`, ...), HTTP 4xx, a reply the protocol never produces | `Backend` |
+//! | a value under the key that is not a record, or not a string (`WRONGTYPE`) | `Corrupt` |
+//!
+//! A fenced script that did not apply (`complete`, `release`, `extend` answering 0) re-reads the
+//! key, so a value that is not a record is reported `Corrupt` rather than "lease lost".
+//!
 //! # Waiting duplicates poll
 //! This store does not implement `IdempotencyStore::wait_for_change`: the REST API is plain
 //! request/response and this client holds no subscription (the KV REST gateway also refuses
-//! pub/sub commands), so a duplicate waiting with the engine's `wait_for_in_flight` re-claims
+//! pub/sub commands), so a duplicate waiting with the engine's `wait_for_in_progress` re-claims
 //! every `poll_interval`. The shared completion and release scripts publish only when given a
 //! channel, which this store never passes.
+//!
+//! # Re-exports
+//! [`idempotency_core`] and [`reqwest`], so versions match (every backend crate re-exports core
+//! and its client crate the same way).
 //!
 //! # Feature flags
 //! - `rustls` (default): HTTPS through rustls, needed for the hosted service.
@@ -41,12 +60,14 @@ use std::fmt;
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, async_trait, codec, lua,
+    Claim, Completed, CorruptRecord, Fenced, IdempotencyStore, InProgress, LeaseToken, Record,
+    StoreError, StoreKey, async_trait, codec, lua,
 };
 use serde_json::{Value, json};
 
-pub use config::{ENV_PAIRS, KvRestConfig, KvRestConfigError};
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, ENV_PAIRS, KvRestConfig, KvRestConfigError,
+};
 pub use idempotency_core;
 pub use reqwest;
 
@@ -112,6 +133,14 @@ impl CallError {
             CallError::Transport(e) => StoreError::Unavailable {
                 source: Box::new(e),
             },
+            // Something that is not a string lives under a record key: not a record, and
+            // retrying will not change that, so it is corrupt data per the store contract (as
+            // the Redis store reports it), not a server failure.
+            CallError::Redis(message) if is_wrong_type(&message) => {
+                StoreError::Corrupt(CorruptRecord::new(format!(
+                    "the key holds a value that is not a string (a hash, list, set...): {message}"
+                )))
+            }
             CallError::Redis(message) if is_write_refused(&message) => {
                 StoreError::WriteRefused { message }
             }
@@ -143,7 +172,7 @@ impl KvRestStore {
     /// [`KvRestConfigError::Client`] when the HTTP client cannot be built.
     pub fn new(config: KvRestConfig) -> Result<Self, KvRestConfigError> {
         let client = reqwest::Client::builder()
-            .timeout(config.timeout)
+            .timeout(config.operation_timeout)
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
@@ -191,7 +220,7 @@ impl KvRestStore {
     async fn command(&self, command: &Value) -> Result<Value, StoreError> {
         self.call(command)
             .await
-            .map_err(|e| e.into_store_error(self.config.timeout))
+            .map_err(|e| e.into_store_error(self.config.operation_timeout))
     }
 
     /// Run one command (JSON form, `POST /`) and return its `result`.
@@ -214,10 +243,11 @@ impl KvRestStore {
                 // this covers a kept-alive connection the server closed just as the request was
                 // sent ("connection closed before message completed"), which servers with an
                 // idle timeout shorter than the pool's cause now and then.
-                Err(e) if is_resendable(&e) && attempt < self.config.retries => {
+                Err(e) if is_resendable(&e) && attempt < self.config.reconnect_attempts => {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "KV REST request did not get through; retrying");
-                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                    // 20, 40, 80 ms ... capped at about 10 s.
+                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(10))).await;
                     continue;
                 }
                 Err(e) => return Err(CallError::Transport(e)),
@@ -279,16 +309,23 @@ impl KvRestStore {
                 self.command(&with(vec![json!("EVAL"), json!(script.text)]))
                     .await?
             }
-            other => other.map_err(|e| e.into_store_error(self.config.timeout))?,
+            other => other.map_err(|e| e.into_store_error(self.config.operation_timeout))?,
         };
         match reply.as_i64() {
             Some(1) => Ok(Fenced::Applied),
-            Some(0) => Ok(Fenced::LeaseLost),
+            // As the Redis store: the scripts cannot tell "not ours" from "not a record".
+            Some(0) => Fenced::lease_lost_unless_corrupt(self.get(key).await),
             _ => Err(StoreError::Backend {
                 message: format!("unexpected script reply {reply}"),
             }),
         }
     }
+}
+
+/// Whether a Redis error relayed by the REST API is `WRONGTYPE` (the key holds a hash, list...),
+/// also when wrapped by a script error (`ERR Error running script ... WRONGTYPE ...`).
+fn is_wrong_type(message: &str) -> bool {
+    message.starts_with("WRONGTYPE") || message.contains("WRONGTYPE Operation against a key")
 }
 
 /// Whether a Redis error relayed by the REST API says the server refuses writes but still
@@ -364,7 +401,12 @@ impl IdempotencyStore for KvRestStore {
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let reply = self.command(&json!(["DEL", key.as_str()])).await?;
-        Ok(reply.as_i64().unwrap_or(0) > 0)
+        match reply.as_i64() {
+            Some(deleted) => Ok(deleted > 0),
+            None => Err(StoreError::Backend {
+                message: format!("unexpected DEL reply {reply}"),
+            }),
+        }
     }
 
     /// `PTTL` (one more request, made only when the engine answers "in progress").
@@ -412,6 +454,18 @@ mod tests {
             other.into_store_error(Duration::from_secs(1)),
             StoreError::Backend { .. }
         ));
+    }
+
+    #[test]
+    fn wrong_type_is_corrupt_as_on_redis() {
+        for message in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR Error running script (call to f_0123): @user_script:1: WRONGTYPE Operation \
+             against a key holding the wrong kind of value",
+        ] {
+            let error = CallError::Redis(message.into()).into_store_error(Duration::from_secs(1));
+            assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+        }
     }
 
     #[test]

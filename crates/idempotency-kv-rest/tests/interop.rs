@@ -53,7 +53,7 @@ async fn redis_written_records_complete_through_rest() {
     // The REST store sees the Redis store's claim...
     let seen = via_rest.begin(&scope, &key, Fingerprint::of("a")).await;
     assert!(
-        matches!(seen, Err(IdempotencyError::InFlight { .. })),
+        matches!(seen, Err(IdempotencyError::InProgress { .. })),
         "{seen:?}"
     );
     guard
@@ -146,7 +146,7 @@ async fn unreachable_endpoint_is_unavailable_quickly() {
         .port();
     let config = KvRestConfig::new(format!("http://127.0.0.1:{port}"), "t")
         .unwrap()
-        .retries(2);
+        .reconnect_attempts(2);
     let store = KvRestStore::new(config).unwrap();
     let started = Instant::now();
     let err = store.get(&StoreKey::from_raw("x")).await.unwrap_err();
@@ -162,7 +162,7 @@ async fn paused_redis_behind_the_gateway_times_out() {
     let store = KvRestStore::new(
         KvRestConfig::new(gateway.url(), common::TOKEN)
             .unwrap()
-            .timeout(Duration::from_millis(300)),
+            .operation_timeout(Duration::from_millis(300)),
     )
     .unwrap();
     assert_eq!(store.get(&StoreKey::from_raw("warm")).await.unwrap(), None);

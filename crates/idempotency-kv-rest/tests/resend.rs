@@ -76,7 +76,7 @@ async fn flaky_server(drop_first: usize, stall: bool) -> (String, Arc<AtomicUsiz
 fn store(url: &str) -> KvRestStore {
     let config = KvRestConfig::new(url, "a-token-of-at-least-32-characters-long")
         .unwrap()
-        .timeout(Duration::from_millis(500));
+        .operation_timeout(Duration::from_millis(500));
     KvRestStore::new(config).unwrap()
 }
 

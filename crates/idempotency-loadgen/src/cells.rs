@@ -1,4 +1,4 @@
-//! Backends, scenarios, and running one cell (backend × scenario × concurrency).
+//! Backends, the servers they share, and running one cell (backend × scenario × concurrency).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Result;
 use idempotency_core::{Idempotency, IdempotencyKey, IdempotencyStore};
 use idempotency_kv_rest::{KvRestConfig, KvRestStore};
-use idempotency_memory::MemoryStore;
 use idempotency_redis::{RedisClusterStore, RedisStore};
 use redis::aio::ConnectionManager;
 
@@ -14,36 +13,10 @@ use crate::engine::{EngineWorker, MemoryStoreWorker, prepare, prepare_store};
 use crate::http::{App, HttpServer, HttpWorker};
 use crate::load::{self, Counter, Measured, Plan};
 use crate::raw::{RawWorker, Templates};
+use crate::scenario::{Scenario, unbounded_memory};
 use crate::servers::{self, Background, GATEWAY_TOKEN, RedisServers};
 use crate::sql::{self, RawPgWorker, SqlServers};
 use idempotency_sql::{PostgresStore, SqliteStore};
-
-/// The engine's default lease and retention, used by the raw baseline too.
-pub(crate) const LEASE: Duration = Duration::from_secs(60);
-pub(crate) const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// What each operation does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Scenario {
-    /// Begin + complete on a new key.
-    Fresh,
-    /// Begin on a completed key (the stored outcome comes back).
-    Replay,
-    /// Begin on a key whose first attempt is in flight.
-    Conflict,
-}
-
-impl Scenario {
-    pub(crate) const ALL: [Scenario; 3] = [Scenario::Fresh, Scenario::Replay, Scenario::Conflict];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Scenario::Fresh => "fresh",
-            Scenario::Replay => "replay",
-            Scenario::Conflict => "conflict",
-        }
-    }
-}
 
 /// What each operation runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,24 +82,21 @@ impl Backend {
         }
     }
 
-    pub(crate) fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.name() == name)
-    }
-
     /// Runs on one current-thread runtime, with no I/O.
     pub(crate) fn in_process(self) -> bool {
         matches!(self, Backend::MemoryStore | Backend::Memory)
     }
 }
 
-/// A memory store without the default 1 M record bound: a fresh cell writes millions of
-/// records, and evictions (an O(n) scan when the bound is hit) would measure the bound rather
-/// than the store.
-pub(crate) fn unbounded_memory() -> MemoryStore {
-    MemoryStore::builder()
-        .max_entries(usize::MAX)
-        .max_bytes(usize::MAX)
-        .build()
+/// `--backends` values: the names of [`Backend::name`].
+impl clap::ValueEnum for Backend {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 /// Servers and clients shared by every cell.
@@ -190,7 +160,7 @@ impl Env {
             .await?;
         let kv_url = format!("http://{}", self.gateway.addr);
         let kv = KvRestStore::new(
-            KvRestConfig::new(kv_url, GATEWAY_TOKEN)?.timeout(Duration::from_secs(2)),
+            KvRestConfig::new(kv_url, GATEWAY_TOKEN)?.operation_timeout(Duration::from_secs(2)),
         )?;
         let raw = ConnectionManager::new(redis::Client::open(url)?).await?;
         let (postgres, sqlite, postgres_version) = self.sql_servers.connect().await?;

@@ -9,30 +9,8 @@ use idempotency_core::{
 };
 use idempotency_memory::MemoryStore;
 
-use crate::cells::{LEASE, RETENTION, Scenario};
 use crate::load::Worker;
-
-/// The stored outcome of every fresh operation: a small JSON answer.
-pub(crate) fn outcome() -> StoredOutcome {
-    StoredOutcome::new(
-        &br#"{"id":12345,"status":"created"}"#[..],
-        Some("application/json".into()),
-    )
-}
-
-/// The fingerprint every operation presents (a caller computes it from its request).
-pub(crate) fn fingerprint() -> Fingerprint {
-    Fingerprint::builder()
-        .part("POST")
-        .part("/orders")
-        .part("application/json")
-        .part(r#"{"sku":"widget","qty":1}"#)
-        .finish()
-}
-
-pub(crate) fn scope() -> Scope {
-    Scope::new("bench")
-}
+use crate::scenario::{LEASE, RETENTION, Scenario, fingerprint, outcome, scope};
 
 /// `Idempotency::begin` and, on a fresh key, `guard.complete`.
 pub(crate) struct EngineWorker<S: IdempotencyStore + 'static> {
@@ -97,9 +75,9 @@ impl<S: IdempotencyStore + 'static> Worker for EngineWorker<S> {
                     .begin(&self.scope, &self.fixed, self.fingerprint)
                     .await
                 {
-                    Err(IdempotencyError::InFlight { .. }) => Ok(()),
+                    Err(IdempotencyError::InProgress { .. }) => Ok(()),
                     Err(other) => Err(other.into()),
-                    Ok(_) => bail!("an in-flight key was not reported in flight"),
+                    Ok(_) => bail!("an in-progress key was not reported in progress"),
                 }
             }
         }

@@ -22,14 +22,14 @@ use idempotency_http::IdempotencyLayer;
 use idempotency_redis::RedisStore;
 use tokio::sync::Notify;
 
-use crate::cells::Scenario;
 use crate::load::Worker;
+use crate::scenario::{Scenario, unbounded_memory};
 use crate::servers::Background;
 
 /// The request body every client sends.
 const BODY: &[u8] = br#"{"sku":"widget","qty":1}"#;
 /// A request with this header parks in the handler until [`HttpServer::unhold`]: it keeps its
-/// key in flight for the `conflict` scenario.
+/// key in progress for the `conflict` scenario.
 const HOLD_HEADER: &str = "x-bench-hold";
 
 /// Which app to serve.
@@ -95,7 +95,7 @@ impl HttpServer {
             let plain = router(app_state);
             let router = match app {
                 App::Bare => plain,
-                App::Memory => with_layer(plain, crate::cells::unbounded_memory())?,
+                App::Memory => with_layer(plain, unbounded_memory())?,
                 App::Redis(url) => with_layer(plain, RedisStore::connect(&url).await?)?,
             };
             let listener = listener.tap_io(|tcp| {
@@ -210,7 +210,7 @@ impl Worker for HttpWorker {
     }
 }
 
-/// A request parked in the handler, holding its key in flight; finish with [`Held::finish`].
+/// A request parked in the handler, holding its key in progress; finish with [`Held::finish`].
 pub(crate) struct Held {
     request: tokio::task::JoinHandle<Result<StatusCode>>,
 }

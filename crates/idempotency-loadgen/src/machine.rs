@@ -1,7 +1,7 @@
 //! What the run was measured on: cores, CPU model, load, date, commit.
 
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -65,44 +65,30 @@ pub(crate) fn git_commit() -> String {
     }
 }
 
-/// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
+/// Now, as `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339 in UTC, whole seconds; `humantime` does the
+/// calendar).
 pub(crate) fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    rfc3339_seconds(SystemTime::now())
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+fn rfc3339_seconds(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::rfc3339_seconds;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_512), (2026, 2, 28));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn dates_in_utc_to_the_second() {
+        let at = |secs: u64| rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_772_236_799), "2026-02-27T23:59:59Z");
+        // Fractions are cut, not rounded.
+        let later = UNIX_EPOCH + Duration::from_millis(1_704_067_200_999);
+        assert_eq!(rfc3339_seconds(later), "2024-01-01T00:00:00Z");
     }
 }

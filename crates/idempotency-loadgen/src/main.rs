@@ -12,8 +12,11 @@
 //!     [--seconds S] [--warmup S]
 //! ```
 //!
+//! The options are parsed by `clap` (`--help` lists them with their defaults and choices).
+//!
 //! # Layout
-//! - `load`: the closed loop and histograms; `cells`: backends, scenarios, one cell;
+//! - `scenario`: the scenarios and what every worker shares (lease, retention, request, outcome);
+//! - `load`: the closed loop and histograms; `cells`: backends, servers, one cell;
 //! - `engine`: workers on our engine and memory store; `raw`: the plain `redis` baseline;
 //! - `sql`: the Postgres server, the SQLite file and the `raw-postgres` baseline;
 //! - `http`: the axum apps and the hyper client; `servers`: server lifecycles;
@@ -26,6 +29,7 @@ mod load;
 mod machine;
 mod raw;
 mod report;
+mod scenario;
 mod servers;
 mod sql;
 
@@ -35,13 +39,66 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 
-use crate::cells::{Backend, Cell, Env, Scenario};
+use crate::cells::{Backend, Cell, Env};
 use crate::load::{Counter, Plan};
 use crate::report::{Report, Row, ServerVersions};
+use crate::scenario::Scenario;
 
-/// What to run, from the command line.
+/// What to run, from the command line (parsed by clap; `--help` lists every option).
+#[derive(Debug, Parser)]
+#[command(
+    name = "idempotency-loadgen",
+    about = "Closed-loop latency benchmark (run by `cargo xtask bench`)",
+    after_help = "Servers (Redis, a 3-master Redis Cluster, Postgres, the KV REST gateway, the axum \
+                  apps) are started on 127.0.0.1 and stopped at the end (SQLite is a file in a \
+                  temporary directory). IDEMPOTENCY_TEST_POSTGRES_URL points the SQL rows at an \
+                  existing Postgres (its idempotency_records table is created if missing and \
+                  truncated between cells). IDEMPOTENCY_TEST_REDIS_URL points the single-server \
+                  rows at an existing Redis instead (it is flushed between cells)."
+)]
+struct Args {
+    /// Short cells (~1.5 min in all on 2 cores) instead of the full run (~8 min).
+    #[arg(long)]
+    quick: bool,
+    /// Where report.json, report.md and latency.svg go [default: target/bench].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Backends to run (default: all), comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    backends: Vec<Backend>,
+    /// Scenarios to run (default: all), comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    scenarios: Vec<Scenario>,
+    /// Tasks per cell, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 1..,
+        default_values_t = [1_usize, 16, 64],
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    concurrency: Vec<usize>,
+    /// Measured seconds per cell (default 5, quick 0.8; in-process rows at most 2).
+    #[arg(long, value_name = "S", value_parser = seconds)]
+    seconds: Option<Duration>,
+    /// Unrecorded seconds before each cell (default 1, quick 0.2).
+    #[arg(long, value_name = "S", value_parser = seconds)]
+    warmup: Option<Duration>,
+}
+
+/// A number of seconds, fractions allowed (`0.5`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {text}"))?;
+    Duration::try_from_secs_f64(value).map_err(|error| format!("bad duration {text}: {error}"))
+}
+
+/// What to run, resolved: the defaults of the mode, overridden by the options given.
 #[derive(Debug)]
 struct Options {
     quick: bool,
@@ -54,74 +111,47 @@ struct Options {
     in_process_measure: Duration,
 }
 
-fn list<T>(text: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<Vec<T>> {
-    text.split(',')
-        .map(|s| parse(s.trim()).with_context(|| format!("unknown {what} `{s}`")))
-        .collect()
-}
-
-fn seconds(text: &str) -> Result<Duration> {
-    let value: f64 = text
-        .parse()
-        .with_context(|| format!("not a number of seconds: {text}"))?;
-    Duration::try_from_secs_f64(value).with_context(|| format!("bad duration {text}"))
+impl From<Args> for Options {
+    fn from(args: Args) -> Self {
+        let (warmup, measure, in_process_measure) = if args.quick {
+            (
+                Duration::from_millis(200),
+                Duration::from_millis(800),
+                Duration::from_millis(500),
+            )
+        } else {
+            (
+                Duration::from_millis(1000),
+                Duration::from_secs(5),
+                Duration::from_secs(2),
+            )
+        };
+        let measure_given = args.seconds;
+        Self {
+            quick: args.quick,
+            out: args.out.unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench")
+            }),
+            backends: if args.backends.is_empty() {
+                Backend::ALL.to_vec()
+            } else {
+                args.backends
+            },
+            scenarios: if args.scenarios.is_empty() {
+                Scenario::ALL.to_vec()
+            } else {
+                args.scenarios
+            },
+            concurrency: args.concurrency,
+            warmup: args.warmup.unwrap_or(warmup),
+            measure: measure_given.unwrap_or(measure),
+            in_process_measure: measure_given
+                .map_or(in_process_measure, |m| in_process_measure.min(m)),
+        }
+    }
 }
 
 impl Options {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Self> {
-        let default_out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-        let mut options = Self {
-            quick: false,
-            out: default_out,
-            backends: Backend::ALL.to_vec(),
-            scenarios: Scenario::ALL.to_vec(),
-            concurrency: vec![1, 16, 64],
-            warmup: Duration::from_millis(1000),
-            measure: Duration::from_secs(5),
-            in_process_measure: Duration::from_secs(2),
-        };
-        let (mut warmup, mut measure) = (None, None);
-        let mut args = args.peekable();
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-            match arg.as_str() {
-                "--quick" => options.quick = true,
-                "--out" => options.out = PathBuf::from(value()?),
-                "--backends" => options.backends = list(&value()?, Backend::parse, "backend")?,
-                "--scenarios" => {
-                    let parse = |s: &str| Scenario::ALL.into_iter().find(|x| x.name() == s);
-                    options.scenarios = list(&value()?, parse, "scenario")?;
-                }
-                "--concurrency" => {
-                    options.concurrency = list(&value()?, |s| s.parse().ok(), "concurrency")?;
-                }
-                "--seconds" => measure = Some(seconds(&value()?)?),
-                "--warmup" => warmup = Some(seconds(&value()?)?),
-                "-h" | "--help" => {
-                    println!("{}", include_str!("usage.txt"));
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument `{other}` (try --help)"),
-            }
-        }
-        if options.quick {
-            options.warmup = Duration::from_millis(200);
-            options.measure = Duration::from_millis(800);
-            options.in_process_measure = Duration::from_millis(500);
-        }
-        if let Some(w) = warmup {
-            options.warmup = w;
-        }
-        if let Some(m) = measure {
-            options.measure = m;
-            options.in_process_measure = options.in_process_measure.min(m);
-        }
-        if options.concurrency.contains(&0) {
-            bail!("concurrency must be at least 1");
-        }
-        Ok(options)
-    }
-
     fn plan(&self, cell: &Cell) -> Plan {
         if cell.backend.in_process() {
             Plan {
@@ -222,7 +252,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    let options = Options::parse(std::env::args().skip(1))?;
+    let options = Options::from(Args::parse());
     let started = Instant::now();
     let mut machine = machine::Machine::probe();
     let cells = options.cells();
@@ -339,4 +369,70 @@ fn run_cells(
     }
     progress.stop.store(true, Ordering::Relaxed);
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn options(args: &[&str]) -> Result<Options, clap::Error> {
+        let argv = std::iter::once("idempotency-loadgen").chain(args.iter().copied());
+        Args::try_parse_from(argv).map(Options::from)
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_then_the_quick_mode_then_explicit_values() {
+        let full = options(&[]).unwrap();
+        assert_eq!(full.backends, Backend::ALL);
+        assert_eq!(full.scenarios, Scenario::ALL);
+        assert_eq!(full.concurrency, [1, 16, 64]);
+        assert_eq!(
+            (full.warmup, full.measure),
+            (Duration::from_secs(1), Duration::from_secs(5))
+        );
+        assert_eq!(full.in_process_measure, Duration::from_secs(2));
+        assert!(full.out.ends_with("target/bench"));
+
+        let quick = options(&["--quick", "--seconds", "0.3"]).unwrap();
+        assert_eq!(quick.warmup, Duration::from_millis(200));
+        assert_eq!(quick.measure, Duration::from_millis(300));
+        assert_eq!(quick.in_process_measure, Duration::from_millis(300));
+
+        let some = options(&[
+            "--backends",
+            "memory,kv-rest",
+            "--scenarios",
+            "replay",
+            "--concurrency",
+            "2,4",
+            "--out",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(some.backends, [Backend::Memory, Backend::KvRest]);
+        assert_eq!(some.scenarios, [Scenario::Replay]);
+        assert_eq!(some.concurrency, [2, 4]);
+        assert_eq!(some.out, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &["--backends", "mongo"][..],
+            &["--scenarios", "fresh,later"],
+            &["--concurrency", "0"],
+            &["--seconds", "soon"],
+            &["--warmup", "-1"],
+            &["--frobnicate"],
+        ] {
+            assert!(options(args).is_err(), "{args:?} was accepted");
+        }
+    }
 }

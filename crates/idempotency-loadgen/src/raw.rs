@@ -10,9 +10,8 @@ use idempotency_core::{Completed, InProgress, LeaseToken, Record, codec, lua, un
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use crate::cells::{LEASE, RETENTION, Scenario};
-use crate::engine::{fingerprint, outcome};
 use crate::load::Worker;
+use crate::scenario::{LEASE, RETENTION, Scenario, fingerprint, outcome};
 
 /// A record text split around its token.
 #[derive(Clone)]

@@ -14,9 +14,8 @@ use idempotency_sql::sqlx::{self, Row as _};
 use idempotency_sql::{PostgresStore, SqlStatements, SqliteStore};
 use idempotency_testkit::fixtures::PostgresServer;
 
-use crate::cells::{LEASE, RETENTION, Scenario};
-use crate::engine::{fingerprint, outcome};
 use crate::load::Worker;
+use crate::scenario::{LEASE, RETENTION, Scenario, fingerprint, outcome};
 
 /// Connections in each pool: one per task at the highest default concurrency.
 const POOL: u32 = 64;

@@ -35,12 +35,16 @@
 //! never evicted; when nothing else is left, claims fail with [`StoreError::Full`].
 //!
 //! # Waiting duplicates are woken
-//! With the engine's `wait_for_in_flight`, a duplicate that finds the key in progress waits on a
+//! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits on a
 //! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the
 //! completion, release, delete or takeover, and re-reads once. The notification exists only
 //! while someone waits on the key ([`MemoryStore::waited_keys`]); when nobody waits, writers pay
 //! one fence and one atomic load. Lease expiry is not announced: the engine re-reads once at
 //! the end of the wait.
+//!
+//! # Re-exports
+//! [`idempotency_core`], so versions match (every backend crate re-exports core, and its
+//! client crate where it has one, the same way).
 //!
 //! # Feature flags
 //! None.

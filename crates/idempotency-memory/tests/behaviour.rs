@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
+use idempotency_core::{IdempotencyStore, async_trait};
 use idempotency_memory::{ManualClock, MemoryStore};
-use idempotency_testkit::{RawValue, StoreHarness, TimeControl};
+use idempotency_testkit::{Capabilities, StoreHarness};
 
 struct MemoryHarness {
     store: MemoryStore,
@@ -20,17 +20,14 @@ impl StoreHarness for MemoryHarness {
     fn store(&self) -> Arc<dyn IdempotencyStore> {
         Arc::new(self.store.clone())
     }
-    fn time_control(&self) -> TimeControl {
-        TimeControl::Manual
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::EMBEDDED
     }
     async fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
     fn short_lease(&self) -> Duration {
         Duration::from_secs(30)
-    }
-    async fn put_raw(&self, _key: &StoreKey, _value: RawValue) -> bool {
-        false
     }
     fn key_prefix(&self) -> &str {
         &self.prefix
@@ -47,3 +44,11 @@ async fn harness() -> MemoryHarness {
 }
 
 idempotency_testkit::behaviour_suite!(harness());
+
+/// The same suite through the testkit's fault-injecting store, passing every call through: the
+/// wrapper the fault tests rely on changes no behaviour.
+mod through_the_fault_injecting_store {
+    use idempotency_testkit::faults::FaultyHarness;
+
+    idempotency_testkit::behaviour_suite!(async { FaultyHarness::new(super::harness().await) });
+}

@@ -208,9 +208,9 @@ async fn retried_claim_and_completion_recognise_their_own_token() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn waiting_for_in_flight_returns_the_outcome() {
+async fn waiting_for_in_progress_returns_the_outcome() {
     let engine = Idempotency::builder(MemoryStore::new())
-        .wait_for_in_flight(Duration::from_secs(5), Duration::from_millis(10))
+        .wait_for_in_progress(Duration::from_secs(5), Duration::from_millis(10))
         .ignore_env()
         .build()
         .unwrap();
@@ -240,10 +240,10 @@ async fn waiting_for_in_flight_returns_the_outcome() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn waiting_gives_up_with_in_flight() {
+async fn waiting_gives_up_with_in_progress() {
     let engine = Idempotency::builder(MemoryStore::new())
-        .wait_for_in_flight(Duration::from_millis(50), Duration::from_millis(10))
-        .in_flight_retry_after(Duration::from_secs(3))
+        .wait_for_in_progress(Duration::from_millis(50), Duration::from_millis(10))
+        .in_progress_retry_after(Duration::from_secs(3))
         .ignore_env()
         .build()
         .unwrap();
@@ -257,7 +257,7 @@ async fn waiting_gives_up_with_in_flight() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, IdempotencyError::InFlight { retry_after } if retry_after == Duration::from_secs(3))
+        matches!(err, IdempotencyError::InProgress { retry_after } if retry_after == Duration::from_secs(3))
     );
     assert_eq!(started.elapsed(), Duration::from_millis(50));
 }
@@ -370,7 +370,7 @@ async fn stats_count_hits_misses_and_writes() {
         assert_eq!(value.unwrap(), 7);
     }
     let stats = engine.stats();
-    assert_eq!((stats.misses, stats.hits, stats.writes), (1, 2, 1));
+    assert_eq!((stats.claims, stats.replays, stats.completions), (1, 2, 1));
     assert!((stats.hit_rate() - 2.0 / 3.0).abs() < 1e-9);
 }
 
@@ -442,7 +442,7 @@ async fn ten_thousand_keys_sixteen_duplicates_each() {
     const KEYS: usize = 10_000;
     const CALLERS: usize = 16;
     let engine = Idempotency::builder(MemoryStore::new())
-        .wait_for_in_flight(Duration::from_secs(30), Duration::from_millis(1))
+        .wait_for_in_progress(Duration::from_secs(30), Duration::from_millis(1))
         .ignore_env()
         .build()
         .unwrap();
@@ -478,7 +478,7 @@ async fn ten_thousand_keys_sixteen_duplicates_each() {
         assert_eq!(count.load(Ordering::SeqCst), 1, "key {n} ran exactly once");
     }
     let stats = engine.stats();
-    assert_eq!(stats.misses, KEYS as u64);
-    assert_eq!(stats.writes, KEYS as u64);
-    assert_eq!(stats.hits, (KEYS * (CALLERS - 1)) as u64);
+    assert_eq!(stats.claims, KEYS as u64);
+    assert_eq!(stats.completions, KEYS as u64);
+    assert_eq!(stats.replays, (KEYS * (CALLERS - 1)) as u64);
 }

@@ -142,7 +142,7 @@ async fn completion_rides_out_a_short_outage_while_the_lease_is_renewed() {
     sleep(Duration::from_secs(2)).await;
     let duplicate = engine.begin(&Scope::global(), &key("k"), fp()).await;
     assert!(
-        matches!(duplicate, Err(IdempotencyError::InFlight { .. })),
+        matches!(duplicate, Err(IdempotencyError::InProgress { .. })),
         "{duplicate:?}"
     );
     store.set(Fault::None);
@@ -197,7 +197,7 @@ async fn completion_gives_up_after_its_bound_and_the_claim_lapses() {
     store.set(Fault::None);
     assert!(matches!(
         engine.begin(&Scope::global(), &key("k"), fp()).await,
-        Err(IdempotencyError::InFlight { .. })
+        Err(IdempotencyError::InProgress { .. })
     ));
     sleep(LEASE * 2).await;
     assert!(matches!(
@@ -251,7 +251,7 @@ async fn retry_after_comes_from_the_remaining_lease_of_an_abandoned_claim() {
         .await
         .unwrap();
     let answer = |r: Result<Begin<MemoryStore>, IdempotencyError>| match r {
-        Err(IdempotencyError::InFlight { retry_after }) => retry_after,
+        Err(IdempotencyError::InProgress { retry_after }) => retry_after,
         other => panic!("{other:?}"),
     };
     // Just claimed: the owner may be alive and about to finish.
@@ -273,7 +273,7 @@ async fn retry_after_from_the_lease_can_be_switched_off() {
     let engine = Idempotency::builder(memory.clone())
         .lease(Duration::from_secs(60))
         .retry_after_from_lease(false)
-        .in_flight_retry_after(Duration::from_secs(2))
+        .in_progress_retry_after(Duration::from_secs(2))
         .ignore_env()
         .build()
         .unwrap();
@@ -298,7 +298,7 @@ async fn retry_after_from_the_lease_can_be_switched_off() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, IdempotencyError::InFlight { retry_after } if retry_after == Duration::from_secs(2)),
+        matches!(err, IdempotencyError::InProgress { retry_after } if retry_after == Duration::from_secs(2)),
         "the fixed value: {err:?}"
     );
 }
@@ -325,7 +325,7 @@ async fn fallback_policy_protects_duplicates_within_the_process() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     let stats = engine.stats();
-    assert_eq!((stats.fallback, stats.hits), (1, 2));
+    assert_eq!((stats.fallback_claims, stats.replays), (1, 2));
     // A different request under the key is still refused.
     assert!(matches!(
         engine
@@ -345,7 +345,7 @@ async fn fallback_policy_protects_duplicates_within_the_process() {
     sleep(Duration::from_secs(120)).await;
     assert!(matches!(
         engine.begin(&Scope::global(), &key("k2"), fp()).await,
-        Err(IdempotencyError::InFlight { .. })
+        Err(IdempotencyError::InProgress { .. })
     ));
     guard.complete(StoredOutcome::new("x", None)).await.unwrap();
     // Documented limit: records are not copied back once the store is healthy again.
@@ -394,7 +394,7 @@ async fn completed_records_replay_while_the_store_refuses_writes() {
     ));
     assert!(matches!(
         engine.begin(&scope, &key("running"), fp()).await,
-        Err(IdempotencyError::InFlight { .. })
+        Err(IdempotencyError::InProgress { .. })
     ));
     // Nothing to answer from: the failure policy (fail closed) applies.
     let err = engine.begin(&scope, &key("new"), fp()).await.unwrap_err();
@@ -412,7 +412,7 @@ async fn completed_records_replay_while_the_store_refuses_writes() {
 #[tokio::test(start_paused = true)]
 async fn waiting_for_an_in_progress_attempt_uses_the_tokio_clock() {
     let engine = Idempotency::builder(memory())
-        .wait_for_in_flight(Duration::from_secs(5), Duration::from_millis(10))
+        .wait_for_in_progress(Duration::from_secs(5), Duration::from_millis(10))
         .ignore_env()
         .build()
         .unwrap();
@@ -455,7 +455,7 @@ async fn waiting_for_an_in_progress_attempt_uses_the_tokio_clock() {
     let started = Instant::now();
     assert!(matches!(
         engine.begin(&Scope::global(), &key("held"), fp()).await,
-        Err(IdempotencyError::InFlight { .. })
+        Err(IdempotencyError::InProgress { .. })
     ));
     let waited = started.elapsed();
     assert!(

@@ -53,7 +53,7 @@ fn assert_in_progress(answer: &Result<u32, RunError<std::io::Error, u32>>) {
     assert!(
         matches!(
             answer,
-            Err(RunError::Idempotency(IdempotencyError::InFlight { retry_after }))
+            Err(RunError::Idempotency(IdempotencyError::InProgress { retry_after }))
                 if *retry_after == Duration::from_secs(1)
         ),
         "the duplicate is told the first attempt is in progress (alive: fixed Retry-After): {answer:?}"
@@ -144,7 +144,7 @@ async fn renewal_that_finds_the_lease_lost_fails_the_completion() {
     };
     sleep(LEASE).await;
     assert!(guard.is_lease_lost(), "the next renewal noticed");
-    assert_eq!(engine.stats().leases_lost, 1);
+    assert_eq!(engine.stats().lease_lost, 1);
     let err = guard
         .complete(StoredOutcome::new("late", None))
         .await

@@ -86,7 +86,7 @@ fn key() -> IdempotencyKey {
 /// An engine that would poll only every 10 s: any answer sooner is a wake-up.
 fn engine(store: Counting, max_wait: Duration) -> Idempotency<Counting> {
     Idempotency::builder(store)
-        .wait_for_in_flight(max_wait, Duration::from_secs(10))
+        .wait_for_in_progress(max_wait, Duration::from_secs(10))
         .renew_leases(false)
         .ignore_env()
         .build()
@@ -171,7 +171,7 @@ async fn release_wakes_the_waiter_which_then_runs() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_silent_wait_ends_with_one_safety_re_read_then_in_flight() {
+async fn a_silent_wait_ends_with_one_safety_re_read_then_in_progress() {
     let store = Counting::default();
     let engine = engine(store.clone(), Duration::from_secs(3));
     let _held = engine
@@ -184,7 +184,10 @@ async fn a_silent_wait_ends_with_one_safety_re_read_then_in_flight() {
         .begin(&Scope::global(), &key(), Fingerprint::of("a"))
         .await
         .unwrap_err();
-    assert!(matches!(err, IdempotencyError::InFlight { .. }), "{err:?}");
+    assert!(
+        matches!(err, IdempotencyError::InProgress { .. }),
+        "{err:?}"
+    );
     assert_eq!(started.elapsed(), Duration::from_secs(3), "bounded wait");
     assert_eq!(
         store.claims.load(Ordering::SeqCst) - claims_before,
@@ -262,7 +265,7 @@ async fn stores_that_cannot_notify_are_polled_as_before() {
         ..Counting::default()
     };
     let engine = Idempotency::builder(store.clone())
-        .wait_for_in_flight(Duration::from_secs(1), Duration::from_millis(100))
+        .wait_for_in_progress(Duration::from_secs(1), Duration::from_millis(100))
         .renew_leases(false)
         .ignore_env()
         .build()

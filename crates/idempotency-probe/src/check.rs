@@ -70,20 +70,9 @@ pub(crate) enum KeyUse<'a> {
     NoKey,
 }
 
-/// A fresh key: 128 random bits, UUID v4 layout.
+/// A fresh key: a random UUID (version 4, 122 random bits), as Stripe's clients send.
 pub fn random_key() -> String {
-    let bits: u128 = rand::random();
-    let bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
-    let bits = (bits & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 fn result(id: &'static str, name: &'static str, problems: Vec<String>, ok: String) -> CheckResult {

@@ -42,7 +42,7 @@
 //! replay one. The Lua sources live in `idempotency_core::lua` and nowhere else.
 //!
 //! # Waiting duplicates are woken
-//! With the engine's `wait_for_in_flight`, a duplicate that finds the key in progress waits
+//! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits
 //! for a wake-up instead of polling (`IdempotencyStore::wait_for_change`). The completion and
 //! release scripts `PUBLISH` on the key's channel (`idempotency_core::lua::wake_channel`:
 //! `idempotency:wake:` + the store key; channels do not share the keyspace). Each store
@@ -79,7 +79,8 @@
 //!   `connect_cluster`, `with_connection`;
 //! - [`RedisStore::doctor`] and [`DoctorReport`]: the start-up check of the server settings;
 //! - `notify` (private): the wake-up subscriber;
-//! - [`redis`]: the client crate, re-exported so versions match.
+//! - [`idempotency_core`] and [`redis`]: re-exported so versions match (every backend crate
+//!   re-exports core and its client crate the same way).
 //!
 //! # Feature flags
 //! - `cluster` (default): [`RedisClusterStore`] on `redis::cluster_async`;
@@ -101,7 +102,7 @@ mod tls;
 
 pub use builder::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, RedisStoreBuilder};
 pub use doctor::{DoctorReport, DoctorWarning};
-pub use idempotency_core::{IdempotencyStore, StoreError};
+pub use idempotency_core;
 pub use redis;
 pub use replicas::{ReplicaWait, ReplicasNotAcknowledged};
 pub use store::{ClaimStrategy, RedisStore, ServerMode};

@@ -261,10 +261,7 @@ where
             .await?;
         match fenced_from(operation, reply)? {
             Fenced::Applied => Ok(Fenced::Applied),
-            Fenced::LeaseLost => match self.read(key).await {
-                Err(corrupt @ StoreError::Corrupt(_)) => Err(corrupt),
-                _ => Ok(Fenced::LeaseLost),
-            },
+            Fenced::LeaseLost => Fenced::lease_lost_unless_corrupt(self.read(key).await),
         }
     }
 

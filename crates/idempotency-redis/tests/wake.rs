@@ -23,7 +23,7 @@ async fn engine_on(server: &RedisServer, max_wait: Duration) -> Idempotency<Redi
         .expect("connect");
     assert!(store.notifies_waiters());
     Idempotency::builder(store)
-        .wait_for_in_flight(max_wait, POLL)
+        .wait_for_in_progress(max_wait, POLL)
         .ignore_env()
         .build()
         .unwrap()

@@ -80,7 +80,7 @@ async fn completed_records_replay_while_redis_is_out_of_memory() {
     ));
     assert!(matches!(
         engine.begin(&scope, &running, fp).await,
-        Err(IdempotencyError::InFlight { .. })
+        Err(IdempotencyError::InProgress { .. })
     ));
     let err = engine.begin(&scope, &fresh, fp).await.unwrap_err();
     assert!(
@@ -119,7 +119,7 @@ async fn retry_after_comes_from_pttl_for_an_abandoned_claim() {
     let engine = Idempotency::builder(store.clone())
         .lease(lease)
         .retention(Duration::from_secs(60))
-        .in_flight_retry_after(Duration::from_millis(100))
+        .in_progress_retry_after(Duration::from_millis(100))
         .prefix(format!("ttl{:x}:", rand::random::<u32>()))
         .ignore_env()
         .build()
@@ -141,7 +141,7 @@ async fn retry_after_comes_from_pttl_for_an_abandoned_claim() {
         .await
         .unwrap();
     let retry_after = |r: Result<Begin<RedisStore>, IdempotencyError>| match r {
-        Err(IdempotencyError::InFlight { retry_after }) => retry_after,
+        Err(IdempotencyError::InProgress { retry_after }) => retry_after,
         other => panic!("{other:?}"),
     };
     assert_eq!(

@@ -51,7 +51,9 @@
 //! - [`PurgeExpired`] and [`PurgeTask`]: bounded-batch cleanup of expired rows, in the
 //!   background if wanted;
 //! - [`SqlStoreError`]: construction and migration errors (missing table, wrong shape: each
-//!   names the migration to run).
+//!   names the migration to run);
+//! - [`idempotency_core`] and [`sqlx`]: re-exported so versions match (every backend crate
+//!   re-exports core and its client crate the same way).
 //!
 //! # Transactional completion
 //! [`Guard::prepare`](idempotency_core::Guard::prepare) (core, backend-neutral) applies the
@@ -70,7 +72,7 @@
 //! Releasing after a successful commit is harmless (a release is fenced on the record being
 //! in progress under the token), so a dropped pending completion may always release. The row
 //! stays locked by the transaction until it ends. On Postgres a retry of the same key meanwhile
-//! is answered "in flight" at once (the claim reads the live row from its snapshot without
+//! is answered "in progress" at once (the claim reads the live row from its snapshot without
 //! waiting for the lock); on SQLite the transaction holds the database's write lock, so every
 //! writer (claims included) waits for it: keep such transactions short, and open them with
 //! `pool.begin_with("BEGIN IMMEDIATE")` so they take the write lock up front.
@@ -88,7 +90,7 @@
 //!   reads a snapshot that can miss a row committed concurrently.) Concurrent claims on one key
 //!   serialise on the row (Postgres) or on the write lock (SQLite): exactly one wins. On
 //!   Postgres the same statement first looks for a live row in its snapshot (a CTE) and returns
-//!   it without writing or locking anything, so replays and in-flight answers are plain reads;
+//!   it without writing or locking anything, so replays and in-progress answers are plain reads;
 //!   the upsert runs only when the snapshot has no live row.
 //! - `complete`: `UPDATE … WHERE store_key = $1 AND token = $2 AND state = 'in_progress' AND
 //!   expires_at > now`, also applied (changing nothing) when the row is already completed under
@@ -143,7 +145,7 @@
 //! operation metrics, and the wake-up counter, as for every store.
 //!
 //! # Waiting duplicates
-//! With the engine's `wait_for_in_flight`, a duplicate that finds the key in progress waits
+//! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits
 //! for the first attempt (`IdempotencyStore::wait_for_change`).
 //!
 //! **Postgres** wakes it by `LISTEN`/`NOTIFY` (on by default;

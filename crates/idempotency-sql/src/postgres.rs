@@ -47,7 +47,7 @@ impl SqlStatements {
     fn postgres(t: &str, wake: Option<&str>) -> Self {
         // The claim, in one statement:
         // - `live`: a live row visible in the statement's snapshot is returned as it is, with no
-        //   write and no lock (replays and in-flight answers, the hot path of retry storms);
+        //   write and no lock (replays and in-progress answers, the hot path of retry storms);
         // - otherwise `ins` upserts, and its `DO UPDATE` always touches the conflicting row (the
         //   SET keeps every old value unless the row has expired), so its RETURNING always
         //   yields the row as it is after the statement: ours (`claimed`: our fresh random
@@ -513,11 +513,11 @@ impl IdempotencyStore for PostgresStore {
             self.complete_on(&self.inner.pool, key, token, record, retention),
         )
         .await?;
-        Ok(if applied {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if applied {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
@@ -530,11 +530,11 @@ impl IdempotencyStore for PostgresStore {
                 .fetch_optional(&self.inner.pool),
         )
         .await?;
-        Ok(if live == Some(true) {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if live == Some(true) {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn extend(
@@ -553,11 +553,11 @@ impl IdempotencyStore for PostgresStore {
                 .execute(&self.inner.pool),
         )
         .await?;
-        Ok(if done.rows_affected() == 1 {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if done.rows_affected() == 1 {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {

@@ -409,11 +409,11 @@ impl IdempotencyStore for SqliteStore {
             self.complete_on(&self.inner.pool, key, token, record, retention),
         )
         .await?;
-        Ok(if applied {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if applied {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
@@ -426,11 +426,11 @@ impl IdempotencyStore for SqliteStore {
                 .fetch_optional(&self.inner.pool),
         )
         .await?;
-        Ok(if live == Some(true) {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if live == Some(true) {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn extend(
@@ -449,11 +449,11 @@ impl IdempotencyStore for SqliteStore {
                 .execute(&self.inner.pool),
         )
         .await?;
-        Ok(if done.rows_affected() == 1 {
-            Fenced::Applied
-        } else {
-            Fenced::LeaseLost
-        })
+        if done.rows_affected() == 1 {
+            return Ok(Fenced::Applied);
+        }
+        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {

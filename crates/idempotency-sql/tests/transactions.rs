@@ -51,7 +51,7 @@ async fn eventually_runs<S: IdempotencyStore + 'static>(
             .await
         {
             Ok(Begin::Run(guard)) => return guard,
-            Err(IdempotencyError::InFlight { .. }) if Instant::now() < deadline => {
+            Err(IdempotencyError::InProgress { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             other => panic!("the released claim should run again, got {other:?}"),
@@ -111,7 +111,7 @@ macro_rules! transactional_tests {
                     .expect("complete_in");
                 tx.commit().await.expect("commit");
                 pending.committed();
-                assert_eq!(engine.stats().writes, 1, "counted as a completion");
+                assert_eq!(engine.stats().completions, 1, "counted as a completion");
                 match engine
                     .begin(&Scope::global(), &key, Fingerprint::of("order"))
                     .await
@@ -200,7 +200,7 @@ macro_rules! transactional_tests {
                     0,
                     "the side effect rolled back"
                 );
-                // The retry runs (not in flight, not a replay of the rolled-back outcome).
+                // The retry runs (not in progress, not a replay of the rolled-back outcome).
                 let retry = begin_run(&engine, &key).await;
                 retry.release().await.expect("release");
             }
@@ -392,10 +392,10 @@ mod sqlite_tx {
 }
 
 /// Postgres: a retry that arrives while the first attempt's completion waits in its open
-/// transaction is answered "in flight" from the claim statement's snapshot, without waiting for
+/// transaction is answered "in progress" from the claim statement's snapshot, without waiting for
 /// the row lock; once the transaction commits the retry replays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_retry_during_an_open_completion_is_in_flight_without_waiting() {
+async fn postgres_retry_during_an_open_completion_is_in_progress_without_waiting() {
     let store = std::sync::Arc::new(common::pg_store(8).await);
     let engine = engine(store.clone(), &idempotency_testkit::unique_prefix());
     let key = IdempotencyKey::new("open-tx").unwrap();
@@ -411,7 +411,7 @@ async fn postgres_retry_during_an_open_completion_is_in_flight_without_waiting()
         .begin(&Scope::global(), &key, Fingerprint::of("order"))
         .await;
     assert!(
-        matches!(retry, Err(IdempotencyError::InFlight { .. })),
+        matches!(retry, Err(IdempotencyError::InProgress { .. })),
         "{retry:?}"
     );
     tx.commit().await.expect("commit");

@@ -167,3 +167,38 @@ impl IdempotencyStore for FaultyStore {
         self.inner.wait_for_change(key, seen, timeout).await
     }
 }
+
+/// A harness that runs another harness's store through a [`FaultyStore`] passing every call
+/// through, so the behaviour suite checks that the wrapper changes nothing (as object_store runs
+/// its suite through `Arc<dyn …>`): `behaviour_suite!(async { FaultyHarness::new(h().await) })`.
+#[derive(Debug)]
+pub struct FaultyHarness<H>(H);
+
+impl<H: crate::StoreHarness> FaultyHarness<H> {
+    /// Wrap `inner`'s store.
+    pub fn new(inner: H) -> Self {
+        Self(inner)
+    }
+}
+
+#[async_trait]
+impl<H: crate::StoreHarness> crate::StoreHarness for FaultyHarness<H> {
+    fn store(&self) -> Arc<dyn IdempotencyStore> {
+        Arc::new(FaultyStore::new(self.0.store()))
+    }
+    fn capabilities(&self) -> crate::Capabilities {
+        self.0.capabilities()
+    }
+    async fn advance(&self, by: Duration) {
+        self.0.advance(by).await;
+    }
+    fn short_lease(&self) -> Duration {
+        self.0.short_lease()
+    }
+    async fn put_raw(&self, key: &StoreKey, value: crate::RawValue) {
+        self.0.put_raw(key, value).await;
+    }
+    fn key_prefix(&self) -> &str {
+        self.0.key_prefix()
+    }
+}

@@ -5,7 +5,8 @@
 //! fixtures for the network backends (Redis, Redis Cluster, Postgres).
 //!
 //! A backend runs all of it with one line in its tests, given an async factory that returns a
-//! fresh [`StoreHarness`] (with its own key prefix) per test:
+//! fresh [`StoreHarness`] (with its own key prefix) per test. The harness says what the store can
+//! do as one [`Capabilities`] value; its defaults fit a store behind a server:
 //!
 //! ```ignore
 //! // tests/behaviour.rs of a backend crate
@@ -13,14 +14,16 @@
 //! idempotency_testkit::behaviour_suite!(harness());
 //! ```
 //!
-//! The macro expands to one `#[test]` per behaviour plus `model_matches_reference`, so a new
-//! behaviour added here runs on every backend automatically. Each behaviour is also a plain
+//! The macro expands to one `#[test]` per behaviour plus `model_matches_reference`. The tests
+//! are generated from the behaviours' own definitions (as is [`suite::ALL`], the list to run
+//! them in a loop, e.g. through a wrapper store): there is no second list, so a new behaviour
+//! added here runs on every backend automatically. Each behaviour is also a plain
 //! `async fn` in [`suite`], callable on its own:
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
 //! use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
-//! use idempotency_testkit::{RawValue, StoreHarness, TimeControl};
+//! use idempotency_testkit::{Capabilities, StoreHarness};
 //! # use idempotency_core::*;
 //! # #[derive(Debug, Default)] struct MyStore(std::sync::Mutex<std::collections::HashMap<StoreKey, Record>>);
 //! # #[async_trait] impl IdempotencyStore for MyStore {
@@ -43,12 +46,11 @@
 //! #[async_trait]
 //! impl StoreHarness for MyHarness {
 //!     fn store(&self) -> Arc<dyn IdempotencyStore> { self.store.clone() }
-//!     // Expiry lives on a server: `advance` sleeps, expiry tests use a short lease.
-//!     fn time_control(&self) -> TimeControl { TimeControl::Real }
-//!     async fn advance(&self, by: Duration) { tokio::time::sleep(by).await }
-//!     fn short_lease(&self) -> Duration { Duration::from_millis(300) }
-//!     // Typed records only: the suite then checks the codec instead of raw corrupt values.
-//!     async fn put_raw(&self, _: &StoreKey, _: RawValue) -> bool { false }
+//!     // Typed records only (the suite then checks the codec instead of raw corrupt values);
+//!     // expiry on the real clock, so the defaults of `advance` (sleep) and `short_lease` fit.
+//!     fn capabilities(&self) -> Capabilities {
+//!         Capabilities::SERVER.with_raw_values(false)
+//!     }
 //!     fn key_prefix(&self) -> &str { &self.prefix }
 //! }
 //!
@@ -86,7 +88,7 @@ mod harness;
 pub mod model;
 pub mod suite;
 
-pub use harness::{RawValue, StoreHarness, TimeControl};
+pub use harness::{Capabilities, RawValue, StoreHarness, TimeControl};
 
 /// A fresh key prefix for one harness: `t<random hex>:`.
 pub fn unique_prefix() -> String {
@@ -102,53 +104,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Expand to one `#[test]` per behaviour in [`suite`] plus the model comparison, each building
-/// a fresh harness by evaluating `$factory` (an expression producing a future of a
+/// Expand to one `#[test]` per behaviour in [`suite`] (generated from the same definitions as
+/// [`suite::ALL`], so a new behaviour reaches every backend) plus the model comparison, each
+/// building a fresh harness by evaluating `$factory` (an expression producing a future of a
 /// [`StoreHarness`]).
 #[macro_export]
 macro_rules! behaviour_suite {
     ($factory:expr) => {
-        $crate::__behaviours!($factory;
-            claim_on_empty,
-            second_claim_sees_in_progress,
-            complete_then_replay,
-            complete_is_idempotent_for_its_token,
-            stale_token_complete_is_lease_lost,
-            release_then_reclaim,
-            lease_expiry_then_takeover,
-            expired_claim_cannot_complete,
-            retention_expiry,
-            extend_keeps_claim,
-            delete_any_state,
-            concurrent_claimers_one_winner,
-            outcomes_round_trip,
-            corrupt_data_is_typed_error,
-            key_injectivity,
-            engine_semantics,
-            engine_runs_once_under_duplicates,
-            expired_records_are_absent,
-            time_to_live_is_bounded
-        );
+        $crate::__behaviour_tests!($factory);
 
         #[test]
         fn model_matches_reference() {
             $crate::model::check_against_model(|| $factory);
         }
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __behaviours {
-    ($factory:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                $crate::runtime().block_on(async {
-                    let harness = $factory.await;
-                    $crate::suite::$name(&harness).await;
-                });
-            }
-        )*
     };
 }

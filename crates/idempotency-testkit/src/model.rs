@@ -284,7 +284,7 @@ where
     Fut: Future<Output = H>,
 {
     let runtime = crate::runtime();
-    let time = runtime.block_on(make()).time_control();
+    let time = runtime.block_on(make()).capabilities().time;
     let default_cases = if time == TimeControl::Manual { 256 } else { 48 };
     let cases = std::env::var("IDEMPOTENCY_PROPTEST_CASES")
         .ok()

@@ -1,5 +1,5 @@
 //! A tour of the engine on the embedded memory store: a claim, a replay, a payload mismatch and
-//! an in-flight conflict.
+//! an in-progress conflict.
 //!
 //! Run with `cargo run --example run_once -p idempotency`.
 
@@ -70,7 +70,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => unreachable!("expected a mismatch, got {other:?}"),
     }
 
-    println!("4. a retry while the first attempt still runs -> in flight (HTTP 409 + Retry-After)");
+    println!(
+        "4. a retry while the first attempt still runs -> in progress (HTTP 409 + Retry-After)"
+    );
     let slow_key = IdempotencyKey::new("slow-refund-1")?;
     let Begin::Run(slow) = engine
         .begin(&customer, &slow_key, payment_fingerprint("refund"))
@@ -82,10 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .begin(&customer, &slow_key, payment_fingerprint("refund"))
         .await
     {
-        Err(IdempotencyError::InFlight { retry_after }) => {
-            println!("   refused: in flight, retry after {retry_after:?}")
+        Err(IdempotencyError::InProgress { retry_after }) => {
+            println!("   refused: in progress, retry after {retry_after:?}")
         }
-        other => unreachable!("expected in-flight, got {other:?}"),
+        other => unreachable!("expected in-progress, got {other:?}"),
     }
     slow.complete(StoredOutcome::new("refunded", None)).await?;
 
@@ -101,10 +103,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let stats = engine.stats();
     println!(
-        "\nstats: {} runs, {} replays, {} in-flight, {} mismatches, hit rate {:.0}%",
-        stats.misses,
-        stats.hits,
-        stats.in_flight,
+        "\nstats: {} runs, {} replays, {} in progress, {} mismatches, hit rate {:.0}%",
+        stats.claims,
+        stats.replays,
+        stats.in_progress,
         stats.mismatches,
         stats.hit_rate() * 100.0
     );

@@ -138,7 +138,7 @@ impl EnvSettings {
             }
         }
         if let Some(wait) = self.wait_in_progress.filter(|w| !w.is_zero()) {
-            builder = builder.wait_for_in_flight(wait, WAIT_POLL_INTERVAL.min(wait));
+            builder = builder.wait_for_in_progress(wait, WAIT_POLL_INTERVAL.min(wait));
         }
         builder
     }
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(config.lease(), Duration::from_secs(5));
         assert_eq!(config.store_timeout(), Duration::from_millis(300));
         assert_eq!(config.failure_policy(), FailurePolicy::FailOpen);
-        let wait = config.in_flight_wait().unwrap();
+        let wait = config.in_progress_wait().unwrap();
         assert_eq!(wait.max_wait, Duration::from_secs(2));
         assert_eq!(wait.poll_interval, WAIT_POLL_INTERVAL);
         // Zero wait leaves waiting off.
@@ -340,7 +340,7 @@ mod tests {
             .apply(idempotency_core::Idempotency::builder(NoStore).ignore_env())
             .build()
             .unwrap();
-        assert_eq!(engine.config().in_flight_wait(), None);
+        assert_eq!(engine.config().in_progress_wait(), None);
     }
 
     #[test]

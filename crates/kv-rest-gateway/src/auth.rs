@@ -6,8 +6,8 @@ use axum::http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::command::query_pairs;
 use crate::config::Secret;
+use crate::query::query_pairs;
 
 /// What a request's token allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

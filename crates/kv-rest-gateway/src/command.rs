@@ -8,6 +8,7 @@
 use percent_encoding::percent_decode;
 
 use crate::error::GatewayError;
+use crate::query::query_pairs;
 
 /// One Redis command: the name followed by its arguments, each binary safe.
 ///
@@ -145,22 +146,6 @@ pub(crate) fn command_from_path(
         }
     }
     command.finish()
-}
-
-/// Query-string pairs, decoded (`+` is a space, `%XX` escapes), in order; empty pieces skipped.
-pub(crate) fn query_pairs(query: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    fn decode(text: &str) -> Vec<u8> {
-        let spaced = text.replace('+', " ");
-        percent_decode(spaced.as_bytes()).collect()
-    }
-    query
-        .split('&')
-        .filter(|piece| !piece.is_empty())
-        .map(|piece| match piece.split_once('=') {
-            Some((key, value)) => (decode(key), Some(decode(value))),
-            None => (decode(piece), None),
-        })
-        .collect()
 }
 
 #[cfg(test)]

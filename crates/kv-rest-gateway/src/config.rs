@@ -136,15 +136,24 @@ impl fmt::Debug for GatewayConfig {
     }
 }
 
-/// The URL with its user-info part (`user:password@`) replaced.
+/// The URL with its user-info part (`user:password@`) replaced by `<redacted>`, parsed by the
+/// `url` crate (WHATWG URL rules, the same the `redis` crate applies). A value that does not
+/// parse as a URL is not shown at all: it cannot be told apart from a pasted secret.
 fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<redacted>".to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
-        None => url.to_owned(),
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return url.to_owned();
+    }
+    // Removing the user info cannot fail on a URL that had one (it has a host).
+    if parsed.set_password(None).is_err() || parsed.set_username("").is_err() {
+        return "<redacted>".to_owned();
+    }
+    let shown = parsed.to_string();
+    match shown.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://<redacted>@{rest}"),
+        None => "<redacted>".to_owned(),
     }
 }
 
@@ -310,5 +319,12 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
         assert_eq!(redact_url("redis://:pw@h/0"), "redis://<redacted>@h/0");
+        assert_eq!(
+            redact_url("rediss://user:p%40ss@[::1]:6380/2?protocol=resp3"),
+            "rediss://<redacted>@[::1]:6380/2?protocol=resp3"
+        );
+        // An `@` in the password does not leak its first part.
+        assert!(!redact_url("redis://u:se@cret@h").contains("se"));
+        assert_eq!(redact_url("not a url: s3cr3t"), "<redacted>");
     }
 }

@@ -1,8 +1,9 @@
 //! Request-level failures and how they map onto HTTP (`{"error": …}` bodies).
 
-use axum::http::header::ALLOW;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value as Json;
 
 /// Why a request failed as a whole (per-command errors inside a pipeline are not these).
 #[derive(Debug, thiserror::Error)]
@@ -13,9 +14,9 @@ pub(crate) enum GatewayError {
     /// Missing or wrong token: HTTP 401.
     #[error("Unauthorized")]
     Unauthorized,
-    /// A method the endpoint does not accept: HTTP 405 with `Allow: <the accepted methods>`.
+    /// A method the endpoint does not accept: HTTP 405 (axum's method routing adds `Allow`).
     #[error("Method not allowed")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed,
     /// The body did not arrive within the body read timeout: HTTP 408, connection closed.
     #[error("ERR the request body did not arrive within {} ms", .0.as_millis())]
     BodyTimeout(std::time::Duration),
@@ -35,7 +36,7 @@ impl GatewayError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -47,7 +48,7 @@ impl GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
-        let mut response = crate::server::json_response(self.status(), &body);
+        let mut response = json_response(self.status(), &body);
         if matches!(self, Self::BodyTimeout(_)) {
             // The client may still be sending: do not keep reading from it.
             response.headers_mut().insert(
@@ -55,13 +56,20 @@ impl IntoResponse for GatewayError {
                 HeaderValue::from_static("close"),
             );
         }
-        if let Self::MethodNotAllowed(allowed) = self {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allowed));
-        }
         response
     }
+}
+
+/// A JSON response with the given status.
+pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
+    let bytes =
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        bytes,
+    )
+        .into_response()
 }
 
 /// Maps a `redis` crate error: replies from the server keep their text (`ERR …`,

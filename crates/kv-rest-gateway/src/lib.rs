@@ -96,9 +96,10 @@
 //!
 //! # Layout
 //! - `config`: [`GatewayConfig`], [`Secret`] and the defaults.
+//! - `error`: request failures and the JSON responses they become.
 //! - `server`: the router, auth and request forms ([`router`], [`serve`], [`Gateway::serve`]).
 //! - `listen`: the HTTP/1 server with [`ServerLimits`].
-//! - `command`: the compact [`Command`](crate) and the path form.
+//! - `command`: the compact [`Command`](crate) and the path form; `query`: query-string pairs.
 //! - `body`: JSON bodies into commands, bounded, numbers exact.
 //! - `policy`: the allow-lists and strict names.
 //! - `acl`: the Redis ACL users: rules, creation, verification.
@@ -123,6 +124,7 @@ mod error;
 pub mod fuzzing;
 mod listen;
 mod policy;
+mod query;
 mod resp;
 mod scripts;
 mod server;

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Router, middleware};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use serde_json::Value as Json;
@@ -21,7 +22,7 @@ use crate::backend::{Backend, TransactionOutcome};
 use crate::body::{parse_batch, parse_command};
 use crate::command::{Command, command_from_path};
 use crate::config::GatewayConfig;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, json_response};
 use crate::listen::{ConnectionCounter, ServerLimits, serve_with_limits};
 use crate::policy::check_allowed;
 use crate::resp::{Encoding, item, to_json};
@@ -225,8 +226,31 @@ impl Gateway {
 }
 
 /// The axum router serving the KV REST protocol (every path; see the crate docs).
+///
+/// axum's method routing answers a method an endpoint does not take with 405 and its `Allow`
+/// header; our fallback only gives that answer the protocol's `{"error": …}` body.
 pub fn router(gateway: Gateway) -> Router {
-    Router::new().fallback(handle).with_state(gateway)
+    Router::new()
+        .route("/", post(json_command))
+        .route("/pipeline", post(pipeline_batch))
+        .route("/pipeline/", post(pipeline_batch))
+        .route("/multi-exec", post(transaction_batch))
+        .route("/multi-exec/", post(transaction_batch))
+        // GET and HEAD check health; POST and PUT stay path-form commands as on any path.
+        .route(
+            HEALTH_PATH,
+            get(health).post(path_command).put(path_command),
+        )
+        .route(
+            "/{*command}",
+            get(path_command).post(path_command).put(path_command),
+        )
+        .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
+        .layer(middleware::map_response_with_state(
+            gateway.clone(),
+            sync_token,
+        ))
+        .with_state(gateway)
 }
 
 /// Serves the protocol on `listener` until `shutdown` completes, then finishes the requests in
@@ -242,28 +266,8 @@ pub async fn serve(
     Gateway::new(&config)?.serve(listener, shutdown).await
 }
 
-/// A JSON response with the given status.
-pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
-    let bytes =
-        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
-    (
-        status,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        bytes,
-    )
-        .into_response()
-}
-
-async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
-    let mut response = match dispatch(&gateway.inner, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            if error.status().is_server_error() {
-                tracing::warn!(%error, "request failed");
-            }
-            error.into_response()
-        }
-    };
+/// Every response carries a fresh `upstash-sync-token` (the errors and 405s too).
+async fn sync_token(State(gateway): State<Gateway>, mut response: Response) -> Response {
     let sequence = gateway.inner.sync_counter.fetch_add(1, Ordering::Relaxed);
     let token = format!("{:x}-{sequence:x}", gateway.inner.sync_prefix);
     if let Ok(value) = HeaderValue::from_str(&token) {
@@ -272,54 +276,104 @@ async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
     response
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
-    Json,
-    Pipeline,
-    Transaction,
-    Path,
+/// The response of a handler's result; server-side failures are logged.
+fn respond(result: Result<Response, GatewayError>) -> Response {
+    result.unwrap_or_else(|error| {
+        if error.status().is_server_error() {
+            tracing::warn!(%error, "request failed");
+        }
+        error.into_response()
+    })
 }
 
-async fn dispatch(state: &Inner, request: Request) -> Result<Response, GatewayError> {
+/// `POST /` with `["SET","k","v"]`.
+async fn json_command(State(gateway): State<Gateway>, request: Request) -> Response {
+    let state = &gateway.inner;
+    respond(
+        async {
+            let admitted = admit(state, request).await?;
+            let command = parse_command(&admitted.body)?;
+            single(state, command, admitted.access, admitted.encoding).await
+        }
+        .await,
+    )
+}
+
+/// `GET|HEAD|POST|PUT /set/k/v?EX=100`: the path form.
+async fn path_command(State(gateway): State<Gateway>, request: Request) -> Response {
+    let state = &gateway.inner;
+    respond(
+        async {
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().map(str::to_owned);
+            let admitted = admit(state, request).await?;
+            let body = admitted.has_body.then_some(&admitted.body[..]);
+            let command = command_from_path(&path, body, query.as_deref())?;
+            single(state, command, admitted.access, admitted.encoding).await
+        }
+        .await,
+    )
+}
+
+/// `POST /pipeline` with `[[…],[…]]`.
+async fn pipeline_batch(State(gateway): State<Gateway>, request: Request) -> Response {
+    let state = &gateway.inner;
+    respond(
+        async {
+            let admitted = admit(state, request).await?;
+            let commands = parse_batch(&admitted.body, state.max_pipeline)?;
+            pipeline(state, commands, admitted.access, admitted.encoding).await
+        }
+        .await,
+    )
+}
+
+/// `POST /multi-exec` with `[[…],[…]]`.
+async fn transaction_batch(State(gateway): State<Gateway>, request: Request) -> Response {
+    let state = &gateway.inner;
+    respond(
+        async {
+            let admitted = admit(state, request).await?;
+            let commands = parse_batch(&admitted.body, state.max_pipeline)?;
+            transaction(state, commands, admitted.access, admitted.encoding).await
+        }
+        .await,
+    )
+}
+
+/// `GET|HEAD /~health`: unauthenticated.
+async fn health(State(gateway): State<Gateway>) -> Response {
+    respond(match gateway.inner.backend.ping().await {
+        Ok(_) => Ok(ok(&serde_json::json!({ "result": "OK" }))),
+        Err(error) => Err(GatewayError::Unavailable(error.to_string())),
+    })
+}
+
+/// A request that passed auth, with its reply encoding and its body (empty without one).
+struct Admitted {
+    access: Access,
+    encoding: Encoding,
+    has_body: bool,
+    body: Bytes,
+    /// Held until the response is built: bodies in memory stay within the budget.
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// What every command endpoint does first: the token, the encoding headers, then the body
+/// (POST and PUT), within the memory budget and the body read timeout.
+async fn admit(state: &Inner, request: Request) -> Result<Admitted, GatewayError> {
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path();
-    let query = parts.uri.query();
-
-    if path == HEALTH_PATH && matches!(parts.method, Method::GET | Method::HEAD) {
-        return health(state).await;
-    }
-    let endpoint = match path.trim_end_matches('/') {
-        "" => Endpoint::Json,
-        "/pipeline" => Endpoint::Pipeline,
-        "/multi-exec" => Endpoint::Transaction,
-        _ => Endpoint::Path,
-    };
-    let (method_ok, allowed) = match endpoint {
-        Endpoint::Path => (
-            matches!(
-                parts.method,
-                Method::GET | Method::POST | Method::PUT | Method::HEAD
-            ),
-            "GET, HEAD, POST, PUT",
-        ),
-        _ => (parts.method == Method::POST, "POST"),
-    };
-    if !method_ok {
-        return Err(GatewayError::MethodNotAllowed(allowed));
-    }
-
     let access = state
         .tokens
-        .check(presented_token(&parts.headers, query).as_deref())
+        .check(presented_token(&parts.headers, parts.uri.query()).as_deref())
         .ok_or(GatewayError::Unauthorized)?;
     let encoding = encoding(&parts.headers)?;
     let has_body = matches!(parts.method, Method::POST | Method::PUT);
-    // Held until the response is built: bodies in memory stay within the budget.
-    let mut _budget = None;
+    let mut budget = None;
     let body = if has_body {
         let limit = state.limits.body_read_timeout;
         let read = async {
-            _budget = Some(reserve_body_memory(state, &parts.headers).await?);
+            budget = Some(reserve_body_memory(state, &parts.headers).await?);
             read_body(&parts.headers, body, state.max_body_bytes).await
         };
         tokio::time::timeout(limit, read)
@@ -328,25 +382,13 @@ async fn dispatch(state: &Inner, request: Request) -> Result<Response, GatewayEr
     } else {
         Bytes::new()
     };
-
-    match endpoint {
-        Endpoint::Json => {
-            let command = parse_command(&body)?;
-            single(state, command, access, encoding).await
-        }
-        Endpoint::Path => {
-            let command = command_from_path(path, has_body.then_some(&body[..]), query)?;
-            single(state, command, access, encoding).await
-        }
-        Endpoint::Pipeline => {
-            let commands = parse_batch(&body, state.max_pipeline)?;
-            pipeline(state, commands, access, encoding).await
-        }
-        Endpoint::Transaction => {
-            let commands = parse_batch(&body, state.max_pipeline)?;
-            transaction(state, commands, access, encoding).await
-        }
-    }
+    Ok(Admitted {
+        access,
+        encoding,
+        has_body,
+        body,
+        _budget: budget,
+    })
 }
 
 /// `Upstash-Encoding` and `Upstash-Response-Format`.
@@ -552,11 +594,4 @@ fn allowed(command: &Command, access: Access) -> Result<(), GatewayError> {
         );
         GatewayError::BadRequest(refusal.message().to_owned())
     })
-}
-
-async fn health(state: &Inner) -> Result<Response, GatewayError> {
-    match state.backend.ping().await {
-        Ok(_) => Ok(ok(&serde_json::json!({ "result": "OK" }))),
-        Err(error) => Err(GatewayError::Unavailable(error.to_string())),
-    }
 }

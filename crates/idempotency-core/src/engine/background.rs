@@ -365,7 +365,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Ok(Fenced::LeaseLost) => {
                 live.lost = true;
                 drop(state);
-                Stats::bump(&self.inner.stats.leases_lost);
+                Stats::bump(&self.inner.stats.lease_lost);
                 metrics::counter!(names::RENEWALS, "result" => "lease_lost").increment(1);
                 metrics::counter!(names::LEASE_LOST).increment(1);
                 tracing::warn!(

@@ -38,10 +38,10 @@ pub enum FailurePolicy {
 }
 
 /// Bounded waiting for a key whose first attempt is still running, instead of answering
-/// [`crate::IdempotencyError::InFlight`] at once.
+/// [`crate::IdempotencyError::InProgress`] at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InFlightWait {
-    /// Give up and answer `InFlight` after this long.
+pub struct InProgressWait {
+    /// Give up and answer `InProgress` after this long.
     pub max_wait: Duration,
     /// How often to look again (each look is one store round trip) on stores that cannot
     /// notify ([`crate::IdempotencyStore::wait_for_change`] answers
@@ -61,8 +61,8 @@ pub struct Config {
     pub(crate) max_outcome_size: usize,
     pub(crate) compression_threshold: usize,
     pub(crate) disabled: bool,
-    pub(crate) in_flight_wait: Option<InFlightWait>,
-    pub(crate) in_flight_retry_after: Duration,
+    pub(crate) in_progress_wait: Option<InProgressWait>,
+    pub(crate) in_progress_retry_after: Duration,
     pub(crate) renew_leases: bool,
     pub(crate) retry_after_from_lease: bool,
     pub(crate) completion_retry: Duration,
@@ -80,8 +80,8 @@ impl Default for Config {
             max_outcome_size: 1024 * 1024,
             compression_threshold: 4 * 1024,
             disabled: false,
-            in_flight_wait: None,
-            in_flight_retry_after: Duration::from_secs(1),
+            in_progress_wait: None,
+            in_progress_retry_after: Duration::from_secs(1),
             renew_leases: true,
             retry_after_from_lease: true,
             completion_retry: Duration::from_secs(30),
@@ -123,14 +123,14 @@ impl Config {
     pub fn disabled(&self) -> bool {
         self.disabled
     }
-    /// In-flight waiting, if configured.
-    pub fn in_flight_wait(&self) -> Option<InFlightWait> {
-        self.in_flight_wait
+    /// Waiting for an in-progress first attempt, if configured.
+    pub fn in_progress_wait(&self) -> Option<InProgressWait> {
+        self.in_progress_wait
     }
-    /// The `Retry-After` suggested with an in-flight answer when the lease says nothing better
-    /// (default 1 s); see [`crate::IdempotencyError::InFlight`].
-    pub fn in_flight_retry_after(&self) -> Duration {
-        self.in_flight_retry_after
+    /// The `Retry-After` suggested with an in-progress answer when the lease says nothing better
+    /// (default 1 s); see [`crate::IdempotencyError::InProgress`].
+    pub fn in_progress_retry_after(&self) -> Duration {
+        self.in_progress_retry_after
     }
     /// Whether live guards renew their lease by themselves (default on), about every third of
     /// the lease.
@@ -163,11 +163,11 @@ impl Config {
                 return Err(ConfigError::ZeroDuration { setting });
             }
         }
-        if let Some(wait) = self.in_flight_wait
+        if let Some(wait) = self.in_progress_wait
             && wait.poll_interval.is_zero()
         {
             return Err(ConfigError::ZeroDuration {
-                setting: "in_flight_wait.poll_interval",
+                setting: "in_progress_wait.poll_interval",
             });
         }
         if self.retention < self.lease {
@@ -250,10 +250,10 @@ impl<S> IdempotencyBuilder<S> {
     }
 
     /// Derive the `Retry-After` of an "in progress" answer from the remaining lease (default
-    /// on; see [`crate::IdempotencyError::InFlight`]). It costs one more store round trip on
+    /// on; see [`crate::IdempotencyError::InProgress`]). It costs one more store round trip on
     /// that path only (Redis / KV REST: `PTTL`; measured on a local Redis: the 409 path's p50
     /// from ~61 µs to ~129 µs; fresh claims and replays are unchanged). Off, the fixed
-    /// [`Self::in_flight_retry_after`] is always used.
+    /// [`Self::in_progress_retry_after`] is always used.
     #[must_use]
     pub fn retry_after_from_lease(mut self, enabled: bool) -> Self {
         self.config.retry_after_from_lease = enabled;
@@ -309,25 +309,25 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
-    /// Wait up to `max_wait` for an in-flight first attempt to finish before answering
-    /// `InFlight` (default: answer at once). On a store that notifies (memory, Redis), the
+    /// Wait up to `max_wait` for an in-progress first attempt to finish before answering
+    /// `InProgress` (default: answer at once). On a store that notifies (memory, Redis), the
     /// waiter is woken by the completion or release and re-reads once, with a safety re-read at
     /// the end of the wait; on others it looks every `poll_interval`.
     #[must_use]
-    pub fn wait_for_in_flight(mut self, max_wait: Duration, poll_interval: Duration) -> Self {
-        self.config.in_flight_wait = Some(InFlightWait {
+    pub fn wait_for_in_progress(mut self, max_wait: Duration, poll_interval: Duration) -> Self {
+        self.config.in_progress_wait = Some(InProgressWait {
             max_wait,
             poll_interval,
         });
         self
     }
 
-    /// The `Retry-After` suggested with an in-flight answer when the first attempt is alive
-    /// (default 1 s); see [`crate::IdempotencyError::InFlight`] for when the remaining lease is
+    /// The `Retry-After` suggested with an in-progress answer when the first attempt is alive
+    /// (default 1 s); see [`crate::IdempotencyError::InProgress`] for when the remaining lease is
     /// used instead.
     #[must_use]
-    pub fn in_flight_retry_after(mut self, retry_after: Duration) -> Self {
-        self.config.in_flight_retry_after = retry_after;
+    pub fn in_progress_retry_after(mut self, retry_after: Duration) -> Self {
+        self.config.in_progress_retry_after = retry_after;
         self
     }
 }

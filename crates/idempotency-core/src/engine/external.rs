@@ -155,7 +155,7 @@ impl<S: IdempotencyStore + 'static> PendingCompletion<S> {
     /// stored. Counts the completion; nothing is sent to the store.
     pub fn committed(mut self) {
         if let Some(p) = self.pending.take() {
-            Stats::bump(&self.engine.inner.stats.writes);
+            Stats::bump(&self.engine.inner.stats.completions);
             metrics::counter!(names::COMPLETIONS).increment(1);
             tracing::debug!(key = %p.key, "outcome stored in the application's transaction");
         }

@@ -239,13 +239,13 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let key = claim.key;
         match result {
             Ok(Fenced::Applied) => {
-                Stats::bump(&engine.inner.stats.writes);
+                Stats::bump(&engine.inner.stats.completions);
                 metrics::counter!(names::COMPLETIONS).increment(1);
                 tracing::debug!(key = %key, "outcome stored");
                 Ok(())
             }
             Ok(Fenced::LeaseLost) => {
-                Stats::bump(&engine.inner.stats.leases_lost);
+                Stats::bump(&engine.inner.stats.lease_lost);
                 metrics::counter!(names::LEASE_LOST).increment(1);
                 tracing::warn!(key = %key, "lease lost before completion; outcome not stored");
                 Err(IdempotencyError::LeaseLost)

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 pub use config::{
-    Config, DISABLE_ENV_VAR, FailurePolicy, IdempotencyBuilder, InFlightWait, kill_switch_value,
+    Config, DISABLE_ENV_VAR, FailurePolicy, IdempotencyBuilder, InProgressWait, kill_switch_value,
 };
 pub use external::{CompletionParts, PendingCompletion};
 pub use guard::{Guard, Unprotected};
@@ -137,7 +137,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// One store round trip in the common cases (a first attempt, a replay).
     ///
     /// # Errors
-    /// - [`IdempotencyError::InFlight`]: the first attempt is still running (after waiting, if
+    /// - [`IdempotencyError::InProgress`]: the first attempt is still running (after waiting, if
     ///   configured);
     /// - [`IdempotencyError::FingerprintMismatch`]: the key was used for another request;
     /// - [`IdempotencyError::StoreUnavailable`]: the store failed and the policy is fail closed;
@@ -173,7 +173,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             fingerprint,
             created_at_ms: unix_millis_now(),
         };
-        let wait_deadline = config.in_flight_wait.map(|w| Instant::now() + w.max_wait);
+        let wait_deadline = config.in_progress_wait.map(|w| Instant::now() + w.max_wait);
         let mut waits = WaitState::NotYet;
         loop {
             let claimed = self
@@ -197,8 +197,13 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 Seen::Mismatch => return Err(self.mismatch()),
                 Seen::Replay(outcome) => return Ok(self.replay(outcome)),
                 Seen::InProgress(seen) => {
-                    if !Box::pin(self.wait_in_flight(&store_key, &seen, wait_deadline, &mut waits))
-                        .await
+                    if !Box::pin(self.wait_in_progress(
+                        &store_key,
+                        &seen,
+                        wait_deadline,
+                        &mut waits,
+                    ))
+                    .await
                     {
                         return Err(Box::pin(self.in_progress(Which::Primary, &store_key)).await);
                     }
@@ -215,14 +220,14 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// that catches a missed notification or an expired lease). A second "in progress" after a
     /// wake-up (another duplicate claimed first, or a spurious wake) waits again, still bounded
     /// by the deadline. Stores that cannot notify are polled every `poll_interval`, as before.
-    async fn wait_in_flight(
+    async fn wait_in_progress(
         &self,
         store_key: &StoreKey,
         seen: &LeaseToken,
         deadline: Option<Instant>,
         waits: &mut WaitState,
     ) -> bool {
-        let (Some(deadline), Some(wait)) = (deadline, self.inner.config.in_flight_wait) else {
+        let (Some(deadline), Some(wait)) = (deadline, self.inner.config.in_progress_wait) else {
             return false;
         };
         let now = Instant::now();
@@ -282,22 +287,22 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     }
 
     fn replay(&self, outcome: StoredOutcome) -> Begin<S> {
-        Stats::bump(&self.inner.stats.hits);
+        Stats::bump(&self.inner.stats.replays);
         metrics::counter!(names::REPLAYS).increment(1);
         tracing::debug!("replaying stored outcome");
         Begin::Replay(outcome)
     }
 
     /// The answer for a retry that finds the first attempt in progress, with a `Retry-After`
-    /// from the remaining lease where the store can tell (see [`IdempotencyError::InFlight`]).
+    /// from the remaining lease where the store can tell (see [`IdempotencyError::InProgress`]).
     async fn in_progress(&self, which: Which, key: &StoreKey) -> IdempotencyError {
-        Stats::bump(&self.inner.stats.in_flight);
-        metrics::counter!(names::IN_FLIGHT).increment(1);
+        Stats::bump(&self.inner.stats.in_progress);
+        metrics::counter!(names::IN_PROGRESS).increment(1);
         tracing::debug!("first attempt still in progress");
         let config = &self.inner.config;
         if !config.retry_after_from_lease {
-            return IdempotencyError::InFlight {
-                retry_after: config.in_flight_retry_after,
+            return IdempotencyError::InProgress {
+                retry_after: config.in_progress_retry_after,
             };
         }
         let remaining = self
@@ -305,15 +310,15 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             .await;
         let retry_after = match remaining {
             Ok(Some(remaining)) => {
-                retry_after_from_lease(remaining, config.lease, config.in_flight_retry_after)
+                retry_after_from_lease(remaining, config.lease, config.in_progress_retry_after)
             }
-            _ => config.in_flight_retry_after,
+            _ => config.in_progress_retry_after,
         };
-        IdempotencyError::InFlight { retry_after }
+        IdempotencyError::InProgress { retry_after }
     }
 
     fn claimed(&self, store_key: StoreKey, record: InProgress, which: Which) -> Begin<S> {
-        Stats::bump(&self.inner.stats.misses);
+        Stats::bump(&self.inner.stats.claims);
         metrics::counter!(names::CLAIMS).increment(1);
         tracing::debug!("claimed");
         Begin::Run(Guard::claimed(self.clone(), store_key, record, which))
@@ -404,7 +409,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             .await;
         let existing = match claimed {
             Ok(Claim::Claimed) => {
-                Stats::bump(&self.inner.stats.fallback);
+                Stats::bump(&self.inner.stats.fallback_claims);
                 metrics::counter!(names::FALLBACK).increment(1);
                 tracing::warn!(
                     error = %primary_error,
@@ -526,7 +531,7 @@ impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
 }
 
 /// `Retry-After` for an in-progress answer, from the remaining lease (see
-/// [`IdempotencyError::InFlight`]). A lease refreshed within 1.5 renewal intervals of its full
+/// [`IdempotencyError::InProgress`]). A lease refreshed within 1.5 renewal intervals of its full
 /// length has a live owner that may finish any moment: suggest `fixed`. Otherwise the key frees
 /// when the lease ends: suggest the remaining lease, clamped to 1 s..=lease.
 fn retry_after_from_lease(remaining: Duration, lease: Duration, fixed: Duration) -> Duration {

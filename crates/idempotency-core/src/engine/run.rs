@@ -20,7 +20,7 @@ pub const RUN_CONTENT_TYPE: &str = "application/json";
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RunError<E, T> {
-    /// The engine refused to run the closure (in flight, mismatch, store down, bad key...).
+    /// The engine refused to run the closure (in progress, mismatch, store down, bad key...).
     #[error(transparent)]
     Idempotency(IdempotencyError),
     /// The closure ran and failed; the claim was released so a retry runs it again.

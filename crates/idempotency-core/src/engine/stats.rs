@@ -10,7 +10,7 @@ pub mod names {
     /// Replays of a stored outcome.
     pub const REPLAYS: &str = "idempotency_replays_total";
     /// Retries refused because the first attempt was still running.
-    pub const IN_FLIGHT: &str = "idempotency_in_flight_conflicts_total";
+    pub const IN_PROGRESS: &str = "idempotency_in_progress_conflicts_total";
     /// Retries refused because their fingerprint differed.
     pub const MISMATCHES: &str = "idempotency_fingerprint_mismatches_total";
     /// Outcomes stored.
@@ -42,22 +42,22 @@ pub mod names {
     pub const WRITE_REFUSED: &str = "idempotency_write_refused_total";
     /// Waits of duplicates on a store that notifies, labelled by `result`: `changed` (woken by
     /// a completion, release or delete) or `timed_out` (the safety re-read followed).
-    pub const WAKE_UPS: &str = "idempotency_in_flight_wake_ups_total";
+    pub const WAKE_UPS: &str = "idempotency_in_progress_wake_ups_total";
     /// Store operation latency in seconds, labelled by `op`.
     pub const STORE_LATENCY: &str = "idempotency_store_op_duration_seconds";
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) writes: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
+    pub(crate) replays: AtomicU64,
+    pub(crate) claims: AtomicU64,
+    pub(crate) completions: AtomicU64,
+    pub(crate) in_progress: AtomicU64,
     pub(crate) mismatches: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) fail_open: AtomicU64,
-    pub(crate) fallback: AtomicU64,
-    pub(crate) leases_lost: AtomicU64,
+    pub(crate) fallback_claims: AtomicU64,
+    pub(crate) lease_lost: AtomicU64,
     pub(crate) background_releases: AtomicU64,
     pub(crate) completion_retries: AtomicU64,
 }
@@ -70,15 +70,15 @@ impl Stats {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
-            hits: load(&self.hits),
-            misses: load(&self.misses),
-            writes: load(&self.writes),
-            in_flight: load(&self.in_flight),
+            replays: load(&self.replays),
+            claims: load(&self.claims),
+            completions: load(&self.completions),
+            in_progress: load(&self.in_progress),
             mismatches: load(&self.mismatches),
             store_errors: load(&self.store_errors),
             fail_open: load(&self.fail_open),
-            fallback: load(&self.fallback),
-            leases_lost: load(&self.leases_lost),
+            fallback_claims: load(&self.fallback_claims),
+            lease_lost: load(&self.lease_lost),
             background_releases: load(&self.background_releases),
             completion_retries: load(&self.completion_retries),
         }
@@ -89,24 +89,24 @@ impl Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
-    /// Retries answered from a stored outcome.
-    pub hits: u64,
-    /// First attempts that claimed the key and ran.
-    pub misses: u64,
-    /// Outcomes stored.
-    pub writes: u64,
-    /// Retries refused as in flight.
-    pub in_flight: u64,
-    /// Retries refused for a different fingerprint.
+    /// Retries answered from a stored outcome ([`names::REPLAYS`]).
+    pub replays: u64,
+    /// First attempts that claimed the key and ran ([`names::CLAIMS`]).
+    pub claims: u64,
+    /// Outcomes stored ([`names::COMPLETIONS`]).
+    pub completions: u64,
+    /// Retries refused because the first attempt was still in progress ([`names::IN_PROGRESS`]).
+    pub in_progress: u64,
+    /// Retries refused for a different fingerprint ([`names::MISMATCHES`]).
     pub mismatches: u64,
-    /// Store failures.
+    /// Store failures ([`names::STORE_ERRORS`]).
     pub store_errors: u64,
-    /// Operations run unprotected under fail-open.
+    /// Operations run unprotected under fail-open ([`names::FAIL_OPEN`]).
     pub fail_open: u64,
-    /// Operations claimed in the fallback store.
-    pub fallback: u64,
-    /// Leases that a renewal found lost while their operation ran.
-    pub leases_lost: u64,
+    /// Operations claimed in the fallback store ([`names::FALLBACK`]).
+    pub fallback_claims: u64,
+    /// Leases found lost while their operation ran ([`names::LEASE_LOST`]).
+    pub lease_lost: u64,
     /// Claims released in the background (orphaned claims, failed releases, dropped guards).
     pub background_releases: u64,
     /// Completion attempts retried after a transient store failure.
@@ -114,13 +114,13 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// `hits / (hits + misses)`, 0 when nothing was looked up.
+    /// `replays / (replays + claims)`, 0 when nothing was looked up.
     pub fn hit_rate(&self) -> f64 {
-        let lookups = self.hits + self.misses;
+        let lookups = self.replays + self.claims;
         if lookups == 0 {
             0.0
         } else {
-            self.hits as f64 / lookups as f64
+            self.replays as f64 / lookups as f64
         }
     }
 }

@@ -70,7 +70,7 @@ pub fn engine(store: AnyStore) -> Idempotency<AnyStore> {
         .ignore_env()
         .prefix(idempotency_testkit::unique_prefix())
         .store_timeout(Duration::from_secs(5))
-        .wait_for_in_flight(Duration::from_secs(20), Duration::from_millis(15))
+        .wait_for_in_progress(Duration::from_secs(20), Duration::from_millis(15))
         .build()
         .expect("engine")
 }

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::{JsonFingerprint, fingerprint};
-use crate::layer::Settings;
+use super::fingerprint;
+use crate::policy::JsonFingerprint;
+use crate::settings::Settings;
 
 /// A JSON value whose numbers are exactly the doubles they denote (integers within 2^53 and
 /// finite doubles), so every spelling of it has one lossless canonical form.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
 use idempotency_kv_rest::{KvRestConfig, KvRestStore};
 use idempotency_testkit::fixtures::{GatewayServer, RedisServer};
-use idempotency_testkit::{RawValue, StoreHarness, TimeControl, unique_prefix};
+use idempotency_testkit::{RawValue, StoreHarness, unique_prefix};
 
 pub const TOKEN: &str = "test-token-0123456789";
 
@@ -30,7 +30,7 @@ pub fn rest_store(url: &str) -> KvRestStore {
     KvRestStore::new(
         KvRestConfig::new(url, TOKEN)
             .unwrap()
-            .timeout(Duration::from_secs(2)),
+            .operation_timeout(Duration::from_secs(2)),
     )
     .unwrap()
 }
@@ -69,16 +69,7 @@ impl StoreHarness for RestHarness {
     fn store(&self) -> Arc<dyn IdempotencyStore> {
         self.store.clone()
     }
-    fn time_control(&self) -> TimeControl {
-        TimeControl::Real
-    }
-    async fn advance(&self, by: Duration) {
-        tokio::time::sleep(by).await;
-    }
-    fn short_lease(&self) -> Duration {
-        Duration::from_millis(300)
-    }
-    async fn put_raw(&self, key: &StoreKey, value: RawValue) -> bool {
+    async fn put_raw(&self, key: &StoreKey, value: RawValue) {
         raw_command(&self.gateway_url, serde_json::json!(["DEL", key.as_str()])).await;
         let command = match value {
             RawValue::String(bytes) => {
@@ -92,7 +83,6 @@ impl StoreHarness for RestHarness {
         };
         let reply = raw_command(&self.gateway_url, command).await;
         assert!(reply.get("result").is_some(), "raw write failed: {reply}");
-        true
     }
     fn key_prefix(&self) -> &str {
         &self.prefix

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{BUDGET_US, Report, Row, human_rate, human_us};
+use super::data::{BUDGET_US, Report, Row, human_rate, human_us};
 
 /// Slowdown of `ours` against `base`: (p50 ratio, throughput ratio), both "× slower" (1.00 =
 /// as fast; above 1 = ours is slower).

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{BUDGET_US, Report, Row};
+use super::data::{BUDGET_US, Report, Row};
 
 const WIDTH: f64 = 1200.0;
 const PANEL_HEIGHT: f64 = 300.0;

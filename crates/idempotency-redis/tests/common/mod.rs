@@ -9,7 +9,7 @@ use idempotency_core::{IdempotencyStore, StoreKey};
 use idempotency_redis::redis::aio::ConnectionLike;
 use idempotency_redis::{ClaimStrategy, RedisClusterStore, RedisStore};
 use idempotency_testkit::fixtures::{RedisCluster, RedisServer};
-use idempotency_testkit::{RawValue, StoreHarness, TimeControl, unique_prefix};
+use idempotency_testkit::{RawValue, StoreHarness, unique_prefix};
 
 /// One server for every test of the binary. Statics are never dropped: the fixture's watchdog
 /// kills the process when the test binary exits.
@@ -48,19 +48,7 @@ where
         self.store.clone()
     }
 
-    fn time_control(&self) -> TimeControl {
-        TimeControl::Real
-    }
-
-    async fn advance(&self, by: Duration) {
-        tokio::time::sleep(by).await;
-    }
-
-    fn short_lease(&self) -> Duration {
-        Duration::from_millis(300)
-    }
-
-    async fn put_raw(&self, key: &StoreKey, value: RawValue) -> bool {
+    async fn put_raw(&self, key: &StoreKey, value: RawValue) {
         let mut conn = self.store.connection().clone();
         let _: () = idempotency_redis::redis::cmd("DEL")
             .arg(key.as_str())
@@ -83,7 +71,6 @@ where
                 .await
                 .expect("HSET"),
         }
-        true
     }
 
     fn key_prefix(&self) -> &str {

@@ -10,7 +10,7 @@ use idempotency_sql::sqlx::postgres::{PgPool, PgPoolOptions};
 use idempotency_sql::sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
 use idempotency_testkit::fixtures::PostgresServer;
-use idempotency_testkit::{RawValue, StoreHarness, TimeControl, unique_prefix};
+use idempotency_testkit::{RawValue, StoreHarness, unique_prefix};
 
 pub mod wake;
 
@@ -94,16 +94,7 @@ impl StoreHarness for PgHarness {
     fn store(&self) -> Arc<dyn IdempotencyStore> {
         self.store.clone()
     }
-    fn time_control(&self) -> TimeControl {
-        TimeControl::Real
-    }
-    async fn advance(&self, by: Duration) {
-        tokio::time::sleep(by).await;
-    }
-    fn short_lease(&self) -> Duration {
-        Duration::from_millis(300)
-    }
-    async fn put_raw(&self, key: &StoreKey, value: RawValue) -> bool {
+    async fn put_raw(&self, key: &StoreKey, value: RawValue) {
         let (state, token, fingerprint) = raw_columns(&value);
         let table = self.store.table();
         sqlx::query(&format!("DELETE FROM {table} WHERE store_key = $1"))
@@ -122,7 +113,6 @@ impl StoreHarness for PgHarness {
         .execute(self.store.pool())
         .await
         .expect("INSERT raw");
-        true
     }
     fn key_prefix(&self) -> &str {
         &self.prefix
@@ -149,16 +139,7 @@ impl StoreHarness for SqliteHarness {
     fn store(&self) -> Arc<dyn IdempotencyStore> {
         self.store.clone()
     }
-    fn time_control(&self) -> TimeControl {
-        TimeControl::Real
-    }
-    async fn advance(&self, by: Duration) {
-        tokio::time::sleep(by).await;
-    }
-    fn short_lease(&self) -> Duration {
-        Duration::from_millis(300)
-    }
-    async fn put_raw(&self, key: &StoreKey, value: RawValue) -> bool {
+    async fn put_raw(&self, key: &StoreKey, value: RawValue) {
         let (state, token, fingerprint) = raw_columns(&value);
         let table = self.store.table();
         sqlx::query(&format!(
@@ -173,7 +154,6 @@ impl StoreHarness for SqliteHarness {
         .execute(self.store.pool())
         .await
         .expect("INSERT raw");
-        true
     }
     fn key_prefix(&self) -> &str {
         &self.prefix

@@ -18,7 +18,7 @@ pub fn key(name: &str) -> IdempotencyKey {
 
 pub fn engine_of(store: PostgresStore, max_wait: Duration) -> Idempotency<PostgresStore> {
     Idempotency::builder(store)
-        .wait_for_in_flight(max_wait, POLL)
+        .wait_for_in_progress(max_wait, POLL)
         .ignore_env()
         .build()
         .unwrap()

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::{TOKEN, TestGateway};
+use crate::common::{Reply, TOKEN, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_form_with_every_argument_type() {
@@ -119,12 +119,25 @@ async fn path_form_get_post_put_head() {
         .request(Method::DELETE, "/get/put", auth, &[], None)
         .await;
     assert_eq!(delete.status, 405);
-    assert_eq!(delete.headers["allow"], "GET, HEAD, POST, PUT");
+    assert_eq!(allowed(&delete), ["GET", "HEAD", "POST", "PUT"]);
+    assert_eq!(delete.text, r#"{"error":"Method not allowed"}"#);
+    assert!(delete.headers.contains_key("upstash-sync-token"));
     let get_root = gw.request(Method::GET, "/", auth, &[], None).await;
     assert_eq!(get_root.status, 405);
-    let get_pipeline = gw.request(Method::GET, "/pipeline", auth, &[], None).await;
-    assert_eq!(get_pipeline.status, 405);
-    assert_eq!(get_pipeline.headers["allow"], "POST");
+    assert_eq!(allowed(&get_root), ["POST"]);
+    for path in ["/pipeline", "/pipeline/", "/multi-exec", "/multi-exec/"] {
+        let get = gw.request(Method::GET, path, auth, &[], None).await;
+        assert_eq!(get.status, 405, "{path}");
+        assert_eq!(allowed(&get), ["POST"], "{path}");
+    }
+    // The health path checks health on GET and HEAD only; other methods are the path form's.
+    let delete_health = gw
+        .request(Method::DELETE, "/~health", None, &[], None)
+        .await;
+    assert_eq!(delete_health.status, 405);
+    assert_eq!(allowed(&delete_health), ["GET", "HEAD", "POST", "PUT"]);
+    let post_health = gw.request(Method::POST, "/~health", None, &[], None).await;
+    assert_eq!(post_health.status, 401, "a command path needs the token");
     gw.shutdown().await;
 }
 
@@ -346,4 +359,14 @@ async fn headers_sync_token_telemetry_and_response_format() {
         .await;
     unknown.error(400);
     gw.shutdown().await;
+}
+
+/// The methods of an `Allow` header (RFC 9110 §10.2.1: a list, spaces optional).
+fn allowed(response: &Reply) -> Vec<String> {
+    response.headers["allow"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|method| method.trim().to_owned())
+        .collect()
 }
