@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::registry::Slots;
 use super::stats::{Stats, names};
 use super::{Idempotency, Inner};
-use crate::{Fenced, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+use crate::{Fenced, IdempotencyStore, LeaseToken, StoreError, StoreKey, StoreOperation};
 
 /// Most renewals and releases in flight at once, per engine.
 pub(crate) const MAX_IN_FLIGHT: usize = 32;
@@ -338,7 +338,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         lease: Duration,
     ) {
         let result = self
-            .timed("extend", self.store_of(which).extend(&key, &token, lease))
+            .timed(
+                StoreOperation::Extend,
+                self.store_of(which).extend(&key, &token, lease),
+            )
             .await;
         let mut state = self.inner.background.lock();
         let Some(live) = state.claims.get_mut(ticket) else {
@@ -388,7 +391,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     async fn release_queued(self, mut entry: Release) {
         let result = self
             .timed(
-                "release",
+                StoreOperation::Release,
                 self.store_of(entry.which).release(&entry.key, &entry.token),
             )
             .await;

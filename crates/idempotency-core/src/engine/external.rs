@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::engine::stats::{Stats, names};
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, LeaseToken, StoreKey,
-    StoredOutcome, unix_millis_now,
+    StoreOperation, StoredOutcome, unix_millis_now,
 };
 
 use super::background::Which;
@@ -185,7 +185,7 @@ impl<S: IdempotencyStore + 'static> PendingCompletion<S> {
                 let engine = &self.engine;
                 let released = engine
                     .timed(
-                        "release",
+                        StoreOperation::Release,
                         engine.store_of(p.which).release(&p.key, &p.claim.token),
                     )
                     .await;
@@ -222,7 +222,7 @@ impl<S: IdempotencyStore + 'static> Drop for PendingCompletion<S> {
                     // so it is neither counted nor logged as a lost lease.
                     let released = engine
                         .timed(
-                            "release",
+                            StoreOperation::Release,
                             engine.store_of(p.which).release(&p.key, &p.claim.token),
                         )
                         .await;

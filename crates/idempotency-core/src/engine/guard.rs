@@ -8,7 +8,7 @@ use crate::engine::background::{Ticket, Which};
 use crate::engine::stats::{Stats, names};
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreError, StoreKey,
-    StoredOutcome, unix_millis_now,
+    StoreOperation, StoredOutcome, unix_millis_now,
 };
 
 use super::Idempotency;
@@ -219,7 +219,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let store = engine.store_of(claim.which);
         let first = engine
             .timed(
-                "complete",
+                StoreOperation::Complete,
                 store.complete(&claim.key, &claim.record.token, &completed, retention),
             )
             .await;
@@ -305,7 +305,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let engine = &self.engine;
         let fenced = engine
             .timed(
-                "extend",
+                StoreOperation::Extend,
                 engine
                     .store_of(claim.which)
                     .extend(&claim.key, &claim.record.token, lease),
@@ -362,7 +362,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             tokio::time::sleep(backoff).await;
             let result = self
                 .timed(
-                    "complete",
+                    StoreOperation::Complete,
                     store.complete(&claim.key, &claim.record.token, completed, retention),
                 )
                 .await;
@@ -385,7 +385,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             key, record, which, ..
         } = claim;
         let fenced = match self
-            .timed("release", self.store_of(which).release(&key, &record.token))
+            .timed(
+                StoreOperation::Release,
+                self.store_of(which).release(&key, &record.token),
+            )
             .await
         {
             Ok(fenced) => fenced,

@@ -27,8 +27,8 @@ pub use stats::{StatsSnapshot, names as metric_names};
 
 use crate::{
     Claim, ConfigError, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore,
-    InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome, Waited,
-    unix_millis_now,
+    InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoreOperation, StoredOutcome,
+    Waited, unix_millis_now,
 };
 use background::{Background, Which};
 use stats::{Stats, names};
@@ -178,7 +178,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         loop {
             let claimed = self
                 .timed(
-                    "try_claim",
+                    StoreOperation::TryClaim,
                     self.inner
                         .store
                         .try_claim(&store_key, &record, config.lease),
@@ -306,7 +306,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             };
         }
         let remaining = self
-            .timed("time_to_live", self.store_of(which).time_to_live(key))
+            .timed(
+                StoreOperation::TimeToLive,
+                self.store_of(which).time_to_live(key),
+            )
             .await;
         let retry_after = match remaining {
             Ok(Some(remaining)) => {
@@ -372,7 +375,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         store_key: &StoreKey,
         record: &InProgress,
     ) -> Option<Result<Begin<S>, IdempotencyError>> {
-        let read = self.timed("get", self.inner.store.get(store_key)).await;
+        let read = self
+            .timed(StoreOperation::Get, self.inner.store.get(store_key))
+            .await;
         let (result, answer) = match read {
             Ok(Some(existing)) => match self.seen(existing, record) {
                 Ok(Seen::Replay(outcome)) => ("replayed", Ok(self.replay(outcome))),
@@ -403,7 +408,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let fallback = self.store_of(Which::Fallback);
         let claimed = self
             .timed(
-                "try_claim",
+                StoreOperation::TryClaim,
                 fallback.try_claim(&store_key, &record, self.inner.config.lease),
             )
             .await;
@@ -450,7 +455,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         key: &IdempotencyKey,
     ) -> Result<Option<Record>, IdempotencyError> {
         let store_key = self.store_key(scope, key);
-        Ok(self.timed("get", self.inner.store.get(&store_key)).await?)
+        Ok(self
+            .timed(StoreOperation::Get, self.inner.store.get(&store_key))
+            .await?)
     }
 
     /// Forget `(scope, key)` whatever its state, so the next attempt runs again. Returns whether
@@ -465,14 +472,14 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> Result<bool, IdempotencyError> {
         let store_key = self.store_key(scope, key);
         Ok(self
-            .timed("delete", self.inner.store.delete(&store_key))
+            .timed(StoreOperation::Delete, self.inner.store.delete(&store_key))
             .await?)
     }
 
     /// Run a store call under the timeout, recording its latency and failures.
     pub(crate) async fn timed<T>(
         &self,
-        operation: &'static str,
+        operation: StoreOperation,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let after = self.inner.config.store_timeout;
@@ -487,12 +494,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 Err(_) => Err(StoreError::Timeout { operation, after }),
             },
         };
-        metrics::histogram!(names::STORE_LATENCY, "op" => operation)
+        metrics::histogram!(names::STORE_LATENCY, "op" => operation.as_str())
             .record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             Stats::bump(&self.inner.stats.store_errors);
-            metrics::counter!(names::STORE_ERRORS, "op" => operation).increment(1);
-            tracing::debug!(%error, operation, "store operation failed");
+            metrics::counter!(names::STORE_ERRORS, "op" => operation.as_str()).increment(1);
+            tracing::debug!(%error, %operation, "store operation failed");
         }
         result
     }

@@ -2,7 +2,6 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use idempotency_core::async_trait;
 use idempotency_core::{IdempotencyStore, StoreKey};
