@@ -337,7 +337,7 @@ async fn guard_extend_and_release() {
     else {
         panic!()
     };
-    guard.extend(Some(Duration::from_secs(600))).await.unwrap();
+    guard.extend_by(Duration::from_secs(600)).await.unwrap();
     guard.release().await.unwrap();
     assert!(
         engine

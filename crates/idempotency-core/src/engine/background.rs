@@ -34,7 +34,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::registry::Slots;
-use super::stats::{Stats, names};
+use super::stats::{Event, names};
 use super::{Idempotency, Inner};
 use crate::{Fenced, IdempotencyStore, LeaseToken, StoreError, StoreKey, StoreOperation};
 
@@ -368,9 +368,8 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Ok(Fenced::LeaseLost) => {
                 live.lost = true;
                 drop(state);
-                Stats::bump(&self.inner.stats.lease_lost);
+                self.inner.stats.record(Event::LeaseLost);
                 metrics::counter!(names::RENEWALS, "result" => "lease_lost").increment(1);
-                metrics::counter!(names::LEASE_LOST).increment(1);
                 tracing::warn!(
                     key = %key,
                     "lease lost while the operation runs (expired or taken over); its outcome \
@@ -397,7 +396,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             .await;
         let outcome = match result {
             Ok(Fenced::Applied) => {
-                Stats::bump(&self.inner.stats.background_releases);
+                self.inner.stats.record(Event::BackgroundRelease);
                 tracing::debug!(key = %entry.key, "claim released in the background");
                 "released"
             }

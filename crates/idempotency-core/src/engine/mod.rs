@@ -31,7 +31,7 @@ use crate::{
     Waited, unix_millis_now,
 };
 use background::{Background, Which};
-use stats::{Stats, names};
+use stats::{Event, Stats, names};
 
 /// What [`Idempotency::begin`] decided.
 #[derive(Debug)]
@@ -280,15 +280,13 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     }
 
     fn mismatch(&self) -> IdempotencyError {
-        Stats::bump(&self.inner.stats.mismatches);
-        metrics::counter!(names::MISMATCHES).increment(1);
+        self.inner.stats.record(Event::Mismatch);
         tracing::debug!("fingerprint mismatch");
         IdempotencyError::FingerprintMismatch
     }
 
     fn replay(&self, outcome: StoredOutcome) -> Begin<S> {
-        Stats::bump(&self.inner.stats.replays);
-        metrics::counter!(names::REPLAYS).increment(1);
+        self.inner.stats.record(Event::Replay);
         tracing::debug!("replaying stored outcome");
         Begin::Replay(outcome)
     }
@@ -296,8 +294,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// The answer for a retry that finds the first attempt in progress, with a `Retry-After`
     /// from the remaining lease where the store can tell (see [`IdempotencyError::InProgress`]).
     async fn in_progress(&self, which: Which, key: &StoreKey) -> IdempotencyError {
-        Stats::bump(&self.inner.stats.in_progress);
-        metrics::counter!(names::IN_PROGRESS).increment(1);
+        self.inner.stats.record(Event::InProgress);
         tracing::debug!("first attempt still in progress");
         let config = &self.inner.config;
         if !config.retry_after_from_lease {
@@ -321,8 +318,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     }
 
     fn claimed(&self, store_key: StoreKey, record: InProgress, which: Which) -> Begin<S> {
-        Stats::bump(&self.inner.stats.claims);
-        metrics::counter!(names::CLAIMS).increment(1);
+        self.inner.stats.record(Event::Claim);
         tracing::debug!("claimed");
         Begin::Run(Guard::claimed(self.clone(), store_key, record, which))
     }
@@ -350,8 +346,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         }
         match self.inner.config.failure_policy {
             FailurePolicy::FailOpen => {
-                Stats::bump(&self.inner.stats.fail_open);
-                metrics::counter!(names::FAIL_OPEN).increment(1);
+                self.inner.stats.record(Event::FailOpen);
                 tracing::warn!(%error, "idempotency store failed; running WITHOUT protection (fail-open)");
                 Ok(Begin::Run(Guard::unprotected(
                     self.clone(),
@@ -414,8 +409,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             .await;
         let existing = match claimed {
             Ok(Claim::Claimed) => {
-                Stats::bump(&self.inner.stats.fallback_claims);
-                metrics::counter!(names::FALLBACK).increment(1);
+                self.inner.stats.record(Event::FallbackClaim);
                 tracing::warn!(
                     error = %primary_error,
                     "idempotency store failed; protecting this request with the per-process \
@@ -497,8 +491,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         metrics::histogram!(names::STORE_LATENCY, "op" => operation.as_str())
             .record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
-            Stats::bump(&self.inner.stats.store_errors);
-            metrics::counter!(names::STORE_ERRORS, "op" => operation.as_str()).increment(1);
+            self.inner.stats.record(Event::StoreError(operation));
             tracing::debug!(%error, %operation, "store operation failed");
         }
         result
