@@ -78,7 +78,7 @@ impl IdempotencyError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::InProgress { retry_after } => Some(*retry_after),
-            Self::StoreUnavailable(_) => Some(Duration::from_secs(1)),
+            Self::StoreUnavailable(_) => Some(crate::DEFAULT_RETRY_AFTER),
             _ => None,
         }
     }

@@ -81,6 +81,7 @@ mod hexfmt;
 mod key;
 pub mod lua;
 mod record;
+mod shared;
 mod store;
 mod token;
 
@@ -98,5 +99,6 @@ pub use key::{
     IdempotencyKey, KeyError, MAX_KEY_LEN, PrefixError, Scope, StoreKey, validate_prefix,
 };
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
-pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError, Waited};
+pub use shared::{DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, expiry_millis};
+pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError, StoreOperation, Waited};
 pub use token::LeaseToken;

@@ -70,6 +70,60 @@ pub enum Waited {
     Unsupported,
 }
 
+/// A store operation, named the same way by every backend: in [`StoreError::Timeout`], in the
+/// `op` label of the engine's store metrics, and in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreOperation {
+    /// [`IdempotencyStore::try_claim`].
+    TryClaim,
+    /// [`IdempotencyStore::complete`].
+    Complete,
+    /// [`IdempotencyStore::release`].
+    Release,
+    /// [`IdempotencyStore::extend`].
+    Extend,
+    /// [`IdempotencyStore::get`].
+    Get,
+    /// [`IdempotencyStore::delete`].
+    Delete,
+    /// [`IdempotencyStore::time_to_live`].
+    TimeToLive,
+    /// [`IdempotencyStore::wait_for_change`].
+    WaitForChange,
+    /// Opening a connection to the store.
+    Connect,
+    /// Operators' inspection outside the record protocol (server checks, key scans).
+    Inspect,
+    /// Deleting expired records in bulk (maintenance of stores without server-side expiry).
+    Purge,
+}
+
+impl StoreOperation {
+    /// The snake-case name used as metric label and in messages (`try_claim`, `complete`...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TryClaim => "try_claim",
+            Self::Complete => "complete",
+            Self::Release => "release",
+            Self::Extend => "extend",
+            Self::Get => "get",
+            Self::Delete => "delete",
+            Self::TimeToLive => "time_to_live",
+            Self::WaitForChange => "wait_for_change",
+            Self::Connect => "connect",
+            Self::Inspect => "inspect",
+            Self::Purge => "purge",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A store failed: it could not say what the state of the key is.
 ///
 /// Expected outcomes (key held, lease lost) are values of [`Claim`] and [`Fenced`]; this type is
@@ -80,8 +134,8 @@ pub enum StoreError {
     /// The operation did not finish within its time budget.
     #[error("store operation `{operation}` timed out after {after:?}")]
     Timeout {
-        /// The primitive that timed out.
-        operation: &'static str,
+        /// The operation that timed out.
+        operation: StoreOperation,
         /// The budget.
         after: Duration,
     },
@@ -93,10 +147,13 @@ pub enum StoreError {
         source: BoxError,
     },
     /// The store answered with an error (for Redis: an error reply such as `WRONGTYPE`).
-    #[error("store replied with an error: {message}")]
+    /// A reply the protocol never produces is one too. The message is the source's, not
+    /// repeated here.
+    #[error("store replied with an error")]
     Backend {
-        /// The server's message.
-        message: String,
+        /// The server's error reply, or what was unexpected, as the backend's typed error.
+        #[source]
+        source: BoxError,
     },
     /// The value under the key is not a record this build can read.
     #[error(transparent)]
@@ -106,10 +163,12 @@ pub enum StoreError {
     /// replica` (after a failover, or a client pointed at a replica), also when they come through
     /// the KV REST API. Reads still work, so the engine can still replay completed records (see
     /// [`crate::Idempotency::begin`]).
-    #[error("store refuses writes: {message}")]
+    #[error("store refuses writes")]
     WriteRefused {
-        /// The server's message (e.g. `OOM command not allowed ...`).
-        message: String,
+        /// The server's refusal (e.g. `OOM command not allowed ...`), as the backend's typed
+        /// error.
+        #[source]
+        source: BoxError,
     },
     /// An embedded store is at capacity and everything in it is still needed.
     #[error("store is full: {entries} records held, all in progress or protected")]

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 /// shutting down): the body then fails, so the client never takes a cut-off body for a whole one.
 pub(crate) type Forwarded = Option<Result<Frame<Bytes>, BoxError>>;
 
-/// Boxed error type of [`ResponseBody`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Boxed error type of [`ResponseBody`] (the core's, stated once).
+pub use idempotency_core::BoxError;
 
 pin_project! {
     /// Body of responses from [`crate::IdempotencyService`]: the inner service's body streamed

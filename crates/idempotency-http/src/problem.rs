@@ -102,7 +102,7 @@ impl Problem {
             "Server shutting down",
             "the server stopped before this request was answered; retry with the same key",
         )
-        .retry_after(Duration::from_secs(1))
+        .retry_after(idempotency_core::DEFAULT_RETRY_AFTER)
     }
 
     pub(crate) fn no_runtime() -> Self {
@@ -152,7 +152,7 @@ impl Problem {
                 "Idempotency store unavailable",
                 "the request was not processed because its idempotency could not be guaranteed; retry later",
             )
-            .retry_after(error.retry_after().unwrap_or(Duration::from_secs(1))),
+            .retry_after(error.retry_after().unwrap_or(idempotency_core::DEFAULT_RETRY_AFTER)),
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use idempotency_core::KV_REST_ENV_PAIRS;
 use thiserror::Error;
 
 /// Default time budget of one store operation (one HTTP request).
@@ -10,12 +11,9 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default time budget to open a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Environment variable pairs read by [`crate::KvRestStore::from_env`], in order: the official
-/// Upstash names first, then the (deprecated) Vercel KV names, as the official clients do.
-pub const ENV_PAIRS: [(&str, &str); 2] = [
-    ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"),
-    ("KV_REST_API_URL", "KV_REST_API_TOKEN"),
-];
+/// Environment variable pairs read by [`crate::KvRestStore::from_env`], in order (the core's
+/// [`KV_REST_ENV_PAIRS`]: Upstash names first, then the deprecated Vercel KV names).
+pub const ENV_PAIRS: [(&str, &str); 2] = KV_REST_ENV_PAIRS;
 
 /// Why a store could not be configured.
 #[derive(Debug, Error)]

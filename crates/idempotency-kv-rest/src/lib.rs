@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, CorruptRecord, Fenced, IdempotencyStore, InProgress, LeaseToken, Record,
-    StoreError, StoreKey, async_trait, codec, lua,
+    StoreError, StoreKey, StoreOperation, async_trait, codec, expiry_millis, lua,
 };
 use serde_json::{Value, json};
 
@@ -114,20 +114,57 @@ impl fmt::Debug for KvRestStore {
     }
 }
 
+/// What went wrong in a KV REST call, as the typed `source` of the core's [`StoreError`]
+/// (`Backend`, `WriteRefused` or `Unavailable`), so callers can downcast instead of parsing text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvRestError {
+    /// Redis answered with an error reply, relayed by the REST API (`NOPERM ...`, `OOM ...`).
+    #[error("Redis error reply: {0}")]
+    ErrorReply(String),
+    /// The REST API answered with an HTTP error status (its JSON `error`, or the body).
+    #[error("HTTP {status}: {message}")]
+    Http {
+        /// The HTTP status code.
+        status: u16,
+        /// The `error` field of the reply, or the whole body.
+        message: String,
+    },
+    /// The reply body is not JSON.
+    #[error("HTTP {status}: the reply is not JSON")]
+    NotJson {
+        /// The HTTP status code.
+        status: u16,
+        /// The decoding error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A reply the record protocol never produces (no `result`, a wrong type, an unknown
+    /// script answer).
+    #[error("unexpected reply to `{operation}`: {reply}")]
+    UnexpectedReply {
+        /// The store operation.
+        operation: StoreOperation,
+        /// The reply, as JSON text.
+        reply: String,
+    },
+}
+
 /// A failure of one REST call, before it is mapped to [`StoreError`].
 #[derive(Debug)]
 enum CallError {
     Transport(reqwest::Error),
+    /// An error reply from Redis (HTTP 400 with an `error` field).
     Redis(String),
-    Http { status: u16, message: String },
-    Protocol(String),
+    /// Any other answer that is not a `result`: HTTP errors, non-JSON, unexpected shapes.
+    Reply(KvRestError),
 }
 
 impl CallError {
-    fn into_store_error(self, timeout: Duration) -> StoreError {
+    fn into_store_error(self, operation: StoreOperation, timeout: Duration) -> StoreError {
         match self {
             CallError::Transport(e) if e.is_timeout() => StoreError::Timeout {
-                operation: "kv-rest request",
+                operation,
                 after: timeout,
             },
             CallError::Transport(e) => StoreError::Unavailable {
@@ -141,20 +178,31 @@ impl CallError {
                     "the key holds a value that is not a string (a hash, list, set...): {message}"
                 )))
             }
-            CallError::Redis(message) if is_write_refused(&message) => {
-                StoreError::WriteRefused { message }
-            }
-            CallError::Redis(message) => StoreError::Backend { message },
-            CallError::Http { status, message } if status >= 500 => StoreError::Unavailable {
-                source: format!("HTTP {status}: {message}").into(),
+            CallError::Redis(message) if is_write_refused(&message) => StoreError::WriteRefused {
+                source: Box::new(KvRestError::ErrorReply(message)),
             },
-            CallError::Http { status, message } => StoreError::Backend {
-                message: format!("HTTP {status}: {message}"),
+            CallError::Redis(message) => StoreError::Backend {
+                source: Box::new(KvRestError::ErrorReply(message)),
             },
-            CallError::Protocol(message) => StoreError::Other {
-                source: message.into(),
+            CallError::Reply(
+                reply @ (KvRestError::Http { status, .. } | KvRestError::NotJson { status, .. }),
+            ) if status >= 500 => StoreError::Unavailable {
+                source: Box::new(reply),
+            },
+            CallError::Reply(reply) => StoreError::Backend {
+                source: Box::new(reply),
             },
         }
+    }
+}
+
+/// `StoreError::Backend` for a reply the protocol never produces (as the Redis store maps it).
+fn unexpected(operation: StoreOperation, reply: &Value) -> StoreError {
+    StoreError::Backend {
+        source: Box::new(KvRestError::UnexpectedReply {
+            operation,
+            reply: reply.to_string(),
+        }),
     }
 }
 
@@ -216,15 +264,19 @@ impl KvRestStore {
         &self.config
     }
 
-    /// Run one command and map failures to store errors.
-    async fn command(&self, command: &Value) -> Result<Value, StoreError> {
-        self.call(command)
+    /// Run one command for `operation` and map failures to store errors.
+    async fn command(
+        &self,
+        operation: StoreOperation,
+        command: &Value,
+    ) -> Result<Value, StoreError> {
+        self.call(operation, command)
             .await
-            .map_err(|e| e.into_store_error(self.config.operation_timeout))
+            .map_err(|e| e.into_store_error(operation, self.config.operation_timeout))
     }
 
     /// Run one command (JSON form, `POST /`) and return its `result`.
-    async fn call(&self, command: &Value) -> Result<Value, CallError> {
+    async fn call(&self, operation: StoreOperation, command: &Value) -> Result<Value, CallError> {
         let mut attempt = 0;
         loop {
             let sent = self
@@ -257,10 +309,7 @@ impl KvRestStore {
                 if e.is_timeout() {
                     CallError::Transport(e)
                 } else {
-                    CallError::Http {
-                        status,
-                        message: format!("reply is not JSON: {e}"),
-                    }
+                    CallError::Reply(KvRestError::NotJson { status, source: e })
                 }
             })?;
             if let Some(error) = body.get("error") {
@@ -270,20 +319,23 @@ impl KvRestStore {
                 return Err(if status == 400 {
                     CallError::Redis(message)
                 } else {
-                    CallError::Http { status, message }
+                    CallError::Reply(KvRestError::Http { status, message })
                 });
             }
             if !(200..300).contains(&status) {
-                return Err(CallError::Http {
+                return Err(CallError::Reply(KvRestError::Http {
                     status,
                     message: body.to_string(),
-                });
+                }));
             }
             return match body {
-                Value::Object(mut map) => map
-                    .remove("result")
-                    .ok_or_else(|| CallError::Protocol("reply without `result`".into())),
-                other => Err(CallError::Protocol(format!("unexpected reply {other}"))),
+                Value::Object(mut map) if map.contains_key("result") => {
+                    Ok(map.remove("result").unwrap_or(Value::Null))
+                }
+                other => Err(CallError::Reply(KvRestError::UnexpectedReply {
+                    operation,
+                    reply: other.to_string(),
+                })),
             };
         }
     }
@@ -291,6 +343,7 @@ impl KvRestStore {
     /// Run a fenced script by SHA, loading it with EVAL when the server does not know it.
     async fn eval(
         &self,
+        operation: StoreOperation,
         script: &Script,
         key: &StoreKey,
         args: &[Value],
@@ -303,21 +356,21 @@ impl KvRestStore {
             Value::Array(command)
         };
         let by_sha = with(vec![json!("EVALSHA"), json!(script.sha)]);
-        let reply = match self.call(&by_sha).await {
+        let reply = match self.call(operation, &by_sha).await {
             Err(CallError::Redis(message)) if message.starts_with("NOSCRIPT") => {
                 tracing::debug!("script not cached on the server; sending it with EVAL");
-                self.command(&with(vec![json!("EVAL"), json!(script.text)]))
+                self.command(operation, &with(vec![json!("EVAL"), json!(script.text)]))
                     .await?
             }
-            other => other.map_err(|e| e.into_store_error(self.config.operation_timeout))?,
+            other => {
+                other.map_err(|e| e.into_store_error(operation, self.config.operation_timeout))?
+            }
         };
         match reply.as_i64() {
             Some(1) => Ok(Fenced::Applied),
             // As the Redis store: the scripts cannot tell "not ours" from "not a record".
             Some(0) => Fenced::lease_lost_unless_corrupt(self.get(key).await),
-            _ => Err(StoreError::Backend {
-                message: format!("unexpected script reply {reply}"),
-            }),
+            _ => Err(unexpected(operation, &reply)),
         }
     }
 }
@@ -339,16 +392,14 @@ fn is_write_refused(message: &str) -> bool {
 }
 
 fn millis(d: Duration) -> Value {
-    json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+    json!(expiry_millis(d))
 }
 
-fn decode_reply(reply: Value) -> Result<Option<Record>, StoreError> {
+fn decode_reply(operation: StoreOperation, reply: Value) -> Result<Option<Record>, StoreError> {
     match reply {
         Value::Null => Ok(None),
         Value::String(text) => Ok(Some(codec::decode(text.as_bytes())?)),
-        other => Err(StoreError::Backend {
-            message: format!("expected a string or null, got {other}"),
-        }),
+        other => Err(unexpected(operation, &other)),
     }
 }
 
@@ -362,7 +413,8 @@ impl IdempotencyStore for KvRestStore {
     ) -> Result<Claim, StoreError> {
         let text = codec::encode(&Record::InProgress(record.clone()));
         let command = json!(["SET", key.as_str(), text, "NX", "PX", millis(lease), "GET"]);
-        match decode_reply(self.command(&command).await?)? {
+        let reply = self.command(StoreOperation::TryClaim, &command).await?;
+        match decode_reply(StoreOperation::TryClaim, reply)? {
             None => Ok(Claim::Claimed),
             Some(existing) => Ok(Claim::Existing(existing)),
         }
@@ -377,12 +429,18 @@ impl IdempotencyStore for KvRestStore {
     ) -> Result<Fenced, StoreError> {
         let text = codec::encode(&Record::Completed(record.clone()));
         let args = [json!(token.to_hex()), json!(text), millis(retention)];
-        self.eval(&self.scripts.complete, key, &args).await
+        self.eval(StoreOperation::Complete, &self.scripts.complete, key, &args)
+            .await
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
-        self.eval(&self.scripts.release, key, &[json!(token.to_hex())])
-            .await
+        self.eval(
+            StoreOperation::Release,
+            &self.scripts.release,
+            key,
+            &[json!(token.to_hex())],
+        )
+        .await
     }
 
     async fn extend(
@@ -392,32 +450,37 @@ impl IdempotencyStore for KvRestStore {
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
         let args = [json!(token.to_hex()), millis(lease)];
-        self.eval(&self.scripts.extend, key, &args).await
+        self.eval(StoreOperation::Extend, &self.scripts.extend, key, &args)
+            .await
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        decode_reply(self.command(&json!(["GET", key.as_str()])).await?)
+        let command = json!(["GET", key.as_str()]);
+        decode_reply(
+            StoreOperation::Get,
+            self.command(StoreOperation::Get, &command).await?,
+        )
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let reply = self.command(&json!(["DEL", key.as_str()])).await?;
+        let reply = self
+            .command(StoreOperation::Delete, &json!(["DEL", key.as_str()]))
+            .await?;
         match reply.as_i64() {
             Some(deleted) => Ok(deleted > 0),
-            None => Err(StoreError::Backend {
-                message: format!("unexpected DEL reply {reply}"),
-            }),
+            None => Err(unexpected(StoreOperation::Delete, &reply)),
         }
     }
 
     /// `PTTL` (one more request, made only when the engine answers "in progress").
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
-        let reply = self.command(&json!(["PTTL", key.as_str()])).await?;
+        let reply = self
+            .command(StoreOperation::TimeToLive, &json!(["PTTL", key.as_str()]))
+            .await?;
         match reply.as_i64() {
             Some(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms.unsigned_abs()))),
             Some(-1 | -2) => Ok(None),
-            _ => Err(StoreError::Backend {
-                message: format!("unexpected PTTL reply {reply}"),
-            }),
+            _ => Err(unexpected(StoreOperation::TimeToLive, &reply)),
         }
     }
 }
@@ -440,18 +503,18 @@ mod tests {
         let oom =
             CallError::Redis("OOM command not allowed when used memory > 'maxmemory'.".into());
         assert!(matches!(
-            oom.into_store_error(Duration::from_secs(1)),
+            oom.into_store_error(StoreOperation::Get, Duration::from_secs(1)),
             StoreError::WriteRefused { .. }
         ));
         let readonly =
             CallError::Redis("READONLY You can't write against a read only replica.".into());
         assert!(matches!(
-            readonly.into_store_error(Duration::from_secs(1)),
+            readonly.into_store_error(StoreOperation::Get, Duration::from_secs(1)),
             StoreError::WriteRefused { .. }
         ));
         let other = CallError::Redis("NOPERM nope".into());
         assert!(matches!(
-            other.into_store_error(Duration::from_secs(1)),
+            other.into_store_error(StoreOperation::Get, Duration::from_secs(1)),
             StoreError::Backend { .. }
         ));
     }
@@ -463,7 +526,8 @@ mod tests {
             "ERR Error running script (call to f_0123): @user_script:1: WRONGTYPE Operation \
              against a key holding the wrong kind of value",
         ] {
-            let error = CallError::Redis(message.into()).into_store_error(Duration::from_secs(1));
+            let error = CallError::Redis(message.into())
+                .into_store_error(StoreOperation::Get, Duration::from_secs(1));
             assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
         }
     }

@@ -131,7 +131,7 @@ async fn wrong_token_is_a_typed_backend_error() {
     let store = KvRestStore::connect(gateway.url(), "wrong-token").unwrap();
     let err = store.get(&StoreKey::from_raw("x")).await.unwrap_err();
     assert!(
-        matches!(&err, StoreError::Backend { message } if message.contains("401")),
+        matches!(&err, StoreError::Backend { source } if source.to_string().contains("401")),
         "{err:?}"
     );
 }

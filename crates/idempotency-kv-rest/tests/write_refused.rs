@@ -70,8 +70,8 @@ async fn completed_records_replay_while_redis_is_out_of_memory() {
     assert!(
         matches!(
             &err,
-            IdempotencyError::StoreUnavailable(StoreError::WriteRefused { message })
-                if message.contains("OOM")
+            IdempotencyError::StoreUnavailable(StoreError::WriteRefused { source })
+                if source.to_string().contains("OOM")
         ),
         "{err:?}"
     );

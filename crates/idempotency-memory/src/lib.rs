@@ -381,7 +381,11 @@ impl IdempotencyStore for MemoryStore {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
         shared.maybe_sweep(now);
-        let fresh = Entry::new(key, Record::InProgress(record.clone()), now + millis(lease));
+        let fresh = Entry::new(
+            key,
+            Record::InProgress(record.clone()),
+            now.saturating_add(millis(lease)),
+        );
         // Fast path: an existing live record needs no room.
         if let Some(existing) = shared.map.get(key)
             && existing.live(now)
@@ -434,7 +438,7 @@ impl IdempotencyStore for MemoryStore {
                 let replacement = Entry::new(
                     key,
                     Record::Completed(record.clone()),
-                    now + millis(retention),
+                    now.saturating_add(millis(retention)),
                 );
                 shared.account_resize(entry.size, replacement.size);
                 *entry = replacement;
@@ -470,7 +474,7 @@ impl IdempotencyStore for MemoryStore {
         let now = self.shared.clock.now_ms();
         match self.shared.map.get_mut(key) {
             Some(mut entry) if entry.held_by(token, now) => {
-                entry.expires_at_ms = now + millis(lease);
+                entry.expires_at_ms = now.saturating_add(millis(lease));
                 Ok(Fenced::Applied)
             }
             _ => Ok(Fenced::LeaseLost),
@@ -539,7 +543,6 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
-/// Whole milliseconds, at least 1 so a tiny lease still expires in the future, saturating.
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2).max(1)
-}
+/// Whole milliseconds, at least 1 so a tiny lease still expires in the future, saturating (the
+/// core's conversion; added to the clock with `saturating_add`).
+use idempotency_core::expiry_millis as millis;

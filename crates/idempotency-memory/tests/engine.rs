@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use idempotency_core::{
     Begin, Claim, Completed, ConfigError, FailurePolicy, Fenced, Fingerprint, Idempotency,
     IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, RunError,
-    Scope, StoreError, StoreKey, StoredOutcome, Unprotected, async_trait,
+    Scope, StoreError, StoreKey, StoreOperation, StoredOutcome, Unprotected, async_trait,
 };
 use idempotency_memory::MemoryStore;
 use idempotency_testkit::faults::{Fault, FaultyStore};
@@ -88,7 +88,7 @@ async fn a_hanging_store_times_out_within_budget() {
         matches!(
             err,
             IdempotencyError::StoreUnavailable(StoreError::Timeout {
-                operation: "try_claim",
+                operation: StoreOperation::TryClaim,
                 ..
             })
         ),
@@ -337,7 +337,7 @@ async fn guard_extend_and_release() {
     else {
         panic!()
     };
-    guard.extend(Some(Duration::from_secs(600))).await.unwrap();
+    guard.extend_by(Duration::from_secs(600)).await.unwrap();
     guard.release().await.unwrap();
     assert!(
         engine
@@ -481,4 +481,43 @@ async fn ten_thousand_keys_sixteen_duplicates_each() {
     assert_eq!(stats.claims, KEYS as u64);
     assert_eq!(stats.completions, KEYS as u64);
     assert_eq!(stats.replays, (KEYS * (CALLERS - 1)) as u64);
+}
+
+/// A result that does not serialise is `RunError::Serialize` (not "store unavailable"), hands
+/// the value back, and releases the claim so that a retry runs again.
+#[tokio::test(start_paused = true)]
+async fn a_result_that_does_not_serialize_is_its_own_error() {
+    use std::collections::HashMap;
+    let store = MemoryStore::new();
+    let engine = Idempotency::builder(store.clone())
+        .ignore_env()
+        .build()
+        .unwrap();
+    // JSON object keys must be strings: a tuple key does not serialise.
+    let value: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
+    let result: Result<_, RunError<std::io::Error, _>> = engine
+        .run(&Scope::global(), &key("ser"), Fingerprint::of("x"), || {
+            let value = value.clone();
+            async move { Ok(value) }
+        })
+        .await;
+    match result {
+        Err(RunError::Serialize { value: back, error }) => {
+            assert_eq!(back, value);
+            assert!(
+                error.to_string().contains("key must be a string"),
+                "{error}"
+            );
+        }
+        other => panic!("expected RunError::Serialize, got {other:?}"),
+    }
+    // The dropped guard releases the claim in the background.
+    let store_key = engine.store_key(&Scope::global(), &key("ser"));
+    for _ in 0..100 {
+        if store.get(&store_key).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the claim was not released");
 }

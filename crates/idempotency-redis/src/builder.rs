@@ -1,5 +1,6 @@
 //! Connecting: [`RedisStoreBuilder`].
 
+use idempotency_core::StoreOperation;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,8 +132,8 @@ impl RedisStoreBuilder {
     pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
         #[cfg(feature = "tls")]
         crate::tls::ensure_crypto_provider(url);
-        let client =
-            Client::open(url).map_err(|e| client_error("connect", self.connect_timeout, e))?;
+        let client = Client::open(url)
+            .map_err(|e| client_error(StoreOperation::Connect, self.connect_timeout, e))?;
         self.connect_client(client).await
     }
 
@@ -155,10 +156,10 @@ impl RedisStoreBuilder {
             tokio::time::timeout(budget, ConnectionManager::new_with_config(client, config))
                 .await
                 .map_err(|_| StoreError::Timeout {
-                    operation: "connect",
+                    operation: StoreOperation::Connect,
                     after: budget,
                 })?
-                .map_err(|e| client_error("connect", budget, e))?;
+                .map_err(|e| client_error(StoreOperation::Connect, budget, e))?;
         let mut store = self.with_connection(manager).await?;
         if store.mode != ServerMode::Cluster {
             store.notifier = Some(Arc::new(Notifier::new(subscriber, subscriber_timeout)));
@@ -185,15 +186,15 @@ impl RedisStoreBuilder {
             .response_timeout(self.operation_timeout)
             .retries(self.reconnect_attempts as u32)
             .build()
-            .map_err(|e| client_error("connect", self.connect_timeout, e))?;
+            .map_err(|e| client_error(StoreOperation::Connect, self.connect_timeout, e))?;
         let budget = self.connect_timeout + self.operation_timeout;
         let connection = tokio::time::timeout(budget, client.get_async_connection())
             .await
             .map_err(|_| StoreError::Timeout {
-                operation: "connect",
+                operation: StoreOperation::Connect,
                 after: budget,
             })?
-            .map_err(|e| client_error("connect", budget, e))?;
+            .map_err(|e| client_error(StoreOperation::Connect, budget, e))?;
         self.with_connection(connection).await
     }
 
@@ -220,7 +221,7 @@ impl RedisStoreBuilder {
             notifier: None,
         };
         match store
-            .command("connect", redis::cmd("INFO").arg("server"))
+            .command(StoreOperation::Connect, redis::cmd("INFO").arg("server"))
             .await
         {
             Ok(reply) => {
@@ -247,7 +248,7 @@ impl RedisStoreBuilder {
         if self.preload_scripts {
             for script in SCRIPTS.all() {
                 let loaded = store
-                    .exec("connect", |mut conn| async move {
+                    .exec(StoreOperation::Connect, |mut conn| async move {
                         script.load_async(&mut conn).await.map(Value::SimpleString)
                     })
                     .await;
@@ -262,7 +263,11 @@ impl RedisStoreBuilder {
     }
 }
 
-fn client_error(operation: &'static str, budget: Duration, error: redis::RedisError) -> StoreError {
+fn client_error(
+    operation: StoreOperation,
+    budget: Duration,
+    error: redis::RedisError,
+) -> StoreError {
     Error::client(operation, budget, error).into()
 }
 

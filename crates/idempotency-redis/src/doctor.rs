@@ -1,5 +1,6 @@
 //! Start-up check of the server settings that decide whether at-most-once holds.
 
+use idempotency_core::StoreOperation;
 use std::fmt;
 
 use idempotency_core::StoreError;
@@ -137,7 +138,10 @@ where
     /// [`StoreError`] only when `INFO` fails for lack of a server (unreachable, timeout). A
     /// server that refuses `INFO` or `CONFIG GET` yields `unknown` fields instead.
     pub async fn doctor(&self) -> Result<DoctorReport, StoreError> {
-        let infos = match self.command("doctor", &redis::cmd("INFO")).await {
+        let infos = match self
+            .command(StoreOperation::Inspect, &redis::cmd("INFO"))
+            .await
+        {
             Ok(reply) => node_texts(reply),
             Err(Error::Client { source, .. }) if is_refusal(&source) => Vec::new(),
             Err(other) => return Err(other.into()),
@@ -231,7 +235,7 @@ where
     async fn config_get(&self, name: &str) -> Option<String> {
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("GET").arg(name);
-        match self.command("doctor", &cmd).await {
+        match self.command(StoreOperation::Inspect, &cmd).await {
             Ok(reply) => config_value(&reply, name),
             Err(error) => {
                 let error = StoreError::from(error);

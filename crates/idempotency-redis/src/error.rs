@@ -3,6 +3,7 @@
 //! The store keeps this private error so every call site converts the same way; only
 //! [`StoreError`] crosses the crate boundary.
 
+use idempotency_core::StoreOperation;
 use std::time::Duration;
 
 use idempotency_core::{CorruptRecord, StoreError};
@@ -13,18 +14,18 @@ use redis::{ErrorKind, RedisError as ClientError, ServerErrorKind};
 pub(crate) enum Error {
     /// The client library failed (I/O, server error reply, parse...).
     Client {
-        operation: &'static str,
+        operation: StoreOperation,
         budget: Duration,
         source: ClientError,
     },
     /// The operation did not finish within the store's own budget.
     Timeout {
-        operation: &'static str,
+        operation: StoreOperation,
         after: Duration,
     },
     /// The server answered with a reply of a type the protocol never produces.
     UnexpectedReply {
-        operation: &'static str,
+        operation: StoreOperation,
         reply: String,
     },
     /// The value under the key is not a record.
@@ -32,13 +33,21 @@ pub(crate) enum Error {
 }
 
 impl Error {
-    pub(crate) fn client(operation: &'static str, budget: Duration, source: ClientError) -> Self {
+    pub(crate) fn client(operation: StoreOperation, budget: Duration, source: ClientError) -> Self {
         Self::Client {
             operation,
             budget,
             source,
         }
     }
+}
+
+/// A reply of a type the protocol never produces (the source of a [`StoreError::Backend`]).
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected reply to `{operation}`: {reply}")]
+pub(crate) struct UnexpectedReply {
+    operation: StoreOperation,
+    reply: String,
 }
 
 /// Whether a server error is `WRONGTYPE`. Inside a Lua script Redis 7 keeps the original code;
@@ -83,7 +92,7 @@ impl From<Error> for StoreError {
             Error::Timeout { operation, after } => StoreError::Timeout { operation, after },
             Error::Corrupt(corrupt) => StoreError::Corrupt(corrupt),
             Error::UnexpectedReply { operation, reply } => StoreError::Backend {
-                message: format!("unexpected reply to `{operation}`: {reply}"),
+                source: Box::new(UnexpectedReply { operation, reply }),
             },
             Error::Client {
                 operation,
@@ -94,7 +103,7 @@ impl From<Error> for StoreError {
     }
 }
 
-fn map_client_error(operation: &'static str, budget: Duration, error: ClientError) -> StoreError {
+fn map_client_error(operation: StoreOperation, budget: Duration, error: ClientError) -> StoreError {
     if is_wrong_type(&error) {
         // Something that is not a string lives under a record key. It is not a record, and
         // retrying will not change that, so it is corrupt data (per the store contract), not an
@@ -105,7 +114,7 @@ fn map_client_error(operation: &'static str, budget: Duration, error: ClientErro
     }
     if is_write_refused(&error) {
         return StoreError::WriteRefused {
-            message: error.to_string(),
+            source: Box::new(error),
         };
     }
     if error.is_timeout() {
@@ -135,7 +144,7 @@ fn map_client_error(operation: &'static str, budget: Duration, error: ClientErro
     match error.kind() {
         ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::AuthenticationFailed => {
             StoreError::Backend {
-                message: error.to_string(),
+                source: Box::new(error),
             }
         }
         _ => StoreError::Other {
@@ -149,7 +158,7 @@ mod tests {
     use super::*;
 
     fn map(error: ClientError) -> StoreError {
-        Error::client("get", Duration::from_secs(1), error).into()
+        Error::client(StoreOperation::Get, Duration::from_secs(1), error).into()
     }
 
     #[test]
@@ -163,7 +172,7 @@ mod tests {
         assert!(matches!(
             map(timed_out),
             StoreError::Timeout {
-                operation: "get",
+                operation: StoreOperation::Get,
                 ..
             }
         ));
@@ -172,19 +181,21 @@ mod tests {
     #[test]
     fn own_timeout_and_unexpected_reply_map_to_typed_errors() {
         let e: StoreError = Error::Timeout {
-            operation: "complete",
+            operation: StoreOperation::Complete,
             after: Duration::from_millis(5),
         }
         .into();
         assert!(
-            matches!(e, StoreError::Timeout { operation: "complete", after } if after == Duration::from_millis(5))
+            matches!(e, StoreError::Timeout { operation: StoreOperation::Complete, after } if after == Duration::from_millis(5))
         );
         let e: StoreError = Error::UnexpectedReply {
-            operation: "release",
+            operation: StoreOperation::Release,
             reply: "Double(1.0)".into(),
         }
         .into();
-        assert!(matches!(e, StoreError::Backend { message } if message.contains("release")));
+        assert!(
+            matches!(e, StoreError::Backend { source } if source.to_string().contains("release"))
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! replica that acknowledged can still lose the write in some failure sequences), but it closes
 //! the common window: primary crashes right after answering, replica promoted.
 
+use idempotency_core::StoreOperation;
 use std::time::Duration;
 
 use idempotency_core::StoreError;
@@ -41,7 +42,7 @@ pub struct ReplicaWait {
 )]
 pub struct ReplicasNotAcknowledged {
     /// The primitive whose write was not replicated enough (`try_claim` or `complete`).
-    pub operation: &'static str,
+    pub operation: StoreOperation,
     /// Replicas asked for.
     pub wanted: u32,
     /// Replicas that acknowledged (on Redis Cluster: the lowest count across the primaries).
@@ -71,7 +72,7 @@ where
     /// waits for the busiest shard as well).
     pub(crate) async fn wait_for_replicas(
         &self,
-        operation: &'static str,
+        operation: StoreOperation,
     ) -> Result<(), StoreError> {
         let Some(wait) = self.replica_wait else {
             return Ok(());
@@ -106,7 +107,7 @@ where
             return Ok(());
         }
         tracing::warn!(
-            operation,
+            %operation,
             acknowledged,
             wanted = wait.replicas,
             timeout = ?wait.timeout,
@@ -145,7 +146,7 @@ mod tests {
     fn the_error_is_found_under_unavailable() {
         let error = StoreError::Unavailable {
             source: Box::new(ReplicasNotAcknowledged {
-                operation: "try_claim",
+                operation: StoreOperation::TryClaim,
                 wanted: 1,
                 acknowledged: 0,
                 timeout: Duration::from_millis(100),

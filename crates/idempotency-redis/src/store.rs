@@ -1,5 +1,6 @@
 //! [`RedisStore`]: the record protocol on the `redis` crate.
 
+use idempotency_core::StoreOperation;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -170,15 +171,11 @@ impl<C> RedisStore<C> {
     }
 }
 
-/// Milliseconds for `PX` / `PEXPIRE`: at least 1 (Redis refuses 0).
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
+/// Milliseconds for `PX` / `PEXPIRE`: the core's saturating, at-least-1 conversion.
+use idempotency_core::expiry_millis as millis;
 
 /// A record read from the server, or `None` for nil.
-fn record_from(operation: &'static str, value: Value) -> Result<Option<Record>, Error> {
+fn record_from(operation: StoreOperation, value: Value) -> Result<Option<Record>, Error> {
     let bytes = match value {
         Value::Nil => return Ok(None),
         Value::BulkString(bytes) => bytes,
@@ -194,7 +191,7 @@ fn record_from(operation: &'static str, value: Value) -> Result<Option<Record>, 
 }
 
 /// The reply of a fenced script: 1 applied, 0 lease lost.
-fn fenced_from(operation: &'static str, value: Value) -> Result<Fenced, Error> {
+fn fenced_from(operation: StoreOperation, value: Value) -> Result<Fenced, Error> {
     match value {
         Value::Int(1) | Value::Boolean(true) => Ok(Fenced::Applied),
         Value::Int(0) | Value::Boolean(false) | Value::Nil => Ok(Fenced::LeaseLost),
@@ -213,7 +210,7 @@ where
     /// (the connection manager reconnects in the background as soon as it sees that).
     pub(crate) async fn exec<F, Fut>(
         &self,
-        operation: &'static str,
+        operation: StoreOperation,
         request: F,
     ) -> Result<Value, Error>
     where
@@ -223,7 +220,7 @@ where
         let attempts = async {
             match request(self.conn.clone()).await {
                 Err(error) if is_reconnectable(&error) => {
-                    tracing::debug!(%error, operation, "connection broken; retrying once");
+                    tracing::debug!(%error, %operation, "connection broken; retrying once");
                     request(self.conn.clone()).await
                 }
                 other => other,
@@ -239,7 +236,11 @@ where
         }
     }
 
-    pub(crate) async fn command(&self, operation: &'static str, cmd: &Cmd) -> Result<Value, Error> {
+    pub(crate) async fn command(
+        &self,
+        operation: StoreOperation,
+        cmd: &Cmd,
+    ) -> Result<Value, Error> {
         self.exec(operation, |mut conn| async move {
             cmd.query_async(&mut conn).await
         })
@@ -250,7 +251,7 @@ where
     /// not a record (the contract reports that as corrupt, and the scripts cannot tell).
     async fn fenced(
         &self,
-        operation: &'static str,
+        operation: StoreOperation,
         key: &StoreKey,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Fenced, StoreError> {
@@ -267,9 +268,9 @@ where
 
     pub(crate) async fn read(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let reply = self
-            .command("get", redis::cmd("GET").arg(key.as_str()))
+            .command(StoreOperation::Get, redis::cmd("GET").arg(key.as_str()))
             .await?;
-        Ok(record_from("get", reply)?)
+        Ok(record_from(StoreOperation::Get, reply)?)
     }
 }
 
@@ -294,21 +295,21 @@ where
                     .arg("PX")
                     .arg(millis(lease))
                     .arg("GET");
-                self.command("try_claim", &cmd).await?
+                self.command(StoreOperation::TryClaim, &cmd).await?
             }
             ClaimStrategy::Script => {
                 let mut invocation = SCRIPTS.claim.prepare_invoke();
                 invocation.key(key.as_str()).arg(&text).arg(millis(lease));
                 let invocation = &invocation;
-                self.exec("try_claim", |mut conn| async move {
+                self.exec(StoreOperation::TryClaim, |mut conn| async move {
                     invocation.invoke_async::<Value>(&mut conn).await
                 })
                 .await?
             }
         };
-        match record_from("try_claim", reply)? {
+        match record_from(StoreOperation::TryClaim, reply)? {
             None => {
-                if let Err(error) = self.wait_for_replicas("try_claim").await {
+                if let Err(error) = self.wait_for_replicas(StoreOperation::TryClaim).await {
                     // Fail closed: the handler must not run on a claim a failover can lose.
                     // Take the claim back (fenced by our token) so a retry is not told "in
                     // progress" for a whole lease; if that fails too the claim lapses.
@@ -340,12 +341,14 @@ where
         if self.notifier.is_some() {
             invocation.arg(lua::wake_channel(key));
         }
-        let fenced = self.fenced("complete", key, &invocation).await?;
+        let fenced = self
+            .fenced(StoreOperation::Complete, key, &invocation)
+            .await?;
         if fenced == Fenced::Applied {
             // The outcome is stored on the primary whatever WAIT says; the error tells the
             // engine (which retries the completion, waiting again) that it may not survive a
             // failover.
-            self.wait_for_replicas("complete").await?;
+            self.wait_for_replicas(StoreOperation::Complete).await?;
         }
         Ok(fenced)
     }
@@ -356,7 +359,7 @@ where
         if self.notifier.is_some() {
             invocation.arg(lua::wake_channel(key));
         }
-        self.fenced("release", key, &invocation).await
+        self.fenced(StoreOperation::Release, key, &invocation).await
     }
 
     async fn extend(
@@ -370,7 +373,7 @@ where
             .key(key.as_str())
             .arg(token.to_hex())
             .arg(millis(lease));
-        self.fenced("extend", key, &invocation).await
+        self.fenced(StoreOperation::Extend, key, &invocation).await
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
@@ -379,12 +382,12 @@ where
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let reply = self
-            .command("delete", redis::cmd("DEL").arg(key.as_str()))
+            .command(StoreOperation::Delete, redis::cmd("DEL").arg(key.as_str()))
             .await?;
         match reply {
             Value::Int(n) => Ok(n > 0),
             other => Err(Error::UnexpectedReply {
-                operation: "delete",
+                operation: StoreOperation::Delete,
                 reply: format!("{other:?}"),
             }
             .into()),
@@ -407,14 +410,17 @@ where
 
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
         let reply = self
-            .command("time_to_live", redis::cmd("PTTL").arg(key.as_str()))
+            .command(
+                StoreOperation::TimeToLive,
+                redis::cmd("PTTL").arg(key.as_str()),
+            )
             .await?;
-        Ok(ttl_from("time_to_live", reply)?)
+        Ok(ttl_from(StoreOperation::TimeToLive, reply)?)
     }
 }
 
 /// A `PTTL` reply: milliseconds left, `-2` absent, `-1` no expiry (https://redis.io/docs/latest/commands/pttl/).
-fn ttl_from(operation: &'static str, value: Value) -> Result<Option<Duration>, Error> {
+fn ttl_from(operation: StoreOperation, value: Value) -> Result<Option<Duration>, Error> {
     match value {
         Value::Int(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms.unsigned_abs()))),
         Value::Int(-1 | -2) => Ok(None),
@@ -439,30 +445,33 @@ mod tests {
 
     #[test]
     fn replies_map_to_values_or_typed_errors() {
-        assert!(matches!(record_from("get", Value::Nil), Ok(None)));
         assert!(matches!(
-            record_from("get", Value::BulkString(b"nope".to_vec())),
+            record_from(StoreOperation::Get, Value::Nil),
+            Ok(None)
+        ));
+        assert!(matches!(
+            record_from(StoreOperation::Get, Value::BulkString(b"nope".to_vec())),
             Err(Error::Corrupt(_))
         ));
         assert!(matches!(
-            record_from("get", Value::Int(3)),
+            record_from(StoreOperation::Get, Value::Int(3)),
             Err(Error::UnexpectedReply { .. })
         ));
         assert!(matches!(
-            fenced_from("x", Value::Int(1)),
+            fenced_from(StoreOperation::Get, Value::Int(1)),
             Ok(Fenced::Applied)
         ));
         assert!(matches!(
-            fenced_from("x", Value::Int(0)),
+            fenced_from(StoreOperation::Get, Value::Int(0)),
             Ok(Fenced::LeaseLost)
         ));
-        assert!(fenced_from("x", Value::Okay).is_err());
+        assert!(fenced_from(StoreOperation::Get, Value::Okay).is_err());
         assert_eq!(
-            ttl_from("x", Value::Int(1500)).unwrap(),
+            ttl_from(StoreOperation::Get, Value::Int(1500)).unwrap(),
             Some(Duration::from_millis(1500))
         );
-        assert_eq!(ttl_from("x", Value::Int(-2)).unwrap(), None);
-        assert_eq!(ttl_from("x", Value::Int(-1)).unwrap(), None);
-        assert!(ttl_from("x", Value::Okay).is_err());
+        assert_eq!(ttl_from(StoreOperation::Get, Value::Int(-2)).unwrap(), None);
+        assert_eq!(ttl_from(StoreOperation::Get, Value::Int(-1)).unwrap(), None);
+        assert!(ttl_from(StoreOperation::Get, Value::Okay).is_err());
     }
 }

@@ -81,7 +81,7 @@ async fn paused_server_times_out_within_budget_and_policies_apply() {
         .unwrap_err();
     let took = started.elapsed();
     assert!(
-        matches!(err, StoreError::Timeout { operation: "try_claim", after } if after == BUDGET),
+        matches!(err, StoreError::Timeout { operation: idempotency_core::StoreOperation::TryClaim, after } if after == BUDGET),
         "{err:?}"
     );
     assert!(

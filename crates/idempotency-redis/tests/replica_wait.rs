@@ -135,7 +135,7 @@ async fn too_few_replicas_is_a_typed_error_and_releases_the_claim() {
         .expect("the source is ReplicasNotAcknowledged");
     assert_eq!(
         (typed.operation, typed.wanted, typed.acknowledged),
-        ("try_claim", 1, 0)
+        (idempotency_core::StoreOperation::TryClaim, 1, 0)
     );
     // The unreplicated claim was taken back, so a retry is not told "in progress".
     assert_eq!(store.get(&key).await.unwrap(), None);

@@ -66,7 +66,7 @@ async fn completed_records_replay_while_redis_is_out_of_memory() {
         )
         .await;
     assert!(
-        matches!(&raw, Err(StoreError::WriteRefused { message }) if message.contains("OOM")),
+        matches!(&raw, Err(StoreError::WriteRefused { source }) if source.to_string().contains("OOM")),
         "{raw:?}"
     );
 

@@ -1,6 +1,7 @@
 //! Errors: [`SqlStoreError`] at construction and migration, and the mapping of `sqlx` errors onto
 //! the core's [`StoreError`] for every store operation.
 
+use idempotency_core::StoreOperation;
 use std::time::Duration;
 
 use idempotency_core::{CorruptRecord, StoreError};
@@ -62,7 +63,7 @@ impl From<sqlx::Error> for SqlStoreError {
 /// - other database errors → [`StoreError::Backend`] with the server's message;
 /// - anything else → [`StoreError::Other`].
 pub(crate) fn map_sqlx(
-    operation: &'static str,
+    operation: StoreOperation,
     budget: Duration,
     error: sqlx::Error,
 ) -> StoreError {
@@ -87,7 +88,7 @@ pub(crate) fn map_sqlx(
                 }
             } else {
                 StoreError::Backend {
-                    message: db.message().to_owned(),
+                    source: Box::new(sqlx::Error::Database(db)),
                 }
             }
         }
@@ -114,7 +115,7 @@ fn is_unavailable(code: Option<&str>) -> bool {
 
 /// Run `call` under the store's own time budget.
 pub(crate) async fn timed<T>(
-    operation: &'static str,
+    operation: StoreOperation,
     budget: Duration,
     call: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
@@ -144,16 +145,24 @@ mod tests {
 
     #[test]
     fn pool_timeout_is_a_timeout() {
-        let mapped = map_sqlx("get", Duration::from_secs(1), sqlx::Error::PoolTimedOut);
+        let mapped = map_sqlx(
+            StoreOperation::Get,
+            Duration::from_secs(1),
+            sqlx::Error::PoolTimedOut,
+        );
         assert!(matches!(
             mapped,
             StoreError::Timeout {
-                operation: "get",
+                operation: StoreOperation::Get,
                 ..
             }
         ));
         assert!(matches!(
-            map_sqlx("get", Duration::from_secs(1), sqlx::Error::PoolClosed),
+            map_sqlx(
+                StoreOperation::Get,
+                Duration::from_secs(1),
+                sqlx::Error::PoolClosed
+            ),
             StoreError::Unavailable { .. }
         ));
     }

@@ -1,6 +1,7 @@
 //! [`PostgresStore`]: the records table on Postgres, every time comparison on the database's
 //! `clock_timestamp()`.
 
+use idempotency_core::StoreOperation;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,7 +306,8 @@ fn raw_row(row: &PgRow) -> Result<RawRow, sqlx::Error> {
 }
 
 fn decode(row: &PgRow) -> Result<Record, StoreError> {
-    let raw = raw_row(row).map_err(|e| crate::error::map_sqlx("decode", Duration::ZERO, e))?;
+    let raw =
+        raw_row(row).map_err(|e| crate::error::map_sqlx(StoreOperation::Get, Duration::ZERO, e))?;
     Ok(raw.decode()?)
 }
 
@@ -382,7 +384,7 @@ impl PostgresStore {
     /// [`StoreError`] as for every operation.
     pub async fn purge_expired(&self, batch: u32) -> Result<u64, StoreError> {
         let done = timed(
-            "purge_expired",
+            StoreOperation::Purge,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.purge)
                 .bind(i64::from(batch))
@@ -430,7 +432,7 @@ impl PostgresStore {
             return Ok(pending);
         };
         let applied = timed(
-            "complete_in",
+            StoreOperation::Complete,
             parts.timeout,
             self.complete_on(
                 &mut *conn,
@@ -480,7 +482,7 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let row = timed(
-            "try_claim",
+            StoreOperation::TryClaim,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.claim)
                 .bind(key.as_str())
@@ -493,7 +495,7 @@ impl IdempotencyStore for PostgresStore {
         .await?;
         let claimed: Option<bool> = row
             .try_get("claimed")
-            .map_err(|e| crate::error::map_sqlx("try_claim", Duration::ZERO, e))?;
+            .map_err(|e| crate::error::map_sqlx(StoreOperation::TryClaim, Duration::ZERO, e))?;
         if claimed == Some(true) {
             return Ok(Claim::Claimed);
         }
@@ -508,7 +510,7 @@ impl IdempotencyStore for PostgresStore {
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
         let applied = timed(
-            "complete",
+            StoreOperation::Complete,
             self.inner.timeout,
             self.complete_on(&self.inner.pool, key, token, record, retention),
         )
@@ -522,7 +524,7 @@ impl IdempotencyStore for PostgresStore {
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
         let live: Option<bool> = timed(
-            "release",
+            StoreOperation::Release,
             self.inner.timeout,
             sqlx::query_scalar(&self.inner.sql.release)
                 .bind(key.as_str())
@@ -544,7 +546,7 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
         let done = timed(
-            "extend",
+            StoreOperation::Extend,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.extend)
                 .bind(key.as_str())
@@ -562,7 +564,7 @@ impl IdempotencyStore for PostgresStore {
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let row = timed(
-            "get",
+            StoreOperation::Get,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.get)
                 .bind(key.as_str())
@@ -574,7 +576,7 @@ impl IdempotencyStore for PostgresStore {
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let live: Option<bool> = timed(
-            "delete",
+            StoreOperation::Delete,
             self.inner.timeout,
             sqlx::query_scalar(&self.inner.sql.delete)
                 .bind(key.as_str())

@@ -1,6 +1,7 @@
 //! [`SqliteStore`]: the records table on SQLite, every time comparison on the database's clock
 //! (`julianday('now')`, which SQLite keeps constant within one statement).
 
+use idempotency_core::StoreOperation;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,7 +238,8 @@ fn raw_row(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
 }
 
 fn decode(row: &SqliteRow) -> Result<Record, StoreError> {
-    let raw = raw_row(row).map_err(|e| crate::error::map_sqlx("decode", Duration::ZERO, e))?;
+    let raw =
+        raw_row(row).map_err(|e| crate::error::map_sqlx(StoreOperation::Get, Duration::ZERO, e))?;
     Ok(raw.decode()?)
 }
 
@@ -283,7 +285,7 @@ impl SqliteStore {
     /// [`StoreError`] as for every operation.
     pub async fn purge_expired(&self, batch: u32) -> Result<u64, StoreError> {
         let done = timed(
-            "purge_expired",
+            StoreOperation::Purge,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.purge)
                 .bind(i64::from(batch))
@@ -327,7 +329,7 @@ impl SqliteStore {
             return Ok(pending);
         };
         let applied = timed(
-            "complete_in",
+            StoreOperation::Complete,
             parts.timeout,
             self.complete_on(
                 &mut *conn,
@@ -376,7 +378,7 @@ impl IdempotencyStore for SqliteStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let row = timed(
-            "try_claim",
+            StoreOperation::TryClaim,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.claim)
                 .bind(key.as_str())
@@ -389,7 +391,7 @@ impl IdempotencyStore for SqliteStore {
         .await?;
         let claimed: Option<bool> = row
             .try_get("claimed")
-            .map_err(|e| crate::error::map_sqlx("try_claim", Duration::ZERO, e))?;
+            .map_err(|e| crate::error::map_sqlx(StoreOperation::TryClaim, Duration::ZERO, e))?;
         if claimed == Some(true) {
             return Ok(Claim::Claimed);
         }
@@ -404,7 +406,7 @@ impl IdempotencyStore for SqliteStore {
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
         let applied = timed(
-            "complete",
+            StoreOperation::Complete,
             self.inner.timeout,
             self.complete_on(&self.inner.pool, key, token, record, retention),
         )
@@ -418,7 +420,7 @@ impl IdempotencyStore for SqliteStore {
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
         let live: Option<bool> = timed(
-            "release",
+            StoreOperation::Release,
             self.inner.timeout,
             sqlx::query_scalar(&self.inner.sql.release)
                 .bind(key.as_str())
@@ -440,7 +442,7 @@ impl IdempotencyStore for SqliteStore {
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
         let done = timed(
-            "extend",
+            StoreOperation::Extend,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.extend)
                 .bind(key.as_str())
@@ -458,7 +460,7 @@ impl IdempotencyStore for SqliteStore {
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let row = timed(
-            "get",
+            StoreOperation::Get,
             self.inner.timeout,
             sqlx::query(&self.inner.sql.get)
                 .bind(key.as_str())
@@ -470,7 +472,7 @@ impl IdempotencyStore for SqliteStore {
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let live: Option<bool> = timed(
-            "delete",
+            StoreOperation::Delete,
             self.inner.timeout,
             sqlx::query_scalar(&self.inner.sql.delete)
                 .bind(key.as_str())

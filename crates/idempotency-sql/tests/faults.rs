@@ -65,7 +65,7 @@ async fn postgres_exhausted_pool_times_out_and_the_engine_fails_closed() {
         matches!(
             error,
             StoreError::Timeout {
-                operation: "try_claim",
+                operation: idempotency_core::StoreOperation::TryClaim,
                 ..
             }
         ),

@@ -93,8 +93,7 @@ impl FaultyStore {
                 })
             }
             Fault::RefuseWrites if op != Op::Read => Err(StoreError::WriteRefused {
-                message: "OOM command not allowed when used memory > 'maxmemory'. (injected)"
-                    .into(),
+                source: "OOM command not allowed when used memory > 'maxmemory'. (injected)".into(),
             }),
             Fault::FailCompletions if op == Op::Complete => Err(StoreError::Unavailable {
                 source: "injected fault: connection reset during completion".into(),
@@ -116,7 +115,7 @@ impl IdempotencyStore for FaultyStore {
         let claimed = self.inner.try_claim(key, record, lease).await?;
         if self.fault() == Fault::LoseClaimReplies {
             return Err(StoreError::Timeout {
-                operation: "try_claim",
+                operation: idempotency_core::StoreOperation::TryClaim,
                 after: Duration::from_millis(1),
             });
         }

@@ -125,7 +125,7 @@ impl ByteStore {
         };
         if self.broken == Break::WrongErrorKind {
             return Err(StoreError::Backend {
-                message: corrupt.to_string(),
+                source: Box::new(corrupt),
             });
         }
         Err(StoreError::Corrupt(corrupt))

@@ -34,9 +34,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::registry::Slots;
-use super::stats::{Stats, names};
+use super::stats::{Event, names};
 use super::{Idempotency, Inner};
-use crate::{Fenced, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+use crate::{Fenced, IdempotencyStore, LeaseToken, StoreError, StoreKey, StoreOperation};
 
 /// Most renewals and releases in flight at once, per engine.
 pub(crate) const MAX_IN_FLIGHT: usize = 32;
@@ -338,7 +338,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         lease: Duration,
     ) {
         let result = self
-            .timed("extend", self.store_of(which).extend(&key, &token, lease))
+            .timed(
+                StoreOperation::Extend,
+                self.store_of(which).extend(&key, &token, lease),
+            )
             .await;
         let mut state = self.inner.background.lock();
         let Some(live) = state.claims.get_mut(ticket) else {
@@ -365,9 +368,8 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Ok(Fenced::LeaseLost) => {
                 live.lost = true;
                 drop(state);
-                Stats::bump(&self.inner.stats.lease_lost);
+                self.inner.stats.record(Event::LeaseLost);
                 metrics::counter!(names::RENEWALS, "result" => "lease_lost").increment(1);
-                metrics::counter!(names::LEASE_LOST).increment(1);
                 tracing::warn!(
                     key = %key,
                     "lease lost while the operation runs (expired or taken over); its outcome \
@@ -388,13 +390,13 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     async fn release_queued(self, mut entry: Release) {
         let result = self
             .timed(
-                "release",
+                StoreOperation::Release,
                 self.store_of(entry.which).release(&entry.key, &entry.token),
             )
             .await;
         let outcome = match result {
             Ok(Fenced::Applied) => {
-                Stats::bump(&self.inner.stats.background_releases);
+                self.inner.stats.record(Event::BackgroundRelease);
                 tracing::debug!(key = %entry.key, "claim released in the background");
                 "released"
             }

@@ -81,7 +81,7 @@ impl Default for Config {
             compression_threshold: 4 * 1024,
             disabled: false,
             in_progress_wait: None,
-            in_progress_retry_after: Duration::from_secs(1),
+            in_progress_retry_after: crate::DEFAULT_RETRY_AFTER,
             renew_leases: true,
             retry_after_from_lease: true,
             completion_retry: Duration::from_secs(30),

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use crate::engine::stats::{Stats, names};
+use crate::engine::stats::{Event, names};
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, LeaseToken, StoreKey,
-    StoredOutcome, unix_millis_now,
+    StoreOperation, StoredOutcome, unix_millis_now,
 };
 
 use super::background::Which;
@@ -155,8 +155,7 @@ impl<S: IdempotencyStore + 'static> PendingCompletion<S> {
     /// stored. Counts the completion; nothing is sent to the store.
     pub fn committed(mut self) {
         if let Some(p) = self.pending.take() {
-            Stats::bump(&self.engine.inner.stats.completions);
-            metrics::counter!(names::COMPLETIONS).increment(1);
+            self.engine.inner.stats.record(Event::Completion);
             tracing::debug!(key = %p.key, "outcome stored in the application's transaction");
         }
     }
@@ -166,7 +165,7 @@ impl<S: IdempotencyStore + 'static> PendingCompletion<S> {
     /// stale attempt's side effect is undone too. Nothing is released: the claim is not ours.
     pub fn lease_lost(mut self) -> IdempotencyError {
         if let Some(p) = self.pending.take() {
-            metrics::counter!(names::LEASE_LOST).increment(1);
+            self.engine.inner.stats.record(Event::LeaseLost);
             tracing::warn!(key = %p.key, "lease lost before completion; roll the transaction back");
         }
         IdempotencyError::LeaseLost
@@ -185,7 +184,7 @@ impl<S: IdempotencyStore + 'static> PendingCompletion<S> {
                 let engine = &self.engine;
                 let released = engine
                     .timed(
-                        "release",
+                        StoreOperation::Release,
                         engine.store_of(p.which).release(&p.key, &p.claim.token),
                     )
                     .await;
@@ -222,7 +221,7 @@ impl<S: IdempotencyStore + 'static> Drop for PendingCompletion<S> {
                     // so it is neither counted nor logged as a lost lease.
                     let released = engine
                         .timed(
-                            "release",
+                            StoreOperation::Release,
                             engine.store_of(p.which).release(&p.key, &p.claim.token),
                         )
                         .await;

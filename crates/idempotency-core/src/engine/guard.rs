@@ -5,10 +5,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::engine::background::{Ticket, Which};
-use crate::engine::stats::{Stats, names};
+use crate::engine::stats::{Event, names};
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreError, StoreKey,
-    StoredOutcome, unix_millis_now,
+    StoreOperation, StoredOutcome, unix_millis_now,
 };
 
 use super::Idempotency;
@@ -219,7 +219,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let store = engine.store_of(claim.which);
         let first = engine
             .timed(
-                "complete",
+                StoreOperation::Complete,
                 store.complete(&claim.key, &claim.record.token, &completed, retention),
             )
             .await;
@@ -239,14 +239,12 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let key = claim.key;
         match result {
             Ok(Fenced::Applied) => {
-                Stats::bump(&engine.inner.stats.completions);
-                metrics::counter!(names::COMPLETIONS).increment(1);
+                engine.inner.stats.record(Event::Completion);
                 tracing::debug!(key = %key, "outcome stored");
                 Ok(())
             }
             Ok(Fenced::LeaseLost) => {
-                Stats::bump(&engine.inner.stats.lease_lost);
-                metrics::counter!(names::LEASE_LOST).increment(1);
+                engine.inner.stats.record(Event::LeaseLost);
                 tracing::warn!(key = %key, "lease lost before completion; outcome not stored");
                 Err(IdempotencyError::LeaseLost)
             }
@@ -291,21 +289,28 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         }
     }
 
-    /// Reset the lease to `lease` from now (default: the configured lease). With renewal on
-    /// (the default) this is rarely needed; later renewals keep the new lease length.
+    /// Reset the lease to the configured lease from now. With renewal on (the default) this is
+    /// rarely needed.
+    ///
+    /// # Errors
+    /// As [`Guard::extend_by`].
+    pub async fn extend(&self) -> Result<(), IdempotencyError> {
+        self.extend_by(self.engine.config().lease()).await
+    }
+
+    /// Reset the lease to `lease` from now; later renewals keep the new lease length.
     ///
     /// # Errors
     /// [`IdempotencyError::LeaseLost`] when the claim already lapsed: stop the operation if you
     /// can, another attempt may be running it; or [`IdempotencyError::StoreUnavailable`].
-    pub async fn extend(&self, lease: Option<Duration>) -> Result<(), IdempotencyError> {
+    pub async fn extend_by(&self, lease: Duration) -> Result<(), IdempotencyError> {
         let State::Held(claim) = &self.state else {
             return Ok(());
         };
-        let lease = lease.unwrap_or(self.engine.config().lease());
         let engine = &self.engine;
         let fenced = engine
             .timed(
-                "extend",
+                StoreOperation::Extend,
                 engine
                     .store_of(claim.which)
                     .extend(&claim.key, &claim.record.token, lease),
@@ -323,7 +328,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
                 if let Some(ticket) = claim.ticket {
                     background.mark_lost(ticket);
                 }
-                metrics::counter!(names::LEASE_LOST).increment(1);
+                engine.inner.stats.record(Event::LeaseLost);
                 Err(IdempotencyError::LeaseLost)
             }
         }
@@ -356,13 +361,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 return (Err(error), attempt + 1);
             }
             attempt += 1;
-            Stats::bump(&self.inner.stats.completion_retries);
-            metrics::counter!(names::COMPLETION_RETRIES, "result" => "retry").increment(1);
+            self.inner.stats.record(Event::CompletionRetry);
             tracing::debug!(key = %claim.key, %error, attempt, "completion failed; retrying");
             tokio::time::sleep(backoff).await;
             let result = self
                 .timed(
-                    "complete",
+                    StoreOperation::Complete,
                     store.complete(&claim.key, &claim.record.token, completed, retention),
                 )
                 .await;
@@ -385,7 +389,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             key, record, which, ..
         } = claim;
         let fenced = match self
-            .timed("release", self.store_of(which).release(&key, &record.token))
+            .timed(
+                StoreOperation::Release,
+                self.store_of(which).release(&key, &record.token),
+            )
             .await
         {
             Ok(fenced) => fenced,
@@ -403,7 +410,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 Ok(())
             }
             Fenced::LeaseLost => {
-                metrics::counter!(names::LEASE_LOST).increment(1);
+                self.inner.stats.record(Event::LeaseLost);
                 Err(IdempotencyError::LeaseLost)
             }
         }

@@ -27,11 +27,11 @@ pub use stats::{StatsSnapshot, names as metric_names};
 
 use crate::{
     Claim, ConfigError, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore,
-    InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome, Waited,
-    unix_millis_now,
+    InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoreOperation, StoredOutcome,
+    Waited, unix_millis_now,
 };
 use background::{Background, Which};
-use stats::{Stats, names};
+use stats::{Event, Stats, names};
 
 /// What [`Idempotency::begin`] decided.
 #[derive(Debug)]
@@ -178,7 +178,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         loop {
             let claimed = self
                 .timed(
-                    "try_claim",
+                    StoreOperation::TryClaim,
                     self.inner
                         .store
                         .try_claim(&store_key, &record, config.lease),
@@ -280,15 +280,13 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     }
 
     fn mismatch(&self) -> IdempotencyError {
-        Stats::bump(&self.inner.stats.mismatches);
-        metrics::counter!(names::MISMATCHES).increment(1);
+        self.inner.stats.record(Event::Mismatch);
         tracing::debug!("fingerprint mismatch");
         IdempotencyError::FingerprintMismatch
     }
 
     fn replay(&self, outcome: StoredOutcome) -> Begin<S> {
-        Stats::bump(&self.inner.stats.replays);
-        metrics::counter!(names::REPLAYS).increment(1);
+        self.inner.stats.record(Event::Replay);
         tracing::debug!("replaying stored outcome");
         Begin::Replay(outcome)
     }
@@ -296,8 +294,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// The answer for a retry that finds the first attempt in progress, with a `Retry-After`
     /// from the remaining lease where the store can tell (see [`IdempotencyError::InProgress`]).
     async fn in_progress(&self, which: Which, key: &StoreKey) -> IdempotencyError {
-        Stats::bump(&self.inner.stats.in_progress);
-        metrics::counter!(names::IN_PROGRESS).increment(1);
+        self.inner.stats.record(Event::InProgress);
         tracing::debug!("first attempt still in progress");
         let config = &self.inner.config;
         if !config.retry_after_from_lease {
@@ -306,7 +303,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             };
         }
         let remaining = self
-            .timed("time_to_live", self.store_of(which).time_to_live(key))
+            .timed(
+                StoreOperation::TimeToLive,
+                self.store_of(which).time_to_live(key),
+            )
             .await;
         let retry_after = match remaining {
             Ok(Some(remaining)) => {
@@ -318,8 +318,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     }
 
     fn claimed(&self, store_key: StoreKey, record: InProgress, which: Which) -> Begin<S> {
-        Stats::bump(&self.inner.stats.claims);
-        metrics::counter!(names::CLAIMS).increment(1);
+        self.inner.stats.record(Event::Claim);
         tracing::debug!("claimed");
         Begin::Run(Guard::claimed(self.clone(), store_key, record, which))
     }
@@ -347,8 +346,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         }
         match self.inner.config.failure_policy {
             FailurePolicy::FailOpen => {
-                Stats::bump(&self.inner.stats.fail_open);
-                metrics::counter!(names::FAIL_OPEN).increment(1);
+                self.inner.stats.record(Event::FailOpen);
                 tracing::warn!(%error, "idempotency store failed; running WITHOUT protection (fail-open)");
                 Ok(Begin::Run(Guard::unprotected(
                     self.clone(),
@@ -372,7 +370,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         store_key: &StoreKey,
         record: &InProgress,
     ) -> Option<Result<Begin<S>, IdempotencyError>> {
-        let read = self.timed("get", self.inner.store.get(store_key)).await;
+        let read = self
+            .timed(StoreOperation::Get, self.inner.store.get(store_key))
+            .await;
         let (result, answer) = match read {
             Ok(Some(existing)) => match self.seen(existing, record) {
                 Ok(Seen::Replay(outcome)) => ("replayed", Ok(self.replay(outcome))),
@@ -403,14 +403,13 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let fallback = self.store_of(Which::Fallback);
         let claimed = self
             .timed(
-                "try_claim",
+                StoreOperation::TryClaim,
                 fallback.try_claim(&store_key, &record, self.inner.config.lease),
             )
             .await;
         let existing = match claimed {
             Ok(Claim::Claimed) => {
-                Stats::bump(&self.inner.stats.fallback_claims);
-                metrics::counter!(names::FALLBACK).increment(1);
+                self.inner.stats.record(Event::FallbackClaim);
                 tracing::warn!(
                     error = %primary_error,
                     "idempotency store failed; protecting this request with the per-process \
@@ -450,7 +449,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         key: &IdempotencyKey,
     ) -> Result<Option<Record>, IdempotencyError> {
         let store_key = self.store_key(scope, key);
-        Ok(self.timed("get", self.inner.store.get(&store_key)).await?)
+        Ok(self
+            .timed(StoreOperation::Get, self.inner.store.get(&store_key))
+            .await?)
     }
 
     /// Forget `(scope, key)` whatever its state, so the next attempt runs again. Returns whether
@@ -465,14 +466,14 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> Result<bool, IdempotencyError> {
         let store_key = self.store_key(scope, key);
         Ok(self
-            .timed("delete", self.inner.store.delete(&store_key))
+            .timed(StoreOperation::Delete, self.inner.store.delete(&store_key))
             .await?)
     }
 
     /// Run a store call under the timeout, recording its latency and failures.
     pub(crate) async fn timed<T>(
         &self,
-        operation: &'static str,
+        operation: StoreOperation,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let after = self.inner.config.store_timeout;
@@ -487,12 +488,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 Err(_) => Err(StoreError::Timeout { operation, after }),
             },
         };
-        metrics::histogram!(names::STORE_LATENCY, "op" => operation)
+        metrics::histogram!(names::STORE_LATENCY, "op" => operation.as_str())
             .record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
-            Stats::bump(&self.inner.stats.store_errors);
-            metrics::counter!(names::STORE_ERRORS, "op" => operation).increment(1);
-            tracing::debug!(%error, operation, "store operation failed");
+            self.inner.stats.record(Event::StoreError(operation));
+            tracing::debug!(%error, %operation, "store operation failed");
         }
         result
     }

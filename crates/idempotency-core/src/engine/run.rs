@@ -27,8 +27,8 @@ pub enum RunError<E, T> {
     #[error("operation failed")]
     Operation(#[source] E),
     /// The closure ran and succeeded, but its result could not be recorded (lease lost, store
-    /// failure, too large, not serialisable). The value is here so that nothing is lost; a
-    /// retry may run the operation again.
+    /// failure, too large). The value is here so that nothing is lost; a retry may run the
+    /// operation again.
     #[error("operation succeeded but its outcome was not recorded")]
     NotRecorded {
         /// The closure's result.
@@ -36,6 +36,17 @@ pub enum RunError<E, T> {
         /// Why it was not recorded.
         #[source]
         error: IdempotencyError,
+    },
+    /// The closure ran and succeeded, but its result does not serialise to JSON (a map with
+    /// non-string keys, a failing `Serialize` impl), so nothing was recorded and the claim was
+    /// released: a retry runs the operation again. A bug in `T`, not a store failure.
+    #[error("operation succeeded but its result does not serialize to JSON")]
+    Serialize {
+        /// The closure's result.
+        value: T,
+        /// Why it did not serialise.
+        #[source]
+        error: serde_json::Error,
     },
     /// A stored outcome could not be turned back into `T` (the type changed between deploys?).
     #[error("stored outcome does not deserialize into the expected type")]
@@ -87,10 +98,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                     Err(error) => {
                         // Dropping the guard releases the claim.
                         drop(guard);
-                        let error = IdempotencyError::StoreUnavailable(crate::StoreError::Other {
-                            source: Box::new(error),
-                        });
-                        return Err(RunError::NotRecorded { value, error });
+                        return Err(RunError::Serialize { value, error });
                     }
                 };
                 let outcome = StoredOutcome::new(body, Some(RUN_CONTENT_TYPE.to_owned()));

@@ -62,9 +62,56 @@ pub(crate) struct Stats {
     pub(crate) completion_retries: AtomicU64,
 }
 
+/// An engine event counted both in [`StatsSnapshot`] and by the `metrics` facade: recorded
+/// with one [`Stats::record`] call, so the two can never count different things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Replay,
+    Claim,
+    Completion,
+    InProgress,
+    Mismatch,
+    FailOpen,
+    FallbackClaim,
+    LeaseLost,
+    StoreError(crate::StoreOperation),
+    /// One retried completion attempt.
+    CompletionRetry,
+    /// A claim handed to the background releaser.
+    BackgroundRelease,
+}
+
 impl Stats {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count `event` in the snapshot and in the metric of the same name.
+    pub(crate) fn record(&self, event: Event) {
+        let (counter, metric) = match event {
+            Event::Replay => (&self.replays, Some(names::REPLAYS)),
+            Event::Claim => (&self.claims, Some(names::CLAIMS)),
+            Event::Completion => (&self.completions, Some(names::COMPLETIONS)),
+            Event::InProgress => (&self.in_progress, Some(names::IN_PROGRESS)),
+            Event::Mismatch => (&self.mismatches, Some(names::MISMATCHES)),
+            Event::FailOpen => (&self.fail_open, Some(names::FAIL_OPEN)),
+            Event::FallbackClaim => (&self.fallback_claims, Some(names::FALLBACK)),
+            Event::LeaseLost => (&self.lease_lost, Some(names::LEASE_LOST)),
+            Event::StoreError(operation) => {
+                metrics::counter!(names::STORE_ERRORS, "op" => operation.as_str()).increment(1);
+                (&self.store_errors, None)
+            }
+            Event::CompletionRetry => {
+                metrics::counter!(names::COMPLETION_RETRIES, "result" => "retry").increment(1);
+                (&self.completion_retries, None)
+            }
+            // Its metric is labelled by how the release ended, recorded when it does.
+            Event::BackgroundRelease => (&self.background_releases, None),
+        };
+        Self::bump(counter);
+        if let Some(metric) = metric {
+            metrics::counter!(metric).increment(1);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
@@ -105,7 +152,8 @@ pub struct StatsSnapshot {
     pub fail_open: u64,
     /// Operations claimed in the fallback store ([`names::FALLBACK`]).
     pub fallback_claims: u64,
-    /// Leases found lost while their operation ran ([`names::LEASE_LOST`]).
+    /// Completions, releases, extensions and renewals that found the lease lost
+    /// ([`names::LEASE_LOST`]).
     pub lease_lost: u64,
     /// Claims released in the background (orphaned claims, failed releases, dropped guards).
     pub background_releases: u64,

@@ -40,11 +40,9 @@ use thiserror::Error;
 pub use any::AnyStore;
 pub use redact::redact_url;
 
-/// The REST variable pairs, in the order they are tried (the official Upstash names first).
-pub const REST_ENV_PAIRS: [(&str, &str); 2] = [
-    ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"),
-    ("KV_REST_API_URL", "KV_REST_API_TOKEN"),
-];
+/// The REST variable pairs, in the order they are tried (the official Upstash names first):
+/// the core's [`KV_REST_ENV_PAIRS`](idempotency_core::KV_REST_ENV_PAIRS), stated once.
+pub const REST_ENV_PAIRS: [(&str, &str); 2] = idempotency_core::KV_REST_ENV_PAIRS;
 
 /// The Redis URL variables, in the order they are tried.
 pub const REDIS_ENV_VARS: [&str; 2] = ["REDIS_URL", "KV_URL"];

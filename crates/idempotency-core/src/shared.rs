@@ -1,0 +1,43 @@
+//! Facts every crate of the workspace shares, stated once: the conversion of durations to the
+//! milliseconds stores expire records by, the default `Retry-After`, and the KV REST
+//! environment variable names.
+
+use std::time::Duration;
+
+/// The `Retry-After` suggested when nothing better is known (1 s): for a retry refused while
+/// the first attempt is in progress (the engine's default
+/// [`in_progress_retry_after`](crate::IdempotencyBuilder::in_progress_retry_after)), and for an
+/// unavailable store ([`IdempotencyError::retry_after`](crate::IdempotencyError::retry_after),
+/// HTTP 503).
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Environment variable pairs (URL, token) of the Upstash Redis REST API, in the order they
+/// are read: the official Upstash names first, then the (deprecated) Vercel KV names, as the
+/// official clients do. Read by `idempotency-kv-rest` and by the facade's store selection.
+pub const KV_REST_ENV_PAIRS: [(&str, &str); 2] = [
+    ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"),
+    ("KV_REST_API_URL", "KV_REST_API_TOKEN"),
+];
+
+/// `duration` as whole milliseconds for a store's expiry (`PX`, `PEXPIRE`, an expiry column):
+/// rounded down, at least 1 (Redis refuses 0, and a zero lease would expire at once), and
+/// saturating at `u64::MAX` instead of wrapping. Add it to a clock with `saturating_add`.
+pub fn expiry_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_millis_is_never_zero_and_saturates() {
+        assert_eq!(expiry_millis(Duration::ZERO), 1);
+        assert_eq!(expiry_millis(Duration::from_micros(10)), 1);
+        assert_eq!(expiry_millis(Duration::from_micros(2_999)), 2);
+        assert_eq!(expiry_millis(Duration::from_secs(2)), 2_000);
+        assert_eq!(expiry_millis(Duration::MAX), u64::MAX);
+    }
+}
