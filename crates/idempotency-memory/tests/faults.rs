@@ -99,6 +99,51 @@ async fn a_failed_release_is_retried_in_the_background() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_dropped_pending_completion_is_released_once_the_store_answers() {
+    // A transactional completion (e.g. `complete_in` on the SQL store) whose transaction never
+    // committed, dropped while the store is down: its release must not give up after one
+    // attempt and leave the key blocked for the whole lease (found by the chaos run on Postgres).
+    let memory = memory();
+    let store = FaultyStore::new(Arc::new(memory.clone()));
+    let engine = Idempotency::builder(store.clone())
+        .lease(Duration::from_secs(60))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key("k"), fp())
+        .await
+        .unwrap()
+    else {
+        panic!("runs")
+    };
+    let pending = guard
+        .prepare(StoredOutcome::new(b"written in a transaction".to_vec(), None))
+        .await
+        .unwrap();
+    store.set(Fault::Unavailable);
+    drop(pending);
+    sleep(Duration::from_secs(5)).await;
+    let store_key = engine.store_key(&Scope::global(), &key("k"));
+    assert!(
+        memory.get(&store_key).await.unwrap().is_some(),
+        "still held while the store is down"
+    );
+    store.set(Fault::None);
+    // Within one backoff step (at most 1 s) of the store answering again, long before the
+    // 60 s lease ends.
+    sleep(Duration::from_millis(1100)).await;
+    assert_eq!(memory.get(&store_key).await.unwrap(), None, "released");
+    assert!(matches!(
+        engine
+            .begin(&Scope::global(), &key("k"), fp())
+            .await
+            .unwrap(),
+        Begin::Run(_)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn background_releases_give_up_when_the_lease_has_ended() {
     let store = FaultyStore::new(Arc::new(memory()));
     let engine = Idempotency::builder(store.clone())

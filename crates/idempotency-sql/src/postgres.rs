@@ -597,7 +597,7 @@ impl IdempotencyStore for PostgresStore {
         match &self.inner.notifier {
             Some(notifier) => {
                 let flag = timed(
-                    "wait_for_change",
+                    StoreOperation::WaitForChange,
                     self.inner.timeout,
                     sqlx::query_scalar::<_, bool>(&self.inner.flag_waiter)
                         .bind(key.as_str())

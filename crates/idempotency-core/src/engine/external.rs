@@ -232,7 +232,13 @@ impl<S: IdempotencyStore + 'static> Drop for PendingCompletion<S> {
                         }
                         Ok(Fenced::LeaseLost) => {}
                         Err(error) => {
-                            tracing::debug!(key = %p.key, %error, "background release failed; the lease will lapse");
+                            // The store is unreachable (or timed out): keep trying with the
+                            // bounded retries orphaned claims get, so the key frees as soon as
+                            // the store answers again instead of when the lease lapses. Safe
+                            // whatever the transaction's fate: after a commit the record is
+                            // completed and a release under this token changes nothing.
+                            tracing::debug!(key = %p.key, %error, "release of an uncommitted claim failed; retrying in the background");
+                            engine.release_in_background(p.key, p.claim.token, p.which);
                         }
                     }
                 });
