@@ -118,7 +118,10 @@ async fn a_dropped_pending_completion_is_released_once_the_store_answers() {
         panic!("runs")
     };
     let pending = guard
-        .prepare(StoredOutcome::new(b"written in a transaction".to_vec(), None))
+        .prepare(StoredOutcome::new(
+            b"written in a transaction".to_vec(),
+            None,
+        ))
         .await
         .unwrap();
     store.set(Fault::Unavailable);

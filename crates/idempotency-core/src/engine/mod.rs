@@ -271,9 +271,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Record::InProgress(r) if r.token == ours.token => Seen::Own,
             r if *r.fingerprint() != ours.fingerprint => Seen::Mismatch,
             Record::Completed(done) => Seen::Replay(
-                done.outcome
-                    .decompressed()
-                    .map_err(IdempotencyError::CorruptRecord)?,
+                done.outcome.decompressed().map_err(|error| {
+                    tracing::error!(%error, "the stored outcome under this key is corrupt; it blocks the key until an operator deletes it or its retention ends");
+                    IdempotencyError::CorruptRecord(error)
+                })?,
             ),
             Record::InProgress(r) => Seen::InProgress(r.token),
         })
@@ -337,6 +338,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             self.release_in_background(store_key.clone(), record.token, Which::Primary);
         }
         if matches!(error, StoreError::Corrupt(_)) {
+            // Answered 500 and never retried by itself: say so loudly, with the key, so an
+            // operator can inspect and delete it (the `idempotency` CLI's inspect / delete).
+            tracing::error!(key = %store_key, %error, "the record under this key is corrupt; it blocks the key until an operator deletes it or its retention ends");
             return Err(error.into());
         }
         if matches!(error, StoreError::WriteRefused { .. })
