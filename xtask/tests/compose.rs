@@ -387,7 +387,13 @@ fn demo_uses_the_hosted_variable_names_and_reaches_the_gateway() {
     }
 
     // The pairs the KV REST store reads (its ENV_PAIRS), as Upstash and Vercel name them.
-    let store_config = read("crates/idempotency-kv-rest/src/config.rs");
+    // (`ENV_PAIRS` in idempotency-kv-rest is core's `KV_REST_ENV_PAIRS`, defined once.)
+    let store_config = read("crates/idempotency-core/src/shared.rs");
+    assert!(
+        read("crates/idempotency-kv-rest/src/config.rs")
+            .contains("pub const ENV_PAIRS: [(&str, &str); 2] = KV_REST_ENV_PAIRS;"),
+        "idempotency-kv-rest no longer reads core's KV_REST_ENV_PAIRS"
+    );
     let gateway_env = environment(service(&doc, "kv-rest-gateway"), "kv-rest-gateway");
     let pair = [
         ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"),
