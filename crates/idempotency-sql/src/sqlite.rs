@@ -206,8 +206,10 @@ impl SqliteStoreBuilder {
     /// several processes at once (`BEGIN IMMEDIATE` serialises them).
     ///
     /// # Errors
-    /// As [`build`](Self::build); [`SqlStoreError::Database`] when a migration fails (nothing
-    /// of it is applied: each run is one transaction).
+    /// As [`build`](Self::build); [`SqlStoreError::NotMigratable`] when the table exists with a
+    /// shape the migrations cannot repair (checked before any migration runs or is recorded);
+    /// [`SqlStoreError::Database`] when a migration fails (nothing of it is applied: each run is
+    /// one transaction).
     pub async fn migrate(self) -> Result<SqliteStore, SqlStoreError> {
         let table = Table::parse(&self.table, false)?;
         let mut conn = self.pool.acquire().await?;
@@ -221,10 +223,27 @@ impl SqliteStoreBuilder {
             sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
                 .fetch_all(&mut *tx)
                 .await?;
+        // Check the table before running any migration SQL (and so before recording one): a
+        // shape the migrations cannot repair is refused with what to do by hand, instead of a
+        // raw database error halfway or a migration recorded that did not help.
+        let columns_sql = "SELECT name, type FROM pragma_table_info(?1)";
+        let columns: Vec<(String, String)> = sqlx::query_as(columns_sql)
+            .bind(&table.bare)
+            .fetch_all(&mut *tx)
+            .await?;
+        if let Some(detail) = migrate::unmigratable(&columns, false, &applied) {
+            return Err(SqlStoreError::NotMigratable {
+                table: table.name,
+                detail,
+                migration: migrate::CURRENT,
+            });
+        }
         for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-            (&mut *tx)
-                .execute(sqlx::raw_sql(&migrate::for_table(migration.sqlite, &table)))
-                .await?;
+            if !migrate::already_applied(&columns, migration.version) {
+                (&mut *tx)
+                    .execute(sqlx::raw_sql(&migrate::for_table(migration.sqlite, &table)))
+                    .await?;
+            }
             sqlx::query(&format!(
                 "INSERT INTO {} (version, name) VALUES (?1, ?2)",
                 table.migrations_quoted
@@ -575,5 +594,23 @@ impl IdempotencyStore for SqliteStore {
         )
         .await?;
         Ok(live == Some(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_completion_in_a_transaction_is_fenced_on_the_token_only() {
+        let sql = SqlStatements::sqlite("\"t\"");
+        let in_tx = complete_in_transaction(&sql.complete);
+        assert!(
+            sql.complete.contains("AND expires_at >"),
+            "{}",
+            sql.complete
+        );
+        assert!(!in_tx.contains("AND expires_at >"), "{in_tx}");
+        assert!(in_tx.contains("token = ?2"), "{in_tx}");
     }
 }
