@@ -45,7 +45,8 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
 
-    /// 503: the shop's database failed (the write was rolled back; retry).
+    /// 503: the shop's database failed or is down (the write was rolled back; retry). Answered
+    /// as `application/problem+json` with `Retry-After`, like the idempotency layer's 503.
     pub fn database(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
