@@ -75,7 +75,7 @@
 //! writer waits for it: keep such transactions short, and open them with
 //! `pool.begin_with("BEGIN IMMEDIATE")` so they take the write lock up front. On SQLite a claim
 //! first reads the key (in WAL mode a read never waits for the write lock), so meanwhile a
-//! completed key still replays and an in-progress one is answered "in flight" at once; only a
+//! completed key still replays and an in-progress one is answered "in progress" at once; only a
 //! new key waits for the lock (and fails with the engine's failure policy past the operation
 //! timeout). A claim that gives up with `SQLITE_BUSY`/`SQLITE_LOCKED` wrote nothing and is
 //! [`StoreError::WriteRefused`](idempotency_core::StoreError::WriteRefused), so the engine
