@@ -7,8 +7,10 @@ use idempotency::{IdempotencyStore, Record, StoreError, StoreKey};
 use serde_json::json;
 
 use crate::error::CliError;
+use crate::keyspace::Keyspace;
 use crate::keyspace::glob_escape;
 use crate::open::Opened;
+use crate::sql::SqlNode;
 
 /// Progress on stderr, only when it is a terminal (overwriting one line).
 struct Progress {
@@ -52,7 +54,7 @@ pub(crate) async fn purge(
     let pattern = format!("{}*", glob_escape(prefix));
     let progress = Progress::new();
     let (mut matched, mut deleted) = (0u64, 0u64);
-    let mut nodes = opened.keyspace.nodes().await?;
+    let mut nodes = opened.nodes().await?;
     for node in &mut nodes {
         let mut cursor = "0".to_owned();
         loop {
@@ -84,6 +86,13 @@ pub(crate) async fn purge(
     if yes {
         tracing::info!(prefix, deleted, "records purged by an operator");
         println!("deleted {deleted} records under `{prefix}`");
+        // SQL rows past their expiry stay until deleted (Redis expires keys by itself): collect
+        // them too, with the store's own `purge_expired` (every scope: they are dead records).
+        if let Some(node) = SqlNode::of(&opened.store) {
+            let batch = u32::try_from(batch).unwrap_or(u32::MAX);
+            let expired = node.purge_expired(batch).await?;
+            println!("deleted {expired} expired rows (of every scope) with purge_expired");
+        }
     } else {
         println!(
             "{matched} records under `{prefix}` would be deleted (dry run: pass --yes to delete)"
@@ -115,7 +124,7 @@ pub(crate) async fn stats(
     let pattern = format!("{}*", glob_escape(prefix));
     let progress = Progress::new();
     let mut counts = Counts::default();
-    let mut nodes = opened.keyspace.nodes().await?;
+    let mut nodes = opened.nodes().await?;
     let store = &opened.store;
     for node in &mut nodes {
         let mut cursor = "0".to_owned();
@@ -196,8 +205,20 @@ pub(crate) async fn doctor(opened: &Opened) -> Result<bool, CliError> {
             println!("{report}");
             Ok(report.is_healthy())
         }
+        None if matches!(opened.keyspace, Keyspace::Sql) => {
+            let rows = match SqlNode::of(&opened.store) {
+                Some(node) => node.rows().await?,
+                None => return Err(CliError::Keyspace("the SQL store is not connected".into())),
+            };
+            println!(
+                "the SQL store answers and its table has the expected shape (checked when \
+                 opened); {rows} rows, expired ones included: they stay until purged \
+                 (`idempotency purge --yes`, or the app's PurgeTask)"
+            );
+            Ok(true)
+        }
         None => {
-            let mut nodes = opened.keyspace.nodes().await?;
+            let mut nodes = opened.nodes().await?;
             let mut keys = 0;
             for node in &mut nodes {
                 keys += node.dbsize().await?;

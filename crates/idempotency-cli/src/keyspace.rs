@@ -13,6 +13,7 @@ use idempotency::redis::redis::{self, ConnectionAddr, IntoConnectionInfo, aio};
 use serde_json::Value as Json;
 
 use crate::error::CliError;
+use crate::sql::{SqlNode, unglob};
 
 /// Where the keys live.
 pub(crate) enum Keyspace {
@@ -26,6 +27,8 @@ pub(crate) enum Keyspace {
         url: String,
         token: String,
     },
+    /// The SQL store's records table (walked through the opened store's pool).
+    Sql,
 }
 
 /// One server to walk: a Redis server or Cluster primary, or the REST endpoint.
@@ -42,6 +45,8 @@ pub(crate) enum Node {
         url: String,
         token: String,
     },
+    /// The SQL store's records table.
+    Sql(SqlNode),
 }
 
 /// How long one network exchange may take.
@@ -82,6 +87,10 @@ impl Keyspace {
                 url: url.trim_end_matches('/').to_owned(),
                 token: token.clone(),
             }]),
+            // Walked through the opened store (see `Opened::nodes`).
+            Self::Sql => Err(CliError::Keyspace(
+                "the SQL table is walked through its store".into(),
+            )),
         }
     }
 }
@@ -211,6 +220,7 @@ impl Node {
         match self {
             Self::Redis { name, .. } => name,
             Self::Rest { .. } => "kv-rest",
+            Self::Sql(_) => "sql",
         }
     }
 
@@ -242,6 +252,7 @@ impl Node {
                     .collect();
                 Ok((reply.0, keys))
             }
+            Self::Sql(node) => node.scan(cursor, &unglob(pattern), count).await,
             Self::Rest { .. } => {
                 let reply = self
                     .rest(serde_json::json!([
@@ -281,6 +292,7 @@ impl Node {
                 let counts: Vec<u64> = pipe.query_async(conn).await.map_err(redis_error)?;
                 Ok(counts.iter().sum())
             }
+            Self::Sql(node) => node.delete(keys).await,
             Self::Rest { .. } => {
                 let mut command = vec![Json::from("UNLINK")];
                 command.extend(keys.iter().map(|k| Json::from(k.as_str())));
@@ -299,6 +311,7 @@ impl Node {
                 .query_async::<u64>(conn)
                 .await
                 .map_err(redis_error),
+            Self::Sql(node) => node.rows().await,
             Self::Rest { .. } => {
                 let reply = self.rest(serde_json::json!(["DBSIZE"])).await?;
                 reply

@@ -3,8 +3,9 @@
 //! It opens the store exactly as the application does, from the same environment variables
 //! (`REDIS_URL` / `KV_URL`, `REDIS_CLUSTER_URLS`, `UPSTASH_REDIS_REST_URL` +
 //! `UPSTASH_REDIS_REST_TOKEN` or `KV_REST_API_URL` + `KV_REST_API_TOKEN`, `IDEMPOTENCY_STORE`;
-//! see `idempotency::plan_store`). The memory store is refused: it lives inside the app's
-//! process and no other process can see it.
+//! `IDEMPOTENCY_STORE=sql` + `DATABASE_URL` for the SQL store on Postgres or SQLite; see
+//! `idempotency::plan_store`). The memory store is refused: it lives inside the app's process
+//! and no other process can see it.
 //!
 //! # Commands
 //! - `inspect <scope> <key> [--json]`: state, lease or retention time left, fingerprint,
@@ -12,9 +13,12 @@
 //! - `release <scope> <key> [--yes]`: free a stuck claim (fenced by its own token);
 //! - `delete <scope> <key> [--yes]`: remove a record whatever its state;
 //! - `purge (--scope S | --prefix P) [--yes] [--batch N]`: cursor-based deletion (`SCAN` +
-//!   `UNLINK`, on every primary of a Cluster, through the REST API's `SCAN` on KV REST); a dry
-//!   run that counts unless `--yes`;
-//! - `stats [--json]`: records by state; `doctor [--strict]`: the store's checks.
+//!   `UNLINK`, on every primary of a Cluster, through the REST API's `SCAN` on KV REST; on the
+//!   SQL store the table's rows in store-key order, one bounded `SELECT` per step, each deleted
+//!   with the store's `delete`, then the expired rows of every scope with its `purge_expired`);
+//!   a dry run that counts unless `--yes`;
+//! - `stats [--json]`: records by state; `doctor [--strict]`: the store's checks (SQL: the
+//!   table's shape, checked when opened, and its row count).
 //!
 //! A scope is written exactly as the app's scope extractor produces it (the demo's user name,
 //! a tenant id; an empty string for the global scope); the tool escapes it as the engine does.
@@ -35,6 +39,7 @@ mod error;
 mod keyspace;
 mod open;
 mod record;
+mod sql;
 
 use std::process::ExitCode;
 

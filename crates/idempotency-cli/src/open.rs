@@ -7,12 +7,28 @@ use idempotency::{
 };
 
 use crate::error::CliError;
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, Node};
+use crate::sql::SqlNode;
 
 /// The opened store and the way to walk its keys.
 pub(crate) struct Opened {
     pub(crate) store: AnyStore,
     pub(crate) keyspace: Keyspace,
+}
+
+impl Opened {
+    /// The servers (or the SQL table) to walk.
+    ///
+    /// # Errors
+    /// Connecting to a server failed.
+    pub(crate) async fn nodes(&self) -> Result<Vec<Node>, CliError> {
+        match self.keyspace {
+            Keyspace::Sql => SqlNode::of(&self.store)
+                .map(|node| vec![Node::Sql(node)])
+                .ok_or_else(|| CliError::Keyspace("the SQL store is not connected".into())),
+            _ => self.keyspace.nodes().await,
+        }
+    }
 }
 
 /// Plan and open the store from `lookup` (the process environment in `main`).
@@ -62,6 +78,7 @@ pub(crate) async fn open(lookup: impl Fn(&str) -> Option<String>) -> Result<Open
                 .ok_or_else(|| CliError::Usage(format!("{token_var} is not set")))?;
             Keyspace::rest(url, token)?
         }
+        BackendKind::Sql => Keyspace::Sql,
         other => {
             return Err(CliError::Usage(format!(
                 "the {other} store is not supported by this tool"

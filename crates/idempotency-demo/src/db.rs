@@ -14,13 +14,18 @@ use axum::response::{IntoResponse as _, Response};
 use idempotency::AnyStore;
 use idempotency::http::TransactionalClaim;
 use idempotency::sql::sqlx;
+use idempotency::sql::sqlx::ConnectOptions as _;
 use idempotency::sql::sqlx::postgres::{PgPool, PgPoolOptions};
 use idempotency::sql::sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::envelope::ApiError;
 use crate::model::{Order, OrderStatus, Product};
+
+/// How long a request waits for a pooled connection of the shop's database before it answers
+/// 503: the idempotency store's default operation budget, so both fail alike.
+pub(crate) const ACQUIRE_TIMEOUT: Duration = idempotency::sql::DEFAULT_OPERATION_TIMEOUT;
 
 /// The shop's database.
 #[derive(Debug, Clone)]
@@ -52,11 +57,17 @@ const SQLITE_SCHEMA: [&str; 2] = [
 ];
 
 impl Database {
-    /// Connect to `url` (`postgres://`, `postgresql://` or `sqlite:`; a SQLite file is
-    /// created if missing) and create the shop's tables if they do not exist.
+    /// Open `url` (`postgres://`, `postgresql://` or `sqlite:`; a SQLite file is created if
+    /// missing) and create the shop's tables if they do not exist.
+    ///
+    /// Postgres connects **lazily**: a database that is down at start does not stop the demo.
+    /// The failure is logged loudly, the tables are created in the background as soon as the
+    /// database answers, and requests meanwhile get 503 problem+json with `Retry-After`. Both
+    /// pools wait at most 1 s for a connection (the idempotency store's default operation
+    /// budget), so an exhausted pool answers 503 as fast as the store would.
     ///
     /// # Errors
-    /// An unusable URL or a database that does not answer.
+    /// An unusable URL, or a SQLite file that cannot be opened.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         let db = if url
             .get(..7)
@@ -66,17 +77,44 @@ impl Database {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10));
-            Self::Sqlite(SqlitePool::connect_with(options).await?)
+                .busy_timeout(Duration::from_secs(10))
+                // Waiting for SQLite's write lock behind another transaction is expected here
+                // (see `idempotency_sql::sqlite_connect_options`): not a slow statement.
+                .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+            Self::Sqlite(
+                SqlitePoolOptions::new()
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options)
+                    .await?,
+            )
         } else {
             Self::Postgres(
                 PgPoolOptions::new()
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect(url)
-                    .await?,
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy(url)?,
             )
         };
-        match &db {
+        if let Err(error) = db.create_schema().await {
+            match &db {
+                Self::Sqlite(_) => return Err(error),
+                Self::Postgres(_) => {
+                    tracing::error!(%error, "the shop's database does not answer; serving 503 until it does (the tables are created in the background)");
+                    let background = db.clone();
+                    tokio::spawn(async move {
+                        while let Err(error) = background.create_schema().await {
+                            tracing::debug!(%error, "the shop's database still does not answer");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        tracing::info!("the shop's database answers; tables ready");
+                    });
+                }
+            }
+        }
+        Ok(db)
+    }
+
+    async fn create_schema(&self) -> Result<(), sqlx::Error> {
+        match self {
             Self::Postgres(pool) => {
                 for statement in POSTGRES_SCHEMA {
                     sqlx::query(statement).execute(pool).await?;
@@ -88,7 +126,7 @@ impl Database {
                 }
             }
         }
-        Ok(db)
+        Ok(())
     }
 
     /// `"postgres"` or `"sqlite"`.

@@ -45,7 +45,8 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
 
-    /// 503: the shop's database failed (the write was rolled back; retry).
+    /// 503: the shop's database failed or is down (the write was rolled back; retry). Answered
+    /// as `application/problem+json` with `Retry-After`, like the idempotency layer's 503.
     pub fn database(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -68,8 +69,33 @@ impl ApiError {
     }
 }
 
+/// Seconds a client should wait before retrying after the shop's database failed.
+const DATABASE_RETRY_AFTER_SECS: u32 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.code == "DATABASE_UNAVAILABLE" {
+            // Unavailable, like the idempotency layer's own 503s: RFC 9457 problem+json with
+            // `Retry-After`, so a client handles both the same way.
+            let body = json!({
+                "type": "about:blank",
+                "title": "Service Unavailable",
+                "status": self.status.as_u16(),
+                "detail": self.message,
+                "code": self.code,
+            });
+            let mut response = (self.status, body.to_string()).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(DATABASE_RETRY_AFTER_SECS),
+            );
+            return response;
+        }
         let body = json!({
             "data": null,
             "error": { "code": self.code, "message": self.message },

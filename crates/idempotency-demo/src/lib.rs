@@ -32,6 +32,8 @@
 //! invalid JSON or fields get 400 with `error` set. The idempotency layer's own answers (missing
 //! or malformed key 400, reused key 422, in progress 409, store down 503) are RFC 9457
 //! `application/problem+json`, as DESIGN §5 says; replays carry `Idempotent-Replayed: true`.
+//! So is the shop's own 503 when its database (`DATABASE_URL`) fails or is down (with
+//! `Retry-After` and `"code": "DATABASE_UNAVAILABLE"`): every 5xx a client sees is problem+json.
 //!
 //! # Layout
 //! - [`app`]: the router with authentication outside and the idempotency layer inside;

@@ -182,7 +182,13 @@ async fn main() -> ExitCode {
             Ok(db) => {
                 let store = engine.store();
                 let transactional = match db {
-                    Database::Postgres(_) => store.as_postgres().is_some(),
+                    // A SQL store still connecting in the background (the database was down at
+                    // start) is the Postgres store once it answers: each write checks again.
+                    Database::Postgres(_) => {
+                        store.as_postgres().is_some()
+                            || (store.kind() == idempotency::BackendKind::Sql
+                                && !store.is_connected())
+                    }
                     Database::Sqlite(_) => store.as_sqlite().is_some(),
                 };
                 if transactional {

@@ -42,6 +42,23 @@ pub enum SqlStoreError {
         /// The migration that gives the table the expected shape.
         migration: &'static str,
     },
+    /// The records table exists with a shape the migrations cannot repair (a column of another
+    /// type, or a column missing that no pending migration adds). Checked before any migration
+    /// runs, so nothing was changed or recorded.
+    #[error(
+        "table {table} has the wrong shape ({detail}) and `migrate()` cannot repair it: nothing \
+         was changed; fix the table by hand (alter the columns named, or rename the table and \
+         let `migrate()` create a new one: the expected definition is migration {migration} in \
+         the idempotency-sql crate docs), then run `migrate()` again"
+    )]
+    NotMigratable {
+        /// The table.
+        table: String,
+        /// What differs.
+        detail: String,
+        /// The migration that defines the expected shape (with the ones before it).
+        migration: &'static str,
+    },
     /// The database failed while checking or migrating the schema.
     #[error("database error while checking or migrating the idempotency table")]
     Database(#[source] sqlx::Error),

@@ -74,8 +74,22 @@
 //! stays locked by the transaction until it ends. On Postgres a retry of the same key meanwhile
 //! is answered "in progress" at once (the claim reads the live row from its snapshot without
 //! waiting for the lock); on SQLite the transaction holds the database's write lock, so every
-//! writer (claims included) waits for it: keep such transactions short, and open them with
-//! `pool.begin_with("BEGIN IMMEDIATE")` so they take the write lock up front.
+//! writer waits for it: keep such transactions short, and open them with
+//! `pool.begin_with("BEGIN IMMEDIATE")` so they take the write lock up front. On SQLite a claim
+//! first reads the key (in WAL mode a read never waits for the write lock), so meanwhile a
+//! completed key still replays and an in-progress one is answered "in progress" at once; only a
+//! new key waits for the lock (and fails with the engine's failure policy past the operation
+//! timeout). A claim that gives up with `SQLITE_BUSY`/`SQLITE_LOCKED` wrote nothing and is
+//! [`StoreError::WriteRefused`](idempotency_core::StoreError::WriteRefused), so the engine
+//! answers from a read where it can.
+//!
+//! **A SQLite transaction may outlast the lease.** The lease renewals wait for the write lock the
+//! transaction holds (a renewal that fails with busy or a timeout is a transient failure that the
+//! engine retries, not a lost lease), so the lease can lapse by the database clock while the
+//! transaction runs. `complete_in` on SQLite is therefore fenced on the token alone: no other
+//! attempt can take the key over (which rewrites the token) while the transaction holds the write
+//! lock, and a takeover before it leaves another token, so it still answers `LeaseLost`. The
+//! plain `complete` (outside a transaction) keeps the expiry condition, as on every store.
 //!
 //! # Statements
 //! One statement, one round trip, per primitive; every time comparison is on the database's
@@ -100,7 +114,9 @@
 //!   was live (Postgres: and notifies when the row was waited on); `extend`: `UPDATE … SET
 //!   expires_at = now + lease` with the same fence;
 //! - `get`: `SELECT … WHERE store_key = $1 AND expires_at > now`; `delete`: `DELETE … RETURNING
-//!   expires_at > now` (whether a live record existed).
+//!   expires_at > now` (whether a live record existed). On SQLite a row whose `expires_at` is
+//!   not a number (edited by hand: any text sorts above every number there, so `'never'` would
+//!   never lapse) is read too and reported as corrupt by `get` and `try_claim`.
 //! - `purge_expired(batch)`: deletes at most `batch` expired rows (Postgres: `FOR UPDATE SKIP
 //!   LOCKED`, so rows held by a running transaction are skipped).
 //!
@@ -110,7 +126,12 @@
 //! To use your own migration tool instead, copy the SQL below (for another table name, replace
 //! `idempotency_records` everywhere); the stores only check the table's columns at construction
 //! and fail with [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the
-//! migration (`0001_create_records`, `0002_waiters`).
+//! migration (`0001_create_records`, `0002_waiters`). Before it runs or records any migration,
+//! `migrate()` checks an existing table: a column of another type, or one missing that no
+//! pending migration adds (the first migration's `CREATE TABLE IF NOT EXISTS` leaves an existing
+//! table as it is), is [`SqlStoreError::NotMigratable`], which says what to fix by hand; nothing
+//! is changed or recorded. A table that already has every column (created with the SQL below by
+//! another tool) is adopted: its migrations are recorded without running again.
 //!
 //! Postgres, `0001_create_records`:
 //! ```sql

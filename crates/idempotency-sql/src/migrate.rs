@@ -71,6 +71,51 @@ pub(crate) const SHAPE: &[(&str, &str, &str)] = &[
     ("waiters", "boolean", "INTEGER"),
 ];
 
+/// Columns added to an existing table by a later migration (`ALTER TABLE … ADD COLUMN`), with
+/// that migration's version. Every other column of [`SHAPE`] is created by the first migration's
+/// `CREATE TABLE IF NOT EXISTS`, which does nothing to a table that already exists.
+pub(crate) const ADDED_LATER: &[(&str, i64)] = &[("waiters", 2)];
+
+/// Whether `columns` (of an existing table) already has every column `version` adds, so its SQL
+/// must not run again (SQLite's `ADD COLUMN` has no `IF NOT EXISTS`); it is only recorded.
+pub(crate) fn already_applied(columns: &[(String, String)], version: i64) -> bool {
+    let mut added = ADDED_LATER.iter().filter(|(_, v)| *v == version).peekable();
+    added.peek().is_some() && added.all(|(name, _)| columns.iter().any(|(c, _)| c == name))
+}
+
+/// Check an existing table before running the pending migrations (`applied`: the versions
+/// recorded as applied): `Some(detail)` when the migrations cannot give it the expected shape —
+/// a column of another type, or a missing column that no pending migration adds. An absent table
+/// (`columns` empty) is fine: the first migration creates it.
+pub(crate) fn unmigratable(
+    columns: &[(String, String)],
+    postgres: bool,
+    applied: &[i64],
+) -> Option<String> {
+    if columns.is_empty() {
+        return None;
+    }
+    let mut problems = Vec::new();
+    for (name, pg, lite) in SHAPE {
+        let expected = if postgres { pg } else { lite };
+        match columns.iter().find(|(c, _)| c == name) {
+            Some((_, actual)) if !actual.eq_ignore_ascii_case(expected) => {
+                problems.push(format!("column `{name}` is {actual}, expected {expected}"));
+            }
+            Some(_) => {}
+            None => {
+                let added = ADDED_LATER
+                    .iter()
+                    .any(|(c, version)| c == name && !applied.contains(version));
+                if !added {
+                    problems.push(format!("missing column `{name}`"));
+                }
+            }
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
 /// Compare the reported `(column, type)` list with [`SHAPE`]; `Some(detail)` when it differs.
 pub(crate) fn shape_mismatch(columns: &[(String, String)], postgres: bool) -> Option<String> {
     let mut problems = Vec::new();
@@ -118,6 +163,39 @@ mod tests {
             assert!(created(|m| m.sqlite), "{name}");
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.name), Some(CURRENT));
+    }
+
+    #[test]
+    fn unmigratable_tables_are_named_before_any_migration_runs() {
+        let full: Vec<(String, String)> = SHAPE
+            .iter()
+            .map(|(n, _, lite)| ((*n).into(), (*lite).into()))
+            .collect();
+        assert_eq!(unmigratable(&[], false, &[]), None, "absent: created");
+        assert_eq!(unmigratable(&full, false, &[]), None);
+        let mut of_0001 = full.clone();
+        of_0001.retain(|(n, _)| n != "waiters");
+        assert_eq!(unmigratable(&of_0001, false, &[1]), None, "0002 adds it");
+        assert_eq!(
+            unmigratable(&of_0001, false, &[1, 2]).as_deref(),
+            Some("missing column `waiters`"),
+            "recorded as applied, yet missing"
+        );
+        let mut no_expiry = of_0001.clone();
+        no_expiry.retain(|(n, _)| n != "expires_at");
+        assert_eq!(
+            unmigratable(&no_expiry, false, &[]).as_deref(),
+            Some("missing column `expires_at`")
+        );
+        let mut wrong_type = full.clone();
+        wrong_type[0].1 = "INTEGER".into();
+        assert!(
+            unmigratable(&wrong_type, false, &[])
+                .is_some_and(|d| d.contains("`store_key` is INTEGER, expected TEXT"))
+        );
+        assert!(already_applied(&full, 2));
+        assert!(!already_applied(&of_0001, 2));
+        assert!(!already_applied(&full, 1), "0001 adds no column: it runs");
     }
 
     #[test]

@@ -224,8 +224,10 @@ impl PostgresStoreBuilder {
     /// several instances at once (a transaction-scoped advisory lock serialises them).
     ///
     /// # Errors
-    /// As [`build`](Self::build); [`SqlStoreError::Database`] when a migration fails (nothing
-    /// of it is applied: each run is one transaction).
+    /// As [`build`](Self::build); [`SqlStoreError::NotMigratable`] when the table exists with a
+    /// shape the migrations cannot repair (checked before any migration runs or is recorded);
+    /// [`SqlStoreError::Database`] when a migration fails (nothing of it is applied: each run is
+    /// one transaction).
     pub async fn migrate(self) -> Result<PostgresStore, SqlStoreError> {
         let table = Table::parse(&self.table, true)?;
         let mut tx = self.pool.begin().await?;
@@ -242,6 +244,20 @@ impl PostgresStoreBuilder {
             sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
                 .fetch_all(&mut *tx)
                 .await?;
+        // Check the table before running any migration SQL (and so before recording one): a
+        // shape the migrations cannot repair is refused with what to do by hand, instead of a
+        // raw database error halfway or a migration recorded that did not help.
+        let columns: Vec<(String, String)> = sqlx::query_as(COLUMNS_OF)
+            .bind(&table.quoted)
+            .fetch_all(&mut *tx)
+            .await?;
+        if let Some(detail) = migrate::unmigratable(&columns, true, &applied) {
+            return Err(SqlStoreError::NotMigratable {
+                table: table.name,
+                detail,
+                migration: migrate::CURRENT,
+            });
+        }
         for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
             (&mut *tx)
                 .execute(sqlx::raw_sql(&migrate::for_table(
@@ -264,6 +280,11 @@ impl PostgresStoreBuilder {
     }
 }
 
+/// The columns of the table `$1` (quoted name) and their types; none when it does not exist.
+const COLUMNS_OF: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+     FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+     AND NOT a.attisdropped";
+
 async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&table.quoted)
@@ -275,13 +296,10 @@ async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> 
             migration: migrate::FIRST,
         });
     }
-    let columns: Vec<(String, String)> = sqlx::query_as(
-        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-    )
-    .bind(&table.quoted)
-    .fetch_all(pool)
-    .await?;
+    let columns: Vec<(String, String)> = sqlx::query_as(COLUMNS_OF)
+        .bind(&table.quoted)
+        .fetch_all(pool)
+        .await?;
     match migrate::shape_mismatch(&columns, true) {
         Some(detail) => Err(SqlStoreError::WrongShape {
             table: table.name.clone(),

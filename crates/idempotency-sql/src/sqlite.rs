@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
-    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
+    Claim, Completed, CorruptRecord, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress,
+    LeaseToken, PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection as _, Executor, Row as _, Sqlite};
+use sqlx::{ConnectOptions as _, Connection as _, Executor, Row as _, Sqlite};
 
 use crate::error::timed;
 use crate::migrate::{self, MIGRATIONS};
@@ -26,12 +26,24 @@ use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_mi
 /// SQLite version (`unixepoch('subsec')` needs 3.42) and is the same for the whole statement.
 const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
+/// True for a row whose `expires_at` is not a number (hand-edited): such a row is corrupt.
+const NOT_NUMERIC: &str = "typeof(expires_at) NOT IN ('integer', 'real')";
+
 /// Connection options for a SQLite database file shared by concurrent tasks: WAL (readers do
 /// not block the writer), a 5 s busy timeout (writers queue instead of failing at once),
 /// `synchronous = NORMAL` (durable at checkpoints; the usual WAL setting) and
 /// `create_if_missing`. Build the application's pool from these (or set the same on yours).
+///
+/// sqlx's "slow statement" alert is lowered to `DEBUG` (still after 1 s): on SQLite a write's
+/// execution time includes waiting for the single write lock, and with transactional
+/// completion that wait is expected — a lease renewal, or the background release of a claim
+/// whose reply timed out, queues behind the application's transaction that holds the lock (the
+/// cause of the warnings after every slow completion). It is not a slow statement; the store
+/// reports waits that matter itself, as [`StoreError::Timeout`] / [`StoreError::WriteRefused`]
+/// and the engine's metrics.
 pub fn connect_options(path: impl AsRef<Path>) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -56,6 +68,9 @@ struct Inner {
     table: Table,
     timeout: Duration,
     sql: SqlStatements,
+    /// The completion inside the caller's transaction: fenced on the token alone (see
+    /// [`SqliteStore::write_in`] for why that is safe on SQLite).
+    complete_in_tx: String,
 }
 
 impl SqlStatements {
@@ -92,7 +107,7 @@ impl SqlStatements {
                 "INSERT INTO {t} AS r (store_key, state, token, fingerprint, created_at_ms, expires_at) \
                  VALUES (?1, 'in_progress', ?2, ?3, ?4, {NOW_MS} + ?5) \
                  ON CONFLICT (store_key) DO UPDATE SET {assignments} \
-                 RETURNING (token = ?2) AS claimed, {COLUMNS}"
+                 RETURNING (token = ?2) AS claimed, typeof(expires_at) AS expires_type, {COLUMNS}"
             ),
             complete: format!(
                 "UPDATE {t} SET {}, {}, {}, {}, {}, state = 'completed' \
@@ -113,8 +128,11 @@ impl SqlStatements {
                  WHERE store_key = ?1 AND token = ?2 AND state = 'in_progress' \
                  AND expires_at > {NOW_MS}"
             ),
+            // A non-numeric `expires_at` (TEXT sorts above every number in SQLite, so `'never'`
+            // would look live for ever) is returned too, and decoded as corrupt.
             get: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE store_key = ?1 AND expires_at > {NOW_MS}"
+                "SELECT typeof(expires_at) AS expires_type, {COLUMNS} FROM {t} WHERE store_key = ?1 \
+                 AND (expires_at > {NOW_MS} OR {NOT_NUMERIC})"
             ),
             delete: format!("DELETE FROM {t} WHERE store_key = ?1 RETURNING expires_at > {NOW_MS}"),
             purge: format!(
@@ -123,6 +141,13 @@ impl SqlStatements {
             ),
         }
     }
+}
+
+/// The plain completion without its expiry condition: the statement [`SqliteStore::write_in`]
+/// runs in the caller's transaction.
+fn complete_in_transaction(complete: &str) -> String {
+    let lapsed = format!(" AND expires_at > {NOW_MS}");
+    complete.replacen(&lapsed, "", 1)
 }
 
 /// Configures and checks a [`SqliteStore`].
@@ -174,9 +199,11 @@ impl SqliteStoreBuilder {
                 migration: migrate::CURRENT,
             });
         }
+        let sql = SqlStatements::sqlite(&table.quoted);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                sql: SqlStatements::sqlite(&table.quoted),
+                complete_in_tx: complete_in_transaction(&sql.complete),
+                sql,
                 pool: self.pool,
                 table,
                 timeout: self.timeout,
@@ -189,8 +216,10 @@ impl SqliteStoreBuilder {
     /// several processes at once (`BEGIN IMMEDIATE` serialises them).
     ///
     /// # Errors
-    /// As [`build`](Self::build); [`SqlStoreError::Database`] when a migration fails (nothing
-    /// of it is applied: each run is one transaction).
+    /// As [`build`](Self::build); [`SqlStoreError::NotMigratable`] when the table exists with a
+    /// shape the migrations cannot repair (checked before any migration runs or is recorded);
+    /// [`SqlStoreError::Database`] when a migration fails (nothing of it is applied: each run is
+    /// one transaction).
     pub async fn migrate(self) -> Result<SqliteStore, SqlStoreError> {
         let table = Table::parse(&self.table, false)?;
         let mut conn = self.pool.acquire().await?;
@@ -204,10 +233,27 @@ impl SqliteStoreBuilder {
             sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
                 .fetch_all(&mut *tx)
                 .await?;
+        // Check the table before running any migration SQL (and so before recording one): a
+        // shape the migrations cannot repair is refused with what to do by hand, instead of a
+        // raw database error halfway or a migration recorded that did not help.
+        let columns_sql = "SELECT name, type FROM pragma_table_info(?1)";
+        let columns: Vec<(String, String)> = sqlx::query_as(columns_sql)
+            .bind(&table.bare)
+            .fetch_all(&mut *tx)
+            .await?;
+        if let Some(detail) = migrate::unmigratable(&columns, false, &applied) {
+            return Err(SqlStoreError::NotMigratable {
+                table: table.name,
+                detail,
+                migration: migrate::CURRENT,
+            });
+        }
         for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-            (&mut *tx)
-                .execute(sqlx::raw_sql(&migrate::for_table(migration.sqlite, &table)))
-                .await?;
+            if !migrate::already_applied(&columns, migration.version) {
+                (&mut *tx)
+                    .execute(sqlx::raw_sql(&migrate::for_table(migration.sqlite, &table)))
+                    .await?;
+            }
             sqlx::query(&format!(
                 "INSERT INTO {} (version, name) VALUES (?1, ?2)",
                 table.migrations_quoted
@@ -224,6 +270,18 @@ impl SqliteStoreBuilder {
     }
 }
 
+/// SQLite's `SQLITE_BUSY` (5) or `SQLITE_LOCKED` (6), with their extended codes: the statement
+/// gave up waiting for a lock and wrote nothing.
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<u32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
 fn raw_row(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
     Ok(RawRow {
         state: row.try_get("state")?,
@@ -237,9 +295,19 @@ fn raw_row(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
     })
 }
 
+/// Decode a row read with `typeof(expires_at) AS expires_type`: a row whose expiry is not a
+/// number (`'never'`, a date string, a blob, NULL) never lapses, so it is [`StoreError::Corrupt`]
+/// like any other row that is not a record.
 fn decode(row: &SqliteRow) -> Result<Record, StoreError> {
-    let raw =
-        raw_row(row).map_err(|e| crate::error::map_sqlx(StoreOperation::Get, Duration::ZERO, e))?;
+    let map = |e| crate::error::map_sqlx(StoreOperation::Get, Duration::ZERO, e);
+    let expires_type: Option<String> = row.try_get("expires_type").map_err(map)?;
+    if !matches!(expires_type.as_deref(), Some("integer" | "real")) {
+        return Err(StoreError::Corrupt(CorruptRecord::new(format!(
+            "idempotency row: `expires_at` is {}, not milliseconds since the epoch",
+            expires_type.as_deref().unwrap_or("missing")
+        ))));
+    }
+    let raw = raw_row(row).map_err(map)?;
     Ok(raw.decode()?)
 }
 
@@ -318,6 +386,24 @@ impl SqliteStore {
     /// The fenced write of a [`PendingCompletion`] in the caller's transaction;
     /// [`complete_in`](Self::complete_in) is [`Guard::prepare`] + this.
     ///
+    /// # Fenced on the token alone
+    /// Unlike the plain [`IdempotencyStore::complete`], this write does not also require the
+    /// lease to be unexpired by the database clock. On SQLite a transaction that writes holds the
+    /// database's single write lock from its first write (from `BEGIN` with `BEGIN IMMEDIATE`)
+    /// until it ends, and the lease renewals of the claim are writes too: while the caller's
+    /// transaction runs they wait for the lock, so a transaction longer than the lease would
+    /// always find its own lease lapsed and roll back, and every retry would repeat it.
+    /// Fencing on the token is enough here: a claim can only pass to another attempt by a
+    /// takeover, which rewrites the token (or by a release, delete or purge, which removes the
+    /// row), and no takeover can happen while this transaction holds the write lock, nor
+    /// between this statement and the commit. A takeover that happened before the statement
+    /// leaves another token, so the write still answers
+    /// [`LeaseLost`](IdempotencyError::LeaseLost). (A transaction opened with a deferred
+    /// `BEGIN` that read an older snapshot fails with `SQLITE_BUSY_SNAPSHOT` instead of writing
+    /// over a newer row.) A renewal that meanwhile fails with `SQLITE_BUSY` or times out is a
+    /// transient store failure for the engine's renewal driver (retried soon), not a lost
+    /// lease.
+    ///
     /// # Errors
     /// As [`complete_in`](Self::complete_in).
     pub async fn write_in<S: IdempotencyStore + 'static>(
@@ -332,6 +418,7 @@ impl SqliteStore {
             StoreOperation::Complete,
             parts.timeout,
             self.complete_on(
+                &self.inner.complete_in_tx,
                 &mut *conn,
                 parts.key,
                 parts.token,
@@ -349,13 +436,14 @@ impl SqliteStore {
 
     async fn complete_on<'e, E: Executor<'e, Database = Sqlite>>(
         &self,
+        sql: &str,
         executor: E,
         key: &StoreKey,
         token: &LeaseToken,
         record: &Completed,
         retention: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(&self.inner.sql.complete)
+        let done = sqlx::query(sql)
             .bind(key.as_str())
             .bind(token.as_bytes().as_slice())
             .bind(millis_column(record.completed_at_ms))
@@ -377,22 +465,51 @@ impl IdempotencyStore for SqliteStore {
         record: &InProgress,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let row = timed(
-            StoreOperation::TryClaim,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.claim)
+        let budget = self.inner.timeout;
+        let attempt = async {
+            // A live record needs no write: read it first. In WAL mode a read never waits for
+            // the write lock, so a completed key replays (and an in-progress one answers "in
+            // progress") even while a long transaction holds the lock. The read is the
+            // linearization point of such a claim: the record was live and there, as if the
+            // claim had run then.
+            let live = sqlx::query(&self.inner.sql.get)
+                .bind(key.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await?;
+            if let Some(row) = live {
+                return Ok((false, row));
+            }
+            let row = sqlx::query(&self.inner.sql.claim)
                 .bind(key.as_str())
                 .bind(record.token.as_bytes().as_slice())
                 .bind(record.fingerprint.as_bytes().as_slice())
                 .bind(millis_column(record.created_at_ms))
                 .bind(duration_millis(lease))
-                .fetch_one(&self.inner.pool),
-        )
-        .await?;
-        let claimed: Option<bool> = row
-            .try_get("claimed")
-            .map_err(|e| crate::error::map_sqlx(StoreOperation::TryClaim, Duration::ZERO, e))?;
-        if claimed == Some(true) {
+                .fetch_one(&self.inner.pool)
+                .await?;
+            let claimed: Option<bool> = row.try_get("claimed")?;
+            Ok::<_, sqlx::Error>((claimed == Some(true), row))
+        };
+        let (claimed, row) = match tokio::time::timeout(budget, attempt).await {
+            Ok(Ok(done)) => done,
+            // SQLITE_BUSY / SQLITE_LOCKED is SQLite's own refusal: the claim was not written
+            // (the statement gave up waiting for the write lock). Reads still work, so the
+            // engine answers from a read (a completed record replays); see
+            // [`StoreError::WriteRefused`].
+            Ok(Err(error)) if is_busy(&error) => {
+                return Err(StoreError::WriteRefused {
+                    source: Box::new(error),
+                });
+            }
+            Ok(Err(error)) => return Err(crate::error::map_sqlx(StoreOperation::TryClaim, budget, error)),
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    operation: StoreOperation::TryClaim,
+                    after: budget,
+                });
+            }
+        };
+        if claimed {
             return Ok(Claim::Claimed);
         }
         Ok(Claim::Existing(decode(&row)?))
@@ -408,7 +525,14 @@ impl IdempotencyStore for SqliteStore {
         let applied = timed(
             StoreOperation::Complete,
             self.inner.timeout,
-            self.complete_on(&self.inner.pool, key, token, record, retention),
+            self.complete_on(
+                &self.inner.sql.complete,
+                &self.inner.pool,
+                key,
+                token,
+                record,
+                retention,
+            ),
         )
         .await?;
         if applied {
@@ -480,5 +604,23 @@ impl IdempotencyStore for SqliteStore {
         )
         .await?;
         Ok(live == Some(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_completion_in_a_transaction_is_fenced_on_the_token_only() {
+        let sql = SqlStatements::sqlite("\"t\"");
+        let in_tx = complete_in_transaction(&sql.complete);
+        assert!(
+            sql.complete.contains("AND expires_at >"),
+            "{}",
+            sql.complete
+        );
+        assert!(!in_tx.contains("AND expires_at >"), "{in_tx}");
+        assert!(in_tx.contains("token = ?2"), "{in_tx}");
     }
 }

@@ -214,8 +214,10 @@ async fn sqlite_write_lock_held_elsewhere_times_out() {
     );
 }
 
+/// SQLITE_BUSY on the claim proves nothing was written: it is `WriteRefused` (transient), so the
+/// engine answers from a read where it can.
 #[tokio::test]
-async fn sqlite_busy_after_a_short_busy_timeout_is_unavailable() {
+async fn sqlite_busy_claim_after_a_short_busy_timeout_is_write_refused() {
     let dir = tempfile::tempdir().unwrap();
     let options = idempotency_sql::sqlite_connect_options(dir.path().join("busy.db"))
         .busy_timeout(Duration::from_millis(50));
@@ -243,10 +245,84 @@ async fn sqlite_busy_after_a_short_busy_timeout_is_unavailable() {
         ),
     )
     .await;
-    assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::WriteRefused { .. }),
+        "{error:?}"
+    );
+    assert!(!error.outcome_unknown());
     sqlx::query("ROLLBACK")
         .execute(&mut *blocker)
         .await
         .unwrap();
     let _ = &store as &dyn IdempotencyStore;
+}
+
+/// F8: while another transaction holds SQLite's write lock (as long as it likes), a completed
+/// key still replays at once (the claim reads the live record in WAL mode without waiting for
+/// the lock), an in-progress key answers "in progress", and only a new key, which needs the
+/// write, fails closed within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_completed_key_replays_while_the_write_lock_is_held() {
+    let (pool, _dir) = common::sqlite_pool(4).await;
+    let store = SqliteStore::builder(pool.clone())
+        .operation_timeout(BUDGET)
+        .migrate()
+        .await
+        .unwrap();
+    let engine = Idempotency::builder(store)
+        .prefix(idempotency_testkit::unique_prefix())
+        .ignore_env()
+        .build()
+        .unwrap();
+    let done = IdempotencyKey::new("done").unwrap();
+    let running = IdempotencyKey::new("running").unwrap();
+    let outcome = idempotency_core::StoredOutcome::new("kept", Some("text/plain".into()));
+    let begin = |key: &IdempotencyKey| {
+        let engine = engine.clone();
+        let key = key.clone();
+        async move {
+            engine
+                .begin(&Scope::global(), &key, Fingerprint::of("x"))
+                .await
+        }
+    };
+    let Ok(Begin::Run(guard)) = begin(&done).await else {
+        panic!("first attempt runs")
+    };
+    guard.complete(outcome.clone()).await.unwrap();
+    let Ok(Begin::Run(_running_guard)) = begin(&running).await else {
+        panic!("first attempt runs")
+    };
+
+    let mut blocker = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    match begin(&done).await {
+        Ok(Begin::Replay(replayed)) => assert_eq!(replayed, outcome),
+        other => panic!("a completed key must replay while the lock is held, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            begin(&running).await,
+            Err(IdempotencyError::InProgress { .. })
+        ),
+        "an in-progress key is in progress"
+    );
+    assert!(
+        started.elapsed() < BUDGET,
+        "answered without waiting for the lock"
+    );
+    let new = IdempotencyKey::new("new").unwrap();
+    let refused = begin(&new).await;
+    assert!(
+        matches!(refused, Err(IdempotencyError::StoreUnavailable(_))),
+        "{refused:?}"
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
 }

@@ -424,3 +424,107 @@ async fn postgres_retry_during_an_open_completion_is_in_progress_without_waiting
         other => panic!("a retry after the commit replays, got {other:?}"),
     }
 }
+
+/// A SQLite store whose own operations give up after 300 ms (lease renewals that wait for the
+/// write lock fail fast and are retried), with an engine leasing for `lease`.
+async fn sqlite_engine(
+    lease: Duration,
+    renew: bool,
+) -> (Idempotency<idempotency_sql::SqliteStore>, tempfile::TempDir) {
+    let (pool, dir) = common::sqlite_pool(4).await;
+    sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, who TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("orders table");
+    let store = idempotency_sql::SqliteStore::builder(pool)
+        .operation_timeout(Duration::from_millis(300))
+        .migrate()
+        .await
+        .expect("migrating");
+    let engine = Idempotency::builder(store)
+        .prefix(idempotency_testkit::unique_prefix())
+        .lease(lease)
+        .renew_leases(renew)
+        .ignore_env()
+        .build()
+        .expect("engine");
+    (engine, dir)
+}
+
+/// SQLite: the handler's `BEGIN IMMEDIATE` transaction holds the write lock for longer than the
+/// lease, so every renewal waits and fails and the lease lapses by the database clock; the
+/// completion in that transaction still succeeds (fenced on the token: nobody could take the
+/// key over while the lock was held), and a retry replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_transaction_longer_than_the_lease_completes() {
+    let (engine, _dir) = sqlite_engine(Duration::from_millis(300), true).await;
+    let key = IdempotencyKey::new("long-tx").unwrap();
+    let guard = begin_run(&engine, &key).await;
+    let store = engine.store().clone();
+    let mut tx = store
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .expect("begin");
+    sqlx::query("INSERT INTO orders (who) VALUES ('long')")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    // Real time: the lease lives on the database's clock. Three leases long.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        !guard.is_lease_lost(),
+        "a blocked renewal is not a lost lease"
+    );
+    let pending = store
+        .complete_in(&mut tx, guard, outcome("long"))
+        .await
+        .expect("the transaction holding the write lock completes its own claim");
+    tx.commit().await.expect("commit");
+    pending.committed();
+    match engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await
+    {
+        Ok(Begin::Replay(replayed)) => assert_eq!(replayed, outcome("long")),
+        other => panic!("a retry must replay, got {other:?}"),
+    }
+    let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(orders, 1);
+}
+
+/// SQLite: a real takeover (the lease lapsed with no renewal and another attempt claimed the
+/// key) before the stale attempt's transaction still gives `LeaseLost` in that transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_takeover_before_the_transaction_is_lease_lost() {
+    let (engine, _dir) = sqlite_engine(Duration::from_millis(200), false).await;
+    let key = IdempotencyKey::new("taken-over").unwrap();
+    let stale = begin_run(&engine, &key).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owner = begin_run(&engine, &key).await;
+    let store = engine.store().clone();
+    let mut tx = store
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .expect("begin");
+    sqlx::query("INSERT INTO orders (who) VALUES ('stale')")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let refused = store.complete_in(&mut tx, stale, outcome("stale")).await;
+    assert!(
+        matches!(refused, Err(IdempotencyError::LeaseLost)),
+        "{refused:?}"
+    );
+    tx.rollback().await.expect("rollback");
+    let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(orders, 0, "the stale side effect rolled back");
+    owner.release().await.expect("release");
+}
