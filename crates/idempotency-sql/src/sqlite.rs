@@ -501,7 +501,13 @@ impl IdempotencyStore for SqliteStore {
                     source: Box::new(error),
                 });
             }
-            Ok(Err(error)) => return Err(crate::error::map_sqlx(StoreOperation::TryClaim, budget, error)),
+            Ok(Err(error)) => {
+                return Err(crate::error::map_sqlx(
+                    StoreOperation::TryClaim,
+                    budget,
+                    error,
+                ));
+            }
             Err(_) => {
                 return Err(StoreError::Timeout {
                     operation: StoreOperation::TryClaim,
