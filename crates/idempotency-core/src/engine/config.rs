@@ -333,6 +333,28 @@ impl<S> IdempotencyBuilder<S> {
 }
 
 /// Whether the kill-switch variable is set to a true value.
+impl<S: crate::IdempotencyStore + 'static> IdempotencyBuilder<S> {
+    /// Validate the settings and build the engine. Logs a warning when the kill switch is on.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for zero durations, a retention shorter than the lease, a bad prefix, or
+    /// [`FailurePolicy::Fallback`] without a fallback store.
+    pub fn build(mut self) -> Result<crate::Idempotency<S>, ConfigError> {
+        if self.read_env && disabled_by_env() {
+            self.config.disabled = true;
+        }
+        self.config.validate()?;
+        if self.config.failure_policy == FailurePolicy::Fallback && self.fallback.is_none() {
+            return Err(ConfigError::MissingFallbackStore);
+        }
+        Ok(crate::Idempotency::assemble(
+            self.store,
+            self.fallback,
+            self.config,
+        ))
+    }
+}
+
 pub(crate) fn disabled_by_env() -> bool {
     std::env::var(DISABLE_ENV_VAR).is_ok_and(|v| kill_switch_value(&v))
 }

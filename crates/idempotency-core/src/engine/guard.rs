@@ -2,21 +2,14 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::engine::background::{Ticket, Which};
-use crate::engine::stats::{Event, names};
+use crate::engine::stats::Event;
 use crate::{
-    Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreError, StoreKey,
-    StoreOperation, StoredOutcome, unix_millis_now,
+    Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreKey, StoreOperation,
+    StoredOutcome, unix_millis_now,
 };
 
 use super::Idempotency;
-
-/// First delay between two completion attempts; doubles per attempt.
-const COMPLETION_BACKOFF_START: Duration = Duration::from_millis(50);
-/// Longest delay between two completion attempts.
-const COMPLETION_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why a guard holds no claim: the operation runs without protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +46,25 @@ pub struct Guard<S: IdempotencyStore + 'static> {
     state: State,
 }
 
+/// Everything a guard can be, in one place: `Drop` and every method match on it.
 #[derive(Debug)]
 enum State {
-    /// A claim the guard holds: dropping releases it.
-    Held(Claim),
-    /// A completion is under way: dropping (cancellation) only stops renewal.
-    Completing(Claim),
+    /// A claim the guard holds, and what is happening to it.
+    Claimed(Claim, Phase),
     /// No claim: the operation runs without protection.
     Unprotected(Unprotected),
     /// The claim was completed, released or handed away.
     Done,
+}
+
+/// What is happening to a held claim; decides what dropping the guard does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The operation runs: dropping releases the claim.
+    Running,
+    /// A completion is under way: dropping (cancellation) only stops renewal, since the
+    /// operation ran and a release would invite a second run.
+    Completing,
 }
 
 /// A claim on a key, as held by a guard.
@@ -86,12 +88,6 @@ impl Claim {
     }
 }
 
-fn completion_backoff(attempt: u32) -> Duration {
-    COMPLETION_BACKOFF_START
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(COMPLETION_BACKOFF_MAX)
-}
-
 impl<S: IdempotencyStore + 'static> Guard<S> {
     /// The engine this guard belongs to.
     pub(crate) fn engine(&self) -> &Idempotency<S> {
@@ -107,12 +103,15 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let ticket = engine.register_claim(&key, record.token, which);
         Self {
             engine,
-            state: State::Held(Claim {
-                key,
-                record,
-                which,
-                ticket,
-            }),
+            state: State::Claimed(
+                Claim {
+                    key,
+                    record,
+                    which,
+                    ticket,
+                },
+                Phase::Running,
+            ),
         }
     }
 
@@ -134,7 +133,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     /// The store key claimed, if any.
     pub fn store_key(&self) -> Option<&StoreKey> {
         match &self.state {
-            State::Held(claim) | State::Completing(claim) => Some(&claim.key),
+            State::Claimed(claim, _) => Some(&claim.key),
             _ => None,
         }
     }
@@ -142,17 +141,20 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     /// Whether the claim is held in the fallback store ([`crate::FailurePolicy::Fallback`]):
     /// protection within this process only.
     pub fn is_fallback(&self) -> bool {
-        matches!(&self.state, State::Held(c) | State::Completing(c) if c.which == Which::Fallback)
+        matches!(&self.state, State::Claimed(c, _) if c.which == Which::Fallback)
     }
 
     /// Whether a lease renewal found this claim's lease lost: the outcome will not be stored
     /// and another attempt may be running the operation. Stop early if you can.
     pub fn is_lease_lost(&self) -> bool {
         match &self.state {
-            State::Held(Claim {
-                ticket: Some(ticket),
-                ..
-            }) => self.engine.inner.background.is_lost(*ticket),
+            State::Claimed(
+                Claim {
+                    ticket: Some(ticket),
+                    ..
+                },
+                Phase::Running,
+            ) => self.engine.inner.background.is_lost(*ticket),
             _ => false,
         }
     }
@@ -176,20 +178,18 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     ///   failed in a way retrying cannot fix); the outcome is not stored and the claim lapses
     ///   after its lease, after which a retry runs the operation again.
     pub async fn complete(mut self, outcome: StoredOutcome) -> Result<(), IdempotencyError> {
-        let claim = match std::mem::replace(&mut self.state, State::Done) {
-            State::Held(claim) => claim,
-            other => {
-                self.state = other;
-                return Ok(());
-            }
-        };
         let engine = self.engine.clone();
         let background = &engine.inner.background;
+        let State::Claimed(claim, phase @ Phase::Running) = &mut self.state else {
+            // Unprotected (or already ended): nothing to store.
+            return Ok(());
+        };
         if let Some(ticket) = claim.ticket
             && background.mark_completing(ticket)
         {
             background.deregister(ticket);
             tracing::warn!(key = %claim.key, "lease lost before completion; outcome not stored");
+            self.state = State::Done;
             return Err(IdempotencyError::LeaseLost);
         }
         let config = engine.config();
@@ -197,12 +197,13 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         if outcome.body.len() > max {
             let size = outcome.body.len();
             tracing::warn!(size, max, "outcome too large to store; releasing the claim");
-            self.state = State::Held(claim);
             if let Some(claim) = self.take_claim() {
                 let _ = engine.release_claim(claim).await;
             }
             return Err(IdempotencyError::OutcomeTooLarge { size, max });
         }
+        // From here on, a cancelled future stops renewal but does not release (see Dropping).
+        *phase = Phase::Completing;
         let completed = Completed {
             token: claim.record.token,
             fingerprint: claim.record.fingerprint,
@@ -210,52 +211,31 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             completed_at_ms: unix_millis_now(),
             outcome: outcome.compressed_above(config.compression_threshold()),
         };
-        let retention = config.retention();
-        // From here on, a cancelled future stops renewal but does not release (see Dropping).
-        self.state = State::Completing(claim);
-        let State::Completing(claim) = &self.state else {
-            return Ok(());
-        };
-        let store = engine.store_of(claim.which);
-        let first = engine
-            .timed(
-                StoreOperation::Complete,
-                store.complete(&claim.key, &claim.record.token, &completed, retention),
-            )
-            .await;
-        let (result, attempts) = match first {
-            // Boxed: the retry loop's state stays out of the common path's future.
-            Err(error) if error.is_transient() => {
-                Box::pin(engine.retry_completion(claim, &completed, error)).await
-            }
-            other => (other, 1),
-        };
-        let State::Completing(claim) = std::mem::replace(&mut self.state, State::Done) else {
-            return Ok(());
-        };
+        let (result, attempts) = engine.store_completion(&*claim, &completed).await;
         if let Some(ticket) = claim.ticket {
             background.deregister(ticket);
         }
-        let key = claim.key;
-        match result {
+        let answer = match result {
             Ok(Fenced::Applied) => {
                 engine.inner.stats.record(Event::Completion);
-                tracing::debug!(key = %key, "outcome stored");
+                tracing::debug!(key = %claim.key, "outcome stored");
                 Ok(())
             }
             Ok(Fenced::LeaseLost) => {
                 engine.inner.stats.record(Event::LeaseLost);
-                tracing::warn!(key = %key, "lease lost before completion; outcome not stored");
+                tracing::warn!(key = %claim.key, "lease lost before completion; outcome not stored");
                 Err(IdempotencyError::LeaseLost)
             }
             Err(error) => {
                 tracing::warn!(
-                    key = %key, %error, attempts,
+                    key = %claim.key, %error, attempts,
                     "outcome not stored: the store kept failing; the claim lapses after its lease"
                 );
                 Err(error.into())
             }
-        }
+        };
+        self.state = State::Done;
+        answer
     }
 
     /// Give the key up so that a retry runs the operation again (it failed in a way worth
@@ -276,7 +256,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     /// The caller now owns the claim's fate (complete it elsewhere, or let it lapse).
     pub(crate) fn take_claim(&mut self) -> Option<Claim> {
         match std::mem::replace(&mut self.state, State::Done) {
-            State::Held(mut claim) => {
+            State::Claimed(mut claim, Phase::Running) => {
                 if let Some(ticket) = claim.ticket.take() {
                     self.engine.inner.background.deregister(ticket);
                 }
@@ -304,7 +284,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     /// [`IdempotencyError::LeaseLost`] when the claim already lapsed: stop the operation if you
     /// can, another attempt may be running it; or [`IdempotencyError::StoreUnavailable`].
     pub async fn extend_by(&self, lease: Duration) -> Result<(), IdempotencyError> {
-        let State::Held(claim) = &self.state else {
+        let State::Claimed(claim, Phase::Running) = &self.state else {
             return Ok(());
         };
         let engine = &self.engine;
@@ -335,92 +315,10 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     }
 }
 
-impl<S: IdempotencyStore + 'static> Idempotency<S> {
-    /// Retry a completion that failed transiently, with backoff, for up to the configured
-    /// bound from the first failure (the lease keeps being renewed meanwhile). Returns the last
-    /// result and the number of attempts made in all.
-    async fn retry_completion(
-        &self,
-        claim: &Claim,
-        completed: &Completed,
-        first_error: StoreError,
-    ) -> (Result<Fenced, StoreError>, u32) {
-        let bound = self.config().completion_retry();
-        let retention = self.config().retention();
-        let store = self.store_of(claim.which);
-        let started = Instant::now();
-        let mut error = first_error;
-        let mut attempt = 0u32;
-        loop {
-            let backoff = completion_backoff(attempt);
-            if started.elapsed() + backoff > bound {
-                if attempt > 0 {
-                    metrics::counter!(names::COMPLETION_RETRIES, "result" => "exhausted")
-                        .increment(1);
-                }
-                return (Err(error), attempt + 1);
-            }
-            attempt += 1;
-            self.inner.stats.record(Event::CompletionRetry);
-            tracing::debug!(key = %claim.key, %error, attempt, "completion failed; retrying");
-            tokio::time::sleep(backoff).await;
-            let result = self
-                .timed(
-                    StoreOperation::Complete,
-                    store.complete(&claim.key, &claim.record.token, completed, retention),
-                )
-                .await;
-            match result {
-                Err(again) if again.is_transient() => error = again,
-                other => {
-                    if other.is_ok() {
-                        metrics::counter!(names::COMPLETION_RETRIES, "result" => "recovered")
-                            .increment(1);
-                    }
-                    return (other, attempt + 1);
-                }
-            }
-        }
-    }
-
-    /// Release a claim now; if the store fails, keep releasing it in the background.
-    pub(crate) async fn release_claim(&self, claim: Claim) -> Result<(), IdempotencyError> {
-        let Claim {
-            key, record, which, ..
-        } = claim;
-        let fenced = match self
-            .timed(
-                StoreOperation::Release,
-                self.store_of(which).release(&key, &record.token),
-            )
-            .await
-        {
-            Ok(fenced) => fenced,
-            Err(error) => {
-                if !matches!(error, StoreError::Corrupt(_)) {
-                    self.release_in_background(key, record.token, which);
-                }
-                return Err(error.into());
-            }
-        };
-        metrics::counter!(names::RELEASES).increment(1);
-        match fenced {
-            Fenced::Applied => {
-                tracing::debug!(key = %key, "claim released");
-                Ok(())
-            }
-            Fenced::LeaseLost => {
-                self.inner.stats.record(Event::LeaseLost);
-                Err(IdempotencyError::LeaseLost)
-            }
-        }
-    }
-}
-
 impl<S: IdempotencyStore + 'static> Drop for Guard<S> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, State::Done) {
-            State::Held(claim) => {
+            State::Claimed(claim, Phase::Running) => {
                 if let Some(ticket) = claim.ticket {
                     self.engine.inner.background.deregister(ticket);
                 }
@@ -428,7 +326,7 @@ impl<S: IdempotencyStore + 'static> Drop for Guard<S> {
                 self.engine
                     .release_in_background(claim.key, claim.record.token, claim.which);
             }
-            State::Completing(claim) => {
+            State::Claimed(claim, Phase::Completing) => {
                 if let Some(ticket) = claim.ticket {
                     self.engine.inner.background.deregister(ticket);
                 }
@@ -436,17 +334,5 @@ impl<S: IdempotencyStore + 'static> Drop for Guard<S> {
             }
             State::Unprotected(_) | State::Done => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn completion_backoff_doubles_to_a_cap() {
-        assert_eq!(completion_backoff(0), Duration::from_millis(50));
-        assert_eq!(completion_backoff(3), Duration::from_millis(400));
-        assert_eq!(completion_backoff(30), COMPLETION_BACKOFF_MAX);
     }
 }

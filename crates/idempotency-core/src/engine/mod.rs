@@ -26,12 +26,24 @@ pub use run::{RUN_CONTENT_TYPE, RunError};
 pub use stats::{StatsSnapshot, names as metric_names};
 
 use crate::{
-    Claim, ConfigError, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore,
+    Claim, Completed, Fenced, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore,
     InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoreOperation, StoredOutcome,
     Waited, unix_millis_now,
 };
 use background::{Background, Which};
+use guard::Claim as HeldClaim;
 use stats::{Event, Stats, names};
+
+/// First delay between two completion attempts; doubles per attempt.
+const COMPLETION_BACKOFF_START: Duration = Duration::from_millis(50);
+/// Longest delay between two completion attempts.
+const COMPLETION_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+fn completion_backoff(attempt: u32) -> Duration {
+    COMPLETION_BACKOFF_START
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(COMPLETION_BACKOFF_MAX)
+}
 
 /// What [`Idempotency::begin`] decided.
 #[derive(Debug)]
@@ -104,12 +116,39 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         }
     }
 
-    /// An engine with every default.
-    ///
-    /// # Errors
-    /// Only if `DISABLE_IDEMPOTENCY_CHECKS` handling or defaults were invalid (they are not).
-    pub fn new(store: S) -> Result<Self, ConfigError> {
-        Self::builder(store).build()
+    /// An engine with every default (the kill switch still follows
+    /// [`DISABLE_IDEMPOTENCY_CHECKS`](DISABLE_ENV_VAR)). The defaults are valid, so this cannot
+    /// fail; [`IdempotencyBuilder::build`] validates custom settings.
+    pub fn new(store: S) -> Self {
+        let config = Config {
+            disabled: config::disabled_by_env(),
+            ..Config::default()
+        };
+        Self::assemble(store, None, config)
+    }
+
+    /// An engine over validated parts. Logs a warning when the kill switch is on.
+    pub(crate) fn assemble(
+        store: S,
+        fallback: Option<Arc<dyn IdempotencyStore>>,
+        config: Config,
+    ) -> Self {
+        if config.disabled {
+            tracing::warn!(
+                "IDEMPOTENCY CHECKS ARE DISABLED (kill switch or {DISABLE_ENV_VAR}=true): \
+                 every retry will run its side effect again"
+            );
+        }
+        let background = Background::new(config.lease);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                fallback,
+                config,
+                stats: Stats::default(),
+                background,
+            }),
+        }
     }
 
     /// The store.
@@ -502,35 +541,111 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     }
 }
 
-impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
-    /// Validate the settings and build the engine. Logs a warning when the kill switch is on.
-    ///
-    /// # Errors
-    /// [`ConfigError`] for zero durations, a retention shorter than the lease, or a bad prefix.
-    pub fn build(mut self) -> Result<Idempotency<S>, ConfigError> {
-        if self.read_env && config::disabled_by_env() {
-            self.config.disabled = true;
+/// Store calls on a claim, beside [`Idempotency::timed`]: storing an outcome (with retries)
+/// and releasing.
+impl<S: IdempotencyStore + 'static> Idempotency<S> {
+    /// Store `completed` under `claim`, retrying transient failures (see
+    /// [`Guard::complete`]). Returns the last result and the number of attempts made in all.
+    async fn store_completion(
+        &self,
+        claim: &HeldClaim,
+        completed: &Completed,
+    ) -> (Result<Fenced, StoreError>, u32) {
+        let store = self.store_of(claim.which);
+        let retention = self.config().retention();
+        let first = self
+            .timed(
+                StoreOperation::Complete,
+                store.complete(&claim.key, &claim.record.token, completed, retention),
+            )
+            .await;
+        match first {
+            // Boxed: the retry loop's state stays out of the common path's future.
+            Err(error) if error.is_transient() => {
+                Box::pin(self.retry_completion(claim, completed, error)).await
+            }
+            other => (other, 1),
         }
-        self.config.validate()?;
-        if self.config.failure_policy == FailurePolicy::Fallback && self.fallback.is_none() {
-            return Err(ConfigError::MissingFallbackStore);
+    }
+
+    /// Retry a completion that failed transiently, with backoff, for up to the configured
+    /// bound from the first failure (the lease keeps being renewed meanwhile). Returns the last
+    /// result and the number of attempts made in all.
+    async fn retry_completion(
+        &self,
+        claim: &HeldClaim,
+        completed: &Completed,
+        first_error: StoreError,
+    ) -> (Result<Fenced, StoreError>, u32) {
+        let bound = self.config().completion_retry();
+        let retention = self.config().retention();
+        let store = self.store_of(claim.which);
+        let started = Instant::now();
+        let mut error = first_error;
+        let mut attempt = 0u32;
+        loop {
+            let backoff = completion_backoff(attempt);
+            if started.elapsed() + backoff > bound {
+                if attempt > 0 {
+                    metrics::counter!(names::COMPLETION_RETRIES, "result" => "exhausted")
+                        .increment(1);
+                }
+                return (Err(error), attempt + 1);
+            }
+            attempt += 1;
+            self.inner.stats.record(Event::CompletionRetry);
+            tracing::debug!(key = %claim.key, %error, attempt, "completion failed; retrying");
+            tokio::time::sleep(backoff).await;
+            let result = self
+                .timed(
+                    StoreOperation::Complete,
+                    store.complete(&claim.key, &claim.record.token, completed, retention),
+                )
+                .await;
+            match result {
+                Err(again) if again.is_transient() => error = again,
+                other => {
+                    if other.is_ok() {
+                        metrics::counter!(names::COMPLETION_RETRIES, "result" => "recovered")
+                            .increment(1);
+                    }
+                    return (other, attempt + 1);
+                }
+            }
         }
-        if self.config.disabled {
-            tracing::warn!(
-                "IDEMPOTENCY CHECKS ARE DISABLED (kill switch or {DISABLE_ENV_VAR}=true): \
-                 every retry will run its side effect again"
-            );
+    }
+
+    /// Release a claim now; if the store fails, keep releasing it in the background.
+    pub(crate) async fn release_claim(&self, claim: HeldClaim) -> Result<(), IdempotencyError> {
+        let HeldClaim {
+            key, record, which, ..
+        } = claim;
+        let fenced = match self
+            .timed(
+                StoreOperation::Release,
+                self.store_of(which).release(&key, &record.token),
+            )
+            .await
+        {
+            Ok(fenced) => fenced,
+            Err(error) => {
+                if !matches!(error, StoreError::Corrupt(_)) {
+                    self.release_in_background(key, record.token, which);
+                }
+                return Err(error.into());
+            }
+        };
+        metrics::counter!(names::RELEASES).increment(1);
+        match fenced {
+            Fenced::Applied => {
+                tracing::debug!(key = %key, "claim released");
+                Ok(())
+            }
+            Fenced::LeaseLost => {
+                self.inner.stats.record(Event::LeaseLost);
+                Err(IdempotencyError::LeaseLost)
+            }
         }
-        let background = Background::new(self.config.lease);
-        Ok(Idempotency {
-            inner: Arc::new(Inner {
-                store: self.store,
-                fallback: self.fallback,
-                config: self.config,
-                stats: Stats::default(),
-                background,
-            }),
-        })
     }
 }
 
@@ -551,6 +666,13 @@ fn retry_after_from_lease(remaining: Duration, lease: Duration, fixed: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_backoff_doubles_to_a_cap() {
+        assert_eq!(completion_backoff(0), Duration::from_millis(50));
+        assert_eq!(completion_backoff(3), Duration::from_millis(400));
+        assert_eq!(completion_backoff(30), COMPLETION_BACKOFF_MAX);
+    }
 
     #[test]
     fn retry_after_follows_the_remaining_lease_of_stale_claims() {
