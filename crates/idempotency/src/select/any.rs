@@ -12,7 +12,7 @@ use idempotency_core::{
 
 #[cfg(any(feature = "redis", feature = "sql"))]
 use super::deferred::{Connect, Deferred};
-use super::{BackendKind, StoreDescription, StoreSelectionError};
+use super::description::{BackendKind, StoreDescription, StoreSelectionError};
 
 /// One of the stores compiled into this build, chosen at run time (by [`super::store_from_env`]
 /// or built from a store with `From`). Implements [`IdempotencyStore`] by delegation, so
