@@ -4,13 +4,20 @@
 /// URLs; the KV REST API accepts `_token`).
 const SECRET_PARAMS: [&str; 6] = ["pass", "password", "token", "_token", "auth", "secret"];
 
+use url::{Position, Url, form_urlencoded};
+
 /// What replaces a secret.
 pub(crate) const REDACTED: &str = "<redacted>";
 
 /// `url` with every secret replaced by `<redacted>`: the password of the user-info part (the
-/// whole user-info when it has no `:`, since a lone name can be a token), and the values of
-/// secret-bearing query parameters. A value without `scheme://` is not shown at all: it cannot
-/// be told apart from a pasted secret.
+/// whole user-info when it has no password, since a lone name can be a token), and the values
+/// of secret-bearing query parameters. Something that does not parse as an absolute URL (WHATWG
+/// URL Standard, the `url` crate) is not shown at all: it cannot be told apart from a pasted
+/// secret.
+///
+/// The URL is parsed by the `url` crate; the output keeps the text as written (a URL without
+/// secrets comes back unchanged, and `<redacted>` is not percent-encoded), so log lines stay
+/// readable.
 ///
 /// ```
 /// use idempotency::redact_url;
@@ -19,42 +26,55 @@ pub(crate) const REDACTED: &str = "<redacted>";
 /// assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Ok(parsed) = Url::parse(url) else {
         return REDACTED.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
-            None => format!("{REDACTED}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let (path, query_and_fragment) = match tail.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (tail, None),
-    };
-    let Some(query_and_fragment) = query_and_fragment else {
-        return format!("{scheme}://{authority}{path}");
-    };
-    let (query, fragment) = match query_and_fragment.split_once('#') {
-        Some((query, fragment)) => (query, Some(fragment)),
-        None => (query_and_fragment, None),
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_secret_param(name) => format!("{name}={REDACTED}"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    let mut out = format!("{scheme}://{authority}{path}?{}", query.join("&"));
-    if let Some(fragment) = fragment {
+    let secret_user_info = !parsed.username().is_empty() || parsed.password().is_some();
+    let query = parsed.query().unwrap_or_default();
+    if !secret_user_info && !query.split('&').any(is_secret_pair) {
+        return url.to_owned();
+    }
+    // Rebuilt from the parsed parts, sliced out of the parser's serialisation: the scheme up
+    // to `//`, then the user-info (redacted), then host, port and path as parsed.
+    let mut out = parsed[..Position::BeforeUsername].to_owned();
+    if secret_user_info {
+        if parsed.password().is_some() {
+            out.push_str(parsed.username());
+            out.push(':');
+        }
+        out.push_str(REDACTED);
+        out.push('@');
+    }
+    out.push_str(&parsed[Position::BeforeHost..Position::AfterPath]);
+    if let Some(query) = parsed.query() {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if is_secret_pair(pair) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    if let Some(fragment) = parsed.fragment() {
         out.push('#');
         out.push_str(fragment);
     }
     out
+}
+
+/// Whether a raw `name=value` query pair carries a secret (its name decoded first, so
+/// `pa%73s=...` is caught too).
+fn is_secret_pair(pair: &str) -> bool {
+    form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .is_some_and(|(name, _)| is_secret_param(&name))
 }
 
 fn is_secret_param(name: &str) -> bool {
@@ -114,5 +134,18 @@ mod tests {
     #[test]
     fn something_that_is_not_a_url_is_not_shown() {
         assert_eq!(redact_url("hunter2"), REDACTED);
+        assert_eq!(redact_url("redis://[::1"), REDACTED, "unparseable");
+    }
+
+    #[test]
+    fn encoded_secret_names_and_encoded_passwords_are_redacted_readably() {
+        assert_eq!(
+            redact_url("redis+unix:///s.sock?pa%73s=x"),
+            "redis+unix:///s.sock?pa%73s=<redacted>"
+        );
+        assert_eq!(
+            redact_url("redis://u:p%40ss@h:1/0"),
+            "redis://u:<redacted>@h:1/0"
+        );
     }
 }
