@@ -48,8 +48,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde::Deserialize;
-use thiserror::Error;
 
+pub use crate::corrupt::CorruptRecord;
 use crate::hexfmt::{from_hex, push_hex};
 use crate::{
     Completed, Fingerprint, InProgress, LeaseToken, OutcomeEncoding, Record, StoredOutcome,
@@ -57,28 +57,6 @@ use crate::{
 
 /// The version this crate writes and reads.
 pub const FORMAT_VERSION: u64 = 1;
-
-/// Bytes under a record key that are not a record this crate can read. Never treated as absent:
-/// silently overwriting unknown data could run an operation twice.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("corrupt idempotency record: {reason}")]
-pub struct CorruptRecord {
-    reason: String,
-}
-
-impl CorruptRecord {
-    /// A corrupt-record error with a reason.
-    pub fn new(reason: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-        }
-    }
-
-    /// What was wrong.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
 
 /// Encode a record as format v1 text.
 pub fn encode(record: &Record) -> String {

@@ -74,6 +74,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+mod corrupt;
 mod engine;
 mod error;
 mod fingerprint;
@@ -87,7 +88,7 @@ mod token;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
-pub use codec::CorruptRecord;
+pub use corrupt::CorruptRecord;
 pub use engine::{
     Begin, CompletionParts, Config, DISABLE_ENV_VAR, FailurePolicy, Guard, Idempotency,
     IdempotencyBuilder, InProgressWait, PendingCompletion, RUN_CONTENT_TYPE, RunError,
