@@ -83,6 +83,8 @@ mod key;
 pub mod lua;
 mod record;
 mod shared;
+#[cfg(feature = "signal")]
+mod signal;
 mod store;
 mod token;
 
@@ -101,5 +103,7 @@ pub use key::{
 };
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
 pub use shared::{DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, expiry_millis};
+#[cfg(feature = "signal")]
+pub use signal::shutdown_signal;
 pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError, StoreOperation, Waited};
 pub use token::LeaseToken;

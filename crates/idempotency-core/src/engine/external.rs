@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use crate::engine::stats::{Event, names};
+use super::guard::Guard;
+use super::handle::Idempotency;
+use super::registry::Which;
+use super::stats::{Event, names};
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, LeaseToken, StoreKey,
     StoreOperation, StoredOutcome, unix_millis_now,
 };
-
-use super::background::Which;
-use super::{Guard, Idempotency};
 
 /// What the fenced write of an external completion needs: replace the record under `key`, only
 /// if it is still in progress under `token`, by `completed`, kept for `retention`.

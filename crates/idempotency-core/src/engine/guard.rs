@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use crate::engine::background::{Ticket, Which};
-use crate::engine::stats::Event;
+use super::handle::{Claim, Idempotency};
+use super::registry::Which;
+use super::stats::Event;
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreKey, StoreOperation,
     StoredOutcome, unix_millis_now,
 };
-
-use super::Idempotency;
 
 /// Why a guard holds no claim: the operation runs without protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,27 +64,6 @@ enum Phase {
     /// A completion is under way: dropping (cancellation) only stops renewal, since the
     /// operation ran and a release would invite a second run.
     Completing,
-}
-
-/// A claim on a key, as held by a guard.
-#[derive(Debug)]
-pub(crate) struct Claim {
-    /// The claimed key.
-    pub(crate) key: StoreKey,
-    /// The in-progress record written by the claim (its token is the fencing token).
-    pub(crate) record: InProgress,
-    /// The store holding the claim.
-    pub(crate) which: Which,
-    /// Its place in the renewal registry (`None`: not renewed).
-    ticket: Option<Ticket>,
-}
-
-impl Claim {
-    /// Whether the claim lives in the engine's own store (not the fallback store).
-    #[allow(dead_code)]
-    pub(crate) fn is_primary(&self) -> bool {
-        self.which == Which::Primary
-    }
 }
 
 impl<S: IdempotencyStore + 'static> Guard<S> {

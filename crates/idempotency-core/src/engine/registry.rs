@@ -7,8 +7,22 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::background::{Ticket, Which};
 use crate::{LeaseToken, StoreKey};
+
+/// Which store holds a claim: the engine's store, or the fallback store of
+/// [`FailurePolicy::Fallback`](crate::FailurePolicy::Fallback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    Primary,
+    Fallback,
+}
+
+/// A claim's place in the renewal registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    pub(super) index: usize,
+    pub(super) id: u64,
+}
 
 #[derive(Debug)]
 pub(super) struct Live {

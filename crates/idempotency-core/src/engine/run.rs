@@ -11,7 +11,8 @@ use crate::{
     Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore, Scope, StoredOutcome,
 };
 
-use super::{Begin, Idempotency};
+use super::begin::Begin;
+use super::handle::Idempotency;
 
 /// Media type of outcomes stored by [`Idempotency::run`].
 pub const RUN_CONTENT_TYPE: &str = "application/json";

@@ -1,0 +1,409 @@
+//! Deciding what to do with a request: claim the key, replay a stored outcome, wait for an
+//! in-progress first attempt, or apply the failure policy when the store fails.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tracing::Instrument as _;
+
+use super::background::renewal_interval;
+use super::config::FailurePolicy;
+use super::guard::{Guard, Unprotected};
+use super::handle::Idempotency;
+use super::registry::Which;
+use super::stats::{Event, names};
+use crate::{
+    Claim, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken,
+    Record, Scope, StoreError, StoreKey, StoreOperation, StoredOutcome, Waited, unix_millis_now,
+};
+
+/// What [`Idempotency::begin`] decided.
+#[derive(Debug)]
+#[must_use = "a Run guard must be completed or released"]
+pub enum Begin<S: IdempotencyStore + 'static> {
+    /// Run the operation, then call [`Guard::complete`] (or [`Guard::release`] on a failure a
+    /// retry should repeat).
+    Run(Guard<S>),
+    /// A previous attempt completed: answer with its outcome (identity-encoded).
+    Replay(StoredOutcome),
+}
+
+/// Where a duplicate's wait for an in-progress first attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitState {
+    /// Not waited yet.
+    NotYet,
+    /// Woken by the store at least once.
+    Woken,
+    /// The store's wait timed out; the claim after it was the last look.
+    SafetyChecked,
+    /// The store cannot notify (or its wait failed): poll.
+    Polling,
+}
+
+/// What an existing record means for a new attempt with `fingerprint`.
+enum Seen {
+    /// Our own claim, seen again because a retried request's first reply was lost.
+    Own,
+    Mismatch,
+    Replay(StoredOutcome),
+    /// Another attempt holds the key under this token.
+    InProgress(LeaseToken),
+}
+
+impl<S: IdempotencyStore + 'static> Idempotency<S> {
+    /// Claim `(scope, key)` for a request with `fingerprint`, or find what happened before.
+    ///
+    /// One store round trip in the common cases (a first attempt, a replay).
+    ///
+    /// # Errors
+    /// - [`IdempotencyError::InProgress`]: the first attempt is still running (after waiting, if
+    ///   configured);
+    /// - [`IdempotencyError::FingerprintMismatch`]: the key was used for another request;
+    /// - [`IdempotencyError::StoreUnavailable`]: the store failed and the policy is fail closed;
+    /// - [`IdempotencyError::CorruptRecord`]: the key holds something unreadable.
+    pub async fn begin(
+        &self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+        fingerprint: Fingerprint,
+    ) -> Result<Begin<S>, IdempotencyError> {
+        if self.inner.config.disabled {
+            return Ok(Begin::Run(Guard::unprotected(
+                self.clone(),
+                Unprotected::Disabled,
+            )));
+        }
+        let store_key = self.store_key(scope, key);
+        let span = tracing::debug_span!("idempotency.begin", key = %store_key);
+        self.begin_claim(store_key, fingerprint)
+            .instrument(span)
+            .await
+    }
+
+    async fn begin_claim(
+        &self,
+        store_key: StoreKey,
+        fingerprint: Fingerprint,
+    ) -> Result<Begin<S>, IdempotencyError> {
+        let config = &self.inner.config;
+        let token = LeaseToken::generate();
+        let record = InProgress {
+            token,
+            fingerprint,
+            created_at_ms: unix_millis_now(),
+        };
+        let wait_deadline = config.in_progress_wait.map(|w| Instant::now() + w.max_wait);
+        let mut waits = WaitState::NotYet;
+        loop {
+            let claimed = self
+                .timed(
+                    StoreOperation::TryClaim,
+                    self.inner
+                        .store
+                        .try_claim(&store_key, &record, config.lease),
+                )
+                .await;
+            let existing = match claimed {
+                Ok(Claim::Claimed) => return Ok(self.claimed(store_key, record, Which::Primary)),
+                Ok(Claim::Existing(existing)) => existing,
+                // Boxed: the failure paths' state stays out of the common path's future.
+                Err(error) => {
+                    return Box::pin(self.claim_failed(store_key, record, error)).await;
+                }
+            };
+            match self.seen(existing, &record)? {
+                Seen::Own => return Ok(self.claimed(store_key, record, Which::Primary)),
+                Seen::Mismatch => return Err(self.mismatch()),
+                Seen::Replay(outcome) => return Ok(self.replay(outcome)),
+                Seen::InProgress(seen) => {
+                    if !Box::pin(self.wait_in_progress(
+                        &store_key,
+                        &seen,
+                        wait_deadline,
+                        &mut waits,
+                    ))
+                    .await
+                    {
+                        return Err(Box::pin(self.in_progress(Which::Primary, &store_key)).await);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A duplicate found the key in progress under `seen`: wait, if configured, for the record
+    /// to change. `true`: look again (claim); `false`: answer "in progress".
+    ///
+    /// On a store that notifies, the first wait lasts until the wake-up or the deadline, and
+    /// the claim that follows is the one re-read (after a timeout it is the safety re-check
+    /// that catches a missed notification or an expired lease). A second "in progress" after a
+    /// wake-up (another duplicate claimed first, or a spurious wake) waits again, still bounded
+    /// by the deadline. Stores that cannot notify are polled every `poll_interval`, as before.
+    async fn wait_in_progress(
+        &self,
+        store_key: &StoreKey,
+        seen: &LeaseToken,
+        deadline: Option<Instant>,
+        waits: &mut WaitState,
+    ) -> bool {
+        let (Some(deadline), Some(wait)) = (deadline, self.inner.config.in_progress_wait) else {
+            return false;
+        };
+        let now = Instant::now();
+        if now >= deadline || *waits == WaitState::SafetyChecked {
+            return false;
+        }
+        if *waits != WaitState::Polling {
+            let waited = self
+                .inner
+                .store
+                .wait_for_change(store_key, seen, deadline - now)
+                .await;
+            match waited {
+                Ok(Waited::Changed) => {
+                    metrics::counter!(names::WAKE_UPS, "result" => "changed").increment(1);
+                    *waits = WaitState::Woken;
+                    return true;
+                }
+                Ok(Waited::TimedOut) => {
+                    metrics::counter!(names::WAKE_UPS, "result" => "timed_out").increment(1);
+                    *waits = WaitState::SafetyChecked;
+                    return true;
+                }
+                Ok(Waited::Unsupported) => *waits = WaitState::Polling,
+                Err(error) => {
+                    tracing::debug!(%error, "waiting for a wake-up failed; polling instead");
+                    *waits = WaitState::Polling;
+                }
+            }
+        }
+        if Instant::now() + wait.poll_interval > deadline {
+            return false;
+        }
+        tokio::time::sleep(wait.poll_interval).await;
+        true
+    }
+
+    /// Classify what a claim found under the key.
+    fn seen(&self, existing: Record, ours: &InProgress) -> Result<Seen, IdempotencyError> {
+        Ok(match existing {
+            Record::InProgress(r) if r.token == ours.token => Seen::Own,
+            r if *r.fingerprint() != ours.fingerprint => Seen::Mismatch,
+            Record::Completed(done) => Seen::Replay(
+                done.outcome.decompressed().map_err(|error| {
+                    tracing::error!(%error, "the stored outcome under this key is corrupt; it blocks the key until an operator deletes it or its retention ends");
+                    IdempotencyError::CorruptRecord(error)
+                })?,
+            ),
+            Record::InProgress(r) => Seen::InProgress(r.token),
+        })
+    }
+
+    fn mismatch(&self) -> IdempotencyError {
+        self.inner.stats.record(Event::Mismatch);
+        tracing::debug!("fingerprint mismatch");
+        IdempotencyError::FingerprintMismatch
+    }
+
+    fn replay(&self, outcome: StoredOutcome) -> Begin<S> {
+        self.inner.stats.record(Event::Replay);
+        tracing::debug!("replaying stored outcome");
+        Begin::Replay(outcome)
+    }
+
+    /// The answer for a retry that finds the first attempt in progress, with a `Retry-After`
+    /// from the remaining lease where the store can tell (see [`IdempotencyError::InProgress`]).
+    async fn in_progress(&self, which: Which, key: &StoreKey) -> IdempotencyError {
+        self.inner.stats.record(Event::InProgress);
+        tracing::debug!("first attempt still in progress");
+        let config = &self.inner.config;
+        if !config.retry_after_from_lease {
+            return IdempotencyError::InProgress {
+                retry_after: config.in_progress_retry_after,
+            };
+        }
+        let remaining = self
+            .timed(
+                StoreOperation::TimeToLive,
+                self.store_of(which).time_to_live(key),
+            )
+            .await;
+        let retry_after = match remaining {
+            Ok(Some(remaining)) => {
+                retry_after_from_lease(remaining, config.lease, config.in_progress_retry_after)
+            }
+            _ => config.in_progress_retry_after,
+        };
+        IdempotencyError::InProgress { retry_after }
+    }
+
+    fn claimed(&self, store_key: StoreKey, record: InProgress, which: Which) -> Begin<S> {
+        self.inner.stats.record(Event::Claim);
+        tracing::debug!("claimed");
+        Begin::Run(Guard::claimed(self.clone(), store_key, record, which))
+    }
+
+    /// The claim failed: clean up a claim that may have been applied, answer from a read when
+    /// the store only refuses writes, else apply the failure policy.
+    async fn claim_failed(
+        &self,
+        store_key: StoreKey,
+        record: InProgress,
+        error: StoreError,
+    ) -> Result<Begin<S>, IdempotencyError> {
+        if error.outcome_unknown() {
+            // The claim may have landed with nobody holding its token: free the key as soon as
+            // the store answers again, instead of blocking it for a whole lease.
+            self.release_in_background(store_key.clone(), record.token, Which::Primary);
+        }
+        if matches!(error, StoreError::Corrupt(_)) {
+            // Answered 500 and never retried by itself: say so loudly, with the key, so an
+            // operator can inspect and delete it (the `idempotency` CLI's inspect / delete).
+            tracing::error!(key = %store_key, %error, "the record under this key is corrupt; it blocks the key until an operator deletes it or its retention ends");
+            return Err(error.into());
+        }
+        if matches!(error, StoreError::WriteRefused { .. })
+            && let Some(answer) = self.answer_from_read(&store_key, &record).await
+        {
+            return answer;
+        }
+        match self.inner.config.failure_policy {
+            FailurePolicy::FailOpen => {
+                self.inner.stats.record(Event::FailOpen);
+                tracing::warn!(%error, "idempotency store failed; running WITHOUT protection (fail-open)");
+                Ok(Begin::Run(Guard::unprotected(
+                    self.clone(),
+                    Unprotected::FailOpen,
+                )))
+            }
+            FailurePolicy::Fallback if self.inner.fallback.is_some() => {
+                self.claim_in_fallback(store_key, record, error).await
+            }
+            _ => {
+                tracing::warn!(%error, "idempotency store failed; refusing (fail-closed)");
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The store refuses writes but may still read: replay a completed record, or answer
+    /// "in progress" / mismatch from what is there. `None`: nothing to answer from.
+    async fn answer_from_read(
+        &self,
+        store_key: &StoreKey,
+        record: &InProgress,
+    ) -> Option<Result<Begin<S>, IdempotencyError>> {
+        let read = self
+            .timed(StoreOperation::Get, self.inner.store.get(store_key))
+            .await;
+        let (result, answer) = match read {
+            Ok(Some(existing)) => match self.seen(existing, record) {
+                Ok(Seen::Replay(outcome)) => ("replayed", Ok(self.replay(outcome))),
+                Ok(Seen::Mismatch) => ("mismatch", Err(self.mismatch())),
+                Ok(Seen::InProgress(_) | Seen::Own) => (
+                    "in_progress",
+                    Err(self.in_progress(Which::Primary, store_key).await),
+                ),
+                Err(error) => ("corrupt", Err(error)),
+            },
+            Ok(None) | Err(_) => {
+                metrics::counter!(names::WRITE_REFUSED, "result" => "policy").increment(1);
+                return None;
+            }
+        };
+        metrics::counter!(names::WRITE_REFUSED, "result" => result).increment(1);
+        tracing::debug!(result, "store refuses writes; answered from a read");
+        Some(answer)
+    }
+
+    /// [`FailurePolicy::Fallback`]: claim in the per-process fallback store.
+    async fn claim_in_fallback(
+        &self,
+        store_key: StoreKey,
+        record: InProgress,
+        primary_error: StoreError,
+    ) -> Result<Begin<S>, IdempotencyError> {
+        let fallback = self.store_of(Which::Fallback);
+        let claimed = self
+            .timed(
+                StoreOperation::TryClaim,
+                fallback.try_claim(&store_key, &record, self.inner.config.lease),
+            )
+            .await;
+        let existing = match claimed {
+            Ok(Claim::Claimed) => {
+                self.inner.stats.record(Event::FallbackClaim);
+                tracing::warn!(
+                    error = %primary_error,
+                    "idempotency store failed; protecting this request with the per-process \
+                     fallback store (no protection across instances)"
+                );
+                return Ok(self.claimed(store_key, record, Which::Fallback));
+            }
+            Ok(Claim::Existing(existing)) => existing,
+            Err(error) => {
+                tracing::warn!(%primary_error, fallback_error = %error, "idempotency store and fallback store failed; refusing");
+                return Err(primary_error.into());
+            }
+        };
+        match self.seen(existing, &record)? {
+            Seen::Own => Ok(self.claimed(store_key, record, Which::Fallback)),
+            Seen::Mismatch => Err(self.mismatch()),
+            Seen::Replay(outcome) => Ok(self.replay(outcome)),
+            Seen::InProgress(_) => Err(self.in_progress(Which::Fallback, &store_key).await),
+        }
+    }
+}
+
+/// `Retry-After` for an in-progress answer, from the remaining lease (see
+/// [`IdempotencyError::InProgress`]). A lease refreshed within 1.5 renewal intervals of its full
+/// length has a live owner that may finish any moment: suggest `fixed`. Otherwise the key frees
+/// when the lease ends: suggest the remaining lease, clamped to 1 s..=lease.
+fn retry_after_from_lease(remaining: Duration, lease: Duration, fixed: Duration) -> Duration {
+    let since_refresh = lease.saturating_sub(remaining);
+    let interval = renewal_interval(lease);
+    if since_refresh <= interval + interval / 2 {
+        return fixed;
+    }
+    let floor = Duration::from_secs(1);
+    remaining.clamp(floor, lease.max(floor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_the_remaining_lease_of_stale_claims() {
+        let lease = Duration::from_secs(60);
+        let fixed = Duration::from_secs(1);
+        // Fresh or recently renewed: the owner is alive.
+        assert_eq!(retry_after_from_lease(lease, lease, fixed), fixed);
+        assert_eq!(
+            retry_after_from_lease(Duration::from_secs(31), lease, fixed),
+            fixed
+        );
+        // Not refreshed for longer than 1.5 renewal intervals: wait for the lease to end.
+        assert_eq!(
+            retry_after_from_lease(Duration::from_secs(29), lease, fixed),
+            Duration::from_secs(29)
+        );
+        assert_eq!(
+            retry_after_from_lease(Duration::from_millis(200), lease, fixed),
+            Duration::from_secs(1),
+            "at least 1 s"
+        );
+        // Odd store answers are clamped to the lease.
+        assert_eq!(
+            retry_after_from_lease(Duration::from_secs(3600), lease, fixed),
+            fixed
+        );
+        let short = Duration::from_millis(500);
+        assert_eq!(
+            retry_after_from_lease(Duration::from_millis(10), short, fixed),
+            Duration::from_secs(1)
+        );
+    }
+}

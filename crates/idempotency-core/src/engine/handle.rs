@@ -1,0 +1,320 @@
+//! The engine handle: its shared state and every store call it makes (under the timeout,
+//! counted), including the ones on a held claim (completion with retries, release). Request
+//! handling (`begin`), the guard and the background driver build on this module.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::background::Background;
+use super::config::{self, Config, DISABLE_ENV_VAR};
+use super::registry::{Ticket, Which};
+use super::stats::{Event, Stats, StatsSnapshot, names};
+use crate::{
+    Completed, Fenced, IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, Record,
+    Scope, StoreError, StoreKey, StoreOperation,
+};
+
+/// First delay between two completion attempts; doubles per attempt.
+const COMPLETION_BACKOFF_START: Duration = Duration::from_millis(50);
+/// Longest delay between two completion attempts.
+const COMPLETION_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+fn completion_backoff(attempt: u32) -> Duration {
+    COMPLETION_BACKOFF_START
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(COMPLETION_BACKOFF_MAX)
+}
+
+/// Runs operations at most once per `(scope, key)` during the retention window, replaying the
+/// first outcome to every retry.
+///
+/// Cheap to clone (an `Arc`); share one per store. See the crate docs for an example.
+#[derive(Debug)]
+pub struct Idempotency<S> {
+    pub(super) inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Idempotency<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Inner<S> {
+    pub(super) store: S,
+    pub(super) fallback: Option<Arc<dyn IdempotencyStore>>,
+    pub(super) config: Config,
+    pub(super) stats: Stats,
+    pub(super) background: Background,
+}
+
+/// A claim on a key, as held by a guard.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// The claimed key.
+    pub(crate) key: StoreKey,
+    /// The in-progress record written by the claim (its token is the fencing token).
+    pub(crate) record: InProgress,
+    /// The store holding the claim.
+    pub(crate) which: Which,
+    /// Its place in the renewal registry (`None`: not renewed).
+    pub(crate) ticket: Option<Ticket>,
+}
+
+impl Claim {
+    /// Whether the claim lives in the engine's own store (not the fallback store).
+    #[allow(dead_code)]
+    pub(crate) fn is_primary(&self) -> bool {
+        self.which == Which::Primary
+    }
+}
+
+impl<S: IdempotencyStore + 'static> Idempotency<S> {
+    /// An engine with every default (the kill switch still follows
+    /// [`DISABLE_IDEMPOTENCY_CHECKS`](DISABLE_ENV_VAR)). The defaults are valid, so this cannot
+    /// fail; [`IdempotencyBuilder::build`](crate::IdempotencyBuilder::build) validates custom settings.
+    pub fn new(store: S) -> Self {
+        let config = Config {
+            disabled: config::disabled_by_env(),
+            ..Config::default()
+        };
+        Self::assemble(store, None, config)
+    }
+
+    /// An engine over validated parts. Logs a warning when the kill switch is on.
+    pub(crate) fn assemble(
+        store: S,
+        fallback: Option<Arc<dyn IdempotencyStore>>,
+        config: Config,
+    ) -> Self {
+        if config.disabled {
+            tracing::warn!(
+                "IDEMPOTENCY CHECKS ARE DISABLED (kill switch or {DISABLE_ENV_VAR}=true): \
+                 every retry will run its side effect again"
+            );
+        }
+        let background = Background::new(config.lease);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                fallback,
+                config,
+                stats: Stats::default(),
+                background,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Counters since the engine was built.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// The store key for `(scope, key)` under this engine's prefix.
+    pub fn store_key(&self, scope: &Scope, key: &IdempotencyKey) -> StoreKey {
+        StoreKey::derive(&self.inner.config.prefix, scope, key)
+    }
+
+    /// The store holding claims of kind `which`.
+    pub(crate) fn store_of(&self, which: Which) -> &dyn IdempotencyStore {
+        match (which, &self.inner.fallback) {
+            (Which::Fallback, Some(fallback)) => &**fallback,
+            _ => &self.inner.store,
+        }
+    }
+
+    /// Read the record for `(scope, key)` (inspection).
+    ///
+    /// # Errors
+    /// [`IdempotencyError::StoreUnavailable`] or [`IdempotencyError::CorruptRecord`].
+    pub async fn get(
+        &self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Record>, IdempotencyError> {
+        let store_key = self.store_key(scope, key);
+        Ok(self
+            .timed(StoreOperation::Get, self.inner.store.get(&store_key))
+            .await?)
+    }
+
+    /// Forget `(scope, key)` whatever its state, so the next attempt runs again. Returns whether
+    /// a record existed.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::StoreUnavailable`].
+    pub async fn invalidate(
+        &self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+    ) -> Result<bool, IdempotencyError> {
+        let store_key = self.store_key(scope, key);
+        Ok(self
+            .timed(StoreOperation::Delete, self.inner.store.delete(&store_key))
+            .await?)
+    }
+
+    /// Run a store call under the timeout, recording its latency and failures.
+    pub(crate) async fn timed<T>(
+        &self,
+        operation: StoreOperation,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let after = self.inner.config.store_timeout;
+        let started = Instant::now();
+        let mut call = std::pin::pin!(call);
+        // Embedded stores answer on the first poll: only arm a timer when the call must wait.
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => match tokio::time::timeout(after, call).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout { operation, after }),
+            },
+        };
+        metrics::histogram!(names::STORE_LATENCY, "op" => operation.as_str())
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            self.inner.stats.record(Event::StoreError(operation));
+            tracing::debug!(%error, %operation, "store operation failed");
+        }
+        result
+    }
+}
+
+/// Store calls on a claim, beside [`Idempotency::timed`]: storing an outcome (with retries)
+/// and releasing.
+impl<S: IdempotencyStore + 'static> Idempotency<S> {
+    /// Store `completed` under `claim`, retrying transient failures (see
+    /// [`Guard::complete`](super::Guard::complete)). Returns the last result and the number of attempts made in all.
+    pub(super) async fn store_completion(
+        &self,
+        claim: &Claim,
+        completed: &Completed,
+    ) -> (Result<Fenced, StoreError>, u32) {
+        let store = self.store_of(claim.which);
+        let retention = self.config().retention();
+        let first = self
+            .timed(
+                StoreOperation::Complete,
+                store.complete(&claim.key, &claim.record.token, completed, retention),
+            )
+            .await;
+        match first {
+            // Boxed: the retry loop's state stays out of the common path's future.
+            Err(error) if error.is_transient() => {
+                Box::pin(self.retry_completion(claim, completed, error)).await
+            }
+            other => (other, 1),
+        }
+    }
+
+    /// Retry a completion that failed transiently, with backoff, for up to the configured
+    /// bound from the first failure (the lease keeps being renewed meanwhile). Returns the last
+    /// result and the number of attempts made in all.
+    async fn retry_completion(
+        &self,
+        claim: &Claim,
+        completed: &Completed,
+        first_error: StoreError,
+    ) -> (Result<Fenced, StoreError>, u32) {
+        let bound = self.config().completion_retry();
+        let retention = self.config().retention();
+        let store = self.store_of(claim.which);
+        let started = Instant::now();
+        let mut error = first_error;
+        let mut attempt = 0u32;
+        loop {
+            let backoff = completion_backoff(attempt);
+            if started.elapsed() + backoff > bound {
+                if attempt > 0 {
+                    metrics::counter!(names::COMPLETION_RETRIES, "result" => "exhausted")
+                        .increment(1);
+                }
+                return (Err(error), attempt + 1);
+            }
+            attempt += 1;
+            self.inner.stats.record(Event::CompletionRetry);
+            tracing::debug!(key = %claim.key, %error, attempt, "completion failed; retrying");
+            tokio::time::sleep(backoff).await;
+            let result = self
+                .timed(
+                    StoreOperation::Complete,
+                    store.complete(&claim.key, &claim.record.token, completed, retention),
+                )
+                .await;
+            match result {
+                Err(again) if again.is_transient() => error = again,
+                other => {
+                    if other.is_ok() {
+                        metrics::counter!(names::COMPLETION_RETRIES, "result" => "recovered")
+                            .increment(1);
+                    }
+                    return (other, attempt + 1);
+                }
+            }
+        }
+    }
+
+    /// Release a claim now; if the store fails, keep releasing it in the background.
+    pub(crate) async fn release_claim(&self, claim: Claim) -> Result<(), IdempotencyError> {
+        let Claim {
+            key, record, which, ..
+        } = claim;
+        let fenced = match self
+            .timed(
+                StoreOperation::Release,
+                self.store_of(which).release(&key, &record.token),
+            )
+            .await
+        {
+            Ok(fenced) => fenced,
+            Err(error) => {
+                if !matches!(error, StoreError::Corrupt(_)) {
+                    self.release_in_background(key, record.token, which);
+                }
+                return Err(error.into());
+            }
+        };
+        metrics::counter!(names::RELEASES).increment(1);
+        match fenced {
+            Fenced::Applied => {
+                tracing::debug!(key = %key, "claim released");
+                Ok(())
+            }
+            Fenced::LeaseLost => {
+                self.inner.stats.record(Event::LeaseLost);
+                Err(IdempotencyError::LeaseLost)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_backoff_doubles_to_a_cap() {
+        assert_eq!(completion_backoff(0), Duration::from_millis(50));
+        assert_eq!(completion_backoff(3), Duration::from_millis(400));
+        assert_eq!(completion_backoff(30), COMPLETION_BACKOFF_MAX);
+    }
+}
