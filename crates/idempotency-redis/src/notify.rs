@@ -26,12 +26,9 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use idempotency_core::{LeaseToken, Record, StoreError, StoreKey, Waited, lua};
-use redis::aio::ConnectionLike;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-use crate::RedisStore;
 
 /// How often the subscriber connection is pinged to notice a dead peer.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -124,16 +121,15 @@ impl Notifier {
     }
 
     /// See [`IdempotencyStore::wait_for_change`](idempotency_core::IdempotencyStore::wait_for_change).
-    pub(crate) async fn wait<C>(
+    /// `read` reads the record under `key`; it is awaited once, after the subscription, so a
+    /// change made before the subscription is not missed.
+    pub(crate) async fn wait(
         &self,
-        store: &RedisStore<C>,
         key: &StoreKey,
         seen: &LeaseToken,
         timeout: Duration,
-    ) -> Result<Waited, StoreError>
-    where
-        C: ConnectionLike + Clone + Send + Sync + 'static,
-    {
+        read: impl Future<Output = Result<Option<Record>, StoreError>>,
+    ) -> Result<Waited, StoreError> {
         let deadline = Instant::now() + timeout;
         let channel = lua::wake_channel(key);
         let registration = Registration::new(self, channel.clone());
@@ -161,7 +157,7 @@ impl Notifier {
             Ok(_) => tracing::debug!(key = %key, "waiting without a live subscription"),
         }
         // The one check after subscribing: a change before the subscription is seen here.
-        match store.read(key).await {
+        match read.await {
             Ok(record) if !held_by(record.as_ref(), seen) => return Ok(Waited::Changed),
             Ok(_) => {}
             // The wait goes on; the engine re-reads when it ends.

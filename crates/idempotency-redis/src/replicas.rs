@@ -18,7 +18,6 @@ use redis::aio::ConnectionLike;
 use thiserror::Error;
 
 use crate::error::Error;
-use crate::store::RedisStore;
 
 /// How many replicas must acknowledge a claim or a completion, and how long to wait for them;
 /// set with [`RedisStoreBuilder::wait_for_replicas`](crate::RedisStoreBuilder::wait_for_replicas).
@@ -59,69 +58,70 @@ impl ReplicaWait {
     }
 }
 
-impl<C> RedisStore<C>
+/// Run `WAIT` when the store was built with a [`ReplicaWait`] (`wait`); `Ok` when enough
+/// replicas acknowledged (or none were asked for). `operation_timeout` is the store's budget
+/// per operation, to which the `WAIT` timeout is added.
+///
+/// `WAIT` counts the replicas that acknowledged every write the connection sent so far, so it
+/// must run on the connection that wrote: the store's multiplexed connection (on Redis Cluster
+/// the client routes `WAIT` to every primary and keeps the lowest count, so it waits for the
+/// busiest shard as well).
+pub(crate) async fn wait_for_replicas<C>(
+    conn: &C,
+    wait: Option<ReplicaWait>,
+    operation_timeout: Duration,
+    operation: StoreOperation,
+) -> Result<(), StoreError>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// Run `WAIT` when the store was built with [`ReplicaWait`]; `Ok` when enough replicas
-    /// acknowledged (or none were asked for).
-    ///
-    /// `WAIT` counts the replicas that acknowledged every write the connection sent so far, so
-    /// it must run on the connection that wrote: the store's multiplexed connection (on Redis
-    /// Cluster the client routes `WAIT` to every primary and keeps the lowest count, so it
-    /// waits for the busiest shard as well).
-    pub(crate) async fn wait_for_replicas(
-        &self,
-        operation: StoreOperation,
-    ) -> Result<(), StoreError> {
-        let Some(wait) = self.replica_wait else {
-            return Ok(());
-        };
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(wait.replicas).arg(wait.timeout_millis());
-        // The server holds the reply for up to the WAIT timeout: the budget is that plus the
-        // operation timeout, not the operation timeout alone.
-        let budget = self.timeout.saturating_add(wait.timeout);
-        let mut conn = self.conn.clone();
-        let reply = match tokio::time::timeout(budget, cmd.query_async::<Value>(&mut conn)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(error)) => return Err(Error::client(operation, budget, error).into()),
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    operation,
-                    after: budget,
-                });
-            }
-        };
-        let acknowledged = match reply {
-            Value::Int(n) => u32::try_from(n.max(0)).unwrap_or(u32::MAX),
-            other => {
-                return Err(Error::UnexpectedReply {
-                    operation,
-                    reply: format!("WAIT: {other:?}"),
-                }
-                .into());
-            }
-        };
-        if acknowledged >= wait.replicas {
-            return Ok(());
-        }
-        tracing::warn!(
-            %operation,
-            acknowledged,
-            wanted = wait.replicas,
-            timeout = ?wait.timeout,
-            "too few replicas acknowledged the write (WAIT)"
-        );
-        Err(StoreError::Unavailable {
-            source: Box::new(ReplicasNotAcknowledged {
+    let Some(wait) = wait else {
+        return Ok(());
+    };
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(wait.replicas).arg(wait.timeout_millis());
+    // The server holds the reply for up to the WAIT timeout: the budget is that plus the
+    // operation timeout, not the operation timeout alone.
+    let budget = operation_timeout.saturating_add(wait.timeout);
+    let mut conn = conn.clone();
+    let reply = match tokio::time::timeout(budget, cmd.query_async::<Value>(&mut conn)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => return Err(Error::client(operation, budget, error).into()),
+        Err(_) => {
+            return Err(StoreError::Timeout {
                 operation,
-                wanted: wait.replicas,
-                acknowledged,
-                timeout: wait.timeout,
-            }),
-        })
+                after: budget,
+            });
+        }
+    };
+    let acknowledged = match reply {
+        Value::Int(n) => u32::try_from(n.max(0)).unwrap_or(u32::MAX),
+        other => {
+            return Err(Error::UnexpectedReply {
+                operation,
+                reply: format!("WAIT: {other:?}"),
+            }
+            .into());
+        }
+    };
+    if acknowledged >= wait.replicas {
+        return Ok(());
     }
+    tracing::warn!(
+        %operation,
+        acknowledged,
+        wanted = wait.replicas,
+        timeout = ?wait.timeout,
+        "too few replicas acknowledged the write (WAIT)"
+    );
+    Err(StoreError::Unavailable {
+        source: Box::new(ReplicasNotAcknowledged {
+            operation,
+            wanted: wait.replicas,
+            acknowledged,
+            timeout: wait.timeout,
+        }),
+    })
 }
 
 #[cfg(test)]

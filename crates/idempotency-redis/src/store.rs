@@ -272,6 +272,12 @@ where
             .await?;
         Ok(record_from(StoreOperation::Get, reply)?)
     }
+
+    /// `WAIT` for the replicas this store was built to wait for (see [`crate::ReplicaWait`]).
+    async fn wait_for_replicas(&self, operation: StoreOperation) -> Result<(), StoreError> {
+        crate::replicas::wait_for_replicas(&self.conn, self.replica_wait, self.timeout, operation)
+            .await
+    }
 }
 
 #[async_trait]
@@ -403,7 +409,7 @@ where
         timeout: Duration,
     ) -> Result<Waited, StoreError> {
         match &self.notifier {
-            Some(notifier) => notifier.wait(self, key, seen, timeout).await,
+            Some(notifier) => notifier.wait(key, seen, timeout, self.read(key)).await,
             None => Ok(Waited::Unsupported),
         }
     }
