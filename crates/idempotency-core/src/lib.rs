@@ -68,8 +68,11 @@
 //! [`Idempotency::stats`] for a cheap snapshot.
 //!
 //! # Feature flags
-//! None: the crate is always the whole protocol and engine. It needs a tokio runtime (timers)
-//! but no I/O driver.
+//! The crate is always the whole protocol and engine. It needs a tokio runtime (timers) but no
+//! I/O driver. Off by default:
+//! - `signal`: `shutdown_signal()`, which completes on SIGINT or SIGTERM, for the workspace's
+//!   servers (the demo, the KV REST gateway), so they share one copy;
+//! - `fuzzing`: the record decoders on their own, for the `fuzz/` targets (not a stable API).
 
 #![deny(missing_docs)]
 
