@@ -162,14 +162,29 @@ impl Problem {
         }
     }
 
+    /// The RFC 9457 JSON object, members in name order (`detail`, `status`, `title`, `type`),
+    /// written straight into one buffer: no intermediate `serde_json::Value` map (a 409 or 422
+    /// is a hot path under duplicate storms).
+    fn body(&self) -> Bytes {
+        let mut out = Vec::with_capacity(
+            PROBLEM_TYPE_BASE.len() + self.slug.len() + self.title.len() + self.detail.len() + 64,
+        );
+        out.extend_from_slice(b"{\"detail\":");
+        json_string(&mut out, &self.detail);
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.extend_from_slice(b",\"title\":");
+        json_string(&mut out, self.title);
+        out.extend_from_slice(b",\"type\":\"");
+        // Both parts are fixed ASCII without quotes or backslashes (tested).
+        out.extend_from_slice(PROBLEM_TYPE_BASE.as_bytes());
+        out.extend_from_slice(self.slug.as_bytes());
+        out.extend_from_slice(b"\"}");
+        Bytes::from(out)
+    }
+
     pub(crate) fn into_response(self) -> Response<Bytes> {
-        let body = serde_json::json!({
-            "type": format!("{PROBLEM_TYPE_BASE}{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        let mut response = Response::new(Bytes::from(body.to_string()));
+        let mut response = Response::new(self.body());
         *response.status_mut() = self.status;
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -187,5 +202,49 @@ impl Problem {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
+    }
+}
+
+/// Append `text` as a JSON string (quoted and escaped, RFC 8259 §7).
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a `str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written body is the JSON object `serde_json` would write for the same members.
+    #[test]
+    fn body_is_the_rfc_9457_object() {
+        let problems = [
+            Problem::from_engine(&IdempotencyError::InProgress {
+                retry_after: Duration::from_secs(2),
+            }),
+            Problem::from_engine(&IdempotencyError::FingerprintMismatch),
+            Problem::missing_key("Idempotency-Key"),
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "scope-rejected",
+                "Request not accepted",
+                "quote \" backslash \\ newline \n control \u{1} unicode é",
+            ),
+        ];
+        for problem in problems {
+            let body = problem.body();
+            let expected = serde_json::json!({
+                "type": format!("{PROBLEM_TYPE_BASE}{}", problem.slug),
+                "title": problem.title,
+                "status": problem.status.as_u16(),
+                "detail": problem.detail,
+            });
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            assert_eq!(parsed, expected);
+            assert_eq!(body, expected.to_string().into_bytes());
+        }
+        for c in ['"', '\\'] {
+            assert!(!PROBLEM_TYPE_BASE.contains(c));
+        }
     }
 }

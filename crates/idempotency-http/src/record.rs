@@ -1,15 +1,18 @@
 //! The detached half of a protected request: it runs the handler, forwards the response as it is
 //! produced, keeps a bounded copy of it, and ends the claim.
 //!
-//! It runs as its own tokio task, so the connection going away (a client timeout, a server
-//! timeout layer dropping the request future) cancels neither the handler nor the recording: once
-//! the handler may have run, the retry gets the replay, never a second execution.
+//! It runs inside the request's own future while that future lives ([`Detachable`]); if the
+//! request future is dropped first (a client timeout, a server timeout layer, or the head went
+//! out while a streamed body is still forwarded), the rest becomes a tokio task of its own. So
+//! the connection going away cancels neither the handler nor the recording: once the handler may
+//! have run, the retry gets the replay, never a second execution.
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Context;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -57,6 +60,48 @@ pub(crate) struct Recording<S: IdempotencyStore + 'static> {
     pub(crate) settings: Arc<Settings>,
     pub(crate) marker: SideEffectsMarker,
     pub(crate) max_outcome: usize,
+}
+
+/// A future polled in place by its owner, and spawned on `runtime` to run to its end if the
+/// owner drops it before it finished.
+///
+/// Why not always spawn: a task per protected request costs an allocation, a wake-up of the
+/// request's own task when the head is ready, and on a multi-threaded runtime often a hand-off
+/// to (and the wake-up of) another worker thread. Most recordings end within the request
+/// future's lifetime (the response is recorded before its head goes out), so they never pay it.
+pub(crate) struct Detachable<F: Future<Output = ()> + Send + 'static> {
+    /// `None` once finished, or while being polled (so a panic in it is never polled again,
+    /// nor spawned: the unwinding drops it, and a dropped claim guard releases its claim).
+    future: Option<Pin<Box<F>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<F: Future<Output = ()> + Send + 'static> Detachable<F> {
+    pub(crate) fn new(runtime: tokio::runtime::Handle, future: F) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+            runtime,
+        }
+    }
+
+    /// Poll the future here, in the owner's task, unless it already finished.
+    pub(crate) fn poll_here(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut future) = self.future.take()
+            && future.as_mut().poll(cx).is_pending()
+        {
+            self.future = Some(future);
+        }
+    }
+}
+
+impl<F: Future<Output = ()> + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            // A runtime shutting down drops the task unrun: its guard's drop releases the claim
+            // (best effort), as for any task cut off by a shutdown.
+            drop(self.runtime.spawn(future));
+        }
+    }
 }
 
 /// Run `handler`, send its head to `head`, forward and record its body, end the claim.

@@ -2,8 +2,8 @@
 //!
 //! [`Service::call`] is a pure decision step ([`crate::decide`]: pass through, answer at once,
 //! or protect) followed by one async path for protected requests ([`protect`]): read the body,
-//! fingerprint, begin, then hand the handler to the detached recording task
-//! ([`crate::record`]).
+//! fingerprint, begin, then run the handler and its recording ([`crate::record`]) in this
+//! request's future, detached into a task of its own only if the request goes away first.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -143,7 +143,8 @@ struct Protected<S> {
     scope: Scope,
 }
 
-/// The one async path: body, fingerprint, claim, then the handler in the detached task.
+/// The one async path: body, fingerprint, claim, then the handler and its recording (detached
+/// if this future is dropped before they end).
 async fn protect<Svc, S, ReqB, ResB>(
     protected: Protected<S>,
     mut inner: Svc,
@@ -197,11 +198,25 @@ where
         max_outcome: engine.config().max_outcome_size(),
     };
     let handler = inner.call(request);
-    let (head, answer) = oneshot::channel();
-    // Detached: dropping this future (the client left, a timeout layer fired) cancels neither
-    // the handler nor the recording, so the retry gets the replay.
-    runtime.spawn(record::drive(recording, handler, head).in_current_span());
-    match answer.await {
+    let (head, mut answer) = oneshot::channel();
+    // Driven here, inside this request's own future (no task, no wake-up, no hand-off to
+    // another worker thread), and detached only if this future is dropped before the recording
+    // ends: the client left or a timeout layer fired mid-handler, or the head went out while a
+    // streamed body is still being forwarded. Then the rest runs as a task of its own, so
+    // dropping the request cancels neither the handler nor the recording and the retry gets the
+    // replay.
+    let mut drive = record::Detachable::new(
+        runtime,
+        record::drive(recording, handler, head).in_current_span(),
+    );
+    let answer = std::future::poll_fn(|cx| {
+        drive.poll_here(cx);
+        Pin::new(&mut answer).poll(cx)
+    })
+    .await;
+    // Dropped here: a recording still under way (a streamed body) continues as its own task.
+    drop(drive);
+    match answer {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(Failure::Error(error))) => Err(error),
         Ok(Err(Failure::Panic(panic))) => std::panic::resume_unwind(panic),
