@@ -105,6 +105,10 @@ impl<F: Future<Output = ()> + Send + 'static> Drop for Detachable<F> {
 }
 
 /// Run `handler`, send its head to `head`, forward and record its body, end the claim.
+///
+/// The common path (a body of known length within the cap, recorded, then answered) runs
+/// inline; the other paths (a failure, a release, an oversize or streamed body) are boxed, so
+/// this future stays small: it is moved into a box per protected request ([`Detachable`]).
 pub(crate) async fn drive<S, F, B, E>(
     recording: Recording<S>,
     handler: F,
@@ -143,13 +147,13 @@ pub(crate) async fn drive<S, F, B, E>(
     let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
-            handler_failed(guard, &marker, max_outcome).await;
+            Box::pin(handler_failed(guard, &marker, max_outcome)).await;
             let _ = head.send(Err(Failure::Error(error)));
             return;
         }
         Err(panic) => {
             tracing::warn!("handler panicked");
-            handler_failed(guard, &marker, max_outcome).await;
+            Box::pin(handler_failed(guard, &marker, max_outcome)).await;
             let _ = head.send(Err(Failure::Panic(panic)));
             return;
         }
@@ -166,7 +170,7 @@ pub(crate) async fn drive<S, F, B, E>(
         None => (settings.store_status)(parts.status),
     };
     if !store {
-        release(guard).await;
+        Box::pin(release(guard)).await;
         let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
         return;
     }
@@ -180,7 +184,7 @@ pub(crate) async fn drive<S, F, B, E>(
         // Recorded before the head goes out, so a retry that follows the first byte finds it.
         metrics::counter!(STREAMS).increment(1);
         tracing::debug!("stream response: passed through, not recorded");
-        without_body(guard, stored, settings.oversize).await;
+        Box::pin(without_body(guard, stored, settings.oversize)).await;
         let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
         return;
     }
@@ -200,11 +204,11 @@ pub(crate) async fn drive<S, F, B, E>(
                 Ok(Some(Err(error))) => {
                     let error: BoxError = error.into();
                     tracing::warn!(%error, "response body failed");
-                    return failed_before_head(guard, &marker, max_outcome, head).await;
+                    return Box::pin(failed_before_head(guard, &marker, max_outcome, head)).await;
                 }
                 Err(_) => {
                     tracing::warn!("response body panicked");
-                    return failed_before_head(guard, &marker, max_outcome, head).await;
+                    return Box::pin(failed_before_head(guard, &marker, max_outcome, head)).await;
                 }
             }
         }
@@ -217,7 +221,7 @@ pub(crate) async fn drive<S, F, B, E>(
             stored.body = data.clone();
             let encoded = stored.encode();
             if encoded.len() > max_outcome {
-                without_body(guard, stored, settings.oversize).await;
+                Box::pin(without_body(guard, stored, settings.oversize)).await;
             } else {
                 complete(guard, encoded).await;
             }
@@ -239,8 +243,7 @@ pub(crate) async fn drive<S, F, B, E>(
         copy: Recorder::new(budget, hint.exact()),
         first,
     };
-    pump.run(guard, stored, body, &marker, &settings, max_outcome)
-        .await;
+    Box::pin(pump.run(guard, stored, body, &marker, &settings, max_outcome)).await;
 }
 
 /// The body failed before anything was sent: end the claim, answer with a 500 problem.

@@ -10,7 +10,7 @@ use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
@@ -180,7 +180,7 @@ where
     // From here to the spawn there is no await: a request dropped before it never reached the
     // handler, and its guard (dropped with it) releases the claim at once.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        record::release(guard).await;
+        Box::pin(record::release(guard)).await;
         return Ok(problem(Problem::no_runtime()));
     };
     let marker = SideEffectsMarker::default();
@@ -243,24 +243,55 @@ where
         return Err(Problem::body_too_large(limit).close_connection(true));
     }
     let mut body = pin!(body);
-    let mut collected = BytesMut::new();
+    // Most bodies arrive as one frame: that frame is the body, kept without a copy (`Bytes`
+    // data is shared, not copied, by `copy_to_bytes`). A second frame starts a buffer.
+    let mut first: Option<Bytes> = None;
+    let mut collected: Option<BytesMut> = None;
     let mut seen = 0_usize;
     loop {
         match body.frame().await {
-            None => return Ok(collected.freeze()),
+            None => {
+                return Ok(match (collected, first) {
+                    (Some(all), _) => all.freeze(),
+                    (None, Some(one)) => one,
+                    (None, None) => Bytes::new(),
+                });
+            }
             Some(Err(error)) => return Err(unreadable(error.into())),
             Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    seen = seen.saturating_add(data.remaining());
+                if let Ok(mut data) = frame.into_data() {
+                    let len = data.remaining();
+                    seen = seen.saturating_add(len);
                     if seen > limit {
                         break;
                     }
-                    collected.put(data);
+                    let chunk = data.copy_to_bytes(len);
+                    match (&mut collected, first.take()) {
+                        (Some(all), _) => all.extend_from_slice(&chunk),
+                        (None, None) => first = Some(chunk),
+                        (None, Some(one)) => {
+                            let mut all = BytesMut::with_capacity(one.len() + chunk.len());
+                            all.extend_from_slice(&one);
+                            all.extend_from_slice(&chunk);
+                            collected = Some(all);
+                        }
+                    }
                 }
             }
         }
     }
-    drop(collected);
+    drop((first, collected));
+    // Rare: boxed, so its timer stays out of every protected request's future.
+    Err(Box::pin(drain_oversize(body, seen, settings)).await)
+}
+
+/// Read (and discard) the rest of an oversize body within the drain bounds, then the 413.
+async fn drain_oversize<B>(mut body: Pin<&mut B>, mut seen: usize, settings: &Settings) -> Problem
+where
+    B: Body,
+{
+    let limit = settings.max_request_body;
+    let drain_to = limit.saturating_add(settings.oversize_drain);
     let drained = tokio::time::timeout(settings.oversize_drain_time, async {
         loop {
             match body.frame().await {
@@ -280,7 +311,7 @@ where
     .await;
     let drained = matches!(drained, Ok(true));
     tracing::debug!(limit, seen, drained, "request body too large");
-    Err(Problem::body_too_large(limit).close_connection(!drained))
+    Problem::body_too_large(limit).close_connection(!drained)
 }
 
 fn unreadable(error: BoxError) -> Problem {
@@ -324,6 +355,8 @@ fn replay<B>(outcome: StoredOutcome, request: &HeaderMap) -> Response<ResponseBo
     let mut response = Response::new(ResponseBody::full(stored.body));
     *response.status_mut() = stored.status;
     let headers = response.headers_mut();
+    // One allocation for the stored headers and ours, instead of growing as they come.
+    headers.reserve(stored.headers.len() + 2);
     for (name, value) in stored.headers {
         headers.append(name, value);
     }
