@@ -461,3 +461,48 @@ async fn complete<S: IdempotencyStore + 'static>(guard: Guard<S>, encoded: Bytes
         tracing::warn!(%error, "response could not be recorded");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    use super::*;
+
+    /// Poll once in place, as the request future does before it is dropped.
+    async fn poll_once<F: Future<Output = ()> + Send + 'static>(detachable: &mut Detachable<F>) {
+        std::future::poll_fn(|cx| {
+            detachable.poll_here(cx);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn dropped_unfinished_it_runs_to_its_end_as_a_task() {
+        let (go, wait) = oneshot::channel::<()>();
+        let (done, finished) = oneshot::channel::<()>();
+        let mut detachable = Detachable::new(tokio::runtime::Handle::current(), async move {
+            let _ = wait.await;
+            let _ = done.send(());
+        });
+        poll_once(&mut detachable).await;
+        drop(detachable);
+        let _ = go.send(());
+        assert_eq!(finished.await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn finished_in_place_it_is_neither_polled_again_nor_spawned() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&polls);
+        let mut detachable = Detachable::new(tokio::runtime::Handle::current(), async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        poll_once(&mut detachable).await;
+        poll_once(&mut detachable).await;
+        drop(detachable);
+        tokio::task::yield_now().await;
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+    }
+}

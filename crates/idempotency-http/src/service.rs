@@ -366,3 +366,70 @@ fn replay<B>(outcome: StoredOutcome, request: &HeaderMap) -> Response<ResponseBo
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body::Frame;
+    use http_body_util::{Full, StreamBody};
+
+    use super::*;
+
+    fn frames(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = Infallible> + use<> {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_one_frame_body_is_kept_without_a_copy() {
+        let sent = Bytes::from_static(br#"{"sku":"widget"}"#);
+        let read = read_body(
+            Full::new(sent.clone()),
+            &HeaderMap::new(),
+            &Settings::default(),
+        )
+        .await
+        .map_err(|p| p.slug);
+        assert_eq!(read.as_ref().map(|b| b.as_ptr()), Ok(sent.as_ptr()));
+        assert_eq!(read, Ok(sent));
+    }
+
+    #[tokio::test]
+    async fn frames_are_joined_and_an_empty_body_is_empty() {
+        let settings = Settings::default();
+        let joined = read_body(
+            frames(&[b"ab", b"", b"cd", b"e"]),
+            &HeaderMap::new(),
+            &settings,
+        )
+        .await
+        .map_err(|p| p.slug);
+        assert_eq!(joined, Ok(Bytes::from_static(b"abcde")));
+        let empty = read_body(frames(&[]), &HeaderMap::new(), &settings)
+            .await
+            .map_err(|p| p.slug);
+        assert_eq!(empty, Ok(Bytes::new()));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_in_any_frame_is_413_after_draining() {
+        let settings = Settings {
+            max_request_body: 4,
+            ..Settings::default()
+        };
+        let problem = read_body(
+            frames(&[b"ab", b"cd", b"e", b"f"]),
+            &HeaderMap::new(),
+            &settings,
+        )
+        .await
+        .err();
+        let problem = problem.map(|p| (p.status, p.close));
+        // Drained within the bounds: the connection can stay open.
+        assert_eq!(problem, Some((StatusCode::PAYLOAD_TOO_LARGE, false)));
+    }
+}
