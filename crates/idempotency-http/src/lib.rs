@@ -105,9 +105,10 @@
 //! `docs/axum.md`.
 //!
 //! # Cancellation
-//! Once the claim is taken, the handler and the recording run in their own tokio task, detached
-//! from the connection. A client that disconnects (or a timeout layer that drops the request
-//! future) during the handler or mid-body cancels neither: the handler finishes, the response
+//! Once the claim is taken, the handler and the recording run inside the request's own future
+//! (no task per request, no hand-off to another worker thread), and become a tokio task of their
+//! own the moment that future is dropped before they end. A client that disconnects (or a
+//! timeout layer that drops the request future) during the handler or mid-body cancels neither: the handler finishes, the response
 //! body is drained into the bounded copy and recorded, and the client's retry gets the replay
 //! (with waiting for in-progress attempts on, it waits for it; else it gets 409 until then). If the copy has
 //! already outgrown the cap when the client leaves, the rest of the body is not read and the
@@ -139,15 +140,15 @@
 //!   [`JsonFingerprint`], [`default_store_status`], [`default_is_stream`]); `scope`: the
 //!   [`ScopeExtractor`] and its refusal.
 //! - `service`: [`IdempotencyService`]: `decide` (pure: pass through, answer at once, or protect)
-//!   then one async path (body, fingerprint, claim, the handler in the detached task of
-//!   `record`).
+//!   then one async path (body, fingerprint, claim, then the handler and its recording in
+//!   `record`, detached into a task if the request future is dropped first).
 //! - `fingerprint`, `problem` (RFC 9457 answers), `stored` (the stored-response codec),
 //!   `encoding` (`Accept-Encoding` on replay), `effects` ([`SideEffects`]), `transactional`
 //!   ([`TransactionalClaim`]), `body` ([`ResponseBody`]).
 //!
 //! # Feature flags
-//! None: the layer depends on `http`, `http-body`, `tower-layer`/`tower-service` and tokio (for
-//! the detached task), so it fits any tower-based server without pulling in a framework.
+//! None: the layer depends on `http`, `http-body`, `tower-layer`/`tower-service` and tokio (to
+//! detach a recording whose request went away), so it fits any tower-based server without pulling in a framework.
 //!
 //! [`IdempotencyKey::from_header_value`]: idempotency_core::IdempotencyKey::from_header_value
 

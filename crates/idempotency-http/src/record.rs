@@ -84,6 +84,11 @@ impl<F: Future<Output = ()> + Send + 'static> Detachable<F> {
         }
     }
 
+    /// Whether the future has not finished yet.
+    pub(crate) fn is_running(&self) -> bool {
+        self.future.is_some()
+    }
+
     /// Poll the future here, in the owner's task, unless it already finished.
     pub(crate) fn poll_here(&mut self, cx: &mut Context<'_>) {
         if let Some(mut future) = self.future.take()

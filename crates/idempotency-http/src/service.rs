@@ -211,17 +211,24 @@ where
     );
     let answer = std::future::poll_fn(|cx| {
         drive.poll_here(cx);
-        Pin::new(&mut answer).poll(cx)
+        // Only `drive` sends the head, and only while it is polled just above: no waker is
+        // registered on `answer` (one would make that send wake this very task, a spurious
+        // reschedule — and often a wake-up of another worker — per request).
+        match answer.try_recv() {
+            Ok(head) => Poll::Ready(Some(head)),
+            Err(oneshot::error::TryRecvError::Empty) if drive.is_running() => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
     })
     .await;
     // Dropped here: a recording still under way (a streamed body) continues as its own task.
     drop(drive);
     match answer {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(Failure::Error(error))) => Err(error),
-        Ok(Err(Failure::Panic(panic))) => std::panic::resume_unwind(panic),
-        // The task was dropped without answering: the runtime is shutting down.
-        Err(_) => Ok(problem(Problem::shutting_down())),
+        Some(Ok(response)) => Ok(response),
+        Some(Err(Failure::Error(error))) => Err(error),
+        Some(Err(Failure::Panic(panic))) => std::panic::resume_unwind(panic),
+        // The recording ended without answering (it cannot, short of a runtime shutdown).
+        None => Ok(problem(Problem::shutting_down())),
     }
 }
 
