@@ -18,6 +18,13 @@ pub(crate) fn unacceptable_coding(
     stored: &[(HeaderName, HeaderValue)],
     request: &HeaderMap,
 ) -> Option<String> {
+    // The common replay (no stored coding) parses nothing.
+    if !stored
+        .iter()
+        .any(|(name, _)| name == header::CONTENT_ENCODING)
+    {
+        return None;
+    }
     let accepted: Vec<(String, bool)> = request
         .get_all(header::ACCEPT_ENCODING)
         .iter()
