@@ -13,6 +13,16 @@
 //!     `valgrind --tool=callgrind` instructions per request
 //! ```
 //!
+//! A recipe (release build; Redis on 127.0.0.1; repeat 3× interleaved and take medians):
+//!
+//! ```text
+//! httpperf serve redis redis://127.0.0.1:PORT/ &          # prints PORT <p>
+//! httpperf load <p> replay 1 2000                          # warm up
+//! perf stat -e task-clock,context-switches,cpu-migrations -p <server pid> &
+//! httpperf load <p> replay 1 10000; kill -INT <perf pid>   # divide by 10000
+//! valgrind --tool=callgrind httpperf inproc memory replay N # (N=2200) − (N=200), / 2000
+//! ```
+//!
 //! Requests carry the loadgen's body and headers. `conflict` first parks one request in the
 //! handler (header `x-bench-hold`), so the key stays in progress; every other request is a 409.
 
