@@ -31,6 +31,10 @@ pub enum KvRestConfigError {
     /// The token is empty.
     #[error("KV REST token is empty")]
     EmptyToken,
+    /// The token holds characters an HTTP header cannot carry (a line break, a control
+    /// character).
+    #[error("KV REST token cannot be sent in an HTTP header")]
+    InvalidToken,
     /// The HTTP client could not be built (TLS backend missing?).
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),

@@ -45,6 +45,16 @@
 //! every `poll_interval`. The shared completion and release scripts publish only when given a
 //! channel, which this store never passes.
 //!
+//! # Performance
+//! One request per store primitive (a fresh operation is a claim and a completion, a replay one
+//! claim), on kept-alive HTTP/1.1 connections with `TCP_NODELAY` (HTTP/2 where TLS negotiates it
+//! by ALPN, as on Upstash; never forced on a plain-HTTP endpoint). The endpoint URL and the
+//! `Authorization` header are prepared once; commands are written straight into the request
+//! body and replies decoded in one pass, without a `serde_json::Value` tree. The client's
+//! instructions per request are measured with `examples/kv_ops.rs` under callgrind (see its
+//! header): 80.9 k per replayed claim (from 91.5 k) and 154 k per fresh operation (from 178 k),
+//! most of the rest in `reqwest` and `hyper`.
+//!
 //! # Re-exports
 //! [`idempotency_core`] and [`reqwest`], so versions match (every backend crate re-exports core
 //! and its client crate the same way).
@@ -55,6 +65,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod wire;
 
 use std::fmt;
 use std::time::Duration;
@@ -63,7 +74,9 @@ use idempotency_core::{
     Claim, Completed, CorruptRecord, Fenced, IdempotencyStore, InProgress, LeaseToken, Record,
     StoreError, StoreKey, StoreOperation, async_trait, codec, expiry_millis, lua,
 };
-use serde_json::{Value, json};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+
+use crate::wire::{Answer, Arg, Reply};
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, ENV_PAIRS, KvRestConfig, KvRestConfigError,
@@ -102,6 +115,10 @@ struct Scripts {
 pub struct KvRestStore {
     client: reqwest::Client,
     config: KvRestConfig,
+    /// The endpoint, parsed once (parsing it per request was 6 k instructions of 92 k).
+    url: reqwest::Url,
+    /// `Bearer <token>`, built once and marked sensitive (never logged by the HTTP stack).
+    authorization: HeaderValue,
     scripts: std::sync::Arc<Scripts>,
 }
 
@@ -137,8 +154,12 @@ pub enum KvRestError {
         status: u16,
         /// The decoding error.
         #[source]
-        source: reqwest::Error,
+        source: serde_json::Error,
     },
+    /// A command could not be written as JSON (never expected: its arguments are strings and
+    /// integers).
+    #[error("cannot write the command as JSON")]
+    Encode(#[source] serde_json::Error),
     /// A reply the record protocol never produces (no `result`, a wrong type, an unknown
     /// script answer).
     #[error("unexpected reply to `{operation}`: {reply}")]
@@ -197,7 +218,7 @@ impl CallError {
 }
 
 /// `StoreError::Backend` for a reply the protocol never produces (as the Redis store maps it).
-fn unexpected(operation: StoreOperation, reply: &Value) -> StoreError {
+fn unexpected(operation: StoreOperation, reply: &Answer) -> StoreError {
     StoreError::Backend {
         source: Box::new(KvRestError::UnexpectedReply {
             operation,
@@ -217,8 +238,16 @@ impl KvRestStore {
     /// A store for `config`.
     ///
     /// # Errors
-    /// [`KvRestConfigError::Client`] when the HTTP client cannot be built.
+    /// [`KvRestConfigError::Client`] when the HTTP client cannot be built,
+    /// [`KvRestConfigError::InvalidUrl`] when the URL does not parse (e.g. no host),
+    /// [`KvRestConfigError::InvalidToken`] when the token cannot be sent in a header.
     pub fn new(config: KvRestConfig) -> Result<Self, KvRestConfigError> {
+        let url = reqwest::Url::parse(&config.url).map_err(|_| KvRestConfigError::InvalidUrl {
+            url: config.url.clone(),
+        })?;
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", config.token.0))
+            .map_err(|_| KvRestConfigError::InvalidToken)?;
+        authorization.set_sensitive(true);
         let client = reqwest::Client::builder()
             .timeout(config.operation_timeout)
             .connect_timeout(config.connect_timeout)
@@ -235,6 +264,8 @@ impl KvRestStore {
         Ok(Self {
             client,
             config,
+            url,
+            authorization,
             scripts: std::sync::Arc::new(scripts),
         })
     }
@@ -268,22 +299,25 @@ impl KvRestStore {
     async fn command(
         &self,
         operation: StoreOperation,
-        command: &Value,
-    ) -> Result<Value, StoreError> {
-        self.call(operation, command)
+        args: &[Arg<'_>],
+    ) -> Result<Answer, StoreError> {
+        self.call(operation, args)
             .await
             .map_err(|e| e.into_store_error(operation, self.config.operation_timeout))
     }
 
     /// Run one command (JSON form, `POST /`) and return its `result`.
-    async fn call(&self, operation: StoreOperation, command: &Value) -> Result<Value, CallError> {
+    async fn call(&self, operation: StoreOperation, args: &[Arg<'_>]) -> Result<Answer, CallError> {
+        let body = wire::body(args).map_err(|e| CallError::Reply(KvRestError::Encode(e)))?;
         let mut attempt = 0;
         loop {
             let sent = self
                 .client
-                .post(&self.config.url)
-                .bearer_auth(&self.config.token.0)
-                .json(command)
+                .post(self.url.clone())
+                .header(AUTHORIZATION, self.authorization.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                // A reference count, not a copy: a resend sends the same bytes.
+                .body(body.clone())
                 .send()
                 .await;
             let response = match sent {
@@ -305,36 +339,24 @@ impl KvRestStore {
                 Err(e) => return Err(CallError::Transport(e)),
             };
             let status = response.status().as_u16();
-            let body: Value = response.json().await.map_err(|e| {
-                if e.is_timeout() {
-                    CallError::Transport(e)
-                } else {
-                    CallError::Reply(KvRestError::NotJson { status, source: e })
+            // A body cut off (or too slow) after the status line is a transport failure: the
+            // timeout maps to `Timeout`, the rest to `Unavailable`; never resent.
+            let bytes = response.bytes().await.map_err(CallError::Transport)?;
+            let reply = wire::parse_reply(&bytes)
+                .map_err(|source| CallError::Reply(KvRestError::NotJson { status, source }))?;
+            return match reply {
+                Reply::Error(message) if status == 400 => Err(CallError::Redis(message)),
+                Reply::Error(message) => {
+                    Err(CallError::Reply(KvRestError::Http { status, message }))
                 }
-            })?;
-            if let Some(error) = body.get("error") {
-                let message = error
-                    .as_str()
-                    .map_or_else(|| error.to_string(), str::to_owned);
-                return Err(if status == 400 {
-                    CallError::Redis(message)
-                } else {
-                    CallError::Reply(KvRestError::Http { status, message })
-                });
-            }
-            if !(200..300).contains(&status) {
-                return Err(CallError::Reply(KvRestError::Http {
+                _ if !(200..300).contains(&status) => Err(CallError::Reply(KvRestError::Http {
                     status,
-                    message: body.to_string(),
-                }));
-            }
-            return match body {
-                Value::Object(mut map) if map.contains_key("result") => {
-                    Ok(map.remove("result").unwrap_or(Value::Null))
-                }
-                other => Err(CallError::Reply(KvRestError::UnexpectedReply {
+                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                })),
+                Reply::Result(answer) => Ok(answer),
+                Reply::Neither(text) => Err(CallError::Reply(KvRestError::UnexpectedReply {
                     operation,
-                    reply: other.to_string(),
+                    reply: text,
                 })),
             };
         }
@@ -346,21 +368,14 @@ impl KvRestStore {
         operation: StoreOperation,
         script: &Script,
         key: &StoreKey,
-        args: &[Value],
+        args: &[Arg<'_>],
     ) -> Result<Fenced, StoreError> {
-        let with = |head: Vec<Value>| -> Value {
-            let mut command = head;
-            command.push(json!(1));
-            command.push(json!(key.as_str()));
-            command.extend_from_slice(args);
-            Value::Array(command)
-        };
-        let by_sha = with(vec![json!("EVALSHA"), json!(script.sha)]);
+        let by_sha = script_command("EVALSHA", &script.sha, key, args);
         let reply = match self.call(operation, &by_sha).await {
             Err(CallError::Redis(message)) if message.starts_with("NOSCRIPT") => {
                 tracing::debug!("script not cached on the server; sending it with EVAL");
-                self.command(operation, &with(vec![json!("EVAL"), json!(script.text)]))
-                    .await?
+                let by_text = script_command("EVAL", &script.text, key, args);
+                self.command(operation, &by_text).await?
             }
             other => {
                 other.map_err(|e| e.into_store_error(operation, self.config.operation_timeout))?
@@ -373,6 +388,24 @@ impl KvRestStore {
             _ => Err(unexpected(operation, &reply)),
         }
     }
+}
+
+/// `EVALSHA sha 1 key args…` or `EVAL text 1 key args…`.
+fn script_command<'a>(
+    name: &'static str,
+    script: &'a str,
+    key: &'a StoreKey,
+    args: &[Arg<'a>],
+) -> Vec<Arg<'a>> {
+    let mut command = Vec::with_capacity(4 + args.len());
+    command.extend([
+        Arg::Str(name),
+        Arg::Str(script),
+        Arg::Int(1),
+        Arg::Str(key.as_str()),
+    ]);
+    command.extend_from_slice(args);
+    command
 }
 
 /// Whether a Redis error relayed by the REST API is `WRONGTYPE` (the key holds a hash, list...),
@@ -391,14 +424,14 @@ fn is_write_refused(message: &str) -> bool {
         || message.contains("READONLY You can't write")
 }
 
-fn millis(d: Duration) -> Value {
-    json!(expiry_millis(d))
+fn millis(d: Duration) -> Arg<'static> {
+    Arg::Int(expiry_millis(d))
 }
 
-fn decode_reply(operation: StoreOperation, reply: Value) -> Result<Option<Record>, StoreError> {
+fn decode_reply(operation: StoreOperation, reply: Answer) -> Result<Option<Record>, StoreError> {
     match reply {
-        Value::Null => Ok(None),
-        Value::String(text) => Ok(Some(codec::decode(text.as_bytes())?)),
+        Answer::Null => Ok(None),
+        Answer::Text(text) => Ok(Some(codec::decode(text.as_bytes())?)),
         other => Err(unexpected(operation, &other)),
     }
 }
@@ -412,7 +445,15 @@ impl IdempotencyStore for KvRestStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let text = codec::encode(&Record::InProgress(record.clone()));
-        let command = json!(["SET", key.as_str(), text, "NX", "PX", millis(lease), "GET"]);
+        let command = [
+            Arg::Str("SET"),
+            Arg::Str(key.as_str()),
+            Arg::Str(&text),
+            Arg::Str("NX"),
+            Arg::Str("PX"),
+            millis(lease),
+            Arg::Str("GET"),
+        ];
         let reply = self.command(StoreOperation::TryClaim, &command).await?;
         match decode_reply(StoreOperation::TryClaim, reply)? {
             None => Ok(Claim::Claimed),
@@ -428,17 +469,19 @@ impl IdempotencyStore for KvRestStore {
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
         let text = codec::encode(&Record::Completed(record.clone()));
-        let args = [json!(token.to_hex()), json!(text), millis(retention)];
+        let token = token.to_hex();
+        let args = [Arg::Str(&token), Arg::Str(&text), millis(retention)];
         self.eval(StoreOperation::Complete, &self.scripts.complete, key, &args)
             .await
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        let token = token.to_hex();
         self.eval(
             StoreOperation::Release,
             &self.scripts.release,
             key,
-            &[json!(token.to_hex())],
+            &[Arg::Str(&token)],
         )
         .await
     }
@@ -449,13 +492,14 @@ impl IdempotencyStore for KvRestStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        let args = [json!(token.to_hex()), millis(lease)];
+        let token = token.to_hex();
+        let args = [Arg::Str(&token), millis(lease)];
         self.eval(StoreOperation::Extend, &self.scripts.extend, key, &args)
             .await
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let command = json!(["GET", key.as_str()]);
+        let command = [Arg::Str("GET"), Arg::Str(key.as_str())];
         decode_reply(
             StoreOperation::Get,
             self.command(StoreOperation::Get, &command).await?,
@@ -464,7 +508,10 @@ impl IdempotencyStore for KvRestStore {
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let reply = self
-            .command(StoreOperation::Delete, &json!(["DEL", key.as_str()]))
+            .command(
+                StoreOperation::Delete,
+                &[Arg::Str("DEL"), Arg::Str(key.as_str())],
+            )
             .await?;
         match reply.as_i64() {
             Some(deleted) => Ok(deleted > 0),
@@ -475,7 +522,10 @@ impl IdempotencyStore for KvRestStore {
     /// `PTTL` (one more request, made only when the engine answers "in progress").
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
         let reply = self
-            .command(StoreOperation::TimeToLive, &json!(["PTTL", key.as_str()]))
+            .command(
+                StoreOperation::TimeToLive,
+                &[Arg::Str("PTTL"), Arg::Str(key.as_str())],
+            )
             .await?;
         match reply.as_i64() {
             Some(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms.unsigned_abs()))),
@@ -530,6 +580,22 @@ mod tests {
                 .into_store_error(StoreOperation::Get, Duration::from_secs(1));
             assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
         }
+    }
+
+    #[test]
+    fn unusable_urls_and_tokens_fail_at_construction() {
+        assert!(matches!(
+            KvRestStore::connect("http://", "token"),
+            Err(KvRestConfigError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            KvRestStore::connect("http://127.0.0.1:9", "line\nbreak"),
+            Err(KvRestConfigError::InvalidToken)
+        ));
+        let store = KvRestStore::connect("https://example.upstash.io/", "token").unwrap();
+        assert!(store.authorization.is_sensitive());
+        assert_eq!(store.authorization.to_str().unwrap(), "Bearer token");
+        assert_eq!(store.url.as_str(), "https://example.upstash.io/");
     }
 
     #[test]

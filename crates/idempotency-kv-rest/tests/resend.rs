@@ -120,3 +120,45 @@ async fn a_timeout_is_not_sent_again() {
     assert!(matches!(error, StoreError::Timeout { .. }), "{error:?}");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+/// A server that answers every request with a status line and headers announcing a longer body
+/// than it sends, then hangs up. Counts requests.
+async fn cut_body_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buffer).await;
+                let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: 100\r\n\r\n{\"result\":";
+                let _ = socket.write_all(reply.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_reply_cut_off_after_its_status_is_unavailable_and_not_sent_again() {
+    let (url, seen) = cut_body_server().await;
+    let store = store(&url);
+    let error = store
+        .get(&StoreKey::from_raw("resend:k"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "an answered request is never resent"
+    );
+}

@@ -34,12 +34,21 @@ use crate::error::GatewayError;
 /// name that is not a string.
 pub(crate) fn parse_command(body: &[u8]) -> Result<Command, GatewayError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let command = CommandSeed
+    // The arguments take at most the body's size (JSON text is never shorter than what it
+    // decodes to), so one allocation holds them: growing the buffer argument by argument was
+    // about 7 k of the gateway's 80 k instructions per request.
+    let seed = CommandSeed {
+        capacity: Some((body.len(), SINGLE_COMMAND_ARGS)),
+    };
+    let command = seed
         .deserialize(&mut deserializer)
         .and_then(|command| deserializer.end().map(|()| command))
         .map_err(|error| bad_json(&error))?;
-    command.finish()
+    command.non_empty()
 }
+
+/// Argument slots reserved for a single command (`EVALSHA sha 1 key token record ms` is 7).
+const SINGLE_COMMAND_ARGS: usize = 8;
 
 /// A `/pipeline` or `/multi-exec` body: a non-empty JSON array of at most `max_commands`
 /// command arrays.
@@ -96,7 +105,7 @@ impl<'de> Visitor<'de> for BatchSeed {
         // The hint is the client's claim; never pre-allocate more than the cap from it.
         let hint = seq.size_hint().unwrap_or(0).min(self.max_commands);
         let mut commands = Vec::with_capacity(hint);
-        while let Some(command) = seq.next_element_seed(CommandSeed)? {
+        while let Some(command) = seq.next_element_seed(CommandSeed { capacity: None })? {
             if commands.len() == self.max_commands {
                 return Err(de::Error::custom(format!(
                     "ERR too many commands: more than {} per request",
@@ -109,7 +118,10 @@ impl<'de> Visitor<'de> for BatchSeed {
     }
 }
 
-struct CommandSeed;
+/// One command array; `capacity` (bytes, arguments) pre-sizes a single command's buffers.
+struct CommandSeed {
+    capacity: Option<(usize, usize)>,
+}
 
 impl<'de> DeserializeSeed<'de> for CommandSeed {
     type Value = Command;
@@ -127,7 +139,10 @@ impl<'de> Visitor<'de> for CommandSeed {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut command = Command::default();
+        let mut command = match self.capacity {
+            Some((bytes, args)) => Command::with_capacity(bytes, args),
+            None => Command::default(),
+        };
         let mut index = 0_usize;
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
             push_raw(&mut command, raw, index).map_err(de::Error::custom)?;

@@ -38,13 +38,29 @@ impl Command {
         self.ends.push(self.data.len());
     }
 
-    /// The command when it has at least a name, else the "empty command" error.
-    pub(crate) fn finish(mut self) -> Result<Self, GatewayError> {
+    /// An empty command with room for `bytes` of arguments and `args` arguments.
+    pub(crate) fn with_capacity(bytes: usize, args: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(args),
+        }
+    }
+
+    /// The command when it has at least a name, else the "empty command" error; the buffers
+    /// are shrunk to their content (a batch holds many commands).
+    pub(crate) fn finish(self) -> Result<Self, GatewayError> {
+        let mut command = self.non_empty()?;
+        command.data.shrink_to_fit();
+        command.ends.shrink_to_fit();
+        Ok(command)
+    }
+
+    /// The command when it has at least a name, else the "empty command" error; the buffers
+    /// stay as they are (for a single command sized from its body, which bounds them).
+    pub(crate) fn non_empty(self) -> Result<Self, GatewayError> {
         if self.ends.is_empty() {
             return Err(GatewayError::BadRequest("ERR empty command".into()));
         }
-        self.data.shrink_to_fit();
-        self.ends.shrink_to_fit();
         Ok(self)
     }
 

@@ -64,6 +64,11 @@ impl IntoResponse for GatewayError {
 pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
     let bytes =
         serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"ERR internal\"}".to_vec());
+    json_bytes_response(status, bytes)
+}
+
+/// A response with a body that is already JSON text.
+pub(crate) fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     (
         status,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],

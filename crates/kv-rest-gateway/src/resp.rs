@@ -40,6 +40,31 @@ pub(crate) fn item(value: &Value, encoding: Encoding) -> Json {
     }
 }
 
+/// The body `{"result": …}` of one reply, written without building a `serde_json::Value`
+/// for the common shapes (null, integers, `OK`, text strings: a record is written from the
+/// reply's own bytes when they are UTF-8); other shapes go through [`to_json`].
+///
+/// # Errors
+/// Never expected (serde_json's signature: writing into a `Vec` does not fail).
+pub(crate) fn result_body(value: &Value, encoding: Encoding) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(match value {
+        Value::BulkString(bytes) => bytes.len() + bytes.len() / 4 + 16,
+        _ => 32,
+    });
+    out.extend_from_slice(b"{\"result\":");
+    match (value, encoding) {
+        (Value::Nil, _) => out.extend_from_slice(b"null"),
+        (Value::Int(n), _) => serde_json::to_writer(&mut out, n)?,
+        (Value::Okay, _) => out.extend_from_slice(b"\"OK\""),
+        (Value::BulkString(bytes), Encoding::Text) => {
+            serde_json::to_writer(&mut out, &*String::from_utf8_lossy(bytes))?;
+        }
+        (other, _) => serde_json::to_writer(&mut out, &to_json(other, encoding))?,
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
 /// A reply value as JSON.
 pub(crate) fn to_json(value: &Value, encoding: Encoding) -> Json {
     match value {
@@ -109,6 +134,30 @@ mod tests {
             to_json(&value, Encoding::Base64),
             json!([null, 7, "T0s=", "OK", "UE9ORw==", ["/w=="]])
         );
+    }
+
+    #[test]
+    fn result_bodies_match_the_value_form() {
+        let values = [
+            Value::Nil,
+            Value::Int(-7),
+            Value::Okay,
+            Value::BulkString(br#"{"v":1,"t":"a\"b"}"#.to_vec()),
+            Value::BulkString(vec![0xff, b'a', b'\n']),
+            Value::SimpleString("PONG".into()),
+            Value::Array(vec![Value::Int(1), Value::BulkString(b"x".to_vec())]),
+        ];
+        for encoding in [Encoding::Text, Encoding::Base64] {
+            for value in &values {
+                let written: Json =
+                    serde_json::from_slice(&result_body(value, encoding).unwrap()).unwrap();
+                assert_eq!(
+                    written,
+                    json!({ "result": to_json(value, encoding) }),
+                    "{value:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -22,10 +22,10 @@ use crate::backend::{Backend, TransactionOutcome};
 use crate::body::{parse_batch, parse_command};
 use crate::command::{Command, command_from_path};
 use crate::config::GatewayConfig;
-use crate::error::{GatewayError, json_response};
+use crate::error::{GatewayError, json_bytes_response, json_response};
 use crate::listen::{ConnectionCounter, ServerLimits, serve_with_limits};
 use crate::policy::check_allowed;
-use crate::resp::{Encoding, item, to_json};
+use crate::resp::{Encoding, item, result_body};
 use crate::scripts::{ReplyFix, ScriptRegistry};
 
 /// The unauthenticated health endpoint: `GET` or `HEAD`, 200 `{"result":"OK"}` when Redis
@@ -507,9 +507,9 @@ async fn single(
             .command(access, &command.to_redis(), command.is_script())
             .await?,
     );
-    Ok(ok(
-        &serde_json::json!({ "result": to_json(&value, encoding) }),
-    ))
+    let body = result_body(&value, encoding)
+        .map_err(|error| GatewayError::Internal(format!("writing the reply: {error}")))?;
+    Ok(json_bytes_response(StatusCode::OK, body))
 }
 
 async fn pipeline(
