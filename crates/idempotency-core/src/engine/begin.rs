@@ -77,6 +77,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         }
         let store_key = self.store_key(scope, key);
         let span = tracing::debug_span!("idempotency.begin", key = %store_key);
+        if span.is_disabled() {
+            // No subscriber wants it: skip entering and leaving a disabled span on every poll
+            // (with tracing's `log` feature each of those still asks `log` whether to emit).
+            return self.begin_claim(store_key, fingerprint).await;
+        }
         self.begin_claim(store_key, fingerprint)
             .instrument(span)
             .await
@@ -99,6 +104,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         loop {
             let claimed = self
                 .timed(
+                    Which::Primary,
                     StoreOperation::TryClaim,
                     self.inner
                         .store
@@ -226,6 +232,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         }
         let remaining = self
             .timed(
+                which,
                 StoreOperation::TimeToLive,
                 self.store_of(which).time_to_live(key),
             )
@@ -296,7 +303,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         record: &InProgress,
     ) -> Option<Result<Begin<S>, IdempotencyError>> {
         let read = self
-            .timed(StoreOperation::Get, self.inner.store.get(store_key))
+            .timed(
+                Which::Primary,
+                StoreOperation::Get,
+                self.inner.store.get(store_key),
+            )
             .await;
         let (result, answer) = match read {
             Ok(Some(existing)) => match self.seen(existing, record) {
@@ -328,6 +339,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let fallback = self.store_of(Which::Fallback);
         let claimed = self
             .timed(
+                Which::Fallback,
                 StoreOperation::TryClaim,
                 fallback.try_claim(&store_key, &record, self.inner.config.lease),
             )
