@@ -271,7 +271,7 @@ where
     /// not a record (the contract reports that as corrupt, and the scripts cannot tell).
     ///
     /// The script and that check share one operation timeout, so the primitive as a whole is
-    /// bounded by it ([`IdempotencyStore::operation_timeout`]).
+    /// bounded by it ([`IdempotencyStore::operation_bound`]).
     async fn fenced(
         &self,
         operation: StoreOperation,
@@ -332,8 +332,11 @@ where
         let text = codec::encode(&Record::InProgress(record.clone()));
         let reply = match self.claim {
             ClaimStrategy::SetNxGet => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key.as_str())
+                // Sized up front: growing the command buffer argument by argument reallocates
+                // several times per claim (`cargo xtask instructions`).
+                let mut cmd = Cmd::with_capacity(7, key.as_str().len() + text.len() + 40);
+                cmd.arg("SET")
+                    .arg(key.as_str())
                     .arg(&text)
                     .arg("NX")
                     .arg("PX")
@@ -454,7 +457,7 @@ where
 
     /// The operation timeout, unless the store waits for replicas (a `WAIT` adds its own
     /// timeout to claims and completions; the engine's timer then stays in place).
-    fn operation_timeout(&self) -> Option<Duration> {
+    fn operation_bound(&self) -> Option<Duration> {
         self.replica_wait.is_none().then_some(self.timeout)
     }
 
