@@ -329,7 +329,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// `Some(bound)` with `bound` at or below the engine's `store_timeout`, the engine arms no
     /// timer of its own for that store (one timer per store call instead of two nested ones);
     /// a longer bound leaves the engine's timer in place, so the engine's budget always holds.
-    fn operation_timeout(&self) -> Option<Duration> {
+    fn operation_bound(&self) -> Option<Duration> {
         None
     }
 }
@@ -387,8 +387,8 @@ macro_rules! forward_store {
             ) -> Result<Waited, StoreError> {
                 (**self).wait_for_change(key, seen, timeout).await
             }
-            fn operation_timeout(&self) -> Option<Duration> {
-                (**self).operation_timeout()
+            fn operation_bound(&self) -> Option<Duration> {
+                (**self).operation_bound()
             }
         }
     };

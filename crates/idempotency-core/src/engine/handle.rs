@@ -181,13 +181,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
 
     /// Whether calls on the store of kind `which` need the engine's timer: not when the store
     /// bounds its own operations within the engine's budget
-    /// ([`IdempotencyStore::operation_timeout`]).
+    /// ([`IdempotencyStore::operation_bound`]).
     pub(crate) fn needs_timer(&self, which: Which) -> bool {
         let after = self.inner.config.store_timeout;
-        !self
-            .store_of(which)
-            .operation_timeout()
-            .is_some_and(|bound| bound <= after)
+        self.store_of(which)
+            .operation_bound()
+            .is_none_or(|bound| bound > after)
     }
 
     /// Run a call on the store of kind `which` under the timeout, recording its latency and
