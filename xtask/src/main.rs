@@ -3,6 +3,7 @@
 
 use std::process::{Command, ExitCode};
 
+mod instructions;
 mod provision;
 
 fn main() -> ExitCode {
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("chaos") => chaos(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("instructions") => instructions::instructions(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -50,6 +52,13 @@ fn print_help() {
          cargo +nightly fuzz run on every target in fuzz/ (or TARGET), N seconds each\n    \
          (default 60) or N executions; corpus in fuzz/corpus, committed seeds in\n    \
          fuzz/seeds. Needs a nightly toolchain and `cargo install cargo-fuzz`\n  \
+         instructions [--ops N] [--backends LIST] [--scenarios LIST] [--redis URL]\n    \
+         [--harness PATH]\n    \
+         client-side instructions per operation under valgrind --tool=callgrind, at N and\n    \
+         2N operations (default N = 2000): raw-redis, redis, memory-store, memory × fresh,\n    \
+         replay, conflict, with the ratio of each to its baseline. Starts its own\n    \
+         redis-server on 127.0.0.1 unless --redis is given (that database is flushed);\n    \
+         --harness: count a harness binary kept from an earlier build (before/after)\n  \
          help  this text"
     );
 }

@@ -118,8 +118,9 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
+    // ASCII digits only: one append instead of a `push` (capacity check, UTF-8) per digit.
+    if let Ok(text) = std::str::from_utf8(&digits[start..]) {
+        out.push_str(text);
     }
 }
 
@@ -249,6 +250,14 @@ impl<'a> Cursor<'a> {
         let digits = self.take(len)?;
         if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
             return None;
+        }
+        if digits.len() < 20 {
+            // At most 19 digits cannot overflow a u64 (< 10^19 < 2^64): no checked arithmetic.
+            return Some(
+                digits
+                    .iter()
+                    .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+            );
         }
         digits.iter().try_fold(0u64, |n, &d| {
             n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
@@ -380,6 +389,38 @@ mod tests {
             created_at_ms: 42,
         });
         assert_eq!(decode(encode(&r).as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn times_round_trip_at_every_width() {
+        // 1 to 20 digits: the canonical reader's unchecked path (< 20 digits) and checked one.
+        for created_at_ms in [
+            0,
+            9,
+            10,
+            1_700_000_000_000,
+            9_999_999_999_999_999_999,
+            u64::MAX,
+        ] {
+            let r = Record::InProgress(InProgress {
+                token: LeaseToken::generate(),
+                fingerprint: Fingerprint::of("x"),
+                created_at_ms,
+            });
+            let text = encode(&r);
+            assert!(text.contains(&format!("\"c\":{created_at_ms}}}")), "{text}");
+            assert_eq!(decode_canonical(text.as_bytes()), Some(r.clone()));
+            assert_eq!(decode(text.as_bytes()).unwrap(), r);
+        }
+        // One past u64::MAX is refused, not wrapped.
+        let r = Record::InProgress(InProgress {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::of("x"),
+            created_at_ms: u64::MAX,
+        });
+        let over = encode(&r).replace("18446744073709551615", "18446744073709551616");
+        assert_eq!(decode_canonical(over.as_bytes()), None);
+        assert!(decode(over.as_bytes()).is_err());
     }
 
     #[test]

@@ -318,6 +318,20 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
         let _ = (key, seen, timeout);
         Ok(Waited::Unsupported)
     }
+
+    /// The bound this store puts on each of its primitives by itself (`wait_for_change`
+    /// aside): every call of `try_claim`, `complete`, `release`, `extend`, `get`, `delete` and
+    /// `time_to_live` answers, or fails with [`StoreError::Timeout`], within this duration,
+    /// even when the server hangs.
+    ///
+    /// Optional: the default, `None`, promises nothing, and the engine bounds every call that
+    /// does not answer at once with its own `store_timeout`. When a store answers
+    /// `Some(bound)` with `bound` at or below the engine's `store_timeout`, the engine arms no
+    /// timer of its own for that store (one timer per store call instead of two nested ones);
+    /// a longer bound leaves the engine's timer in place, so the engine's budget always holds.
+    fn operation_bound(&self) -> Option<Duration> {
+        None
+    }
 }
 
 macro_rules! forward_store {
@@ -372,6 +386,9 @@ macro_rules! forward_store {
                 timeout: Duration,
             ) -> Result<Waited, StoreError> {
                 (**self).wait_for_change(key, seen, timeout).await
+            }
+            fn operation_bound(&self) -> Option<Duration> {
+                (**self).operation_bound()
             }
         }
     };

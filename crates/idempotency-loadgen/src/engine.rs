@@ -10,7 +10,7 @@ use idempotency_core::{
 use idempotency_memory::MemoryStore;
 
 use crate::load::Worker;
-use crate::scenario::{LEASE, RETENTION, Scenario, fingerprint, outcome, scope};
+use crate::scenario::{LEASE, RETENTION, Scenario, fingerprint, numbered, outcome, scope};
 
 /// `Idempotency::begin` and, on a fresh key, `guard.complete`.
 pub(crate) struct EngineWorker<S: IdempotencyStore + 'static> {
@@ -19,6 +19,8 @@ pub(crate) struct EngineWorker<S: IdempotencyStore + 'static> {
     scope: Scope,
     prefix: String,
     n: u64,
+    /// The key text of the operation under way (reused).
+    buf: String,
     fixed: IdempotencyKey,
     fingerprint: Fingerprint,
     outcome: StoredOutcome,
@@ -37,6 +39,7 @@ impl<S: IdempotencyStore + 'static> EngineWorker<S> {
             scope: scope(),
             prefix,
             n: 0,
+            buf: String::new(),
             fixed,
             fingerprint: fingerprint(),
             outcome: outcome(),
@@ -48,7 +51,7 @@ impl<S: IdempotencyStore + 'static> Worker for EngineWorker<S> {
     async fn op(&mut self) -> Result<()> {
         match self.scenario {
             Scenario::Fresh => {
-                let key = IdempotencyKey::new(format!("{}{}", self.prefix, self.n))?;
+                let key = IdempotencyKey::new(numbered(&mut self.buf, &self.prefix, self.n))?;
                 self.n += 1;
                 match self
                     .engine
@@ -111,6 +114,7 @@ pub(crate) struct MemoryStoreWorker {
     scenario: Scenario,
     prefix: String,
     n: u64,
+    buf: String,
     fixed: StoreKey,
     fingerprint: Fingerprint,
     outcome: StoredOutcome,
@@ -123,6 +127,7 @@ impl MemoryStoreWorker {
             scenario,
             prefix,
             n: 0,
+            buf: String::new(),
             fixed: StoreKey::from_raw(fixed),
             fingerprint: fingerprint(),
             outcome: outcome(),
@@ -143,7 +148,7 @@ impl Worker for MemoryStoreWorker {
         let claim = self.claim();
         match self.scenario {
             Scenario::Fresh => {
-                let key = StoreKey::from_raw(format!("{}{}", self.prefix, self.n));
+                let key = StoreKey::from_raw(numbered(&mut self.buf, &self.prefix, self.n));
                 self.n += 1;
                 if self.store.try_claim(&key, &claim, LEASE).await? != Claim::Claimed {
                     bail!("a fresh key was held");

@@ -71,9 +71,51 @@ pub(crate) fn scope() -> Scope {
 /// A memory store without the default 1 M record bound: a fresh cell writes millions of
 /// records, and evictions (an O(n) scan when the bound is hit) would measure the bound rather
 /// than the store.
+///
+/// The map grows as records arrive (no `initial_capacity`): sized for the cell's 3 M-record cap
+/// it cost less CPU in the process (no doublings: 4.9 s instead of 6.1 s for 3 M store-level
+/// claims + completions) but more page faults than it saved when a cell writes well under that
+/// (600 k: 1.3 s instead of 1.2 s, 725 MB resident instead of 225 MB), which is where the rows
+/// run today.
 pub(crate) fn unbounded_memory() -> MemoryStore {
     MemoryStore::builder()
         .max_entries(usize::MAX)
         .max_bytes(usize::MAX)
         .build()
+}
+
+/// `prefix` followed by the decimal digits of `n`, written into `buf` (reused across
+/// operations: no formatting machinery on the worker's path).
+pub(crate) fn numbered<'a>(buf: &'a mut String, prefix: &str, n: u64) -> &'a str {
+    buf.clear();
+    buf.push_str(prefix);
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        buf.push(char::from(digit));
+    }
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_keys_match_format() {
+        let mut buf = String::new();
+        for n in [0, 7, 10, 12_345, u64::MAX] {
+            assert_eq!(numbered(&mut buf, "c1-t0-", n), format!("c1-t0-{n}"));
+        }
+        assert_eq!(numbered(&mut buf, "", 42), "42");
+    }
 }

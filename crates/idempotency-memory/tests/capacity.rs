@@ -182,3 +182,25 @@ async fn amortised_sweep_removes_dead_records() {
     assert_eq!(store.sweep_expired(), 0);
     assert!(store.approximate_bytes() < 1024);
 }
+
+#[tokio::test]
+async fn initial_capacity_keeps_the_bound() {
+    // Room made up front for more records than the bound allows: the bound still decides.
+    let store = MemoryStore::builder()
+        .max_entries(32)
+        .initial_capacity(1_000)
+        .build();
+    for n in 0..64 {
+        claim_and_complete(&store, n, 10).await;
+    }
+    assert!(store.len() <= 32, "held {}", store.len());
+    assert!(store.evictions() >= 32);
+    // And every record the store holds is still found.
+    let mut held = 0;
+    for n in 0..64 {
+        if store.get(&k(n)).await.unwrap().is_some() {
+            held += 1;
+        }
+    }
+    assert_eq!(held, store.len());
+}

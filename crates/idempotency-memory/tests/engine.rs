@@ -521,3 +521,121 @@ async fn a_result_that_does_not_serialize_is_its_own_error() {
     }
     panic!("the claim was not released");
 }
+
+/// A store whose claims wait `delay` and then fail with its own timeout, and that declares
+/// `bound` as the bound on its operations (`IdempotencyStore::operation_bound`).
+#[derive(Debug)]
+struct SelfBoundedStore {
+    inner: MemoryStore,
+    delay: Duration,
+    bound: Option<Duration>,
+}
+
+#[async_trait]
+impl IdempotencyStore for SelfBoundedStore {
+    async fn try_claim(
+        &self,
+        _k: &StoreKey,
+        _r: &InProgress,
+        _lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        tokio::time::sleep(self.delay).await;
+        Err(StoreError::Timeout {
+            operation: StoreOperation::TryClaim,
+            after: self.delay,
+        })
+    }
+    async fn complete(
+        &self,
+        k: &StoreKey,
+        t: &LeaseToken,
+        r: &Completed,
+        ret: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.inner.complete(k, t, r, ret).await
+    }
+    async fn release(&self, k: &StoreKey, t: &LeaseToken) -> Result<Fenced, StoreError> {
+        self.inner.release(k, t).await
+    }
+    async fn extend(
+        &self,
+        k: &StoreKey,
+        t: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.inner.extend(k, t, lease).await
+    }
+    async fn get(&self, k: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.inner.get(k).await
+    }
+    async fn delete(&self, k: &StoreKey) -> Result<bool, StoreError> {
+        self.inner.delete(k).await
+    }
+    fn operation_bound(&self) -> Option<Duration> {
+        self.bound
+    }
+}
+
+/// The timeout a claim on `store` fails with, under an engine whose budget is 1 s.
+async fn claim_timeout(store: SelfBoundedStore) -> Duration {
+    let engine = Idempotency::builder(store)
+        .store_timeout(Duration::from_secs(1))
+        .ignore_env()
+        .build()
+        .unwrap();
+    match engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+    {
+        Err(IdempotencyError::StoreUnavailable(StoreError::Timeout { after, .. })) => after,
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_bounded_within_the_budget_is_trusted_with_its_own_timer() {
+    // Declares 800 ms (within the engine's 1 s): the engine arms no timer of its own. Shown
+    // with a store that overruns its declaration (2 s): nothing cuts it at the engine's 1 s,
+    // and the store's own timeout is the one reported.
+    let started = Instant::now();
+    let after = claim_timeout(SelfBoundedStore {
+        inner: MemoryStore::new(),
+        delay: Duration::from_secs(2),
+        bound: Some(Duration::from_millis(800)),
+    })
+    .await;
+    assert_eq!(after, Duration::from_secs(2));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_keeps_its_timer_for_stores_bounded_beyond_the_budget_or_not_at_all() {
+    for bound in [Some(Duration::from_secs(5)), None] {
+        // The store would take 5 s: the engine's 1 s budget still holds.
+        let started = Instant::now();
+        let after = claim_timeout(SelfBoundedStore {
+            inner: MemoryStore::new(),
+            delay: Duration::from_secs(5),
+            bound,
+        })
+        .await;
+        assert_eq!(after, Duration::from_secs(1), "bound {bound:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(1), "bound {bound:?}");
+    }
+}
+
+#[test]
+fn arc_and_box_forward_the_operation_bound() {
+    let bounded = || SelfBoundedStore {
+        inner: MemoryStore::new(),
+        delay: Duration::ZERO,
+        bound: Some(Duration::from_millis(250)),
+    };
+    assert_eq!(
+        Arc::new(bounded()).operation_bound(),
+        Some(Duration::from_millis(250))
+    );
+    let boxed: Box<dyn IdempotencyStore> = Box::new(bounded());
+    assert_eq!(boxed.operation_bound(), Some(Duration::from_millis(250)));
+    assert_eq!(MemoryStore::new().operation_bound(), None);
+}

@@ -144,8 +144,11 @@ impl RedisStoreBuilder {
     pub async fn connect_client(self, client: Client) -> Result<RedisStore, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            // The store's own timeout is authoritative; the client's must not cut it shorter.
-            .set_response_timeout(Some(self.operation_timeout))
+            // Every store command runs under the store's own operation timeout: a response
+            // timeout in the client too would arm a second timer per command for nothing (and
+            // must not cut the store's budget shorter). Commands a caller sends on
+            // `RedisStore::connection` are bounded by the caller.
+            .set_response_timeout(None)
             .set_number_of_retries(self.reconnect_attempts)
             .set_max_delay(Duration::from_secs(1));
         let budget = self.connect_timeout + self.operation_timeout;

@@ -120,7 +120,10 @@ impl<C> fmt::Debug for RedisStore<C> {
 }
 
 impl<C> RedisStore<C> {
-    /// The connection the store uses (clone it to run your own commands on it).
+    /// The connection the store uses (clone it to run your own commands on it). On a store
+    /// from [`RedisStoreBuilder::connect`](crate::RedisStoreBuilder::connect) the connection
+    /// has no response timeout of its own (the store bounds each of its operations): bound your
+    /// own commands, e.g. with `tokio::time::timeout`.
     pub fn connection(&self) -> &C {
         &self.conn
     }
@@ -217,23 +220,40 @@ where
         F: Fn(C) -> Fut,
         Fut: Future<Output = RedisResult<Value>>,
     {
-        let attempts = async {
-            match request(self.conn.clone()).await {
-                Err(error) if is_reconnectable(&error) => {
-                    tracing::debug!(%error, %operation, "connection broken; retrying once");
-                    request(self.conn.clone()).await
-                }
-                other => other,
-            }
-        };
-        match tokio::time::timeout(self.timeout, attempts).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(Error::client(operation, self.timeout, error)),
+        self.bounded(operation, self.attempts(operation, request))
+            .await
+    }
+
+    /// `work` under the operation timeout: one timer for the whole primitive.
+    async fn bounded<T>(
+        &self,
+        operation: StoreOperation,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 operation,
                 after: self.timeout,
             }),
         }
+    }
+
+    /// One request, retried once if the connection was broken, without a timer of its own
+    /// (callers run it under [`Self::bounded`]).
+    async fn attempts<F, Fut>(&self, operation: StoreOperation, request: F) -> Result<Value, Error>
+    where
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = RedisResult<Value>>,
+    {
+        let reply = match request(self.conn.clone()).await {
+            Err(error) if is_reconnectable(&error) => {
+                tracing::debug!(%error, %operation, "connection broken; retrying once");
+                request(self.conn.clone()).await
+            }
+            other => other,
+        };
+        reply.map_err(|error| Error::client(operation, self.timeout, error))
     }
 
     pub(crate) async fn command(
@@ -249,21 +269,39 @@ where
 
     /// Run a fenced script; on "lease lost", make sure the key does not hold something that is
     /// not a record (the contract reports that as corrupt, and the scripts cannot tell).
+    ///
+    /// The script and that check share one operation timeout, so the primitive as a whole is
+    /// bounded by it ([`IdempotencyStore::operation_bound`]).
     async fn fenced(
         &self,
         operation: StoreOperation,
         key: &StoreKey,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Fenced, StoreError> {
-        let reply = self
-            .exec(operation, |mut conn| async move {
-                invocation.invoke_async::<Value>(&mut conn).await
+        let work = async {
+            let reply = self
+                .attempts(operation, |mut conn| async move {
+                    invocation.invoke_async::<Value>(&mut conn).await
+                })
+                .await?;
+            Ok(match fenced_from(operation, reply)? {
+                Fenced::Applied => Ok(Fenced::Applied),
+                Fenced::LeaseLost => {
+                    let check = self
+                        .attempts(StoreOperation::Get, |mut conn| async move {
+                            redis::cmd("GET")
+                                .arg(key.as_str())
+                                .query_async::<Value>(&mut conn)
+                                .await
+                        })
+                        .await
+                        .and_then(|reply| record_from(StoreOperation::Get, reply))
+                        .map_err(StoreError::from);
+                    Fenced::lease_lost_unless_corrupt(check)
+                }
             })
-            .await?;
-        match fenced_from(operation, reply)? {
-            Fenced::Applied => Ok(Fenced::Applied),
-            Fenced::LeaseLost => Fenced::lease_lost_unless_corrupt(self.read(key).await),
-        }
+        };
+        self.bounded(operation, work).await?
     }
 
     pub(crate) async fn read(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
@@ -294,8 +332,11 @@ where
         let text = codec::encode(&Record::InProgress(record.clone()));
         let reply = match self.claim {
             ClaimStrategy::SetNxGet => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key.as_str())
+                // Sized up front: growing the command buffer argument by argument reallocates
+                // several times per claim (`cargo xtask instructions`).
+                let mut cmd = Cmd::with_capacity(7, key.as_str().len() + text.len() + 40);
+                cmd.arg("SET")
+                    .arg(key.as_str())
                     .arg(&text)
                     .arg("NX")
                     .arg("PX")
@@ -412,6 +453,12 @@ where
             Some(notifier) => notifier.wait(key, seen, timeout, self.read(key)).await,
             None => Ok(Waited::Unsupported),
         }
+    }
+
+    /// The operation timeout, unless the store waits for replicas (a `WAIT` adds its own
+    /// timeout to claims and completions; the engine's timer then stays in place).
+    fn operation_bound(&self) -> Option<Duration> {
+        self.replica_wait.is_none().then_some(self.timeout)
     }
 
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {

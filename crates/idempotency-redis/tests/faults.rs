@@ -48,6 +48,10 @@ impl Drop for Paused<'_> {
 async fn paused_server_times_out_within_budget_and_policies_apply() {
     let mut server = RedisServer::start_local().expect("local redis-server");
     let store = store_on(&server).await;
+    // The store bounds every primitive by its budget, so the engines below (2 s) arm no timer
+    // of their own: the timeouts they report are the store's.
+    assert_eq!(IdempotencyStore::operation_bound(&store), Some(BUDGET));
+    assert_eq!(store.operation_timeout(), BUDGET);
     let fail_closed = Idempotency::builder(store.clone())
         .store_timeout(Duration::from_secs(2))
         .ignore_env()

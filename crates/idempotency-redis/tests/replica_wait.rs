@@ -125,6 +125,9 @@ async fn too_few_replicas_is_a_typed_error_and_releases_the_claim() {
         .connect(server.url())
         .await
         .unwrap();
+    // A WAIT adds its own timeout to claims and completions: the store does not claim to be
+    // bounded by its operation timeout, so the engine keeps its own timer.
+    assert_eq!(IdempotencyStore::operation_bound(&store), None);
     let key = StoreKey::from_raw("idem:lonely:k");
     let error = store.try_claim(&key, &record(1), LEASE).await.unwrap_err();
     let StoreError::Unavailable { source } = &error else {

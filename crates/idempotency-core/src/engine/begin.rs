@@ -48,8 +48,9 @@ enum Seen {
     Own,
     Mismatch,
     Replay(StoredOutcome),
-    /// Another attempt holds the key under this token.
-    InProgress(LeaseToken),
+    /// Another attempt holds the key under this token, claimed at this time (Unix ms, the
+    /// claimer's clock).
+    InProgress(LeaseToken, u64),
 }
 
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
@@ -77,6 +78,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         }
         let store_key = self.store_key(scope, key);
         let span = tracing::debug_span!("idempotency.begin", key = %store_key);
+        if span.is_disabled() {
+            // No subscriber wants it: skip entering and leaving a disabled span on every poll
+            // (with tracing's `log` feature each of those still asks `log` whether to emit).
+            return self.begin_claim(store_key, fingerprint).await;
+        }
         self.begin_claim(store_key, fingerprint)
             .instrument(span)
             .await
@@ -99,6 +105,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         loop {
             let claimed = self
                 .timed(
+                    Which::Primary,
                     StoreOperation::TryClaim,
                     self.inner
                         .store
@@ -117,7 +124,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 Seen::Own => return Ok(self.claimed(store_key, record, Which::Primary)),
                 Seen::Mismatch => return Err(self.mismatch()),
                 Seen::Replay(outcome) => return Ok(self.replay(outcome)),
-                Seen::InProgress(seen) => {
+                Seen::InProgress(seen, created_at_ms) => {
                     if !Box::pin(self.wait_in_progress(
                         &store_key,
                         &seen,
@@ -126,7 +133,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                     ))
                     .await
                     {
-                        return Err(Box::pin(self.in_progress(Which::Primary, &store_key)).await);
+                        return Err(Box::pin(self.in_progress(
+                            Which::Primary,
+                            &store_key,
+                            Some(created_at_ms),
+                        ))
+                        .await);
                     }
                 }
             }
@@ -197,7 +209,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                     IdempotencyError::CorruptRecord(error)
                 })?,
             ),
-            Record::InProgress(r) => Seen::InProgress(r.token),
+            Record::InProgress(r) => Seen::InProgress(r.token, r.created_at_ms),
         })
     }
 
@@ -215,17 +227,28 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
 
     /// The answer for a retry that finds the first attempt in progress, with a `Retry-After`
     /// from the remaining lease where the store can tell (see [`IdempotencyError::InProgress`]).
-    async fn in_progress(&self, which: Which, key: &StoreKey) -> IdempotencyError {
+    /// `created_at_ms`: when the claim found was made, if known.
+    async fn in_progress(
+        &self,
+        which: Which,
+        key: &StoreKey,
+        created_at_ms: Option<u64>,
+    ) -> IdempotencyError {
         self.inner.stats.record(Event::InProgress);
         tracing::debug!("first attempt still in progress");
         let config = &self.inner.config;
-        if !config.retry_after_from_lease {
+        if !config.retry_after_from_lease
+            || created_at_ms.is_some_and(|created| {
+                refreshed_recently(unix_millis_now().saturating_sub(created), config.lease)
+            })
+        {
             return IdempotencyError::InProgress {
                 retry_after: config.in_progress_retry_after,
             };
         }
         let remaining = self
             .timed(
+                which,
                 StoreOperation::TimeToLive,
                 self.store_of(which).time_to_live(key),
             )
@@ -296,15 +319,25 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         record: &InProgress,
     ) -> Option<Result<Begin<S>, IdempotencyError>> {
         let read = self
-            .timed(StoreOperation::Get, self.inner.store.get(store_key))
+            .timed(
+                Which::Primary,
+                StoreOperation::Get,
+                self.inner.store.get(store_key),
+            )
             .await;
         let (result, answer) = match read {
             Ok(Some(existing)) => match self.seen(existing, record) {
                 Ok(Seen::Replay(outcome)) => ("replayed", Ok(self.replay(outcome))),
                 Ok(Seen::Mismatch) => ("mismatch", Err(self.mismatch())),
-                Ok(Seen::InProgress(_) | Seen::Own) => (
+                Ok(Seen::InProgress(_, created_at_ms)) => (
                     "in_progress",
-                    Err(self.in_progress(Which::Primary, store_key).await),
+                    Err(self
+                        .in_progress(Which::Primary, store_key, Some(created_at_ms))
+                        .await),
+                ),
+                Ok(Seen::Own) => (
+                    "in_progress",
+                    Err(self.in_progress(Which::Primary, store_key, None).await),
                 ),
                 Err(error) => ("corrupt", Err(error)),
             },
@@ -328,6 +361,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let fallback = self.store_of(Which::Fallback);
         let claimed = self
             .timed(
+                Which::Fallback,
                 StoreOperation::TryClaim,
                 fallback.try_claim(&store_key, &record, self.inner.config.lease),
             )
@@ -352,9 +386,23 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             Seen::Own => Ok(self.claimed(store_key, record, Which::Fallback)),
             Seen::Mismatch => Err(self.mismatch()),
             Seen::Replay(outcome) => Ok(self.replay(outcome)),
-            Seen::InProgress(_) => Err(self.in_progress(Which::Fallback, &store_key).await),
+            Seen::InProgress(_, created_at_ms) => Err(self
+                .in_progress(Which::Fallback, &store_key, Some(created_at_ms))
+                .await),
         }
     }
+}
+
+/// Whether a claim `age` ms old was necessarily refreshed within 1.5 renewal intervals: its
+/// lease was set when it was made, so the time since its last refresh is at most its age. Then
+/// [`retry_after_from_lease`] answers the fixed value whatever the store's time to live says,
+/// and the engine skips asking (`time_to_live` is a round trip on Redis): the common case of a
+/// duplicate arriving while the first attempt runs costs one round trip, not two. The age comes
+/// from the claimer's clock; skew between instances only moves that shortcut's edge by the
+/// skew (a `Retry-After` is a hint).
+fn refreshed_recently(age_ms: u64, lease: Duration) -> bool {
+    let interval = renewal_interval(lease);
+    u128::from(age_ms) <= (interval + interval / 2).as_millis()
 }
 
 /// `Retry-After` for an in-progress answer, from the remaining lease (see
@@ -374,6 +422,20 @@ fn retry_after_from_lease(remaining: Duration, lease: Duration, fixed: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn young_claims_need_no_time_to_live() {
+        let lease = Duration::from_secs(60);
+        // Renewed every 20 s: up to 30 s old, a claim was refreshed within 1.5 intervals.
+        assert!(refreshed_recently(0, lease));
+        assert!(refreshed_recently(30_000, lease));
+        assert!(!refreshed_recently(30_001, lease));
+        // And whatever the time to live of such a claim, the answer would be the fixed value.
+        let fixed = Duration::from_secs(1);
+        for remaining in [lease, Duration::from_secs(30)] {
+            assert_eq!(retry_after_from_lease(remaining, lease, fixed), fixed);
+        }
+    }
 
     #[test]
     fn retry_after_follows_the_remaining_lease_of_stale_claims() {

@@ -169,6 +169,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) {
         let result = self
             .timed(
+                which,
                 StoreOperation::Extend,
                 self.store_of(which).extend(&key, &token, lease),
             )
@@ -220,6 +221,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     async fn release_queued(self, mut entry: Release) {
         let result = self
             .timed(
+                entry.which,
                 StoreOperation::Release,
                 self.store_of(entry.which).release(&entry.key, &entry.token),
             )

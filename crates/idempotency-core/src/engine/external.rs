@@ -184,6 +184,7 @@ impl<S: IdempotencyStore + 'static> PendingCompletion<S> {
                 let engine = &self.engine;
                 let released = engine
                     .timed(
+                        p.which,
                         StoreOperation::Release,
                         engine.store_of(p.which).release(&p.key, &p.claim.token),
                     )
@@ -221,6 +222,7 @@ impl<S: IdempotencyStore + 'static> Drop for PendingCompletion<S> {
                     // so it is neither counted nor logged as a lost lease.
                     let released = engine
                         .timed(
+                            p.which,
                             StoreOperation::Release,
                             engine.store_of(p.which).release(&p.key, &p.claim.token),
                         )

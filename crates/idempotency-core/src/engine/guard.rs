@@ -268,6 +268,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         let engine = &self.engine;
         let fenced = engine
             .timed(
+                claim.which,
                 StoreOperation::Extend,
                 engine
                     .store_of(claim.which)

@@ -151,7 +151,11 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> Result<Option<Record>, IdempotencyError> {
         let store_key = self.store_key(scope, key);
         Ok(self
-            .timed(StoreOperation::Get, self.inner.store.get(&store_key))
+            .timed(
+                Which::Primary,
+                StoreOperation::Get,
+                self.inner.store.get(&store_key),
+            )
             .await?)
     }
 
@@ -167,30 +171,50 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> Result<bool, IdempotencyError> {
         let store_key = self.store_key(scope, key);
         Ok(self
-            .timed(StoreOperation::Delete, self.inner.store.delete(&store_key))
+            .timed(
+                Which::Primary,
+                StoreOperation::Delete,
+                self.inner.store.delete(&store_key),
+            )
             .await?)
     }
 
-    /// Run a store call under the timeout, recording its latency and failures.
+    /// Whether calls on the store of kind `which` need the engine's timer: not when the store
+    /// bounds its own operations within the engine's budget
+    /// ([`IdempotencyStore::operation_bound`]).
+    pub(crate) fn needs_timer(&self, which: Which) -> bool {
+        let after = self.inner.config.store_timeout;
+        self.store_of(which)
+            .operation_bound()
+            .is_none_or(|bound| bound > after)
+    }
+
+    /// Run a call on the store of kind `which` under the timeout, recording its latency and
+    /// failures.
     pub(crate) async fn timed<T>(
         &self,
+        which: Which,
         operation: StoreOperation,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let after = self.inner.config.store_timeout;
         let started = Instant::now();
-        let mut call = std::pin::pin!(call);
-        // Embedded stores answer on the first poll: only arm a timer when the call must wait.
-        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-        let result = match first {
-            Poll::Ready(result) => result,
-            Poll::Pending => match tokio::time::timeout(after, call).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Timeout { operation, after }),
-            },
+        let result = if self.needs_timer(which) {
+            let mut call = std::pin::pin!(call);
+            // Embedded stores answer on the first poll: only arm a timer when the call must wait.
+            let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(result) => result,
+                Poll::Pending => match tokio::time::timeout(after, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::Timeout { operation, after }),
+                },
+            }
+        } else {
+            // The store's own timer bounds the call (one timer, not two nested ones).
+            call.await
         };
-        metrics::histogram!(names::STORE_LATENCY, "op" => operation.as_str())
-            .record(started.elapsed().as_secs_f64());
+        super::stats::record_store_latency(operation, started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             self.inner.stats.record(Event::StoreError(operation));
             tracing::debug!(%error, %operation, "store operation failed");
@@ -213,6 +237,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let retention = self.config().retention();
         let first = self
             .timed(
+                claim.which,
                 StoreOperation::Complete,
                 store.complete(&claim.key, &claim.record.token, completed, retention),
             )
@@ -256,6 +281,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             tokio::time::sleep(backoff).await;
             let result = self
                 .timed(
+                    claim.which,
                     StoreOperation::Complete,
                     store.complete(&claim.key, &claim.record.token, completed, retention),
                 )
@@ -280,6 +306,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         } = claim;
         let fenced = match self
             .timed(
+                which,
                 StoreOperation::Release,
                 self.store_of(which).release(&key, &record.token),
             )
