@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use idempotency::{
-    Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoreSelection,
-    StoredOutcome, store_from_lookup,
+    Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore as _,
+    Scope, StoreSelection, StoredOutcome, store_from_lookup,
 };
 use idempotency_testkit::fixtures::RedisServer;
 
@@ -36,6 +36,8 @@ async fn a_store_down_at_start_up_is_connected_in_the_background() {
     .await
     .expect("a store that is down must not stop start-up");
     assert!(!store.is_connected());
+    // Not connected: no bound of its own, so the engine keeps its timer.
+    assert_eq!(store.operation_bound(), None);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "start-up waited {:?}",
@@ -63,6 +65,8 @@ async fn a_store_down_at_start_up_is_connected_in_the_background() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Connected: the Redis store's own bound is forwarded (one timer per store call).
+    assert!(store.operation_bound().is_some());
     let Begin::Run(guard) = engine
         .begin(&scope, &key, Fingerprint::of("a"))
         .await

@@ -505,4 +505,37 @@ impl IdempotencyStore for AnyStore {
     ) -> Result<Waited, StoreError> {
         delegate!(self, s => s.wait_for_change(key, seen, timeout))
     }
+
+    /// Forwarded, so an engine over a store that bounds its own calls (Redis) arms one timer
+    /// per store call, not two. A deferred store that is not connected yet answers `None`
+    /// (its calls fail at once until it is), so the engine keeps its own timer meanwhile.
+    fn operation_bound(&self) -> Option<Duration> {
+        match self.inner {
+            #[cfg(feature = "memory")]
+            Inner::Memory(ref store) => store.operation_bound(),
+            #[cfg(feature = "redis")]
+            Inner::Redis(ref store) => store.operation_bound(),
+            #[cfg(feature = "kv-rest")]
+            Inner::KvRest(ref store) => store.operation_bound(),
+            #[cfg(feature = "redis")]
+            Inner::RedisDeferred(ref deferred) => {
+                deferred.ready().and_then(|store| store.operation_bound())
+            }
+            #[cfg(feature = "redis")]
+            Inner::RedisCluster(ref store) => store.operation_bound(),
+            #[cfg(feature = "redis")]
+            Inner::RedisClusterDeferred(ref deferred) => {
+                deferred.ready().and_then(|store| store.operation_bound())
+            }
+            #[cfg(feature = "sql")]
+            Inner::Postgres(ref store) => store.operation_bound(),
+            #[cfg(feature = "sql")]
+            Inner::Sqlite(ref store) => store.operation_bound(),
+            #[cfg(feature = "sql")]
+            Inner::PostgresDeferred(ref deferred) => {
+                deferred.ready().and_then(|store| store.operation_bound())
+            }
+            Inner::Unopened => None,
+        }
+    }
 }
