@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::io::{BufRead as _, Write as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -37,6 +38,9 @@ pub(crate) struct AppState {
     pub(crate) hold: Arc<Notify>,
     /// Signalled by a held request once inside the handler (so any claim is in place).
     pub(crate) entered: Arc<Notify>,
+    /// Held requests that entered and were not reported yet (a `Notify` keeps one permit, so
+    /// entries close together would otherwise be reported as one).
+    pub(crate) unreported: Arc<AtomicUsize>,
 }
 
 async fn create_order(
@@ -45,6 +49,7 @@ async fn create_order(
     _body: Bytes,
 ) -> impl IntoResponse {
     if headers.contains_key(HOLD_HEADER) {
+        state.unreported.fetch_add(1, Ordering::SeqCst);
         state.entered.notify_one();
         // Bounded, so a lost wake-up cannot stall shutdown for long.
         let _ = tokio::time::timeout(Duration::from_secs(30), state.hold.notified()).await;
@@ -84,11 +89,15 @@ where
         let addr = listener.local_addr()?;
         say(&format!("listening {addr}"))?;
         let entered = Arc::clone(&state.entered);
+        let unreported = Arc::clone(&state.unreported);
         tokio::spawn(async move {
             loop {
                 entered.notified().await;
-                if say("entered").is_err() {
-                    break;
+                // Counted before the notification: none is lost, one line per request.
+                for _ in 0..unreported.swap(0, Ordering::SeqCst) {
+                    if say("entered").is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -578,3 +578,31 @@ async fn http_cell(
     }
     measured
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_versions_compare_by_major_and_minor() {
+        assert_eq!(major_minor("8.2.3"), Some((8, 2)));
+        assert_eq!(major_minor("7.0.15"), Some((7, 0)));
+        assert!(major_minor("7.4.0").is_some_and(|v| v >= HEXPIRE_SINCE));
+        assert!(major_minor("7.2.5").is_some_and(|v| v < HEXPIRE_SINCE));
+        assert_eq!(major_minor("unknown"), None);
+    }
+
+    #[test]
+    fn each_peer_runs_next_to_what_it_is_compared_with() {
+        let at = |b: Backend| Backend::ALL.iter().position(|x| *x == b);
+        assert_eq!(
+            at(Backend::PeerIdempotent),
+            at(Backend::Redis).map(|i| i + 1)
+        );
+        assert_eq!(
+            at(Backend::PeerAxumIdempotent),
+            at(Backend::HttpRedis).map(|i| i + 1)
+        );
+        assert!(Backend::PeerAxumIdempotent.is_http() && !Backend::PeerIdempotent.is_http());
+    }
+}
