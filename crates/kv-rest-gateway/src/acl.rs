@@ -235,9 +235,12 @@ pub(crate) async fn verify(
             Err(text) => {
                 // Redis 7.0 and Valkey refuse `noscript` commands inside scripts before the
                 // ACL check ("ERR This Redis command is not allowed from script"): refused too.
+                // Redis 8 words an ACL refusal inside a script "ERR ACL failure in script:
+                // User … has no permissions to run the '…' command".
                 text.starts_with("NOPERM")
                     || text.contains("can't run this command")
                     || text.contains("not allowed from script")
+                    || text.contains("ACL failure in script")
             }
             Ok(_) => false,
         };

@@ -9,7 +9,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-pub(crate) use data::{Report, Row, ServerVersions, human_rate, human_us};
+pub(crate) use data::{
+    DuplicateCheck, PeerFigures, Report, Row, ServerVersions, human_rate, human_us,
+};
 
 impl Report {
     /// Write the three files into `dir` (created if needed).

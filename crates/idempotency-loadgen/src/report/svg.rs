@@ -11,7 +11,7 @@ const PANEL_HEIGHT: f64 = 300.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 70.0;
-const PANEL_GAP: f64 = 70.0;
+const PANEL_GAP: f64 = 110.0;
 const COLORS: [&str; 4] = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1"];
 
 fn escape(text: &str) -> String {
@@ -146,11 +146,11 @@ pub(super) fn render(report: &Report) -> String {
                     bottom,
                 );
             }
+            // Slanted: 14 names do not fit side by side.
+            let (lx, ly) = (gx + group * 0.4, bottom + 14.0);
             let _ = writeln!(
                 out,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                gx + group * 0.4,
-                bottom + 16.0,
+                r#"<text x="{lx:.1}" y="{ly:.1}" text-anchor="end" font-size="11" transform="rotate(-25 {lx:.1} {ly:.1})">{}</text>"#,
                 escape(backend)
             );
         }
