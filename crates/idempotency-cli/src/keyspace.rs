@@ -46,7 +46,7 @@ pub(crate) enum Node {
         token: String,
     },
     /// The SQL store's records table.
-    Sql(SqlNode),
+    Sql(Box<SqlNode>),
 }
 
 /// How long one network exchange may take.

@@ -24,7 +24,7 @@ impl Opened {
     pub(crate) async fn nodes(&self) -> Result<Vec<Node>, CliError> {
         match self.keyspace {
             Keyspace::Sql => SqlNode::of(&self.store)
-                .map(|node| vec![Node::Sql(node)])
+                .map(|node| vec![Node::Sql(Box::new(node))])
                 .ok_or_else(|| CliError::Keyspace("the SQL store is not connected".into())),
             _ => self.keyspace.nodes().await,
         }
