@@ -197,7 +197,10 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 Key::Result => &mut fields.result,
                 Key::Error => &mut fields.error,
                 Key::Other => {
-                    map.next_value::<de::IgnoredAny>()?;
+                    // Decoded, not skipped: serde_json checks a string's escapes and UTF-8
+                    // only when it decodes it, and a reply that is not valid JSON text must
+                    // fail as it always did (extra fields are rare: no cost on the usual path).
+                    map.next_value::<Value>()?;
                     continue;
                 }
             };
@@ -342,6 +345,20 @@ mod tests {
         }
         assert!(parse_reply(b"<html>bad gateway</html>").is_err());
         assert!(parse_reply(b"").is_err());
+        // Not JSON text anywhere in the body, extra fields included (as with a `Value`): a
+        // lone surrogate escape, invalid UTF-8.
+        for body in [
+            &br#"{"result":1,"x":"\udc00"}"#[..],
+            &br#"{"x":"\ud800","result":1}"#[..],
+            &b"{\"result\":1,\"x\":\"\xff\"}"[..],
+        ] {
+            assert!(
+                parse_reply(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(serde_json::from_slice::<Value>(body).is_err());
+        }
     }
 
     #[test]
