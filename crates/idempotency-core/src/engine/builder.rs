@@ -169,6 +169,18 @@ impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
             self.config.disabled = true;
         }
         self.config.validate()?;
+        if self.config.lease <= self.config.store_timeout {
+            // Accepted (tests and paused clocks use short leases), but in production a claim
+            // can lapse while its own renewal is still waiting on the store, and a duplicate
+            // then runs.
+            tracing::warn!(
+                lease = ?self.config.lease,
+                store_timeout = ?self.config.store_timeout,
+                "the lease is not longer than the store timeout: a claim can lapse before its \
+                 renewal answers, and a duplicate may then run; use a lease of several store \
+                 timeouts (default 60 s)"
+            );
+        }
         if self.config.failure_policy == FailurePolicy::Fallback && self.fallback.is_none() {
             return Err(ConfigError::MissingFallbackStore);
         }
