@@ -72,14 +72,33 @@ pub(crate) fn parse_batch(body: &[u8], max_commands: usize) -> Result<Vec<Comman
 
 fn bad_json(error: &serde_json::Error) -> GatewayError {
     if error.is_data() {
-        // Our own messages (from `de::Error::custom`) are already complete Redis-style texts.
         let text = error.to_string();
         let text = text.split(" at line ").next().unwrap_or(&text);
-        return GatewayError::BadRequest(text.to_owned());
+        return GatewayError::BadRequest(data_error_text(text));
     }
     GatewayError::BadRequest(format!(
         "ERR failed to parse the request body as JSON: {error}"
     ))
+}
+
+/// A data error's text, always starting with `ERR` and with our own explanation first.
+///
+/// Our messages (from `de::Error::custom`) are complete Redis-style texts already. serde
+/// wraps our `expecting` texts instead: "invalid type: map, expected ERR the body must be …"
+/// becomes "ERR the body must be … (invalid type: map)".
+fn data_error_text(text: &str) -> String {
+    match text.find("ERR ") {
+        Some(0) => text.to_owned(),
+        Some(at) => {
+            let (what, ours) = text.split_at(at);
+            let what = what
+                .trim_end()
+                .trim_end_matches(", expected")
+                .trim_end_matches(',');
+            format!("{ours} ({what})")
+        }
+        None => format!("ERR {text}"),
+    }
 }
 
 struct BatchSeed {
@@ -231,6 +250,32 @@ mod tests {
         assert!(error_text(parse_command(br#"["set",01]"#)).contains("JSON"));
         assert!(error_text(parse_batch(b"[]", 10)).contains("no commands"));
         assert!(error_text(parse_batch(br#"["get"]"#, 10)).contains("must be a JSON array"));
+    }
+
+    #[test]
+    fn data_errors_start_with_err_and_say_what_was_sent() {
+        for (body, batch) in [
+            (&br#"{"cmd":"GET"}"#[..], false),
+            (br#"{"cmd":"GET"}"#, true),
+            (br#""GET""#, false),
+            (br#"[{"cmd":"GET"}]"#, true),
+            (b"12", true),
+        ] {
+            let text = if batch {
+                error_text(parse_batch(body, 10))
+            } else {
+                error_text(parse_command(body))
+            };
+            assert!(text.starts_with("ERR "), "{text}");
+            assert!(text.contains("must be a JSON array"), "{text}");
+            assert!(text.contains("(invalid type: "), "{text}");
+        }
+        assert_eq!(
+            error_text(parse_command(br#"{"a":1}"#)),
+            "ERR a command must be a JSON array, e.g. [\"GET\",\"key\"] (invalid type: map)"
+        );
+        assert_eq!(data_error_text("ERR mine"), "ERR mine");
+        assert_eq!(data_error_text("something else"), "ERR something else");
     }
 
     #[test]
