@@ -25,7 +25,7 @@ use crate::load::Measured;
 /// The row indices `0..rows` in the order round `round` runs them: listed order in even
 /// rounds, reversed in odd ones.
 pub(crate) fn order(rows: usize, round: usize) -> Vec<usize> {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         (0..rows).collect()
     } else {
         (0..rows).rev().collect()
