@@ -531,6 +531,7 @@ fn ratio_line(r: &report::RoundRatios) -> String {
     };
     let spread = |values: &[f64]| {
         rounds::spread(values)
+            .filter(|_| values.len() > 1)
             .map_or_else(String::new, |(lo, hi)| format!(" (spread {lo:.2}–{hi:.2})"))
     };
     format!(
