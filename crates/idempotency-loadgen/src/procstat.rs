@@ -47,15 +47,23 @@ impl Sample {
         Self::read(std::process::id())
     }
 
+    /// `(CPU µs, context switches)` between `self` and `later` (never negative: a thread that
+    /// ended takes its switches with it).
+    pub(crate) fn delta(&self, later: &Self) -> (f64, f64) {
+        let cpu = (later.cpu_us - self.cpu_us).max(0.0);
+        let switches = later.context_switches.saturating_sub(self.context_switches);
+        (cpu, switches as f64)
+    }
+
     /// `(CPU µs per operation, context switches per operation)` between `self` and `later`.
+    #[allow(dead_code, reason = "used by bench/peers, which includes this module")]
     pub(crate) fn per_op(&self, later: &Self, ops: u64) -> Option<(f64, f64)> {
         if ops == 0 {
             return None;
         }
         let ops = ops as f64;
-        let cpu = (later.cpu_us - self.cpu_us).max(0.0);
-        let switches = later.context_switches.saturating_sub(self.context_switches);
-        Some((cpu / ops, switches as f64 / ops))
+        let (cpu, switches) = self.delta(later);
+        Some((cpu / ops, switches / ops))
     }
 }
 
@@ -123,6 +131,8 @@ mod tests {
             context_switches: 500,
         };
         assert_eq!(before.per_op(&after, 1000), Some((100.0, 0.4)));
+        assert_eq!(before.delta(&after), (100_000.0, 400.0));
+        assert_eq!(after.delta(&before), (0.0, 0.0));
         assert_eq!(before.per_op(&after, 0), None);
         // Counters never go back; a thread that ended cannot make the figure negative.
         assert_eq!(after.per_op(&before, 10), Some((0.0, 0.0)));

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::data::{BUDGET_US, Report, Row, human_rate, human_us};
+use super::data::{BASELINE_PAIRS, BUDGET_US, PEER_PAIRS, Report, Row, human_rate, human_us};
+use crate::rounds::spread;
 
 /// Slowdown of `ours` against `base`: (p50 ratio, throughput ratio), both "× slower" (1.00 =
 /// as fast; above 1 = ours is slower).
@@ -27,8 +28,10 @@ pub(super) fn render(report: &Report) -> String {
          - servers: Redis {} (single), Redis {} (3-master cluster), Postgres {}, {}, {}\n\
          - redis-server binary (every Redis row, ours, raw and peers): `{}`\n\
          - peers: {}\n\
-         - each cell: {:.1} s warm-up, then {:.1} s measured ({:.1} s for in-process rows); \
-         closed loop, one operation after another per task; whole run {:.0} s\n",
+         - each cell: {} × ({:.1} s warm-up, then {:.1} s measured; {:.1} s measured for the \
+         in-process rows), {}; closed loop, one operation after another per task; latencies \
+         from the merged histogram of the rounds, throughput = total operations / total \
+         measured time, CPU per operation = total CPU / total operations; whole run {:.0} s\n",
         m.cores,
         m.cpu_model,
         m.os,
@@ -47,9 +50,15 @@ pub(super) fn render(report: &Report) -> String {
         } else {
             report.servers.peers.join("; ")
         },
+        rounds_text(report.rounds),
         report.warmup_seconds,
         report.measure_seconds,
         report.in_process_measure_seconds,
+        if report.rounds > 1 {
+            report.order
+        } else {
+            "one slice per row"
+        },
         report.duration_seconds,
     );
     let _ = writeln!(
@@ -64,6 +73,21 @@ pub(super) fn render(report: &Report) -> String {
     cpu_table(&mut out, report);
     results(&mut out, report);
     out
+}
+
+const ALL_SCENARIOS: [&str; 3] = ["fresh", "replay", "conflict"];
+
+/// `3 rounds`, `1 round`.
+fn rounds_text(rounds: usize) -> String {
+    format!("{rounds} round{}", if rounds == 1 { "" } else { "s" })
+}
+
+/// The spread of a pair's per-round ratios, `0.98–1.07`; `–` with fewer than two rounds.
+fn spread_text(values: Option<&Vec<f64>>) -> String {
+    match values.filter(|v| v.len() > 1).and_then(|v| spread(v)) {
+        Some((lo, hi)) => format!("{lo:.2}–{hi:.2}"),
+        None => "–".to_owned(),
+    }
 }
 
 /// One line per backend and scenario: p50 / p99 / ops/s at each concurrency.
@@ -168,21 +192,16 @@ fn ratio_tables(out: &mut String, report: &Report) {
         out,
         "## Ratios against same-run baselines\n\n\
          `p50 ×` is ours / baseline; `throughput ×` is baseline ops/s / ours (both: 1.00 = as \
-         fast, above 1 = ours is slower). `raw-redis` sends the same commands as `RedisStore` \
+         fast, above 1 = ours is slower), from the rows' figures over all rounds; `rounds` \
+         columns give the smallest and largest of the same ratio computed in each round alone \
+         (the rows of a cell run one after another in every round): how much the machine's noise \
+         moves it. `raw-redis` sends the same commands as `RedisStore` \
          with the plain `redis` crate (fresh: `SET NX PX GET` + `EVALSHA`; replay and conflict: \
          one `SET NX PX GET`); `raw-postgres` sends `PostgresStore`'s own statements with \
          plain `sqlx` (fresh: the claim upsert + the fenced completion; replay and conflict: the \
          claim upsert); `bare-axum` is the same handler without the layer.\n"
     );
-    for (ours, base, limit) in [
-        ("redis", "raw-redis", 1.05),
-        ("redis-cluster", "raw-redis", f64::INFINITY),
-        ("kv-rest", "raw-redis", f64::INFINITY),
-        ("postgres", "raw-postgres", 1.10),
-        ("sqlite", "raw-postgres", f64::INFINITY),
-        ("http-memory", "bare-axum", 1.15),
-        ("http-redis", "bare-axum", f64::INFINITY),
-    ] {
+    for (ours, base, limit) in BASELINE_PAIRS {
         let found = pairs(report, ours, base);
         if found.is_empty() {
             continue;
@@ -195,11 +214,12 @@ fn ratio_tables(out: &mut String, report: &Report) {
         let _ = writeln!(
             out,
             "### {ours} / {base} ({target})\n\n\
-             | scenario | tasks | p50 {ours} | p50 {base} | p50 × | ops/s {ours} | ops/s {base} | throughput × |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|"
+             | scenario | tasks | p50 {ours} | p50 {base} | p50 × | p50 × rounds | ops/s {ours} | ops/s {base} | throughput × | throughput × rounds |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for (scenario, c, o, b) in found {
             let (p50, tput) = ratios(o, b);
+            let per_round = report.round_ratio(ours, base, scenario, c);
             let mark = |x: f64| {
                 if x <= limit {
                     format!("{x:.2}")
@@ -209,13 +229,15 @@ fn ratio_tables(out: &mut String, report: &Report) {
             };
             let _ = writeln!(
                 out,
-                "| {scenario} | {c} | {} | {} | {} | {} | {} | {} |",
+                "| {scenario} | {c} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 human_us(o.p50_us),
                 human_us(b.p50_us),
                 mark(p50),
+                spread_text(per_round.map(|r| &r.p50)),
                 human_rate(o.ops_per_sec),
                 human_rate(b.ops_per_sec),
                 mark(tput),
+                spread_text(per_round.map(|r| &r.throughput)),
             );
         }
         let _ = writeln!(out);
@@ -226,12 +248,6 @@ fn ratio_tables(out: &mut String, report: &Report) {
 fn optional(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
-
-/// The pairs (ours, peer) the peer section compares.
-pub(super) const PEER_PAIRS: [(&str, &str); 2] = [
-    ("redis", "peer-idempotent"),
-    ("http-redis", "peer-axum-idempotent"),
-];
 
 /// Ours against a peer in one cell: (p50, p99, throughput), all ours / peer. Ahead means
 /// p50 and p99 below 1.0 and throughput above 1.0.
@@ -285,7 +301,9 @@ fn peers(out: &mut String, report: &Report) {
         "Each ratio is ours / peer in the same cell of the same run: below 1.00 for p50 and \
          p99 and above 1.00 for throughput means we are ahead. Both peers run on the same Redis \
          server as ours; the HTTP peer wraps the same handler and is driven by the same hyper \
-         clients (one keep-alive connection per task), in its own process as our apps.\n"
+         clients (one keep-alive connection per task), in its own process as our apps. The \
+         `rounds` column is the smallest and largest throughput ratio (ours / peer) of a single \
+         round.\n"
     );
     for (ours, peer) in PEER_PAIRS {
         let found = pairs(report, ours, peer);
@@ -295,19 +313,21 @@ fn peers(out: &mut String, report: &Report) {
         let _ = writeln!(
             out,
             "### {ours} / {peer}\n\n\
-             | scenario | tasks | p50 {ours} | p50 {peer} | p50 × | p99 × | ops/s {ours} | ops/s {peer} | throughput × | ahead |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+             | scenario | tasks | p50 {ours} | p50 {peer} | p50 × | p99 × | ops/s {ours} | ops/s {peer} | throughput × | throughput × rounds | ahead |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for (scenario, c, o, p) in found {
             let ratios = against_peer(o, p);
             let (p50, p99, throughput) = ratios;
+            let per_round = report.round_ratio(ours, peer, scenario, c);
             let _ = writeln!(
                 out,
-                "| {scenario} | {c} | {} | {} | {p50:.2} | {p99:.2} | {} | {} | {throughput:.2} | {} |",
+                "| {scenario} | {c} | {} | {} | {p50:.2} | {p99:.2} | {} | {} | {throughput:.2} | {} | {} |",
                 human_us(o.p50_us),
                 human_us(p.p50_us),
                 human_rate(o.ops_per_sec),
                 human_rate(p.ops_per_sec),
+                spread_text(per_round.map(|r| &r.throughput)),
                 if ahead(ratios) { "yes" } else { "**no**" },
             );
         }
@@ -405,6 +425,21 @@ fn fmt_worst(label: &str, values: &[f64], largest: bool) -> String {
     format!("{label} {worst:.2}×")
 }
 
+/// `; single rounds: throughput × 0.95–1.12` over the given cells of a baseline pair (empty
+/// with fewer than two rounds): the noise next to a target's ratio.
+fn round_span(report: &Report, ours: &str, base: &str, scenarios: &[&str]) -> String {
+    let values: Vec<f64> = report
+        .round_ratios
+        .iter()
+        .filter(|r| r.ours == ours && r.against == base && scenarios.contains(&r.scenario))
+        .filter(|r| r.throughput.len() > 1)
+        .flat_map(|r| r.throughput.iter().copied())
+        .collect();
+    spread(&values).map_or_else(String::new, |(lo, hi)| {
+        format!("; single rounds: throughput × {lo:.2}–{hi:.2}")
+    })
+}
+
 /// The goals of issue 15, with what this run measured.
 pub(super) fn target_lines(report: &Report) -> Vec<Target> {
     let mut lines = Vec::new();
@@ -424,10 +459,11 @@ pub(super) fn target_lines(report: &Report) -> Vec<Target> {
                    conflict at 1, 16, 64 tasks"
                 .to_owned(),
             measured: format!(
-                "{ok} of {} cells ({cells_wanted} wanted); worst {}, {}",
+                "{ok} of {} cells ({cells_wanted} wanted); worst {}, {}{}",
                 redis.len(),
                 fmt_worst("p50", &p50, true),
-                fmt_worst("throughput", &tput, true)
+                fmt_worst("throughput", &tput, true),
+                round_span(report, "redis", "raw-redis", &ALL_SCENARIOS),
             ),
             pass: Some(ok == redis.len() && redis.len() >= cells_wanted),
         });
@@ -453,7 +489,11 @@ pub(super) fn target_lines(report: &Report) -> Vec<Target> {
             goal: "HTTP layer on memory within 1.15× of `bare-axum` at every concurrency (p50 and \
                    throughput)"
                 .to_owned(),
-            measured: format!("worst {worst:.2}× over {} cells", http.len()),
+            measured: format!(
+                "worst {worst:.2}× over {} cells{}",
+                http.len(),
+                round_span(report, "http-memory", "bare-axum", &ALL_SCENARIOS)
+            ),
             pass: Some(worst <= 1.15),
         });
     }
@@ -519,7 +559,11 @@ pub(super) fn target_lines(report: &Report) -> Vec<Target> {
             .fold(0.0_f64, f64::max);
         lines.push(Target {
             goal: "Postgres `fresh` within 1.10× of `raw-postgres` (earlier goal)".to_owned(),
-            measured: format!("worst {worst:.2}× over {} cells", pg.len()),
+            measured: format!(
+                "worst {worst:.2}× over {} cells{}",
+                pg.len(),
+                round_span(report, "postgres", "raw-postgres", &["fresh"])
+            ),
             pass: Some(worst <= 1.10),
         });
     }
@@ -637,6 +681,7 @@ mod tests {
     use super::super::data::{DuplicateCheck, ServerVersions};
     use super::*;
     use crate::machine::Machine;
+    use crate::rounds::RoundFigures;
 
     fn row(backend: &'static str, scenario: &'static str, c: usize, p50: f64, rate: f64) -> Row {
         Row {
@@ -653,7 +698,42 @@ mod tests {
             first_error: None,
             cpu_us_per_op: None,
             context_switches_per_op: None,
+            measured_seconds: 1000.0 / rate,
+            rounds: Vec::new(),
         }
+    }
+
+    /// `row` with one round per rate, each at `p50`.
+    fn row_in_rounds(
+        backend: &'static str,
+        scenario: &'static str,
+        c: usize,
+        p50: f64,
+        rates: &[f64],
+    ) -> Row {
+        let total: f64 = rates.iter().map(|r| 1000.0 / r).sum();
+        let mut r = row(
+            backend,
+            scenario,
+            c,
+            p50,
+            rates.len() as f64 * 1000.0 / total,
+        );
+        r.rounds = rates
+            .iter()
+            .enumerate()
+            .map(|(i, rate)| RoundFigures {
+                round: i + 1,
+                position: 1,
+                ops: 1000,
+                measured_seconds: 1000.0 / rate,
+                ops_per_sec: *rate,
+                p50_us: p50,
+                p99_us: p50 * 2.0,
+                cpu_us_per_op: None,
+            })
+            .collect();
+        r
     }
 
     fn report(rows: Vec<Row>, peers: bool) -> Report {
@@ -684,9 +764,12 @@ mod tests {
             warmup_seconds: 0.2,
             measure_seconds: 0.8,
             in_process_measure_seconds: 0.5,
+            rounds: 3,
+            order: crate::rounds::ORDER,
             duration_seconds: 60.0,
             notes: Vec::new(),
             duplicates: Vec::new(),
+            round_ratios: super::super::data::round_ratios(&rows),
             rows,
         }
     }
@@ -726,13 +809,13 @@ mod tests {
         assert!(out.contains("### redis / peer-idempotent"), "{out}");
         assert!(
             out.contains(
-                "| fresh | 1 | 100 µs | 125 µs | 0.80 | 0.80 | 10.0 k | 8.0 k | 1.25 | yes |"
+                "| fresh | 1 | 100 µs | 125 µs | 0.80 | 0.80 | 10.0 k | 8.0 k | 1.25 | – | yes |"
             ),
             "{out}"
         );
         assert!(
             out.contains(
-                "| replay | 16 | 300 µs | 250 µs | 1.20 | 1.20 | 40.0 k | 50.0 k | 0.80 | **no** |"
+                "| replay | 16 | 300 µs | 250 µs | 1.20 | 1.20 | 40.0 k | 50.0 k | 0.80 | – | **no** |"
             ),
             "{out}"
         );
@@ -812,6 +895,62 @@ mod tests {
         assert!(
             out.contains("| peers not measured in this run | – |"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn each_ratio_shows_its_spread_over_single_rounds() {
+        // raw-redis steady at 10 k; ours 10 k, 9 k, 11 k in rounds 1-3 (a noisy middle round).
+        let rows = vec![
+            row_in_rounds("raw-redis", "replay", 16, 100.0, &[10_000.0; 3]),
+            row_in_rounds("redis", "replay", 16, 103.0, &[10_000.0, 9_000.0, 11_000.0]),
+            row_in_rounds(
+                "peer-idempotent",
+                "replay",
+                16,
+                120.0,
+                &[8_000.0, 9_000.0, 10_000.0],
+            ),
+        ];
+        let r = report(rows, true);
+        // Per round: baseline ÷ ours for the baseline, ours ÷ peer for the peer.
+        let base = r.round_ratio("redis", "raw-redis", "replay", 16).unwrap();
+        assert_eq!(base.kind, "baseline");
+        assert_eq!(base.throughput, [1.0, 1.111, 0.909]);
+        assert_eq!(base.p50, [1.03; 3]);
+        let peer = r
+            .round_ratio("redis", "peer-idempotent", "replay", 16)
+            .unwrap();
+        assert_eq!(
+            (peer.kind, peer.throughput.as_slice()),
+            ("peer", &[1.25, 1.0, 1.1][..])
+        );
+        assert!(r.round_ratio("redis", "raw-redis", "fresh", 16).is_none());
+
+        let text = render(&r);
+        assert!(
+            text.contains("- each cell: 3 rounds × (0.2 s warm-up, then 0.8 s measured"),
+            "{text}"
+        );
+        assert!(text.contains(crate::rounds::ORDER));
+        // The ratio table: p50 1.03 in every round, throughput 0.91–1.11.
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("| replay | 16 | 103 µs | 100 µs |"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("| 1.03 | 1.03–1.03 |"), "{line}");
+        assert!(line.ends_with("| 0.91–1.11 |"), "{line}");
+        let peer_line = text
+            .lines()
+            .find(|l| l.starts_with("| replay | 16 | 103 µs | 120 µs |"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(peer_line.contains("| 1.00–1.25 |"), "{peer_line}");
+        let redis = target(&target_lines(&r), "Redis store within 1.05×")
+            .measured
+            .clone();
+        assert!(
+            redis.ends_with("; single rounds: throughput × 0.91–1.11"),
+            "{redis}"
         );
     }
 

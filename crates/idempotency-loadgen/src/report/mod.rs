@@ -10,7 +10,8 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 pub(crate) use data::{
-    DuplicateCheck, PeerFigures, Report, Row, ServerVersions, human_rate, human_us,
+    DuplicateCheck, PeerFigures, Report, RoundRatios, Row, ServerVersions, human_rate, human_us,
+    round_ratios,
 };
 
 impl Report {
