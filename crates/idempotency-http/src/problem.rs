@@ -1,13 +1,64 @@
 //! RFC 9457 `application/problem+json` responses for the answers the layer gives itself.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use idempotency_core::IdempotencyError;
 
+/// [`PROBLEM_TYPE_BASE`] as a literal, for `concat!` (the fixed bodies below).
+macro_rules! problem_type_base {
+    () => {
+        "https://docs.rs/idempotency-http/latest/idempotency_http/#"
+    };
+}
+
 /// Base of the `type` URIs of our problems (documentation anchors, stable across versions).
-pub const PROBLEM_TYPE_BASE: &str = "https://docs.rs/idempotency-http/latest/idempotency_http/#";
+pub const PROBLEM_TYPE_BASE: &str = problem_type_base!();
+
+/// The body [`Problem::body`] writes for a problem whose parts are all fixed, spelled out at
+/// compile time: the frequent answers (`409` in progress, `422` key reused) then cost no
+/// allocation. The parts must need no JSON escaping (tested against the general writer).
+macro_rules! fixed_body {
+    ($status:literal, $slug:literal, $title:literal, $detail:literal) => {
+        concat!(
+            "{\"detail\":\"",
+            $detail,
+            "\",\"status\":",
+            $status,
+            ",\"title\":\"",
+            $title,
+            "\",\"type\":\"",
+            problem_type_base!(),
+            $slug,
+            "\"}"
+        )
+    };
+}
+
+/// A [`Problem`] of fixed parts, with its body written at compile time.
+macro_rules! fixed_problem {
+    ($status:ident, $code:literal, $slug:literal, $title:literal, $detail:literal) => {
+        Problem {
+            status: StatusCode::$status,
+            slug: $slug,
+            title: $title,
+            detail: Cow::Borrowed($detail),
+            fixed: Some(fixed_body!($code, $slug, $title, $detail)),
+            retry_after: None,
+            close: false,
+        }
+    };
+}
+
+/// `Retry-After` values for 0..=60 s, so the usual hints need no formatting.
+const SECONDS: [&str; 61] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+    "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+    "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60",
+];
 
 /// A problem answer: status, a `type` slug, a title and a detail.
 #[derive(Debug, Clone)]
@@ -15,7 +66,9 @@ pub(crate) struct Problem {
     pub(crate) status: StatusCode,
     pub(crate) slug: &'static str,
     pub(crate) title: &'static str,
-    pub(crate) detail: String,
+    pub(crate) detail: Cow<'static, str>,
+    /// The whole body, when it is fixed (see `fixed_body!`).
+    fixed: Option<&'static str>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) close: bool,
 }
@@ -25,13 +78,14 @@ impl Problem {
         status: StatusCode,
         slug: &'static str,
         title: &'static str,
-        detail: impl Into<String>,
+        detail: impl Into<Cow<'static, str>>,
     ) -> Self {
         Self {
             status,
             slug,
             title,
             detail: detail.into(),
+            fixed: None,
             retry_after: None,
             close: false,
         }
@@ -133,18 +187,20 @@ impl Problem {
             IdempotencyError::InvalidKey(e) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid-key", "Idempotency key invalid", e.to_string())
             }
-            IdempotencyError::InProgress { retry_after } => Self::new(
-                StatusCode::CONFLICT,
+            IdempotencyError::InProgress { retry_after } => fixed_problem!(
+                CONFLICT,
+                "409",
                 "in-progress",
                 "Request in progress",
-                "a request with this idempotency key is still being processed; retry later",
+                "a request with this idempotency key is still being processed; retry later"
             )
             .retry_after(*retry_after),
-            IdempotencyError::FingerprintMismatch => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            IdempotencyError::FingerprintMismatch => fixed_problem!(
+                UNPROCESSABLE_ENTITY,
+                "422",
                 "key-reused",
                 "Idempotency key reused",
-                "this idempotency key was already used with a different request; use a new key",
+                "this idempotency key was already used with a different request; use a new key"
             ),
             IdempotencyError::StoreUnavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -166,6 +222,14 @@ impl Problem {
     /// written straight into one buffer: no intermediate `serde_json::Value` map (a 409 or 422
     /// is a hot path under duplicate storms).
     fn body(&self) -> Bytes {
+        match self.fixed {
+            Some(fixed) => Bytes::from_static(fixed.as_bytes()),
+            None => self.written_body(),
+        }
+    }
+
+    /// The body, written from the parts.
+    fn written_body(&self) -> Bytes {
         let mut out = Vec::with_capacity(
             PROBLEM_TYPE_BASE.len() + self.slug.len() + self.title.len() + self.detail.len() + 64,
         );
@@ -199,13 +263,24 @@ impl Problem {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                .insert(header::RETRY_AFTER, seconds_value(seconds.max(1)));
         }
         response
     }
 }
 
 /// Append `text` as a JSON string (quoted and escaped, RFC 8259 §7).
+/// A `Retry-After` value: the usual small ones from [`SECONDS`], without formatting.
+fn seconds_value(seconds: u64) -> HeaderValue {
+    usize::try_from(seconds)
+        .ok()
+        .and_then(|i| SECONDS.get(i))
+        .map_or_else(
+            || HeaderValue::from(seconds),
+            |s| HeaderValue::from_static(s),
+        )
+}
+
 fn json_string(out: &mut Vec<u8>, text: &str) {
     // Writing a `str` into a `Vec` cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
@@ -233,6 +308,8 @@ mod tests {
         ];
         for problem in problems {
             let body = problem.body();
+            // A fixed body is what the general writer writes.
+            assert_eq!(body, problem.written_body(), "{}", problem.slug);
             let expected = serde_json::json!({
                 "type": format!("{PROBLEM_TYPE_BASE}{}", problem.slug),
                 "title": problem.title,
@@ -243,8 +320,28 @@ mod tests {
             assert_eq!(parsed, expected);
             assert_eq!(body, expected.to_string().into_bytes());
         }
+        let fixed = [
+            IdempotencyError::InProgress {
+                retry_after: Duration::from_secs(2),
+            },
+            IdempotencyError::FingerprintMismatch,
+        ];
+        for error in fixed {
+            assert!(Problem::from_engine(&error).fixed.is_some(), "{error}");
+        }
         for c in ['"', '\\'] {
             assert!(!PROBLEM_TYPE_BASE.contains(c));
+        }
+    }
+
+    #[test]
+    fn retry_after_values_are_the_decimal_seconds() {
+        for seconds in (0..=70).chain([3600, u64::MAX]) {
+            assert_eq!(
+                seconds_value(seconds),
+                HeaderValue::from(seconds),
+                "{seconds}"
+            );
         }
     }
 }

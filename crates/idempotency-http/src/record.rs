@@ -179,9 +179,12 @@ pub(crate) async fn drive<S, F, B, E>(
         let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
         return;
     }
-    let mut stored = StoredResponse {
+    let keep_set_cookie = settings.keep_set_cookie;
+    // The record's head, copied out of the response head only off the common path (below, the
+    // common path encodes the record straight from the response head).
+    let head_only = |parts: &http::response::Parts| StoredResponse {
         status: parts.status,
-        headers: StoredResponse::replayable_headers(&parts.headers, settings.keep_set_cookie),
+        headers: StoredResponse::replayable_headers(&parts.headers, keep_set_cookie),
         body: Bytes::new(),
         body_omitted: false,
     };
@@ -189,11 +192,14 @@ pub(crate) async fn drive<S, F, B, E>(
         // Recorded before the head goes out, so a retry that follows the first byte finds it.
         metrics::counter!(STREAMS).increment(1);
         tracing::debug!("stream response: passed through, not recorded");
-        Box::pin(without_body(guard, stored, settings.oversize)).await;
+        Box::pin(without_body(guard, head_only(&parts), settings.oversize)).await;
         let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
         return;
     }
-    let budget = max_outcome.saturating_sub(stored.encoded_len());
+    let budget = max_outcome.saturating_sub(stored::encoded_len(
+        stored::replayable_in(&parts.headers, keep_set_cookie),
+        0,
+    ));
     let hint = body.size_hint();
     // Boxed (not `pin!`) so that dropping it really ends the handler's body.
     let mut body = Box::pin(body);
@@ -223,10 +229,14 @@ pub(crate) async fn drive<S, F, B, E>(
             Some(_) => None,
         };
         if let Some(data) = whole {
-            stored.body = data.clone();
-            let encoded = stored.encode();
+            let encoded = stored::encode(
+                parts.status,
+                || stored::replayable_in(&parts.headers, keep_set_cookie),
+                &data,
+                false,
+            );
             if encoded.len() > max_outcome {
-                Box::pin(without_body(guard, stored, settings.oversize)).await;
+                Box::pin(without_body(guard, head_only(&parts), settings.oversize)).await;
             } else {
                 complete(guard, encoded).await;
             }
@@ -234,6 +244,7 @@ pub(crate) async fn drive<S, F, B, E>(
             return;
         }
     }
+    let stored = head_only(&parts);
     let (frames, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
     let client = head
         .send(Ok(Response::from_parts(

@@ -130,7 +130,13 @@ where
                     key,
                     scope,
                 };
-                Box::pin(protect(protected, inner, parts, body).instrument(span))
+                if span.is_disabled() {
+                    // No subscriber wants it: skip entering and leaving a disabled span on every
+                    // poll (with tracing's `log` feature each of those still asks `log`).
+                    Box::pin(protect(protected, inner, parts, body))
+                } else {
+                    Box::pin(protect(protected, inner, parts, body).instrument(span))
+                }
             }
         }
     }
@@ -205,9 +211,17 @@ where
     // streamed body is still being forwarded. Then the rest runs as a task of its own, so
     // dropping the request cancels neither the handler nor the recording and the retry gets the
     // replay.
+    // The recording keeps the request's span if it is detached (`Span::none()`, which costs
+    // nothing to enter, when that span is disabled).
+    let current = tracing::Span::current();
+    let span = if current.is_disabled() {
+        tracing::Span::none()
+    } else {
+        current
+    };
     let mut drive = record::Detachable::new(
         runtime,
-        record::drive(recording, handler, head).in_current_span(),
+        record::drive(recording, handler, head).instrument(span),
     );
     let answer = std::future::poll_fn(|cx| {
         drive.poll_here(cx);

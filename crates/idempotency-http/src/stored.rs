@@ -30,29 +30,18 @@ pub(crate) struct StoredResponse {
 
 impl StoredResponse {
     /// Length of [`encode`](Self::encode)'s output.
+    #[cfg(test)]
     pub(crate) fn encoded_len(&self) -> usize {
-        let header_bytes: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| 6 + n.as_str().len() + v.len())
-            .sum();
-        8 + header_bytes + self.body.len()
+        encoded_len(self.headers.iter().map(|(n, v)| (n, v)), self.body.len())
     }
 
     pub(crate) fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.encoded_len());
-        out.put_slice(MAGIC);
-        out.put_u16(self.status.as_u16());
-        out.put_u8(if self.body_omitted { BODY_OMITTED } else { 0 });
-        out.put_u16(u16::try_from(self.headers.len()).unwrap_or(u16::MAX));
-        for (name, value) in self.headers.iter().take(u16::MAX as usize) {
-            out.put_u16(name.as_str().len() as u16);
-            out.put_slice(name.as_str().as_bytes());
-            out.put_u32(value.len() as u32);
-            out.put_slice(value.as_bytes());
-        }
-        out.put_slice(&self.body);
-        out.freeze()
+        encode(
+            self.status,
+            || self.headers.iter().map(|(n, v)| (n, v)),
+            &self.body,
+            self.body_omitted,
+        )
     }
 
     pub(crate) fn decode(bytes: &Bytes) -> Result<Self, CorruptRecord> {
@@ -92,11 +81,64 @@ impl StoredResponse {
     ) -> Vec<(HeaderName, HeaderValue)> {
         headers
             .iter()
-            .filter(|(name, _)| !is_hop_by_hop(name) && *name != http::header::CONTENT_LENGTH)
-            .filter(|(name, _)| keep_set_cookie || *name != http::header::SET_COOKIE)
+            .filter(|(name, _)| replayable(name, keep_set_cookie))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect()
     }
+}
+
+/// Whether a response header is kept in the record (see
+/// [`StoredResponse::replayable_headers`]).
+pub(crate) fn replayable(name: &HeaderName, keep_set_cookie: bool) -> bool {
+    !is_hop_by_hop(name)
+        && *name != http::header::CONTENT_LENGTH
+        && (keep_set_cookie || *name != http::header::SET_COOKIE)
+}
+
+/// The replayable headers of a response head, read in place (no copy of the values).
+pub(crate) fn replayable_in(
+    headers: &HeaderMap,
+    keep_set_cookie: bool,
+) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    headers
+        .iter()
+        .filter(move |(name, _)| replayable(name, keep_set_cookie))
+}
+
+/// Length of [`encode`]'s output for these headers and a body of `body_len` bytes.
+pub(crate) fn encoded_len<'a>(
+    headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    body_len: usize,
+) -> usize {
+    let header_bytes: usize = headers.map(|(n, v)| 6 + n.as_str().len() + v.len()).sum();
+    8 + header_bytes + body_len
+}
+
+/// The record of a response (the format [`StoredResponse::decode`] reads), written straight
+/// from its parts: a recorded response's headers are not copied out of its head first.
+/// `headers` gives the same headers each time it is called (they are walked three times).
+pub(crate) fn encode<'a, I>(
+    status: StatusCode,
+    headers: impl Fn() -> I,
+    body: &[u8],
+    body_omitted: bool,
+) -> Bytes
+where
+    I: Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+{
+    let mut out = BytesMut::with_capacity(encoded_len(headers(), body.len()));
+    out.put_slice(MAGIC);
+    out.put_u16(status.as_u16());
+    out.put_u8(if body_omitted { BODY_OMITTED } else { 0 });
+    out.put_u16(u16::try_from(headers().count()).unwrap_or(u16::MAX));
+    for (name, value) in headers().take(u16::MAX as usize) {
+        out.put_u16(name.as_str().len() as u16);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(value.len() as u32);
+        out.put_slice(value.as_bytes());
+    }
+    out.put_slice(body);
+    out.freeze()
 }
 
 /// RFC 9110 §7.6.1 connection-specific headers, plus the legacy ones proxies still send.
@@ -134,6 +176,46 @@ fn truncated(_: bytes::TryGetError) -> CorruptRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_encoded_in_place_is_the_record_of_its_replayable_headers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("connection", "keep-alive"),
+            ("content-length", "8"),
+            ("set-cookie", "a=1"),
+            ("x-request-id", "abc"),
+            ("set-cookie", "b=2"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        for keep_set_cookie in [false, true] {
+            let stored = StoredResponse {
+                status: StatusCode::CREATED,
+                headers: StoredResponse::replayable_headers(&headers, keep_set_cookie),
+                body: Bytes::from_static(b"{\"id\":1}"),
+                body_omitted: false,
+            };
+            let in_place = encode(
+                StatusCode::CREATED,
+                || replayable_in(&headers, keep_set_cookie),
+                b"{\"id\":1}",
+                false,
+            );
+            assert_eq!(in_place, stored.encode());
+            assert_eq!(
+                encoded_len(replayable_in(&headers, keep_set_cookie), 0) + stored.body.len(),
+                stored.encoded_len()
+            );
+            let cookies = usize::from(keep_set_cookie) * 2;
+            assert_eq!(stored.headers.len(), 2 + cookies);
+        }
+    }
 
     #[test]
     fn round_trip() {
