@@ -50,7 +50,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 pub use crate::corrupt::CorruptRecord;
-use crate::hexfmt::{from_hex, push_hex};
+use crate::hexfmt::{extend_hex, from_hex};
 use crate::{
     Completed, Fingerprint, InProgress, LeaseToken, OutcomeEncoding, Record, StoredOutcome,
 };
@@ -60,82 +60,95 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// Encode a record as format v1 text.
 pub fn encode(record: &Record) -> String {
+    let mut out = Vec::new();
+    encode_into(record, &mut out);
+    // The encoder writes ASCII and the UTF-8 of a `String` (the content type) only.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Append the format v1 text of `record` to `out` (the same bytes [`encode`] returns), without
+/// an intermediate `String`: a store that sends the record as a command argument encodes it
+/// straight into its buffer.
+pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
     match record {
-        Record::InProgress(r) => {
-            // The head is 129 bytes plus the creation time: one allocation, no regrowth.
-            let mut out = String::with_capacity(HEAD_CAPACITY + 1);
-            write_head(&mut out, 'p', &r.token, &r.fingerprint, r.created_at_ms);
-            out.push('}');
-            out
-        }
-        Record::Completed(r) => {
-            let body_len = r.outcome.body.len().div_ceil(3) * 4;
-            let ct_len = r.outcome.content_type.as_ref().map_or(0, |ct| ct.len() + 8);
-            let mut out = String::with_capacity(HEAD_CAPACITY + 48 + ct_len + body_len);
-            write_head(&mut out, 'c', &r.token, &r.fingerprint, r.created_at_ms);
-            out.push_str(",\"d\":");
-            push_u64(&mut out, r.completed_at_ms);
-            if let Some(ct) = &r.outcome.content_type {
-                out.push_str(",\"ct\":");
-                push_json_string(&mut out, ct);
-            }
-            if r.outcome.encoding == OutcomeEncoding::Lz4 {
-                out.push_str(",\"z\":\"lz4\"");
-            }
-            out.push_str(",\"b\":\"");
-            BASE64.encode_string(&r.outcome.body, &mut out);
-            out.push_str("\"}");
-            out
-        }
+        Record::InProgress(r) => encode_in_progress_into(r, out),
+        Record::Completed(r) => encode_completed_into(r, out),
     }
+}
+
+/// [`encode_into`] for an in-progress record, without wrapping it in a [`Record`].
+pub fn encode_in_progress_into(r: &InProgress, out: &mut Vec<u8>) {
+    out.reserve(HEAD_CAPACITY + 1);
+    write_head(out, b'p', &r.token, &r.fingerprint, r.created_at_ms);
+    out.push(b'}');
+}
+
+/// [`encode_into`] for a completed record, without wrapping it in a [`Record`] (which would
+/// clone the outcome's content type).
+pub fn encode_completed_into(r: &Completed, out: &mut Vec<u8>) {
+    out.reserve(completed_len(r));
+    write_head(out, b'c', &r.token, &r.fingerprint, r.created_at_ms);
+    out.extend_from_slice(b",\"d\":");
+    push_u64(out, r.completed_at_ms);
+    if let Some(ct) = &r.outcome.content_type {
+        out.extend_from_slice(b",\"ct\":");
+        push_json_string(out, ct);
+    }
+    if r.outcome.encoding == OutcomeEncoding::Lz4 {
+        out.extend_from_slice(b",\"z\":\"lz4\"");
+    }
+    out.extend_from_slice(b",\"b\":\"");
+    let start = out.len();
+    out.resize(start + r.outcome.body.len().div_ceil(3) * 4, 0);
+    // The slice is sized for padded base64 of the body: this cannot fail.
+    let written = BASE64
+        .encode_slice(&r.outcome.body, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+    out.extend_from_slice(b"\"}");
+}
+
+/// An upper bound of a completed record's encoded length, so the encoder allocates once (a
+/// content type needing escapes may still grow the buffer).
+fn completed_len(r: &Completed) -> usize {
+    let body_len = r.outcome.body.len().div_ceil(3) * 4;
+    let ct_len = r.outcome.content_type.as_ref().map_or(0, |ct| ct.len() + 8);
+    HEAD_CAPACITY + 48 + ct_len + body_len
 }
 
 /// Bytes of the common head: fixed text, two hex fields and a 20-digit time at most.
 const HEAD_CAPACITY: usize = 129 + 20;
 
-// Pushed piece by piece rather than with `write!`: records are encoded on every claim and
-// completion, and the formatting machinery plus two temporary hex strings cost several times
-// more (callgrind, `cargo xtask bench`).
-fn write_head(out: &mut String, state: char, token: &LeaseToken, fp: &Fingerprint, created: u64) {
-    out.push_str("{\"v\":1,\"s\":\"");
+// Written piece by piece into bytes rather than with `write!` into a `String`: records are
+// encoded on every claim and completion, and the formatting machinery, temporary hex strings and
+// a UTF-8 check per piece cost several times more (callgrind, `cargo xtask instructions`).
+fn write_head(out: &mut Vec<u8>, state: u8, token: &LeaseToken, fp: &Fingerprint, created: u64) {
+    out.extend_from_slice(b"{\"v\":1,\"s\":\"");
     out.push(state);
-    out.push_str("\",\"t\":\"");
-    push_hex(out, token.as_bytes());
-    out.push_str("\",\"f\":\"");
-    push_hex(out, fp.as_bytes());
-    out.push_str("\",\"c\":");
+    out.extend_from_slice(b"\",\"t\":\"");
+    extend_hex(out, token.as_bytes());
+    out.extend_from_slice(b"\",\"f\":\"");
+    extend_hex(out, fp.as_bytes());
+    out.extend_from_slice(b"\",\"c\":");
     push_u64(out, created);
 }
 
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // ASCII digits only: one append instead of a `push` (capacity check, UTF-8) per digit.
-    if let Ok(text) = std::str::from_utf8(&digits[start..]) {
-        out.push_str(text);
-    }
+/// Decimal digits of `n` (the `itoa` crate: two digits per step, no formatting machinery).
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn push_json_string(out: &mut String, s: &str) {
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
     // What serde_json escapes: quote, backslash and control characters. Usually none of them.
     if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
         return;
     }
     // serde_json never fails to serialise a &str.
-    match serde_json::to_string(s) {
-        Ok(quoted) => out.push_str(&quoted),
-        Err(_) => out.push_str("\"\""),
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The baseline: the plain `redis` crate sending exactly the commands `RedisStore` sends —
 //! `SET key <in-progress record> NX PX <lease> GET`, then `EVALSHA` of the core's completion
-//! script with the token, the completed record and the retention — with none of our code in
+//! script with the token, the completed record, the retention and the key's wake-up channel
+//! (`RedisStore::connect` makes a store that notifies waiting duplicates) — with none of our code in
 //! the loop (no engine, no codec, no timeouts). Records are made by splicing the token into a
 //! template encoded once, so the server sees the same bytes and runs the same script branch,
 //! while the client does as little as a hand-written client could.
@@ -121,6 +122,9 @@ impl RawWorker {
 
     async fn complete(&mut self, key: &str, token: &str) -> Result<()> {
         let record = self.templates.completed.with(token);
+        let mut channel = String::with_capacity(lua::WAKE_CHANNEL_PREFIX.len() + key.len());
+        channel.push_str(lua::WAKE_CHANNEL_PREFIX);
+        channel.push_str(key);
         let applied: i64 = self
             .templates
             .script
@@ -128,6 +132,7 @@ impl RawWorker {
             .arg(token)
             .arg(record)
             .arg(millis(RETENTION))
+            .arg(channel)
             .invoke_async(&mut self.conn)
             .await?;
         if applied != 1 {
