@@ -89,13 +89,17 @@ pub(crate) fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     let mut invalid = 0u8;
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+    for (i, byte) in out.iter_mut().enumerate() {
+        // In bounds: `text` holds exactly 2 * N digits.
+        let (high, low) = (
+            NIBBLES[usize::from(text[2 * i])],
+            NIBBLES[usize::from(text[2 * i + 1])],
+        );
         // Valid nibbles are below 16: any high bit set marks an invalid digit.
-        invalid |= (high | low) & 0xf0;
+        invalid |= high | low;
         *byte = (high << 4) | (low & 0x0f);
     }
-    (invalid == 0).then_some(out)
+    (invalid & 0xf0 == 0).then_some(out)
 }
 
 #[cfg(test)]
