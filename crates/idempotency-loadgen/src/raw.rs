@@ -125,16 +125,18 @@ impl RawWorker {
         let mut channel = String::with_capacity(lua::WAKE_CHANNEL_PREFIX.len() + key.len());
         channel.push_str(lua::WAKE_CHANNEL_PREFIX);
         channel.push_str(key);
-        let applied: i64 = self
-            .templates
-            .script
-            .key(key)
+        // Built directly, as `RedisStore` builds it (a `ScriptInvocation` copies every
+        // argument twice); `prepare` loaded the script.
+        let mut cmd = redis::Cmd::with_capacity(8, 200 + record.len() + 2 * key.len());
+        cmd.arg("EVALSHA")
+            .arg(self.templates.script.get_hash())
+            .arg(1)
+            .arg(key)
             .arg(token)
             .arg(record)
             .arg(millis(RETENTION))
-            .arg(channel)
-            .invoke_async(&mut self.conn)
-            .await?;
+            .arg(channel);
+        let applied: i64 = cmd.query_async(&mut self.conn).await?;
         if applied != 1 {
             bail!("completion script answered {applied}");
         }
@@ -186,6 +188,13 @@ pub(crate) async fn prepare(
     scenario: Scenario,
     key: &str,
 ) -> Result<()> {
+    // Loaded up front (as `RedisStore` does at connect): the completion is sent as a bare
+    // `EVALSHA`.
+    templates
+        .script
+        .load_async(&mut conn.clone())
+        .await
+        .context("loading the completion script")?;
     if scenario == Scenario::Fresh {
         return Ok(());
     }
