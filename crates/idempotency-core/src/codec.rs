@@ -50,7 +50,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 pub use crate::corrupt::CorruptRecord;
-use crate::hexfmt::{from_hex, push_hex};
+use crate::hexfmt::{extend_hex, from_hex};
 use crate::{
     Completed, Fingerprint, InProgress, LeaseToken, OutcomeEncoding, Record, StoredOutcome,
 };
@@ -60,82 +60,95 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// Encode a record as format v1 text.
 pub fn encode(record: &Record) -> String {
+    let mut out = Vec::new();
+    encode_into(record, &mut out);
+    // The encoder writes ASCII and the UTF-8 of a `String` (the content type) only.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Append the format v1 text of `record` to `out` (the same bytes [`encode`] returns), without
+/// an intermediate `String`: a store that sends the record as a command argument encodes it
+/// straight into its buffer.
+pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
     match record {
-        Record::InProgress(r) => {
-            // The head is 129 bytes plus the creation time: one allocation, no regrowth.
-            let mut out = String::with_capacity(HEAD_CAPACITY + 1);
-            write_head(&mut out, 'p', &r.token, &r.fingerprint, r.created_at_ms);
-            out.push('}');
-            out
-        }
-        Record::Completed(r) => {
-            let body_len = r.outcome.body.len().div_ceil(3) * 4;
-            let ct_len = r.outcome.content_type.as_ref().map_or(0, |ct| ct.len() + 8);
-            let mut out = String::with_capacity(HEAD_CAPACITY + 48 + ct_len + body_len);
-            write_head(&mut out, 'c', &r.token, &r.fingerprint, r.created_at_ms);
-            out.push_str(",\"d\":");
-            push_u64(&mut out, r.completed_at_ms);
-            if let Some(ct) = &r.outcome.content_type {
-                out.push_str(",\"ct\":");
-                push_json_string(&mut out, ct);
-            }
-            if r.outcome.encoding == OutcomeEncoding::Lz4 {
-                out.push_str(",\"z\":\"lz4\"");
-            }
-            out.push_str(",\"b\":\"");
-            BASE64.encode_string(&r.outcome.body, &mut out);
-            out.push_str("\"}");
-            out
-        }
+        Record::InProgress(r) => encode_in_progress_into(r, out),
+        Record::Completed(r) => encode_completed_into(r, out),
     }
+}
+
+/// [`encode_into`] for an in-progress record, without wrapping it in a [`Record`].
+pub fn encode_in_progress_into(r: &InProgress, out: &mut Vec<u8>) {
+    out.reserve(HEAD_CAPACITY + 1);
+    write_head(out, b'p', &r.token, &r.fingerprint, r.created_at_ms);
+    out.push(b'}');
+}
+
+/// [`encode_into`] for a completed record, without wrapping it in a [`Record`] (which would
+/// clone the outcome's content type).
+pub fn encode_completed_into(r: &Completed, out: &mut Vec<u8>) {
+    out.reserve(completed_len(r));
+    write_head(out, b'c', &r.token, &r.fingerprint, r.created_at_ms);
+    out.extend_from_slice(b",\"d\":");
+    push_u64(out, r.completed_at_ms);
+    if let Some(ct) = &r.outcome.content_type {
+        out.extend_from_slice(b",\"ct\":");
+        push_json_string(out, ct);
+    }
+    if r.outcome.encoding == OutcomeEncoding::Lz4 {
+        out.extend_from_slice(b",\"z\":\"lz4\"");
+    }
+    out.extend_from_slice(b",\"b\":\"");
+    let start = out.len();
+    out.resize(start + r.outcome.body.len().div_ceil(3) * 4, 0);
+    // The slice is sized for padded base64 of the body: this cannot fail.
+    let written = BASE64
+        .encode_slice(&r.outcome.body, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+    out.extend_from_slice(b"\"}");
+}
+
+/// An upper bound of a completed record's encoded length, so the encoder allocates once (a
+/// content type needing escapes may still grow the buffer).
+fn completed_len(r: &Completed) -> usize {
+    let body_len = r.outcome.body.len().div_ceil(3) * 4;
+    let ct_len = r.outcome.content_type.as_ref().map_or(0, |ct| ct.len() + 8);
+    HEAD_CAPACITY + 48 + ct_len + body_len
 }
 
 /// Bytes of the common head: fixed text, two hex fields and a 20-digit time at most.
 const HEAD_CAPACITY: usize = 129 + 20;
 
-// Pushed piece by piece rather than with `write!`: records are encoded on every claim and
-// completion, and the formatting machinery plus two temporary hex strings cost several times
-// more (callgrind, `cargo xtask bench`).
-fn write_head(out: &mut String, state: char, token: &LeaseToken, fp: &Fingerprint, created: u64) {
-    out.push_str("{\"v\":1,\"s\":\"");
+// Written piece by piece into bytes rather than with `write!` into a `String`: records are
+// encoded on every claim and completion, and the formatting machinery, temporary hex strings and
+// a UTF-8 check per piece cost several times more (callgrind, `cargo xtask instructions`).
+fn write_head(out: &mut Vec<u8>, state: u8, token: &LeaseToken, fp: &Fingerprint, created: u64) {
+    out.extend_from_slice(b"{\"v\":1,\"s\":\"");
     out.push(state);
-    out.push_str("\",\"t\":\"");
-    push_hex(out, token.as_bytes());
-    out.push_str("\",\"f\":\"");
-    push_hex(out, fp.as_bytes());
-    out.push_str("\",\"c\":");
+    out.extend_from_slice(b"\",\"t\":\"");
+    extend_hex(out, token.as_bytes());
+    out.extend_from_slice(b"\",\"f\":\"");
+    extend_hex(out, fp.as_bytes());
+    out.extend_from_slice(b"\",\"c\":");
     push_u64(out, created);
 }
 
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // ASCII digits only: one append instead of a `push` (capacity check, UTF-8) per digit.
-    if let Ok(text) = std::str::from_utf8(&digits[start..]) {
-        out.push_str(text);
-    }
+/// Decimal digits of `n` (the `itoa` crate: two digits per step, no formatting machinery).
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn push_json_string(out: &mut String, s: &str) {
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
     // What serde_json escapes: quote, backslash and control characters. Usually none of them.
     if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
         return;
     }
     // serde_json never fails to serialise a &str.
-    match serde_json::to_string(s) {
-        Ok(quoted) => out.push_str(&quoted),
-        Err(_) => out.push_str("\"\""),
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
     }
 }
 
@@ -265,15 +278,78 @@ impl<'a> Cursor<'a> {
     }
 
     /// The rest of a JSON string up to its closing quote, when it holds no escape or control
-    /// character.
+    /// character (one pass).
     fn plain_string(&mut self) -> Option<&'a [u8]> {
-        let len = self.0.iter().position(|&b| b == b'"')?;
-        let text = self.take(len)?;
-        if text.iter().any(|&b| b == b'\\' || b < 0x20) {
+        let len = self
+            .0
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if self.0[len] != b'"' {
             return None;
         }
-        Some(text)
+        self.take(len)
     }
+}
+
+/// The value of each standard base64 character (RFC 4648 §4), or [`NOT_BASE64`].
+static SEXTETS: [u8; 256] = {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut table = [NOT_BASE64; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Not a base64 character, in [`SEXTETS`] (any value with a high bit set would do).
+const NOT_BASE64: u8 = 0xff;
+
+/// Canonical padded standard base64 (what [`encode`] writes): length a multiple of 4, `=` only
+/// as the last one or two characters, unused bits of the last character zero. `None` for
+/// anything else, which the canonical reader then leaves to the general decoder (the `base64`
+/// crate, as strict: `STANDARD` requires canonical padding and zero trailing bits), so both
+/// readers accept the same bodies. A table loop: the crate's general engine cost about twice as
+/// many instructions on the short bodies records usually hold (`cargo xtask instructions`).
+fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let Some((full, last)) = text.split_last_chunk::<4>() else {
+        return Some(Vec::new());
+    };
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut invalid = 0u8;
+    for quad in full.chunks_exact(4) {
+        let [a, b, c, d] = [quad[0], quad[1], quad[2], quad[3]].map(|x| SEXTETS[usize::from(x)]);
+        invalid |= a | b | c | d;
+        let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
+        out.extend_from_slice(&n.to_be_bytes()[1..]);
+    }
+    let pad = match last {
+        [_, _, b'=', b'='] => 2,
+        [_, _, _, b'='] => 1,
+        _ => 0,
+    };
+    let mut sextets = [0u8; 4];
+    for (sextet, &x) in sextets.iter_mut().zip(&last[..4 - pad]) {
+        *sextet = SEXTETS[usize::from(x)];
+        invalid |= *sextet;
+    }
+    if invalid & 0xc0 != 0 {
+        return None;
+    }
+    let [a, b, c, d] = sextets;
+    let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
+    let bytes = n.to_be_bytes();
+    let (kept, dropped) = bytes[1..].split_at(3 - pad);
+    // Non-canonical: bits of the padding's place set.
+    if dropped.iter().any(|&b| b != 0) {
+        return None;
+    }
+    out.extend_from_slice(kept);
+    Some(out)
 }
 
 /// The exact layout [`encode`] writes, read without a JSON parser (records are decoded on every
@@ -319,7 +395,7 @@ fn decode_canonical(bytes: &[u8]) -> Option<Record> {
             // a quote, backslash or anything else inside is not base64, so decoding refuses it.
             let body = r.0.strip_suffix(b"\"}")?;
             r.0 = &[];
-            let body = BASE64.decode(body).ok()?;
+            let body = decode_base64(body)?;
             Record::Completed(Completed {
                 token,
                 fingerprint,
@@ -462,7 +538,35 @@ mod tests {
         assert_eq!(decode(encode(&r).as_bytes()).unwrap(), r);
     }
 
+    #[test]
+    fn base64_bodies_decode_like_the_base64_crate() {
+        for len in 0..12 {
+            let body: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let text = BASE64.encode(&body);
+            assert_eq!(decode_base64(text.as_bytes()), Some(body));
+        }
+        // Refused by both: unpadded, bad characters, padding inside, non-zero trailing bits.
+        for bad in [
+            "aGk", "aG=k", "a===", "aGk=aGk=", "aGl=", "aR==", "aGk*", "====", "=AAA",
+        ] {
+            assert_eq!(decode_base64(bad.as_bytes()), None, "{bad}");
+            assert!(BASE64.decode(bad).is_err(), "{bad}");
+        }
+    }
+
     proptest! {
+        /// The table decoder never accepts what the `base64` crate refuses, and agrees on what
+        /// both accept.
+        #[test]
+        fn base64_decoder_agrees_with_the_crate(text in "[A-Za-z0-9+/=*]{0,24}") {
+            if let Some(ours) = decode_base64(text.as_bytes()) {
+                prop_assert_eq!(Ok(ours), BASE64.decode(&text));
+            }
+            if let Ok(theirs) = BASE64.decode(&text) {
+                prop_assert_eq!(decode_base64(text.as_bytes()), Some(theirs));
+            }
+        }
+
         #[test]
         fn completed_round_trip(body in proptest::collection::vec(any::<u8>(), 0..2048),
                                 ct in proptest::option::of(any::<String>()),

@@ -2,7 +2,25 @@
 //! and decoded on every store round trip, and the generic `hex` iterators cost several times
 //! more than these table loops (visible in callgrind profiles of `cargo xtask bench`).
 
-const DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// The two lower-case hex digits of every byte value: one table load per byte instead of two
+/// nibble lookups.
+static PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    table
+};
+
+/// The digits of the first 32 bytes at most, written into `buf`; returns how many digits
+/// (callers hand it chunks of 32 bytes).
+fn hex_chunk(bytes: &[u8], buf: &mut [u8; 64]) -> usize {
+    hex_into(bytes, buf);
+    bytes.len().min(32) * 2
+}
 
 /// Append the lower-case hex of `bytes` to `out`.
 ///
@@ -11,14 +29,29 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     let mut buf = [0u8; 64];
     for chunk in bytes.chunks(buf.len() / 2) {
-        for (pair, &byte) in buf.chunks_exact_mut(2).zip(chunk) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0x0f)];
-        }
+        let len = hex_chunk(chunk, &mut buf);
         // Only ASCII digits were written: the check cannot fail.
-        if let Ok(text) = std::str::from_utf8(&buf[..chunk.len() * 2]) {
+        if let Ok(text) = std::str::from_utf8(&buf[..len]) {
             out.push_str(text);
         }
+    }
+}
+
+/// Append the lower-case hex of `bytes` to a byte buffer (the record encoder's; no UTF-8
+/// check per piece).
+pub(crate) fn extend_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(buf.len() / 2) {
+        let len = hex_chunk(chunk, &mut buf);
+        out.extend_from_slice(&buf[..len]);
+    }
+}
+
+/// The lower-case hex of `bytes` into `out` (which holds `2 * bytes.len()` digits; extra bytes
+/// on either side are left alone).
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
     }
 }
 
@@ -56,13 +89,17 @@ pub(crate) fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     let mut invalid = 0u8;
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+    for (i, byte) in out.iter_mut().enumerate() {
+        // In bounds: `text` holds exactly 2 * N digits.
+        let (high, low) = (
+            NIBBLES[usize::from(text[2 * i])],
+            NIBBLES[usize::from(text[2 * i + 1])],
+        );
         // Valid nibbles are below 16: any high bit set marks an invalid digit.
-        invalid |= (high | low) & 0xf0;
+        invalid |= high | low;
         *byte = (high << 4) | (low & 0x0f);
     }
-    (invalid == 0).then_some(out)
+    (invalid & 0xf0 == 0).then_some(out)
 }
 
 #[cfg(test)]
@@ -84,6 +121,9 @@ mod tests {
         let mut into = String::from("x");
         push_hex(&mut into, &[0xab; 33]);
         assert_eq!(into, format!("x{}", "ab".repeat(33)));
+        let mut bytes = b"y".to_vec();
+        extend_hex(&mut bytes, &long);
+        assert_eq!(bytes, format!("y{}", hex::encode(&long)).into_bytes());
     }
 
     proptest! {
@@ -92,6 +132,9 @@ mod tests {
         fn agrees_with_the_hex_crate(bytes in proptest::collection::vec(any::<u8>(), 0..80),
                                      text in "[0-9a-fA-Fg+ ]{0,34}") {
             prop_assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+            let mut extended = Vec::new();
+            extend_hex(&mut extended, &bytes);
+            prop_assert_eq!(extended, hex::encode(&bytes).into_bytes());
             let mut theirs = [0u8; 16];
             let expected = hex::decode_to_slice(&text, &mut theirs).ok().map(|()| theirs);
             prop_assert_eq!(from_hex::<16>(text.as_bytes()), expected);

@@ -29,6 +29,14 @@ impl LeaseToken {
         crate::hexfmt::to_hex(&self.0)
     }
 
+    /// The same 32 digits as [`LeaseToken::to_hex`], on the stack (for a command argument
+    /// written without an allocation).
+    pub fn to_hex_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        crate::hexfmt::hex_into(&self.0, &mut out);
+        out
+    }
+
     /// Parse 32 hex digits.
     pub fn from_hex(text: &str) -> Option<Self> {
         crate::hexfmt::from_hex(text.as_bytes()).map(Self)
@@ -51,6 +59,7 @@ mod tests {
         let b = LeaseToken::generate();
         assert_ne!(a, b);
         assert_eq!(LeaseToken::from_hex(&a.to_hex()), Some(a));
+        assert_eq!(a.to_hex_bytes(), *a.to_hex().as_bytes());
         assert_eq!(LeaseToken::from_hex("abc"), None);
     }
 }

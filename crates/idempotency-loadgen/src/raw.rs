@@ -1,6 +1,7 @@
 //! The baseline: the plain `redis` crate sending exactly the commands `RedisStore` sends —
 //! `SET key <in-progress record> NX PX <lease> GET`, then `EVALSHA` of the core's completion
-//! script with the token, the completed record and the retention — with none of our code in
+//! script with the token, the completed record, the retention and the key's wake-up channel
+//! (`RedisStore::connect` makes a store that notifies waiting duplicates) — with none of our code in
 //! the loop (no engine, no codec, no timeouts). Records are made by splicing the token into a
 //! template encoded once, so the server sees the same bytes and runs the same script branch,
 //! while the client does as little as a hand-written client could.
@@ -121,15 +122,21 @@ impl RawWorker {
 
     async fn complete(&mut self, key: &str, token: &str) -> Result<()> {
         let record = self.templates.completed.with(token);
-        let applied: i64 = self
-            .templates
-            .script
-            .key(key)
+        let mut channel = String::with_capacity(lua::WAKE_CHANNEL_PREFIX.len() + key.len());
+        channel.push_str(lua::WAKE_CHANNEL_PREFIX);
+        channel.push_str(key);
+        // Built directly, as `RedisStore` builds it (a `ScriptInvocation` copies every
+        // argument twice); `prepare` loaded the script.
+        let mut cmd = redis::Cmd::with_capacity(8, 200 + record.len() + 2 * key.len());
+        cmd.arg("EVALSHA")
+            .arg(self.templates.script.get_hash())
+            .arg(1)
+            .arg(key)
             .arg(token)
             .arg(record)
             .arg(millis(RETENTION))
-            .invoke_async(&mut self.conn)
-            .await?;
+            .arg(channel);
+        let applied: i64 = cmd.query_async(&mut self.conn).await?;
         if applied != 1 {
             bail!("completion script answered {applied}");
         }
@@ -181,6 +188,13 @@ pub(crate) async fn prepare(
     scenario: Scenario,
     key: &str,
 ) -> Result<()> {
+    // Loaded up front (as `RedisStore` does at connect): the completion is sent as a bare
+    // `EVALSHA`.
+    templates
+        .script
+        .load_async(&mut conn.clone())
+        .await
+        .context("loading the completion script")?;
     if scenario == Scenario::Fresh {
         return Ok(());
     }

@@ -1,9 +1,10 @@
 //! The core's Lua scripts as `redis::Script` values, built once per process.
 //!
 //! The Lua source lives only in `idempotency-core` (`idempotency_core::lua`), shared with the KV
-//! REST backend; this module only hashes it. `Script::invoke_async` sends `EVALSHA` and falls
-//! back to `SCRIPT LOAD` + `EVALSHA` when the server answers `NOSCRIPT` (after a restart or a
-//! `SCRIPT FLUSH`).
+//! REST backend; this module only hashes it. The store builds each `EVALSHA` command itself
+//! (arguments written straight into the command buffer) and, as `Script::invoke_async` does,
+//! falls back to `SCRIPT LOAD` + `EVALSHA` when the server answers `NOSCRIPT` (after a restart
+//! or a `SCRIPT FLUSH`).
 
 use std::sync::LazyLock;
 

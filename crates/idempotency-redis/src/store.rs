@@ -1,6 +1,7 @@
 //! [`RedisStore`]: the record protocol on the `redis` crate.
 
 use idempotency_core::StoreOperation;
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use idempotency_core::{
     StoreKey, Waited, codec, lua,
 };
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Cmd, RedisResult, Value};
+use redis::{Cmd, ErrorKind, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value};
 
 use crate::error::{Error, is_reconnectable};
 use crate::notify::Notifier;
@@ -177,6 +178,86 @@ impl<C> RedisStore<C> {
 /// Milliseconds for `PX` / `PEXPIRE`: the core's saturating, at-least-1 conversion.
 use idempotency_core::expiry_millis as millis;
 
+thread_local! {
+    /// Where records are encoded on their way into a command buffer: reused, so encoding a
+    /// record allocates nothing once the buffer has grown to the usual record size.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer kept for reuse is shrunk back past this capacity, in bytes (a large outcome
+/// must not stay allocated per thread).
+const SCRATCH_KEPT: usize = 16 * 1024;
+
+/// A record as one command argument, encoded by the core's codec straight into the command
+/// (through [`SCRATCH`]) instead of through a `String` per command.
+enum RecordArg<'a> {
+    InProgress(&'a InProgress),
+    Completed(&'a Completed),
+}
+
+impl RecordArg<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::InProgress(r) => codec::encode_in_progress_into(r, out),
+            Self::Completed(r) => codec::encode_completed_into(r, out),
+        }
+    }
+}
+
+impl ToRedisArgs for RecordArg<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                self.encode(&mut buf);
+                out.write_arg(&buf);
+                if buf.capacity() > SCRATCH_KEPT {
+                    *buf = Vec::new();
+                }
+            }
+            // Not reachable (nothing here re-enters), but never a panic on a request path.
+            Err(_) => {
+                let mut buf = Vec::new();
+                self.encode(&mut buf);
+                out.write_arg(&buf);
+            }
+        });
+    }
+}
+
+/// A lease token as one argument: its 32 hex digits, without a `String`.
+struct TokenArg<'a>(&'a LeaseToken);
+
+impl ToRedisArgs for TokenArg<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        out.write_arg(&self.0.to_hex_bytes());
+    }
+}
+
+/// The wake-up channel of a key ([`lua::wake_channel`]) as one argument, without a `String`.
+struct WakeChannelArg<'a>(&'a StoreKey);
+
+impl ToRedisArgs for WakeChannelArg<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writing into a command buffer cannot fail.
+        let _ = arg.write_all(lua::WAKE_CHANNEL_PREFIX.as_bytes());
+        let _ = arg.write_all(self.0.as_str().as_bytes());
+    }
+}
+
+/// `EVALSHA <script> 1 <key>`: the head of a fenced script's command, with room for `args`
+/// more arguments of about `bytes` bytes in all.
+fn evalsha(script: &Script, key: &StoreKey, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(4 + args, 64 + key.as_str().len() + bytes);
+    cmd.arg("EVALSHA")
+        .arg(script.get_hash())
+        .arg(1)
+        .arg(key.as_str());
+    cmd
+}
+
 /// A record read from the server, or `None` for nil.
 fn record_from(operation: StoreOperation, value: Value) -> Result<Option<Record>, Error> {
     let bytes = match value {
@@ -267,6 +348,27 @@ where
         .await
     }
 
+    /// An `EVALSHA` command of `script`, retried once on a broken connection (no timer of its
+    /// own). As `Script::invoke_async` does: when the server answers `NOSCRIPT` (after a
+    /// restart or `SCRIPT FLUSH`), `SCRIPT LOAD` it and send the command again.
+    async fn script_attempts(
+        &self,
+        operation: StoreOperation,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> Result<Value, Error> {
+        self.attempts(operation, |mut conn| async move {
+            match cmd.query_async::<Value>(&mut conn).await {
+                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
     /// Run a fenced script; on "lease lost", make sure the key does not hold something that is
     /// not a record (the contract reports that as corrupt, and the scripts cannot tell).
     ///
@@ -276,14 +378,11 @@ where
         &self,
         operation: StoreOperation,
         key: &StoreKey,
-        invocation: &redis::ScriptInvocation<'_>,
+        script: &Script,
+        cmd: &Cmd,
     ) -> Result<Fenced, StoreError> {
         let work = async {
-            let reply = self
-                .attempts(operation, |mut conn| async move {
-                    invocation.invoke_async::<Value>(&mut conn).await
-                })
-                .await?;
+            let reply = self.script_attempts(operation, script, cmd).await?;
             Ok(match fenced_from(operation, reply)? {
                 Fenced::Applied => Ok(Fenced::Applied),
                 Fenced::LeaseLost => {
@@ -329,12 +428,13 @@ where
         record: &InProgress,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let text = codec::encode(&Record::InProgress(record.clone()));
+        let text = RecordArg::InProgress(record);
         let reply = match self.claim {
             ClaimStrategy::SetNxGet => {
                 // Sized up front: growing the command buffer argument by argument reallocates
-                // several times per claim (`cargo xtask instructions`).
-                let mut cmd = Cmd::with_capacity(7, key.as_str().len() + text.len() + 40);
+                // several times per claim (`cargo xtask instructions`). 150: the in-progress
+                // record's at most (`codec`), plus the other arguments.
+                let mut cmd = Cmd::with_capacity(7, key.as_str().len() + 150 + 40);
                 cmd.arg("SET")
                     .arg(key.as_str())
                     .arg(&text)
@@ -345,13 +445,12 @@ where
                 self.command(StoreOperation::TryClaim, &cmd).await?
             }
             ClaimStrategy::Script => {
-                let mut invocation = SCRIPTS.claim.prepare_invoke();
-                invocation.key(key.as_str()).arg(&text).arg(millis(lease));
-                let invocation = &invocation;
-                self.exec(StoreOperation::TryClaim, |mut conn| async move {
-                    invocation.invoke_async::<Value>(&mut conn).await
-                })
-                .await?
+                let script = &SCRIPTS.claim;
+                let mut cmd = evalsha(script, key, 2, 150 + 20);
+                cmd.arg(&text).arg(millis(lease));
+                let operation = StoreOperation::TryClaim;
+                self.bounded(operation, self.script_attempts(operation, script, &cmd))
+                    .await?
             }
         };
         match record_from(StoreOperation::TryClaim, reply)? {
@@ -378,18 +477,25 @@ where
         record: &Completed,
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
-        let text = codec::encode(&Record::Completed(record.clone()));
-        let mut invocation = SCRIPTS.complete.prepare_invoke();
-        invocation
-            .key(key.as_str())
-            .arg(token.to_hex())
-            .arg(text)
+        // About the record's length: the head, the base64 body, the content type.
+        let record_len = 240
+            + record.outcome.body.len().div_ceil(3) * 4
+            + record.outcome.content_type.as_ref().map_or(0, String::len);
+        let script = &SCRIPTS.complete;
+        let mut cmd = evalsha(
+            script,
+            key,
+            4,
+            32 + record_len + 20 + 20 + key.as_str().len(),
+        );
+        cmd.arg(TokenArg(token))
+            .arg(RecordArg::Completed(record))
             .arg(millis(retention));
         if self.notifier.is_some() {
-            invocation.arg(lua::wake_channel(key));
+            cmd.arg(WakeChannelArg(key));
         }
         let fenced = self
-            .fenced(StoreOperation::Complete, key, &invocation)
+            .fenced(StoreOperation::Complete, key, script, &cmd)
             .await?;
         if fenced == Fenced::Applied {
             // The outcome is stored on the primary whatever WAIT says; the error tells the
@@ -401,12 +507,14 @@ where
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
-        let mut invocation = SCRIPTS.release.prepare_invoke();
-        invocation.key(key.as_str()).arg(token.to_hex());
+        let script = &SCRIPTS.release;
+        let mut cmd = evalsha(script, key, 2, 32 + 20 + key.as_str().len());
+        cmd.arg(TokenArg(token));
         if self.notifier.is_some() {
-            invocation.arg(lua::wake_channel(key));
+            cmd.arg(WakeChannelArg(key));
         }
-        self.fenced(StoreOperation::Release, key, &invocation).await
+        self.fenced(StoreOperation::Release, key, script, &cmd)
+            .await
     }
 
     async fn extend(
@@ -415,12 +523,10 @@ where
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        let mut invocation = SCRIPTS.extend.prepare_invoke();
-        invocation
-            .key(key.as_str())
-            .arg(token.to_hex())
-            .arg(millis(lease));
-        self.fenced(StoreOperation::Extend, key, &invocation).await
+        let script = &SCRIPTS.extend;
+        let mut cmd = evalsha(script, key, 2, 32 + 20);
+        cmd.arg(TokenArg(token)).arg(millis(lease));
+        self.fenced(StoreOperation::Extend, key, script, &cmd).await
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {

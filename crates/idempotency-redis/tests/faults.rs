@@ -315,3 +315,73 @@ async fn non_records_under_record_keys_are_typed_errors() {
 }
 
 use idempotency_redis::redis;
+
+/// The store sends its own `EVALSHA` commands: after `SCRIPT FLUSH` (the server forgot the
+/// scripts loaded at connect) every fenced primitive answers `NOSCRIPT` first, then loads its
+/// script and resends, with the same fencing as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn flushed_scripts_are_loaded_again_by_every_fenced_primitive() {
+    let server = RedisServer::start_local().expect("local redis-server");
+    let store = store_on(&server).await;
+    let flush = || async {
+        let mut conn = store.connection().clone();
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    };
+    let lease = Duration::from_secs(30);
+    let k = key("noscript");
+    let record = claim_record();
+    assert!(matches!(
+        store.try_claim(&k, &record, lease).await.unwrap(),
+        Claim::Claimed
+    ));
+
+    flush().await;
+    let other = LeaseToken::generate();
+    assert_eq!(
+        store.extend(&k, &other, lease).await.unwrap(),
+        idempotency_core::Fenced::LeaseLost
+    );
+    flush().await;
+    assert_eq!(
+        store.extend(&k, &record.token, lease).await.unwrap(),
+        idempotency_core::Fenced::Applied
+    );
+    flush().await;
+    let done = idempotency_core::Completed {
+        token: record.token,
+        fingerprint: record.fingerprint,
+        created_at_ms: record.created_at_ms,
+        completed_at_ms: unix_millis_now(),
+        outcome: StoredOutcome::new("stored", Some("text/plain".into())),
+    };
+    assert_eq!(
+        store
+            .complete(&k, &record.token, &done, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        idempotency_core::Fenced::Applied
+    );
+    assert_eq!(
+        store.get(&k).await.unwrap(),
+        Some(idempotency_core::Record::Completed(done))
+    );
+
+    let k2 = key("noscript-release");
+    let record2 = claim_record();
+    store.try_claim(&k2, &record2, lease).await.unwrap();
+    flush().await;
+    assert_eq!(
+        store.release(&k2, &other).await.unwrap(),
+        idempotency_core::Fenced::LeaseLost
+    );
+    flush().await;
+    assert_eq!(
+        store.release(&k2, &record2.token).await.unwrap(),
+        idempotency_core::Fenced::Applied
+    );
+    assert!(store.get(&k2).await.unwrap().is_none());
+}
