@@ -291,67 +291,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The value of each standard base64 character (RFC 4648 §4), or [`NOT_BASE64`].
-static SEXTETS: [u8; 256] = {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut table = [NOT_BASE64; 256];
-    let mut i = 0;
-    while i < 64 {
-        table[ALPHABET[i] as usize] = i as u8;
-        i += 1;
-    }
-    table
-};
-
-/// Not a base64 character, in [`SEXTETS`] (any value with a high bit set would do).
-const NOT_BASE64: u8 = 0xff;
-
-/// Canonical padded standard base64 (what [`encode`] writes): length a multiple of 4, `=` only
-/// as the last one or two characters, unused bits of the last character zero. `None` for
-/// anything else, which the canonical reader then leaves to the general decoder (the `base64`
-/// crate, as strict: `STANDARD` requires canonical padding and zero trailing bits), so both
-/// readers accept the same bodies. A table loop: the crate's general engine cost about twice as
-/// many instructions on the short bodies records usually hold (`cargo xtask instructions`).
-fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(4) {
-        return None;
-    }
-    let Some((full, last)) = text.split_last_chunk::<4>() else {
-        return Some(Vec::new());
-    };
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut invalid = 0u8;
-    for quad in full.chunks_exact(4) {
-        let [a, b, c, d] = [quad[0], quad[1], quad[2], quad[3]].map(|x| SEXTETS[usize::from(x)]);
-        invalid |= a | b | c | d;
-        let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
-        out.extend_from_slice(&n.to_be_bytes()[1..]);
-    }
-    let pad = match last {
-        [_, _, b'=', b'='] => 2,
-        [_, _, _, b'='] => 1,
-        _ => 0,
-    };
-    let mut sextets = [0u8; 4];
-    for (sextet, &x) in sextets.iter_mut().zip(&last[..4 - pad]) {
-        *sextet = SEXTETS[usize::from(x)];
-        invalid |= *sextet;
-    }
-    if invalid & 0xc0 != 0 {
-        return None;
-    }
-    let [a, b, c, d] = sextets;
-    let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
-    let bytes = n.to_be_bytes();
-    let (kept, dropped) = bytes[1..].split_at(3 - pad);
-    // Non-canonical: bits of the padding's place set.
-    if dropped.iter().any(|&b| b != 0) {
-        return None;
-    }
-    out.extend_from_slice(kept);
-    Some(out)
-}
-
 /// The exact layout [`encode`] writes, read without a JSON parser (records are decoded on every
 /// claim that finds a key held, so on every replay). `None` for anything else — reordered or
 /// unknown fields, escapes, whitespace, invalid values — which then goes to the general decoder,
@@ -395,7 +334,7 @@ fn decode_canonical(bytes: &[u8]) -> Option<Record> {
             // a quote, backslash or anything else inside is not base64, so decoding refuses it.
             let body = r.0.strip_suffix(b"\"}")?;
             r.0 = &[];
-            let body = decode_base64(body)?;
+            let body = BASE64.decode(body).ok()?;
             Record::Completed(Completed {
                 token,
                 fingerprint,
@@ -538,35 +477,7 @@ mod tests {
         assert_eq!(decode(encode(&r).as_bytes()).unwrap(), r);
     }
 
-    #[test]
-    fn base64_bodies_decode_like_the_base64_crate() {
-        for len in 0..12 {
-            let body: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            let text = BASE64.encode(&body);
-            assert_eq!(decode_base64(text.as_bytes()), Some(body));
-        }
-        // Refused by both: unpadded, bad characters, padding inside, non-zero trailing bits.
-        for bad in [
-            "aGk", "aG=k", "a===", "aGk=aGk=", "aGl=", "aR==", "aGk*", "====", "=AAA",
-        ] {
-            assert_eq!(decode_base64(bad.as_bytes()), None, "{bad}");
-            assert!(BASE64.decode(bad).is_err(), "{bad}");
-        }
-    }
-
     proptest! {
-        /// The table decoder never accepts what the `base64` crate refuses, and agrees on what
-        /// both accept.
-        #[test]
-        fn base64_decoder_agrees_with_the_crate(text in "[A-Za-z0-9+/=*]{0,24}") {
-            if let Some(ours) = decode_base64(text.as_bytes()) {
-                prop_assert_eq!(Ok(ours), BASE64.decode(&text));
-            }
-            if let Ok(theirs) = BASE64.decode(&text) {
-                prop_assert_eq!(decode_base64(text.as_bytes()), Some(theirs));
-            }
-        }
-
         #[test]
         fn completed_round_trip(body in proptest::collection::vec(any::<u8>(), 0..2048),
                                 ct in proptest::option::of(any::<String>()),
