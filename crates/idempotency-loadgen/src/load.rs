@@ -140,11 +140,8 @@ async fn task<W: Worker>(
     let mut last_done = measure_start;
     // Network operations take ~100 µs: report each. In-process ones take ~1 µs: batch.
     let report_every = if plan.yield_every.is_some() { 1024 } else { 1 };
-    // One clock read per operation: an operation starts when the previous one's `done` was
-    // read (the bookkeeping in between, a few nanoseconds, counts in its latency), except
-    // after a yield to the other tasks, when the clock is read again.
-    let mut started = Instant::now();
     loop {
+        let started = Instant::now();
         if started >= end || plan.max_ops_per_task.is_some_and(|max| ops >= max) {
             break;
         }
@@ -167,13 +164,11 @@ async fn task<W: Worker>(
             counter.add(unreported);
             unreported = 0;
         }
-        started = done;
         if let Some(every) = plan.yield_every {
             since_yield += 1;
             if since_yield >= every {
                 since_yield = 0;
                 tokio::task::yield_now().await;
-                started = Instant::now();
             }
         }
     }
