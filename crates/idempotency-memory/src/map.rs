@@ -35,9 +35,10 @@ pub(crate) struct Slot<V> {
 #[derive(Debug)]
 pub(crate) struct Map<V> {
     shards: Box<[RwLock<HashTable<Slot<V>>>]>,
-    /// `64 - log2(shards)`: the shard is the hash's top bits (hashbrown uses the low bits for
-    /// the bucket and the top 7 for its tag; the overlap only costs a little tag entropy
-    /// within a shard, as in `DashMap`).
+    /// `64 - log2(shards)`: the shard is taken from the bits just below the top 7 (as in
+    /// `DashMap`). hashbrown uses the top 7 bits for its tag and the low bits for the bucket:
+    /// a shard chosen from the top bits would leave every key of a shard with the same tag
+    /// bits, and look-ups would compare many more keys on tag collisions.
     shift: u32,
     hasher: SeedableRandomState,
 }
@@ -113,7 +114,7 @@ impl<V> Map<V> {
 
     fn shard(&self, hash: u64) -> &RwLock<HashTable<Slot<V>>> {
         // With one shard the shift is 64: `checked_shr` gives `None`, shard 0.
-        let index = hash.checked_shr(self.shift).unwrap_or(0) as usize;
+        let index = (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize;
         &self.shards[index]
     }
 
@@ -270,6 +271,28 @@ mod tests {
         let k = key(1);
         assert_ne!(a.hash(&k), b.hash(&k));
         assert_eq!(a.hash(&k), a.hash(&key(1)), "stable within a map");
+    }
+
+    #[test]
+    fn the_shard_does_not_take_the_tag_bits() {
+        // hashbrown's tag is the hash's top 7 bits: keys of one shard must not all share them.
+        let map = Map::<()>::with_capacity_and_shards(0, 8);
+        let mut tops_in_shard_0 = std::collections::HashSet::new();
+        let mut shards = std::collections::HashSet::new();
+        for n in 0..2000 {
+            let hash = map.hash(&key(n));
+            let shard = (hash << 7) >> map.shift;
+            shards.insert(shard);
+            if shard == 0 {
+                tops_in_shard_0.insert(hash >> 57);
+            }
+        }
+        assert_eq!(shards.len(), 8, "every shard is used");
+        assert!(
+            tops_in_shard_0.len() > 64,
+            "{} tag values",
+            tops_in_shard_0.len()
+        );
     }
 
     #[test]
