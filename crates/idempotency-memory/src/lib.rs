@@ -1,7 +1,8 @@
 //! # idempotency-memory
 //!
-//! The embedded store of the idempotency toolkit: a sharded concurrent map (`dashmap`) with
-//! atomic claims, lease and retention expiry, and a capacity bound. The default for development,
+//! The embedded store of the idempotency toolkit: a sharded concurrent map (shards of
+//! `hashbrown` tables under read-write locks, keys hashed once per operation with a randomly
+//! seeded `foldhash`) with atomic claims, lease and retention expiry, and a capacity bound. The default for development,
 //! tests and single-instance services.
 //!
 //! **One process only.** Records live in this process's memory: two instances behind a load
@@ -52,18 +53,18 @@
 #![deny(missing_docs)]
 
 mod clock;
+mod map;
 mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry as MapEntry;
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
     StoreKey, Waited, async_trait,
 };
+use map::{Entry as MapEntry, Map};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use idempotency_core;
@@ -82,7 +83,7 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Shared {
-    map: DashMap<StoreKey, Entry>,
+    map: Map<Entry>,
     clock: Arc<dyn Clock>,
     max_entries: usize,
     max_bytes: usize,
@@ -122,6 +123,16 @@ impl Entry {
     fn held_by(&self, token: &LeaseToken, now: u64) -> bool {
         self.live(now) && matches!(&self.record, Record::InProgress(r) if r.token == *token)
     }
+}
+
+/// What a claim's insert found under the key.
+enum Inserted {
+    /// Nothing: the claim is in.
+    New,
+    /// An expired record, replaced by the claim (its waiters are then woken).
+    Takeover,
+    /// A live record: the claim is refused.
+    Held(Record),
 }
 
 /// Settings for a [`MemoryStore`].
@@ -194,7 +205,7 @@ impl MemoryStoreBuilder {
         let now = self.clock.now_ms();
         MemoryStore {
             shared: Arc::new(Shared {
-                map: DashMap::with_capacity(self.initial_capacity.min(self.max_entries)),
+                map: Map::with_capacity(self.initial_capacity.min(self.max_entries)),
                 clock: self.clock,
                 max_entries: self.max_entries,
                 max_bytes: self.max_bytes,
@@ -323,12 +334,12 @@ impl Shared {
         }
         // Evict a batch (1/16 of the bound, at least what is needed) so this O(n) scan is
         // amortised over many claims.
-        let mut completed: Vec<(u64, StoreKey)> = self
-            .map
-            .iter()
-            .filter(|e| matches!(e.record, Record::Completed(_)))
-            .map(|e| (e.expires_at_ms, e.key().clone()))
-            .collect();
+        let mut completed: Vec<(u64, StoreKey)> = Vec::new();
+        self.map.for_each(|key, e| {
+            if matches!(e.record, Record::Completed(_)) {
+                completed.push((e.expires_at_ms, key.clone()));
+            }
+        });
         let over_entries =
             (self.entries.load(Ordering::Relaxed) + 1).saturating_sub(self.max_entries);
         let batch = (self.max_entries / 16)
@@ -341,10 +352,10 @@ impl Shared {
         completed.select_nth_unstable(batch - 1);
         let mut evicted = 0u64;
         for (expires_at_ms, key) in completed.into_iter().take(batch) {
-            let removed = self.map.remove_if(&key, |_, e| {
+            let removed = self.map.remove_if(&key, self.map.hash(&key), |e| {
                 e.expires_at_ms == expires_at_ms && matches!(e.record, Record::Completed(_))
             });
-            if let Some((_, entry)) = removed {
+            if let Some(entry) = removed {
                 self.account_remove(entry.size);
                 evicted += 1;
             }
@@ -364,18 +375,19 @@ impl Shared {
     }
 
     fn evict_oldest_completed(&self) -> bool {
-        let oldest = self
-            .map
-            .iter()
-            .filter(|e| matches!(e.record, Record::Completed(_)))
-            .min_by_key(|e| e.expires_at_ms)
-            .map(|e| e.key().clone());
-        let Some(key) = oldest else { return false };
-        match self
-            .map
-            .remove_if(&key, |_, e| matches!(e.record, Record::Completed(_)))
-        {
-            Some((_, entry)) => {
+        let mut oldest: Option<(u64, StoreKey)> = None;
+        self.map.for_each(|key, e| {
+            if matches!(e.record, Record::Completed(_))
+                && oldest.as_ref().is_none_or(|(at, _)| e.expires_at_ms < *at)
+            {
+                oldest = Some((e.expires_at_ms, key.clone()));
+            }
+        });
+        let Some((_, key)) = oldest else { return false };
+        match self.map.remove_if(&key, self.map.hash(&key), |e| {
+            matches!(e.record, Record::Completed(_))
+        }) {
+            Some(entry) => {
                 self.account_remove(entry.size);
                 true
             }
@@ -400,8 +412,10 @@ impl IdempotencyStore for MemoryStore {
             Record::InProgress(record.clone()),
             now.saturating_add(millis(lease)),
         );
-        // Fast path: an existing live record needs no room.
-        if let Some(existing) = shared.map.get(key)
+        // One hash for the look-up, the insert and the shard.
+        let hash = shared.map.hash(key);
+        // Fast path (read lock): an existing live record needs no room.
+        if let Some(existing) = shared.map.get(key, hash)
             && existing.live(now)
         {
             return Ok(Claim::Existing(existing.record.clone()));
@@ -411,24 +425,32 @@ impl IdempotencyStore for MemoryStore {
                 entries: shared.entries.load(Ordering::Relaxed),
             });
         }
-        // The entry API holds the shard's write lock across the check and the insert: atomic.
-        match shared.map.entry(key.clone()) {
+        // The entry holds the shard's write lock across the check and the insert: atomic.
+        let claimed = shared.map.entry(key, hash, |entry| match entry {
             MapEntry::Occupied(mut occupied) => {
-                if occupied.get().live(now) {
-                    return Ok(Claim::Existing(occupied.get().record.clone()));
+                let held = &mut occupied.get_mut().value;
+                if held.live(now) {
+                    return Inserted::Held(held.record.clone());
                 }
-                let old = occupied.insert(fresh);
-                shared.account_resize(old.size, occupied.get().size);
-                drop(occupied);
-                // A takeover of an expired claim: its waiters should look again.
-                shared.wakers.wake(key);
-                Ok(Claim::Claimed)
+                let old = std::mem::replace(held, fresh);
+                shared.account_resize(old.size, held.size);
+                Inserted::Takeover
             }
             MapEntry::Vacant(vacant) => {
                 shared.account_insert(fresh.size);
                 vacant.insert(fresh);
+                Inserted::New
+            }
+        });
+        match claimed {
+            Inserted::Takeover => {
+                // A takeover of an expired claim (the shard lock is released): its waiters
+                // should look again.
+                shared.wakers.wake(key);
                 Ok(Claim::Claimed)
             }
+            Inserted::New => Ok(Claim::Claimed),
+            Inserted::Held(existing) => Ok(Claim::Existing(existing)),
         }
     }
 
@@ -441,7 +463,7 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<Fenced, StoreError> {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
-        let Some(mut entry) = shared.map.get_mut(key) else {
+        let Some(mut entry) = shared.map.get_mut(key, shared.map.hash(key)) else {
             return Ok(Fenced::LeaseLost);
         };
         if !entry.live(now) {
@@ -469,8 +491,9 @@ impl IdempotencyStore for MemoryStore {
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
         let now = self.shared.clock.now_ms();
-        match self.shared.map.remove_if(key, |_, e| e.held_by(token, now)) {
-            Some((_, entry)) => {
+        let map = &self.shared.map;
+        match map.remove_if(key, map.hash(key), |e| e.held_by(token, now)) {
+            Some(entry) => {
                 self.shared.account_remove(entry.size);
                 self.shared.wakers.wake(key);
                 Ok(Fenced::Applied)
@@ -486,7 +509,8 @@ impl IdempotencyStore for MemoryStore {
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
         let now = self.shared.clock.now_ms();
-        match self.shared.map.get_mut(key) {
+        let map = &self.shared.map;
+        match map.get_mut(key, map.hash(key)) {
             Some(mut entry) if entry.held_by(token, now) => {
                 entry.expires_at_ms = now.saturating_add(millis(lease));
                 Ok(Fenced::Applied)
@@ -497,20 +521,18 @@ impl IdempotencyStore for MemoryStore {
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let now = self.shared.clock.now_ms();
-        Ok(self
-            .shared
-            .map
-            .get(key)
+        let map = &self.shared.map;
+        Ok(map
+            .get(key, map.hash(key))
             .filter(|e| e.live(now))
             .map(|e| e.record.clone()))
     }
 
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
         let now = self.shared.clock.now_ms();
-        Ok(self
-            .shared
-            .map
-            .get(key)
+        let map = &self.shared.map;
+        Ok(map
+            .get(key, map.hash(key))
             .filter(|e| e.live(now))
             .map(|e| Duration::from_millis(e.expires_at_ms - now)))
     }
@@ -530,10 +552,9 @@ impl IdempotencyStore for MemoryStore {
         // Enabled before the check: a wake-up between the check and the await is kept.
         notified.as_mut().enable();
         let now = self.shared.clock.now_ms();
-        let still_held = self
-            .shared
-            .map
-            .get(key)
+        let map = &self.shared.map;
+        let still_held = map
+            .get(key, map.hash(key))
             .is_some_and(|e| e.held_by(seen, now));
         if !still_held {
             return Ok(Waited::Changed);
@@ -546,8 +567,9 @@ impl IdempotencyStore for MemoryStore {
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let now = self.shared.clock.now_ms();
-        match self.shared.map.remove(key) {
-            Some((_, entry)) => {
+        let map = &self.shared.map;
+        match map.remove_if(key, map.hash(key), |_| true) {
+            Some(entry) => {
                 self.shared.account_remove(entry.size);
                 self.shared.wakers.wake(key);
                 Ok(entry.live(now))

@@ -1,0 +1,307 @@
+//! The store's map: shards of `hashbrown::HashTable` behind `parking_lot` read-write locks,
+//! hashed with a randomly seeded `foldhash`.
+//!
+//! Why not `DashMap` (used before): an operation hashes its key once and uses that hash for
+//! the shard, the look-up and the insert (a claim looks the key up under the read lock, then
+//! inserts under the write lock: `DashMap` hashed the key for each), and the hasher is
+//! `foldhash` instead of SipHash, several times cheaper on keys of a few dozen bytes (a growing
+//! shard re-hashes every key it holds, too).
+//!
+//! Hash flooding: store keys contain the caller's idempotency key verbatim (after the prefix
+//! and scope), so an attacker chooses part of what is hashed. The hasher is seeded from the
+//! operating system's randomness (through std's `RandomState`, whose SipHash keys come from
+//! it): a seed shared by the process and one per map, so colliding keys cannot be computed
+//! offline (foldhash's own `RandomState` seeds from address-space layout and the time only).
+
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
+use foldhash::SharedSeed;
+use foldhash::fast::SeedableRandomState;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as TableEntry;
+use idempotency_core::StoreKey;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A key and its value, as held in a shard.
+#[derive(Debug)]
+pub(crate) struct Slot<V> {
+    pub(crate) key: StoreKey,
+    pub(crate) value: V,
+}
+
+/// A sharded concurrent map from store keys to `V`.
+#[derive(Debug)]
+pub(crate) struct Map<V> {
+    shards: Box<[RwLock<HashTable<Slot<V>>>]>,
+    /// `64 - log2(shards)`: the shard is taken from the bits just below the top 7 (as in
+    /// `DashMap`). hashbrown uses the top 7 bits for its tag and the low bits for the bucket:
+    /// a shard chosen from the top bits would leave every key of a shard with the same tag
+    /// bits, and look-ups would compare many more keys on tag collisions.
+    shift: u32,
+    hasher: SeedableRandomState,
+}
+
+/// 64 bits from the operating system's randomness: std's `RandomState` draws its SipHash keys
+/// from it (once per thread, then varied per instance), and hashing a constant under them
+/// gives an unpredictable value.
+fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+}
+
+/// A hasher with a process-wide random seed and a random seed of its own.
+fn seeded_hasher() -> SeedableRandomState {
+    static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| SharedSeed::from_u64(random_u64()));
+    SeedableRandomState::with_seed(random_u64(), shared)
+}
+
+/// The outcome of [`Map::entry`]'s look-up.
+pub(crate) enum Entry<'a, V> {
+    /// The key is held: its value, under the shard's write lock.
+    Occupied(hashbrown::hash_table::OccupiedEntry<'a, Slot<V>>),
+    /// The key is absent: insert with [`Vacant::insert`] while the shard lock is held.
+    Vacant(Vacant<'a, V>),
+}
+
+/// An absent key, its shard write-locked.
+pub(crate) struct Vacant<'a, V> {
+    entry: hashbrown::hash_table::VacantEntry<'a, Slot<V>>,
+    key: &'a StoreKey,
+}
+
+impl<V> Vacant<'_, V> {
+    /// Insert `value` under the key (cloned: the one allocation of an insert).
+    pub(crate) fn insert(self, value: V) {
+        self.entry.insert(Slot {
+            key: self.key.clone(),
+            value,
+        });
+    }
+}
+
+/// The number of shards: as `DashMap` chooses it, four per available core rounded up to a
+/// power of two (at least 4).
+fn default_shards() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores * 4).next_power_of_two().max(4)
+}
+
+impl<V> Map<V> {
+    /// A map with room for `capacity` entries up front (spread over the shards).
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacity_and_shards(capacity, default_shards())
+    }
+
+    /// As [`Map::with_capacity`] with `shards` shards (a power of two, at least 1).
+    pub(crate) fn with_capacity_and_shards(capacity: usize, shards: usize) -> Self {
+        let shards = shards.max(1).next_power_of_two();
+        let per_shard = capacity.div_ceil(shards);
+        Self {
+            shards: (0..shards)
+                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .collect(),
+            shift: 64 - shards.trailing_zeros(),
+            hasher: seeded_hasher(),
+        }
+    }
+
+    /// The key's hash: compute it once per operation and pass it to the other methods.
+    pub(crate) fn hash(&self, key: &StoreKey) -> u64 {
+        self.hasher.hash_one(key.as_str())
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<Slot<V>>> {
+        // With one shard the shift is 64: `checked_shr` gives `None`, shard 0.
+        let index = (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize;
+        &self.shards[index]
+    }
+
+    /// The value under `key` (whose hash is `hash`), under the shard's read lock.
+    pub(crate) fn get(
+        &self,
+        key: &StoreKey,
+        hash: u64,
+    ) -> Option<parking_lot::MappedRwLockReadGuard<'_, V>> {
+        let shard = self.shard(hash).read();
+        RwLockReadGuard::try_map(shard, |table| {
+            table
+                .find(hash, |slot| slot.key == *key)
+                .map(|slot| &slot.value)
+        })
+        .ok()
+    }
+
+    /// The value under `key`, under the shard's write lock.
+    pub(crate) fn get_mut(
+        &self,
+        key: &StoreKey,
+        hash: u64,
+    ) -> Option<parking_lot::MappedRwLockWriteGuard<'_, V>> {
+        let shard = self.shard(hash).write();
+        RwLockWriteGuard::try_map(shard, |table| {
+            table
+                .find_mut(hash, |slot| slot.key == *key)
+                .map(|slot| &mut slot.value)
+        })
+        .ok()
+    }
+
+    /// Look `key` up under the shard's write lock and hand the entry to `f`, to insert or
+    /// replace atomically; the lock is released when `f` returns.
+    pub(crate) fn entry<R>(
+        &self,
+        key: &StoreKey,
+        hash: u64,
+        f: impl FnOnce(Entry<'_, V>) -> R,
+    ) -> R {
+        let mut shard = self.shard(hash).write();
+        let hasher = &self.hasher;
+        let entry = match shard.entry(
+            hash,
+            |slot| slot.key == *key,
+            |slot| hasher.hash_one(slot.key.as_str()),
+        ) {
+            TableEntry::Occupied(occupied) => Entry::Occupied(occupied),
+            TableEntry::Vacant(entry) => Entry::Vacant(Vacant { entry, key }),
+        };
+        f(entry)
+    }
+
+    /// Remove `key` if `keep_out` says so of its value; returns the removed value.
+    pub(crate) fn remove_if(
+        &self,
+        key: &StoreKey,
+        hash: u64,
+        keep_out: impl FnOnce(&V) -> bool,
+    ) -> Option<V> {
+        let mut shard = self.shard(hash).write();
+        match shard.find_entry(hash, |slot| slot.key == *key) {
+            Ok(occupied) if keep_out(&occupied.get().value) => Some(occupied.remove().0.value),
+            _ => None,
+        }
+    }
+
+    /// Keep only the entries for which `keep` answers `true`, one shard at a time (each under
+    /// its write lock).
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&StoreKey, &mut V) -> bool) {
+        for shard in &*self.shards {
+            shard
+                .write()
+                .retain(|slot| keep(&slot.key, &mut slot.value));
+        }
+    }
+
+    /// Call `visit` on every entry, one shard at a time (each under its read lock).
+    pub(crate) fn for_each(&self, mut visit: impl FnMut(&StoreKey, &V)) {
+        for shard in &*self.shards {
+            for slot in shard.read().iter() {
+                visit(&slot.key, &slot.value);
+            }
+        }
+    }
+
+    /// Entries held, counted shard by shard (for tests; the store keeps its own count).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.read().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: usize) -> StoreKey {
+        StoreKey::from_raw(format!("idem:scope:key-{n}"))
+    }
+
+    fn insert(map: &Map<usize>, n: usize) -> bool {
+        let k = key(n);
+        let hash = map.hash(&k);
+        map.entry(&k, hash, |entry| match entry {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(vacant) => {
+                vacant.insert(n);
+                true
+            }
+        })
+    }
+
+    #[test]
+    fn inserts_finds_and_removes_across_shards_and_growth() {
+        for shards in [1, 2, 8] {
+            let map = Map::with_capacity_and_shards(0, shards);
+            for n in 0..5000 {
+                assert!(insert(&map, n), "{n} inserted once");
+            }
+            assert!(!insert(&map, 17), "a held key is occupied");
+            assert_eq!(map.len(), 5000);
+            for n in 0..5000 {
+                let k = key(n);
+                assert_eq!(map.get(&k, map.hash(&k)).as_deref(), Some(&n));
+            }
+            let k = key(42);
+            let hash = map.hash(&k);
+            *map.get_mut(&k, hash).expect("held") += 1;
+            assert_eq!(map.get(&k, hash).as_deref(), Some(&43));
+            assert_eq!(map.remove_if(&k, hash, |v| *v == 0), None, "kept");
+            assert_eq!(map.remove_if(&k, hash, |v| *v == 43), Some(43));
+            assert!(map.get(&k, hash).is_none());
+            assert!(map.get(&key(9999), map.hash(&key(9999))).is_none());
+            map.retain(|_, v| *v % 2 == 0);
+            let mut seen = 0;
+            map.for_each(|k, v| {
+                assert_eq!(*k, key(*v));
+                assert_eq!(v % 2, 0);
+                seen += 1;
+            });
+            // The even values but 42 (removed above).
+            assert_eq!(seen, 2499);
+            assert_eq!(map.len(), 2499);
+        }
+    }
+
+    #[test]
+    fn the_hasher_is_seeded_per_map() {
+        // Randomly seeded: two maps hash the same key differently, so colliding keys cannot be
+        // precomputed. Equal by chance with probability 2^-64.
+        let (a, b) = (Map::<()>::with_capacity(0), Map::<()>::with_capacity(0));
+        let k = key(1);
+        assert_ne!(a.hash(&k), b.hash(&k));
+        assert_eq!(a.hash(&k), a.hash(&key(1)), "stable within a map");
+    }
+
+    #[test]
+    fn the_shard_does_not_take_the_tag_bits() {
+        // hashbrown's tag is the hash's top 7 bits: keys of one shard must not all share them.
+        let map = Map::<()>::with_capacity_and_shards(0, 8);
+        let mut tops_in_shard_0 = std::collections::HashSet::new();
+        let mut shards = std::collections::HashSet::new();
+        for n in 0..2000 {
+            let hash = map.hash(&key(n));
+            let shard = (hash << 7) >> map.shift;
+            shards.insert(shard);
+            if shard == 0 {
+                tops_in_shard_0.insert(hash >> 57);
+            }
+        }
+        assert_eq!(shards.len(), 8, "every shard is used");
+        assert!(
+            tops_in_shard_0.len() > 64,
+            "{} tag values",
+            tops_in_shard_0.len()
+        );
+    }
+
+    #[test]
+    fn initial_capacity_is_spread_over_the_shards() {
+        let map = Map::<()>::with_capacity_and_shards(1000, 8);
+        for shard in &*map.shards {
+            assert!(shard.read().capacity() >= 125);
+        }
+        assert_eq!(map.shards.len(), 8);
+        assert_eq!(Map::<()>::with_capacity_and_shards(0, 3).shards.len(), 4);
+    }
+}
