@@ -334,6 +334,32 @@ mod tests {
         }
     }
 
+    /// breaker4: Retry-After at the boundaries, from the engine's in-progress answer: 0 s and
+    /// sub-second hints round up to 1, 60 and 61 straddle the static table, and a huge hint
+    /// (an `in_progress_retry_after(Duration::MAX)` setting) must not overflow the rounding.
+    #[test]
+    fn retry_after_boundaries_from_in_progress_answers() {
+        let cases = [
+            (Duration::ZERO, "1"),
+            (Duration::from_millis(1), "1"),
+            (Duration::from_millis(60_000), "60"),
+            (Duration::from_millis(60_001), "61"),
+            (Duration::from_secs(61), "61"),
+            (Duration::from_secs(u64::MAX), "18446744073709551615"),
+            (Duration::MAX, "18446744073709551615"),
+        ];
+        for (retry_after, expected) in cases {
+            let response =
+                Problem::from_engine(&IdempotencyError::InProgress { retry_after }).into_response();
+            assert_eq!(response.status(), StatusCode::CONFLICT);
+            assert_eq!(
+                response.headers()[header::RETRY_AFTER],
+                expected,
+                "{retry_after:?}"
+            );
+        }
+    }
+
     #[test]
     fn retry_after_values_are_the_decimal_seconds() {
         for seconds in (0..=70).chain([3600, u64::MAX]) {
