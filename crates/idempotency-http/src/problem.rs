@@ -260,7 +260,10 @@ impl Problem {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(after) = self.retry_after {
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            // Rounded up, saturating: a huge hint (`Duration::MAX`) must not overflow.
+            let seconds = after
+                .as_secs()
+                .saturating_add(u64::from(after.subsec_nanos() > 0));
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, seconds_value(seconds.max(1)));
@@ -269,7 +272,6 @@ impl Problem {
     }
 }
 
-/// Append `text` as a JSON string (quoted and escaped, RFC 8259 §7).
 /// A `Retry-After` value: the usual small ones from [`SECONDS`], without formatting.
 fn seconds_value(seconds: u64) -> HeaderValue {
     usize::try_from(seconds)
@@ -281,6 +283,7 @@ fn seconds_value(seconds: u64) -> HeaderValue {
         )
 }
 
+/// Append `text` as a JSON string (quoted and escaped, RFC 8259 §7).
 fn json_string(out: &mut Vec<u8>, text: &str) {
     // Writing a `str` into a `Vec` cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
