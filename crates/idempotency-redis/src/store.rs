@@ -349,8 +349,8 @@ where
     }
 
     /// An `EVALSHA` command of `script`, retried once on a broken connection (no timer of its
-    /// own). As `Script::invoke_async` does: when the server answers `NOSCRIPT` (after a
-    /// restart or `SCRIPT FLUSH`), `SCRIPT LOAD` it and send the command again.
+    /// own). When the server answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`), send the
+    /// same command once as `EVAL` of the source (`scripts::eval_of`), which caches it again.
     async fn script_attempts(
         &self,
         operation: StoreOperation,
@@ -360,8 +360,14 @@ where
         self.attempts(operation, |mut conn| async move {
             match cmd.query_async::<Value>(&mut conn).await {
                 Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load_async(&mut conn).await?;
-                    cmd.query_async(&mut conn).await
+                    match crate::scripts::eval_of(script, cmd) {
+                        // `EVAL` cannot answer `NOSCRIPT` (see `eval_of`).
+                        Some(eval) => eval.query_async(&mut conn).await,
+                        None => {
+                            script.load_async(&mut conn).await?;
+                            cmd.query_async(&mut conn).await
+                        }
+                    }
                 }
                 other => other,
             }
