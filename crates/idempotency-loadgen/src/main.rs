@@ -114,7 +114,7 @@ struct Args {
     rounds: Option<usize>,
     /// Measured seconds per slice (default 1.7, quick 0.8; in-process rows at most 0.7, quick
     /// 0.5).
-    #[arg(long, value_name = "S", value_parser = seconds)]
+    #[arg(long, value_name = "S", value_parser = measured_seconds)]
     seconds: Option<Duration>,
     /// Unrecorded seconds before each slice (default 0.5, quick 0.2; in-process rows at most
     /// 0.3).
@@ -129,6 +129,15 @@ struct Args {
     /// The Redis server of `--serve redis`.
     #[arg(long, hide = true, value_name = "URL")]
     redis_url: Option<String>,
+}
+
+/// A measured slice's seconds: as [`seconds`], but not zero (a slice of 0 s measures nothing and
+/// reported rows of 0 ops/s and p50 0 µs).
+fn measured_seconds(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        Duration::ZERO => Err(format!("a measured slice must last more than 0 s: {text}")),
+        measured => Ok(measured),
+    }
 }
 
 /// A number of seconds, fractions allowed (`0.5`).
@@ -620,6 +629,10 @@ mod tests {
             &["--rounds", "0"],
             &["--rounds", "two"],
             &["--seconds", "soon"],
+            &["--seconds", "0"],
+            &["--seconds", "0.0"],
+            &["--seconds", "nan"],
+            &["--seconds", "1e30"],
             &["--warmup", "-1"],
             &["--frobnicate"],
         ] {
