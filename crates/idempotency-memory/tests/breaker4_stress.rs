@@ -56,7 +56,7 @@ async fn counters_do_not_drift_and_the_bound_holds_under_concurrency() {
         let (max_seen, max_bytes_seen, full) =
             (max_seen.clone(), max_bytes_seen.clone(), full.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1) * 0x1234_5678_9abc);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678_9abc));
             let mut held: Vec<(StoreKey, LeaseToken)> = Vec::new();
             for i in 0..OPS {
                 // Half the tasks share a small hot key range, the others roam.
@@ -112,7 +112,7 @@ async fn counters_do_not_drift_and_the_bound_holds_under_concurrency() {
                         }
                     }
                     8 => {
-                        if rng.next() % 4 == 0 {
+                        if rng.next().is_multiple_of(4) {
                             store.delete(&k).await.unwrap();
                         } else {
                             let _ = store.get(&k).await.unwrap();
@@ -123,14 +123,14 @@ async fn counters_do_not_drift_and_the_bound_holds_under_concurrency() {
                         if t == 0 {
                             clock.advance(Duration::from_millis(rng.next() % 50));
                         }
-                        if i % 500 == 0 {
+                        if i.is_multiple_of(500) {
                             store.sweep_expired();
                         }
                     }
                 }
                 max_seen.fetch_max(store.len(), Ordering::Relaxed);
                 max_bytes_seen.fetch_max(store.approximate_bytes(), Ordering::Relaxed);
-                if i % 64 == 0 {
+                if i.is_multiple_of(64) {
                     tokio::task::yield_now().await;
                 }
             }

@@ -227,3 +227,49 @@ async fn edge_bodies_and_content_types_round_trip() {
         );
     }
 }
+
+/// Redis Cluster: the `EVALSHA` command the store builds (and its `EVAL` form after `NOSCRIPT`)
+/// is routed by its key; after `SCRIPT FLUSH` on every master, completions on keys spread over
+/// all slots still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_completions_apply_after_every_master_flushed_its_scripts() {
+    use idempotency_testkit::fixtures::RedisCluster;
+    let cluster = RedisCluster::start(3).expect("local redis cluster");
+    let store = RedisStore::builder()
+        .connect_cluster(cluster.urls())
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let mut claims = Vec::new();
+    for i in 0..30 {
+        let (k, r) = (key(&format!("cluster-{i}")), claim_record());
+        assert_eq!(
+            store.try_claim(&k, &r, lease).await.unwrap(),
+            Claim::Claimed
+        );
+        claims.push((k, r));
+    }
+    for url in cluster.urls() {
+        let node = RedisStore::builder().connect(&url).await.unwrap();
+        let mut conn = node.connection().clone();
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    for (k, r) in claims {
+        let c = done(
+            &r,
+            StoredOutcome::new(vec![0u8, 255, 10], Some("x/y".into())),
+        );
+        assert_eq!(
+            store
+                .complete(&k, &r.token, &c, Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Fenced::Applied
+        );
+        assert_eq!(store.get(&k).await.unwrap(), Some(Record::Completed(c)));
+    }
+}
