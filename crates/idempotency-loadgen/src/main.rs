@@ -99,18 +99,19 @@ struct Args {
     /// Scenarios to run (default: all), comma-separated.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     scenarios: Vec<Scenario>,
-    /// Tasks per cell, comma-separated.
+    /// Tasks per cell, comma-separated, 1 to 4096 (each task holds its own connection to an
+    /// HTTP app; more would exhaust file descriptors and memory before measuring anything).
     #[arg(
         long,
         value_delimiter = ',',
         num_args = 1..,
         default_values_t = [1_usize, 16, 64],
-        value_parser = RangedU64ValueParser::<usize>::new().range(1..)
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096)
     )]
     concurrency: Vec<usize>,
     /// Rounds per (scenario, concurrency) group: each row of the group runs one slice per
-    /// round, the order reversed every other round (default 3, quick 1).
-    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    /// round, the order reversed every other round (default 3, quick 1; at most 100).
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=100))]
     rounds: Option<usize>,
     /// Measured seconds per slice (default 1.7, quick 0.8; in-process rows at most 0.7, quick
     /// 0.5).
@@ -626,6 +627,9 @@ mod tests {
             &["--backends", "mongo"][..],
             &["--scenarios", "fresh,later"],
             &["--concurrency", "0"],
+            &["--concurrency", "4097"],
+            &["--concurrency", "5000000"],
+            &["--rounds", "101"],
             &["--rounds", "0"],
             &["--rounds", "two"],
             &["--seconds", "soon"],

@@ -361,8 +361,13 @@ impl Shared {
             }
         }
         // Keep going past the entry batch if the byte bound still bites.
-        while self.is_full(incoming) && self.evict_oldest_completed() {
-            evicted += 1;
+        while self.is_full(incoming) {
+            match self.evict_oldest_completed() {
+                Eviction::Evicted => evicted += 1,
+                // Removed or replaced by another operation since the scan: look again.
+                Eviction::Raced => {}
+                Eviction::NothingToEvict => break,
+            }
         }
         self.evictions.fetch_add(evicted, Ordering::Relaxed);
         metrics::counter!(EVICTIONS_METRIC).increment(evicted);
@@ -374,7 +379,7 @@ impl Shared {
         !self.is_full(incoming)
     }
 
-    fn evict_oldest_completed(&self) -> bool {
+    fn evict_oldest_completed(&self) -> Eviction {
         let mut oldest: Option<(u64, StoreKey)> = None;
         self.map.for_each(|key, e| {
             if matches!(e.record, Record::Completed(_))
@@ -383,17 +388,27 @@ impl Shared {
                 oldest = Some((e.expires_at_ms, key.clone()));
             }
         });
-        let Some((_, key)) = oldest else { return false };
+        let Some((_, key)) = oldest else {
+            return Eviction::NothingToEvict;
+        };
         match self.map.remove_if(&key, self.map.hash(&key), |e| {
             matches!(e.record, Record::Completed(_))
         }) {
             Some(entry) => {
                 self.account_remove(entry.size);
-                true
+                Eviction::Evicted
             }
-            None => true,
+            None => Eviction::Raced,
         }
     }
+}
+
+/// What one [`Shared::evict_oldest_completed`] did (only `Evicted` counts as an eviction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eviction {
+    Evicted,
+    Raced,
+    NothingToEvict,
 }
 
 #[async_trait]

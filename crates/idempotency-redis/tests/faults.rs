@@ -317,8 +317,9 @@ async fn non_records_under_record_keys_are_typed_errors() {
 use idempotency_redis::redis;
 
 /// The store sends its own `EVALSHA` commands: after `SCRIPT FLUSH` (the server forgot the
-/// scripts loaded at connect) every fenced primitive answers `NOSCRIPT` first, then loads its
-/// script and resends, with the same fencing as before.
+/// scripts loaded at connect) every fenced primitive answers `NOSCRIPT` first, then resends the
+/// same command as `EVAL` of the script's source (which also caches it again), with the same
+/// fencing as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn flushed_scripts_are_loaded_again_by_every_fenced_primitive() {
     let server = RedisServer::start_local().expect("local redis-server");
