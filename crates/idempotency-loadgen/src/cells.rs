@@ -314,13 +314,60 @@ impl Env {
     }
 
     /// Empty the Redis servers.
+    ///
+    /// A group leaves up to a few million keys behind (every row's rounds), which a blocking
+    /// `FLUSHALL` takes longer to free than a client's response timeout: `FLUSHALL ASYNC`
+    /// unlinks them at once and frees them on the server's lazy-free thread, and the single
+    /// server is then polled until `INFO memory` reports `lazyfree_pending_objects:0`, so that
+    /// freeing does not run during the next group's measurement.
     async fn flush(&self) -> Result<()> {
         let mut raw = Self::client(&self.raw)?;
-        redis::cmd("FLUSHALL").query_async::<()>(&mut raw).await?;
+        redis::cmd("FLUSHALL")
+            .arg("ASYNC")
+            .query_async::<()>(&mut raw)
+            .await?;
         let cluster = Self::client(&self.cluster)?;
         let mut conn = cluster.connection().clone();
-        redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
-        Ok(())
+        redis::cmd("FLUSHALL")
+            .arg("ASYNC")
+            .query_async::<()>(&mut conn)
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut raw)
+                .await?;
+            if lazyfree_pending(&info) == Some(0) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("Redis was still freeing the last group's keys after 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `lazyfree_pending_objects` of an `INFO memory` reply (`None` if absent: then the caller
+/// keeps polling until its deadline rather than measure on a server still freeing).
+fn lazyfree_pending(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("lazyfree_pending_objects:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod flush_tests {
+    use super::lazyfree_pending;
+
+    #[test]
+    fn reads_the_pending_lazy_free_count() {
+        let info =
+            "# Memory\r\nused_memory:1\r\nlazyfree_pending_objects:12\r\nlazyfreed_objects:3\r\n";
+        assert_eq!(lazyfree_pending(info), Some(12));
+        assert_eq!(lazyfree_pending("lazyfree_pending_objects:0\r\n"), Some(0));
+        assert_eq!(lazyfree_pending("# Memory\r\n"), None);
     }
 }
 
