@@ -49,10 +49,17 @@ async fn create_order(
     _body: Bytes,
 ) -> impl IntoResponse {
     if headers.contains_key(HOLD_HEADER) {
+        // Registered as a waiter before anyone can know we entered, so an `unhold` that follows
+        // the report cannot miss us (`unhold` wakes the waiters of the moment and leaves no
+        // permit behind: a spare permit would let the next held request straight through, its
+        // key completed instead of in progress).
+        let release = state.hold.notified();
+        tokio::pin!(release);
+        release.as_mut().enable();
         state.unreported.fetch_add(1, Ordering::SeqCst);
         state.entered.notify_one();
         // Bounded, so a lost wake-up cannot stall shutdown for long.
-        let _ = tokio::time::timeout(Duration::from_secs(30), state.hold.notified()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), release).await;
     }
     (
         StatusCode::CREATED,
@@ -108,7 +115,7 @@ where
             .spawn(move || {
                 for line in std::io::stdin().lock().lines() {
                     match line {
-                        Ok(line) if line.trim() == "unhold" => hold.notify_one(),
+                        Ok(line) if line.trim() == "unhold" => hold.notify_waiters(),
                         Ok(_) => {}
                         Err(_) => break,
                     }

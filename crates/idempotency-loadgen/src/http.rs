@@ -371,13 +371,26 @@ pub(crate) async fn prepare(
         Scenario::Conflict => {
             let mut holder = connect(server.addr()).await?;
             let owned = key.to_owned();
+            // Counted, not only signalled: a `Notify` permit left by an earlier entry (the
+            // duplicates check's) must not pass for this request's entry, or the workers would
+            // race the holder for the key and replay its answer instead of meeting a 409.
+            let before = server.entered_count();
             let request = tokio::spawn(async move {
                 post_order(&mut holder, &owned, cookie.as_deref(), true).await
             });
             // Inside the handler means past the layer's claim.
-            tokio::time::timeout(Duration::from_secs(10), server.entered.notified())
-                .await
-                .context("the held request never reached the handler")?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while server.entered_count() == before {
+                let entered = server.entered.notified();
+                tokio::pin!(entered);
+                entered.as_mut().enable();
+                if server.entered_count() != before {
+                    break;
+                }
+                tokio::time::timeout_at(deadline, entered)
+                    .await
+                    .context("the held request never reached the handler")?;
+            }
             Ok(Some(Held { request }))
         }
     }
