@@ -41,6 +41,20 @@
 //! A first attempt through the engine therefore costs two commands (claim + complete) and a
 //! replay one. The Lua sources live in `idempotency_core::lua` and nowhere else.
 //!
+//! # Least privilege
+//! A Redis ACL user (Redis ACL documentation, `ACL SETUSER`) limited to these rules runs every
+//! primitive, waits included, through `SCRIPT FLUSH` and restarts (`SCRIPT` itself is not
+//! needed: after `NOSCRIPT` the store resends the command as `EVAL`, which caches the script
+//! again); `~*` and `&*` can be narrowed to the store's key prefix and the
+//! `idempotency:wake:` channels:
+//!
+//! ```text
+//! ACL SETUSER idempotency on >password ~* &* +set +get +del +pttl +pexpire +evalsha +eval
+//!     +publish +subscribe +unsubscribe +ping +hello +info +client
+//! ```
+//!
+//! (`tests/breaker4_scripts.rs` runs the store as exactly this user.)
+//!
 //! # Waiting duplicates are woken
 //! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits
 //! for a wake-up instead of polling (`IdempotencyStore::wait_for_change`). The completion and
