@@ -73,7 +73,7 @@
 //! # Failures
 //! Every operation has its own time budget ([`RedisStoreBuilder::operation_timeout`], default
 //! 1 s), so a paused or overloaded server cannot hang a request; errors map onto the core's
-//! typed [`StoreError`]:
+//! typed [`StoreError`](idempotency_core::StoreError):
 //!
 //! | condition | error |
 //! |---|---|
