@@ -7,33 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use idempotency_core::{
-    Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record,
-    StoreKey, StoredOutcome, unix_millis_now,
-};
+use idempotency_core::{Claim, Fenced, IdempotencyStore, Record, StoreKey, StoredOutcome};
 use idempotency_redis::{RedisStore, redis};
 use idempotency_testkit::fixtures::RedisServer;
 
-fn claim_record() -> InProgress {
-    InProgress {
-        token: LeaseToken::generate(),
-        fingerprint: Fingerprint::of("req"),
-        created_at_ms: unix_millis_now(),
-    }
-}
+mod common;
+use common::{claim_record, completed};
 
 fn key(name: &str) -> StoreKey {
-    StoreKey::from_raw(format!("b4:{name}:{:x}", rand::random::<u64>()))
-}
-
-fn done(r: &InProgress, outcome: StoredOutcome) -> Completed {
-    Completed {
-        token: r.token,
-        fingerprint: r.fingerprint,
-        created_at_ms: r.created_at_ms,
-        completed_at_ms: unix_millis_now(),
-        outcome,
-    }
+    common::unique_key("b4", name)
 }
 
 async fn claim_complete(store: &RedisStore, k: &StoreKey, outcome: StoredOutcome) -> Fenced {
@@ -44,7 +26,7 @@ async fn claim_complete(store: &RedisStore, k: &StoreKey, outcome: StoredOutcome
         store.extend(k, &r.token, lease).await.unwrap(),
         Fenced::Applied
     );
-    let c = done(&r, outcome);
+    let c = completed(&r, outcome);
     let fenced = store
         .complete(k, &r.token, &c, Duration::from_secs(60))
         .await
@@ -123,7 +105,7 @@ async fn a_restarted_server_mid_run_loads_the_scripts_again() {
             .complete(
                 &k,
                 &r.token,
-                &done(&r, StoredOutcome::new("x", None)),
+                &completed(&r, StoredOutcome::new("x", None)),
                 lease,
             )
             .await
@@ -259,7 +241,7 @@ async fn cluster_completions_apply_after_every_master_flushed_its_scripts() {
             .unwrap();
     }
     for (k, r) in claims {
-        let c = done(
+        let c = completed(
             &r,
             StoredOutcome::new(vec![0u8, 255, 10], Some("x/y".into())),
         );

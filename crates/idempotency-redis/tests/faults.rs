@@ -7,24 +7,18 @@ use std::time::{Duration, Instant};
 
 use idempotency_core::{
     Begin, Claim, FailurePolicy, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey,
-    IdempotencyStore, InProgress, LeaseToken, Scope, StoreError, StoreKey, StoredOutcome,
-    unix_millis_now,
+    IdempotencyStore, LeaseToken, Scope, StoreError, StoreKey, StoredOutcome, unix_millis_now,
 };
 use idempotency_redis::RedisStore;
 use idempotency_testkit::fixtures::RedisServer;
 
+mod common;
+use common::claim_record;
+
 const BUDGET: Duration = Duration::from_millis(300);
 
-fn claim_record() -> InProgress {
-    InProgress {
-        token: LeaseToken::generate(),
-        fingerprint: Fingerprint::of("req"),
-        created_at_ms: unix_millis_now(),
-    }
-}
-
 fn key(name: &str) -> StoreKey {
-    StoreKey::from_raw(format!("faults:{name}:{:x}", rand::random::<u64>()))
+    common::unique_key("faults", name)
 }
 
 async fn store_on(server: &RedisServer) -> RedisStore {

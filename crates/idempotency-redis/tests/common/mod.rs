@@ -127,3 +127,31 @@ pub async fn cluster_harness()
 -> RedisHarness<idempotency_redis::redis::cluster_async::ClusterConnection> {
     RedisHarness::new(cluster_store().await)
 }
+
+/// A fresh in-progress record: a new lease token, the fingerprint of `"req"`, created now.
+pub fn claim_record() -> idempotency_core::InProgress {
+    idempotency_core::InProgress {
+        token: idempotency_core::LeaseToken::generate(),
+        fingerprint: idempotency_core::Fingerprint::of("req"),
+        created_at_ms: idempotency_core::unix_millis_now(),
+    }
+}
+
+/// A key no other test uses: `{prefix}:{name}:{random hex}`.
+pub fn unique_key(prefix: &str, name: &str) -> StoreKey {
+    StoreKey::from_raw(format!("{prefix}:{name}:{:x}", rand::random::<u64>()))
+}
+
+/// The completed record of `claim`, completed now with `outcome`.
+pub fn completed(
+    claim: &idempotency_core::InProgress,
+    outcome: idempotency_core::StoredOutcome,
+) -> idempotency_core::Completed {
+    idempotency_core::Completed {
+        token: claim.token,
+        fingerprint: claim.fingerprint,
+        created_at_ms: claim.created_at_ms,
+        completed_at_ms: idempotency_core::unix_millis_now(),
+        outcome,
+    }
+}
