@@ -55,27 +55,64 @@ const COMMITTED: u8 = 2;
 ///
 /// Clones share one state. The last call wins; a [`SideEffects`] response extension wins over
 /// the marker.
-#[derive(Debug, Clone, Default)]
-pub struct SideEffectsMarker(Arc<AtomicU8>);
+#[derive(Clone)]
+pub struct SideEffectsMarker(Arc<dyn EffectsCell>);
+
+/// Where a marker's state lives: its own atomic, or (in a protected request) a field of the
+/// request's shared state, so that the layer pays one allocation for the claim slot, the
+/// marker and the response head together (see `record::Shared`).
+pub(crate) trait EffectsCell: Send + Sync {
+    fn effects(&self) -> &AtomicU8;
+}
+
+impl EffectsCell for AtomicU8 {
+    fn effects(&self) -> &AtomicU8 {
+        self
+    }
+}
+
+impl Default for SideEffectsMarker {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU8::new(0)))
+    }
+}
+
+impl std::fmt::Debug for SideEffectsMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SideEffectsMarker")
+            .field(&self.get())
+            .finish()
+    }
+}
 
 impl SideEffectsMarker {
+    /// A marker whose state is `cell`'s.
+    pub(crate) fn in_cell(cell: Arc<dyn EffectsCell>) -> Self {
+        Self(cell)
+    }
+
     /// Record that a side effect happened (see [`SideEffects::Committed`]).
     pub fn committed(&self) {
-        self.0.store(COMMITTED, Ordering::Release);
+        self.0.effects().store(COMMITTED, Ordering::Release);
     }
 
     /// Record that nothing changed (see [`SideEffects::None`]).
     pub fn none(&self) {
-        self.0.store(NONE, Ordering::Release);
+        self.0.effects().store(NONE, Ordering::Release);
     }
 
     /// What was recorded so far, if anything.
     pub fn get(&self) -> Option<SideEffects> {
-        match self.0.load(Ordering::Acquire) {
-            NONE => Some(SideEffects::None),
-            COMMITTED => Some(SideEffects::Committed),
-            _ => Option::None,
-        }
+        read(self.0.effects())
+    }
+}
+
+/// What a marker's state says.
+pub(crate) fn read(cell: &AtomicU8) -> Option<SideEffects> {
+    match cell.load(Ordering::Acquire) {
+        NONE => Some(SideEffects::None),
+        COMMITTED => Some(SideEffects::Committed),
+        _ => Option::None,
     }
 }
 

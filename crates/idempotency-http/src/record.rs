@@ -10,25 +10,25 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Context;
+use std::pin::{Pin, pin};
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::Response;
 use http_body::{Body, Frame};
-use http_body_util::BodyExt as _;
 use idempotency_core::{Guard, IdempotencyStore, StoredOutcome};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::body::{BoxError, Forwarded, ResponseBody};
-use crate::effects::{SideEffects, SideEffectsMarker};
+use crate::effects::{self, EffectsCell, SideEffects, SideEffectsMarker};
 use crate::policy::OversizePolicy;
 use crate::problem::Problem;
 use crate::settings::Settings;
 use crate::stored::{self, StoredResponse};
-use crate::transactional::{self, CompletedByHandler, Slot};
+use crate::transactional::{self, ClaimCell, CompletedByHandler, Slot};
 
 /// Metric: responses recorded (or released) after their client had gone.
 pub(crate) const CLIENT_GONE: &str = "idempotency_http_client_gone_total";
@@ -54,12 +54,168 @@ pub(crate) enum Failure<E> {
 pub(crate) type Head<B, E> = Result<Response<ResponseBody<B>>, Failure<E>>;
 
 /// A claim and what is needed to end it.
-pub(crate) struct Recording<S: IdempotencyStore + 'static> {
-    /// The claim, unless the handler takes it ([`crate::TransactionalClaim`]).
-    pub(crate) slot: Slot<S>,
+pub(crate) struct Recording<S: IdempotencyStore + 'static, B, E> {
+    /// The claim (unless the handler takes it, [`crate::TransactionalClaim`]), the marker's
+    /// state, and where the head goes.
+    pub(crate) shared: Arc<Shared<S, B, E>>,
     pub(crate) settings: Arc<Settings>,
-    pub(crate) marker: SideEffectsMarker,
     pub(crate) max_outcome: usize,
+}
+
+/// What a protected request's parts share, in one allocation: the claim until the layer (or the
+/// handler, [`crate::TransactionalClaim`]) takes it, the state of the request's
+/// [`SideEffectsMarker`], and the response head on its way from [`drive`] to the connection
+/// side (a one-shot hand-off: `Empty`, then `Sent`, then `Closed` once taken or abandoned).
+pub(crate) struct Shared<S: IdempotencyStore + 'static, B, E> {
+    claim: Mutex<Option<Guard<S>>>,
+    effects: AtomicU8,
+    head: Mutex<HeadSlot<B, E>>,
+}
+
+enum HeadSlot<B, E> {
+    Empty,
+    Sent(Head<B, E>),
+    /// Taken, or the connection side went away: a head sent now is dropped.
+    Closed,
+}
+
+impl<S, B, E> Shared<S, B, E>
+where
+    S: IdempotencyStore + 'static,
+    B: Send + 'static,
+    E: Send + 'static,
+{
+    pub(crate) fn new(guard: Guard<S>) -> Arc<Self> {
+        Arc::new(Self {
+            claim: Mutex::new(Some(guard)),
+            effects: AtomicU8::new(0),
+            head: Mutex::new(HeadSlot::Empty),
+        })
+    }
+
+    /// The request's marker (its state is this allocation's).
+    pub(crate) fn marker(self: &Arc<Self>) -> SideEffectsMarker {
+        SideEffectsMarker::in_cell(Arc::clone(self) as Arc<dyn EffectsCell>)
+    }
+
+    /// The claim slot for the request's [`crate::TransactionalClaim`].
+    pub(crate) fn claim_slot(self: &Arc<Self>) -> Slot<S> {
+        Arc::clone(self) as Slot<S>
+    }
+
+    /// Hand the head to the connection side; `false` (the head dropped: its body, if it
+    /// forwards frames, then tells the pump that the client left) if that side is gone.
+    fn send_head(&self, head: Head<B, E>) -> bool {
+        let mut slot = self.lock_head();
+        if matches!(*slot, HeadSlot::Closed) {
+            drop(slot);
+            drop(head);
+            return false;
+        }
+        *slot = HeadSlot::Sent(head);
+        true
+    }
+
+    /// The head, if it was sent (once).
+    pub(crate) fn take_head(&self) -> Option<Head<B, E>> {
+        let mut slot = self.lock_head();
+        match std::mem::replace(&mut *slot, HeadSlot::Closed) {
+            HeadSlot::Sent(head) => Some(head),
+            HeadSlot::Empty => {
+                *slot = HeadSlot::Empty;
+                None
+            }
+            HeadSlot::Closed => None,
+        }
+    }
+
+    /// The connection side is gone: a head sent later (or one sent and never taken) is
+    /// dropped, which tells a body pump that the client left.
+    pub(crate) fn close_head(&self) {
+        let unread = std::mem::replace(&mut *self.lock_head(), HeadSlot::Closed);
+        // Dropped outside the lock.
+        drop(unread);
+    }
+
+    fn lock_head(&self) -> std::sync::MutexGuard<'_, HeadSlot<B, E>> {
+        // The critical sections only move a value: a poisoned lock holds a consistent one.
+        self.head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<S, B, E> EffectsCell for Shared<S, B, E>
+where
+    S: IdempotencyStore + 'static,
+    B: Send,
+    E: Send,
+{
+    fn effects(&self) -> &AtomicU8 {
+        &self.effects
+    }
+}
+
+impl<S, B, E> ClaimCell<S> for Shared<S, B, E>
+where
+    S: IdempotencyStore + 'static,
+    B: Send,
+    E: Send,
+{
+    fn claim(&self) -> &Mutex<Option<Guard<S>>> {
+        &self.claim
+    }
+}
+
+/// The connection side's end of the head hand-off: dropping it closes the hand-off.
+pub(crate) struct HeadReceiver<S, B, E>(Arc<Shared<S, B, E>>)
+where
+    S: IdempotencyStore + 'static,
+    B: Send + 'static,
+    E: Send + 'static;
+
+impl<S, B, E> HeadReceiver<S, B, E>
+where
+    S: IdempotencyStore + 'static,
+    B: Send + 'static,
+    E: Send + 'static,
+{
+    pub(crate) fn new(shared: Arc<Shared<S, B, E>>) -> Self {
+        Self(shared)
+    }
+
+    /// The head, if [`drive`] has sent it.
+    pub(crate) fn try_take(&self) -> Option<Head<B, E>> {
+        self.0.take_head()
+    }
+}
+
+impl<S, B, E> Drop for HeadReceiver<S, B, E>
+where
+    S: IdempotencyStore + 'static,
+    B: Send + 'static,
+    E: Send + 'static,
+{
+    fn drop(&mut self) {
+        self.0.close_head();
+    }
+}
+
+/// The next frame of a body pinned in an `Option` (`None` once dropped: the end).
+fn next_frame<'a, B: Body>(
+    body: &'a mut Pin<&mut Option<B>>,
+) -> impl Future<Output = Option<Result<Frame<B::Data>, B::Error>>> + 'a {
+    std::future::poll_fn(move |cx| match body.as_mut().as_pin_mut() {
+        Some(body) => body.poll_frame(cx),
+        None => Poll::Ready(None),
+    })
+}
+
+fn is_end<B: Body>(body: &Pin<&mut Option<B>>) -> bool {
+    body.as_ref()
+        .get_ref()
+        .as_ref()
+        .is_none_or(Body::is_end_stream)
 }
 
 /// A future polled in place by its owner, and spawned on `runtime` to run to its end if the
@@ -109,35 +265,35 @@ impl<F: Future<Output = ()> + Send + 'static> Drop for Detachable<F> {
     }
 }
 
-/// Run `handler`, send its head to `head`, forward and record its body, end the claim.
+/// Run `handler`, send its head to the connection side (through `recording.shared`), forward
+/// and record its body, end the claim.
 ///
 /// The common path (a body of known length within the cap, recorded, then answered) runs
 /// inline; the other paths (a failure, a release, an oversize or streamed body) are boxed, so
 /// this future stays small: it is moved into a box per protected request ([`Detachable`]).
-pub(crate) async fn drive<S, F, B, E>(
-    recording: Recording<S>,
-    handler: F,
-    head: oneshot::Sender<Head<B, E>>,
-) where
+pub(crate) async fn drive<S, F, B, E>(recording: Recording<S, B, E>, handler: F)
+where
     S: IdempotencyStore + 'static,
     F: Future<Output = Result<Response<B>, E>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    E: Send + 'static,
 {
     let Recording {
-        slot,
+        shared,
         settings,
-        marker,
         max_outcome,
     } = recording;
+    let head = &*shared;
+    let marker = &shared.effects;
     // The guard lives outside the unwinding future: a panicking handler still gets its claim
     // ended by the rules below, not by the guard's drop.
     let result = AssertUnwindSafe(handler).catch_unwind().await;
-    let Some(guard) = transactional::lock(&slot).take() else {
+    let Some(guard) = transactional::lock(&shared.claim).take() else {
         // The handler took its claim (`TransactionalClaim`): it completed it in its own
         // transaction (the response is marked), or its guard / pending completion was dropped
         // and released the claim. Nothing to record: forward what it gave.
-        let _ = head.send(match result {
+        head.send_head(match result {
             Ok(Ok(response)) => {
                 if response.extensions().get::<CompletedByHandler>().is_none() {
                     tracing::debug!("handler took its claim and answered without completing it");
@@ -152,14 +308,14 @@ pub(crate) async fn drive<S, F, B, E>(
     let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
-            Box::pin(handler_failed(guard, &marker, max_outcome)).await;
-            let _ = head.send(Err(Failure::Error(error)));
+            Box::pin(handler_failed(guard, marker, max_outcome)).await;
+            head.send_head(Err(Failure::Error(error)));
             return;
         }
         Err(panic) => {
             tracing::warn!("handler panicked");
-            Box::pin(handler_failed(guard, &marker, max_outcome)).await;
-            let _ = head.send(Err(Failure::Panic(panic)));
+            Box::pin(handler_failed(guard, marker, max_outcome)).await;
+            head.send_head(Err(Failure::Panic(panic)));
             return;
         }
     };
@@ -168,7 +324,7 @@ pub(crate) async fn drive<S, F, B, E>(
         .extensions
         .get::<SideEffects>()
         .copied()
-        .or_else(|| marker.get());
+        .or_else(|| effects::read(marker));
     let store = match said {
         Some(SideEffects::Committed) => true,
         Some(SideEffects::None) => false,
@@ -176,7 +332,7 @@ pub(crate) async fn drive<S, F, B, E>(
     };
     if !store {
         Box::pin(release(guard)).await;
-        let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+        head.send_head(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
         return;
     }
     let keep_set_cookie = settings.keep_set_cookie;
@@ -193,7 +349,7 @@ pub(crate) async fn drive<S, F, B, E>(
         metrics::counter!(STREAMS).increment(1);
         tracing::debug!("stream response: passed through, not recorded");
         Box::pin(without_body(guard, head_only(&parts), settings.oversize)).await;
-        let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+        head.send_head(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
         return;
     }
     let budget = max_outcome.saturating_sub(stored::encoded_len(
@@ -201,31 +357,32 @@ pub(crate) async fn drive<S, F, B, E>(
         0,
     ));
     let hint = body.size_hint();
-    // Boxed (not `pin!`) so that dropping it really ends the handler's body.
-    let mut body = Box::pin(body);
+    // Pinned in an `Option` so that dropping it in place (`set(None)`) really ends the handler's
+    // body when it is done with (no box per request).
+    let mut body = pin!(Some(body));
     let mut first = None;
     if hint.exact().is_some_and(|n| n <= budget as u64) {
         // Most answers (axum's `Json`, `String`, `Bytes`) are one frame of known length within
         // the cap: read it, record it, then answer with it. The record exists before the head
         // goes out, and no channel is needed.
-        if !body.is_end_stream() {
-            match AssertUnwindSafe(body.frame()).catch_unwind().await {
+        if !is_end(&body) {
+            match AssertUnwindSafe(next_frame(&mut body)).catch_unwind().await {
                 Ok(Some(Ok(frame))) => first = Some(frame),
                 Ok(None) => {}
                 Ok(Some(Err(error))) => {
                     let error: BoxError = error.into();
                     tracing::warn!(%error, "response body failed");
-                    return Box::pin(failed_before_head(guard, &marker, max_outcome, head)).await;
+                    return Box::pin(failed_before_head(guard, marker, max_outcome, head)).await;
                 }
                 Err(_) => {
                     tracing::warn!("response body panicked");
-                    return Box::pin(failed_before_head(guard, &marker, max_outcome, head)).await;
+                    return Box::pin(failed_before_head(guard, marker, max_outcome, head)).await;
                 }
             }
         }
         let whole = match &first {
             None => Some(Bytes::new()),
-            Some(frame) if body.is_end_stream() => frame.data_ref().cloned(),
+            Some(frame) if is_end(&body) => frame.data_ref().cloned(),
             Some(_) => None,
         };
         if let Some(data) = whole {
@@ -240,18 +397,16 @@ pub(crate) async fn drive<S, F, B, E>(
             } else {
                 complete(guard, encoded).await;
             }
-            let _ = head.send(Ok(Response::from_parts(parts, ResponseBody::full(data))));
+            head.send_head(Ok(Response::from_parts(parts, ResponseBody::full(data))));
             return;
         }
     }
     let stored = head_only(&parts);
     let (frames, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
-    let client = head
-        .send(Ok(Response::from_parts(
-            parts,
-            ResponseBody::detached(receiver, hint),
-        )))
-        .is_ok();
+    let client = head.send_head(Ok(Response::from_parts(
+        parts,
+        ResponseBody::detached(receiver, hint),
+    )));
     let pump = Pump {
         frames,
         client,
@@ -259,21 +414,23 @@ pub(crate) async fn drive<S, F, B, E>(
         copy: Recorder::new(budget, hint.exact()),
         first,
     };
-    Box::pin(pump.run(guard, stored, body, &marker, &settings, max_outcome)).await;
+    Box::pin(pump.run(guard, stored, body.as_mut(), marker, &settings, max_outcome)).await;
 }
 
 /// The body failed before anything was sent: end the claim, answer with a 500 problem.
 async fn failed_before_head<S, B, E>(
     guard: Guard<S>,
-    marker: &SideEffectsMarker,
+    marker: &AtomicU8,
     max_outcome: usize,
-    head: oneshot::Sender<Head<B, E>>,
+    head: &Shared<S, B, E>,
 ) where
     S: IdempotencyStore + 'static,
+    B: Send + 'static,
+    E: Send + 'static,
 {
     handler_failed(guard, marker, max_outcome).await;
     let answer = Problem::response_failed().into_response();
-    let _ = head.send(Ok(answer.map(ResponseBody::full)));
+    head.send_head(Ok(answer.map(ResponseBody::full)));
 }
 
 /// Forwards frames to the connection and copies them, within the budget.
@@ -302,8 +459,8 @@ impl Pump {
         mut self,
         guard: Guard<S>,
         mut stored: StoredResponse,
-        mut body: Pin<Box<B>>,
-        marker: &SideEffectsMarker,
+        mut body: Pin<&mut Option<B>>,
+        marker: &AtomicU8,
         settings: &Settings,
         max_outcome: usize,
     ) where
@@ -322,7 +479,7 @@ impl Pump {
             // A panic while producing the body is a failed body, not a dead task.
             let next = match first.take() {
                 Some(frame) => Ok(Some(Ok(frame))),
-                None => AssertUnwindSafe(body.frame()).catch_unwind().await,
+                None => AssertUnwindSafe(next_frame(&mut body)).catch_unwind().await,
             };
             let frame = match next {
                 Ok(None) => break Ending::Done,
@@ -346,7 +503,8 @@ impl Pump {
                 break Ending::Abandoned;
             }
         };
-        drop(body);
+        // Ends the handler's body now, not when the recording ends.
+        body.set(None);
         if !self.client {
             metrics::counter!(CLIENT_GONE).increment(1);
         }
@@ -440,10 +598,10 @@ async fn without_body<S: IdempotencyStore + 'static>(
 /// effect happened; then a 500 problem is recorded so that no retry runs it again.
 async fn handler_failed<S: IdempotencyStore + 'static>(
     guard: Guard<S>,
-    marker: &SideEffectsMarker,
+    marker: &AtomicU8,
     max_outcome: usize,
 ) {
-    if marker.get() != Some(SideEffects::Committed) {
+    if effects::read(marker) != Some(SideEffects::Committed) {
         release(guard).await;
         return;
     }
@@ -481,7 +639,8 @@ async fn complete<S: IdempotencyStore + 'static>(guard: Guard<S>, encoded: Bytes
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Poll;
+
+    use tokio::sync::oneshot;
 
     use super::*;
 
@@ -506,6 +665,84 @@ mod tests {
         drop(detachable);
         let _ = go.send(());
         assert_eq!(finished.await, Ok(()));
+    }
+
+    type TestShared = Shared<idempotency_memory::MemoryStore, String, ()>;
+
+    async fn shared() -> Arc<TestShared> {
+        let engine = idempotency_core::Idempotency::builder(idempotency_memory::MemoryStore::new())
+            .ignore_env()
+            .build()
+            .unwrap();
+        let key = idempotency_core::IdempotencyKey::new("k").unwrap();
+        let begin = engine
+            .begin(
+                &idempotency_core::Scope::global(),
+                &key,
+                idempotency_core::Fingerprint::builder().finish(),
+            )
+            .await;
+        match begin {
+            Ok(idempotency_core::Begin::Run(guard)) => Shared::new(guard),
+            _ => panic!("a fresh key is claimed"),
+        }
+    }
+
+    /// A head told apart by its status.
+    fn head(status: u16) -> Head<String, ()> {
+        let mut response = Response::new(ResponseBody::inner(String::new()));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        Ok(response)
+    }
+
+    fn status(head: Option<Head<String, ()>>) -> Option<u16> {
+        head?.ok().map(|response| response.status().as_u16())
+    }
+
+    #[tokio::test]
+    async fn the_head_is_handed_over_once() {
+        let shared = shared().await;
+        let receiver = HeadReceiver::new(Arc::clone(&shared));
+        assert_eq!(status(receiver.try_take()), None, "nothing sent yet");
+        assert!(shared.send_head(head(201)));
+        assert_eq!(status(receiver.try_take()), Some(201));
+        assert_eq!(status(receiver.try_take()), None, "taken once");
+        // Once taken, a second head has no one to go to.
+        assert!(!shared.send_head(head(202)));
+    }
+
+    #[tokio::test]
+    async fn a_head_sent_after_the_connection_side_left_is_refused() {
+        let shared = shared().await;
+        drop(HeadReceiver::new(Arc::clone(&shared)));
+        assert!(!shared.send_head(head(203)));
+        assert!(matches!(*shared.lock_head(), HeadSlot::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_head_left_unread_is_dropped_when_the_connection_side_leaves() {
+        let shared = shared().await;
+        let receiver = HeadReceiver::new(Arc::clone(&shared));
+        assert!(shared.send_head(head(204)));
+        drop(receiver);
+        assert!(matches!(*shared.lock_head(), HeadSlot::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_marker_and_the_claim_slot_are_the_shared_state() {
+        let shared = shared().await;
+        let marker = shared.marker();
+        assert_eq!(effects::read(&shared.effects), None);
+        marker.committed();
+        assert_eq!(effects::read(&shared.effects), Some(SideEffects::Committed));
+        assert_eq!(shared.marker().get(), Some(SideEffects::Committed));
+        let claim = crate::TransactionalClaim::new(shared.claim_slot(), false);
+        assert!(claim.is_available());
+        let guard = claim.take_guard();
+        assert!(guard.is_some());
+        assert!(transactional::lock(&shared.claim).is_none());
+        assert!(!claim.is_available());
+        drop(guard);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -18,17 +18,15 @@ use http_body_util::BodyExt;
 use idempotency_core::{
     Begin, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore, Scope, StoredOutcome,
 };
-use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::Instrument as _;
 
 use crate::body::{BoxError, ResponseBody};
 use crate::decide::{Decision, decide};
-use crate::effects::SideEffectsMarker;
 use crate::encoding;
 use crate::fingerprint::fingerprint;
 use crate::problem::Problem;
-use crate::record::{self, Failure, Recording};
+use crate::record::{self, Failure, HeadReceiver, Recording, Shared};
 use crate::scope::ScopeExtractor;
 use crate::settings::Settings;
 use crate::stored::{self, StoredResponse};
@@ -189,22 +187,21 @@ where
         Box::pin(record::release(guard)).await;
         return Ok(problem(Problem::no_runtime()));
     };
-    let marker = SideEffectsMarker::default();
-    let slot = Arc::new(Mutex::new(Some(guard)));
+    // One allocation for the claim slot, the marker's state and the head's hand-off.
+    let shared = Shared::<S, ResB, Svc::Error>::new(guard);
     let mut request = Request::from_parts(parts, ReqB::from(body));
-    request.extensions_mut().insert(marker.clone());
+    request.extensions_mut().insert(shared.marker());
     request.extensions_mut().insert(TransactionalClaim::new(
-        Arc::clone(&slot),
+        shared.claim_slot(),
         settings.keep_set_cookie,
     ));
     let recording = Recording {
-        slot,
+        shared: Arc::clone(&shared),
         settings,
-        marker,
         max_outcome: engine.config().max_outcome_size(),
     };
     let handler = inner.call(request);
-    let (head, mut answer) = oneshot::channel();
+    let answer = HeadReceiver::new(shared);
     // Driven here, inside this request's own future (no task, no wake-up, no hand-off to
     // another worker thread), and detached only if this future is dropped before the recording
     // ends: the client left or a timeout layer fired mid-handler, or the head went out while a
@@ -219,19 +216,17 @@ where
     } else {
         current
     };
-    let mut drive = record::Detachable::new(
-        runtime,
-        record::drive(recording, handler, head).instrument(span),
-    );
+    let mut drive =
+        record::Detachable::new(runtime, record::drive(recording, handler).instrument(span));
     let answer = std::future::poll_fn(|cx| {
         drive.poll_here(cx);
         // Only `drive` sends the head, and only while it is polled just above: no waker is
-        // registered on `answer` (one would make that send wake this very task, a spurious
-        // reschedule — and often a wake-up of another worker — per request).
-        match answer.try_recv() {
-            Ok(head) => Poll::Ready(Some(head)),
-            Err(oneshot::error::TryRecvError::Empty) if drive.is_running() => Poll::Pending,
-            Err(_) => Poll::Ready(None),
+        // needed (one would make that send wake this very task, a spurious reschedule — and
+        // often a wake-up of another worker — per request).
+        match answer.try_take() {
+            Some(head) => Poll::Ready(Some(head)),
+            None if drive.is_running() => Poll::Pending,
+            None => Poll::Ready(None),
         }
     })
     .await;

@@ -18,14 +18,21 @@ use idempotency_core::{
 use crate::body::BoxError;
 use crate::stored::{self, StoredResponse};
 
-/// The claim slot shared by the layer and the handler.
-pub(crate) type Slot<S> = Arc<Mutex<Option<Guard<S>>>>;
+/// The claim slot shared by the layer and the handler: a field of the request's shared state
+/// (`record::Shared`, one allocation with the side-effects marker and the response head).
+pub(crate) type Slot<S> = Arc<dyn ClaimCell<S>>;
+
+/// Where a protected request's claim waits until the layer (or the handler) takes it.
+pub(crate) trait ClaimCell<S: IdempotencyStore + 'static>: Send + Sync {
+    fn claim(&self) -> &Mutex<Option<Guard<S>>>;
+}
 
 pub(crate) fn lock<S: IdempotencyStore + 'static>(
-    slot: &Slot<S>,
+    claim: &Mutex<Option<Guard<S>>>,
 ) -> MutexGuard<'_, Option<Guard<S>>> {
     // The critical sections only move an `Option`: a poisoned lock holds a consistent value.
-    slot.lock()
+    claim
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -74,7 +81,7 @@ impl<S: IdempotencyStore + 'static> Clone for TransactionalClaim<S> {
 impl<S: IdempotencyStore + 'static> std::fmt::Debug for TransactionalClaim<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionalClaim")
-            .field("available", &lock(&self.slot).is_some())
+            .field("available", &lock(self.slot.claim()).is_some())
             .finish()
     }
 }
@@ -108,7 +115,7 @@ impl<S: IdempotencyStore + 'static> TransactionalClaim<S> {
     /// Whether the claim is still available (not taken by [`prepare`](Self::prepare) or
     /// [`take_guard`](Self::take_guard)).
     pub fn is_available(&self) -> bool {
-        lock(&self.slot).is_some()
+        lock(self.slot.claim()).is_some()
     }
 
     /// Take the engine's guard itself, to complete it some other way (for example
@@ -116,7 +123,7 @@ impl<S: IdempotencyStore + 'static> TransactionalClaim<S> {
     /// nothing for this request: the handler owns the claim. Prefer
     /// [`prepare`](Self::prepare), which stores the exact HTTP response so retries replay it.
     pub fn take_guard(&self) -> Option<Guard<S>> {
-        lock(&self.slot).take()
+        lock(self.slot.claim()).take()
     }
 
     /// Collect `response`'s body, encode the response exactly as the layer stores it (status,
