@@ -91,16 +91,22 @@ fn write(value: &Json, c: &mut Choices, out: &mut String) {
             2 => out.push_str("0.0e7"),
             _ => out.push_str(&format!("{n}E+0")),
         },
-        Json::Float(f) => match c.next(3) {
-            0 => out.push_str(&serde_json::to_string(f).unwrap()),
-            1 => out.push_str(&format!("{f:e}")),
-            // `4.5E2` → `4.50e2`, `1E2` → `1.0e2`: a trailing zero in the fraction.
-            _ => {
-                let upper = format!("{f:E}");
-                let zero = if upper.contains('.') { "0e" } else { ".0e" };
-                out.push_str(&upper.replace('E', zero));
+        // Every spelling denotes the decimal JCS writes (ECMAScript's shortest form): when two
+        // shortest forms tie (`…269.2` and `…269.3` both round to one double), Rust's `{:e}`
+        // may pick the other one, a different decimal value, which the lossless check rightly
+        // refuses. So the digits come from `ryu_js` and only their spelling varies.
+        Json::Float(f) => {
+            let (negative, digits, exponent) = shortest(*f);
+            let sign = if negative { "-" } else { "" };
+            let (first, rest) = digits.split_at(1);
+            match c.next(3) {
+                0 => out.push_str(ryu_js::Buffer::new().format_finite(*f)),
+                1 if rest.is_empty() => out.push_str(&format!("{sign}{first}e{exponent}")),
+                1 => out.push_str(&format!("{sign}{first}.{rest}e{exponent}")),
+                // A trailing zero in the fraction and an upper-case `E`: `4.50E2`, `1.0E2`.
+                _ => out.push_str(&format!("{sign}{first}.{rest}0E{exponent}")),
             }
-        },
+        }
         Json::Str(s) => string(s, c, out),
         Json::Array(items) => {
             out.push('[');
@@ -134,6 +140,32 @@ fn write(value: &Json, c: &mut Choices, out: &mut String) {
         }
     }
     c.space(out);
+}
+
+/// The sign, significant digits (no leading or trailing zeros; `"0"` for zero) and decimal
+/// exponent of the first digit of `f`'s JCS form: `-1234.5` → `(true, "12345", 3)`.
+fn shortest(f: f64) -> (bool, String, i64) {
+    let text = ryu_js::Buffer::new().format_finite(f).to_owned();
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest.to_owned()),
+        None => (false, text),
+    };
+    let (mantissa, exp) = match text.split_once('e') {
+        Some((m, e)) => (
+            m.to_owned(),
+            e.trim_start_matches('+').parse::<i64>().unwrap(),
+        ),
+        None => (text, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((&mantissa, ""));
+    let all = format!("{int}{frac}");
+    let Some(lead) = all.find(|ch| ch != '0') else {
+        return (negative, "0".to_owned(), 0);
+    };
+    let digits = all[lead..].trim_end_matches('0').to_owned();
+    // The first significant digit stands at 10^(int.len() - 1 - lead).
+    let exponent = exp + int.len() as i64 - 1 - lead as i64;
+    (negative, digits, exponent)
 }
 
 fn spell(value: &Json, seed: u64) -> String {
@@ -274,4 +306,31 @@ proptest! {
         prop_assert_ne!(fp(&dup), fp(&last_wins), "{} vs {}", dup, last_wins);
         prop_assert_ne!(fp(&dup), fp(&first_wins), "{} vs {}", dup, first_wins);
     }
+}
+
+#[test]
+fn shortest_splits_the_jcs_form() {
+    assert_eq!(shortest(-1234.5), (true, "12345".to_owned(), 3));
+    assert_eq!(shortest(0.000_001), (false, "1".to_owned(), -6));
+    assert_eq!(shortest(1e21), (false, "1".to_owned(), 21));
+    assert_eq!(shortest(1.5e-7), (false, "15".to_owned(), -7));
+    assert_eq!(shortest(0.0), (false, "0".to_owned(), 0));
+    assert_eq!(shortest(100.0), (false, "1".to_owned(), 2));
+}
+
+/// The tie the property test once found: `1317502790981269.2` and `…269.3` are both shortest
+/// forms of one double, but they are two decimal values. JCS writes `.2` (ECMAScript picks the
+/// even digit); a body spelling that same decimal another way shares its fingerprint, one
+/// spelling `.3` (another decimal) does not.
+#[test]
+fn a_shortest_form_tie_is_two_decimal_values() {
+    assert_eq!(1_317_502_790_981_269.2_f64, 1_317_502_790_981_269.3_f64);
+    assert_eq!(
+        ryu_js::Buffer::new().format_finite(1_317_502_790_981_269.3),
+        "1317502790981269.2"
+    );
+    let canonical = fp(r#"[{"a":1317502790981269.2}]"#);
+    assert_eq!(fp(r#"[ {"a": 1.3175027909812692e15} ]"#), canonical);
+    assert_eq!(fp(r#"[{"a":13175027909812692.0E-1}]"#), canonical);
+    assert_ne!(fp(r#"[{"a":1317502790981269.3}]"#), canonical);
 }
