@@ -133,6 +133,9 @@ enum Inserted {
     Takeover,
     /// A live record: the claim is refused.
     Held(Record),
+    /// The claim needs room that the bound does not leave: make room (no shard lock held),
+    /// then look again.
+    Full,
 }
 
 /// Settings for a [`MemoryStore`].
@@ -430,34 +433,53 @@ impl IdempotencyStore for MemoryStore {
         );
         // One hash for the look-up, the insert and the shard.
         let hash = shared.map.hash(key);
-        // Fast path (read lock): an existing live record needs no room.
-        if let Some(existing) = shared.map.get(key, hash)
-            && existing.live(now)
-        {
-            return Ok(Claim::Existing(existing.record.clone()));
-        }
-        if shared.is_full(fresh.size) && !shared.make_room(now, fresh.size) {
-            return Err(StoreError::Full {
-                entries: shared.entries.load(Ordering::Relaxed),
-            });
-        }
-        // The entry holds the shard's write lock across the check and the insert: atomic.
-        let claimed = shared.map.entry(key, hash, |entry| match entry {
-            MapEntry::Occupied(mut occupied) => {
-                let held = occupied.get_mut();
-                if held.live(now) {
-                    return Inserted::Held(held.record.clone());
+        let mut fresh = Some(fresh);
+        let mut made_room = false;
+        // One look-up under the shard's write lock, across the check and the insert (atomic):
+        // an existing live record needs no room; a new or taken-over one needs room under the
+        // bound. Making room locks every shard, so it runs between two look-ups, never in one.
+        let claimed = loop {
+            let claimed = shared.map.entry(key, hash, |entry| match entry {
+                MapEntry::Occupied(mut occupied) => {
+                    let held = occupied.get_mut();
+                    if held.live(now) {
+                        return Inserted::Held(held.record.clone());
+                    }
+                    match fresh.take() {
+                        Some(new) if made_room || !shared.is_full(new.size) => {
+                            let old = std::mem::replace(held, new);
+                            shared.account_resize(old.size, held.size);
+                            Inserted::Takeover
+                        }
+                        new => {
+                            fresh = new;
+                            Inserted::Full
+                        }
+                    }
                 }
-                let old = std::mem::replace(held, fresh);
-                shared.account_resize(old.size, held.size);
-                Inserted::Takeover
+                MapEntry::Vacant(vacant) => match fresh.take() {
+                    Some(new) if made_room || !shared.is_full(new.size) => {
+                        shared.account_insert(new.size);
+                        vacant.insert(new);
+                        Inserted::New
+                    }
+                    new => {
+                        fresh = new;
+                        Inserted::Full
+                    }
+                },
+            });
+            let Inserted::Full = claimed else {
+                break claimed;
+            };
+            let size = fresh.as_ref().map_or(0, |e| e.size);
+            if made_room || !shared.make_room(now, size) {
+                return Err(StoreError::Full {
+                    entries: shared.entries.load(Ordering::Relaxed),
+                });
             }
-            MapEntry::Vacant(vacant) => {
-                shared.account_insert(fresh.size);
-                vacant.insert(fresh);
-                Inserted::New
-            }
-        });
+            made_room = true;
+        };
         match claimed {
             Inserted::Takeover => {
                 // A takeover of an expired claim (the shard lock is released): its waiters
@@ -467,6 +489,10 @@ impl IdempotencyStore for MemoryStore {
             }
             Inserted::New => Ok(Claim::Claimed),
             Inserted::Held(existing) => Ok(Claim::Existing(existing)),
+            // Left the loop above only with another answer.
+            Inserted::Full => Err(StoreError::Full {
+                entries: shared.entries.load(Ordering::Relaxed),
+            }),
         }
     }
 
