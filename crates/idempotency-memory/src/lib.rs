@@ -116,6 +116,12 @@ impl Entry {
         }
     }
 
+    /// The `size` of [`Entry::new`] for an in-progress record under `key` (known before the
+    /// record is built, for the capacity check).
+    fn claim_size(key: &StoreKey) -> usize {
+        ENTRY_OVERHEAD + key.as_str().len() + std::mem::size_of::<Record>()
+    }
+
     fn live(&self, now: u64) -> bool {
         self.expires_at_ms > now
     }
@@ -426,14 +432,12 @@ impl IdempotencyStore for MemoryStore {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
         shared.maybe_sweep(now);
-        let fresh = Entry::new(
-            key,
-            Record::InProgress(record.clone()),
-            now.saturating_add(millis(lease)),
-        );
+        let expires_at_ms = now.saturating_add(millis(lease));
+        // Built only when it goes in (a refused claim builds nothing).
+        let fresh = || Entry::new(key, Record::InProgress(record.clone()), expires_at_ms);
+        let size = Entry::claim_size(key);
         // One hash for the look-up, the insert and the shard.
         let hash = shared.map.hash(key);
-        let mut fresh = Some(fresh);
         let mut made_room = false;
         // One look-up under the shard's write lock, across the check and the insert (atomic):
         // an existing live record needs no room; a new or taken-over one needs room under the
@@ -445,34 +449,25 @@ impl IdempotencyStore for MemoryStore {
                     if held.live(now) {
                         return Inserted::Held(held.record.clone());
                     }
-                    match fresh.take() {
-                        Some(new) if made_room || !shared.is_full(new.size) => {
-                            let old = std::mem::replace(held, new);
-                            shared.account_resize(old.size, held.size);
-                            Inserted::Takeover
-                        }
-                        new => {
-                            fresh = new;
-                            Inserted::Full
-                        }
+                    if !made_room && shared.is_full(size) {
+                        return Inserted::Full;
                     }
+                    let old = std::mem::replace(held, fresh());
+                    shared.account_resize(old.size, held.size);
+                    Inserted::Takeover
                 }
-                MapEntry::Vacant(vacant) => match fresh.take() {
-                    Some(new) if made_room || !shared.is_full(new.size) => {
-                        shared.account_insert(new.size);
-                        vacant.insert(new);
-                        Inserted::New
+                MapEntry::Vacant(vacant) => {
+                    if !made_room && shared.is_full(size) {
+                        return Inserted::Full;
                     }
-                    new => {
-                        fresh = new;
-                        Inserted::Full
-                    }
-                },
+                    shared.account_insert(size);
+                    vacant.insert(fresh());
+                    Inserted::New
+                }
             });
             let Inserted::Full = claimed else {
                 break claimed;
             };
-            let size = fresh.as_ref().map_or(0, |e| e.size);
             if made_room || !shared.make_room(now, size) {
                 return Err(StoreError::Full {
                     entries: shared.entries.load(Ordering::Relaxed),
@@ -624,3 +619,22 @@ impl IdempotencyStore for MemoryStore {
 /// Whole milliseconds, at least 1 so a tiny lease still expires in the future, saturating (the
 /// core's conversion; added to the clock with `saturating_add`).
 use idempotency_core::expiry_millis as millis;
+
+#[cfg(test)]
+mod tests {
+    use idempotency_core::{Fingerprint, InProgress};
+
+    use super::*;
+
+    #[test]
+    fn the_claims_size_is_known_before_its_entry_is_built() {
+        let key = StoreKey::from_raw("idem:scope:some-key");
+        let record = InProgress {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::of("x"),
+            created_at_ms: 1,
+        };
+        let entry = Entry::new(&key, Record::InProgress(record), 5);
+        assert_eq!(Entry::claim_size(&key), entry.size);
+    }
+}

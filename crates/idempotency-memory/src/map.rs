@@ -21,7 +21,6 @@ use foldhash::SharedSeed;
 use foldhash::fast::SeedableRandomState;
 
 use hashbrown::HashTable;
-use hashbrown::hash_table::Entry as TableEntry;
 use idempotency_core::StoreKey;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -99,7 +98,7 @@ impl<V> Occupied<'_, V> {
 
 /// An absent key, its shard write-locked.
 pub(crate) struct Vacant<'a, V> {
-    entry: hashbrown::hash_table::VacantEntry<'a, Slot<V>>,
+    table: &'a mut HashTable<Slot<V>>,
     key: &'a StoreKey,
     hash: u64,
 }
@@ -108,13 +107,15 @@ impl<V> Vacant<'_, V> {
     /// Insert `value` under the key (the node and the key's copy: the two allocations of an
     /// insert).
     pub(crate) fn insert(self, value: V) {
-        self.entry.insert(Slot {
+        let slot = Slot {
             hash: self.hash,
             node: Box::new(Node {
                 key: self.key.clone(),
                 value,
             }),
-        });
+        };
+        // Growth re-uses the kept hashes: no key is read or hashed again.
+        self.table.insert_unique(self.hash, slot, |slot| slot.hash);
     }
 }
 
@@ -194,10 +195,15 @@ impl<V> Map<V> {
         f: impl FnOnce(Entry<'_, V>) -> R,
     ) -> R {
         let mut shard = self.shard(hash).write();
-        // Growth re-uses the kept hashes: no key is read or hashed again.
-        let entry = match shard.entry(hash, |slot| slot.is(hash, key), |slot| slot.hash) {
-            TableEntry::Occupied(entry) => Entry::Occupied(Occupied { entry }),
-            TableEntry::Vacant(entry) => Entry::Vacant(Vacant { entry, key, hash }),
+        // A plain look-up first (a held key, the replay's case, costs what a read does); an
+        // absent key's insert probes again, in the lines this look-up just brought in.
+        let entry = match shard.find_entry(hash, |slot| slot.is(hash, key)) {
+            Ok(entry) => Entry::Occupied(Occupied { entry }),
+            Err(absent) => Entry::Vacant(Vacant {
+                table: absent.into_table(),
+                key,
+                hash,
+            }),
         };
         f(entry)
     }
