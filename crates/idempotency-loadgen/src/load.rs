@@ -187,3 +187,48 @@ async fn task<W: Worker>(
         first_error,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An operation that takes at least `each` (busy: no await inside).
+    struct Busy {
+        each: Duration,
+    }
+
+    impl Worker for Busy {
+        async fn op(&mut self) -> Result<()> {
+            let start = Instant::now();
+            while start.elapsed() < self.each {
+                std::hint::spin_loop();
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_recorded_latency_covers_its_whole_operation() {
+        // An operation's start is the end of the one before (or a read after a yield): never
+        // later than the operation really began, so no latency is shorter than the operation.
+        let plan = Plan {
+            warmup: Duration::ZERO,
+            measure: Duration::from_secs(30),
+            max_ops_per_task: Some(20),
+            yield_every: Some(3),
+        };
+        let each = Duration::from_micros(200);
+        let workers = vec![Busy { each }, Busy { each }];
+        let measured = run(workers, plan, Arc::new(Counter::default()))
+            .await
+            .unwrap();
+        assert_eq!(measured.ops, 40);
+        assert_eq!(measured.errors, 0);
+        assert_eq!(measured.histogram.len(), 40);
+        assert!(
+            measured.histogram.min() >= 200_000,
+            "{} ns",
+            measured.histogram.min()
+        );
+    }
+}
