@@ -116,6 +116,12 @@ impl Entry {
         }
     }
 
+    /// The `size` of [`Entry::new`] for an in-progress record under `key` (known before the
+    /// record is built, for the capacity check).
+    fn claim_size(key: &StoreKey) -> usize {
+        ENTRY_OVERHEAD + key.as_str().len() + std::mem::size_of::<Record>()
+    }
+
     fn live(&self, now: u64) -> bool {
         self.expires_at_ms > now
     }
@@ -133,6 +139,9 @@ enum Inserted {
     Takeover,
     /// A live record: the claim is refused.
     Held(Record),
+    /// The claim needs room that the bound does not leave: make room (no shard lock held),
+    /// then look again.
+    Full,
 }
 
 /// Settings for a [`MemoryStore`].
@@ -182,10 +191,11 @@ impl MemoryStoreBuilder {
 
     /// Records to make room for up front (default 0: the map grows as records arrive, capped
     /// at [`Self::max_entries`]). A store that will hold many records soon after start-up
-    /// saves the map's growth (each doubling rehashes every record held) at the price of the
-    /// map's slots from the start: ~170 bytes per slot, `capacity` rounded up to a power of two
-    /// per shard (3 000 000 reserved ~700 MB, touched as records land). Sized far above what the
-    /// store will hold, it costs more (memory, page faults) than the growth it saves.
+    /// saves the map's growth (each doubling moves every slot held, 16 bytes each: a slot is
+    /// the key's hash and a pointer to the key and record) at the price of the map's slots from
+    /// the start: ~18 bytes per slot, `capacity` rounded up to a power of two per shard
+    /// (3 000 000 reserve ~75 MB). Growth is cheap since slots stopped holding the record
+    /// inline, so this rarely pays.
     #[must_use]
     pub fn initial_capacity(mut self, capacity: usize) -> Self {
         self.initial_capacity = capacity;
@@ -422,41 +432,49 @@ impl IdempotencyStore for MemoryStore {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
         shared.maybe_sweep(now);
-        let fresh = Entry::new(
-            key,
-            Record::InProgress(record.clone()),
-            now.saturating_add(millis(lease)),
-        );
+        let expires_at_ms = now.saturating_add(millis(lease));
+        // Built only when it goes in (a refused claim builds nothing).
+        let fresh = || Entry::new(key, Record::InProgress(record.clone()), expires_at_ms);
+        let size = Entry::claim_size(key);
         // One hash for the look-up, the insert and the shard.
         let hash = shared.map.hash(key);
-        // Fast path (read lock): an existing live record needs no room.
-        if let Some(existing) = shared.map.get(key, hash)
-            && existing.live(now)
-        {
-            return Ok(Claim::Existing(existing.record.clone()));
-        }
-        if shared.is_full(fresh.size) && !shared.make_room(now, fresh.size) {
-            return Err(StoreError::Full {
-                entries: shared.entries.load(Ordering::Relaxed),
-            });
-        }
-        // The entry holds the shard's write lock across the check and the insert: atomic.
-        let claimed = shared.map.entry(key, hash, |entry| match entry {
-            MapEntry::Occupied(mut occupied) => {
-                let held = &mut occupied.get_mut().value;
-                if held.live(now) {
-                    return Inserted::Held(held.record.clone());
+        let mut made_room = false;
+        // One look-up under the shard's write lock, across the check and the insert (atomic):
+        // an existing live record needs no room; a new or taken-over one needs room under the
+        // bound. Making room locks every shard, so it runs between two look-ups, never in one.
+        let claimed = loop {
+            let claimed = shared.map.entry(key, hash, |entry| match entry {
+                MapEntry::Occupied(mut occupied) => {
+                    let held = occupied.get_mut();
+                    if held.live(now) {
+                        return Inserted::Held(held.record.clone());
+                    }
+                    if !made_room && shared.is_full(size) {
+                        return Inserted::Full;
+                    }
+                    let old = std::mem::replace(held, fresh());
+                    shared.account_resize(old.size, held.size);
+                    Inserted::Takeover
                 }
-                let old = std::mem::replace(held, fresh);
-                shared.account_resize(old.size, held.size);
-                Inserted::Takeover
+                MapEntry::Vacant(vacant) => {
+                    if !made_room && shared.is_full(size) {
+                        return Inserted::Full;
+                    }
+                    shared.account_insert(size);
+                    vacant.insert(fresh());
+                    Inserted::New
+                }
+            });
+            let Inserted::Full = claimed else {
+                break claimed;
+            };
+            if made_room || !shared.make_room(now, size) {
+                return Err(StoreError::Full {
+                    entries: shared.entries.load(Ordering::Relaxed),
+                });
             }
-            MapEntry::Vacant(vacant) => {
-                shared.account_insert(fresh.size);
-                vacant.insert(fresh);
-                Inserted::New
-            }
-        });
+            made_room = true;
+        };
         match claimed {
             Inserted::Takeover => {
                 // A takeover of an expired claim (the shard lock is released): its waiters
@@ -466,6 +484,10 @@ impl IdempotencyStore for MemoryStore {
             }
             Inserted::New => Ok(Claim::Claimed),
             Inserted::Held(existing) => Ok(Claim::Existing(existing)),
+            // Left the loop above only with another answer.
+            Inserted::Full => Err(StoreError::Full {
+                entries: shared.entries.load(Ordering::Relaxed),
+            }),
         }
     }
 
@@ -597,3 +619,22 @@ impl IdempotencyStore for MemoryStore {
 /// Whole milliseconds, at least 1 so a tiny lease still expires in the future, saturating (the
 /// core's conversion; added to the clock with `saturating_add`).
 use idempotency_core::expiry_millis as millis;
+
+#[cfg(test)]
+mod tests {
+    use idempotency_core::{Fingerprint, InProgress};
+
+    use super::*;
+
+    #[test]
+    fn the_claims_size_is_known_before_its_entry_is_built() {
+        let key = StoreKey::from_raw("idem:scope:some-key");
+        let record = InProgress {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::of("x"),
+            created_at_ms: 1,
+        };
+        let entry = Entry::new(&key, Record::InProgress(record), 5);
+        assert_eq!(Entry::claim_size(&key), entry.size);
+    }
+}

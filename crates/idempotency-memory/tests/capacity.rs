@@ -204,3 +204,48 @@ async fn initial_capacity_keeps_the_bound() {
     }
     assert_eq!(held, store.len());
 }
+
+#[tokio::test]
+async fn a_takeover_on_a_full_store_makes_room_first_and_stays_within_the_bound() {
+    // The claim looks its key up once, under the shard's write lock: an expired record there
+    // is taken over only when the bound leaves room, else room is made (here: the expired
+    // records are swept, the key's own among them) and the key is looked up again.
+    let clock = ManualClock::new();
+    let store = MemoryStore::builder()
+        .max_entries(2)
+        .sweep_interval(Duration::from_secs(3600))
+        .clock(clock.clone())
+        .build();
+    for n in 0..2 {
+        store
+            .try_claim(&k(n), &claim_record(), Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(2));
+    let again = claim_record();
+    assert_eq!(
+        store
+            .try_claim(&k(0), &again, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(store.len(), 1, "the other expired record was swept");
+    assert_eq!(store.evictions(), 0);
+    // The new claim holds the key: a second claimer finds it, room or not.
+    store
+        .try_claim(&k(1), &claim_record(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.try_claim(&k(0), &claim_record(), Duration::from_secs(60)).await.unwrap(),
+        Claim::Existing(rec) if *rec.token() == again.token
+    ));
+    assert!(matches!(
+        store
+            .try_claim(&k(2), &claim_record(), Duration::from_secs(60))
+            .await,
+        Err(StoreError::Full { entries: 2 })
+    ));
+}

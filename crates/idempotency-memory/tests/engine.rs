@@ -639,3 +639,32 @@ fn arc_and_box_forward_the_operation_bound() {
     assert_eq!(boxed.operation_bound(), Some(Duration::from_millis(250)));
     assert_eq!(MemoryStore::new().operation_bound(), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn completed_at_is_the_claims_wall_clock_plus_the_time_the_operation_took() {
+    // The completion reads the monotonic clock once (for its store call's latency too) and
+    // dates itself from the claim's wall-clock time plus the time elapsed since.
+    let engine = Idempotency::builder(MemoryStore::new())
+        .ignore_env()
+        .build()
+        .unwrap();
+    let (scope, k) = (Scope::global(), key("dated"));
+    let Begin::Run(guard) = engine
+        .begin(&scope, &k, Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key runs");
+    };
+    tokio::time::advance(Duration::from_millis(4_250)).await;
+    guard
+        .complete(StoredOutcome::new("done", None))
+        .await
+        .unwrap();
+    let Some(Record::Completed(done)) = engine.get(&scope, &k).await.unwrap() else {
+        panic!("completed");
+    };
+    assert_eq!(done.completed_at_ms - done.created_at_ms, 4_250);
+    let wall = idempotency_core::unix_millis_now();
+    assert!(done.created_at_ms <= wall && wall - done.created_at_ms < 60_000);
+}

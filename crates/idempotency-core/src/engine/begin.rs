@@ -95,16 +95,22 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> Result<Begin<S>, IdempotencyError> {
         let config = &self.inner.config;
         let token = LeaseToken::generate();
+        // The monotonic clock beside the wall clock's `created_at_ms`: the claim's store call
+        // is timed from it, its renewal is scheduled from when that call ends, and the
+        // completion's timestamp is derived from it (three clock reads per claim, not five).
+        let created_at = Instant::now();
         let record = InProgress {
             token,
             fingerprint,
             created_at_ms: unix_millis_now(),
         };
-        let wait_deadline = config.in_progress_wait.map(|w| Instant::now() + w.max_wait);
+        let wait_deadline = config.in_progress_wait.map(|w| created_at + w.max_wait);
         let mut waits = WaitState::NotYet;
+        let mut started = created_at;
         loop {
-            let claimed = self
-                .timed(
+            let (claimed, ended) = self
+                .timed_since(
+                    started,
                     Which::Primary,
                     StoreOperation::TryClaim,
                     self.inner
@@ -112,16 +118,21 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                         .try_claim(&store_key, &record, config.lease),
                 )
                 .await;
+            let claimed_at = (created_at, ended);
             let existing = match claimed {
-                Ok(Claim::Claimed) => return Ok(self.claimed(store_key, record, Which::Primary)),
+                Ok(Claim::Claimed) => {
+                    return Ok(self.claimed(store_key, record, Which::Primary, claimed_at));
+                }
                 Ok(Claim::Existing(existing)) => existing,
                 // Boxed: the failure paths' state stays out of the common path's future.
                 Err(error) => {
-                    return Box::pin(self.claim_failed(store_key, record, error)).await;
+                    return Box::pin(self.claim_failed(store_key, record, created_at, error)).await;
                 }
             };
             match self.seen(existing, &record)? {
-                Seen::Own => return Ok(self.claimed(store_key, record, Which::Primary)),
+                Seen::Own => {
+                    return Ok(self.claimed(store_key, record, Which::Primary, claimed_at));
+                }
                 Seen::Mismatch => return Err(self.mismatch()),
                 Seen::Replay(outcome) => return Ok(self.replay(outcome)),
                 Seen::InProgress(seen, created_at_ms) => {
@@ -140,6 +151,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                         ))
                         .await);
                     }
+                    started = Instant::now();
                 }
             }
         }
@@ -262,10 +274,25 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         IdempotencyError::InProgress { retry_after }
     }
 
-    fn claimed(&self, store_key: StoreKey, record: InProgress, which: Which) -> Begin<S> {
+    /// The claim is ours. `(created_at, ended)`: the monotonic clock when the record's
+    /// `created_at_ms` was read, and when the store call that claimed ended.
+    fn claimed(
+        &self,
+        store_key: StoreKey,
+        record: InProgress,
+        which: Which,
+        (created_at, ended): (Instant, Instant),
+    ) -> Begin<S> {
         self.inner.stats.record(Event::Claim);
         tracing::debug!("claimed");
-        Begin::Run(Guard::claimed(self.clone(), store_key, record, which))
+        Begin::Run(Guard::claimed(
+            self.clone(),
+            store_key,
+            record,
+            which,
+            created_at,
+            ended,
+        ))
     }
 
     /// The claim failed: clean up a claim that may have been applied, answer from a read when
@@ -274,6 +301,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         &self,
         store_key: StoreKey,
         record: InProgress,
+        created_at: Instant,
         error: StoreError,
     ) -> Result<Begin<S>, IdempotencyError> {
         if error.outcome_unknown() {
@@ -302,7 +330,8 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 )))
             }
             FailurePolicy::Fallback if self.inner.fallback.is_some() => {
-                self.claim_in_fallback(store_key, record, error).await
+                self.claim_in_fallback(store_key, record, created_at, error)
+                    .await
             }
             _ => {
                 tracing::warn!(%error, "idempotency store failed; refusing (fail-closed)");
@@ -356,16 +385,19 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         &self,
         store_key: StoreKey,
         record: InProgress,
+        created_at: Instant,
         primary_error: StoreError,
     ) -> Result<Begin<S>, IdempotencyError> {
         let fallback = self.store_of(Which::Fallback);
-        let claimed = self
-            .timed(
+        let (claimed, ended) = self
+            .timed_since(
+                Instant::now(),
                 Which::Fallback,
                 StoreOperation::TryClaim,
                 fallback.try_claim(&store_key, &record, self.inner.config.lease),
             )
             .await;
+        let claimed_at = (created_at, ended);
         let existing = match claimed {
             Ok(Claim::Claimed) => {
                 self.inner.stats.record(Event::FallbackClaim);
@@ -374,7 +406,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                     "idempotency store failed; protecting this request with the per-process \
                      fallback store (no protection across instances)"
                 );
-                return Ok(self.claimed(store_key, record, Which::Fallback));
+                return Ok(self.claimed(store_key, record, Which::Fallback, claimed_at));
             }
             Ok(Claim::Existing(existing)) => existing,
             Err(error) => {
@@ -383,7 +415,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             }
         };
         match self.seen(existing, &record)? {
-            Seen::Own => Ok(self.claimed(store_key, record, Which::Fallback)),
+            Seen::Own => Ok(self.claimed(store_key, record, Which::Fallback, claimed_at)),
             Seen::Mismatch => Err(self.mismatch()),
             Seen::Replay(outcome) => Ok(self.replay(outcome)),
             Seen::InProgress(_, created_at_ms) => Err(self

@@ -24,19 +24,21 @@ enum Plan {
 }
 
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
-    /// Start renewing the lease of a new claim; `None` when renewal is switched off.
+    /// Start renewing the lease of a new claim, made by a store call that ended at `now` (the
+    /// caller's clock read, reused: no read of its own); `None` when renewal is switched off.
     pub(crate) fn register_claim(
         &self,
         key: &StoreKey,
         token: LeaseToken,
         which: Which,
+        now: Instant,
     ) -> Option<Ticket> {
         if !self.inner.config.renew_leases {
             return None;
         }
         let lease = self.inner.config.lease;
         let background = &self.inner.background;
-        let due = Instant::now() + background.interval;
+        let due = now + background.interval;
         let mut state = background.lock();
         let id = state.next_id;
         state.next_id += 1;

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::handle::{Claim, Idempotency};
 use super::registry::Which;
 use super::stats::Event;
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, StoreKey, StoreOperation,
-    StoredOutcome, unix_millis_now,
+    StoredOutcome,
 };
 
 /// Why a guard holds no claim: the operation runs without protection.
@@ -72,13 +74,17 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         &self.engine
     }
 
+    /// A guard for the claim `record` on `key`: `created_at` is the monotonic clock when
+    /// `record.created_at_ms` was read, `claimed_at` when the claim's store call ended.
     pub(crate) fn claimed(
         engine: Idempotency<S>,
         key: StoreKey,
         record: InProgress,
         which: Which,
+        created_at: Instant,
+        claimed_at: Instant,
     ) -> Self {
-        let ticket = engine.register_claim(&key, record.token, which);
+        let ticket = engine.register_claim(&key, record.token, which, claimed_at);
         Self {
             engine,
             state: State::Claimed(
@@ -87,6 +93,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
                     record,
                     which,
                     ticket,
+                    created_at,
                 },
                 Phase::Running,
             ),
@@ -182,14 +189,22 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
         }
         // From here on, a cancelled future stops renewal but does not release (see Dropping).
         *phase = Phase::Completing;
+        // One clock read for the completion's timestamp and its store call's latency: the
+        // wall clock at the claim plus the monotonic time since (a wall clock stepped while the
+        // operation ran does not show in `completed_at_ms`, which is informative only).
+        let started = Instant::now();
+        let since_created = started.saturating_duration_since(claim.created_at);
         let completed = Completed {
             token: claim.record.token,
             fingerprint: claim.record.fingerprint,
             created_at_ms: claim.record.created_at_ms,
-            completed_at_ms: unix_millis_now(),
+            completed_at_ms: claim
+                .record
+                .created_at_ms
+                .saturating_add(u64::try_from(since_created.as_millis()).unwrap_or(u64::MAX)),
             outcome: outcome.compressed_above(config.compression_threshold()),
         };
-        let (result, attempts) = engine.store_completion(&*claim, &completed).await;
+        let (result, attempts) = engine.store_completion(&*claim, &completed, started).await;
         if let Some(ticket) = claim.ticket {
             background.deregister(ticket);
         }

@@ -66,6 +66,10 @@ pub(crate) struct Claim {
     pub(crate) which: Which,
     /// Its place in the renewal registry (`None`: not renewed).
     pub(crate) ticket: Option<Ticket>,
+    /// The monotonic clock when `record.created_at_ms` was read: the completion's
+    /// `completed_at_ms` is that plus the time elapsed since (one clock read fewer per
+    /// operation than reading the wall clock again).
+    pub(crate) created_at: Instant,
 }
 
 impl Claim {
@@ -197,8 +201,23 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         operation: StoreOperation,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.timed_since(Instant::now(), which, operation, call)
+            .await
+            .0
+    }
+
+    /// [`Idempotency::timed`] for a call that starts at `started` (a clock read the caller
+    /// made just before and needs itself); also returns when the call ended (the read that
+    /// measured it), for a caller whose next step needs the time. Clock reads are not free
+    /// (tens of ns each on virtual machines): the fresh path shares them.
+    pub(crate) async fn timed_since<T>(
+        &self,
+        started: Instant,
+        which: Which,
+        operation: StoreOperation,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> (Result<T, StoreError>, Instant) {
         let after = self.inner.config.store_timeout;
-        let started = Instant::now();
         let result = if self.needs_timer(which) {
             let mut call = std::pin::pin!(call);
             // Embedded stores answer on the first poll: only arm a timer when the call must wait.
@@ -214,12 +233,16 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             // The store's own timer bounds the call (one timer, not two nested ones).
             call.await
         };
-        super::stats::record_store_latency(operation, started.elapsed().as_secs_f64());
+        let ended = Instant::now();
+        super::stats::record_store_latency(
+            operation,
+            ended.saturating_duration_since(started).as_secs_f64(),
+        );
         if let Err(error) = &result {
             self.inner.stats.record(Event::StoreError(operation));
             tracing::debug!(%error, %operation, "store operation failed");
         }
-        result
+        (result, ended)
     }
 }
 
@@ -227,16 +250,19 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
 /// and releasing.
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// Store `completed` under `claim`, retrying transient failures (see
-    /// [`Guard::complete`](super::Guard::complete)). Returns the last result and the number of attempts made in all.
+    /// [`Guard::complete`](super::Guard::complete)); the first attempt starts at `started`.
+    /// Returns the last result and the number of attempts made in all.
     pub(super) async fn store_completion(
         &self,
         claim: &Claim,
         completed: &Completed,
+        started: Instant,
     ) -> (Result<Fenced, StoreError>, u32) {
         let store = self.store_of(claim.which);
         let retention = self.config().retention();
-        let first = self
-            .timed(
+        let (first, _) = self
+            .timed_since(
+                started,
                 claim.which,
                 StoreOperation::Complete,
                 store.complete(&claim.key, &claim.record.token, completed, retention),
