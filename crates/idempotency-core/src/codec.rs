@@ -327,11 +327,16 @@ const POWERS_OF_TEN: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 
 /// The value and count of the decimal digits `bytes` starts with, eight at most, read as one
 /// word (no sign, no check of leading zeros: [`Cursor::number`] does that).
 fn leading_digits(bytes: &[u8]) -> (u64, usize) {
-    // Padded with a non-digit when fewer than eight bytes are left.
-    let mut buf = [b'/'; 8];
-    let take = bytes.len().min(8);
-    buf[..take].copy_from_slice(&bytes[..take]);
-    let word = u64::from_le_bytes(buf);
+    let word = match bytes.first_chunk::<8>() {
+        Some(chunk) => u64::from_le_bytes(*chunk),
+        // Padded with a non-digit when fewer than eight bytes are left (a copy of variable
+        // length: a `memcpy` call, kept off the usual path).
+        None => {
+            let mut buf = [b'/'; 8];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            u64::from_le_bytes(buf)
+        }
+    };
     // 0x80 in each byte that is an ASCII digit (bytes from 0x80 up are not).
     let digits = at_least(word, b'0') & !at_least(word, b'9' + 1) & !word & HIGHS;
     // The first byte that is not a digit (8 when all are): the run's length.
