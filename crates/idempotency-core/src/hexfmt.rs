@@ -37,16 +37,6 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Append the lower-case hex of `bytes` to a byte buffer (the record encoder's; no UTF-8
-/// check per piece).
-pub(crate) fn extend_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut buf = [0u8; 64];
-    for chunk in bytes.chunks(buf.len() / 2) {
-        let len = hex_chunk(chunk, &mut buf);
-        out.extend_from_slice(&buf[..len]);
-    }
-}
-
 /// The lower-case hex of `bytes` into `out` (which holds `2 * bytes.len()` digits; extra bytes
 /// on either side are left alone).
 pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
@@ -83,23 +73,63 @@ static NIBBLES: [u8; 256] = {
 };
 
 /// Exactly `2 * N` hex digits (either case) to `N` bytes.
+///
+/// Eight digits at a time in one `u64` ([`eight_digits`]), then a byte at a time for the rest
+/// (tokens and fingerprints have none): the table loop alone cost ~13 instructions per byte,
+/// ~640 per record decoded (`cargo xtask instructions`, the conflict and replay paths).
 pub(crate) fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
+    let (words, tail) = text.as_chunks::<8>();
+    let (quads, tail_out) = out.as_chunks_mut::<4>();
+    let mut wrong = 0u64;
+    for (digits, quad) in words.iter().zip(quads) {
+        let (value, not_hex) = eight_digits(u64::from_le_bytes(*digits));
+        *quad = value.to_le_bytes();
+        wrong |= not_hex;
+    }
     let mut invalid = 0u8;
-    for (i, byte) in out.iter_mut().enumerate() {
-        // In bounds: `text` holds exactly 2 * N digits.
-        let (high, low) = (
-            NIBBLES[usize::from(text[2 * i])],
-            NIBBLES[usize::from(text[2 * i + 1])],
-        );
+    for (pair, byte) in tail.chunks_exact(2).zip(tail_out) {
+        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
         // Valid nibbles are below 16: any high bit set marks an invalid digit.
         invalid |= high | low;
         *byte = (high << 4) | (low & 0x0f);
     }
-    (invalid & 0xf0 == 0).then_some(out)
+    (wrong == 0 && invalid & 0xf0 == 0).then_some(out)
+}
+
+/// `0x01` in every byte of a word.
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every byte of a word.
+pub(crate) const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Per byte of `word` (every byte below `0x80`): `0x80` where the byte is `>= n`, else 0. No
+/// borrow crosses bytes: each byte is at least `0x80` before `n < 0x80` is subtracted.
+pub(crate) const fn at_least(word: u64, n: u8) -> u64 {
+    ((word | HIGHS) - ONES * n as u64) & HIGHS
+}
+
+/// Eight hex digits (either case; the first digit in the lowest byte, as
+/// `u64::from_le_bytes` loads them) to the four bytes they spell (the first byte lowest, for
+/// `u32::to_le_bytes`), and a mask that is 0 exactly when all eight were hex digits (the
+/// value is garbage if not). Branch-free.
+fn eight_digits(word: u64) -> (u32, u64) {
+    // `| 0x20` folds `A-F` onto `a-f`; no other ASCII byte lands in `a-f` (it sets no 0x40).
+    let folded = word | (ONES * 0x20);
+    let digit = at_least(word, b'0') & !at_least(word, b'9' + 1);
+    let letter = at_least(folded, b'a') & !at_least(folded, b'f' + 1);
+    // A byte from 0x80 up, or one that is neither a digit nor a letter.
+    let not_hex = (word & HIGHS) | ((digit | letter) ^ HIGHS);
+    // A digit's value is its low nibble; a letter's is its low nibble + 9 (`a`/`A` = 1 + 9).
+    let nibbles = (word & (ONES * 0x0f)) + (letter >> 7) * 9;
+    // Byte 2i is the high nibble of output byte i, byte 2i + 1 its low nibble.
+    let pairs = ((nibbles << 4) | (nibbles >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    // Truncation intended: the four bytes were gathered into the low 32 bits.
+    let value = (quads | (quads >> 16)) as u32;
+    (value, not_hex)
 }
 
 #[cfg(test)]
@@ -121,9 +151,9 @@ mod tests {
         let mut into = String::from("x");
         push_hex(&mut into, &[0xab; 33]);
         assert_eq!(into, format!("x{}", "ab".repeat(33)));
-        let mut bytes = b"y".to_vec();
-        extend_hex(&mut bytes, &long);
-        assert_eq!(bytes, format!("y{}", hex::encode(&long)).into_bytes());
+        let mut bytes = vec![b'y'; 1 + 2 * long.len() + 1];
+        hex_into(&long, &mut bytes[1..]);
+        assert_eq!(bytes, format!("y{}y", hex::encode(&long)).into_bytes());
     }
 
     proptest! {
@@ -132,12 +162,28 @@ mod tests {
         fn agrees_with_the_hex_crate(bytes in proptest::collection::vec(any::<u8>(), 0..80),
                                      text in "[0-9a-fA-Fg+ ]{0,34}") {
             prop_assert_eq!(to_hex(&bytes), hex::encode(&bytes));
-            let mut extended = Vec::new();
-            extend_hex(&mut extended, &bytes);
-            prop_assert_eq!(extended, hex::encode(&bytes).into_bytes());
+            let mut into = vec![0u8; 2 * bytes.len()];
+            hex_into(&bytes, &mut into);
+            prop_assert_eq!(into, hex::encode(&bytes).into_bytes());
             let mut theirs = [0u8; 16];
             let expected = hex::decode_to_slice(&text, &mut theirs).ok().map(|()| theirs);
             prop_assert_eq!(from_hex::<16>(text.as_bytes()), expected);
+            // Every width the word-at-a-time loop and its byte-at-a-time tail can meet.
+            let mut theirs = [0u8; 5];
+            let expected = hex::decode_to_slice(&text, &mut theirs).ok().map(|()| theirs);
+            prop_assert_eq!(from_hex::<5>(text.as_bytes()), expected);
+        }
+
+        /// Every byte value in every position of a word: 32 digits of which one is arbitrary.
+        #[test]
+        fn one_odd_byte_anywhere(at in 0usize..32, odd in any::<u8>(), bytes in any::<[u8; 16]>()) {
+            let mut text = hex::encode(bytes).into_bytes();
+            text[at] = odd;
+            let mut theirs = [0u8; 16];
+            let expected = hex::decode_to_slice(&text, &mut theirs).ok().map(|()| theirs);
+            prop_assert_eq!(from_hex::<16>(&text), expected);
+            let upper = hex::encode_upper(bytes);
+            prop_assert_eq!(from_hex::<16>(upper.as_bytes()), Some(bytes));
         }
     }
 }

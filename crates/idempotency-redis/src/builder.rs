@@ -222,6 +222,7 @@ impl RedisStoreBuilder {
             timeout: self.operation_timeout,
             replica_wait: self.replica_wait,
             notifier: None,
+            anchor: crate::anchor::TimerAnchor::start(self.operation_timeout).map(Arc::new),
         };
         match store
             .command(StoreOperation::Connect, redis::cmd("INFO").arg("server"))

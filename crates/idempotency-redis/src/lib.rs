@@ -86,6 +86,14 @@
 //! The connection re-establishes itself after a server restart; the operation that finds it
 //! broken retries once on the new one.
 //!
+//! Each operation arms one tokio timer for its budget. So that arming it does not wake the
+//! runtime's I/O driver on every operation (tokio does when the new timer is the runtime's
+//! earliest, as it is between requests; on a multi-threaded runtime that can wake a second
+//! worker thread for nothing, two context switches), a store keeps one background task
+//! sleeping half an operation timeout at a time, whose timer is always due first: one wake-up
+//! per half timeout (2 per second by default) instead of one per operation, ended with the
+//! store's last clone. Operation timeouts under 10 ms run without it.
+//!
 //! # Layout
 //! - [`RedisStore`]: the store, generic over the connection; [`RedisClusterStore`] for Redis
 //!   Cluster;
@@ -103,6 +111,7 @@
 
 #![deny(missing_docs)]
 
+mod anchor;
 mod builder;
 mod doctor;
 mod error;

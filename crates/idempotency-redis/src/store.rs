@@ -15,6 +15,7 @@ use idempotency_core::{
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, ErrorKind, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value};
 
+use crate::anchor::TimerAnchor;
 use crate::error::{Error, is_reconnectable};
 use crate::notify::Notifier;
 use crate::scripts::SCRIPTS;
@@ -104,6 +105,9 @@ pub struct RedisStore<C = ConnectionManager> {
     pub(crate) replica_wait: Option<crate::ReplicaWait>,
     /// Wake-ups for waiting duplicates; `None`: the store cannot notify (waiters poll).
     pub(crate) notifier: Option<Arc<Notifier>>,
+    /// Keeps arming an operation's timer from waking the runtime's I/O driver (see
+    /// `anchor`); `None` outside a tokio runtime.
+    pub(crate) anchor: Option<Arc<TimerAnchor>>,
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -116,6 +120,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("timeout", &self.timeout)
             .field("replica_wait", &self.replica_wait)
             .field("notifier", &self.notifier)
+            .field("timer_anchor", &self.anchor.is_some())
             .finish()
     }
 }

@@ -136,20 +136,25 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 Seen::Mismatch => return Err(self.mismatch()),
                 Seen::Replay(outcome) => return Ok(self.replay(outcome)),
                 Seen::InProgress(seen, created_at_ms) => {
-                    if !Box::pin(self.wait_in_progress(
-                        &store_key,
-                        &seen,
-                        wait_deadline,
-                        &mut waits,
-                    ))
-                    .await
-                    {
-                        return Err(Box::pin(self.in_progress(
-                            Which::Primary,
+                    // Without a configured wait there is nothing to wait for: no boxed future
+                    // built for it (two boxes per "in progress" answer cost ~300 instructions,
+                    // `cargo xtask instructions`, conflict).
+                    let look_again = wait_deadline.is_some()
+                        && Box::pin(self.wait_in_progress(
                             &store_key,
-                            Some(created_at_ms),
+                            &seen,
+                            wait_deadline,
+                            &mut waits,
                         ))
-                        .await);
+                        .await;
+                    if !look_again {
+                        return Err(match self.in_progress_at_once(Some(created_at_ms)) {
+                            Some(answer) => answer,
+                            None => {
+                                Box::pin(self.in_progress_from_lease(Which::Primary, &store_key))
+                                    .await
+                            }
+                        });
                     }
                     started = Instant::now();
                 }
@@ -246,18 +251,33 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         key: &StoreKey,
         created_at_ms: Option<u64>,
     ) -> IdempotencyError {
+        match self.in_progress_at_once(created_at_ms) {
+            Some(answer) => answer,
+            None => self.in_progress_from_lease(which, key).await,
+        }
+    }
+
+    /// [`Self::in_progress`] up to the store: counts and logs the answer, and returns it when
+    /// the remaining lease is not needed (`Retry-After` from the lease is off, or the claim
+    /// found was made or refreshed recently); `None`: ask the store
+    /// ([`Self::in_progress_from_lease`]).
+    fn in_progress_at_once(&self, created_at_ms: Option<u64>) -> Option<IdempotencyError> {
         self.inner.stats.record(Event::InProgress);
         tracing::debug!("first attempt still in progress");
         let config = &self.inner.config;
-        if !config.retry_after_from_lease
+        (!config.retry_after_from_lease
             || created_at_ms.is_some_and(|created| {
                 refreshed_recently(unix_millis_now().saturating_sub(created), config.lease)
-            })
-        {
-            return IdempotencyError::InProgress {
-                retry_after: config.in_progress_retry_after,
-            };
-        }
+            }))
+        .then_some(IdempotencyError::InProgress {
+            retry_after: config.in_progress_retry_after,
+        })
+    }
+
+    /// The "in progress" answer with a `Retry-After` from the remaining lease (`PTTL`), after
+    /// [`Self::in_progress_at_once`] said the store must be asked.
+    async fn in_progress_from_lease(&self, which: Which, key: &StoreKey) -> IdempotencyError {
+        let config = &self.inner.config;
         let remaining = self
             .timed(
                 which,
