@@ -1,0 +1,444 @@
+//! breaker5: the per-request shared state (`record::Shared`: claim slot, side-effects marker and
+//! head hand-off in one allocation) under cancellation, failures and concurrent duplicates, on
+//! the memory store and on a real Redis, with a multi-thread runtime and many iterations.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use idempotency_core::{Idempotency, IdempotencyKey, IdempotencyStore, Record, Scope, StoreKey};
+use idempotency_http::{IdempotencyLayer, SideEffects, SideEffectsMarker, TransactionalClaim};
+use idempotency_memory::MemoryStore;
+use idempotency_redis::RedisStore;
+use idempotency_testkit::fixtures::RedisServer;
+use tokio::sync::Notify;
+use tower::{Layer, ServiceExt};
+
+type Req = Request<Full<Bytes>>;
+
+/// A response body that yields the given frames (an `Err` is a body failure) with an optional
+/// exact size hint.
+struct Frames {
+    frames: VecDeque<Result<Bytes, std::io::Error>>,
+    exact: Option<u64>,
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(self.frames.pop_front().map(|f| f.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exact {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+fn engine<S: IdempotencyStore + 'static>(store: S) -> Idempotency<S> {
+    Idempotency::builder(store)
+        .max_outcome_size(64 * 1024)
+        .ignore_env()
+        .build()
+        .unwrap()
+}
+
+fn post(key: &str) -> Req {
+    Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
+        .unwrap()
+}
+
+async fn state<S: IdempotencyStore + 'static>(
+    store: &S,
+    engine: &Idempotency<S>,
+    key: &str,
+) -> &'static str {
+    let key = StoreKey::derive(
+        engine.config().prefix(),
+        &Scope::global(),
+        &IdempotencyKey::new(key).unwrap(),
+    );
+    match store.get(&key).await.unwrap() {
+        None => "absent",
+        Some(Record::InProgress(_)) => "in progress",
+        Some(Record::Completed(_)) => "completed",
+    }
+}
+
+/// Poll the store until the key leaves "in progress" (a detached recording ends on its own
+/// schedule); bounded, so a claim left behind fails the test instead of hanging it.
+async fn settled<S: IdempotencyStore + 'static>(
+    store: &S,
+    engine: &Idempotency<S>,
+    key: &str,
+) -> &'static str {
+    for _ in 0..500 {
+        let s = state(store, engine, key).await;
+        if s != "in progress" {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    "in progress"
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SideEffects::Committed as a RESPONSE EXTENSION, then the body fails.
+//
+// Docs (effects.rs table, lib.rs "Streaming and memory"): Committed + a failure = a stored 500
+// `response-lost`, replayed; the operation never runs again. The layer only reads the marker
+// when the body fails (`handler_failed(guard, marker, ..)` in `Pump::run` and
+// `failed_before_head`), not the response extension it read a moment before.
+// ---------------------------------------------------------------------------------------------
+
+async fn committed_extension_then_body_fails(
+    exact: Option<u64>,
+    frames: Vec<Result<Bytes, std::io::Error>>,
+) -> (usize, StatusCode, &'static str) {
+    let store = MemoryStore::new();
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let frames = Arc::new(std::sync::Mutex::new(Some(frames)));
+    let svc = {
+        let runs = Arc::clone(&runs);
+        tower::service_fn(move |_req: Req| {
+            let runs = Arc::clone(&runs);
+            let frames = frames.lock().unwrap().take().unwrap_or_default();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let mut response = Response::new(Frames {
+                    frames: frames.into(),
+                    exact,
+                });
+                *response.status_mut() = StatusCode::CREATED;
+                response.extensions_mut().insert(SideEffects::Committed);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let service = layer.layer(svc);
+    let first = service.clone().oneshot(post("ext-commit")).await.unwrap();
+    // The client reads what it can (the body fails midway).
+    let _ = first.into_body().collect().await;
+    let after = settled(&store, &engine, "ext-commit").await;
+    let retry = service.oneshot(post("ext-commit")).await.unwrap();
+    (runs.load(Ordering::SeqCst), retry.status(), after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_response_extension_then_streamed_body_fails_is_not_run_again() {
+    let (runs, retry, after) = committed_extension_then_body_fails(
+        None,
+        vec![
+            Ok(Bytes::from_static(b"part")),
+            Err(std::io::Error::other("boom")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (runs, retry, after),
+        (1, StatusCode::INTERNAL_SERVER_ERROR, "completed"),
+        "a response marked SideEffects::Committed whose body failed midway must be recorded as \
+         a 500 response-lost, not released (runs, retry status, store state after the first)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_response_extension_then_body_fails_before_head_is_not_run_again() {
+    let (runs, retry, after) =
+        committed_extension_then_body_fails(Some(4), vec![Err(std::io::Error::other("boom"))])
+            .await;
+    assert_eq!(
+        (runs, retry, after),
+        (1, StatusCode::INTERNAL_SERVER_ERROR, "completed"),
+        "a response marked SideEffects::Committed whose (exact-length) body failed before the \
+         head must be recorded as a 500 response-lost, not released"
+    );
+}
+
+// The marker (not the extension) path holds: control for the two tests above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_marker_then_streamed_body_fails_is_replayed_as_500() {
+    let store = MemoryStore::new();
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = {
+        let runs = Arc::clone(&runs);
+        tower::service_fn(move |req: Req| {
+            let runs = Arc::clone(&runs);
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                req.extensions()
+                    .get::<SideEffectsMarker>()
+                    .unwrap()
+                    .committed();
+                Ok::<_, Infallible>(Response::new(Frames {
+                    frames: vec![
+                        Ok(Bytes::from_static(b"part")),
+                        Err(std::io::Error::other("x")),
+                    ]
+                    .into(),
+                    exact: None,
+                }))
+            }
+        })
+    };
+    let service = layer.layer(svc);
+    let first = service
+        .clone()
+        .oneshot(post("marker-commit"))
+        .await
+        .unwrap();
+    let _ = first.into_body().collect().await;
+    assert_eq!(settled(&store, &engine, "marker-commit").await, "completed");
+    let retry = service.oneshot(post("marker-commit")).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Races on the shared state, memory store and real Redis, multi-thread runtime.
+// ---------------------------------------------------------------------------------------------
+
+/// A handler that counts runs per key; `x-hold` waits on `gate` after `entered`; the response
+/// carries a clone of the request's marker and claim (in its extensions AND its body), to tie
+/// the head to the shared state (an `Arc` cycle through the head slot would leak it).
+#[derive(Clone, Default)]
+struct Handler {
+    runs: Arc<AtomicUsize>,
+    entered: Arc<Notify>,
+    gate: Arc<Notify>,
+}
+
+struct Holding<S: IdempotencyStore + 'static> {
+    data: Option<Bytes>,
+    _marker: SideEffectsMarker,
+    _claim: TransactionalClaim<S>,
+}
+
+impl<S: IdempotencyStore + 'static> Body for Holding<S> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Unknown length: the pump path (head out first, body forwarded through the channel).
+        SizeHint::default()
+    }
+}
+
+impl Handler {
+    fn service<S: IdempotencyStore + 'static>(
+        &self,
+    ) -> tower::util::BoxCloneService<Req, Response<Holding<S>>, Infallible> {
+        let me = self.clone();
+        tower::util::BoxCloneService::new(tower::service_fn(move |req: Req| {
+            let me = me.clone();
+            async move {
+                let n = me.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                let marker = req.extensions().get::<SideEffectsMarker>().unwrap().clone();
+                let claim = req
+                    .extensions()
+                    .get::<TransactionalClaim<S>>()
+                    .unwrap()
+                    .clone();
+                if req.headers().contains_key("x-hold") {
+                    me.entered.notify_one();
+                    me.gate.notified().await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                let mut response = Response::new(Holding {
+                    data: Some(Bytes::from(format!("run {n}"))),
+                    _marker: marker.clone(),
+                    _claim: claim.clone(),
+                });
+                *response.status_mut() = StatusCode::CREATED;
+                response.extensions_mut().insert(marker);
+                response.extensions_mut().insert(claim);
+                Ok::<_, Infallible>(response)
+            }
+        }))
+    }
+}
+
+async fn storm<S: IdempotencyStore + Clone + 'static>(store: S, tag: &str, iterations: usize) {
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let handler = Handler::default();
+    let service = layer.layer(handler.service::<S>());
+    for i in 0..iterations {
+        let key = format!("{tag}-storm-{i}");
+        let before = handler.runs.load(Ordering::SeqCst);
+        let mut tasks = Vec::new();
+        for _ in 0..24 {
+            let service = service.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let response = service.oneshot(post(&key)).await.unwrap();
+                let status = response.status();
+                let replayed = response.headers().contains_key("idempotent-replayed");
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status, replayed, body)
+            }));
+        }
+        let mut bodies = Vec::new();
+        for task in tasks {
+            let (status, replayed, body) = task.await.unwrap();
+            match status {
+                StatusCode::CREATED => bodies.push(body),
+                StatusCode::CONFLICT => assert!(!replayed),
+                other => panic!("{key}: unexpected {other}"),
+            }
+        }
+        let runs = handler.runs.load(Ordering::SeqCst) - before;
+        assert_eq!(runs, 1, "{key}: exactly one handler run");
+        assert!(!bodies.is_empty(), "{key}: the winner answered");
+        assert!(bodies.iter().all(|b| b == &bodies[0]), "{key}: one answer");
+        assert_eq!(settled(&store, &engine, &key).await, "completed", "{key}");
+        let replay = service.clone().oneshot(post(&key)).await.unwrap();
+        assert_eq!(replay.headers()["idempotent-replayed"], "true");
+        assert_eq!(
+            replay.into_body().collect().await.unwrap().to_bytes(),
+            bodies[0]
+        );
+    }
+}
+
+/// The request future dropped mid-handler (what a `TimeoutLayer` outside the layer, or a
+/// client that leaves, does): the handler ends in the detached task, the outcome is recorded,
+/// the retry replays; many times, on a multi-thread runtime.
+async fn dropped_mid_handler<S: IdempotencyStore + Clone + 'static>(
+    store: S,
+    tag: &str,
+    iterations: usize,
+) {
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let handler = Handler::default();
+    let service = layer.layer(handler.service::<S>());
+    for i in 0..iterations {
+        let key = format!("{tag}-gone-{i}");
+        let mut req = post(&key);
+        req.headers_mut().insert("x-hold", "1".parse().unwrap());
+        let call = tokio::spawn(service.clone().oneshot(req));
+        handler.entered.notified().await;
+        // Dropped (aborted) while the handler waits: the recording detaches.
+        call.abort();
+        let _ = call.await;
+        assert_eq!(state(&store, &engine, &key).await, "in progress", "{key}");
+        // A duplicate meanwhile: 409, never a second run.
+        let dup = service.clone().oneshot(post(&key)).await.unwrap();
+        assert_eq!(dup.status(), StatusCode::CONFLICT, "{key}");
+        handler.gate.notify_one();
+        assert_eq!(settled(&store, &engine, &key).await, "completed", "{key}");
+        let replay = service.clone().oneshot(post(&key)).await.unwrap();
+        assert_eq!(replay.status(), StatusCode::CREATED, "{key}");
+        assert_eq!(replay.headers()["idempotent-replayed"], "true", "{key}");
+    }
+    assert_eq!(handler.runs.load(Ordering::SeqCst), iterations);
+}
+
+/// The head taken, the body (unknown length, pump path) not read: the response dropped after
+/// its head. Recorded all the same; the retry replays.
+async fn dropped_after_head<S: IdempotencyStore + Clone + 'static>(
+    store: S,
+    tag: &str,
+    iterations: usize,
+) {
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let handler = Handler::default();
+    let service = layer.layer(handler.service::<S>());
+    for i in 0..iterations {
+        let key = format!("{tag}-head-{i}");
+        let response = service.clone().oneshot(post(&key)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        drop(response);
+        assert_eq!(settled(&store, &engine, &key).await, "completed", "{key}");
+        let replay = service.clone().oneshot(post(&key)).await.unwrap();
+        assert_eq!(replay.headers()["idempotent-replayed"], "true", "{key}");
+        assert_eq!(
+            replay.into_body().collect().await.unwrap().to_bytes(),
+            Bytes::from(format!("run {}", i + 1)),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_storm_one_run_per_key() {
+    storm(MemoryStore::new(), "mem", 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_dropped_mid_handler_is_recorded_and_replayed() {
+    dropped_mid_handler(MemoryStore::new(), "mem", 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_dropped_after_head_is_recorded_and_replayed() {
+    dropped_after_head(MemoryStore::new(), "mem", 300).await;
+}
+
+async fn redis() -> (RedisServer, RedisStore) {
+    let server = RedisServer::start().expect("redis-server must be installed (/usr/bin)");
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    (server, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_storm_one_run_per_key() {
+    let (_server, store) = redis().await;
+    storm(store, "redis", 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_dropped_mid_handler_is_recorded_and_replayed() {
+    let (_server, store) = redis().await;
+    dropped_mid_handler(store, "redis", 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_dropped_after_head_is_recorded_and_replayed() {
+    let (_server, store) = redis().await;
+    dropped_after_head(store, "redis", 100).await;
+}
