@@ -201,7 +201,11 @@ async fn retry(addr: SocketAddr, path: &str, key: &str) -> (StatusCode, Option<S
 
 async fn scenarios<S: IdempotencyStore + Clone + 'static>(store: S, iterations: usize) {
     let engine = engine(store.clone());
-    assert_eq!(engine.config().prefix(), "idempotency:", "the test derives keys with this prefix");
+    assert_eq!(
+        engine.config().prefix(),
+        "idempotency:",
+        "the test derives keys with this prefix"
+    );
     let g = Gates::default();
     let server = serve(router(engine, g.clone())).await;
     let addr = server.addr;
@@ -217,8 +221,16 @@ async fn scenarios<S: IdempotencyStore + Clone + 'static>(store: S, iterations: 
         g.gate.notify_one();
         assert_eq!(settled(&store, &key).await, "completed", "{key}");
         let (status, replayed, body) = retry(addr, "/hold", &key).await;
-        assert_eq!((status, replayed.as_deref()), (StatusCode::CREATED, Some("true")), "{key}");
-        assert_eq!(body, Bytes::from(format!("held run {}", before + 1)), "{key}");
+        assert_eq!(
+            (status, replayed.as_deref()),
+            (StatusCode::CREATED, Some("true")),
+            "{key}"
+        );
+        assert_eq!(
+            body,
+            Bytes::from(format!("held run {}", before + 1)),
+            "{key}"
+        );
 
         // Client leaves mid-body (within the cap): the rest is read and recorded whole.
         let key = format!("small-{i}");
@@ -229,8 +241,16 @@ async fn scenarios<S: IdempotencyStore + Clone + 'static>(store: S, iterations: 
         g.gate.notify_one();
         assert_eq!(settled(&store, &key).await, "completed", "{key}");
         let (status, replayed, body) = retry(addr, "/small", &key).await;
-        assert_eq!((status, replayed.as_deref()), (StatusCode::CREATED, Some("true")), "{key}");
-        assert_eq!(body.len(), 5 + 4 * 8 * 1024, "{key}: the whole body replayed");
+        assert_eq!(
+            (status, replayed.as_deref()),
+            (StatusCode::CREATED, Some("true")),
+            "{key}"
+        );
+        assert_eq!(
+            body.len(),
+            5 + 4 * 8 * 1024,
+            "{key}: the whole body replayed"
+        );
 
         // Client leaves mid-body of a body over the cap: recorded without its body.
         let key = format!("big-{i}");
@@ -250,7 +270,11 @@ async fn scenarios<S: IdempotencyStore + Clone + 'static>(store: S, iterations: 
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::CREATED, "{key}");
-        assert_eq!(response.headers()["idempotent-body-omitted"], "true", "{key}");
+        assert_eq!(
+            response.headers()["idempotent-body-omitted"],
+            "true",
+            "{key}"
+        );
 
         // A TimeoutLayer outside the layer fires mid-handler: 408 to the client, the handler
         // ends in the detached recording, the retry replays.
@@ -267,8 +291,16 @@ async fn scenarios<S: IdempotencyStore + Clone + 'static>(store: S, iterations: 
         g.gate.notify_one();
         assert_eq!(settled(&store, &key).await, "completed", "{key}");
         let (status, replayed, body) = retry(addr, "/timeout", &key).await;
-        assert_eq!((status, replayed.as_deref()), (StatusCode::CREATED, Some("true")), "{key}");
-        assert_eq!(body, Bytes::from(format!("held run {}", before + 1)), "{key}");
+        assert_eq!(
+            (status, replayed.as_deref()),
+            (StatusCode::CREATED, Some("true")),
+            "{key}"
+        );
+        assert_eq!(
+            body,
+            Bytes::from(format!("held run {}", before + 1)),
+            "{key}"
+        );
 
         // A storm of 24 duplicates.
         let key = format!("storm-{i}");
@@ -289,7 +321,10 @@ async fn scenarios<S: IdempotencyStore + Clone + 'static>(store: S, iterations: 
             }
         }
         assert_eq!(g.runs.load(Ordering::SeqCst) - before, 1, "{key}: one run");
-        assert!(answers.iter().all(|b| b == &answers[0]), "{key}: one answer");
+        assert!(
+            answers.iter().all(|b| b == &answers[0]),
+            "{key}: one answer"
+        );
         assert_eq!(settled(&store, &key).await, "completed", "{key}");
     }
 
@@ -392,7 +427,11 @@ async fn transactional_claim_completes_once_when_the_client_left() {
         g.gate.notify_one();
         assert_eq!(settled(&store, &key).await, "completed", "{key}");
         let (status, replayed, body) = retry(server.addr, "/orders", &key).await;
-        assert_eq!((status, replayed.as_deref()), (StatusCode::CREATED, Some("true")), "{key}");
+        assert_eq!(
+            (status, replayed.as_deref()),
+            (StatusCode::CREATED, Some("true")),
+            "{key}"
+        );
         assert_eq!(body, Bytes::from(format!("order {}", i + 1)), "{key}");
     }
     let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")

@@ -442,3 +442,261 @@ async fn redis_dropped_after_head_is_recorded_and_replayed() {
     let (_server, store) = redis().await;
     dropped_after_head(store, "redis", 100).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. The request future dropped at arbitrary points (before the claim, mid-handler, between the
+//    head and the body, mid-body): the key is never left in progress; a completed key was run
+//    once and replays; an absent one was released (or never claimed) and runs again.
+// ---------------------------------------------------------------------------------------------
+
+/// A body of unknown length, four frames, each after one `Pending` (so the head hand-off and
+/// the frames race the drop).
+struct Yielding {
+    next: usize,
+    ready: bool,
+}
+
+impl Body for Yielding {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.next == 4 {
+            return Poll::Ready(None);
+        }
+        if !self.ready {
+            self.ready = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.ready = false;
+        let i = self.next;
+        self.next += 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("chunk {i};"))))))
+    }
+}
+
+type Runs = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+fn yielding_service(
+    runs: Runs,
+) -> tower::util::BoxCloneService<Req, Response<Yielding>, Infallible> {
+    tower::util::BoxCloneService::new(tower::service_fn(move |req: Req| {
+        let runs = Arc::clone(&runs);
+        async move {
+            let key = req.headers()["idempotency-key"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            *runs.lock().unwrap().entry(key).or_default() += 1;
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            Ok(Response::new(Yielding {
+                next: 0,
+                ready: false,
+            }))
+        }
+    }))
+}
+
+async fn random_drops<S: IdempotencyStore + Clone + 'static>(
+    store: S,
+    tag: &str,
+    iterations: usize,
+) {
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let runs = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let service = layer.layer(yielding_service(Arc::clone(&runs)));
+    let mut outcomes = [0_usize; 2];
+    for i in 0..iterations {
+        let key = format!("{tag}-drop-{i}");
+        let service2 = service.clone();
+        let k = key.clone();
+        let call = tokio::spawn(async move {
+            let response = service2.oneshot(post(&k)).await.unwrap();
+            let _ = response.into_body().collect().await;
+        });
+        // Abort after a varying number of scheduler turns.
+        for _ in 0..(i % 13) {
+            tokio::task::yield_now().await;
+        }
+        call.abort();
+        let _ = call.await;
+        let after = settled(&store, &engine, &key).await;
+        let ran = runs.lock().unwrap().get(&key).copied().unwrap_or(0);
+        match after {
+            "completed" => {
+                outcomes[0] += 1;
+                assert_eq!(ran, 1, "{key}");
+                let replay = service.clone().oneshot(post(&key)).await.unwrap();
+                assert_eq!(replay.headers()["idempotent-replayed"], "true", "{key}");
+                assert_eq!(
+                    replay.into_body().collect().await.unwrap().to_bytes(),
+                    Bytes::from_static(b"chunk 0;chunk 1;chunk 2;chunk 3;"),
+                    "{key}"
+                );
+            }
+            "absent" => {
+                outcomes[1] += 1;
+                assert_eq!(ran, 0, "{key}: released although the handler ran");
+            }
+            other => panic!("{key}: {other}"),
+        }
+    }
+    eprintln!(
+        "{tag}: completed {}, never reached the handler {}",
+        outcomes[0], outcomes[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_random_drops_never_leave_a_claim() {
+    random_drops(MemoryStore::new(), "mem", 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_random_drops_never_leave_a_claim() {
+    let (_server, store) = redis().await;
+    random_drops(store, "redis", 300).await;
+}
+
+/// Marked committed, the client gone, then the handler panics in the detached recording: the
+/// 500 `response-lost` is recorded and replayed, never a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_then_panic_after_the_client_left_is_replayed_as_500() {
+    let store = MemoryStore::new();
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let svc = {
+        let (runs, entered, gate) = (Arc::clone(&runs), Arc::clone(&entered), Arc::clone(&gate));
+        tower::service_fn(move |req: Req| {
+            let (runs, entered, gate) =
+                (Arc::clone(&runs), Arc::clone(&entered), Arc::clone(&gate));
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                req.extensions()
+                    .get::<SideEffectsMarker>()
+                    .unwrap()
+                    .committed();
+                entered.notify_one();
+                gate.notified().await;
+                if runs.load(Ordering::SeqCst) > 0 {
+                    panic!("after the commit");
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        })
+    };
+    let service = layer.layer(svc);
+    let call = tokio::spawn(service.clone().oneshot(post("panic-gone")));
+    entered.notified().await;
+    call.abort();
+    let _ = call.await;
+    gate.notify_one();
+    assert_eq!(settled(&store, &engine, "panic-gone").await, "completed");
+    let retry = service.oneshot(post("panic-gone")).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The client leaves while the claim is on its way to the store (found by the random drops on
+//    Redis): the claim lands, nobody holds its token, and the key stays "in progress" for a whole
+//    lease (60 s by default: every retry gets 409 meanwhile). A claim whose reply is lost to a
+//    timeout is released in the background (DESIGN: "Leases while work runs"); a claim whose
+//    caller is dropped is not.
+// ---------------------------------------------------------------------------------------------
+
+/// A memory store whose `try_claim` applies the claim, then (while `hang` is on) never answers,
+/// like a Redis reply still on the wire when the request future is dropped.
+#[derive(Debug, Clone, Default)]
+struct ClaimThenHang {
+    inner: MemoryStore,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    landed: Arc<Notify>,
+}
+
+#[idempotency_core::async_trait]
+impl IdempotencyStore for ClaimThenHang {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &idempotency_core::InProgress,
+        lease: Duration,
+    ) -> Result<idempotency_core::Claim, idempotency_core::StoreError> {
+        let claimed = self.inner.try_claim(key, record, lease).await;
+        if self.hang.load(Ordering::SeqCst) {
+            self.landed.notify_one();
+            std::future::pending::<()>().await;
+        }
+        claimed
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &idempotency_core::LeaseToken,
+        record: &idempotency_core::Completed,
+        retention: Duration,
+    ) -> Result<idempotency_core::Fenced, idempotency_core::StoreError> {
+        self.inner.complete(key, token, record, retention).await
+    }
+    async fn release(
+        &self,
+        key: &StoreKey,
+        token: &idempotency_core::LeaseToken,
+    ) -> Result<idempotency_core::Fenced, idempotency_core::StoreError> {
+        self.inner.release(key, token).await
+    }
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &idempotency_core::LeaseToken,
+        lease: Duration,
+    ) -> Result<idempotency_core::Fenced, idempotency_core::StoreError> {
+        self.inner.extend(key, token, lease).await
+    }
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, idempotency_core::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, idempotency_core::StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_during_the_claim_round_trip_does_not_block_the_key_for_a_lease() {
+    let store = ClaimThenHang::default();
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let handler = Handler::default();
+    let service = layer.layer(handler.service::<ClaimThenHang>());
+    store.hang.store(true, Ordering::SeqCst);
+    let call = tokio::spawn(service.clone().oneshot(post("claim-in-flight")));
+    store.landed.notified().await;
+    // The client leaves (or a timeout layer fires) before the claim's reply arrives.
+    call.abort();
+    let _ = call.await;
+    store.hang.store(false, Ordering::SeqCst);
+    let after = settled(&store, &engine, "claim-in-flight").await;
+    let retry = service.oneshot(post("claim-in-flight")).await.unwrap();
+    assert_eq!(
+        (after, retry.status(), handler.runs.load(Ordering::SeqCst)),
+        ("absent", StatusCode::CREATED, 1),
+        "a claim whose caller was dropped before its reply must be released (like a lost \
+         reply), not left in progress for the lease (store state, retry status, runs)"
+    );
+}
