@@ -238,8 +238,17 @@ struct Handler {
 
 struct Holding<S: IdempotencyStore + 'static> {
     data: Option<Bytes>,
-    _marker: SideEffectsMarker,
-    _claim: TransactionalClaim<S>,
+    marker: SideEffectsMarker,
+    claim: TransactionalClaim<S>,
+}
+
+/// Dropping the body takes the claim lock and reads the marker: a head (or body) dropped while
+/// the layer holds one of the shared state's locks would deadlock here.
+impl<S: IdempotencyStore + 'static> Drop for Holding<S> {
+    fn drop(&mut self) {
+        let _ = self.claim.is_available();
+        let _ = self.marker.get();
+    }
 }
 
 impl<S: IdempotencyStore + 'static> Body for Holding<S> {
@@ -282,10 +291,14 @@ impl Handler {
                 }
                 let mut response = Response::new(Holding {
                     data: Some(Bytes::from(format!("run {n}"))),
-                    _marker: marker.clone(),
-                    _claim: claim.clone(),
+                    marker: marker.clone(),
+                    claim: claim.clone(),
                 });
                 *response.status_mut() = StatusCode::CREATED;
+                if req.headers().contains_key("x-none") {
+                    // Released; the handler's body goes out in the head itself.
+                    response.extensions_mut().insert(SideEffects::None);
+                }
                 response.extensions_mut().insert(marker);
                 response.extensions_mut().insert(claim);
                 Ok::<_, Infallible>(response)
@@ -699,4 +712,50 @@ async fn a_client_gone_during_the_claim_round_trip_does_not_block_the_key_for_a_
         "a claim whose caller was dropped before its reply must be released (like a lost \
          reply), not left in progress for the lease (store state, retry status, runs)"
     );
+}
+
+/// Released (`SideEffects::None`) with the client gone mid-handler: the head, carrying the
+/// handler's own body (whose drop takes the claim lock), is dropped by the hand-off; no
+/// deadlock, the key is free and the retry runs again.
+async fn released_after_the_client_left<S: IdempotencyStore + Clone + 'static>(
+    store: S,
+    tag: &str,
+    iterations: usize,
+) {
+    let engine = engine(store.clone());
+    let layer = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build();
+    let handler = Handler::default();
+    let service = layer.layer(handler.service::<S>());
+    for i in 0..iterations {
+        let key = format!("{tag}-none-{i}");
+        let mut req = post(&key);
+        req.headers_mut().insert("x-hold", "1".parse().unwrap());
+        req.headers_mut().insert("x-none", "1".parse().unwrap());
+        let call = tokio::spawn(service.clone().oneshot(req));
+        handler.entered.notified().await;
+        call.abort();
+        let _ = call.await;
+        handler.gate.notify_one();
+        assert_eq!(settled(&store, &engine, &key).await, "absent", "{key}");
+        let again = service.clone().oneshot(post(&key)).await.unwrap();
+        assert_eq!(again.status(), StatusCode::CREATED, "{key}");
+        assert!(
+            again.headers().get("idempotent-replayed").is_none(),
+            "{key}"
+        );
+    }
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 2 * iterations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_released_after_the_client_left() {
+    released_after_the_client_left(MemoryStore::new(), "mem", 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_released_after_the_client_left() {
+    let (_server, store) = redis().await;
+    released_after_the_client_left(store, "redis", 100).await;
 }
