@@ -113,8 +113,9 @@
 //! (with waiting for in-progress attempts on, it waits for it; else it gets 409 until then). If the copy has
 //! already outgrown the cap when the client leaves, the rest of the body is not read and the
 //! record follows the [`OversizePolicy`]; a stream response is dropped at once. Only a request
-//! that never reached the handler (the client left while its body was being read) leaves no
-//! claim behind.
+//! that never reached the handler leaves no claim behind: the client left while its body was
+//! being read, or while the claim was on its way to the store (that claim is released in the
+//! background once the store answers).
 //!
 //! # Fingerprints
 //! The fingerprint covers the method, path and query, `Content-Type` and body; add headers with

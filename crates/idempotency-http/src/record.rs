@@ -308,23 +308,21 @@ where
     let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
-            Box::pin(handler_failed(guard, marker, max_outcome)).await;
+            Box::pin(handler_failed(guard, None, marker, max_outcome)).await;
             head.send_head(Err(Failure::Error(error)));
             return;
         }
         Err(panic) => {
             tracing::warn!("handler panicked");
-            Box::pin(handler_failed(guard, marker, max_outcome)).await;
+            Box::pin(handler_failed(guard, None, marker, max_outcome)).await;
             head.send_head(Err(Failure::Panic(panic)));
             return;
         }
     };
     let (parts, body) = response.into_parts();
-    let said = parts
-        .extensions
-        .get::<SideEffects>()
-        .copied()
-        .or_else(|| effects::read(marker));
+    // What the response itself says wins over the marker, also if its body fails later.
+    let extension = parts.extensions.get::<SideEffects>().copied();
+    let said = extension.or_else(|| effects::read(marker));
     let store = match said {
         Some(SideEffects::Committed) => true,
         Some(SideEffects::None) => false,
@@ -372,11 +370,25 @@ where
                 Ok(Some(Err(error))) => {
                     let error: BoxError = error.into();
                     tracing::warn!(%error, "response body failed");
-                    return Box::pin(failed_before_head(guard, marker, max_outcome, head)).await;
+                    return Box::pin(failed_before_head(
+                        guard,
+                        extension,
+                        marker,
+                        max_outcome,
+                        head,
+                    ))
+                    .await;
                 }
                 Err(_) => {
                     tracing::warn!("response body panicked");
-                    return Box::pin(failed_before_head(guard, marker, max_outcome, head)).await;
+                    return Box::pin(failed_before_head(
+                        guard,
+                        extension,
+                        marker,
+                        max_outcome,
+                        head,
+                    ))
+                    .await;
                 }
             }
         }
@@ -414,12 +426,21 @@ where
         copy: Recorder::new(budget, hint.exact()),
         first,
     };
-    Box::pin(pump.run(guard, stored, body.as_mut(), marker, &settings, max_outcome)).await;
+    Box::pin(pump.run(
+        guard,
+        stored,
+        body.as_mut(),
+        (extension, marker),
+        &settings,
+        max_outcome,
+    ))
+    .await;
 }
 
 /// The body failed before anything was sent: end the claim, answer with a 500 problem.
 async fn failed_before_head<S, B, E>(
     guard: Guard<S>,
+    extension: Option<SideEffects>,
     marker: &AtomicU8,
     max_outcome: usize,
     head: &Shared<S, B, E>,
@@ -428,7 +449,7 @@ async fn failed_before_head<S, B, E>(
     B: Send + 'static,
     E: Send + 'static,
 {
-    handler_failed(guard, marker, max_outcome).await;
+    handler_failed(guard, extension, marker, max_outcome).await;
     let answer = Problem::response_failed().into_response();
     head.send_head(Ok(answer.map(ResponseBody::full)));
 }
@@ -460,7 +481,7 @@ impl Pump {
         guard: Guard<S>,
         mut stored: StoredResponse,
         mut body: Pin<&mut Option<B>>,
-        marker: &AtomicU8,
+        (extension, marker): (Option<SideEffects>, &AtomicU8),
         settings: &Settings,
         max_outcome: usize,
     ) where
@@ -511,7 +532,7 @@ impl Pump {
         match ending {
             Ending::Failed(error) => {
                 tracing::warn!(%error, "response body failed");
-                handler_failed(guard, marker, max_outcome).await;
+                handler_failed(guard, extension, marker, max_outcome).await;
                 if self.client {
                     let _ = self.frames.send(Some(Err(error))).await;
                 }
@@ -595,13 +616,15 @@ async fn without_body<S: IdempotencyStore + 'static>(
 }
 
 /// No response (an error, a panic, a failed body): release, unless the handler said a side
-/// effect happened; then a 500 problem is recorded so that no retry runs it again.
+/// effect happened (the response's [`SideEffects`] extension, when there was a response, else
+/// the marker); then a 500 problem is recorded so that no retry runs it again.
 async fn handler_failed<S: IdempotencyStore + 'static>(
     guard: Guard<S>,
+    extension: Option<SideEffects>,
     marker: &AtomicU8,
     max_outcome: usize,
 ) {
-    if effects::read(marker) != Some(SideEffects::Committed) {
+    if extension.or_else(|| effects::read(marker)) != Some(SideEffects::Committed) {
         release(guard).await;
         return;
     }

@@ -53,6 +53,32 @@ enum Seen {
     InProgress(LeaseToken, u64),
 }
 
+/// Armed while a claim is on its way to the store: dropped before [`ClaimInFlight::answered`]
+/// (the caller's future was dropped mid-claim), it releases the claim in the background with
+/// its token, so that a claim that landed with nobody to hold it does not block the key for a
+/// whole lease.
+struct ClaimInFlight<'a, S: IdempotencyStore + 'static> {
+    engine: &'a Idempotency<S>,
+    key: &'a StoreKey,
+    token: LeaseToken,
+    which: Which,
+}
+
+impl<S: IdempotencyStore + 'static> ClaimInFlight<'_, S> {
+    /// The store answered (whatever the answer): nothing to clean up here.
+    fn answered(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<S: IdempotencyStore + 'static> Drop for ClaimInFlight<'_, S> {
+    fn drop(&mut self) {
+        tracing::debug!(key = %self.key, "claim cancelled before its reply; releasing in the background");
+        self.engine
+            .release_in_background(self.key.clone(), self.token, self.which);
+    }
+}
+
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// Claim `(scope, key)` for a request with `fingerprint`, or find what happened before.
     ///
@@ -108,6 +134,16 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let mut waits = WaitState::NotYet;
         let mut started = created_at;
         loop {
+            // A caller that drops this future while the claim is on its way (a client gone, a
+            // timeout layer) may leave a claim applied with nobody holding its token: released
+            // in the background, as a claim whose reply was lost (fenced: a no-op if it never
+            // landed).
+            let in_flight = ClaimInFlight {
+                engine: self,
+                key: &store_key,
+                token: record.token,
+                which: Which::Primary,
+            };
             let (claimed, ended) = self
                 .timed_since(
                     started,
@@ -118,6 +154,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                         .try_claim(&store_key, &record, config.lease),
                 )
                 .await;
+            in_flight.answered();
             let claimed_at = (created_at, ended);
             let existing = match claimed {
                 Ok(Claim::Claimed) => {
@@ -409,6 +446,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         primary_error: StoreError,
     ) -> Result<Begin<S>, IdempotencyError> {
         let fallback = self.store_of(Which::Fallback);
+        let in_flight = ClaimInFlight {
+            engine: self,
+            key: &store_key,
+            token: record.token,
+            which: Which::Fallback,
+        };
         let (claimed, ended) = self
             .timed_since(
                 Instant::now(),
@@ -417,6 +460,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 fallback.try_claim(&store_key, &record, self.inner.config.lease),
             )
             .await;
+        in_flight.answered();
         let claimed_at = (created_at, ended);
         let existing = match claimed {
             Ok(Claim::Claimed) => {
