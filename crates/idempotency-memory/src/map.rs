@@ -370,6 +370,55 @@ mod tests {
         );
     }
 
+    /// breaker6: keys whose whole 64-bit hash collides (forced: the hash is passed in) stay
+    /// distinct through inserts, growth, look-ups, removals and `retain`.
+    #[test]
+    fn keys_with_the_same_full_hash_stay_distinct() {
+        for shards in [1, 4] {
+            let map = Map::with_capacity_and_shards(0, shards);
+            const SAME: u64 = 0xdead_beef_0bad_f00d;
+            let put = |n: usize| {
+                map.entry(&key(n), SAME, |entry| match entry {
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(n);
+                        true
+                    }
+                })
+            };
+            for n in 0..300 {
+                assert!(put(n), "{n} inserted once");
+            }
+            for n in 0..300 {
+                assert!(!put(n), "{n} found occupied");
+                assert_eq!(map.get(&key(n), SAME).as_deref(), Some(&n));
+            }
+            assert!(map.get(&key(300), SAME).is_none());
+            // A colliding key of another hash is not found under this one.
+            assert!(map.get(&key(5), SAME ^ 1).is_none());
+            *map.get_mut(&key(7), SAME).unwrap() = 1007;
+            assert_eq!(map.get(&key(7), SAME).as_deref(), Some(&1007));
+            assert_eq!(map.remove_if(&key(8), SAME, |_| true), Some(8));
+            assert_eq!(map.remove_if(&key(8), SAME, |_| true), None);
+            assert_eq!(map.get(&key(9), SAME).as_deref(), Some(&9));
+            map.retain(|_, v| *v % 3 != 0);
+            for n in 0..300 {
+                let expect = match n {
+                    7 => Some(1007),
+                    8 => None,
+                    n if n % 3 == 0 => None,
+                    n => Some(n),
+                };
+                assert_eq!(map.get(&key(n), SAME).as_deref().copied(), expect, "{n}");
+            }
+            assert_eq!(
+                map.len(),
+                199,
+                "300, less key 8, less the 100 multiples of 3"
+            );
+        }
+    }
+
     #[test]
     fn initial_capacity_is_spread_over_the_shards() {
         let map = Map::<()>::with_capacity_and_shards(1000, 8);
