@@ -439,6 +439,10 @@ impl IdempotencyStore for MemoryStore {
         // One hash for the look-up, the insert and the shard.
         let hash = shared.map.hash(key);
         let mut made_room = false;
+        // The first look-up found an expired record but no room: making room sweeps it out, so
+        // the claim then inserts into a vacant slot, and that is still a takeover (its waiters
+        // must be woken).
+        let mut displaced = false;
         // One look-up under the shard's write lock, across the check and the insert (atomic):
         // an existing live record needs no room; a new or taken-over one needs room under the
         // bound. Making room locks every shard, so it runs between two look-ups, never in one.
@@ -450,6 +454,7 @@ impl IdempotencyStore for MemoryStore {
                         return Inserted::Held(held.record.clone());
                     }
                     if !made_room && shared.is_full(size) {
+                        displaced = true;
                         return Inserted::Full;
                     }
                     let old = std::mem::replace(held, fresh());
@@ -482,7 +487,12 @@ impl IdempotencyStore for MemoryStore {
                 shared.wakers.wake(key);
                 Ok(Claim::Claimed)
             }
-            Inserted::New => Ok(Claim::Claimed),
+            Inserted::New => {
+                if displaced {
+                    shared.wakers.wake(key);
+                }
+                Ok(Claim::Claimed)
+            }
             Inserted::Held(existing) => Ok(Claim::Existing(existing)),
             // Left the loop above only with another answer.
             Inserted::Full => Err(StoreError::Full {

@@ -84,10 +84,10 @@ async fn mixed_run(
                     }
                     Err(e) => panic!("{e}"),
                 }
-                if next(&mut rng) % 8 == 0 {
+                if next(&mut rng).is_multiple_of(8) {
                     clock.advance(Duration::from_millis(3));
                 }
-                if next(&mut rng) % 3 == 0 {
+                if next(&mut rng).is_multiple_of(3) {
                     let _ = store.extend(&key, &r.token, lease).await.unwrap();
                 }
                 tokio::task::yield_now().await;
