@@ -625,3 +625,121 @@ mod tests {
         }
     }
 }
+
+/// breaker6: record numbers at the width and overflow boundaries of the word-at-a-time reader,
+/// through the whole decoder; the canonical and general decoders must agree on every text.
+#[cfg(test)]
+mod breaker6 {
+    use super::*;
+
+    const T: &str = "0123456789abcdef0123456789abcdef";
+    const F: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn numbers() -> Vec<String> {
+        let mut out = vec![
+            String::new(),
+            "0".into(),
+            "00".into(),
+            "01".into(),
+            "-1".into(),
+        ];
+        for width in 1..=25 {
+            out.push("9".repeat(width));
+            out.push(format!("1{}", "0".repeat(width - 1)));
+            out.push(format!("0{}", "1".repeat(width - 1)));
+            out.push(
+                (1..=width)
+                    .map(|d| char::from(b'0' + (d % 10) as u8))
+                    .collect(),
+            );
+        }
+        for n in [
+            u64::MAX,
+            u64::MAX - 1,
+            10_000_000_000_000_000_000,
+            9_999_999_999_999_999_999,
+        ] {
+            out.push(n.to_string());
+        }
+        out.push("18446744073709551616".into());
+        out.push("18446744073709551625".into());
+        out.push("28446744073709551615".into());
+        out.push("1e3".into());
+        out.push("1.0".into());
+        out
+    }
+
+    fn expected(text: &str) -> Option<u64> {
+        let leading_zero = text.len() > 1 && text.starts_with('0');
+        (!text.is_empty() && !leading_zero && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten()
+    }
+
+    #[test]
+    fn created_and_completed_times_at_every_width() {
+        for n in numbers() {
+            let in_progress = format!(r#"{{"v":1,"s":"p","t":"{T}","f":"{F}","c":{n}}}"#);
+            let completed =
+                format!(r#"{{"v":1,"s":"c","t":"{T}","f":"{F}","c":5,"d":{n},"b":"eA=="}}"#);
+            for text in [in_progress, completed] {
+                let got = decode(text.as_bytes());
+                let json = decode_json(text.as_bytes());
+                match expected(&n) {
+                    Some(value) => {
+                        let record = got.unwrap_or_else(|e| panic!("{text}: {e}"));
+                        assert_eq!(json.as_ref(), Ok(&record), "{text}");
+                        let time = match &record {
+                            Record::InProgress(r) => r.created_at_ms,
+                            Record::Completed(c) => c.completed_at_ms,
+                        };
+                        assert_eq!(time, value, "{text}");
+                        assert_eq!(encode(&record), text, "re-encoded identically");
+                    }
+                    None => {
+                        assert!(decode_canonical(text.as_bytes()).is_none(), "{text}");
+                        assert!(got.is_err(), "{text} decoded as {got:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The head written from the template is the layout the old piece-by-piece writer made
+    /// (`{"v":1,"s":"p","t":"<hex>","f":"<hex>","c":<n>}`), for any token, fingerprint, time.
+    #[test]
+    fn template_head_matches_the_old_layout() {
+        let mut seed = 0x243f_6a88_85a3_08d3_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..2000 {
+            let mut token = [0u8; 16];
+            let mut fp = [0u8; 32];
+            token.iter_mut().for_each(|b| *b = next() as u8);
+            fp.iter_mut().for_each(|b| *b = next() as u8);
+            let created = match round % 4 {
+                0 => next(),
+                1 => u64::MAX,
+                2 => 0,
+                _ => next() % 10_000_000_000_000,
+            };
+            let record = InProgress {
+                token: LeaseToken::from_bytes(token),
+                fingerprint: Fingerprint::from_bytes(fp),
+                created_at_ms: created,
+            };
+            let old = format!(
+                r#"{{"v":1,"s":"p","t":"{}","f":"{}","c":{created}}}"#,
+                hex::encode(token),
+                hex::encode(fp)
+            );
+            let record = Record::InProgress(record);
+            assert_eq!(encode(&record), old);
+            assert_eq!(decode(old.as_bytes()), Ok(record));
+        }
+    }
+}

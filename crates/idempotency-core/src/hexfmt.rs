@@ -187,3 +187,73 @@ mod tests {
         }
     }
 }
+
+/// breaker6: exhaustive checks of the word-at-a-time decoder against the `hex` crate.
+#[cfg(test)]
+mod breaker6 {
+    use super::*;
+
+    fn theirs<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+        let mut out = [0u8; N];
+        hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+    }
+
+    /// Every byte value at every position of one word, one word plus a tail, and two words
+    /// plus a tail, the other digits valid in both cases.
+    #[test]
+    fn every_byte_value_at_every_position() {
+        fn check<const N: usize>() {
+            let bytes: Vec<u8> = (0..N)
+                .map(|i| (i as u8).wrapping_mul(0x3b) ^ 0xa5)
+                .collect();
+            for base in [hex::encode(&bytes), hex::encode_upper(&bytes)] {
+                for at in 0..2 * N {
+                    for odd in 0..=255u8 {
+                        let mut text = base.clone().into_bytes();
+                        text[at] = odd;
+                        assert_eq!(from_hex::<N>(&text), theirs::<N>(&text), "{at} {odd:#x}");
+                    }
+                }
+            }
+        }
+        check::<1>();
+        check::<3>();
+        check::<4>();
+        check::<5>();
+        check::<11>();
+        check::<16>();
+        check::<32>();
+    }
+
+    /// Every pair of byte values in one 8-digit word (all 65 536 pairs at three position pairs):
+    /// two invalid bytes never cancel out in the mask, and a high byte never passes as a digit.
+    #[test]
+    fn every_pair_of_byte_values_in_a_word() {
+        for (i, j) in [(0, 1), (3, 4), (6, 7)] {
+            for a in 0..=255u8 {
+                for b in 0..=255u8 {
+                    let mut text = *b"9fA0c3E1";
+                    text[i] = a;
+                    text[j] = b;
+                    assert_eq!(
+                        from_hex::<4>(&text),
+                        theirs::<4>(&text),
+                        "{i}:{a:#x} {j}:{b:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Odd and wrong lengths are refused for every width.
+    #[test]
+    fn wrong_lengths() {
+        let text = "0123456789abcdefABCDEF0123456789abcdef0123456789abcdef0123456789ab";
+        for len in 0..text.len() {
+            let t = &text.as_bytes()[..len];
+            assert_eq!(from_hex::<16>(t), theirs::<16>(t), "{len}");
+            assert_eq!(from_hex::<32>(t), theirs::<32>(t), "{len}");
+            assert_eq!(from_hex::<5>(t), theirs::<5>(t), "{len}");
+        }
+    }
+}
