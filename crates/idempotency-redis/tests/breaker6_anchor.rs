@@ -150,3 +150,74 @@ fn operation_timeouts_fire_on_time_with_the_anchor_running() {
         }
     }
 }
+
+/// `Retry-After` on Redis (`PTTL`): the fixed value for a young claim, the remaining lease for
+/// a claim created long ago and not refreshed since, the fixed value again for an old claim
+/// whose lease was just refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_for_young_stale_and_refreshed_claims() {
+    use idempotency_core::{
+        Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, InProgress, LeaseToken,
+        Scope,
+    };
+    let store = RedisStore::connect(url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let engine = Idempotency::builder(store.clone())
+        .ignore_env()
+        .prefix(idempotency_testkit::unique_prefix())
+        .lease(lease)
+        .retry_after_from_lease(true)
+        .in_progress_retry_after(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let scope = Scope::global();
+    let young = IdempotencyKey::new("young").unwrap();
+    let Begin::Run(held) = engine
+        .begin(&scope, &young, Fingerprint::of("b6"))
+        .await
+        .unwrap()
+    else {
+        panic!("claims")
+    };
+    let answer = engine.begin(&scope, &young, Fingerprint::of("b6")).await;
+    assert!(
+        matches!(answer, Err(IdempotencyError::InProgress { retry_after }) if retry_after == Duration::from_secs(2)),
+        "young: {:?}",
+        answer.map(|_| ())
+    );
+    held.release().await.unwrap();
+    let old = InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: Fingerprint::of("b6"),
+        created_at_ms: 1,
+    };
+    let stale = IdempotencyKey::new("stale").unwrap();
+    store
+        .try_claim(
+            &engine.store_key(&scope, &stale),
+            &old,
+            Duration::from_secs(7),
+        )
+        .await
+        .unwrap();
+    match engine.begin(&scope, &stale, Fingerprint::of("b6")).await {
+        Err(IdempotencyError::InProgress { retry_after }) => assert!(
+            retry_after > Duration::from_secs(5) && retry_after <= Duration::from_secs(7),
+            "stale: {retry_after:?}"
+        ),
+        other => panic!("stale: {:?}", other.map(|_| ())),
+    }
+    let refreshed = IdempotencyKey::new("refreshed").unwrap();
+    store
+        .try_claim(&engine.store_key(&scope, &refreshed), &old, lease)
+        .await
+        .unwrap();
+    let answer = engine
+        .begin(&scope, &refreshed, Fingerprint::of("b6"))
+        .await;
+    assert!(
+        matches!(answer, Err(IdempotencyError::InProgress { retry_after }) if retry_after == Duration::from_secs(2)),
+        "refreshed: {:?}",
+        answer.map(|_| ())
+    );
+}
