@@ -374,3 +374,33 @@ async fn renewal_on_time_from_the_claims_end_with_a_slow_claim() {
         extends[0] - claim_ended
     );
 }
+
+/// The fallback store's claim (primary down) dropped after it landed: released in the
+/// fallback at once, with its own token (`ClaimInFlight` for `Which::Fallback`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_dropped_after_its_fallback_claim_landed_releases_it() {
+    use idempotency_core::FailurePolicy;
+    use idempotency_testkit::faults::{Fault, FaultyStore};
+    let primary = FaultyStore::new(Arc::new(MemoryStore::new()));
+    primary.set(Fault::Unavailable);
+    let fallback = Gated::new();
+    let engine = Idempotency::builder(primary.clone())
+        .ignore_env()
+        .failure_policy(FailurePolicy::Fallback)
+        .fallback_store(fallback.clone())
+        .lease(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    *fallback.stop.lock() = Stop::AfterClaim;
+    let (scope, key) = (Scope::global(), key());
+    let reached = fallback.reached.notified();
+    tokio::select! {
+        biased;
+        _ = engine.begin(&scope, &key, Fingerprint::of("b6")) => panic!("parks in the fallback"),
+        () = reached => {}
+    }
+    until(|| fallback.inner.is_empty()).await;
+    let releases = fallback.releases.lock().clone();
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert_eq!(releases[0].2, Fenced::Applied);
+}
