@@ -94,6 +94,12 @@
 //! per half timeout (2 per second by default) instead of one per operation, ended with the
 //! store's last clone. Operation timeouts under 10 ms run without it.
 //!
+//! Tests against a real server should not run on tokio's paused clock
+//! (`#[tokio::test(start_paused = true)]`): while the runtime waits for the server's reply it is
+//! idle, so auto-advance jumps the clock to the next timer — the connect or operation budget —
+//! and the operation fails with `Timeout` although the server is fine. Use real time (and short
+//! budgets) for such tests; paused time suits the in-process memory store.
+//!
 //! # Layout
 //! - [`RedisStore`]: the store, generic over the connection; [`RedisClusterStore`] for Redis
 //!   Cluster;
