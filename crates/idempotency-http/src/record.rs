@@ -364,32 +364,31 @@ where
         // the cap: read it, record it, then answer with it. The record exists before the head
         // goes out, and no channel is needed.
         if !is_end(&body) {
-            match AssertUnwindSafe(next_frame(&mut body)).catch_unwind().await {
-                Ok(Some(Ok(frame))) => first = Some(frame),
-                Ok(None) => {}
+            let failed = match AssertUnwindSafe(next_frame(&mut body)).catch_unwind().await {
+                Ok(Some(Ok(frame))) => {
+                    first = Some(frame);
+                    false
+                }
+                Ok(None) => false,
                 Ok(Some(Err(error))) => {
                     let error: BoxError = error.into();
                     tracing::warn!(%error, "response body failed");
-                    return Box::pin(failed_before_head(
-                        guard,
-                        extension,
-                        marker,
-                        max_outcome,
-                        head,
-                    ))
-                    .await;
+                    true
                 }
                 Err(_) => {
                     tracing::warn!("response body panicked");
-                    return Box::pin(failed_before_head(
-                        guard,
-                        extension,
-                        marker,
-                        max_outcome,
-                        head,
-                    ))
-                    .await;
+                    true
                 }
+            };
+            if failed {
+                return Box::pin(failed_before_head(
+                    guard,
+                    extension,
+                    marker,
+                    max_outcome,
+                    head,
+                ))
+                .await;
             }
         }
         let whole = match &first {
