@@ -306,15 +306,49 @@ impl<'a> Cursor<'a> {
     /// The rest of a JSON string up to its closing quote, when it holds no escape or control
     /// character (one pass).
     fn plain_string(&mut self) -> Option<&'a [u8]> {
-        let len = self
-            .0
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        if self.0[len] != b'"' {
+        let mut len = plain_ascii_run(self.0);
+        if self.0.get(len).is_some_and(|&b| b >= 0x80) {
+            // Not ASCII (`from_utf8` checks it afterwards): the rest a byte at a time.
+            len += self.0.get(len..)?.iter().position(|&b| is_string_stop(b))?;
+        }
+        if self.0.get(len) != Some(&b'"') {
             return None;
         }
         self.take(len)
     }
+}
+
+/// What ends the plain part of a JSON string: its closing quote, an escape, or a control
+/// character (which JSON requires escaped).
+fn is_string_stop(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+/// The length of the run of ASCII bytes `bytes` starts with that are not [`is_string_stop`],
+/// eight bytes at a time (a byte at a time, a content type such as `application/json` cost
+/// ~175 instructions per replay; `cargo xtask instructions`).
+fn plain_ascii_run(bytes: &[u8]) -> usize {
+    let mut done = 0;
+    let mut rest = bytes;
+    while let Some(chunk) = rest.first_chunk::<8>() {
+        let word = u64::from_le_bytes(*chunk);
+        // Per byte, 0x80 where it stops the run. `at_least` is exact per byte here: with the
+        // high bits set first, no subtraction borrows across bytes.
+        let stop = (!at_least(word ^ (ONES * u64::from(b'"')), 1)
+            | !at_least(word ^ (ONES * u64::from(b'\\')), 1)
+            | !at_least(word, 0x20)
+            | word)
+            & HIGHS;
+        if stop != 0 {
+            return done + (stop.trailing_zeros() / 8) as usize;
+        }
+        done += 8;
+        rest = &rest[8..];
+    }
+    done + rest
+        .iter()
+        .position(|&b| b >= 0x80 || is_string_stop(b))
+        .unwrap_or(rest.len())
 }
 
 /// The exact layout [`encode`] writes, read without a JSON parser (records are decoded on every
@@ -577,6 +611,46 @@ mod tests {
     fn decoder_accepts_reordered_and_unknown_fields() {
         let text = r#"{"f":"0101010101010101010101010101010101010101010101010101010101010101","x":[1],"c":3,"t":"07070707070707070707070707070707","s":"p","v":1}"#;
         assert!(matches!(decode(text.as_bytes()), Ok(Record::InProgress(_))));
+    }
+
+    #[test]
+    fn plain_ascii_run_matches_a_byte_at_a_time_scan() {
+        let reference = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .position(|&b| b >= 0x80 || is_string_stop(b))
+                .unwrap_or(bytes.len())
+        };
+        // Every byte value at every position of runs up to 20 bytes long (across two words and
+        // the byte-at-a-time tail), after plain filler.
+        for len in 0..=20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    assert_eq!(plain_ascii_run(&bytes), reference(&bytes), "{bytes:?}");
+                    // A stop byte after it must not change the answer.
+                    bytes.push(b'"');
+                    assert_eq!(plain_ascii_run(&bytes), reference(&bytes), "{bytes:?}");
+                }
+            }
+        }
+        // Two stop candidates in one word: the first one counts.
+        assert_eq!(plain_ascii_run(b"ab\\c\"defgh"), 2);
+        assert_eq!(plain_ascii_run(b"abc\x01\"efghij"), 3);
+        assert_eq!(plain_ascii_run("ab\u{e9}\"cdefgh".as_bytes()), 2);
+    }
+
+    #[test]
+    fn plain_strings_with_non_ascii_text_are_read_to_their_quote() {
+        let mut r = Cursor("t\u{e9}xt/\u{fc}ber\"rest".as_bytes());
+        assert_eq!(r.plain_string(), Some("t\u{e9}xt/\u{fc}ber".as_bytes()));
+        assert_eq!(r.0, b"\"rest");
+        let mut r = Cursor("application/json\"".as_bytes());
+        assert_eq!(r.plain_string(), Some(&b"application/json"[..]));
+        for refused in ["abc", "a\\\"b\"", "t\u{e9}\u{1}\"", "application/json"] {
+            assert_eq!(Cursor(refused.as_bytes()).plain_string(), None, "{refused}");
+        }
     }
 
     #[test]
