@@ -320,7 +320,7 @@ impl Shared {
 
     fn sweep(&self, now: u64) -> usize {
         let mut removed = 0;
-        self.map.retain(|_, entry| {
+        self.map.retain(|entry| {
             let keep = entry.live(now);
             if !keep {
                 removed += 1;
@@ -347,7 +347,7 @@ impl Shared {
         let mut completed: Vec<(u64, StoreKey)> = Vec::new();
         self.map.for_each(|key, e| {
             if matches!(e.record, Record::Completed(_)) {
-                completed.push((e.expires_at_ms, key.clone()));
+                completed.push((e.expires_at_ms, key.to_store_key()));
             }
         });
         let over_entries =
@@ -395,7 +395,7 @@ impl Shared {
             if matches!(e.record, Record::Completed(_))
                 && oldest.as_ref().is_none_or(|(at, _)| e.expires_at_ms < *at)
             {
-                oldest = Some((e.expires_at_ms, key.clone()));
+                oldest = Some((e.expires_at_ms, key.to_store_key()));
             }
         });
         let Some((_, key)) = oldest else {
