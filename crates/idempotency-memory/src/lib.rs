@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, Waited, async_trait,
+    StoreKey, StoredOutcome, Waited, async_trait,
 };
 use map::{Entry as MapEntry, Map};
 
@@ -101,7 +101,11 @@ struct Shared {
 
 #[derive(Debug)]
 struct Entry {
+    /// A completed record's content type is not in here (`None`) but in `content_type`.
     record: Record,
+    /// The content type of a completed record, shared with the other records of the same type
+    /// completed on this thread before (see [`shared_content_type`]).
+    content_type: Option<Arc<str>>,
     expires_at_ms: u64,
     size: usize,
 }
@@ -111,8 +115,59 @@ impl Entry {
         let size = ENTRY_OVERHEAD + key.as_str().len() + record.approximate_size();
         Self {
             record,
+            content_type: None,
             expires_at_ms,
             size,
+        }
+    }
+
+    /// The entry of a completion: `record` without its content type, which is held shared.
+    /// No allocation when the content type is the one this thread stored last (the common
+    /// case: a service answers with a few content types), instead of one copy per record.
+    fn completed(key: &StoreKey, record: &Completed, expires_at_ms: u64) -> Self {
+        let size = ENTRY_OVERHEAD
+            + key.as_str().len()
+            + std::mem::size_of::<Record>()
+            + record.outcome.body.len()
+            + record.outcome.content_type.as_ref().map_or(0, String::len);
+        let stripped = Completed {
+            token: record.token,
+            fingerprint: record.fingerprint,
+            created_at_ms: record.created_at_ms,
+            completed_at_ms: record.completed_at_ms,
+            outcome: StoredOutcome {
+                body: record.outcome.body.clone(),
+                content_type: None,
+                encoding: record.outcome.encoding,
+            },
+        };
+        Self {
+            record: Record::Completed(stripped),
+            content_type: record
+                .outcome
+                .content_type
+                .as_deref()
+                .map(shared_content_type),
+            expires_at_ms,
+            size,
+        }
+    }
+
+    /// The record as stored (a completed one with its content type).
+    fn to_record(&self) -> Record {
+        match (&self.record, &self.content_type) {
+            (Record::Completed(done), Some(content_type)) => Record::Completed(Completed {
+                token: done.token,
+                fingerprint: done.fingerprint,
+                created_at_ms: done.created_at_ms,
+                completed_at_ms: done.completed_at_ms,
+                outcome: StoredOutcome {
+                    body: done.outcome.body.clone(),
+                    content_type: Some(String::from(&**content_type)),
+                    encoding: done.outcome.encoding,
+                },
+            }),
+            (record, _) => record.clone(),
         }
     }
 
@@ -129,6 +184,24 @@ impl Entry {
     fn held_by(&self, token: &LeaseToken, now: u64) -> bool {
         self.live(now) && matches!(&self.record, Record::InProgress(r) if r.token == *token)
     }
+}
+
+/// `content_type` as an `Arc` shared with the last one this thread made, when equal.
+fn shared_content_type(content_type: &str) -> Arc<str> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(shared) if **shared == *content_type => Arc::clone(shared),
+            _ => {
+                let shared = Arc::<str>::from(content_type);
+                *last = Some(Arc::clone(&shared));
+                shared
+            }
+        }
+    })
 }
 
 /// What a claim's insert found under the key.
@@ -451,7 +524,7 @@ impl IdempotencyStore for MemoryStore {
                 MapEntry::Occupied(mut occupied) => {
                     let held = occupied.get_mut();
                     if held.live(now) {
-                        return Inserted::Held(held.record.clone());
+                        return Inserted::Held(held.to_record());
                     }
                     if !made_room && shared.is_full(size) {
                         displaced = true;
@@ -518,11 +591,8 @@ impl IdempotencyStore for MemoryStore {
         }
         match &entry.record {
             Record::InProgress(r) if r.token == *token => {
-                let replacement = Entry::new(
-                    key,
-                    Record::Completed(record.clone()),
-                    now.saturating_add(millis(retention)),
-                );
+                let replacement =
+                    Entry::completed(key, record, now.saturating_add(millis(retention)));
                 shared.account_resize(entry.size, replacement.size);
                 *entry = replacement;
                 // Release the shard lock before waking, so woken waiters can read at once.
@@ -572,7 +642,7 @@ impl IdempotencyStore for MemoryStore {
         Ok(map
             .get(key, map.hash(key))
             .filter(|e| e.live(now))
-            .map(|e| e.record.clone()))
+            .map(|e| e.to_record()))
     }
 
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
@@ -646,5 +716,95 @@ mod tests {
         };
         let entry = Entry::new(&key, Record::InProgress(record), 5);
         assert_eq!(Entry::claim_size(&key), entry.size);
+    }
+
+    fn completed(content_type: Option<&str>, body: &'static str) -> Completed {
+        Completed {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::of("x"),
+            created_at_ms: 1,
+            completed_at_ms: 2,
+            outcome: StoredOutcome::new(body, content_type.map(str::to_owned)),
+        }
+    }
+
+    #[test]
+    fn a_completed_entry_keeps_the_record_and_its_size() {
+        let key = StoreKey::from_raw("idem:scope:some-key");
+        for content_type in [None, Some(""), Some("application/json")] {
+            let record = completed(content_type, "{\"id\":1}");
+            let entry = Entry::completed(&key, &record, 5);
+            let whole = Entry::new(&key, Record::Completed(record.clone()), 5);
+            assert_eq!(entry.size, whole.size, "{content_type:?}");
+            assert_eq!(
+                entry.to_record(),
+                Record::Completed(record),
+                "{content_type:?}"
+            );
+            assert!(!entry.held_by(&LeaseToken::generate(), 0));
+        }
+    }
+
+    #[test]
+    fn equal_content_types_are_shared_and_different_ones_are_not() {
+        let key = StoreKey::from_raw("idem:scope:k");
+        let json = |n| Entry::completed(&key, &completed(Some("application/json"), n), 5);
+        let (a, b) = (json("1"), json("2"));
+        let shared = |e: &Entry| e.content_type.clone().expect("a content type");
+        assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));
+        let text = Entry::completed(&key, &completed(Some("text/plain"), "3"), 5);
+        assert_eq!(&*shared(&text), "text/plain");
+        assert!(!Arc::ptr_eq(&shared(&a), &shared(&text)));
+        // After another type, the first one is still answered exactly.
+        let c = json("4");
+        assert_eq!(&*shared(&c), "application/json");
+        for (entry, body, content_type) in [
+            (&a, "1", "application/json"),
+            (&b, "2", "application/json"),
+            (&text, "3", "text/plain"),
+            (&c, "4", "application/json"),
+        ] {
+            let Record::Completed(done) = entry.to_record() else {
+                panic!("completed");
+            };
+            assert_eq!(done.outcome.body, body.as_bytes());
+            assert_eq!(done.outcome.content_type.as_deref(), Some(content_type));
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_and_reads_answer_the_stored_content_type() {
+        let store = MemoryStore::new();
+        for (n, content_type) in [Some("application/json"), None, Some("text/plain")]
+            .into_iter()
+            .enumerate()
+        {
+            let key = StoreKey::from_raw(format!("idem:scope:{n}"));
+            let claim = InProgress {
+                token: LeaseToken::generate(),
+                fingerprint: Fingerprint::of("x"),
+                created_at_ms: 1,
+            };
+            let lease = Duration::from_secs(60);
+            assert_eq!(
+                store.try_claim(&key, &claim, lease).await.unwrap(),
+                Claim::Claimed
+            );
+            let mut done = completed(content_type, "body");
+            done.token = claim.token;
+            let retention = Duration::from_secs(600);
+            let fenced = store.complete(&key, &claim.token, &done, retention).await;
+            assert_eq!(fenced.unwrap(), Fenced::Applied);
+            let stored = Record::Completed(done);
+            assert_eq!(store.get(&key).await.unwrap(), Some(stored.clone()));
+            let again = InProgress {
+                token: LeaseToken::generate(),
+                ..claim
+            };
+            assert_eq!(
+                store.try_claim(&key, &again, lease).await.unwrap(),
+                Claim::Existing(stored)
+            );
+        }
     }
 }
