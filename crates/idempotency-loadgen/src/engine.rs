@@ -10,17 +10,15 @@ use idempotency_core::{
 use idempotency_memory::MemoryStore;
 
 use crate::load::Worker;
-use crate::scenario::{LEASE, RETENTION, Scenario, fingerprint, numbered, outcome, scope};
+use crate::scenario::{Keys, LEASE, RETENTION, Scenario, fingerprint, outcome, scope};
 
 /// `Idempotency::begin` and, on a fresh key, `guard.complete`.
 pub(crate) struct EngineWorker<S: IdempotencyStore + 'static> {
     engine: Idempotency<S>,
     scenario: Scenario,
     scope: Scope,
-    prefix: String,
-    n: u64,
-    /// The key text of the operation under way (reused).
-    buf: String,
+    /// A distinct key per fresh operation: `prefix` and a counter.
+    keys: Keys,
     fixed: IdempotencyKey,
     fingerprint: Fingerprint,
     outcome: StoredOutcome,
@@ -37,9 +35,7 @@ impl<S: IdempotencyStore + 'static> EngineWorker<S> {
             engine,
             scenario,
             scope: scope(),
-            prefix,
-            n: 0,
-            buf: String::new(),
+            keys: Keys::new(&prefix),
             fixed,
             fingerprint: fingerprint(),
             outcome: outcome(),
@@ -51,8 +47,7 @@ impl<S: IdempotencyStore + 'static> Worker for EngineWorker<S> {
     async fn op(&mut self) -> Result<()> {
         match self.scenario {
             Scenario::Fresh => {
-                let key = IdempotencyKey::new(numbered(&mut self.buf, &self.prefix, self.n))?;
-                self.n += 1;
+                let key = IdempotencyKey::new(self.keys.next_key())?;
                 match self
                     .engine
                     .begin(&self.scope, &key, self.fingerprint)
@@ -112,9 +107,7 @@ pub(crate) async fn prepare<S: IdempotencyStore + 'static>(
 pub(crate) struct MemoryStoreWorker {
     store: MemoryStore,
     scenario: Scenario,
-    prefix: String,
-    n: u64,
-    buf: String,
+    keys: Keys,
     fixed: StoreKey,
     fingerprint: Fingerprint,
     outcome: StoredOutcome,
@@ -125,9 +118,7 @@ impl MemoryStoreWorker {
         Self {
             store,
             scenario,
-            prefix,
-            n: 0,
-            buf: String::new(),
+            keys: Keys::new(&prefix),
             fixed: StoreKey::from_raw(fixed),
             fingerprint: fingerprint(),
             outcome: outcome(),
@@ -148,8 +139,7 @@ impl Worker for MemoryStoreWorker {
         let claim = self.claim();
         match self.scenario {
             Scenario::Fresh => {
-                let key = StoreKey::from_raw(numbered(&mut self.buf, &self.prefix, self.n));
-                self.n += 1;
+                let key = StoreKey::from_raw(self.keys.next_key());
                 if self.store.try_claim(&key, &claim, LEASE).await? != Claim::Claimed {
                     bail!("a fresh key was held");
                 }

@@ -35,6 +35,11 @@
 //! evicted key would run again, so size the bound for your retention. In-progress records are
 //! never evicted; when nothing else is left, claims fail with [`StoreError::Full`].
 //!
+//! What a record really takes: one allocation of 208 bytes (the record, and its store key when
+//! the key is at most 62 bytes; a longer key is a second allocation), the outcome's body
+//! (shared with the caller's `Bytes`), and a 16-byte slot in the map. A completed record's
+//! content type is shared with the records completed before it on the same thread when equal.
+//!
 //! # Waiting duplicates are woken
 //! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits on a
 //! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the
@@ -61,8 +66,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, Waited, async_trait,
+    Bytes, Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken,
+    OutcomeEncoding, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
 };
 use map::{Entry as MapEntry, Map};
 
@@ -101,23 +106,98 @@ struct Shared {
 
 #[derive(Debug)]
 struct Entry {
-    record: Record,
+    record: Held,
     expires_at_ms: u64,
     size: usize,
 }
 
+/// A record as the map holds it: a [`Record`] whose completed outcome keeps its content type
+/// shared (see [`shared_content_type`]) and drops the `Record`'s unused `String` slot. A node
+/// is then 208 bytes instead of 240 (`Node` with its key inline): fewer fresh pages touched per
+/// record as a store fills (page faults were ~20 % of a fresh operation's CPU time).
+#[derive(Debug)]
+enum Held {
+    InProgress(InProgress),
+    Completed(HeldCompleted),
+}
+
+/// The fields of a [`Completed`] record, its outcome's flattened in.
+#[derive(Debug)]
+struct HeldCompleted {
+    token: LeaseToken,
+    fingerprint: Fingerprint,
+    created_at_ms: u64,
+    completed_at_ms: u64,
+    body: Bytes,
+    content_type: Option<Arc<str>>,
+    encoding: OutcomeEncoding,
+}
+
+impl Held {
+    fn is_completed(&self) -> bool {
+        matches!(self, Held::Completed(_))
+    }
+
+    /// The record as stored.
+    fn to_record(&self) -> Record {
+        match self {
+            Held::InProgress(claim) => Record::InProgress(claim.clone()),
+            Held::Completed(done) => Record::Completed(Completed {
+                token: done.token,
+                fingerprint: done.fingerprint,
+                created_at_ms: done.created_at_ms,
+                completed_at_ms: done.completed_at_ms,
+                outcome: StoredOutcome {
+                    body: done.body.clone(),
+                    content_type: done.content_type.as_deref().map(String::from),
+                    encoding: done.encoding,
+                },
+            }),
+        }
+    }
+}
+
 impl Entry {
-    fn new(key: &StoreKey, record: Record, expires_at_ms: u64) -> Self {
-        let size = ENTRY_OVERHEAD + key.as_str().len() + record.approximate_size();
+    /// The entry of a claim.
+    fn claim(key: &StoreKey, record: &InProgress, expires_at_ms: u64) -> Self {
         Self {
-            record,
+            record: Held::InProgress(record.clone()),
+            expires_at_ms,
+            size: Self::claim_size(key),
+        }
+    }
+
+    /// The entry of a completion, its size counted as [`Record::approximate_size`] counts
+    /// it. No allocation for the content type when it is the one this thread stored last (the
+    /// common case: a service answers with a few content types), instead of a copy per record.
+    fn completed(key: &StoreKey, record: &Completed, expires_at_ms: u64) -> Self {
+        let outcome = &record.outcome;
+        let size = ENTRY_OVERHEAD
+            + key.as_str().len()
+            + std::mem::size_of::<Record>()
+            + outcome.body.len()
+            + outcome.content_type.as_ref().map_or(0, String::len);
+        Self {
+            record: Held::Completed(HeldCompleted {
+                token: record.token,
+                fingerprint: record.fingerprint,
+                created_at_ms: record.created_at_ms,
+                completed_at_ms: record.completed_at_ms,
+                body: outcome.body.clone(),
+                content_type: outcome.content_type.as_deref().map(shared_content_type),
+                encoding: outcome.encoding,
+            }),
             expires_at_ms,
             size,
         }
     }
 
-    /// The `size` of [`Entry::new`] for an in-progress record under `key` (known before the
-    /// record is built, for the capacity check).
+    fn to_record(&self) -> Record {
+        self.record.to_record()
+    }
+
+    /// The `size` of [`Entry::claim`] under `key`, as [`Record::approximate_size`] counts an
+    /// in-progress record (known before the entry is built, for the capacity check).
     fn claim_size(key: &StoreKey) -> usize {
         ENTRY_OVERHEAD + key.as_str().len() + std::mem::size_of::<Record>()
     }
@@ -127,8 +207,26 @@ impl Entry {
     }
 
     fn held_by(&self, token: &LeaseToken, now: u64) -> bool {
-        self.live(now) && matches!(&self.record, Record::InProgress(r) if r.token == *token)
+        self.live(now) && matches!(&self.record, Held::InProgress(r) if r.token == *token)
     }
+}
+
+/// `content_type` as an `Arc` shared with the last one this thread made, when equal.
+fn shared_content_type(content_type: &str) -> Arc<str> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(shared) if **shared == *content_type => Arc::clone(shared),
+            _ => {
+                let shared = Arc::<str>::from(content_type);
+                *last = Some(Arc::clone(&shared));
+                shared
+            }
+        }
+    })
 }
 
 /// What a claim's insert found under the key.
@@ -320,7 +418,7 @@ impl Shared {
 
     fn sweep(&self, now: u64) -> usize {
         let mut removed = 0;
-        self.map.retain(|_, entry| {
+        self.map.retain(|entry| {
             let keep = entry.live(now);
             if !keep {
                 removed += 1;
@@ -346,8 +444,8 @@ impl Shared {
         // amortised over many claims.
         let mut completed: Vec<(u64, StoreKey)> = Vec::new();
         self.map.for_each(|key, e| {
-            if matches!(e.record, Record::Completed(_)) {
-                completed.push((e.expires_at_ms, key.clone()));
+            if e.record.is_completed() {
+                completed.push((e.expires_at_ms, key.to_store_key()));
             }
         });
         let over_entries =
@@ -363,7 +461,7 @@ impl Shared {
         let mut evicted = 0u64;
         for (expires_at_ms, key) in completed.into_iter().take(batch) {
             let removed = self.map.remove_if(&key, self.map.hash(&key), |e| {
-                e.expires_at_ms == expires_at_ms && matches!(e.record, Record::Completed(_))
+                e.expires_at_ms == expires_at_ms && e.record.is_completed()
             });
             if let Some(entry) = removed {
                 self.account_remove(entry.size);
@@ -392,18 +490,19 @@ impl Shared {
     fn evict_oldest_completed(&self) -> Eviction {
         let mut oldest: Option<(u64, StoreKey)> = None;
         self.map.for_each(|key, e| {
-            if matches!(e.record, Record::Completed(_))
+            if e.record.is_completed()
                 && oldest.as_ref().is_none_or(|(at, _)| e.expires_at_ms < *at)
             {
-                oldest = Some((e.expires_at_ms, key.clone()));
+                oldest = Some((e.expires_at_ms, key.to_store_key()));
             }
         });
         let Some((_, key)) = oldest else {
             return Eviction::NothingToEvict;
         };
-        match self.map.remove_if(&key, self.map.hash(&key), |e| {
-            matches!(e.record, Record::Completed(_))
-        }) {
+        match self
+            .map
+            .remove_if(&key, self.map.hash(&key), |e| e.record.is_completed())
+        {
             Some(entry) => {
                 self.account_remove(entry.size);
                 Eviction::Evicted
@@ -434,7 +533,7 @@ impl IdempotencyStore for MemoryStore {
         shared.maybe_sweep(now);
         let expires_at_ms = now.saturating_add(millis(lease));
         // Built only when it goes in (a refused claim builds nothing).
-        let fresh = || Entry::new(key, Record::InProgress(record.clone()), expires_at_ms);
+        let fresh = || Entry::claim(key, record, expires_at_ms);
         let size = Entry::claim_size(key);
         // One hash for the look-up, the insert and the shard.
         let hash = shared.map.hash(key);
@@ -451,7 +550,7 @@ impl IdempotencyStore for MemoryStore {
                 MapEntry::Occupied(mut occupied) => {
                     let held = occupied.get_mut();
                     if held.live(now) {
-                        return Inserted::Held(held.record.clone());
+                        return Inserted::Held(held.to_record());
                     }
                     if !made_room && shared.is_full(size) {
                         displaced = true;
@@ -517,12 +616,9 @@ impl IdempotencyStore for MemoryStore {
             return Ok(Fenced::LeaseLost);
         }
         match &entry.record {
-            Record::InProgress(r) if r.token == *token => {
-                let replacement = Entry::new(
-                    key,
-                    Record::Completed(record.clone()),
-                    now.saturating_add(millis(retention)),
-                );
+            Held::InProgress(r) if r.token == *token => {
+                let replacement =
+                    Entry::completed(key, record, now.saturating_add(millis(retention)));
                 shared.account_resize(entry.size, replacement.size);
                 *entry = replacement;
                 // Release the shard lock before waking, so woken waiters can read at once.
@@ -531,7 +627,7 @@ impl IdempotencyStore for MemoryStore {
                 Ok(Fenced::Applied)
             }
             // A retried completion whose first reply was lost.
-            Record::Completed(r) if r.token == *token => Ok(Fenced::Applied),
+            Held::Completed(r) if r.token == *token => Ok(Fenced::Applied),
             _ => Ok(Fenced::LeaseLost),
         }
     }
@@ -572,7 +668,7 @@ impl IdempotencyStore for MemoryStore {
         Ok(map
             .get(key, map.hash(key))
             .filter(|e| e.live(now))
-            .map(|e| e.record.clone()))
+            .map(|e| e.to_record()))
     }
 
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
@@ -632,7 +728,6 @@ use idempotency_core::expiry_millis as millis;
 
 #[cfg(test)]
 mod tests {
-    use idempotency_core::{Fingerprint, InProgress};
 
     use super::*;
 
@@ -644,7 +739,119 @@ mod tests {
             fingerprint: Fingerprint::of("x"),
             created_at_ms: 1,
         };
-        let entry = Entry::new(&key, Record::InProgress(record), 5);
+        let entry = Entry::claim(&key, &record, 5);
         assert_eq!(Entry::claim_size(&key), entry.size);
+        let counted = Record::InProgress(record.clone()).approximate_size();
+        assert_eq!(entry.size, ENTRY_OVERHEAD + key.as_str().len() + counted);
+        assert_eq!(entry.to_record(), Record::InProgress(record.clone()));
+        assert!(entry.held_by(&record.token, 4));
+        assert!(!entry.held_by(&record.token, 5), "expired");
+        assert!(!entry.held_by(&LeaseToken::generate(), 4));
+    }
+
+    fn completed(content_type: Option<&str>, body: &'static str) -> Completed {
+        Completed {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::of("x"),
+            created_at_ms: 1,
+            completed_at_ms: 2,
+            outcome: StoredOutcome::new(body, content_type.map(str::to_owned)),
+        }
+    }
+
+    #[test]
+    fn a_node_holds_a_record_in_208_bytes() {
+        // What a fresh record costs in fresh memory (with a key of up to 62 bytes inline):
+        // kept from growing by accident.
+        assert_eq!(std::mem::size_of::<Held>(), 120);
+        assert_eq!(std::mem::size_of::<Entry>(), 136);
+    }
+
+    #[test]
+    fn a_completed_entry_keeps_the_record_and_its_size() {
+        let key = StoreKey::from_raw("idem:scope:some-key");
+        for content_type in [None, Some(""), Some("application/json")] {
+            let record = completed(content_type, "{\"id\":1}");
+            let entry = Entry::completed(&key, &record, 5);
+            let counted = Record::Completed(record.clone()).approximate_size();
+            assert_eq!(
+                entry.size,
+                ENTRY_OVERHEAD + key.as_str().len() + counted,
+                "{content_type:?}"
+            );
+            assert!(entry.record.is_completed());
+            assert_eq!(
+                entry.to_record(),
+                Record::Completed(record),
+                "{content_type:?}"
+            );
+            assert!(!entry.held_by(&LeaseToken::generate(), 0));
+        }
+    }
+
+    #[test]
+    fn equal_content_types_are_shared_and_different_ones_are_not() {
+        let key = StoreKey::from_raw("idem:scope:k");
+        let json = |n| Entry::completed(&key, &completed(Some("application/json"), n), 5);
+        let (a, b) = (json("1"), json("2"));
+        let shared = |e: &Entry| match &e.record {
+            Held::Completed(done) => done.content_type.clone().expect("a content type"),
+            Held::InProgress(_) => panic!("completed"),
+        };
+        assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));
+        let text = Entry::completed(&key, &completed(Some("text/plain"), "3"), 5);
+        assert_eq!(&*shared(&text), "text/plain");
+        assert!(!Arc::ptr_eq(&shared(&a), &shared(&text)));
+        // After another type, the first one is still answered exactly.
+        let c = json("4");
+        assert_eq!(&*shared(&c), "application/json");
+        for (entry, body, content_type) in [
+            (&a, "1", "application/json"),
+            (&b, "2", "application/json"),
+            (&text, "3", "text/plain"),
+            (&c, "4", "application/json"),
+        ] {
+            let Record::Completed(done) = entry.to_record() else {
+                panic!("completed");
+            };
+            assert_eq!(done.outcome.body, body.as_bytes());
+            assert_eq!(done.outcome.content_type.as_deref(), Some(content_type));
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_and_reads_answer_the_stored_content_type() {
+        let store = MemoryStore::new();
+        for (n, content_type) in [Some("application/json"), None, Some("text/plain")]
+            .into_iter()
+            .enumerate()
+        {
+            let key = StoreKey::from_raw(format!("idem:scope:{n}"));
+            let claim = InProgress {
+                token: LeaseToken::generate(),
+                fingerprint: Fingerprint::of("x"),
+                created_at_ms: 1,
+            };
+            let lease = Duration::from_secs(60);
+            assert_eq!(
+                store.try_claim(&key, &claim, lease).await.unwrap(),
+                Claim::Claimed
+            );
+            let mut done = completed(content_type, "body");
+            done.token = claim.token;
+            let retention = Duration::from_secs(600);
+            let fenced = store.complete(&key, &claim.token, &done, retention).await;
+            assert_eq!(fenced.unwrap(), Fenced::Applied);
+            let stored = Record::Completed(done);
+            assert_eq!(store.get(&key).await.unwrap(), Some(stored.clone()));
+            let again = InProgress {
+                token: LeaseToken::generate(),
+                ..claim
+            };
+            assert_eq!(
+                store.try_claim(&key, &again, lease).await.unwrap(),
+                Claim::Existing(stored)
+            );
+        }
     }
 }

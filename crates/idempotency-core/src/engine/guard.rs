@@ -163,7 +163,9 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
     ///   failed in a way retrying cannot fix); the outcome is not stored and the claim lapses
     ///   after its lease, after which a retry runs the operation again.
     pub async fn complete(mut self, outcome: StoredOutcome) -> Result<(), IdempotencyError> {
-        let engine = self.engine.clone();
+        // Borrowed, not cloned: the guard owns its engine for the whole call (a clone was two
+        // atomic read-modify-writes on the engine's shared count per completion).
+        let engine = &self.engine;
         let background = &engine.inner.background;
         let State::Claimed(claim, phase @ Phase::Running) = &mut self.state else {
             // Unprotected (or already ended): nothing to store.
@@ -183,7 +185,7 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             let size = outcome.body.len();
             tracing::warn!(size, max, "outcome too large to store; releasing the claim");
             if let Some(claim) = self.take_claim() {
-                let _ = engine.release_claim(claim).await;
+                let _ = self.engine.release_claim(claim).await;
             }
             return Err(IdempotencyError::OutcomeTooLarge { size, max });
         }

@@ -54,8 +54,8 @@ pub mod names {
 mod keys {
     use metrics::{Key, Label, Metadata};
 
-    use super::names;
     use crate::StoreOperation;
+    use crate::engine::stats::names;
 
     /// What the macros register with (`target` and module of the engine).
     pub(super) static METADATA: Metadata<'static> =
