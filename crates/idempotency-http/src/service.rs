@@ -176,7 +176,12 @@ where
         Err(answer) => return Ok(problem(answer)),
     };
     let fingerprint = fingerprint(&parts, &body, &settings);
-    let guard = match engine.begin(&scope, &key, fingerprint).await {
+    // Boxed: the engine's claim (~1 KB of future state) would otherwise sit inline in this
+    // future, which `call` boxes per request; two boxes under glibc's per-thread cache limit
+    // (1032 bytes) are reused request after request, one box over it goes through the shared
+    // bins, which a memory store growing by thousands of records a second fragments (issue 15:
+    // `_int_malloc`, `malloc_consolidate` and page faults in the fresh path's profile).
+    let guard = match Box::pin(engine.begin(&scope, &key, fingerprint)).await {
         Ok(Begin::Run(guard)) => guard,
         Ok(Begin::Replay(outcome)) => return Ok(replay(outcome, &parts.headers)),
         Err(error) => return Ok(problem(Problem::from_engine(&error))),

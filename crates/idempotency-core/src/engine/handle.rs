@@ -224,7 +224,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
             match first {
                 Poll::Ready(result) => result,
-                Poll::Pending => match tokio::time::timeout(after, call).await {
+                // Boxed: the timer stays out of every caller's future (embedded stores answer
+                // on the first poll and never get here).
+                Poll::Pending => match Box::pin(tokio::time::timeout(after, call)).await {
                     Ok(result) => result,
                     Err(_) => Err(StoreError::Timeout { operation, after }),
                 },
