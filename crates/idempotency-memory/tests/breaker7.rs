@@ -480,3 +480,83 @@ async fn breaker7_waiting_duplicates_are_woken_for_mixed_length_keys() {
     assert_eq!(woken, 32 * 25 * 3);
     assert_eq!(store.waited_keys(), 0);
 }
+
+/// A completion run from a thread-local's destructor (a worker's per-thread state flushed at
+/// thread exit) after the store's own thread-local (the shared content type) was destroyed:
+/// it must store the record, not panic ("cannot access a Thread Local Storage value during or
+/// after destruction": a panic in a destructor aborts the process).
+#[test]
+fn breaker7_completion_from_a_thread_local_destructor_does_not_panic() {
+    struct FlushOnExit {
+        store: MemoryStore,
+        key: StoreKey,
+        claim: InProgress,
+        done: std::sync::mpsc::Sender<std::thread::Result<Fenced>>,
+    }
+    impl Drop for FlushOnExit {
+        fn drop(&mut self) {
+            let record = completed_record(&self.claim, 2, b"late".to_vec(), Some("text/x".into()));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                futures::executor::block_on(self.store.complete(
+                    &self.key,
+                    &self.claim.token,
+                    &record,
+                    Duration::from_secs(600),
+                ))
+                .unwrap()
+            }));
+            let _ = self.done.send(outcome);
+        }
+    }
+    thread_local! {
+        static FLUSH: std::cell::RefCell<Option<FlushOnExit>> = const { std::cell::RefCell::new(None) };
+    }
+    let store = MemoryStore::new();
+    let key = StoreKey::from_raw("idem:scope:flushed-at-exit");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_store = store.clone();
+    let thread_key = key.clone();
+    std::thread::spawn(move || {
+        let store = thread_store;
+        let claim = claim_record(LeaseToken::generate(), 1);
+        let claimed = futures::executor::block_on(store.try_claim(
+            &thread_key,
+            &claim,
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+        assert_eq!(claimed, Claim::Claimed);
+        // Ours first (its destructor registered first, so run last)...
+        FLUSH.with(|flush| {
+            *flush.borrow_mut() = Some(FlushOnExit {
+                store: store.clone(),
+                key: thread_key.clone(),
+                claim: claim.clone(),
+                done: tx,
+            });
+        });
+        // ... then a completion on this thread (the store's thread-local comes to life).
+        let other = StoreKey::from_raw("idem:scope:other");
+        let claim = claim_record(LeaseToken::generate(), 1);
+        futures::executor::block_on(store.try_claim(&other, &claim, Duration::from_secs(60)))
+            .unwrap();
+        let record = completed_record(&claim, 2, b"x".to_vec(), Some("text/y".into()));
+        futures::executor::block_on(store.complete(
+            &other,
+            &claim.token,
+            &record,
+            Duration::from_secs(600),
+        ))
+        .unwrap();
+    })
+    .join()
+    .unwrap();
+    let outcome = rx.recv().unwrap();
+    assert!(matches!(outcome, Ok(Fenced::Applied)), "{outcome:?}");
+    let stored = futures::executor::block_on(store.get(&key)).unwrap();
+    let Some(Record::Completed(done)) = stored else {
+        panic!("{stored:?}");
+    };
+    assert_eq!(done.outcome.content_type.as_deref(), Some("text/x"));
+    assert_eq!(&done.outcome.body[..], b"late");
+}
