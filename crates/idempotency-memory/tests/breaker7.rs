@@ -560,3 +560,80 @@ fn breaker7_completion_from_a_thread_local_destructor_does_not_panic() {
     assert_eq!(done.outcome.content_type.as_deref(), Some("text/x"));
     assert_eq!(&done.outcome.body[..], b"late");
 }
+
+/// 32 tasks claiming, completing, releasing and deleting keys of mixed lengths (both sides of
+/// the inline bound, shared between tasks) under a small `max_entries` (evictions racing the
+/// writers): once quiet, the counts equal exactly what is present, no drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn breaker7_concurrent_writers_and_evictions_leave_no_accounting_drift() {
+    let store = MemoryStore::builder().max_entries(64).build();
+    let keys: Arc<Vec<StoreKey>> = Arc::new(
+        (0..160usize)
+            .map(|n| {
+                let len = [1usize, 30, 58, 59, 60, 61, 62, 63, 64, 90][n % 10];
+                let tail = format!(":{n}");
+                StoreKey::from_raw(format!(
+                    "{}{tail}",
+                    "c".repeat(len.saturating_sub(tail.len()))
+                ))
+            })
+            .collect(),
+    );
+    let mut tasks = Vec::new();
+    for task in 0..32u64 {
+        let store = store.clone();
+        let keys = Arc::clone(&keys);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng((task + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut applied = 0usize;
+            for _ in 0..400 {
+                let key = &keys[rng.below(keys.len())];
+                let claim = claim_record(LeaseToken::generate(), 1);
+                match store.try_claim(key, &claim, Duration::from_secs(60)).await {
+                    Ok(Claim::Claimed) => {}
+                    Ok(Claim::Existing(_)) | Err(StoreError::Full { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+                match rng.below(4) {
+                    0 => {
+                        store.release(key, &claim.token).await.unwrap();
+                    }
+                    1 => {
+                        store.delete(key).await.unwrap();
+                    }
+                    _ => {
+                        let ct =
+                            Some(format!("type/{}", rng.below(9))).filter(|_| rng.below(5) != 0);
+                        let done = completed_record(&claim, 2, vec![1; rng.below(200)], ct);
+                        let fenced = store
+                            .complete(key, &claim.token, &done, Duration::from_secs(600))
+                            .await
+                            .unwrap();
+                        applied += usize::from(fenced == Fenced::Applied);
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            applied
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        applied += task.await.unwrap();
+    }
+    assert!(applied > 100, "{applied}");
+    assert!(store.evictions() > 0);
+    let (mut present, mut bytes) = (0, 0);
+    for key in keys.iter() {
+        if let Some(record) = store.get(key).await.unwrap() {
+            present += 1;
+            bytes += counted(key, &record);
+        }
+    }
+    assert_eq!(store.len(), present);
+    assert_eq!(store.approximate_bytes(), bytes);
+    for key in keys.iter() {
+        store.delete(key).await.unwrap();
+    }
+    assert_eq!((store.len(), store.approximate_bytes()), (0, 0));
+}
