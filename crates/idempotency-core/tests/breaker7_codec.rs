@@ -187,3 +187,38 @@ proptest! {
         prop_assert_eq!(decode(encode(&record).as_bytes()).unwrap(), record);
     }
 }
+
+/// The fast path itself (feature `fuzzing`: `cargo test -p idempotency-core --features
+/// fuzzing --test breaker7_codec`): it takes every content type without escapes or control
+/// bytes, at every length and offset, and answers exactly what the general decoder does.
+#[cfg(feature = "fuzzing")]
+#[test]
+fn breaker7_fast_path_takes_plain_content_types_and_agrees_with_the_general_decoder() {
+    use idempotency_core::codec::fuzzing::{decode_canonical, decode_json};
+    let mut taken = 0;
+    for len in 0..=40usize {
+        for at in 0..=len {
+            for insert in ["", "\u{e9}", "\u{1f511}", "\x7f", " "] {
+                let mut ct = "a".repeat(len);
+                ct.insert_str(at, insert);
+                let text = canonical_with_raw_ct(ct.as_bytes());
+                let fast = decode_canonical(&text).expect("plain: the fast path takes it");
+                assert_eq!(fast, decode_json(&text).unwrap(), "{ct:?}");
+                taken += 1;
+            }
+        }
+        for special in SPECIAL {
+            let mut ct = vec![b'a'; len];
+            ct.extend_from_slice(special);
+            let text = canonical_with_raw_ct(&ct);
+            if let Some(fast) = decode_canonical(&text) {
+                assert_eq!(
+                    Ok(fast),
+                    decode_json(&text).map_err(|e| e.to_string()),
+                    "{ct:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(taken, (0..=40).map(|len| (len + 1) * 5).sum::<usize>());
+}
