@@ -211,12 +211,14 @@ impl Entry {
     }
 }
 
-/// `content_type` as an `Arc` shared with the last one this thread made, when equal.
+/// `content_type` as an `Arc` shared with the last one this thread made, when equal. A copy of
+/// its own when the thread-local is gone (a completion run from another thread-local's
+/// destructor at thread exit: `with` would panic there, and a panic in a destructor aborts).
 fn shared_content_type(content_type: &str) -> Arc<str> {
     thread_local! {
         static LAST: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
     }
-    LAST.with(|last| {
+    LAST.try_with(|last| {
         let mut last = last.borrow_mut();
         match &*last {
             Some(shared) if **shared == *content_type => Arc::clone(shared),
@@ -227,6 +229,7 @@ fn shared_content_type(content_type: &str) -> Arc<str> {
             }
         }
     })
+    .unwrap_or_else(|_| Arc::from(content_type))
 }
 
 /// What a claim's insert found under the key.

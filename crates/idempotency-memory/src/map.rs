@@ -518,4 +518,55 @@ mod tests {
         assert_eq!(map.shards.len(), 8);
         assert_eq!(Map::<()>::with_capacity_and_shards(0, 3).shards.len(), 4);
     }
+
+    /// breaker7: inline (at most 62 bytes) and boxed keys whose whole hash collides, equal up
+    /// to the inline length or differing only in their last byte, stay distinct through
+    /// inserts, look-ups, removals, `retain` and `for_each`.
+    #[test]
+    fn breaker7_inline_and_boxed_keys_with_the_same_hash_stay_distinct() {
+        const SAME: u64 = 0x0123_4567_89ab_cdef;
+        let base = "b".repeat(INLINE_KEY + 3);
+        let mut texts: Vec<String> = (0..=INLINE_KEY + 3)
+            .map(|len| base[..len].to_owned())
+            .collect();
+        for len in [INLINE_KEY - 1, INLINE_KEY, INLINE_KEY + 1, INLINE_KEY + 2] {
+            texts.push(format!("{}c", &base[..len - 1]));
+            // Multi-byte UTF-8 across the boundary.
+            texts.push(format!("{}\u{e9}", &base[..len - 1]));
+        }
+        texts.sort();
+        texts.dedup();
+        for shards in [1, 4] {
+            let map = Map::with_capacity_and_shards(0, shards);
+            for (n, text) in texts.iter().enumerate() {
+                let k = StoreKey::from_raw(text.as_str());
+                map.entry(&k, SAME, |entry| match entry {
+                    Entry::Vacant(vacant) => vacant.insert(n),
+                    Entry::Occupied(_) => panic!("{text:?} was held"),
+                });
+            }
+            for (n, text) in texts.iter().enumerate() {
+                let k = StoreKey::from_raw(text.as_str());
+                assert_eq!(map.get(&k, SAME).as_deref(), Some(&n), "{text:?}");
+            }
+            let mut seen = Vec::new();
+            map.for_each(|k, v| seen.push((k.to_store_key().as_str().to_owned(), *v)));
+            seen.sort_by_key(|(_, v)| *v);
+            let expected: Vec<_> = texts.iter().cloned().zip(0..).collect();
+            assert_eq!(seen, expected);
+            // Remove the boxed ones: the inline ones of the same prefix stay.
+            for (n, text) in texts.iter().enumerate() {
+                if text.len() > INLINE_KEY {
+                    let k = StoreKey::from_raw(text.as_str());
+                    assert_eq!(map.remove_if(&k, SAME, |_| true), Some(n), "{text:?}");
+                }
+            }
+            map.retain(|v| *v % 2 == 0);
+            for (n, text) in texts.iter().enumerate() {
+                let k = StoreKey::from_raw(text.as_str());
+                let expect = (text.len() <= INLINE_KEY && n % 2 == 0).then_some(n);
+                assert_eq!(map.get(&k, SAME).as_deref().copied(), expect, "{text:?}");
+            }
+        }
+    }
 }
