@@ -211,10 +211,20 @@ impl Entry {
     }
 }
 
+/// The longest content type (bytes) a thread keeps to share with its next completions; a
+/// longer one is a copy per record. Real content types are far shorter
+/// (`application/json; charset=utf-8` is 31 bytes).
+const SHARED_CONTENT_TYPE_MAX: usize = 128;
+
 /// `content_type` as an `Arc` shared with the last one this thread made, when equal. A copy of
 /// its own when the thread-local is gone (a completion run from another thread-local's
 /// destructor at thread exit: `with` would panic there, and a panic in a destructor aborts).
+/// Only types up to [`SHARED_CONTENT_TYPE_MAX`] bytes are kept by the thread: what a thread
+/// keeps after its records are gone stays that small (it is outside `max_bytes`).
 fn shared_content_type(content_type: &str) -> Arc<str> {
+    if content_type.len() > SHARED_CONTENT_TYPE_MAX {
+        return Arc::from(content_type);
+    }
     thread_local! {
         static LAST: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
     }
@@ -820,6 +830,25 @@ mod tests {
             assert_eq!(done.outcome.body, body.as_bytes());
             assert_eq!(done.outcome.content_type.as_deref(), Some(content_type));
         }
+    }
+
+    #[test]
+    fn long_content_types_are_copied_and_not_kept_by_the_thread() {
+        let long = "x".repeat(SHARED_CONTENT_TYPE_MAX + 1);
+        let at_limit = "y".repeat(SHARED_CONTENT_TYPE_MAX);
+        // Equal long types are separate copies: the thread keeps none of them.
+        let (a, b) = (shared_content_type(&long), shared_content_type(&long));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!((&*a, &*b), (long.as_str(), long.as_str()));
+        assert_eq!(Arc::strong_count(&a), 1);
+        // Up to the limit they are shared, and the thread holds one more reference.
+        let (c, d) = (
+            shared_content_type(&at_limit),
+            shared_content_type(&at_limit),
+        );
+        assert!(Arc::ptr_eq(&c, &d));
+        assert_eq!(Arc::strong_count(&c), 3);
+        assert_eq!(&*c, at_limit.as_str());
     }
 
     #[tokio::test]
