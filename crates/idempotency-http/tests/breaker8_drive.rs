@@ -556,3 +556,59 @@ async fn breaker8_64_duplicates_of_one_key_mixed_with_fresh_keys() {
     }
     assert_eq!(tasks_back_to(baseline).await, baseline, "tasks left behind");
 }
+
+/// The same with duplicates waiting for the first attempt (`wait_for_in_progress`): every
+/// duplicate gets the first attempt's answer replayed, one run per key, 20 rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn breaker8_64_waiting_duplicates_of_one_key_mixed_with_fresh_keys() {
+    let store = Slow::default();
+    let engine = Idempotency::builder(store.clone())
+        .store_timeout(Duration::from_secs(5))
+        .wait_for_in_progress(Duration::from_secs(10), Duration::from_millis(5))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let handler = Handler::default();
+    let service = IdempotencyLayer::builder(engine.clone())
+        .global_scope()
+        .build()
+        .layer(handler.service());
+    let baseline = warm_baseline(&service).await;
+    for round in 0..20 {
+        let runs_before = handler.runs.load(Ordering::SeqCst);
+        let key = format!("wdup-{round}");
+        let first = tokio::spawn(service.clone().oneshot(post(&key, &["x-hold"])));
+        handler.entered.notified().await;
+        let mut dups = Vec::new();
+        let mut fresh = Vec::new();
+        for j in 0..64 {
+            dups.push(tokio::spawn(
+                service.clone().oneshot(post(&key, &["x-hold"])),
+            ));
+            fresh.push(tokio::spawn(
+                service
+                    .clone()
+                    .oneshot(post(&format!("wfresh-{round}-{j}"), &[])),
+            ));
+        }
+        for call in fresh {
+            assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::CREATED);
+        }
+        handler.release.notify_one();
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), StatusCode::CREATED);
+        let first_body = body_of(first).await;
+        for call in dups {
+            let response = call.await.unwrap().unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED, "round {round}");
+            assert!(response.headers().get("idempotent-replayed").is_some());
+            assert_eq!(body_of(response).await, first_body);
+        }
+        assert_eq!(
+            handler.runs.load(Ordering::SeqCst) - runs_before,
+            65,
+            "round {round}: one run for the duplicated key, one per fresh key"
+        );
+    }
+    assert_eq!(tasks_back_to(baseline).await, baseline, "tasks left behind");
+}
