@@ -317,3 +317,52 @@ async fn breaker8_failures_with_the_client_gone_end_the_claim_as_documented() {
     }
     assert_eq!(metrics.num_alive_tasks(), baseline, "tasks left behind");
 }
+
+/// A request future polled on a runtime that then shuts down, dropped afterwards outside any
+/// runtime: the drive future (handler in flight) is handed to the dead runtime's handle
+/// (`Detachable`'s drop) and the claim guard is dropped with it; nothing panics or aborts.
+#[test]
+fn breaker8_a_request_dropped_after_its_runtime_shut_down() {
+    for shutdown_background in [false, true] {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = MemoryStore::new();
+        let handler = Handler::default();
+        let (mut calls, service) = runtime.block_on(async {
+            let engine = Idempotency::builder(store.clone())
+                .ignore_env()
+                .build()
+                .unwrap();
+            let service = IdempotencyLayer::builder(engine)
+                .global_scope()
+                .build()
+                .layer(handler.service());
+            let mut calls = Vec::new();
+            for i in 0..4 {
+                let mut call = Box::pin(service.clone().oneshot(post(
+                    &format!("dead-rt-{i}"),
+                    "",
+                    true,
+                )));
+                tokio::select! {
+                    _ = &mut call => panic!("the handler holds"),
+                    () = handler.entered.notified() => {}
+                }
+                calls.push(call);
+            }
+            (calls, service)
+        });
+        if shutdown_background {
+            runtime.shutdown_background();
+        } else {
+            drop(runtime);
+        }
+        // Outside any runtime now.
+        calls.clear();
+        drop(service);
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 4);
+    }
+}
