@@ -145,6 +145,7 @@ struct Handler {
     entered: Arc<Notify>,
     release: Arc<Notify>,
     body_gate: Arc<Notify>,
+    body_waiting: Arc<Notify>,
 }
 
 impl Handler {
@@ -159,13 +160,17 @@ impl Handler {
                     me.release.notified().await;
                 }
                 let streamed = req.headers().contains_key("x-stream");
-                let gate: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
-                    if streamed {
-                        let g = Arc::clone(&me.body_gate);
-                        Some(Box::pin(async move { g.notified().await }))
-                    } else {
-                        None
-                    };
+                let gated = streamed || req.headers().contains_key("x-gate");
+                let gate: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = if gated {
+                    let g = Arc::clone(&me.body_gate);
+                    let waiting = Arc::clone(&me.body_waiting);
+                    Some(Box::pin(async move {
+                        waiting.notify_one();
+                        g.notified().await;
+                    }))
+                } else {
+                    None
+                };
                 let response = Response::builder()
                     .status(201)
                     .header("content-type", "text/plain")
@@ -610,5 +615,33 @@ async fn breaker8_64_waiting_duplicates_of_one_key_mixed_with_fresh_keys() {
             "round {round}: one run for the duplicated key, one per fresh key"
         );
     }
+    assert_eq!(tasks_back_to(baseline).await, baseline, "tasks left behind");
+}
+
+/// The client leaves while the recording reads a known-length body that waits (the head is not
+/// out yet): the detached recording reads it to its end and completes the claim once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker8_client_gone_while_the_recording_reads_a_known_length_body() {
+    let store = Slow::default();
+    let (engine, handler, service) = setup(store.clone(), Duration::from_secs(5));
+    let baseline = warm_baseline(&service).await;
+    for i in 0..50 {
+        let key = format!("gone-reading-{i}");
+        let call = tokio::spawn(service.clone().oneshot(post(&key, &["x-gate"])));
+        handler.body_waiting.notified().await;
+        call.abort();
+        let _ = call.await;
+        assert_eq!(state(&store, &engine, &key).await, "in progress");
+        handler.body_gate.notify_one();
+        assert_eq!(settled(&store, &engine, &key).await, "completed", "{key}");
+        let retry = service.clone().oneshot(post(&key, &[])).await.unwrap();
+        assert!(
+            retry.headers().get("idempotent-replayed").is_some(),
+            "{key}"
+        );
+        assert_eq!(body_of(retry).await, format!("run {};end", i + 2), "{key}");
+    }
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 51);
+    assert_eq!(store.completes.load(Ordering::SeqCst), 51);
     assert_eq!(tasks_back_to(baseline).await, baseline, "tasks left behind");
 }
