@@ -62,7 +62,9 @@
 //! replays completed records. See the guide's "Failure policy" section.
 //!
 //! # Observability
-//! `tracing` spans (`idempotency.begin`) and events at debug level (warnings for fail-open,
+//! `tracing` spans (`idempotency.begin`, built only once a `tracing` dispatcher has been set or
+//! when `log` is at debug level, so it costs nothing otherwise) and events at debug level
+//! (warnings for fail-open,
 //! fallback claims, lost leases, abandoned completions and the kill switch); `metrics` counters
 //! and a latency histogram named in [`metric_names`] (no-ops without a recorder); and
 //! [`Idempotency::stats`] for a cheap snapshot.

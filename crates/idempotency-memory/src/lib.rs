@@ -393,9 +393,31 @@ impl MemoryStore {
 }
 
 impl Shared {
-    fn account_insert(&self, size: usize) {
-        self.entries.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(size, Ordering::Relaxed);
+    /// Count a new record of `size` bytes in if it fits under both bounds; `false` (nothing
+    /// counted) when it does not. One atomic update per bound, so two claims in different
+    /// shards cannot both take the last place (a check followed by an add could: the bound was
+    /// overshot under concurrent claims).
+    fn try_account_insert(&self, size: usize) -> bool {
+        if self
+            .entries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+                (e < self.max_entries).then_some(e + 1)
+            })
+            .is_err()
+        {
+            return false;
+        }
+        if self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_add(size).filter(|&total| total <= self.max_bytes)
+            })
+            .is_err()
+        {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn account_remove(&self, size: usize) {
@@ -574,10 +596,10 @@ impl IdempotencyStore for MemoryStore {
                     Inserted::Takeover
                 }
                 MapEntry::Vacant(vacant) => {
-                    if !made_room && shared.is_full(size) {
+                    // Also after making room: a concurrent claim may have taken it.
+                    if !shared.try_account_insert(size) {
                         return Inserted::Full;
                     }
-                    shared.account_insert(size);
                     vacant.insert(fresh());
                     Inserted::New
                 }
