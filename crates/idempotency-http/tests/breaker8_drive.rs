@@ -208,12 +208,18 @@ fn setup_with(
         .ignore_env()
         .build()
         .unwrap();
+    let (handler, service) = serve(&engine);
+    (engine, handler, service)
+}
+
+/// The test handler behind the layer over `engine`.
+fn serve(engine: &Idempotency<Slow>) -> (Handler, Svc<Slow>) {
     let handler = Handler::default();
     let service = IdempotencyLayer::builder(engine.clone())
         .global_scope()
         .build()
         .layer(handler.service());
-    (engine, handler, service)
+    (handler, service)
 }
 
 fn post(key: &str, extra: &[&str]) -> Req {
@@ -571,11 +577,7 @@ async fn breaker8_64_waiting_duplicates_of_one_key_mixed_with_fresh_keys() {
         .ignore_env()
         .build()
         .unwrap();
-    let handler = Handler::default();
-    let service = IdempotencyLayer::builder(engine.clone())
-        .global_scope()
-        .build()
-        .layer(handler.service());
+    let (handler, service) = serve(&engine);
     let baseline = warm_baseline(&service).await;
     for round in 0..20 {
         let runs_before = handler.runs.load(Ordering::SeqCst);
