@@ -11,7 +11,7 @@ use tower_layer::Layer;
 
 use crate::policy::{JsonFingerprint, OversizePolicy};
 use crate::scope::{GlobalScope, NoScope, ScopeExtractor};
-use crate::service::IdempotencyService;
+use crate::service::{IdempotencyService, LayerState};
 use crate::settings::Settings;
 
 /// Configures an [`IdempotencyLayer`]. Start with [`IdempotencyLayer::builder`]; choose a scope
@@ -159,9 +159,11 @@ impl<S: IdempotencyStore + 'static, E: ScopeExtractor> LayerBuilder<S, E> {
     /// The layer.
     pub fn build(self) -> IdempotencyLayer<S, E> {
         IdempotencyLayer {
-            engine: self.engine,
-            scope: self.scope,
-            settings: Arc::new(self.settings),
+            state: Arc::new(LayerState {
+                engine: self.engine,
+                scope: self.scope,
+                settings: self.settings,
+            }),
         }
     }
 }
@@ -169,17 +171,14 @@ impl<S: IdempotencyStore + 'static, E: ScopeExtractor> LayerBuilder<S, E> {
 /// Tower layer applying the `Idempotency-Key` protocol to the services it wraps.
 #[derive(Debug)]
 pub struct IdempotencyLayer<S, E> {
-    engine: Idempotency<S>,
-    scope: E,
-    settings: Arc<Settings>,
+    /// The engine, scope extractor and settings every service of this layer shares.
+    state: Arc<LayerState<S, E>>,
 }
 
-impl<S, E: Clone> Clone for IdempotencyLayer<S, E> {
+impl<S, E> Clone for IdempotencyLayer<S, E> {
     fn clone(&self) -> Self {
         Self {
-            engine: self.engine.clone(),
-            scope: self.scope.clone(),
-            settings: Arc::clone(&self.settings),
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -196,15 +195,10 @@ impl<S: IdempotencyStore + 'static> IdempotencyLayer<S, NoScope> {
     }
 }
 
-impl<S, E: Clone, Svc> Layer<Svc> for IdempotencyLayer<S, E> {
+impl<S, E, Svc> Layer<Svc> for IdempotencyLayer<S, E> {
     type Service = IdempotencyService<Svc, S, E>;
 
     fn layer(&self, inner: Svc) -> Self::Service {
-        IdempotencyService::new(
-            inner,
-            self.engine.clone(),
-            self.scope.clone(),
-            Arc::clone(&self.settings),
-        )
+        IdempotencyService::new(inner, Arc::clone(&self.state))
     }
 }

@@ -37,6 +37,10 @@ pub(crate) const STREAMS: &str = "idempotency_http_streams_not_recorded_total";
 /// Metric: responses recorded without their body because they outgrew the maximum size.
 pub(crate) const BODY_OMITTED: &str = "idempotency_http_body_omitted_total";
 
+/// A shared handle on the layer's [`Settings`] (the layer's state, whatever its engine and scope
+/// types).
+pub(crate) type SettingsHandle = Arc<dyn AsRef<Settings> + Send + Sync>;
+
 /// Frames in flight between the recording task and the connection: small, so a slow client
 /// slows the handler's body down (backpressure) instead of growing a queue.
 const FRAMES_IN_FLIGHT: usize = 2;
@@ -58,7 +62,8 @@ pub(crate) struct Recording<S: IdempotencyStore + 'static, B, E> {
     /// The claim (unless the handler takes it, [`crate::TransactionalClaim`]), the marker's
     /// state, and where the head goes.
     pub(crate) shared: Arc<Shared<S, B, E>>,
-    pub(crate) settings: Arc<Settings>,
+    /// The layer's settings (the request's handle on the layer's shared state).
+    pub(crate) settings: SettingsHandle,
     pub(crate) max_outcome: usize,
 }
 
@@ -364,6 +369,7 @@ where
         settings,
         max_outcome,
     } = recording;
+    let settings: &Settings = (*settings).as_ref();
     let head = &*shared;
     let marker = &shared.effects;
     // The guard lives outside the unwinding handler: a panicking handler still gets its claim
@@ -509,7 +515,7 @@ where
         stored,
         body.as_mut(),
         (extension, marker),
-        &settings,
+        settings,
         max_outcome,
     ))
     .await;

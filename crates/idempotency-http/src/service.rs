@@ -40,39 +40,42 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// Header set on a replay whose original body was too large to store.
 pub const BODY_OMITTED_HEADER: &str = "idempotent-body-omitted";
 
+/// What every service of one layer shares, behind one `Arc`: the engine, the scope extractor and
+/// the settings. A service is cloned per request (axum clones a route's service for each call)
+/// and a protected request keeps its own handle: one reference count to move instead of one per
+/// part (issue 15: each is an atomic read-modify-write on a line both worker threads write).
+#[derive(Debug)]
+pub(crate) struct LayerState<S, E> {
+    pub(crate) engine: Idempotency<S>,
+    pub(crate) scope: E,
+    pub(crate) settings: Settings,
+}
+
+impl<S, E> AsRef<Settings> for LayerState<S, E> {
+    fn as_ref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
 /// The service built by [`crate::IdempotencyLayer`].
 #[derive(Debug)]
 pub struct IdempotencyService<Svc, S, E> {
     inner: Svc,
-    engine: Idempotency<S>,
-    scope: E,
-    settings: Arc<Settings>,
+    state: Arc<LayerState<S, E>>,
 }
 
-impl<Svc: Clone, S, E: Clone> Clone for IdempotencyService<Svc, S, E> {
+impl<Svc: Clone, S, E> Clone for IdempotencyService<Svc, S, E> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            engine: self.engine.clone(),
-            scope: self.scope.clone(),
-            settings: Arc::clone(&self.settings),
+            state: Arc::clone(&self.state),
         }
     }
 }
 
 impl<Svc, S, E> IdempotencyService<Svc, S, E> {
-    pub(crate) fn new(
-        inner: Svc,
-        engine: Idempotency<S>,
-        scope: E,
-        settings: Arc<Settings>,
-    ) -> Self {
-        Self {
-            inner,
-            engine,
-            scope,
-            settings,
-        }
+    pub(crate) fn new(inner: Svc, state: Arc<LayerState<S, E>>) -> Self {
+        Self { inner, state }
     }
 
     /// The wrapped service.
@@ -114,20 +117,25 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
-        match decide(&parts, &self.settings, &self.scope) {
+        let state = &self.state;
+        match decide(&parts, &state.settings, &state.scope) {
             Decision::PassThrough => {
                 let request = Request::from_parts(parts, body);
                 Box::pin(async move { Ok(inner.call(request).await?.map(ResponseBody::inner)) })
             }
             Decision::Answer(answer) => Box::pin(async move { Ok(problem(answer)) }),
             Decision::Protect { key, scope } => {
-                let span = tracing::debug_span!("idempotency.http", method = %parts.method, path = parts.uri.path(), key = key.as_str());
                 let protected = Protected {
-                    engine: self.engine.clone(),
-                    settings: Arc::clone(&self.settings),
+                    state: Arc::clone(state),
                     key,
                     scope,
                 };
+                if !span_can_be_seen() {
+                    // Building a span nobody can see is not free (with tracing's `log` feature a
+                    // disabled span still asks `log` when it is built, recorded and dropped).
+                    return Box::pin(protect(protected, inner, parts, body));
+                }
+                let span = tracing::debug_span!("idempotency.http", method = %parts.method, path = parts.uri.path(), key = protected.key.as_str());
                 if span.is_disabled() {
                     // No subscriber wants it: skip entering and leaving a disabled span on every
                     // poll (with tracing's `log` feature each of those still asks `log`).
@@ -140,17 +148,27 @@ where
     }
 }
 
-struct Protected<S> {
-    engine: Idempotency<S>,
-    settings: Arc<Settings>,
+struct Protected<S, E> {
+    state: Arc<LayerState<S, E>>,
     key: IdempotencyKey,
     scope: Scope,
 }
 
+/// Whether a span of this layer could reach anyone: a `tracing` dispatcher has been set (then its
+/// filters decide), or `log` records at debug level can be emitted (a disabled span logs its
+/// fields through `log` when tracing's `log` feature is on and no dispatcher exists). When
+/// neither holds, the span would be disabled and silent, so it is not built (as the engine's
+/// `idempotency.begin` span).
+fn span_can_be_seen() -> bool {
+    // `has_been_set` is what tracing's own macros use to elide trace points when tracing is not
+    // in use; it never turns false again once a dispatcher was set.
+    tracing::dispatcher::has_been_set() || log::max_level() >= log::LevelFilter::Debug
+}
+
 /// The one async path: body, fingerprint, claim, then the handler and its recording (detached
 /// if this future is dropped before they end).
-async fn protect<Svc, S, ReqB, ResB>(
-    protected: Protected<S>,
+async fn protect<Svc, S, E, ReqB, ResB>(
+    protected: Protected<S, E>,
     mut inner: Svc,
     parts: Parts,
     body: ReqB,
@@ -164,18 +182,16 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError> + Send,
     S: IdempotencyStore + 'static,
+    E: ScopeExtractor,
 {
-    let Protected {
-        engine,
-        settings,
-        key,
-        scope,
-    } = protected;
-    let body = match read_body(body, &parts.headers, &settings).await {
+    let Protected { state, key, scope } = protected;
+    let settings = &state.settings;
+    let engine = &state.engine;
+    let body = match read_body(body, &parts.headers, settings).await {
         Ok(body) => body,
         Err(answer) => return Ok(problem(answer)),
     };
-    let fingerprint = fingerprint(&parts, &body, &settings);
+    let fingerprint = fingerprint(&parts, &body, settings);
     // Boxed: the engine's claim (~1 KB of future state) would otherwise sit inline in this
     // future, which `call` boxes per request; two boxes under glibc's per-thread cache limit
     // (1032 bytes) are reused request after request, one box over it goes through the shared
@@ -200,10 +216,12 @@ where
         shared.claim_slot(),
         settings.keep_set_cookie,
     ));
+    let max_outcome = engine.config().max_outcome_size();
     let recording = Recording {
         shared: Arc::clone(&shared),
-        settings,
-        max_outcome: engine.config().max_outcome_size(),
+        // The request's handle on the layer's state, moved (no second reference count).
+        settings: state,
+        max_outcome,
     };
     let handler = inner.call(request);
     let answer = HeadReceiver::new(shared);
@@ -215,11 +233,15 @@ where
     // replay.
     // The recording keeps the request's span if it is detached (`Span::none()`, which costs
     // nothing to enter, when that span is disabled).
-    let current = tracing::Span::current();
-    let span = if current.is_disabled() {
-        tracing::Span::none()
+    let span = if span_can_be_seen() {
+        let current = tracing::Span::current();
+        if current.is_disabled() {
+            tracing::Span::none()
+        } else {
+            current
+        }
     } else {
-        current
+        tracing::Span::none()
     };
     let mut drive =
         record::Detachable::new(runtime, record::drive(recording, handler).instrument(span));
