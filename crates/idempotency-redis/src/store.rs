@@ -291,6 +291,24 @@ fn fenced_from(operation: StoreOperation, value: Value) -> Result<Fenced, Error>
     }
 }
 
+/// `cmd` (an `EVALSHA` of `script`) after the server answered `NOSCRIPT`: sent once as `EVAL`
+/// of the source (`scripts::eval_of`), which caches the script again; for a script that is not
+/// one of ours, `SCRIPT LOAD` and the same `EVALSHA` again.
+async fn resend_after_noscript<C: ConnectionLike>(
+    script: &Script,
+    cmd: &Cmd,
+    mut conn: C,
+) -> RedisResult<Value> {
+    match crate::scripts::eval_of(script, cmd) {
+        // `EVAL` cannot answer `NOSCRIPT` (see `eval_of`).
+        Some(eval) => eval.query_async(&mut conn).await,
+        None => {
+            script.load_async(&mut conn).await?;
+            cmd.query_async(&mut conn).await
+        }
+    }
+}
+
 impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -327,6 +345,9 @@ where
 
     /// One request, retried once if the connection was broken, without a timer of its own
     /// (callers run it under [`Self::bounded`]).
+    ///
+    /// The retry is boxed: it is rare, and inline its future would enlarge the future of every
+    /// operation (moved several times per operation: `cargo xtask instructions`).
     async fn attempts<F, Fut>(&self, operation: StoreOperation, request: F) -> Result<Value, Error>
     where
         F: Fn(C) -> Fut,
@@ -335,7 +356,7 @@ where
         let reply = match request(self.conn.clone()).await {
             Err(error) if is_reconnectable(&error) => {
                 tracing::debug!(%error, %operation, "connection broken; retrying once");
-                request(self.conn.clone()).await
+                Box::pin(request(self.conn.clone())).await
             }
             other => other,
         };
@@ -362,17 +383,13 @@ where
         script: &Script,
         cmd: &Cmd,
     ) -> Result<Value, Error> {
-        self.attempts(operation, |mut conn| async move {
+        self.attempts(operation, |conn| async move {
+            let mut conn = conn;
             match cmd.query_async::<Value>(&mut conn).await {
+                // Boxed: rare (after a restart or `SCRIPT FLUSH`), and inline it would enlarge
+                // every script call's future.
                 Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    match crate::scripts::eval_of(script, cmd) {
-                        // `EVAL` cannot answer `NOSCRIPT` (see `eval_of`).
-                        Some(eval) => eval.query_async(&mut conn).await,
-                        None => {
-                            script.load_async(&mut conn).await?;
-                            cmd.query_async(&mut conn).await
-                        }
-                    }
+                    Box::pin(resend_after_noscript(script, cmd, conn)).await
                 }
                 other => other,
             }
@@ -396,22 +413,28 @@ where
             let reply = self.script_attempts(operation, script, cmd).await?;
             Ok(match fenced_from(operation, reply)? {
                 Fenced::Applied => Ok(Fenced::Applied),
-                Fenced::LeaseLost => {
-                    let check = self
-                        .attempts(StoreOperation::Get, |mut conn| async move {
-                            redis::cmd("GET")
-                                .arg(key.as_str())
-                                .query_async::<Value>(&mut conn)
-                                .await
-                        })
-                        .await
-                        .and_then(|reply| record_from(StoreOperation::Get, reply))
-                        .map_err(StoreError::from);
-                    Fenced::lease_lost_unless_corrupt(check)
-                }
+                // Boxed: the check is the rare path, and inline it would enlarge the future of
+                // every completion, release and extension.
+                Fenced::LeaseLost => Box::pin(self.lease_lost_check(key)).await,
             })
         };
         self.bounded(operation, work).await?
+    }
+
+    /// After "lease lost": `LeaseLost`, unless the key holds something that is not a record
+    /// (reported as corrupt). Runs inside the fenced primitive's operation timeout.
+    async fn lease_lost_check(&self, key: &StoreKey) -> Result<Fenced, StoreError> {
+        let check = self
+            .attempts(StoreOperation::Get, |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(key.as_str())
+                    .query_async::<Value>(&mut conn)
+                    .await
+            })
+            .await
+            .and_then(|reply| record_from(StoreOperation::Get, reply))
+            .map_err(StoreError::from);
+        Fenced::lease_lost_unless_corrupt(check)
     }
 
     pub(crate) async fn read(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
@@ -421,10 +444,22 @@ where
         Ok(record_from(StoreOperation::Get, reply)?)
     }
 
-    /// `WAIT` for the replicas this store was built to wait for (see [`crate::ReplicaWait`]).
+    /// `WAIT` for the replicas this store was built to wait for (see [`crate::ReplicaWait`]);
+    /// `Ok` at once when it was built to wait for none.
+    ///
+    /// Boxed when it runs: opt-in, and inline its future would enlarge every claim's and
+    /// completion's.
     async fn wait_for_replicas(&self, operation: StoreOperation) -> Result<(), StoreError> {
-        crate::replicas::wait_for_replicas(&self.conn, self.replica_wait, self.timeout, operation)
-            .await
+        if self.replica_wait.is_none() {
+            return Ok(());
+        }
+        Box::pin(crate::replicas::wait_for_replicas(
+            &self.conn,
+            self.replica_wait,
+            self.timeout,
+            operation,
+        ))
+        .await
     }
 }
 
