@@ -4,6 +4,7 @@ use idempotency_core::StoreOperation;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,10 @@ use idempotency_core::{
     StoreKey, Waited, codec, lua,
 };
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Cmd, ErrorKind, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value};
+use redis::{
+    Cmd, ErrorKind, RedisError as ClientError, RedisResult, RedisWrite, Script, ServerErrorKind,
+    ToRedisArgs, Value,
+};
 
 use crate::anchor::TimerAnchor;
 use crate::error::{Error, is_reconnectable};
@@ -291,6 +295,11 @@ fn fenced_from(operation: StoreOperation, value: Value) -> Result<Fenced, Error>
     }
 }
 
+/// Whether the server answered `NOSCRIPT` (the script is not in its cache).
+fn is_noscript(error: &ClientError) -> bool {
+    error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
 /// `cmd` (an `EVALSHA` of `script`) after the server answered `NOSCRIPT`: sent once as `EVAL`
 /// of the source (`scripts::eval_of`), which caches the script again; for a script that is not
 /// one of ours, `SCRIPT LOAD` and the same `EVALSHA` again.
@@ -363,38 +372,65 @@ where
         reply.map_err(|error| Error::client(operation, self.timeout, error))
     }
 
+    /// `cmd` under the operation timeout, retried once on a broken connection.
     pub(crate) async fn command(
         &self,
         operation: StoreOperation,
         cmd: &Cmd,
     ) -> Result<Value, Error> {
-        self.exec(operation, |mut conn| async move {
-            cmd.query_async(&mut conn).await
-        })
-        .await
+        self.bounded(operation, self.attempt(operation, cmd, None))
+            .await
     }
 
-    /// An `EVALSHA` command of `script`, retried once on a broken connection (no timer of its
-    /// own). When the server answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`), send the
-    /// same command once as `EVAL` of the source (`scripts::eval_of`), which caches it again.
-    async fn script_attempts(
+    /// The hot path of every primitive: `cmd` once on the store's connection, without a timer
+    /// of its own (callers run it under [`Self::bounded`]); `script`: the script `cmd` is an
+    /// `EVALSHA` of. Every failure goes to [`Self::recover`], boxed: a retry inline made every
+    /// operation's future larger and one level deeper (`cargo xtask instructions`).
+    async fn attempt(
         &self,
         operation: StoreOperation,
-        script: &Script,
         cmd: &Cmd,
+        script: Option<&Script>,
     ) -> Result<Value, Error> {
-        self.attempts(operation, |conn| async move {
-            let mut conn = conn;
-            match cmd.query_async::<Value>(&mut conn).await {
-                // Boxed: rare (after a restart or `SCRIPT FLUSH`), and inline it would enlarge
-                // every script call's future.
-                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    Box::pin(resend_after_noscript(script, cmd, conn)).await
+        let mut conn = self.conn.clone();
+        match cmd.query_async::<Value>(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(error) => Box::pin(self.recover(operation, cmd, script, conn, error)).await,
+        }
+    }
+
+    /// After [`Self::attempt`] failed with `error` on `conn`: `NOSCRIPT` (after a restart or
+    /// `SCRIPT FLUSH`) is answered by sending the command once as `EVAL` of the source
+    /// ([`resend_after_noscript`]), which caches it again; a broken connection by one more
+    /// attempt on the re-established connection (the connection manager reconnects in the
+    /// background as soon as it sees that; it may answer `NOSCRIPT` too); anything else is
+    /// mapped as it is.
+    async fn recover(
+        &self,
+        operation: StoreOperation,
+        cmd: &Cmd,
+        script: Option<&Script>,
+        conn: C,
+        error: ClientError,
+    ) -> Result<Value, Error> {
+        let reply = match script {
+            Some(script) if is_noscript(&error) => resend_after_noscript(script, cmd, conn).await,
+            _ => Err(error),
+        };
+        let reply = match reply {
+            Err(error) if is_reconnectable(&error) => {
+                tracing::debug!(%error, %operation, "connection broken; retrying once");
+                let mut conn = self.conn.clone();
+                match (cmd.query_async::<Value>(&mut conn).await, script) {
+                    (Err(error), Some(script)) if is_noscript(&error) => {
+                        resend_after_noscript(script, cmd, conn).await
+                    }
+                    (other, _) => other,
                 }
-                other => other,
             }
-        })
-        .await
+            other => other,
+        };
+        reply.map_err(|error| Error::client(operation, self.timeout, error))
     }
 
     /// Run a fenced script; on "lease lost", make sure the key does not hold something that is
@@ -410,7 +446,7 @@ where
         cmd: &Cmd,
     ) -> Result<Fenced, StoreError> {
         let work = async {
-            let reply = self.script_attempts(operation, script, cmd).await?;
+            let reply = self.attempt(operation, cmd, Some(script)).await?;
             Ok(match fenced_from(operation, reply)? {
                 Fenced::Applied => Ok(Fenced::Applied),
                 // Boxed: the check is the rare path, and inline it would enlarge the future of
@@ -445,21 +481,21 @@ where
     }
 
     /// `WAIT` for the replicas this store was built to wait for (see [`crate::ReplicaWait`]);
-    /// `Ok` at once when it was built to wait for none.
+    /// `None` when it was built to wait for none.
     ///
-    /// Boxed when it runs: opt-in, and inline its future would enlarge every claim's and
-    /// completion's.
-    async fn wait_for_replicas(&self, operation: StoreOperation) -> Result<(), StoreError> {
-        if self.replica_wait.is_none() {
-            return Ok(());
-        }
-        Box::pin(crate::replicas::wait_for_replicas(
+    /// Boxed, and no future at all without a [`crate::ReplicaWait`]: opt-in, and inline it
+    /// would enlarge (and add a level to) every claim's and completion's future.
+    fn wait_for_replicas(
+        &self,
+        operation: StoreOperation,
+    ) -> Option<Pin<Box<impl Future<Output = Result<(), StoreError>> + '_>>> {
+        let wait = self.replica_wait?;
+        Some(Box::pin(crate::replicas::wait_for_replicas(
             &self.conn,
-            self.replica_wait,
+            Some(wait),
             self.timeout,
             operation,
-        ))
-        .await
+        )))
     }
 }
 
@@ -495,13 +531,17 @@ where
                 let mut cmd = evalsha(script, key, 2, 150 + 20);
                 cmd.arg(&text).arg(millis(lease));
                 let operation = StoreOperation::TryClaim;
-                self.bounded(operation, self.script_attempts(operation, script, &cmd))
+                self.bounded(operation, self.attempt(operation, &cmd, Some(script)))
                     .await?
             }
         };
         match record_from(StoreOperation::TryClaim, reply)? {
             None => {
-                if let Err(error) = self.wait_for_replicas(StoreOperation::TryClaim).await {
+                let wait = self.wait_for_replicas(StoreOperation::TryClaim);
+                if let Some(Err(error)) = match wait {
+                    Some(wait) => Some(wait.await),
+                    None => None,
+                } {
                     // Fail closed: the handler must not run on a claim a failover can lose.
                     // Take the claim back (fenced by our token) so a retry is not told "in
                     // progress" for a whole lease; if that fails too the claim lapses.
@@ -547,7 +587,9 @@ where
             // The outcome is stored on the primary whatever WAIT says; the error tells the
             // engine (which retries the completion, waiting again) that it may not survive a
             // failover.
-            self.wait_for_replicas(StoreOperation::Complete).await?;
+            if let Some(wait) = self.wait_for_replicas(StoreOperation::Complete) {
+                wait.await?;
+            }
         }
         Ok(fenced)
     }
