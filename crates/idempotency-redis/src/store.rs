@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
     StoreKey, Waited, codec, lua,
@@ -338,18 +339,18 @@ where
     }
 
     /// `work` under the operation timeout: one timer for the whole primitive.
-    async fn bounded<T>(
+    ///
+    /// A plain function returning the timeout's future with its error mapped, not an `async
+    /// fn`: one future level less around every operation (`cargo xtask instructions`).
+    fn bounded<T>(
         &self,
         operation: StoreOperation,
         work: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                operation,
-                after: self.timeout,
-            }),
-        }
+    ) -> impl Future<Output = Result<T, Error>> {
+        let after = self.timeout;
+        tokio::time::timeout(after, work).map(move |result| {
+            result.unwrap_or_else(|_elapsed| Err(Error::Timeout { operation, after }))
+        })
     }
 
     /// One request, retried once if the connection was broken, without a timer of its own
