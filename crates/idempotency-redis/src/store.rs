@@ -347,10 +347,9 @@ where
         operation: StoreOperation,
         work: impl Future<Output = Result<T, Error>>,
     ) -> impl Future<Output = Result<T, Error>> {
-        let after = self.timeout;
-        tokio::time::timeout(after, work).map(move |result| {
-            result.unwrap_or_else(|_elapsed| Err(Error::Timeout { operation, after }))
-        })
+        let timed_out = self.timed_out(operation);
+        tokio::time::timeout(self.timeout, work)
+            .map(move |result| result.unwrap_or_else(|_elapsed| Err(timed_out)))
     }
 
     /// One request, retried once if the connection was broken, without a timer of its own
@@ -379,8 +378,17 @@ where
         operation: StoreOperation,
         cmd: &Cmd,
     ) -> Result<Value, Error> {
-        self.bounded(operation, self.attempt(operation, cmd, None))
+        tokio::time::timeout(self.timeout, self.attempt(operation, cmd, None))
             .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))
+    }
+
+    /// The error of an operation that ran out of its operation timeout.
+    fn timed_out(&self, operation: StoreOperation) -> Error {
+        Error::Timeout {
+            operation,
+            after: self.timeout,
+        }
     }
 
     /// The hot path of every primitive: `cmd` once on the store's connection, without a timer
@@ -455,7 +463,9 @@ where
                 Fenced::LeaseLost => Box::pin(self.lease_lost_check(key)).await,
             })
         };
-        self.bounded(operation, work).await?
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))?
     }
 
     /// After "lease lost": `LeaseLost`, unless the key holds something that is not a record
@@ -512,7 +522,7 @@ where
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let text = RecordArg::InProgress(record);
-        let reply = match self.claim {
+        let (cmd, script) = match self.claim {
             ClaimStrategy::SetNxGet => {
                 // Sized up front: growing the command buffer argument by argument reallocates
                 // several times per claim (`cargo xtask instructions`). 150: the in-progress
@@ -525,17 +535,20 @@ where
                     .arg("PX")
                     .arg(millis(lease))
                     .arg("GET");
-                self.command(StoreOperation::TryClaim, &cmd).await?
+                (cmd, None)
             }
             ClaimStrategy::Script => {
                 let script = &SCRIPTS.claim;
                 let mut cmd = evalsha(script, key, 2, 150 + 20);
                 cmd.arg(&text).arg(millis(lease));
-                let operation = StoreOperation::TryClaim;
-                self.bounded(operation, self.attempt(operation, &cmd, Some(script)))
-                    .await?
+                (cmd, Some(script))
             }
         };
+        let operation = StoreOperation::TryClaim;
+        // The timeout awaited here rather than through `command`: one future level less.
+        let reply = tokio::time::timeout(self.timeout, self.attempt(operation, &cmd, script))
+            .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))?;
         match record_from(StoreOperation::TryClaim, reply)? {
             None => {
                 let wait = self.wait_for_replicas(StoreOperation::TryClaim);
