@@ -402,7 +402,13 @@ where
         script: Option<&Script>,
     ) -> Result<Value, Error> {
         let mut conn = self.conn.clone();
-        match cmd.query_async::<Value>(&mut conn).await {
+        // What `cmd.query_async::<Value>` does (a server error reply becomes an error), one
+        // future level less.
+        match conn
+            .req_packed_command(cmd)
+            .await
+            .and_then(Value::extract_error)
+        {
             Ok(value) => Ok(value),
             Err(error) => Box::pin(self.recover(operation, cmd, script, conn, error)).await,
         }
