@@ -392,7 +392,8 @@ where
     }
 
     /// The hot path of every primitive: `cmd` once on the store's connection, without a timer
-    /// of its own (callers run it under [`Self::bounded`]); `script`: the script `cmd` is an
+    /// of its own (callers await it under the operation timeout, which bounds [`Self::recover`]
+    /// too); `script`: the script `cmd` is an
     /// `EVALSHA` of. Every failure goes to [`Self::recover`], boxed: a retry inline made every
     /// operation's future larger and one level deeper (`cargo xtask instructions`).
     async fn attempt(
@@ -557,11 +558,9 @@ where
             .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))?;
         match record_from(StoreOperation::TryClaim, reply)? {
             None => {
-                let wait = self.wait_for_replicas(StoreOperation::TryClaim);
-                if let Some(Err(error)) = match wait {
-                    Some(wait) => Some(wait.await),
-                    None => None,
-                } {
+                if let Some(wait) = self.wait_for_replicas(StoreOperation::TryClaim)
+                    && let Err(error) = wait.await
+                {
                     // Fail closed: the handler must not run on a claim a failover can lose.
                     // Take the claim back (fenced by our token) so a retry is not told "in
                     // progress" for a whole lease; if that fails too the claim lapses.
