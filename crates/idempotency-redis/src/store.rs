@@ -4,16 +4,21 @@ use idempotency_core::StoreOperation;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
     StoreKey, Waited, codec, lua,
 };
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Cmd, ErrorKind, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value};
+use redis::{
+    Cmd, ErrorKind, RedisError as ClientError, RedisResult, RedisWrite, Script, ServerErrorKind,
+    ToRedisArgs, Value,
+};
 
 use crate::anchor::TimerAnchor;
 use crate::error::{Error, is_reconnectable};
@@ -291,6 +296,29 @@ fn fenced_from(operation: StoreOperation, value: Value) -> Result<Fenced, Error>
     }
 }
 
+/// Whether the server answered `NOSCRIPT` (the script is not in its cache).
+fn is_noscript(error: &ClientError) -> bool {
+    error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+/// `cmd` (an `EVALSHA` of `script`) after the server answered `NOSCRIPT`: sent once as `EVAL`
+/// of the source (`scripts::eval_of`), which caches the script again; for a script that is not
+/// one of ours, `SCRIPT LOAD` and the same `EVALSHA` again.
+async fn resend_after_noscript<C: ConnectionLike>(
+    script: &Script,
+    cmd: &Cmd,
+    mut conn: C,
+) -> RedisResult<Value> {
+    match crate::scripts::eval_of(script, cmd) {
+        // `EVAL` cannot answer `NOSCRIPT` (see `eval_of`).
+        Some(eval) => eval.query_async(&mut conn).await,
+        None => {
+            script.load_async(&mut conn).await?;
+            cmd.query_async(&mut conn).await
+        }
+    }
+}
+
 impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -311,22 +339,24 @@ where
     }
 
     /// `work` under the operation timeout: one timer for the whole primitive.
-    async fn bounded<T>(
+    ///
+    /// A plain function returning the timeout's future with its error mapped, not an `async
+    /// fn`: one future level less around every operation (`cargo xtask instructions`).
+    fn bounded<T>(
         &self,
         operation: StoreOperation,
         work: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                operation,
-                after: self.timeout,
-            }),
-        }
+    ) -> impl Future<Output = Result<T, Error>> {
+        let timed_out = self.timed_out(operation);
+        tokio::time::timeout(self.timeout, work)
+            .map(move |result| result.unwrap_or_else(|_elapsed| Err(timed_out)))
     }
 
     /// One request, retried once if the connection was broken, without a timer of its own
     /// (callers run it under [`Self::bounded`]).
+    ///
+    /// The retry is boxed: it is rare, and inline its future would enlarge the future of every
+    /// operation (moved several times per operation: `cargo xtask instructions`).
     async fn attempts<F, Fut>(&self, operation: StoreOperation, request: F) -> Result<Value, Error>
     where
         F: Fn(C) -> Fut,
@@ -335,49 +365,88 @@ where
         let reply = match request(self.conn.clone()).await {
             Err(error) if is_reconnectable(&error) => {
                 tracing::debug!(%error, %operation, "connection broken; retrying once");
-                request(self.conn.clone()).await
+                Box::pin(request(self.conn.clone())).await
             }
             other => other,
         };
         reply.map_err(|error| Error::client(operation, self.timeout, error))
     }
 
+    /// `cmd` under the operation timeout, retried once on a broken connection.
     pub(crate) async fn command(
         &self,
         operation: StoreOperation,
         cmd: &Cmd,
     ) -> Result<Value, Error> {
-        self.exec(operation, |mut conn| async move {
-            cmd.query_async(&mut conn).await
-        })
-        .await
+        tokio::time::timeout(self.timeout, self.attempt(operation, cmd, None))
+            .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))
     }
 
-    /// An `EVALSHA` command of `script`, retried once on a broken connection (no timer of its
-    /// own). When the server answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`), send the
-    /// same command once as `EVAL` of the source (`scripts::eval_of`), which caches it again.
-    async fn script_attempts(
+    /// The error of an operation that ran out of its operation timeout.
+    fn timed_out(&self, operation: StoreOperation) -> Error {
+        Error::Timeout {
+            operation,
+            after: self.timeout,
+        }
+    }
+
+    /// The hot path of every primitive: `cmd` once on the store's connection, without a timer
+    /// of its own (callers await it under the operation timeout, which bounds [`Self::recover`]
+    /// too); `script`: the script `cmd` is an
+    /// `EVALSHA` of. Every failure goes to [`Self::recover`], boxed: a retry inline made every
+    /// operation's future larger and one level deeper (`cargo xtask instructions`).
+    async fn attempt(
         &self,
         operation: StoreOperation,
-        script: &Script,
         cmd: &Cmd,
+        script: Option<&Script>,
     ) -> Result<Value, Error> {
-        self.attempts(operation, |mut conn| async move {
-            match cmd.query_async::<Value>(&mut conn).await {
-                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    match crate::scripts::eval_of(script, cmd) {
-                        // `EVAL` cannot answer `NOSCRIPT` (see `eval_of`).
-                        Some(eval) => eval.query_async(&mut conn).await,
-                        None => {
-                            script.load_async(&mut conn).await?;
-                            cmd.query_async(&mut conn).await
-                        }
+        let mut conn = self.conn.clone();
+        // What `cmd.query_async::<Value>` does (a server error reply becomes an error), one
+        // future level less.
+        match conn
+            .req_packed_command(cmd)
+            .await
+            .and_then(Value::extract_error)
+        {
+            Ok(value) => Ok(value),
+            Err(error) => Box::pin(self.recover(operation, cmd, script, conn, error)).await,
+        }
+    }
+
+    /// After [`Self::attempt`] failed with `error` on `conn`: `NOSCRIPT` (after a restart or
+    /// `SCRIPT FLUSH`) is answered by sending the command once as `EVAL` of the source
+    /// ([`resend_after_noscript`]), which caches it again; a broken connection by one more
+    /// attempt on the re-established connection (the connection manager reconnects in the
+    /// background as soon as it sees that; it may answer `NOSCRIPT` too); anything else is
+    /// mapped as it is.
+    async fn recover(
+        &self,
+        operation: StoreOperation,
+        cmd: &Cmd,
+        script: Option<&Script>,
+        conn: C,
+        error: ClientError,
+    ) -> Result<Value, Error> {
+        let reply = match script {
+            Some(script) if is_noscript(&error) => resend_after_noscript(script, cmd, conn).await,
+            _ => Err(error),
+        };
+        let reply = match reply {
+            Err(error) if is_reconnectable(&error) => {
+                tracing::debug!(%error, %operation, "connection broken; retrying once");
+                let mut conn = self.conn.clone();
+                match (cmd.query_async::<Value>(&mut conn).await, script) {
+                    (Err(error), Some(script)) if is_noscript(&error) => {
+                        resend_after_noscript(script, cmd, conn).await
                     }
+                    (other, _) => other,
                 }
-                other => other,
             }
-        })
-        .await
+            other => other,
+        };
+        reply.map_err(|error| Error::client(operation, self.timeout, error))
     }
 
     /// Run a fenced script; on "lease lost", make sure the key does not hold something that is
@@ -393,25 +462,33 @@ where
         cmd: &Cmd,
     ) -> Result<Fenced, StoreError> {
         let work = async {
-            let reply = self.script_attempts(operation, script, cmd).await?;
+            let reply = self.attempt(operation, cmd, Some(script)).await?;
             Ok(match fenced_from(operation, reply)? {
                 Fenced::Applied => Ok(Fenced::Applied),
-                Fenced::LeaseLost => {
-                    let check = self
-                        .attempts(StoreOperation::Get, |mut conn| async move {
-                            redis::cmd("GET")
-                                .arg(key.as_str())
-                                .query_async::<Value>(&mut conn)
-                                .await
-                        })
-                        .await
-                        .and_then(|reply| record_from(StoreOperation::Get, reply))
-                        .map_err(StoreError::from);
-                    Fenced::lease_lost_unless_corrupt(check)
-                }
+                // Boxed: the check is the rare path, and inline it would enlarge the future of
+                // every completion, release and extension.
+                Fenced::LeaseLost => Box::pin(self.lease_lost_check(key)).await,
             })
         };
-        self.bounded(operation, work).await?
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))?
+    }
+
+    /// After "lease lost": `LeaseLost`, unless the key holds something that is not a record
+    /// (reported as corrupt). Runs inside the fenced primitive's operation timeout.
+    async fn lease_lost_check(&self, key: &StoreKey) -> Result<Fenced, StoreError> {
+        let check = self
+            .attempts(StoreOperation::Get, |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(key.as_str())
+                    .query_async::<Value>(&mut conn)
+                    .await
+            })
+            .await
+            .and_then(|reply| record_from(StoreOperation::Get, reply))
+            .map_err(StoreError::from);
+        Fenced::lease_lost_unless_corrupt(check)
     }
 
     pub(crate) async fn read(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
@@ -421,10 +498,22 @@ where
         Ok(record_from(StoreOperation::Get, reply)?)
     }
 
-    /// `WAIT` for the replicas this store was built to wait for (see [`crate::ReplicaWait`]).
-    async fn wait_for_replicas(&self, operation: StoreOperation) -> Result<(), StoreError> {
-        crate::replicas::wait_for_replicas(&self.conn, self.replica_wait, self.timeout, operation)
-            .await
+    /// `WAIT` for the replicas this store was built to wait for (see [`crate::ReplicaWait`]);
+    /// `None` when it was built to wait for none.
+    ///
+    /// Boxed, and no future at all without a [`crate::ReplicaWait`]: opt-in, and inline it
+    /// would enlarge (and add a level to) every claim's and completion's future.
+    fn wait_for_replicas(
+        &self,
+        operation: StoreOperation,
+    ) -> Option<Pin<Box<impl Future<Output = Result<(), StoreError>> + '_>>> {
+        let wait = self.replica_wait?;
+        Some(Box::pin(crate::replicas::wait_for_replicas(
+            &self.conn,
+            Some(wait),
+            self.timeout,
+            operation,
+        )))
     }
 }
 
@@ -440,7 +529,7 @@ where
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let text = RecordArg::InProgress(record);
-        let reply = match self.claim {
+        let (cmd, script) = match self.claim {
             ClaimStrategy::SetNxGet => {
                 // Sized up front: growing the command buffer argument by argument reallocates
                 // several times per claim (`cargo xtask instructions`). 150: the in-progress
@@ -453,20 +542,25 @@ where
                     .arg("PX")
                     .arg(millis(lease))
                     .arg("GET");
-                self.command(StoreOperation::TryClaim, &cmd).await?
+                (cmd, None)
             }
             ClaimStrategy::Script => {
                 let script = &SCRIPTS.claim;
                 let mut cmd = evalsha(script, key, 2, 150 + 20);
                 cmd.arg(&text).arg(millis(lease));
-                let operation = StoreOperation::TryClaim;
-                self.bounded(operation, self.script_attempts(operation, script, &cmd))
-                    .await?
+                (cmd, Some(script))
             }
         };
+        let operation = StoreOperation::TryClaim;
+        // The timeout awaited here rather than through `command`: one future level less.
+        let reply = tokio::time::timeout(self.timeout, self.attempt(operation, &cmd, script))
+            .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))?;
         match record_from(StoreOperation::TryClaim, reply)? {
             None => {
-                if let Err(error) = self.wait_for_replicas(StoreOperation::TryClaim).await {
+                if let Some(wait) = self.wait_for_replicas(StoreOperation::TryClaim)
+                    && let Err(error) = wait.await
+                {
                     // Fail closed: the handler must not run on a claim a failover can lose.
                     // Take the claim back (fenced by our token) so a retry is not told "in
                     // progress" for a whole lease; if that fails too the claim lapses.
@@ -512,7 +606,9 @@ where
             // The outcome is stored on the primary whatever WAIT says; the error tells the
             // engine (which retries the completion, waiting again) that it may not survive a
             // failover.
-            self.wait_for_replicas(StoreOperation::Complete).await?;
+            if let Some(wait) = self.wait_for_replicas(StoreOperation::Complete) {
+                wait.await?;
+            }
         }
         Ok(fenced)
     }
