@@ -555,9 +555,10 @@ enum Eviction {
     NothingToEvict,
 }
 
-#[async_trait]
-impl IdempotencyStore for MemoryStore {
-    async fn try_claim(
+/// The claim and the completion, answered at once: behind both the async primitives and
+/// their `*_now` forms (one body, so the two cannot differ).
+impl MemoryStore {
+    fn claim_at_once(
         &self,
         key: &StoreKey,
         record: &InProgress,
@@ -635,7 +636,7 @@ impl IdempotencyStore for MemoryStore {
         }
     }
 
-    async fn complete(
+    fn complete_at_once(
         &self,
         key: &StoreKey,
         token: &LeaseToken,
@@ -665,6 +666,49 @@ impl IdempotencyStore for MemoryStore {
             Held::Completed(r) if r.token == *token => Ok(Fenced::Applied),
             _ => Ok(Fenced::LeaseLost),
         }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claim_at_once(key, record, lease)
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.complete_at_once(key, token, record, retention)
+    }
+
+    /// Always answered (the store needs no I/O): the engine's claims build no future.
+    fn try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        Some(self.claim_at_once(key, record, lease))
+    }
+
+    /// Always answered (the store needs no I/O): the engine's completions build no future.
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Option<Result<Fenced, StoreError>> {
+        Some(self.complete_at_once(key, token, record, retention))
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
