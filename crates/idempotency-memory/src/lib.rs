@@ -40,6 +40,11 @@
 //! (shared with the caller's `Bytes`), and a 16-byte slot in the map. A completed record's
 //! content type is shared with the records completed before it on the same thread when equal.
 //!
+//! # No future per claim
+//! The store answers the engine's claims and completions at once
+//! (`IdempotencyStore::try_claim_now` / `complete_now`): the engine builds no boxed future for
+//! them. The async primitives do exactly the same (one body behind both).
+//!
 //! # Waiting duplicates are woken
 //! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits on a
 //! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the

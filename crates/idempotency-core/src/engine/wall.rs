@@ -10,7 +10,7 @@
 //! at the next refresh, within [`REFRESH`]. Records keep their millisecond timestamps, which
 //! are informative (expiry is the store's).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -28,8 +28,9 @@ pub(super) struct WallClock {
     origin: Instant,
     /// Microseconds since `origin` of the last wall-clock reading ([`NEVER`] before the first).
     read_at_us: AtomicU64,
-    /// Unix microseconds minus microseconds since `origin`, at the last reading.
-    offset_us: AtomicI64,
+    /// Unix microseconds minus microseconds since `origin`, at the last reading, modulo 2^64
+    /// (added back with wrapping arithmetic: exact whenever the result is a time after 1970).
+    offset_us: AtomicU64,
 }
 
 impl WallClock {
@@ -37,7 +38,7 @@ impl WallClock {
         Self {
             origin: Instant::now(),
             read_at_us: AtomicU64::new(NEVER),
-            offset_us: AtomicI64::new(0),
+            offset_us: AtomicU64::new(0),
         }
     }
 
@@ -45,15 +46,18 @@ impl WallClock {
     ///
     /// Concurrent callers may each read the wall clock at a refresh; the offset and its
     /// reading time are two atomics, so a caller may pair one reading's offset with another's
-    /// time: both are within [`REFRESH`] of each other, and the offsets differ only by drift.
+    /// time: both are within [`REFRESH`] of each other, and the offsets differ only by drift
+    /// (or by a step of the wall clock, which is then seen).
     pub(super) fn unix_millis_at(&self, now: Instant) -> u64 {
         let mono_us = micros(now.saturating_duration_since(self.origin));
-        let read_at = self.read_at_us.load(Ordering::Relaxed);
+        // Acquire, paired with the Release in `refresh`: whoever sees a reading's time sees its
+        // offset or a later one (never the 0 from before the first reading).
+        let read_at = self.read_at_us.load(Ordering::Acquire);
         if read_at == NEVER || mono_us.saturating_sub(read_at) >= micros(REFRESH) {
             return self.refresh(mono_us);
         }
-        let unix_us = i128::from(mono_us) + i128::from(self.offset_us.load(Ordering::Relaxed));
-        u64::try_from(unix_us / 1000).unwrap_or(0)
+        let unix_us = mono_us.wrapping_add(self.offset_us.load(Ordering::Relaxed));
+        unix_us / 1000
     }
 
     #[cold]
@@ -61,18 +65,19 @@ impl WallClock {
         let unix_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, micros);
-        let offset = i128::from(unix_us) - i128::from(mono_us);
-        self.offset_us.store(
-            i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX }),
-            Ordering::Relaxed,
-        );
-        self.read_at_us.store(mono_us, Ordering::Relaxed);
+        self.offset_us
+            .store(unix_us.wrapping_sub(mono_us), Ordering::Relaxed);
+        self.read_at_us.store(mono_us, Ordering::Release);
         unix_us / 1000
     }
 }
 
+/// Whole microseconds (u64 arithmetic, no 128-bit division), saturating below [`NEVER`].
 fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1)
+    d.as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()))
+        .min(NEVER - 1)
 }
 
 #[cfg(test)]
@@ -113,12 +118,16 @@ mod tests {
     }
 
     #[test]
-    fn an_offset_before_the_epoch_is_not_a_panic() {
+    fn a_wall_clock_before_the_epoch_is_not_a_panic() {
+        // `refresh` answers 0 for a wall clock before 1970; the offset then wraps, and the
+        // derivation adds it back without overflowing.
         let clock = WallClock::new();
-        clock.read_at_us.store(0, Ordering::Relaxed);
+        clock.read_at_us.store(5_000_000, Ordering::Relaxed);
         clock
             .offset_us
-            .store(-5_000_000_000_000_000, Ordering::Relaxed);
-        assert_eq!(clock.unix_millis_at(clock.origin), 0);
+            .store(0u64.wrapping_sub(5_000_000), Ordering::Relaxed);
+        let later = clock.origin + Duration::from_millis(5_400);
+        assert_eq!(clock.unix_millis_at(later), 400);
+        assert_eq!(micros(Duration::MAX), NEVER - 1);
     }
 }
