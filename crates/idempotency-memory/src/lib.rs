@@ -563,6 +563,9 @@ enum Eviction {
 /// The claim and the completion, answered at once: behind both the async primitives and
 /// their `*_now` forms (one body, so the two cannot differ).
 impl MemoryStore {
+    // Inlined into both callers (the async primitive and its `*_now` form), as the async
+    // body was before it moved here.
+    #[inline]
     fn claim_at_once(
         &self,
         key: &StoreKey,
@@ -641,6 +644,7 @@ impl MemoryStore {
         }
     }
 
+    #[inline]
     fn complete_at_once(
         &self,
         key: &StoreKey,
