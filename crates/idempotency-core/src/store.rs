@@ -236,6 +236,9 @@ impl StoreError {
 /// - [`IdempotencyStore::wait_for_change`] is optional (the default answers
 ///   [`Waited::Unsupported`] at once, and the engine polls); when implemented it must not miss a
 ///   completion or release that happens after the caller's read (see its docs).
+/// - [`IdempotencyStore::try_claim_now`] and [`IdempotencyStore::complete_now`] are optional
+///   (the default answers `None`: not available); when implemented, an answer is exactly that
+///   of the async primitive, made without I/O.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Create the in-progress record if the key is absent, else return what is there.
@@ -332,6 +335,51 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     fn operation_bound(&self) -> Option<Duration> {
         None
     }
+
+    /// [`IdempotencyStore::try_claim`], answered at once by a store that needs no I/O for it
+    /// (an embedded store), without building a future; `None`: not available here, nothing was
+    /// done, call `try_claim`.
+    ///
+    /// Optional: the default answers `None`, and every caller then makes the async call. The
+    /// engine asks this first on its request path and falls back to `try_claim`: an embedded
+    /// store answers a claim without the boxed future of an `async_trait` call (an allocation
+    /// and a free per call, on the hottest path of the memory store).
+    ///
+    /// # Contract
+    /// When it answers `Some`, the answer and its effect on the store are exactly those of
+    /// one `try_claim` call with the same arguments (same atomicity, same expiry, same wake-ups),
+    /// and the caller makes no `try_claim` call for it. When it answers `None`, nothing was
+    /// done. An implementation either always answers `Some` or always `None`, and never blocks
+    /// on I/O.
+    ///
+    /// # Errors
+    /// As [`IdempotencyStore::try_claim`] (inside the `Some`).
+    fn try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        let _ = (key, record, lease);
+        None
+    }
+
+    /// [`IdempotencyStore::complete`], answered at once by a store that needs no I/O for it;
+    /// `None`: not available here, nothing was done, call `complete`. Same contract as
+    /// [`IdempotencyStore::try_claim_now`].
+    ///
+    /// # Errors
+    /// As [`IdempotencyStore::complete`] (inside the `Some`).
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Option<Result<Fenced, StoreError>> {
+        let _ = (key, token, record, retention);
+        None
+    }
 }
 
 macro_rules! forward_store {
@@ -389,6 +437,23 @@ macro_rules! forward_store {
             }
             fn operation_bound(&self) -> Option<Duration> {
                 (**self).operation_bound()
+            }
+            fn try_claim_now(
+                &self,
+                key: &StoreKey,
+                record: &InProgress,
+                lease: Duration,
+            ) -> Option<Result<Claim, StoreError>> {
+                (**self).try_claim_now(key, record, lease)
+            }
+            fn complete_now(
+                &self,
+                key: &StoreKey,
+                token: &LeaseToken,
+                record: &Completed,
+                retention: Duration,
+            ) -> Option<Result<Fenced, StoreError>> {
+                (**self).complete_now(key, token, record, retention)
             }
         }
     };

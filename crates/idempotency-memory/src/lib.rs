@@ -40,6 +40,11 @@
 //! (shared with the caller's `Bytes`), and a 16-byte slot in the map. A completed record's
 //! content type is shared with the records completed before it on the same thread when equal.
 //!
+//! # No future per claim
+//! The store answers the engine's claims and completions at once
+//! (`IdempotencyStore::try_claim_now` / `complete_now`): the engine builds no boxed future for
+//! them. The async primitives do exactly the same (one body behind both).
+//!
 //! # Waiting duplicates are woken
 //! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits on a
 //! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the
@@ -555,9 +560,13 @@ enum Eviction {
     NothingToEvict,
 }
 
-#[async_trait]
-impl IdempotencyStore for MemoryStore {
-    async fn try_claim(
+/// The claim and the completion, answered at once: behind both the async primitives and
+/// their `*_now` forms (one body, so the two cannot differ).
+impl MemoryStore {
+    // Inlined into both callers (the async primitive and its `*_now` form), as the async
+    // body was before it moved here.
+    #[inline]
+    fn claim_at_once(
         &self,
         key: &StoreKey,
         record: &InProgress,
@@ -635,7 +644,8 @@ impl IdempotencyStore for MemoryStore {
         }
     }
 
-    async fn complete(
+    #[inline]
+    fn complete_at_once(
         &self,
         key: &StoreKey,
         token: &LeaseToken,
@@ -665,6 +675,49 @@ impl IdempotencyStore for MemoryStore {
             Held::Completed(r) if r.token == *token => Ok(Fenced::Applied),
             _ => Ok(Fenced::LeaseLost),
         }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claim_at_once(key, record, lease)
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.complete_at_once(key, token, record, retention)
+    }
+
+    /// Always answered (the store needs no I/O): the engine's claims build no future.
+    fn try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        Some(self.claim_at_once(key, record, lease))
+    }
+
+    /// Always answered (the store needs no I/O): the engine's completions build no future.
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Option<Result<Fenced, StoreError>> {
+        Some(self.complete_at_once(key, token, record, retention))
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {

@@ -137,40 +137,52 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> Result<Begin<S>, IdempotencyError> {
         let config = &self.inner.config;
         let token = LeaseToken::generate();
-        // The monotonic clock beside the wall clock's `created_at_ms`: the claim's store call
-        // is timed from it, its renewal is scheduled from when that call ends, and the
-        // completion's timestamp is derived from it (three clock reads per claim, not five).
+        // One monotonic reading: the claim's store call is timed from it, its renewal is
+        // scheduled from when that call ends, the completion's timestamp is derived from it,
+        // and so is `created_at_ms` (the wall clock is read once per second at most, see
+        // `wall.rs`): two clock reads per claim, not five.
         let created_at = Instant::now();
         let record = InProgress {
             token,
             fingerprint,
-            created_at_ms: unix_millis_now(),
+            created_at_ms: self.inner.wall.unix_millis_at(created_at),
         };
         let wait_deadline = config.in_progress_wait.map(|w| created_at + w.max_wait);
         let mut waits = WaitState::NotYet;
         let mut started = created_at;
         loop {
-            // A caller that drops this future while the claim is on its way (a client gone, a
-            // timeout layer) may leave a claim applied with nobody holding its token: released
-            // in the background, as a claim whose reply was lost (fenced: a no-op if it never
-            // landed).
-            let in_flight = ClaimInFlight {
-                engine: self,
-                key: &store_key,
-                token: record.token,
-                which: Which::Primary,
+            let store = &self.inner.store;
+            // An embedded store answers at once: no boxed future for the async call, and
+            // nothing to cancel (see `IdempotencyStore::try_claim_now`). Its latency and
+            // failure are recorded as for the call.
+            let (claimed, ended) = match store.try_claim_now(&store_key, &record, config.lease) {
+                Some(answer) => {
+                    let ended = self.store_call_ended(started, StoreOperation::TryClaim, &answer);
+                    (answer, ended)
+                }
+                None => {
+                    // A caller that drops this future while the claim is on its way (a client
+                    // gone, a timeout layer) may leave a claim applied with nobody holding its
+                    // token: released in the background, as a claim whose reply was lost
+                    // (fenced: a no-op if it never landed).
+                    let in_flight = ClaimInFlight {
+                        engine: self,
+                        key: &store_key,
+                        token: record.token,
+                        which: Which::Primary,
+                    };
+                    let timed = self
+                        .timed_since(
+                            started,
+                            Which::Primary,
+                            StoreOperation::TryClaim,
+                            store.try_claim(&store_key, &record, config.lease),
+                        )
+                        .await;
+                    in_flight.answered();
+                    timed
+                }
             };
-            let (claimed, ended) = self
-                .timed_since(
-                    started,
-                    Which::Primary,
-                    StoreOperation::TryClaim,
-                    self.inner
-                        .store
-                        .try_claim(&store_key, &record, config.lease),
-                )
-                .await;
-            in_flight.answered();
             let claimed_at = (created_at, ended);
             let existing = match claimed {
                 Ok(Claim::Claimed) => {

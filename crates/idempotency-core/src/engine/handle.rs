@@ -13,6 +13,7 @@ use super::background::Background;
 use super::config::{self, Config, DISABLE_ENV_VAR};
 use super::registry::{Ticket, Which};
 use super::stats::{Event, Stats, StatsSnapshot, names};
+use super::wall::WallClock;
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, Record,
     Scope, StoreError, StoreKey, StoreOperation,
@@ -53,6 +54,8 @@ pub(super) struct Inner<S> {
     pub(super) config: Config,
     pub(super) stats: Stats,
     pub(super) background: Background,
+    /// The wall clock of new claims, derived from the monotonic reading each claim makes.
+    pub(super) wall: WallClock,
 }
 
 /// A claim on a key, as held by a guard.
@@ -112,6 +115,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 config,
                 stats: Stats::default(),
                 background,
+                wall: WallClock::new(),
             }),
         }
     }
@@ -235,16 +239,29 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             // The store's own timer bounds the call (one timer, not two nested ones).
             call.await
         };
+        let ended = self.store_call_ended(started, operation, &result);
+        (result, ended)
+    }
+
+    /// The end of a store call that started at `started`, however it was made (a future, or
+    /// answered at once: [`IdempotencyStore::try_claim_now`]): its latency and failure are
+    /// recorded the same way. Returns when it ended (the clock read that measured it).
+    pub(crate) fn store_call_ended<T>(
+        &self,
+        started: Instant,
+        operation: StoreOperation,
+        result: &Result<T, StoreError>,
+    ) -> Instant {
         let ended = Instant::now();
         super::stats::record_store_latency(
             operation,
             ended.saturating_duration_since(started).as_secs_f64(),
         );
-        if let Err(error) = &result {
+        if let Err(error) = result {
             self.inner.stats.record(Event::StoreError(operation));
             tracing::debug!(%error, %operation, "store operation failed");
         }
-        (result, ended)
+        ended
     }
 }
 
@@ -262,14 +279,32 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     ) -> (Result<Fenced, StoreError>, u32) {
         let store = self.store_of(claim.which);
         let retention = self.config().retention();
-        let (first, _) = self
-            .timed_since(
-                started,
-                claim.which,
-                StoreOperation::Complete,
-                store.complete(&claim.key, &claim.record.token, completed, retention),
-            )
-            .await;
+        let token = &claim.record.token;
+        // An embedded store answers at once, without the boxed future of the async call (see
+        // `IdempotencyStore::complete_now`); latency and failures are recorded as for the call.
+        let now = match claim.which {
+            Which::Primary => self
+                .inner
+                .store
+                .complete_now(&claim.key, token, completed, retention),
+            Which::Fallback => store.complete_now(&claim.key, token, completed, retention),
+        };
+        let first = match now {
+            Some(answer) => {
+                self.store_call_ended(started, StoreOperation::Complete, &answer);
+                answer
+            }
+            None => {
+                self.timed_since(
+                    started,
+                    claim.which,
+                    StoreOperation::Complete,
+                    store.complete(&claim.key, token, completed, retention),
+                )
+                .await
+                .0
+            }
+        };
         match first {
             // Boxed: the retry loop's state stays out of the common path's future.
             Err(error) if error.is_transient() => {

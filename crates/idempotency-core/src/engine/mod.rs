@@ -1,7 +1,7 @@
 //! The engine: runs an operation at most once per `(scope, key)` on any store.
 //!
-//! Modules, lowest first (each imports only modules above it in this list): `stats`, `config`,
-//! `registry`, `background` (state of the off-request-path work), `handle` (the engine handle
+//! Modules, lowest first (each imports only modules above it in this list): `stats`, `wall`
+//! (the wall clock of new claims), `config`, `registry`, `background` (state of the off-request-path work), `handle` (the engine handle
 //! and its store calls), `driver` (the background task), `guard`, `begin` (what to do with a
 //! request), `builder`, `external`, `run`.
 
@@ -16,6 +16,7 @@ mod handle;
 mod registry;
 mod run;
 mod stats;
+mod wall;
 
 pub use begin::Begin;
 pub use builder::IdempotencyBuilder;

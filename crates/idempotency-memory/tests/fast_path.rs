@@ -1,0 +1,389 @@
+//! The memory store answers the engine's claims and completions at once
+//! (`IdempotencyStore::try_claim_now` / `complete_now`, no boxed future per call): the engine's
+//! answers, counters, metrics and the records left behind are the same as through the async
+//! primitives, which every other store goes through.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use idempotency_core::{
+    Begin, Claim, Completed, Fenced, Fingerprint, Guard, Idempotency, IdempotencyKey,
+    IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
+    Waited, async_trait,
+};
+use idempotency_memory::{ManualClock, MemoryStore};
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+
+/// The memory store with its at-once answers hidden: every call goes through the async
+/// primitives, as for any store that does not implement them.
+#[derive(Debug, Clone)]
+struct AsyncOnly(MemoryStore);
+
+#[async_trait]
+impl IdempotencyStore for AsyncOnly {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.0.try_claim(key, record, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.0.complete(key, token, record, retention).await
+    }
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        self.0.release(key, token).await
+    }
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.0.extend(key, token, lease).await
+    }
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.0.delete(key).await
+    }
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        self.0.time_to_live(key).await
+    }
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        self.0.wait_for_change(key, seen, timeout).await
+    }
+}
+
+fn claim_record() -> InProgress {
+    InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: Fingerprint::of("x"),
+        created_at_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
+    let lease = Duration::from_secs(60);
+    let retention = Duration::from_secs(600);
+    let store = MemoryStore::new();
+    let key = StoreKey::from_raw("idem:s:now");
+    let claim = claim_record();
+    assert_eq!(
+        store.try_claim_now(&key, &claim, lease).unwrap().unwrap(),
+        Claim::Claimed
+    );
+    // The async primitive sees what the at-once claim did, and the other way round.
+    let other = claim_record();
+    assert_eq!(
+        store.try_claim(&key, &other, lease).await.unwrap(),
+        Claim::Existing(Record::InProgress(claim.clone()))
+    );
+    let done = Completed {
+        token: claim.token,
+        fingerprint: claim.fingerprint,
+        created_at_ms: 1,
+        completed_at_ms: 2,
+        outcome: StoredOutcome::new("body", Some("text/plain".into())),
+    };
+    let wrong = LeaseToken::generate();
+    assert_eq!(
+        store
+            .complete_now(&key, &wrong, &done, retention)
+            .unwrap()
+            .unwrap(),
+        Fenced::LeaseLost
+    );
+    assert_eq!(
+        store
+            .complete_now(&key, &claim.token, &done, retention)
+            .unwrap()
+            .unwrap(),
+        Fenced::Applied
+    );
+    // A retried completion under the same token is applied, as through `complete`.
+    assert_eq!(
+        store
+            .complete(&key, &claim.token, &done, retention)
+            .await
+            .unwrap(),
+        Fenced::Applied
+    );
+    assert_eq!(
+        store.try_claim_now(&key, &other, lease).unwrap().unwrap(),
+        Claim::Existing(Record::Completed(done.clone()))
+    );
+    // Full: the same typed error as the async claim.
+    let full = MemoryStore::builder().max_entries(1).build();
+    let first = StoreKey::from_raw("idem:s:1");
+    let second = StoreKey::from_raw("idem:s:2");
+    full.try_claim_now(&first, &claim_record(), lease)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        full.try_claim_now(&second, &claim_record(), lease).unwrap(),
+        Err(StoreError::Full { entries: 1 })
+    ));
+    assert!(matches!(
+        full.try_claim(&second, &claim_record(), lease).await,
+        Err(StoreError::Full { entries: 1 })
+    ));
+
+    // Wrappers forward it; a store that does not implement it answers `None` and does nothing.
+    let shared: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+    assert!(shared.try_claim_now(&key, &claim_record(), lease).is_some());
+    let boxed: Box<dyn IdempotencyStore> = Box::new(MemoryStore::new());
+    assert!(
+        boxed
+            .complete_now(&key, &claim.token, &done, retention)
+            .is_some()
+    );
+    let hidden = AsyncOnly(MemoryStore::new());
+    assert!(hidden.try_claim_now(&key, &claim_record(), lease).is_none());
+    assert!(
+        hidden
+            .complete_now(&key, &claim.token, &done, retention)
+            .is_none()
+    );
+    assert_eq!(hidden.get(&key).await.unwrap(), None, "nothing was done");
+}
+
+/// Counts every counter increment and histogram value by metric key (`name{label=value}`).
+#[derive(Default)]
+struct Counting {
+    counters: Mutex<BTreeMap<String, Arc<Total>>>,
+    histograms: Mutex<BTreeMap<String, Arc<Total>>>,
+}
+
+#[derive(Default)]
+struct Total(AtomicU64);
+
+impl CounterFn for Total {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::Relaxed);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+}
+
+impl HistogramFn for Total {
+    fn record(&self, value: f64) {
+        assert!(value >= 0.0, "a latency is never negative: {value}");
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn name(key: &Key) -> String {
+    let labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl Counting {
+    fn totals(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let read = |map: &Mutex<BTreeMap<String, Arc<Total>>>| {
+            map.lock()
+                .unwrap()
+                .iter()
+                .map(|(k, t)| (k.clone(), t.0.load(Ordering::Relaxed)))
+                .collect()
+        };
+        (read(&self.counters), read(&self.histograms))
+    }
+}
+
+impl Recorder for Counting {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut map = self.counters.lock().unwrap();
+        Counter::from_arc(Arc::clone(map.entry(name(key)).or_default()))
+    }
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let mut map = self.histograms.lock().unwrap();
+        Histogram::from_arc(Arc::clone(map.entry(name(key)).or_default()))
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so both runs make the same choices.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// What a step saw, without what differs between runs by design (lease tokens, wall-clock
+/// timestamps).
+fn record_summary(record: Option<Record>) -> String {
+    match record {
+        None => "absent".to_owned(),
+        Some(Record::InProgress(r)) => format!("in progress {:?}", r.fingerprint),
+        Some(Record::Completed(r)) => format!(
+            "completed {:?} {:?} {:?}",
+            r.fingerprint, r.outcome.body, r.outcome.content_type
+        ),
+    }
+}
+
+/// `steps` random engine operations on a few keys of a small bounded store whose clock moves
+/// (lease 1 s, retention 3 s, at most 4 records): claims, replays, conflicts, mismatches,
+/// completions (some after their lease ended), releases, a full store (fail closed), reads.
+/// Returns the transcript, the engine's counters and the metrics recorded.
+async fn run<S: IdempotencyStore + 'static>(
+    store: S,
+    clock: &ManualClock,
+    seed: u64,
+    steps: usize,
+) -> (
+    Vec<String>,
+    String,
+    (BTreeMap<String, u64>, BTreeMap<String, u64>),
+) {
+    let recorder = Counting::default();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let engine = Idempotency::builder(store)
+        .ignore_env()
+        .lease(Duration::from_secs(1))
+        .retention(Duration::from_secs(3))
+        .renew_leases(false)
+        .build()
+        .unwrap();
+    let scope = Scope::new("fast-path");
+    let keys: Vec<IdempotencyKey> = (0..6)
+        .map(|n| IdempotencyKey::new(format!("key-{n}")).unwrap())
+        .collect();
+    let fingerprints = [Fingerprint::of("a"), Fingerprint::of("b")];
+    let mut held: Vec<(usize, Guard<S>)> = Vec::new();
+    let mut rng = Rng(seed);
+    let mut transcript = Vec::new();
+    for step in 0..steps {
+        let seen = match rng.below(10) {
+            0..=3 => {
+                let k = rng.below(keys.len() as u64) as usize;
+                let fingerprint = fingerprints[rng.below(2) as usize];
+                match engine.begin(&scope, &keys[k], fingerprint).await {
+                    Ok(Begin::Run(guard)) => {
+                        held.push((k, guard));
+                        format!("begin {k}: run")
+                    }
+                    Ok(Begin::Replay(outcome)) => format!(
+                        "begin {k}: replay {:?} {:?}",
+                        outcome.body, outcome.content_type
+                    ),
+                    Err(error) => format!("begin {k}: {error:?}"),
+                }
+            }
+            4..=5 if !held.is_empty() => {
+                let (k, guard) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                let outcome = StoredOutcome::new(format!("out-{step}"), Some("text/plain".into()));
+                format!("complete {k}: {:?}", guard.complete(outcome).await)
+            }
+            6 if !held.is_empty() => {
+                let (k, guard) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                format!("release {k}: {:?}", guard.release().await)
+            }
+            7 => {
+                let by = Duration::from_millis(rng.below(900));
+                clock.advance(by);
+                format!("advance {by:?}")
+            }
+            _ => {
+                let k = rng.below(keys.len() as u64) as usize;
+                let record = engine.get(&scope, &keys[k]).await.unwrap();
+                format!("get {k}: {}", record_summary(record))
+            }
+        };
+        transcript.push(seen);
+    }
+    for (_, guard) in held {
+        guard.release().await.ok();
+    }
+    let stats = format!("{:?}", engine.stats());
+    drop(engine);
+    (transcript, stats, recorder.totals())
+}
+
+fn bounded(clock: &ManualClock) -> MemoryStore {
+    MemoryStore::builder()
+        .clock(clock.clone())
+        .max_entries(4)
+        .build()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_engine_answers_the_same_on_both_paths() {
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 1..=40u64 {
+        let seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let now_clock = ManualClock::new();
+        let at_once = run(bounded(&now_clock), &now_clock, seed, 300).await;
+        let async_clock = ManualClock::new();
+        let through_calls = run(AsyncOnly(bounded(&async_clock)), &async_clock, seed, 300).await;
+        for (step, (a, b)) in at_once.0.iter().zip(&through_calls.0).enumerate() {
+            assert_eq!(a, b, "seed {seed}, step {step}");
+        }
+        assert_eq!(at_once.1, through_calls.1, "counters, seed {seed}");
+        assert_eq!(at_once.2, through_calls.2, "metrics, seed {seed}");
+        for line in &at_once.0 {
+            let kind = line.split_once(": ").map_or(line.as_str(), |(_, k)| k);
+            kinds.insert(kind.split([' ', '(', '{']).next().unwrap_or("").to_owned());
+        }
+        let (counters, histograms) = &at_once.2;
+        assert!(
+            histograms.contains_key("idempotency_store_op_duration_seconds{op=try_claim}")
+                && histograms.contains_key("idempotency_store_op_duration_seconds{op=complete}"),
+            "{histograms:?}"
+        );
+        assert!(
+            counters.contains_key("idempotency_claims_total{}"),
+            "{counters:?}"
+        );
+    }
+    // The runs met every kind of answer the paths could differ on.
+    for kind in [
+        "run",
+        "replay",
+        "InProgress",
+        "FingerprintMismatch",
+        "StoreUnavailable",
+        "Ok",
+        "Err",
+        "completed",
+        "absent",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
+}
