@@ -538,4 +538,42 @@ impl IdempotencyStore for AnyStore {
             Inner::Unopened => None,
         }
     }
+
+    /// Forwarded to the memory store, which answers a claim at once (no boxed future per
+    /// call); every other store answers `None` and the engine makes the async call.
+    fn try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        match self.inner {
+            #[cfg(feature = "memory")]
+            Inner::Memory(ref store) => store.try_claim_now(key, record, lease),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = (key, record, lease);
+                None
+            }
+        }
+    }
+
+    /// Forwarded to the memory store, as `try_claim_now`.
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Option<Result<Fenced, StoreError>> {
+        match self.inner {
+            #[cfg(feature = "memory")]
+            Inner::Memory(ref store) => store.complete_now(key, token, record, retention),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = (key, token, record, retention);
+                None
+            }
+        }
+    }
 }
