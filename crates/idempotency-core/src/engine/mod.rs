@@ -1,9 +1,9 @@
 //! The engine: runs an operation at most once per `(scope, key)` on any store.
 //!
 //! Modules, lowest first (each imports only modules above it in this list): `stats`, `wall`
-//! (the wall clock of new claims), `config`, `registry`, `background` (state of the off-request-path work), `handle` (the engine handle
-//! and its store calls), `driver` (the background task), `guard`, `begin` (what to do with a
-//! request), `builder`, `external`, `run`.
+//! (the wall clock of new claims), `config`, `registry`, `background` (state of the
+//! off-request-path work), `handle` (the engine handle and its store calls), `driver` (the
+//! background task), `guard`, `begin` (what to do with a request), `builder`, `external`, `run`.
 
 mod background;
 mod begin;
