@@ -309,3 +309,95 @@ async fn a_restart_under_16_tasks_leaks_no_other_error_and_keeps_fencing() {
         Some(Record::InProgress(new))
     );
 }
+
+/// One master of the 3-master cluster restarted (its data and script cache gone, its slots kept
+/// through `nodes.conf`): once the cluster store reaches it again, every primitive works on
+/// its keys through `NOSCRIPT`, claims made before the restart on its keys are fenced out, and
+/// claims on the other masters' keys complete as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cluster_master_is_reloaded_and_keeps_fencing() {
+    let mut cluster = RedisCluster::start(3).expect("a local 3-master redis cluster");
+    let store = RedisStore::builder()
+        .operation_timeout(Duration::from_secs(1))
+        .claim_strategy(ClaimStrategy::Script)
+        .connect_cluster(cluster.urls())
+        .await
+        .unwrap();
+    let claims: Vec<_> = (0..30)
+        .map(|i| (common::unique_key("b9c", &format!("{i}")), claim_record()))
+        .collect();
+    for (k, r) in &claims {
+        assert_eq!(store.try_claim(k, r, LEASE).await.unwrap(), Claim::Claimed);
+    }
+    // Kept (alive) until the end of the test.
+    let _cluster = tokio::task::spawn_blocking(move || {
+        cluster.nodes()[0].restart().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+
+    // Until every key answers again (the cluster client reconnects on its own).
+    let mut states = Vec::new();
+    for _ in 0..100 {
+        states.clear();
+        for (k, _) in &claims {
+            match store.get(k).await {
+                Ok(state) => states.push(state),
+                Err(StoreError::Unavailable { .. } | StoreError::Timeout { .. }) => break,
+                Err(other) => panic!("leaked to the caller: {other:?}"),
+            }
+        }
+        if states.len() == claims.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        states.len(),
+        claims.len(),
+        "every key answers after the restart"
+    );
+    let lost = states.iter().filter(|s| s.is_none()).count();
+    assert!(
+        lost > 0 && lost < claims.len(),
+        "{lost} of {} keys lost",
+        claims.len()
+    );
+
+    for ((k, r), state) in claims.iter().zip(&states) {
+        let done = completed(r, StoredOutcome::new("x", None));
+        match state {
+            Some(Record::InProgress(held)) => {
+                assert_eq!(held, r);
+                assert_eq!(
+                    store.extend(k, &r.token, LEASE).await.unwrap(),
+                    Fenced::Applied
+                );
+                assert_eq!(
+                    store.complete(k, &r.token, &done, RETENTION).await.unwrap(),
+                    Fenced::Applied
+                );
+            }
+            None => {
+                // Lost with the restart: the old claim is fenced out, a new claim wins.
+                assert_eq!(
+                    store.extend(k, &r.token, LEASE).await.unwrap(),
+                    Fenced::LeaseLost
+                );
+                let new = claim_record();
+                assert_eq!(
+                    store.try_claim(k, &new, LEASE).await.unwrap(),
+                    Claim::Claimed
+                );
+                assert_eq!(
+                    store.complete(k, &r.token, &done, RETENTION).await.unwrap(),
+                    Fenced::LeaseLost
+                );
+                assert_eq!(store.release(k, &r.token).await.unwrap(), Fenced::LeaseLost);
+                assert_eq!(store.release(k, &new.token).await.unwrap(), Fenced::Applied);
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+}
