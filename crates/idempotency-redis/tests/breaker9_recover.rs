@@ -566,3 +566,108 @@ async fn an_error_reply_inside_a_script_is_corrupt_on_every_path() {
         assert_eq!(kind, "hash", "the hash is left as it was");
     }
 }
+
+/// Resumes the server even when an assertion fails.
+struct Paused<'a>(&'a mut RedisServer);
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume();
+    }
+}
+
+/// A frozen server (SIGSTOP) with the script cache flushed just before: every primitive — the
+/// script claim, extend, complete, release, and the lease-lost path — ends with `Timeout` at the
+/// operation timeout; once thawed, the same store answers through `NOSCRIPT` with the fencing
+/// intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_after_a_flush_times_out_every_primitive_within_the_budget() {
+    let mut server = RedisServer::start_local().expect("local redis-server");
+    let store = RedisStore::builder()
+        .operation_timeout(BUDGET)
+        .claim_strategy(ClaimStrategy::Script)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let k = key("frozen");
+    let r = claim_record();
+    let stale = LeaseToken::generate();
+    assert_eq!(
+        store.try_claim(&k, &r, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    let mut admin = store.connection().clone();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let done = completed(&r, StoredOutcome::new("x", None));
+    {
+        let paused = Paused(&mut server);
+        paused.0.pause().expect("pause");
+        let r2 = claim_record();
+        let k2 = key("frozen-2");
+        type Op<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>,
+        >;
+        let ops: Vec<(StoreOperation, Op<'_>)> = vec![
+            (
+                StoreOperation::TryClaim,
+                Box::pin(async { store.try_claim(&k2, &r2, LEASE).await.map(drop) }),
+            ),
+            (
+                StoreOperation::Extend,
+                Box::pin(async { store.extend(&k, &r.token, LEASE).await.map(drop) }),
+            ),
+            (
+                StoreOperation::Release,
+                Box::pin(async { store.release(&k, &stale).await.map(drop) }),
+            ),
+            (
+                StoreOperation::Complete,
+                Box::pin(async { store.complete(&k, &stale, &done, RETENTION).await.map(drop) }),
+            ),
+        ];
+        for (operation, op) in ops {
+            let started = Instant::now();
+            let err = op.await.unwrap_err();
+            let took = started.elapsed();
+            assert!(
+                matches!(&err, StoreError::Timeout { operation: o, after } if *o == operation && *after == BUDGET),
+                "{operation}: {err:?}"
+            );
+            assert!(
+                took >= BUDGET && took < BUDGET + SLACK,
+                "{operation}: {took:?}"
+            );
+        }
+    }
+    // Thawed: the commands sent while frozen may still run now (the replies were dropped with
+    // the timed-out futures); whatever ran, the fencing holds.
+    let mut answered = None;
+    for _ in 0..50 {
+        match store.extend(&k, &stale, LEASE).await {
+            Ok(f) => {
+                answered = Some(f);
+                break;
+            }
+            Err(StoreError::Timeout { .. } | StoreError::Unavailable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(answered, Some(Fenced::LeaseLost));
+    assert_eq!(
+        store.complete(&k, &stale, &done, RETENTION).await.unwrap(),
+        Fenced::LeaseLost
+    );
+    assert_eq!(
+        store
+            .complete(&k, &r.token, &done, RETENTION)
+            .await
+            .unwrap(),
+        Fenced::Applied
+    );
+    assert_eq!(store.get(&k).await.unwrap(), Some(Record::Completed(done)));
+}
