@@ -671,3 +671,74 @@ async fn a_frozen_server_after_a_flush_times_out_every_primitive_within_the_budg
     );
     assert_eq!(store.get(&k).await.unwrap(), Some(Record::Completed(done)));
 }
+
+/// `maxmemory` reached under `noeviction`: an `OOM` error reply from inside a script (its
+/// `SET`) or from `SET NX GET` is `WriteRefused` on the plain path, after `NOSCRIPT` and after a
+/// broken connection; the scripts that only expire or delete still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_reply_inside_a_script_is_write_refused_on_every_path() {
+    use Fault::*;
+    let server = RedisServer::start_local().expect("local redis-server");
+    for strategy in [ClaimStrategy::Script, ClaimStrategy::SetNxGet] {
+        let (store, faulty) = faulty_store(&server, strategy).await;
+        let raw = faulty.inner.clone();
+        let paths: [&[Fault]; 3] = [&[], &[Flush], &[Broken, Flush]];
+        for faults in paths {
+            let what = format!("{strategy:?} {faults:?}");
+            let k = key("oom");
+            let r = claim_record();
+            faulty.fresh(&[]).await;
+            assert_eq!(
+                store.try_claim(&k, &r, LEASE).await.unwrap(),
+                Claim::Claimed
+            );
+            let config = |name: &'static str, value: &'static str| {
+                let mut raw = raw.clone();
+                async move {
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg(name)
+                        .arg(value)
+                        .query_async::<()>(&mut raw)
+                        .await
+                        .unwrap();
+                }
+            };
+            config("maxmemory-policy", "noeviction").await;
+            config("maxmemory", "1").await;
+
+            faulty.fresh(faults).await;
+            let claimed = store
+                .try_claim(&key("oom-new"), &claim_record(), LEASE)
+                .await;
+            assert!(
+                matches!(claimed, Err(StoreError::WriteRefused { .. })),
+                "claim {what}: {claimed:?}"
+            );
+            let done = completed(&r, StoredOutcome::new("x", None));
+            faulty.fresh(faults).await;
+            let fenced = store.complete(&k, &r.token, &done, RETENTION).await;
+            assert!(
+                matches!(fenced, Err(StoreError::WriteRefused { .. })),
+                "complete {what}: {fenced:?}"
+            );
+            faulty.fresh(faults).await;
+            assert_eq!(
+                store.release(&k, &LeaseToken::generate()).await.unwrap(),
+                Fenced::LeaseLost,
+                "{what}"
+            );
+            faulty.fresh(faults).await;
+            let extended = store.extend(&k, &r.token, LEASE).await;
+            faulty.fresh(faults).await;
+            let released = store.release(&k, &r.token).await;
+
+            config("maxmemory", "0").await;
+            // Expiring and deleting need no memory: answered under OOM as before.
+            assert_eq!(extended.unwrap(), Fenced::Applied, "extend {what}");
+            assert_eq!(released.unwrap(), Fenced::Applied, "release {what}");
+            faulty.fresh(&[]).await;
+            assert_eq!(store.get(&k).await.unwrap(), None, "{what}");
+        }
+    }
+}
