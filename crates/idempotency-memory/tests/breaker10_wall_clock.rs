@@ -157,3 +157,39 @@ fn an_engine_used_outside_the_runtime_it_was_built_in_keeps_the_wall_time() {
         );
     });
 }
+
+/// A completion prepared for a transaction (`Guard::prepare`, the SQL store's `complete_in`)
+/// is never stamped before its claim: `completed_at_ms` was a direct wall-clock reading while
+/// `created_at_ms` is derived from the monotonic clock, so a claim derived ahead of the wall
+/// clock (tokio's paused clock within a refresh period here; a wall clock stepped back, or
+/// drift and truncation, under the real one) completed "before" it was created.
+#[tokio::test(start_paused = true)]
+async fn a_prepared_completion_is_not_stamped_before_its_claim() {
+    let engine = new_engine();
+    let scope = Scope::new("b10-wall");
+    // The first claim reads the wall clock; the next one, 900 ms of paused time later, is
+    // derived from it (the real wall clock has hardly moved).
+    let _ = claim_once(&engine, "first").await;
+    tokio::time::advance(Duration::from_millis(900)).await;
+    let key = IdempotencyKey::new("prepared").unwrap();
+    let Ok(Begin::Run(guard)) = engine.begin(&scope, &key, Fingerprint::of("a")).await else {
+        panic!("runs");
+    };
+    tokio::time::advance(Duration::from_millis(40)).await;
+    let pending = guard
+        .prepare(StoredOutcome::new("x", Some("text/plain".into())))
+        .await
+        .unwrap();
+    let parts = pending.parts().expect("a claim");
+    let (created, completed) = (
+        parts.completed.created_at_ms,
+        parts.completed.completed_at_ms,
+    );
+    assert!(
+        completed >= created,
+        "completed {completed} < created {created}"
+    );
+    // The time the operation took, as `Guard::complete` stamps it.
+    assert_eq!(completed - created, 40);
+    pending.release().await.unwrap();
+}
