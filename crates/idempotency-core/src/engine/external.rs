@@ -11,7 +11,7 @@ use super::registry::Which;
 use super::stats::{Event, names};
 use crate::{
     Completed, Fenced, IdempotencyError, IdempotencyStore, InProgress, LeaseToken, StoreKey,
-    StoreOperation, StoredOutcome, unix_millis_now,
+    StoreOperation, StoredOutcome,
 };
 
 /// What the fenced write of an external completion needs: replace the record under `key`, only
@@ -122,7 +122,12 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             token: claim.record.token,
             fingerprint: claim.record.fingerprint,
             created_at_ms: claim.record.created_at_ms,
-            completed_at_ms: unix_millis_now(),
+            // As `Guard::complete` stamps it: the claim's wall-clock time plus the monotonic
+            // time since. `created_at_ms` is derived from the monotonic clock (`wall.rs`), so
+            // a direct reading here could come out before it.
+            completed_at_ms: claim.record.created_at_ms.saturating_add(
+                u64::try_from(claim.created_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
             outcome: outcome.compressed_above(config.compression_threshold()),
         };
         Ok(PendingCompletion {

@@ -21,6 +21,10 @@ pub(super) const REFRESH: Duration = Duration::from_secs(1);
 /// Never read yet (the first derivation reads the wall clock).
 const NEVER: u64 = u64::MAX;
 
+/// The largest Unix time in microseconds taken as one (year ~294,000): a derived time above it
+/// wrapped below 1970 (see [`WallClock::unix_millis_at`]).
+const MAX_UNIX_US: u64 = i64::MAX as u64;
+
 /// Unix milliseconds from monotonic readings; see the module docs.
 #[derive(Debug)]
 pub(super) struct WallClock {
@@ -49,7 +53,14 @@ impl WallClock {
     /// time: both are within [`REFRESH`] of each other, and the offsets differ only by drift
     /// (or by a step of the wall clock, which is then seen).
     pub(super) fn unix_millis_at(&self, now: Instant) -> u64 {
-        let mono_us = micros(now.saturating_duration_since(self.origin));
+        // A reading before the origin: tokio's clock was ahead where this engine was built (a
+        // paused runtime advanced, the engine then used from another runtime). Counted as the
+        // origin, every such reading would derive the same time, and no refresh would ever be
+        // due: read the wall clock instead.
+        let Some(since) = now.checked_duration_since(self.origin) else {
+            return crate::unix_millis_now();
+        };
+        let mono_us = micros(since);
         // Acquire, paired with the Release in `refresh`: whoever sees a reading's time sees its
         // offset or a later one (never the 0 from before the first reading).
         let read_at = self.read_at_us.load(Ordering::Acquire);
@@ -57,18 +68,28 @@ impl WallClock {
             return self.refresh(mono_us);
         }
         let unix_us = mono_us.wrapping_add(self.offset_us.load(Ordering::Relaxed));
+        if unix_us > MAX_UNIX_US {
+            // Wrapped below 1970: a reading made before the last refresh while the wall clock
+            // was before the epoch (the offset is then "negative"). 0, as `unix_millis_now`.
+            return 0;
+        }
         unix_us / 1000
     }
 
     #[cold]
     fn refresh(&self, mono_us: u64) -> u64 {
+        // The monotonic clock is read again beside the wall clock: the caller's reading may be
+        // old (its thread preempted between the reading and here), and pairing it with a fresh
+        // wall-clock reading would move every time derived until the next refresh ahead by
+        // that delay. One more clock read per refresh (once a second at most).
+        let fresh_us = micros(Instant::now().saturating_duration_since(self.origin)).max(mono_us);
         let unix_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, micros);
         self.offset_us
-            .store(unix_us.wrapping_sub(mono_us), Ordering::Relaxed);
-        self.read_at_us.store(mono_us, Ordering::Release);
-        unix_us / 1000
+            .store(unix_us.wrapping_sub(fresh_us), Ordering::Relaxed);
+        self.read_at_us.store(fresh_us, Ordering::Release);
+        unix_us.saturating_sub(fresh_us - mono_us) / 1000
     }
 }
 
@@ -115,6 +136,41 @@ mod tests {
             clock.read_at_us.load(Ordering::Relaxed),
             micros(Duration::from_micros(250_700 + 1_000_000))
         );
+    }
+
+    /// breaker10: a refresh made for an old reading (its thread preempted between the reading
+    /// and the refresh) paired that reading with a fresh wall-clock reading, so every time
+    /// derived until the next refresh ran ahead by the delay (here 500 ms).
+    #[tokio::test(start_paused = true)]
+    async fn breaker10_a_refresh_for_an_old_reading_does_not_move_later_times_ahead() {
+        let clock = WallClock::new();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let old = clock.origin + Duration::from_millis(4_500);
+        let for_old = clock.unix_millis_at(old);
+        let derived = clock.unix_millis_at(Instant::now());
+        let direct = crate::unix_millis_now();
+        assert!(
+            derived.abs_diff(direct) <= 2,
+            "derived {derived} vs direct {direct}"
+        );
+        assert!(
+            (499..=501).contains(&(derived - for_old)),
+            "{for_old} {derived}"
+        );
+    }
+
+    /// breaker10: with the wall clock before the epoch (the offset "negative"), a reading made
+    /// before the last refresh (another thread refreshed in between) wrapped to a time ~584,000
+    /// years ahead instead of 1970.
+    #[test]
+    fn breaker10_an_older_reading_before_the_epoch_does_not_wrap() {
+        let clock = WallClock::new();
+        clock.read_at_us.store(5_000_000, Ordering::Relaxed);
+        clock
+            .offset_us
+            .store(0u64.wrapping_sub(5_000_000), Ordering::Relaxed);
+        let earlier = clock.origin + Duration::from_millis(4_000);
+        assert_eq!(clock.unix_millis_at(earlier), 0);
     }
 
     #[test]
