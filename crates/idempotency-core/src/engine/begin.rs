@@ -155,12 +155,17 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             // An embedded store answers at once: no boxed future for the async call, and
             // nothing to cancel (see `IdempotencyStore::try_claim_now`). Its latency and
             // failure are recorded as for the call.
-            let (claimed, ended) = match store.try_claim_now(&store_key, &record, config.lease) {
-                Some(answer) => {
+            //
+            // `if let`, not `match`: a `match` keeps its scrutinee (the at-once answer, ~130
+            // bytes) alive across the `await` of the other arm, which made this future (boxed
+            // per request by the HTTP layer) outgrow glibc's per-thread cache (1032 bytes;
+            // `idempotency-memory` test `future_sizes`). Edition 2024 drops an `if let`
+            // scrutinee before the `else` block.
+            let (claimed, ended) =
+                if let Some(answer) = store.try_claim_now(&store_key, &record, config.lease) {
                     let ended = self.store_call_ended(started, StoreOperation::TryClaim, &answer);
                     (answer, ended)
-                }
-                None => {
+                } else {
                     // A caller that drops this future while the claim is on its way (a client
                     // gone, a timeout layer) may leave a claim applied with nobody holding its
                     // token: released in the background, as a claim whose reply was lost
@@ -181,8 +186,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                         .await;
                     in_flight.answered();
                     timed
-                }
-            };
+                };
             let claimed_at = (created_at, ended);
             let existing = match claimed {
                 Ok(Claim::Claimed) => {
