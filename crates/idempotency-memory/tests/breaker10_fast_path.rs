@@ -16,7 +16,7 @@ use idempotency_memory::{ManualClock, MemoryStore};
 
 mod breaker10_common;
 
-use breaker10_common::{Counting, Mode, Probe, Seen, key, outcome};
+use breaker10_common::{Counting, Mode, Probe, Seen, fresh, key, outcome};
 
 /// A completion whose first attempt fails transiently, then succeeds: same answer, same retry
 /// count, same backoff, same metrics whether the first attempt was answered at once or made
@@ -41,13 +41,7 @@ async fn a_transient_first_completion_is_retried_the_same_on_both_paths() {
             .build()
             .unwrap();
         let scope = Scope::new("b10");
-        let Begin::Run(guard) = engine
-            .begin(&scope, &key("retry"), Fingerprint::of("a"))
-            .await
-            .unwrap()
-        else {
-            panic!("a fresh key runs");
-        };
+        let guard = fresh(&engine, &scope, "retry").await;
         let started = tokio::time::Instant::now();
         let answer = guard.complete(outcome("done")).await;
         let waited = started.elapsed();
@@ -136,13 +130,7 @@ async fn a_lease_lost_at_once_completion_is_not_retried() {
             .build()
             .unwrap();
         let scope = Scope::new("b10");
-        let Begin::Run(guard) = engine
-            .begin(&scope, &key("lost"), Fingerprint::of("a"))
-            .await
-            .unwrap()
-        else {
-            panic!("a fresh key runs");
-        };
+        let guard = fresh(&engine, &scope, "lost").await;
         let answer = guard.complete(outcome("done")).await;
         assert!(
             matches!(answer, Err(IdempotencyError::LeaseLost)),
@@ -183,13 +171,7 @@ async fn an_at_once_claim_then_hanging_async_retries_end_at_the_retry_bound() {
         .build()
         .unwrap();
     let scope = Scope::new("b10");
-    let Begin::Run(guard) = engine
-        .begin(&scope, &key("hang"), Fingerprint::of("a"))
-        .await
-        .unwrap()
-    else {
-        panic!("a fresh key runs");
-    };
+    let guard = fresh(&engine, &scope, "hang").await;
     assert_eq!(store.claims_async.load(Ordering::SeqCst), 0);
     let answer = tokio::time::timeout(Duration::from_secs(60), guard.complete(outcome("x")))
         .await
@@ -234,13 +216,7 @@ async fn waiting_duplicates_are_woken_the_same_on_both_paths() {
         let scope = Scope::new("b10");
         let mut transcript = Vec::new();
         for (name, finish) in [("completed", true), ("released", false)] {
-            let Begin::Run(guard) = engine
-                .begin(&scope, &key(name), Fingerprint::of("a"))
-                .await
-                .unwrap()
-            else {
-                panic!("a fresh key runs");
-            };
+            let guard = fresh(&engine, &scope, name).await;
             let waiters: Vec<_> = ["a", "a", "b"]
                 .into_iter()
                 .map(|fp| {
@@ -550,13 +526,7 @@ async fn renewals_of_an_at_once_claim_match_the_async_path() {
             .build()
             .unwrap();
         let scope = Scope::new("b10");
-        let Begin::Run(guard) = engine
-            .begin(&scope, &key("renewed"), Fingerprint::of("a"))
-            .await
-            .unwrap()
-        else {
-            panic!("runs");
-        };
+        let guard = fresh(&engine, &scope, "renewed").await;
         let mut t = Vec::new();
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(1_900)).await;

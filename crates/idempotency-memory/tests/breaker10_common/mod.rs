@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Completed, Fenced, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record,
-    StoreError, StoreKey, StoredOutcome, Waited, async_trait,
+    Begin, Claim, Completed, Fenced, Fingerprint, Guard, Idempotency, IdempotencyKey,
+    IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
+    Waited, async_trait,
 };
 use idempotency_memory::MemoryStore;
 use metrics::{
@@ -246,4 +247,18 @@ pub struct Seen {
     pub transcript: Vec<String>,
     pub stats: String,
     pub metrics: Totals,
+}
+
+/// Begin `name` (a key nobody claimed) in `scope` with the fingerprint of `"a"`: the guard that
+/// runs it.
+pub async fn fresh<S: IdempotencyStore + 'static>(
+    engine: &Idempotency<S>,
+    scope: &Scope,
+    name: &str,
+) -> Guard<S> {
+    match engine.begin(scope, &key(name), Fingerprint::of("a")).await {
+        Ok(Begin::Run(guard)) => guard,
+        Ok(_) => panic!("a fresh key runs"),
+        Err(error) => panic!("begin {name}: {error}"),
+    }
 }
