@@ -107,7 +107,7 @@ pub use key::{
     IdempotencyKey, KeyError, MAX_KEY_LEN, PrefixError, Scope, StoreKey, validate_prefix,
 };
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
-pub use shared::{DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, expiry_millis};
+pub use shared::{DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, debug_spans_can_be_seen, expiry_millis};
 #[cfg(feature = "signal")]
 pub use signal::shutdown_signal;
 pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError, StoreOperation, Waited};

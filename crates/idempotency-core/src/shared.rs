@@ -1,6 +1,6 @@
 //! Facts every crate of the workspace shares, stated once: the conversion of durations to the
-//! milliseconds stores expire records by, the default `Retry-After`, and the KV REST
-//! environment variable names.
+//! milliseconds stores expire records by, the default `Retry-After`, the KV REST
+//! environment variable names, and when a debug span is worth building.
 
 use std::time::Duration;
 
@@ -26,6 +26,18 @@ pub fn expiry_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
+}
+
+/// Whether a debug-level span could reach anyone: a `tracing` dispatcher has been set (then its
+/// filters decide), or `log` records at debug level can be emitted (a disabled span logs its
+/// fields through `log` when tracing's `log` feature is on and no dispatcher exists). When
+/// neither holds, such a span would be disabled and silent: the engine's `idempotency.begin`
+/// and the HTTP layer's `idempotency.http` spans are then not built (building one costs ~150
+/// instructions even disabled).
+pub fn debug_spans_can_be_seen() -> bool {
+    // `has_been_set` is what tracing's own macros use to elide trace points when tracing is not
+    // in use; it never turns false again once a dispatcher was set.
+    tracing::dispatcher::has_been_set() || log::max_level() >= log::LevelFilter::Debug
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ where
                     key,
                     scope,
                 };
-                if !span_can_be_seen() {
+                if !idempotency_core::debug_spans_can_be_seen() {
                     // Building a span nobody can see is not free (with tracing's `log` feature a
                     // disabled span still asks `log` when it is built, recorded and dropped).
                     return Box::pin(protect(protected, inner, parts, body));
@@ -152,17 +152,6 @@ struct Protected<S, E> {
     state: Arc<LayerState<S, E>>,
     key: IdempotencyKey,
     scope: Scope,
-}
-
-/// Whether a span of this layer could reach anyone: a `tracing` dispatcher has been set (then its
-/// filters decide), or `log` records at debug level can be emitted (a disabled span logs its
-/// fields through `log` when tracing's `log` feature is on and no dispatcher exists). When
-/// neither holds, the span would be disabled and silent, so it is not built (as the engine's
-/// `idempotency.begin` span).
-fn span_can_be_seen() -> bool {
-    // `has_been_set` is what tracing's own macros use to elide trace points when tracing is not
-    // in use; it never turns false again once a dispatcher was set.
-    tracing::dispatcher::has_been_set() || log::max_level() >= log::LevelFilter::Debug
 }
 
 /// The one async path: body, fingerprint, claim, then the handler and its recording (detached
@@ -233,7 +222,7 @@ where
     // replay.
     // The recording keeps the request's span if it is detached (`Span::none()`, which costs
     // nothing to enter, when that span is disabled).
-    let span = if span_can_be_seen() {
+    let span = if idempotency_core::debug_spans_can_be_seen() {
         let current = tracing::Span::current();
         if current.is_disabled() {
             tracing::Span::none()

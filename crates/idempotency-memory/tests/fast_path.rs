@@ -5,21 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod counting;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use counting::Counting;
 use idempotency_core::{
     Begin, Claim, Completed, Fenced, Fingerprint, Guard, Idempotency, IdempotencyKey,
     IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
     Waited, async_trait,
 };
 use idempotency_memory::{ManualClock, MemoryStore};
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
-};
 
 /// The memory store with its at-once answers hidden: every call goes through the async
 /// primitives, as for any store that does not implement them.
@@ -167,70 +165,6 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
             .is_none()
     );
     assert_eq!(hidden.get(&key).await.unwrap(), None, "nothing was done");
-}
-
-/// Counts every counter increment and histogram value by metric key (`name{label=value}`).
-#[derive(Default)]
-struct Counting {
-    counters: Mutex<BTreeMap<String, Arc<Total>>>,
-    histograms: Mutex<BTreeMap<String, Arc<Total>>>,
-}
-
-#[derive(Default)]
-struct Total(AtomicU64);
-
-impl CounterFn for Total {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::Relaxed);
-    }
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-}
-
-impl HistogramFn for Total {
-    fn record(&self, value: f64) {
-        assert!(value >= 0.0, "a latency is never negative: {value}");
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn name(key: &Key) -> String {
-    let labels: Vec<String> = key
-        .labels()
-        .map(|l| format!("{}={}", l.key(), l.value()))
-        .collect();
-    format!("{}{{{}}}", key.name(), labels.join(","))
-}
-
-impl Counting {
-    fn totals(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-        let read = |map: &Mutex<BTreeMap<String, Arc<Total>>>| {
-            map.lock()
-                .unwrap()
-                .iter()
-                .map(|(k, t)| (k.clone(), t.0.load(Ordering::Relaxed)))
-                .collect()
-        };
-        (read(&self.counters), read(&self.histograms))
-    }
-}
-
-impl Recorder for Counting {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let mut map = self.counters.lock().unwrap();
-        Counter::from_arc(Arc::clone(map.entry(name(key)).or_default()))
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        let mut map = self.histograms.lock().unwrap();
-        Histogram::from_arc(Arc::clone(map.entry(name(key)).or_default()))
-    }
 }
 
 /// A small deterministic generator (xorshift64*), so both runs make the same choices.

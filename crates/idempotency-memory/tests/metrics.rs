@@ -3,81 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+mod counting;
 
+use counting::Counting;
 use idempotency_core::{
     Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoredOutcome,
 };
 use idempotency_memory::MemoryStore;
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
-};
-
-/// A recorder that counts every counter increment and histogram value by metric key
-/// (`name{label=value,...}`).
-#[derive(Default)]
-struct Counting {
-    counters: Mutex<BTreeMap<String, Arc<Total>>>,
-    histograms: Mutex<BTreeMap<String, Arc<Total>>>,
-}
-
-#[derive(Default)]
-struct Total(AtomicU64);
-
-impl CounterFn for Total {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::Relaxed);
-    }
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-}
-
-impl HistogramFn for Total {
-    fn record(&self, value: f64) {
-        assert!(value >= 0.0, "a latency is never negative: {value}");
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn name(key: &Key) -> String {
-    let labels: Vec<String> = key
-        .labels()
-        .map(|l| format!("{}={}", l.key(), l.value()))
-        .collect();
-    format!("{}{{{}}}", key.name(), labels.join(","))
-}
-
-impl Counting {
-    fn counter(&self, key: &str) -> u64 {
-        let map = self.counters.lock().unwrap();
-        map.get(key).map_or(0, |t| t.0.load(Ordering::Relaxed))
-    }
-    fn histogram(&self, key: &str) -> u64 {
-        let map = self.histograms.lock().unwrap();
-        map.get(key).map_or(0, |t| t.0.load(Ordering::Relaxed))
-    }
-}
-
-impl Recorder for Counting {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let mut map = self.counters.lock().unwrap();
-        Counter::from_arc(Arc::clone(map.entry(name(key)).or_default()))
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        let mut map = self.histograms.lock().unwrap();
-        Histogram::from_arc(Arc::clone(map.entry(name(key)).or_default()))
-    }
-}
 
 fn key(s: &str) -> IdempotencyKey {
     IdempotencyKey::new(s).unwrap()

@@ -79,16 +79,6 @@ impl<S: IdempotencyStore + 'static> Drop for ClaimInFlight<'_, S> {
     }
 }
 
-/// Whether the `idempotency.begin` span could reach anyone: a `tracing` dispatcher has been
-/// set (then its filters decide), or `log` records at debug level can be emitted (a disabled
-/// span logs its fields through `log` when tracing's `log` feature is on and no dispatcher
-/// exists). When neither holds, the span would be disabled and silent, so it is not built.
-fn span_can_be_seen() -> bool {
-    // `has_been_set` is what tracing's own macros use to elide trace points when tracing is not
-    // in use; it never turns false again once a dispatcher was set.
-    tracing::dispatcher::has_been_set() || log::max_level() >= log::LevelFilter::Debug
-}
-
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// Claim `(scope, key)` for a request with `fingerprint`, or find what happened before.
     ///
@@ -113,7 +103,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             )));
         }
         let store_key = self.store_key(scope, key);
-        if !span_can_be_seen() {
+        if !crate::debug_spans_can_be_seen() {
             // Building a span nobody can see is not free (with tracing's `log` feature a
             // disabled span still checks `log` when it is built and dropped): ~150
             // instructions per operation (`cargo xtask instructions`).

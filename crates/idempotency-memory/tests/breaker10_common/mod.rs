@@ -3,9 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use idempotency_core::{
@@ -14,10 +12,6 @@ use idempotency_core::{
     Waited, async_trait,
 };
 use idempotency_memory::MemoryStore;
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
-};
 
 /// How a [`Probe`] answers.
 #[derive(Debug, Default, Clone, Copy)]
@@ -165,72 +159,9 @@ impl IdempotencyStore for Probe {
     }
 }
 
-/// Counts every counter increment and histogram value by metric key (`name{label=value}`).
-#[derive(Default)]
-pub struct Counting {
-    pub counters: Mutex<BTreeMap<String, Arc<Total>>>,
-    pub histograms: Mutex<BTreeMap<String, Arc<Total>>>,
-}
-
-#[derive(Default)]
-pub struct Total(pub AtomicU64);
-
-impl CounterFn for Total {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::Relaxed);
-    }
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-}
-
-impl HistogramFn for Total {
-    fn record(&self, value: f64) {
-        assert!(value >= 0.0, "a latency is never negative: {value}");
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-pub fn metric_name(key: &Key) -> String {
-    let labels: Vec<String> = key
-        .labels()
-        .map(|l| format!("{}={}", l.key(), l.value()))
-        .collect();
-    format!("{}{{{}}}", key.name(), labels.join(","))
-}
-
-pub type Totals = (BTreeMap<String, u64>, BTreeMap<String, u64>);
-
-impl Counting {
-    pub fn totals(&self) -> Totals {
-        let read = |map: &Mutex<BTreeMap<String, Arc<Total>>>| {
-            map.lock()
-                .unwrap()
-                .iter()
-                .map(|(k, t)| (k.clone(), t.0.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect()
-        };
-        (read(&self.counters), read(&self.histograms))
-    }
-}
-
-impl Recorder for Counting {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let mut map = self.counters.lock().unwrap();
-        Counter::from_arc(Arc::clone(map.entry(metric_name(key)).or_default()))
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        let mut map = self.histograms.lock().unwrap();
-        Histogram::from_arc(Arc::clone(map.entry(metric_name(key)).or_default()))
-    }
-}
+#[path = "../counting/mod.rs"]
+mod counting;
+pub use counting::{Counting, Totals};
 
 pub fn key(name: &str) -> IdempotencyKey {
     IdempotencyKey::new(name).unwrap()
