@@ -18,6 +18,7 @@
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
+use crossbeam_utils::CachePadded;
 use foldhash::SharedSeed;
 use foldhash::fast::SeedableRandomState;
 
@@ -93,7 +94,10 @@ impl KeyBytes {
 /// A sharded concurrent map from store keys to `V`.
 #[derive(Debug)]
 pub(crate) struct Map<V> {
-    shards: Box<[RwLock<HashTable<Slot<V>>>]>,
+    /// Each shard (its lock and its table's header) on cache lines of its own: a claim
+    /// write-locks its shard, and neighbouring shards packed five to a line made claims on
+    /// different shards from different threads move that line between cores (false sharing).
+    shards: Box<[CachePadded<RwLock<HashTable<Slot<V>>>>]>,
     /// `64 - log2(shards)`: the shard is taken from the bits just below the top 7 (as in
     /// `DashMap`). hashbrown uses the top 7 bits for its tag and the low bits for the bucket:
     /// a shard chosen from the top bits would leave every key of a shard with the same tag
@@ -178,7 +182,7 @@ impl<V> Map<V> {
         let per_shard = capacity.div_ceil(shards);
         Self {
             shards: (0..shards)
-                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .map(|_| CachePadded::new(RwLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
             shift: 64 - shards.trailing_zeros(),
             hasher: seeded_hasher(),
