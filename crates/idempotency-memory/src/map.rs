@@ -91,13 +91,16 @@ impl KeyBytes {
     }
 }
 
+/// One shard: its lock and its table.
+type Shard<V> = RwLock<HashTable<Slot<V>>>;
+
 /// A sharded concurrent map from store keys to `V`.
 #[derive(Debug)]
 pub(crate) struct Map<V> {
     /// Each shard (its lock and its table's header) on cache lines of its own: a claim
     /// write-locks its shard, and neighbouring shards packed five to a line made claims on
     /// different shards from different threads move that line between cores (false sharing).
-    shards: Box<[CachePadded<RwLock<HashTable<Slot<V>>>>]>,
+    shards: Box<[CachePadded<Shard<V>>]>,
     /// `64 - log2(shards)`: the shard is taken from the bits just below the top 7 (as in
     /// `DashMap`). hashbrown uses the top 7 bits for its tag and the low bits for the bucket:
     /// a shard chosen from the top bits would leave every key of a shard with the same tag
@@ -194,7 +197,7 @@ impl<V> Map<V> {
         self.hasher.hash_one(key.as_str())
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<Slot<V>>> {
+    fn shard(&self, hash: u64) -> &Shard<V> {
         // With one shard the shift is 64: `checked_shr` gives `None`, shard 0.
         let index = (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize;
         &self.shards[index]
