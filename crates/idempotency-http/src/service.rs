@@ -44,7 +44,11 @@ pub const BODY_OMITTED_HEADER: &str = "idempotent-body-omitted";
 /// the settings. A service is cloned per request (axum clones a route's service for each call)
 /// and a protected request keeps its own handle: one reference count to move instead of one per
 /// part (issue 15: each is an atomic read-modify-write on a line both worker threads write).
+/// Aligned to 128 bytes (as `crossbeam_utils::CachePadded`), so that in its `Arc` the state
+/// starts on a cache line of its own: the reference count, written by every request on every
+/// thread, then shares no line with the settings and the engine handle every request reads.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct LayerState<S, E> {
     pub(crate) engine: Idempotency<S>,
     pub(crate) scope: E,
@@ -193,10 +197,12 @@ where
     };
     // From here to the spawn there is no await: a request dropped before it never reached the
     // handler, and its guard (dropped with it) releases the claim at once.
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    // Inside a tokio task, its runtime is current (the common case, checked without touching
+    // the runtime's reference count; see `record::Detachable`); otherwise ask the runtime.
+    if tokio::task::try_id().is_none() && tokio::runtime::Handle::try_current().is_err() {
         Box::pin(record::release(guard)).await;
         return Ok(problem(Problem::no_runtime()));
-    };
+    }
     // One allocation for the claim slot, the marker's state and the head's hand-off.
     let shared = Shared::<S, ResB, Svc::Error>::new(guard);
     let mut request = Request::from_parts(parts, ReqB::from(body));
@@ -232,8 +238,7 @@ where
     } else {
         tracing::Span::none()
     };
-    let mut drive =
-        record::Detachable::new(runtime, record::drive(recording, handler).instrument(span));
+    let mut drive = record::Detachable::new(record::drive(recording, handler).instrument(span));
     let answer = std::future::poll_fn(|cx| {
         drive.poll_here(cx);
         // Only `drive` sends the head, and only while it is polled just above: no waker is

@@ -70,6 +70,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
+
 use idempotency_core::{
     Bytes, Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken,
     OutcomeEncoding, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
@@ -98,8 +100,10 @@ struct Shared {
     max_entries: usize,
     max_bytes: usize,
     sweep_interval_ms: u64,
-    entries: AtomicUsize,
-    bytes: AtomicUsize,
+    /// Records and bytes held: written by every claim (and every completion, for the bytes),
+    /// from every thread, so on cache lines of their own, away from the fields every operation
+    /// only reads (false sharing would move those lines between cores with each claim).
+    counts: CachePadded<Counts>,
     next_sweep_ms: AtomicU64,
     sweeping: AtomicBool,
     evictions: AtomicU64,
@@ -107,6 +111,13 @@ struct Shared {
     making_room: parking_lot::Mutex<()>,
     /// Duplicates waiting for a key's in-progress record to change.
     wakers: wake::Wakers,
+}
+
+/// What the store holds, against its bounds.
+#[derive(Debug)]
+struct Counts {
+    entries: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -336,8 +347,10 @@ impl MemoryStoreBuilder {
                 max_entries: self.max_entries,
                 max_bytes: self.max_bytes,
                 sweep_interval_ms,
-                entries: AtomicUsize::new(0),
-                bytes: AtomicUsize::new(0),
+                counts: CachePadded::new(Counts {
+                    entries: AtomicUsize::new(0),
+                    bytes: AtomicUsize::new(0),
+                }),
                 next_sweep_ms: AtomicU64::new(now + sweep_interval_ms),
                 sweeping: AtomicBool::new(false),
                 evictions: AtomicU64::new(0),
@@ -367,7 +380,7 @@ impl MemoryStore {
 
     /// Records held, including expired ones not yet swept.
     pub fn len(&self) -> usize {
-        self.shared.entries.load(Ordering::Relaxed)
+        self.shared.counts.entries.load(Ordering::Relaxed)
     }
 
     /// Whether no record is held.
@@ -377,7 +390,7 @@ impl MemoryStore {
 
     /// Approximate bytes held.
     pub fn approximate_bytes(&self) -> usize {
-        self.shared.bytes.load(Ordering::Relaxed)
+        self.shared.counts.bytes.load(Ordering::Relaxed)
     }
 
     /// Completed records evicted to make room since the store was built.
@@ -404,6 +417,7 @@ impl Shared {
     /// overshot under concurrent claims).
     fn try_account_insert(&self, size: usize) -> bool {
         if self
+            .counts
             .entries
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
                 (e < self.max_entries).then_some(e + 1)
@@ -413,34 +427,35 @@ impl Shared {
             return false;
         }
         if self
+            .counts
             .bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 b.checked_add(size).filter(|&total| total <= self.max_bytes)
             })
             .is_err()
         {
-            self.entries.fetch_sub(1, Ordering::Relaxed);
+            self.counts.entries.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         true
     }
 
     fn account_remove(&self, size: usize) {
-        self.entries.fetch_sub(1, Ordering::Relaxed);
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.counts.entries.fetch_sub(1, Ordering::Relaxed);
+        self.counts.bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
     fn account_resize(&self, old: usize, new: usize) {
         if new >= old {
-            self.bytes.fetch_add(new - old, Ordering::Relaxed);
+            self.counts.bytes.fetch_add(new - old, Ordering::Relaxed);
         } else {
-            self.bytes.fetch_sub(old - new, Ordering::Relaxed);
+            self.counts.bytes.fetch_sub(old - new, Ordering::Relaxed);
         }
     }
 
     fn is_full(&self, incoming: usize) -> bool {
-        self.entries.load(Ordering::Relaxed) >= self.max_entries
-            || self.bytes.load(Ordering::Relaxed) + incoming > self.max_bytes
+        self.counts.entries.load(Ordering::Relaxed) >= self.max_entries
+            || self.counts.bytes.load(Ordering::Relaxed) + incoming > self.max_bytes
     }
 
     /// Sweep at most once per interval, by whichever claim notices first.
@@ -489,7 +504,7 @@ impl Shared {
             }
         });
         let over_entries =
-            (self.entries.load(Ordering::Relaxed) + 1).saturating_sub(self.max_entries);
+            (self.counts.entries.load(Ordering::Relaxed) + 1).saturating_sub(self.max_entries);
         let batch = (self.max_entries / 16)
             .max(over_entries)
             .max(1)
@@ -521,7 +536,7 @@ impl Shared {
         metrics::counter!(EVICTIONS_METRIC).increment(evicted);
         tracing::warn!(
             evicted,
-            held = self.entries.load(Ordering::Relaxed),
+            held = self.counts.entries.load(Ordering::Relaxed),
             "memory store full: evicted the oldest completed records (retries of those keys will run again)"
         );
         !self.is_full(incoming)
@@ -618,7 +633,7 @@ impl MemoryStore {
             };
             if made_room || !shared.make_room(now, size) {
                 return Err(StoreError::Full {
-                    entries: shared.entries.load(Ordering::Relaxed),
+                    entries: shared.counts.entries.load(Ordering::Relaxed),
                 });
             }
             made_room = true;
@@ -639,7 +654,7 @@ impl MemoryStore {
             Inserted::Held(existing) => Ok(Claim::Existing(existing)),
             // Left the loop above only with another answer.
             Inserted::Full => Err(StoreError::Full {
-                entries: shared.entries.load(Ordering::Relaxed),
+                entries: shared.counts.entries.load(Ordering::Relaxed),
             }),
         }
     }

@@ -18,6 +18,7 @@
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
+use crossbeam_utils::CachePadded;
 use foldhash::SharedSeed;
 use foldhash::fast::SeedableRandomState;
 
@@ -90,10 +91,16 @@ impl KeyBytes {
     }
 }
 
+/// One shard: its lock and its table.
+type Shard<V> = RwLock<HashTable<Slot<V>>>;
+
 /// A sharded concurrent map from store keys to `V`.
 #[derive(Debug)]
 pub(crate) struct Map<V> {
-    shards: Box<[RwLock<HashTable<Slot<V>>>]>,
+    /// Each shard (its lock and its table's header) on cache lines of its own: a claim
+    /// write-locks its shard, and neighbouring shards packed five to a line made claims on
+    /// different shards from different threads move that line between cores (false sharing).
+    shards: Box<[CachePadded<Shard<V>>]>,
     /// `64 - log2(shards)`: the shard is taken from the bits just below the top 7 (as in
     /// `DashMap`). hashbrown uses the top 7 bits for its tag and the low bits for the bucket:
     /// a shard chosen from the top bits would leave every key of a shard with the same tag
@@ -178,7 +185,7 @@ impl<V> Map<V> {
         let per_shard = capacity.div_ceil(shards);
         Self {
             shards: (0..shards)
-                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .map(|_| CachePadded::new(RwLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
             shift: 64 - shards.trailing_zeros(),
             hasher: seeded_hasher(),
@@ -190,7 +197,7 @@ impl<V> Map<V> {
         self.hasher.hash_one(key.as_str())
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<Slot<V>>> {
+    fn shard(&self, hash: u64) -> &Shard<V> {
         // With one shard the shift is 64: `checked_shr` gives `None`, shard 0.
         let index = (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize;
         &self.shards[index]

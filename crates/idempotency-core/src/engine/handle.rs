@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use super::background::Background;
@@ -52,7 +53,10 @@ pub(super) struct Inner<S> {
     pub(super) store: S,
     pub(super) fallback: Option<Arc<dyn IdempotencyStore>>,
     pub(super) config: Config,
-    pub(super) stats: Stats,
+    /// Written by every operation, from every thread: on cache lines of its own, away from the
+    /// configuration and the store handle that every operation only reads (false sharing
+    /// would move those lines between cores with each operation).
+    pub(super) stats: CachePadded<Stats>,
     pub(super) background: Background,
     /// The wall clock of new claims, derived from the monotonic reading each claim makes.
     pub(super) wall: WallClock,
@@ -113,7 +117,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 store,
                 fallback,
                 config,
-                stats: Stats::default(),
+                stats: CachePadded::new(Stats::default()),
                 background,
                 wall: WallClock::new(),
             }),
