@@ -39,39 +39,10 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
 
 /// The lower-case hex of `bytes` into `out` (which holds `2 * bytes.len()` digits; extra bytes
 /// on either side are left alone).
-///
-/// Four bytes at a time in one `u64` ([`eight_hex`]), then a byte at a time for the rest (tokens
-/// and fingerprints have none): the table loop alone cost ~4 instructions per byte, ~200 per
-/// in-progress record encoded on every claim (`cargo xtask instructions`).
 pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    let (quads, _) = bytes.as_chunks::<4>();
-    let (words, _) = out.as_chunks_mut::<8>();
-    let mut done = 0;
-    for (quad, word) in quads.iter().zip(words) {
-        *word = eight_hex(u32::from_le_bytes(*quad)).to_le_bytes();
-        done += 4;
-    }
-    let (Some(rest), Some(out)) = (bytes.get(done..), out.get_mut(2 * done..)) else {
-        return;
-    };
-    for (pair, &byte) in out.chunks_exact_mut(2).zip(rest) {
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&PAIRS[usize::from(byte)]);
     }
-}
-
-/// The eight lower-case hex digits of four bytes (the first byte lowest, as
-/// `u32::from_le_bytes` loads them), the first digit in the lowest byte (for
-/// `u64::to_le_bytes`). Branch-free.
-fn eight_hex(quad: u32) -> u64 {
-    let x = u64::from(quad);
-    // Byte i to the low byte of 16-bit lane i.
-    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
-    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
-    // Byte 2i: the high nibble of byte i (its first digit), byte 2i + 1: the low nibble.
-    let nibbles = ((x >> 4) & 0x000f_000f_000f_000f) | ((x & 0x000f_000f_000f_000f) << 8);
-    // 1 in each byte whose nibble is 10 or more (nibble + 6 reaches 16; no carry leaves a byte).
-    let letters = ((nibbles + ONES * 6) >> 4) & ONES;
-    nibbles + ONES * u64::from(b'0') + letters * u64::from(b'a' - b'0' - 10)
 }
 
 /// The lower-case hex of `bytes`.
@@ -183,24 +154,6 @@ mod tests {
         let mut bytes = vec![b'y'; 1 + 2 * long.len() + 1];
         hex_into(&long, &mut bytes[1..]);
         assert_eq!(bytes, format!("y{}y", hex::encode(&long)).into_bytes());
-    }
-
-    /// Every byte value at every position of a word-at-a-time chunk, and in the tail.
-    #[test]
-    fn every_byte_value_encodes_as_the_hex_crate_does() {
-        for byte in 0..=255u8 {
-            for at in 0..5 {
-                let mut bytes = [0x5au8; 5];
-                bytes[at] = byte;
-                let mut into = [0u8; 10];
-                hex_into(&bytes, &mut into);
-                assert_eq!(
-                    into.as_slice(),
-                    hex::encode(bytes).as_bytes(),
-                    "{at} {byte:#x}"
-                );
-            }
-        }
     }
 
     proptest! {
