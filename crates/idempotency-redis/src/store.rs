@@ -216,6 +216,12 @@ impl RecordArg<'_> {
 
 impl ToRedisArgs for RecordArg<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        // An in-progress record (every claim) has a small bound: encoded on the stack.
+        if let Self::InProgress(r) = self {
+            let (text, len) = codec::encode_in_progress_array(r);
+            out.write_arg(text.get(..len).unwrap_or(&text));
+            return;
+        }
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut buf) => {
                 buf.clear();
