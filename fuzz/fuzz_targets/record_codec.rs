@@ -1,5 +1,6 @@
 //! Record format v1: the canonical fast path and the general serde decoder never panic, agree
-//! whenever the fast path accepts, and every decoded record survives encode → decode.
+//! whenever the fast path accepts, `decode_owned` answers as `decode`, and every decoded record
+//! survives encode → decode.
 #![no_main]
 
 use idempotency_core::Record;
@@ -23,6 +24,8 @@ fuzz_target!(|data: &[u8]| {
         (None, Ok(record)) => assert_eq!(decoded.as_ref().ok(), Some(record)),
         (None, Err(error)) => assert_eq!(decoded.as_ref().err(), Some(error)),
     }
+    // The owned decoder (the body decoded into the input's buffer) answers exactly as `decode`.
+    assert_eq!(codec::decode_owned(data.to_vec()), decoded, "decode_owned on {data:?}");
     if let Ok(record) = decoded {
         let text = codec::encode(&record);
         // The encoder's output decodes to the same record; the fast path takes it unless it

@@ -46,8 +46,9 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use serde::Deserialize;
+use std::ops::Range;
 
 pub use crate::corrupt::CorruptRecord;
 use crate::hexfmt::{HIGHS, ONES, at_least, from_hex, hex_into};
@@ -82,6 +83,45 @@ pub fn encode_in_progress_into(r: &InProgress, out: &mut Vec<u8>) {
     write_head(out, b'p', &r.token, &r.fingerprint, r.created_at_ms);
     out.push(b'}');
 }
+
+/// The most bytes of an in-progress record's text: the head, a 20-digit time, the brace.
+pub const IN_PROGRESS_MAX: usize = HEAD_CAPACITY + 1;
+
+/// The text of an in-progress record (the same bytes [`encode`] writes) in a buffer on the
+/// stack, and how many of its bytes it takes: a store sending it as a command argument copies
+/// it once, with no buffer of its own to manage (a reused thread-local `Vec` cost ~40
+/// instructions more per claim; `cargo xtask instructions`).
+pub fn encode_in_progress_array(r: &InProgress) -> ([u8; IN_PROGRESS_MAX], usize) {
+    let mut out = IN_PROGRESS_TEMPLATE;
+    out[STATE_AT] = b'p';
+    hex_into(r.token.as_bytes(), &mut out[TOKEN_AT..TOKEN_AT + 32]);
+    hex_into(
+        r.fingerprint.as_bytes(),
+        &mut out[FINGERPRINT_AT..FINGERPRINT_AT + 64],
+    );
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(r.created_at_ms).as_bytes();
+    let end = HEAD_FIXED + digits.len();
+    // A `u64` has 20 digits at most: both always fit.
+    if let Some(slot) = out.get_mut(HEAD_FIXED..end) {
+        slot.copy_from_slice(digits);
+    }
+    if let Some(brace) = out.get_mut(end) {
+        *brace = b'}';
+    }
+    (out, end + 1)
+}
+
+/// [`HEAD_TEMPLATE`] at the start of a buffer of [`IN_PROGRESS_MAX`] bytes.
+const IN_PROGRESS_TEMPLATE: [u8; IN_PROGRESS_MAX] = {
+    let mut out = [0u8; IN_PROGRESS_MAX];
+    let mut i = 0;
+    while i < HEAD_FIXED {
+        out[i] = HEAD_TEMPLATE[i];
+        i += 1;
+    }
+    out
+};
 
 /// [`encode_into`] for a completed record, without wrapping it in a [`Record`] (which would
 /// clone the outcome's content type).
@@ -199,6 +239,35 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
     }
 }
 
+/// [`decode`] of a record the caller owns (a reply's buffer): the same records, errors and
+/// values, but a completed record's body is decoded into that buffer and kept there rather than
+/// in an allocation of its own (bodies up to 256 decoded bytes; larger ones as [`decode`]).
+/// The body then holds the whole buffer (the record's text) until it is dropped.
+///
+/// A store reading records on every claim that finds its key held uses this: one allocation
+/// and one free fewer per replay (`cargo xtask instructions`).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_owned(bytes: Vec<u8>) -> Result<Record, CorruptRecord> {
+    let mut body = 0..0;
+    // Shaped as `decode` (the record returned as it was parsed): a tuple return with the
+    // body's range, and the record moved once more, cost ~60 instructions per in-progress
+    // record (`cargo xtask instructions`, conflict).
+    match parse_canonical(&bytes, &mut body) {
+        Some(Record::Completed(mut completed)) => match body_in_buffer(bytes, body) {
+            Ok(body) => {
+                completed.outcome.body = body;
+                Ok(Record::Completed(completed))
+            }
+            // Not canonical base64: the buffer is untouched, the general decoder says why.
+            Err(bytes) => decode_json(&bytes),
+        },
+        Some(record) => Ok(record),
+        None => decode_json(&bytes),
+    }
+}
+
 /// The general decoder: any field order, unknown fields, escapes; and every error message.
 fn decode_json(bytes: &[u8]) -> Result<Record, CorruptRecord> {
     let wire: Wire<'_> = serde_json::from_slice(bytes).map_err(|e| {
@@ -260,6 +329,15 @@ fn decode_json(bytes: &[u8]) -> Result<Record, CorruptRecord> {
     }
 }
 
+/// Content types read without [`Cursor::plain_string`] and its UTF-8 check (~230
+/// instructions per replay for `application/json`; `cargo xtask instructions`). Few: each one
+/// not matched costs a length comparison.
+const KNOWN_CONTENT_TYPES: [&str; 3] = [
+    "application/json",
+    "application/problem+json",
+    "text/plain; charset=utf-8",
+];
+
 /// A forward-only reader for [`decode_canonical`]; a failed step does not advance.
 struct Cursor<'a>(&'a [u8]);
 
@@ -305,6 +383,16 @@ impl<'a> Cursor<'a> {
         digits.iter().try_fold(0u64, |n, &d| {
             n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
         })
+    }
+
+    /// One of [`KNOWN_CONTENT_TYPES`] when the rest of the JSON string (up to its closing
+    /// quote, not taken) is exactly that text: no scan for the quote and no UTF-8 check.
+    fn known_content_type(&mut self) -> Option<&'static str> {
+        let known = KNOWN_CONTENT_TYPES
+            .into_iter()
+            .find(|ct| self.0.get(ct.len()) == Some(&b'"') && self.0.starts_with(ct.as_bytes()))?;
+        self.0 = self.0.get(known.len()..)?;
+        Some(known)
     }
 
     /// The rest of a JSON string up to its closing quote, when it holds no escape or control
@@ -394,6 +482,20 @@ fn leading_digits(bytes: &[u8]) -> (u64, usize) {
 }
 
 fn decode_canonical(bytes: &[u8]) -> Option<Record> {
+    let mut body = 0..0;
+    let mut record = parse_canonical(bytes, &mut body)?;
+    if let Record::Completed(completed) = &mut record {
+        completed.outcome.body = decode_body(bytes.get(body)?)?;
+    }
+    Some(record)
+}
+
+/// [`decode_canonical`] up to the body: the record, a completed one with an empty body and
+/// `body` set to where its base64 lies in `bytes` (not yet checked).
+// Inlined: called apart, returning the record through memory and moving it again cost ~15
+// instructions per in-progress record, ~30 per completed one (`cargo xtask instructions`).
+#[inline(always)]
+fn parse_canonical(bytes: &[u8], body: &mut Range<usize>) -> Option<Record> {
     let mut r = Cursor(bytes);
     r.tag(b"{\"v\":1,\"s\":\"")?;
     let state = r.take(1)?[0];
@@ -403,21 +505,24 @@ fn decode_canonical(bytes: &[u8]) -> Option<Record> {
     let fingerprint = Fingerprint::from_bytes(from_hex(r.take(64)?)?);
     r.tag(b"\",\"c\":")?;
     let created_at_ms = r.number()?;
-    let record = match state {
+    match state {
         b'p' => {
             r.tag(b"}")?;
-            Record::InProgress(InProgress {
+            r.0.is_empty().then_some(Record::InProgress(InProgress {
                 token,
                 fingerprint,
                 created_at_ms,
-            })
+            }))
         }
         b'c' => {
             r.tag(b",\"d\":")?;
             let completed_at_ms = r.number()?;
             let content_type = match r.tag(b",\"ct\":\"") {
                 Some(()) => {
-                    let text = std::str::from_utf8(r.plain_string()?).ok()?.to_owned();
+                    let text = match r.known_content_type() {
+                        Some(known) => known.to_owned(),
+                        None => std::str::from_utf8(r.plain_string()?).ok()?.to_owned(),
+                    };
                     r.tag(b"\"")?;
                     Some(text)
                 }
@@ -430,24 +535,78 @@ fn decode_canonical(bytes: &[u8]) -> Option<Record> {
             r.tag(b",\"b\":\"")?;
             // The body runs to the closing `"}` at the very end; no scan for its quote needed:
             // a quote, backslash or anything else inside is not base64, so decoding refuses it.
-            let body = r.0.strip_suffix(b"\"}")?;
-            r.0 = &[];
-            let body = decode_body(body)?;
-            Record::Completed(Completed {
+            let text = r.0.strip_suffix(b"\"}")?;
+            let start = bytes.len() - r.0.len();
+            *body = start..start + text.len();
+            Some(Record::Completed(Completed {
                 token,
                 fingerprint,
                 created_at_ms,
                 completed_at_ms,
                 outcome: StoredOutcome {
-                    body,
+                    body: Bytes::new(),
                     content_type,
                     encoding,
                 },
-            })
+            }))
         }
-        _ => return None,
+        _ => None,
+    }
+}
+
+/// The decoded length of a canonical (padded) base64 body; `None` when its length is not a
+/// multiple of 4.
+fn body_len(text: &[u8]) -> Option<usize> {
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let padding = match text {
+        [.., b'=', b'='] => 2,
+        [.., b'='] => 1,
+        _ => 0,
     };
-    r.0.is_empty().then_some(record)
+    Some(text.len() / 4 * 3 - padding)
+}
+
+/// The canonical body at `body` in `bytes`, decoded into `bytes` itself (see [`decode_owned`]);
+/// `bytes` back, untouched, when the body is not canonical base64.
+///
+/// The decoded body is written at the very end of the buffer: `Bytes` takes a `Vec` whose
+/// length is its capacity (a reply's bulk string is) without allocating, and skipping its start
+/// costs nothing, whereas ending before its end would allocate `Bytes`' shared representation
+/// (`Bytes::truncate` does). Decoded on the stack first: base64 cannot be decoded in place
+/// with the `base64` crate, and a failed decode must leave the text for the general decoder.
+fn body_in_buffer(mut bytes: Vec<u8>, body: Range<usize>) -> Result<Bytes, Vec<u8>> {
+    let Some(text) = bytes.get(body) else {
+        return Err(bytes);
+    };
+    let Some(exact) = body_len(text) else {
+        return Err(bytes);
+    };
+    if exact > STACK_BODY {
+        return match decode_body(text) {
+            Some(body) => Ok(body),
+            None => Err(bytes),
+        };
+    }
+    let mut buf = [0u8; STACK_BODY];
+    let Some(decoded) = BASE64
+        .decode_slice(text, &mut buf[..exact])
+        .ok()
+        .and_then(|written| buf.get(..written))
+    else {
+        return Err(bytes);
+    };
+    if decoded.is_empty() {
+        // Nothing to keep the buffer for.
+        return Ok(Bytes::new());
+    }
+    // The decoded body is shorter than its base64 text, which lies inside `bytes`.
+    let start = bytes.len() - decoded.len();
+    bytes[start..].copy_from_slice(decoded);
+    let mut body = Bytes::from(bytes);
+    body.advance(start);
+    Ok(body)
 }
 
 /// Bodies up to this many decoded bytes are decoded on the stack, then copied once.
@@ -460,15 +619,7 @@ const STACK_BODY: usize = 256;
 /// (`cargo xtask instructions`). `None` for anything not canonical (the general decoder then
 /// reports why).
 fn decode_body(text: &[u8]) -> Option<Bytes> {
-    if !text.len().is_multiple_of(4) {
-        return None;
-    }
-    let padding = match text {
-        [.., b'=', b'='] => 2,
-        [.., b'='] => 1,
-        _ => 0,
-    };
-    let exact = text.len() / 4 * 3 - padding;
+    let exact = body_len(text)?;
     if exact <= STACK_BODY {
         let mut buf = [0u8; STACK_BODY];
         let written = BASE64.decode_slice(text, &mut buf[..exact]).ok()?;
@@ -658,6 +809,75 @@ mod tests {
     }
 
     #[test]
+    fn known_content_types_read_as_any_other() {
+        let texts = KNOWN_CONTENT_TYPES.iter().flat_map(|known| {
+            let (cut, _) = known.split_at(known.len() - 1);
+            [
+                (*known).to_owned(),
+                format!("{known}x"),
+                format!("{known}\\u0041"),
+                format!("{known}\\u00e9"),
+                format!("{known}\\\"x"),
+                cut.to_owned(),
+                format!("{cut}\\u0041"),
+                String::new(),
+            ]
+        });
+        for ct in texts {
+            for body in ["", "e30=", "e3"] {
+                let text = format!(
+                    r#"{{"v":1,"s":"c","t":"{}","f":"{}","c":1,"d":2,"ct":"{ct}","b":"{body}"}}"#,
+                    "0".repeat(32),
+                    "1".repeat(64)
+                );
+                let general = decode_json(text.as_bytes());
+                if let Some(fast) = decode_canonical(text.as_bytes()) {
+                    assert_eq!(general.as_ref(), Ok(&fast), "{text}");
+                }
+                assert_eq!(decode(text.as_bytes()), general, "{text}");
+                assert_eq!(decode_owned(text.clone().into_bytes()), general, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn in_progress_array_is_the_encoded_text() {
+        for created_at_ms in [0, 7, 1_764_000_000_000, u64::MAX] {
+            let r = InProgress {
+                token: LeaseToken::generate(),
+                fingerprint: Fingerprint::of("r"),
+                created_at_ms,
+            };
+            let (buf, len) = encode_in_progress_array(&r);
+            assert_eq!(&buf[..len], encode(&Record::InProgress(r)).as_bytes());
+        }
+    }
+
+    #[test]
+    fn owned_bodies_are_kept_in_the_reply_buffer() {
+        let r = completed(
+            b"{\"id\":1}".to_vec(),
+            Some("application/json".into()),
+            OutcomeEncoding::Identity,
+        );
+        let text = encode(&r).into_bytes();
+        let end = text.as_ptr().wrapping_add(text.len());
+        let decoded = decode_owned(text).unwrap();
+        assert_eq!(decoded, r);
+        let Record::Completed(done) = decoded else {
+            unreachable!("completed")
+        };
+        // The body is the tail of the buffer it came in.
+        assert_eq!(
+            done.outcome
+                .body
+                .as_ptr()
+                .wrapping_add(done.outcome.body.len()),
+            end
+        );
+    }
+
+    #[test]
     fn content_type_is_escaped() {
         let r = completed(vec![], Some("a\"b\\c\n".into()), OutcomeEncoding::Identity);
         assert_eq!(decode(encode(&r).as_bytes()).unwrap(), r);
@@ -729,7 +949,9 @@ mod tests {
             // Base64 bodies and escaped fields are ASCII: only a non-ASCII content type (kept
             // as UTF-8, as serde_json writes it) makes the text non-ASCII.
             prop_assert_eq!(text.is_ascii(), ascii_ct);
-            prop_assert_eq!(decode(text.as_bytes()).unwrap(), r);
+            prop_assert_eq!(decode(text.as_bytes()).unwrap(), r.clone());
+            // Bodies on both sides of `STACK_BODY`: in the buffer, and in their own.
+            prop_assert_eq!(decode_owned(text.into_bytes()).unwrap(), r);
         }
 
         /// The canonical reader decodes what the encoder writes, and on any damaged record it
@@ -772,11 +994,12 @@ mod tests {
             if let Some(fast) = decode_canonical(&damaged) {
                 prop_assert_eq!(decode_json(&damaged), Ok(fast));
             }
+            prop_assert_eq!(decode_owned(damaged.clone()), decode(&damaged));
         }
 
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode(&bytes);
+            prop_assert_eq!(decode_owned(bytes.clone()), decode(&bytes));
         }
     }
 }
