@@ -236,3 +236,43 @@ fn breaker11_runtime_shut_down_mid_request() {
     );
     assert!(status == StatusCode::CREATED || status == StatusCode::CONFLICT);
 }
+
+/// Started in a runtime (the handler waits), then finished by `futures::executor::block_on`
+/// on a thread in no runtime: the answer comes, the handler ran once, and a retry replays it.
+#[test]
+fn breaker11_finished_by_a_foreign_executor_on_a_plain_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = fixture();
+    let fut = rt.block_on(started(&f, "foreign"));
+    f.gate.add_permits(1000);
+    let answer = std::thread::spawn(move || {
+        let response = futures::executor::block_on(fut).unwrap();
+        let status = response.status();
+        let body = futures::executor::block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        (status, body)
+    })
+    .join();
+    let (status, body) = answer.expect("no panic outside the runtime");
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body, "run 1");
+    rt.block_on(assert_replay_of_first_run(&f, "foreign"));
+}
+
+/// Dropped from inside a `futures::executor::block_on` nested in another runtime's
+/// `spawn_blocking` thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker11_dropped_in_a_blocking_thread() {
+    let f = fixture();
+    let fut = started(&f, "blocking").await;
+    tokio::task::spawn_blocking(move || futures::executor::block_on(async move { drop(fut) }))
+        .await
+        .unwrap();
+    f.gate.add_permits(1000);
+    assert_replay_of_first_run(&f, "blocking").await;
+}
