@@ -276,3 +276,47 @@ async fn breaker11_dropped_in_a_blocking_thread() {
     f.gate.add_permits(1000);
     assert_replay_of_first_run(&f, "blocking").await;
 }
+
+/// A `LocalSet` driven by `futures::executor::block_on` on a thread in no runtime: its tasks
+/// have tokio task ids (`task::try_id()` is `Some`) but no runtime is current. The request
+/// must be refused with `no_runtime` before the handler runs (as before the handle was taken
+/// lazily); otherwise a pending handler is cancelled when the request is dropped, and the
+/// retry runs it a second time.
+#[test]
+fn breaker11_local_set_outside_any_runtime_is_refused_before_the_handler() {
+    let f = Arc::new(fixture());
+    let g = Arc::clone(&f);
+    let local = tokio::task::LocalSet::new();
+    let polled = futures::executor::block_on(local.run_until(async move {
+        tokio::task::spawn_local(async move {
+            assert!(tokio::runtime::Handle::try_current().is_err());
+            let mut fut: Pending = Box::pin(g.service.clone().oneshot(post("local-no-rt")));
+            let first = futures::poll!(&mut fut);
+            let ran = g.runs.load(Ordering::SeqCst);
+            // The client goes away (pending handler, if it ran).
+            drop(fut);
+            (first.is_ready(), ran)
+        })
+        .await
+        .unwrap()
+    }));
+    let (answered, ran) = polled;
+    assert_eq!(ran, 0, "the handler ran outside any runtime");
+    assert!(answered, "refused at once with the no_runtime problem");
+    // The claim was released: in a runtime, the request runs (first execution).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    f.gate.add_permits(1000);
+    rt.block_on(async {
+        let retry = f
+            .service
+            .clone()
+            .oneshot(post("local-no-rt"))
+            .await
+            .unwrap();
+        assert_eq!(retry.status(), StatusCode::CREATED);
+    });
+    assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+}
