@@ -157,11 +157,11 @@ fn breaker11_local_set_task() {
         .enable_all()
         .build()
         .unwrap();
-    let f = Arc::new(fixture());
+    let f = std::rc::Rc::new(fixture());
     let local = tokio::task::LocalSet::new();
-    let g = Arc::clone(&f);
+    let g = std::rc::Rc::clone(&f);
     local.block_on(&rt, async move {
-        let h = Arc::clone(&g);
+        let h = std::rc::Rc::clone(&g);
         tokio::task::spawn_local(async move {
             let fut = started(&h, "local").await;
             drop(fut);
@@ -284,8 +284,8 @@ async fn breaker11_dropped_in_a_blocking_thread() {
 /// retry runs it a second time.
 #[test]
 fn breaker11_local_set_outside_any_runtime_is_refused_before_the_handler() {
-    let f = Arc::new(fixture());
-    let g = Arc::clone(&f);
+    let f = std::rc::Rc::new(fixture());
+    let g = std::rc::Rc::clone(&f);
     let local = tokio::task::LocalSet::new();
     let polled = futures::executor::block_on(local.run_until(async move {
         tokio::task::spawn_local(async move {
