@@ -197,9 +197,10 @@ where
     };
     // From here to the spawn there is no await: a request dropped before it never reached the
     // handler, and its guard (dropped with it) releases the claim at once.
-    // Inside a tokio task, its runtime is current (the common case, checked without touching
-    // the runtime's reference count; see `record::Detachable`); otherwise ask the runtime.
-    if tokio::task::try_id().is_none() && tokio::runtime::Handle::try_current().is_err() {
+    // Asked of the runtime itself: a tokio task id alone does not mean a runtime is current (a
+    // `LocalSet` driven by another executor runs tasks outside any runtime), and without one a
+    // recording left unfinished could not be detached (see `record::Detachable`).
+    if tokio::runtime::Handle::try_current().is_err() {
         Box::pin(record::release(guard)).await;
         return Ok(problem(Problem::no_runtime()));
     }
