@@ -223,31 +223,29 @@ fn is_end<B: Body>(body: &Pin<&mut Option<B>>) -> bool {
         .is_none_or(Body::is_end_stream)
 }
 
-/// A future polled in place by its owner, and spawned as a task of its own to run to its end
-/// if the owner drops it before it finished.
+/// A future polled in place by its owner, and spawned on `runtime` to run to its end if the
+/// owner drops it before it finished.
 ///
 /// Why not always spawn: a task per protected request costs an allocation, a wake-up of the
 /// request's own task when the head is ready, and on a multi-threaded runtime often a hand-off
 /// to (and the wake-up of) another worker thread. Most recordings end within the request
 /// future's lifetime (the response is recorded before its head goes out), so they never pay it.
 ///
-/// The runtime to spawn on is taken the first time a poll leaves the future unfinished (it is
-/// polled from a task of that runtime), not up front: a handle is a reference count on the
-/// runtime's scheduler, shared by every worker thread, and a recording that ends on its first
-/// poll (a handler that answers without waiting, on an embedded store) then never touches it.
+/// The runtime is the one the request found current when it started (the layer refuses a
+/// request outside any runtime before its handler runs): a drop from anywhere (another thread,
+/// outside the runtime) can still spawn the rest.
 pub(crate) struct Detachable<F: Future<Output = ()> + Send + 'static> {
     /// `None` once finished, or while being polled (so a panic in it is never polled again,
     /// nor spawned: the unwinding drops it, and a dropped claim guard releases its claim).
     future: Option<Pin<Box<F>>>,
-    /// The runtime that polled the future and left it unfinished.
-    runtime: Option<tokio::runtime::Handle>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl<F: Future<Output = ()> + Send + 'static> Detachable<F> {
-    pub(crate) fn new(future: F) -> Self {
+    pub(crate) fn new(runtime: tokio::runtime::Handle, future: F) -> Self {
         Self {
             future: Some(Box::pin(future)),
-            runtime: None,
+            runtime,
         }
     }
 
@@ -262,35 +260,16 @@ impl<F: Future<Output = ()> + Send + 'static> Detachable<F> {
             && future.as_mut().poll(cx).is_pending()
         {
             self.future = Some(future);
-            if self.runtime.is_none() {
-                // Taken while polled from the runtime's task, so that a drop from anywhere
-                // (another thread, outside the runtime) can still spawn the rest.
-                self.runtime = tokio::runtime::Handle::try_current().ok();
-            }
         }
     }
 }
 
 impl<F: Future<Output = ()> + Send + 'static> Drop for Detachable<F> {
     fn drop(&mut self) {
-        let Some(future) = self.future.take() else {
-            return;
-        };
-        // Never polled unfinished: dropped before its first poll, inside the runtime.
-        match self
-            .runtime
-            .take()
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
-        {
-            // A runtime shutting down drops the task unrun: its guard's drop releases the
-            // claim (best effort), as for any task cut off by a shutdown.
-            Some(runtime) => drop(runtime.spawn(future)),
-            None => {
-                tracing::warn!(
-                    "recording dropped unfinished outside a tokio runtime: its claim is released"
-                );
-                drop(future);
-            }
+        if let Some(future) = self.future.take() {
+            // A runtime shutting down drops the task unrun: its guard's drop releases the claim
+            // (best effort), as for any task cut off by a shutdown.
+            drop(self.runtime.spawn(future));
         }
     }
 }
@@ -797,7 +776,7 @@ mod tests {
     async fn dropped_unfinished_it_runs_to_its_end_as_a_task() {
         let (go, wait) = oneshot::channel::<()>();
         let (done, finished) = oneshot::channel::<()>();
-        let mut detachable = Detachable::new(async move {
+        let mut detachable = Detachable::new(tokio::runtime::Handle::current(), async move {
             let _ = wait.await;
             let _ = done.send(());
         });
@@ -811,12 +790,12 @@ mod tests {
     async fn dropped_unfinished_outside_the_runtime_it_still_runs_to_its_end() {
         let (go, wait) = oneshot::channel::<()>();
         let (done, finished) = oneshot::channel::<()>();
-        let mut detachable = Detachable::new(async move {
+        let mut detachable = Detachable::new(tokio::runtime::Handle::current(), async move {
             let _ = wait.await;
             let _ = done.send(());
         });
         poll_once(&mut detachable).await;
-        // Dropped on a thread that is in no runtime: the runtime that polled it spawns the rest.
+        // Dropped on a thread that is in no runtime: the runtime it was made in runs the rest.
         let dropped = std::thread::spawn(move || {
             assert!(tokio::runtime::Handle::try_current().is_err());
             drop(detachable);
@@ -829,7 +808,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_before_its_first_poll_it_runs_as_a_task() {
         let (done, finished) = oneshot::channel::<()>();
-        let detachable = Detachable::new(async move {
+        let detachable = Detachable::new(tokio::runtime::Handle::current(), async move {
             let _ = done.send(());
         });
         drop(detachable);
@@ -987,7 +966,7 @@ mod tests {
     async fn finished_in_place_it_is_neither_polled_again_nor_spawned() {
         let polls = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&polls);
-        let mut detachable = Detachable::new(async move {
+        let mut detachable = Detachable::new(tokio::runtime::Handle::current(), async move {
             counted.fetch_add(1, Ordering::SeqCst);
         });
         poll_once(&mut detachable).await;

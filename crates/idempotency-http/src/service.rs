@@ -200,10 +200,10 @@ where
     // Asked of the runtime itself: a tokio task id alone does not mean a runtime is current (a
     // `LocalSet` driven by another executor runs tasks outside any runtime), and without one a
     // recording left unfinished could not be detached (see `record::Detachable`).
-    if tokio::runtime::Handle::try_current().is_err() {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         Box::pin(record::release(guard)).await;
         return Ok(problem(Problem::no_runtime()));
-    }
+    };
     // One allocation for the claim slot, the marker's state and the head's hand-off.
     let shared = Shared::<S, ResB, Svc::Error>::new(guard);
     let mut request = Request::from_parts(parts, ReqB::from(body));
@@ -239,7 +239,8 @@ where
     } else {
         tracing::Span::none()
     };
-    let mut drive = record::Detachable::new(record::drive(recording, handler).instrument(span));
+    let mut drive =
+        record::Detachable::new(runtime, record::drive(recording, handler).instrument(span));
     let answer = std::future::poll_fn(|cx| {
         drive.poll_here(cx);
         // Only `drive` sends the head, and only while it is polled just above: no waker is
