@@ -49,6 +49,9 @@ pub(crate) enum Backend {
     Sqlite,
     /// The axum handler alone: the baseline of the HTTP rows.
     BareAxum,
+    /// The least layer keeping a record per request (`floor`): what `HttpMemory` is compared
+    /// with besides `BareAxum`.
+    HttpFloor,
     /// The layer on the memory store.
     HttpMemory,
     /// The layer on Redis.
@@ -61,7 +64,7 @@ pub(crate) enum Backend {
 impl Backend {
     /// In run order: each baseline next to what it is compared with, so drift on a shared
     /// machine hits both alike.
-    pub(crate) const ALL: [Backend; 14] = [
+    pub(crate) const ALL: [Backend; 15] = [
         Backend::MemoryStore,
         Backend::Memory,
         Backend::RawRedis,
@@ -73,6 +76,7 @@ impl Backend {
         Backend::Postgres,
         Backend::Sqlite,
         Backend::BareAxum,
+        Backend::HttpFloor,
         Backend::HttpMemory,
         Backend::HttpRedis,
         Backend::PeerAxumIdempotent,
@@ -90,6 +94,7 @@ impl Backend {
             Backend::Postgres => "postgres",
             Backend::Sqlite => "sqlite",
             Backend::BareAxum => "bare-axum",
+            Backend::HttpFloor => "http-floor",
             Backend::HttpMemory => "http-memory",
             Backend::HttpRedis => "http-redis",
             Backend::PeerIdempotent => "peer-idempotent",
@@ -107,6 +112,7 @@ impl Backend {
         matches!(
             self,
             Backend::BareAxum
+                | Backend::HttpFloor
                 | Backend::HttpMemory
                 | Backend::HttpRedis
                 | Backend::PeerAxumIdempotent
@@ -133,6 +139,7 @@ pub(crate) struct Env {
     sqlite: Option<SqliteStore>,
     gateway: Background,
     bare: HttpServer,
+    http_floor: HttpServer,
     http_memory: HttpServer,
     http_redis: HttpServer,
     /// `axum-idempotent`'s app, when the peers binary is there and Redis has `HEXPIRE`.
@@ -175,6 +182,7 @@ impl Env {
         let gateway = servers::start_gateway(servers.single.url())?;
         let url = servers.single.url().to_owned();
         let bare = HttpServer::spawn("bare-axum", App::Bare.command(&url)?)?;
+        let http_floor = HttpServer::spawn("http-floor", App::Floor.command(&url)?)?;
         let http_memory = HttpServer::spawn("http-memory", App::Memory.command(&url)?)?;
         let http_redis = HttpServer::spawn("http-redis", App::Redis.command(&url)?)?;
         Ok(Self {
@@ -184,6 +192,7 @@ impl Env {
             sqlite: None,
             gateway,
             bare,
+            http_floor,
             http_memory,
             http_redis,
             peer_http: None,
@@ -282,6 +291,7 @@ impl Env {
         drop((self.postgres, self.sqlite));
         let mut results = vec![
             self.bare.stop(),
+            self.http_floor.stop(),
             self.http_memory.stop(),
             self.http_redis.stop(),
             self.gateway.stop(),
@@ -481,6 +491,7 @@ pub(crate) async fn run(
             engine_cell(sqlite, cell, plan, counter).await
         }
         Backend::BareAxum => http_cell(&env.bare, Kind::Bare, cell, plan, counter).await,
+        Backend::HttpFloor => http_cell(&env.http_floor, Kind::Ours, cell, plan, counter).await,
         Backend::HttpMemory => http_cell(&env.http_memory, Kind::Ours, cell, plan, counter).await,
         Backend::HttpRedis => http_cell(&env.http_redis, Kind::Ours, cell, plan, counter).await,
         Backend::PeerAxumIdempotent => {

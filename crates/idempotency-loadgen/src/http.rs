@@ -37,6 +37,8 @@ const PEER_REPLAY_HEADER: &str = "idempotency-replayed";
 pub(crate) enum App {
     /// The handler alone: the baseline.
     Bare,
+    /// The least layer that keeps a record per request (`floor`): the reference of `Memory`.
+    Floor,
     /// The layer on the memory store.
     Memory,
     /// The layer on the Redis server at `--redis-url`.
@@ -47,6 +49,7 @@ impl App {
     fn name(self) -> &'static str {
         match self {
             App::Bare => "bare",
+            App::Floor => "floor",
             App::Memory => "memory",
             App::Redis => "redis",
         }
@@ -65,6 +68,7 @@ impl App {
             let plain = app::router(state);
             Ok(match self {
                 App::Bare => plain,
+                App::Floor => crate::floor::layer(plain),
                 App::Memory => with_layer(plain, unbounded_memory())?,
                 App::Redis => {
                     let url = redis_url.context("--serve redis needs --redis-url")?;

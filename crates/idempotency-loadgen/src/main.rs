@@ -46,6 +46,7 @@ mod app;
 mod cells;
 mod duplicates;
 mod engine;
+mod floor;
 mod http;
 mod load;
 mod machine;
