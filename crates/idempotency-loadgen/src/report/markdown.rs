@@ -31,7 +31,9 @@ pub(super) fn render(report: &Report) -> String {
          - each cell: {} × ({:.1} s warm-up, then {:.1} s measured; {:.1} s measured for the \
          in-process rows), {}; closed loop, one operation after another per task; latencies \
          from the merged histogram of the rounds, throughput = total operations / total \
-         measured time, CPU per operation = total CPU / total operations; whole run {:.0} s\n",
+         measured time, CPU per operation = total CPU / total operations; the first group \
+         also ran once before, unreported (a warm-up pass: heaps, pools and caches as in a \
+         service that has run a while); whole run {:.0} s\n",
         m.cores,
         m.cpu_model,
         m.os,
