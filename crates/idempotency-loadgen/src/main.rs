@@ -463,7 +463,7 @@ fn run_groups(
     // first used to pay what only a process's first minute pays — the load generator's and
     // each app's heap faulted in page by page from the kernel (a `fresh` group's records take
     // ~1 GB), connection pools and caches filled — while every later group reused that
-    // memory: the in-process `memory` row measured 15–25 % fewer fresh operations per second
+    // memory: the in-process `memory` row measured 8–30 % fewer fresh operations per second
     // at whichever concurrency came first (1 task in the default order, 64 when the order was
     // reversed). A service in production runs warm.
     if let Some(&(scenario, concurrency)) = groups.first() {
