@@ -431,68 +431,19 @@ fn run_groups(
     let progress = Progress::start();
     let mut rows = Vec::with_capacity(groups.len() * backends.len());
     let mut next_id = 0;
-    // One slice of `cell`, with its progress lines.
-    let run_slice = |cell: Cell, label: String, stores: &Stores| {
-        progress.begin(label.clone());
-        let plan = options.plan(&cell);
-        let counter = Arc::clone(&progress.counter);
-        let runtime = if cell.backend.in_process() {
-            local
-        } else {
-            net
-        };
-        let (measured, cpu) = runtime
-            .block_on(cells::run(env, cell, plan, counter, stores))
-            .with_context(|| {
-                format!(
-                    "{} {} {} ({label})",
-                    cell.backend.name(),
-                    cell.scenario.name(),
-                    cell.concurrency,
-                )
-            })?;
-        progress.done(format!(
-            "{label}  p50 {:>9}  p99 {:>9}  {:>9} ops/s",
-            report::human_us(measured.quantile_us(0.50)),
-            report::human_us(measured.quantile_us(0.99)),
-            report::human_rate(measured.ops_per_sec()),
-        ));
-        anyhow::Ok((measured, cpu))
-    };
-    // Warm-up pass, not reported: the first group once, all its rounds. Whichever group ran
-    // first used to pay what only a process's first minute pays — the load generator's and
-    // each app's heap faulted in page by page from the kernel (a `fresh` group's records take
-    // ~1 GB), connection pools and caches filled — while every later group reused that
-    // memory: the in-process `memory` row measured 8–30 % fewer fresh operations per second
-    // at whichever concurrency came first (1 task in the default order, 64 when the order was
-    // reversed). A service in production runs warm.
-    if let Some(&(scenario, concurrency)) = groups.first() {
-        net.block_on(env.reset())
-            .context("emptying the stores before the warm-up")?;
-        let stores = Stores::new();
-        for round in 0..options.rounds {
-            for (position, index) in rounds::order(backends.len(), round).into_iter().enumerate() {
-                let cell = Cell {
-                    id: next_id,
-                    backend: backends[index],
-                    scenario,
-                    concurrency,
-                };
-                next_id += 1;
-                let label = format!(
-                    "[warm-up {:>2}/{}] {:<20} {:<8} {:>2} tasks  (not reported)",
-                    round * backends.len() + position + 1,
-                    backends.len() * options.rounds,
-                    cell.backend.name(),
-                    scenario.name(),
-                    concurrency,
-                );
-                run_slice(cell, label, &stores)?;
-            }
-        }
-    }
-    let warm_up_cells = next_id;
-    for (scenario, concurrency) in groups {
+    let mut measured_cells = 0;
+    // A warm-up pass first, not reported: the first group once, all its rounds. Whichever
+    // group ran first used to pay what only a process's first minute pays — the load
+    // generator's and each app's heap faulted in page by page from the kernel (a `fresh`
+    // group's records take ~1 GB), connection pools and caches filled — while every later group
+    // reused that memory: the in-process `memory` row measured 8–30 % fewer fresh operations per
+    // second at whichever concurrency came first (1 task in the default order, 64 when the order
+    // was reversed). A service in production runs warm.
+    let warm_up = groups.first().map(|group| (*group, false));
+    let passes = warm_up
+        .into_iter()
+        .chain(groups.iter().map(|group| (*group, true)));
+    for ((scenario, concurrency), reported) in passes {
         net.block_on(env.reset())
             .context("emptying the stores before a group")?;
         let stores = Stores::new();
@@ -506,16 +457,37 @@ fn run_groups(
                     concurrency,
                 };
                 next_id += 1;
+                let step = if reported {
+                    measured_cells += 1;
+                    format!("[{measured_cells:>3}/{total}]")
+                } else {
+                    "[warm-up]".to_owned()
+                };
                 let label = format!(
-                    "[{:>3}/{total}] {:<20} {:<8} {:>2} tasks  round {}/{}",
-                    next_id - warm_up_cells,
+                    "{step} {:<20} {:<8} {:>2} tasks  round {}/{}",
                     cell.backend.name(),
                     scenario.name(),
                     concurrency,
                     round + 1,
                     options.rounds,
                 );
-                let (measured, cpu) = run_slice(cell, label, &stores)?;
+                progress.begin(label.clone());
+                let plan = options.plan(&cell);
+                let counter = Arc::clone(&progress.counter);
+                let runtime = if cell.backend.in_process() {
+                    local
+                } else {
+                    net
+                };
+                let (measured, cpu) = runtime
+                    .block_on(cells::run(env, cell, plan, counter, &stores))
+                    .with_context(|| format!("{label}: {}", cell.backend.name()))?;
+                progress.done(format!(
+                    "{label}  p50 {:>9}  p99 {:>9}  {:>9} ops/s",
+                    report::human_us(measured.quantile_us(0.50)),
+                    report::human_us(measured.quantile_us(0.99)),
+                    report::human_rate(measured.ops_per_sec()),
+                ));
                 slices[index].push(Slice {
                     round,
                     position,
@@ -523,6 +495,9 @@ fn run_groups(
                     cpu,
                 });
             }
+        }
+        if !reported {
+            continue;
         }
         let group_start = rows.len();
         for (backend, slices) in backends.iter().zip(slices) {
