@@ -110,7 +110,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/orders", post(create_order).get(list_orders))
         .with_state(Orders::default())
-        .layer(layer)
+        // `route_layer`: a 404 or 405 is answered without the layer and records nothing.
+        .route_layer(layer)
         .layer(middleware::from_fn(authenticate));
 
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3001".into());

@@ -17,7 +17,9 @@
 //!
 //! # Routes
 //! Every route needs `Authorization: Bearer <user>` (the token *is* the user id; missing → 401).
-//! `PUT` and `POST` need an `Idempotency-Key`, scoped to that user.
+//! The `PUT` and `POST` routes need an `Idempotency-Key`, scoped to that user. A path that
+//! matches no route is a plain 404 and a method a route does not have a plain 405: neither needs
+//! a key nor leaves a record (the layer is on each route's handlers, `MethodRouter::route_layer`).
 //!
 //! | route | body | answer |
 //! |---|---|---|
@@ -64,7 +66,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::middleware;
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use idempotency::http::{IdempotencyLayer, JsonFingerprint};
 use idempotency::{AnyStore, Idempotency};
 use parking_lot::Mutex;
@@ -194,31 +196,40 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn routes() -> Router<AppState> {
+/// The routes; `protect` is applied to each route's own handlers (`MethodRouter::route_layer`),
+/// so neither a path that matches no route (the 404 fallback) nor a method a route does not
+/// have (its 405) goes through it. `Router::route_layer` would still wrap the 405s: it layers
+/// each route's whole method router, fallback included.
+fn routes(protect: impl Fn(MethodRouter<AppState>) -> MethodRouter<AppState>) -> Router<AppState> {
     Router::new()
         .route(
             "/api/products/{id}",
-            put(shop::put_product).get(shop::get_product),
+            protect(put(shop::put_product).get(shop::get_product)),
         )
         .route(
             "/api/orders",
-            post(shop::create_order).get(shop::list_orders),
+            protect(post(shop::create_order).get(shop::list_orders)),
         )
-        .route("/api/orders/{id}/status", put(shop::set_order_status))
+        .route(
+            "/api/orders/{id}/status",
+            protect(put(shop::set_order_status)),
+        )
         .route("/api/internal/metrics/idempotency", get(shop::metrics))
         .fallback(shop::not_found)
 }
 
-/// The shop API: authentication (outermost), then the idempotency layer on `PUT` and `POST`
-/// (key required, scoped per principal), then the handlers.
+/// The shop API: authentication (outermost), then the idempotency layer on the routes' `POST`,
+/// `PUT`, `PATCH` and `DELETE` handlers (the layer's default methods; key required, scoped per
+/// principal), then the handlers. The layer is on each route's handlers only: a path that
+/// matches no route (404) or a method a route does not have (405) is answered without it and
+/// records nothing.
 pub fn app(state: AppState) -> Router {
     let layer = IdempotencyLayer::builder(state.engine().clone())
         .scope(principal_scope)
         // A retry that re-serialises the same JSON (key order, spacing) is the same request.
         .fingerprint_json(JsonFingerprint::Canonical)
         .build();
-    routes()
-        .layer(layer)
+    routes(|handlers| handlers.route_layer(layer.clone()))
         .layer(middleware::from_fn(authenticate))
         .with_state(state)
 }
@@ -227,7 +238,7 @@ pub fn app(state: AppState) -> Router {
 /// service on which every retry runs again. It exists to show what `idempotency-probe` reports
 /// for such a service (and to test that it does); never deploy it.
 pub fn unprotected_app(state: AppState) -> Router {
-    routes()
+    routes(|handlers| handlers)
         .layer(middleware::from_fn(authenticate))
         .with_state(state)
 }

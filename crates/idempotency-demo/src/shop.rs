@@ -32,6 +32,7 @@ type Claim = Option<Extension<TransactionalClaim<AnyStore>>>;
 #[derive(Deserialize)]
 struct ProductInput {
     name: String,
+    #[serde(deserialize_with = "whole_number")]
     price: u64,
 }
 
@@ -39,7 +40,34 @@ struct ProductInput {
 #[serde(rename_all = "camelCase")]
 struct OrderInput {
     product_id: String,
+    #[serde(deserialize_with = "whole_number")]
     quantity: u32,
+}
+
+/// A whole number in `T`'s range however the JSON writes it (`1`, `1.0`, `1e0`): the layer's
+/// canonical JSON fingerprint (RFC 8785) counts those as one value, so the handler must read
+/// them as one too — otherwise a retry that corrected `1.0` to `1` under the same key would be
+/// "the same request" to the layer (its first answer replayed) but another to the handler.
+fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error as _;
+    /// 2^64: the first float past `u64::MAX`.
+    const PAST_U64: f64 = 18_446_744_073_709_551_616.0;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..PAST_U64).contains(f))
+                // Exact: a whole float below 2^64 converts without loss of its integer value.
+                .map(|f| f as u64)
+        })
+        .and_then(|value| T::try_from(value).ok())
+        .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {number}")))
 }
 
 #[derive(Deserialize)]

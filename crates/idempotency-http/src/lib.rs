@@ -28,7 +28,7 @@
 //!     // Retries that re-serialise the same JSON (another key order, spacing) still match.
 //!     .fingerprint_json(JsonFingerprint::Canonical)
 //!     .build();
-//! let app: Router = Router::new().route("/orders", post(|| async { "created" })).layer(layer);
+//! let app: Router = Router::new().route("/orders", post(|| async { "created" })).route_layer(layer);
 //! # let _ = app; Ok(()) }
 //! ```
 //!

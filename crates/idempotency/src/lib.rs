@@ -46,7 +46,7 @@
 //! // In production: `Idempotency::builder(idempotency::store_from_env().await?)`.
 //! let engine = Idempotency::builder(MemoryStore::new()).build()?;
 //! let layer = IdempotencyLayer::builder(engine).scope(principal).build();
-//! let app: Router = Router::new().route("/orders", post(|| async { "created" })).layer(layer);
+//! let app: Router = Router::new().route("/orders", post(|| async { "created" })).route_layer(layer);
 //! # let _ = app; Ok(()) }
 //! # main().unwrap() }
 //! ```
