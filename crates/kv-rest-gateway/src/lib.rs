@@ -42,7 +42,10 @@
 //!   or `Debug`.
 //! - **`Upstash-Encoding: base64`**: every string in the result is base64-encoded except the
 //!   status reply `OK`; integers and null stay; arrays recursively; errors never.
-//! - **`upstash-sync-token`**: any request value is accepted; every response carries a fresh one.
+//! - **`upstash-sync-token`**: any request value is accepted; every answer to an authenticated
+//!   request read in full carries a fresh one, errors included (early answers — 401, 405, 408,
+//!   413, an unreadable body, a refused `Upstash-Response-Format` — and the health route carry
+//!   none: the token is a counter a client that never authenticated must not see).
 //!   Telemetry headers are ignored. `Upstash-Response-Format: resp2` (or anything but `json`)
 //!   gets 400.
 //! - **Scripts**: `EVAL`, `EVALSHA`, `SCRIPT LOAD` pass through, except that the Upstash-only

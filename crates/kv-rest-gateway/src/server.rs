@@ -35,7 +35,11 @@ use crate::scripts::{ReplyFix, ScriptRegistry};
 /// so this path can never shadow a path-form command.
 pub const HEALTH_PATH: &str = "/~health";
 
-/// Response header carrying a fresh read-your-writes token on every response.
+/// Response header carrying a fresh read-your-writes token on every answer to an authenticated
+/// request that was read in full (a command's result or error). Early answers (401, 405, 408,
+/// 413, an unreadable body, a refused `Upstash-Response-Format`, the health route) carry none:
+/// the token is a counter that grows with each answer, which a client that never authenticated
+/// must not see.
 pub const SYNC_TOKEN_HEADER: &str = "upstash-sync-token";
 
 /// Why the gateway could not start or stopped with an error.
@@ -266,8 +270,21 @@ pub async fn serve(
     Gateway::new(&config)?.serve(listener, shutdown).await
 }
 
-/// Every response carries a fresh `upstash-sync-token` (the errors and 405s too).
+/// Marks a response as the answer to an admitted request (see [`admit`]): only those get an
+/// `upstash-sync-token`. A response extension, removed again by [`sync_token`].
+#[derive(Clone, Copy)]
+struct Authenticated;
+
+/// Adds a fresh `upstash-sync-token` to the answers of admitted requests (errors included);
+/// early answers carry none (see [`SYNC_TOKEN_HEADER`]).
 async fn sync_token(State(gateway): State<Gateway>, mut response: Response) -> Response {
+    if response
+        .extensions_mut()
+        .remove::<Authenticated>()
+        .is_none()
+    {
+        return response;
+    }
     let sequence = gateway.inner.sync_counter.fetch_add(1, Ordering::Relaxed);
     let token = format!("{:x}-{sequence:x}", gateway.inner.sync_prefix);
     if let Ok(value) = HeaderValue::from_str(&token) {
@@ -286,12 +303,23 @@ fn respond(result: Result<Response, GatewayError>) -> Response {
     })
 }
 
+/// The response of an admitted request's result: as [`respond`], marked [`Authenticated`].
+fn respond_admitted(result: Result<Response, GatewayError>) -> Response {
+    let mut response = respond(result);
+    response.extensions_mut().insert(Authenticated);
+    response
+}
+
 /// `POST /` with `["SET","k","v"]`.
 async fn json_command(State(gateway): State<Gateway>, request: Request) -> Response {
     let state = &gateway.inner;
-    respond(
+    // An early answer (401, 408, 413, …) goes out unmarked: no sync token.
+    let admitted = match admit(state, request).await {
+        Ok(admitted) => admitted,
+        Err(error) => return respond(Err(error)),
+    };
+    respond_admitted(
         async {
-            let admitted = admit(state, request).await?;
             let command = parse_command(&admitted.body)?;
             single(state, command, admitted.access, admitted.encoding).await
         }
@@ -302,11 +330,15 @@ async fn json_command(State(gateway): State<Gateway>, request: Request) -> Respo
 /// `GET|HEAD|POST|PUT /set/k/v?EX=100`: the path form.
 async fn path_command(State(gateway): State<Gateway>, request: Request) -> Response {
     let state = &gateway.inner;
-    respond(
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    // An early answer (401, 408, 413, …) goes out unmarked: no sync token.
+    let admitted = match admit(state, request).await {
+        Ok(admitted) => admitted,
+        Err(error) => return respond(Err(error)),
+    };
+    respond_admitted(
         async {
-            let path = request.uri().path().to_owned();
-            let query = request.uri().query().map(str::to_owned);
-            let admitted = admit(state, request).await?;
             let body = admitted.has_body.then_some(&admitted.body[..]);
             let command = command_from_path(&path, body, query.as_deref())?;
             single(state, command, admitted.access, admitted.encoding).await
@@ -318,9 +350,13 @@ async fn path_command(State(gateway): State<Gateway>, request: Request) -> Respo
 /// `POST /pipeline` with `[[…],[…]]`.
 async fn pipeline_batch(State(gateway): State<Gateway>, request: Request) -> Response {
     let state = &gateway.inner;
-    respond(
+    // An early answer (401, 408, 413, …) goes out unmarked: no sync token.
+    let admitted = match admit(state, request).await {
+        Ok(admitted) => admitted,
+        Err(error) => return respond(Err(error)),
+    };
+    respond_admitted(
         async {
-            let admitted = admit(state, request).await?;
             let commands = parse_batch(&admitted.body, state.max_pipeline)?;
             pipeline(state, commands, admitted.access, admitted.encoding).await
         }
@@ -331,9 +367,13 @@ async fn pipeline_batch(State(gateway): State<Gateway>, request: Request) -> Res
 /// `POST /multi-exec` with `[[…],[…]]`.
 async fn transaction_batch(State(gateway): State<Gateway>, request: Request) -> Response {
     let state = &gateway.inner;
-    respond(
+    // An early answer (401, 408, 413, …) goes out unmarked: no sync token.
+    let admitted = match admit(state, request).await {
+        Ok(admitted) => admitted,
+        Err(error) => return respond(Err(error)),
+    };
+    respond_admitted(
         async {
-            let admitted = admit(state, request).await?;
             let commands = parse_batch(&admitted.body, state.max_pipeline)?;
             transaction(state, commands, admitted.access, admitted.encoding).await
         }

@@ -165,6 +165,8 @@ async fn body_and_pipeline_limits() {
         .request(Method::POST, "/", Some(TOKEN), &[], Some(big.into_bytes()))
         .await;
     assert!(too_big.error(413).contains("1024"), "{too_big:?}");
+    // An early answer: no sync token (only answers to requests read in full carry one).
+    assert!(!too_big.headers.contains_key("upstash-sync-token"));
     let path_big = gw
         .request(
             Method::POST,

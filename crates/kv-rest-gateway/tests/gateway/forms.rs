@@ -121,7 +121,8 @@ async fn path_form_get_post_put_head() {
     assert_eq!(delete.status, 405);
     assert_eq!(allowed(&delete), ["GET", "HEAD", "POST", "PUT"]);
     assert_eq!(delete.text, r#"{"error":"Method not allowed"}"#);
-    assert!(delete.headers.contains_key("upstash-sync-token"));
+    // Answered before any token check: no sync token, even with a valid token.
+    assert!(!delete.headers.contains_key("upstash-sync-token"));
     let get_root = gw.request(Method::GET, "/", auth, &[], None).await;
     assert_eq!(get_root.status, 405);
     assert_eq!(allowed(&get_root), ["POST"]);
@@ -334,9 +335,32 @@ async fn headers_sync_token_telemetry_and_response_format() {
         .to_owned();
     assert!(!token1.is_empty());
     assert_ne!(token1, token2, "a fresh token every response");
-    // also on errors
+    // also on the errors of authenticated requests
+    let bad_json = gw
+        .request(Method::POST, "/", Some(TOKEN), &[], Some(b"[".to_vec()))
+        .await;
+    bad_json.error(400);
+    assert!(bad_json.headers.contains_key("upstash-sync-token"));
+    let redis_error = gw.cmd(json!(["INCR", "no-such-command-here", "x"])).await;
+    redis_error.error(400);
+    assert!(redis_error.headers.contains_key("upstash-sync-token"));
+    // but never to a client that did not authenticate (the token is a growing counter)
     let unauthorized = gw.request(Method::POST, "/", None, &[], None).await;
-    assert!(unauthorized.headers.contains_key("upstash-sync-token"));
+    unauthorized.error(401);
+    let wrong = gw
+        .request(Method::GET, "/ping", Some("wrong"), &[], None)
+        .await;
+    wrong.error(401);
+    let not_allowed = gw.request(Method::DELETE, "/", None, &[], None).await;
+    not_allowed.error(405);
+    let health = gw.request(Method::GET, "/~health", None, &[], None).await;
+    assert_eq!(health.status, 200);
+    for early in [&unauthorized, &wrong, &not_allowed, &health] {
+        assert!(
+            !early.headers.contains_key("upstash-sync-token"),
+            "{early:?}"
+        );
+    }
 
     let json_format = gw
         .post(

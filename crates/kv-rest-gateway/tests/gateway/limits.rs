@@ -108,6 +108,10 @@ async fn slow_bodies_get_408_and_the_connection_closes() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(
+        !text.to_ascii_lowercase().contains("upstash-sync-token"),
+        "an early answer carries no sync token: {text}"
+    );
+    assert!(
         text.to_ascii_lowercase().contains("connection: close"),
         "{text}"
     );
@@ -193,4 +197,56 @@ async fn futures_like_join(streams: Vec<TcpStream>) -> usize {
         }
     }
     closed
+}
+
+/// Sends `request` on a fresh connection and returns everything the server answers before it
+/// closes (bounded).
+async fn raw_exchange(address: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let received = read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the server closed the connection");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_carry_no_sync_token() {
+    let (_redis, _gateway, address, stop) = gateway_with(limits(10_000, 10_000, 300, 16)).await;
+    // Authenticated, but the chunked body is malformed: 400 while reading the body.
+    let bad_chunk = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Transfer-Encoding: chunked\r\n\r\nzz\r\n[\"PING\"]\r\n0\r\n\r\n"
+    );
+    // A request head hyper refuses before the router sees it.
+    let bad_head = b"GET /ping HTTP/1.1\r\nHost x\r\n\r\n".to_vec();
+    // Authenticated, with a refused response format.
+    let resp2 = format!(
+        "GET /ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Upstash-Response-Format: resp2\r\nConnection: close\r\n\r\n"
+    );
+    for (request, status) in [
+        (bad_chunk.into_bytes(), "400"),
+        (bad_head, "400"),
+        (resp2.into_bytes(), "400"),
+    ] {
+        let text = raw_exchange(address, &request).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("upstash-sync-token"),
+            "{text}"
+        );
+    }
+    // The same connection kind, authenticated and well-formed, still gets one.
+    let fine = format!(
+        "GET /ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let text = raw_exchange(address, fine.as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("upstash-sync-token"),
+        "{text}"
+    );
+    let _ = stop.send(());
 }

@@ -10,6 +10,7 @@ mod auth_limits;
 mod faults;
 mod forms;
 mod limits;
+mod logging;
 mod numbers;
 mod official_client;
 mod scripts;
