@@ -31,3 +31,48 @@ fn an_endpoint_that_refuses_every_connection_exits_2() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn the_refusal_says_why_and_no_check_rows_are_printed() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}/x"),
+            "--timeout-ms",
+            "2000",
+            "--json",
+        ])
+        .output()
+        .expect("run the probe");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    assert!(output.stdout.is_empty(), "{:?}", output.stdout);
+}
+
+#[test]
+fn zero_concurrency_and_zero_timeout_are_usage_errors() {
+    for args in [
+        ["--concurrency", "0"],
+        ["--concurrency", "1"],
+        ["--timeout-ms", "0"],
+    ] {
+        // clap refuses the value before any request is sent.
+        let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+            .args(["--url", "http://127.0.0.1:9/x"])
+            .args(args)
+            .output()
+            .expect("run the probe");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: invalid value"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
