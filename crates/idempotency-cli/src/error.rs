@@ -20,8 +20,20 @@ pub(crate) enum CliError {
     #[error("cannot reach the store {0}: is it running, and is the URL right?")]
     Unreachable(String),
     /// A malformed idempotency key on the command line.
-    #[error("invalid key: {0}")]
+    #[error("invalid key: {0} (see `--help` for the accepted forms)")]
     Key(#[from] KeyError),
+    /// An unquoted key argument (the stored key text) with a byte outside printable ASCII.
+    #[error(
+        "invalid key: byte 0x{byte:02x} at position {position} is not printable ASCII; give the \
+         stored key text (printable ASCII, spaces allowed) or the header value in quotes \
+         (`\"a b\"`)"
+    )]
+    KeyByte {
+        /// The first offending byte.
+        byte: u8,
+        /// Its position in the argument.
+        position: usize,
+    },
     /// A malformed `--key-prefix`.
     #[error(transparent)]
     Prefix(#[from] PrefixError),
@@ -52,6 +64,7 @@ impl CliError {
             Self::MemoryStore
             | Self::Selection(_)
             | Self::Key(_)
+            | Self::KeyByte { .. }
             | Self::Prefix(_)
             | Self::Usage(_)
             | Self::NeedsYes(_) => 2,

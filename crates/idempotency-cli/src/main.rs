@@ -24,6 +24,13 @@
 //! a tenant id; an empty string for the global scope); the tool escapes it as the engine does.
 //! `--key-prefix` is the engine's prefix (default `idempotency:`).
 //!
+//! A key is given either as the stored key text (`a b`, one shell argument: printable ASCII,
+//! spaces allowed and kept as typed), or as the `Idempotency-Key` header value with its quotes
+//! (`'"a b"'`, an RFC 8941 sf-string parsed as the HTTP layer parses it). A bare key without
+//! spaces is the same in both forms; a key starting with `"` can only be given quoted
+//! (`'"\"k"'`). Anything else (a tab, a control or non-ASCII byte, a malformed quoted value)
+//! is refused with exit code 2.
+//!
 //! # Exit codes
 //! 0 success; 1 the store failed; 2 bad input or configuration (also clap's usage errors, and
 //! a confirmation that cannot be asked on a non-terminal stdin without `--yes`); 3 no record
@@ -41,6 +48,8 @@ mod open;
 mod record;
 mod sql;
 
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -65,7 +74,8 @@ enum Command {
     Inspect {
         /// The scope, as the app's scope extractor produces it ("" for the global scope).
         scope: String,
-        /// The client's idempotency key.
+        /// The client's idempotency key: the stored key text (`a b`, spaces allowed), or the
+        /// header value in quotes (`'"a b"'`; a key starting with `"` only this way).
         key: String,
         /// One JSON object instead of text.
         #[arg(long)]
@@ -75,7 +85,8 @@ enum Command {
     Release {
         /// The scope.
         scope: String,
-        /// The client's idempotency key.
+        /// The client's idempotency key: the stored key text (`a b`, spaces allowed), or the
+        /// header value in quotes (`'"a b"'`; a key starting with `"` only this way).
         key: String,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -85,7 +96,8 @@ enum Command {
     Delete {
         /// The scope.
         scope: String,
-        /// The client's idempotency key.
+        /// The client's idempotency key: the stored key text (`a b`, spaces allowed), or the
+        /// header value in quotes (`'"a b"'`; a key starting with `"` only this way).
         key: String,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -127,6 +139,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -146,15 +160,28 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error}");
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
+            eprint!("{}", error_report(&error));
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// The error and its source chain, one line each. Most variants already show their source in
+/// their own message (`invalid key: {0}`), so a cause whose text the line above already holds
+/// is skipped rather than repeated (its own sources are still shown).
+fn error_report(error: &CliError) -> String {
+    let mut out = format!("error: {error}\n");
+    let mut shown = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            let _ = writeln!(out, "  caused by: {text}");
+        }
+        shown = text;
+        source = cause.source();
+    }
+    out
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
@@ -211,4 +238,27 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use idempotency::{KeyError, StoreError};
+
+    use super::*;
+
+    #[test]
+    fn the_report_does_not_repeat_a_message_but_keeps_deeper_causes() {
+        let key = error_report(&CliError::Key(KeyError::Empty));
+        assert_eq!(key.lines().count(), 1, "{key}");
+        assert_eq!(key.matches("idempotency key is empty").count(), 1, "{key}");
+
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused here");
+        let store = error_report(&CliError::Store(StoreError::Unavailable {
+            source: Box::new(inner),
+        }));
+        assert_eq!(
+            store, "error: store error: store unreachable\n  caused by: refused here\n",
+            "{store}"
+        );
+    }
 }

@@ -84,9 +84,25 @@ async fn bad_input_fails_clearly() {
     let server = RedisServer::start_local().expect("local redis-server");
     let env = [("REDIS_URL", server.url())];
 
-    let bad_key = run(&env, &["inspect", "alice", "has space"]);
+    // A space is part of a stored key (the header's quoted form allows it); a tab is not.
+    let bad_key = run(&env, &["inspect", "alice", "has\ttab"]);
     assert_eq!(bad_key.code, 2, "{}", bad_key.all());
     assert!(bad_key.stderr.contains("invalid key"), "{}", bad_key.stderr);
+    let malformed = run(&env, &["inspect", "alice", "\"open"]);
+    assert_eq!(malformed.code, 2, "{}", malformed.all());
+    assert!(
+        malformed.stderr.contains("no closing"),
+        "{}",
+        malformed.stderr
+    );
+    // One line, said once, no colour codes (stderr is a pipe here).
+    assert_eq!(malformed.stderr.lines().count(), 1, "{}", malformed.stderr);
+    assert!(
+        !malformed.stderr.contains("caused by"),
+        "{}",
+        malformed.stderr
+    );
+    assert!(!malformed.stderr.contains('\x1b'), "{:?}", malformed.stderr);
 
     let bad_prefix = run(&env, &["--key-prefix", "", "inspect", "alice", "k"]);
     assert_eq!(bad_prefix.code, 2, "{}", bad_prefix.all());

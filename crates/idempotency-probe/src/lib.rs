@@ -29,13 +29,16 @@
 //!
 //! The binary: `idempotency-probe --url URL --method PUT --body JSON [-H 'K: V']...
 //! [--concurrency N] [--latency N [--budget-ms MS]] [--json]`; exit status 0 when every check passes, 1 when one fails, 2 when
-//! the probe could not run.
+//! the probe could not run (bad arguments, or [`ProbeError::Unreachable`]: no request could
+//! connect).
 
 #![deny(missing_docs)]
 
 mod check;
 mod latency;
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,6 +69,18 @@ pub enum ProbeError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// No request reached the endpoint: every one failed to connect (connection refused, DNS,
+    /// connect timeout), so no check could say anything about its behaviour.
+    #[error(
+        "cannot reach {url}: {detail}; no check could run (is the server running, and is the \
+         URL right?)"
+    )]
+    Unreachable {
+        /// The probed URL.
+        url: String,
+        /// The first connection failure, with its causes.
+        detail: String,
+    },
 }
 
 /// What to probe and how.
@@ -244,9 +259,29 @@ impl ProbeReport {
 pub(crate) struct Probe {
     client: Client,
     pub(crate) config: ProbeConfig,
+    /// Requests that got an HTTP response (whatever its status).
+    answered: AtomicUsize,
+    /// The first failure to connect, to report when nothing ever answered.
+    first_connect_error: Mutex<Option<String>>,
 }
 
 impl Probe {
+    /// [`ProbeError::Unreachable`] when no request has been answered yet and one failed to
+    /// connect.
+    fn reachable(&self) -> Result<(), ProbeError> {
+        if self.answered.load(Ordering::Relaxed) > 0 {
+            return Ok(());
+        }
+        let first = self.first_connect_error.lock().ok().and_then(|f| f.clone());
+        match first {
+            Some(detail) => Err(ProbeError::Unreachable {
+                url: self.config.url.clone(),
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// One request; a transport failure becomes the message the table shows.
     pub(crate) async fn send(
         &self,
@@ -264,10 +299,20 @@ impl Probe {
         if let check::KeyUse::Key(key) = key {
             request = request.header(self.config.key_header.clone(), key);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let text = error_chain(&e);
+                if e.is_connect() {
+                    // A poisoned lock only loses the note, never the check's own message.
+                    if let Ok(mut first) = self.first_connect_error.lock() {
+                        first.get_or_insert_with(|| text.clone());
+                    }
+                }
+                return Err(format!("request failed: {text}"));
+            }
+        };
+        self.answered.fetch_add(1, Ordering::Relaxed);
         let status = response.status();
         let replayed = response
             .headers()
@@ -300,8 +345,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// Run every check against the configured endpoint, in order (a, b, c, d, e).
 ///
 /// # Errors
-/// [`ProbeError`] when the probe cannot run (bad URL, no HTTP client). Failing checks and
-/// unreachable endpoints are reported in the [`ProbeReport`].
+/// [`ProbeError`] when the probe cannot run: bad URL, no HTTP client, or
+/// [`ProbeError::Unreachable`] when no request got an answer and they failed to connect
+/// (connection refused, DNS, connect timeout). Failing checks, and failures after the endpoint
+/// answered once (a timeout, a dropped connection), are reported in the [`ProbeReport`].
 pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
     if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
         return Err(ProbeError::InvalidUrl(config.url.clone()));
@@ -313,13 +360,19 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
     let probe = Probe {
         client,
         config: config.clone(),
+        answered: AtomicUsize::new(0),
+        first_connect_error: Mutex::new(None),
     };
     let key = random_key();
     let (a, first) = check::duplicate(&probe, &key).await;
+    // Check (a)'s first request could not connect: the endpoint is not there, and the other
+    // checks would only repeat that (each after its own timeout).
+    probe.reachable()?;
     let b = check::new_key(&probe, first.as_ref()).await;
     let c = check::missing_key(&probe).await;
     let d = check::changed(&probe, &key).await;
     let e = check::concurrent(&probe).await;
+    probe.reachable()?;
     let mut checks = vec![a, b, c, d, e];
     let mut latency = None;
     if let Some((requests, budget)) = config.latency {

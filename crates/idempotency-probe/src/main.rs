@@ -10,7 +10,8 @@ use idempotency_probe::{ProbeConfig, ProbeError, run};
 /// keys run, a missing key gets 400, a reused key with another body 422, and concurrent
 /// duplicates run once. Sends real requests with side effects.
 ///
-/// Exit status: 0 every check passed, 1 a check failed, 2 the probe could not run.
+/// Exit status: 0 every check passed, 1 a check failed, 2 the probe could not run (bad
+/// arguments, or the endpoint could not be reached at all: every request failed to connect).
 #[derive(Parser)]
 #[command(name = "idempotency-probe", version, about)]
 struct Args {
@@ -30,16 +31,17 @@ struct Args {
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
 
-    /// Concurrent duplicates for the concurrency check.
-    #[arg(long, default_value_t = 8)]
+    /// Concurrent duplicates for the concurrency check (at least 2).
+    #[arg(long, default_value_t = 8,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
     concurrency: usize,
 
     /// Name of the key header.
     #[arg(long, default_value = "Idempotency-Key")]
     key_header: String,
 
-    /// Timeout of each request, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    /// Timeout of each request, in milliseconds (at least 1).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
 
     /// Also measure latency: N requests under fresh keys and N duplicates, one at a time;

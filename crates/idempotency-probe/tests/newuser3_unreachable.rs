@@ -1,0 +1,78 @@
+//! newuser3 (new-user pass): `--help` says "Exit status: 0 every check passed, 1 a check
+//! failed, 2 the probe could not run". Against an endpoint that refuses every connection the
+//! probe ran nothing, yet it prints five FAIL rows and exits 1, so a CI job cannot tell "the
+//! endpoint is not idempotent" from "the endpoint is not there". Fails today.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+#[test]
+fn an_endpoint_that_refuses_every_connection_exits_2() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}/x"),
+            "--timeout-ms",
+            "2000",
+        ])
+        .output()
+        .expect("run the probe");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_refusal_says_why_and_no_check_rows_are_printed() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}/x"),
+            "--timeout-ms",
+            "2000",
+            "--json",
+        ])
+        .output()
+        .expect("run the probe");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    assert!(output.stdout.is_empty(), "{:?}", output.stdout);
+}
+
+#[test]
+fn zero_concurrency_and_zero_timeout_are_usage_errors() {
+    for args in [
+        ["--concurrency", "0"],
+        ["--concurrency", "1"],
+        ["--timeout-ms", "0"],
+    ] {
+        // clap refuses the value before any request is sent.
+        let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+            .args(["--url", "http://127.0.0.1:9/x"])
+            .args(args)
+            .output()
+            .expect("run the probe");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: invalid value"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
