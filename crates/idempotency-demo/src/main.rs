@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 /// KV_REST_API_URL + KV_REST_API_TOKEN (KV REST API), else REDIS_URL or KV_URL (Redis), else the
 /// per-process memory store (with a warning); IDEMPOTENCY_STORE names one explicitly. Engine
 /// settings: IDEMPOTENCY_RETENTION, IDEMPOTENCY_LEASE, IDEMPOTENCY_STORE_TIMEOUT (durations such
-/// as 24h, 30s, 250ms), IDEMPOTENCY_FAILURE_POLICY (fail-closed, fail-open),
+/// as 24h, 30s, 250ms), IDEMPOTENCY_FAILURE_POLICY (fail-closed, fail-open, fallback),
 /// IDEMPOTENCY_WAIT_IN_PROGRESS; DISABLE_IDEMPOTENCY_CHECKS=true turns every check off (the
 /// store is then not even opened). A store that is down at start-up is connected in the
 /// background; until then the failure policy answers.
