@@ -287,7 +287,12 @@ impl HttpBody for DeadlineBody {
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             let timeout = self.timeout;
-            return Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout)))));
+            // As an `io::Error` of kind `TimedOut`: the idempotency layer answers 408 for it
+            // (400 for a cut or malformed body).
+            return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                BodyTimeout(timeout),
+            )))));
         }
         Poll::Pending
     }

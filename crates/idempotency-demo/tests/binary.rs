@@ -225,3 +225,63 @@ fn an_invalid_setting_stops_start_up_naming_the_variable() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
 }
+
+#[test]
+fn a_body_that_stops_arriving_is_408_and_leaves_no_claim() {
+    use std::io::{Read as _, Write as _};
+    let mut child = demo()
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DEMO_BODY_READ_TIMEOUT_MS", "300")
+        .spawn()
+        .unwrap();
+    let (_, url) = wait_listening(&mut child);
+    let addr = url.trim_start_matches("http://").to_owned();
+    // Promise 40 bytes, send 1, then nothing.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /api/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice\r\n\
+              Idempotency-Key: slow-1\r\nContent-Type: application/json\r\n\
+              Content-Length: 40\r\n\r\n{",
+        )
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // Nothing was claimed: the same key with a whole body runs (a product is needed first).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let made = client
+            .put(format!("{url}/api/products/tea"))
+            .bearer_auth("alice")
+            .header("idempotency-key", "slow-p")
+            .body(r#"{"name":"Tea","price":450}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 201);
+        let order = client
+            .post(format!("{url}/api/orders"))
+            .bearer_auth("alice")
+            .header("idempotency-key", "slow-1")
+            .body(r#"{"productId":"tea","quantity":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(order.status(), 201);
+        assert!(!order.headers().contains_key("idempotent-replayed"));
+    });
+    stop(&mut child);
+}

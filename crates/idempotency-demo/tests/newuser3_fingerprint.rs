@@ -39,7 +39,12 @@ async fn numbers_the_fingerprint_counts_as_one_value_are_one_value_to_the_handle
         Some(r#"{"productId":"tea","quantity":1.0}"#),
     )
     .await;
-    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
     let again = send(
         &client,
         Method::POST,
@@ -53,7 +58,12 @@ async fn numbers_the_fingerprint_counts_as_one_value_are_one_value_to_the_handle
     assert_eq!(again.body, first.body);
 
     // Not whole, negative, or out of range: 400, and nothing ran.
-    for (key, quantity) in [("n2", "1.5"), ("n3", "-1"), ("n4", "4294967296"), ("n5", "1e300")] {
+    for (key, quantity) in [
+        ("n2", "1.5"),
+        ("n3", "-1"),
+        ("n4", "4294967296"),
+        ("n5", "1e300"),
+    ] {
         let body = format!(r#"{{"productId":"tea","quantity":{quantity}}}"#);
         let refused = send(
             &client,

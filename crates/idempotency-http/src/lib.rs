@@ -51,11 +51,13 @@
 //! | same key, completed, stored `Content-Encoding` not in the retry's `Accept-Encoding` | 406 (`encoding-not-acceptable`) |
 //! | store unavailable, fail closed | 503 + `Retry-After` |
 //! | request body over the limit | 413 (after draining the body, bounded: the client sees the 413, not a broken pipe) |
+//! | request body cut or malformed | 400 (`body-unreadable`); no claim is made |
+//! | request body timed out (the body's error is, or is caused by, an `std::io::Error` of kind `TimedOut`: how a server's body read timeout should fail it) | 408 (`body-timeout`) and `Connection: close`; no claim is made |
 //! | scope extractor refuses | its status (e.g. 401) |
 //!
 //! Problem `type` URIs are [`PROBLEM_TYPE_BASE`] followed by `missing-key`, `invalid-key`,
 //! `multiple-keys`, `key-reused`, `in-progress`, `store-unavailable`, `body-too-large`,
-//! `body-unreadable`, `encoding-not-acceptable`, `scope-rejected`, `response-lost`,
+//! `body-unreadable`, `body-timeout`, `encoding-not-acceptable`, `scope-rejected`, `response-lost`,
 //! `shutting-down` or `internal`.
 //!
 //! # The key

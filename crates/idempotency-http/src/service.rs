@@ -353,7 +353,28 @@ where
     Problem::body_too_large(limit).close_connection(!drained)
 }
 
+/// The answer to a request body that failed while it was read: 408 `body-timeout` when the
+/// failure is (or is caused by) an `std::io::Error` of kind `TimedOut` — the convention for a
+/// server's body read timeout to tell the layer so; RFC 9110 §15.5.9: the server "SHOULD send the
+/// `close` connection option", and the rest of the body is not read, so the connection closes —
+/// else 400 `body-unreadable` (a cut or malformed body).
 fn unreadable(error: BoxError) -> Problem {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(current) = cause {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body timed out",
+                error.to_string(),
+            )
+            .close_connection(true);
+        }
+        cause = current.source();
+    }
     Problem::new(
         StatusCode::BAD_REQUEST,
         "body-unreadable",
@@ -452,6 +473,72 @@ mod tests {
             .await
             .map_err(|p| p.slug);
         assert_eq!(empty, Ok(Bytes::new()));
+    }
+
+    /// A body whose second frame fails with `error`.
+    fn failing(error: fn() -> BoxError) -> impl Body<Data = Bytes, Error = BoxError> + use<> {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"ab"))), Err(error())];
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_that_timed_out_is_408_and_closes_any_other_failure_is_400() {
+        #[derive(Debug)]
+        struct Late;
+        impl std::fmt::Display for Late {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("the body did not arrive in time")
+            }
+        }
+        impl std::error::Error for Late {}
+        /// An error whose cause is the timeout (as a server's own error type would wrap it).
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("reading the body")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let settings = Settings::default();
+        let answer = |error: fn() -> BoxError| {
+            let settings = &settings;
+            async move {
+                read_body(failing(error), &HeaderMap::new(), settings)
+                    .await
+                    .err()
+                    .map(|p| (p.status, p.slug, p.close))
+            }
+        };
+        let timed_out =
+            || -> BoxError { Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, Late)) };
+        assert_eq!(
+            answer(timed_out).await,
+            Some((StatusCode::REQUEST_TIMEOUT, "body-timeout", true))
+        );
+        let wrapped = || -> BoxError {
+            Box::new(Wrapped(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+        };
+        assert_eq!(
+            answer(wrapped).await,
+            Some((StatusCode::REQUEST_TIMEOUT, "body-timeout", true))
+        );
+        let cut =
+            || -> BoxError { Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)) };
+        assert_eq!(
+            answer(cut).await,
+            Some((StatusCode::BAD_REQUEST, "body-unreadable", false))
+        );
+        let other = || -> BoxError { Box::new(Late) };
+        assert_eq!(
+            answer(other).await,
+            Some((StatusCode::BAD_REQUEST, "body-unreadable", false))
+        );
     }
 
     #[tokio::test]
