@@ -48,26 +48,78 @@ struct OrderInput {
 /// canonical JSON fingerprint (RFC 8785) counts those as one value, so the handler must read
 /// them as one too — otherwise a retry that corrected `1.0` to `1` under the same key would be
 /// "the same request" to the layer (its first answer replayed) but another to the handler.
+/// Read from the number's decimal text, not through `f64`: `1.0000000000000001` is not whole
+/// and `9007199254740993.0` is not `9007199254740992`, though their `f64`s say otherwise.
 fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<u64>,
 {
     use serde::de::Error as _;
-    /// 2^64: the first float past `u64::MAX`.
-    const PAST_U64: f64 = 18_446_744_073_709_551_616.0;
-    let number = serde_json::Number::deserialize(deserializer)?;
-    number
-        .as_u64()
-        .or_else(|| {
-            number
-                .as_f64()
-                .filter(|f| f.fract() == 0.0 && (0.0..PAST_U64).contains(f))
-                // Exact: a whole float below 2^64 converts without loss of its integer value.
-                .map(|f| f as u64)
-        })
+    let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+    let text = raw.get().trim();
+    whole_from_decimal(text)
         .and_then(|value| T::try_from(value).ok())
-        .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {number}")))
+        .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {text}")))
+}
+
+/// The value of a JSON number's text (RFC 8259 §6: `-? int frac? exp?`) when it is a whole
+/// number from 0 to `u64::MAX`; `None` for anything else (not a number, a fraction, negative,
+/// too large).
+fn whole_from_decimal(text: &str) -> Option<u64> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], Some(&unsigned[at + 1..])),
+        None => (unsigned, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits_only = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only(int) || (mantissa.contains('.') && !digits_only(frac)) {
+        return None;
+    }
+    if int.len() > 1 && int.starts_with('0') {
+        return None;
+    }
+    // A huge exponent saturates: its sign and the digits decide the answer below.
+    let exponent: i64 = match exponent {
+        None => 0,
+        Some(e) => {
+            let (sign, e_digits) = match e.as_bytes().first() {
+                Some(b'-') => (-1, &e[1..]),
+                Some(b'+') => (1, &e[1..]),
+                _ => (1, e),
+            };
+            if !digits_only(e_digits) {
+                return None;
+            }
+            sign * e_digits.parse::<i64>().unwrap_or(i64::MAX / 2)
+        }
+    };
+    // value = significant × 10^scale
+    let all = [int, frac].concat();
+    let digits = all.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some(0); // 0, -0, 0.000, 0e5
+    }
+    if negative {
+        return None;
+    }
+    let significant = digits.trim_end_matches('0');
+    let scale = exponent
+        .saturating_sub(i64::try_from(frac.len()).ok()?)
+        .saturating_add(i64::try_from(digits.len() - significant.len()).ok()?);
+    if scale < 0 {
+        return None; // a fraction remains
+    }
+    // At most 20 digits fit a u64.
+    let zeros = usize::try_from(scale).ok()?;
+    if significant.len().saturating_add(zeros) > 20 {
+        return None;
+    }
+    format!("{significant}{}", "0".repeat(zeros)).parse().ok()
 }
 
 #[derive(Deserialize)]
@@ -387,4 +439,55 @@ pub(crate) async fn metrics(
 /// Anything else: 404 in the envelope.
 pub(crate) async fn not_found() -> impl IntoResponse {
     ApiError::not_found("no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_from_decimal;
+
+    #[test]
+    fn whole_numbers_are_read_from_their_decimal_text() {
+        for (text, value) in [
+            ("0", Some(0)),
+            ("-0", Some(0)),
+            ("0.0", Some(0)),
+            ("-0.0", Some(0)),
+            ("0e999999999999999999999", Some(0)),
+            ("1", Some(1)),
+            ("1.0", Some(1)),
+            ("1e0", Some(1)),
+            ("1E2", Some(100)),
+            ("4.5e2", Some(450)),
+            ("450.000", Some(450)),
+            ("12000e-3", Some(12)),
+            ("4294967295.0", Some(4_294_967_295)),
+            ("9007199254740993.0", Some(9_007_199_254_740_993)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("1.8446744073709551615e19", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("1.8446744073709552e19", None),
+            ("1e20", None),
+            ("1e400", None),
+            ("1e99999999999999999999", None),
+            ("1.0000000000000001", None),
+            ("0.99999999999999999", None),
+            ("4294967295.0000001", None),
+            ("1e-400", None),
+            ("0.5", None),
+            ("12001e-3", None),
+            ("-1", None),
+            ("-1e400", None),
+            ("01", None),
+            ("1.", None),
+            (".5", None),
+            ("1e", None),
+            ("1e+", None),
+            ("", None),
+            (r#""1""#, None),
+            ("null", None),
+            ("true", None),
+        ] {
+            assert_eq!(whole_from_decimal(text), value, "{text}");
+        }
+    }
 }
