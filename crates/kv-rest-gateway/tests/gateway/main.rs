@@ -7,6 +7,7 @@
 mod common;
 
 mod auth_limits;
+mod breaker12_sync_token;
 mod faults;
 mod forms;
 mod limits;

@@ -1,0 +1,103 @@
+//! breaker12: servers that can be connected to but misbehave are check failures (exit 1), never
+//! "unreachable" (exit 2): one that accepts then closes, one that answers only the first request
+//! and then goes away, one that answers slower than `--timeout-ms`, one whose port accepts
+//! TCP (kernel backlog) but never reads.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn probe(port: u16, timeout_ms: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}/x"),
+            "--timeout-ms",
+            timeout_ms,
+            "--concurrency",
+            "2",
+        ])
+        .output()
+        .expect("run the probe")
+}
+
+fn show(output: &Output) -> String {
+    format!(
+        "code {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Read one request's head (and ignore any body: the answer closes the connection).
+fn read_head(stream: &mut std::net::TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn accept_then_close_is_a_check_failure_not_unreachable() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let output = probe(port, "2000");
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+}
+
+#[test]
+fn a_server_that_answers_once_then_goes_away_is_a_check_failure() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            read_head(&mut stream);
+            let _ = stream.write_all(
+                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            );
+        }
+        // The listener drops here: every later connection is refused.
+    });
+    let output = probe(port, "2000");
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+}
+
+#[test]
+fn a_server_slower_than_the_timeout_is_a_check_failure() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream); // read nothing, answer nothing
+        }
+    });
+    let output = probe(port, "300");
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+}
+
+#[test]
+fn a_port_that_never_accepts_is_a_check_failure() {
+    // Bound and listening, accept() never called: the kernel completes the handshakes.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let output = probe(port, "300");
+    drop(listener);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+}
