@@ -1,4 +1,4 @@
-//! breaker12 (FAILING: defects): attacks on the demo's `whole_number` (price/quantity) and on the routing with the
+//! breaker12 (defects found, fixed: `whole_number` reads the decimal text): attacks on the demo's `whole_number` (price/quantity) and on the routing with the
 //! layer on each route's handlers (`MethodRouter::route_layer`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -27,7 +27,7 @@ async fn put_price(
     .await
 }
 
-/// FAILS (defect): a float form of an integer above 2^53 is silently rounded to another value.
+/// Was a defect (fixed): a float form of an integer above 2^53 is silently rounded to another value.
 /// `9007199254740993` is read exactly, `9007199254740993.0` (the same whole number) is read as
 /// `9007199254740992`: the product is stored with a price the client never sent. (The layer's
 /// lossless fingerprint refuses that body's canonical form, so no replay is confused; the
@@ -47,7 +47,7 @@ async fn a_float_form_above_2_pow_53_is_not_rounded_to_another_price() {
     );
 }
 
-/// FAILS (defect): a number that is not whole is accepted as the neighbouring whole number
+/// Was a defect (fixed): a number that is not whole is accepted as the neighbouring whole number
 /// because it rounds to it as an f64: `0.99999999999999999` becomes quantity/price 1,
 /// `4294967295.0000001` becomes 4294967295, `1e-400` (underflow) becomes price 0. The doc
 /// says "not whole ... 400".
