@@ -71,7 +71,7 @@ async fn the_probe_fails_a_service_without_the_layer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_probe_reports_an_unreachable_endpoint_as_failed_checks() {
+async fn the_probe_reports_an_unreachable_endpoint_as_unreachable() {
     // Bind and drop, so nothing listens on the port.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -82,16 +82,13 @@ async fn the_probe_reports_an_unreachable_endpoint_as_failed_checks() {
         .method("PUT")
         .unwrap()
         .timeout(std::time::Duration::from_secs(2));
-    let report = run(&config).await.unwrap();
-    assert!(!report.passed());
-    assert!(
-        report.checks.iter().all(|c| !c.passed),
-        "{}",
-        report.table()
-    );
-    assert!(
-        report.table().contains("request failed"),
-        "{}",
-        report.table()
-    );
+    // No check could say anything about the endpoint: the probe could not run (exit 2), not
+    // "checks failed" (exit 1).
+    match run(&config).await {
+        Err(idempotency_probe::ProbeError::Unreachable { url, detail }) => {
+            assert!(url.contains(&port.to_string()), "{url}");
+            assert!(!detail.is_empty());
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
 }
