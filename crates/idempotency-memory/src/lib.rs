@@ -29,11 +29,15 @@
 //! a tokio runtime.
 //!
 //! # Capacity
-//! The bound (default 1 000 000 records and 1 GiB, approximately) is checked on every claim.
-//! When it is reached, expired records go first, then the **oldest completed** records are
-//! evicted (counted in `idempotency_memory_evictions_total` and logged): a later retry of an
+//! The bound (default 1 000 000 records and 1 GiB, approximately) is checked on every claim,
+//! and the byte bound on every completion too. When it is reached, expired records go first,
+//! then the **oldest completed** records are evicted, a sixteenth of the records held at a time
+//! at least (counted in `idempotency_memory_evictions_total` and logged): a later retry of an
 //! evicted key would run again, so size the bound for your retention. In-progress records are
-//! never evicted; when nothing else is left, claims fail with [`StoreError::Full`].
+//! never evicted; when nothing else is left, claims fail with [`StoreError::Full`]. A
+//! completion is never refused for size (its retry would run the operation again): one that
+//! takes the bytes past the bound evicts other completed records at once, never the outcome it
+//! stores, and stays stored over the bound only when nothing else can go.
 //!
 //! What a record really takes: one allocation of 208 bytes (the record, and its store key when
 //! the key is at most 62 bytes; a longer key is a second allocation), the outcome's body
@@ -445,17 +449,49 @@ impl Shared {
         self.counts.bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
-    fn account_resize(&self, old: usize, new: usize) {
+    /// Count a record's change of size; returns the bytes held after it.
+    fn account_resize(&self, old: usize, new: usize) -> usize {
         if new >= old {
-            self.counts.bytes.fetch_add(new - old, Ordering::Relaxed);
+            let grow = new - old;
+            self.counts
+                .bytes
+                .fetch_add(grow, Ordering::Relaxed)
+                .saturating_add(grow)
         } else {
-            self.counts.bytes.fetch_sub(old - new, Ordering::Relaxed);
+            let shrink = old - new;
+            self.counts
+                .bytes
+                .fetch_sub(shrink, Ordering::Relaxed)
+                .saturating_sub(shrink)
         }
     }
 
     fn is_full(&self, incoming: usize) -> bool {
         self.counts.entries.load(Ordering::Relaxed) >= self.max_entries
             || self.counts.bytes.load(Ordering::Relaxed) + incoming > self.max_bytes
+    }
+
+    /// Whether the store lacks `room`.
+    fn lacks(&self, room: Room<'_>) -> bool {
+        match room {
+            Room::Record(incoming) => self.is_full(incoming),
+            Room::Bytes { .. } => self.counts.bytes.load(Ordering::Relaxed) > self.max_bytes,
+        }
+    }
+
+    /// After a completion took the bytes held past `max_bytes`: evict other completed records
+    /// (expired ones first, then the oldest) until they are back under it, if they can be.
+    #[cold]
+    #[inline(never)]
+    fn restore_byte_bound(&self, now: u64, completed: &StoreKey) {
+        if !self.make_room(now, Room::Bytes { keep: completed }) {
+            tracing::warn!(
+                bytes = self.counts.bytes.load(Ordering::Relaxed),
+                max_bytes = self.max_bytes,
+                "memory store over its byte bound: nothing left to evict but in-progress records \
+                 and the outcome just stored"
+            );
+        }
     }
 
     /// Sweep at most once per interval, by whichever claim notices first.
@@ -484,48 +520,68 @@ impl Shared {
         removed
     }
 
-    /// Free room for a record of `incoming` bytes: expired records first, then the oldest
-    /// completed ones. Returns whether there is room now.
-    fn make_room(&self, now: u64, incoming: usize) -> bool {
+    /// Free `room`: expired records first, then the oldest completed ones (never the record
+    /// `room` keeps). Returns whether there is room now.
+    fn make_room(&self, now: u64, room: Room<'_>) -> bool {
         let _one_at_a_time = self.making_room.lock();
-        if !self.is_full(incoming) {
+        if !self.lacks(room) {
             return true;
         }
         self.sweep(now);
-        if !self.is_full(incoming) {
+        if !self.lacks(room) {
             return true;
         }
-        // Evict a batch (1/16 of the bound, at least what is needed) so this O(n) scan is
-        // amortised over many claims.
+        let keep = room.keep();
+        // Evict a batch (1/16 of the records held, at least what is needed) so this O(n) scan
+        // is amortised over many claims and completions. A batch of the bound rather than of
+        // what is held would empty a store that reached its byte bound long before its entry
+        // bound.
         let mut completed: Vec<(u64, StoreKey)> = Vec::new();
         self.map.for_each(|key, e| {
-            if e.record.is_completed() {
+            if e.record.is_completed()
+                && keep.is_none_or(|k| key.as_bytes() != k.as_str().as_bytes())
+            {
                 completed.push((e.expires_at_ms, key.to_store_key()));
             }
         });
-        let over_entries =
-            (self.counts.entries.load(Ordering::Relaxed) + 1).saturating_sub(self.max_entries);
-        let batch = (self.max_entries / 16)
-            .max(over_entries)
-            .max(1)
-            .min(completed.len());
+        let held = self.counts.entries.load(Ordering::Relaxed);
+        let over_entries = match room {
+            Room::Record(_) => (held + 1).saturating_sub(self.max_entries),
+            Room::Bytes { .. } => 0,
+        };
+        let batch = (held / 16).max(over_entries).max(1).min(completed.len());
         if batch == 0 {
             return false;
         }
         completed.select_nth_unstable(batch - 1);
+        let (oldest, rest) = completed.split_at_mut(batch);
         let mut evicted = 0u64;
-        for (expires_at_ms, key) in completed.into_iter().take(batch) {
-            let removed = self.map.remove_if(&key, self.map.hash(&key), |e| {
+        let mut evict = |expires_at_ms: u64, key: &StoreKey| {
+            let removed = self.map.remove_if(key, self.map.hash(key), |e| {
                 e.expires_at_ms == expires_at_ms && e.record.is_completed()
             });
             if let Some(entry) = removed {
                 self.account_remove(entry.size);
                 evicted += 1;
             }
+        };
+        for (expires_at_ms, key) in oldest.iter() {
+            evict(*expires_at_ms, key);
         }
-        // Keep going past the entry batch if the byte bound still bites.
-        while self.is_full(incoming) {
-            match self.evict_oldest_completed() {
+        // The byte bound may need more than the batch: the next oldest, in order, from the same
+        // scan (one scan, not one per record).
+        if self.lacks(room) {
+            rest.sort_unstable();
+            for (expires_at_ms, key) in rest.iter() {
+                if !self.lacks(room) {
+                    break;
+                }
+                evict(*expires_at_ms, key);
+            }
+        }
+        // Records completed since the scan: look again, one at a time.
+        while self.lacks(room) {
+            match self.evict_oldest_completed(keep) {
                 Eviction::Evicted => evicted += 1,
                 // Removed or replaced by another operation since the scan: look again.
                 Eviction::Raced => {}
@@ -539,13 +595,15 @@ impl Shared {
             held = self.counts.entries.load(Ordering::Relaxed),
             "memory store full: evicted the oldest completed records (retries of those keys will run again)"
         );
-        !self.is_full(incoming)
+        !self.lacks(room)
     }
 
-    fn evict_oldest_completed(&self) -> Eviction {
+    /// Evict the completed record that expires first, other than `keep`.
+    fn evict_oldest_completed(&self, keep: Option<&StoreKey>) -> Eviction {
         let mut oldest: Option<(u64, StoreKey)> = None;
         self.map.for_each(|key, e| {
             if e.record.is_completed()
+                && keep.is_none_or(|k| key.as_bytes() != k.as_str().as_bytes())
                 && oldest.as_ref().is_none_or(|(at, _)| e.expires_at_ms < *at)
             {
                 oldest = Some((e.expires_at_ms, key.to_store_key()));
@@ -563,6 +621,25 @@ impl Shared {
                 Eviction::Evicted
             }
             None => Eviction::Raced,
+        }
+    }
+}
+
+/// What [`Shared::make_room`] is asked to free.
+#[derive(Debug, Clone, Copy)]
+enum Room<'a> {
+    /// A place for a new record of this many bytes, under both bounds (a claim).
+    Record(usize),
+    /// The bytes held back under `max_bytes`, after a completion grew `keep`'s record past it
+    /// (`keep` itself is not evicted: its outcome was just stored).
+    Bytes { keep: &'a StoreKey },
+}
+
+impl<'a> Room<'a> {
+    fn keep(self) -> Option<&'a StoreKey> {
+        match self {
+            Room::Record(_) => None,
+            Room::Bytes { keep } => Some(keep),
         }
     }
 }
@@ -631,7 +708,7 @@ impl MemoryStore {
             let Inserted::Full = claimed else {
                 break claimed;
             };
-            if made_room || !shared.make_room(now, size) {
+            if made_room || !shared.make_room(now, Room::Record(size)) {
                 return Err(StoreError::Full {
                     entries: shared.counts.entries.load(Ordering::Relaxed),
                 });
@@ -679,11 +756,18 @@ impl MemoryStore {
             Held::InProgress(r) if r.token == *token => {
                 let replacement =
                     Entry::completed(key, record, now.saturating_add(millis(retention)));
-                shared.account_resize(entry.size, replacement.size);
+                let held = shared.account_resize(entry.size, replacement.size);
                 *entry = replacement;
                 // Release the shard lock before waking, so woken waiters can read at once.
                 drop(entry);
                 shared.wakers.wake(key);
+                if held > shared.max_bytes {
+                    // The outcome is stored whatever its size (refusing it would let the retry
+                    // run the operation again); the bound is restored at once by evicting
+                    // other completed records, oldest first, rather than at the next claim.
+                    // Cold: a function of its own keeps it out of this inlined path.
+                    shared.restore_byte_bound(now, key);
+                }
                 Ok(Fenced::Applied)
             }
             // A retried completion whose first reply was lost.

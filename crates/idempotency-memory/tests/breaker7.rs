@@ -333,7 +333,8 @@ async fn breaker7_eviction_of_mixed_key_lengths_keeps_exact_accounting() {
                 bytes,
                 "{max_entries}/{max_bytes} at {n}"
             );
-            // (`max_bytes` bounds claims; a completion may grow its record past it, as before.)
+            // (A completion past `max_bytes` evicts older completed records at once; it stays
+            // over only when nothing but in-progress records is left.)
             assert!(store.len() <= max_entries);
         }
         assert!(

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken, StoreError,
-    StoreKey, StoredOutcome,
+    Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record,
+    StoreError, StoreKey, StoredOutcome,
 };
 use idempotency_memory::{ManualClock, MemoryStore};
 
@@ -248,4 +248,157 @@ async fn a_takeover_on_a_full_store_makes_room_first_and_stays_within_the_bound(
             .await,
         Err(StoreError::Full { entries: 2 })
     ));
+}
+
+/// A completion that takes the bytes held past `max_bytes` restores the bound at once, by
+/// evicting other completed records oldest first, never the outcome it just stored (before,
+/// the bytes stayed over the bound until the next claim).
+#[tokio::test]
+async fn a_completion_past_the_byte_bound_evicts_older_outcomes_at_once_never_its_own() {
+    const MAX: usize = 64 * 1024;
+    for body in [8 * 1024, 20 * 1024, 40 * 1024] {
+        let store = MemoryStore::builder().max_bytes(MAX).build();
+        // Claims first (small records: they fit), then completions: the bytes grow on the
+        // completions alone, no claim comes after them to restore the bound.
+        let keys = 12;
+        let claims: Vec<_> = (0..keys)
+            .map(|n| {
+                let r = claim_record();
+                (n, r)
+            })
+            .collect();
+        for (n, r) in &claims {
+            assert_eq!(
+                store
+                    .try_claim(&k(*n), r, Duration::from_secs(60))
+                    .await
+                    .unwrap(),
+                Claim::Claimed
+            );
+        }
+        let mut evictions_seen = 0;
+        for (n, r) in &claims {
+            let done = Completed {
+                token: r.token,
+                fingerprint: r.fingerprint,
+                created_at_ms: 0,
+                completed_at_ms: 0,
+                outcome: StoredOutcome::new(vec![*n as u8; body], None),
+            };
+            assert_eq!(
+                store
+                    .complete(
+                        &k(*n),
+                        &r.token,
+                        &done,
+                        Duration::from_secs(3600 + *n as u64)
+                    )
+                    .await
+                    .unwrap(),
+                Fenced::Applied,
+                "body {body}, key {n}: a completion is never refused for size"
+            );
+            assert!(
+                matches!(store.get(&k(*n)).await.unwrap(), Some(Record::Completed(ref c)) if c.outcome.body.len() == body),
+                "body {body}, key {n}: the outcome just stored is kept"
+            );
+            if store.evictions() > evictions_seen {
+                evictions_seen = store.evictions();
+                assert!(
+                    store.approximate_bytes() <= MAX,
+                    "body {body}, key {n}: evicted, yet {} > {MAX}",
+                    store.approximate_bytes()
+                );
+            }
+        }
+        // Enough outcomes to pass the bound several times over: it was restored each time.
+        assert!(store.evictions() > 0, "body {body}: nothing evicted");
+        assert!(
+            store.approximate_bytes() <= MAX,
+            "body {body}: {} > {MAX} after the last completion",
+            store.approximate_bytes()
+        );
+        // The evicted ones are the oldest completed: the last completed key survives, and
+        // every key still held is newer than every key evicted.
+        let held: Vec<bool> = {
+            let mut held = Vec::new();
+            for n in 0..keys {
+                held.push(store.get(&k(n)).await.unwrap().is_some());
+            }
+            held
+        };
+        assert!(held[keys - 1], "body {body}: {held:?}");
+        let first_held = held.iter().position(|h| *h).unwrap();
+        assert!(
+            held[first_held..].iter().all(|h| *h),
+            "body {body}: evicted out of order {held:?}"
+        );
+    }
+}
+
+/// When nothing else can go (the other records are in progress), the outcome is still
+/// stored and kept, over the bound: refusing it would let a retry run the operation again.
+#[tokio::test]
+async fn a_completion_past_the_byte_bound_with_nothing_to_evict_is_still_stored() {
+    let store = MemoryStore::builder().max_bytes(16 * 1024).build();
+    let held = claim_record();
+    store
+        .try_claim(&k(1), &held, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let r = claim_record();
+    store
+        .try_claim(&k(2), &r, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let done = Completed {
+        token: r.token,
+        fingerprint: r.fingerprint,
+        created_at_ms: 0,
+        completed_at_ms: 0,
+        outcome: StoredOutcome::new(vec![7u8; 32 * 1024], None),
+    };
+    assert_eq!(
+        store
+            .complete(&k(2), &r.token, &done, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        Fenced::Applied
+    );
+    assert_eq!(
+        store.get(&k(2)).await.unwrap(),
+        Some(Record::Completed(done))
+    );
+    assert!(matches!(
+        store.get(&k(1)).await.unwrap(),
+        Some(Record::InProgress(_))
+    ));
+    assert_eq!(store.evictions(), 0);
+    assert!(store.approximate_bytes() > 16 * 1024);
+}
+
+/// A store that reaches its byte bound long before its entry bound evicts a part of what it
+/// holds, not all of it: batches are a sixteenth of the records held (a sixteenth of
+/// `max_entries`, 62 500 by default, emptied such a store at each eviction).
+#[tokio::test]
+async fn the_byte_bound_evicts_a_part_of_what_is_held_not_everything() {
+    const MAX: usize = 100 * 1024;
+    let store = MemoryStore::builder().max_bytes(MAX).build();
+    for n in 0..400 {
+        claim_and_complete(&store, n, 1024).await;
+        // Once the bound has been reached, the store stays near it: never emptied.
+        if store.evictions() > 0 {
+            assert!(
+                store.approximate_bytes() >= MAX / 2,
+                "after key {n}: {} bytes, {} records held",
+                store.approximate_bytes(),
+                store.len()
+            );
+        }
+        assert!(store.approximate_bytes() <= MAX, "after key {n}");
+    }
+    assert!(store.evictions() > 0);
+    // The newest records are the ones held.
+    assert!(store.get(&k(399)).await.unwrap().is_some());
+    assert!(store.get(&k(0)).await.unwrap().is_none());
 }
