@@ -22,17 +22,44 @@ pub(crate) enum CliError {
     /// A malformed idempotency key on the command line.
     #[error("invalid key: {0} (see `--help` for the accepted forms)")]
     Key(#[from] KeyError),
-    /// An unquoted key argument (the stored key text) with a byte outside printable ASCII.
+    /// A key argument read as the stored key text with a byte outside printable ASCII.
     #[error(
         "invalid key: byte 0x{byte:02x} at position {position} is not printable ASCII; give the \
-         stored key text (printable ASCII, spaces allowed) or the header value in quotes \
-         (`\"a b\"`)"
+         stored key text (printable ASCII, spaces allowed) or the Idempotency-Key header value \
+         with --key-form header"
     )]
     KeyByte {
         /// The first offending byte.
         byte: u8,
         /// Its position in the argument.
         position: usize,
+    },
+    /// Without `--key-form`, a key argument valid both as the stored key text and as an
+    /// `Idempotency-Key` header value, naming two different keys: never guessed.
+    #[error(
+        "ambiguous key argument `{argument}`: as the stored key text (what `inspect` shows) it is \
+         the key `{stored}`, as an Idempotency-Key header value it is the key `{header}`; say \
+         which with --key-form stored or --key-form header"
+    )]
+    AmbiguousKey {
+        /// The argument as given.
+        argument: String,
+        /// The key it names as the stored key text.
+        stored: String,
+        /// The key it names as a header value.
+        header: String,
+    },
+    /// Without `--key-form`, a key argument starting with `"` (read as a header value) that is
+    /// not a valid header value.
+    #[error(
+        "invalid key: `{argument}` is read as an Idempotency-Key header value (it starts with \
+         `\"`): {source}; if it is the stored key text, give --key-form stored"
+    )]
+    QuotedKey {
+        /// The argument as given.
+        argument: String,
+        /// Why it is not a valid header value.
+        source: KeyError,
     },
     /// A malformed `--key-prefix`.
     #[error(transparent)]
@@ -65,6 +92,8 @@ impl CliError {
             | Self::Selection(_)
             | Self::Key(_)
             | Self::KeyByte { .. }
+            | Self::AmbiguousKey { .. }
+            | Self::QuotedKey { .. }
             | Self::Prefix(_)
             | Self::Usage(_)
             | Self::NeedsYes(_) => 2,

@@ -9,9 +9,11 @@
 //!
 //! # Commands
 //! - `inspect <scope> <key> [--json]`: state, lease or retention time left, fingerprint,
-//!   fencing token, created and completed times, stored outcome size and content type;
+//!   fencing token, created and completed times, stored outcome size and content type, and the
+//!   argument that names the key again;
 //! - `release <scope> <key> [--yes]`: free a stuck claim (fenced by its own token);
 //! - `delete <scope> <key> [--yes]`: remove a record whatever its state;
+//! - these three take `--key-form stored|header` (below);
 //! - `purge (--scope S | --prefix P) [--yes] [--batch N]`: cursor-based deletion (`SCAN` +
 //!   `UNLINK`, on every primary of a Cluster, through the REST API's `SCAN` on KV REST; on the
 //!   SQL store the table's rows in store-key order, one bounded `SELECT` per step, each deleted
@@ -24,12 +26,22 @@
 //! a tenant id; an empty string for the global scope); the tool escapes it as the engine does.
 //! `--key-prefix` is the engine's prefix (default `idempotency:`).
 //!
-//! A key is given either as the stored key text (`a b`, one shell argument: printable ASCII,
-//! spaces allowed and kept as typed), or as the `Idempotency-Key` header value with its quotes
-//! (`'"a b"'`, an RFC 8941 sf-string parsed as the HTTP layer parses it). A bare key without
-//! spaces is the same in both forms; a key starting with `"` can only be given quoted
-//! (`'"\"k"'`). Anything else (a tab, a control or non-ASCII byte, a malformed quoted value)
-//! is refused with exit code 2.
+//! A key (`inspect`, `release`, `delete`) is given in one of two forms, chosen with
+//! `--key-form stored|header`:
+//! - `stored`: the key text as the store holds it (after `prefix + scope + ":"` in the store
+//!   key), one shell argument: 1..=255 bytes of printable ASCII, spaces and quotes kept as typed
+//!   (`'a b'`, `'"a"'` is the key with the quotes);
+//! - `header`: the `Idempotency-Key` field value as the client sent it, parsed as the HTTP layer
+//!   parses it: an RFC 8941 sf-string (`'"a b"'` is the key `a b`) or a bare token.
+//!
+//! Without `--key-form`, a key that does not start with `"` is the stored text (for a key
+//! without spaces also its bare header form); one that starts with `"` is valid both ways and
+//! names two different keys (stored `"a"` vs header `"a"`, the key `a`), so it is refused with
+//! exit code 2 naming both readings, never guessed (unless only the header reading is valid:
+//! longer than 255 bytes with its quotes). `inspect` prints a `key argument` line: the words
+//! that name the record again, shell-quoted, with `--key-form stored` when needed and `--`
+//! before a key starting with `-` (paste it last). Anything else (a tab, a control or
+//! non-ASCII byte, a malformed sf-string) is refused with exit code 2.
 //!
 //! # Exit codes
 //! 0 success; 1 the store failed; 2 bad input or configuration (also clap's usage errors, and
@@ -43,6 +55,7 @@
 
 mod bulk;
 mod error;
+mod key;
 mod keyspace;
 mod open;
 mod record;
@@ -68,15 +81,28 @@ struct Cli {
     command: Command,
 }
 
+/// The KEY argument and how to read it (`inspect`, `release`, `delete`).
+#[derive(Debug, clap::Args)]
+struct KeyArg {
+    /// The client's idempotency key, as `inspect` shows it on its `key argument` line: the
+    /// stored key text (`'a b'`: one shell argument, spaces kept), or with --key-form header the
+    /// Idempotency-Key header value (`'"a b"'`). A key starting with `-` goes last, after `--`.
+    key: String,
+    /// How to read KEY. Needed only for a KEY starting with `"`, valid both ways and naming two
+    /// different keys (`'"a"'`: stored, the key `"a"`; header, the key `a`): without it such a
+    /// KEY is refused (exit 2), never guessed. Any other KEY is read the one way it can be.
+    #[arg(long, value_enum, value_name = "FORM")]
+    key_form: Option<key::KeyForm>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show one record: state, time left, fingerprint, times, outcome size and content type.
     Inspect {
         /// The scope, as the app's scope extractor produces it ("" for the global scope).
         scope: String,
-        /// The client's idempotency key: the stored key text (`a b`, spaces allowed), or the
-        /// header value in quotes (`'"a b"'`; a key starting with `"` only this way).
-        key: String,
+        #[command(flatten)]
+        key: KeyArg,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -85,9 +111,8 @@ enum Command {
     Release {
         /// The scope.
         scope: String,
-        /// The client's idempotency key: the stored key text (`a b`, spaces allowed), or the
-        /// header value in quotes (`'"a b"'`; a key starting with `"` only this way).
-        key: String,
+        #[command(flatten)]
+        key: KeyArg,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -96,9 +121,8 @@ enum Command {
     Delete {
         /// The scope.
         scope: String,
-        /// The client's idempotency key: the stored key text (`a b`, spaces allowed), or the
-        /// header value in quotes (`'"a b"'`; a key starting with `"` only this way).
-        key: String,
+        #[command(flatten)]
+        key: KeyArg,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -192,7 +216,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let single_key = match &cli.command {
         Command::Inspect { scope, key, .. }
         | Command::Release { scope, key, .. }
-        | Command::Delete { scope, key, .. } => Some(record::store_key(&prefix, scope, key)?),
+        | Command::Delete { scope, key, .. } => {
+            Some(record::store_key(&prefix, scope, &key.key, key.key_form)?)
+        }
         _ => None,
     };
     let purge_prefix = match &cli.command {
@@ -219,9 +245,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             .ok_or_else(|| CliError::Usage("no key".into()))
     };
     match cli.command {
-        Command::Inspect { json, .. } => record::inspect(&opened.store, &key()?, json).await?,
-        Command::Release { yes, .. } => record::release(&opened.store, &key()?, yes).await?,
-        Command::Delete { yes, .. } => record::delete(&opened.store, &key()?, yes).await?,
+        Command::Inspect { json, .. } => {
+            let (store_key, client_key) = key()?;
+            record::inspect(&opened.store, &store_key, &client_key, json).await?;
+        }
+        Command::Release { yes, .. } => record::release(&opened.store, &key()?.0, yes).await?,
+        Command::Delete { yes, .. } => record::delete(&opened.store, &key()?.0, yes).await?,
         Command::Purge { yes, batch, .. } => {
             let target =
                 purge_prefix.ok_or_else(|| CliError::Usage("give --scope or --prefix".into()))?;

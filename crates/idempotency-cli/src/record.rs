@@ -4,65 +4,28 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::time::{Duration, UNIX_EPOCH};
 
 use idempotency::{
-    AnyStore, Fenced, IdempotencyKey, IdempotencyStore, KeyError, MAX_KEY_LEN, OutcomeEncoding,
-    Record, Scope, StoreError, StoreKey,
+    AnyStore, Fenced, IdempotencyKey, IdempotencyStore, OutcomeEncoding, Record, Scope, StoreError,
+    StoreKey,
 };
 use serde_json::json;
 
 use crate::error::CliError;
+use crate::key::{KeyForm, key_argument, parse_key};
 
 /// The store key of `(scope, key)` under the engine's `prefix` (`StoreKey::derive`, as the
-/// engine does), `key` read by [`parse_key`].
-pub(crate) fn store_key(prefix: &str, scope: &str, key: &str) -> Result<StoreKey, CliError> {
-    idempotency::validate_prefix(prefix)?;
-    let key = parse_key(key)?;
-    Ok(StoreKey::derive(prefix, &Scope::new(scope), &key))
-}
-
-/// The KEY argument, in either of the two forms an operator has at hand:
-///
-/// - starting with `"`: the `Idempotency-Key` header value as the client sent it (an RFC 8941
-///   sf-string, `"a b"` is the key `a b`), parsed by `IdempotencyKey::from_header_value` like
-///   the HTTP layer does;
-/// - otherwise: the stored key text exactly (as `inspect` and the store key show it): 1..=255
-///   bytes of printable ASCII, space included (`a b`); spaces at either end are kept. Without
-///   spaces this is also the bare header form.
-///
-/// A stored key that itself starts with `"` can only be given in the quoted form (`"\"k"`),
-/// as in the header.
+/// engine does), with the client key: `key` read by [`parse_key`] in `form`.
 ///
 /// # Errors
-/// [`CliError::Key`] (exit 2) for a malformed quoted value, an empty or too long key, or a
-/// byte outside printable ASCII (a tab, a control character, non-ASCII).
-pub(crate) fn parse_key(arg: &str) -> Result<IdempotencyKey, CliError> {
-    if arg.starts_with('"') {
-        return IdempotencyKey::from_header_value(arg.as_bytes()).map_err(CliError::Key);
-    }
-    if arg.is_empty() {
-        return Err(CliError::Key(KeyError::Empty));
-    }
-    if arg.len() > MAX_KEY_LEN {
-        return Err(CliError::Key(KeyError::TooLong { len: arg.len() }));
-    }
-    if let Some(position) = arg.bytes().position(|b| !(0x20..=0x7e).contains(&b)) {
-        return Err(CliError::KeyByte {
-            byte: arg.as_bytes()[position],
-            position,
-        });
-    }
-    // The engine builds keys with spaces only from the quoted header form: quote the text
-    // (escaping `\` and `"`, RFC 8941's only escapes) and parse it the same way, so the key is
-    // exactly the one the layer stored.
-    let mut quoted = String::with_capacity(arg.len() + 8);
-    quoted.push('"');
-    for c in arg.chars() {
-        if matches!(c, '"' | '\\') {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    IdempotencyKey::from_header_value(quoted.as_bytes()).map_err(CliError::Key)
+/// A malformed prefix; the errors of [`parse_key`].
+pub(crate) fn store_key(
+    prefix: &str,
+    scope: &str,
+    key: &str,
+    form: Option<KeyForm>,
+) -> Result<(StoreKey, IdempotencyKey), CliError> {
+    idempotency::validate_prefix(prefix)?;
+    let key = parse_key(key, form)?;
+    Ok((StoreKey::derive(prefix, &Scope::new(scope), &key), key))
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -87,16 +50,20 @@ async fn read(store: &AnyStore, key: &StoreKey) -> Result<Record, CliError> {
         .ok_or_else(|| CliError::NotFound(key.to_string()))
 }
 
-/// `inspect`: print the record's state, time left, fingerprint, times and outcome.
+/// `inspect`: print the record's state, time left, fingerprint, times and outcome, with the
+/// client key `client_key` (stored text in JSON, and in text the argument that names it again:
+/// see [`key_argument`]).
 ///
 /// # Errors
 /// No record, a value that is not a record (`StoreError::Corrupt`), store failures.
 pub(crate) async fn inspect(
     store: &AnyStore,
     key: &StoreKey,
+    client_key: &IdempotencyKey,
     as_json: bool,
 ) -> Result<(), CliError> {
     let record = read(store, key).await?;
+    let argument = key_argument(client_key);
     let ttl = store.time_to_live(key).await?;
     let ttl_ms = ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     let mut out = std::io::stdout().lock();
@@ -106,6 +73,7 @@ pub(crate) async fn inspect(
             if as_json {
                 let value = json!({
                     "key": key.as_str(),
+                    "idempotency_key": client_key.as_str(),
                     "state": "in_progress",
                     "lease_left_ms": ttl_ms,
                     "fingerprint": r.fingerprint.to_hex(),
@@ -117,7 +85,8 @@ pub(crate) async fn inspect(
             } else {
                 writeln!(
                     out,
-                    "key            {key}\nstate          in progress\nlease left     {}\n\
+                    "key            {key}\nkey argument   {argument}\nstate          in progress\n\
+                     lease left     {}\n\
                      fingerprint    {}\nfencing token  {}\ncreated        {}",
                     left(ttl),
                     r.fingerprint.to_hex(),
@@ -136,6 +105,7 @@ pub(crate) async fn inspect(
             if as_json {
                 let value = json!({
                     "key": key.as_str(),
+                    "idempotency_key": client_key.as_str(),
                     "state": "completed",
                     "retention_left_ms": ttl_ms,
                     "fingerprint": r.fingerprint.to_hex(),
@@ -154,7 +124,8 @@ pub(crate) async fn inspect(
             } else {
                 writeln!(
                     out,
-                    "key             {key}\nstate           completed\nretention left  {}\n\
+                    "key             {key}\nkey argument    {argument}\nstate           completed\n\
+                     retention left  {}\n\
                      fingerprint     {}\nfencing token   {}\ncreated         {}\n\
                      completed       {}\noutcome         {} bytes stored ({encoding}), {}",
                     left(ttl),
@@ -263,73 +234,20 @@ pub(crate) async fn delete(store: &AnyStore, key: &StoreKey, yes: bool) -> Resul
 mod tests {
     use super::*;
 
-    fn key(arg: &str) -> Result<String, CliError> {
-        parse_key(arg).map(|k| k.as_str().to_owned())
-    }
-
-    fn header(value: &[u8]) -> String {
-        IdempotencyKey::from_header_value(value)
-            .map(|k| k.as_str().to_owned())
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn every_key_the_layer_accepts_is_reachable_in_header_and_stored_form() {
-        // (header value the client sent, stored key text)
-        let cases: &[(&[u8], &str)] = &[
-            (b"8e03978e-40d5", "8e03978e-40d5"),
-            (br#""8e03978e-40d5""#, "8e03978e-40d5"),
-            (br#""a b""#, "a b"),
-            (br#"" lead and trail ""#, " lead and trail "),
-            (br#""a \"b\" \\ c""#, r#"a "b" \ c"#),
-            (br#""\"k""#, r#""k"#),
-            (b"k\"", "k\""),
-        ];
-        for &(value, stored) in cases {
-            assert_eq!(header(value), stored);
-            let as_header = std::str::from_utf8(value).unwrap_or_default();
-            assert_eq!(key(as_header).ok().as_deref(), Some(stored), "{as_header}");
-            if !stored.starts_with('"') {
-                assert_eq!(key(stored).ok().as_deref(), Some(stored), "{stored}");
-            }
-        }
-    }
-
     #[test]
     fn the_store_key_is_the_engines() {
         let layer =
             IdempotencyKey::from_header_value(br#""a b""#).unwrap_or_else(|e| panic!("{e}"));
         let engine = StoreKey::derive("idempotency:", &Scope::new("alice"), &layer);
-        for arg in [r#""a b""#, "a b"] {
-            let cli = store_key("idempotency:", "alice", arg).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(cli, engine, "{arg}");
-        }
-    }
-
-    #[test]
-    fn anything_else_is_refused_with_exit_code_2() {
-        let long = "k".repeat(MAX_KEY_LEN + 1);
-        for bad in [
-            "",
-            "a\tb",
-            "caf\u{e9}",
-            "line\nbreak",
-            long.as_str(),
-            r#""open"#,
-            r#""a" "b""#,
-            r#""bad \x escape""#,
-            r#""""#,
+        for (arg, form) in [
+            (r#""a b""#, Some(KeyForm::Header)),
+            ("a b", Some(KeyForm::Stored)),
+            ("a b", None),
         ] {
-            match parse_key(bad) {
-                Err(error) => assert_eq!(error.exit_code(), 2, "{bad:?}: {error}"),
-                Ok(k) => panic!("{bad:?} accepted as {k:?}"),
-            }
+            let (cli, key) =
+                store_key("idempotency:", "alice", arg, form).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cli, engine, "{arg}");
+            assert_eq!(key, layer, "{arg}");
         }
-        let tab = parse_key("a\tb")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(tab.contains("0x09 at position 1"), "{tab}");
-        assert!(key(&"k".repeat(MAX_KEY_LEN)).is_ok());
     }
 }

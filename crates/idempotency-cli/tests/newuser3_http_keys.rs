@@ -1,8 +1,8 @@
 //! newuser3 (new-user pass): the HTTP layer accepts the IETF draft's sf-string form, in which a
-//! key may contain spaces (`Idempotency-Key: "a b"` is the key `a b`), but the CLI parses its
-//! KEY argument with `IdempotencyKey::new` (visible ASCII only), bare or quoted. So a claim
-//! taken through HTTP under such a key can be neither inspected, released nor deleted by the
-//! operators' tool (only `purge --scope` of the whole scope reaches it). Fails today.
+//! key may contain spaces (`Idempotency-Key: "a b"` is the key `a b`); the CLI once parsed its
+//! KEY argument with `IdempotencyKey::new` (visible ASCII only), so a claim taken through HTTP
+//! under such a key could be neither inspected, released nor deleted by the operators' tool.
+//! Fixed: the stored text (`a b`) and the header value (`--key-form header '"a b"'`) reach it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,12 +36,41 @@ async fn a_key_the_http_layer_accepted_can_be_inspected_and_released() {
         .await
         .unwrap();
 
-    // The operator copies the header value from a log, quotes included.
-    let quoted = run(&env, &["inspect", "alice", r#""a b""#, "--json"]);
+    // The operator copies the header value from a log, quotes included, and says so: as stored
+    // text `"a b"` is another key (keyform), so without --key-form it is refused, not guessed.
+    let quoted = run(
+        &env,
+        &[
+            "inspect",
+            "alice",
+            "--key-form",
+            "header",
+            r#""a b""#,
+            "--json",
+        ],
+    );
     assert_eq!(quoted.code, 0, "quoted form: {}", quoted.all());
+    let unsaid = run(&env, &["inspect", "alice", r#""a b""#, "--json"]);
+    assert_eq!(
+        unsaid.code,
+        2,
+        "quoted form without --key-form: {}",
+        unsaid.all()
+    );
+    assert!(unsaid.stderr.contains("--key-form"), "{}", unsaid.stderr);
     let bare = run(&env, &["inspect", "alice", "a b", "--json"]);
     assert_eq!(bare.code, 0, "bare form: {}", bare.all());
-    let released = run(&env, &["release", "alice", r#""a b""#, "--yes"]);
+    let released = run(
+        &env,
+        &[
+            "release",
+            "alice",
+            "--key-form",
+            "header",
+            r#""a b""#,
+            "--yes",
+        ],
+    );
     assert_eq!(released.code, 0, "{}", released.all());
 }
 
@@ -66,7 +95,17 @@ async fn stored_text_and_header_forms_reach_the_same_record_and_logs_are_plain()
     let env = [("REDIS_URL", server.url()), ("RUST_LOG", "info")];
 
     let header_form = std::str::from_utf8(header).unwrap();
-    let inspected = run(&env, &["inspect", "alice", header_form, "--json"]);
+    let inspected = run(
+        &env,
+        &[
+            "inspect",
+            "alice",
+            "--key-form",
+            "header",
+            header_form,
+            "--json",
+        ],
+    );
     assert_eq!(inspected.code, 0, "{}", inspected.all());
     let stored = run(&env, &["inspect", "alice", key.as_str(), "--json"]);
     assert_eq!(stored.code, 0, "{}", stored.all());
