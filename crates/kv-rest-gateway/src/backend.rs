@@ -1,20 +1,28 @@
-//! The Redis side: per token, one shared self-reconnecting connection for commands and
-//! pipelines and a dedicated connection per transaction, each authenticated as that token's
-//! ACL user ([`crate::acl`]); plus a separate connection that stops over-long scripts.
+//! The Redis side: per token, one shared connection for commands and pipelines (a
+//! [`Link`], replaced before use once Redis has closed it) and a dedicated connection per
+//! transaction, each authenticated as that token's ACL user ([`crate::acl`]); plus a separate
+//! connection that stops over-long scripts.
+//!
+//! A command that was never handed to a connection never fails because of a dead one. A
+//! command whose connection failed after it was handed over has an unknown outcome: it is
+//! sent again only when it is a read ([`crate::policy::is_resendable`]); otherwise the client
+//! gets a 503 that says the outcome is unknown.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError,
+    Value,
 };
 use tokio::sync::Mutex;
 
 use crate::acl::{self, AclError, Credentials, Role};
 use crate::auth::Access;
 use crate::config::GatewayConfig;
-use crate::error::{GatewayError, from_redis, server_error_text};
+use crate::error::{GatewayError, from_redis, outcome_unknown, server_error_text};
+use crate::link::{Connection, Link};
 
 /// Pause between retries of a command that got `BUSY`.
 const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
@@ -34,30 +42,10 @@ pub(crate) enum TransactionOutcome {
 /// One token's connections.
 struct UserConnections {
     client: Client,
-    /// Multiplexed and shared by every request of this token; it reconnects by itself after an
-    /// I/O error, so the gateway recovers when Redis comes back without a restart. Replaced
-    /// after an authentication failure (the manager does not reconnect by itself then).
-    shared: std::sync::Mutex<ConnectionManager>,
-}
-
-impl UserConnections {
-    fn shared(&self) -> ConnectionManager {
-        self.shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn renew(&self, config: &ConnectionManagerConfig) {
-        if let Ok(manager) =
-            ConnectionManager::new_lazy_with_config(self.client.clone(), config.clone())
-        {
-            *self
-                .shared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = manager;
-        }
-    }
+    /// Multiplexed and shared by every request of this token. Replaced before the next command
+    /// once Redis has closed it, so the gateway recovers when Redis comes back without a
+    /// restart, and the first command after a Redis restart does not fail.
+    shared: Link,
 }
 
 /// The connections, once the ACL users are set up.
@@ -91,7 +79,7 @@ struct BackendInner {
     wants_read_only: bool,
     users: (String, String),
     tokens: (crate::config::Secret, Option<crate::config::Secret>),
-    manager_config: ConnectionManagerConfig,
+    connect_timeout: Duration,
     connection_config: AsyncConnectionConfig,
     script_time_limit: Duration,
     ready: OnceLock<Ready>,
@@ -109,14 +97,6 @@ impl Backend {
             .as_deref()
             .map(IntoConnectionInfo::into_connection_info)
             .transpose()?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            // Few, short reconnect attempts per failure: a request waits for them, and a client
-            // is better served by a quick 503 than by a request hanging while Redis is down.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));
@@ -127,7 +107,7 @@ impl Backend {
                 wants_read_only: config.read_only_token.is_some(),
                 users: (config.acl_user.clone(), config.read_only_acl_user.clone()),
                 tokens: (config.token.clone(), config.read_only_token.clone()),
-                manager_config,
+                connect_timeout: config.connect_timeout,
                 connection_config,
                 script_time_limit: config.script_time_limit,
                 ready: OnceLock::new(),
@@ -252,29 +232,27 @@ impl Backend {
         let mut probe = self.connect(&client).await?;
         acl::verify(&mut probe, role, db).await?;
         drop(probe);
-        let shared = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            self.inner.manager_config.clone(),
-        )
-        .map_err(AclError::Unavailable)?;
         Ok(UserConnections {
+            shared: self.link(&client),
             client,
-            shared: std::sync::Mutex::new(shared),
         })
+    }
+
+    fn link(&self, client: &Client) -> Link {
+        Link::new(
+            client.clone(),
+            self.inner.connection_config.clone(),
+            self.inner.connect_timeout,
+        )
     }
 
     async fn killer(&self, info: ConnectionInfo) -> Result<UserConnections, AclError> {
         let client = Client::open(skip_lib_name(info)).map_err(AclError::Unavailable)?;
         // Connected now, not lazily: during a busy script Redis answers BUSY to the set-up
         // commands of a new connection.
-        let manager =
-            ConnectionManager::new_with_config(client.clone(), self.inner.manager_config.clone())
-                .await
-                .map_err(AclError::Unavailable)?;
-        Ok(UserConnections {
-            client,
-            shared: std::sync::Mutex::new(manager),
-        })
+        let shared = self.link(&client);
+        shared.connection().await.map_err(AclError::Unavailable)?;
+        Ok(UserConnections { client, shared })
     }
 
     fn ready(&self) -> Result<&Ready, GatewayError> {
@@ -297,17 +275,22 @@ impl Backend {
 
     /// Runs one command as `access`'s user. A Redis error reply becomes
     /// [`GatewayError::BadRequest`] with its text.
+    ///
+    /// `resendable`: the command only reads ([`crate::policy::is_resendable`]), so when the
+    /// connection fails after it was sent, it is sent once more on a new connection. Any other
+    /// command then answers [`GatewayError::Unavailable`] saying that its outcome is unknown.
     pub(crate) async fn command(
         &self,
         access: Access,
         cmd: &Cmd,
         script: bool,
+        resendable: bool,
     ) -> Result<Value, GatewayError> {
         let started = tokio::time::Instant::now();
         loop {
-            let mut result = self.command_once(access, cmd, script).await;
+            let mut result = self.command_once(access, cmd, script, resendable).await;
             if self.reprovision_if_needed(&result).await {
-                result = self.command_once(access, cmd, script).await;
+                result = self.command_once(access, cmd, script, resendable).await;
             }
             match &result {
                 Err(GatewayError::BadRequest(text)) if self.retry_busy(text, started) => {
@@ -332,36 +315,84 @@ impl Backend {
         access: Access,
         cmd: &Cmd,
         script: bool,
+        resendable: bool,
     ) -> Result<Value, GatewayError> {
-        let mut connection = self.user(access)?.shared();
         let reply = self
-            .script_limited(script, connection.send_packed_command(cmd))
-            .await;
+            .on_shared(access, script, resendable, |mut connection| async move {
+                connection.send_packed_command(cmd).await
+            })
+            .await?;
         match reply {
-            Ok(Value::ServerError(error)) => {
-                Err(GatewayError::BadRequest(server_error_text(&error)))
+            Value::ServerError(error) => Err(GatewayError::BadRequest(server_error_text(&error))),
+            value => Ok(value),
+        }
+    }
+
+    /// Runs `send` on `access`'s shared connection. A failure to connect is the error (nothing
+    /// was sent). A transport failure after `send` started is [`outcome_unknown`]; when
+    /// `resendable` and the connection broke (not a response timeout), `send` runs once more
+    /// on a new connection instead.
+    async fn on_shared<T, F, Fut>(
+        &self,
+        access: Access,
+        script: bool,
+        resendable: bool,
+        send: F,
+    ) -> Result<T, GatewayError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let link = &self.user(access)?.shared;
+        let mut resends = usize::from(resendable);
+        loop {
+            let connection = link
+                .connection()
+                .await
+                .map_err(|error| from_redis(&error))?;
+            let sent = self
+                .script_limited(script, send(connection.multiplexed.clone()))
+                .await;
+            let error = match sent {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let Some(unknown) = in_flight_failure(&connection, &error) else {
+                return Err(from_redis(&error));
+            };
+            metrics::counter!("kv_rest_gateway_in_flight_failures_total").increment(1);
+            // After a response timeout Redis may still be running it: do not add load.
+            if resends == 0 || !connection.is_closed() {
+                return Err(unknown);
             }
-            Ok(value) => Ok(value),
-            Err(error) => Err(from_redis(&error)),
+            resends -= 1;
+            tracing::debug!(%error, "connection lost under a read; sending it again");
         }
     }
 
     /// Runs commands as one pipeline (not atomic). Returns one value per command; errors of
     /// single commands are inline `Value::ServerError`s.
+    ///
+    /// `resendable`: every command only reads (see [`Backend::command`]).
     pub(crate) async fn pipeline(
         &self,
         access: Access,
         cmds: Vec<Cmd>,
         script: bool,
+        resendable: bool,
     ) -> Result<Vec<Value>, GatewayError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         let count = cmds.len();
         let pipeline = pipeline_of(cmds);
-        let mut result = self.pipeline_once(access, &pipeline, count, script).await;
+        let mut result = self
+            .pipeline_once(access, &pipeline, count, script, resendable)
+            .await;
         if self.reprovision_if_needed(&result).await {
-            result = self.pipeline_once(access, &pipeline, count, script).await;
+            result = self
+                .pipeline_once(access, &pipeline, count, script, resendable)
+                .await;
         }
         expect_len(result?, count)
     }
@@ -372,11 +403,12 @@ impl Backend {
         pipeline: &Pipeline,
         count: usize,
         script: bool,
+        resendable: bool,
     ) -> Result<Vec<Value>, GatewayError> {
-        let mut connection = self.user(access)?.shared();
-        self.script_limited(script, connection.send_packed_commands(pipeline, 0, count))
-            .await
-            .map_err(|error| from_redis(&error))
+        self.on_shared(access, script, resendable, |mut connection| async move {
+            connection.send_packed_commands(pipeline, 0, count).await
+        })
+        .await
     }
 
     /// Runs commands as `MULTI` … `EXEC` on a connection of its own.
@@ -451,6 +483,7 @@ impl Backend {
         script: bool,
     ) -> Result<Vec<Value>, GatewayError> {
         let client = self.user(access)?.client.clone();
+        // A failure to connect: nothing was sent.
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
             .await
@@ -460,12 +493,20 @@ impl Backend {
             connection.send_packed_commands(pipeline, 0, count + 2),
         )
         .await
-        .map_err(|error| from_redis(&error))
+        .map_err(|error| {
+            if error.code().is_none() && (error.is_io_error() || error.is_timeout()) {
+                // EXEC may have run.
+                metrics::counter!("kv_rest_gateway_in_flight_failures_total").increment(1);
+                outcome_unknown(&error)
+            } else {
+                from_redis(&error)
+            }
+        })
     }
 
     /// `PING` on the main user's shared connection.
     pub(crate) async fn ping(&self) -> Result<(), GatewayError> {
-        self.command(Access::ReadWrite, &redis::cmd("PING"), false)
+        self.command(Access::ReadWrite, &redis::cmd("PING"), false, true)
             .await
             .map(|_| ())
     }
@@ -496,12 +537,18 @@ impl Backend {
 
     async fn kill_scripts(&self) {
         let Ok(ready) = self.ready() else { return };
-        let mut killer = ready.killer.shared();
+        let killer = match ready.killer.shared.connection().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%error, "cannot stop a script over the time limit: no connection");
+                return;
+            }
+        };
         metrics::counter!("kv_rest_gateway_scripts_killed_total").increment(1);
         for kill in [["SCRIPT", "KILL"], ["FUNCTION", "KILL"]] {
             let mut cmd = Cmd::new();
             cmd.arg(kill[0]).arg(kill[1]);
-            match killer.send_packed_command(&cmd).await {
+            match killer.multiplexed.clone().send_packed_command(&cmd).await {
                 Ok(Value::ServerError(error)) => {
                     tracing::debug!(reply = %server_error_text(&error), "{} {}", kill[0], kill[1]);
                 }
@@ -522,6 +569,9 @@ impl Backend {
                              Redis stays busy until it ends"
                         );
                         return;
+                    }
+                    if error.code().is_none() && error.is_io_error() {
+                        killer.discard();
                     }
                     tracing::debug!(%error, "{} {}", kill[0], kill[1]);
                 }
@@ -569,16 +619,31 @@ impl Backend {
             ok,
             "re-created the Redis ACL users after an authentication failure"
         );
-        // A connection manager whose connection failed authentication does not reconnect by
-        // itself: give every user fresh ones.
-        let config = &self.inner.manager_config;
-        ready.main.renew(config);
+        // Connections opened before the users were re-created are useless: connect again.
+        ready.main.shared.renew();
         if let Some(read_only) = &ready.read_only {
-            read_only.renew(config);
+            read_only.shared.renew();
         }
-        ready.killer.renew(config);
+        ready.killer.shared.renew();
         ok
     }
+}
+
+/// A transport failure of a command already handed to `connection`: the 503 that says the
+/// outcome is unknown, and the connection discarded when the failure broke it (not after a
+/// response timeout, which leaves it usable). `None` for other errors (a Redis error reply).
+fn in_flight_failure(connection: &Connection, error: &RedisError) -> Option<GatewayError> {
+    if error.code().is_some() {
+        return None;
+    }
+    if error.is_timeout() {
+        return Some(outcome_unknown(error));
+    }
+    if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+        connection.discard();
+        return Some(outcome_unknown(error));
+    }
+    None
 }
 
 fn with_credentials(info: &ConnectionInfo, credentials: &Credentials) -> ConnectionInfo {

@@ -98,6 +98,21 @@ pub(crate) fn from_redis(error: &redis::RedisError) -> GatewayError {
     GatewayError::Internal(format!("Redis client error: {error}"))
 }
 
+/// A transport failure after the command was handed to the connection (the connection broke,
+/// or no reply came within the response timeout): Redis may or may not have run it, so the
+/// 503 says so, and the client must not assume either.
+pub(crate) fn outcome_unknown(error: &redis::RedisError) -> GatewayError {
+    let what = if error.is_timeout() {
+        "no reply from Redis within the response timeout"
+    } else {
+        "the connection to Redis failed while the command was in flight"
+    };
+    GatewayError::Unavailable(format!(
+        "Redis is unavailable: {what} ({error}); the outcome is unknown: the command may or \
+         may not have run"
+    ))
+}
+
 /// The text of a server error reply, with its code prefix (`ERR …`, `WRONGTYPE …`).
 pub(crate) fn server_error_text(error: &redis::ServerError) -> String {
     match error.details() {

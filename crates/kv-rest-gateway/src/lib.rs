@@ -33,7 +33,9 @@
 //! Replies are `{"result": …}` (the key is present also for `null`), `{"error":"ERR …"}` with
 //! HTTP 400 for Redis errors and refused commands, 401 for a missing or wrong token, 405 for a
 //! wrong method, 413 for a body over the limit, 503 while Redis is unreachable (the gateway
-//! reconnects by itself when Redis is back).
+//! reconnects by itself when Redis is back; after a restart the first request succeeds). A 503
+//! whose error says "the outcome is unknown" means the connection failed after the command was
+//! sent: it may or may not have run. Reads are sent again on a new connection instead.
 //!
 //! - **Auth**: `Authorization: Bearer <token>` or `?_token=<token>`, compared in constant time.
 //!   Empty tokens refuse to start; tokens under [`MIN_TOKEN_LEN`] characters log a warning.
@@ -125,6 +127,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod link;
 mod listen;
 mod policy;
 mod query;

@@ -97,6 +97,24 @@ pub(crate) fn is_read_only(name: &str) -> bool {
     )
 }
 
+/// Whether `command` may be sent a second time when its connection failed after it was sent
+/// (whether it ran is then unknown): it only reads, so running it twice changes nothing but
+/// Redis's own bookkeeping (access times, LFU counters). The read-only token's commands
+/// ([`is_read_only`]) except the read-only scripts — a script is never sent twice — plus
+/// `SCRIPT EXISTS` and the reading `FUNCTION` sub-commands.
+pub(crate) fn is_resendable(command: &Command) -> bool {
+    let name = command.name();
+    match name.as_str() {
+        "EVAL_RO" | "EVALSHA_RO" | "FCALL_RO" => false,
+        "SCRIPT" => command.arg_upper(1).as_deref() == Some("EXISTS"),
+        "FUNCTION" => matches!(
+            command.arg_upper(1).as_deref(),
+            Some("LIST" | "DUMP" | "STATS")
+        ),
+        other => is_read_only(other),
+    }
+}
+
 /// The sub-commands allowed for container commands; `None` when `name` takes none.
 fn allowed_subcommands(name: &str, access: Access) -> Option<&'static [&'static str]> {
     Some(match (name, access) {
@@ -269,6 +287,39 @@ mod tests {
 
     fn cmd(args: &[&[u8]]) -> Command {
         Command::new(args.iter().map(|a| a.to_vec()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn only_reads_are_resendable() {
+        for read in [
+            &[&b"get"[..], b"k"][..],
+            &[b"EXISTS", b"a", b"b"],
+            &[b"ttl", b"k"],
+            &[b"PTTL", b"k"],
+            &[b"mget", b"a", b"b"],
+            &[b"script", b"exists", b"abc"],
+            &[b"FUNCTION", b"LIST"],
+        ] {
+            assert!(is_resendable(&cmd(read)), "{read:?}");
+        }
+        for not_read in [
+            &[&b"set"[..], b"k", b"v"][..],
+            &[b"INCR", b"k"],
+            &[b"getdel", b"k"],
+            &[b"GETEX", b"k", b"EX", b"1"],
+            &[b"xreadgroup", b"GROUP", b"g", b"c", b"STREAMS", b"s", b">"],
+            &[b"eval", b"return 1", b"0"],
+            &[b"EVAL_RO", b"return 1", b"0"],
+            &[b"evalsha_ro", b"abc", b"0"],
+            &[b"fcall_ro", b"f", b"0"],
+            &[b"SCRIPT", b"LOAD", b"return 1"],
+            &[b"SCRIPT", b"FLUSH"],
+            &[b"function", b"delete", b"lib"],
+            &[b"flushdb"],
+            &[b"unknown"],
+        ] {
+            assert!(!is_resendable(&cmd(not_read)), "{not_read:?}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::command::{Command, command_from_path};
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, json_bytes_response, json_response};
 use crate::listen::{ConnectionCounter, ServerLimits, serve_with_limits};
-use crate::policy::check_allowed;
+use crate::policy::{check_allowed, is_resendable};
 use crate::resp::{Encoding, item, result_body};
 use crate::scripts::{ReplyFix, ScriptRegistry};
 
@@ -544,7 +544,12 @@ async fn single(
     let value = fix.apply(
         state
             .backend
-            .command(access, &command.to_redis(), command.is_script())
+            .command(
+                access,
+                &command.to_redis(),
+                command.is_script(),
+                is_resendable(&command),
+            )
             .await?,
     );
     let body = result_body(&value, encoding)
@@ -563,10 +568,12 @@ async fn pipeline(
     let mut slots: Vec<Result<ReplyFix, String>> = Vec::with_capacity(commands.len());
     let mut to_send = Vec::with_capacity(commands.len());
     let mut script = false;
+    let mut resendable = true;
     for mut command in commands {
         match allowed(&command, access) {
             Ok(()) => {
                 script |= command.is_script();
+                resendable &= is_resendable(&command);
                 slots.push(Ok(state.scripts.translate(&mut command)));
                 to_send.push(command.to_redis());
             }
@@ -575,7 +582,7 @@ async fn pipeline(
     }
     let mut replies = state
         .backend
-        .pipeline(access, to_send, script)
+        .pipeline(access, to_send, script, resendable)
         .await?
         .into_iter();
     let mut items = Vec::with_capacity(slots.len());

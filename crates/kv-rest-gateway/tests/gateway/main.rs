@@ -14,5 +14,6 @@ mod limits;
 mod logging;
 mod numbers;
 mod official_client;
+mod reconnect;
 mod scripts;
 mod security;
