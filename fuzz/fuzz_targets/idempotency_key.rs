@@ -2,14 +2,15 @@
 //!
 //! - `from_bytes` never panics, agrees with `new`, and accepts exactly 1..=255 visible ASCII
 //!   bytes.
-//! - `from_header_value` (RFC 8941 sf-string or bare key, optional whitespace around) never
-//!   panics and agrees with an independent model of that grammar; what it accepts is 1..=255
-//!   bytes of printable ASCII; a key written back as an sf-string parses to itself, and a bare
-//!   key quoted means the same key.
+//! - `from_header_value` (RFC 8941 sf-string Item with optional parameters, or bare key,
+//!   optional whitespace around) never panics and agrees with an independent model of that
+//!   grammar; what it accepts is 1..=255 bytes of printable ASCII; a key written back as an
+//!   sf-string parses to itself (with parameters appended too), a bare key quoted means the same
+//!   key, and two keys joined as HTTP joins two header lines are `KeyError::SeveralKeys`.
 //! - The store-key derivation is injective over (scope, key) pairs, for bare and quoted keys.
 #![no_main]
 
-use idempotency_core::{IdempotencyKey, Scope, StoreKey};
+use idempotency_core::{IdempotencyKey, KeyError, Scope, StoreKey};
 use libfuzzer_sys::fuzz_target;
 
 fn valid_bare(bytes: &[u8]) -> bool {
@@ -39,7 +40,83 @@ fn model(value: &[u8]) -> Option<String> {
             _ => return None,
         }
     }
-    (bytes.next().is_none() && (1..=255).contains(&out.len())).then_some(out)
+    let rest = bytes.as_slice();
+    (params(rest).is_some_and(<[u8]>::is_empty) && (1..=255).contains(&out.len())).then_some(out)
+}
+
+/// RFC 8941 §3.1.2 `parameters = *( ";" *SP key [ "=" bare-item ] )`, with the bare items of
+/// §3.3 (RFC 8941's, not RFC 9651's Date or Display String): what is left after them, or
+/// `None` when a parameter is malformed.
+fn params(mut s: &[u8]) -> Option<&[u8]> {
+    while let [b';', rest @ ..] = s {
+        s = rest;
+        while let [b' ', rest @ ..] = s {
+            s = rest;
+        }
+        let [b'a'..=b'z' | b'*', rest @ ..] = s else {
+            return None;
+        };
+        s = skip(rest, |b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b)
+        });
+        if let [b'=', rest @ ..] = s {
+            s = bare_item(rest)?;
+        }
+    }
+    Some(s)
+}
+
+fn skip(s: &[u8], keep: impl Fn(u8) -> bool) -> &[u8] {
+    let n = s.iter().take_while(|&&b| keep(b)).count();
+    &s[n..]
+}
+
+/// One bare item (§3.3.1 to §3.3.6): what follows it, or `None`.
+fn bare_item(s: &[u8]) -> Option<&[u8]> {
+    match s.first()? {
+        b'-' | b'0'..=b'9' => {
+            let unsigned = s.strip_prefix(b"-").unwrap_or(s);
+            let int = unsigned.iter().take_while(|b| b.is_ascii_digit()).count();
+            let after = &unsigned[int..];
+            if let [b'.', frac @ ..] = after {
+                let f = frac.iter().take_while(|b| b.is_ascii_digit()).count();
+                ((1..=12).contains(&int) && (1..=3).contains(&f)).then(|| &frac[f..])
+            } else {
+                (1..=15).contains(&int).then_some(after)
+            }
+        }
+        b'"' => {
+            let mut i = 1;
+            loop {
+                match *s.get(i)? {
+                    b'\\' if matches!(s.get(i + 1), Some(b'"' | b'\\')) => i += 2,
+                    b'"' => return Some(&s[i + 1..]),
+                    b'\\' => return None,
+                    0x20..=0x7e => i += 1,
+                    _ => return None,
+                }
+            }
+        }
+        b'A'..=b'Z' | b'a'..=b'z' | b'*' => Some(skip(&s[1..], |b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
+        })),
+        b':' => {
+            let end = s[1..].iter().position(|&b| b == b':')? + 1;
+            let b64 = &s[1..end];
+            let data = b64.iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'+' || **b == b'/').count();
+            let pad = b64.len() - data;
+            let ok = b64[data..].iter().all(|&b| b == b'=')
+                && pad <= 2
+                && data % 4 != 1
+                && (pad == 0 || b64.len() % 4 == 0);
+            ok.then(|| &s[end + 1..])
+        }
+        b'?' => match s.get(1)? {
+            b'0' | b'1' => Some(&s[2..]),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn quote(key: &str) -> Vec<u8> {
@@ -82,6 +159,22 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(
             IdempotencyKey::from_header_value(&quote(text)).as_ref(),
             Ok(key)
+        );
+        // Parameters name no other record.
+        let mut with_params = quote(text);
+        with_params.extend_from_slice(b";v=1;x");
+        assert_eq!(
+            IdempotencyKey::from_header_value(&with_params).as_ref(),
+            Ok(key)
+        );
+        // Two header lines joined by HTTP are several keys, never one of them.
+        let mut joined = quote(text);
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(data);
+        assert_eq!(
+            IdempotencyKey::from_header_value(&joined),
+            Err(KeyError::SeveralKeys),
+            "{joined:?}"
         );
     }
 

@@ -119,4 +119,16 @@ pub enum ConfigError {
     /// fallback store ([`IdempotencyBuilder::fallback_store`](crate::IdempotencyBuilder::fallback_store)).
     #[error("the fallback failure policy needs a fallback store")]
     MissingFallbackStore,
+    /// `DISABLE_IDEMPOTENCY_CHECKS` holds a value that is neither an "off" nor an "on"
+    /// spelling (see [`parse_kill_switch`](crate::parse_kill_switch)). Refused rather than read
+    /// as "checks on", so that a typo is noticed at start-up.
+    #[error(
+        "{variable}={value:?} is not recognised: {accepted}",
+        variable = crate::DISABLE_ENV_VAR,
+        accepted = crate::KILL_SWITCH_ACCEPTED
+    )]
+    KillSwitchValue {
+        /// The value as found in the environment (it never carries a secret).
+        value: String,
+    },
 }

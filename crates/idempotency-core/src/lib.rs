@@ -96,10 +96,12 @@ mod token;
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use corrupt::CorruptRecord;
+#[allow(deprecated)]
+pub use engine::kill_switch_value;
 pub use engine::{
     Begin, CompletionParts, Config, DISABLE_ENV_VAR, FailurePolicy, Guard, Idempotency,
-    IdempotencyBuilder, InProgressWait, PendingCompletion, RUN_CONTENT_TYPE, RunError,
-    StatsSnapshot, Unprotected, kill_switch_value, metric_names,
+    IdempotencyBuilder, InProgressWait, KILL_SWITCH_ACCEPTED, PendingCompletion, RUN_CONTENT_TYPE,
+    RunError, StatsSnapshot, Unprotected, metric_names, parse_kill_switch,
 };
 pub use error::{ConfigError, IdempotencyError};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};

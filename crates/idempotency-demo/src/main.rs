@@ -19,8 +19,9 @@ use tracing_subscriber::EnvFilter;
 /// per-process memory store (with a warning); IDEMPOTENCY_STORE names one explicitly. Engine
 /// settings: IDEMPOTENCY_RETENTION, IDEMPOTENCY_LEASE, IDEMPOTENCY_STORE_TIMEOUT (durations such
 /// as 24h, 30s, 250ms), IDEMPOTENCY_FAILURE_POLICY (fail-closed, fail-open, fallback),
-/// IDEMPOTENCY_WAIT_IN_PROGRESS; DISABLE_IDEMPOTENCY_CHECKS=true turns every check off (the
-/// store is then not even opened). A store that is down at start-up is connected in the
+/// IDEMPOTENCY_WAIT_IN_PROGRESS; DISABLE_IDEMPOTENCY_CHECKS=true (or 1, yes) turns every check
+/// off (the store is then not even opened), false/0/no/empty keeps them on, and any other value
+/// stops start-up. A store that is down at start-up is connected in the
 /// background; until then the failure policy answers.
 #[derive(Parser)]
 #[command(name = "idempotency-demo", version, about)]

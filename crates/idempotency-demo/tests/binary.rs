@@ -206,6 +206,9 @@ fn an_invalid_setting_stops_start_up_naming_the_variable() {
         ("IDEMPOTENCY_RETENTION", "0"),
         ("IDEMPOTENCY_FAILURE_POLICY", "maybe"),
         ("IDEMPOTENCY_STORE", "postgress"),
+        // A kill-switch typo is not silently "checks on" (nor "off").
+        ("DISABLE_IDEMPOTENCY_CHECKS", "flase"),
+        ("DISABLE_IDEMPOTENCY_CHECKS", "ture"),
     ] {
         let output = demo()
             .args(["--listen", "127.0.0.1:0"])
@@ -215,6 +218,7 @@ fn an_invalid_setting_stops_start_up_naming_the_variable() {
         assert_eq!(output.status.code(), Some(1), "{variable}={value}");
         let log = String::from_utf8_lossy(&output.stderr);
         assert!(log.contains(variable), "{variable}: {log}");
+        assert!(log.contains(value), "{variable}={value}: {log}");
     }
     // A retention shorter than the lease is refused as a combination.
     let output = demo()

@@ -128,6 +128,44 @@ mod tests {
         );
     }
 
+    /// One header line holding a list (or two lines a proxy joined) is refused like two lines.
+    #[test]
+    fn a_list_in_one_header_is_multiple_keys() {
+        let settings = Settings::default();
+        for value in ["t-1, t-2", r#""t-1", "t-2""#, r#""t-1";v=1, t-2"#] {
+            assert_eq!(
+                answer(decide(
+                    &head(Method::POST, &[value]),
+                    &settings,
+                    &GlobalScope
+                )),
+                Ok((StatusCode::BAD_REQUEST, "multiple-keys".into())),
+                "{value}"
+            );
+        }
+    }
+
+    /// RFC 8941 parameters on the quoted key are ignored: the key is the string alone.
+    #[test]
+    fn parameters_on_a_quoted_key_are_ignored() {
+        match decide(
+            &head(Method::POST, &[r#""k";a=1;b"#]),
+            &Settings::default(),
+            &GlobalScope,
+        ) {
+            Decision::Protect { key, .. } => assert_eq!(key.as_str(), "k"),
+            other => panic!("expected protect, got {other:?}"),
+        }
+        assert_eq!(
+            answer(decide(
+                &head(Method::POST, &[r#""k";A=1"#]),
+                &Settings::default(),
+                &GlobalScope
+            )),
+            Ok((StatusCode::BAD_REQUEST, "invalid-key".into()))
+        );
+    }
+
     #[test]
     fn the_scope_is_asked_last_and_its_refusal_is_the_answer() {
         let refuse = |_: &Parts| -> Result<Scope, ScopeRejection> {

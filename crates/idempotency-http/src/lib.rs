@@ -43,8 +43,8 @@
 //! | situation | response |
 //! |---|---|
 //! | key missing on a covered method (when required) | 400, `application/problem+json` (`missing-key`) |
-//! | key malformed (length, charset, bad sf-string) | 400 (`invalid-key`, the detail says what is wrong) |
-//! | more than one `Idempotency-Key` header | 400 (`multiple-keys`) |
+//! | key malformed (length, charset, bad sf-string or parameter) | 400 (`invalid-key`, the detail says what is wrong) |
+//! | more than one `Idempotency-Key` header, or several keys in one (`a, b`, `"a", "b"`) | 400 (`multiple-keys`) |
 //! | same key, different request | 422 (`key-reused`) |
 //! | same key, first attempt in progress | 409 + `Retry-After` (or the engine waits, if configured) |
 //! | same key, completed | the stored response + `Idempotent-Replayed: true` |
@@ -64,7 +64,9 @@
 //! The header carries the key as an RFC 8941 sf-string (`"8e03978e-40d5"`, the IETF draft's
 //! form: printable ASCII including space, `\"` and `\\` escapes) or bare (`8e03978e-40d5`,
 //! Stripe's form: visible ASCII); both mean the same key, so a client that quotes and a retry
-//! that does not share one record. See [`IdempotencyKey::from_header_value`].
+//! that does not share one record. RFC 8941 parameters after a quoted key are accepted and
+//! ignored (`"8e03978e-40d5";v=1` is the key `8e03978e-40d5`, the same record as without them);
+//! a list of keys is refused (`multiple-keys`). See [`IdempotencyKey::from_header_value`].
 //!
 //! # What is stored
 //! Responses whose status passes the policy ([`default_store_status`]: below 500 except 408,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use idempotency_core::IdempotencyError;
+use idempotency_core::{IdempotencyError, KeyError};
 
 /// [`PROBLEM_TYPE_BASE`] as a literal, for `concat!` (the fixed bodies below).
 macro_rules! problem_type_base {
@@ -184,6 +184,14 @@ impl Problem {
 
     pub(crate) fn from_engine(error: &IdempotencyError) -> Self {
         match error {
+            // A list in one header value (`a, b`, or two header lines a proxy joined) is the
+            // same mistake as two header lines: the same problem type, so clients match one.
+            IdempotencyError::InvalidKey(e @ KeyError::SeveralKeys) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "multiple-keys",
+                "Idempotency key ambiguous",
+                e.to_string(),
+            ),
             IdempotencyError::InvalidKey(e) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid-key", "Idempotency key invalid", e.to_string())
             }

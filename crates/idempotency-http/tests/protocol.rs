@@ -186,7 +186,8 @@ async fn malformed_quoted_keys_are_400_saying_what_is_wrong() {
     let cases = [
         ("\"unterminated", "closing"),
         (r#""bad \n escape""#, "escape"),
-        (r#""a", "b""#, "after its closing quote"),
+        (r#""a" b"#, "after its closing quote"),
+        (r#""a";B=1"#, "malformed parameter"),
         ("\"\"", "empty"),
         ("bare space", "0x20"),
     ];
@@ -211,6 +212,14 @@ async fn several_key_headers_are_400() {
         let (kind, detail) = problem(&body);
         assert_eq!(kind, "multiple-keys");
         assert!(detail.contains("2 `idempotency-key` headers"), "{detail}");
+    }
+    // One header holding a list is the same mistake, with the same problem type.
+    for list in ["a, b", r#""a", "b""#] {
+        let (status, _, body) = send(&router, request("/echo", &[list], "text/plain", "")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (kind, detail) = problem(&body);
+        assert_eq!(kind, "multiple-keys", "{list}");
+        assert!(detail.contains("several keys"), "{detail}");
     }
     assert_eq!(runs.get(), 0);
 }

@@ -130,10 +130,13 @@ async fn kill_switch_runs_everything() {
 #[test]
 fn kill_switch_values() {
     for on in ["true", "TRUE", " 1", "yes"] {
-        assert!(idempotency_core::kill_switch_value(on), "{on}");
+        assert_eq!(idempotency_core::parse_kill_switch(on), Ok(true), "{on}");
     }
-    for off in ["", "false", "0", "no", "maybe"] {
-        assert!(!idempotency_core::kill_switch_value(off), "{off}");
+    for off in ["", "false", "0", "no"] {
+        assert_eq!(idempotency_core::parse_kill_switch(off), Ok(false), "{off}");
+    }
+    for typo in ["maybe", "flase", "on"] {
+        assert!(idempotency_core::parse_kill_switch(typo).is_err(), "{typo}");
     }
 }
 

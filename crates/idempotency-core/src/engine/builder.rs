@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::config::{Config, FailurePolicy, InProgressWait, disabled_by_env};
+use super::config::{Config, FailurePolicy, InProgressWait, kill_switch_from_env};
 use super::handle::Idempotency;
 use crate::{ConfigError, IdempotencyStore};
 
@@ -120,7 +120,8 @@ impl<S> IdempotencyBuilder<S> {
     }
 
     /// Turn every check off: operations always run. Also switched on by
-    /// `DISABLE_IDEMPOTENCY_CHECKS=true` unless [`Self::ignore_env`] is used.
+    /// `DISABLE_IDEMPOTENCY_CHECKS=true` (or `1`, `yes`) unless [`Self::ignore_env`] is used;
+    /// see [`parse_kill_switch`](crate::parse_kill_switch) for the accepted values.
     #[must_use]
     pub fn disabled(mut self, disabled: bool) -> Self {
         self.config.disabled = disabled;
@@ -157,15 +158,17 @@ impl<S> IdempotencyBuilder<S> {
     }
 }
 
-/// Whether the kill-switch variable is set to a true value.
 impl<S: IdempotencyStore + 'static> IdempotencyBuilder<S> {
     /// Validate the settings and build the engine. Logs a warning when the kill switch is on.
     ///
     /// # Errors
-    /// [`ConfigError`] for zero durations, a retention shorter than the lease, a bad prefix, or
-    /// [`FailurePolicy::Fallback`] without a fallback store.
+    /// [`ConfigError`] for zero durations, a retention shorter than the lease, a bad prefix,
+    /// [`FailurePolicy::Fallback`] without a fallback store, or (unless [`Self::ignore_env`])
+    /// a `DISABLE_IDEMPOTENCY_CHECKS` value that is not one of the accepted spellings
+    /// ([`ConfigError::KillSwitchValue`]: a typo stops start-up, like a typo in any other
+    /// setting, instead of leaving the operator believing the checks are off).
     pub fn build(mut self) -> Result<Idempotency<S>, ConfigError> {
-        if self.read_env && disabled_by_env() {
+        if self.read_env && kill_switch_from_env()? {
             self.config.disabled = true;
         }
         self.config.validate()?;

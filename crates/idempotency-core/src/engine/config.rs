@@ -181,15 +181,146 @@ impl Config {
     }
 }
 
-pub(crate) fn disabled_by_env() -> bool {
-    std::env::var(DISABLE_ENV_VAR).is_ok_and(|v| kill_switch_value(&v))
+/// The kill switch as the process environment sets it: `Ok(false)` when the variable is unset.
+///
+/// # Errors
+/// [`ConfigError::KillSwitchValue`] when it holds anything but an accepted spelling (or is not
+/// UTF-8).
+pub(crate) fn kill_switch_from_env() -> Result<bool, ConfigError> {
+    match std::env::var(DISABLE_ENV_VAR) {
+        Ok(value) => parse_kill_switch(&value),
+        Err(std::env::VarError::NotPresent) => Ok(false),
+        Err(std::env::VarError::NotUnicode(value)) => Err(ConfigError::KillSwitchValue {
+            value: value.to_string_lossy().into_owned(),
+        }),
+    }
+}
+
+/// The spellings of `DISABLE_IDEMPOTENCY_CHECKS` that turn every check **off**.
+const KILL_SWITCH_ON: [&str; 3] = ["true", "1", "yes"];
+/// The spellings of `DISABLE_IDEMPOTENCY_CHECKS` that keep the checks **on** (as does leaving
+/// it unset or empty).
+const KILL_SWITCH_OFF: [&str; 3] = ["false", "0", "no"];
+
+/// The accepted values of `DISABLE_IDEMPOTENCY_CHECKS`, as every refusal of another value
+/// states them (see [`parse_kill_switch`]).
+pub const KILL_SWITCH_ACCEPTED: &str = "use `true`, `1` or `yes` to turn every idempotency \
+     check off, or `false`, `0`, `no` (or leave it unset or empty) to keep them on";
+
+/// Read a value of `DISABLE_IDEMPOTENCY_CHECKS`: `true`, `1` or `yes` turn the checks off
+/// (`Ok(true)`); `false`, `0`, `no` or an empty value keep them on (`Ok(false)`). Case and
+/// surrounding whitespace are ignored.
+///
+/// Anything else is refused rather than read as "off": an operator who typed `flase`, `ture`,
+/// `on` or `2` believes they switched something, and should learn at start-up that they did not
+/// (the same rule as the other settings: a typo stops start-up, it is never silently replaced
+/// by a default). `on`/`off` are deliberately not accepted: `DISABLE_…=off` reads both ways.
+///
+/// ```
+/// use idempotency_core::parse_kill_switch;
+/// assert_eq!(parse_kill_switch(" TRUE "), Ok(true));
+/// assert_eq!(parse_kill_switch(""), Ok(false));
+/// assert!(parse_kill_switch("flase").is_err());
+/// ```
+///
+/// # Errors
+/// [`ConfigError::KillSwitchValue`] for any other value; its message names the variable, the
+/// value and the accepted spellings.
+pub fn parse_kill_switch(value: &str) -> Result<bool, ConfigError> {
+    let normalised = value.trim().to_ascii_lowercase();
+    if KILL_SWITCH_ON.contains(&normalised.as_str()) {
+        Ok(true)
+    } else if normalised.is_empty() || KILL_SWITCH_OFF.contains(&normalised.as_str()) {
+        Ok(false)
+    } else {
+        Err(ConfigError::KillSwitchValue {
+            value: value.to_owned(),
+        })
+    }
 }
 
 /// How a value of `DISABLE_IDEMPOTENCY_CHECKS` is read: `true`, `1` or `yes` (any case, trimmed)
 /// switch the checks off; anything else leaves them on.
+#[deprecated(
+    since = "0.1.0",
+    note = "use `parse_kill_switch`, which reports unrecognised values instead of reading them \
+            as \"checks on\""
+)]
 pub fn kill_switch_value(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes"
-    )
+    parse_kill_switch(value).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value an operator might type, and what it does.
+    #[test]
+    fn kill_switch_values_are_on_off_or_refused() {
+        #[derive(Debug, PartialEq)]
+        enum Reading {
+            ChecksOff,
+            ChecksOn,
+            Refused,
+        }
+        use Reading::*;
+        let table = [
+            ("true", ChecksOff),
+            ("TRUE", ChecksOff),
+            ("True ", ChecksOff),
+            (" 1", ChecksOff),
+            ("yes", ChecksOff),
+            ("\tYES\n", ChecksOff),
+            ("", ChecksOn),
+            ("   ", ChecksOn),
+            ("false", ChecksOn),
+            ("FALSE", ChecksOn),
+            ("0", ChecksOn),
+            ("no", ChecksOn),
+            ("flase", Refused),
+            ("ture", Refused),
+            ("2", Refused),
+            ("-1", Refused),
+            ("on", Refused),
+            ("off", Refused),
+            ("y", Refused),
+            ("n", Refused),
+            ("enabled", Refused),
+            ("disabled", Refused),
+            ("true false", Refused),
+            ("\"true\"", Refused),
+            ("truee", Refused),
+        ];
+        for (value, expected) in table {
+            let reading = match parse_kill_switch(value) {
+                Ok(true) => ChecksOff,
+                Ok(false) => ChecksOn,
+                Err(ConfigError::KillSwitchValue { value: reported }) => {
+                    assert_eq!(reported, value, "the error carries the value as given");
+                    Refused
+                }
+                Err(other) => panic!("{value:?}: unexpected {other:?}"),
+            };
+            assert_eq!(reading, expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_variable_the_value_and_the_accepted_spellings() {
+        let message = parse_kill_switch("flase")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for needle in [DISABLE_ENV_VAR, "\"flase\"", "`true`", "`false`", "unset"] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_lenient_reading_is_unchanged() {
+        assert!(kill_switch_value("yes"));
+        assert!(!kill_switch_value("flase"));
+        assert!(!kill_switch_value("false"));
+    }
 }

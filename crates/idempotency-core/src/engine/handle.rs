@@ -91,9 +91,22 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// An engine with every default (the kill switch still follows
     /// [`DISABLE_IDEMPOTENCY_CHECKS`](DISABLE_ENV_VAR)). The defaults are valid, so this cannot
     /// fail; [`IdempotencyBuilder::build`](crate::IdempotencyBuilder::build) validates custom settings.
+    ///
+    /// A kill-switch value that is not one of the accepted spellings
+    /// ([`parse_kill_switch`](crate::parse_kill_switch)) cannot be refused here: it is logged
+    /// as a warning naming the variable, the value and the accepted spellings, and the checks
+    /// stay **on**. `build()` refuses it instead.
     pub fn new(store: S) -> Self {
+        let disabled = config::kill_switch_from_env().unwrap_or_else(|error| {
+            tracing::warn!(
+                variable = DISABLE_ENV_VAR,
+                %error,
+                "unrecognised kill-switch value: idempotency checks stay ON"
+            );
+            false
+        });
         let config = Config {
-            disabled: config::disabled_by_env(),
+            disabled,
             ..Config::default()
         };
         Self::assemble(store, None, config)

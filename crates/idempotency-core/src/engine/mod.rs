@@ -20,7 +20,11 @@ mod wall;
 
 pub use begin::Begin;
 pub use builder::IdempotencyBuilder;
-pub use config::{Config, DISABLE_ENV_VAR, FailurePolicy, InProgressWait, kill_switch_value};
+#[allow(deprecated)]
+pub use config::kill_switch_value;
+pub use config::{
+    Config, DISABLE_ENV_VAR, FailurePolicy, InProgressWait, KILL_SWITCH_ACCEPTED, parse_kill_switch,
+};
 pub use external::{CompletionParts, PendingCompletion};
 pub use guard::{Guard, Unprotected};
 pub use handle::Idempotency;

@@ -425,6 +425,10 @@ fn feature_disabled(variable: &'static str, backend: BackendKind) -> StoreSelect
 /// never calls the store. Every operation on the returned store fails with
 /// `StoreError::Unavailable`.
 ///
+/// A kill-switch value that is not one of the accepted spellings
+/// ([`idempotency_core::parse_kill_switch`]) is refused with
+/// [`StoreSelectionError::InvalidVariable`] naming `DISABLE_IDEMPOTENCY_CHECKS`.
+///
 /// A store that is configured correctly but does not answer (connection refused, timeout) does
 /// not fail either: see [`StorePlan::open`].
 ///
@@ -434,8 +438,20 @@ pub async fn store_from_lookup(
     selection: StoreSelection,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<AnyStore, StoreSelectionError> {
-    let disabled = lookup(idempotency_core::DISABLE_ENV_VAR)
-        .is_some_and(|v| idempotency_core::kill_switch_value(&v));
+    // An unrecognised value is refused, as a typo in `IDEMPOTENCY_STORE` is: the operator who
+    // typed `flase` or `ture` must learn it now, not believe the switch is set.
+    let disabled = match lookup(idempotency_core::DISABLE_ENV_VAR) {
+        None => false,
+        Some(value) => idempotency_core::parse_kill_switch(&value).map_err(|_| {
+            StoreSelectionError::InvalidVariable {
+                variable: idempotency_core::DISABLE_ENV_VAR,
+                reason: format!(
+                    "{value:?} is not recognised: {}",
+                    idempotency_core::KILL_SWITCH_ACCEPTED
+                ),
+            }
+        })?,
+    };
     let plan = plan_store(selection, lookup)?;
     if disabled {
         tracing::warn!(

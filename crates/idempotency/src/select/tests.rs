@@ -634,3 +634,54 @@ async fn idempotency_store_sql_opens_and_migrates_a_sqlite_database() {
         .unwrap();
     assert!(matches!(begun, idempotency_core::Begin::Run(_)));
 }
+
+/// The kill switch as `store_from_lookup` reads it: accepted spellings turn it on (the store
+/// is not opened) or leave it off; anything else stops start-up naming the variable.
+#[tokio::test]
+async fn the_kill_switch_value_is_on_off_or_refused() {
+    for value in ["true", " YES", "1"] {
+        let store = store_from_lookup(
+            StoreSelection::AllowMemory,
+            env(&[(idempotency_core::DISABLE_ENV_VAR, value)]),
+        )
+        .await
+        .unwrap();
+        assert!(!store.is_connected(), "{value:?}: the store is not opened");
+    }
+    for value in ["false", "No", "0", "", "  "] {
+        let store = store_from_lookup(
+            StoreSelection::AllowMemory,
+            env(&[(idempotency_core::DISABLE_ENV_VAR, value)]),
+        )
+        .await
+        .unwrap();
+        assert!(store.is_connected(), "{value:?}: the store is opened");
+    }
+    for value in ["flase", "ture", "2", "on", "TRUE!"] {
+        let error = store_from_lookup(
+            StoreSelection::AllowMemory,
+            env(&[(idempotency_core::DISABLE_ENV_VAR, value)]),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreSelectionError::InvalidVariable {
+                    variable: idempotency_core::DISABLE_ENV_VAR,
+                    ..
+                }
+            ),
+            "{value:?}: {error:?}"
+        );
+        let message = error.to_string();
+        for needle in [
+            idempotency_core::DISABLE_ENV_VAR,
+            &format!("{value:?}"),
+            "`true`",
+            "`false`",
+        ] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+    }
+}

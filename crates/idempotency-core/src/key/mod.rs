@@ -9,6 +9,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+mod header;
+
 /// Longest accepted client key, in bytes (Stripe and the IETF draft use 255).
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -49,14 +51,32 @@ pub enum KeyError {
         /// Position of the backslash in the header value.
         position: usize,
     },
-    /// Something followed the closing quote of a quoted key (for example a second key:
-    /// `"a", "b"`).
+    /// Something that is neither a parameter nor a second key followed the closing quote of a
+    /// quoted key (`"a" b`, `"a" ;x`).
     #[error(
-        "quoted idempotency key has text after its closing quote (position {position}); \
-         send exactly one key"
+        "quoted idempotency key has unexpected text at position {position}, after its closing \
+         quote (only `;name=value` parameters may follow it)"
     )]
     AfterClosingQuote {
-        /// Position of the first byte after the closing quote.
+        /// Position of the first unexpected byte in the header value.
+        position: usize,
+    },
+    /// The value holds several keys: a list (`"a", "b"` or `a, b`), or several header lines
+    /// that HTTP joined with `, `. The draft allows one key per request.
+    #[error(
+        "the idempotency key header holds several keys (a list, or several header lines joined \
+         with `,`); send exactly one"
+    )]
+    SeveralKeys,
+    /// A parameter after a quoted key (`"k";name=value`, RFC 8941 §3.1.2) is malformed: its
+    /// name does not start with a lowercase letter or `*`, or its value is not an RFC 8941
+    /// bare item. (Well-formed parameters are accepted and ignored.)
+    #[error(
+        "quoted idempotency key has a malformed parameter at position {position}; parameters \
+         are `;name` or `;name=value` (RFC 8941 structured field syntax)"
+    )]
+    InvalidParameter {
+        /// Position in the header value of the byte where the parameter stopped parsing.
         position: usize,
     },
 }
@@ -106,84 +126,48 @@ impl IdempotencyKey {
     /// `a b`). Any other value is a bare key and follows [`IdempotencyKey::new`] (visible ASCII,
     /// no space); so a bare key cannot start with `"` (send it quoted: `"\"k"`).
     ///
+    /// **Parameters.** The draft defines the field as an Item whose value is a String, and
+    /// RFC 8941 Items may carry parameters (`"k";a=1`). They are parsed by the RFC's grammar
+    /// (§4.2.3.2; their values by §4.2.3.1: Integer, Decimal, String, Token, Byte Sequence,
+    /// Boolean) and **ignored**: the key is exactly the string's value, so `"k";a=1`, `"k"` and
+    /// `k` name the same record. RFC 9651 §2 (the successor of RFC 8941, same rule): "Both
+    /// Items and Inner Lists allow parameters as an extensibility mechanism [...] To preserve
+    /// forward compatibility, field specifications are discouraged from defining the presence
+    /// of an unrecognized parameter as an error condition", and the draft defines none. A
+    /// malformed parameter fails the whole value ([`KeyError::InvalidParameter`]), as RFC 8941
+    /// parsing fails. A bare key is not an sf-string and has no parameters: `k;a=1` is the key
+    /// `k;a=1`, as before.
+    ///
+    /// **Several keys.** The draft: "Clients MUST NOT include more than one `Idempotency-Key`
+    /// header field in the same request". A list (`"a", "b"`, `a, b`), which is also what two
+    /// header lines become when a proxy joins them (RFC 9110 §5.3), is refused as
+    /// [`KeyError::SeveralKeys`] rather than as a bad byte. A bare value is recognised as a list
+    /// by a `,` next to a space or tab (a bare key holds neither space nor tab, so nothing
+    /// accepted before is refused now); `a,b` without whitespace stays the one bare key `a,b`.
+    ///
+    /// Parsing is one pass over the value, linear in its length, and never panics.
+    ///
     /// ```
-    /// use idempotency_core::IdempotencyKey;
+    /// use idempotency_core::{IdempotencyKey, KeyError};
     /// let quoted = IdempotencyKey::from_header_value(br#""8e03978e-40d5""#).unwrap();
     /// let bare = IdempotencyKey::from_header_value(b"8e03978e-40d5").unwrap();
     /// assert_eq!(quoted, bare);
     /// assert_eq!(IdempotencyKey::from_header_value(br#""a \"b\"""#).unwrap().as_str(), r#"a "b""#);
     /// assert!(IdempotencyKey::from_header_value(br#""open"#).is_err());
+    /// // Parameters are ignored: the same key.
+    /// assert_eq!(IdempotencyKey::from_header_value(br#""8e03978e-40d5";v=1"#).unwrap(), bare);
+    /// // A list is not one key.
+    /// assert_eq!(IdempotencyKey::from_header_value(b"t-1, t-2"), Err(KeyError::SeveralKeys));
     /// ```
     ///
     /// # Errors
-    /// [`KeyError::Unterminated`], [`KeyError::InvalidEscape`] or
+    /// [`KeyError::SeveralKeys`] for a list of keys; [`KeyError::Unterminated`],
+    /// [`KeyError::InvalidEscape`], [`KeyError::InvalidParameter`] or
     /// [`KeyError::AfterClosingQuote`] for a malformed quoted value; [`KeyError::InvalidByte`]
     /// for a control or non-ASCII byte (position in the header value); [`KeyError::Empty`] and
     /// [`KeyError::TooLong`] as for [`IdempotencyKey::new`] (measured on the unquoted key).
     pub fn from_header_value(value: &[u8]) -> Result<Self, KeyError> {
-        let start = value
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t'))
-            .unwrap_or(value.len());
-        let end = value
-            .iter()
-            .rposition(|b| !matches!(b, b' ' | b'\t'))
-            .map_or(start, |i| i + 1);
-        let trimmed = &value[start..end];
-        if trimmed.first() != Some(&b'"') {
-            return Self::from_bytes(trimmed).map_err(|e| match e {
-                KeyError::InvalidByte { byte, position } => KeyError::InvalidByte {
-                    byte,
-                    position: position + start,
-                },
-                other => other,
-            });
-        }
-        let mut key = String::with_capacity(trimmed.len());
-        let mut i = 1;
-        loop {
-            let Some(&b) = trimmed.get(i) else {
-                return Err(KeyError::Unterminated);
-            };
-            match b {
-                b'\\' => match trimmed.get(i + 1) {
-                    Some(&e @ (b'"' | b'\\')) => {
-                        key.push(e as char);
-                        i += 2;
-                    }
-                    _ => {
-                        return Err(KeyError::InvalidEscape {
-                            position: start + i,
-                        });
-                    }
-                },
-                b'"' => {
-                    if i + 1 != trimmed.len() {
-                        return Err(KeyError::AfterClosingQuote {
-                            position: start + i + 1,
-                        });
-                    }
-                    break;
-                }
-                0x20..=0x7e => {
-                    key.push(b as char);
-                    i += 1;
-                }
-                byte => {
-                    return Err(KeyError::InvalidByte {
-                        byte,
-                        position: start + i,
-                    });
-                }
-            }
-        }
-        if key.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        if key.len() > MAX_KEY_LEN {
-            return Err(KeyError::TooLong { len: key.len() });
-        }
-        Ok(Self(key))
+        header::parse(value).map(Self)
     }
 
     fn validate(bytes: &[u8]) -> Result<(), KeyError> {
@@ -455,9 +439,10 @@ mod tests {
             k(br#""a\nb""#),
             Err(KeyError::InvalidEscape { position: 2 })
         );
+        assert_eq!(k(b"\"a\", \"b\""), Err(KeyError::SeveralKeys));
         assert_eq!(
-            k(b"\"a\", \"b\""),
-            Err(KeyError::AfterClosingQuote { position: 3 })
+            k(b"\"a\" b"),
+            Err(KeyError::AfterClosingQuote { position: 4 })
         );
         assert_eq!(
             k(b"\"a\x01b\""),
