@@ -521,3 +521,42 @@ async fn postgres_wrong_database_in_the_url_is_a_clear_error() {
     let text = error.to_string();
     assert!(text.contains("does not exist"), "{text}");
 }
+
+/// SQLite: a handler that opens its `BEGIN IMMEDIATE` transaction first and claims the key
+/// afterwards waits for its own write lock. Pins that this ends within the operation timeout
+/// with a typed error (nothing hangs, nothing is claimed); the docs' order (claim, then open the
+/// transaction) is the one that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_claim_inside_the_apps_own_write_transaction_fails_fast() {
+    let (pool, _dir) = common::sqlite_pool(4).await;
+    let store = SqliteStore::builder(pool.clone())
+        .operation_timeout(Duration::from_millis(300))
+        .migrate()
+        .await
+        .expect("migrate");
+    let engine = Idempotency::builder(store)
+        .prefix(idempotency_testkit::unique_prefix())
+        .ignore_env()
+        .build()
+        .expect("engine");
+    let key = IdempotencyKey::new("tx-first").unwrap();
+    let tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin tx");
+    let started = Instant::now();
+    let claimed = engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await;
+    assert!(
+        matches!(claimed, Err(IdempotencyError::StoreUnavailable(_))),
+        "{claimed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(tx);
+    let guard = runs_within(&engine, &key, Duration::from_secs(5))
+        .await
+        .expect("nothing was claimed: the key runs once the lock is free");
+    guard.release().await.expect("release");
+}
