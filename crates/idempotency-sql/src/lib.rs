@@ -235,7 +235,7 @@ mod table;
 
 use std::time::Duration;
 
-pub use error::SqlStoreError;
+pub use error::{SqlStoreError, TransactionConflict};
 pub use idempotency_core;
 #[cfg(feature = "postgres")]
 pub use pg_notify::WAKE_LISTENER_APPLICATION_NAME;
@@ -251,7 +251,7 @@ pub use table::DEFAULT_TABLE;
 /// [`PostgresStore::statements`] / [`SqliteStore::statements`]). Parameters, in order:
 /// `claim` (key, token, fingerprint, created-at ms, lease: µs on Postgres, ms on SQLite),
 /// `complete` (key, token, completed-at ms, content type, encoding, body, retention), `release`
-/// (key, token), `extend` (key, token, lease), `get` and `delete` (key), `purge` (batch). On a
+/// (key, token), `extend` (key, token, lease), `get`, `delete` and `time_to_live` (key), `purge` (batch). On a
 /// Postgres store that wakes waiters, `complete` and `release` return a second column (the
 /// notifications sent) after the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +271,8 @@ pub struct SqlStatements {
     pub delete: String,
     /// `purge_expired`: affected rows.
     pub purge: String,
+    /// `time_to_live`: the time the live row has left (Postgres: µs, SQLite: ms), if any.
+    pub time_to_live: String,
 }
 
 /// The default time budget of one store operation.
