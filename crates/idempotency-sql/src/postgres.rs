@@ -443,9 +443,15 @@ impl PostgresStore {
     /// # Errors
     /// - [`IdempotencyError::LeaseLost`]: the claim lapsed or was taken over; **roll back**, so
     ///   this stale attempt's side effect is undone too;
+    /// - [`IdempotencyError::TransactionConflict`]: the claim is still this attempt's, but the
+    ///   transaction cannot complete it: its snapshot predates the claim or a lease renewal
+    ///   (`REPEATABLE READ` / `SERIALIZABLE`; run it at `READ COMMITTED`, opened after the
+    ///   claim), or the UPDATE failed with SQLSTATE `40001`/`40P01`. The source is a
+    ///   [`TransactionConflict`]; **roll back**; the claim is released so a retry runs at once;
     /// - [`IdempotencyError::OutcomeTooLarge`]: nothing written, the claim was released;
     /// - [`IdempotencyError::StoreUnavailable`] / [`IdempotencyError::CorruptRecord`]: the
-    ///   statement failed; roll back (the claim is released in the background).
+    ///   statement failed (or, after an UPDATE that matched nothing, the re-read of the claim on
+    ///   the pool did); roll back (the claim is released in the background).
     pub async fn complete_in<S: IdempotencyStore + 'static>(
         &self,
         conn: &mut PgConnection,

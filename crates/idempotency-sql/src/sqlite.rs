@@ -388,6 +388,10 @@ impl SqliteStore {
     ///
     /// # Errors
     /// - [`IdempotencyError::LeaseLost`]: the claim lapsed or was taken over; **roll back**;
+    /// - [`IdempotencyError::TransactionConflict`] ([`TransactionConflict::BusySnapshot`]): the
+    ///   transaction was opened with a deferred `BEGIN` and read before the claim or a lease
+    ///   renewal committed, so it cannot write; **roll back** (the claim is released) and open
+    ///   it with `BEGIN IMMEDIATE` after the claim;
     /// - [`IdempotencyError::OutcomeTooLarge`]: nothing written, the claim was released;
     /// - [`IdempotencyError::StoreUnavailable`] / [`IdempotencyError::CorruptRecord`]: roll back.
     pub async fn complete_in<S: IdempotencyStore + 'static>(
