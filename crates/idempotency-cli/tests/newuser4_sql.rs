@@ -28,12 +28,10 @@ fn a_mistyped_sqlite_path_is_not_created_and_not_answered_no_record() {
     assert_eq!(inspected.code, 2, "{}", inspected.all());
 }
 
-/// `inspect` on a SQL claim: the README says it shows the "lease/retention left"; on SQL it is
-/// "unknown" (`lease_left_ms: null`), because the SQL stores do not implement `time_to_live`
-/// although every row has its `expires_at`. The operator deciding whether to `release` a stuck
-/// claim cannot see when it would lapse by itself.
+/// `inspect` on a SQL claim shows the "lease/retention left" the README promises (the SQL
+/// stores answer `time_to_live` from the row's `expires_at`), so the operator deciding whether
+/// to `release` a stuck claim sees when it would lapse by itself.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "newuser4: inspect on the SQL store shows lease/retention left as unknown (no time_to_live)"]
 async fn inspect_on_sqlite_shows_the_lease_left() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");

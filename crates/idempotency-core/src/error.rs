@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::{CorruptRecord, KeyError, PrefixError, StoreError};
+use crate::{BoxError, CorruptRecord, KeyError, PrefixError, StoreError};
 
 /// Why the engine did not run or record an operation. Match on the variant to choose a response:
 ///
@@ -17,6 +17,7 @@ use crate::{CorruptRecord, KeyError, PrefixError, StoreError};
 /// | [`CorruptRecord`](Self::CorruptRecord) | 500 | no, an operator must look |
 /// | [`LeaseLost`](Self::LeaseLost) | (after the fact) | the outcome was not recorded |
 /// | [`OutcomeTooLarge`](Self::OutcomeTooLarge) | (after the fact) | the outcome was not recorded |
+/// | [`TransactionConflict`](Self::TransactionConflict) | (after the fact) | roll back; a retry runs, but fix the transaction first |
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum IdempotencyError {
@@ -59,6 +60,25 @@ pub enum IdempotencyError {
         size: usize,
         /// The configured maximum.
         max: usize,
+    },
+    /// The outcome could not be recorded inside the application's own transaction (a completion
+    /// written by a backend in the caller's transaction, such as `idempotency_sql`'s
+    /// `complete_in`) because of that transaction, while the claim is still this attempt's:
+    /// the transaction cannot update the claim's record (its snapshot was taken before the
+    /// claim or before a renewal of its lease, as at `REPEATABLE READ` / `SERIALIZABLE`), or it
+    /// failed with a serialization failure or a deadlock.
+    ///
+    /// Roll the transaction back. The claim was given up (released in the background once the
+    /// transaction lets go of the record), so a retry runs the operation at once; but a retry
+    /// in the same kind of transaction usually fails the same way: `source` (the backend's
+    /// typed error) says what to change.
+    #[error(
+        "the outcome cannot be recorded in this transaction; roll it back (the claim was released)"
+    )]
+    TransactionConflict {
+        /// What the backend found, and what to change.
+        #[source]
+        source: BoxError,
     },
 }
 

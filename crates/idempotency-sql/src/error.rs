@@ -70,6 +70,75 @@ impl From<sqlx::Error> for SqlStoreError {
     }
 }
 
+/// Why `complete_in` / `write_in` could not record the outcome inside the caller's transaction
+/// while the claim is still this attempt's: the `source` of
+/// [`IdempotencyError::TransactionConflict`](idempotency_core::IdempotencyError::TransactionConflict).
+/// Each message says what to change; match on the cause with
+/// `source.downcast_ref::<idempotency_sql::TransactionConflict>()`.
+///
+/// In every case the claim is given up (released in the background once the transaction lets go
+/// of the row), so a retry runs at once instead of waiting for the lease to lapse.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransactionConflict {
+    /// Postgres: the fenced UPDATE did not see the claim, which the store's pool sees live and
+    /// in progress under this attempt's token. The transaction's snapshot is older than the
+    /// claim's row: at `REPEATABLE READ` / `SERIALIZABLE` the snapshot is taken at the
+    /// transaction's first statement, so it misses a claim taken after that statement, and a
+    /// lease renewal committed on the pool after it (the renewals run outside the transaction,
+    /// every third of the lease) — the UPDATE then reads the old lease end.
+    #[error("{}", stale_snapshot_message(.isolation.as_deref()))]
+    StaleSnapshot {
+        /// The transaction's isolation level (`current_setting('transaction_isolation')`, e.g.
+        /// `repeatable read`), when it could be read.
+        isolation: Option<String>,
+    },
+    /// Postgres: the fenced UPDATE failed with SQLSTATE `40001` (serialization failure: at
+    /// `REPEATABLE READ` / `SERIALIZABLE`, a lease renewal updated the claim's row after the
+    /// transaction's snapshot, or another serialization conflict) or `40P01` (deadlock). The
+    /// transaction is aborted.
+    #[error(
+        "the transaction failed with SQLSTATE {code} at the completion: roll it back and retry          from the claim; a transaction at REPEATABLE READ or SERIALIZABLE that outlasts a lease          renewal (a third of the lease) fails this way on every retry: run it at READ COMMITTED          (Postgres's default), opened after the claim (claim, then BEGIN)"
+    )]
+    SerializationFailure {
+        /// `40001` or `40P01`.
+        code: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// SQLite: the transaction read before the claim (or a renewal of its lease) was committed
+    /// and can no longer write (`SQLITE_BUSY_SNAPSHOT`: a deferred `BEGIN` whose first
+    /// statement was a read).
+    #[error(
+        "the SQLite transaction read an older snapshot and cannot write (SQLITE_BUSY_SNAPSHOT):          roll it back and open it with BEGIN IMMEDIATE (`pool.begin_with(\"BEGIN IMMEDIATE\")`)          after the claim (claim, then BEGIN)"
+    )]
+    BusySnapshot {
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn stale_snapshot_message(isolation: Option<&str>) -> String {
+    match isolation {
+        Some(level) if level != "read committed" => format!(
+            "the transaction runs at {level}: its snapshot predates the claim or a renewal of              its lease, so it cannot complete the claim (every retry would fail the same way):              run it at READ COMMITTED (Postgres's default) and open it after the claim (claim,              then BEGIN)"
+        ),
+        _ => "the transaction does not see the claim, which is live under this attempt: open it               after the claim (claim, then BEGIN), at READ COMMITTED (Postgres's default), on the               store's database (same database and search_path as the store's pool)"
+            .to_owned(),
+    }
+}
+
+impl TransactionConflict {
+    /// The core error carrying this cause.
+    pub(crate) fn into_error(self) -> idempotency_core::IdempotencyError {
+        idempotency_core::IdempotencyError::TransactionConflict {
+            source: Box::new(self),
+        }
+    }
+}
+
 /// Map a `sqlx` error from `operation` onto the core's typed error.
 ///
 /// - pool timeouts and the store's own budget → [`StoreError::Timeout`];

@@ -52,6 +52,8 @@
 //!   background if wanted;
 //! - [`SqlStoreError`]: construction and migration errors (missing table, wrong shape: each
 //!   names the migration to run);
+//! - [`TransactionConflict`]: why `complete_in` could not complete a live claim in the caller's
+//!   transaction (isolation level, serialization failure, SQLite snapshot), and what to change;
 //! - [`idempotency_core`] and [`sqlx`]: re-exported so versions match (every backend crate
 //!   re-exports core and its client crate the same way).
 //!
@@ -66,6 +68,7 @@
 //! |---|---|---|
 //! | `complete_in` → `Ok`, commit succeeded | `pending.committed()` | done: replays return the outcome |
 //! | `complete_in` → `Err(LeaseLost)` | roll back | the stale side effect is undone; the new owner's claim is untouched |
+//! | `complete_in` → `Err(TransactionConflict)` | roll back, fix the transaction (below) | the claim is released: a retry runs at once |
 //! | any `Err`, or the commit fails | roll back | the pending completion (dropped) releases the claim in the background: a retry runs |
 //! | rolled back for another reason | `pending.release().await` (or drop it) | the claim is released: a retry runs |
 //!
@@ -82,6 +85,28 @@
 //! timeout). A claim that gives up with `SQLITE_BUSY`/`SQLITE_LOCKED` wrote nothing and is
 //! [`StoreError::WriteRefused`](idempotency_core::StoreError::WriteRefused), so the engine
 //! answers from a read where it can.
+//!
+//! **Claim first, then `BEGIN`; on Postgres at `READ COMMITTED`.** The lease renewals run on the
+//! pool, outside the caller's transaction, every third of the lease. At `READ COMMITTED`
+//! (Postgres's default) each statement sees them. At `REPEATABLE READ` / `SERIALIZABLE` the
+//! transaction's snapshot is taken at its first statement
+//! (<https://www.postgresql.org/docs/current/transaction-iso.html>): a claim taken after that
+//! statement is invisible to it, and a renewal committed during a transaction longer than a
+//! third of the lease makes the fenced UPDATE read the old lease end (no match) or fail with
+//! SQLSTATE `40001` ("could not serialize access due to concurrent update"). Completing there
+//! would need the lease kept out of the row the completion updates (a schema change, not made).
+//! Instead, on those failure paths only (no extra round trip on success), `complete_in` re-reads
+//! the claim on the pool (a fresh snapshot): when it is still in progress under this attempt's
+//! token and live, or the UPDATE failed with `40001`/`40P01`, the answer is
+//! [`IdempotencyError::TransactionConflict`](idempotency_core::IdempotencyError::TransactionConflict)
+//! with a [`TransactionConflict`] source naming the cause (`StaleSnapshot { isolation }`, read
+//! with `current_setting('transaction_isolation')`; `SerializationFailure { code }`) and the fix,
+//! never a misleading `LeaseLost`, and the claim is released (in the background, once the
+//! transaction lets go of the row), so the retry runs at once instead of after the lease. On
+//! SQLite the equivalent is a deferred `BEGIN` whose first statement read before the claim or a
+//! renewal committed: its write fails with `SQLITE_BUSY_SNAPSHOT`
+//! ([`TransactionConflict::BusySnapshot`]); open the transaction with `BEGIN IMMEDIATE`, after
+//! the claim.
 //!
 //! **A SQLite transaction may outlast the lease.** The lease renewals wait for the write lock the
 //! transaction holds (a renewal that fails with busy or a timeout is a transient failure that the
@@ -119,6 +144,9 @@
 //!   never lapse) is read too and reported as corrupt by `get` and `try_claim`.
 //! - `purge_expired(batch)`: deletes at most `batch` expired rows (Postgres: `FOR UPDATE SKIP
 //!   LOCKED`, so rows held by a running transaction are skipped).
+//! - `time_to_live`: `SELECT expires_at - now` of the live row (the rest of the lease, or of the
+//!   retention): what the CLI's `inspect` shows, and the engine's `Retry-After` for a claim
+//!   that has not been renewed lately.
 //!
 //! # Schema
 //! `migrate()` creates `<table>_migrations (version BIGINT PRIMARY KEY, name TEXT)` and applies
@@ -235,7 +263,7 @@ mod table;
 
 use std::time::Duration;
 
-pub use error::SqlStoreError;
+pub use error::{SqlStoreError, TransactionConflict};
 pub use idempotency_core;
 #[cfg(feature = "postgres")]
 pub use pg_notify::WAKE_LISTENER_APPLICATION_NAME;
@@ -251,7 +279,7 @@ pub use table::DEFAULT_TABLE;
 /// [`PostgresStore::statements`] / [`SqliteStore::statements`]). Parameters, in order:
 /// `claim` (key, token, fingerprint, created-at ms, lease: µs on Postgres, ms on SQLite),
 /// `complete` (key, token, completed-at ms, content type, encoding, body, retention), `release`
-/// (key, token), `extend` (key, token, lease), `get` and `delete` (key), `purge` (batch). On a
+/// (key, token), `extend` (key, token, lease), `get`, `delete` and `time_to_live` (key), `purge` (batch). On a
 /// Postgres store that wakes waiters, `complete` and `release` return a second column (the
 /// notifications sent) after the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +299,8 @@ pub struct SqlStatements {
     pub delete: String,
     /// `purge_expired`: affected rows.
     pub purge: String,
+    /// `time_to_live`: the time the live row has left (Postgres: µs, SQLite: ms), if any.
+    pub time_to_live: String,
 }
 
 /// The default time budget of one store operation.

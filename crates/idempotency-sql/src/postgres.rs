@@ -17,7 +17,9 @@ use crate::migrate::{self, MIGRATIONS};
 use crate::pg_notify::{Notifier, flag_waiter_sql, notify_sql, wake_channel};
 use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
 use crate::table::{DEFAULT_TABLE, Table};
-use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_micros};
+use crate::{
+    DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, TransactionConflict, duration_micros,
+};
 
 /// An idempotency store in a Postgres table, on the application's own [`PgPool`].
 ///
@@ -150,6 +152,11 @@ impl SqlStatements {
                 "DELETE FROM {t} WHERE store_key IN (SELECT store_key FROM {t} \
                    WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  AND expires_at <= clock_timestamp()"
+            ),
+            // `clock_timestamp()` once per row (in the subquery), so the filter and the value
+            // agree.
+            time_to_live: format!(
+                "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at - clock_timestamp())                    * 1000000)::int8 AS left_us FROM {t} WHERE store_key = $1) AS live                  WHERE left_us > 0"
             ),
         }
     }
@@ -310,6 +317,19 @@ async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> 
     }
 }
 
+/// SQLSTATE `40001` (serialization failure) or `40P01` (deadlock detected): the caller's
+/// transaction is aborted and must be retried from the start.
+fn serialization_failure(error: &sqlx::Error) -> Option<&'static str> {
+    match error {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("40001") => Some("40001"),
+            Some("40P01") => Some("40P01"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn raw_row(row: &PgRow) -> Result<RawRow, sqlx::Error> {
     Ok(RawRow {
         state: row.try_get("state")?,
@@ -423,9 +443,15 @@ impl PostgresStore {
     /// # Errors
     /// - [`IdempotencyError::LeaseLost`]: the claim lapsed or was taken over; **roll back**, so
     ///   this stale attempt's side effect is undone too;
+    /// - [`IdempotencyError::TransactionConflict`]: the claim is still this attempt's, but the
+    ///   transaction cannot complete it: its snapshot predates the claim or a lease renewal
+    ///   (`REPEATABLE READ` / `SERIALIZABLE`; run it at `READ COMMITTED`, opened after the
+    ///   claim), or the UPDATE failed with SQLSTATE `40001`/`40P01`. The source is a
+    ///   [`TransactionConflict`]; **roll back**; the claim is released so a retry runs at once;
     /// - [`IdempotencyError::OutcomeTooLarge`]: nothing written, the claim was released;
     /// - [`IdempotencyError::StoreUnavailable`] / [`IdempotencyError::CorruptRecord`]: the
-    ///   statement failed; roll back (the claim is released in the background).
+    ///   statement failed (or, after an UPDATE that matched nothing, the re-read of the claim on
+    ///   the pool did); roll back (the claim is released in the background).
     pub async fn complete_in<S: IdempotencyStore + 'static>(
         &self,
         conn: &mut PgConnection,
@@ -449,9 +475,9 @@ impl PostgresStore {
         let Some(parts) = pending.parts() else {
             return Ok(pending);
         };
-        let applied = timed(
-            StoreOperation::Complete,
-            parts.timeout,
+        let (key, token, budget) = (parts.key.clone(), *parts.token, parts.timeout);
+        let applied = tokio::time::timeout(
+            budget,
             self.complete_on(
                 &mut *conn,
                 parts.key,
@@ -461,11 +487,69 @@ impl PostgresStore {
             ),
         )
         .await;
+        // On every `Err` below, dropping `pending` releases the claim in the background once
+        // the caller's transaction lets go of the row (the release is fenced on our token, so
+        // it changes nothing when the claim is not ours any more).
         match applied {
-            Ok(true) => Ok(pending),
-            Ok(false) => Err(pending.lease_lost()),
-            // Dropping `pending` releases the claim in the background once the caller's
-            // transaction lets go of the row.
+            Ok(Ok(true)) => Ok(pending),
+            Ok(Ok(false)) => self.not_applied(conn, pending, &key, &token).await,
+            Ok(Err(error)) => match serialization_failure(&error) {
+                Some(code) => {
+                    tracing::warn!(key = %key, code, "completion in the caller's transaction failed with a serialization failure; releasing the claim");
+                    drop(pending);
+                    Err(TransactionConflict::SerializationFailure {
+                        code: code.to_owned(),
+                        source: error,
+                    }
+                    .into_error())
+                }
+                None => Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into()),
+            },
+            Err(_) => Err(StoreError::Timeout {
+                operation: StoreOperation::Complete,
+                after: budget,
+            }
+            .into()),
+        }
+    }
+
+    /// The fenced UPDATE in the caller's transaction matched nothing: tell a lost claim from a
+    /// transaction that cannot see it. Only this failure path pays the extra round trips.
+    ///
+    /// The claim is read on the pool, in a fresh snapshot. Still in progress under our token
+    /// and live means the lease was not lost (a lapsed claim never comes back under the same
+    /// token: `extend` is fenced on the lease being live), so the caller's snapshot is older
+    /// than the row: a `REPEATABLE READ` / `SERIALIZABLE` transaction whose first statement ran
+    /// before the claim or before a lease renewal committed. That is a
+    /// [`TransactionConflict::StaleSnapshot`], and the claim is released so a retry runs at
+    /// once (answering `LeaseLost` and keeping the claim would block the key for the rest of
+    /// the lease, and every retry would fail the same way). The isolation level, read on the
+    /// caller's connection (still usable: nothing failed in it), goes into the message.
+    async fn not_applied<S: IdempotencyStore + 'static>(
+        &self,
+        conn: &mut PgConnection,
+        pending: PendingCompletion<S>,
+        key: &StoreKey,
+        token: &LeaseToken,
+    ) -> Result<PendingCompletion<S>, IdempotencyError> {
+        match self.get(key).await {
+            Ok(Some(Record::InProgress(claim))) if claim.token == *token => {
+                let isolation = timed(
+                    StoreOperation::Complete,
+                    self.inner.timeout,
+                    sqlx::query_scalar::<_, String>(
+                        "SELECT current_setting('transaction_isolation')",
+                    )
+                    .fetch_one(&mut *conn),
+                )
+                .await
+                .ok();
+                tracing::warn!(key = %key, isolation = isolation.as_deref().unwrap_or("unknown"), "the caller's transaction does not see the live claim; releasing it");
+                drop(pending);
+                Err(TransactionConflict::StaleSnapshot { isolation }.into_error())
+            }
+            Ok(_) => Err(pending.lease_lost()),
+            // Cannot tell (or the row is not a record): give the claim up if it is still ours.
             Err(error) => Err(error.into()),
         }
     }
@@ -604,6 +688,23 @@ impl IdempotencyStore for PostgresStore {
         Ok(live == Some(true))
     }
 
+    /// One statement (`expires_at - clock_timestamp()` of the live row), under the operation
+    /// timeout: the rest of the lease of an in-progress record, the rest of the retention of a
+    /// completed one, `None` when the key has no live row.
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        let left_us: Option<i64> = timed(
+            StoreOperation::TimeToLive,
+            self.inner.timeout,
+            sqlx::query_scalar(&self.inner.sql.time_to_live)
+                .bind(key.as_str())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        Ok(left_us
+            .and_then(|us| u64::try_from(us).ok())
+            .map(Duration::from_micros))
+    }
+
     /// One `LISTEN` connection per store, multiplexed across keys (see the module
     /// `pg_notify`); `Unsupported` (the engine polls) when waking is off.
     async fn wait_for_change(
@@ -647,6 +748,7 @@ mod tests {
             &sql.extend,
             &sql.get,
             &sql.delete,
+            &sql.time_to_live,
         ] {
             assert!(s.contains("clock_timestamp()") || s.contains("(SELECT t FROM now)"));
             assert!(!s.contains("$N"));

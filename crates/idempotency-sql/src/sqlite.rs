@@ -20,7 +20,9 @@ use crate::error::timed;
 use crate::migrate::{self, MIGRATIONS};
 use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
 use crate::table::{DEFAULT_TABLE, Table};
-use crate::{DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, duration_millis};
+use crate::{
+    DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, TransactionConflict, duration_millis,
+};
 
 /// The database's clock in milliseconds since the Unix epoch. `julianday('now')` works on every
 /// SQLite version (`unixepoch('subsec')` needs 3.42) and is the same for the whole statement.
@@ -138,6 +140,11 @@ impl SqlStatements {
             purge: format!(
                 "DELETE FROM {t} WHERE store_key IN (SELECT store_key FROM {t} \
                  WHERE expires_at <= {NOW_MS} LIMIT ?1)"
+            ),
+            // A row whose `expires_at` is not a number has no lease end to report.
+            time_to_live: format!(
+                "SELECT CAST(expires_at - {NOW_MS} AS INTEGER) FROM {t} WHERE store_key = ?1 \
+                 AND NOT {NOT_NUMERIC} AND expires_at > {NOW_MS}"
             ),
         }
     }
@@ -282,6 +289,16 @@ fn is_busy(error: &sqlx::Error) -> bool {
     }
 }
 
+/// `SQLITE_BUSY_SNAPSHOT` (517): a transaction that read an older snapshot (a deferred `BEGIN`
+/// whose first statement was a read, before another connection committed) tried to write. It
+/// is not retried by the busy handler: the transaction can never write.
+fn is_busy_snapshot(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("517"),
+        _ => false,
+    }
+}
+
 fn raw_row(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
     Ok(RawRow {
         state: row.try_get("state")?,
@@ -371,6 +388,10 @@ impl SqliteStore {
     ///
     /// # Errors
     /// - [`IdempotencyError::LeaseLost`]: the claim lapsed or was taken over; **roll back**;
+    /// - [`IdempotencyError::TransactionConflict`] ([`TransactionConflict::BusySnapshot`]): the
+    ///   transaction was opened with a deferred `BEGIN` and read before the claim or a lease
+    ///   renewal committed, so it cannot write; **roll back** (the claim is released) and open
+    ///   it with `BEGIN IMMEDIATE` after the claim;
     /// - [`IdempotencyError::OutcomeTooLarge`]: nothing written, the claim was released;
     /// - [`IdempotencyError::StoreUnavailable`] / [`IdempotencyError::CorruptRecord`]: roll back.
     pub async fn complete_in<S: IdempotencyStore + 'static>(
@@ -414,9 +435,9 @@ impl SqliteStore {
         let Some(parts) = pending.parts() else {
             return Ok(pending);
         };
-        let applied = timed(
-            StoreOperation::Complete,
-            parts.timeout,
+        let budget = parts.timeout;
+        let applied = tokio::time::timeout(
+            budget,
             self.complete_on(
                 &self.inner.complete_in_tx,
                 &mut *conn,
@@ -427,10 +448,25 @@ impl SqliteStore {
             ),
         )
         .await;
+        // On every `Err` below, dropping `pending` releases the claim in the background once
+        // the caller's transaction lets go of the write lock (fenced on our token).
         match applied {
-            Ok(true) => Ok(pending),
-            Ok(false) => Err(pending.lease_lost()),
-            Err(error) => Err(error.into()),
+            Ok(Ok(true)) => Ok(pending),
+            // The statement ran with the write lock, so it saw the latest row: not ours.
+            Ok(Ok(false)) => Err(pending.lease_lost()),
+            Ok(Err(error)) if is_busy_snapshot(&error) => {
+                tracing::warn!(key = %parts.key, "completion in the caller's transaction: SQLITE_BUSY_SNAPSHOT; releasing the claim");
+                drop(pending);
+                Err(TransactionConflict::BusySnapshot { source: error }.into_error())
+            }
+            Ok(Err(error)) => {
+                Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into())
+            }
+            Err(_) => Err(StoreError::Timeout {
+                operation: StoreOperation::Complete,
+                after: budget,
+            }
+            .into()),
         }
     }
 
@@ -610,6 +646,25 @@ impl IdempotencyStore for SqliteStore {
         )
         .await?;
         Ok(live == Some(true))
+    }
+
+    /// One read (`expires_at` minus the database clock, of the live row), under the operation
+    /// timeout; in WAL mode it does not wait for the write lock. The rest of the lease of an
+    /// in-progress record (which may have lapsed meanwhile while a long `BEGIN IMMEDIATE`
+    /// transaction holds the lock the renewals wait for: see [`SqliteStore::write_in`]), the
+    /// rest of the retention of a completed one, `None` when the key has no live row.
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        let left_ms: Option<i64> = timed(
+            StoreOperation::TimeToLive,
+            self.inner.timeout,
+            sqlx::query_scalar(&self.inner.sql.time_to_live)
+                .bind(key.as_str())
+                .fetch_optional(&self.inner.pool),
+        )
+        .await?;
+        Ok(left_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis))
     }
 }
 

@@ -1,8 +1,8 @@
 //! newuser4: the exactly-once path as a new user follows it from the crate docs (`complete_in`
 //! in the application's own transaction), pushed where the existing tests do not go: a handler
 //! that panics inside its transaction, 16 concurrent duplicates running the whole flow, a
-//! Postgres restart in the middle, a transaction at `REPEATABLE READ` / `SERIALIZABLE`, and
-//! a wrong connection string.
+//! Postgres restart in the middle, a transaction at `REPEATABLE READ` / `SERIALIZABLE` (a typed
+//! `TransactionConflict`, the claim released), and a wrong connection string.
 #![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +15,7 @@ use idempotency_core::{
     Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoredOutcome,
 };
 use idempotency_sql::sqlx::postgres::PgPoolOptions;
-use idempotency_sql::{PostgresStore, SqliteStore, sqlx};
+use idempotency_sql::{PostgresStore, SqliteStore, TransactionConflict, sqlx};
 use idempotency_testkit::fixtures::PostgresServer;
 
 fn receipt(text: &str) -> StoredOutcome {
@@ -402,8 +402,18 @@ async fn postgres_restart_mid_transaction_loses_nothing_and_runs_once() {
 
 /// Run the documented flow in a transaction opened with `begin` (e.g. `BEGIN ISOLATION LEVEL
 /// SERIALIZABLE`), the handler's work taking `work` after its first statement, under a lease of
-/// `lease` (renewed every third of it, outside the transaction).
-async fn flow_at_isolation(begin: &str, lease: Duration, work: Duration) -> Result<(), String> {
+/// `lease` (renewed every third of it, outside the transaction). On an error the transaction is
+/// rolled back (dropped) and the engine, its orders table and the key are returned with it.
+async fn flow_at_isolation(
+    begin: &str,
+    lease: Duration,
+    work: Duration,
+) -> (
+    Idempotency<PostgresStore>,
+    String,
+    IdempotencyKey,
+    Result<(), IdempotencyError>,
+) {
     let (engine, orders) = pg_engine(lease).await;
     let key = IdempotencyKey::new("isolation").unwrap();
     let Ok(Begin::Run(guard)) = engine
@@ -419,63 +429,138 @@ async fn flow_at_isolation(begin: &str, lease: Duration, work: Duration) -> Resu
         .await
         .expect("insert");
     tokio::time::sleep(work).await;
-    let pending = engine
+    let result = match engine
         .store()
         .complete_in(&mut tx, guard, receipt("done"))
         .await
-        .map_err(|error| format!("complete_in: {error}"))?;
-    tx.commit()
+    {
+        Ok(pending) => {
+            tx.commit().await.expect("commit");
+            pending.committed();
+            Ok(())
+        }
+        Err(error) => {
+            drop(tx);
+            Err(error)
+        }
+    };
+    (engine, orders, key, result)
+}
+
+/// The cause carried by a [`IdempotencyError::TransactionConflict`].
+fn conflict_cause(error: &IdempotencyError) -> &TransactionConflict {
+    match error {
+        IdempotencyError::TransactionConflict { source } => source
+            .downcast_ref::<TransactionConflict>()
+            .unwrap_or_else(|| panic!("not the SQL store's cause: {source:?}")),
+        other => panic!("expected a transaction conflict, got {other:?}"),
+    }
+}
+
+/// After a failed attempt (rolled back): the retry runs within `within` (well before the
+/// failed attempt's lease would lapse: the claim was released), runs the flow at the default
+/// READ COMMITTED, and afterwards exactly one order exists, the retry's, and the key replays.
+async fn retry_runs_once(
+    engine: &Idempotency<PostgresStore>,
+    orders: &str,
+    key: &IdempotencyKey,
+    within: Duration,
+) {
+    let guard = runs_within(engine, key, within)
         .await
-        .map_err(|error| format!("commit: {error}"))?;
+        .expect("the conflicting attempt's claim was released");
+    let mut tx = engine.store().pool().begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('retry')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let pending = engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("retry"))
+        .await
+        .expect("the retry at READ COMMITTED completes");
+    tx.commit().await.expect("commit");
     pending.committed();
-    Ok(())
+    let whos: Vec<String> = sqlx::query_scalar(&format!("SELECT who FROM {orders}"))
+        .fetch_all(engine.store().pool())
+        .await
+        .expect("orders");
+    assert_eq!(whos, vec!["retry".to_owned()], "one order, the retry's");
+    match engine
+        .begin(&Scope::global(), key, Fingerprint::of("order"))
+        .await
+    {
+        Ok(Begin::Replay(outcome)) => assert_eq!(&outcome.body[..], b"retry"),
+        other => panic!("expected a replay, got {other:?}"),
+    }
 }
 
 /// Baseline: at the default `READ COMMITTED`, a handler whose work spans a few lease renewals
 /// completes (the renewals commit outside the transaction; the fenced UPDATE sees them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_read_committed_transaction_across_renewals_completes() {
-    flow_at_isolation(
+    let (engine, orders, _, result) = flow_at_isolation(
         "BEGIN",
         Duration::from_millis(600),
         Duration::from_millis(700),
     )
-    .await
-    .expect("completes");
+    .await;
+    result.expect("completes");
+    assert_eq!(pg_count(&engine, &orders).await, 1);
 }
 
-/// A payment handler at `SERIALIZABLE` (or `REPEATABLE READ`) whose work outlasts the lease end
-/// its snapshot saw: the renewals commit outside the transaction after its snapshot, so the fenced
-/// `UPDATE … AND expires_at > now` reads the old `expires_at`, matches nothing, and `complete_in`
-/// answers `LeaseLost` although the lease is alive under this attempt's token. The write rolls
-/// back (nothing runs twice), the live claim is not released ("not ours") and blocks the key
-/// until it lapses, and every retry that takes as long fails the same way: the handler can never
-/// complete. With the default 60 s lease that is any such transaction longer than ~40 s (2/3 of a
-/// lease); with the 2 s lease the README calls safe on SQL, ~1.3 s. Neither the crate docs nor the
-/// guide mention the isolation level.
+/// A handler at `SERIALIZABLE` or `REPEATABLE READ` whose work outlasts a lease renewal: the
+/// renewal commits outside the transaction after its snapshot (taken at its first statement).
+/// Work shorter than the lease: the fenced UPDATE reads the old row version, still live, and
+/// fails with 40001 (could not serialize access due to concurrent update). Work longer than
+/// the lease: the old row version has lapsed, the UPDATE matches nothing, but the claim is live
+/// under this attempt on the pool. Both are a `TransactionConflict` naming the cause and the
+/// fix (not `LeaseLost`); the write rolls back, and the claim is released, so the retry runs at
+/// once (the live lease had more than 1.5 s left) and orders once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "newuser4: complete_in fails with 40001 at REPEATABLE READ/SERIALIZABLE once a lease renewal committed during the transaction"]
-async fn postgres_serializable_transaction_across_a_renewal_completes() {
-    for begin in [
+async fn postgres_repeatable_read_or_serializable_across_a_renewal_is_a_transaction_conflict() {
+    let lease = Duration::from_secs(3);
+    let cases = [
         "BEGIN ISOLATION LEVEL SERIALIZABLE",
         "BEGIN ISOLATION LEVEL REPEATABLE READ",
-    ] {
-        flow_at_isolation(
-            begin,
-            Duration::from_millis(600),
-            Duration::from_millis(700),
-        )
-        .await
-        .unwrap_or_else(|error| panic!("{begin}: {error}"));
-    }
+    ]
+    .into_iter()
+    .flat_map(|begin| {
+        // Renewed at ~1 s: the snapshot's lease end (3 s) is still ahead at 1.8 s, behind at 3.4 s.
+        [(begin, Duration::from_millis(1800)), (begin, Duration::from_millis(3400))]
+    })
+    .map(|(begin, work)| async move {
+        let (engine, orders, key, result) = flow_at_isolation(begin, lease, work).await;
+        let error = result.expect_err(begin);
+        let cause = conflict_cause(&error);
+        let message = cause.to_string();
+        assert!(message.contains("READ COMMITTED"), "{begin}: {message}");
+        if work < lease {
+            assert!(
+                matches!(cause, TransactionConflict::SerializationFailure { code, .. } if code == "40001"),
+                "{begin}, work {work:?}: {cause:?}"
+            );
+        } else {
+            let level = begin.trim_start_matches("BEGIN ISOLATION LEVEL ").to_lowercase();
+            assert!(
+                matches!(cause, TransactionConflict::StaleSnapshot { isolation: Some(i) } if *i == level),
+                "{begin}, work {work:?}: {cause:?}"
+            );
+            assert!(message.contains(&level), "{message}");
+        }
+        assert!(!error.is_retryable(), "a retry in the same transaction fails the same way");
+        retry_runs_once(&engine, &orders, &key, Duration::from_secs(1)).await;
+    });
+    futures::future::join_all(cases).await;
 }
 
 /// At `REPEATABLE READ`, a transaction whose first statement ran before the claim was taken (the
 /// handler read something, then called `begin`) never sees the claim row in its snapshot:
-/// `complete_in` answers `LeaseLost` at once, on every attempt.
+/// `complete_in` answers a `TransactionConflict` (stale snapshot, at "repeatable read") at once,
+/// the claim is released (the lease is 60 s: the retry runs within a second) and the retry, at
+/// READ COMMITTED, orders once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "newuser4: complete_in is LeaseLost when a REPEATABLE READ snapshot predates the claim"]
-async fn postgres_repeatable_read_snapshot_taken_before_the_claim_completes() {
+async fn postgres_repeatable_read_snapshot_taken_before_the_claim_is_a_transaction_conflict() {
     let (engine, orders) = pg_engine(Duration::from_secs(60)).await;
     let pool = engine.store().pool().clone();
     let mut tx = pool
@@ -498,13 +583,120 @@ async fn postgres_repeatable_read_snapshot_taken_before_the_claim_completes() {
         .execute(&mut *tx)
         .await
         .expect("insert");
+    let error = engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("done"))
+        .await
+        .expect_err("the snapshot predates the claim");
+    assert!(
+        matches!(
+            conflict_cause(&error),
+            TransactionConflict::StaleSnapshot { isolation: Some(level) } if level == "repeatable read"
+        ),
+        "{error:?}"
+    );
+    drop(tx);
+    retry_runs_once(&engine, &orders, &key, Duration::from_secs(1)).await;
+}
+
+/// Control: the same order (read, then claim, then write and complete) at the default READ
+/// COMMITTED completes, since every statement takes a fresh snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_committed_read_before_the_claim_completes() {
+    let (engine, orders) = pg_engine(Duration::from_secs(60)).await;
+    let pool = engine.store().pool().clone();
+    let mut tx = pool.begin().await.expect("begin tx");
+    let _: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {orders}"))
+        .fetch_one(&mut *tx)
+        .await
+        .expect("read first");
+    let key = IdempotencyKey::new("read-committed-first").unwrap();
+    let Ok(Begin::Run(guard)) = engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await
+    else {
+        panic!("expected to run");
+    };
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
     let pending = engine
         .store()
         .complete_in(&mut tx, guard, receipt("done"))
         .await
-        .expect("complete_in on a live claim of this attempt");
+        .expect("complete_in at READ COMMITTED");
     tx.commit().await.expect("commit");
     pending.committed();
+    assert_eq!(pg_count(&engine, &orders).await, 1);
+}
+
+/// A real takeover stays `LeaseLost` at REPEATABLE READ: the lease lapsed (renewal off) and
+/// another attempt claimed the key before the stale attempt's completion. The pool shows the
+/// other attempt's token, so the answer is `LeaseLost` and the new owner's claim is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_repeatable_read_takeover_is_still_lease_lost() {
+    let store = common::pg_store(8).await;
+    let orders = orders_table();
+    sqlx::query(&format!(
+        "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
+    ))
+    .execute(store.pool())
+    .await
+    .expect("orders table");
+    let engine = Idempotency::builder(store)
+        .prefix(idempotency_testkit::unique_prefix())
+        .lease(Duration::from_millis(300))
+        .renew_leases(false)
+        .ignore_env()
+        .build()
+        .expect("engine");
+    let key = IdempotencyKey::new("rr-takeover").unwrap();
+    let Ok(Begin::Run(stale)) = engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await
+    else {
+        panic!("expected to run");
+    };
+    let mut tx = engine
+        .store()
+        .pool()
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new_owner = runs_within(&engine, &key, Duration::from_secs(5))
+        .await
+        .expect("the lapsed claim is taken over");
+    let answer = engine
+        .store()
+        .complete_in(&mut tx, stale, receipt("stale"))
+        .await;
+    assert!(
+        matches!(answer, Err(IdempotencyError::LeaseLost)),
+        "{answer:?}"
+    );
+    drop(tx);
+    let pending = {
+        let mut tx = engine.store().pool().begin().await.expect("begin tx");
+        let pending = engine
+            .store()
+            .complete_in(&mut tx, new_owner, receipt("new"))
+            .await
+            .expect("the new owner completes");
+        tx.commit().await.expect("commit");
+        pending
+    };
+    pending.committed();
+    assert_eq!(
+        pg_count(&engine, &orders).await,
+        0,
+        "the stale write rolled back"
+    );
 }
 
 /// A connection string with a wrong password or database: `PgPool::connect` (sqlx, before the
@@ -559,4 +751,69 @@ async fn sqlite_claim_inside_the_apps_own_write_transaction_fails_fast() {
         .await
         .expect("nothing was claimed: the key runs once the lock is free");
     guard.release().await.expect("release");
+}
+
+/// SQLite's equivalent of a stale snapshot: a transaction opened with a plain (deferred) `BEGIN`
+/// whose first statement is a read, before the claim is committed on the pool, cannot write
+/// any more (`SQLITE_BUSY_SNAPSHOT`). `complete_in` answers a `TransactionConflict` saying to
+/// open it with `BEGIN IMMEDIATE` after the claim (before: "store unavailable", which invites
+/// a retry that fails the same way), and releases the claim: the retry, in a `BEGIN IMMEDIATE`
+/// transaction, runs at once and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_deferred_transaction_that_read_before_the_claim_is_a_transaction_conflict() {
+    let (store, _dir) = common::sqlite_store(4).await;
+    sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, who TEXT NOT NULL)")
+        .execute(store.pool())
+        .await
+        .expect("orders table");
+    let engine = Idempotency::builder(store)
+        .prefix(idempotency_testkit::unique_prefix())
+        .ignore_env()
+        .build()
+        .expect("engine");
+    let pool = engine.store().pool().clone();
+    let mut tx = pool.begin().await.expect("begin tx");
+    let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("read first");
+    let key = IdempotencyKey::new("deferred").unwrap();
+    let Ok(Begin::Run(guard)) = engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await
+    else {
+        panic!("expected to run");
+    };
+    let error = engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("first"))
+        .await
+        .expect_err("the transaction's snapshot predates the claim");
+    let cause = conflict_cause(&error);
+    assert!(
+        matches!(cause, TransactionConflict::BusySnapshot { .. }),
+        "{cause:?}"
+    );
+    assert!(cause.to_string().contains("BEGIN IMMEDIATE"), "{cause}");
+    drop(tx);
+    let retry = runs_within(&engine, &key, Duration::from_secs(1))
+        .await
+        .expect("the claim was released");
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin tx");
+    sqlx::query("INSERT INTO orders (who) VALUES ('retry')")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let pending = engine
+        .store()
+        .complete_in(&mut tx, retry, receipt("retry"))
+        .await
+        .expect("complete_in in BEGIN IMMEDIATE");
+    tx.commit().await.expect("commit");
+    pending.committed();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
 }

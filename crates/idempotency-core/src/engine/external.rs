@@ -42,6 +42,7 @@ pub struct CompletionParts<'a> {
 /// |---|---|---|
 /// | fenced write applied, transaction committed | [`PendingCompletion::committed`] | counted as a completion |
 /// | fenced write found the lease lost | [`PendingCompletion::lease_lost`] | an [`IdempotencyError::LeaseLost`] to roll back with |
+/// | the transaction cannot write the live claim | (drop it) | an [`IdempotencyError::TransactionConflict`] to roll back with; released |
 /// | transaction rolled back (or failed) | [`PendingCompletion::release`] | the claim is released so a retry runs |
 /// | dropped unsettled | (drop) | released in the background, best effort |
 ///
