@@ -16,7 +16,8 @@
 //!
 //! `IDEMPOTENCY_STORE=sql` (feature `sql`) keeps the records in the application's own database,
 //! `DATABASE_URL` (`postgres://…` or `sqlite://…`), in the `idempotency_records` table (created
-//! or upgraded at start-up by `migrate()`). It is only ever an explicit choice: `DATABASE_URL`
+//! or upgraded at start-up by `migrate()`; [`StorePlan::open_existing`], for operators' tools,
+//! creates and migrates nothing). It is only ever an explicit choice: `DATABASE_URL`
 //! alone never moves the records out of the store detection chooses (memory when nothing else is
 //! set), because most applications set `DATABASE_URL` for their own data.
 //!
