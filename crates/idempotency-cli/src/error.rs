@@ -16,6 +16,33 @@ pub(crate) enum CliError {
     /// The environment does not select a usable store.
     #[error(transparent)]
     Selection(#[from] StoreSelectionError),
+    /// The SQLite database file cannot be opened: it does not exist (the tool never creates
+    /// one), or it or its directory is not accessible.
+    #[error(
+        "cannot open the SQLite database {database}: it does not exist or is not accessible; check \
+         the path in DATABASE_URL (a relative path is read from the current directory, which may \
+         not be the app's); this tool never creates a database"
+    )]
+    NoDatabase {
+        /// The database, as the redacted store description.
+        database: String,
+        /// The database's error.
+        source: idempotency::BoxError,
+    },
+    /// The SQL database has no records table of the shape the app's version writes: most likely
+    /// `DATABASE_URL` names another database than the app's (or the app never started on it).
+    /// The tool never creates or migrates the table: that is the app's `migrate()`.
+    #[error(
+        "the database {database} has no usable idempotency records table: is DATABASE_URL the \
+         app's database? (this tool never creates or migrates the table; the app does, with \
+         `migrate()` at start-up)"
+    )]
+    NoRecordsTable {
+        /// The database, as the redacted store description.
+        database: String,
+        /// Which table, and what is wrong with it (an `idempotency::sql::SqlStoreError`).
+        source: idempotency::BoxError,
+    },
     /// The store was configured but does not answer.
     #[error("cannot reach the store {0}: is it running, and is the URL right?")]
     Unreachable(String),
@@ -96,6 +123,8 @@ impl CliError {
             | Self::QuotedKey { .. }
             | Self::Prefix(_)
             | Self::Usage(_)
+            | Self::NoDatabase { .. }
+            | Self::NoRecordsTable { .. }
             | Self::NeedsYes(_) => 2,
             Self::NotFound(_) => 3,
             Self::Unreachable(_) | Self::Store(_) | Self::Keyspace(_) => 1,

@@ -1,11 +1,16 @@
 //! `idempotency`: the operators' command-line tool for the idempotency store.
 //!
-//! It opens the store exactly as the application does, from the same environment variables
+//! It selects the store exactly as the application does, from the same environment variables
 //! (`REDIS_URL` / `KV_URL`, `REDIS_CLUSTER_URLS`, `UPSTASH_REDIS_REST_URL` +
 //! `UPSTASH_REDIS_REST_TOKEN` or `KV_REST_API_URL` + `KV_REST_API_TOKEN`, `IDEMPOTENCY_STORE`;
 //! `IDEMPOTENCY_STORE=sql` + `DATABASE_URL` for the SQL store on Postgres or SQLite; see
 //! `idempotency::plan_store`). The memory store is refused: it lives inside the app's process
 //! and no other process can see it.
+//!
+//! Unlike the app, it opens only what exists (`StorePlan::open_existing`): it creates no SQLite
+//! file and runs no migration or other DDL (a database without the records table of the
+//! expected shape is refused, exit 2, naming the database and the table), and a store that does
+//! not answer is an error at once (exit 1), not a background reconnection.
 //!
 //! # Commands
 //! - `inspect <scope> <key> [--json]`: state, lease or retention time left, fingerprint,

@@ -1,9 +1,11 @@
-//! Opening the store exactly as the app does (`idempotency::plan_store`), plus what the
-//! keyspace commands need: the backend's own client for `SCAN`.
+//! Opening the store the app's environment selects (`idempotency::plan_store`), as an operator's
+//! tool (`StorePlan::open_existing`: nothing created or migrated, no background connection),
+//! plus what the keyspace commands need: the backend's own client for `SCAN`.
 
+use idempotency::sql::{SqlStoreError, sqlx};
 use idempotency::{
-    AnyStore, BackendKind, REDIS_CLUSTER_ENV_VAR, REST_ENV_PAIRS, StoreSelection,
-    StoreSelectionError, plan_store,
+    AnyStore, BackendKind, REDIS_CLUSTER_ENV_VAR, REST_ENV_PAIRS, StoreDescription, StoreError,
+    StoreSelection, StoreSelectionError, plan_store,
 };
 
 use crate::error::CliError;
@@ -37,7 +39,9 @@ impl Opened {
 /// [`CliError::MemoryStore`] when the environment selects the memory store (nothing to inspect
 /// from another process), the selection errors of `plan_store`, and
 /// [`CliError::Unreachable`] when the server does not answer (the app would start and retry in
-/// the background; an operator's command fails instead).
+/// the background; an operator's command fails instead), [`CliError::NoRecordsTable`] when the
+/// SQL database has no records table of the expected shape (the tool never creates or migrates
+/// one: a mistyped `DATABASE_URL` must not read as "no record").
 pub(crate) async fn open(lookup: impl Fn(&str) -> Option<String>) -> Result<Opened, CliError> {
     // This build has no memory store; every way the environment can lead to it (nothing
     // configured, `IDEMPOTENCY_STORE=memory`) gets the message that says why it is pointless.
@@ -85,9 +89,75 @@ pub(crate) async fn open(lookup: impl Fn(&str) -> Option<String>) -> Result<Open
             )));
         }
     };
-    let store = plan.open().await?;
+    // Not `open()`: that starts an app (creates a SQLite file, migrates the SQL table, connects
+    // a silent server in the background with a start-up banner). An operator's tool opens what
+    // exists, changes nothing and fails at once.
+    let store = plan
+        .open_existing()
+        .await
+        .map_err(|error| open_error(&description, error))?;
     if !store.is_connected() {
         return Err(CliError::Unreachable(description.to_string()));
     }
     Ok(Opened { store, keyspace })
+}
+
+/// SQLite's primary result code `SQLITE_CANTOPEN`: the file does not exist (it is opened
+/// without create-if-missing) or cannot be opened.
+const SQLITE_CANTOPEN: &str = "14";
+
+/// What went wrong opening the store, as the CLI tells it.
+enum OpenFailure {
+    Unreachable,
+    NoDatabase,
+    NoRecordsTable,
+    Other,
+}
+
+/// The CLI's reading of a store that could not be opened: a server that does not answer
+/// ([`CliError::Unreachable`]), a SQLite file that cannot be opened ([`CliError::NoDatabase`]),
+/// a SQL database without the app's records table ([`CliError::NoRecordsTable`]), anything
+/// else as the selection error it is.
+fn open_error(description: &StoreDescription, error: StoreSelectionError) -> CliError {
+    let StoreSelectionError::Open {
+        description: _,
+        source,
+    } = error
+    else {
+        return error.into();
+    };
+    let failure = if source
+        .downcast_ref::<StoreError>()
+        .is_some_and(StoreError::is_transient)
+    {
+        OpenFailure::Unreachable
+    } else if source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == SQLITE_CANTOPEN)
+    {
+        OpenFailure::NoDatabase
+    } else if matches!(
+        source.downcast_ref::<SqlStoreError>(),
+        Some(
+            SqlStoreError::MissingTable { .. }
+                | SqlStoreError::WrongShape { .. }
+                | SqlStoreError::InvalidTableName { .. }
+        )
+    ) {
+        OpenFailure::NoRecordsTable
+    } else {
+        OpenFailure::Other
+    };
+    let database = description.to_string();
+    match failure {
+        OpenFailure::Unreachable => CliError::Unreachable(database),
+        OpenFailure::NoDatabase => CliError::NoDatabase { database, source },
+        OpenFailure::NoRecordsTable => CliError::NoRecordsTable { database, source },
+        OpenFailure::Other => CliError::Selection(StoreSelectionError::Open {
+            description: description.clone(),
+            source,
+        }),
+    }
 }

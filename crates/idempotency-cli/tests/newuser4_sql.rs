@@ -10,22 +10,132 @@ use common::{json, run, store_key};
 use idempotency::sql::SqliteStore;
 use idempotency::sql::sqlx;
 use idempotency::{Fingerprint, IdempotencyStore, InProgress, LeaseToken};
+use idempotency_testkit::fixtures::{HOW_TO_GET_POSTGRES, PostgresServer};
 
 /// A mistyped SQLite path (the operator's shell is in another directory than the app's) must not
-/// be answered "no record" (exit 3), which reads as "the record is gone": the CLI creates an
-/// empty database file there, migrates the records table into it and reports the key missing
-/// (`doctor` even says all is well, 0 rows). A read-only command should fail with exit 2 on a
-/// database that does not exist, and create nothing.
+/// be answered "no record" (exit 3), which reads as "the record is gone": the CLI used to create
+/// an empty database file there, migrate the records table into it and report the key missing
+/// (`doctor` even said all is well, 0 rows). Every command fails with exit 2 naming the
+/// database, and creates nothing.
 #[test]
-#[ignore = "newuser4: the CLI creates and migrates a database at a mistyped DATABASE_URL, then answers 'no record' (exit 3)"]
 fn a_mistyped_sqlite_path_is_not_created_and_not_answered_no_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("typo-shop.db");
     let url = format!("sqlite://{}", path.display());
     let env = [("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", url.as_str())];
-    let inspected = run(&env, &["inspect", "alice", "order-1"]);
-    assert!(!path.exists(), "the CLI created {}", path.display());
-    assert_eq!(inspected.code, 2, "{}", inspected.all());
+    for args in [
+        &["inspect", "alice", "order-1"][..],
+        &["doctor"],
+        &["stats"],
+        &["purge", "--scope", "alice", "--yes"],
+    ] {
+        let ran = run(&env, args);
+        assert!(!path.exists(), "{args:?} created {}", path.display());
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.all());
+        assert!(ran.stderr.contains("typo-shop.db"), "{}", ran.stderr);
+        assert!(
+            ran.stderr.contains("never creates a database"),
+            "{}",
+            ran.stderr
+        );
+    }
+}
+
+/// A SQLite database that exists but is not the app's (no records table): refused with exit 2
+/// naming the database and the table, and left as it was (no table, no migrations table).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_database_without_the_records_table_is_refused_and_not_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let pool =
+        sqlx::sqlite::SqlitePool::connect_with(idempotency::sql::sqlite_connect_options(&path))
+            .await
+            .unwrap();
+    sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}", path.display());
+    let env = [("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", url.as_str())];
+    for args in [
+        &["inspect", "alice", "order-1"][..],
+        &["doctor"],
+        &["stats"],
+    ] {
+        let ran = run(&env, args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.all());
+        assert!(ran.stderr.contains("shop.db"), "{}", ran.stderr);
+        assert!(ran.stderr.contains("idempotency_records"), "{}", ran.stderr);
+        assert!(
+            ran.stderr.contains("never creates or migrates"),
+            "{}",
+            ran.stderr
+        );
+    }
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["orders"]);
+}
+
+/// A Postgres database that exists but is not the app's (here: a fresh server's, never
+/// migrated): exit 2 naming the table, and no DDL run in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_database_without_the_records_table_is_refused_and_not_migrated() {
+    let server = PostgresServer::start().unwrap_or_else(|e| panic!("{e}: {HOW_TO_GET_POSTGRES}"));
+    let env = [("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", server.url())];
+    for args in [&["inspect", "alice", "order-1"][..], &["doctor"]] {
+        let ran = run(&env, args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.all());
+        assert!(ran.stderr.contains("idempotency_records"), "{}", ran.stderr);
+        assert!(
+            ran.stderr.contains("is DATABASE_URL the app's database"),
+            "{}",
+            ran.stderr
+        );
+    }
+    let pool = sqlx::postgres::PgPool::connect(server.url()).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name LIKE 'idempotency%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "the CLI created a table");
+}
+
+/// A store that does not answer: the CLI's own error only (exit 1), not the app's start-up
+/// banner ("THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it…") before it.
+#[test]
+fn an_unreachable_store_prints_only_the_clis_error() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let postgres = format!("postgres://app:hunter2@127.0.0.1:{port}/shop");
+    let redis = format!("redis://:hunter2@127.0.0.1:{port}/0");
+    for env in [
+        vec![
+            ("IDEMPOTENCY_STORE", "sql"),
+            ("DATABASE_URL", postgres.as_str()),
+        ],
+        vec![("REDIS_URL", redis.as_str())],
+    ] {
+        let ran = run(&env, &["inspect", "alice", "order-1"]);
+        assert_eq!(ran.code, 1, "{}", ran.all());
+        assert!(
+            ran.stderr.starts_with("error: cannot reach the store"),
+            "{}",
+            ran.stderr
+        );
+        assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+        assert!(!ran.all().contains("starting without it"), "{}", ran.all());
+        assert!(!ran.all().contains("hunter2"), "{}", ran.all());
+    }
 }
 
 /// `inspect` on a SQL claim shows the "lease/retention left" the README promises (the SQL

@@ -9,10 +9,25 @@
 //!   first answer to the retries. A key the caller set is never overwritten (use one when the
 //!   logical request outlives the process, e.g. a job that may be re-run).
 //! - **retries only when they are safe and useful**: connection failures, timeouts, `409`
-//!   (the first attempt is still in progress), `429` and `503`; never `400`, `422` or another
-//!   `4xx`, which would fail again the same way. `Retry-After` (seconds or an HTTP date) is
-//!   honoured; otherwise exponential backoff with full jitter. Bounded by a number of attempts
-//!   and a total time.
+//!   (the first attempt is still in progress), `429`, `503`, and a gateway's `502` and `504` (a
+//!   proxy that timed out waiting for the server, or found it restarting: the request may have
+//!   reached it, which is what the key makes safe to retry); never `400`, `422` or another
+//!   `4xx`, which would fail again the same way, and never an answer marked
+//!   `Idempotent-Replayed: true` (the server's stored answer to this key: a retry would get the
+//!   same bytes). `Retry-After` (seconds or an HTTP date) is honoured; otherwise exponential
+//!   backoff with full jitter. Bounded by a number of attempts and a total time.
+//!
+//! # Retried statuses, and why
+//! Stripe's SDKs (the reference for this middleware) retry connection errors, `409` and every
+//! `5xx`, unless the API's `Stripe-Should-Retry` header says otherwise, reusing the request's
+//! key. The IETF draft (draft-ietf-httpapi-idempotency-key-header) defines the server's answers
+//! (`400` missing key, `409` a request with the key still in progress, `422` the key reused with
+//! another payload) and leaves retry policy to the client. The default here is narrower than
+//! Stripe's: `409`, `429`, `503` (the server says "later"), `502` and `504` (a gateway between
+//! client and server failed; the key turns "did it run?" into a replay or a first run).
+//! `500` is not retried by default: an application's own error usually repeats; add it to
+//! [`RetryPolicy::retry_statuses`] if your server releases the claim on a `5xx` (this
+//! workspace's layer does) and you want Stripe's behaviour.
 //! - **tells you what happened**: [`Outcome`] in the response's extensions says how many attempts
 //!   it took, which key was used and whether the answer was a replay (`Idempotent-Replayed:
 //!   true`, set by servers following Stripe and the IETF draft).
@@ -76,7 +91,9 @@ pub struct RetryPolicy {
     /// Longest backoff, and the longest `Retry-After` honoured (default 5 s; a longer
     /// `Retry-After` is clamped to it).
     pub max_backoff: Duration,
-    /// Statuses worth another attempt (default 409, 429, 503).
+    /// Statuses worth another attempt (default 409, 429, 502, 503, 504). A response with
+    /// `Idempotent-Replayed: true` is never retried, whatever its status: it is the server's
+    /// stored answer to this key.
     pub retry_statuses: Vec<StatusCode>,
     /// Also retry requests without a key (methods outside [`Self::methods`], e.g. `GET`).
     /// Default `false`.
@@ -94,7 +111,9 @@ impl Default for RetryPolicy {
             retry_statuses: vec![
                 StatusCode::CONFLICT,
                 StatusCode::TOO_MANY_REQUESTS,
+                StatusCode::BAD_GATEWAY,
                 StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::GATEWAY_TIMEOUT,
             ],
             retry_without_key: false,
         }
@@ -201,7 +220,12 @@ impl Middleware for IdempotencyMiddleware {
             };
             let result = next.clone().run(request, extensions).await;
             let retry_after = match &result {
-                Ok(response) if self.policy.retry_statuses.contains(&response.status()) => {
+                // A replayed answer (even a 409 or 429 the server chose to store) is final:
+                // every retry under this key would get the same bytes.
+                Ok(response)
+                    if self.policy.retry_statuses.contains(&response.status())
+                        && !was_replayed(response) =>
+                {
                     Some(retry_after(response))
                 }
                 Ok(_) => None,

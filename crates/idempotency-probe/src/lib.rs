@@ -29,8 +29,8 @@
 //!
 //! The binary: `idempotency-probe --url URL --method PUT --body JSON [-H 'K: V']...
 //! [--concurrency N] [--latency N [--budget-ms MS]] [--json]`; exit status 0 when every check passes, 1 when one fails, 2 when
-//! the probe could not run (bad arguments, or [`ProbeError::Unreachable`]: no request could
-//! connect).
+//! the probe could not run (bad arguments, [`ProbeError::Unreachable`]: no request could
+//! connect, or [`ProbeError::Unauthorized`]: every request got 401, or every one 403).
 
 #![deny(missing_docs)]
 
@@ -54,9 +54,19 @@ pub use latency::{LatencyReport, Percentiles};
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ProbeError {
-    /// `-H` was not `Name: value`, or the name or value is not valid in HTTP.
-    #[error("invalid header {0:?}: expected `Name: value`")]
-    InvalidHeader(String),
+    /// `-H` was not `Name: value`, or the name or value is not valid in HTTP. The message
+    /// says which header argument and what is wrong with it, never the value (header lines
+    /// often carry credentials): only a valid header name is shown.
+    #[error("invalid header{}: {reason}; expected `Name: value`", header_where(*.argument, .name.as_deref()))]
+    InvalidHeader {
+        /// The header argument's position among the header lines given (1-based; `-H` number
+        /// N), when added with [`ProbeConfig::headers`].
+        argument: Option<usize>,
+        /// The header's name, when it is a valid one (the value was not).
+        name: Option<String>,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// Not an HTTP method.
     #[error("invalid method {0:?}")]
     InvalidMethod(String),
@@ -69,6 +79,21 @@ pub enum ProbeError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// Every request was answered `401 Unauthorized` (or every one `403 Forbidden`): the
+    /// endpoint wants credentials the probe was not given, so no check could reach the
+    /// idempotency layer behind them.
+    #[error(
+        "cannot run: every request got {status} from {url} ({requests} sent); the endpoint needs \
+         credentials: pass them with -H (e.g. -H 'Authorization: Bearer …')"
+    )]
+    Unauthorized {
+        /// The probed URL.
+        url: String,
+        /// The status every request got (`401 Unauthorized` or `403 Forbidden`).
+        status: reqwest::StatusCode,
+        /// How many requests were answered with it.
+        requests: usize,
+    },
     /// No request reached the endpoint: every one failed to connect (connection refused, DNS,
     /// connect timeout), so no check could say anything about its behaviour.
     #[error(
@@ -125,13 +150,48 @@ impl ProbeConfig {
     /// Add a header to every request, written as `Name: value` (as curl's `-H`).
     ///
     /// # Errors
-    /// [`ProbeError::InvalidHeader`].
+    /// [`ProbeError::InvalidHeader`] saying what is wrong (no `:`, not a valid name, not a valid
+    /// value), naming the header only when its name is valid, never showing the value.
     pub fn header(mut self, line: &str) -> Result<Self, ProbeError> {
-        let invalid = || ProbeError::InvalidHeader(redact_header_line(line));
-        let (name, value) = line.split_once(':').ok_or_else(invalid)?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| invalid())?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| invalid())?;
+        let invalid = |name: Option<&HeaderName>, reason| ProbeError::InvalidHeader {
+            argument: None,
+            name: name.map(|n| n.as_str().to_owned()),
+            reason,
+        };
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| invalid(None, "no `:` between a name and a value"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            invalid(
+                None,
+                "the text before the first `:` is not a valid header name",
+            )
+        })?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| invalid(Some(&name), "the value is not a valid header value"))?;
         self.headers.append(name, value);
+        Ok(self)
+    }
+
+    /// Add several headers, as repeated `-H` arguments: [`header`](Self::header) for each line.
+    ///
+    /// # Errors
+    /// As [`header`](Self::header), with the line's position (1-based) in
+    /// [`ProbeError::InvalidHeader`]'s `argument`.
+    pub fn headers<'a>(
+        mut self,
+        lines: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, ProbeError> {
+        for (index, line) in lines.into_iter().enumerate() {
+            self = self.header(line).map_err(|error| match error {
+                ProbeError::InvalidHeader { name, reason, .. } => ProbeError::InvalidHeader {
+                    argument: Some(index + 1),
+                    name,
+                    reason,
+                },
+                other => other,
+            })?;
+        }
         Ok(self)
     }
 
@@ -147,8 +207,13 @@ impl ProbeConfig {
     /// # Errors
     /// [`ProbeError::InvalidHeader`].
     pub fn key_header(mut self, name: &str) -> Result<Self, ProbeError> {
-        self.key_header = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| ProbeError::InvalidHeader(name.to_owned()))?;
+        self.key_header = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            ProbeError::InvalidHeader {
+                argument: None,
+                name: None,
+                reason: "the key header's name is not a valid header name",
+            }
+        })?;
         Ok(self)
     }
 
@@ -169,11 +234,18 @@ impl ProbeConfig {
     }
 }
 
-/// `Authorization: <redacted>` for error messages: header lines often carry credentials.
-fn redact_header_line(line: &str) -> String {
-    match line.split_once(':') {
-        Some((name, _)) => format!("{}: <redacted>", name.trim()),
-        None => "<redacted>".to_owned(),
+/// Where [`ProbeError::InvalidHeader`] is: ` (-H argument 2, name `authorization`)`,
+/// ` (-H argument 2)`, ` (name `authorization`)` or nothing.
+fn header_where(argument: Option<usize>, name: Option<&str>) -> String {
+    let parts: Vec<String> = argument
+        .map(|n| format!("-H argument {n}"))
+        .into_iter()
+        .chain(name.map(|name| format!("name `{name}`")))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
     }
 }
 
@@ -263,6 +335,10 @@ pub(crate) struct Probe {
     answered: AtomicUsize,
     /// The first failure to connect, to report when nothing ever answered.
     first_connect_error: Mutex<Option<String>>,
+    /// Answers `401 Unauthorized`.
+    unauthorized: AtomicUsize,
+    /// Answers `403 Forbidden`.
+    forbidden: AtomicUsize,
 }
 
 impl Probe {
@@ -280,6 +356,28 @@ impl Probe {
             }),
             None => Ok(()),
         }
+    }
+
+    /// [`ProbeError::Unauthorized`] when every answer so far was 401 (or every one 403): the
+    /// checks would only report the authentication layer, each as a failure of its own.
+    fn authorized(&self) -> Result<(), ProbeError> {
+        let answered = self.answered.load(Ordering::Relaxed);
+        if answered == 0 {
+            return Ok(());
+        }
+        for (count, status) in [
+            (&self.unauthorized, reqwest::StatusCode::UNAUTHORIZED),
+            (&self.forbidden, reqwest::StatusCode::FORBIDDEN),
+        ] {
+            if count.load(Ordering::Relaxed) == answered {
+                return Err(ProbeError::Unauthorized {
+                    url: self.config.url.clone(),
+                    status,
+                    requests: answered,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// One request; a transport failure becomes the message the table shows.
@@ -312,8 +410,15 @@ impl Probe {
                 return Err(format!("request failed: {text}"));
             }
         };
-        self.answered.fetch_add(1, Ordering::Relaxed);
         let status = response.status();
+        // Counted before `answered`, so a reader never sees more answers than refusals while
+        // every answer so far is one.
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.unauthorized.fetch_add(1, Ordering::Relaxed);
+        } else if status == reqwest::StatusCode::FORBIDDEN {
+            self.forbidden.fetch_add(1, Ordering::Relaxed);
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
         let replayed = response
             .headers()
             .get(REPLAYED_HEADER)
@@ -347,7 +452,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// # Errors
 /// [`ProbeError`] when the probe cannot run: bad URL, no HTTP client, or
 /// [`ProbeError::Unreachable`] when no request got an answer and they failed to connect
-/// (connection refused, DNS, connect timeout). Failing checks, and failures after the endpoint
+/// (connection refused, DNS, connect timeout), [`ProbeError::Unauthorized`] when every answer
+/// was 401 (or every one 403): credentials missing or refused. Failing checks, and failures after the endpoint
 /// answered once (a timeout, a dropped connection), are reported in the [`ProbeReport`].
 pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
     if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
@@ -362,17 +468,22 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
         config: config.clone(),
         answered: AtomicUsize::new(0),
         first_connect_error: Mutex::new(None),
+        unauthorized: AtomicUsize::new(0),
+        forbidden: AtomicUsize::new(0),
     };
     let key = random_key();
     let (a, first) = check::duplicate(&probe, &key).await;
     // Check (a)'s first request could not connect: the endpoint is not there, and the other
     // checks would only repeat that (each after its own timeout).
     probe.reachable()?;
+    // Both of (a)'s requests were refused for want of credentials: so would every other.
+    probe.authorized()?;
     let b = check::new_key(&probe, first.as_ref()).await;
     let c = check::missing_key(&probe).await;
     let d = check::changed(&probe, &key).await;
     let e = check::concurrent(&probe).await;
     probe.reachable()?;
+    probe.authorized()?;
     let mut checks = vec![a, b, c, d, e];
     let mut latency = None;
     if let Some((requests, budget)) = config.latency {
@@ -406,5 +517,40 @@ mod tests {
             .unwrap_or_default();
         assert!(!error.contains("secret"), "{error}");
         assert!(ProbeConfig::new("http://x", "{}").method("P UT").is_err());
+    }
+
+    #[test]
+    fn a_malformed_header_line_is_named_by_position_and_valid_name_never_by_value() {
+        let accept = "Accept: text/plain";
+        for (lines, expected) in [
+            (
+                [accept, "Authorization: Bearer s3cret\u{7}"],
+                "(-H argument 2, name `authorization`)",
+            ),
+            ([accept, "Bearer s3cret"], "(-H argument 2)"),
+            (["Bearer s3cret: x", accept], "(-H argument 1)"),
+        ] {
+            let error = ProbeConfig::new("http://x", "{}")
+                .headers(lines)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.starts_with(&format!("invalid header {expected}")),
+                "{error}"
+            );
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(!error.contains("<redacted>"), "{error}");
+        }
+        let no_colon = ProbeConfig::new("http://x", "{}")
+            .headers(["NoColon"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            no_colon,
+            "invalid header (-H argument 1): no `:` between a name and a value; \
+             expected `Name: value`"
+        );
     }
 }

@@ -11,7 +11,8 @@ use idempotency_probe::{ProbeConfig, ProbeError, run};
 /// duplicates run once. Sends real requests with side effects.
 ///
 /// Exit status: 0 every check passed, 1 a check failed, 2 the probe could not run (bad
-/// arguments, or the endpoint could not be reached at all: every request failed to connect).
+/// arguments, the endpoint could not be reached at all: every request failed to connect, or
+/// every request got 401, or every one 403: pass credentials with -H).
 #[derive(Parser)]
 #[command(name = "idempotency-probe", version, about)]
 struct Args {
@@ -45,8 +46,9 @@ struct Args {
     timeout_ms: u64,
 
     /// Also measure latency: N requests under fresh keys and N duplicates, one at a time;
-    /// p50/p95/p99 of each, checked against --budget-ms.
-    #[arg(long, value_name = "N")]
+    /// p50/p95/p99 of each, checked against --budget-ms (N at least 1).
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     latency: Option<usize>,
 
     /// The p95 latency budget in milliseconds for --latency (the production guide's 10 ms).
@@ -64,9 +66,7 @@ fn config(args: &Args) -> Result<ProbeConfig, ProbeError> {
         .key_header(&args.key_header)?
         .concurrency(args.concurrency)
         .timeout(Duration::from_millis(args.timeout_ms));
-    for line in &args.headers {
-        config = config.header(line)?;
-    }
+    config = config.headers(args.headers.iter().map(String::as_str))?;
     if let Some(requests) = args.latency {
         let budget = Duration::try_from_secs_f64(args.budget_ms / 1000.0)
             .ok()

@@ -90,6 +90,29 @@ async fn unusable_arguments_exit_with_2() {
     assert!(!stderr.contains("secret"), "{stderr}");
 }
 
+/// Without credentials the demo answers every request 401: the probe says it cannot run
+/// (exit 2) instead of reporting five failed checks (exit 1), and prints no table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_401_is_cannot_run_exit_2() {
+    let good = start(true).await;
+    let mut no_credentials = args(&good, &[]);
+    let at = no_credentials.iter().position(|a| a == "-H").unwrap();
+    no_credentials.drain(at..at + 2);
+    for extra in [&[][..], &["--json"]] {
+        let mut run = no_credentials.clone();
+        run.extend(extra.iter().map(|s| (*s).to_owned()));
+        let output = probe(run).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        assert!(
+            stderr.contains("cannot run: every request got 401 Unauthorized"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("-H"), "{stderr}");
+        assert!(output.stdout.is_empty(), "{output:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_percentiles_are_reported_and_checked_against_the_budget() {
     let good = start(true).await;

@@ -76,3 +76,33 @@ fn zero_concurrency_and_zero_timeout_are_usage_errors() {
         );
     }
 }
+
+#[test]
+fn zero_latency_requests_are_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+        .args(["--url", "http://127.0.0.1:9/x", "--latency", "0"])
+        .output()
+        .expect("run the probe");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--latency"), "{stderr}");
+    assert!(stderr.contains("error: invalid value"), "{stderr}");
+    assert!(output.stdout.is_empty(), "{:?}", output.stdout);
+}
+
+/// A header argument without `:` is refused naming its position, without printing it (it may
+/// be a credential typed without its name) and without a `<redacted>` placeholder.
+#[test]
+fn a_header_without_a_colon_is_named_by_its_position() {
+    let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
+        .args(["--url", "http://127.0.0.1:9/x"])
+        .args(["-H", "Accept: application/json", "-H", "Bearer-s3cret"])
+        .output()
+        .expect("run the probe");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("-H argument 2"), "{stderr}");
+    assert!(stderr.contains("no `:`"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(!stderr.contains("redacted"), "{stderr}");
+}

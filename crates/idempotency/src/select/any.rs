@@ -235,17 +235,41 @@ pub(super) fn unopened(description: StoreDescription) -> AnyStore {
     }
 }
 
+/// Who opens the store: an application starting up, or an operator's tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OpenMode {
+    /// [`super::StorePlan::open`]: create the SQLite file and migrate the SQL table; a server
+    /// that does not answer is connected in the background (logged loudly).
+    App,
+    /// [`super::StorePlan::open_existing`]: create and migrate nothing; a server that does not
+    /// answer is an error, logged by nobody here.
+    Existing,
+}
+
 /// Open the store a plan describes. `url` and `token` are what the plan read.
 #[allow(unused_variables)]
 pub(super) async fn open(
     description: StoreDescription,
     url: Option<String>,
     token: Option<String>,
+    mode: OpenMode,
 ) -> Result<AnyStore, StoreSelectionError> {
     let failed = |source: idempotency_core::BoxError| StoreSelectionError::Open {
         description: description.clone(),
         source,
     };
+    // An operator's tool must not start what an app starts: a background reconnection with
+    // its banner, or the records table created in whatever database the URL names.
+    #[cfg(feature = "sql")]
+    if mode == OpenMode::Existing && description.kind() == BackendKind::Sql {
+        let url = url.ok_or_else(|| failed("no database URL".into()))?;
+        let inner = if is_sqlite_url(&url) {
+            Inner::Sqlite(open_existing_sqlite(&url).await.map_err(failed)?)
+        } else {
+            Inner::Postgres(open_existing_postgres(&url).await.map_err(failed)?)
+        };
+        return Ok(AnyStore { inner, description });
+    }
     let inner = match (description.kind(), url, token) {
         #[cfg(feature = "memory")]
         (BackendKind::Memory, _, _) => Inner::Memory(idempotency_memory::MemoryStore::new()),
@@ -255,7 +279,7 @@ pub(super) async fn open(
             // The server is down or slow: start anyway and connect in the background, so an
             // outage of the store at deploy time does not keep the service down (the failure
             // policy answers requests until the store is back).
-            Err(error) if error.is_transient() => {
+            Err(error) if error.is_transient() && mode == OpenMode::App => {
                 tracing::error!(
                     store = %description, %error,
                     "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and connecting \
@@ -270,7 +294,7 @@ pub(super) async fn open(
         (BackendKind::RedisCluster, Some(urls), _) => {
             match <idempotency_redis::RedisClusterStore as Connect>::connect(&urls).await {
                 Ok(store) => Inner::RedisCluster(store),
-                Err(error) if error.is_transient() => {
+                Err(error) if error.is_transient() && mode == OpenMode::App => {
                     tracing::error!(
                         store = %description, %error,
                         "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and \
@@ -348,6 +372,37 @@ impl Connect for idempotency_redis::RedisClusterStore {
 fn is_sqlite_url(url: &str) -> bool {
     url.get(..7)
         .is_some_and(|s| s.eq_ignore_ascii_case("sqlite:"))
+}
+
+/// Open an existing SQLite database from its URL (never created; the journal mode is left as
+/// the app set it) and check the records table without changing it (`build()`).
+#[cfg(feature = "sql")]
+async fn open_existing_sqlite(
+    url: &str,
+) -> Result<idempotency_sql::SqliteStore, idempotency_core::BoxError> {
+    use idempotency_sql::sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    use std::str::FromStr as _;
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePool::connect_with(options).await?;
+    Ok(idempotency_sql::SqliteStore::builder(pool).build().await?)
+}
+
+/// Connect to an existing Postgres database and check the records table without changing it
+/// (`build()`). A server that does not answer is a transient `StoreError`.
+#[cfg(feature = "sql")]
+async fn open_existing_postgres(
+    url: &str,
+) -> Result<idempotency_sql::PostgresStore, idempotency_core::BoxError> {
+    let pool = idempotency_sql::sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .map_err(sql_start_error)?;
+    Ok(idempotency_sql::PostgresStore::builder(pool)
+        .build()
+        .await?)
 }
 
 /// Open a SQLite database from its URL (created if missing; WAL and a busy timeout, as

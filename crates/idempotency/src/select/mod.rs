@@ -16,7 +16,8 @@
 //!
 //! `IDEMPOTENCY_STORE=sql` (feature `sql`) keeps the records in the application's own database,
 //! `DATABASE_URL` (`postgres://…` or `sqlite://…`), in the `idempotency_records` table (created
-//! or upgraded at start-up by `migrate()`). It is only ever an explicit choice: `DATABASE_URL`
+//! or upgraded at start-up by `migrate()`; [`StorePlan::open_existing`], for operators' tools,
+//! creates and migrates nothing). It is only ever an explicit choice: `DATABASE_URL`
 //! alone never moves the records out of the store detection chooses (memory when nothing else is
 //! set), because most applications set `DATABASE_URL` for their own data.
 //!
@@ -129,7 +130,34 @@ impl StorePlan {
             }
             _ => tracing::info!(store = %description, "opening the idempotency store"),
         }
-        any::open(self.description, self.url, self.token).await
+        any::open(self.description, self.url, self.token, any::OpenMode::App).await
+    }
+
+    /// Open the store as an operator's tool does (the `idempotency` CLI): use what exists,
+    /// create and change nothing, and fail rather than wait for a store that does not answer.
+    ///
+    /// Unlike [`open`](Self::open), which starts an application:
+    /// - the SQL store runs **no migration and no DDL**: the records table must exist with the
+    ///   shape this version needs (the store's `build()` check, read-only), and a SQLite database
+    ///   file is never created (a mistyped path is an error, not a new empty database);
+    /// - a server that does not answer (refused, timed out) is an error, not a store connecting
+    ///   in the background, and nothing is logged about it (the caller reports the error);
+    /// - nothing is logged about the choice either.
+    ///
+    /// # Errors
+    /// [`StoreSelectionError::Open`] when the store cannot be opened. Its source is a
+    /// `StoreError` for which `is_transient()` holds when the server did not answer, an
+    /// `idempotency_sql::SqlStoreError` (`MissingTable`, `WrongShape`...) when the SQL records
+    /// table is missing or has another shape, and otherwise the backend's own error (a SQLite
+    /// file that does not exist, a refused password, an unusable URL...).
+    pub async fn open_existing(self) -> Result<AnyStore, StoreSelectionError> {
+        any::open(
+            self.description,
+            self.url,
+            self.token,
+            any::OpenMode::Existing,
+        )
+        .await
     }
 }
 

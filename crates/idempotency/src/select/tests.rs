@@ -635,6 +635,76 @@ async fn idempotency_store_sql_opens_and_migrates_a_sqlite_database() {
     assert!(matches!(begun, idempotency_core::Begin::Run(_)));
 }
 
+/// `open_existing` (the operators' tool) creates and changes nothing: a SQLite file that does
+/// not exist stays absent, a database without the records table gets none (the error names the
+/// table), a migrated one opens; a Redis server that does not answer is an error (transient),
+/// not a store connecting in the background.
+#[cfg(all(feature = "sql", feature = "redis"))]
+#[tokio::test]
+async fn open_existing_creates_and_migrates_nothing_and_never_defers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", path.display());
+    let vars = [("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", url.as_str())];
+    let missing = plan(&vars).unwrap().open_existing().await.unwrap_err();
+    assert!(
+        matches!(missing, StoreSelectionError::Open { .. }),
+        "{missing}"
+    );
+    assert!(!path.exists(), "open_existing created {}", path.display());
+
+    // A database that exists but is not the app's: refused, and no table created in it.
+    let options = idempotency_sql::sqlite_connect_options(&path);
+    let pool = idempotency_sql::sqlx::sqlite::SqlitePool::connect_with(options)
+        .await
+        .unwrap();
+    idempotency_sql::sqlx::query("CREATE TABLE shop_orders (id INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = plan(&vars).unwrap().open_existing().await.unwrap_err();
+    let StoreSelectionError::Open { source, .. } = &refused else {
+        panic!("{refused}");
+    };
+    assert!(
+        matches!(
+            source.downcast_ref::<idempotency_sql::SqlStoreError>(),
+            Some(idempotency_sql::SqlStoreError::MissingTable { .. })
+        ),
+        "{source}"
+    );
+    let tables: Vec<String> =
+        idempotency_sql::sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["shop_orders"]);
+
+    idempotency_sql::SqliteStore::builder(pool)
+        .migrate()
+        .await
+        .unwrap();
+    let opened = plan(&vars).unwrap().open_existing().await.unwrap();
+    assert!(opened.as_sqlite().is_some());
+
+    // Nothing listens on port 1.
+    let redis = plan(&[("REDIS_URL", "redis://:hunter2@127.0.0.1:1")])
+        .unwrap()
+        .open_existing()
+        .await
+        .unwrap_err();
+    let StoreSelectionError::Open { source, .. } = &redis else {
+        panic!("{redis}");
+    };
+    assert!(
+        source
+            .downcast_ref::<idempotency_core::StoreError>()
+            .is_some_and(idempotency_core::StoreError::is_transient),
+        "{source:?}"
+    );
+    assert_no_secret(&format!("{redis} {redis:?}"));
+}
+
 /// The kill switch as `store_from_lookup` reads it: accepted spellings turn it on (the store
 /// is not opened) or leave it off; anything else stops start-up naming the variable.
 #[tokio::test]
