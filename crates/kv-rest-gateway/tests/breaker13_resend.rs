@@ -496,7 +496,7 @@ async fn concurrent_requests_across_a_restart_end_within_the_timeouts() {
 fn gw_request(gw: &TestGateway, i: usize) -> impl std::future::Future<Output = u16> + use<> {
     let url = format!("{}/", gw.base);
     async move {
-        let body = if i % 3 == 0 {
+        let body = if i.is_multiple_of(3) {
             json!(["GET", format!("k{i}")])
         } else {
             json!(["INCR", format!("k{i}")])
