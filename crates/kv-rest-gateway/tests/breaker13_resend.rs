@@ -635,3 +635,61 @@ async fn deleted_acl_users_are_recreated_and_the_write_runs_once() {
     }
     gw.shutdown().await;
 }
+
+/// `total_connections_received` from `INFO stats`.
+fn connections_received(gw: &TestGateway) -> u64 {
+    gw.redis_cli(&["INFO", "stats"])
+        .lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_connections_received in INFO stats")
+}
+
+/// Any error reply mentioning authentication makes the gateway re-create its ACL users over a
+/// new admin connection and renew every user's connection: even the read-only token, with a
+/// read-only script (or a `NOGROUP` error echoing a key name), can make it do so per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "breaker13: any error text containing NOAUTH/WRONGPASS/authentication (read-only token, EVAL_RO or a NOGROUP echoing a key) re-provisions the ACL users and reconnects: ~3 new Redis connections per request"]
+async fn error_texts_cannot_force_reprovisioning() {
+    let gw = TestGateway::start().await;
+    // A stream without the group: NOGROUP's text echoes the key name.
+    gw.redis_cli(&["XADD", "authentication", "*", "f", "v"]);
+    // Warm up: every connection the gateway keeps is open.
+    assert_eq!(gw.cmd(json!(["PING"])).await.result(), "PONG");
+    let before = connections_received(&gw);
+    for _ in 0..10 {
+        let reply = gw
+            .request(
+                reqwest::Method::POST,
+                "/",
+                Some(common::RO_TOKEN),
+                &[("content-type", "application/json")],
+                Some(
+                    serde_json::to_vec(&json!([
+                        "EVAL_RO",
+                        "return redis.error_reply('NOAUTH not really')",
+                        "0"
+                    ]))
+                    .unwrap(),
+                ),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+        let reply = gw
+            .cmd(json!([
+                "XGROUP",
+                "CREATECONSUMER",
+                "authentication",
+                "g",
+                "c"
+            ]))
+            .await;
+        assert!(reply.error(400).starts_with("NOGROUP"), "{reply:?}");
+    }
+    let opened = connections_received(&gw) - before;
+    assert!(
+        opened <= 2,
+        "20 refused requests made the gateway open {opened} Redis connections"
+    );
+    gw.shutdown().await;
+}
