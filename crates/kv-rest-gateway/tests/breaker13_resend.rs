@@ -34,6 +34,8 @@ const MARKER: &[u8] = b"cutme";
 const RELAY: u8 = 0;
 const CLOSE_AT_ONCE: u8 = 1;
 const NEVER_ANSWER: u8 = 2;
+/// Relay the first reply of each new connection (its `AUTH`), then close it.
+const CLOSE_AFTER_FIRST_REPLY: u8 = 3;
 
 /// A TCP proxy in front of Redis with switchable faults (see the module docs).
 struct FaultProxy {
@@ -84,7 +86,7 @@ impl FaultProxy {
                                 }
                             });
                         }
-                        _ => {
+                        current => {
                             let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await
                             else {
                                 continue;
@@ -95,6 +97,7 @@ impl FaultProxy {
                                 Arc::clone(&armed),
                                 Arc::clone(&cuts),
                                 generation.clone(),
+                                current == CLOSE_AFTER_FIRST_REPLY,
                             ));
                         }
                     }
@@ -118,6 +121,7 @@ impl FaultProxy {
         armed: Arc<Mutex<bool>>,
         cuts: Arc<AtomicUsize>,
         mut generation: tokio::sync::watch::Receiver<u64>,
+        close_after_first_reply: bool,
     ) {
         // Only a drop_all after this connection was accepted ends it.
         generation.borrow_and_update();
@@ -157,6 +161,9 @@ impl FaultProxy {
                     return Ok(());
                 }
                 client_write.write_all(&buffer[..read]).await?;
+                if close_after_first_reply {
+                    return Ok(());
+                }
             }
         };
         tokio::select! {
@@ -691,5 +698,33 @@ async fn error_texts_cannot_force_reprovisioning() {
         opened <= 2,
         "20 refused requests made the gateway open {opened} Redis connections"
     );
+    gw.shutdown().await;
+}
+
+/// A Redis that answers `AUTH` on each new connection and then closes it: a request opens a
+/// bounded number of connections (`MAX_OPENS` per attempt, one resend for a read), answers 503
+/// within a second, and a write is never reported as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_closing_each_connection_after_auth_costs_few_opens() {
+    let (gw, proxy) = gateway_behind_proxy(|config| config).await;
+    proxy.set_mode(CLOSE_AFTER_FIRST_REPLY);
+    proxy.drop_all();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (what, command, most) in [
+        ("write", json!(["INCR", "n"]), 3),
+        ("read", json!(["GET", "n"]), 6),
+    ] {
+        let before = proxy.accepted();
+        let started = Instant::now();
+        let reply = gw.cmd(command).await;
+        let took = started.elapsed();
+        let opened = proxy.accepted() - before;
+        assert_eq!(reply.status, 503, "{what}: {reply:?}");
+        assert!(opened <= most, "{what}: opened {opened} connections");
+        assert!(took < Duration::from_secs(1), "{what}: took {took:?}");
+    }
+    assert_eq!(gw.redis_cli(&["GET", "n"]).trim(), "", "nothing ran");
+    proxy.set_mode(RELAY);
+    assert_eq!(gw.cmd(json!(["INCR", "n"])).await.result(), 1);
     gw.shutdown().await;
 }
