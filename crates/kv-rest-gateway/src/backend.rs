@@ -21,7 +21,9 @@ use tokio::sync::Mutex;
 use crate::acl::{self, AclError, Credentials, Role};
 use crate::auth::Access;
 use crate::config::GatewayConfig;
-use crate::error::{GatewayError, from_redis, outcome_unknown, server_error_text};
+use crate::error::{
+    GatewayError, from_connect, from_redis, is_busy_refusal, outcome_unknown, server_error_text,
+};
 use crate::link::{Connection, Link};
 
 /// Pause between retries of a command that got `BUSY`.
@@ -306,7 +308,7 @@ impl Backend {
     /// script is stopped within the script time limit, so the caller waits instead of seeing
     /// the error — up to the limit plus a margin.
     fn retry_busy(&self, text: &str, started: tokio::time::Instant) -> bool {
-        text.starts_with("BUSY")
+        is_busy_refusal(text)
             && started.elapsed() < self.inner.script_time_limit + BUSY_RETRY_MARGIN
     }
 
@@ -349,7 +351,7 @@ impl Backend {
             let connection = link
                 .connection()
                 .await
-                .map_err(|error| from_redis(&error))?;
+                .map_err(|error| from_connect(&error))?;
             let sent = self
                 .script_limited(script, send(connection.multiplexed.clone()))
                 .await;
@@ -487,7 +489,7 @@ impl Backend {
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
             .await
-            .map_err(|error| from_redis(&error))?;
+            .map_err(|error| from_connect(&error))?;
         self.script_limited(
             script,
             connection.send_packed_commands(pipeline, 0, count + 2),
@@ -579,18 +581,15 @@ impl Backend {
         }
     }
 
-    /// After an authentication failure in provisioning mode (Redis restarted without its ACL
-    /// users), re-creates the users. Returns whether the caller should retry.
+    /// After Redis refused the users' credentials while a connection was being opened
+    /// ([`GatewayError::Unauthenticated`]: nothing was sent) in provisioning mode (Redis
+    /// restarted without its ACL users), re-creates the users. Returns whether the caller
+    /// should retry. A command's reply never triggers this, whatever its text: a script's own
+    /// `error('authentication …')` must not re-run the script or make the gateway reconnect.
     async fn reprovision_if_needed<T>(&self, result: &Result<T, GatewayError>) -> bool {
-        let Err(GatewayError::Unavailable(text) | GatewayError::BadRequest(text)) = result else {
+        let Err(GatewayError::Unauthenticated(_)) = result else {
             return false;
         };
-        if !(text.contains("WRONGPASS")
-            || text.contains("NOAUTH")
-            || text.contains("uthentication"))
-        {
-            return false;
-        }
         let Ok(ready) = self.ready() else {
             return false;
         };

@@ -26,6 +26,12 @@ pub(crate) enum GatewayError {
     /// Redis cannot be reached (connection refused, timeout, dropped connection): HTTP 503.
     #[error("{0}")]
     Unavailable(String),
+    /// Redis refused the gateway's own credentials while a connection was being opened
+    /// (a refused `AUTH`, `WRONGPASS`, `NOAUTH`): nothing was sent. In provisioning mode the users are
+    /// re-created and the command is tried once more; otherwise a 503 (the gateway is
+    /// misconfigured or Redis lost its users, not the client's fault).
+    #[error("Redis refused the gateway's credentials: {0}")]
+    Unauthenticated(String),
     /// Anything else on the Redis client side (an unexpected reply shape): HTTP 500.
     #[error("{0}")]
     Internal(String),
@@ -39,7 +45,7 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Unauthenticated(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,6 +107,41 @@ pub(crate) fn from_redis(error: &redis::RedisError) -> GatewayError {
 /// A transport failure after the command was handed to the connection (the connection broke,
 /// or no reply came within the response timeout): Redis may or may not have run it, so the
 /// 503 says so, and the client must not assume either.
+/// A failure to open a connection (nothing was sent on it): as [`from_redis`], except that
+/// Redis refusing the gateway's credentials during the handshake is
+/// [`GatewayError::Unauthenticated`], told apart by the error's kind and code, never by text
+/// a command's reply could carry.
+pub(crate) fn from_connect(error: &redis::RedisError) -> GatewayError {
+    // The `redis` crate reports a refused `AUTH` as `AuthenticationFailed` (no code);
+    // `WRONGPASS` / `NOAUTH` codes come from the handshake's other commands.
+    if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
+    {
+        return GatewayError::Unauthenticated(error.to_string());
+    }
+    from_redis(error)
+}
+
+/// Whether `text` (a Redis error reply, `CODE detail`) is Redis's own refusal to run a command
+/// while a script, function or module command runs past the busy threshold: `BUSY Redis is
+/// busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.` and its
+/// `FUNCTION KILL` and module forms (`server.c`, `shared.slowevalerr` / `slowscripterr` /
+/// `slowmoduleerr`; Valkey says `Valkey is busy …`). Only then was the command not run. Any
+/// other reply starting with `BUSY` — `BUSYGROUP`, `BUSYKEY`, or a script's own
+/// `redis.error_reply('BUSY …')` after it wrote — is the command's answer. (A script that
+/// returns the refusal word for word cannot be told from it; the retries stay bounded by the
+/// script time limit.)
+pub(crate) fn is_busy_refusal(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("BUSY ") else {
+        return false;
+    };
+    let Some((_server, rest)) = rest.split_once(' ') else {
+        return false;
+    };
+    rest.starts_with("is busy running a script. You can only call ")
+        || rest == "is busy running a module command."
+}
+
 pub(crate) fn outcome_unknown(error: &redis::RedisError) -> GatewayError {
     let what = if error.is_timeout() {
         "no reply from Redis within the response timeout"
@@ -118,5 +159,35 @@ pub(crate) fn server_error_text(error: &redis::ServerError) -> String {
     match error.details() {
         Some(detail) => format!("{} {detail}", error.code()),
         None => error.code().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_busy_refusal;
+
+    #[test]
+    fn only_the_servers_own_busy_refusals_are_busy() {
+        for text in [
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "BUSY Redis is busy running a script. You can only call FUNCTION KILL or SHUTDOWN NOSAVE.",
+            "BUSY Valkey is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "BUSY Redis is busy running a module command.",
+        ] {
+            assert!(is_busy_refusal(text), "{text}");
+        }
+        for text in [
+            "BUSYGROUP Consumer Group name already exists",
+            "BUSYKEY Target key name already exists.",
+            "BUSY",
+            "BUSY lock held by another worker",
+            "BUSY Redis is busy",
+            "BUSY Redis is busy running a module command. and more",
+            "ERR BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "busy Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "",
+        ] {
+            assert!(!is_busy_refusal(text), "{text}");
+        }
     }
 }

@@ -80,8 +80,13 @@
 //! connection limit; request bodies up to [`DEFAULT_MAX_BODY_BYTES`], batches up to
 //! [`DEFAULT_MAX_PIPELINE`] commands, counted while parsed. Scripts running longer than
 //! [`GatewayConfig::script_time_limit`] are stopped with `SCRIPT KILL` over a separate
-//! connection (keep Redis's `busy-reply-threshold` at or below it), and `BUSY` replies meanwhile
-//! are retried within that bound.
+//! connection (keep Redis's `busy-reply-threshold` at or below it), and Redis's own `BUSY`
+//! refusals meanwhile (`BUSY Redis is busy running a script…`: the command did not run) are
+//! retried within that bound. Any other reply is the command's answer and is never sent again —
+//! `BUSYGROUP`, or a script's own error text (`BUSY lock held`, `NOAUTH …`); only a script that
+//! returns Redis's refusal word for word is taken for it (and retried within the bound). The ACL
+//! users are re-created (provisioning mode) only when Redis refuses their credentials while a
+//! connection is opened, never because of a reply's text.
 //!
 //! # Scripts
 //! The gateway keeps a map `sha1(flagged text) → sha1(text sent to Redis)`, filled by `EVAL` and

@@ -345,7 +345,6 @@ async fn lost_replies_never_run_a_write_twice() {
 /// and again (every 20 ms, for the script time limit plus 1 s): `Backend::command` retries any
 /// error reply starting with "BUSY", not only Redis's own "BUSY Redis is busy running a script".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "breaker13: an error reply starting with BUSY from a script that wrote is resent (the write runs many times)"]
 async fn a_script_error_starting_with_busy_is_not_sent_again() {
     let gw =
         TestGateway::start_with(|config| config.with_script_time_limit(Duration::from_secs(1)))
@@ -370,7 +369,6 @@ async fn a_script_error_starting_with_busy_is_not_sent_again() {
 /// `XGROUP CREATE` of a group that exists answers `BUSYGROUP`: nothing to wait for, but the
 /// gateway takes it for Redis's `BUSY` and retries it for the script time limit plus 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "breaker13: BUSYGROUP is retried like BUSY: a duplicate XGROUP CREATE answers only after script time limit + 1 s"]
 async fn busygroup_answers_at_once() {
     let gw =
         TestGateway::start_with(|config| config.with_script_time_limit(Duration::from_secs(2)))
@@ -389,7 +387,6 @@ async fn busygroup_answers_at_once() {
 /// "authentication" wording, or `NOAUTH`/`WRONGPASS` in an error reply) makes the gateway
 /// re-create its ACL users and send the script a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "breaker13: a script error mentioning authentication/NOAUTH/WRONGPASS triggers re-provisioning and the script (a write) is sent twice"]
 async fn a_script_error_mentioning_authentication_is_not_sent_again() {
     let gw = TestGateway::start().await;
     for (n, script) in [
@@ -656,7 +653,6 @@ fn connections_received(gw: &TestGateway) -> u64 {
 /// new admin connection and renew every user's connection: even the read-only token, with a
 /// read-only script (or a `NOGROUP` error echoing a key name), can make it do so per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "breaker13: any error text containing NOAUTH/WRONGPASS/authentication (read-only token, EVAL_RO or a NOGROUP echoing a key) re-provisions the ACL users and reconnects: ~3 new Redis connections per request"]
 async fn error_texts_cannot_force_reprovisioning() {
     let gw = TestGateway::start().await;
     // A stream without the group: NOGROUP's text echoes the key name.
