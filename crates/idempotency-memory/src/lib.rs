@@ -88,6 +88,10 @@ pub use idempotency_core;
 /// Counter of completed records evicted to make room.
 pub const EVICTIONS_METRIC: &str = "idempotency_memory_evictions_total";
 
+/// The smallest byte bound [`MemoryStoreBuilder::max_bytes`] sets (1 KiB): room for a claim
+/// whose store key is a few hundred bytes long.
+pub const MIN_MAX_BYTES: usize = 1024;
+
 /// Fixed per-entry overhead counted against the byte bound (map slot, key and record headers).
 const ENTRY_OVERHEAD: usize = 96;
 
@@ -306,10 +310,12 @@ impl MemoryStoreBuilder {
     }
 
     /// Most bytes held, approximately: keys, outcome bodies and a fixed overhead per record
-    /// (default 1 GiB).
+    /// (default 1 GiB). At least [`MIN_MAX_BYTES`] (1 KiB, a claim with a long key): smaller
+    /// values are raised to it, as `max_entries(0)` is raised to 1, since a bound that holds no
+    /// record would refuse every claim.
     #[must_use]
     pub fn max_bytes(mut self, max: usize) -> Self {
-        self.max_bytes = max;
+        self.max_bytes = max.max(MIN_MAX_BYTES);
         self
     }
 

@@ -254,16 +254,19 @@ async fn a_huge_body_in_a_tiny_store() {
     assert!(store.get(&k(100)).await.unwrap().is_none());
 }
 
-/// `max_bytes(0)` builds a store that refuses every claim (`Full` with 0 entries): the builder
-/// accepts the value silently, while `max_entries(0)` is raised to 1.
+/// `max_bytes(0)` built a store that refused every claim (`Full` with 0 entries), while
+/// `max_entries(0)` is raised to 1: a bound below `MIN_MAX_BYTES` is raised to it now.
 #[tokio::test]
-#[ignore = "breaker13: max_bytes(0) is accepted and yields a store that refuses every claim (max_entries(0) is raised to 1)"]
 async fn max_bytes_zero_is_not_a_store_that_refuses_everything() {
-    let store = MemoryStore::builder().max_bytes(0).build();
-    let r = claim_record();
-    let claimed = store.try_claim(&k(1), &r, Duration::from_secs(60)).await;
-    assert!(
-        matches!(claimed, Ok(Claim::Claimed)),
-        "max_bytes(0): {claimed:?}"
-    );
+    for max in [0, 1, 200, idempotency_memory::MIN_MAX_BYTES - 1] {
+        let store = MemoryStore::builder().max_bytes(max).build();
+        let r = claim_record();
+        let claimed = store.try_claim(&k(1), &r, Duration::from_secs(60)).await;
+        assert!(
+            matches!(claimed, Ok(Claim::Claimed)),
+            "max_bytes({max}): {claimed:?}"
+        );
+        // Still a bound, of 1 KiB.
+        assert!(store.approximate_bytes() <= idempotency_memory::MIN_MAX_BYTES);
+    }
 }
