@@ -84,7 +84,8 @@ impl<S, E> LayerBuilder<S, E> {
         self
     }
 
-    /// Which response statuses are stored and replayed (default [`default_store_status`]).
+    /// Which response statuses are stored and replayed (default
+    /// [`default_store_status`](crate::default_store_status)).
     /// Responses not stored release the claim, so a retry runs again.
     #[must_use]
     pub fn store_status(
@@ -128,8 +129,8 @@ impl<S, E> LayerBuilder<S, E> {
     }
 
     /// Which responses are streams by nature and never recorded (default
-    /// [`default_is_stream`]: `text/event-stream`). Their body passes through untouched and no
-    /// copy is kept; the claim ends when the head is ready, by the
+    /// [`default_is_stream`](crate::default_is_stream): `text/event-stream`). Their body passes
+    /// through untouched and no copy is kept; the claim ends when the head is ready, by the
     /// [`oversize_response`](Self::oversize_response) policy (default: recorded without its body,
     /// so a retry gets the status and headers plus `Idempotent-Body-Omitted: true`, not the
     /// events, and the operation does not run again).

@@ -58,6 +58,7 @@ impl ScopeExtractor for GlobalScope {
     }
 }
 
-/// Builder state before a scope was chosen: [`LayerBuilder::build`] is not available yet.
+/// Builder state before a scope was chosen: [`LayerBuilder::build`](crate::LayerBuilder::build)
+/// is not available yet.
 #[derive(Debug, Clone, Copy)]
 pub struct NoScope;
