@@ -34,8 +34,9 @@ fn print_help() {
         "cargo xtask <command>\n\n\
          commands:\n  \
          test [--testcontainers] [-- <cargo test args>]\n    \
-         fmt check, clippy (-D warnings), provision Redis, cargo test --workspace, then the\n    \
-         quick chaos run (< 60 s; fails only on the guarantees that must hold today).\n    \
+         fmt check, clippy (-D warnings), cargo doc (-D warnings), provision Redis,\n    \
+         cargo test --workspace, then the quick chaos run (< 60 s; fails only on the\n    \
+         guarantees that must hold today).\n    \
          --testcontainers (or {TESTCONTAINERS_ENV}=1): build the testkit's `testcontainers`\n    \
          feature, so Redis fixtures start in Docker when an engine answers (CI on GitHub)\n  \
          bench [--quick] [--out DIR] [-- <loadgen args>]\n    \
@@ -65,7 +66,7 @@ fn print_help() {
     );
 }
 
-/// fmt, clippy, provisioning, then the whole test suite (doc tests included). Stops at the first
+/// fmt, clippy, docs, provisioning, then the whole test suite (doc tests included). Stops at the first
 /// failing step; the last lines printed are the test runner's summary.
 fn test(extra: &[String]) -> Result<(), String> {
     let (testcontainers, extra) = take_testcontainers_switch(extra);
@@ -91,6 +92,19 @@ fn test(extra: &[String]) -> Result<(), String> {
             .concat(),
         ),
     )?;
+    // The public docs' links and examples' text (rustdoc's own warnings: broken intra-doc
+    // links, bad HTML); the library crates, whose docs people read. Dependencies' metadata is
+    // the one clippy just built. The CLI's binary is `idempotency`, as the facade crate: cargo
+    // would document both into one folder (rust-lang/cargo#6313).
+    let mut doc = cargo(&[
+        "doc",
+        "--workspace",
+        "--no-deps",
+        "--exclude",
+        "idempotency-cli",
+    ]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    step("cargo doc (-D warnings)", doc)?;
     provision::ensure_test_servers(testcontainers)?;
     provision::ensure_valkey()?;
     let mut args = vec!["test", "--workspace"];
