@@ -422,18 +422,7 @@ mod tests {
         assert_eq!(key(&params).map(|k| k.len()), Ok(255));
     }
 
-    /// RFC 8941 §4.1.6 serialisation of an sf-string.
-    fn quote(key: &str) -> String {
-        let mut out = String::from("\"");
-        for c in key.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
-        out
-    }
+    use super::super::test_support::quote;
 
     /// A well-formed RFC 8941 parameter, serialised.
     fn parameter() -> impl Strategy<Value = String> {

@@ -376,6 +376,23 @@ fn escape_scope_into(scope: &str, out: &mut String) {
     }
 }
 
+/// Helpers shared by this module's tests and `header`'s.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// RFC 8941 §4.1.6 serialisation of an sf-string.
+    pub(crate) fn quote(key: &str) -> String {
+        let mut out = String::from("\"");
+        for c in key.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,18 +529,7 @@ mod tests {
         out
     }
 
-    /// RFC 8941 §4.1.6 serialisation of an sf-string.
-    fn quote(key: &str) -> String {
-        let mut out = String::from("\"");
-        for c in key.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
-        out
-    }
+    use super::test_support::quote;
 
     proptest! {
         #[test]
