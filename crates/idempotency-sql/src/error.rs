@@ -98,7 +98,10 @@ pub enum TransactionConflict {
     /// transaction's snapshot, or another serialization conflict) or `40P01` (deadlock). The
     /// transaction is aborted.
     #[error(
-        "the transaction failed with SQLSTATE {code} at the completion: roll it back and retry          from the claim; a transaction at REPEATABLE READ or SERIALIZABLE that outlasts a lease          renewal (a third of the lease) fails this way on every retry: run it at READ COMMITTED          (Postgres's default), opened after the claim (claim, then BEGIN)"
+        "the transaction failed with SQLSTATE {code} at the completion: roll it back and retry \
+         from the claim; a transaction at REPEATABLE READ or SERIALIZABLE that outlasts a lease \
+         renewal (a third of the lease) fails this way on every retry: run it at READ COMMITTED \
+         (Postgres's default), opened after the claim (claim, then BEGIN)"
     )]
     SerializationFailure {
         /// `40001` or `40P01`.
@@ -111,7 +114,9 @@ pub enum TransactionConflict {
     /// and can no longer write (`SQLITE_BUSY_SNAPSHOT`: a deferred `BEGIN` whose first
     /// statement was a read).
     #[error(
-        "the SQLite transaction read an older snapshot and cannot write (SQLITE_BUSY_SNAPSHOT):          roll it back and open it with BEGIN IMMEDIATE (`pool.begin_with(\"BEGIN IMMEDIATE\")`)          after the claim (claim, then BEGIN)"
+        "the SQLite transaction read an older snapshot and cannot write (SQLITE_BUSY_SNAPSHOT): \
+         roll it back and open it with BEGIN IMMEDIATE (`pool.begin_with(\"BEGIN IMMEDIATE\")`) \
+         after the claim (claim, then BEGIN)"
     )]
     BusySnapshot {
         /// The database's error.
@@ -123,9 +128,14 @@ pub enum TransactionConflict {
 fn stale_snapshot_message(isolation: Option<&str>) -> String {
     match isolation {
         Some(level) if level != "read committed" => format!(
-            "the transaction runs at {level}: its snapshot predates the claim or a renewal of              its lease, so it cannot complete the claim (every retry would fail the same way):              run it at READ COMMITTED (Postgres's default) and open it after the claim (claim,              then BEGIN)"
+            "the transaction runs at {level}: its snapshot predates the claim or a renewal of \
+             its lease, so it cannot complete the claim (every retry would fail the same way): \
+             run it at READ COMMITTED (Postgres's default) and open it after the claim (claim, \
+             then BEGIN)"
         ),
-        _ => "the transaction does not see the claim, which is live under this attempt: open it               after the claim (claim, then BEGIN), at READ COMMITTED (Postgres's default), on the               store's database (same database and search_path as the store's pool)"
+        _ => "the transaction does not see the claim, which is live under this attempt: open it \
+         after the claim (claim, then BEGIN), at READ COMMITTED (Postgres's default), on the \
+         store's database (same database and search_path as the store's pool)"
             .to_owned(),
     }
 }
@@ -217,6 +227,30 @@ pub(crate) async fn timed<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every message reads as one sentence: no run of spaces left by a broken line
+    /// continuation in the source.
+    #[test]
+    fn conflict_messages_have_no_runs_of_spaces() {
+        let io = || sqlx::Error::Io(std::io::Error::other("x"));
+        let messages = [
+            TransactionConflict::StaleSnapshot { isolation: None }.to_string(),
+            TransactionConflict::StaleSnapshot {
+                isolation: Some("repeatable read".into()),
+            }
+            .to_string(),
+            TransactionConflict::SerializationFailure {
+                code: "40001".into(),
+                source: io(),
+            }
+            .to_string(),
+            TransactionConflict::BusySnapshot { source: io() }.to_string(),
+        ];
+        for message in messages {
+            assert!(!message.contains("  "), "{message:?}");
+            assert!(message.contains("BEGIN"), "{message:?}");
+        }
+    }
 
     #[test]
     fn unavailable_codes() {

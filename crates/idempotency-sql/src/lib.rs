@@ -72,6 +72,11 @@
 //! | any `Err`, or the commit fails | roll back | the pending completion (dropped) releases the claim in the background: a retry runs |
 //! | rolled back for another reason | `pending.release().await` (or drop it) | the claim is released: a retry runs |
 //!
+//! On Postgres, a `complete_in` whose UPDATE did not apply (`LeaseLost`, a stale snapshot)
+//! also aborts the transaction before answering (a `RAISE` inside it), so a handler that
+//! ignores the error and commits gets a rollback, never a side effect committed without its
+//! record. SQLite has no aborted-transaction state: there, rolling back is the handler's job.
+//!
 //! Releasing after a successful commit is harmless (a release is fenced on the record being
 //! in progress under the token), so a dropped pending completion may always release. The row
 //! stays locked by the transaction until it ends. On Postgres a retry of the same key meanwhile

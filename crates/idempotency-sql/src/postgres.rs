@@ -156,7 +156,9 @@ impl SqlStatements {
             // `clock_timestamp()` once per row (in the subquery), so the filter and the value
             // agree.
             time_to_live: format!(
-                "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at - clock_timestamp())                    * 1000000)::int8 AS left_us FROM {t} WHERE store_key = $1) AS live                  WHERE left_us > 0"
+                "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at - clock_timestamp()) \
+                 * 1000000)::int8 AS left_us FROM {t} WHERE store_key = $1) AS live \
+                 WHERE left_us > 0"
             ),
         }
     }
@@ -317,6 +319,15 @@ async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> 
     }
 }
 
+/// Raised in the caller's transaction after `complete_in` could not complete the claim there
+/// ([`PostgresStore::abort_transaction`]): Postgres then refuses every later statement of the
+/// transaction (SQLSTATE `25P02`) and answers `COMMIT` with `ROLLBACK`.
+const ABORT_TRANSACTION: &str = "DO $$ BEGIN RAISE EXCEPTION USING \
+     ERRCODE = 'P0001', \
+     MESSAGE = 'idempotency: the claim could not be completed in this transaction, so it is \
+     aborted: its side effect must not commit without the idempotency record', \
+     HINT = 'roll back; see the error complete_in returned'; END $$";
+
 /// SQLSTATE `40001` (serialization failure) or `40P01` (deadlock detected): the caller's
 /// transaction is aborted and must be retried from the start.
 fn serialization_failure(error: &sqlx::Error) -> Option<&'static str> {
@@ -440,6 +451,11 @@ impl PostgresStore {
     /// [`PendingCompletion::release`] (or drop it: it releases in the background) so a retry
     /// runs again. The engine's `store_timeout` bounds the statement.
     ///
+    /// When the UPDATE does not apply (every error below but a failed statement or a timeout),
+    /// the store aborts the transaction before answering: Postgres refuses its later
+    /// statements and answers `COMMIT` with a rollback, so the side effect never commits
+    /// without the record, even when the error is ignored.
+    ///
     /// # Errors
     /// - [`IdempotencyError::LeaseLost`]: the claim lapsed or was taken over; **roll back**, so
     ///   this stale attempt's side effect is undone too;
@@ -495,13 +511,8 @@ impl PostgresStore {
             Ok(Ok(false)) => self.not_applied(conn, pending, &key, &token).await,
             Ok(Err(error)) => match serialization_failure(&error) {
                 Some(code) => {
-                    tracing::warn!(key = %key, code, "completion in the caller's transaction failed with a serialization failure; releasing the claim");
-                    drop(pending);
-                    Err(TransactionConflict::SerializationFailure {
-                        code: code.to_owned(),
-                        source: error,
-                    }
-                    .into_error())
+                    self.serialization_failed(pending, &key, &token, code, error)
+                        .await
                 }
                 None => Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into()),
             },
@@ -525,6 +536,10 @@ impl PostgresStore {
     /// once (answering `LeaseLost` and keeping the claim would block the key for the rest of
     /// the lease, and every retry would fail the same way). The isolation level, read on the
     /// caller's connection (still usable: nothing failed in it), goes into the message.
+    ///
+    /// Whatever the answer, the caller's transaction is then made uncommittable
+    /// ([`abort_transaction`](Self::abort_transaction)): its side effect must not commit
+    /// without the record, whether another attempt holds the key or the claim is released.
     async fn not_applied<S: IdempotencyStore + 'static>(
         &self,
         conn: &mut PgConnection,
@@ -532,7 +547,7 @@ impl PostgresStore {
         key: &StoreKey,
         token: &LeaseToken,
     ) -> Result<PendingCompletion<S>, IdempotencyError> {
-        match self.get(key).await {
+        let answer = match self.get(key).await {
             Ok(Some(Record::InProgress(claim))) if claim.token == *token => {
                 let isolation = timed(
                     StoreOperation::Complete,
@@ -551,6 +566,57 @@ impl PostgresStore {
             Ok(_) => Err(pending.lease_lost()),
             // Cannot tell (or the row is not a record): give the claim up if it is still ours.
             Err(error) => Err(error.into()),
+        };
+        self.abort_transaction(conn).await;
+        answer
+    }
+
+    /// The fenced UPDATE failed with SQLSTATE `40001`/`40P01` (the transaction is aborted):
+    /// the row version in the caller's snapshot was changed or deleted after the snapshot was
+    /// taken. Tell a lease renewal (the claim, read on the pool, is still live under our
+    /// token: [`TransactionConflict::SerializationFailure`], and the claim is released so a
+    /// retry runs at once) from a lost claim (deleted, lapsed or taken over: `LeaseLost`, as
+    /// at `READ COMMITTED`). When the claim cannot be read, the conflict is reported.
+    async fn serialization_failed<S: IdempotencyStore + 'static>(
+        &self,
+        pending: PendingCompletion<S>,
+        key: &StoreKey,
+        token: &LeaseToken,
+        code: &'static str,
+        error: sqlx::Error,
+    ) -> Result<PendingCompletion<S>, IdempotencyError> {
+        match self.get(key).await {
+            Ok(Some(Record::InProgress(claim))) if claim.token != *token => {
+                Err(pending.lease_lost())
+            }
+            Ok(None | Some(Record::Completed(_))) => Err(pending.lease_lost()),
+            _ => {
+                tracing::warn!(key = %key, code, "completion in the caller's transaction failed with a serialization failure; releasing the claim");
+                drop(pending);
+                Err(TransactionConflict::SerializationFailure {
+                    code: code.to_owned(),
+                    source: error,
+                }
+                .into_error())
+            }
+        }
+    }
+
+    /// Makes the caller's transaction uncommittable after a completion that did not apply:
+    /// raises an error inside it, so Postgres aborts it and a later `COMMIT` rolls it back
+    /// (Postgres answers `COMMIT` in an aborted transaction with `ROLLBACK`). A caller that
+    /// ignores the error and commits therefore loses its side effect instead of committing it
+    /// without the record — which a retry would run again. Best effort: the statement's own
+    /// failure is the point, and any failure to send it also aborts the transaction or leaves
+    /// a connection that cannot commit.
+    async fn abort_transaction(&self, conn: &mut PgConnection) {
+        let raised = tokio::time::timeout(
+            self.inner.timeout,
+            Executor::execute(&mut *conn, ABORT_TRANSACTION),
+        )
+        .await;
+        if let Ok(Ok(_)) = raised {
+            tracing::error!("the statement that aborts the caller's transaction did not fail");
         }
     }
 

@@ -817,3 +817,220 @@ async fn sqlite_deferred_transaction_that_read_before_the_claim_is_a_transaction
         .expect("count");
     assert_eq!(count, 1);
 }
+
+/// breaker14: at `REPEATABLE READ`, an operator deletes the live claim (CLI `delete`) and
+/// another attempt claims the key, after the stale attempt's transaction took its snapshot.
+/// The fenced UPDATE then fails with 40001 (concurrent delete of the row version in its
+/// snapshot). The claim is not this attempt's any more: the answer is `LeaseLost`, as at
+/// `READ COMMITTED` (it was a `TransactionConflict` saying "claim released"), and the new
+/// owner's claim is untouched and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_repeatable_read_takeover_after_delete_is_lease_lost() {
+    let (engine, orders) = pg_engine(Duration::from_secs(60)).await;
+    let key = IdempotencyKey::new("rr-delete-takeover").unwrap();
+    let Ok(Begin::Run(stale)) = engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await
+    else {
+        panic!("expected to run");
+    };
+    let mut tx = engine
+        .store()
+        .pool()
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let store_key = engine.store_key(&Scope::global(), &key);
+    assert!(
+        idempotency_core::IdempotencyStore::delete(engine.store(), &store_key)
+            .await
+            .expect("delete")
+    );
+    let new_owner = runs_within(&engine, &key, Duration::from_secs(5))
+        .await
+        .expect("the deleted key is claimed again");
+    let answer = engine
+        .store()
+        .complete_in(&mut tx, stale, receipt("stale"))
+        .await;
+    assert!(
+        matches!(answer, Err(IdempotencyError::LeaseLost)),
+        "{answer:?}"
+    );
+    drop(tx);
+    let mut tx = engine.store().pool().begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('new')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let pending = engine
+        .store()
+        .complete_in(&mut tx, new_owner, receipt("new"))
+        .await
+        .expect("the new owner's claim was left alone");
+    tx.commit().await.expect("commit");
+    pending.committed();
+    let whos: Vec<String> = sqlx::query_scalar(&format!("SELECT who FROM {orders}"))
+        .fetch_all(engine.store().pool())
+        .await
+        .expect("orders");
+    assert_eq!(whos, vec!["new".to_owned()]);
+}
+
+/// How a stale attempt reaches a failed `complete_in` in [`ignored_error_then_commit`].
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// `REPEATABLE READ`, snapshot taken before the claim: `TransactionConflict` (stale
+    /// snapshot), the claim released.
+    StaleSnapshot,
+    /// `READ COMMITTED`, the lease lapsed (renewal off) and another attempt took the key over:
+    /// `LeaseLost`.
+    TakenOver,
+    /// `REPEATABLE READ`, the claim deleted and claimed again after the snapshot: 40001 on
+    /// the UPDATE, `LeaseLost`.
+    DeletedAndReclaimed,
+}
+
+/// A handler that ignores `complete_in`'s error and commits its transaction anyway (the docs
+/// say to roll back). Whatever the failure, the stale attempt's side effect must not commit:
+/// the store aborts the caller's transaction before answering, so `COMMIT` rolls it back. Then
+/// the key runs once more (the retry, or the attempt that took it over) and exactly one order
+/// exists. Before, the stale snapshot case committed the order and released the claim: the
+/// retry ordered a second time.
+async fn ignored_error_then_commit(failure: Failure) {
+    let lease = match failure {
+        Failure::TakenOver => Duration::from_millis(300),
+        Failure::StaleSnapshot | Failure::DeletedAndReclaimed => Duration::from_secs(60),
+    };
+    let store = common::pg_store(8).await;
+    let orders = orders_table();
+    sqlx::query(&format!(
+        "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
+    ))
+    .execute(store.pool())
+    .await
+    .expect("orders table");
+    let engine = Idempotency::builder(store)
+        .prefix(idempotency_testkit::unique_prefix())
+        .lease(lease)
+        .renew_leases(!matches!(failure, Failure::TakenOver))
+        .ignore_env()
+        .build()
+        .expect("engine");
+    let key = IdempotencyKey::new("ignored-error").unwrap();
+    let pool = engine.store().pool().clone();
+    let begin = match failure {
+        Failure::TakenOver => "BEGIN",
+        Failure::StaleSnapshot | Failure::DeletedAndReclaimed => {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        }
+    };
+    let mut tx = pool.begin_with(begin).await.expect("begin tx");
+    let _: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {orders}"))
+        .fetch_one(&mut *tx)
+        .await
+        .expect("read first");
+    let Ok(Begin::Run(stale)) = engine
+        .begin(&Scope::global(), &key, Fingerprint::of("order"))
+        .await
+    else {
+        panic!("expected to run");
+    };
+    let mut other = None;
+    if let Failure::DeletedAndReclaimed = failure {
+        // The snapshot must hold the claim's row: take it after the claim (a new statement at
+        // REPEATABLE READ would not), so open the transaction again.
+        drop(tx);
+        tx = pool.begin_with(begin).await.expect("begin tx");
+    }
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    match failure {
+        Failure::StaleSnapshot => {}
+        Failure::TakenOver => {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            other = Some(
+                runs_within(&engine, &key, Duration::from_secs(5))
+                    .await
+                    .expect("the lapsed claim is taken over"),
+            );
+        }
+        Failure::DeletedAndReclaimed => {
+            let store_key = engine.store_key(&Scope::global(), &key);
+            assert!(
+                idempotency_core::IdempotencyStore::delete(engine.store(), &store_key)
+                    .await
+                    .expect("delete")
+            );
+            other = Some(
+                runs_within(&engine, &key, Duration::from_secs(5))
+                    .await
+                    .expect("the deleted key is claimed again"),
+            );
+        }
+    }
+    let error = engine
+        .store()
+        .complete_in(&mut tx, stale, receipt("stale"))
+        .await
+        .expect_err("the stale attempt cannot complete");
+    match failure {
+        Failure::StaleSnapshot => {
+            conflict_cause(&error);
+        }
+        Failure::TakenOver | Failure::DeletedAndReclaimed => {
+            assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
+        }
+    }
+    // The handler ignores the error and commits (or tries to).
+    let _ = tx.commit().await;
+    assert_eq!(
+        pg_count(&engine, &orders).await,
+        0,
+        "{failure:?}: the stale attempt's order must not commit"
+    );
+    let next = match other {
+        Some(guard) => guard,
+        None => runs_within(&engine, &key, Duration::from_secs(1))
+            .await
+            .expect("the stale snapshot's claim was released"),
+    };
+    let mut tx = pool.begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('next')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let pending = engine
+        .store()
+        .complete_in(&mut tx, next, receipt("next"))
+        .await
+        .expect("the next attempt completes");
+    tx.commit().await.expect("commit");
+    pending.committed();
+    assert_eq!(
+        pg_count(&engine, &orders).await,
+        1,
+        "{failure:?}: one order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stale_snapshot_ignored_then_committed_orders_once() {
+    ignored_error_then_commit(Failure::StaleSnapshot).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lease_lost_ignored_then_committed_orders_once() {
+    ignored_error_then_commit(Failure::TakenOver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deleted_and_reclaimed_ignored_then_committed_orders_once() {
+    ignored_error_then_commit(Failure::DeletedAndReclaimed).await;
+}
