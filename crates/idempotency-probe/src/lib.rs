@@ -30,7 +30,21 @@
 //! The binary: `idempotency-probe --url URL --method PUT --body JSON [-H 'K: V']...
 //! [--concurrency N] [--latency N [--budget-ms MS]] [--json]`; exit status 0 when every check passes, 1 when one fails, 2 when
 //! the probe could not run (bad arguments, [`ProbeError::Unreachable`]: no request could
-//! connect, or [`ProbeError::Unauthorized`]: every request got 401, or every one 403).
+//! connect, [`ProbeError::Unauthorized`]: every request got 401, or every one 403, or
+//! [`ProbeError::ProxyAuthenticationRequired`]: every one 407).
+//!
+//! ## When refusals mean "cannot run"
+//!
+//! The probe gives up for want of credentials only on evidence from at least two requests:
+//! every answer is the same refusal — all `401 Unauthorized`, all `403 Forbidden`, or all
+//! `407 Proxy Authentication Required` — and there are at least two of them. Check (a) stops at
+//! its first refused request, so when that is all the probe has seen it sends one confirming
+//! request (the same request under a fresh key, not part of any check) before deciding. When
+//! the confirming request is answered otherwise (a flaky auth proxy, an endpoint that refuses
+//! once), the checks run and report what they saw: (a) fails naming the refusal. A mix of
+//! refusals (401 and 403, say) is not one answer repeated: the checks run and are reported
+//! (exit 1), each failing check naming the status it got. After check (e) the same rule is
+//! applied to every answer of the run.
 
 #![deny(missing_docs)]
 
@@ -79,9 +93,10 @@ pub enum ProbeError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
-    /// Every request was answered `401 Unauthorized` (or every one `403 Forbidden`): the
-    /// endpoint wants credentials the probe was not given, so no check could reach the
-    /// idempotency layer behind them.
+    /// Every request was answered `401 Unauthorized` (or every one `403 Forbidden`), at least
+    /// two of them: the endpoint wants credentials the probe was not given, so no check could
+    /// reach the idempotency layer behind them. (A single refusal is confirmed by a second
+    /// request first; a mix of 401 and 403 is reported as checks: see the crate docs.)
     #[error(
         "cannot run: every request got {status} from {url} ({requests} sent); the endpoint needs \
          credentials: pass them with -H (e.g. -H 'Authorization: Bearer …')"
@@ -92,6 +107,21 @@ pub enum ProbeError {
         /// The status every request got (`401 Unauthorized` or `403 Forbidden`).
         status: reqwest::StatusCode,
         /// How many requests were answered with it.
+        requests: usize,
+    },
+    /// Every request was answered `407 Proxy Authentication Required`, at least two of them: a
+    /// proxy between the probe and the endpoint wants credentials, so no request reached the
+    /// endpoint at all.
+    #[error(
+        "cannot run: every request got 407 Proxy Authentication Required on the way to {url} \
+         ({requests} sent); a proxy between the probe and the endpoint wants credentials, no \
+         request reached the endpoint: give the proxy's credentials (in HTTP_PROXY / HTTPS_PROXY \
+         as http://user:password@proxy:port, or -H 'Proxy-Authorization: …')"
+    )]
+    ProxyAuthenticationRequired {
+        /// The probed URL.
+        url: String,
+        /// How many requests were answered 407.
         requests: usize,
     },
     /// No request reached the endpoint: every one failed to connect (connection refused, DNS,
@@ -339,7 +369,13 @@ pub(crate) struct Probe {
     unauthorized: AtomicUsize,
     /// Answers `403 Forbidden`.
     forbidden: AtomicUsize,
+    /// Answers `407 Proxy Authentication Required`.
+    proxy_refused: AtomicUsize,
 }
+
+/// How many answers, all the same refusal, make "cannot run": one more than check (a) can
+/// see before it stops, so a single refusal is never enough.
+const REFUSALS_FOR_CANNOT_RUN: usize = 2;
 
 impl Probe {
     /// [`ProbeError::Unreachable`] when no request has been answered yet and one failed to
@@ -358,26 +394,69 @@ impl Probe {
         }
     }
 
-    /// [`ProbeError::Unauthorized`] when every answer so far was 401 (or every one 403): the
-    /// checks would only report the authentication layer, each as a failure of its own.
-    fn authorized(&self) -> Result<(), ProbeError> {
+    /// The refusal status every answer so far got (401, 403 or 407), when there is one: no
+    /// answer yet, an answer that is no refusal, or refusals that differ give `None`.
+    fn refusal(&self) -> Option<(reqwest::StatusCode, usize)> {
         let answered = self.answered.load(Ordering::Relaxed);
         if answered == 0 {
-            return Ok(());
+            return None;
         }
-        for (count, status) in [
+        [
             (&self.unauthorized, reqwest::StatusCode::UNAUTHORIZED),
             (&self.forbidden, reqwest::StatusCode::FORBIDDEN),
-        ] {
-            if count.load(Ordering::Relaxed) == answered {
-                return Err(ProbeError::Unauthorized {
-                    url: self.config.url.clone(),
+            (
+                &self.proxy_refused,
+                reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ),
+        ]
+        .into_iter()
+        .find(|(count, _)| count.load(Ordering::Relaxed) == answered)
+        .map(|(_, status)| (status, answered))
+    }
+
+    /// [`ProbeError::Unauthorized`] (401 or 403) or [`ProbeError::ProxyAuthenticationRequired`]
+    /// (407) when at least [`REFUSALS_FOR_CANNOT_RUN`] requests were answered and every answer
+    /// was that same refusal: the checks would only report the authentication layer, each as a
+    /// failure of its own. Fewer answers, or mixed ones, are left to the checks.
+    fn authorized(&self) -> Result<(), ProbeError> {
+        let Some((status, requests)) = self.refusal() else {
+            return Ok(());
+        };
+        if requests < REFUSALS_FOR_CANNOT_RUN {
+            return Ok(());
+        }
+        let url = self.config.url.clone();
+        Err(
+            if status == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                ProbeError::ProxyAuthenticationRequired { url, requests }
+            } else {
+                ProbeError::Unauthorized {
+                    url,
                     status,
-                    requests: answered,
-                });
+                    requests,
+                }
+            },
+        )
+    }
+
+    /// When every answer so far is one refusal but fewer than [`REFUSALS_FOR_CANNOT_RUN`]
+    /// (check (a) stops at its first), send the configured request again under a fresh key, so
+    /// that [`authorized`](Self::authorized) decides on a second answer. Its answer feeds only
+    /// the counters, never a check; a transport failure is left to the checks that follow.
+    async fn confirm_refusal(&self) {
+        while self
+            .refusal()
+            .is_some_and(|(_, requests)| requests < REFUSALS_FOR_CANNOT_RUN)
+        {
+            let key = random_key();
+            if self
+                .send(check::KeyUse::Key(&key), &self.config.body)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
-        Ok(())
     }
 
     /// One request; a transport failure becomes the message the table shows.
@@ -417,6 +496,8 @@ impl Probe {
             self.unauthorized.fetch_add(1, Ordering::Relaxed);
         } else if status == reqwest::StatusCode::FORBIDDEN {
             self.forbidden.fetch_add(1, Ordering::Relaxed);
+        } else if status == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            self.proxy_refused.fetch_add(1, Ordering::Relaxed);
         }
         self.answered.fetch_add(1, Ordering::Relaxed);
         let replayed = response
@@ -452,9 +533,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// # Errors
 /// [`ProbeError`] when the probe cannot run: bad URL, no HTTP client, or
 /// [`ProbeError::Unreachable`] when no request got an answer and they failed to connect
-/// (connection refused, DNS, connect timeout), [`ProbeError::Unauthorized`] when every answer
-/// was 401 (or every one 403): credentials missing or refused. Failing checks, and failures after the endpoint
-/// answered once (a timeout, a dropped connection), are reported in the [`ProbeReport`].
+/// (connection refused, DNS, connect timeout), [`ProbeError::Unauthorized`] when at least two
+/// requests were answered and every answer was 401 (or every one 403): credentials missing or
+/// refused, [`ProbeError::ProxyAuthenticationRequired`] when likewise every answer was 407: a
+/// proxy wants credentials. A first refusal is confirmed by one more request before deciding;
+/// mixed refusals (401 and 403) are reported as checks (see the crate docs). Failing checks,
+/// and failures after the endpoint answered once (a timeout, a dropped connection), are
+/// reported in the [`ProbeReport`].
 pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
     if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
         return Err(ProbeError::InvalidUrl(config.url.clone()));
@@ -470,13 +555,17 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
         first_connect_error: Mutex::new(None),
         unauthorized: AtomicUsize::new(0),
         forbidden: AtomicUsize::new(0),
+        proxy_refused: AtomicUsize::new(0),
     };
     let key = random_key();
     let (a, first) = check::duplicate(&probe, &key).await;
     // Check (a)'s first request could not connect: the endpoint is not there, and the other
     // checks would only repeat that (each after its own timeout).
     probe.reachable()?;
-    // Both of (a)'s requests were refused for want of credentials: so would every other.
+    // (a) stops at its first refused request: one refusal is no evidence yet (a flaky auth
+    // proxy, an endpoint that refuses once), so confirm it with a second request; two of the
+    // same refusal and nothing else mean every other request would be refused too.
+    probe.confirm_refusal().await;
     probe.authorized()?;
     let b = check::new_key(&probe, first.as_ref()).await;
     let c = check::missing_key(&probe).await;

@@ -12,7 +12,9 @@ use idempotency_probe::{ProbeConfig, ProbeError, run};
 ///
 /// Exit status: 0 every check passed, 1 a check failed, 2 the probe could not run (bad
 /// arguments, the endpoint could not be reached at all: every request failed to connect, or
-/// every request got 401, or every one 403: pass credentials with -H).
+/// every request got 401, or every one 403: pass credentials with -H, or every one 407: a
+/// proxy wants credentials). Refusals need two answers: a first refused request is confirmed
+/// by one more before giving up; mixed refusals (401 and 403) are reported as failed checks.
 #[derive(Parser)]
 #[command(name = "idempotency-probe", version, about)]
 struct Args {
