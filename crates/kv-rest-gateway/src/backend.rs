@@ -308,8 +308,23 @@ impl Backend {
     /// script is stopped within the script time limit, so the caller waits instead of seeing
     /// the error — up to the limit plus a margin.
     fn retry_busy(&self, text: &str, started: tokio::time::Instant) -> bool {
-        is_busy_refusal(text)
-            && started.elapsed() < self.inner.script_time_limit + BUSY_RETRY_MARGIN
+        is_busy_refusal(text) && self.within_busy_bound(started)
+    }
+
+    /// Whether a request that began at `started` may still wait for a busy Redis: the script
+    /// time limit plus [`BUSY_RETRY_MARGIN`].
+    fn within_busy_bound(&self, started: tokio::time::Instant) -> bool {
+        started.elapsed() < self.inner.script_time_limit + BUSY_RETRY_MARGIN
+    }
+
+    /// Pauses [`BUSY_RETRY_DELAY`] and returns `true` while a request that began at `started`
+    /// may still wait for a busy Redis ([`Backend::within_busy_bound`]); `false` at once after.
+    async fn busy_pause(&self, started: tokio::time::Instant) -> bool {
+        if !self.within_busy_bound(started) {
+            return false;
+        }
+        tokio::time::sleep(BUSY_RETRY_DELAY).await;
+        true
     }
 
     async fn command_once(
@@ -375,6 +390,11 @@ impl Backend {
     /// Runs commands as one pipeline (not atomic). Returns one value per command; errors of
     /// single commands are inline `Value::ServerError`s.
     ///
+    /// Commands that Redis refused because another client's script is running (its busy
+    /// refusal: they did not run) are sent again while the busy bound lasts (the script time
+    /// limit plus [`BUSY_RETRY_MARGIN`]), when they end the pipeline; see
+    /// [`resend_refused_suffix`]. After the bound their busy refusals are their replies.
+    ///
     /// `resendable`: every command only reads (see [`Backend::command`]).
     pub(crate) async fn pipeline(
         &self,
@@ -386,17 +406,34 @@ impl Backend {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let count = cmds.len();
-        let pipeline = pipeline_of(cmds);
-        let mut result = self
-            .pipeline_once(access, &pipeline, count, script, resendable)
-            .await;
-        if self.reprovision_if_needed(&result).await {
-            result = self
-                .pipeline_once(access, &pipeline, count, script, resendable)
-                .await;
-        }
-        expect_len(result?, count)
+        let started = tokio::time::Instant::now();
+        let total = cmds.len();
+        let whole = &pipeline_of(cmds);
+        resend_refused_suffix(
+            total,
+            |from| async move {
+                // The first round sends the whole pipeline; later rounds only its refused end.
+                let pending;
+                let pipeline = if from == 0 {
+                    whole
+                } else {
+                    pending = pipeline_of(whole.cmd_iter().skip(from).cloned().collect());
+                    &pending
+                };
+                let count = total - from;
+                let mut result = self
+                    .pipeline_once(access, pipeline, count, script, resendable)
+                    .await;
+                if self.reprovision_if_needed(&result).await {
+                    result = self
+                        .pipeline_once(access, pipeline, count, script, resendable)
+                        .await;
+                }
+                result
+            },
+            || self.busy_pause(started),
+        )
+        .await
     }
 
     async fn pipeline_once(
@@ -441,15 +478,18 @@ impl Backend {
                     .transaction_once(access, &pipeline, count, script)
                     .await;
             }
-            let replies = result?;
-            // MULTI answered BUSY: nothing was queued or run; retry like a single command.
-            if let Some(Value::ServerError(error)) = replies.first()
-                && self.retry_busy(&server_error_text(error), started)
-            {
-                tokio::time::sleep(BUSY_RETRY_DELAY).await;
+            // Nothing ran because Redis is busy with another client's script: a new
+            // connection's set-up refused (nothing was sent), or the transaction refused (see
+            // `transaction_refused_as_busy`). Retried like a single command.
+            let busy = match &result {
+                Err(GatewayError::BadRequest(text)) => is_busy_refusal(text),
+                Ok(replies) => transaction_refused_as_busy(replies),
+                Err(_) => false,
+            };
+            if busy && self.busy_pause(started).await {
                 continue;
             }
-            break replies;
+            break result?;
         };
         let replies_len = replies.len();
         let exec = replies.pop();
@@ -628,6 +668,112 @@ impl Backend {
     }
 }
 
+/// Runs a pipeline of `count` commands and sends again the commands that Redis refused with
+/// its busy refusal ([`is_busy_refusal`]: another client's script or module command is
+/// running; those commands did not run). `send(from)` sends commands `from..count` (in order)
+/// and returns their replies; `wait()` pauses between rounds and returns `false` once the busy
+/// bound is over. The replies of the commands sent again take their places among the others.
+///
+/// Only refused commands *at the end* of the pipeline are sent again. Redis can run the first
+/// commands of a pipeline before a script starts and refuse the rest, which is safe to finish
+/// later: sending the refused end after everything that ran keeps the pipeline's order. But it
+/// can also refuse commands and then run later ones (the script ended while the pipeline was
+/// being read): sending a refused command again then would run it after a later command of the
+/// same pipeline — writes out of order — so a refused command followed by any command that ran
+/// (or answered anything else, an error included) is never sent again: its reply is the busy
+/// refusal. A command whose reply is anything else is never sent again either.
+///
+/// A `send` that fails with a busy refusal as a whole (a new connection's set-up refused:
+/// nothing was sent) is retried the same way; after the bound it is the error when no round got
+/// replies, else the commands keep the busy refusals of the last round that got them.
+///
+/// # Errors
+/// `send`'s other errors (the outcome of a failed round's commands is unknown; the replies of
+/// earlier rounds are lost with them), and [`GatewayError::Internal`] when a round's reply count
+/// does not match.
+async fn resend_refused_suffix<S, SF, W, WF>(
+    count: usize,
+    mut send: S,
+    mut wait: W,
+) -> Result<Vec<Value>, GatewayError>
+where
+    S: FnMut(usize) -> SF,
+    SF: std::future::Future<Output = Result<Vec<Value>, GatewayError>>,
+    W: FnMut() -> WF,
+    WF: std::future::Future<Output = bool>,
+{
+    let mut replies: Vec<Value> = Vec::with_capacity(count);
+    // The first command to send: everything after it is refused (or not sent yet).
+    let mut from = 0;
+    loop {
+        let refused_connect = match send(from).await {
+            Ok(sent) => {
+                let sent = expect_len(sent, count - from)?;
+                replies.truncate(from);
+                replies.extend(sent);
+                from = refused_suffix_start(&replies);
+                if from == count {
+                    return Ok(replies);
+                }
+                None
+            }
+            Err(GatewayError::BadRequest(text)) if is_busy_refusal(&text) => Some(text),
+            Err(error) => return Err(error),
+        };
+        if !wait().await {
+            return match refused_connect {
+                Some(text) if replies.is_empty() => Err(GatewayError::BadRequest(text)),
+                _ => Ok(replies),
+            };
+        }
+    }
+}
+
+/// Where the run of busy refusals that ends `replies` starts (`replies.len()` when the last
+/// reply is not one).
+fn refused_suffix_start(replies: &[Value]) -> usize {
+    replies
+        .iter()
+        .rposition(|reply| !is_busy_reply(reply))
+        .map_or(0, |last_other| last_other + 1)
+}
+
+fn is_busy_reply(value: &Value) -> bool {
+    matches!(value, Value::ServerError(error) if is_busy_refusal(&server_error_text(error)))
+}
+
+/// Whether a transaction's replies (`MULTI`, one per command, `EXEC`) show that none of its
+/// commands ran, and only because Redis was busy with another client's script:
+/// - `MULTI` served (Redis serves `MULTI` and `EXEC` during a script) and `EXEC` refused with
+///   the busy refusal (the queued commands die with the connection), or `EXEC` refused with
+///   `EXECABORT` because commands were refused while being queued, every one with the busy
+///   refusal (after another queueing error the transaction fails whenever it is sent);
+/// - `MULTI` refused with the busy refusal and every command and `EXEC` too. When `MULTI` was
+///   refused but a later command was not (the script ended meanwhile), that command ran outside
+///   a transaction: sending the transaction again would run it twice.
+fn transaction_refused_as_busy(replies: &[Value]) -> bool {
+    let Some((multi, rest)) = replies.split_first() else {
+        return false;
+    };
+    if is_busy_reply(multi) {
+        return rest.iter().all(is_busy_reply);
+    }
+    let (Value::Okay, Some((exec, queued))) = (multi, rest.split_last()) else {
+        return false;
+    };
+    if is_busy_reply(exec) {
+        return true;
+    }
+    let Value::ServerError(_) = exec else {
+        return false;
+    };
+    let mut errors = queued
+        .iter()
+        .filter(|reply| matches!(reply, Value::ServerError(_)))
+        .peekable();
+    errors.peek().is_some() && errors.all(is_busy_reply)
+}
+
 /// A transport failure of a command already handed to `connection`: the 503 that says the
 /// outcome is unknown, and the connection discarded when the failure broke it (not after a
 /// response timeout, which leaves it usable). `None` for other errors (a Redis error reply).
@@ -676,5 +822,243 @@ fn expect_len(values: Vec<Value>, count: usize) -> Result<Vec<Value>, GatewayErr
             "Redis returned {} replies for {count} commands",
             values.len()
         )))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use redis::Value;
+
+    use super::{GatewayError, resend_refused_suffix, transaction_refused_as_busy};
+
+    const BUSY: &str =
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";
+
+    fn error(text: &str) -> Value {
+        redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).unwrap()
+    }
+
+    fn busy() -> Value {
+        error(BUSY)
+    }
+
+    fn int(n: i64) -> Value {
+        Value::Int(n)
+    }
+
+    /// Runs [`resend_refused_suffix`] over `count` commands with scripted rounds (one result
+    /// per `send`) and scripted waits (`true`: the bound lasts; `true` when not scripted).
+    /// Returns the result and the `from` of every round.
+    async fn run(
+        count: usize,
+        rounds: Vec<Result<Vec<Value>, GatewayError>>,
+        waits: Vec<bool>,
+    ) -> (Result<Vec<Value>, GatewayError>, Vec<usize>) {
+        let rounds = RefCell::new(VecDeque::from(rounds));
+        let waits = RefCell::new(VecDeque::from(waits));
+        let sent = RefCell::new(Vec::new());
+        let result = resend_refused_suffix(
+            count,
+            |from| {
+                sent.borrow_mut().push(from);
+                let round = rounds
+                    .borrow_mut()
+                    .pop_front()
+                    .expect("an unscripted round");
+                async move { round }
+            },
+            || {
+                let more = waits.borrow_mut().pop_front().unwrap_or(true);
+                async move { more }
+            },
+        )
+        .await;
+        assert!(rounds.borrow().is_empty(), "rounds left over");
+        (result, sent.into_inner())
+    }
+
+    #[tokio::test]
+    async fn a_refused_end_is_sent_again_and_merged_in_place() {
+        let (result, sent) = run(
+            4,
+            vec![
+                Ok(vec![Value::Okay, int(1), busy(), busy()]),
+                Ok(vec![int(2), int(3)]),
+            ],
+            vec![],
+        )
+        .await;
+        assert_eq!(result.unwrap(), vec![Value::Okay, int(1), int(2), int(3)]);
+        assert_eq!(sent, vec![0, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_followed_by_one_that_ran_is_not_sent_again() {
+        // The script ended between commands 0 and 1: command 0 must not run after command 1.
+        let (result, sent) = run(2, vec![Ok(vec![busy(), int(1)])], vec![]).await;
+        assert_eq!(result.unwrap(), vec![busy(), int(1)]);
+        assert_eq!(sent, vec![0]);
+        // Only the refused end after the last command that ran is sent again.
+        let (result, sent) = run(
+            4,
+            vec![
+                Ok(vec![busy(), int(1), busy(), busy()]),
+                Ok(vec![int(2), int(3)]),
+            ],
+            vec![],
+        )
+        .await;
+        assert_eq!(result.unwrap(), vec![busy(), int(1), int(2), int(3)]);
+        assert_eq!(sent, vec![0, 2]);
+        // An error reply is an answer too (the command ran or was judged): nothing after it is
+        // an end to send, and nothing before it either.
+        let (result, sent) = run(
+            2,
+            vec![Ok(vec![busy(), error("ERR wrong number of arguments")])],
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            result.unwrap(),
+            vec![busy(), error("ERR wrong number of arguments")]
+        );
+        assert_eq!(sent, vec![0]);
+    }
+
+    #[tokio::test]
+    async fn other_busy_words_are_answers() {
+        for text in [
+            "BUSYGROUP Consumer Group name already exists",
+            "BUSYKEY Target key name already exists.",
+            "BUSY lock held by another worker",
+        ] {
+            let (result, sent) = run(2, vec![Ok(vec![int(1), error(text)])], vec![]).await;
+            assert_eq!(result.unwrap(), vec![int(1), error(text)], "{text}");
+            assert_eq!(sent, vec![0], "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resent_end_may_be_refused_again_in_part() {
+        let (result, sent) = run(
+            3,
+            vec![
+                Ok(vec![busy(), busy(), busy()]),
+                Ok(vec![busy(), busy(), busy()]),
+                Ok(vec![int(1), busy(), busy()]),
+                Ok(vec![int(2), int(3)]),
+            ],
+            vec![],
+        )
+        .await;
+        assert_eq!(result.unwrap(), vec![int(1), int(2), int(3)]);
+        assert_eq!(sent, vec![0, 0, 0, 1]);
+    }
+
+    #[tokio::test]
+    async fn after_the_bound_the_refusals_are_the_replies() {
+        let (result, sent) = run(
+            2,
+            vec![Ok(vec![int(1), busy()]), Ok(vec![busy()])],
+            vec![true, false],
+        )
+        .await;
+        assert_eq!(result.unwrap(), vec![int(1), busy()]);
+        assert_eq!(sent, vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_refused_as_busy_is_retried() {
+        let refused = || Err(GatewayError::BadRequest(BUSY.into()));
+        // Before anything was sent: retried, then the pipeline runs.
+        let (result, sent) = run(2, vec![refused(), Ok(vec![int(1), int(2)])], vec![]).await;
+        assert_eq!(result.unwrap(), vec![int(1), int(2)]);
+        assert_eq!(sent, vec![0, 0]);
+        // Never connected within the bound: the refusal is the error.
+        let (result, sent) = run(2, vec![refused(), refused()], vec![true, false]).await;
+        assert!(
+            matches!(&result, Err(GatewayError::BadRequest(text)) if text == BUSY),
+            "{result:?}"
+        );
+        assert_eq!(sent, vec![0, 0]);
+        // Refused while reconnecting for the refused end: the known replies stay.
+        let (result, sent) = run(
+            2,
+            vec![Ok(vec![int(1), busy()]), refused()],
+            vec![true, false],
+        )
+        .await;
+        assert_eq!(result.unwrap(), vec![int(1), busy()]);
+        assert_eq!(sent, vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn other_failures_and_wrong_reply_counts_are_errors() {
+        let (result, _) = run(
+            2,
+            vec![Err(GatewayError::BadRequest("ERR other".into()))],
+            vec![],
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(GatewayError::BadRequest(text)) if text == "ERR other"),
+            "{result:?}"
+        );
+        let (result, _) = run(2, vec![Ok(vec![int(1), busy()]), Ok(vec![])], vec![]).await;
+        assert!(
+            matches!(result, Err(GatewayError::Internal(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn transactions_refused_as_busy() {
+        let execabort = || error("EXECABORT Transaction discarded because of previous errors.");
+        let queued = || Value::SimpleString("QUEUED".into());
+        // Redis 7: MULTI served, commands refused while queued, EXEC aborted.
+        assert!(transaction_refused_as_busy(&[
+            Value::Okay,
+            busy(),
+            busy(),
+            execabort()
+        ]));
+        // EXEC refused: nothing ran.
+        assert!(transaction_refused_as_busy(&[
+            Value::Okay,
+            queued(),
+            busy()
+        ]));
+        // MULTI refused, and everything after it.
+        assert!(transaction_refused_as_busy(&[busy(), busy(), busy()]));
+        // MULTI refused but a command ran (outside the transaction): never again.
+        assert!(!transaction_refused_as_busy(&[
+            busy(),
+            int(1),
+            error("ERR EXEC without MULTI")
+        ]));
+        // Aborted because of another queueing error too: sending it again cannot help.
+        assert!(!transaction_refused_as_busy(&[
+            Value::Okay,
+            busy(),
+            error("ERR unknown command 'NOPE'"),
+            execabort()
+        ]));
+        // Executed, or aborted for another reason.
+        assert!(!transaction_refused_as_busy(&[
+            Value::Okay,
+            queued(),
+            Value::Array(vec![busy()])
+        ]));
+        assert!(!transaction_refused_as_busy(&[
+            Value::Okay,
+            error("ERR unknown command 'NOPE'"),
+            execabort()
+        ]));
+        assert!(!transaction_refused_as_busy(&[]));
+        assert!(!transaction_refused_as_busy(&[Value::Okay]));
     }
 }

@@ -119,7 +119,25 @@ pub(crate) fn from_connect(error: &redis::RedisError) -> GatewayError {
     {
         return GatewayError::Unauthenticated(error.to_string());
     }
+    if let Some(refusal) = busy_connect_refusal(error) {
+        return GatewayError::BadRequest(refusal);
+    }
     from_redis(error)
+}
+
+/// Redis's busy refusal (`BUSY Redis is busy running a script…`, see [`is_busy_refusal`]) of one
+/// of a new connection's set-up commands (`SELECT` of a database other than 0; `AUTH` and
+/// `HELLO` are served during a busy script): nothing of the caller's was sent. The `redis` crate
+/// reports a refused `SELECT` as a response error that keeps only the text after the code, so
+/// the refusal is rebuilt with its `BUSY` code, for the busy retries and for the client.
+fn busy_connect_refusal(error: &redis::RedisError) -> Option<String> {
+    error.code()?;
+    let detail = error.detail()?;
+    let text = match detail.strip_prefix("BUSY ") {
+        Some(_) => detail.to_owned(),
+        None => format!("BUSY {detail}"),
+    };
+    is_busy_refusal(&text).then_some(text)
 }
 
 /// Whether `text` (a Redis error reply, `CODE detail`) is Redis's own refusal to run a command

@@ -82,11 +82,14 @@
 //! [`GatewayConfig::script_time_limit`] are stopped with `SCRIPT KILL` over a separate
 //! connection (keep Redis's `busy-reply-threshold` at or below it), and Redis's own `BUSY`
 //! refusals meanwhile (`BUSY Redis is busy running a script…`: the command did not run) are
-//! retried within that bound. Any other reply is the command's answer and is never sent again —
-//! `BUSYGROUP`, or a script's own error text (`BUSY lock held`, `NOAUTH …`); only a script that
-//! returns Redis's refusal word for word is taken for it (and retried within the bound). The ACL
-//! users are re-created (provisioning mode) only when Redis refuses their credentials while a
-//! connection is opened, never because of a reply's text.
+//! retried within that bound (plus 1 s): single commands, transactions that did not run
+//! (including a new connection whose `SELECT` Redis refused), and the refused commands that end
+//! a pipeline — never a refused pipeline command followed by one that ran, which would reorder
+//! writes (its reply stays the refusal). Any other reply is the command's answer and is never
+//! sent again — `BUSYGROUP`, or a script's own error text (`BUSY lock held`, `NOAUTH …`); only a
+//! script that returns Redis's refusal word for word is taken for it (and retried within the
+//! bound). The ACL users are re-created (provisioning mode) only when Redis refuses their
+//! credentials while a connection is opened, never because of a reply's text.
 //!
 //! # Scripts
 //! The gateway keeps a map `sha1(flagged text) → sha1(text sent to Redis)`, filled by `EVAL` and

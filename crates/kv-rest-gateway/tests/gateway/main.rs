@@ -8,6 +8,7 @@ mod common;
 
 mod auth_limits;
 mod breaker12_sync_token;
+mod busy;
 mod faults;
 mod forms;
 mod limits;
