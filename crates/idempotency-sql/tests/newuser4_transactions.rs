@@ -27,6 +27,11 @@ fn orders_table() -> String {
 }
 
 async fn pg_engine(lease: Duration) -> (Idempotency<PostgresStore>, String) {
+    pg_engine_renewing(lease, true).await
+}
+
+/// [`pg_engine`], with lease renewal on or off.
+async fn pg_engine_renewing(lease: Duration, renew: bool) -> (Idempotency<PostgresStore>, String) {
     let store = common::pg_store(20).await;
     let orders = orders_table();
     sqlx::query(&format!(
@@ -38,6 +43,7 @@ async fn pg_engine(lease: Duration) -> (Idempotency<PostgresStore>, String) {
     let engine = Idempotency::builder(store)
         .prefix(idempotency_testkit::unique_prefix())
         .lease(lease)
+        .renew_leases(renew)
         .ignore_env()
         .build()
         .expect("engine");
@@ -636,21 +642,7 @@ async fn postgres_read_committed_read_before_the_claim_completes() {
 /// other attempt's token, so the answer is `LeaseLost` and the new owner's claim is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_repeatable_read_takeover_is_still_lease_lost() {
-    let store = common::pg_store(8).await;
-    let orders = orders_table();
-    sqlx::query(&format!(
-        "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
-    ))
-    .execute(store.pool())
-    .await
-    .expect("orders table");
-    let engine = Idempotency::builder(store)
-        .prefix(idempotency_testkit::unique_prefix())
-        .lease(Duration::from_millis(300))
-        .renew_leases(false)
-        .ignore_env()
-        .build()
-        .expect("engine");
+    let (engine, orders) = pg_engine_renewing(Duration::from_millis(300), false).await;
     let key = IdempotencyKey::new("rr-takeover").unwrap();
     let Ok(Begin::Run(stale)) = engine
         .begin(&Scope::global(), &key, Fingerprint::of("order"))
@@ -818,69 +810,6 @@ async fn sqlite_deferred_transaction_that_read_before_the_claim_is_a_transaction
     assert_eq!(count, 1);
 }
 
-/// breaker14: at `REPEATABLE READ`, an operator deletes the live claim (CLI `delete`) and
-/// another attempt claims the key, after the stale attempt's transaction took its snapshot.
-/// The fenced UPDATE then fails with 40001 (concurrent delete of the row version in its
-/// snapshot). The claim is not this attempt's any more: the answer is `LeaseLost`, as at
-/// `READ COMMITTED` (it was a `TransactionConflict` saying "claim released"), and the new
-/// owner's claim is untouched and completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_repeatable_read_takeover_after_delete_is_lease_lost() {
-    let (engine, orders) = pg_engine(Duration::from_secs(60)).await;
-    let key = IdempotencyKey::new("rr-delete-takeover").unwrap();
-    let Ok(Begin::Run(stale)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
-    let mut tx = engine
-        .store()
-        .pool()
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .await
-        .expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    let store_key = engine.store_key(&Scope::global(), &key);
-    assert!(
-        idempotency_core::IdempotencyStore::delete(engine.store(), &store_key)
-            .await
-            .expect("delete")
-    );
-    let new_owner = runs_within(&engine, &key, Duration::from_secs(5))
-        .await
-        .expect("the deleted key is claimed again");
-    let answer = engine
-        .store()
-        .complete_in(&mut tx, stale, receipt("stale"))
-        .await;
-    assert!(
-        matches!(answer, Err(IdempotencyError::LeaseLost)),
-        "{answer:?}"
-    );
-    drop(tx);
-    let mut tx = engine.store().pool().begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('new')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    let pending = engine
-        .store()
-        .complete_in(&mut tx, new_owner, receipt("new"))
-        .await
-        .expect("the new owner's claim was left alone");
-    tx.commit().await.expect("commit");
-    pending.committed();
-    let whos: Vec<String> = sqlx::query_scalar(&format!("SELECT who FROM {orders}"))
-        .fetch_all(engine.store().pool())
-        .await
-        .expect("orders");
-    assert_eq!(whos, vec!["new".to_owned()]);
-}
-
 /// How a stale attempt reaches a failed `complete_in` in [`ignored_error_then_commit`].
 #[derive(Debug, Clone, Copy)]
 enum Failure {
@@ -890,8 +819,9 @@ enum Failure {
     /// `READ COMMITTED`, the lease lapsed (renewal off) and another attempt took the key over:
     /// `LeaseLost`.
     TakenOver,
-    /// `REPEATABLE READ`, the claim deleted and claimed again after the snapshot: 40001 on
-    /// the UPDATE, `LeaseLost`.
+    /// `REPEATABLE READ`, the claim deleted (CLI `delete`) and claimed again after the
+    /// snapshot: 40001 on the UPDATE, and `LeaseLost` (breaker14: it was a
+    /// `TransactionConflict` saying "claim released").
     DeletedAndReclaimed,
 }
 
@@ -906,21 +836,7 @@ async fn ignored_error_then_commit(failure: Failure) {
         Failure::TakenOver => Duration::from_millis(300),
         Failure::StaleSnapshot | Failure::DeletedAndReclaimed => Duration::from_secs(60),
     };
-    let store = common::pg_store(8).await;
-    let orders = orders_table();
-    sqlx::query(&format!(
-        "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
-    ))
-    .execute(store.pool())
-    .await
-    .expect("orders table");
-    let engine = Idempotency::builder(store)
-        .prefix(idempotency_testkit::unique_prefix())
-        .lease(lease)
-        .renew_leases(!matches!(failure, Failure::TakenOver))
-        .ignore_env()
-        .build()
-        .expect("engine");
+    let (engine, orders) = pg_engine_renewing(lease, !matches!(failure, Failure::TakenOver)).await;
     let key = IdempotencyKey::new("ignored-error").unwrap();
     let pool = engine.store().pool().clone();
     let begin = match failure {
@@ -1031,6 +947,6 @@ async fn postgres_lease_lost_ignored_then_committed_orders_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_deleted_and_reclaimed_ignored_then_committed_orders_once() {
+async fn postgres_repeatable_read_deleted_and_reclaimed_is_lease_lost_and_commit_orders_once() {
     ignored_error_then_commit(Failure::DeletedAndReclaimed).await;
 }
