@@ -262,6 +262,8 @@ mod pg_notify;
 mod postgres;
 mod purge;
 mod row;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod shared;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod table;

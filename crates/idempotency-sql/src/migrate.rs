@@ -12,10 +12,8 @@ pub(crate) struct Migration {
     /// `0001_create_records`: also the name error messages tell operators to apply.
     pub(crate) name: &'static str,
     /// The SQL for the default table name.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) postgres: &'static str,
     /// The SQL for the default table name.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) sqlite: &'static str,
 }
 

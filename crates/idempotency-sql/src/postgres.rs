@@ -9,17 +9,19 @@ use idempotency_core::{
     Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
     PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
 };
-use sqlx::postgres::{PgConnection, PgPool, PgRow};
+use sqlx::postgres::{PgConnection, PgPool, PgQueryResult, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
 use crate::error::timed;
-use crate::migrate::{self, MIGRATIONS};
 use crate::pg_notify::{Notifier, flag_waiter_sql, notify_sql, wake_channel};
-use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
+use crate::row::COLUMNS;
+use crate::shared::{Dialect, SharedStore, Written};
 use crate::table::{DEFAULT_TABLE, Table};
 use crate::{
     DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, TransactionConflict, duration_micros,
 };
+
+type Base = SharedStore<Postgres>;
 
 /// An idempotency store in a Postgres table, on the application's own [`PgPool`].
 ///
@@ -34,10 +36,8 @@ pub struct PostgresStore {
 
 #[derive(Debug)]
 struct Inner {
-    pool: PgPool,
-    table: Table,
-    timeout: Duration,
-    sql: SqlStatements,
+    /// The pool, table, time budget and statements.
+    base: Base,
     /// The wake-up listener (`None` when waking waiters was turned off).
     notifier: Option<Notifier>,
     /// Marks the in-progress row `($1 key, $2 token)` as waited on
@@ -211,18 +211,29 @@ impl PostgresStoreBuilder {
     /// run, [`SqlStoreError::InvalidTableName`], or [`SqlStoreError::Database`].
     pub async fn build(self) -> Result<PostgresStore, SqlStoreError> {
         let table = Table::parse(&self.table, true)?;
-        check_shape(&self.pool, &table).await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table.quoted)
+            .fetch_one(&self.pool)
+            .await?;
+        let columns = if exists {
+            Base::columns(&self.pool, &table).await?
+        } else {
+            Vec::new()
+        };
+        Base::check_shape(&table, exists, &columns)?;
         let channel = self.wake_waiters.then(|| wake_channel(&table.name));
         let notifier = channel
             .clone()
             .map(|channel| Notifier::new(&self.pool, channel, self.timeout));
         Ok(PostgresStore {
             inner: Arc::new(Inner {
-                sql: SqlStatements::postgres(&table.quoted, channel.as_deref()),
                 flag_waiter: flag_waiter_sql(&table.quoted),
-                pool: self.pool,
-                table,
-                timeout: self.timeout,
+                base: Base {
+                    sql: SqlStatements::postgres(&table.quoted, channel.as_deref()),
+                    pool: self.pool,
+                    table,
+                    timeout: self.timeout,
+                },
                 notifier,
             }),
         })
@@ -244,46 +255,7 @@ impl PostgresStoreBuilder {
             .bind(format!("idempotency-sql:{}", table.name))
             .execute(&mut *tx)
             .await?;
-        // `Executor::execute` (a boxed future) rather than `RawSql::execute` (an async fn generic
-        // over the executor), which would make `migrate()`'s future not `Send` for `tokio::spawn`.
-        (&mut *tx)
-            .execute(sqlx::raw_sql(&migrate::bookkeeping(&table)))
-            .await?;
-        let applied: Vec<i64> =
-            sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
-                .fetch_all(&mut *tx)
-                .await?;
-        // Check the table before running any migration SQL (and so before recording one): a
-        // shape the migrations cannot repair is refused with what to do by hand, instead of a
-        // raw database error halfway or a migration recorded that did not help.
-        let columns: Vec<(String, String)> = sqlx::query_as(COLUMNS_OF)
-            .bind(&table.quoted)
-            .fetch_all(&mut *tx)
-            .await?;
-        if let Some(detail) = migrate::unmigratable(&columns, true, &applied) {
-            return Err(SqlStoreError::NotMigratable {
-                table: table.name,
-                detail,
-                migration: migrate::CURRENT,
-            });
-        }
-        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-            (&mut *tx)
-                .execute(sqlx::raw_sql(&migrate::for_table(
-                    migration.postgres,
-                    &table,
-                )))
-                .await?;
-            sqlx::query(&format!(
-                "INSERT INTO {} (version, name) VALUES ($1, $2)",
-                table.migrations_quoted
-            ))
-            .bind(migration.version)
-            .bind(migration.name)
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(table = %table.name, migration = migration.name, "idempotency migration applied");
-        }
+        Base::migrate_in(&mut tx, &table).await?;
         tx.commit().await?;
         self.build().await
     }
@@ -294,28 +266,30 @@ const COLUMNS_OF: &str = "SELECT a.attname::text, format_type(a.atttypid, a.attt
      FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
      AND NOT a.attisdropped";
 
-async fn check_shape(pool: &PgPool, table: &Table) -> Result<(), SqlStoreError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&table.quoted)
-        .fetch_one(pool)
-        .await?;
-    if !exists {
-        return Err(SqlStoreError::MissingTable {
-            table: table.name.clone(),
-            migration: migrate::FIRST,
-        });
+impl Dialect for Postgres {
+    const POSTGRES: bool = true;
+    const PARAMETER: &'static str = "$";
+    const COLUMNS_OF: &'static str = COLUMNS_OF;
+    const COMPLETE_RETURNS_APPLIED: bool = true;
+
+    fn columns_of(table: &Table) -> &str {
+        &table.quoted
     }
-    let columns: Vec<(String, String)> = sqlx::query_as(COLUMNS_OF)
-        .bind(&table.quoted)
-        .fetch_all(pool)
-        .await?;
-    match migrate::shape_mismatch(&columns, true) {
-        Some(detail) => Err(SqlStoreError::WrongShape {
-            table: table.name.clone(),
-            detail,
-            migration: migrate::CURRENT,
-        }),
-        None => Ok(()),
+
+    fn units(duration: Duration) -> i64 {
+        duration_micros(duration)
+    }
+
+    fn from_units(units: u64) -> Duration {
+        Duration::from_micros(units)
+    }
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn encoding(row: &PgRow) -> Result<Option<i64>, sqlx::Error> {
+        Ok(row.try_get::<Option<i16>, _>("encoding")?.map(i64::from))
     }
 }
 
@@ -341,25 +315,6 @@ fn serialization_failure(error: &sqlx::Error) -> Option<&'static str> {
     }
 }
 
-fn raw_row(row: &PgRow) -> Result<RawRow, sqlx::Error> {
-    Ok(RawRow {
-        state: row.try_get("state")?,
-        token: row.try_get("token")?,
-        fingerprint: row.try_get("fingerprint")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        completed_at_ms: row.try_get("completed_at_ms")?,
-        content_type: row.try_get("content_type")?,
-        encoding: row.try_get::<Option<i16>, _>("encoding")?.map(i64::from),
-        body: row.try_get("body")?,
-    })
-}
-
-fn decode(row: &PgRow) -> Result<Record, StoreError> {
-    let raw =
-        raw_row(row).map_err(|e| crate::error::map_sqlx(StoreOperation::Get, Duration::ZERO, e))?;
-    Ok(raw.decode()?)
-}
-
 impl PostgresStore {
     /// Start configuring a store on `pool` (the application's own pool).
     pub fn builder(pool: PgPool) -> PostgresStoreBuilder {
@@ -381,12 +336,12 @@ impl PostgresStore {
 
     /// The pool.
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        &self.inner.base.pool
     }
 
     /// The records table's name, as configured.
     pub fn table(&self) -> &str {
-        &self.inner.table.name
+        &self.inner.base.table.name
     }
 
     /// Whether waiting duplicates are woken by `LISTEN`/`NOTIFY` (see
@@ -421,7 +376,7 @@ impl PostgresStore {
     /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
     /// `raw-postgres` benchmark baseline sends).
     pub fn statements(&self) -> &SqlStatements {
-        &self.inner.sql
+        &self.inner.base.sql
     }
 
     /// Delete up to `batch` expired rows (lapsed claims and records past their retention) and
@@ -432,15 +387,7 @@ impl PostgresStore {
     /// # Errors
     /// [`StoreError`] as for every operation.
     pub async fn purge_expired(&self, batch: u32) -> Result<u64, StoreError> {
-        let done = timed(
-            StoreOperation::Purge,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.purge)
-                .bind(i64::from(batch))
-                .execute(&self.inner.pool),
-        )
-        .await?;
-        Ok(done.rows_affected())
+        self.inner.base.purge(batch).await
     }
 
     /// Complete `guard`'s claim with `outcome` **inside the caller's transaction** `conn` (a
@@ -492,35 +439,20 @@ impl PostgresStore {
             return Ok(pending);
         };
         let (key, token, budget) = (parts.key.clone(), *parts.token, parts.timeout);
-        let applied = tokio::time::timeout(
-            budget,
-            self.complete_on(
-                &mut *conn,
-                parts.key,
-                parts.token,
-                parts.completed,
-                parts.retention,
-            ),
-        )
-        .await;
-        // On every `Err` below, dropping `pending` releases the claim in the background once
-        // the caller's transaction lets go of the row (the release is fenced on our token, so
-        // it changes nothing when the claim is not ours any more).
-        match applied {
-            Ok(Ok(true)) => Ok(pending),
-            Ok(Ok(false)) => self.not_applied(conn, pending, &key, &token).await,
-            Ok(Err(error)) => match serialization_failure(&error) {
+        let written = Base::write_in(&self.inner.base.sql.complete, &mut *conn, &parts).await?;
+        // On every `Err` below (and on a timeout, above), dropping `pending` releases the claim
+        // in the background once the caller's transaction lets go of the row (the release is
+        // fenced on our token, so it changes nothing when the claim is not ours any more).
+        match written {
+            Written::Applied => Ok(pending),
+            Written::NotApplied => self.not_applied(conn, pending, &key, &token).await,
+            Written::Failed(error) => match serialization_failure(&error) {
                 Some(code) => {
                     self.serialization_failed(pending, &key, &token, code, error)
                         .await
                 }
                 None => Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into()),
             },
-            Err(_) => Err(StoreError::Timeout {
-                operation: StoreOperation::Complete,
-                after: budget,
-            }
-            .into()),
         }
     }
 
@@ -551,7 +483,7 @@ impl PostgresStore {
             Ok(Some(Record::InProgress(claim))) if claim.token == *token => {
                 let isolation = timed(
                     StoreOperation::Complete,
-                    self.inner.timeout,
+                    self.inner.base.timeout,
                     sqlx::query_scalar::<_, String>(
                         "SELECT current_setting('transaction_isolation')",
                     )
@@ -611,33 +543,13 @@ impl PostgresStore {
     /// a connection that cannot commit.
     async fn abort_transaction(&self, conn: &mut PgConnection) {
         let raised = tokio::time::timeout(
-            self.inner.timeout,
+            self.inner.base.timeout,
             Executor::execute(&mut *conn, ABORT_TRANSACTION),
         )
         .await;
         if let Ok(Ok(_)) = raised {
             tracing::error!("the statement that aborts the caller's transaction did not fail");
         }
-    }
-
-    async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(
-        &self,
-        executor: E,
-        key: &StoreKey,
-        token: &LeaseToken,
-        record: &Completed,
-        retention: Duration,
-    ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(&self.inner.sql.complete)
-            .bind(key.as_str())
-            .bind(token.as_bytes().as_slice())
-            .bind(millis_column(record.completed_at_ms))
-            .bind(record.outcome.content_type.as_deref())
-            .bind(encoding_code(record.outcome.encoding))
-            .bind(&record.outcome.body[..])
-            .bind(duration_micros(retention))
-            .fetch_one(executor)
-            .await
     }
 }
 
@@ -649,16 +561,11 @@ impl IdempotencyStore for PostgresStore {
         record: &InProgress,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        let base = &self.inner.base;
         let row = timed(
             StoreOperation::TryClaim,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.claim)
-                .bind(key.as_str())
-                .bind(record.token.as_bytes().as_slice())
-                .bind(record.fingerprint.as_bytes().as_slice())
-                .bind(millis_column(record.created_at_ms))
-                .bind(duration_micros(lease))
-                .fetch_one(&self.inner.pool),
+            base.timeout,
+            base.claim(key, record, lease).fetch_one(&base.pool),
         )
         .await?;
         let claimed: Option<bool> = row
@@ -667,7 +574,7 @@ impl IdempotencyStore for PostgresStore {
         if claimed == Some(true) {
             return Ok(Claim::Claimed);
         }
-        Ok(Claim::Existing(decode(&row)?))
+        Ok(Claim::Existing(Base::decode(&row)?))
     }
 
     async fn complete(
@@ -677,34 +584,14 @@ impl IdempotencyStore for PostgresStore {
         record: &Completed,
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
-        let applied = timed(
-            StoreOperation::Complete,
-            self.inner.timeout,
-            self.complete_on(&self.inner.pool, key, token, record, retention),
-        )
-        .await?;
-        if applied {
-            return Ok(Fenced::Applied);
-        }
-        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
-        Fenced::lease_lost_unless_corrupt(self.get(key).await)
+        self.inner
+            .base
+            .complete(key, token, record, retention)
+            .await
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
-        let live: Option<bool> = timed(
-            StoreOperation::Release,
-            self.inner.timeout,
-            sqlx::query_scalar(&self.inner.sql.release)
-                .bind(key.as_str())
-                .bind(token.as_bytes().as_slice())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        if live == Some(true) {
-            return Ok(Fenced::Applied);
-        }
-        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
-        Fenced::lease_lost_unless_corrupt(self.get(key).await)
+        self.inner.base.release(key, token).await
     }
 
     async fn extend(
@@ -713,62 +600,22 @@ impl IdempotencyStore for PostgresStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        let done = timed(
-            StoreOperation::Extend,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.extend)
-                .bind(key.as_str())
-                .bind(token.as_bytes().as_slice())
-                .bind(duration_micros(lease))
-                .execute(&self.inner.pool),
-        )
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(Fenced::Applied);
-        }
-        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
-        Fenced::lease_lost_unless_corrupt(self.get(key).await)
+        self.inner.base.extend(key, token, lease).await
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let row = timed(
-            StoreOperation::Get,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.get)
-                .bind(key.as_str())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        row.as_ref().map(decode).transpose()
+        self.inner.base.get(key).await
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let live: Option<bool> = timed(
-            StoreOperation::Delete,
-            self.inner.timeout,
-            sqlx::query_scalar(&self.inner.sql.delete)
-                .bind(key.as_str())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        Ok(live == Some(true))
+        self.inner.base.delete(key).await
     }
 
     /// One statement (`expires_at - clock_timestamp()` of the live row), under the operation
     /// timeout: the rest of the lease of an in-progress record, the rest of the retention of a
     /// completed one, `None` when the key has no live row.
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
-        let left_us: Option<i64> = timed(
-            StoreOperation::TimeToLive,
-            self.inner.timeout,
-            sqlx::query_scalar(&self.inner.sql.time_to_live)
-                .bind(key.as_str())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        Ok(left_us
-            .and_then(|us| u64::try_from(us).ok())
-            .map(Duration::from_micros))
+        self.inner.base.time_to_live(key).await
     }
 
     /// One `LISTEN` connection per store, multiplexed across keys (see the module
@@ -783,11 +630,11 @@ impl IdempotencyStore for PostgresStore {
             Some(notifier) => {
                 let flag = timed(
                     StoreOperation::WaitForChange,
-                    self.inner.timeout,
+                    self.inner.base.timeout,
                     sqlx::query_scalar::<_, bool>(&self.inner.flag_waiter)
                         .bind(key.as_str())
                         .bind(seen.as_bytes().as_slice())
-                        .fetch_one(&self.inner.pool),
+                        .fetch_one(&self.inner.base.pool),
                 );
                 notifier.wait(key, timeout, flag).await
             }

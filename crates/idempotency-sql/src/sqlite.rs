@@ -11,18 +11,19 @@ use idempotency_core::{
     LeaseToken, PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
 };
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteQueryResult,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions as _, Connection as _, Executor, Row as _, Sqlite};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _, Sqlite};
 
-use crate::error::timed;
-use crate::migrate::{self, MIGRATIONS};
-use crate::row::{COLUMNS, RawRow, encoding_code, millis_column};
+use crate::row::COLUMNS;
+use crate::shared::{Dialect, SharedStore, Written};
 use crate::table::{DEFAULT_TABLE, Table};
 use crate::{
     DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, TransactionConflict, duration_millis,
 };
+
+type Base = SharedStore<Sqlite>;
 
 /// The database's clock in milliseconds since the Unix epoch. `julianday('now')` works on every
 /// SQLite version (`unixepoch('subsec')` needs 3.42) and is the same for the whole statement.
@@ -66,10 +67,8 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Inner {
-    pool: SqlitePool,
-    table: Table,
-    timeout: Duration,
-    sql: SqlStatements,
+    /// The pool, table, time budget and statements.
+    base: Base,
     /// The completion inside the caller's transaction: fenced on the token alone (see
     /// [`SqliteStore::write_in`] for why that is safe on SQLite).
     complete_in_tx: String,
@@ -188,32 +187,18 @@ impl SqliteStoreBuilder {
     /// run, [`SqlStoreError::InvalidTableName`], or [`SqlStoreError::Database`].
     pub async fn build(self) -> Result<SqliteStore, SqlStoreError> {
         let table = Table::parse(&self.table, false)?;
-        let columns: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, type FROM pragma_table_info(?1)")
-                .bind(&table.bare)
-                .fetch_all(&self.pool)
-                .await?;
-        if columns.is_empty() {
-            return Err(SqlStoreError::MissingTable {
-                table: table.name,
-                migration: migrate::FIRST,
-            });
-        }
-        if let Some(detail) = migrate::shape_mismatch(&columns, false) {
-            return Err(SqlStoreError::WrongShape {
-                table: table.name,
-                detail,
-                migration: migrate::CURRENT,
-            });
-        }
+        let columns = Base::columns(&self.pool, &table).await?;
+        Base::check_shape(&table, !columns.is_empty(), &columns)?;
         let sql = SqlStatements::sqlite(&table.quoted);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 complete_in_tx: complete_in_transaction(&sql.complete),
-                sql,
-                pool: self.pool,
-                table,
-                timeout: self.timeout,
+                base: Base {
+                    sql,
+                    pool: self.pool,
+                    table,
+                    timeout: self.timeout,
+                },
             }),
         })
     }
@@ -231,46 +216,7 @@ impl SqliteStoreBuilder {
         let table = Table::parse(&self.table, false)?;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        // `Executor::execute` (a boxed future) rather than `RawSql::execute` (an async fn generic
-        // over the executor), which would make `migrate()`'s future not `Send` for `tokio::spawn`.
-        (&mut *tx)
-            .execute(sqlx::raw_sql(&migrate::bookkeeping(&table)))
-            .await?;
-        let applied: Vec<i64> =
-            sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
-                .fetch_all(&mut *tx)
-                .await?;
-        // Check the table before running any migration SQL (and so before recording one): a
-        // shape the migrations cannot repair is refused with what to do by hand, instead of a
-        // raw database error halfway or a migration recorded that did not help.
-        let columns_sql = "SELECT name, type FROM pragma_table_info(?1)";
-        let columns: Vec<(String, String)> = sqlx::query_as(columns_sql)
-            .bind(&table.bare)
-            .fetch_all(&mut *tx)
-            .await?;
-        if let Some(detail) = migrate::unmigratable(&columns, false, &applied) {
-            return Err(SqlStoreError::NotMigratable {
-                table: table.name,
-                detail,
-                migration: migrate::CURRENT,
-            });
-        }
-        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-            if !migrate::already_applied(&columns, migration.version) {
-                (&mut *tx)
-                    .execute(sqlx::raw_sql(&migrate::for_table(migration.sqlite, &table)))
-                    .await?;
-            }
-            sqlx::query(&format!(
-                "INSERT INTO {} (version, name) VALUES (?1, ?2)",
-                table.migrations_quoted
-            ))
-            .bind(migration.version)
-            .bind(migration.name)
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(table = %table.name, migration = migration.name, "idempotency migration applied");
-        }
+        Base::migrate_in(&mut tx, &table).await?;
         tx.commit().await?;
         drop(conn);
         self.build().await
@@ -299,33 +245,47 @@ fn is_busy_snapshot(error: &sqlx::Error) -> bool {
     }
 }
 
-fn raw_row(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
-    Ok(RawRow {
-        state: row.try_get("state")?,
-        token: row.try_get("token")?,
-        fingerprint: row.try_get("fingerprint")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        completed_at_ms: row.try_get("completed_at_ms")?,
-        content_type: row.try_get("content_type")?,
-        encoding: row.try_get("encoding")?,
-        body: row.try_get("body")?,
-    })
-}
+impl Dialect for Sqlite {
+    const POSTGRES: bool = false;
+    const PARAMETER: &'static str = "?";
+    const COLUMNS_OF: &'static str = "SELECT name, type FROM pragma_table_info(?1)";
+    const COMPLETE_RETURNS_APPLIED: bool = false;
 
-/// Decode a row read with `typeof(expires_at) AS expires_type`: a row whose expiry is not a
-/// number (`'never'`, a date string, a blob, NULL) never lapses, so it is [`StoreError::Corrupt`]
-/// like any other row that is not a record.
-fn decode(row: &SqliteRow) -> Result<Record, StoreError> {
-    let map = |e| crate::error::map_sqlx(StoreOperation::Get, Duration::ZERO, e);
-    let expires_type: Option<String> = row.try_get("expires_type").map_err(map)?;
-    if !matches!(expires_type.as_deref(), Some("integer" | "real")) {
-        return Err(StoreError::Corrupt(CorruptRecord::new(format!(
-            "idempotency row: `expires_at` is {}, not milliseconds since the epoch",
-            expires_type.as_deref().unwrap_or("missing")
-        ))));
+    fn columns_of(table: &Table) -> &str {
+        &table.bare
     }
-    let raw = raw_row(row).map_err(map)?;
-    Ok(raw.decode()?)
+
+    fn units(duration: Duration) -> i64 {
+        duration_millis(duration)
+    }
+
+    fn from_units(units: u64) -> Duration {
+        Duration::from_millis(units)
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn encoding(row: &SqliteRow) -> Result<Option<i64>, sqlx::Error> {
+        row.try_get("encoding")
+    }
+
+    /// A row read with `typeof(expires_at) AS expires_type` whose expiry is not a number
+    /// (`'never'`, a date string, a blob, NULL) never lapses, so it is [`StoreError::Corrupt`]
+    /// like any other row that is not a record.
+    fn check_row(row: &SqliteRow) -> Result<(), StoreError> {
+        let expires_type: Option<String> = row
+            .try_get("expires_type")
+            .map_err(|e| crate::error::map_sqlx(StoreOperation::Get, Duration::ZERO, e))?;
+        if !matches!(expires_type.as_deref(), Some("integer" | "real")) {
+            return Err(StoreError::Corrupt(CorruptRecord::new(format!(
+                "idempotency row: `expires_at` is {}, not milliseconds since the epoch",
+                expires_type.as_deref().unwrap_or("missing")
+            ))));
+        }
+        Ok(())
+    }
 }
 
 impl SqliteStore {
@@ -348,18 +308,18 @@ impl SqliteStore {
 
     /// The pool.
     pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
+        &self.inner.base.pool
     }
 
     /// The records table's name, as configured.
     pub fn table(&self) -> &str {
-        &self.inner.table.name
+        &self.inner.base.table.name
     }
 
     /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
     /// `raw-postgres` benchmark baseline sends).
     pub fn statements(&self) -> &SqlStatements {
-        &self.inner.sql
+        &self.inner.base.sql
     }
 
     /// Delete up to `batch` expired rows and return how many went (one short write
@@ -369,15 +329,7 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError`] as for every operation.
     pub async fn purge_expired(&self, batch: u32) -> Result<u64, StoreError> {
-        let done = timed(
-            StoreOperation::Purge,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.purge)
-                .bind(i64::from(batch))
-                .execute(&self.inner.pool),
-        )
-        .await?;
-        Ok(done.rows_affected())
+        self.inner.base.purge(batch).await
     }
 
     /// Complete `guard`'s claim with `outcome` **inside the caller's transaction** `conn` (a
@@ -435,61 +387,23 @@ impl SqliteStore {
         let Some(parts) = pending.parts() else {
             return Ok(pending);
         };
-        let budget = parts.timeout;
-        let applied = tokio::time::timeout(
-            budget,
-            self.complete_on(
-                &self.inner.complete_in_tx,
-                &mut *conn,
-                parts.key,
-                parts.token,
-                parts.completed,
-                parts.retention,
-            ),
-        )
-        .await;
-        // On every `Err` below, dropping `pending` releases the claim in the background once
-        // the caller's transaction lets go of the write lock (fenced on our token).
-        match applied {
-            Ok(Ok(true)) => Ok(pending),
+        let written = Base::write_in(&self.inner.complete_in_tx, &mut *conn, &parts).await?;
+        // On every `Err` below (and on a timeout, above), dropping `pending` releases the claim
+        // in the background once the caller's transaction lets go of the write lock (fenced on
+        // our token).
+        match written {
+            Written::Applied => Ok(pending),
             // The statement ran with the write lock, so it saw the latest row: not ours.
-            Ok(Ok(false)) => Err(pending.lease_lost()),
-            Ok(Err(error)) if is_busy_snapshot(&error) => {
+            Written::NotApplied => Err(pending.lease_lost()),
+            Written::Failed(error) if is_busy_snapshot(&error) => {
                 tracing::warn!(key = %parts.key, "completion in the caller's transaction: SQLITE_BUSY_SNAPSHOT; releasing the claim");
                 drop(pending);
                 Err(TransactionConflict::BusySnapshot { source: error }.into_error())
             }
-            Ok(Err(error)) => {
-                Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into())
+            Written::Failed(error) => {
+                Err(crate::error::map_sqlx(StoreOperation::Complete, parts.timeout, error).into())
             }
-            Err(_) => Err(StoreError::Timeout {
-                operation: StoreOperation::Complete,
-                after: budget,
-            }
-            .into()),
         }
-    }
-
-    async fn complete_on<'e, E: Executor<'e, Database = Sqlite>>(
-        &self,
-        sql: &str,
-        executor: E,
-        key: &StoreKey,
-        token: &LeaseToken,
-        record: &Completed,
-        retention: Duration,
-    ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(sql)
-            .bind(key.as_str())
-            .bind(token.as_bytes().as_slice())
-            .bind(millis_column(record.completed_at_ms))
-            .bind(record.outcome.content_type.as_deref())
-            .bind(encoding_code(record.outcome.encoding))
-            .bind(&record.outcome.body[..])
-            .bind(duration_millis(retention))
-            .execute(executor)
-            .await?;
-        Ok(done.rows_affected() == 1)
     }
 }
 
@@ -501,28 +415,22 @@ impl IdempotencyStore for SqliteStore {
         record: &InProgress,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let budget = self.inner.timeout;
+        let base = &self.inner.base;
+        let budget = base.timeout;
         let attempt = async {
             // A live record needs no write: read it first. In WAL mode a read never waits for
             // the write lock, so a completed key replays (and an in-progress one answers "in
             // progress") even while a long transaction holds the lock. The read is the
             // linearization point of such a claim: the record was live and there, as if the
             // claim had run then.
-            let live = sqlx::query(&self.inner.sql.get)
+            let live = sqlx::query(&base.sql.get)
                 .bind(key.as_str())
-                .fetch_optional(&self.inner.pool)
+                .fetch_optional(&base.pool)
                 .await?;
             if let Some(row) = live {
                 return Ok((false, row));
             }
-            let row = sqlx::query(&self.inner.sql.claim)
-                .bind(key.as_str())
-                .bind(record.token.as_bytes().as_slice())
-                .bind(record.fingerprint.as_bytes().as_slice())
-                .bind(millis_column(record.created_at_ms))
-                .bind(duration_millis(lease))
-                .fetch_one(&self.inner.pool)
-                .await?;
+            let row = base.claim(key, record, lease).fetch_one(&base.pool).await?;
             let claimed: Option<bool> = row.try_get("claimed")?;
             Ok::<_, sqlx::Error>((claimed == Some(true), row))
         };
@@ -554,7 +462,7 @@ impl IdempotencyStore for SqliteStore {
         if claimed {
             return Ok(Claim::Claimed);
         }
-        Ok(Claim::Existing(decode(&row)?))
+        Ok(Claim::Existing(Base::decode(&row)?))
     }
 
     async fn complete(
@@ -564,41 +472,14 @@ impl IdempotencyStore for SqliteStore {
         record: &Completed,
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
-        let applied = timed(
-            StoreOperation::Complete,
-            self.inner.timeout,
-            self.complete_on(
-                &self.inner.sql.complete,
-                &self.inner.pool,
-                key,
-                token,
-                record,
-                retention,
-            ),
-        )
-        .await?;
-        if applied {
-            return Ok(Fenced::Applied);
-        }
-        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
-        Fenced::lease_lost_unless_corrupt(self.get(key).await)
+        self.inner
+            .base
+            .complete(key, token, record, retention)
+            .await
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
-        let live: Option<bool> = timed(
-            StoreOperation::Release,
-            self.inner.timeout,
-            sqlx::query_scalar(&self.inner.sql.release)
-                .bind(key.as_str())
-                .bind(token.as_bytes().as_slice())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        if live == Some(true) {
-            return Ok(Fenced::Applied);
-        }
-        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
-        Fenced::lease_lost_unless_corrupt(self.get(key).await)
+        self.inner.base.release(key, token).await
     }
 
     async fn extend(
@@ -607,45 +488,15 @@ impl IdempotencyStore for SqliteStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        let done = timed(
-            StoreOperation::Extend,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.extend)
-                .bind(key.as_str())
-                .bind(token.as_bytes().as_slice())
-                .bind(duration_millis(lease))
-                .execute(&self.inner.pool),
-        )
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(Fenced::Applied);
-        }
-        // A row that is not a record is `Corrupt`, not "lease lost" (store contract).
-        Fenced::lease_lost_unless_corrupt(self.get(key).await)
+        self.inner.base.extend(key, token, lease).await
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let row = timed(
-            StoreOperation::Get,
-            self.inner.timeout,
-            sqlx::query(&self.inner.sql.get)
-                .bind(key.as_str())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        row.as_ref().map(decode).transpose()
+        self.inner.base.get(key).await
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let live: Option<bool> = timed(
-            StoreOperation::Delete,
-            self.inner.timeout,
-            sqlx::query_scalar(&self.inner.sql.delete)
-                .bind(key.as_str())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        Ok(live == Some(true))
+        self.inner.base.delete(key).await
     }
 
     /// One read (`expires_at` minus the database clock, of the live row), under the operation
@@ -654,17 +505,7 @@ impl IdempotencyStore for SqliteStore {
     /// transaction holds the lock the renewals wait for: see [`SqliteStore::write_in`]), the
     /// rest of the retention of a completed one, `None` when the key has no live row.
     async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
-        let left_ms: Option<i64> = timed(
-            StoreOperation::TimeToLive,
-            self.inner.timeout,
-            sqlx::query_scalar(&self.inner.sql.time_to_live)
-                .bind(key.as_str())
-                .fetch_optional(&self.inner.pool),
-        )
-        .await?;
-        Ok(left_ms
-            .and_then(|ms| u64::try_from(ms).ok())
-            .map(Duration::from_millis))
+        self.inner.base.time_to_live(key).await
     }
 }
 

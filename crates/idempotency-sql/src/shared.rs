@@ -1,0 +1,410 @@
+//! What the Postgres and SQLite stores share, written once and generic over the sqlx database:
+//! the store's state (pool, table, time budget, statements), the engine-facing primitives that
+//! differ only by their SQL text (`complete`, `release`, `extend`, `get`, `delete`,
+//! `time_to_live`, `purge`), the parameters of a claim and of a completion, the decoding of a
+//! row, the fenced completion in the caller's transaction, and the builders' migration and shape
+//! checks.
+//!
+//! What truly differs stays in `postgres.rs` / `sqlite.rs`: the SQL dialect, the error codes,
+//! SQLite's read-first claim (write lock, `SQLITE_BUSY`) and busy snapshot, Postgres's
+//! notifications, stale snapshots and aborted transactions. The few small differences the shared
+//! code needs are the [`Dialect`] trait's.
+
+use std::time::Duration;
+
+use idempotency_core::{
+    Completed, CompletionParts, Fenced, IdempotencyError, InProgress, LeaseToken, Record,
+    StoreError, StoreKey, StoreOperation,
+};
+use sqlx::query::Query;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
+
+use crate::error::{map_sqlx, timed};
+use crate::migrate::{self, MIGRATIONS, Migration};
+use crate::row::{RawRow, encoding_code, millis_column};
+use crate::table::Table;
+use crate::{SqlStatements, SqlStoreError};
+
+/// What the shared code needs to know of a database beyond its statements' text.
+pub(crate) trait Dialect: Database {
+    /// Postgres: the migrations' Postgres SQL and column types (else SQLite's).
+    const POSTGRES: bool;
+    /// The prefix of a numbered parameter (`$1` on Postgres, `?1` on SQLite).
+    const PARAMETER: &'static str;
+    /// The `(name, type)` of each column of the table named by its one parameter
+    /// ([`Self::columns_of`]); no row when the table does not exist.
+    const COLUMNS_OF: &'static str;
+    /// Whether the completion statement answers whether it applied (Postgres: a `SELECT` over a
+    /// data-modifying CTE), rather than changing one row when it applies (SQLite: an `UPDATE`).
+    const COMPLETE_RETURNS_APPLIED: bool;
+
+    /// The parameter of [`Self::COLUMNS_OF`]: the table's quoted (Postgres) or bare name.
+    fn columns_of(table: &Table) -> &str;
+
+    /// A lease or retention as the statements bind it (Postgres: µs, SQLite: ms).
+    fn units(duration: Duration) -> i64;
+
+    /// The value `time_to_live` returns, back as a duration.
+    fn from_units(units: u64) -> Duration;
+
+    /// Rows a write changed.
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+
+    /// The `encoding` column (Postgres `SMALLINT`, SQLite `INTEGER`).
+    fn encoding(row: &Self::Row) -> Result<Option<i64>, sqlx::Error>;
+
+    /// A row that is not a record for a reason its record columns do not show (SQLite: an
+    /// `expires_at` that is not a number) is [`StoreError::Corrupt`].
+    fn check_row(row: &Self::Row) -> Result<(), StoreError> {
+        let _ = row;
+        Ok(())
+    }
+}
+
+/// The state every store keeps, and the operations that are the same on both databases.
+#[derive(Debug)]
+pub(crate) struct SharedStore<DB: Database> {
+    pub(crate) pool: Pool<DB>,
+    pub(crate) table: Table,
+    pub(crate) timeout: Duration,
+    pub(crate) sql: SqlStatements,
+}
+
+/// What the fenced completion in the caller's transaction did ([`SharedStore::write_in`]).
+pub(crate) enum Written {
+    /// The record is completed under the attempt's token (or was already).
+    Applied,
+    /// The fenced statement matched nothing.
+    NotApplied,
+    /// The statement failed.
+    Failed(sqlx::Error),
+}
+
+impl<DB: Dialect> SharedStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i16: Encode<'q, DB> + Type<DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// The claim statement with its parameters (key, token, fingerprint, created-at, lease).
+    pub(crate) fn claim<'q>(
+        &'q self,
+        key: &'q StoreKey,
+        record: &'q InProgress,
+        lease: Duration,
+    ) -> Query<'q, DB, DB::Arguments<'q>> {
+        sqlx::query(&self.sql.claim)
+            .bind(key.as_str())
+            .bind(record.token.as_bytes().as_slice())
+            .bind(record.fingerprint.as_bytes().as_slice())
+            .bind(millis_column(record.created_at_ms))
+            .bind(DB::units(lease))
+    }
+
+    /// Run the completion statement `sql` (the plain `complete`, or a store's variant for the
+    /// caller's transaction) on `executor`: whether it applied.
+    async fn complete_on<'e, E: Executor<'e, Database = DB>>(
+        sql: &str,
+        executor: E,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let query = sqlx::query(sql)
+            .bind(key.as_str())
+            .bind(token.as_bytes().as_slice())
+            .bind(millis_column(record.completed_at_ms))
+            .bind(record.outcome.content_type.as_deref())
+            .bind(encoding_code(record.outcome.encoding))
+            .bind(&record.outcome.body[..])
+            .bind(DB::units(retention));
+        if DB::COMPLETE_RETURNS_APPLIED {
+            query.fetch_one(executor).await?.try_get(0)
+        } else {
+            Ok(DB::rows_affected(&query.execute(executor).await?) == 1)
+        }
+    }
+
+    /// The fenced `complete` on the pool.
+    pub(crate) async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let applied = timed(
+            StoreOperation::Complete,
+            self.timeout,
+            Self::complete_on(
+                &self.sql.complete,
+                &self.pool,
+                key,
+                token,
+                record,
+                retention,
+            ),
+        )
+        .await?;
+        self.fenced(applied, key).await
+    }
+
+    /// The fenced completion `sql` of `parts` in the caller's transaction `conn`, under the
+    /// engine's store timeout (the only error: [`StoreError::Timeout`]).
+    pub(crate) async fn write_in(
+        sql: &str,
+        conn: &mut DB::Connection,
+        parts: &CompletionParts<'_>,
+    ) -> Result<Written, IdempotencyError> {
+        let applied = Self::complete_on(
+            sql,
+            conn,
+            parts.key,
+            parts.token,
+            parts.completed,
+            parts.retention,
+        );
+        match tokio::time::timeout(parts.timeout, applied).await {
+            Ok(Ok(true)) => Ok(Written::Applied),
+            Ok(Ok(false)) => Ok(Written::NotApplied),
+            Ok(Err(error)) => Ok(Written::Failed(error)),
+            Err(_) => Err(StoreError::Timeout {
+                operation: StoreOperation::Complete,
+                after: parts.timeout,
+            }
+            .into()),
+        }
+    }
+
+    /// The fenced `release` on the pool.
+    pub(crate) async fn release(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+    ) -> Result<Fenced, StoreError> {
+        let live: Option<bool> = timed(
+            StoreOperation::Release,
+            self.timeout,
+            sqlx::query_scalar(&self.sql.release)
+                .bind(key.as_str())
+                .bind(token.as_bytes().as_slice())
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        self.fenced(live == Some(true), key).await
+    }
+
+    /// The fenced `extend` on the pool.
+    pub(crate) async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let done = timed(
+            StoreOperation::Extend,
+            self.timeout,
+            sqlx::query(&self.sql.extend)
+                .bind(key.as_str())
+                .bind(token.as_bytes().as_slice())
+                .bind(DB::units(lease))
+                .execute(&self.pool),
+        )
+        .await?;
+        self.fenced(DB::rows_affected(&done) == 1, key).await
+    }
+
+    /// The answer of a fenced write: `Applied`, or (after a re-read) `LeaseLost`, where a row
+    /// that is not a record is `Corrupt`, not "lease lost" (store contract).
+    async fn fenced(&self, applied: bool, key: &StoreKey) -> Result<Fenced, StoreError> {
+        if applied {
+            return Ok(Fenced::Applied);
+        }
+        Fenced::lease_lost_unless_corrupt(self.get(key).await)
+    }
+
+    /// The live record under `key`, if any.
+    pub(crate) async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let row = timed(
+            StoreOperation::Get,
+            self.timeout,
+            sqlx::query(&self.sql.get)
+                .bind(key.as_str())
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        row.as_ref().map(Self::decode).transpose()
+    }
+
+    /// Delete the key's row; whether a live record was there.
+    pub(crate) async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let live: Option<bool> = timed(
+            StoreOperation::Delete,
+            self.timeout,
+            sqlx::query_scalar(&self.sql.delete)
+                .bind(key.as_str())
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        Ok(live == Some(true))
+    }
+
+    /// The time the live row under `key` has left, if any.
+    pub(crate) async fn time_to_live(
+        &self,
+        key: &StoreKey,
+    ) -> Result<Option<Duration>, StoreError> {
+        let left: Option<i64> = timed(
+            StoreOperation::TimeToLive,
+            self.timeout,
+            sqlx::query_scalar(&self.sql.time_to_live)
+                .bind(key.as_str())
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        Ok(left
+            .and_then(|units| u64::try_from(units).ok())
+            .map(DB::from_units))
+    }
+
+    /// Delete up to `batch` expired rows; how many went.
+    pub(crate) async fn purge(&self, batch: u32) -> Result<u64, StoreError> {
+        let done = timed(
+            StoreOperation::Purge,
+            self.timeout,
+            sqlx::query(&self.sql.purge)
+                .bind(i64::from(batch))
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    /// Decode a row read by `get` or the claim: [`StoreError::Corrupt`] when it is not a record.
+    pub(crate) fn decode(row: &DB::Row) -> Result<Record, StoreError> {
+        let map = |e| map_sqlx(StoreOperation::Get, Duration::ZERO, e);
+        DB::check_row(row)?;
+        let raw = RawRow {
+            state: row.try_get("state").map_err(map)?,
+            token: row.try_get("token").map_err(map)?,
+            fingerprint: row.try_get("fingerprint").map_err(map)?,
+            created_at_ms: row.try_get("created_at_ms").map_err(map)?,
+            completed_at_ms: row.try_get("completed_at_ms").map_err(map)?,
+            content_type: row.try_get("content_type").map_err(map)?,
+            encoding: DB::encoding(row).map_err(map)?,
+            body: row.try_get("body").map_err(map)?,
+        };
+        Ok(raw.decode()?)
+    }
+
+    /// The columns of `table` and their types (none when it does not exist).
+    pub(crate) async fn columns<'e, E: 'e + Executor<'e, Database = DB>>(
+        executor: E,
+        table: &Table,
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as(DB::COLUMNS_OF)
+            .bind(DB::columns_of(table))
+            .fetch_all(executor)
+            .await
+    }
+
+    /// The builders' check: the table exists, with the columns this version needs.
+    ///
+    /// # Errors
+    /// [`SqlStoreError::MissingTable`] or [`SqlStoreError::WrongShape`], naming the migration.
+    pub(crate) fn check_shape(
+        table: &Table,
+        exists: bool,
+        columns: &[(String, String)],
+    ) -> Result<(), SqlStoreError> {
+        if !exists {
+            return Err(SqlStoreError::MissingTable {
+                table: table.name.clone(),
+                migration: migrate::FIRST,
+            });
+        }
+        match migrate::shape_mismatch(columns, DB::POSTGRES) {
+            Some(detail) => Err(SqlStoreError::WrongShape {
+                table: table.name.clone(),
+                detail,
+                migration: migrate::CURRENT,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `migrate()` inside its transaction `conn` (the store has taken its lock): create the
+    /// bookkeeping table, check an existing table, then apply and record every migration not
+    /// recorded yet.
+    ///
+    /// # Errors
+    /// [`SqlStoreError::NotMigratable`] (checked before any migration runs or is recorded), or
+    /// [`SqlStoreError::Database`].
+    pub(crate) async fn migrate_in(
+        conn: &mut DB::Connection,
+        table: &Table,
+    ) -> Result<(), SqlStoreError> {
+        // `Executor::execute` (a boxed future) rather than `RawSql::execute` (an async fn generic
+        // over the executor), which would make `migrate()`'s future not `Send` for `tokio::spawn`.
+        (&mut *conn)
+            .execute(sqlx::raw_sql(&migrate::bookkeeping(table)))
+            .await?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))
+                .fetch_all(&mut *conn)
+                .await?;
+        // Check the table before running any migration SQL (and so before recording one): a
+        // shape the migrations cannot repair is refused with what to do by hand, instead of a
+        // raw database error halfway or a migration recorded that did not help.
+        let columns = Self::columns(&mut *conn, table).await?;
+        if let Some(detail) = migrate::unmigratable(&columns, DB::POSTGRES, &applied) {
+            return Err(SqlStoreError::NotMigratable {
+                table: table.name.clone(),
+                detail,
+                migration: migrate::CURRENT,
+            });
+        }
+        let p = DB::PARAMETER;
+        let record = format!(
+            "INSERT INTO {} (version, name) VALUES ({p}1, {p}2)",
+            table.migrations_quoted
+        );
+        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            // Postgres's migrations are idempotent (`ADD COLUMN IF NOT EXISTS`); SQLite's
+            // `ADD COLUMN` is not, so there a column already added is only recorded.
+            if DB::POSTGRES || !migrate::already_applied(&columns, migration.version) {
+                (&mut *conn)
+                    .execute(sqlx::raw_sql(&migrate::for_table(
+                        Self::migration_sql(migration),
+                        table,
+                    )))
+                    .await?;
+            }
+            sqlx::query(&record)
+                .bind(migration.version)
+                .bind(migration.name)
+                .execute(&mut *conn)
+                .await?;
+            tracing::info!(table = %table.name, migration = migration.name, "idempotency migration applied");
+        }
+        Ok(())
+    }
+
+    fn migration_sql(migration: &Migration) -> &'static str {
+        if DB::POSTGRES {
+            migration.postgres
+        } else {
+            migration.sqlite
+        }
+    }
+}
