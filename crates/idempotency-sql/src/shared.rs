@@ -80,6 +80,8 @@ pub(crate) enum Written {
     Failed(sqlx::Error),
 }
 
+// The bounds say what sqlx needs to send these parameters and read these columns on `DB`; both
+// databases meet them, and they are written once, here.
 impl<DB: Dialect> SharedStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
