@@ -1,0 +1,424 @@
+//! breaker15: attacks on the Postgres `complete_in` that aborts the caller's transaction when
+//! the fenced UPDATE did not apply. The guarantee under test: an attempt whose `complete_in`
+//! failed never gets its side effect committed, even when the handler ignores the error and
+//! commits, and exactly one attempt's side effect exists in the end.
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use idempotency_core::{
+    Begin, Fingerprint, Guard, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore,
+    Scope, StoreError, StoredOutcome,
+};
+use idempotency_sql::sqlx::postgres::PgPoolOptions;
+use idempotency_sql::{PostgresStore, sqlx};
+
+fn receipt(text: &str) -> StoredOutcome {
+    StoredOutcome::new(text.to_owned(), Some("application/json".into()))
+}
+
+fn orders_table() -> String {
+    format!("orders_{}", &idempotency_testkit::unique_prefix()[1..17])
+}
+
+/// An engine over `store` with an orders table next to it.
+async fn engine_on(
+    store: PostgresStore,
+    lease: Duration,
+    renew: bool,
+    store_timeout: Duration,
+) -> (Idempotency<PostgresStore>, String) {
+    let orders = orders_table();
+    sqlx::query(&format!(
+        "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
+    ))
+    .execute(store.pool())
+    .await
+    .expect("orders table");
+    let engine = Idempotency::builder(store)
+        .prefix(idempotency_testkit::unique_prefix())
+        .lease(lease)
+        .renew_leases(renew)
+        .store_timeout(store_timeout)
+        .ignore_env()
+        .build()
+        .expect("engine");
+    (engine, orders)
+}
+
+async fn count(engine: &Idempotency<PostgresStore>, orders: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {orders}"))
+        .fetch_one(engine.store().pool())
+        .await
+        .expect("count")
+}
+
+async fn run(engine: &Idempotency<PostgresStore>, key: &IdempotencyKey) -> Guard<PostgresStore> {
+    runs_within(engine, key, Duration::from_secs(5))
+        .await
+        .expect("runs")
+}
+
+/// `begin` until it runs, within `within`.
+async fn runs_within(
+    engine: &Idempotency<PostgresStore>,
+    key: &IdempotencyKey,
+    within: Duration,
+) -> Result<Guard<PostgresStore>, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match engine
+            .begin(&Scope::global(), key, Fingerprint::of("order"))
+            .await
+        {
+            Ok(Begin::Run(guard)) => return Ok(guard),
+            Ok(Begin::Replay(outcome)) => return Err(format!("replayed {outcome:?}")),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(format!("still refused after {within:?}: {error}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The retry runs the whole documented flow (READ COMMITTED, error handled): afterwards the
+/// number of orders is `count` of it.
+async fn retry_orders(engine: &Idempotency<PostgresStore>, orders: &str, key: &IdempotencyKey) {
+    let guard = run(engine, key).await;
+    let mut tx = engine.store().pool().begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('retry')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let pending = engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("retry"))
+        .await
+        .expect("the retry completes");
+    tx.commit().await.expect("commit");
+    pending.committed();
+}
+
+/// The UPDATE of `complete_in` waits on the record's row, locked by an operator's open
+/// transaction that deletes the claim (CLI `delete` in a transaction, or any DBA session),
+/// longer than the engine's `store_timeout`: `complete_in` answers `StoreUnavailable`
+/// (timeout) and does not abort the caller's transaction. The handler ignores the error and
+/// commits: sqlx first waits for the UPDATE still running on the connection (it matches
+/// nothing once the delete commits), then `COMMIT` commits the order without its record. The
+/// retry orders again: two orders for one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "breaker15: complete_in timing out on a locked row does not abort the tx: ignored error + COMMIT commits the side effect without record (double order)"]
+async fn timed_out_completion_ignored_then_committed_orders_once() {
+    let store = common::pg_store(8).await;
+    let (engine, orders) = engine_on(
+        store,
+        Duration::from_secs(60),
+        true,
+        Duration::from_millis(300),
+    )
+    .await;
+    let key = IdempotencyKey::new("b15-timeout").unwrap();
+    let pool = engine.store().pool().clone();
+    let guard = run(&engine, &key).await;
+
+    // The operator's transaction: deletes the claim, holds the row lock.
+    let store_key = engine.store_key(&Scope::global(), &key);
+    let mut operator = pool.begin().await.expect("operator tx");
+    let deleted = sqlx::query(&format!(
+        "DELETE FROM {} WHERE store_key = $1",
+        engine.store().table()
+    ))
+    .bind(store_key.as_str())
+    .execute(&mut *operator)
+    .await
+    .expect("operator delete");
+    assert_eq!(deleted.rows_affected(), 1);
+
+    let mut tx = pool.begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let error = engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("first"))
+        .await
+        .expect_err("the UPDATE waits on the operator's lock");
+    assert!(
+        matches!(
+            error,
+            IdempotencyError::StoreUnavailable(StoreError::Timeout { .. } | _)
+        ),
+        "{error:?}"
+    );
+    operator.commit().await.expect("operator commit");
+    // The handler ignores the error and commits.
+    let _ = tx.commit().await;
+    assert_eq!(
+        count(&engine, &orders).await,
+        0,
+        "the attempt whose complete_in failed must not commit its order"
+    );
+    retry_orders(&engine, &orders, &key).await;
+    assert_eq!(count(&engine, &orders).await, 1, "one order for the key");
+}
+
+/// A lost claim (lease lapsed, taken over) met by `complete_in` run inside a savepoint
+/// (`tx.begin()`, a nested sqlx transaction) whose error the handler ignores. The abort only
+/// aborts the savepoint: the handler's `sp.commit()` fails (RELEASE in an aborted
+/// subtransaction), the savepoint is rolled back on drop, and the outer `COMMIT` commits the
+/// order written before the savepoint without its record. The key's new owner orders too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "breaker15: complete_in inside a savepoint only aborts the savepoint: ignored errors + outer COMMIT commit the stale side effect"]
+async fn lease_lost_in_a_savepoint_ignored_then_outer_commit_orders_once() {
+    let store = common::pg_store(8).await;
+    let (engine, orders) = engine_on(
+        store,
+        Duration::from_millis(300),
+        false,
+        Duration::from_secs(10),
+    )
+    .await;
+    let key = IdempotencyKey::new("b15-savepoint").unwrap();
+    let pool = engine.store().pool().clone();
+    let stale = run(&engine, &key).await;
+    let mut tx = pool.begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owner = run(&engine, &key).await;
+    {
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await.expect("savepoint");
+        let error = engine
+            .store()
+            .complete_in(&mut savepoint, stale, receipt("stale"))
+            .await
+            .expect_err("the stale attempt cannot complete");
+        assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
+        // Ignored, like the error: a failed RELEASE leaves the savepoint to roll back on drop.
+        let _ = savepoint.commit().await;
+    }
+    let _ = tx.commit().await;
+    let mut tx = pool.begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('owner')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let pending = engine
+        .store()
+        .complete_in(&mut tx, owner, receipt("owner"))
+        .await
+        .expect("the owner completes");
+    tx.commit().await.expect("commit");
+    pending.committed();
+    assert_eq!(count(&engine, &orders).await, 1, "one order for the key");
+}
+
+/// Pins what the handler that ignores a `LeaseLost` sees afterwards: `tx.commit()` answers
+/// `Ok(())` (Postgres answers COMMIT of an aborted transaction with ROLLBACK, no error), the
+/// order is gone, and the connection goes back to the pool healthy: the next user of the pool
+/// (one connection) runs statements and commits normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_lost_ignored_commit_is_ok_rolled_back_and_the_connection_is_reusable() {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(common::shared_server().url())
+        .await
+        .expect("pool");
+    // The store's own pool is separate (the one connection is the caller's).
+    let store = common::pg_store(4).await;
+    let (engine, orders) = engine_on(
+        store,
+        Duration::from_millis(300),
+        false,
+        Duration::from_secs(10),
+    )
+    .await;
+    let key = IdempotencyKey::new("b15-commit-ok").unwrap();
+    let stale = run(&engine, &key).await;
+    let mut tx = pool.begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owner = run(&engine, &key).await;
+    let error = engine
+        .store()
+        .complete_in(&mut tx, stale, receipt("stale"))
+        .await
+        .expect_err("lost");
+    assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
+    // Later statements of the transaction are refused (25P02).
+    let refused = sqlx::query("SELECT 1").execute(&mut *tx).await;
+    let code = refused
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("25P02"), "{refused:?}");
+    let committed = tx.commit().await;
+    assert!(
+        committed.is_ok(),
+        "COMMIT of the aborted transaction: {committed:?}"
+    );
+    assert_eq!(count(&engine, &orders).await, 0, "rolled back");
+    // The only connection of the pool, reused: no transaction left open, no aborted state.
+    let mut next = pool.begin().await.expect("next user's tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('owner')"))
+        .execute(&mut *next)
+        .await
+        .expect("the next user's statement runs");
+    let pending = engine
+        .store()
+        .complete_in(&mut next, owner, receipt("owner"))
+        .await
+        .expect("owner completes on the reused connection");
+    next.commit().await.expect("commit");
+    pending.committed();
+    assert_eq!(count(&engine, &orders).await, 1);
+}
+
+/// A database without PL/pgSQL (`DROP EXTENSION plpgsql`): the `DO` block fails for another
+/// reason (language missing), and any error aborts the transaction, so the ignored `LeaseLost`
+/// + COMMIT still rolls the order back. Pins that the abort does not depend on PL/pgSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_lost_ignored_without_plpgsql_still_rolls_back() {
+    let admin = common::pg_pool(2).await;
+    let database = format!(
+        "b15_noplpgsql_{}",
+        &idempotency_testkit::unique_prefix()[1..13]
+    )
+    .to_lowercase()
+    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let url = common::shared_server()
+        .url()
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{database}"))
+        .expect("url with a database");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&url)
+        .await
+        .expect("pool on the new database");
+    sqlx::query("DROP EXTENSION plpgsql")
+        .execute(&pool)
+        .await
+        .expect("drop plpgsql");
+    let store = PostgresStore::builder(pool.clone())
+        .operation_timeout(Duration::from_secs(10))
+        .migrate()
+        .await
+        .expect("the store migrates without plpgsql");
+    let (engine, orders) = engine_on(
+        store,
+        Duration::from_millis(300),
+        false,
+        Duration::from_secs(10),
+    )
+    .await;
+    let key = IdempotencyKey::new("b15-noplpgsql").unwrap();
+    let stale = run(&engine, &key).await;
+    let mut tx = pool.begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owner = run(&engine, &key).await;
+    let error = engine
+        .store()
+        .complete_in(&mut tx, stale, receipt("stale"))
+        .await
+        .expect_err("lost");
+    assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
+    let _ = tx.commit().await;
+    assert_eq!(
+        count(&engine, &orders).await,
+        0,
+        "rolled back without plpgsql"
+    );
+    retry_like_owner(&engine, &orders, owner).await;
+    assert_eq!(count(&engine, &orders).await, 1);
+    drop(engine);
+    pool.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+}
+
+async fn retry_like_owner(
+    engine: &Idempotency<PostgresStore>,
+    orders: &str,
+    owner: Guard<PostgresStore>,
+) {
+    let mut tx = engine.store().pool().begin().await.expect("begin tx");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('owner')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let pending = engine
+        .store()
+        .complete_in(&mut tx, owner, receipt("owner"))
+        .await
+        .expect("owner completes");
+    tx.commit().await.expect("commit");
+    pending.committed();
+}
+
+/// `complete_in` on a connection that is not in a transaction (autocommit, `&mut *conn` from
+/// `pool.acquire()`): the fenced UPDATE commits on its own; a lost claim answers `LeaseLost`,
+/// the abort statement fails harmlessly, and the connection is usable at once (no transaction
+/// left behind, statements run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autocommit_connection_lease_lost_leaves_the_connection_usable() {
+    let store = common::pg_store(8).await;
+    let (engine, _orders) = engine_on(
+        store,
+        Duration::from_millis(300),
+        false,
+        Duration::from_secs(10),
+    )
+    .await;
+    let key = IdempotencyKey::new("b15-autocommit").unwrap();
+    let stale = run(&engine, &key).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owner = run(&engine, &key).await;
+    let mut conn = engine.store().pool().acquire().await.expect("acquire");
+    let error = engine
+        .store()
+        .complete_in(&mut conn, stale, receipt("stale"))
+        .await
+        .expect_err("lost");
+    assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("the connection runs statements after the failed abort");
+    assert_eq!(one, 1);
+    let pending = engine
+        .store()
+        .complete_in(&mut conn, owner, receipt("owner"))
+        .await
+        .expect("the owner completes in autocommit");
+    pending.committed();
+    drop(conn);
+    let store_key = engine.store_key(&Scope::global(), &key);
+    let record = engine.store().get(&store_key).await.expect("get");
+    assert!(
+        matches!(record, Some(idempotency_core::Record::Completed(_))),
+        "{record:?}"
+    );
+}
