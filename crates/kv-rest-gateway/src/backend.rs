@@ -8,6 +8,7 @@
 //! sent again only when it is a read ([`crate::policy::is_resendable`]); otherwise the client
 //! gets a 503 that says the outcome is unknown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -296,6 +297,23 @@ impl Backend {
             }
             match &result {
                 Err(GatewayError::BadRequest(text)) if self.retry_busy(text, started) => {
+                    if script {
+                        // A script may have run and returned the refusal's text itself: resent
+                        // only while Redis is seen busy, as a pipeline checked in-band.
+                        if !self.busy_now().await || !self.busy_pause(started).await {
+                            return result;
+                        }
+                        let replies = self
+                            .pipeline_checked(access, vec![cmd.clone()], script, resendable, 0)
+                            .await?;
+                        return match expect_len(replies, 1)?.pop() {
+                            Some(Value::ServerError(error)) => {
+                                Err(GatewayError::BadRequest(server_error_text(&error)))
+                            }
+                            Some(value) => Ok(value),
+                            None => Err(GatewayError::Internal("no reply".into())),
+                        };
+                    }
                     tokio::time::sleep(BUSY_RETRY_DELAY).await;
                 }
                 _ => return result,
@@ -315,6 +333,31 @@ impl Backend {
     /// time limit plus [`BUSY_RETRY_MARGIN`].
     fn within_busy_bound(&self, started: tokio::time::Instant) -> bool {
         started.elapsed() < self.inner.script_time_limit + BUSY_RETRY_MARGIN
+    }
+
+    /// Whether Redis is busy with a script or module command right now: a `PING` on the main
+    /// user's shared connection is refused with the busy refusal ([`is_busy_refusal`]).
+    ///
+    /// Corroborates a busy refusal that answered a command carrying a script before the
+    /// command is sent again: a script that ran can return an error with the very text of the
+    /// refusal (`redis.error_reply`), so that reply alone does not prove it did not run. Only
+    /// the busy path pays this round trip. When Redis is not busy any more the refusal is not
+    /// resent but answered as it is (the client may retry): a genuine refusal whose script
+    /// ended meanwhile costs the client one answer, never a second run.
+    async fn busy_now(&self) -> bool {
+        let ping = redis::cmd("PING");
+        let reply = self
+            .on_shared(Access::ReadWrite, false, true, |mut connection| {
+                let ping = &ping;
+                async move { connection.send_packed_command(ping).await }
+            })
+            .await;
+        match reply {
+            Ok(Value::ServerError(error)) => is_busy_refusal(&server_error_text(&error)),
+            // A new connection's set-up refused as busy (`from_connect`).
+            Err(GatewayError::BadRequest(text)) => is_busy_refusal(&text),
+            _ => false,
+        }
     }
 
     /// Pauses [`BUSY_RETRY_DELAY`] and returns `true` while a request that began at `started`
@@ -403,24 +446,63 @@ impl Backend {
         script: bool,
         resendable: bool,
     ) -> Result<Vec<Value>, GatewayError> {
+        self.pipeline_checked(access, cmds, script, resendable, 1)
+            .await
+    }
+
+    /// [`Backend::pipeline`]. When the pipeline carries a script, a busy refusal of a script
+    /// command is resent only when Redis is seen busy right after it: a script that ran can
+    /// return an error with the very text of the refusal (`redis.error_reply`). From round
+    /// `checked_from` on, each script command is followed by a `PING` (its reply taken off):
+    /// a busy refusal of that `PING` shows that Redis was still busy once the script command
+    /// was answered. A refusal not shown so is the command's reply (the client may retry): a
+    /// genuine refusal whose script ended meanwhile costs one answer, never a second run. Round
+    /// 0 of a pipeline carries no check (the common path pays nothing); its refused script
+    /// commands are checked by [`Backend::busy_now`] after it.
+    async fn pipeline_checked(
+        &self,
+        access: Access,
+        cmds: Vec<Cmd>,
+        script: bool,
+        resendable: bool,
+        checked_from: usize,
+    ) -> Result<Vec<Value>, GatewayError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         let started = tokio::time::Instant::now();
         let total = cmds.len();
+        let is_script: Vec<bool> = if script {
+            cmds.iter().map(carries_script).collect()
+        } else {
+            Vec::new()
+        };
         let whole = &pipeline_of(cmds);
+        let is_script = &is_script;
+        // Atomic, not a cell: the request's future must be `Send`.
+        let round = AtomicUsize::new(0);
+        let round = &round;
         resend_refused_suffix(
             total,
             |from| async move {
-                // The first round sends the whole pipeline; later rounds only its refused end.
+                let checked = script && round.fetch_add(1, Ordering::Relaxed) >= checked_from;
+                // The first round sends the whole pipeline; later rounds only its refused end,
+                // with the checks.
                 let pending;
-                let pipeline = if from == 0 {
-                    whole
+                let (pipeline, count) = if from == 0 && !checked {
+                    (whole, total)
                 } else {
-                    pending = pipeline_of(whole.cmd_iter().skip(from).cloned().collect());
-                    &pending
+                    let mut cmds = Vec::with_capacity(total - from);
+                    for (index, cmd) in whole.cmd_iter().enumerate().skip(from) {
+                        cmds.push(cmd.clone());
+                        if checked && is_script[index] {
+                            cmds.push(redis::cmd("PING"));
+                        }
+                    }
+                    let count = cmds.len();
+                    pending = pipeline_of(cmds);
+                    (&pending, count)
                 };
-                let count = total - from;
                 let mut result = self
                     .pipeline_once(access, pipeline, count, script, resendable)
                     .await;
@@ -429,7 +511,20 @@ impl Backend {
                         .pipeline_once(access, pipeline, count, script, resendable)
                         .await;
                 }
-                result
+                let replies = expect_len(result?, count)?;
+                if checked {
+                    return Ok(take_checks(replies, &is_script[from..]));
+                }
+                // Round 0: a refused script command in the refused end is checked now.
+                let answered = if script
+                    && refused_scripts(&replies, &is_script[from..])
+                    && !self.busy_now().await
+                {
+                    last_refused_script(&replies, &is_script[from..]).map_or(0, |i| i + 1)
+                } else {
+                    0
+                };
+                Ok((replies, answered))
             },
             || self.busy_pause(started),
         )
@@ -668,10 +763,62 @@ impl Backend {
     }
 }
 
+/// Whether `cmd` runs a script or a function (as `Command::is_script`).
+fn carries_script(cmd: &Cmd) -> bool {
+    let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() else {
+        return false;
+    };
+    [
+        &b"EVAL"[..],
+        b"EVAL_RO",
+        b"EVALSHA",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ]
+    .iter()
+    .any(|script| name.eq_ignore_ascii_case(script))
+}
+
+/// A checked round's replies without its `PING`s (one after each script command of
+/// `is_script`), and how many of them are answers whatever they say: up to the last script
+/// command refused as busy whose `PING` was not refused too (Redis was not busy after it, so
+/// the script may have run and returned the refusal's text).
+fn take_checks(replies: Vec<Value>, is_script: &[bool]) -> (Vec<Value>, usize) {
+    let mut kept = Vec::with_capacity(is_script.len());
+    let mut answered = 0;
+    let mut replies = replies.into_iter();
+    for &script in is_script {
+        let Some(reply) = replies.next() else { break };
+        let busy = is_busy_reply(&reply);
+        kept.push(reply);
+        if script {
+            let ping = replies.next();
+            if busy && !ping.as_ref().is_some_and(is_busy_reply) {
+                answered = kept.len();
+            }
+        }
+    }
+    (kept, answered)
+}
+
+/// Whether the refused end of `replies` holds a script command (`is_script`).
+fn refused_scripts(replies: &[Value], is_script: &[bool]) -> bool {
+    last_refused_script(replies, is_script).is_some()
+}
+
+/// The last script command in the refused end of `replies`.
+fn last_refused_script(replies: &[Value], is_script: &[bool]) -> Option<usize> {
+    let start = refused_suffix_start(replies);
+    (start..replies.len())
+        .rev()
+        .find(|&i| is_script.get(i) == Some(&true))
+}
+
 /// Runs a pipeline of `count` commands and sends again the commands that Redis refused with
 /// its busy refusal ([`is_busy_refusal`]: another client's script or module command is
 /// running; those commands did not run). `send(from)` sends commands `from..count` (in order)
-/// and returns their replies; `wait()` pauses between rounds and returns `false` once the busy
+/// and returns their replies, with how many of them (from the first) are answers whatever they say (a busy refusal that may be a script's own reply); `wait()` pauses between rounds and returns `false` once the busy
 /// bound is over. The replies of the commands sent again take their places among the others.
 ///
 /// Only refused commands *at the end* of the pipeline are sent again. Redis can run the first
@@ -698,7 +845,7 @@ async fn resend_refused_suffix<S, SF, W, WF>(
 ) -> Result<Vec<Value>, GatewayError>
 where
     S: FnMut(usize) -> SF,
-    SF: std::future::Future<Output = Result<Vec<Value>, GatewayError>>,
+    SF: std::future::Future<Output = Result<(Vec<Value>, usize), GatewayError>>,
     W: FnMut() -> WF,
     WF: std::future::Future<Output = bool>,
 {
@@ -707,11 +854,12 @@ where
     let mut from = 0;
     loop {
         let refused_connect = match send(from).await {
-            Ok(sent) => {
+            Ok((sent, answered)) => {
                 let sent = expect_len(sent, count - from)?;
+                let answered = from + answered;
                 replies.truncate(from);
                 replies.extend(sent);
-                from = refused_suffix_start(&replies);
+                from = refused_suffix_start(&replies).max(answered);
                 if from == count {
                     return Ok(replies);
                 }
@@ -833,7 +981,10 @@ mod tests {
 
     use redis::Value;
 
-    use super::{GatewayError, resend_refused_suffix, transaction_refused_as_busy};
+    use super::{
+        GatewayError, last_refused_script, resend_refused_suffix, take_checks,
+        transaction_refused_as_busy,
+    };
 
     const BUSY: &str =
         "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";
@@ -869,7 +1020,7 @@ mod tests {
                     .borrow_mut()
                     .pop_front()
                     .expect("an unscripted round");
-                async move { round }
+                async move { round.map(|replies| (replies, 0)) }
             },
             || {
                 let more = waits.borrow_mut().pop_front().unwrap_or(true);
@@ -879,6 +1030,63 @@ mod tests {
         .await;
         assert!(rounds.borrow().is_empty(), "rounds left over");
         (result, sent.into_inner())
+    }
+
+    /// breaker15: a script that ran can answer with the refusal's text. A checked round's
+    /// `PING` after each script command tells: refused too → Redis was busy, the script's
+    /// refusal is genuine; served → the script's reply is an answer, and nothing before it
+    /// is sent again.
+    #[test]
+    fn checks_after_scripts_tell_a_refusal_from_a_scripts_own_reply() {
+        let pong = Value::SimpleString("PONG".into());
+        // [script, INCR, script] with a PING after each script.
+        let is_script = [true, false, true];
+        let (kept, answered) =
+            take_checks(vec![busy(), busy(), busy(), busy(), busy()], &is_script);
+        assert_eq!((kept.len(), answered), (3, 0), "all genuine refusals");
+        let (kept, answered) = take_checks(
+            vec![busy(), pong.clone(), busy(), busy(), busy()],
+            &is_script,
+        );
+        assert_eq!(
+            (kept.len(), answered),
+            (3, 1),
+            "the first script's BUSY is its own"
+        );
+        let (kept, answered) =
+            take_checks(vec![int(1), pong.clone(), int(2), busy(), pong], &is_script);
+        assert_eq!(kept, vec![int(1), int(2), busy()]);
+        assert_eq!(answered, 3, "the last script's BUSY is its own");
+        assert_eq!(
+            last_refused_script(&[int(1), busy(), busy()], &[true, true, false]),
+            Some(1)
+        );
+        assert_eq!(
+            last_refused_script(&[busy(), int(1), busy()], &[true, false, false]),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answered_refusal_is_not_sent_again() {
+        let rounds = RefCell::new(VecDeque::from(vec![
+            (vec![busy(), busy(), busy()], 0),
+            (vec![busy(), busy(), busy()], 2),
+            (vec![int(3)], 0),
+        ]));
+        let sent = RefCell::new(Vec::new());
+        let result = resend_refused_suffix(
+            3,
+            |from| {
+                sent.borrow_mut().push(from);
+                let round = rounds.borrow_mut().pop_front().expect("a round");
+                async move { Ok(round) }
+            },
+            || async { true },
+        )
+        .await;
+        assert_eq!(result.unwrap(), vec![busy(), busy(), int(3)]);
+        assert_eq!(sent.into_inner(), vec![0, 0, 2]);
     }
 
     #[tokio::test]

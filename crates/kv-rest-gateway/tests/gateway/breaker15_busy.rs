@@ -155,8 +155,9 @@ fn incr_invariant(replies: &[Json], counter: &str) -> (usize, usize) {
 }
 
 /// Another client's script starts while a long pipeline of `INCR n` is being executed, and is
-/// killed 400 ms later: the refused end is resent after the script, every INCR runs exactly
-/// once and the replies are 1..=N in order. The pipeline opens with a script of its own that
+/// killed 400 ms later: the refused end is resent after the script, no INCR runs twice or out
+/// of order, and the last one always runs (refusals followed by a command that ran stay
+/// refusals: resending them would reorder writes). The pipeline opens with a script of its own that
 /// spins 80 ms (under the 100 ms busy threshold), and the other script is sent at a different
 /// moment each round, so on some rounds it runs between two chunks of the pipeline (Redis reads
 /// a long pipeline in chunks): Redis ran the first INCRs and refuses the rest. Databases 0
@@ -188,15 +189,28 @@ async fn long_incr_pipeline_with_a_script_starting_mid_way_runs_each_write_once(
             assert_eq!(reply.status, 200, "db {db}: {}", reply.text);
             let items = reply.json.as_array().expect("array");
             assert_eq!(items.len(), N + 1);
-            assert_eq!(items[0], json!({"result": 0}), "db {db}: the spin ran");
             let (ran, busy) = incr_invariant(&items[1..], &cli_get(&gw, db, "n"));
-            assert_eq!(
-                (ran, busy),
-                (N, 0),
-                "db {db} round {round}: the refused end is sent again"
+            // The refused end is always sent again, so the last reply ran. A refusal followed
+            // by a command that ran (the script was killed while Redis read the pipeline) is
+            // never sent again: that would run it after a later command. So the spin and the
+            // INCRs before the last one that ran may stay refused, and only those.
+            assert!(
+                items[N]["result"].is_i64(),
+                "db {db} round {round}: the refused end is sent again: {}",
+                items[N]
             );
+            assert!(
+                items[0] == json!({"result": 0})
+                    || items[0]["error"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("BUSY ")),
+                "db {db}: the spin: {}",
+                items[0]
+            );
+            assert_eq!(ran + busy, N);
+            eprintln!("db {db} round {round}: {ran} INCRs ran, {busy} refused before one that ran");
             let refused = busy_refusals(&gw);
-            if refused > 0 && refused % u64::try_from(N).unwrap() != 0 {
+            if refused > 0 && !refused.is_multiple_of(u64::try_from(N).unwrap()) {
                 mid_way += 1;
             }
             eprintln!("db {db} round {round}: {refused} busy refusals");
@@ -212,7 +226,6 @@ async fn long_incr_pipeline_with_a_script_starting_mid_way_runs_each_write_once(
 /// sends the script again every 20 ms until the busy bound (script time limit + 1 s): the
 /// write runs ~100 times for one request. A reply is not proof that a command did not run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "breaker15: a script's own error_reply with the BUSY refusal text is taken for a refusal: the pipeline resends a write that ran (~100 runs)"]
 async fn a_script_that_ran_and_answers_the_busy_text_is_not_sent_again() {
     let gw = gateway(0, Duration::from_secs(1), 1000).await;
     let script = format!("redis.call('INCR', KEYS[1]) return redis.error_reply('{BUSY_TEXT}')");
@@ -231,7 +244,6 @@ async fn a_script_that_ran_and_answers_the_busy_text_is_not_sent_again() {
 /// The same script as one command (`POST /`): retried the same way (that path predates the
 /// pipeline change).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "breaker15: a single EVAL whose error_reply has the BUSY refusal text is resent until the busy bound (~100 runs)"]
 async fn a_single_script_that_ran_and_answers_the_busy_text_is_not_sent_again() {
     let gw = gateway(0, Duration::from_secs(1), 1000).await;
     let script = format!("redis.call('INCR', KEYS[1]) return redis.error_reply('{BUSY_TEXT}')");
