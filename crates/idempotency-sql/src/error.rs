@@ -151,7 +151,8 @@ impl TransactionConflict {
 
 /// Map a `sqlx` error from `operation` onto the core's typed error.
 ///
-/// - pool timeouts and the store's own budget → [`StoreError::Timeout`];
+/// - pool timeouts, the store's own budget and Postgres's `lock_timeout` (SQLSTATE `55P03`)
+///   → [`StoreError::Timeout`];
 /// - I/O, TLS, a closed pool, a crashed worker, SQLSTATE class `08` (connection exception),
 ///   `57P01`..`57P03` (server shutting down / starting), `53300` (too many connections) and
 ///   SQLite `BUSY`/`LOCKED` after the busy timeout → [`StoreError::Unavailable`];
@@ -177,6 +178,12 @@ pub(crate) fn map_sqlx(
         E::ColumnDecode { .. } | E::Decode(_) => StoreError::Corrupt(CorruptRecord::new(format!(
             "a column of the idempotency row does not decode: {error}"
         ))),
+        // Postgres `lock_not_available`: a `lock_timeout` ended a wait for a row (the
+        // completion in the caller's transaction bounds its wait by the budget this way).
+        E::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Timeout {
+            operation,
+            after: budget,
+        },
         E::Database(db) => {
             if is_unavailable(db.code().as_deref()) {
                 StoreError::Unavailable {

@@ -75,7 +75,13 @@
 //! On Postgres, a `complete_in` whose UPDATE did not apply (`LeaseLost`, a stale snapshot)
 //! also aborts the transaction before answering (a `RAISE` inside it), so a handler that
 //! ignores the error and commits gets a rollback, never a side effect committed without its
-//! record. SQLite has no aborted-transaction state: there, rolling back is the handler's job.
+//! record. The same holds when the UPDATE waited for the row (held by another transaction,
+//! an operator's `DELETE` say) past the engine's store timeout: the wait is bounded on the
+//! server by `lock_timeout` a little under that budget (restored afterwards), so it ends with
+//! an error that aborts the transaction, and the answer is a timeout. Two limits: inside a
+//! savepoint (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
+//! `complete_in` on the outer transaction or do not go on after its error; and SQLite has no
+//! aborted-transaction state: there, rolling back is the handler's job.
 //!
 //! Releasing after a successful commit is harmless (a release is fenced on the record being
 //! in progress under the token), so a dropped pending completion may always release. The row

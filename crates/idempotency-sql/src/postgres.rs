@@ -43,6 +43,54 @@ struct Inner {
     /// Marks the in-progress row `($1 key, $2 token)` as waited on
     /// (`pg_notify::flag_waiter_sql`).
     flag_waiter: String,
+    /// `complete` for the caller's transaction ([`complete_in_transaction`]).
+    complete_in_tx: String,
+}
+
+/// The completion in the caller's transaction: `complete` whose row-lock wait is bounded by
+/// `lock_timeout` = `$8` (set before the UPDATE locks the row, restored after it, both with
+/// `set_config(…, true)`, local to the transaction).
+///
+/// The UPDATE waits for the row while another transaction holds it (an operator's `DELETE`, a
+/// renewal). Past the engine's store timeout the caller gets an error, but a statement still
+/// waiting on the connection would then apply or not once the lock goes, and a handler that
+/// ignored the error could commit its side effect without the record. Bounded by
+/// `lock_timeout` a little under that budget, the wait ends on the server first, with SQLSTATE
+/// `55P03`, which aborts the transaction: its `COMMIT` rolls back.
+/// (<https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-LOCK-TIMEOUT>:
+/// the setting is read when a lock wait begins.)
+fn complete_in_transaction(complete: &str) -> String {
+    let with = "WITH done AS (";
+    let fence = "AND expires_at > clock_timestamp() RETURNING waiters)";
+    debug_assert!(complete.starts_with(with) && complete.contains(fence));
+    let bounded = complete
+        .replacen(
+            with,
+            "WITH was AS MATERIALIZED (SELECT current_setting('lock_timeout') AS v), \
+             bound AS MATERIALIZED (SELECT set_config('lock_timeout', $8, true) FROM was), \
+             done AS (",
+            1,
+        )
+        .replacen(
+            fence,
+            "AND expires_at > clock_timestamp() AND EXISTS (SELECT 1 FROM bound) \
+             RETURNING waiters)",
+            1,
+        );
+    // Read after `done` has run (it reads `done`), so the wait above had the bound.
+    format!(
+        "{bounded}, (SELECT set_config('lock_timeout', was.v, true) FROM was, \
+         (SELECT count(*) FROM done) AS ran) AS lock_timeout_restored"
+    )
+}
+
+/// `lock_timeout` for a completion in the caller's transaction under `budget`: a tenth (at most
+/// 100 ms) under it, so the server ends the wait before the client gives up; at least 1 ms
+/// (`0` would turn the bound off).
+fn lock_wait_bound(budget: Duration) -> String {
+    let margin = (budget / 10).min(Duration::from_millis(100));
+    let millis = budget.saturating_sub(margin).as_millis().max(1);
+    format!("{millis}ms")
 }
 
 impl SqlStatements {
@@ -225,11 +273,13 @@ impl PostgresStoreBuilder {
         let notifier = channel
             .clone()
             .map(|channel| Notifier::new(&self.pool, channel, self.timeout));
+        let sql = SqlStatements::postgres(&table.quoted, channel.as_deref());
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 flag_waiter: flag_waiter_sql(&table.quoted),
+                complete_in_tx: complete_in_transaction(&sql.complete),
                 base: Base {
-                    sql: SqlStatements::postgres(&table.quoted, channel.as_deref()),
+                    sql,
                     pool: self.pool,
                     table,
                     timeout: self.timeout,
@@ -439,7 +489,14 @@ impl PostgresStore {
             return Ok(pending);
         };
         let (key, token, budget) = (parts.key.clone(), *parts.token, parts.timeout);
-        let written = Base::write_in(&self.inner.base.sql.complete, &mut *conn, &parts).await?;
+        let lock_timeout = lock_wait_bound(budget);
+        let written = Base::write_in(
+            &self.inner.complete_in_tx,
+            &mut *conn,
+            &parts,
+            Some(&lock_timeout),
+        )
+        .await?;
         // On every `Err` below (and on a timeout, above), dropping `pending` releases the claim
         // in the background once the caller's transaction lets go of the row (the release is
         // fenced on our token, so it changes nothing when the claim is not ours any more).
@@ -646,6 +703,36 @@ impl IdempotencyStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_completion_in_a_transaction_bounds_its_lock_wait_and_restores_it() {
+        for wake in [None, Some("t_wake")] {
+            let sql = SqlStatements::postgres("t", wake);
+            let in_tx = complete_in_transaction(&sql.complete);
+            assert!(
+                in_tx.starts_with(
+                    "WITH was AS MATERIALIZED (SELECT current_setting('lock_timeout')"
+                ),
+                "{in_tx}"
+            );
+            assert!(
+                in_tx.contains("AND EXISTS (SELECT 1 FROM bound) RETURNING waiters)"),
+                "{in_tx}"
+            );
+            assert!(in_tx.ends_with("AS lock_timeout_restored"), "{in_tx}");
+            assert!(in_tx.contains("$8") && !sql.complete.contains("$8"));
+            // The answer (its first column, and `woken`) is the pool statement's.
+            let answer = sql
+                .complete
+                .find(" SELECT EXISTS (SELECT 1 FROM done)")
+                .unwrap();
+            assert!(in_tx.contains(&sql.complete[answer..]), "{in_tx}");
+        }
+        assert_eq!(lock_wait_bound(Duration::from_secs(1)), "900ms");
+        assert_eq!(lock_wait_bound(Duration::from_secs(10)), "9900ms");
+        assert_eq!(lock_wait_bound(Duration::from_millis(50)), "45ms");
+        assert_eq!(lock_wait_bound(Duration::ZERO), "1ms");
+    }
 
     #[test]
     fn statements_name_the_table_and_bind_in_order() {

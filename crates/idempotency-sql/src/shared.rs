@@ -114,6 +114,9 @@ where
 
     /// Run the completion statement `sql` (the plain `complete`, or a store's variant for the
     /// caller's transaction) on `executor`: whether it applied.
+    ///
+    /// `extra`: an eighth parameter the statement takes (Postgres's completion in the caller's
+    /// transaction: its lock wait bound).
     async fn complete_on<'e, E: Executor<'e, Database = DB>>(
         sql: &str,
         executor: E,
@@ -121,8 +124,9 @@ where
         token: &LeaseToken,
         record: &Completed,
         retention: Duration,
+        extra: Option<&str>,
     ) -> Result<bool, sqlx::Error> {
-        let query = sqlx::query(sql)
+        let mut query = sqlx::query(sql)
             .bind(key.as_str())
             .bind(token.as_bytes().as_slice())
             .bind(millis_column(record.completed_at_ms))
@@ -130,6 +134,9 @@ where
             .bind(encoding_code(record.outcome.encoding))
             .bind(&record.outcome.body[..])
             .bind(DB::units(retention));
+        if let Some(extra) = extra {
+            query = query.bind(extra);
+        }
         if DB::COMPLETE_RETURNS_APPLIED {
             query.fetch_one(executor).await?.try_get(0)
         } else {
@@ -155,6 +162,7 @@ where
                 token,
                 record,
                 retention,
+                None,
             ),
         )
         .await?;
@@ -162,11 +170,13 @@ where
     }
 
     /// The fenced completion `sql` of `parts` in the caller's transaction `conn`, under the
-    /// engine's store timeout (the only error: [`StoreError::Timeout`]).
+    /// engine's store timeout (the only error: [`StoreError::Timeout`]); `extra` as for
+    /// `complete_on`.
     pub(crate) async fn write_in(
         sql: &str,
         conn: &mut DB::Connection,
         parts: &CompletionParts<'_>,
+        extra: Option<&str>,
     ) -> Result<Written, IdempotencyError> {
         let applied = Self::complete_on(
             sql,
@@ -175,6 +185,7 @@ where
             parts.token,
             parts.completed,
             parts.retention,
+            extra,
         );
         match tokio::time::timeout(parts.timeout, applied).await {
             Ok(Ok(true)) => Ok(Written::Applied),

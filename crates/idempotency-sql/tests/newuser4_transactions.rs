@@ -950,3 +950,42 @@ async fn postgres_lease_lost_ignored_then_committed_orders_once() {
 async fn postgres_repeatable_read_deleted_and_reclaimed_is_lease_lost_and_commit_orders_once() {
     ignored_error_then_commit(Failure::DeletedAndReclaimed).await;
 }
+
+/// The completion in the caller's transaction bounds its own wait for the row with
+/// `lock_timeout` and then puts the transaction's setting back: a handler that set its own
+/// `lock_timeout` (here `7s`, `SET LOCAL`) finds it unchanged after `complete_in`, and one that
+/// set none finds the server's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_complete_in_leaves_the_transactions_lock_timeout_as_it_was() {
+    let (engine, orders) = pg_engine(Duration::from_secs(60)).await;
+    for (set, expected) in [(Some("7s"), "7s"), (None, "0")] {
+        let key = IdempotencyKey::new(format!("lock-timeout-{expected}")).unwrap();
+        let guard = runs_within(&engine, &key, Duration::from_secs(1))
+            .await
+            .expect("runs");
+        let mut tx = engine.store().pool().begin().await.expect("begin tx");
+        if let Some(set) = set {
+            sqlx::query(&format!("SET LOCAL lock_timeout = '{set}'"))
+                .execute(&mut *tx)
+                .await
+                .expect("set");
+        }
+        sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('x')"))
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        let pending = engine
+            .store()
+            .complete_in(&mut tx, guard, receipt("done"))
+            .await
+            .expect("completes");
+        let now: String = sqlx::query_scalar("SHOW lock_timeout")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("show");
+        assert_eq!(now, expected);
+        tx.commit().await.expect("commit");
+        pending.committed();
+    }
+    assert_eq!(pg_count(&engine, &orders).await, 2);
+}
