@@ -77,8 +77,9 @@
 //! ignores the error and commits gets a rollback, never a side effect committed without its
 //! record. The same holds when the UPDATE waited for the row (held by another transaction,
 //! an operator's `DELETE` say) past the engine's store timeout: the wait is bounded on the
-//! server by `lock_timeout` a little under that budget (restored afterwards), so it ends with
-//! an error that aborts the transaction, and the answer is a timeout. Two limits: inside a
+//! server by `lock_timeout` a little under that budget (or the transaction's own
+//! `lock_timeout` when that is shorter; restored afterwards), so it ends with an error that
+//! aborts the transaction, and the answer is a timeout. Two limits: inside a
 //! savepoint (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
 //! `complete_in` on the outer transaction or do not go on after its error; and SQLite has no
 //! aborted-transaction state: there, rolling back is the handler's job.

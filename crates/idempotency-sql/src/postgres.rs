@@ -48,8 +48,10 @@ struct Inner {
 }
 
 /// The completion in the caller's transaction: `complete` whose row-lock wait is bounded by
-/// `lock_timeout` = `$8` (set before the UPDATE locks the row, restored after it, both with
-/// `set_config(…, true)`, local to the transaction).
+/// `lock_timeout` = `$8` milliseconds, or by the transaction's own `lock_timeout` when that is
+/// shorter (and not `0`, no bound) — set before the UPDATE locks the row, restored after it,
+/// both with `set_config(…, true)`, local to the transaction; `pg_settings.setting` gives the
+/// current value in milliseconds.
 ///
 /// The UPDATE waits for the row while another transaction holds it (an operator's `DELETE`, a
 /// renewal). Past the engine's store timeout the caller gets an error, but a statement still
@@ -66,8 +68,11 @@ fn complete_in_transaction(complete: &str) -> String {
     let bounded = complete
         .replacen(
             with,
-            "WITH was AS MATERIALIZED (SELECT current_setting('lock_timeout') AS v), \
-             bound AS MATERIALIZED (SELECT set_config('lock_timeout', $8, true) FROM was), \
+            "WITH was AS MATERIALIZED (SELECT current_setting('lock_timeout') AS v, \
+             setting::bigint AS ms FROM pg_settings WHERE name = 'lock_timeout'), \
+             bound AS MATERIALIZED (SELECT set_config('lock_timeout', \
+             CASE WHEN was.ms > 0 AND was.ms < $8::bigint THEN was.v ELSE $8 || 'ms' END, true) \
+             FROM was), \
              done AS (",
             1,
         )
@@ -84,13 +89,12 @@ fn complete_in_transaction(complete: &str) -> String {
     )
 }
 
-/// `lock_timeout` for a completion in the caller's transaction under `budget`: a tenth (at most
-/// 100 ms) under it, so the server ends the wait before the client gives up; at least 1 ms
-/// (`0` would turn the bound off).
+/// `lock_timeout` for a completion in the caller's transaction under `budget`, in milliseconds
+/// (decimal text, the statement's `$8`): a tenth (at most 100 ms) under it, so the server ends
+/// the wait before the client gives up; at least 1 ms (`0` would turn the bound off).
 fn lock_wait_bound(budget: Duration) -> String {
     let margin = (budget / 10).min(Duration::from_millis(100));
-    let millis = budget.saturating_sub(margin).as_millis().max(1);
-    format!("{millis}ms")
+    budget.saturating_sub(margin).as_millis().max(1).to_string()
 }
 
 impl SqlStatements {
@@ -728,10 +732,10 @@ mod tests {
                 .unwrap();
             assert!(in_tx.contains(&sql.complete[answer..]), "{in_tx}");
         }
-        assert_eq!(lock_wait_bound(Duration::from_secs(1)), "900ms");
-        assert_eq!(lock_wait_bound(Duration::from_secs(10)), "9900ms");
-        assert_eq!(lock_wait_bound(Duration::from_millis(50)), "45ms");
-        assert_eq!(lock_wait_bound(Duration::ZERO), "1ms");
+        assert_eq!(lock_wait_bound(Duration::from_secs(1)), "900");
+        assert_eq!(lock_wait_bound(Duration::from_secs(10)), "9900");
+        assert_eq!(lock_wait_bound(Duration::from_millis(50)), "45");
+        assert_eq!(lock_wait_bound(Duration::ZERO), "1");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoredOutcome,
+    Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoreError,
+    StoredOutcome,
 };
 use idempotency_sql::sqlx::postgres::PgPoolOptions;
 use idempotency_sql::{PostgresStore, SqliteStore, TransactionConflict, sqlx};
@@ -32,6 +33,15 @@ async fn pg_engine(lease: Duration) -> (Idempotency<PostgresStore>, String) {
 
 /// [`pg_engine`], with lease renewal on or off.
 async fn pg_engine_renewing(lease: Duration, renew: bool) -> (Idempotency<PostgresStore>, String) {
+    pg_engine_timed(lease, renew, Duration::from_millis(1500)).await
+}
+
+/// As [`pg_engine_renewing`], with the engine's store timeout.
+async fn pg_engine_timed(
+    lease: Duration,
+    renew: bool,
+    store_timeout: Duration,
+) -> (Idempotency<PostgresStore>, String) {
     let store = common::pg_store(20).await;
     let orders = orders_table();
     sqlx::query(&format!(
@@ -44,6 +54,7 @@ async fn pg_engine_renewing(lease: Duration, renew: bool) -> (Idempotency<Postgr
         .prefix(idempotency_testkit::unique_prefix())
         .lease(lease)
         .renew_leases(renew)
+        .store_timeout(store_timeout)
         .ignore_env()
         .build()
         .expect("engine");
@@ -988,4 +999,64 @@ async fn postgres_complete_in_leaves_the_transactions_lock_timeout_as_it_was() {
         pending.committed();
     }
     assert_eq!(pg_count(&engine, &orders).await, 2);
+}
+
+/// A handler that set a `lock_timeout` shorter than the store's bound keeps it for the
+/// completion's own wait: with the record's row held by an operator's open transaction for
+/// 3 s, the transaction's `lock_timeout` at 200 ms and the engine's store timeout at 60 s,
+/// `complete_in` answers a timeout (and aborts the transaction) while the lock is still held,
+/// instead of waiting within the store's budget and completing once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_complete_in_keeps_a_shorter_lock_timeout_of_the_transaction() {
+    let (engine, orders) =
+        pg_engine_timed(Duration::from_secs(60), true, Duration::from_secs(60)).await;
+    let key = IdempotencyKey::new("shorter-lock-timeout").unwrap();
+    let guard = runs_within(&engine, &key, Duration::from_secs(60))
+        .await
+        .expect("runs");
+    let pool = engine.store().pool().clone();
+    let store_key = engine.store_key(&Scope::global(), &key);
+    let mut operator = pool.begin().await.expect("operator tx");
+    sqlx::query(&format!(
+        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
+        engine.store().table()
+    ))
+    .bind(store_key.as_str())
+    .execute(&mut *operator)
+    .await
+    .expect("operator locks the row");
+    let held = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        operator.commit().await.expect("operator commit");
+    });
+
+    let mut tx = pool.begin().await.expect("begin tx");
+    sqlx::query("SET LOCAL lock_timeout = '200ms'")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('x')"))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let result = engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("done"))
+        .await;
+    assert!(
+        !held.is_finished(),
+        "complete_in waited for the operator's lock past the transaction's lock_timeout"
+    );
+    assert!(
+        matches!(
+            result,
+            Err(IdempotencyError::StoreUnavailable(
+                StoreError::Timeout { .. }
+            ))
+        ),
+        "{result:?}"
+    );
+    let _ = tx.commit().await;
+    held.await.expect("operator");
+    assert_eq!(pg_count(&engine, &orders).await, 0, "the aborted order");
 }

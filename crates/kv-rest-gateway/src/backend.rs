@@ -335,8 +335,8 @@ impl Backend {
         started.elapsed() < self.inner.script_time_limit + BUSY_RETRY_MARGIN
     }
 
-    /// Whether Redis is busy with a script or module command right now: a `PING` on the main
-    /// user's shared connection is refused with the busy refusal ([`is_busy_refusal`]).
+    /// Whether Redis is busy with a script or module command right now: a `PING` on the killer
+    /// connection is refused with the busy refusal ([`is_busy_refusal`]).
     ///
     /// Corroborates a busy refusal that answered a command carrying a script before the
     /// command is sent again: a script that ran can return an error with the very text of the
@@ -344,19 +344,35 @@ impl Backend {
     /// the busy path pays this round trip. When Redis is not busy any more the refusal is not
     /// resent but answered as it is (the client may retry): a genuine refusal whose script
     /// ended meanwhile costs the client one answer, never a second run.
+    ///
+    /// The killer connection never carries a client's command. A shared connection would not
+    /// do: the script that makes Redis busy may be a client's own command on it (a long `EVAL`
+    /// sent through the gateway), and a `PING` queued behind it answers only once it ended.
     async fn busy_now(&self) -> bool {
-        let ping = redis::cmd("PING");
-        let reply = self
-            .on_shared(Access::ReadWrite, false, true, |mut connection| {
-                let ping = &ping;
-                async move { connection.send_packed_command(ping).await }
-            })
+        let Ok(ready) = self.ready() else {
+            return false;
+        };
+        let connection = match ready.killer.shared.connection().await {
+            Ok(connection) => connection,
+            // A new connection's set-up refused as busy (`from_connect`).
+            Err(error) => {
+                return matches!(from_connect(&error), GatewayError::BadRequest(text) if is_busy_refusal(&text));
+            }
+        };
+        let reply = connection
+            .multiplexed
+            .clone()
+            .send_packed_command(&redis::cmd("PING"))
             .await;
         match reply {
             Ok(Value::ServerError(error)) => is_busy_refusal(&server_error_text(&error)),
-            // A new connection's set-up refused as busy (`from_connect`).
-            Err(GatewayError::BadRequest(text)) => is_busy_refusal(&text),
-            _ => false,
+            Err(error) => {
+                if error.code().is_none() && error.is_io_error() {
+                    connection.discard();
+                }
+                matches!(from_redis(&error), GatewayError::BadRequest(text) if is_busy_refusal(&text))
+            }
+            Ok(_) => false,
         }
     }
 

@@ -51,7 +51,8 @@ struct Args {
     read_only_acl_user: String,
 
     /// Read-write API token (clients send `Authorization: Bearer <token>`). Must not be empty;
-    /// at least 32 characters, e.g. `openssl rand -hex 32`.
+    /// use at least 32 characters, e.g. `openssl rand -hex 32` (a shorter one is accepted with
+    /// a warning, for development).
     #[arg(long, env = "KV_REST_GATEWAY_TOKEN", hide_env_values = true)]
     token: String,
 

@@ -9,6 +9,7 @@ mod common;
 mod auth_limits;
 mod breaker12_sync_token;
 mod breaker15_busy;
+mod breaker16_busy;
 mod busy;
 mod faults;
 mod forms;
