@@ -146,9 +146,11 @@ fn busy_connect_refusal(error: &redis::RedisError) -> Option<String> {
 /// `FUNCTION KILL` and module forms (`server.c`, `shared.slowevalerr` / `slowscripterr` /
 /// `slowmoduleerr`; Valkey says `Valkey is busy …`). Only then was the command not run. Any
 /// other reply starting with `BUSY` — `BUSYGROUP`, `BUSYKEY`, or a script's own
-/// `redis.error_reply('BUSY …')` after it wrote — is the command's answer. (A script that
-/// returns the refusal word for word cannot be told from it; the retries stay bounded by the
-/// script time limit.)
+/// `redis.error_reply('BUSY …')` after it wrote — is the command's answer. A script that
+/// returns the refusal word for word cannot be told from it by its reply: the backend resends
+/// a script's refusal only while Redis is seen busy right after it (`Backend::busy_now`, a
+/// `PING` in the resent round), so such a script runs again only if another client's script
+/// happens to make Redis busy at that moment, and never past the busy bound.
 pub(crate) fn is_busy_refusal(text: &str) -> bool {
     let Some(rest) = text.strip_prefix("BUSY ") else {
         return false;
