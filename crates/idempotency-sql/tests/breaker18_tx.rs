@@ -214,7 +214,6 @@ async fn table_lock_wait_past_the_store_timeout_ignored_then_committed_orders_on
             .expect("operator's statements");
 
         let mut tx = f.pool.begin().await.expect("begin tx");
-        let pid = backend_pid(&mut tx).await;
         f.insert(&mut tx, "first").await;
         let started = Instant::now();
         let error = f
@@ -231,8 +230,8 @@ async fn table_lock_wait_past_the_store_timeout_ignored_then_committed_orders_on
             "{operator_sql}: {error:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
-        // Still queued on the caller's connection, behind the operator's lock.
-        assert!(f.waits_on_a_lock(pid).await, "{operator_sql}");
+        // (On aee4bdd the UPDATE is still queued on the caller's connection, behind the
+        // operator's lock; not asserted: a fix may cancel it.)
         // The lock is held past the lease (the third case).
         tokio::time::sleep(hold.saturating_sub(started.elapsed())).await;
 
