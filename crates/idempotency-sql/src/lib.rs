@@ -73,14 +73,16 @@
 //! | rolled back for another reason | `pending.release().await` (or drop it) | the claim is released: a retry runs |
 //!
 //! On Postgres, a `complete_in` whose UPDATE did not apply (`LeaseLost`, a stale snapshot)
-//! also aborts the transaction before answering (a `RAISE` inside it), so a handler that
-//! ignores the error and commits gets a rollback, never a side effect committed without its
-//! record. The same holds when the UPDATE waited for the row (held by another transaction,
-//! an operator's `DELETE` say) past the engine's store timeout: the wait is bounded on the
-//! server by `lock_timeout` a little under that budget (or the transaction's own
-//! `lock_timeout` when that is shorter; restored afterwards), so it ends with an error that
-//! aborts the transaction, and the answer is a timeout. Two limits: inside a
-//! savepoint (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
+//! fails inside the transaction (the completion statement itself raises an error when it
+//! matched nothing), so a handler that ignores the error and commits gets a rollback, never a
+//! side effect committed without its record — also when the statement ends after the caller
+//! stopped waiting for it. Before the completion, one statement bounds the transaction's
+//! `lock_timeout` a tenth (at most 100 ms) under the engine's store timeout (or keeps the
+//! transaction's own, when shorter; restored by the completion): a completion waiting for the
+//! record's row (an operator's `DELETE`) or its table (`LOCK TABLE`, `TRUNCATE`, `VACUUM FULL`,
+//! a migration) ends on the server first, with an error that aborts the transaction, and the
+//! answer is a timeout. So `complete_in` costs two round trips. Two limits: inside a savepoint
+//! (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
 //! `complete_in` on the outer transaction or do not go on after its error; and SQLite has no
 //! aborted-transaction state: there, rolling back is the handler's job.
 //!

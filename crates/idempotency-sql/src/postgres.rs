@@ -47,54 +47,94 @@ struct Inner {
     complete_in_tx: String,
 }
 
-/// The completion in the caller's transaction: `complete` whose row-lock wait is bounded by
-/// `lock_timeout` = `$8` milliseconds, or by the transaction's own `lock_timeout` when that is
-/// shorter (and not `0`, no bound) — set before the UPDATE locks the row, restored after it,
-/// both with `set_config(…, true)`, local to the transaction; `pg_settings.setting` gives the
-/// current value in milliseconds.
+/// The completion in the caller's transaction: `complete` that restores the transaction's
+/// `lock_timeout` (`$8`, as [`bound_lock_wait`] found it) and fails when it did not apply.
 ///
-/// The UPDATE waits for the row while another transaction holds it (an operator's `DELETE`, a
-/// renewal). Past the engine's store timeout the caller gets an error, but a statement still
-/// waiting on the connection would then apply or not once the lock goes, and a handler that
-/// ignored the error could commit its side effect without the record. Bounded by
-/// `lock_timeout` a little under that budget, the wait ends on the server first, with SQLSTATE
-/// `55P03`, which aborts the transaction: its `COMMIT` rolls back.
-/// (<https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-LOCK-TIMEOUT>:
-/// the setting is read when a lock wait begins.)
-fn complete_in_transaction(complete: &str) -> String {
-    let with = "WITH done AS (";
-    let fence = "AND expires_at > clock_timestamp() RETURNING waiters)";
-    debug_assert!(complete.starts_with(with) && complete.contains(fence));
-    let bounded = complete
-        .replacen(
-            with,
-            "WITH was AS MATERIALIZED (SELECT current_setting('lock_timeout') AS v, \
-             setting::bigint AS ms FROM pg_settings WHERE name = 'lock_timeout'), \
-             bound AS MATERIALIZED (SELECT set_config('lock_timeout', \
-             CASE WHEN was.ms > 0 AND was.ms < $8::bigint THEN was.v ELSE $8 || 'ms' END, true) \
-             FROM was), \
-             done AS (",
-            1,
-        )
-        .replacen(
-            fence,
-            "AND expires_at > clock_timestamp() AND EXISTS (SELECT 1 FROM bound) \
-             RETURNING waiters)",
-            1,
-        );
-    // Read after `done` has run (it reads `done`), so the wait above had the bound.
+/// **Not applied → error**: when the completion matched nothing, the statement itself fails
+/// (a cast of [`NOT_APPLIED`] and the transaction's isolation level to `int`, SQLSTATE
+/// `22P02`: plain SQL, no PL/pgSQL), so the transaction is aborted even when nobody reads the
+/// answer any more (a statement that ends after the caller's timeout, or after its future was
+/// dropped). A handler that ignored the error and commits gets a rollback.
+fn complete_in_transaction(complete: &str, woken: bool) -> String {
+    let answer_at = complete.find(" SELECT EXISTS (SELECT 1 FROM done)");
+    debug_assert!(complete.starts_with("WITH done AS (") && answer_at.is_some());
+    let (head, answer) = complete.split_at(answer_at.unwrap_or(complete.len()));
+    let columns = if woken { "applied, woken" } else { "applied" };
+    // `answer` reads `done`, so the columns below come after the UPDATE; the failing cast
+    // depends on the row, so the planner cannot fold it.
     format!(
-        "{bounded}, (SELECT set_config('lock_timeout', was.v, true) FROM was, \
-         (SELECT count(*) FROM done) AS ran) AS lock_timeout_restored"
+        "{head}, answer ({columns}) AS MATERIALIZED ({answer}) \
+         SELECT answer.*, \
+         CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' || \
+         pg_catalog.current_setting('transaction_isolation') || ')')::int END \
+         AS aborts_unless_applied, \
+         pg_catalog.set_config('lock_timeout', $8, true) AS lock_timeout_restored \
+         FROM answer"
     )
+}
+
+/// The statement run in the caller's transaction before the completion: sets `lock_timeout`
+/// to `bound_ms` milliseconds, or keeps the transaction's own when that is shorter (and not
+/// `0`, no bound), local to the transaction (`set_config(…, true)`); returns the setting as it
+/// was, which the completion restores. It names no table, so it waits for no lock.
+///
+/// Set in a statement of its own, the bound covers every lock the completion waits for: the
+/// row (an operator's `DELETE`, a renewal) and the table (an operator's `LOCK TABLE`,
+/// `TRUNCATE`, `VACUUM FULL`, a migration), which Postgres takes while parsing and binding,
+/// before any part of a statement runs. A tenth under the engine's store timeout, the wait
+/// ends on the server first with SQLSTATE `55P03`, which aborts the transaction
+/// (<https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-LOCK-TIMEOUT>).
+/// `bound_ms` is this crate's number ([`lock_wait_bound`]), written into the text: the simple
+/// query protocol, one round trip.
+fn bound_lock_wait_sql(bound_ms: &str) -> String {
+    debug_assert!(bound_ms.bytes().all(|b| b.is_ascii_digit()));
+    // `was.v` in milliseconds: the setting's text (`0`, `250ms`, `90s`, `2min`, `3h`, `2d`)
+    // read as an interval.
+    let was_ms = "extract(epoch FROM was.v::interval) * 1000";
+    format!(
+        "WITH was AS MATERIALIZED (SELECT pg_catalog.current_setting('lock_timeout') AS v) \
+         SELECT was.v, pg_catalog.set_config('lock_timeout', \
+         CASE WHEN {was_ms} > 0 AND {was_ms} < {bound_ms} THEN was.v ELSE '{bound_ms}ms' END, \
+         true) FROM was"
+    )
+}
+
+/// The start of the text whose cast to `int` fails the completion in the caller's
+/// transaction when it did not apply ([`complete_in_transaction`]); the transaction's
+/// isolation level and `)` follow it.
+const NOT_APPLIED: &str = "idempotency: the claim could not be completed in this transaction, \
+     so the transaction is aborted: its side effect must not commit without the idempotency \
+     record; roll back (transaction_isolation: ";
+
+/// Whether `error` is the completion in the caller's transaction failing because it did not
+/// apply ([`NOT_APPLIED`]); then the transaction's isolation level, as the statement read it.
+fn not_applied_error(error: &sqlx::Error) -> Option<Option<String>> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    if db.code().as_deref() != Some("22P02") {
+        return None;
+    }
+    let message = db.message();
+    let at = message.find(NOT_APPLIED)?;
+    let rest = &message[at + NOT_APPLIED.len()..];
+    Some(rest.find(')').map(|end| rest[..end].to_owned()))
+}
+
+/// How much earlier than the store timeout `budget` the server ends a completion's lock wait:
+/// a tenth of it, at most 100 ms.
+fn lock_wait_margin(budget: Duration) -> Duration {
+    (budget / 10).min(Duration::from_millis(100))
 }
 
 /// `lock_timeout` for a completion in the caller's transaction under `budget`, in milliseconds
 /// (decimal text, the statement's `$8`): a tenth (at most 100 ms) under it, so the server ends
 /// the wait before the client gives up; at least 1 ms (`0` would turn the bound off).
+/// Postgres's largest `lock_timeout` (`INT_MAX` milliseconds, ~24.9 days) bounds it from above:
+/// a longer budget would fail the statement (SQLSTATE `22023`).
 fn lock_wait_bound(budget: Duration) -> String {
-    let margin = (budget / 10).min(Duration::from_millis(100));
-    budget.saturating_sub(margin).as_millis().max(1).to_string()
+    let millis = budget.saturating_sub(lock_wait_margin(budget)).as_millis();
+    millis.clamp(1, i32::MAX as u128).to_string()
 }
 
 impl SqlStatements {
@@ -281,7 +321,7 @@ impl PostgresStoreBuilder {
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 flag_waiter: flag_waiter_sql(&table.quoted),
-                complete_in_tx: complete_in_transaction(&sql.complete),
+                complete_in_tx: complete_in_transaction(&sql.complete, channel.is_some()),
                 base: Base {
                     sql,
                     pool: self.pool,
@@ -355,6 +395,14 @@ const ABORT_TRANSACTION: &str = "DO $$ BEGIN RAISE EXCEPTION USING \
      MESSAGE = 'idempotency: the claim could not be completed in this transaction, so it is \
      aborted: its side effect must not commit without the idempotency record', \
      HINT = 'roll back; see the error complete_in returned'; END $$";
+
+/// Whether the completion statement in the caller's transaction already aborted it.
+enum Aborted {
+    /// It failed because it did not apply ([`not_applied_error`]); the isolation level it read.
+    Yes { isolation: Option<String> },
+    /// It answered "not applied" without failing.
+    No,
+}
 
 /// SQLSTATE `40001` (serialization failure) or `40P01` (deadlock detected): the caller's
 /// transaction is aborted and must be retried from the start.
@@ -493,27 +541,89 @@ impl PostgresStore {
             return Ok(pending);
         };
         let (key, token, budget) = (parts.key.clone(), *parts.token, parts.timeout);
-        let lock_timeout = lock_wait_bound(budget);
-        let written = Base::write_in(
+        let started = tokio::time::Instant::now();
+        let timed_out = || -> IdempotencyError {
+            StoreError::Timeout {
+                operation: StoreOperation::Complete,
+                after: budget,
+            }
+            .into()
+        };
+        let bound = bound_lock_wait_sql(&lock_wait_bound(budget));
+        let was =
+            match tokio::time::timeout(budget, Executor::fetch_one(&mut *conn, bound.as_str()))
+                .await
+            {
+                Ok(Ok(row)) => row
+                    .try_get::<String, _>(0)
+                    .map_err(|e| crate::error::map_sqlx(StoreOperation::Complete, budget, e))?,
+                // The transaction cannot run statements (it failed before, say): nothing to abort.
+                Ok(Err(error)) => {
+                    return Err(
+                        crate::error::map_sqlx(StoreOperation::Complete, budget, error).into(),
+                    );
+                }
+                Err(_) => {
+                    self.abort_after_timeout(conn, budget).await;
+                    return Err(timed_out());
+                }
+            };
+        let left = budget.saturating_sub(started.elapsed());
+        let written = match Base::write_in(
             &self.inner.complete_in_tx,
             &mut *conn,
             &parts,
-            Some(&lock_timeout),
+            left,
+            Some(&was),
         )
-        .await?;
+        .await
+        {
+            Ok(written) => written,
+            Err(_) => {
+                // Parsing or binding may still wait for a lock, and then nothing would run
+                // the statement that fails when it does not apply.
+                self.abort_after_timeout(conn, budget).await;
+                return Err(timed_out());
+            }
+        };
         // On every `Err` below (and on a timeout, above), dropping `pending` releases the claim
         // in the background once the caller's transaction lets go of the row (the release is
         // fenced on our token, so it changes nothing when the claim is not ours any more).
         match written {
             Written::Applied => Ok(pending),
-            Written::NotApplied => self.not_applied(conn, pending, &key, &token).await,
-            Written::Failed(error) => match serialization_failure(&error) {
-                Some(code) => {
-                    self.serialization_failed(pending, &key, &token, code, error)
+            // The statement fails when it did not apply (so this is not expected): read the
+            // isolation level on the connection, then abort the transaction.
+            Written::NotApplied => {
+                self.not_applied(conn, pending, &key, &token, Aborted::No)
+                    .await
+            }
+            Written::Failed(error) => match not_applied_error(&error) {
+                Some(isolation) => {
+                    self.not_applied(conn, pending, &key, &token, Aborted::Yes { isolation })
                         .await
                 }
-                None => Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into()),
+                None => self.failed(pending, &key, &token, budget, error).await,
             },
+        }
+    }
+
+    /// The completion statement in the caller's transaction failed for another reason than
+    /// not applying: a serialization failure or deadlock is told apart from a lost claim
+    /// ([`serialization_failed`](Self::serialization_failed)); any other error is the store's.
+    async fn failed<S: IdempotencyStore + 'static>(
+        &self,
+        pending: PendingCompletion<S>,
+        key: &StoreKey,
+        token: &LeaseToken,
+        budget: Duration,
+        error: sqlx::Error,
+    ) -> Result<PendingCompletion<S>, IdempotencyError> {
+        match serialization_failure(&error) {
+            Some(code) => {
+                self.serialization_failed(pending, key, token, code, error)
+                    .await
+            }
+            None => Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into()),
         }
     }
 
@@ -530,8 +640,9 @@ impl PostgresStore {
     /// the lease, and every retry would fail the same way). The isolation level, read on the
     /// caller's connection (still usable: nothing failed in it), goes into the message.
     ///
-    /// Whatever the answer, the caller's transaction is then made uncommittable
-    /// ([`abort_transaction`](Self::abort_transaction)): its side effect must not commit
+    /// Whatever the answer, the caller's transaction is uncommittable: the completion
+    /// statement failed ([`Aborted::Yes`], the usual case), or it is made so now
+    /// ([`abort_transaction`](Self::abort_transaction)). Its side effect must not commit
     /// without the record, whether another attempt holds the key or the claim is released.
     async fn not_applied<S: IdempotencyStore + 'static>(
         &self,
@@ -539,19 +650,23 @@ impl PostgresStore {
         pending: PendingCompletion<S>,
         key: &StoreKey,
         token: &LeaseToken,
+        aborted: Aborted,
     ) -> Result<PendingCompletion<S>, IdempotencyError> {
         let answer = match self.get(key).await {
             Ok(Some(Record::InProgress(claim))) if claim.token == *token => {
-                let isolation = timed(
-                    StoreOperation::Complete,
-                    self.inner.base.timeout,
-                    sqlx::query_scalar::<_, String>(
-                        "SELECT current_setting('transaction_isolation')",
+                let isolation = match &aborted {
+                    Aborted::Yes { isolation } => isolation.clone(),
+                    Aborted::No => timed(
+                        StoreOperation::Complete,
+                        self.inner.base.timeout,
+                        sqlx::query_scalar::<_, String>(
+                            "SELECT pg_catalog.current_setting('transaction_isolation')",
+                        )
+                        .fetch_one(&mut *conn),
                     )
-                    .fetch_one(&mut *conn),
-                )
-                .await
-                .ok();
+                    .await
+                    .ok(),
+                };
                 tracing::warn!(key = %key, isolation = isolation.as_deref().unwrap_or("unknown"), "the caller's transaction does not see the live claim; releasing it");
                 drop(pending);
                 Err(TransactionConflict::StaleSnapshot { isolation }.into_error())
@@ -560,7 +675,9 @@ impl PostgresStore {
             // Cannot tell (or the row is not a record): give the claim up if it is still ours.
             Err(error) => Err(error.into()),
         };
-        self.abort_transaction(conn).await;
+        if matches!(aborted, Aborted::No) {
+            self.abort_transaction(conn).await;
+        }
         answer
     }
 
@@ -592,6 +709,25 @@ impl PostgresStore {
                 }
                 .into_error())
             }
+        }
+    }
+
+    /// After the store timeout passed in the caller's transaction: aborts it
+    /// ([`abort_transaction`](Self::abort_transaction)), waiting for the statement still on the
+    /// connection (which ends within the lock bound, a tenth of the budget after the timeout
+    /// at most, unless Postgres itself is slow) no longer than that tenth (at most 100 ms, at
+    /// least 10 ms). Best effort: the caller gets the timeout either way, and must roll back.
+    async fn abort_after_timeout(&self, conn: &mut PgConnection, budget: Duration) {
+        let grace = lock_wait_margin(budget).max(Duration::from_millis(10));
+        if tokio::time::timeout(grace, self.abort_transaction(conn))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "complete_in timed out and its transaction could not be aborted in time; \
+                 the caller must roll back"
+            );
         }
     }
 
@@ -712,30 +848,70 @@ mod tests {
     fn the_completion_in_a_transaction_bounds_its_lock_wait_and_restores_it() {
         for wake in [None, Some("t_wake")] {
             let sql = SqlStatements::postgres("t", wake);
-            let in_tx = complete_in_transaction(&sql.complete);
+            let in_tx = complete_in_transaction(&sql.complete, wake.is_some());
+            assert!(in_tx.starts_with("WITH done AS ("), "{in_tx}");
             assert!(
-                in_tx.starts_with(
-                    "WITH was AS MATERIALIZED (SELECT current_setting('lock_timeout')"
+                in_tx.ends_with(
+                    "pg_catalog.set_config('lock_timeout', $8, true) AS lock_timeout_restored \
+                     FROM answer"
                 ),
                 "{in_tx}"
             );
-            assert!(
-                in_tx.contains("AND EXISTS (SELECT 1 FROM bound) RETURNING waiters)"),
-                "{in_tx}"
-            );
-            assert!(in_tx.ends_with("AS lock_timeout_restored"), "{in_tx}");
             assert!(in_tx.contains("$8") && !sql.complete.contains("$8"));
-            // The answer (its first column, and `woken`) is the pool statement's.
+            // The answer (its first column, and `woken`) is the pool statement's, named.
             let answer = sql
                 .complete
                 .find(" SELECT EXISTS (SELECT 1 FROM done)")
                 .unwrap();
-            assert!(in_tx.contains(&sql.complete[answer..]), "{in_tx}");
+            let columns = if wake.is_some() {
+                "applied, woken"
+            } else {
+                "applied"
+            };
+            assert!(
+                in_tx.contains(&format!(
+                    "answer ({columns}) AS MATERIALIZED ({})",
+                    &sql.complete[answer..]
+                )),
+                "{in_tx}"
+            );
+            assert!(
+                in_tx.contains(&format!(
+                    "CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' ||"
+                )),
+                "{in_tx}"
+            );
         }
+        let bound = bound_lock_wait_sql("900");
+        assert!(
+            bound.starts_with(
+                "WITH was AS MATERIALIZED (SELECT pg_catalog.current_setting('lock_timeout') AS v)"
+            ),
+            "{bound}"
+        );
+        assert!(
+            bound.contains("< 900 THEN was.v ELSE '900ms' END, true) FROM was"),
+            "{bound}"
+        );
         assert_eq!(lock_wait_bound(Duration::from_secs(1)), "900");
         assert_eq!(lock_wait_bound(Duration::from_secs(10)), "9900");
         assert_eq!(lock_wait_bound(Duration::from_millis(50)), "45");
         assert_eq!(lock_wait_bound(Duration::ZERO), "1");
+        // Postgres's largest lock_timeout (INT_MAX ms).
+        assert_eq!(
+            lock_wait_bound(Duration::from_secs(30 * 24 * 3600)),
+            "2147483647"
+        );
+    }
+
+    #[test]
+    fn the_not_applied_failure_names_its_isolation_level() {
+        // As Postgres words the failed cast.
+        let message =
+            format!("invalid input syntax for type integer: \"{NOT_APPLIED}repeatable read)\"");
+        let rest = &message[message.find(NOT_APPLIED).unwrap() + NOT_APPLIED.len()..];
+        assert_eq!(&rest[..rest.find(')').unwrap()], "repeatable read");
+        assert!(!NOT_APPLIED.contains('\''), "inside an SQL string literal");
     }
 
     #[test]

@@ -169,13 +169,14 @@ where
         self.fenced(applied, key).await
     }
 
-    /// The fenced completion `sql` of `parts` in the caller's transaction `conn`, under the
-    /// engine's store timeout (the only error: [`StoreError::Timeout`]); `extra` as for
-    /// `complete_on`.
+    /// The fenced completion `sql` of `parts` in the caller's transaction `conn`, within
+    /// `timeout` (what is left of the engine's store timeout; the only error:
+    /// [`StoreError::Timeout`], naming the whole budget); `extra` as for `complete_on`.
     pub(crate) async fn write_in(
         sql: &str,
         conn: &mut DB::Connection,
         parts: &CompletionParts<'_>,
+        timeout: Duration,
         extra: Option<&str>,
     ) -> Result<Written, IdempotencyError> {
         let applied = Self::complete_on(
@@ -187,7 +188,7 @@ where
             parts.retention,
             extra,
         );
-        match tokio::time::timeout(parts.timeout, applied).await {
+        match tokio::time::timeout(timeout, applied).await {
             Ok(Ok(true)) => Ok(Written::Applied),
             Ok(Ok(false)) => Ok(Written::NotApplied),
             Ok(Err(error)) => Ok(Written::Failed(error)),

@@ -387,7 +387,14 @@ impl SqliteStore {
         let Some(parts) = pending.parts() else {
             return Ok(pending);
         };
-        let written = Base::write_in(&self.inner.complete_in_tx, &mut *conn, &parts, None).await?;
+        let written = Base::write_in(
+            &self.inner.complete_in_tx,
+            &mut *conn,
+            &parts,
+            parts.timeout,
+            None,
+        )
+        .await?;
         // On every `Err` below (and on a timeout, above), dropping `pending` releases the claim
         // in the background once the caller's transaction lets go of the write lock (fenced on
         // our token).
