@@ -22,12 +22,17 @@ const ENDLESS: &str = "while true do end";
 /// (`extra`: more `redis-server` arguments), with the script time limit [`LIMIT`], ready, and
 /// with both users' shared connections open.
 async fn gateway(db: u8, extra: &[&str]) -> TestGateway {
+    gateway_limited(db, extra, LIMIT).await
+}
+
+/// [`gateway`] with another script time limit (the busy bound is the limit + 1 s).
+async fn gateway_limited(db: u8, extra: &[&str], limit: Duration) -> TestGateway {
     let mut args = vec!["--busy-reply-threshold", "100"];
     args.extend_from_slice(extra);
     let redis = RedisServer::start_local_with(&args).unwrap();
     let gw = TestGateway::start_on_unready(redis, |mut config| {
         config.redis_url = format!("{}/{db}", config.redis_url);
-        config.with_script_time_limit(LIMIT)
+        config.with_script_time_limit(limit)
     })
     .await;
     wait_served(&gw).await;
@@ -425,7 +430,8 @@ const EACH: usize = 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_requests_waiting_on_one_script_write_once_and_leave_no_connections() {
     for db in [0u8, 1] {
-        let gw = gateway(db, &[]).await;
+        // A long bound: the requests must still be waiting when the test kills the script.
+        let gw = gateway_limited(db, &[], Duration::from_secs(5)).await;
         let port = gw.redis.port();
         let script = Cleanup::other_clients_script(port).await;
         let mut requests = Vec::new();
@@ -501,7 +507,7 @@ async fn sixty_requests_waiting_on_one_script_write_once_and_leave_no_connection
 /// more than a few connections each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_transactions_do_not_open_a_connection_every_20_ms() {
-    let gw = gateway(0, &[]).await;
+    let gw = gateway_limited(0, &[], Duration::from_secs(5)).await;
     let port = gw.redis.port();
     // Redis answers `INFO` only when no script runs: counted before and after the script,
     // with this test's own `redis-cli` connections (the script, the `BUSY` polls, the kill).
