@@ -10,6 +10,7 @@ mod auth_limits;
 mod breaker12_sync_token;
 mod breaker15_busy;
 mod breaker16_busy;
+mod breaker17_busy;
 mod busy;
 mod faults;
 mod forms;
