@@ -119,7 +119,8 @@ pub(crate) enum AclError {
         /// The probes that were allowed.
         allowed: String,
     },
-    /// A user cannot run what it must (`PING`, `GET`).
+    /// A user cannot run what it must (`PING`, `GET`; the main user `SCRIPT KILL` and
+    /// `FUNCTION KILL` too).
     #[error("the {role} Redis user cannot run {command}: {reply}")]
     TooRestricted {
         /// Which user.

@@ -27,8 +27,19 @@ use crate::error::{
 };
 use crate::link::{Connection, Link};
 
-/// Pause between retries of a command that got `BUSY`.
+/// Shortest pause between retries of a command that got `BUSY`.
 const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// Longest pause between retries of a command that got `BUSY`.
+const BUSY_RETRY_DELAY_MAX: Duration = Duration::from_millis(100);
+
+/// The pause before the next retry of a request that has waited `waited` for a busy Redis: a
+/// tenth of that wait, between [`BUSY_RETRY_DELAY`] and [`BUSY_RETRY_DELAY_MAX`], so a long
+/// wait costs Redis (and, where a retry connects, the gateway host's sockets) a few attempts
+/// per second while a short one ends soon after the script.
+fn busy_retry_delay(waited: Duration) -> Duration {
+    (waited / 10).clamp(BUSY_RETRY_DELAY, BUSY_RETRY_DELAY_MAX)
+}
 
 /// How long past the script time limit a `BUSY` reply is still retried (the kill's round trip).
 const BUSY_RETRY_MARGIN: Duration = Duration::from_secs(1);
@@ -249,12 +260,48 @@ impl Backend {
         )
     }
 
+    /// The killer connection, as the main user on database 0, checked to be allowed to stop
+    /// scripts and functions.
+    ///
+    /// Database 0: `SCRIPT KILL`, `FUNCTION KILL` and `PING` name no key, and a new
+    /// connection's `SELECT` of another database is refused while a script runs past the busy
+    /// threshold — just when the killer must reconnect after Redis closed it (a restart, an
+    /// idle `timeout`). `AUTH` and `HELLO` are served during a busy script.
+    ///
+    /// The check sends both kills: with no script running Redis answers `NOTBUSY`; `NOPERM`
+    /// (an operator-prepared user without `+script|kill` / `+function|kill`) refuses the start
+    /// ([`AclError::TooRestricted`]), since a runaway script could not be stopped.
     async fn killer(&self, info: ConnectionInfo) -> Result<UserConnections, AclError> {
-        let client = Client::open(skip_lib_name(info)).map_err(AclError::Unavailable)?;
-        // Connected now, not lazily: during a busy script Redis answers BUSY to the set-up
-        // commands of a new connection.
+        let settings = info.redis_settings().clone().set_db(0);
+        let info = skip_lib_name(info.set_redis_settings(settings));
+        let client = Client::open(info).map_err(AclError::Unavailable)?;
         let shared = self.link(&client);
-        shared.connection().await.map_err(AclError::Unavailable)?;
+        let connection = shared.connection().await.map_err(AclError::Unavailable)?;
+        for (name, kill) in [("SCRIPT KILL", "SCRIPT"), ("FUNCTION KILL", "FUNCTION")] {
+            let mut cmd = Cmd::new();
+            cmd.arg(kill).arg("KILL");
+            let reply = match connection
+                .multiplexed
+                .clone()
+                .send_packed_command(&cmd)
+                .await
+            {
+                Ok(Value::ServerError(error)) => server_error_text(&error),
+                Ok(_) => continue,
+                Err(error) if error.code().is_some() => match from_redis(&error) {
+                    GatewayError::BadRequest(text) => text,
+                    _ => continue,
+                },
+                Err(error) => return Err(AclError::Unavailable(error)),
+            };
+            if reply.starts_with("NOPERM") {
+                return Err(AclError::TooRestricted {
+                    role: "main",
+                    command: name,
+                    reply,
+                });
+            }
+        }
         Ok(UserConnections { client, shared })
     }
 
@@ -292,7 +339,7 @@ impl Backend {
         let started = tokio::time::Instant::now();
         loop {
             let mut result = self.command_once(access, cmd, script, resendable).await;
-            if self.reprovision_if_needed(&result).await {
+            if self.reprovision_if_needed(&mut result).await {
                 result = self.command_once(access, cmd, script, resendable).await;
             }
             match &result {
@@ -314,7 +361,7 @@ impl Backend {
                             None => Err(GatewayError::Internal("no reply".into())),
                         };
                     }
-                    tokio::time::sleep(BUSY_RETRY_DELAY).await;
+                    tokio::time::sleep(busy_retry_delay(started.elapsed())).await;
                 }
                 _ => return result,
             }
@@ -376,13 +423,13 @@ impl Backend {
         }
     }
 
-    /// Pauses [`BUSY_RETRY_DELAY`] and returns `true` while a request that began at `started`
+    /// Pauses ([`busy_retry_delay`]) and returns `true` while a request that began at `started`
     /// may still wait for a busy Redis ([`Backend::within_busy_bound`]); `false` at once after.
     async fn busy_pause(&self, started: tokio::time::Instant) -> bool {
         if !self.within_busy_bound(started) {
             return false;
         }
-        tokio::time::sleep(BUSY_RETRY_DELAY).await;
+        tokio::time::sleep(busy_retry_delay(started.elapsed())).await;
         true
     }
 
@@ -522,7 +569,7 @@ impl Backend {
                 let mut result = self
                     .pipeline_once(access, pipeline, count, script, resendable)
                     .await;
-                if self.reprovision_if_needed(&result).await {
+                if self.reprovision_if_needed(&mut result).await {
                     result = self
                         .pipeline_once(access, pipeline, count, script, resendable)
                         .await;
@@ -580,13 +627,16 @@ impl Backend {
         all.push(redis::cmd("EXEC"));
         let pipeline = pipeline_of(all);
         let started = tokio::time::Instant::now();
+        // The connection of an attempt that Redis refused as busy and left outside MULTI:
+        // the next attempt reuses it instead of connecting again.
+        let mut kept = None;
         let mut replies = loop {
             let mut result = self
-                .transaction_once(access, &pipeline, count, script)
+                .transaction_once(access, &pipeline, count, script, &mut kept)
                 .await;
-            if self.reprovision_if_needed(&result).await {
+            if self.reprovision_if_needed(&mut result).await {
                 result = self
-                    .transaction_once(access, &pipeline, count, script)
+                    .transaction_once(access, &pipeline, count, script, &mut kept)
                     .await;
             }
             // Nothing ran because Redis is busy with another client's script: a new
@@ -628,25 +678,41 @@ impl Backend {
         }
     }
 
+    /// One attempt of a transaction on a connection of its own: `kept` (left by the previous
+    /// attempt) or a new one. Leaves the connection in `kept` when Redis refused the whole
+    /// transaction as busy and the connection is outside MULTI ([`left_outside_multi`]).
     async fn transaction_once(
         &self,
         access: Access,
         pipeline: &Pipeline,
         count: usize,
         script: bool,
+        kept: &mut Option<MultiplexedConnection>,
     ) -> Result<Vec<Value>, GatewayError> {
-        let client = self.user(access)?.client.clone();
-        // A failure to connect: nothing was sent.
-        let mut connection = client
-            .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
-            .await
-            .map_err(|error| from_connect(&error))?;
-        self.script_limited(
-            script,
-            connection.send_packed_commands(pipeline, 0, count + 2),
-        )
-        .await
-        .map_err(|error| {
+        let mut connection = match kept.take() {
+            Some(connection) => connection,
+            None => {
+                let client = self.user(access)?.client.clone();
+                // A failure to connect: nothing was sent.
+                client
+                    .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
+                    .await
+                    .map_err(|error| from_connect(&error))?
+            }
+        };
+        let sent = self
+            .script_limited(
+                script,
+                connection.send_packed_commands(pipeline, 0, count + 2),
+            )
+            .await;
+        if let Ok(replies) = &sent
+            && transaction_refused_as_busy(replies)
+            && left_outside_multi(replies)
+        {
+            *kept = Some(connection);
+        }
+        sent.map_err(|error| {
             if error.code().is_none() && (error.is_io_error() || error.is_timeout()) {
                 // EXEC may have run.
                 metrics::counter!("kv_rest_gateway_in_flight_failures_total").increment(1);
@@ -737,7 +803,11 @@ impl Backend {
     /// restarted without its ACL users), re-creates the users. Returns whether the caller
     /// should retry. A command's reply never triggers this, whatever its text: a script's own
     /// `error('authentication …')` must not re-run the script or make the gateway reconnect.
-    async fn reprovision_if_needed<T>(&self, result: &Result<T, GatewayError>) -> bool {
+    ///
+    /// When Redis refuses the re-creation because another client's script keeps it busy,
+    /// `result` becomes that busy refusal: nothing was sent, so the caller waits it out as any
+    /// busy refusal ([`Backend::retry_busy`]) and comes back here after it.
+    async fn reprovision_if_needed<T>(&self, result: &mut Result<T, GatewayError>) -> bool {
         let Err(GatewayError::Unauthenticated(_)) = result else {
             return false;
         };
@@ -748,23 +818,43 @@ impl Backend {
             return false;
         };
         let _guard = self.inner.reprovision.lock().await;
-        let db = self
-            .inner
-            .configured
-            .get_connection_info()
-            .redis_settings()
-            .db();
-        let Ok(mut admin) = self.connect(&self.inner.configured).await else {
-            return false;
-        };
-        let mut ok = acl::provision(&mut admin, Role::Main, &provisioned.main, db)
-            .await
-            .is_ok();
-        if let Some(read_only) = &provisioned.read_only {
-            ok &= acl::provision(&mut admin, Role::ReadOnly, read_only, db)
+        let configured = self.inner.configured.get_connection_info();
+        let db = configured.redis_settings().db();
+        // Database 0: `ACL SETUSER` names no key, and a `SELECT` is refused while Redis is busy.
+        let settings = configured.redis_settings().clone().set_db(0);
+        let admin = Client::open(configured.clone().set_redis_settings(settings));
+        let mut admin = match admin {
+            Ok(client) => match client
+                .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
                 .await
-                .is_ok();
+            {
+                Ok(connection) => connection,
+                Err(error) => {
+                    if let GatewayError::BadRequest(text) = from_connect(&error)
+                        && is_busy_refusal(&text)
+                    {
+                        *result = Err(GatewayError::BadRequest(text));
+                    }
+                    return false;
+                }
+            },
+            Err(_) => return false,
+        };
+        let mut outcomes =
+            vec![acl::provision(&mut admin, Role::Main, &provisioned.main, db).await];
+        if let Some(read_only) = &provisioned.read_only {
+            outcomes.push(acl::provision(&mut admin, Role::ReadOnly, read_only, db).await);
         }
+        let busy = outcomes.iter().find_map(|outcome| match outcome {
+            Err(AclError::NoAcl(text)) if is_busy_refusal(text) => Some(text.clone()),
+            _ => None,
+        });
+        if let Some(text) = busy {
+            tracing::debug!("re-creating the Redis ACL users waits for a busy script");
+            *result = Err(GatewayError::BadRequest(text));
+            return false;
+        }
+        let ok = outcomes.iter().all(Result::is_ok);
         tracing::warn!(
             ok,
             "re-created the Redis ACL users after an authentication failure"
@@ -906,6 +996,18 @@ fn is_busy_reply(value: &Value) -> bool {
     matches!(value, Value::ServerError(error) if is_busy_refusal(&server_error_text(error)))
 }
 
+/// Whether a transaction's connection is outside MULTI after `replies` (MULTI, the commands,
+/// EXEC) that Redis refused as busy: MULTI itself was refused, or EXEC ran and discarded the
+/// transaction (`EXECABORT`). An EXEC refused as busy leaves the connection inside MULTI
+/// (Redis flags the transaction, it does not end it), so that connection is not reused.
+fn left_outside_multi(replies: &[Value]) -> bool {
+    match (replies.first(), replies.last()) {
+        (Some(multi), _) if is_busy_reply(multi) => true,
+        (Some(Value::Okay), Some(exec @ Value::ServerError(_))) => !is_busy_reply(exec),
+        _ => false,
+    }
+}
+
 /// Whether a transaction's replies (`MULTI`, one per command, `EXEC`) show that none of its
 /// commands ran, and only because Redis was busy with another client's script:
 /// - `MULTI` served (Redis serves `MULTI` and `EXEC` during a script) and `EXEC` refused with
@@ -997,9 +1099,11 @@ mod tests {
 
     use redis::Value;
 
+    use std::time::Duration;
+
     use super::{
-        GatewayError, last_refused_script, resend_refused_suffix, take_checks,
-        transaction_refused_as_busy,
+        GatewayError, busy_retry_delay, last_refused_script, left_outside_multi,
+        resend_refused_suffix, take_checks, transaction_refused_as_busy,
     };
 
     const BUSY: &str =
@@ -1237,6 +1341,29 @@ mod tests {
             matches!(result, Err(GatewayError::Internal(_))),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn busy_retries_slow_down_to_a_tenth_of_the_wait() {
+        let ms = Duration::from_millis;
+        assert_eq!(busy_retry_delay(ms(0)), ms(20));
+        assert_eq!(busy_retry_delay(ms(200)), ms(20));
+        assert_eq!(busy_retry_delay(ms(500)), ms(50));
+        assert_eq!(busy_retry_delay(ms(1000)), ms(100));
+        assert_eq!(busy_retry_delay(Duration::from_secs(60)), ms(100));
+    }
+
+    #[test]
+    fn a_busy_transactions_connection_is_reused_only_outside_multi() {
+        let execabort = || error("EXECABORT Transaction discarded because of previous errors.");
+        let queued = || Value::SimpleString("QUEUED".into());
+        // EXEC ran and discarded the transaction.
+        assert!(left_outside_multi(&[Value::Okay, busy(), execabort()]));
+        // MULTI refused: never inside.
+        assert!(left_outside_multi(&[busy(), busy(), busy()]));
+        // EXEC refused: still inside MULTI (flagged, not ended).
+        assert!(!left_outside_multi(&[Value::Okay, queued(), busy()]));
+        assert!(!left_outside_multi(&[]));
     }
 
     #[test]

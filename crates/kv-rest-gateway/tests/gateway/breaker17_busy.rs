@@ -196,7 +196,7 @@ async fn an_endless_script_is_killed_after_a_redis_restart_on_database_0() {
     gw.shutdown().await;
 }
 
-/// DEFECT (high): on a database other than 0 the killer connection, once Redis restarted, is
+/// Fixed (breaker17, high): on a database other than 0 the killer connection, once Redis restarted, is
 /// opened again only when a script must be killed — while Redis is busy, when Redis refuses
 /// the new connection's `SELECT` with `BUSY`. The kill is never sent: the caller waits for the
 /// response timeout (503, outcome unknown) and the endless script keeps Redis busy for every
@@ -227,7 +227,7 @@ async fn connection_users(port: u16) -> Vec<String> {
         .collect()
 }
 
-/// DEFECT (high), without any restart: Redis's `timeout` setting (close idle clients, common
+/// Fixed (breaker17, high), without any restart: Redis's `timeout` setting (close idle clients, common
 /// in production) closes the killer connection, which never carries traffic. On database 1
 /// it cannot be opened again while the script runs (`SELECT` refused with `BUSY`), so an
 /// endless script is never stopped.
@@ -260,7 +260,7 @@ async fn idle_killer_connection_closed(db: u8) {
     gw.shutdown().await;
 }
 
-/// DEFECT (medium): a Redis restart (users lost) while another client's script already runs:
+/// Fixed (breaker17, medium): a Redis restart (users lost) while another client's script already runs:
 /// the first request's connection is refused (`WRONGPASS`, the user is gone), and re-creating
 /// the users with `ACL SETUSER` is refused with `BUSY`. The request answers 503 "Redis refused
 /// the gateway's credentials" at once instead of waiting the script out like any other busy
@@ -499,7 +499,7 @@ async fn sixty_requests_waiting_on_one_script_write_once_and_leave_no_connection
     }
 }
 
-/// DEFECT (medium): a waiting `/multi-exec` opens a new Redis connection (`AUTH`, `SELECT`)
+/// Fixed (breaker17, medium): a waiting `/multi-exec` opens a new Redis connection (`AUTH`, `SELECT`)
 /// for every retry, every 20 ms, with no backoff, for up to the script time limit + 1 s: N
 /// waiting transactions make ~50·N connection set-ups per second on a Redis that is already
 /// stalled by a script (each one served between the script's steps), and leave N·50 sockets
@@ -537,7 +537,7 @@ async fn waiting_transactions_do_not_open_a_connection_every_20_ms() {
     gw.shutdown().await;
 }
 
-/// DEFECT (medium): an operator-prepared main user without `SCRIPT KILL` / `FUNCTION KILL`
+/// Fixed (breaker17, medium): an operator-prepared main user without `SCRIPT KILL` / `FUNCTION KILL`
 /// passes the start-up checks (only `PING` and `GET` are required), and the gateway then
 /// cannot stop a runaway script: the kill's `NOPERM` is logged at debug level only, the caller
 /// waits for the response timeout (503) and Redis stays busy. Either the start must be refused
@@ -561,11 +561,15 @@ async fn a_prepared_user_that_cannot_kill_scripts_is_refused_or_still_stops_them
     // Serving, or refused to start.
     let deadline = Instant::now() + Duration::from_secs(10);
     let serving = loop {
-        let ping = gw.cmd(json!(["PING"])).await;
-        if ping.status == 200 {
+        if gw.stopped() {
+            break false;
+        }
+        // The server may stop at any moment: a failed request is no answer.
+        let health = reqwest::get(format!("{}/~health", gw.base)).await;
+        if health.is_ok_and(|response| response.status() == 200) {
             break true;
         }
-        if ping.status == 503 && Instant::now() > deadline {
+        if Instant::now() > deadline {
             break false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

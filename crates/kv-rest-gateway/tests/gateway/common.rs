@@ -88,6 +88,11 @@ impl TestGateway {
         }
     }
 
+    /// Whether the server task has stopped (a refused start ends it).
+    pub(crate) fn stopped(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// The server task's result once it stopped by itself (a refused start).
     pub(crate) async fn stopped_error(mut self) -> kv_rest_gateway::Error {
         let task = self.task.take().expect("server task");
