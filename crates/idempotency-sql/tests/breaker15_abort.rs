@@ -9,97 +9,55 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::orders::{Fixture, receipt};
 use idempotency_core::{
-    Begin, Fingerprint, Guard, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore,
-    Scope, StoreError, StoredOutcome,
+    Begin, Fingerprint, Guard, IdempotencyError, IdempotencyKey, IdempotencyStore, Scope,
+    StoreError,
 };
-use idempotency_sql::sqlx::postgres::PgPoolOptions;
+use idempotency_sql::sqlx::postgres::{PgPool, PgPoolOptions};
 use idempotency_sql::{PostgresStore, sqlx};
 
-fn receipt(text: &str) -> StoredOutcome {
-    StoredOutcome::new(text.to_owned(), Some("application/json".into()))
-}
-
-fn orders_table() -> String {
-    format!("orders_{}", &idempotency_testkit::unique_prefix()[1..17])
-}
-
-/// An engine over `store` with an orders table next to it.
-async fn engine_on(
-    store: PostgresStore,
-    lease: Duration,
-    renew: bool,
-    store_timeout: Duration,
-) -> (Idempotency<PostgresStore>, String) {
-    let orders = orders_table();
-    sqlx::query(&format!(
-        "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
-    ))
-    .execute(store.pool())
+/// An engine over `store` whose 300 ms lease is not renewed (a claim lapses when the test
+/// sleeps 400 ms), with a 10 s store timeout.
+async fn lapsing(store: PostgresStore) -> Fixture {
+    Fixture::on_store(
+        store,
+        Duration::from_millis(300),
+        false,
+        Duration::from_secs(10),
+    )
     .await
-    .expect("orders table");
-    let engine = Idempotency::builder(store)
-        .prefix(idempotency_testkit::unique_prefix())
-        .lease(lease)
-        .renew_leases(renew)
-        .store_timeout(store_timeout)
-        .ignore_env()
-        .build()
-        .expect("engine");
-    (engine, orders)
 }
 
-async fn count(engine: &Idempotency<PostgresStore>, orders: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {orders}"))
-        .fetch_one(engine.store().pool())
-        .await
-        .expect("count")
-}
-
-async fn run(engine: &Idempotency<PostgresStore>, key: &IdempotencyKey) -> Guard<PostgresStore> {
-    runs_within(engine, key, Duration::from_secs(5))
-        .await
-        .expect("runs")
-}
-
-/// `begin` until it runs, within `within`.
-async fn runs_within(
-    engine: &Idempotency<PostgresStore>,
+/// A claim of `key` that lapses and is taken over: the stale attempt's guard and the new
+/// owner's.
+async fn taken_over(
+    f: &Fixture,
     key: &IdempotencyKey,
-    within: Duration,
-) -> Result<Guard<PostgresStore>, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match engine
-            .begin(&Scope::global(), key, Fingerprint::of("order"))
-            .await
-        {
-            Ok(Begin::Run(guard)) => return Ok(guard),
-            Ok(Begin::Replay(outcome)) => return Err(format!("replayed {outcome:?}")),
-            Err(error) if Instant::now() >= deadline => {
-                return Err(format!("still refused after {within:?}: {error}"));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+) -> (Guard<PostgresStore>, Guard<PostgresStore>) {
+    let stale = f.run(key).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owner = f.run(key).await;
+    (stale, owner)
 }
 
-/// The retry runs the whole documented flow (READ COMMITTED, error handled): afterwards the
-/// number of orders is `count` of it.
-async fn retry_orders(engine: &Idempotency<PostgresStore>, orders: &str, key: &IdempotencyKey) {
-    let guard = run(engine, key).await;
-    let mut tx = engine.store().pool().begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('retry')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    let pending = engine
-        .store()
-        .complete_in(&mut tx, guard, receipt("retry"))
-        .await
-        .expect("the retry completes");
-    tx.commit().await.expect("commit");
-    pending.committed();
+/// [`taken_over`] with the stale attempt's transaction (on `pool`) open and its order
+/// (`stale`) written before the lease lapses.
+async fn stale_order(
+    f: &Fixture,
+    pool: &PgPool,
+    key: &IdempotencyKey,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Guard<PostgresStore>,
+    Guard<PostgresStore>,
+) {
+    let stale = f.run(key).await;
+    let mut tx = pool.begin().await.expect("begin tx");
+    f.insert(&mut tx, "stale").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owner = f.run(key).await;
+    (tx, stale, owner)
 }
 
 /// The UPDATE of `complete_in` waits on the record's row, locked by an operator's open
@@ -112,39 +70,29 @@ async fn retry_orders(engine: &Idempotency<PostgresStore>, orders: &str, key: &I
 /// the transaction, and the answer is still a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_completion_ignored_then_committed_orders_once() {
-    let store = common::pg_store(8).await;
-    let (engine, orders) = engine_on(
-        store,
+    let f = Fixture::on_store(
+        common::pg_store(8).await,
         Duration::from_secs(60),
         true,
         Duration::from_millis(300),
     )
     .await;
     let key = IdempotencyKey::new("b15-timeout").unwrap();
-    let pool = engine.store().pool().clone();
-    let guard = run(&engine, &key).await;
+    let guard = f.run(&key).await;
 
     // The operator's transaction: deletes the claim, holds the row lock.
-    let store_key = engine.store_key(&Scope::global(), &key);
-    let mut operator = pool.begin().await.expect("operator tx");
-    let deleted = sqlx::query(&format!(
-        "DELETE FROM {} WHERE store_key = $1",
-        engine.store().table()
-    ))
-    .bind(store_key.as_str())
-    .execute(&mut *operator)
-    .await
-    .expect("operator delete");
+    let mut operator = f.pool.begin().await.expect("operator tx");
+    let deleted = sqlx::query(&format!("DELETE FROM {} WHERE store_key = $1", f.table()))
+        .bind(f.store_key(&key))
+        .execute(&mut *operator)
+        .await
+        .expect("operator delete");
     assert_eq!(deleted.rows_affected(), 1);
 
-    let mut tx = pool.begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    let error = engine
-        .store()
-        .complete_in(&mut tx, guard, receipt("first"))
+    let mut tx = f.pool.begin().await.expect("begin tx");
+    f.insert(&mut tx, "first").await;
+    let error = f
+        .complete_in(&mut tx, guard, "first")
         .await
         .expect_err("the UPDATE waits on the operator's lock");
     assert!(
@@ -158,12 +106,12 @@ async fn timed_out_completion_ignored_then_committed_orders_once() {
     // The handler ignores the error and commits.
     let _ = tx.commit().await;
     assert_eq!(
-        count(&engine, &orders).await,
+        f.count().await,
         0,
         "the attempt whose complete_in failed must not commit its order"
     );
-    retry_orders(&engine, &orders, &key).await;
-    assert_eq!(count(&engine, &orders).await, 1, "one order for the key");
+    f.retry_orders(&key).await;
+    assert_eq!(f.count().await, 1, "one order for the key");
 }
 
 /// A lost claim (lease lapsed, taken over) met by `complete_in` run inside a savepoint
@@ -174,29 +122,13 @@ async fn timed_out_completion_ignored_then_committed_orders_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "documented limitation (crate docs, Transactional completion): Postgres ROLLBACK TO SAVEPOINT clears the abort, so ignored errors + outer COMMIT commit the stale side effect"]
 async fn lease_lost_in_a_savepoint_ignored_then_outer_commit_orders_once() {
-    let store = common::pg_store(8).await;
-    let (engine, orders) = engine_on(
-        store,
-        Duration::from_millis(300),
-        false,
-        Duration::from_secs(10),
-    )
-    .await;
+    let f = lapsing(common::pg_store(8).await).await;
     let key = IdempotencyKey::new("b15-savepoint").unwrap();
-    let pool = engine.store().pool().clone();
-    let stale = run(&engine, &key).await;
-    let mut tx = pool.begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let owner = run(&engine, &key).await;
+    let (mut tx, stale, owner) = stale_order(&f, &f.pool, &key).await;
     {
         let mut savepoint = sqlx::Connection::begin(&mut *tx).await.expect("savepoint");
-        let error = engine
-            .store()
-            .complete_in(&mut savepoint, stale, receipt("stale"))
+        let error = f
+            .complete_in(&mut savepoint, stale, "stale")
             .await
             .expect_err("the stale attempt cannot complete");
         assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
@@ -204,19 +136,9 @@ async fn lease_lost_in_a_savepoint_ignored_then_outer_commit_orders_once() {
         let _ = savepoint.commit().await;
     }
     let _ = tx.commit().await;
-    let mut tx = pool.begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('owner')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    let pending = engine
-        .store()
-        .complete_in(&mut tx, owner, receipt("owner"))
-        .await
-        .expect("the owner completes");
-    tx.commit().await.expect("commit");
-    pending.committed();
-    assert_eq!(count(&engine, &orders).await, 1, "one order for the key");
+    f.order_and_complete(owner, "owner", "the owner completes")
+        .await;
+    assert_eq!(f.count().await, 1, "one order for the key");
 }
 
 /// Pins what the handler that ignores a `LeaseLost` sees afterwards: `tx.commit()` answers
@@ -232,26 +154,11 @@ async fn lease_lost_ignored_commit_is_ok_rolled_back_and_the_connection_is_reusa
         .await
         .expect("pool");
     // The store's own pool is separate (the one connection is the caller's).
-    let store = common::pg_store(4).await;
-    let (engine, orders) = engine_on(
-        store,
-        Duration::from_millis(300),
-        false,
-        Duration::from_secs(10),
-    )
-    .await;
+    let f = lapsing(common::pg_store(4).await).await;
     let key = IdempotencyKey::new("b15-commit-ok").unwrap();
-    let stale = run(&engine, &key).await;
-    let mut tx = pool.begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let owner = run(&engine, &key).await;
-    let error = engine
-        .store()
-        .complete_in(&mut tx, stale, receipt("stale"))
+    let (mut tx, stale, owner) = stale_order(&f, &pool, &key).await;
+    let error = f
+        .complete_in(&mut tx, stale, "stale")
         .await
         .expect_err("lost");
     assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
@@ -269,21 +176,20 @@ async fn lease_lost_ignored_commit_is_ok_rolled_back_and_the_connection_is_reusa
         committed.is_ok(),
         "COMMIT of the aborted transaction: {committed:?}"
     );
-    assert_eq!(count(&engine, &orders).await, 0, "rolled back");
+    assert_eq!(f.count().await, 0, "rolled back");
     // The only connection of the pool, reused: no transaction left open, no aborted state.
     let mut next = pool.begin().await.expect("next user's tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('owner')"))
+    sqlx::query(&format!("INSERT INTO {} (who) VALUES ('owner')", f.orders))
         .execute(&mut *next)
         .await
         .expect("the next user's statement runs");
-    let pending = engine
-        .store()
-        .complete_in(&mut next, owner, receipt("owner"))
+    let pending = f
+        .complete_in(&mut next, owner, "owner")
         .await
         .expect("owner completes on the reused connection");
     next.commit().await.expect("commit");
     pending.committed();
-    assert_eq!(count(&engine, &orders).await, 1);
+    assert_eq!(f.count().await, 1);
 }
 
 /// A database without PL/pgSQL (`DROP EXTENSION plpgsql`): the `DO` block fails for another
@@ -322,60 +228,24 @@ async fn lease_lost_ignored_without_plpgsql_still_rolls_back() {
         .migrate()
         .await
         .expect("the store migrates without plpgsql");
-    let (engine, orders) = engine_on(
-        store,
-        Duration::from_millis(300),
-        false,
-        Duration::from_secs(10),
-    )
-    .await;
+    let f = lapsing(store).await;
     let key = IdempotencyKey::new("b15-noplpgsql").unwrap();
-    let stale = run(&engine, &key).await;
-    let mut tx = pool.begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let owner = run(&engine, &key).await;
-    let error = engine
-        .store()
-        .complete_in(&mut tx, stale, receipt("stale"))
+    let (mut tx, stale, owner) = stale_order(&f, &pool, &key).await;
+    let error = f
+        .complete_in(&mut tx, stale, "stale")
         .await
         .expect_err("lost");
     assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
     let _ = tx.commit().await;
-    assert_eq!(
-        count(&engine, &orders).await,
-        0,
-        "rolled back without plpgsql"
-    );
-    retry_like_owner(&engine, &orders, owner).await;
-    assert_eq!(count(&engine, &orders).await, 1);
-    drop(engine);
+    assert_eq!(f.count().await, 0, "rolled back without plpgsql");
+    f.order_and_complete(owner, "owner", "owner completes")
+        .await;
+    assert_eq!(f.count().await, 1);
+    drop(f);
     pool.close().await;
     let _ = sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
         .execute(&admin)
         .await;
-}
-
-async fn retry_like_owner(
-    engine: &Idempotency<PostgresStore>,
-    orders: &str,
-    owner: Guard<PostgresStore>,
-) {
-    let mut tx = engine.store().pool().begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('owner')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
-    let pending = engine
-        .store()
-        .complete_in(&mut tx, owner, receipt("owner"))
-        .await
-        .expect("owner completes");
-    tx.commit().await.expect("commit");
-    pending.committed();
 }
 
 /// `complete_in` on a connection that is not in a transaction (autocommit, `&mut *conn` from
@@ -384,18 +254,10 @@ async fn retry_like_owner(
 /// left behind, statements run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autocommit_connection_lease_lost_leaves_the_connection_usable() {
-    let store = common::pg_store(8).await;
-    let (engine, _orders) = engine_on(
-        store,
-        Duration::from_millis(300),
-        false,
-        Duration::from_secs(10),
-    )
-    .await;
+    let f = lapsing(common::pg_store(8).await).await;
+    let engine = &f.engine;
     let key = IdempotencyKey::new("b15-autocommit").unwrap();
-    let stale = run(&engine, &key).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let owner = run(&engine, &key).await;
+    let (stale, owner) = taken_over(&f, &key).await;
     let mut conn = engine.store().pool().acquire().await.expect("acquire");
     let error = engine
         .store()
@@ -431,15 +293,15 @@ async fn autocommit_connection_lease_lost_leaves_the_connection_usable() {
 /// the attempt whose completion applied, and the key replays it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_duplicates_repeatable_read_ignoring_errors_with_operator_deletes_order_once() {
-    let store = common::pg_store(40).await;
-    let (engine, orders) = engine_on(
-        store,
+    let f = Fixture::on_store(
+        common::pg_store(40).await,
         Duration::from_secs(60),
         true,
         Duration::from_secs(10),
     )
     .await;
-    let engine = std::sync::Arc::new(engine);
+    let orders = f.orders.clone();
+    let engine = std::sync::Arc::new(f.engine);
     let key = IdempotencyKey::new("b15-sixteen").unwrap();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let operator = {
@@ -517,5 +379,9 @@ async fn sixteen_duplicates_repeatable_read_ignoring_errors_with_operator_delete
     let deleted = operator.await.expect("operator");
     eprintln!("operator deleted {deleted} claims; {applied} completions applied");
     assert_eq!(applied, 1, "one completion applied");
-    assert_eq!(count(&engine, &orders).await, 1, "exactly one order");
+    assert_eq!(
+        common::orders::count(&engine, &orders).await,
+        1,
+        "exactly one order"
+    );
 }

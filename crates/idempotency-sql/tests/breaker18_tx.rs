@@ -12,154 +12,56 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::orders::{Fixture, operator_locks_row, receipt, unique};
 use idempotency_core::{
-    Begin, Fingerprint, Guard, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoreError,
-    StoredOutcome,
+    Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoreError,
 };
 use idempotency_sql::sqlx::postgres::{PgPool, PgPoolOptions};
 use idempotency_sql::{PostgresStore, sqlx};
 
-fn receipt(text: &str) -> StoredOutcome {
-    StoredOutcome::new(text.to_owned(), Some("application/json".into()))
-}
-
-fn unique(what: &str) -> String {
-    format!("{what}_{}", &idempotency_testkit::unique_prefix()[1..17])
-}
-
 /// An engine over a store on its own records table (so a test may lock or truncate it), with
-/// an orders table next to it.
-struct Fixture {
-    engine: Idempotency<PostgresStore>,
-    orders: String,
-    pool: PgPool,
-}
-
-impl Fixture {
-    async fn new(pool: PgPool, lease: Duration, store_timeout: Duration) -> Self {
-        let store = PostgresStore::builder(pool.clone())
-            .table(unique("b18_records"))
-            .operation_timeout(Duration::from_secs(10))
-            .wake_waiters(false)
-            .migrate()
-            .await
-            .expect("migrating");
-        let orders = unique("b18_orders");
-        sqlx::query(&format!(
-            "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
-        ))
-        .execute(&pool)
+/// an orders table next to it; leases not renewed.
+async fn fixture(pool: PgPool, lease: Duration, store_timeout: Duration) -> Fixture {
+    let store = PostgresStore::builder(pool)
+        .table(unique("b18_records"))
+        .operation_timeout(Duration::from_secs(10))
+        .wake_waiters(false)
+        .migrate()
         .await
-        .expect("orders table");
-        let engine = Idempotency::builder(store)
-            .prefix(idempotency_testkit::unique_prefix())
+        .expect("migrating");
+    Fixture::build(store, unique("b18_orders"), |builder| {
+        builder
             .lease(lease)
             .retention(lease.max(Duration::from_secs(86_400)))
             .renew_leases(false)
             .store_timeout(store_timeout)
-            .ignore_env()
-            .build()
-            .expect("engine");
-        Self {
-            engine,
-            orders,
-            pool,
-        }
-    }
+    })
+    .await
+}
 
-    async fn on_shared(lease: Duration, store_timeout: Duration) -> Self {
-        Self::new(common::pg_pool(12).await, lease, store_timeout).await
-    }
+/// [`fixture`] on a pool of the shared server.
+async fn on_shared(lease: Duration, store_timeout: Duration) -> Fixture {
+    fixture(common::pg_pool(12).await, lease, store_timeout).await
+}
 
-    fn table(&self) -> &str {
-        self.engine.store().table()
-    }
+/// Whether the backend `pid` is waiting for a heavyweight lock (a row or a table).
+async fn waits_on_a_lock(f: &Fixture, pid: i32) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity \
+         WHERE pid = $1",
+    )
+    .bind(pid)
+    .fetch_one(&f.pool)
+    .await
+    .expect("pg_stat_activity")
+}
 
-    fn store_key(&self, key: &IdempotencyKey) -> String {
-        self.engine
-            .store_key(&Scope::global(), key)
-            .as_str()
-            .to_owned()
-    }
-
-    async fn count(&self) -> i64 {
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", self.orders))
-            .fetch_one(&self.pool)
-            .await
-            .expect("count")
-    }
-
-    /// `begin` until it runs, within `within` (a claim released in the background has landed).
-    async fn runs_within(
-        &self,
-        key: &IdempotencyKey,
-        within: Duration,
-    ) -> Result<Guard<PostgresStore>, String> {
-        let deadline = Instant::now() + within;
-        loop {
-            match self
-                .engine
-                .begin(&Scope::global(), key, Fingerprint::of("order"))
-                .await
-            {
-                Ok(Begin::Run(guard)) => return Ok(guard),
-                Ok(Begin::Replay(outcome)) => return Err(format!("replayed {outcome:?}")),
-                Err(error) if Instant::now() >= deadline => {
-                    return Err(format!("still refused after {within:?}: {error}"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-
-    async fn run(&self, key: &IdempotencyKey) -> Guard<PostgresStore> {
-        self.runs_within(key, Duration::from_secs(10))
-            .await
-            .expect("runs")
-    }
-
-    /// The documented flow, errors handled, for a retry of `key`: one more order.
-    async fn retry_orders(&self, key: &IdempotencyKey) {
-        let guard = self.run(key).await;
-        let mut tx = self.pool.begin().await.expect("begin tx");
-        self.insert(&mut tx, "retry").await;
-        let pending = self
-            .engine
-            .store()
-            .complete_in(&mut tx, guard, receipt("retry"))
-            .await
-            .expect("the retry completes");
-        tx.commit().await.expect("commit");
-        pending.committed();
-    }
-
-    async fn insert(&self, conn: &mut sqlx::PgConnection, who: &str) {
-        sqlx::query(&format!("INSERT INTO {} (who) VALUES ($1)", self.orders))
-            .bind(who)
-            .execute(conn)
-            .await
-            .expect("insert order");
-    }
-
-    /// Whether the backend `pid` is waiting for a heavyweight lock (a row or a table).
-    async fn waits_on_a_lock(&self, pid: i32) -> bool {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity \
-             WHERE pid = $1",
-        )
-        .bind(pid)
-        .fetch_one(&self.pool)
-        .await
-        .expect("pg_stat_activity")
-    }
-
-    /// Poll until backend `pid` waits on a lock (at most 10 s).
-    async fn until_waiting(&self, pid: i32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.waits_on_a_lock(pid).await {
-            assert!(Instant::now() < deadline, "backend {pid} never waited");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+/// Poll until backend `pid` waits on a lock (at most 10 s).
+async fn until_waiting(f: &Fixture, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !waits_on_a_lock(f, pid).await {
+        assert!(Instant::now() < deadline, "backend {pid} never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -200,7 +102,7 @@ async fn table_lock_wait_past_the_store_timeout_ignored_then_committed_orders_on
     ];
     let mut orders = Vec::new();
     for (operator_sql, hold) in cases {
-        let f = Fixture::on_shared(lease, Duration::from_millis(300)).await;
+        let f = on_shared(lease, Duration::from_millis(300)).await;
         let key = IdempotencyKey::new("b18-table-lock").unwrap();
         let guard = f.run(&key).await;
 
@@ -217,9 +119,7 @@ async fn table_lock_wait_past_the_store_timeout_ignored_then_committed_orders_on
         f.insert(&mut tx, "first").await;
         let started = Instant::now();
         let error = f
-            .engine
-            .store()
-            .complete_in(&mut tx, guard, receipt("first"))
+            .complete_in(&mut tx, guard, "first")
             .await
             .expect_err("the completion waits on the operator's table lock");
         assert!(
@@ -267,7 +167,7 @@ async fn lock_timeout_set_every_way_survives_complete_in_and_the_next_transactio
         .connect(common::shared_server().url())
         .await
         .expect("pool");
-    let f = Fixture::new(pool, Duration::from_secs(60), Duration::from_secs(2)).await;
+    let f = fixture(pool, Duration::from_secs(60), Duration::from_secs(2)).await;
     // (before BEGIN, inside the transaction, read inside after complete_in, read in the next
     // transaction)
     let cases: [(&str, &str, &str, &str); 7] = [
@@ -308,12 +208,7 @@ async fn lock_timeout_set_every_way_survives_complete_in_and_the_next_transactio
             sqlx::query(inside).execute(&mut *tx).await.expect("inside");
         }
         f.insert(&mut tx, "x").await;
-        let pending = f
-            .engine
-            .store()
-            .complete_in(&mut tx, guard, receipt("x"))
-            .await
-            .expect("completes");
+        let pending = f.complete_in(&mut tx, guard, "x").await.expect("completes");
         let read: (String, String, String) = sqlx::query_as(
             "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), \
              current_setting('idle_in_transaction_session_timeout')",
@@ -345,7 +240,7 @@ async fn lock_timeout_set_every_way_survives_complete_in_and_the_next_transactio
 /// still bounds the wait. Pinning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unprivileged_role_completes_and_keeps_its_lock_timeout() {
-    let admin = Fixture::on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
+    let admin = on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
     let role = unique("b18_role");
     sqlx::raw_sql(&format!(
         "CREATE ROLE {role} LOGIN; \
@@ -393,9 +288,7 @@ async fn unprivileged_role_completes_and_keeps_its_lock_timeout() {
         .expect("set");
     f.insert(&mut tx, "role").await;
     let pending = f
-        .engine
-        .store()
-        .complete_in(&mut tx, guard, receipt("role"))
+        .complete_in(&mut tx, guard, "role")
         .await
         .expect("an unprivileged role completes");
     let now: String = sqlx::query_scalar("SHOW lock_timeout")
@@ -409,15 +302,7 @@ async fn unprivileged_role_completes_and_keeps_its_lock_timeout() {
     // Its 150 ms bound applies to a wait on a row an operator (the admin) holds.
     let key = IdempotencyKey::new("b18-role-wait").unwrap();
     let guard = f.run(&key).await;
-    let mut operator = admin.pool.begin().await.expect("operator");
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        f.table()
-    ))
-    .bind(f.store_key(&key))
-    .execute(&mut *operator)
-    .await
-    .expect("lock the row");
+    let operator = operator_locks_row(&admin.pool, f.table(), &f.store_key(&key)).await;
     let mut tx = f.pool.begin().await.expect("begin");
     sqlx::query("SET LOCAL lock_timeout = '150ms'")
         .execute(&mut *tx)
@@ -425,11 +310,7 @@ async fn unprivileged_role_completes_and_keeps_its_lock_timeout() {
         .expect("set");
     f.insert(&mut tx, "role-wait").await;
     let started = Instant::now();
-    let result = f
-        .engine
-        .store()
-        .complete_in(&mut tx, guard, receipt("role-wait"))
-        .await;
+    let result = f.complete_in(&mut tx, guard, "role-wait").await;
     assert!(
         matches!(
             result,
@@ -459,18 +340,10 @@ async fn unprivileged_role_completes_and_keeps_its_lock_timeout() {
 /// once. Pinning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_timeout_of_the_transaction_ends_the_wait_and_aborts() {
-    let f = Fixture::on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
+    let f = on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
     let key = IdempotencyKey::new("b18-statement-timeout").unwrap();
     let guard = f.run(&key).await;
-    let mut operator = f.pool.begin().await.expect("operator");
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        f.table()
-    ))
-    .bind(f.store_key(&key))
-    .execute(&mut *operator)
-    .await
-    .expect("lock the row");
+    let operator = operator_locks_row(&f.pool, f.table(), &f.store_key(&key)).await;
     let mut tx = f.pool.begin().await.expect("begin");
     sqlx::query("SET LOCAL statement_timeout = '150ms'")
         .execute(&mut *tx)
@@ -478,11 +351,7 @@ async fn statement_timeout_of_the_transaction_ends_the_wait_and_aborts() {
         .expect("set");
     f.insert(&mut tx, "first").await;
     let started = Instant::now();
-    let result = f
-        .engine
-        .store()
-        .complete_in(&mut tx, guard, receipt("first"))
-        .await;
+    let result = f.complete_in(&mut tx, guard, "first").await;
     assert!(
         matches!(result, Err(IdempotencyError::StoreUnavailable(_))),
         "{result:?}"
@@ -500,18 +369,10 @@ async fn statement_timeout_of_the_transaction_ends_the_wait_and_aborts() {
 /// released so the retry runs and orders once. Pinning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_terminated_mid_completion_orders_once() {
-    let f = Fixture::on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
+    let f = on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
     let key = IdempotencyKey::new("b18-terminated").unwrap();
     let guard = f.run(&key).await;
-    let mut operator = f.pool.begin().await.expect("operator");
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        f.table()
-    ))
-    .bind(f.store_key(&key))
-    .execute(&mut *operator)
-    .await
-    .expect("lock the row");
+    let operator = operator_locks_row(&f.pool, f.table(), &f.store_key(&key)).await;
     let mut tx = f.pool.begin().await.expect("begin");
     let pid = backend_pid(&mut tx).await;
     f.insert(&mut tx, "first").await;
@@ -521,7 +382,7 @@ async fn backend_terminated_mid_completion_orders_once() {
         let committed = tx.commit().await;
         (result.map(|_| ()), committed)
     });
-    f.until_waiting(pid).await;
+    until_waiting(&f, pid).await;
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .fetch_one(&f.pool)
@@ -553,7 +414,7 @@ async fn backend_terminated_mid_completion_orders_once() {
 /// (the retry runs without waiting for the lease), one order in the end. Pinning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_and_already_failed_transactions_are_refused_and_release_the_claim() {
-    let f = Fixture::on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
+    let f = on_shared(Duration::from_secs(60), Duration::from_secs(5)).await;
     for (i, setup) in [
         "SET TRANSACTION READ ONLY",
         "SELECT 1/0",
@@ -566,11 +427,7 @@ async fn read_only_and_already_failed_transactions_are_refused_and_release_the_c
         let guard = f.run(&key).await;
         let mut tx = f.pool.begin().await.expect("begin");
         let _ = sqlx::raw_sql(setup).execute(&mut *tx).await;
-        let result = f
-            .engine
-            .store()
-            .complete_in(&mut tx, guard, receipt("refused"))
-            .await;
+        let result = f.complete_in(&mut tx, guard, "refused").await;
         assert!(
             matches!(
                 result,
@@ -586,16 +443,8 @@ async fn read_only_and_already_failed_transactions_are_refused_and_release_the_c
             .runs_within(&key, Duration::from_secs(5))
             .await
             .expect("the claim was released");
-        let mut tx = f.pool.begin().await.expect("begin");
-        f.insert(&mut tx, "retry").await;
-        let pending = f
-            .engine
-            .store()
-            .complete_in(&mut tx, retry, receipt("retry"))
-            .await
-            .expect("the retry completes");
-        tx.commit().await.expect("commit");
-        pending.committed();
+        f.order_and_complete(retry, "retry", "the retry completes")
+            .await;
     }
     assert_eq!(f.count().await, 3);
 }
@@ -606,9 +455,8 @@ async fn read_only_and_already_failed_transactions_are_refused_and_release_the_c
 /// Rounds until one attempt completes: exactly one order committed, matching the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serializable_duplicates_ignoring_errors_order_once() {
-    let f = std::sync::Arc::new(
-        Fixture::on_shared(Duration::from_millis(400), Duration::from_secs(2)).await,
-    );
+    let f =
+        std::sync::Arc::new(on_shared(Duration::from_millis(400), Duration::from_secs(2)).await);
     let key = IdempotencyKey::new("b18-serializable").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -705,18 +553,10 @@ async fn serializable_duplicates_ignoring_errors_order_once() {
 async fn a_store_timeout_past_postgres_lock_timeout_range_still_completes() {
     let days = |n: u64| Duration::from_secs(n * 86_400);
     let pool = common::pg_pool(4).await;
-    let f = Fixture::new(pool, days(60), days(30)).await;
+    let f = fixture(pool, days(60), days(30)).await;
     let key = IdempotencyKey::new("b18-long-budget").unwrap();
     let guard = f.run(&key).await;
-    let mut tx = f.pool.begin().await.expect("begin");
-    f.insert(&mut tx, "first").await;
-    let pending = f
-        .engine
-        .store()
-        .complete_in(&mut tx, guard, receipt("first"))
-        .await
-        .expect("a long store timeout still completes");
-    tx.commit().await.expect("commit");
-    pending.committed();
+    f.order_and_complete(guard, "first", "a long store timeout still completes")
+        .await;
     assert_eq!(f.count().await, 1);
 }

@@ -11,21 +11,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::orders::{Fixture, claim, count, insert, operator_locks_row, receipt, runs_within};
 use idempotency_core::{
     Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoreError,
-    StoredOutcome,
 };
 use idempotency_sql::sqlx::postgres::PgPoolOptions;
 use idempotency_sql::{PostgresStore, SqliteStore, TransactionConflict, sqlx};
 use idempotency_testkit::fixtures::PostgresServer;
-
-fn receipt(text: &str) -> StoredOutcome {
-    StoredOutcome::new(text.to_owned(), Some("application/json".into()))
-}
-
-fn orders_table() -> String {
-    format!("orders_{}", &idempotency_testkit::unique_prefix()[1..17])
-}
 
 async fn pg_engine(lease: Duration) -> (Idempotency<PostgresStore>, String) {
     pg_engine_renewing(lease, true).await
@@ -42,52 +34,8 @@ async fn pg_engine_timed(
     renew: bool,
     store_timeout: Duration,
 ) -> (Idempotency<PostgresStore>, String) {
-    let store = common::pg_store(20).await;
-    let orders = orders_table();
-    sqlx::query(&format!(
-        "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
-    ))
-    .execute(store.pool())
-    .await
-    .expect("orders table");
-    let engine = Idempotency::builder(store)
-        .prefix(idempotency_testkit::unique_prefix())
-        .lease(lease)
-        .renew_leases(renew)
-        .store_timeout(store_timeout)
-        .ignore_env()
-        .build()
-        .expect("engine");
-    (engine, orders)
-}
-
-async fn pg_count(engine: &Idempotency<PostgresStore>, orders: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {orders}"))
-        .fetch_one(engine.store().pool())
-        .await
-        .expect("count")
-}
-
-/// `begin` until it runs, within `within` (a claim released in the background has landed).
-async fn runs_within<S: idempotency_core::IdempotencyStore + 'static>(
-    engine: &Idempotency<S>,
-    key: &IdempotencyKey,
-    within: Duration,
-) -> Result<idempotency_core::Guard<S>, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match engine
-            .begin(&Scope::global(), key, Fingerprint::of("order"))
-            .await
-        {
-            Ok(Begin::Run(guard)) => return Ok(guard),
-            Ok(Begin::Replay(outcome)) => return Err(format!("replayed {outcome:?}")),
-            Err(error) if Instant::now() >= deadline => {
-                return Err(format!("still refused after {within:?}: {error}"));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let f = Fixture::on_store(common::pg_store(20).await, lease, renew, store_timeout).await;
+    (f.engine, f.orders)
 }
 
 /// The crate front page's example, run as written (a Postgres with an `orders` table): the
@@ -114,10 +62,7 @@ async fn the_front_page_example_runs_as_written() {
             Begin::Run(guard) => {
                 assert_eq!(round, 0, "the retry replays");
                 let mut tx = pool.begin().await.expect("begin tx");
-                sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('tea')"))
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
+                insert(&mut tx, &orders, "tea").await;
                 let pending = engine
                     .store()
                     .complete_in(&mut tx, guard, receipt(r#"{"order":1}"#))
@@ -128,7 +73,7 @@ async fn the_front_page_example_runs_as_written() {
             }
         }
     }
-    assert_eq!(pg_count(&engine, &orders).await, 1);
+    assert_eq!(count(&engine, &orders).await, 1);
 }
 
 /// A handler that panics inside its transaction, after its write, before `complete_in` (the
@@ -142,17 +87,9 @@ async fn postgres_panic_before_complete_in_rolls_back_and_frees_the_key() {
     let handler = {
         let (engine, orders, key) = (engine.clone(), orders.clone(), key.clone());
         tokio::spawn(async move {
-            let Ok(Begin::Run(_guard)) = engine
-                .begin(&Scope::global(), &key, Fingerprint::of("order"))
-                .await
-            else {
-                panic!("expected to run");
-            };
+            let _guard = claim(&engine, &key).await;
             let mut tx = engine.store().pool().begin().await.expect("begin tx");
-            sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
-                .execute(&mut *tx)
-                .await
-                .expect("insert");
+            insert(&mut tx, &orders, "first").await;
             panic!("handler bug after the write");
         })
     };
@@ -160,7 +97,7 @@ async fn postgres_panic_before_complete_in_rolls_back_and_frees_the_key() {
     let retry = runs_within(&engine, &key, Duration::from_secs(5))
         .await
         .expect("the retry runs once the panicked claim is released");
-    assert_eq!(pg_count(&engine, &orders).await, 0, "nothing committed");
+    assert_eq!(count(&engine, &orders).await, 0, "nothing committed");
     retry.release().await.expect("release");
 }
 
@@ -174,17 +111,9 @@ async fn postgres_panic_after_complete_in_rolls_back_and_frees_the_key() {
     let handler = {
         let (engine, orders, key) = (engine.clone(), orders.clone(), key.clone());
         tokio::spawn(async move {
-            let Ok(Begin::Run(guard)) = engine
-                .begin(&Scope::global(), &key, Fingerprint::of("order"))
-                .await
-            else {
-                panic!("expected to run");
-            };
+            let guard = claim(&engine, &key).await;
             let mut tx = engine.store().pool().begin().await.expect("begin tx");
-            sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
-                .execute(&mut *tx)
-                .await
-                .expect("insert");
+            insert(&mut tx, &orders, "first").await;
             let _pending = engine
                 .store()
                 .complete_in(&mut tx, guard, receipt("lost"))
@@ -197,7 +126,7 @@ async fn postgres_panic_after_complete_in_rolls_back_and_frees_the_key() {
     let retry = runs_within(&engine, &key, Duration::from_secs(5))
         .await
         .expect("the retry runs once the panicked claim is released");
-    assert_eq!(pg_count(&engine, &orders).await, 0, "nothing committed");
+    assert_eq!(count(&engine, &orders).await, 0, "nothing committed");
     retry.release().await.expect("release");
 }
 
@@ -230,10 +159,7 @@ async fn postgres_sixteen_concurrent_duplicates_order_once() {
             {
                 Ok(Begin::Run(guard)) => {
                     let mut tx = engine.store().pool().begin().await.expect("begin tx");
-                    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('x')"))
-                        .execute(&mut *tx)
-                        .await
-                        .expect("insert");
+                    insert(&mut tx, &orders, "x").await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     let pending = engine
                         .store()
@@ -259,7 +185,7 @@ async fn postgres_sixteen_concurrent_duplicates_order_once() {
         }
     }
     assert_eq!(ran, 1, "exactly one duplicate runs");
-    assert_eq!(pg_count(&engine, &orders).await, 1, "exactly one order");
+    assert_eq!(count(&engine, &orders).await, 1, "exactly one order");
     assert!(matches!(
         engine
             .begin(&Scope::global(), &key, Fingerprint::of("order"))
@@ -366,12 +292,7 @@ async fn postgres_restart_mid_transaction_loses_nothing_and_runs_once() {
         .build()
         .expect("engine");
     let key = IdempotencyKey::new("restart").unwrap();
-    let Ok(Begin::Run(guard)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
+    let guard = claim(&engine, &key).await;
     let mut tx = pool.begin().await.expect("begin tx");
     sqlx::query("INSERT INTO orders (who) VALUES ('first')")
         .execute(&mut *tx)
@@ -433,18 +354,10 @@ async fn flow_at_isolation(
 ) {
     let (engine, orders) = pg_engine(lease).await;
     let key = IdempotencyKey::new("isolation").unwrap();
-    let Ok(Begin::Run(guard)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
+    let guard = claim(&engine, &key).await;
     let pool = engine.store().pool().clone();
     let mut tx = pool.begin_with(begin.to_owned()).await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    insert(&mut tx, &orders, "first").await;
     tokio::time::sleep(work).await;
     let result = match engine
         .store()
@@ -487,10 +400,7 @@ async fn retry_runs_once(
         .await
         .expect("the conflicting attempt's claim was released");
     let mut tx = engine.store().pool().begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('retry')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    insert(&mut tx, orders, "retry").await;
     let pending = engine
         .store()
         .complete_in(&mut tx, guard, receipt("retry"))
@@ -523,7 +433,7 @@ async fn postgres_read_committed_transaction_across_renewals_completes() {
     )
     .await;
     result.expect("completes");
-    assert_eq!(pg_count(&engine, &orders).await, 1);
+    assert_eq!(count(&engine, &orders).await, 1);
 }
 
 /// A handler at `SERIALIZABLE` or `REPEATABLE READ` whose work outlasts a lease renewal: the
@@ -590,16 +500,8 @@ async fn postgres_repeatable_read_snapshot_taken_before_the_claim_is_a_transacti
         .expect("read first");
     assert_eq!(before, 0);
     let key = IdempotencyKey::new("snapshot-first").unwrap();
-    let Ok(Begin::Run(guard)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let guard = claim(&engine, &key).await;
+    insert(&mut tx, &orders, "first").await;
     let error = engine
         .store()
         .complete_in(&mut tx, guard, receipt("done"))
@@ -628,16 +530,8 @@ async fn postgres_read_committed_read_before_the_claim_completes() {
         .await
         .expect("read first");
     let key = IdempotencyKey::new("read-committed-first").unwrap();
-    let Ok(Begin::Run(guard)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('first')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let guard = claim(&engine, &key).await;
+    insert(&mut tx, &orders, "first").await;
     let pending = engine
         .store()
         .complete_in(&mut tx, guard, receipt("done"))
@@ -645,7 +539,7 @@ async fn postgres_read_committed_read_before_the_claim_completes() {
         .expect("complete_in at READ COMMITTED");
     tx.commit().await.expect("commit");
     pending.committed();
-    assert_eq!(pg_count(&engine, &orders).await, 1);
+    assert_eq!(count(&engine, &orders).await, 1);
 }
 
 /// A real takeover stays `LeaseLost` at REPEATABLE READ: the lease lapsed (renewal off) and
@@ -655,22 +549,14 @@ async fn postgres_read_committed_read_before_the_claim_completes() {
 async fn postgres_repeatable_read_takeover_is_still_lease_lost() {
     let (engine, orders) = pg_engine_renewing(Duration::from_millis(300), false).await;
     let key = IdempotencyKey::new("rr-takeover").unwrap();
-    let Ok(Begin::Run(stale)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
+    let stale = claim(&engine, &key).await;
     let mut tx = engine
         .store()
         .pool()
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
         .expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    insert(&mut tx, &orders, "stale").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let new_owner = runs_within(&engine, &key, Duration::from_secs(5))
         .await
@@ -696,7 +582,7 @@ async fn postgres_repeatable_read_takeover_is_still_lease_lost() {
     };
     pending.committed();
     assert_eq!(
-        pg_count(&engine, &orders).await,
+        count(&engine, &orders).await,
         0,
         "the stale write rolled back"
     );
@@ -781,12 +667,7 @@ async fn sqlite_deferred_transaction_that_read_before_the_claim_is_a_transaction
         .await
         .expect("read first");
     let key = IdempotencyKey::new("deferred").unwrap();
-    let Ok(Begin::Run(guard)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
+    let guard = claim(&engine, &key).await;
     let error = engine
         .store()
         .complete_in(&mut tx, guard, receipt("first"))
@@ -861,12 +742,7 @@ async fn ignored_error_then_commit(failure: Failure) {
         .fetch_one(&mut *tx)
         .await
         .expect("read first");
-    let Ok(Begin::Run(stale)) = engine
-        .begin(&Scope::global(), &key, Fingerprint::of("order"))
-        .await
-    else {
-        panic!("expected to run");
-    };
+    let stale = claim(&engine, &key).await;
     let mut other = None;
     if let Failure::DeletedAndReclaimed = failure {
         // The snapshot must hold the claim's row: take it after the claim (a new statement at
@@ -874,10 +750,7 @@ async fn ignored_error_then_commit(failure: Failure) {
         drop(tx);
         tx = pool.begin_with(begin).await.expect("begin tx");
     }
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('stale')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    insert(&mut tx, &orders, "stale").await;
     match failure {
         Failure::StaleSnapshot => {}
         Failure::TakenOver => {
@@ -918,7 +791,7 @@ async fn ignored_error_then_commit(failure: Failure) {
     // The handler ignores the error and commits (or tries to).
     let _ = tx.commit().await;
     assert_eq!(
-        pg_count(&engine, &orders).await,
+        count(&engine, &orders).await,
         0,
         "{failure:?}: the stale attempt's order must not commit"
     );
@@ -929,10 +802,7 @@ async fn ignored_error_then_commit(failure: Failure) {
             .expect("the stale snapshot's claim was released"),
     };
     let mut tx = pool.begin().await.expect("begin tx");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('next')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    insert(&mut tx, &orders, "next").await;
     let pending = engine
         .store()
         .complete_in(&mut tx, next, receipt("next"))
@@ -940,11 +810,7 @@ async fn ignored_error_then_commit(failure: Failure) {
         .expect("the next attempt completes");
     tx.commit().await.expect("commit");
     pending.committed();
-    assert_eq!(
-        pg_count(&engine, &orders).await,
-        1,
-        "{failure:?}: one order"
-    );
+    assert_eq!(count(&engine, &orders).await, 1, "{failure:?}: one order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,10 +847,7 @@ async fn postgres_complete_in_leaves_the_transactions_lock_timeout_as_it_was() {
                 .await
                 .expect("set");
         }
-        sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('x')"))
-            .execute(&mut *tx)
-            .await
-            .expect("insert");
+        insert(&mut tx, &orders, "x").await;
         let pending = engine
             .store()
             .complete_in(&mut tx, guard, receipt("done"))
@@ -998,7 +861,7 @@ async fn postgres_complete_in_leaves_the_transactions_lock_timeout_as_it_was() {
         tx.commit().await.expect("commit");
         pending.committed();
     }
-    assert_eq!(pg_count(&engine, &orders).await, 2);
+    assert_eq!(count(&engine, &orders).await, 2);
 }
 
 /// A handler that set a `lock_timeout` shorter than the store's bound keeps it for the
@@ -1016,15 +879,7 @@ async fn postgres_complete_in_keeps_a_shorter_lock_timeout_of_the_transaction() 
         .expect("runs");
     let pool = engine.store().pool().clone();
     let store_key = engine.store_key(&Scope::global(), &key);
-    let mut operator = pool.begin().await.expect("operator tx");
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        engine.store().table()
-    ))
-    .bind(store_key.as_str())
-    .execute(&mut *operator)
-    .await
-    .expect("operator locks the row");
+    let operator = operator_locks_row(&pool, engine.store().table(), store_key.as_str()).await;
     let held = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
         operator.commit().await.expect("operator commit");
@@ -1035,10 +890,7 @@ async fn postgres_complete_in_keeps_a_shorter_lock_timeout_of_the_transaction() 
         .execute(&mut *tx)
         .await
         .expect("set");
-    sqlx::query(&format!("INSERT INTO {orders} (who) VALUES ('x')"))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    insert(&mut tx, &orders, "x").await;
     let result = engine
         .store()
         .complete_in(&mut tx, guard, receipt("done"))
@@ -1058,5 +910,5 @@ async fn postgres_complete_in_keeps_a_shorter_lock_timeout_of_the_transaction() 
     );
     let _ = tx.commit().await;
     held.await.expect("operator");
-    assert_eq!(pg_count(&engine, &orders).await, 0, "the aborted order");
+    assert_eq!(count(&engine, &orders).await, 0, "the aborted order");
 }

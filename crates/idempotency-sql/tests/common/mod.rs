@@ -12,6 +12,7 @@ use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
 use idempotency_testkit::fixtures::PostgresServer;
 use idempotency_testkit::{RawValue, StoreHarness, unique_prefix};
 
+pub mod orders;
 pub mod wake;
 
 /// One server for every test of the binary (statics are never dropped: the fixture's watchdog
