@@ -3,118 +3,28 @@
 //! long pipeline, replies that only look like Redis's busy refusal, and a client that leaves
 //! while its request waits.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use idempotency_testkit::fixtures::RedisServer;
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 
-use crate::common::{RO_TOKEN, TOKEN, TestGateway, redis_cli};
+use crate::busy_kit::{OtherScript, busy_gateway, cli_get};
+use crate::common::{RO_TOKEN, TOKEN, TestGateway};
 
 /// Redis's own busy refusal text (Redis 7).
 const BUSY_TEXT: &str =
     "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";
 
-/// A gateway on database `db` of a Redis that answers `BUSY` after 100 ms of a script, ready.
+/// A gateway on database `db` of a Redis that answers `BUSY` after 100 ms of a script, ready,
+/// and with its main user's shared connection open.
 async fn gateway(db: u8, script_time_limit: Duration, max_pipeline: usize) -> TestGateway {
-    let redis = RedisServer::start_local_with(&["--busy-reply-threshold", "100"]).unwrap();
-    let gw = TestGateway::start_on_unready(redis, |mut config| {
-        config.redis_url = format!("{}/{db}", config.redis_url);
+    busy_gateway(db, &[], |config| {
         config
             .with_script_time_limit(script_time_limit)
             .with_max_pipeline(max_pipeline)
             .with_max_body_bytes(16 * 1024 * 1024)
     })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = gw
-            .request(Method::GET, "/get/nothing", Some(RO_TOKEN), &[], None)
-            .await;
-        if reply.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not ready: {reply:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Open the main user's shared connection before any script.
-    assert_eq!(gw.cmd(json!(["PING"])).await.result(), "PONG");
-    gw
-}
-
-/// Another client's endless script (`redis-cli EVAL "while true do end" 0`).
-struct Script {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Script {
-    /// Starts the script without waiting for Redis to be busy.
-    fn spawn(port: u16) -> Self {
-        let child = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "EVAL", "while true do end", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("redis-cli");
-        Self {
-            port,
-            child: Some(child),
-        }
-    }
-
-    /// Starts the script and waits until Redis answers `BUSY`.
-    async fn busy(port: u16) -> Self {
-        let script = Self::spawn(port);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reply = tokio::task::spawn_blocking(move || redis_cli(port, &["PING"]))
-                .await
-                .unwrap();
-            if reply.starts_with("BUSY") {
-                return script;
-            }
-            assert!(Instant::now() < deadline, "never busy: {reply}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn kill(mut self) {
-        let port = self.port;
-        let child = self.child.take().unwrap();
-        tokio::task::spawn_blocking(move || {
-            // Killed as soon as the script runs (it may not have started yet).
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let kill = redis_cli(port, &["SCRIPT", "KILL"]);
-                if kill.trim() == "OK" {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "SCRIPT KILL: {kill}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap();
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = redis_cli(self.port, &["SCRIPT", "KILL"]);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn cli_get(gw: &TestGateway, db: u8, key: &str) -> String {
-    gw.redis_cli(&["-n", &db.to_string(), "GET", key])
-        .trim()
-        .to_owned()
+    .await
 }
 
 /// How many busy refusals Redis answered since the last `CONFIG RESETSTAT`.
@@ -181,9 +91,9 @@ async fn long_incr_pipeline_with_a_script_starting_mid_way_runs_each_write_once(
             let request = gw.post("/pipeline", &body, &[]);
             let script = async {
                 tokio::time::sleep(Duration::from_millis(20 * round)).await;
-                let script = Script::spawn(port);
+                let script = OtherScript::spawn(port);
                 tokio::time::sleep(Duration::from_millis(400)).await;
-                script.kill().await;
+                script.kill_once_running().await;
             };
             let (reply, ()) = tokio::join!(request, script);
             assert_eq!(reply.status, 200, "db {db}: {}", reply.text);
@@ -259,7 +169,7 @@ async fn a_single_script_that_ran_and_answers_the_busy_text_is_not_sent_again() 
 async fn a_client_that_left_during_the_wait_gets_no_write_later() {
     for path in ["/pipeline", "/multi-exec"] {
         let gw = gateway(0, Duration::from_secs(5), 1000).await;
-        let script = Script::busy(gw.redis.port()).await;
+        let script = OtherScript::start(gw.redis.port()).await;
         let client = reqwest::Client::new();
         let sent = client
             .post(format!("{}{path}", gw.base))
@@ -274,7 +184,7 @@ async fn a_client_that_left_during_the_wait_gets_no_write_later() {
         );
         drop(client);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        script.kill().await;
+        script.kill_once_running().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
             cli_get(&gw, 0, "n"),
@@ -291,7 +201,7 @@ async fn a_client_that_left_during_the_wait_gets_no_write_later() {
 async fn read_only_pipeline_on_db1_waits_out_the_script() {
     let gw = gateway(1, Duration::from_secs(5), 1000).await;
     gw.redis_cli(&["-n", "1", "SET", "k", "v"]);
-    let script = Script::busy(gw.redis.port()).await;
+    let script = OtherScript::start(gw.redis.port()).await;
     let body =
         serde_json::to_vec(&json!([["GET", "k"], ["EXISTS", "k"], ["STRLEN", "k"]])).unwrap();
     let reply = {
@@ -307,7 +217,7 @@ async fn read_only_pipeline_on_db1_waits_out_the_script() {
             reply = &mut request => panic!("answered during the script: {reply:?}"),
             () = tokio::time::sleep(Duration::from_millis(400)) => {}
         }
-        script.kill().await;
+        script.kill_once_running().await;
         request.await
     };
     assert_eq!(

@@ -4,13 +4,13 @@
 //! connection; a check sent on that connection answers only after the script ends, so a
 //! genuine refusal of another client's script was answered as 400 instead of waited out.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use idempotency_testkit::fixtures::RedisServer;
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 
-use crate::common::{RO_TOKEN, TestGateway, redis_cli};
+use crate::busy_kit::{busy_gateway, until_busy};
+use crate::common::{RO_TOKEN, TestGateway};
 
 /// A script that keeps Redis busy for `ms` milliseconds (it reads the server's clock) and
 /// then returns `"done"`.
@@ -26,39 +26,10 @@ fn long_script(ms: u64) -> String {
 /// A gateway with a read-only token on a Redis that answers `BUSY` after 100 ms of a script,
 /// ready, and with its main user's shared connection open.
 async fn gateway() -> TestGateway {
-    let redis = RedisServer::start_local_with(&["--busy-reply-threshold", "100"]).unwrap();
-    let gw = TestGateway::start_on_unready(redis, |config| {
+    busy_gateway(0, &[], |config| {
         config.with_script_time_limit(Duration::from_secs(5))
     })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = gw
-            .request(Method::GET, "/get/nothing", Some(RO_TOKEN), &[], None)
-            .await;
-        if reply.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not ready: {reply:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(gw.cmd(json!(["PING"])).await.result(), "PONG");
-    gw
-}
-
-/// Waits until Redis answers `BUSY` to another connection.
-async fn until_busy(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = tokio::task::spawn_blocking(move || redis_cli(port, &["PING"]))
-            .await
-            .unwrap();
-        if reply.starts_with("BUSY") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never busy: {reply}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    .await
 }
 
 /// Sends `body` to `path` with the read-only token once Redis is busy with the main token's

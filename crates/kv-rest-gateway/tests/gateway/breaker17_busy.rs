@@ -2,7 +2,6 @@
 //! needs, functions (`FCALL`) that run long or answer the busy text, and many requests
 //! waiting on one busy script at once.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use idempotency_testkit::fixtures::RedisServer;
@@ -10,13 +9,11 @@ use kv_rest_gateway::{DEFAULT_ACL_USER, MAIN_RULES};
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 
-use crate::common::{RO_TOKEN, Reply, TestGateway, redis_cli};
+use crate::busy_kit::{ENDLESS, OtherScript, busy_gateway, cli, until_busy};
+use crate::common::{RO_TOKEN, Reply, TestGateway, restart_and_wait};
 
 /// The gateway's script time limit in these tests.
 const LIMIT: Duration = Duration::from_millis(500);
-
-/// An endless Lua loop: it never writes, so `SCRIPT KILL` can stop it.
-const ENDLESS: &str = "while true do end";
 
 /// A gateway on database `db` of a Redis that answers `BUSY` after 100 ms of a script
 /// (`extra`: more `redis-server` arguments), with the script time limit [`LIMIT`], ready, and
@@ -27,135 +24,12 @@ async fn gateway(db: u8, extra: &[&str]) -> TestGateway {
 
 /// [`gateway`] with another script time limit (the busy bound is the limit + 1 s).
 async fn gateway_limited(db: u8, extra: &[&str], limit: Duration) -> TestGateway {
-    let mut args = vec!["--busy-reply-threshold", "100"];
-    args.extend_from_slice(extra);
-    let redis = RedisServer::start_local_with(&args).unwrap();
-    let gw = TestGateway::start_on_unready(redis, |mut config| {
-        config.redis_url = format!("{}/{db}", config.redis_url);
-        config.with_script_time_limit(limit)
-    })
-    .await;
-    wait_served(&gw).await;
-    gw
-}
-
-/// Waits until both tokens are served.
-async fn wait_served(gw: &TestGateway) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let read = gw
-            .request(Method::GET, "/get/nothing", Some(RO_TOKEN), &[], None)
-            .await;
-        let ping = gw.cmd(json!(["PING"])).await;
-        if read.status == 200 && ping.status == 200 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not ready: {read:?} {ping:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Kills Redis (SIGKILL), starts it again on the same port (empty, without the gateway's ACL
-/// users) and waits until it answers `PING`, sending nothing through the gateway.
-fn restart_and_wait(gw: &mut TestGateway) {
-    gw.redis.restart().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !redis_cli(gw.redis.port(), &["PING"]).contains("PONG") {
-        assert!(Instant::now() < deadline, "redis-server did not come back");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Async `redis-cli` as the administrator.
-async fn cli(port: u16, args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        redis_cli(port, &args)
-    })
-    .await
-    .unwrap()
-}
-
-/// Waits until Redis answers `BUSY` to a new connection.
-async fn until_busy(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = cli(port, &["PING"]).await;
-        if reply.starts_with("BUSY") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never busy: {reply}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    busy_gateway(db, extra, |config| config.with_script_time_limit(limit)).await
 }
 
 /// Whether Redis still runs a script (it answers `BUSY`).
 async fn still_busy(port: u16) -> bool {
     cli(port, &["PING"]).await.starts_with("BUSY")
-}
-
-/// Stops whatever script still runs when a test ends (a failed test must not leave Redis busy
-/// and its shutdown hanging), and reaps the `redis-cli` that ran another client's script.
-struct Cleanup {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Cleanup {
-    fn new(port: u16) -> Self {
-        Self { port, child: None }
-    }
-
-    /// Another client's endless script (`redis-cli EVAL "while true do end" 0`), running once
-    /// Redis answers `BUSY`.
-    async fn other_clients_script(port: u16) -> Self {
-        let child = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "EVAL", ENDLESS, "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("redis-cli");
-        let cleanup = Self {
-            port,
-            child: Some(child),
-        };
-        until_busy(port).await;
-        cleanup
-    }
-
-    /// Ends the other client's script with `SCRIPT KILL` and asserts that it was still running.
-    async fn kill(mut self) {
-        let port = self.port;
-        let child = self.child.take().expect("a script");
-        let output = tokio::task::spawn_blocking(move || {
-            let kill = redis_cli(port, &["SCRIPT", "KILL"]);
-            assert_eq!(kill.trim(), "OK", "SCRIPT KILL");
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        assert!(text.contains("killed"), "the script's reply: {text}");
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if !redis_cli(self.port, &["PING"]).starts_with("BUSY") {
-                break;
-            }
-            let _ = redis_cli(self.port, &["SCRIPT", "KILL"]);
-            let _ = redis_cli(self.port, &["FUNCTION", "KILL"]);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// `EVAL while true do end` through the gateway: it must be stopped at the script time limit
@@ -185,8 +59,14 @@ async fn assert_endless_script_is_killed(gw: &TestGateway, what: &str) {
 /// script (`AUTH` is served while Redis is busy), and the script is killed. Pins behaviour.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_script_is_killed_after_a_redis_restart_on_database_0() {
-    let mut gw = gateway(0, &[]).await;
-    let _cleanup = Cleanup::new(gw.redis.port());
+    endless_script_killed_after_a_restart(0).await;
+}
+
+/// An endless script through the gateway on database `db` is killed before and after a
+/// Redis restart.
+async fn endless_script_killed_after_a_restart(db: u8) {
+    let mut gw = gateway(db, &[]).await;
+    let _cleanup = OtherScript::guard(gw.redis.port());
     assert_endless_script_is_killed(&gw, "before the restart").await;
     restart_and_wait(&mut gw);
     // The first request after the restart re-creates the users and opens the shared
@@ -204,13 +84,7 @@ async fn an_endless_script_is_killed_after_a_redis_restart_on_database_0() {
 /// could connect without `SELECT`, or be reconnected as soon as it drops.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_script_is_killed_after_a_redis_restart_on_database_1() {
-    let mut gw = gateway(1, &[]).await;
-    let _cleanup = Cleanup::new(gw.redis.port());
-    assert_endless_script_is_killed(&gw, "before the restart").await;
-    restart_and_wait(&mut gw);
-    assert_eq!(gw.cmd(json!(["SET", "k", "v"])).await.result(), "OK");
-    assert_endless_script_is_killed(&gw, "after the restart").await;
-    gw.shutdown().await;
+    endless_script_killed_after_a_restart(1).await;
 }
 
 /// The user names of the connections Redis has (without the asking `redis-cli`).
@@ -242,7 +116,7 @@ async fn an_endless_script_is_killed_after_redis_closed_the_idle_killer_connecti
 async fn idle_killer_connection_closed(db: u8) {
     let gw = gateway(db, &["--timeout", "1"]).await;
     let port = gw.redis.port();
-    let _cleanup = Cleanup::new(port);
+    let _cleanup = OtherScript::guard(port);
     // Wait until Redis has closed every idle gateway connection (the killer's included).
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -270,7 +144,7 @@ async fn the_first_request_after_a_restart_waits_out_another_clients_script() {
     let mut gw = gateway(0, &[]).await;
     restart_and_wait(&mut gw);
     let port = gw.redis.port();
-    let script = Cleanup::other_clients_script(port).await;
+    let script = OtherScript::start(port).await;
     let request = gw.cmd(json!(["INCR", "n"]));
     let mut request = Box::pin(request);
     let early = tokio::select! {
@@ -308,7 +182,7 @@ redis.register_function{function_name='ro', callback=function(keys, args) return
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_function_is_killed() {
     let gw = gateway(0, &[]).await;
-    let _cleanup = Cleanup::new(gw.redis.port());
+    let _cleanup = OtherScript::guard(gw.redis.port());
     let load = gw.cmd(json!(["FUNCTION", "LOAD", LIBRARY])).await;
     assert_eq!(load.result(), "breaker17", "{load:?}");
     let started = Instant::now();
@@ -332,7 +206,7 @@ async fn an_endless_function_is_killed() {
 async fn functions_answering_the_busy_text_run_once_and_fcall_ro_waits() {
     let gw = gateway(0, &[]).await;
     let port = gw.redis.port();
-    let _cleanup = Cleanup::new(port);
+    let _cleanup = OtherScript::guard(port);
     let load = gw.cmd(json!(["FUNCTION", "LOAD", LIBRARY])).await;
     assert_eq!(load.result(), "breaker17", "{load:?}");
     let single = gw.cmd(json!(["FCALL", "busy_text", 1, "runs"])).await;
@@ -433,7 +307,7 @@ async fn sixty_requests_waiting_on_one_script_write_once_and_leave_no_connection
         // A long bound: the requests must still be waiting when the test kills the script.
         let gw = gateway_limited(db, &[], Duration::from_secs(5)).await;
         let port = gw.redis.port();
-        let script = Cleanup::other_clients_script(port).await;
+        let script = OtherScript::start(port).await;
         let mut requests = Vec::new();
         for i in 0..EACH {
             requests.push(gw.cmd(json!(["INCR", format!("single:{i}")])));
@@ -512,7 +386,7 @@ async fn waiting_transactions_do_not_open_a_connection_every_20_ms() {
     // Redis answers `INFO` only when no script runs: counted before and after the script,
     // with this test's own `redis-cli` connections (the script, the `BUSY` polls, the kill).
     let before = connections_received(port).await;
-    let script = Cleanup::other_clients_script(port).await;
+    let script = OtherScript::start(port).await;
     let transactions = join_all(
         (0..EACH)
             .map(|i| post(&gw, "/multi-exec", json!([["INCR", format!("multi:{i}")]])))
@@ -546,7 +420,7 @@ async fn waiting_transactions_do_not_open_a_connection_every_20_ms() {
 async fn a_prepared_user_that_cannot_kill_scripts_is_refused_or_still_stops_them() {
     let redis = RedisServer::start_local_with(&["--busy-reply-threshold", "100"]).unwrap();
     let port = redis.port();
-    let _cleanup = Cleanup::new(port);
+    let _cleanup = OtherScript::guard(port);
     let mut setuser = vec!["ACL", "SETUSER", "prepared", "reset", "on", ">prepared-pw"];
     setuser.extend(MAIN_RULES.split_whitespace());
     setuser.extend(["-script|kill", "-function|kill"]);

@@ -5,14 +5,12 @@
 //! `BUSY` after `--busy-reply-threshold 100` ms); the test ends it with `SCRIPT KILL` once the
 //! request has waited, so the request must not answer before the kill, and must succeed after.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use idempotency_testkit::fixtures::RedisServer;
-use reqwest::Method;
 use serde_json::json;
 
-use crate::common::{RO_TOKEN, Reply, TestGateway, redis_cli};
+use crate::busy_kit::{OtherScript, busy_gateway_unopened, cli_get};
+use crate::common::{Reply, TestGateway};
 
 /// How long a request must have waited before the test kills the script.
 const WAITED: Duration = Duration::from_millis(400);
@@ -21,88 +19,10 @@ const WAITED: Duration = Duration::from_millis(400);
 /// (its users set up) but its main user's shared connection not opened yet: the first request
 /// with the read-write token connects it, so during a script when the test sends it then.
 async fn gateway(db: u8, script_time_limit: Duration) -> TestGateway {
-    let redis = RedisServer::start_local_with(&["--busy-reply-threshold", "100"]).unwrap();
-    let gw = TestGateway::start_on_unready(redis, |mut config| {
-        config.redis_url = format!("{}/{db}", config.redis_url);
+    busy_gateway_unopened(db, &[], |config| {
         config.with_script_time_limit(script_time_limit)
     })
-    .await;
-    // Ready once a read-only request answers (the health route would connect the main user).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = gw
-            .request(Method::GET, "/get/nothing", Some(RO_TOKEN), &[], None)
-            .await;
-        if reply.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not ready: {reply:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    gw
-}
-
-/// An endless script run by another client (`redis-cli`), running once Redis answers `BUSY`.
-struct BusyScript {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl BusyScript {
-    async fn start(gw: &TestGateway) -> Self {
-        let port = gw.redis.port();
-        let child = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "EVAL", "while true do end", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("redis-cli");
-        let script = Self {
-            port,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reply = tokio::task::spawn_blocking(move || redis_cli(port, &["PING"]))
-                .await
-                .unwrap();
-            if reply.starts_with("BUSY") {
-                return script;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the script never made Redis busy: {reply}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Ends the script with `SCRIPT KILL`; asserts that it was killed (it ran until then).
-    async fn kill(mut self) {
-        let port = self.port;
-        let child = self.child.take().unwrap();
-        let output = tokio::task::spawn_blocking(move || {
-            let kill = redis_cli(port, &["SCRIPT", "KILL"]);
-            assert_eq!(kill.trim(), "OK", "SCRIPT KILL");
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        assert!(text.contains("killed"), "the script's reply: {text}");
-    }
-}
-
-impl Drop for BusyScript {
-    fn drop(&mut self) {
-        // A failed test: do not leave the script (and the server's shutdown) hanging.
-        if let Some(mut child) = self.child.take() {
-            let _ = redis_cli(self.port, &["SCRIPT", "KILL"]);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    .await
 }
 
 /// Sends `request` while another client's script runs: asserts it is still waiting after
@@ -111,7 +31,7 @@ async fn during_busy_script(
     gw: &TestGateway,
     request: impl std::future::Future<Output = Reply>,
 ) -> Reply {
-    let script = BusyScript::start(gw).await;
+    let script = OtherScript::start(gw.redis.port()).await;
     let mut request = std::pin::pin!(request);
     tokio::select! {
         reply = &mut request => panic!("answered while Redis was busy: {reply:?}"),
@@ -119,12 +39,6 @@ async fn during_busy_script(
     }
     script.kill().await;
     request.await
-}
-
-fn cli_get(gw: &TestGateway, db: u8, key: &str) -> String {
-    gw.redis_cli(&["-n", &db.to_string(), "GET", key])
-        .trim()
-        .to_owned()
 }
 
 /// `/multi-exec` opens a connection of its own: during a script Redis refuses its `SELECT`
@@ -209,7 +123,7 @@ async fn command_waits_out_a_busy_script_while_connecting() {
 async fn pipeline_and_multi_exec_answer_busy_after_the_bound() {
     let limit = Duration::from_millis(200);
     let gw = gateway(0, limit).await;
-    let script = BusyScript::start(&gw).await;
+    let script = OtherScript::start(gw.redis.port()).await;
     let started = Instant::now();
     let pipeline = gw
         .post("/pipeline", &json!([["INCR", "n"], ["GET", "n"]]), &[])

@@ -227,6 +227,21 @@ impl Drop for TestGateway {
     }
 }
 
+/// Restarts Redis (SIGKILL, then the same port, empty, without the gateway's ACL users) and
+/// waits until it accepts connections and answers `PING` — without sending anything through
+/// the gateway.
+pub(crate) fn restart_and_wait(gw: &mut TestGateway) {
+    gw.redis.restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !redis_cli(gw.redis.port(), &["PING"]).contains("PONG") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `redis-cli -p port args…` as the default user: stdout and stderr.
 pub(crate) fn redis_cli(port: u16, args: &[&str]) -> String {
     let output = std::process::Command::new("redis-cli")

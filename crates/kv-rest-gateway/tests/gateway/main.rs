@@ -4,6 +4,7 @@
 // Test helpers outside #[test] functions may panic on setup failures: that is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod busy_kit;
 mod common;
 
 mod auth_limits;

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use idempotency_testkit::fixtures::RedisServer;
 use kv_rest_gateway::{DEFAULT_ACL_USER, DEFAULT_READ_ONLY_ACL_USER, GatewayConfig};
@@ -11,21 +10,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{RO_TOKEN, TestGateway, redis_cli};
+use crate::common::{RO_TOKEN, TestGateway, restart_and_wait};
 
 /// Restarts per test: each one kills the server (SIGKILL) and starts it again on the same port.
 const RESTARTS: usize = 5;
-
-/// Restarts Redis (same port, empty, without the gateway's ACL users) and waits until it
-/// accepts connections and answers `PING` — without sending anything through the gateway.
-fn restart_and_wait(gw: &mut TestGateway) {
-    gw.redis.restart().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !redis_cli(gw.redis.port(), &["PING"]).contains("PONG") {
-        assert!(Instant::now() < deadline, "redis-server did not come back");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// The user and last command of each connection Redis has, without the `redis-cli`
 /// connection that asks.
