@@ -29,6 +29,11 @@ async fn lapsing(store: PostgresStore) -> Fixture {
     .await
 }
 
+/// An engine over `store` whose 60 s lease is renewed, with `store_timeout`.
+async fn renewing(store: PostgresStore, store_timeout: Duration) -> Fixture {
+    Fixture::on_store(store, Duration::from_secs(60), true, store_timeout).await
+}
+
 /// A claim of `key` that lapses and is taken over: the stale attempt's guard and the new
 /// owner's.
 async fn taken_over(
@@ -70,13 +75,7 @@ async fn stale_order(
 /// the transaction, and the answer is still a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_completion_ignored_then_committed_orders_once() {
-    let f = Fixture::on_store(
-        common::pg_store(8).await,
-        Duration::from_secs(60),
-        true,
-        Duration::from_millis(300),
-    )
-    .await;
+    let f = renewing(common::pg_store(8).await, Duration::from_millis(300)).await;
     let key = IdempotencyKey::new("b15-timeout").unwrap();
     let guard = f.run(&key).await;
 
@@ -147,12 +146,7 @@ async fn lease_lost_in_a_savepoint_ignored_then_outer_commit_orders_once() {
 /// (one connection) runs statements and commits normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_lost_ignored_commit_is_ok_rolled_back_and_the_connection_is_reusable() {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(common::shared_server().url())
-        .await
-        .expect("pool");
+    let pool = common::pg_pool(1).await;
     // The store's own pool is separate (the one connection is the caller's).
     let f = lapsing(common::pg_store(4).await).await;
     let key = IdempotencyKey::new("b15-commit-ok").unwrap();
@@ -293,13 +287,7 @@ async fn autocommit_connection_lease_lost_leaves_the_connection_usable() {
 /// the attempt whose completion applied, and the key replays it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_duplicates_repeatable_read_ignoring_errors_with_operator_deletes_order_once() {
-    let f = Fixture::on_store(
-        common::pg_store(40).await,
-        Duration::from_secs(60),
-        true,
-        Duration::from_secs(10),
-    )
-    .await;
+    let f = renewing(common::pg_store(40).await, Duration::from_secs(10)).await;
     let orders = f.orders.clone();
     let engine = std::sync::Arc::new(f.engine);
     let key = IdempotencyKey::new("b15-sixteen").unwrap();

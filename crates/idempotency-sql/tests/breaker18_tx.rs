@@ -161,12 +161,7 @@ async fn table_lock_wait_past_the_store_timeout_ignored_then_committed_orders_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeout_set_every_way_survives_complete_in_and_the_next_transaction() {
     // One connection: every transaction below runs on the same session.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(common::shared_server().url())
-        .await
-        .expect("pool");
+    let pool = common::pg_pool(1).await;
     let f = fixture(pool, Duration::from_secs(60), Duration::from_secs(2)).await;
     // (before BEGIN, inside the transaction, read inside after complete_in, read in the next
     // transaction)
