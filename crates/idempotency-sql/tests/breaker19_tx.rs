@@ -1,0 +1,315 @@
+//! breaker19: attacks on the Postgres `complete_in` as changed by 2a048f5 — two statements in
+//! the caller's transaction (the `lock_timeout` bound, then the completion that fails when it
+//! does not apply) and the abort sent after a client-side timeout. The guarantee under test: a
+//! side effect never commits without its record (one committed order per key, even when the
+//! handler ignores `complete_in`'s error and commits).
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use idempotency_core::{
+    Begin, Fingerprint, Guard, Idempotency, IdempotencyError, IdempotencyKey, Scope, StoreError,
+    StoredOutcome,
+};
+use idempotency_sql::sqlx::postgres::{PgPool, PgPoolOptions};
+use idempotency_sql::{PostgresStore, sqlx};
+use idempotency_testkit::fixtures::PostgresServer;
+
+fn receipt(text: &str) -> StoredOutcome {
+    StoredOutcome::new(text.to_owned(), Some("application/json".into()))
+}
+
+fn unique(what: &str) -> String {
+    format!("{what}_{}", &idempotency_testkit::unique_prefix()[1..17])
+}
+
+/// A pool on `server`.
+async fn pool_on(server: &PostgresServer, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(server.url())
+        .await
+        .expect("connecting to the local postgres server")
+}
+
+/// Thaws the server when a test ends, whatever happened (a failed assertion must not leave
+/// the server frozen for the fixture's shutdown).
+struct Thaw<'a>(&'a PostgresServer);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume();
+    }
+}
+
+/// An engine over a store on its own records table, with an orders table next to it.
+struct Fixture {
+    engine: Idempotency<PostgresStore>,
+    orders: String,
+    pool: PgPool,
+}
+
+impl Fixture {
+    async fn new(pool: PgPool, lease: Duration, store_timeout: Duration) -> Self {
+        let store = PostgresStore::builder(pool.clone())
+            .table(unique("b19_records"))
+            .operation_timeout(Duration::from_secs(10))
+            .wake_waiters(false)
+            .migrate()
+            .await
+            .expect("migrating");
+        let orders = unique("b19_orders");
+        sqlx::query(&format!(
+            "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, who TEXT NOT NULL)"
+        ))
+        .execute(&pool)
+        .await
+        .expect("orders table");
+        let engine = Idempotency::builder(store)
+            .prefix(idempotency_testkit::unique_prefix())
+            .lease(lease)
+            .retention(Duration::from_secs(86_400))
+            .renew_leases(false)
+            .store_timeout(store_timeout)
+            .ignore_env()
+            .build()
+            .expect("engine");
+        Self {
+            engine,
+            orders,
+            pool,
+        }
+    }
+
+    fn table(&self) -> &str {
+        self.engine.store().table()
+    }
+
+    fn store_key(&self, key: &IdempotencyKey) -> String {
+        self.engine
+            .store_key(&Scope::global(), key)
+            .as_str()
+            .to_owned()
+    }
+
+    async fn count(&self) -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", self.orders))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// `begin` until it runs (a claim released in the background has landed), within 10 s;
+    /// `None` when the key replays.
+    async fn run_or_replay(&self, key: &IdempotencyKey) -> Option<Guard<PostgresStore>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .engine
+                .begin(&Scope::global(), key, Fingerprint::of("order"))
+                .await
+            {
+                Ok(Begin::Run(guard)) => return Some(guard),
+                Ok(Begin::Replay(_)) => return None,
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "still refused after 10 s: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    async fn run(&self, key: &IdempotencyKey) -> Guard<PostgresStore> {
+        self.run_or_replay(key).await.expect("runs")
+    }
+
+    /// The documented flow, errors handled, for a retry of `key`: one more order, unless the
+    /// key replays.
+    async fn retry_orders(&self, key: &IdempotencyKey) {
+        let Some(guard) = self.run_or_replay(key).await else {
+            return;
+        };
+        let mut tx = self.pool.begin().await.expect("begin tx");
+        self.insert(&mut tx, "retry").await;
+        let pending = self
+            .engine
+            .store()
+            .complete_in(&mut tx, guard, receipt("retry"))
+            .await
+            .expect("the retry completes");
+        tx.commit().await.expect("commit");
+        pending.committed();
+    }
+
+    async fn insert(&self, conn: &mut sqlx::PgConnection, who: &str) {
+        sqlx::query(&format!("INSERT INTO {} (who) VALUES ($1)", self.orders))
+            .bind(who)
+            .execute(conn)
+            .await
+            .expect("insert order");
+    }
+
+    /// Whether the backend `pid` is waiting for a heavyweight lock (a row or a table).
+    async fn waits_on_a_lock(&self, pid: i32) -> bool {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity \
+             WHERE pid = $1",
+        )
+        .bind(pid)
+        .fetch_one(&self.pool)
+        .await
+        .expect("pg_stat_activity")
+    }
+
+    /// Poll until backend `pid` waits on a lock (at most 10 s).
+    async fn until_waiting(&self, pid: i32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.waits_on_a_lock(pid).await {
+            assert!(Instant::now() < deadline, "backend {pid} never waited");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn backend_pid(conn: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .expect("pid")
+}
+
+fn is_timeout(error: &IdempotencyError) -> bool {
+    matches!(
+        error,
+        IdempotencyError::StoreUnavailable(StoreError::Timeout { .. })
+    )
+}
+
+/// The server stalls (frozen: a CPU-starved host, a VM pause, a network that delays replies
+/// past the store timeout) while the first of `complete_in`'s two statements — the
+/// `lock_timeout` bound — is on the wire. The client times out on that statement, so the
+/// completion, the statement that fails when it does not apply, is never sent; the abort
+/// that should replace it (`abort_after_timeout`) first waits for the bound's reply, gives up
+/// after its grace (a tenth of the budget, at least 10 ms) and is never sent either. The
+/// caller's transaction is left healthy: a handler that ignores the `Timeout` and commits
+/// commits its order without the record, the dropped pending completion releases the claim,
+/// and the retry orders again — the breaker18 failure (`Timeout` ignored, `COMMIT`, two
+/// orders) reached by a stall instead of a table lock. With one statement (before 2a048f5) a
+/// completion already on the wire ran when the server thawed, record and order together.
+///
+/// Found by breaker19: 2 orders on 49278f8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stall_during_the_lock_bound_ignored_timeout_then_commit_orders_once() {
+    let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
+    let f = Fixture::new(
+        pool_on(&server, 4).await,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    )
+    .await;
+    let key = IdempotencyKey::new("b19-stall").unwrap();
+    let guard = f.run(&key).await;
+    let mut tx = f.pool.begin().await.expect("begin tx");
+    f.insert(&mut tx, "first").await;
+
+    let thaw = Thaw(&server);
+    server.pause().expect("freeze the server");
+    let started = Instant::now();
+    let result = f
+        .engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("first"))
+        .await;
+    let took = started.elapsed();
+    server.resume().expect("thaw the server");
+    drop(thaw);
+    let error = result.expect_err("no answer from a frozen server");
+    assert!(is_timeout(&error), "{error:?}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+
+    // The handler ignores the error and commits.
+    let committed = tx.commit().await;
+    let after_ignored_commit = f.count().await;
+    f.retry_orders(&key).await;
+    let after_retry = f.count().await;
+    assert_eq!(
+        (after_ignored_commit, after_retry),
+        (0, 1),
+        "the attempt whose complete_in timed out must not commit its order without the record \
+         (orders after its ignored commit ({committed:?}), after the retry)"
+    );
+}
+
+/// The caller bounds `complete_in` with its own timeout (`tokio::time::timeout` around it,
+/// a request deadline) while the completion is held at parse by an operator's table lock (a
+/// migration, `CREATE INDEX`): its future is dropped after the completion's `Parse` is on the
+/// wire but before the `Bind`/`Execute` that would run it (sqlx prepares a statement on its
+/// first use on a connection in a round trip of its own). The operator deletes the key
+/// meanwhile. When the lock goes the `Parse` succeeds and nothing else runs: the transaction is
+/// healthy, its `lock_timeout` is left at the bound, and a handler that ignores its own
+/// timeout and commits orders without the record; the retry orders again.
+///
+/// The crate says the completion aborts the transaction "even when nobody reads the answer any
+/// more (a statement that ends after the caller's timeout, or after its future was
+/// dropped)" — true once the whole statement is on the wire, not for a prepared-then-dropped
+/// one. Lower severity than the stall above (the caller's own timeout, then a commit).
+///
+/// Found by breaker19: 2 orders on 49278f8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_dropped_while_parse_waits_on_a_table_lock_then_commit_orders_once() {
+    let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
+    let f = Fixture::new(
+        pool_on(&server, 4).await,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .await;
+    let key = IdempotencyKey::new("b19-dropped").unwrap();
+    let guard = f.run(&key).await;
+
+    let mut operator = f.pool.begin().await.expect("operator tx");
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE {} IN SHARE MODE; DELETE FROM {} WHERE store_key = '{}'",
+        f.table(),
+        f.table(),
+        f.store_key(&key)
+    ))
+    .execute(&mut *operator)
+    .await
+    .expect("operator's statements");
+
+    let mut tx = f.pool.begin().await.expect("begin tx");
+    let pid = backend_pid(&mut tx).await;
+    f.insert(&mut tx, "first").await;
+    let completion = f
+        .engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("first"));
+    // The caller's own deadline: here, "as soon as the completion waits on the lock".
+    let finished = tokio::select! {
+        result = completion => Some(result.is_ok()),
+        () = f.until_waiting(pid) => None,
+    };
+    assert_eq!(
+        finished, None,
+        "the completion waits on the operator's lock"
+    );
+
+    operator.commit().await.expect("operator commit");
+    // The handler ignores its own timeout and commits.
+    let committed = tx.commit().await;
+    let after_ignored_commit = f.count().await;
+    f.retry_orders(&key).await;
+    let after_retry = f.count().await;
+    assert_eq!(
+        (after_ignored_commit, after_retry),
+        (0, 1),
+        "the attempt whose complete_in was dropped must not commit its order without the \
+         record (orders after its ignored commit ({committed:?}), after the retry)"
+    );
+}
