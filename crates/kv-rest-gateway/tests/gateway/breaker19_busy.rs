@@ -1,0 +1,320 @@
+//! breaker19: the gateway meeting a Redis that is busy with another client's script — at its
+//! start (the ACL set-up, the killer's `SCRIPT KILL` / `FUNCTION KILL` check) and in
+//! `/multi-exec` retries that keep their connection (49278f8).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use idempotency_testkit::fixtures::RedisServer;
+use serde_json::json;
+
+use crate::common::{RO_TOKEN, TestGateway, redis_cli};
+
+/// An endless Lua loop: it never writes, so `SCRIPT KILL` can stop it.
+const ENDLESS: &str = "while true do end";
+
+/// A Redis that answers `BUSY` after 100 ms of a script.
+fn busy_redis() -> RedisServer {
+    RedisServer::start_local_with(&["--busy-reply-threshold", "100"]).unwrap()
+}
+
+/// Async `redis-cli` as the administrator.
+async fn cli(port: u16, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        redis_cli(port, &args)
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until Redis answers `BUSY` to a new connection.
+async fn until_busy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = cli(port, &["PING"]).await;
+        if reply.starts_with("BUSY") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never busy: {reply}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Another client's endless script, stopped by [`OtherScript::kill`] or when dropped (a
+/// failed test must not leave Redis busy and its shutdown hanging).
+struct OtherScript {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OtherScript {
+    /// `redis-cli EVAL "while true do end" 0`, running once Redis answers `BUSY`.
+    async fn start(port: u16) -> Self {
+        let child = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "EVAL", ENDLESS, "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        let script = Self {
+            port,
+            child: Some(child),
+        };
+        until_busy(port).await;
+        script
+    }
+
+    /// Ends the script with `SCRIPT KILL` (as the administrator) and asserts that it was still
+    /// running until then (nobody else killed it).
+    async fn kill(mut self) {
+        let port = self.port;
+        let child = self.child.take().expect("a script");
+        let (kill, output) = tokio::task::spawn_blocking(move || {
+            let kill = redis_cli(port, &["SCRIPT", "KILL"]);
+            (kill, child.wait_with_output().unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            kill.trim(),
+            "OK",
+            "the other client's script was still running"
+        );
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(text.contains("killed"), "the script's reply: {text}");
+    }
+}
+
+impl Drop for OtherScript {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if !redis_cli(self.port, &["PING"]).starts_with("BUSY") {
+                break;
+            }
+            let _ = redis_cli(self.port, &["SCRIPT", "KILL"]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether both tokens are served within 10 s; `Err` with the gateway's error when it stopped.
+async fn served_within_10s(gw: &TestGateway) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if gw.stopped() {
+            return Err("the gateway stopped".into());
+        }
+        let read = gw
+            .request(
+                reqwest::Method::GET,
+                "/get/nothing",
+                Some(RO_TOKEN),
+                &[],
+                None,
+            )
+            .await;
+        let ping = gw.cmd(json!(["PING"])).await;
+        if read.status == 200 && ping.status == 200 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not serving after 10 s: {read:?} {ping:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A gateway on database `db` starts while another client's script keeps Redis busy (a
+/// restart or a new instance during a long script: a rolling deploy). Its first set-up attempt
+/// (before it accepts) sends `ACL SETUSER`, which Redis refuses with `BUSY`; the set-up reads
+/// that refusal as `AclError::NoAcl` ("Redis 6 or newer is required"), a configuration error,
+/// so the gateway refuses to serve and stops (the process exits; under an orchestrator it
+/// crash-loops until the script ends). On database 1 the first refusal is earlier: the
+/// configured connection's `SELECT` (`TooRestricted`, "cannot run AUTH"). 49278f8 made the
+/// same refusal wait in the re-provisioning path, not at the start. The start should treat
+/// `BUSY` as transient (retry in the background), then serve once the script has ended.
+///
+/// Found by breaker19: the gateway stops on 49278f8 (both databases).
+async fn starts_while_another_clients_script_runs(db: u8) {
+    let redis = busy_redis();
+    let port = redis.port();
+    let script = OtherScript::start(port).await;
+    let gw = TestGateway::start_on_unready(redis, move |mut config| {
+        config.redis_url = format!("{}/{db}", config.redis_url);
+        config.with_script_time_limit(Duration::from_secs(30))
+    })
+    .await;
+    // The gateway accepts only after its first set-up attempt: a health request is answered
+    // (or refused) once that attempt is over.
+    let health = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get(format!("{}/~health", gw.base))
+        .send()
+        .await
+        .map(|response| response.status());
+    script.kill().await;
+    match served_within_10s(&gw).await {
+        Ok(()) => gw.shutdown().await,
+        Err(why) => {
+            let error = if gw.stopped() {
+                gw.stopped_error().await.to_string()
+            } else {
+                String::new()
+            };
+            panic!(
+                "database {db}: a gateway started during another client's script must serve \
+                 once it ended: {why}: {error} (health during the script: {health:?})"
+            );
+        }
+    }
+}
+
+/// See [`starts_while_another_clients_script_runs`]. Found by breaker19 (failing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_during_another_clients_script_serves_after_it_on_database_0() {
+    starts_while_another_clients_script_runs(0).await;
+}
+
+/// See [`starts_while_another_clients_script_runs`]. Found by breaker19 (failing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_during_another_clients_script_serves_after_it_on_database_1() {
+    starts_while_another_clients_script_runs(1).await;
+}
+
+/// `/multi-exec` on database 1 while another client's script keeps Redis busy: Redis serves
+/// `MULTI`, refuses the queued commands with `BUSY` and answers `EXEC` with `EXECABORT`, so the
+/// connection is outside MULTI and kept for the next attempt (49278f8). Whenever the script
+/// ends, the transaction runs exactly once, on database 1 (the kept connection is still on the
+/// gateway's database), and nothing lands on database 0. Pins behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_transaction_on_database_1_reuses_its_connection_and_runs_once_there() {
+    let redis = busy_redis();
+    let gw = TestGateway::start_on_unready(redis, |mut config| {
+        config.redis_url = format!("{}/1", config.redis_url);
+        config.with_script_time_limit(Duration::from_secs(5))
+    })
+    .await;
+    served_within_10s(&gw).await.unwrap();
+    let port = gw.redis.port();
+    let script = OtherScript::start(port).await;
+    let body = json!([["SET", "b19:k", "v"], ["INCR", "b19:n"], ["GET", "b19:k"]]);
+    let transaction = gw.post("/multi-exec", &body, &[]);
+    let mut transaction = Box::pin(transaction);
+    // Whether the transaction is refused once or many times before the kill does not change
+    // what is asserted; it must not be answered while the script runs.
+    tokio::select! {
+        reply = &mut transaction => panic!("answered while Redis was busy: {reply:?}"),
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    script.kill().await;
+    let reply = transaction.await;
+    assert_eq!(
+        reply.json,
+        json!([{"result": "OK"}, {"result": 1}, {"result": "v"}]),
+        "{reply:?}"
+    );
+    assert_eq!(cli(port, &["-n", "1", "GET", "b19:n"]).await.trim(), "1");
+    assert_eq!(cli(port, &["-n", "0", "EXISTS", "b19:k"]).await.trim(), "0");
+    assert_eq!(cli(port, &["-n", "0", "EXISTS", "b19:n"]).await.trim(), "0");
+    let again = gw.post("/multi-exec", &body, &[]).await;
+    assert_eq!(
+        again.json,
+        json!([{"result": "OK"}, {"result": 2}, {"result": "v"}]),
+        "{again:?}"
+    );
+    gw.shutdown().await;
+}
+
+/// `INFO stats` field `total_connections_received` (answered only when no script runs).
+async fn connections_received(port: u16) -> u64 {
+    cli(port, &["INFO", "stats"])
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+/// How many requests wait on one busy script at once.
+const WAITING: usize = 20;
+
+/// A Redis restart (the gateway's ACL users are gone) and then another client's script: every
+/// waiting request's attempt is refused (`WRONGPASS`), and re-creating the users is refused as
+/// busy — which 49278f8 turned into a busy wait. Each retry of each request opens Redis
+/// connections again (the user's connection, which fails to authenticate, and a fresh admin
+/// connection for `ACL SETUSER` under the re-provisioning lock), every 20–100 ms: the storm of
+/// connection set-ups breaker17 removed from `/multi-exec`, back on every command after a
+/// restart. 20 requests waiting 1 s should not need more than a few connections each, and
+/// each must write exactly once after the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_after_a_restart_do_not_connect_on_every_retry() {
+    let mut gw = TestGateway::start_on_unready(busy_redis(), |config| {
+        config.with_script_time_limit(Duration::from_secs(5))
+    })
+    .await;
+    served_within_10s(&gw).await.unwrap();
+    gw.redis.restart().unwrap();
+    let port = gw.redis.port();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cli(port, &["PING"]).await.contains("PONG") {
+        assert!(Instant::now() < deadline, "redis-server did not come back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = connections_received(port).await;
+    let script = OtherScript::start(port).await;
+    let requests: Vec<_> = (0..WAITING)
+        .map(|i| gw.cmd(json!(["INCR", format!("b19:after-restart:{i}")])))
+        .collect();
+    let mut requests = Box::pin(futures_join_all(requests));
+    tokio::select! {
+        replies = &mut requests => panic!("answered while Redis was busy: {replies:?}"),
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+    script.kill().await;
+    for reply in requests.await {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.result(), &json!(1), "{reply:?}");
+    }
+    let opened = connections_received(port).await - before;
+    // Generous: the test's own connections (a few dozen at most) and 10 per request.
+    let bound = 50 + 10 * WAITING as u64;
+    assert!(
+        opened <= bound,
+        "{opened} connections opened while {WAITING} requests waited 1 s after a restart \
+         (bound {bound})"
+    );
+    gw.shutdown().await;
+}
+
+/// Runs `futures` concurrently and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
