@@ -313,3 +313,145 @@ async fn completion_dropped_while_parse_waits_on_a_table_lock_then_commit_orders
          record (orders after its ignored commit ({committed:?}), after the retry)"
     );
 }
+
+/// The caller's transaction runs with settings that change how text is read and written —
+/// `standard_conforming_strings = off` (backslashes in literals), `IntervalStyle =
+/// iso_8601` (the `lock_timeout` text is read as an interval), `DateStyle`, `lock_timeout`
+/// in minutes, `REPEATABLE READ` opened after the claim — and `complete_in` still completes,
+/// restores `lock_timeout` as the application wrote it, and, when the claim is gone, aborts
+/// the transaction (the isolation level parsed back from the failure). Pins behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_session_settings_complete_restore_and_abort() {
+    let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
+    let f = Fixture::new(
+        pool_on(&server, 4).await,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    )
+    .await;
+    let settings = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+         SET LOCAL standard_conforming_strings = off; SET LOCAL IntervalStyle = 'iso_8601'; \
+         SET LOCAL DateStyle = 'German, DMY'; SET LOCAL lock_timeout = '1min'";
+
+    // Applied.
+    let key = IdempotencyKey::new("b19-settings-applied").unwrap();
+    let guard = f.run(&key).await;
+    let mut tx = f.pool.begin().await.expect("begin tx");
+    sqlx::raw_sql(settings)
+        .execute(&mut *tx)
+        .await
+        .expect("settings");
+    f.insert(&mut tx, "applied").await;
+    let pending = f
+        .engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("applied"))
+        .await
+        .expect("completes");
+    let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("SHOW");
+    assert_eq!(lock_timeout, "1min");
+    tx.commit().await.expect("commit");
+    pending.committed();
+    assert!(f.run_or_replay(&key).await.is_none(), "replays");
+    assert_eq!(f.count().await, 1);
+
+    // Not applied: the claim is deleted before the completion.
+    let key = IdempotencyKey::new("b19-settings-gone").unwrap();
+    let guard = f.run(&key).await;
+    let mut tx = f.pool.begin().await.expect("begin tx");
+    sqlx::raw_sql(settings)
+        .execute(&mut *tx)
+        .await
+        .expect("settings");
+    f.insert(&mut tx, "gone").await;
+    sqlx::query(&format!("DELETE FROM {} WHERE store_key = $1", f.table()))
+        .bind(f.store_key(&key))
+        .execute(&f.pool)
+        .await
+        .expect("operator delete");
+    let error = f
+        .engine
+        .store()
+        .complete_in(&mut tx, guard, receipt("gone"))
+        .await
+        .expect_err("the claim is gone");
+    assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
+    let _ = tx.commit().await;
+    assert_eq!(f.count().await, 1, "the ignored commit was rolled back");
+}
+
+/// A completion already on the wire, waiting for the record's row (an operator's `SELECT …
+/// FOR UPDATE`), when the server freezes: the client gives up (`Timeout`) before the server's
+/// lock bound ends the wait, and the abort cannot be sent. When the server thaws, the
+/// operator's `COMMIT` (sent meanwhile) and the lock bound race: the completion either applies
+/// late or fails. Either way the record and the order commit together or not at all — an
+/// ignored error and a `COMMIT` leave one order after the retry, and a committed order means
+/// the key replays. Pins behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_frozen_while_waiting_for_the_row_ends_consistently() {
+    let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
+    let f = Fixture::new(
+        pool_on(&server, 6).await,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let key = IdempotencyKey::new("b19-frozen-row").unwrap();
+    let guard = f.run(&key).await;
+    let mut operator = f.pool.begin().await.expect("operator tx");
+    sqlx::query(&format!(
+        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
+        f.table()
+    ))
+    .bind(f.store_key(&key))
+    .execute(&mut *operator)
+    .await
+    .expect("operator's row lock");
+
+    let mut tx = f.pool.begin().await.expect("begin tx");
+    let pid = backend_pid(&mut tx).await;
+    f.insert(&mut tx, "first").await;
+    let thaw = Thaw(&server);
+    let (result, ()) = tokio::join!(
+        f.engine
+            .store()
+            .complete_in(&mut tx, guard, receipt("first")),
+        async {
+            f.until_waiting(pid).await;
+            server.pause().expect("freeze the server");
+        }
+    );
+    let error = result.expect_err("no answer from a frozen server");
+    assert!(is_timeout(&error), "{error:?}");
+    // The operator's COMMIT is sent while the server is frozen, then the server thaws.
+    let operator_commit = tokio::spawn(async move { operator.commit().await });
+    server.resume().expect("thaw the server");
+    drop(thaw);
+    operator_commit
+        .await
+        .expect("operator task")
+        .expect("operator commit");
+
+    // The handler ignores the error and commits.
+    let committed = tx.commit().await;
+    let after_ignored_commit = f.count().await;
+    let replays = f.run_or_replay(&key).await;
+    let replayed = replays.is_none();
+    if let Some(guard) = replays {
+        drop(guard);
+    }
+    f.retry_orders(&key).await;
+    let after_retry = f.count().await;
+    assert_eq!(
+        (after_ignored_commit, replayed, after_retry),
+        if after_ignored_commit == 1 {
+            (1, true, 1)
+        } else {
+            (0, false, 1)
+        },
+        "record and order commit together or not at all (ignored commit: {committed:?})"
+    );
+}
