@@ -318,3 +318,159 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     .await;
     outputs.into_iter().flatten().collect()
 }
+
+/// The bytes of `EXEC` as a client sends it.
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+
+/// A TCP proxy in front of Redis that, once armed, holds back the `EXEC` that ends a chunk
+/// sent to Redis until released (the rest of the chunk goes on at once): Redis then sees the
+/// queued commands and `EXEC` in two reads, as it does for a transaction whose last argument
+/// is large (Redis reads a bulk argument of 32 KiB or more exactly up to its end).
+struct ExecHoldingProxy {
+    port: u16,
+    state: std::sync::Arc<(std::sync::Mutex<Hold>, std::sync::Condvar)>,
+}
+
+#[derive(Default, PartialEq)]
+enum Hold {
+    #[default]
+    Off,
+    Armed,
+    Holding,
+    Released,
+}
+
+impl ExecHoldingProxy {
+    fn start(redis_port: u16) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state =
+            std::sync::Arc::new((std::sync::Mutex::new(Hold::Off), std::sync::Condvar::new()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", redis_port)) else {
+                    return;
+                };
+                let (mut client_r, mut server_r) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_r, &mut client);
+                });
+                let state = shared.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 1 << 16];
+                    loop {
+                        let n = match client_r.read(&mut buffer) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buffer[..n];
+                        let (lock, changed) = &*state;
+                        let mut hold = lock.lock().unwrap();
+                        if *hold == Hold::Armed && chunk.len() > EXEC.len() && chunk.ends_with(EXEC)
+                        {
+                            let (head, exec) = chunk.split_at(n - EXEC.len());
+                            if server.write_all(head).is_err() {
+                                return;
+                            }
+                            *hold = Hold::Holding;
+                            changed.notify_all();
+                            while *hold == Hold::Holding {
+                                hold = changed.wait(hold).unwrap();
+                            }
+                            drop(hold);
+                            if server.write_all(exec).is_err() {
+                                return;
+                            }
+                        } else {
+                            drop(hold);
+                            if server.write_all(chunk).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, state }
+    }
+
+    fn set(&self, to: Hold) {
+        let (lock, changed) = &*self.state;
+        *lock.lock().unwrap() = to;
+        changed.notify_all();
+    }
+
+    /// Waits (at most 10 s) until an `EXEC` is held back.
+    async fn until_holding(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if *self.state.0.lock().unwrap() == Hold::Holding {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no EXEC held back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A transaction whose `EXEC` reaches Redis in a read of its own (its last argument is large:
+/// Redis reads a bulk argument of 32 KiB or more exactly up to its end; here a proxy holds
+/// `EXEC` back) meets another client's script that starts between the queued commands and
+/// `EXEC`. Redis 7 answers `EXEC` with `EXECABORT Transaction discarded because of: BUSY …`
+/// and discards the transaction: nothing ran, only because Redis was busy. The gateway does
+/// not recognise that reply as a busy refusal (`transaction_refused_as_busy` looks for `BUSY`
+/// at the start of `EXEC`'s reply or among the queued replies, which are all `QUEUED`), so it
+/// answers 400 "EXECABORT … BUSY" — a permanent-looking refusal of a valid transaction —
+/// instead of waiting the script out as for every other busy refusal. (The comment of
+/// `left_outside_multi` also says that an `EXEC` refused as busy leaves the connection inside
+/// MULTI; Redis 7.0 discards the transaction.) Straight against Redis 7.0.15, a transaction
+/// with a 256 KiB last argument racing a 60 ms script got this reply 17 times in 60.
+///
+/// Found by breaker19: 400 on 49278f8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_exec_meets_a_new_script_waits_instead_of_400() {
+    let redis = busy_redis();
+    let redis_port = redis.port();
+    let proxy = ExecHoldingProxy::start(redis_port);
+    let proxy_port = proxy.port;
+    let gw = TestGateway::start_on_unready(redis, move |mut config| {
+        config.redis_url = format!("redis://127.0.0.1:{proxy_port}");
+        config.with_script_time_limit(Duration::from_secs(5))
+    })
+    .await;
+    served_within_10s(&gw).await.unwrap();
+    proxy.set(Hold::Armed);
+    let body = json!([["INCR", "b19:held-n"], ["SET", "b19:held", "v"]]);
+    let transaction = gw.post("/multi-exec", &body, &[]);
+    let mut transaction = Box::pin(transaction);
+    tokio::select! {
+        reply = &mut transaction => panic!("answered before EXEC was sent: {reply:?}"),
+        () = proxy.until_holding() => {}
+    }
+    let script = OtherScript::start(redis_port).await;
+    proxy.set(Hold::Released);
+    // The EXEC reaches Redis during the script; whatever the gateway does, it must not answer
+    // before the script ends.
+    let early = tokio::select! {
+        reply = &mut transaction => Some(reply),
+        () = tokio::time::sleep(Duration::from_millis(500)) => None,
+    };
+    script.kill().await;
+    let reply = match early {
+        Some(reply) => reply,
+        None => (&mut transaction).await,
+    };
+    drop(transaction);
+    assert_eq!(
+        (reply.status, &reply.json),
+        (200, &json!([{"result": 1}, {"result": "OK"}])),
+        "a transaction refused only because Redis was busy must wait, not be refused: {reply:?}"
+    );
+    assert_eq!(cli(redis_port, &["GET", "b19:held-n"]).await.trim(), "1");
+    proxy.set(Hold::Off);
+    gw.shutdown().await;
+}
