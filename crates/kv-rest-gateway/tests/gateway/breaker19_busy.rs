@@ -322,11 +322,15 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
 /// The bytes of `EXEC` as a client sends it.
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 
-/// A TCP proxy in front of Redis that, once armed, holds back the `EXEC` that ends a chunk
-/// sent to Redis until released (the rest of the chunk goes on at once): Redis then sees the
-/// queued commands and `EXEC` in two reads, as it does for a transaction whose last argument
-/// is large (Redis reads a bulk argument of 32 KiB or more exactly up to its end).
-struct ExecHoldingProxy {
+/// The bytes of `SCRIPT KILL` as a client sends it.
+const SCRIPT_KILL: &[u8] = b"*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n";
+
+/// A TCP proxy in front of Redis that, once armed, holds back the first `pattern` sent to
+/// Redis until released: the rest of a chunk that ends with it goes on at once (with
+/// [`EXEC`], Redis then sees the queued commands and `EXEC` in two reads, as it does for a
+/// transaction whose last argument is large: Redis reads a bulk argument of 32 KiB or more
+/// exactly up to its end), a chunk that holds it elsewhere is held whole.
+struct HoldingProxy {
     port: u16,
     state: std::sync::Arc<(std::sync::Mutex<Hold>, std::sync::Condvar)>,
 }
@@ -340,8 +344,8 @@ enum Hold {
     Released,
 }
 
-impl ExecHoldingProxy {
-    fn start(redis_port: u16) -> Self {
+impl HoldingProxy {
+    fn start(redis_port: u16, pattern: &'static [u8]) -> Self {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -370,9 +374,15 @@ impl ExecHoldingProxy {
                         let chunk = &buffer[..n];
                         let (lock, changed) = &*state;
                         let mut hold = lock.lock().unwrap();
-                        if *hold == Hold::Armed && chunk.len() > EXEC.len() && chunk.ends_with(EXEC)
-                        {
-                            let (head, exec) = chunk.split_at(n - EXEC.len());
+                        let held = *hold == Hold::Armed
+                            && chunk.windows(pattern.len()).any(|w| w == pattern);
+                        if held {
+                            let split = if chunk.ends_with(pattern) {
+                                n - pattern.len()
+                            } else {
+                                0
+                            };
+                            let (head, exec) = chunk.split_at(split);
                             if server.write_all(head).is_err() {
                                 return;
                             }
@@ -404,14 +414,14 @@ impl ExecHoldingProxy {
         changed.notify_all();
     }
 
-    /// Waits (at most 10 s) until an `EXEC` is held back.
+    /// Waits (at most 10 s) until the pattern is held back.
     async fn until_holding(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if *self.state.0.lock().unwrap() == Hold::Holding {
                 return;
             }
-            assert!(Instant::now() < deadline, "no EXEC held back");
+            assert!(Instant::now() < deadline, "nothing held back");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -435,7 +445,7 @@ impl ExecHoldingProxy {
 async fn a_transaction_whose_exec_meets_a_new_script_waits_instead_of_400() {
     let redis = busy_redis();
     let redis_port = redis.port();
-    let proxy = ExecHoldingProxy::start(redis_port);
+    let proxy = HoldingProxy::start(redis_port, EXEC);
     let proxy_port = proxy.port;
     let gw = TestGateway::start_on_unready(redis, move |mut config| {
         config.redis_url = format!("redis://127.0.0.1:{proxy_port}");
@@ -471,6 +481,70 @@ async fn a_transaction_whose_exec_meets_a_new_script_waits_instead_of_400() {
         "a transaction refused only because Redis was busy must wait, not be refused: {reply:?}"
     );
     assert_eq!(cli(redis_port, &["GET", "b19:held-n"]).await.trim(), "1");
+    proxy.set(Hold::Off);
+    gw.shutdown().await;
+}
+
+/// A finite script of another client, `millis` long by Redis's clock, that never writes (so
+/// `SCRIPT KILL` can stop it): `redis-cli EVAL`, running once Redis answers `BUSY`.
+async fn other_clients_finite_script(port: u16, millis: u64) -> Child {
+    let script = format!(
+        "local t = redis.call('TIME') while true do local n = redis.call('TIME') \
+         if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) >= {} then break end end return 'done'",
+        millis * 1000
+    );
+    let child = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "EVAL", &script, "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    until_busy(port).await;
+    child
+}
+
+/// The killer check at the start (49278f8) sends `SCRIPT KILL` and `FUNCTION KILL` to learn
+/// whether the main user may: with no script running Redis answers `NOTBUSY`. But when another
+/// client's script runs at that moment (past Redis's `busy-reply-threshold`, the only time
+/// Redis serves the kill), the probe kills it — a script the gateway's own policy allows (here
+/// a 1.5 s read-only script under a 30 s `script_time_limit`; in a rolling deploy, a long
+/// script a client runs through another gateway instance). The check should not run a kill
+/// (`ACL DRYRUN`, say). A proxy holds the probe back until the other client's script runs, so
+/// the moment is exact here; in production it is any script that starts during a gateway's
+/// set-up, after its ACL commands.
+///
+/// Found by breaker19: the other client's script is killed on 49278f8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_kill_check_does_not_kill_another_clients_script() {
+    let redis = busy_redis();
+    let redis_port = redis.port();
+    let _cleanup = OtherScript {
+        port: redis_port,
+        child: None,
+    };
+    let proxy = HoldingProxy::start(redis_port, SCRIPT_KILL);
+    proxy.set(Hold::Armed);
+    let proxy_port = proxy.port;
+    let gw = TestGateway::start_on_unready(redis, move |mut config| {
+        config.redis_url = format!("redis://127.0.0.1:{proxy_port}");
+        config.with_script_time_limit(Duration::from_secs(30))
+    })
+    .await;
+    proxy.until_holding().await;
+    let script = other_clients_finite_script(redis_port, 1500).await;
+    proxy.set(Hold::Released);
+    let output = tokio::task::spawn_blocking(move || script.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    served_within_10s(&gw).await.unwrap();
+    assert_eq!(
+        text.trim(),
+        "done",
+        "another client's 1.5 s script, allowed by the 30 s limit, was stopped by the \
+         gateway's start-up check"
+    );
     proxy.set(Hold::Off);
     gw.shutdown().await;
 }
