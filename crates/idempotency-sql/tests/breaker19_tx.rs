@@ -199,8 +199,10 @@ fn is_timeout(error: &IdempotencyError) -> bool {
 /// caller's transaction is left healthy: a handler that ignores the `Timeout` and commits
 /// commits its order without the record, the dropped pending completion releases the claim,
 /// and the retry orders again — the breaker18 failure (`Timeout` ignored, `COMMIT`, two
-/// orders) reached by a stall instead of a table lock. With one statement (before 2a048f5) a
-/// completion already on the wire ran when the server thawed, record and order together.
+/// orders) reached by a stall instead of a table lock. With one statement (before 2a048f5),
+/// once prepared on the connection, the completion was on the wire in one flight and ran when
+/// the server thawed, record and order together. A fix: send the abort without first waiting
+/// for the pending reply (or send both statements in one flight).
 ///
 /// Found by breaker19: 2 orders on 49278f8.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
