@@ -12,6 +12,7 @@ mod breaker12_sync_token;
 mod breaker15_busy;
 mod breaker16_busy;
 mod breaker17_busy;
+mod breaker19_busy;
 mod busy;
 mod faults;
 mod forms;
