@@ -23,7 +23,7 @@ use redis::{Cmd, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
-use crate::error::server_error_text;
+use crate::error::{is_busy_refusal, server_error_text};
 
 /// The rules of the read-write token's user: the data commands of the KV REST API.
 ///
@@ -133,12 +133,16 @@ pub(crate) enum AclError {
     /// Transport trouble: retry later.
     #[error("Redis is unavailable")]
     Unavailable(#[source] redis::RedisError),
+    /// Redis refused a set-up command because another client's script (or module command)
+    /// keeps it busy: retry later. The refusal's text.
+    #[error("Redis is busy with another client's script: {0}")]
+    Busy(String),
 }
 
 impl AclError {
     /// Whether retrying later may succeed (Redis down), as opposed to a configuration error.
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Busy(_))
     }
 }
 
@@ -268,22 +272,27 @@ fn cmd_of(args: &[&str]) -> Cmd {
 }
 
 /// Sends one command: `Ok(Ok(value))`, `Ok(Err(error text))` for a Redis error reply, `Err`
-/// for transport trouble.
-async fn send(
+/// for transport trouble, and [`AclError::Busy`] for Redis's busy refusal (another client's
+/// script runs: the command did not, and says nothing about the user's rights).
+pub(crate) async fn send(
     connection: &mut MultiplexedConnection,
     cmd: &Cmd,
 ) -> Result<Result<Value, String>, AclError> {
-    match connection.send_packed_command(cmd).await {
-        Ok(Value::ServerError(error)) => Ok(Err(server_error_text(&error))),
-        Ok(value) => Ok(Ok(value)),
+    let reply = match connection.send_packed_command(cmd).await {
+        Ok(Value::ServerError(error)) => server_error_text(&error),
+        Ok(value) => return Ok(Ok(value)),
         Err(error) => match error.code() {
-            Some(code) => Ok(Err(match error.detail() {
+            Some(code) => match error.detail() {
                 Some(detail) => format!("{code} {detail}"),
                 None => code.to_owned(),
-            })),
-            None => Err(AclError::Unavailable(error)),
+            },
+            None => return Err(AclError::Unavailable(error)),
         },
+    };
+    if is_busy_refusal(&reply) {
+        return Err(AclError::Busy(reply));
     }
+    Ok(Err(reply))
 }
 
 #[cfg(test)]

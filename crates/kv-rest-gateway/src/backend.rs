@@ -99,6 +99,9 @@ struct BackendInner {
     ready: OnceLock<Ready>,
     /// Serialises re-provisioning after authentication failures.
     reprovision: Mutex<()>,
+    /// When re-creating the users was last refused as busy, and the refusal
+    /// ([`Backend::recreation_waits`]).
+    recreation_busy: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 impl Backend {
@@ -126,6 +129,7 @@ impl Backend {
                 script_time_limit: config.script_time_limit,
                 ready: OnceLock::new(),
                 reprovision: Mutex::new(()),
+                recreation_busy: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -225,6 +229,13 @@ impl Backend {
             .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
             .await
             .map_err(|error| match error.code() {
+                // A `SELECT` refused while another client's script runs.
+                Some(_)
+                    if let GatewayError::BadRequest(text) = from_connect(&error)
+                        && is_busy_refusal(&text) =>
+                {
+                    AclError::Busy(text)
+                }
                 Some(_) => AclError::TooRestricted {
                     role: "configured",
                     command: "AUTH",
@@ -268,39 +279,54 @@ impl Backend {
     /// threshold — just when the killer must reconnect after Redis closed it (a restart, an
     /// idle `timeout`). `AUTH` and `HELLO` are served during a busy script.
     ///
-    /// The check sends both kills: with no script running Redis answers `NOTBUSY`; `NOPERM`
-    /// (an operator-prepared user without `+script|kill` / `+function|kill`) refuses the start
-    /// ([`AclError::TooRestricted`]), since a runaway script could not be stopped.
+    /// The check queues both kills in a transaction and discards it (`MULTI`, `SCRIPT KILL`,
+    /// `FUNCTION KILL`, `DISCARD`): Redis checks the user's rights when it queues a command, and
+    /// a discarded kill stops nobody's script. `NOPERM` (an operator-prepared user without
+    /// `+script|kill` / `+function|kill`) refuses the start ([`AclError::TooRestricted`]),
+    /// since a runaway script could not be stopped.
     async fn killer(&self, info: ConnectionInfo) -> Result<UserConnections, AclError> {
         let settings = info.redis_settings().clone().set_db(0);
         let info = skip_lib_name(info.set_redis_settings(settings));
         let client = Client::open(info).map_err(AclError::Unavailable)?;
         let shared = self.link(&client);
-        let connection = shared.connection().await.map_err(AclError::Unavailable)?;
+        let connection = shared
+            .connection()
+            .await
+            .map_err(|error| match from_connect(&error) {
+                GatewayError::BadRequest(text) if is_busy_refusal(&text) => AclError::Busy(text),
+                _ => AclError::Unavailable(error),
+            })?;
+        let mut multiplexed = connection.multiplexed.clone();
+        if let Err(reply) = acl::send(&mut multiplexed, &redis::cmd("MULTI")).await? {
+            // Not queued: the kills would run. The user cannot run transactions either.
+            tracing::warn!(%reply, "cannot check that the main Redis user may stop scripts");
+            return Ok(UserConnections { client, shared });
+        }
+        let mut refused = None;
         for (name, kill) in [("SCRIPT KILL", "SCRIPT"), ("FUNCTION KILL", "FUNCTION")] {
             let mut cmd = Cmd::new();
             cmd.arg(kill).arg("KILL");
-            let reply = match connection
-                .multiplexed
-                .clone()
-                .send_packed_command(&cmd)
-                .await
-            {
-                Ok(Value::ServerError(error)) => server_error_text(&error),
-                Ok(_) => continue,
-                Err(error) if error.code().is_some() => match from_redis(&error) {
-                    GatewayError::BadRequest(text) => text,
-                    _ => continue,
-                },
-                Err(error) => return Err(AclError::Unavailable(error)),
-            };
-            if reply.starts_with("NOPERM") {
-                return Err(AclError::TooRestricted {
-                    role: "main",
-                    command: name,
-                    reply,
-                });
+            match acl::send(&mut multiplexed, &cmd).await {
+                Ok(Err(reply)) if reply.starts_with("NOPERM") => {
+                    refused.get_or_insert((name, reply));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    connection.discard();
+                    return Err(error);
+                }
             }
+        }
+        if let Err(error) = acl::send(&mut multiplexed, &redis::cmd("DISCARD")).await {
+            connection.discard();
+            return Err(error);
+        }
+        if let Some((command, reply)) = refused {
+            return Err(AclError::TooRestricted {
+                role: "main",
+                command,
+                reply,
+            });
         }
         Ok(UserConnections { client, shared })
     }
@@ -338,7 +364,10 @@ impl Backend {
     ) -> Result<Value, GatewayError> {
         let started = tokio::time::Instant::now();
         loop {
-            let mut result = self.command_once(access, cmd, script, resendable).await;
+            let mut result = match self.recreation_waits() {
+                Some(busy) => Err(busy),
+                None => self.command_once(access, cmd, script, resendable).await,
+            };
             if self.reprovision_if_needed(&mut result).await {
                 result = self.command_once(access, cmd, script, resendable).await;
             }
@@ -566,9 +595,13 @@ impl Backend {
                     pending = pipeline_of(cmds);
                     (&pending, count)
                 };
-                let mut result = self
-                    .pipeline_once(access, pipeline, count, script, resendable)
-                    .await;
+                let mut result = match self.recreation_waits() {
+                    Some(busy) => Err(busy),
+                    None => {
+                        self.pipeline_once(access, pipeline, count, script, resendable)
+                            .await
+                    }
+                };
                 if self.reprovision_if_needed(&mut result).await {
                     result = self
                         .pipeline_once(access, pipeline, count, script, resendable)
@@ -631,9 +664,13 @@ impl Backend {
         // the next attempt reuses it instead of connecting again.
         let mut kept = None;
         let mut replies = loop {
-            let mut result = self
-                .transaction_once(access, &pipeline, count, script, &mut kept)
-                .await;
+            let mut result = match self.recreation_waits() {
+                Some(busy) => Err(busy),
+                None => {
+                    self.transaction_once(access, &pipeline, count, script, &mut kept)
+                        .await
+                }
+            };
             if self.reprovision_if_needed(&mut result).await {
                 result = self
                     .transaction_once(access, &pipeline, count, script, &mut kept)
@@ -798,6 +835,34 @@ impl Backend {
         }
     }
 
+    /// Redis's busy refusal of the last attempt to re-create the users, while it is recent
+    /// (within [`BUSY_RETRY_DELAY_MAX`]): a request then waits as for any busy refusal without
+    /// connecting at all. Without it every waiting request opened two connections per retry
+    /// (its user's, refused, and an administrator's for `ACL SETUSER`, refused as busy); with
+    /// it, a few attempts per second are made whatever the number of waiting requests.
+    fn recreation_waits(&self) -> Option<GatewayError> {
+        let busy = self
+            .inner
+            .recreation_busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*busy {
+            Some((at, text)) if at.elapsed() < BUSY_RETRY_DELAY_MAX => {
+                Some(GatewayError::BadRequest(text.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn set_recreation_busy(&self, refusal: Option<String>) {
+        *self
+            .inner
+            .recreation_busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            refusal.map(|text| (tokio::time::Instant::now(), text));
+    }
+
     /// After Redis refused the users' credentials while a connection was being opened
     /// ([`GatewayError::Unauthenticated`]: nothing was sent) in provisioning mode (Redis
     /// restarted without its ACL users), re-creates the users. Returns whether the caller
@@ -818,6 +883,11 @@ impl Backend {
             return false;
         };
         let _guard = self.inner.reprovision.lock().await;
+        // Another request was just refused as busy while this one waited for the lock.
+        if let Some(busy) = self.recreation_waits() {
+            *result = Err(busy);
+            return false;
+        }
         let configured = self.inner.configured.get_connection_info();
         let db = configured.redis_settings().db();
         // Database 0: `ACL SETUSER` names no key, and a `SELECT` is refused while Redis is busy.
@@ -833,6 +903,7 @@ impl Backend {
                     if let GatewayError::BadRequest(text) = from_connect(&error)
                         && is_busy_refusal(&text)
                     {
+                        self.set_recreation_busy(Some(text.clone()));
                         *result = Err(GatewayError::BadRequest(text));
                     }
                     return false;
@@ -846,14 +917,16 @@ impl Backend {
             outcomes.push(acl::provision(&mut admin, Role::ReadOnly, read_only, db).await);
         }
         let busy = outcomes.iter().find_map(|outcome| match outcome {
-            Err(AclError::NoAcl(text)) if is_busy_refusal(text) => Some(text.clone()),
+            Err(AclError::Busy(text)) => Some(text.clone()),
             _ => None,
         });
         if let Some(text) = busy {
             tracing::debug!("re-creating the Redis ACL users waits for a busy script");
+            self.set_recreation_busy(Some(text.clone()));
             *result = Err(GatewayError::BadRequest(text));
             return false;
         }
+        self.set_recreation_busy(None);
         let ok = outcomes.iter().all(Result::is_ok);
         tracing::warn!(
             ok,
@@ -996,10 +1069,23 @@ fn is_busy_reply(value: &Value) -> bool {
     matches!(value, Value::ServerError(error) if is_busy_refusal(&server_error_text(error)))
 }
 
+/// Whether `exec` is Redis 7's answer to an `EXEC` refused because another client's script
+/// started after the commands were queued: `EXECABORT Transaction discarded because of: ` and
+/// the busy refusal (`execCommandAbort`: the transaction is discarded, none of it ran).
+fn exec_refused_as_busy(exec: &Value) -> bool {
+    let Value::ServerError(error) = exec else {
+        return false;
+    };
+    server_error_text(error)
+        .strip_prefix("EXECABORT Transaction discarded because of: ")
+        .is_some_and(is_busy_refusal)
+}
+
 /// Whether a transaction's connection is outside MULTI after `replies` (MULTI, the commands,
 /// EXEC) that Redis refused as busy: MULTI itself was refused, or EXEC ran and discarded the
-/// transaction (`EXECABORT`). An EXEC refused as busy leaves the connection inside MULTI
-/// (Redis flags the transaction, it does not end it), so that connection is not reused.
+/// transaction (`EXECABORT`, also `EXECABORT … because of: BUSY …`, Redis 7 refusing the
+/// `EXEC` itself). A bare busy refusal of `EXEC` (not seen from Redis 7.0, which discards the
+/// transaction) would leave the connection inside MULTI, so that connection is not reused.
 fn left_outside_multi(replies: &[Value]) -> bool {
     match (replies.first(), replies.last()) {
         (Some(multi), _) if is_busy_reply(multi) => true,
@@ -1027,7 +1113,7 @@ fn transaction_refused_as_busy(replies: &[Value]) -> bool {
     let (Value::Okay, Some((exec, queued))) = (multi, rest.split_last()) else {
         return false;
     };
-    if is_busy_reply(exec) {
+    if is_busy_reply(exec) || exec_refused_as_busy(exec) {
         return true;
     }
     let Value::ServerError(_) = exec else {
@@ -1397,6 +1483,19 @@ mod tests {
             busy(),
             error("ERR unknown command 'NOPE'"),
             execabort()
+        ]));
+        // EXEC itself refused (Redis 7: the transaction is discarded, nothing ran).
+        assert!(transaction_refused_as_busy(&[
+            Value::Okay,
+            queued(),
+            error(&format!(
+                "EXECABORT Transaction discarded because of: {BUSY}"
+            ))
+        ]));
+        assert!(!transaction_refused_as_busy(&[
+            Value::Okay,
+            queued(),
+            error("EXECABORT Transaction discarded because of: BUSYKEY Target key name exists")
         ]));
         // Executed, or aborted for another reason.
         assert!(!transaction_refused_as_busy(&[

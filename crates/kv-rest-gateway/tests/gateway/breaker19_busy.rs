@@ -141,7 +141,7 @@ async fn served_within_10s(gw: &TestGateway) -> Result<(), String> {
 /// same refusal wait in the re-provisioning path, not at the start. The start should treat
 /// `BUSY` as transient (retry in the background), then serve once the script has ended.
 ///
-/// Found by breaker19: the gateway stops on 49278f8 (both databases).
+/// Found by breaker19: the gateway stops on 49278f8 (both databases). Fixed: busy refusals during set-up are retried (`AclError::Busy`).
 async fn starts_while_another_clients_script_runs(db: u8) {
     let redis = busy_redis();
     let port = redis.port();
@@ -178,13 +178,13 @@ async fn starts_while_another_clients_script_runs(db: u8) {
     }
 }
 
-/// See [`starts_while_another_clients_script_runs`]. Found by breaker19 (failing).
+/// See [`starts_while_another_clients_script_runs`]. Found by breaker19; fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_started_during_another_clients_script_serves_after_it_on_database_0() {
     starts_while_another_clients_script_runs(0).await;
 }
 
-/// See [`starts_while_another_clients_script_runs`]. Found by breaker19 (failing).
+/// See [`starts_while_another_clients_script_runs`]. Found by breaker19; fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_started_during_another_clients_script_serves_after_it_on_database_1() {
     starts_while_another_clients_script_runs(1).await;
@@ -254,7 +254,8 @@ const WAITING: usize = 20;
 /// connection for `ACL SETUSER` under the re-provisioning lock), every 20–100 ms: the storm of
 /// connection set-ups breaker17 removed from `/multi-exec`, back on every command after a
 /// restart. 20 requests waiting 1 s should not need more than a few connections each, and
-/// each must write exactly once after the script.
+/// each must write exactly once after the script. Fixed: a recent busy refusal of the
+/// re-creation answers waiting requests without connecting (523–889 connections, now ~70).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_waiting_after_a_restart_do_not_connect_on_every_retry() {
     let mut gw = TestGateway::start_on_unready(busy_redis(), |config| {
@@ -440,7 +441,7 @@ impl HoldingProxy {
 /// MULTI; Redis 7.0 discards the transaction.) Straight against Redis 7.0.15, a transaction
 /// with a 256 KiB last argument racing a 60 ms script got this reply 17 times in 60.
 ///
-/// Found by breaker19: 400 on 49278f8.
+/// Found by breaker19: 400 on 49278f8. Fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_whose_exec_meets_a_new_script_waits_instead_of_400() {
     let redis = busy_redis();
@@ -513,7 +514,7 @@ async fn other_clients_finite_script(port: u16, millis: u64) -> Child {
 /// the moment is exact here; in production it is any script that starts during a gateway's
 /// set-up, after its ACL commands.
 ///
-/// Found by breaker19: the other client's script is killed on 49278f8.
+/// Found by breaker19: the other client's script is killed on 49278f8. Fixed: the check queues the kills in MULTI and discards them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_kill_check_does_not_kill_another_clients_script() {
     let redis = busy_redis();
