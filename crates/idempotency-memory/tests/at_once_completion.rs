@@ -12,6 +12,8 @@ use std::time::Duration;
 use idempotency_core::{Begin, Fingerprint, Idempotency, Scope};
 use idempotency_memory::{ManualClock, MemoryStore};
 
+// Shared with the breaker10 tests; its counting recorder is not used here.
+#[allow(unused_imports)]
 mod breaker10_common;
 
 use breaker10_common::{Mode, Probe, fresh, key, outcome};

@@ -59,9 +59,7 @@ impl Probe {
     /// The scripted answer for the next completion attempt, if any.
     fn scripted(&self) -> Option<Result<Fenced, StoreError>> {
         let seen = self.completions_seen.fetch_add(1, Ordering::SeqCst);
-        let Some(n) = seen.checked_sub(self.mode.unscripted_first) else {
-            return None;
-        };
+        let n = seen.checked_sub(self.mode.unscripted_first)?;
         if n == 0 && self.mode.lease_lost_first {
             return Some(Ok(Fenced::LeaseLost));
         }
