@@ -21,6 +21,9 @@ pub struct Mode {
     /// The first completion attempts (at once when `at_once`, else async) answer a transient
     /// error this many times.
     pub transient_completions: u32,
+    /// The first this many completion attempts are not scripted (they reach the store), the
+    /// ones after them are (`transient_completions`, `lease_lost_first`).
+    pub unscripted_first: u32,
     /// The first completion attempt answers `LeaseLost` without touching the store.
     pub lease_lost_first: bool,
     /// The async primitives never answer (the contract says they must, the engine must not
@@ -55,7 +58,8 @@ impl Probe {
 
     /// The scripted answer for the next completion attempt, if any.
     fn scripted(&self) -> Option<Result<Fenced, StoreError>> {
-        let n = self.completions_seen.fetch_add(1, Ordering::SeqCst);
+        let seen = self.completions_seen.fetch_add(1, Ordering::SeqCst);
+        let n = seen.checked_sub(self.mode.unscripted_first)?;
         if n == 0 && self.mode.lease_lost_first {
             return Some(Ok(Fenced::LeaseLost));
         }
