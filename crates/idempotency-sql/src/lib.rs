@@ -76,15 +76,13 @@
 //! fails inside the transaction (the completion statement itself raises an error when it
 //! matched nothing), so a handler that ignores the error and commits gets a rollback, never a
 //! side effect committed without its record — also when the statement ends after the caller
-//! stopped waiting for it. Before the completion, a first statement bounds the transaction's
+//! stopped waiting for it. Before the completion, one statement bounds the transaction's
 //! `lock_timeout` a tenth (at most 100 ms) under the engine's store timeout (or keeps the
-//! transaction's own, when shorter; the completion restores it): a completion waiting for the
+//! transaction's own, when shorter; restored by the completion): a completion waiting for the
 //! record's row (an operator's `DELETE`) or its table (`LOCK TABLE`, `TRUNCATE`, `VACUUM FULL`,
 //! a migration) ends on the server first, with an error that aborts the transaction, and the
-//! answer is a timeout. Both statements go as one message of the simple query protocol (one
-//! round trip; the values written as hexadecimal digits), so once sent they run in order even
-//! if the server stalls past the timeout or the caller stops waiting. Two limits: inside a
-//! savepoint (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
+//! answer is a timeout. So `complete_in` costs two round trips. Two limits: inside a savepoint
+//! (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
 //! `complete_in` on the outer transaction or do not go on after its error; and SQLite has no
 //! aborted-transaction state: there, rolling back is the handler's job.
 //!
