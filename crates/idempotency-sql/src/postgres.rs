@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Completed, CompletionParts, Fenced, Guard, IdempotencyError, IdempotencyStore,
-    InProgress, LeaseToken, PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, Waited,
-    async_trait,
+    Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
+    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgQueryResult, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
 
 use crate::error::timed;
 use crate::pg_notify::{Notifier, flag_waiter_sql, notify_sql, wake_channel};
-use crate::row::{COLUMNS, encoding_code, millis_column};
+use crate::row::COLUMNS;
 use crate::shared::{Dialect, SharedStore, Written};
 use crate::table::{DEFAULT_TABLE, Table};
 use crate::{
@@ -48,19 +47,14 @@ struct Inner {
     complete_in_tx: String,
 }
 
-/// The custom setting (transaction-local) holding the transaction's `lock_timeout` between
-/// the two statements of a completion in the caller's transaction ([`complete_in_sql`]).
-const LOCK_TIMEOUT_WAS: &str = "idempotency.lock_timeout_was";
-
-/// The completion in the caller's transaction, as a template (`$1`…`$7` as in `complete`, for
-/// [`complete_in_sql`] to fill in): `complete` that restores the transaction's `lock_timeout`
-/// and fails when it did not apply.
+/// The completion in the caller's transaction: `complete` that restores the transaction's
+/// `lock_timeout` (`$8`, as [`bound_lock_wait`] found it) and fails when it did not apply.
 ///
 /// **Not applied → error**: when the completion matched nothing, the statement itself fails
 /// (a cast of [`NOT_APPLIED`] and the transaction's isolation level to `int`, SQLSTATE
 /// `22P02`: plain SQL, no PL/pgSQL), so the transaction is aborted even when nobody reads the
-/// answer any more (the statement ends after the caller's timeout, or after it stopped
-/// waiting).
+/// answer any more (a statement that ends after the caller's timeout, or after its future was
+/// dropped). A handler that ignored the error and commits gets a rollback.
 fn complete_in_transaction(complete: &str, woken: bool) -> String {
     let answer_at = complete.find(" SELECT EXISTS (SELECT 1 FROM done)");
     debug_assert!(complete.starts_with("WITH done AS (") && answer_at.is_some());
@@ -74,23 +68,24 @@ fn complete_in_transaction(complete: &str, woken: bool) -> String {
          CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' || \
          pg_catalog.current_setting('transaction_isolation') || ')')::int END \
          AS aborts_unless_applied, \
-         pg_catalog.set_config('lock_timeout', \
-         pg_catalog.current_setting('{LOCK_TIMEOUT_WAS}'), true) AS lock_timeout_restored \
+         pg_catalog.set_config('lock_timeout', $8, true) AS lock_timeout_restored \
          FROM answer"
     )
 }
 
-/// The first statement of a completion in the caller's transaction: keeps the transaction's
-/// `lock_timeout` in [`LOCK_TIMEOUT_WAS`] and sets it to `bound_ms` milliseconds, or leaves it
-/// when it is shorter (and not `0`, no bound), both local to the transaction
-/// (`set_config(…, true)`). It names no table, so it waits for no lock.
+/// The statement run in the caller's transaction before the completion: sets `lock_timeout`
+/// to `bound_ms` milliseconds, or keeps the transaction's own when that is shorter (and not
+/// `0`, no bound), local to the transaction (`set_config(…, true)`); returns the setting as it
+/// was, which the completion restores. It names no table, so it waits for no lock.
 ///
-/// In a statement of its own, the bound covers every lock the completion then waits for: the
+/// Set in a statement of its own, the bound covers every lock the completion waits for: the
 /// row (an operator's `DELETE`, a renewal) and the table (an operator's `LOCK TABLE`,
-/// `TRUNCATE`, `VACUUM FULL`, a migration), which Postgres takes while it parses a statement,
-/// before any part of it runs. A tenth under the engine's store timeout, the wait ends on the
-/// server first with SQLSTATE `55P03`, which aborts the transaction
+/// `TRUNCATE`, `VACUUM FULL`, a migration), which Postgres takes while parsing and binding,
+/// before any part of a statement runs. A tenth under the engine's store timeout, the wait
+/// ends on the server first with SQLSTATE `55P03`, which aborts the transaction
 /// (<https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-LOCK-TIMEOUT>).
+/// `bound_ms` is this crate's number ([`lock_wait_bound`]), written into the text: the simple
+/// query protocol, one round trip.
 fn bound_lock_wait_sql(bound_ms: &str) -> String {
     debug_assert!(bound_ms.bytes().all(|b| b.is_ascii_digit()));
     // `was.v` in milliseconds: the setting's text (`0`, `250ms`, `90s`, `2min`, `3h`, `2d`)
@@ -98,54 +93,10 @@ fn bound_lock_wait_sql(bound_ms: &str) -> String {
     let was_ms = "extract(epoch FROM was.v::interval) * 1000";
     format!(
         "WITH was AS MATERIALIZED (SELECT pg_catalog.current_setting('lock_timeout') AS v) \
-         SELECT pg_catalog.set_config('{LOCK_TIMEOUT_WAS}', was.v, true), \
-         pg_catalog.set_config('lock_timeout', \
+         SELECT was.v, pg_catalog.set_config('lock_timeout', \
          CASE WHEN {was_ms} > 0 AND {was_ms} < {bound_ms} THEN was.v ELSE '{bound_ms}ms' END, \
          true) FROM was"
     )
-}
-
-/// Both statements of a completion in the caller's transaction, as one text for the simple
-/// query protocol: one message, so both are on the wire in one flight and the server runs them
-/// in order whether or not the caller still waits — the bound ([`bound_lock_wait_sql`]), then
-/// the completion ([`complete_in_transaction`]), which either applies or fails (aborting the
-/// transaction). One round trip.
-///
-/// The values are written into the text in forms that need no quoting of their own: numbers,
-/// and every text and byte value as hexadecimal digits (`decode('…', 'hex')`, text through
-/// `convert_from(…, 'UTF8')`), whatever `standard_conforming_strings` says.
-fn complete_in_sql(template: &str, parts: &CompletionParts<'_>, bound_ms: &str) -> String {
-    let text = |value: &str| {
-        format!(
-            "pg_catalog.convert_from({}, 'UTF8')",
-            bytes(value.as_bytes())
-        )
-    };
-    let values = [
-        text(parts.key.as_str()),
-        bytes(parts.token.as_bytes()),
-        millis_column(parts.completed.completed_at_ms).to_string(),
-        parts
-            .completed
-            .outcome
-            .content_type
-            .as_deref()
-            .map_or_else(|| "NULL".to_owned(), text),
-        encoding_code(parts.completed.outcome.encoding).to_string(),
-        bytes(&parts.completed.outcome.body),
-        duration_micros(parts.retention).to_string(),
-    ];
-    // From `$7` down, so that `$1` never meets the start of another placeholder.
-    let mut completion = template.to_owned();
-    for (index, value) in values.iter().enumerate().rev() {
-        completion = completion.replace(&format!("${}", index + 1), value);
-    }
-    format!("{}; {completion}", bound_lock_wait_sql(bound_ms))
-}
-
-/// `bytes` as an SQL expression of hexadecimal digits only.
-fn bytes(bytes: &[u8]) -> String {
-    format!("pg_catalog.decode('{}', 'hex')", hex::encode(bytes))
 }
 
 /// The start of the text whose cast to `int` fails the completion in the caller's
@@ -590,28 +541,49 @@ impl PostgresStore {
             return Ok(pending);
         };
         let (key, token, budget) = (parts.key.clone(), *parts.token, parts.timeout);
-        let sql = complete_in_sql(&self.inner.complete_in_tx, &parts, &lock_wait_bound(budget));
-        let sent =
-            tokio::time::timeout(budget, Executor::fetch_all(&mut *conn, sql.as_str())).await;
-        let written = match sent {
-            // The completion's row is the last one (the bound's comes first).
-            Ok(Ok(rows)) => match rows.last().map(|row| row.try_get::<bool, _>("applied")) {
-                Some(Ok(true)) => Written::Applied,
-                Some(Ok(false)) => Written::NotApplied,
-                Some(Err(error)) => Written::Failed(error),
-                None => Written::Failed(sqlx::Error::RowNotFound),
-            },
-            Ok(Err(error)) => Written::Failed(error),
-            Err(_) => {
-                // Both statements are on the wire and end on the server (the bound, or the
-                // completion's own failure, aborts the transaction when it did not apply);
-                // the abort also covers a message cut short by the timeout.
-                self.abort_after_timeout(conn, budget).await;
-                return Err(StoreError::Timeout {
-                    operation: StoreOperation::Complete,
-                    after: budget,
+        let started = tokio::time::Instant::now();
+        let timed_out = || -> IdempotencyError {
+            StoreError::Timeout {
+                operation: StoreOperation::Complete,
+                after: budget,
+            }
+            .into()
+        };
+        let bound = bound_lock_wait_sql(&lock_wait_bound(budget));
+        let was =
+            match tokio::time::timeout(budget, Executor::fetch_one(&mut *conn, bound.as_str()))
+                .await
+            {
+                Ok(Ok(row)) => row
+                    .try_get::<String, _>(0)
+                    .map_err(|e| crate::error::map_sqlx(StoreOperation::Complete, budget, e))?,
+                // The transaction cannot run statements (it failed before, say): nothing to abort.
+                Ok(Err(error)) => {
+                    return Err(
+                        crate::error::map_sqlx(StoreOperation::Complete, budget, error).into(),
+                    );
                 }
-                .into());
+                Err(_) => {
+                    self.abort_after_timeout(conn, budget).await;
+                    return Err(timed_out());
+                }
+            };
+        let left = budget.saturating_sub(started.elapsed());
+        let written = match Base::write_in(
+            &self.inner.complete_in_tx,
+            &mut *conn,
+            &parts,
+            left,
+            Some(&was),
+        )
+        .await
+        {
+            Ok(written) => written,
+            Err(_) => {
+                // Parsing or binding may still wait for a lock, and then nothing would run
+                // the statement that fails when it does not apply.
+                self.abort_after_timeout(conn, budget).await;
+                return Err(timed_out());
             }
         };
         // On every `Err` below (and on a timeout, above), dropping `pending` releases the claim
@@ -880,12 +852,12 @@ mod tests {
             assert!(in_tx.starts_with("WITH done AS ("), "{in_tx}");
             assert!(
                 in_tx.ends_with(
-                    "pg_catalog.set_config('lock_timeout', \
-                     pg_catalog.current_setting('idempotency.lock_timeout_was'), true) \
-                     AS lock_timeout_restored FROM answer"
+                    "pg_catalog.set_config('lock_timeout', $8, true) AS lock_timeout_restored \
+                     FROM answer"
                 ),
                 "{in_tx}"
             );
+            assert!(in_tx.contains("$8") && !sql.complete.contains("$8"));
             // The answer (its first column, and `woken`) is the pool statement's, named.
             let answer = sql
                 .complete
@@ -921,10 +893,6 @@ mod tests {
             bound.contains("< 900 THEN was.v ELSE '900ms' END, true) FROM was"),
             "{bound}"
         );
-        assert!(
-            bound.contains("set_config('idempotency.lock_timeout_was', was.v, true)"),
-            "{bound}"
-        );
         assert_eq!(lock_wait_bound(Duration::from_secs(1)), "900");
         assert_eq!(lock_wait_bound(Duration::from_secs(10)), "9900");
         assert_eq!(lock_wait_bound(Duration::from_millis(50)), "45");
@@ -934,56 +902,6 @@ mod tests {
             lock_wait_bound(Duration::from_secs(30 * 24 * 3600)),
             "2147483647"
         );
-    }
-
-    #[test]
-    fn the_completion_in_a_transaction_writes_its_values_as_hex_digits() {
-        let sql = SqlStatements::postgres("t", Some("t_wake"));
-        let template = complete_in_transaction(&sql.complete, true);
-        let key = StoreKey::derive(
-            "p",
-            &idempotency_core::Scope::global(),
-            &idempotency_core::IdempotencyKey::new("it's;DROP-TABLE-t;--").unwrap(),
-        );
-        let token = LeaseToken::generate();
-        let completed = Completed {
-            token,
-            fingerprint: idempotency_core::Fingerprint::of("request"),
-            created_at_ms: 1_700_000_000_000,
-            completed_at_ms: 1_700_000_000_123,
-            outcome: StoredOutcome::new(
-                "body with ' and \\ and $1".to_owned(),
-                Some("text/plain; q='1'".into()),
-            ),
-        };
-        let parts = CompletionParts {
-            key: &key,
-            token: &token,
-            completed: &completed,
-            retention: Duration::from_secs(86_400),
-            timeout: Duration::from_secs(1),
-        };
-        let text = complete_in_sql(&template, &parts, "900");
-        let (bound, completion) = text.split_once("; WITH done AS (").unwrap();
-        assert_eq!(bound, bound_lock_wait_sql("900"));
-        for placeholder in ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8"] {
-            assert!(!completion.contains(placeholder), "{placeholder}: {text}");
-        }
-        // No value's own text reaches the statement: only its hex digits.
-        for raw in ["it's", "DROP-TABLE", "body with", "q='1'"] {
-            assert!(!text.contains(raw), "{raw}: {text}");
-        }
-        assert!(text.contains(&format!(
-            "pg_catalog.decode('{}', 'hex')",
-            hex::encode(key.as_str())
-        )));
-        assert!(text.contains("completed_at_ms = 1700000000123"));
-        assert!(text.contains("86400000000::float8"));
-        // The notification's key is the same literal.
-        assert!(text.contains(&format!(
-            "convert_to(pg_catalog.convert_from(pg_catalog.decode('{}', 'hex'), 'UTF8'), 'UTF8')",
-            hex::encode(key.as_str())
-        )));
     }
 
     #[test]
