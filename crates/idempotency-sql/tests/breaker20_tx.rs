@@ -210,3 +210,54 @@ async fn huge_body_cut_by_the_timeout_then_ignored_commit_orders_once() {
         result.as_ref().map(|_| "applied")
     );
 }
+
+/// The caller bounds `complete_in` with its own deadline (`tokio::time::timeout` around it)
+/// while a 30 MB completion (~60 MB of text in one message) is still being written: the
+/// future is dropped mid-message. The handler then commits. Whatever sqlx does with the rest
+/// of the message, the commit answers (within 60 s), and there is never an order without its
+/// record: after a retry, exactly one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_completion_dropped_mid_message_then_commit_orders_once() {
+    let server = PostgresServer::start_local().expect("local postgres (see the testkit docs)");
+    let pool = pool_on(&server, 4).await;
+    let f = Fixture::build(store_on(pool).await, orders_table(), |builder| {
+        builder
+            .lease(Duration::from_secs(30))
+            .renew_leases(false)
+            .store_timeout(Duration::from_secs(20))
+            .max_outcome_size(64 * 1024 * 1024)
+            .compression_threshold(usize::MAX)
+    })
+    .await;
+    let key = IdempotencyKey::new("b20-dropped").unwrap();
+    let guard = f.run(&key).await;
+    let body: Vec<u8> = (0..30 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut tx = f.pool.begin().await.expect("begin tx");
+    f.insert(&mut tx, "first").await;
+    // The engine's prepare (compression off) is quick; the caller's deadline hits while the
+    // message is built, written or run.
+    let pending = f.engine.store().write_in(
+        &mut tx,
+        guard
+            .prepare(StoredOutcome::new(body, None))
+            .await
+            .expect("prepare"),
+    );
+    let result = tokio::time::timeout(Duration::from_millis(200), pending).await;
+    let committed = tokio::time::timeout(Duration::from_secs(60), tx.commit()).await;
+    assert!(
+        committed.is_ok(),
+        "the caller's COMMIT after a dropped complete_in never answered"
+    );
+    let after_ignored_commit = f.count().await;
+    retry_unless_replayed(&f, &key).await;
+    let after_retry = f.count().await;
+    assert!(
+        matches!((after_ignored_commit, after_retry), (0 | 1, 1)),
+        "one order per key (complete_in finished in time: {}; orders after the commit \
+         ({committed:?}): {after_ignored_commit}, after the retry: {after_retry})",
+        result.is_ok()
+    );
+}
