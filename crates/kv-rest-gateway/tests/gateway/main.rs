@@ -13,6 +13,7 @@ mod breaker15_busy;
 mod breaker16_busy;
 mod breaker17_busy;
 mod breaker19_busy;
+mod breaker20_busy;
 mod busy;
 mod faults;
 mod forms;
