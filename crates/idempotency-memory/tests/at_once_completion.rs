@@ -74,3 +74,57 @@ async fn retries_after_an_at_once_transient_failure_keep_the_lease() {
         ticking.abort();
     }
 }
+
+/// A store that answered one completion at once and then does not (`complete_now` is
+/// `None`): the guard already ended the claim's renewal, expecting an answer at once, and the
+/// async completion then takes 1.5 s, past the 1 s lease. Renewal starts again for it, so the
+/// outcome is stored (without that, the lease lapses and the completion answers `LeaseLost`).
+#[tokio::test(start_paused = true)]
+async fn a_store_that_stops_answering_at_once_keeps_the_lease() {
+    let clock = ManualClock::new();
+    let store = Arc::new(Probe::new(
+        MemoryStore::builder().clock(clock.clone()).build(),
+        Mode {
+            at_once: true,
+            at_once_first_completion_only: true,
+            slow_async_complete: Some(Duration::from_millis(1500)),
+            ..Mode::default()
+        },
+    ));
+    let ticking = tokio::spawn({
+        let clock = clock.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                clock.advance(Duration::from_millis(1));
+            }
+        }
+    });
+    let engine = Idempotency::builder(Arc::clone(&store))
+        .ignore_env()
+        .lease(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let scope = Scope::new("sometimes-at-once");
+    let first = fresh(&engine, &scope, "first").await;
+    first.complete(outcome("one")).await.unwrap();
+
+    let guard = fresh(&engine, &scope, "second").await;
+    let answer = guard.complete(outcome("two")).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(
+        store
+            .completes_async
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let replay = engine
+        .begin(&scope, &key("second"), Fingerprint::of("a"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(replay, Begin::Replay(ref o) if o.body == "two"),
+        "{replay:?}"
+    );
+    ticking.abort();
+}

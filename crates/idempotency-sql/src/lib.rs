@@ -81,10 +81,13 @@
 //! transaction's own, when shorter; restored by the completion): a completion waiting for the
 //! record's row (an operator's `DELETE`) or its table (`LOCK TABLE`, `TRUNCATE`, `VACUUM FULL`,
 //! a migration) ends on the server first, with an error that aborts the transaction, and the
-//! answer is a timeout. So `complete_in` costs two round trips. Two limits: inside a savepoint
-//! (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
-//! `complete_in` on the outer transaction or do not go on after its error; and SQLite has no
-//! aborted-transaction state: there, rolling back is the handler's job.
+//! answer is a timeout. So `complete_in` costs two round trips. Three limits: inside a
+//! savepoint (a nested `tx.begin()`), rolling back to the savepoint clears the abort, so call
+//! `complete_in` on the outer transaction or do not go on after its error; a server that stalls
+//! past the store timeout between the two statements, or a caller that drops `complete_in`'s
+//! future while Postgres parses the completion (its first use on a connection, behind a table
+//! lock), leaves the transaction committable; and SQLite has no aborted-transaction state.
+//! In every case: **roll back after any error** of `complete_in`.
 //!
 //! Releasing after a successful commit is harmless (a release is fenced on the record being
 //! in progress under the token), so a dropped pending completion may always release. The row

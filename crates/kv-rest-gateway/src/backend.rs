@@ -298,9 +298,13 @@ impl Backend {
             })?;
         let mut multiplexed = connection.multiplexed.clone();
         if let Err(reply) = acl::send(&mut multiplexed, &redis::cmd("MULTI")).await? {
-            // Not queued: the kills would run. The user cannot run transactions either.
-            tracing::warn!(%reply, "cannot check that the main Redis user may stop scripts");
-            return Ok(UserConnections { client, shared });
+            // Without MULTI the kills cannot be checked without running them (and
+            // `/multi-exec` could not work either): refused, as a user without the kills.
+            return Err(AclError::TooRestricted {
+                role: "main",
+                command: "MULTI (needed to check SCRIPT KILL without running it)",
+                reply,
+            });
         }
         let mut refused = None;
         for (name, kill) in [("SCRIPT KILL", "SCRIPT"), ("FUNCTION KILL", "FUNCTION")] {

@@ -329,6 +329,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 answer
             }
             None => {
+                // Not at once after all (a store that answers at once only sometimes): the
+                // claim is renewed again while the call runs.
+                self.renew_again(claim, renewal_ended);
+                let token = &claim.record.token;
                 self.timed_since(
                     started,
                     claim.which,
@@ -342,22 +346,27 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         match first {
             // Boxed: the retry loop's state stays out of the common path's future.
             Err(error) if error.is_transient() => {
-                if renewal_ended && claim.ticket.is_none() {
-                    let ticket = self.register_claim_due(
-                        &claim.key,
-                        claim.record.token,
-                        claim.which,
-                        Instant::now(),
-                    );
-                    if let Some(ticket) = ticket {
-                        self.inner.background.mark_completing(ticket);
-                    }
-                    claim.ticket = ticket;
-                }
+                self.renew_again(claim, renewal_ended);
                 Box::pin(self.retry_completion(claim, completed, error)).await
             }
             other => (other, 1),
         }
+    }
+
+    /// When the guard ended `claim`'s renewal expecting an answer at once
+    /// (`renewal_ended`) and the completion goes on (a transient failure to retry, or a store
+    /// that did not answer at once), registers the claim for renewal again, first renewal due
+    /// at once, marked completing as the guard marks a claim it keeps renewing.
+    fn renew_again(&self, claim: &mut Claim, renewal_ended: bool) {
+        if !renewal_ended || claim.ticket.is_some() {
+            return;
+        }
+        let ticket =
+            self.register_claim_due(&claim.key, claim.record.token, claim.which, Instant::now());
+        if let Some(ticket) = ticket {
+            self.inner.background.mark_completing(ticket);
+        }
+        claim.ticket = ticket;
     }
 
     /// Whether the primary store answers completions at once (seen at least once; see

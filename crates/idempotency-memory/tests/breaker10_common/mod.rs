@@ -29,6 +29,10 @@ pub struct Mode {
     /// The async primitives never answer (the contract says they must, the engine must not
     /// need them after an at-once claim anyway, except on its retry path).
     pub hang_async: bool,
+    /// With `at_once`: only the first completion is answered at once, later ones `None`.
+    pub at_once_first_completion_only: bool,
+    /// The async `complete` takes this long (tokio's clock) before it reaches the store.
+    pub slow_async_complete: Option<Duration>,
 }
 
 /// The memory store behind a switch, counting which path every claim and completion took.
@@ -98,6 +102,9 @@ impl IdempotencyStore for Probe {
     ) -> Result<Fenced, StoreError> {
         self.completes_async.fetch_add(1, Ordering::SeqCst);
         self.hang().await;
+        if let Some(slow) = self.mode.slow_async_complete {
+            tokio::time::sleep(slow).await;
+        }
         if let Some(answer) = self.scripted() {
             return answer;
         }
@@ -152,7 +159,10 @@ impl IdempotencyStore for Probe {
         record: &Completed,
         retention: Duration,
     ) -> Option<Result<Fenced, StoreError>> {
-        if !self.mode.at_once {
+        if !self.mode.at_once
+            || (self.mode.at_once_first_completion_only
+                && self.completes_now.load(Ordering::SeqCst) > 0)
+        {
             return None;
         }
         self.completes_now.fetch_add(1, Ordering::SeqCst);
