@@ -368,16 +368,24 @@ impl Backend {
     ) -> Result<Value, GatewayError> {
         let started = tokio::time::Instant::now();
         loop {
-            let mut result = match self.recreation_waits() {
-                Some(busy) => Err(busy),
-                None => self.command_once(access, cmd, script, resendable).await,
+            // `sent`: the command reached Redis. Not after a refused login or when no attempt
+            // was made (the users' re-creation waits for a busy script): a busy refusal then is
+            // the re-creation's, never a script's own reply, and needs no check.
+            let (mut result, mut sent) = match self.recreation_waits() {
+                Some(busy) => (Err(busy), false),
+                None => {
+                    let result = self.command_once(access, cmd, script, resendable).await;
+                    let sent = !matches!(result, Err(GatewayError::Unauthenticated(_)));
+                    (result, sent)
+                }
             };
             if self.reprovision_if_needed(&mut result).await {
                 result = self.command_once(access, cmd, script, resendable).await;
+                sent = true;
             }
             match &result {
                 Err(GatewayError::BadRequest(text)) if self.retry_busy(text, started) => {
-                    if script {
+                    if script && sent {
                         // A script may have run and returned the refusal's text itself: resent
                         // only while Redis is seen busy, as a pipeline checked in-band.
                         if !self.busy_now().await || !self.busy_pause(started).await {
