@@ -477,11 +477,17 @@ impl Shared {
             || self.counts.bytes.load(Ordering::Relaxed) + incoming > self.max_bytes
     }
 
-    /// Whether the store lacks `room`.
-    fn lacks(&self, room: Room<'_>) -> bool {
+    /// Whether `room` is there now; for a claim's [`Room::Record`], the place is then also
+    /// **taken** for it (counted in, as [`Shared::try_account_insert`] does): nothing another
+    /// thread does afterwards can take it away before the claim inserts. A check now and an
+    /// insert later could not promise that: between [`Shared::make_room`] and the claim's second
+    /// look-up, another claim took the place made, or a completion grew past the bound and had
+    /// not yet evicted back under it, and the claim was refused `Full` while completed records
+    /// could still go (breaker13's concurrent byte-bound test, ~1 run in 3).
+    fn room_taken(&self, room: Room<'_>) -> bool {
         match room {
-            Room::Record(incoming) => self.is_full(incoming),
-            Room::Bytes { .. } => self.counts.bytes.load(Ordering::Relaxed) > self.max_bytes,
+            Room::Record(incoming) => self.try_account_insert(incoming),
+            Room::Bytes { .. } => self.counts.bytes.load(Ordering::Relaxed) <= self.max_bytes,
         }
     }
 
@@ -527,14 +533,16 @@ impl Shared {
     }
 
     /// Free `room`: expired records first, then the oldest completed ones (never the record
-    /// `room` keeps). Returns whether there is room now.
+    /// `room` keeps). Returns whether there is room now; for a [`Room::Record`], `true` means
+    /// the place is taken for the claim already (counted in: see [`Shared::room_taken`]), and
+    /// `false` that only in-progress records are left to evict.
     fn make_room(&self, now: u64, room: Room<'_>) -> bool {
         let _one_at_a_time = self.making_room.lock();
-        if !self.lacks(room) {
+        if self.room_taken(room) {
             return true;
         }
         self.sweep(now);
-        if !self.lacks(room) {
+        if self.room_taken(room) {
             return true;
         }
         let keep = room.keep();
@@ -574,25 +582,31 @@ impl Shared {
         for (expires_at_ms, key) in oldest.iter() {
             evict(*expires_at_ms, key);
         }
+        // Checked once after each eviction from here (for a claim, the first success has
+        // taken the place: it must not be asked again).
+        let mut room_taken = self.room_taken(room);
         // The byte bound may need more than the batch: the next oldest, in order, from the same
         // scan (one scan, not one per record).
-        if self.lacks(room) {
+        if !room_taken {
             rest.sort_unstable();
             for (expires_at_ms, key) in rest.iter() {
-                if !self.lacks(room) {
+                evict(*expires_at_ms, key);
+                if self.room_taken(room) {
+                    room_taken = true;
                     break;
                 }
-                evict(*expires_at_ms, key);
             }
         }
-        // Records completed since the scan: look again, one at a time.
-        while self.lacks(room) {
+        // Records completed since the scan (or bytes grown by completions meanwhile): look
+        // again, one at a time.
+        while !room_taken {
             match self.evict_oldest_completed(keep) {
                 Eviction::Evicted => evicted += 1,
                 // Removed or replaced by another operation since the scan: look again.
                 Eviction::Raced => {}
                 Eviction::NothingToEvict => break,
             }
+            room_taken = self.room_taken(room);
         }
         self.evictions.fetch_add(evicted, Ordering::Relaxed);
         metrics::counter!(EVICTIONS_METRIC).increment(evicted);
@@ -601,7 +615,7 @@ impl Shared {
             held = self.counts.entries.load(Ordering::Relaxed),
             "memory store full: evicted the oldest completed records (retries of those keys will run again)"
         );
-        !self.lacks(room)
+        room_taken
     }
 
     /// Evict the completed record that expires first, other than `keep`.
@@ -679,7 +693,6 @@ impl MemoryStore {
         let size = Entry::claim_size(key);
         // One hash for the look-up, the insert and the shard.
         let hash = shared.map.hash(key);
-        let mut made_room = false;
         // The first look-up found an expired record but no room: making room sweeps it out, so
         // the claim then inserts into a vacant slot, and that is still a takeover (its waiters
         // must be woken).
@@ -687,40 +700,28 @@ impl MemoryStore {
         // One look-up under the shard's write lock, across the check and the insert (atomic):
         // an existing live record needs no room; a new or taken-over one needs room under the
         // bound. Making room locks every shard, so it runs between two look-ups, never in one.
-        let claimed = loop {
-            let claimed = shared.map.entry(key, hash, |entry| match entry {
-                MapEntry::Occupied(mut occupied) => {
-                    let held = occupied.get_mut();
-                    if held.live(now) {
-                        return Inserted::Held(held.to_record());
-                    }
-                    if !made_room && shared.is_full(size) {
-                        displaced = true;
-                        return Inserted::Full;
-                    }
-                    let old = std::mem::replace(held, fresh());
-                    shared.account_resize(old.size, held.size);
-                    Inserted::Takeover
+        let claimed = shared.map.entry(key, hash, |entry| match entry {
+            MapEntry::Occupied(mut occupied) => {
+                let held = occupied.get_mut();
+                if held.live(now) {
+                    return Inserted::Held(held.to_record());
                 }
-                MapEntry::Vacant(vacant) => {
-                    // Also after making room: a concurrent claim may have taken it.
-                    if !shared.try_account_insert(size) {
-                        return Inserted::Full;
-                    }
-                    vacant.insert(fresh());
-                    Inserted::New
+                if shared.is_full(size) {
+                    displaced = true;
+                    return Inserted::Full;
                 }
-            });
-            let Inserted::Full = claimed else {
-                break claimed;
-            };
-            if made_room || !shared.make_room(now, Room::Record(size)) {
-                return Err(StoreError::Full {
-                    entries: shared.counts.entries.load(Ordering::Relaxed),
-                });
+                let old = std::mem::replace(held, fresh());
+                shared.account_resize(old.size, held.size);
+                Inserted::Takeover
             }
-            made_room = true;
-        };
+            MapEntry::Vacant(vacant) => {
+                if !shared.try_account_insert(size) {
+                    return Inserted::Full;
+                }
+                vacant.insert(fresh());
+                Inserted::New
+            }
+        });
         match claimed {
             Inserted::Takeover => {
                 // A takeover of an expired claim (the shard lock is released): its waiters
@@ -735,11 +736,65 @@ impl MemoryStore {
                 Ok(Claim::Claimed)
             }
             Inserted::Held(existing) => Ok(Claim::Existing(existing)),
-            // Left the loop above only with another answer.
-            Inserted::Full => Err(StoreError::Full {
-                entries: shared.counts.entries.load(Ordering::Relaxed),
-            }),
+            Inserted::Full => self.claim_in_room_made(key, hash, size, now, fresh, displaced),
         }
+    }
+
+    /// The rest of a claim whose first look-up found no room: make room, then look again.
+    /// `make_room` counts the claim in as it finds room (see `Shared::room_taken`), so the
+    /// place is the claim's own: another claim taking it, or a completion growing into it,
+    /// before the second look-up cannot turn this claim away. `Full` only when nothing but
+    /// in-progress records is left to evict. Cold, out of line: the common claim stays small.
+    /// `displaced`: the first look-up found an expired record (see `claim_at_once`).
+    #[cold]
+    #[inline(never)]
+    fn claim_in_room_made(
+        &self,
+        key: &StoreKey,
+        hash: u64,
+        size: usize,
+        now: u64,
+        fresh: impl FnOnce() -> Entry,
+        displaced: bool,
+    ) -> Result<Claim, StoreError> {
+        let shared = &self.shared;
+        if !shared.make_room(now, Room::Record(size)) {
+            return Err(StoreError::Full {
+                entries: shared.counts.entries.load(Ordering::Relaxed),
+            });
+        }
+        #[cfg(test)]
+        tests::between_room_and_insert(self);
+        let claimed = shared.map.entry(key, hash, |entry| match entry {
+            MapEntry::Occupied(mut occupied) => {
+                let held = occupied.get_mut();
+                if held.live(now) {
+                    // Claimed by someone else meanwhile: the place is not needed.
+                    shared.account_remove(size);
+                    return Inserted::Held(held.to_record());
+                }
+                // The claim is counted in already; the expired record it replaces goes out.
+                let old = std::mem::replace(held, fresh());
+                shared.account_remove(old.size);
+                Inserted::Takeover
+            }
+            MapEntry::Vacant(vacant) => {
+                vacant.insert(fresh());
+                Inserted::New
+            }
+        });
+        let takeover = match claimed {
+            Inserted::Held(existing) => return Ok(Claim::Existing(existing)),
+            Inserted::Takeover => true,
+            // (`Full` is not an answer of this look-up: no bound is checked in it.)
+            Inserted::New | Inserted::Full => false,
+        };
+        // A takeover of an expired record, here or found by the first look-up and swept out
+        // since: its waiters should look again.
+        if takeover || displaced {
+            shared.wakers.wake(key);
+        }
+        Ok(Claim::Claimed)
     }
 
     #[inline]
@@ -923,6 +978,140 @@ use idempotency_core::expiry_millis as millis;
 mod tests {
 
     use super::*;
+
+    /// Something another thread does at a chosen point of a claim (see
+    /// [`between_room_and_insert`]).
+    type Meanwhile = Box<dyn FnOnce(&MemoryStore)>;
+
+    thread_local! {
+        static BETWEEN_ROOM_AND_INSERT: std::cell::RefCell<Option<Meanwhile>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Called by a claim after `make_room` made room for it and before its second look-up:
+    /// runs (once) what a test set for this thread, as another thread could run it there.
+    pub(super) fn between_room_and_insert(store: &MemoryStore) {
+        let meanwhile = BETWEEN_ROOM_AND_INSERT.with(|hook| hook.borrow_mut().take());
+        if let Some(meanwhile) = meanwhile {
+            meanwhile(store);
+        }
+    }
+
+    /// The bound a store is full against.
+    #[derive(Debug, Clone, Copy)]
+    enum Bound {
+        Entries,
+        Bytes,
+    }
+
+    /// What happens between a claim's making room and its insert.
+    #[derive(Debug, Clone, Copy)]
+    enum Race {
+        /// Another claim, of another key, needing room as much.
+        AnotherClaim,
+        /// The completion of an in-progress record, growing by as much as the room made.
+        ACompletion,
+    }
+
+    fn in_progress() -> InProgress {
+        InProgress {
+            token: LeaseToken::generate(),
+            fingerprint: Fingerprint::of("x"),
+            created_at_ms: 1,
+        }
+    }
+
+    fn completion_of(claim: &InProgress, body: usize) -> Completed {
+        Completed {
+            token: claim.token,
+            fingerprint: claim.fingerprint,
+            created_at_ms: 1,
+            completed_at_ms: 2,
+            outcome: StoredOutcome::new(vec![0u8; body], None),
+        }
+    }
+
+    /// A full store (7 completed records with empty bodies, 1 in progress, all of one size):
+    /// a claim makes room (evicts one completed record), and before it inserts, another claim
+    /// takes that place, or a completion grows into it. The claim was then refused `Full`
+    /// although completed records could still go (breaker13's concurrent test failed ~1 run
+    /// in 3 so); the room a claim makes is now taken for it by `make_room` itself.
+    #[tokio::test]
+    async fn the_room_a_claim_made_is_its_own_until_it_inserts() {
+        let lease = Duration::from_secs(60);
+        let retention = Duration::from_secs(600);
+        let key = |n: usize| StoreKey::from_raw(format!("k:{n:02}"));
+        // Every record here is this size (same key length; completed ones with no body).
+        let size = Entry::claim_size(&key(0));
+        assert_eq!(
+            Entry::completed(&key(0), &completion_of(&in_progress(), 0), 1).size,
+            size
+        );
+        let cases = [
+            (Bound::Entries, Race::AnotherClaim),
+            (Bound::Bytes, Race::AnotherClaim),
+            (Bound::Bytes, Race::ACompletion),
+        ];
+        for (bound, race) in cases {
+            let builder = MemoryStore::builder().clock(ManualClock::new());
+            let max_bytes = 8 * size;
+            assert!(max_bytes >= MIN_MAX_BYTES);
+            let store = match bound {
+                Bound::Entries => builder.max_entries(8),
+                Bound::Bytes => builder.max_bytes(max_bytes),
+            }
+            .build();
+            for n in 0..7 {
+                let claim = in_progress();
+                assert_eq!(
+                    store.claim_at_once(&key(n), &claim, lease).unwrap(),
+                    Claim::Claimed
+                );
+                let done = completion_of(&claim, 0);
+                let fenced = store.complete_at_once(&key(n), &claim.token, &done, retention);
+                assert_eq!(fenced.unwrap(), Fenced::Applied);
+            }
+            let running = in_progress();
+            assert_eq!(
+                store.claim_at_once(&key(7), &running, lease).unwrap(),
+                Claim::Claimed
+            );
+            assert_eq!((store.len(), store.approximate_bytes()), (8, 8 * size));
+
+            let meanwhile: Meanwhile = match race {
+                Race::AnotherClaim => Box::new(move |store: &MemoryStore| {
+                    let other = store.claim_at_once(&key(11), &in_progress(), lease);
+                    assert_eq!(other.unwrap(), Claim::Claimed, "{bound:?}");
+                }),
+                Race::ACompletion => Box::new(move |store: &MemoryStore| {
+                    let done = completion_of(&running, size);
+                    let fenced = store.complete_at_once(&key(7), &running.token, &done, retention);
+                    assert_eq!(fenced.unwrap(), Fenced::Applied);
+                }),
+            };
+            BETWEEN_ROOM_AND_INSERT.with(|hook| *hook.borrow_mut() = Some(meanwhile));
+            let claimed = store.claim_at_once(&key(10), &in_progress(), lease);
+            assert!(
+                BETWEEN_ROOM_AND_INSERT.with(|hook| hook.borrow().is_none()),
+                "{bound:?} {race:?}: the race was not run"
+            );
+            assert!(
+                matches!(claimed, Ok(Claim::Claimed)),
+                "{bound:?} {race:?}: {claimed:?} with completed records left to evict"
+            );
+            assert!(store.evictions() >= 2, "{bound:?} {race:?}");
+            assert!(store.len() <= 8 && store.approximate_bytes() <= max_bytes);
+            // Back to exactly 0 once every key is gone.
+            for n in 0..12 {
+                store.delete(&key(n)).await.unwrap();
+            }
+            assert_eq!(
+                (store.len(), store.approximate_bytes()),
+                (0, 0),
+                "{bound:?} {race:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_claims_size_is_known_before_its_entry_is_built() {
