@@ -53,9 +53,9 @@
 //! With the engine's `wait_for_in_progress`, a duplicate that finds the key in progress waits on a
 //! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the
 //! completion, release, delete or takeover, and re-reads once. The notification exists only
-//! while someone waits on the key ([`MemoryStore::waited_keys`]); when nobody waits, writers pay
-//! one fence and one atomic load. Lease expiry is not announced: the engine re-reads once at
-//! the end of the wait.
+//! while someone waits on the key ([`MemoryStore::waited_keys`]); when nobody waits, a
+//! completion pays one atomic load (the other writers a fence and a load). Lease expiry is not
+//! announced: the engine re-reads once at the end of the wait.
 //!
 //! # Re-exports
 //! [`idempotency_core`], so versions match (every backend crate re-exports core, and its
@@ -819,9 +819,14 @@ impl MemoryStore {
                     Entry::completed(key, record, now.saturating_add(millis(retention)));
                 let held = shared.account_resize(entry.size, replacement.size);
                 *entry = replacement;
-                // Release the shard lock before waking, so woken waiters can read at once.
+                // Whether to wake anyone is read under the shard lock (no fence needed, see
+                // `Wakers::anyone_waiting_under_lock`); the waiters are woken after it is
+                // released, so that they can read at once.
+                let waited = shared.wakers.anyone_waiting_under_lock();
                 drop(entry);
-                shared.wakers.wake(key);
+                if waited {
+                    shared.wakers.notify(key);
+                }
                 if held > shared.max_bytes {
                     // The outcome is stored whatever its size (refusing it would let the retry
                     // run the operation again); the bound is restored at once by evicting

@@ -1,9 +1,11 @@
 //! Wake-ups for duplicates waiting on an in-progress record
 //! ([`IdempotencyStore::wait_for_change`](idempotency_core::IdempotencyStore::wait_for_change)).
 //!
-//! A `tokio::sync::Notify` exists per key only while someone waits on it. The writers
-//! (completion, release, delete, takeover) pay one `SeqCst` fence and one atomic load when
-//! nobody waits anywhere: the map of waited keys is locked only when a waiter is registered.
+//! A `tokio::sync::Notify` exists per key only while someone waits on it. When nobody waits
+//! anywhere, a completion pays one atomic load (made under its shard lock, see
+//! [`Wakers::anyone_waiting_under_lock`]) and the rarer writers (release, delete, takeover) one
+//! `SeqCst` fence and one atomic load: the map of waited keys is locked only when a waiter is
+//! registered.
 //!
 //! Why no wake-up is lost: a waiter counts itself in `waiting`, registers its `Notify` and
 //! enables its `Notified` future *before* it checks the record (under the shard lock). A writer
@@ -53,6 +55,24 @@ impl Wakers {
         if self.waiting.load(Ordering::SeqCst) == 0 {
             return;
         }
+        self.notify(key);
+    }
+
+    /// [`Wakers::wake`] in two halves, without the fence: whether anyone waits, read by a
+    /// writer **while it still holds the shard lock under which it changed the record**; then,
+    /// when that said yes, [`Wakers::notify`] once the lock is released.
+    ///
+    /// Why no wake-up is lost: a waiter counts itself in `waiting` before it takes the shard
+    /// lock to check the record. If its check held the lock before this writer's change, its
+    /// unlock happened before the writer's lock, so its count happened before this read, which
+    /// sees it. Otherwise its check comes after the change and sees it. The shard lock orders
+    /// the two sides, so the writer needs no `SeqCst` fence (a full barrier per completion).
+    pub(crate) fn anyone_waiting_under_lock(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) != 0
+    }
+
+    /// Notify the waiters of `key`, if any (the slow half of [`Wakers::wake`]).
+    pub(crate) fn notify(&self, key: &StoreKey) {
         if let Some((notify, _)) = self.keys.lock().get(key) {
             notify.notify_waiters();
         }
