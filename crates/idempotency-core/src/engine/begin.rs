@@ -188,12 +188,27 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                     return Box::pin(self.claim_failed(store_key, record, created_at, error)).await;
                 }
             };
-            match self.seen(existing, &record)? {
+            // Answers that end here hand the key's buffer back for the thread's next key
+            // (`StoreKey::recycle`); a claim keeps it in its guard.
+            let seen = match self.seen(existing, &record) {
+                Ok(seen) => seen,
+                Err(error) => {
+                    store_key.recycle();
+                    return Err(error);
+                }
+            };
+            match seen {
                 Seen::Own => {
                     return Ok(self.claimed(store_key, record, Which::Primary, claimed_at));
                 }
-                Seen::Mismatch => return Err(self.mismatch()),
-                Seen::Replay(outcome) => return Ok(self.replay(outcome)),
+                Seen::Mismatch => {
+                    store_key.recycle();
+                    return Err(self.mismatch());
+                }
+                Seen::Replay(outcome) => {
+                    store_key.recycle();
+                    return Ok(self.replay(outcome));
+                }
                 Seen::InProgress(seen, created_at_ms) => {
                     // Without a configured wait there is nothing to wait for: no boxed future
                     // built for it (two boxes per "in progress" answer cost ~300 instructions,
@@ -207,13 +222,15 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                         ))
                         .await;
                     if !look_again {
-                        return Err(match self.in_progress_at_once(Some(created_at_ms)) {
+                        let answer = match self.in_progress_at_once(Some(created_at_ms)) {
                             Some(answer) => answer,
                             None => {
                                 Box::pin(self.in_progress_from_lease(Which::Primary, &store_key))
                                     .await
                             }
-                        });
+                        };
+                        store_key.recycle();
+                        return Err(answer);
                     }
                     started = Instant::now();
                 }

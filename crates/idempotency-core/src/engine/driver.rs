@@ -33,12 +33,22 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         which: Which,
         now: Instant,
     ) -> Option<Ticket> {
+        self.register_claim_due(key, token, which, now + self.inner.background.interval)
+    }
+
+    /// [`Idempotency::register_claim`] with its first renewal due at `due`.
+    pub(crate) fn register_claim_due(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        which: Which,
+        due: Instant,
+    ) -> Option<Ticket> {
         if !self.inner.config.renew_leases {
             return None;
         }
         let lease = self.inner.config.lease;
         let background = &self.inner.background;
-        let due = now + background.interval;
         let mut state = background.lock();
         let id = state.next_id;
         state.next_id += 1;

@@ -171,10 +171,28 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             // Unprotected (or already ended): nothing to store.
             return Ok(());
         };
-        if let Some(ticket) = claim.ticket
-            && background.mark_completing(ticket)
-        {
-            background.deregister(ticket);
+        // A store that answers completions at once (the memory store) stores the outcome
+        // before this call returns, with no await in between: renewal ends here, in the same
+        // registry lock that tells whether the lease was lost (one lock per completion instead
+        // of two). A renewal still in flight then finds the claim gone and says nothing, as
+        // when it finishes after the guard. Other stores keep renewing while the completion
+        // (and its retries) run: the claim is marked completing, and deregistered after.
+        let renewal_ended = claim.which == Which::Primary && engine.completes_at_once();
+        let lost = match claim.ticket {
+            Some(ticket) if renewal_ended => {
+                claim.ticket = None;
+                background.deregister(ticket)
+            }
+            Some(ticket) => {
+                let lost = background.mark_completing(ticket);
+                if lost {
+                    background.deregister(ticket);
+                }
+                lost
+            }
+            None => false,
+        };
+        if lost {
             tracing::warn!(key = %claim.key, "lease lost before completion; outcome not stored");
             self.state = State::Done;
             return Err(IdempotencyError::LeaseLost);
@@ -206,7 +224,9 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
                 .saturating_add(u64::try_from(since_created.as_millis()).unwrap_or(u64::MAX)),
             outcome: outcome.compressed_above(config.compression_threshold()),
         };
-        let (result, attempts) = engine.store_completion(&*claim, &completed, started).await;
+        let (result, attempts) = engine
+            .store_completion(claim, &completed, started, renewal_ended)
+            .await;
         if let Some(ticket) = claim.ticket {
             background.deregister(ticket);
         }
@@ -229,7 +249,10 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
                 Err(error.into())
             }
         };
-        self.state = State::Done;
+        if let State::Claimed(claim, _) = std::mem::replace(&mut self.state, State::Done) {
+            // The key's buffer serves the thread's next key (`StoreKey::recycle`).
+            claim.key.recycle();
+        }
         answer
     }
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -60,6 +61,12 @@ pub(super) struct Inner<S> {
     pub(super) background: Background,
     /// The wall clock of new claims, derived from the monotonic reading each claim makes.
     pub(super) wall: WallClock,
+    /// Whether the primary store was seen answering a completion at once
+    /// ([`IdempotencyStore::complete_now`]; a store either always does or never does). Set
+    /// once, then only read: a guard then ends its renewal and learns whether its lease was
+    /// lost in one registry lock before the completion, instead of marking itself completing
+    /// in one and ending renewal in another after it (see `Guard::complete`).
+    pub(super) completes_at_once: AtomicBool,
 }
 
 /// A claim on a key, as held by a guard.
@@ -133,6 +140,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 stats: CachePadded::new(Stats::default()),
                 background,
                 wall: WallClock::new(),
+                completes_at_once: AtomicBool::new(false),
             }),
         }
     }
@@ -288,11 +296,17 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// Store `completed` under `claim`, retrying transient failures (see
     /// [`Guard::complete`](super::Guard::complete)); the first attempt starts at `started`.
     /// Returns the last result and the number of attempts made in all.
+    ///
+    /// `renewal_ended`: the guard ended the claim's renewal before this call, expecting the
+    /// store to answer at once (see `Guard::complete`). Should that answer be a transient
+    /// failure, renewal starts again (first renewal due at once) for the retries, which may
+    /// last up to `completion_retry`.
     pub(super) async fn store_completion(
         &self,
-        claim: &Claim,
+        claim: &mut Claim,
         completed: &Completed,
         started: Instant,
+        renewal_ended: bool,
     ) -> (Result<Fenced, StoreError>, u32) {
         let store = self.store_of(claim.which);
         let retention = self.config().retention();
@@ -309,9 +323,16 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let first = match now {
             Some(answer) => {
                 self.store_call_ended(started, StoreOperation::Complete, &answer);
+                if claim.which == Which::Primary && !self.completes_at_once() {
+                    self.inner.completes_at_once.store(true, Ordering::Relaxed);
+                }
                 answer
             }
             None => {
+                // Not at once after all (a store that answers at once only sometimes): the
+                // claim is renewed again while the call runs.
+                self.renew_again(claim, renewal_ended);
+                let token = &claim.record.token;
                 self.timed_since(
                     started,
                     claim.which,
@@ -325,10 +346,33 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         match first {
             // Boxed: the retry loop's state stays out of the common path's future.
             Err(error) if error.is_transient() => {
+                self.renew_again(claim, renewal_ended);
                 Box::pin(self.retry_completion(claim, completed, error)).await
             }
             other => (other, 1),
         }
+    }
+
+    /// When the guard ended `claim`'s renewal expecting an answer at once
+    /// (`renewal_ended`) and the completion goes on (a transient failure to retry, or a store
+    /// that did not answer at once), registers the claim for renewal again, first renewal due
+    /// at once, marked completing as the guard marks a claim it keeps renewing.
+    fn renew_again(&self, claim: &mut Claim, renewal_ended: bool) {
+        if !renewal_ended || claim.ticket.is_some() {
+            return;
+        }
+        let ticket =
+            self.register_claim_due(&claim.key, claim.record.token, claim.which, Instant::now());
+        if let Some(ticket) = ticket {
+            self.inner.background.mark_completing(ticket);
+        }
+        claim.ticket = ticket;
+    }
+
+    /// Whether the primary store answers completions at once (seen at least once; see
+    /// [`Inner::completes_at_once`]).
+    pub(super) fn completes_at_once(&self) -> bool {
+        self.inner.completes_at_once.load(Ordering::Relaxed)
     }
 
     /// Retry a completion that failed transiently, with backoff, for up to the configured

@@ -21,11 +21,18 @@ pub struct Mode {
     /// The first completion attempts (at once when `at_once`, else async) answer a transient
     /// error this many times.
     pub transient_completions: u32,
+    /// The first this many completion attempts are not scripted (they reach the store), the
+    /// ones after them are (`transient_completions`, `lease_lost_first`).
+    pub unscripted_first: u32,
     /// The first completion attempt answers `LeaseLost` without touching the store.
     pub lease_lost_first: bool,
     /// The async primitives never answer (the contract says they must, the engine must not
     /// need them after an at-once claim anyway, except on its retry path).
     pub hang_async: bool,
+    /// With `at_once`: only the first completion is answered at once, later ones `None`.
+    pub at_once_first_completion_only: bool,
+    /// The async `complete` takes this long (tokio's clock) before it reaches the store.
+    pub slow_async_complete: Option<Duration>,
 }
 
 /// The memory store behind a switch, counting which path every claim and completion took.
@@ -55,7 +62,8 @@ impl Probe {
 
     /// The scripted answer for the next completion attempt, if any.
     fn scripted(&self) -> Option<Result<Fenced, StoreError>> {
-        let n = self.completions_seen.fetch_add(1, Ordering::SeqCst);
+        let seen = self.completions_seen.fetch_add(1, Ordering::SeqCst);
+        let n = seen.checked_sub(self.mode.unscripted_first)?;
         if n == 0 && self.mode.lease_lost_first {
             return Some(Ok(Fenced::LeaseLost));
         }
@@ -94,6 +102,9 @@ impl IdempotencyStore for Probe {
     ) -> Result<Fenced, StoreError> {
         self.completes_async.fetch_add(1, Ordering::SeqCst);
         self.hang().await;
+        if let Some(slow) = self.mode.slow_async_complete {
+            tokio::time::sleep(slow).await;
+        }
         if let Some(answer) = self.scripted() {
             return answer;
         }
@@ -148,7 +159,10 @@ impl IdempotencyStore for Probe {
         record: &Completed,
         retention: Duration,
     ) -> Option<Result<Fenced, StoreError>> {
-        if !self.mode.at_once {
+        if !self.mode.at_once
+            || (self.mode.at_once_first_completion_only
+                && self.completes_now.load(Ordering::SeqCst) > 0)
+        {
             return None;
         }
         self.completes_now.fetch_add(1, Ordering::SeqCst);
