@@ -151,8 +151,11 @@ impl TransactionConflict {
 
 /// Map a `sqlx` error from `operation` onto the core's typed error.
 ///
-/// - pool timeouts, the store's own budget and Postgres's `lock_timeout` (SQLSTATE `55P03`)
-///   → [`StoreError::Timeout`];
+/// - pool timeouts, the store's own budget, Postgres's `lock_timeout` (SQLSTATE `55P03`) and
+///   `query_canceled` (`57014`: a `statement_timeout` set on the role, database, connection or
+///   transaction, or a cancel request such as `pg_cancel_backend`) → [`StoreError::Timeout`]
+///   (transient: a retry may succeed; the statement was rolled back, and inside the caller's
+///   transaction its failure aborts that transaction);
 /// - I/O, TLS, a closed pool, a crashed worker, SQLSTATE class `08` (connection exception),
 ///   `57P01`..`57P03` (server shutting down / starting), `53300` (too many connections) and
 ///   SQLite `BUSY`/`LOCKED` after the busy timeout → [`StoreError::Unavailable`];
@@ -180,7 +183,11 @@ pub(crate) fn map_sqlx(
         ))),
         // Postgres `lock_not_available`: a `lock_timeout` ended a wait for a row (the
         // completion in the caller's transaction bounds its wait by the budget this way).
-        E::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Timeout {
+        // `query_canceled`: a `statement_timeout` (which an application or a DBA may set on
+        // the role, the database or the connection) or a cancel request ended the statement.
+        // Both are waits cut short, not a wrong statement: a retry may succeed, so they are
+        // timeouts (transient), not `Backend` (which the engine does not retry).
+        E::Database(db) if is_timeout(db.code().as_deref()) => StoreError::Timeout {
             operation,
             after: budget,
         },
@@ -199,6 +206,13 @@ pub(crate) fn map_sqlx(
             source: Box::new(other),
         },
     }
+}
+
+/// SQLSTATE codes (Postgres) of a statement ended because it waited or ran too long:
+/// `55P03` (`lock_not_available`, after `lock_timeout`) and `57014` (`query_canceled`, after
+/// `statement_timeout` or a cancel request).
+fn is_timeout(code: Option<&str>) -> bool {
+    matches!(code, Some("55P03" | "57014"))
 }
 
 /// SQLSTATE codes (Postgres) and primary result codes (SQLite, as decimal text) that mean "the
@@ -257,6 +271,16 @@ mod tests {
             assert!(!message.contains("  "), "{message:?}");
             assert!(message.contains("BEGIN"), "{message:?}");
         }
+    }
+
+    #[test]
+    fn lock_and_statement_timeouts_are_timeouts() {
+        assert!(is_timeout(Some("55P03")));
+        assert!(is_timeout(Some("57014")));
+        assert!(!is_timeout(Some("57P01"))); // admin shutdown: unavailable
+        assert!(!is_unavailable(Some("57014")));
+        assert!(!is_timeout(Some("42P01")));
+        assert!(!is_timeout(None));
     }
 
     #[test]

@@ -137,7 +137,12 @@
 //! One statement, one round trip, per primitive; every time comparison is on the database's
 //! clock (Postgres `clock_timestamp()`, SQLite `julianday('now')`), never the application's, so
 //! instances with skewed clocks agree. `expires_at` is the lease end of an in-progress row and
-//! the retention end of a completed one; a row past it is absent for every operation.
+//! the retention end of a completed one; a row past it is absent for every operation. On
+//! Postgres every built-in function is called by its qualified name
+//! (`pg_catalog.clock_timestamp()`, `pg_catalog.pg_notify(…)`, …), so a function of the same
+//! name in a schema that comes earlier in the connection's `search_path` cannot replace it;
+//! operators, type names and the records table's name are not qualified (name the table
+//! `schema.table` to pin it).
 //! - `try_claim`: `INSERT … ON CONFLICT (store_key) DO UPDATE SET col = CASE WHEN expired THEN
 //!   excluded.col ELSE col END, … RETURNING (token = $new_token) AS claimed, …`. The upsert
 //!   always touches the row, so `RETURNING` always yields it as it is after the statement: ours
@@ -200,7 +205,13 @@
 //! for a pooled connection): an unreachable database or an exhausted pool is a
 //! [`StoreError::Timeout`](idempotency_core::StoreError::Timeout) or
 //! [`StoreError::Unavailable`](idempotency_core::StoreError::Unavailable), never a hang, and the
-//! engine's failure policy applies as for every store. Errors are recognised by SQLSTATE
+//! engine's failure policy applies as for every store. A statement ended by the server for
+//! waiting or running too long — Postgres `lock_timeout` (SQLSTATE `55P03`), or
+//! `statement_timeout` / a cancel request (`57014`), whether set on the role, the database, the
+//! connection or the transaction — is a `StoreError::Timeout` too (transient, so the engine
+//! retries a completion), never `StoreError::Backend`; inside the caller's transaction
+//! (`complete_in`) the failed statement aborts that transaction, so its side effect cannot
+//! commit without the record. Errors are recognised by SQLSTATE
 //! (Postgres) or result code (SQLite), never by message text. A row that is not a valid record
 //! (edited by hand) is [`StoreError::Corrupt`](idempotency_core::StoreError::Corrupt), never
 //! absent and never overwritten.

@@ -73,7 +73,7 @@ pub(crate) fn wake_channel(table: &str) -> String {
 }
 
 /// The notification payload for `key`: the hex SHA-256 of its text, as the statements compute
-/// it with `encode(sha256(convert_to($1, 'UTF8')), 'hex')`.
+/// it with `pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to($1, 'UTF8')), 'hex')`.
 pub(crate) fn wake_payload(key: &StoreKey) -> String {
     Sha256::digest(key.as_str().as_bytes())
         .iter()
@@ -83,7 +83,10 @@ pub(crate) fn wake_payload(key: &StoreKey) -> String {
 
 /// The SQL expression that notifies waiters of the key bound as `$1`.
 pub(crate) fn notify_sql(channel: &str) -> String {
-    format!("pg_notify('{channel}', encode(sha256(convert_to($1, 'UTF8')), 'hex'))")
+    format!(
+        "pg_catalog.pg_notify('{channel}', pg_catalog.encode(pg_catalog.sha256(\
+         pg_catalog.convert_to($1, 'UTF8')), 'hex'))"
+    )
 }
 
 /// A waiting duplicate's one statement before it waits: set `waiters` on the live row still in
@@ -99,7 +102,7 @@ pub(crate) fn notify_sql(channel: &str) -> String {
 /// read-only part skip the write when the snapshot already shows the flag (duplicate storms).
 pub(crate) fn flag_waiter_sql(t: &str) -> String {
     let held = "store_key = $1 AND token = $2 AND state = 'in_progress' \
-                AND expires_at > clock_timestamp()";
+                AND expires_at > pg_catalog.clock_timestamp()";
     format!(
         "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters RETURNING 1) \
          SELECT EXISTS (SELECT 1 FROM flagged) OR EXISTS (SELECT 1 FROM {t} WHERE {held} AND waiters)"

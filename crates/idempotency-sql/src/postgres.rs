@@ -175,7 +175,7 @@ impl SqlStatements {
         let micros = "$N::float8 * interval '1 microsecond'";
         Self {
             claim: format!(
-                "WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t), \
+                "WITH now AS MATERIALIZED (SELECT pg_catalog.clock_timestamp() AS t), \
                  live AS MATERIALIZED (SELECT {COLUMNS} FROM {t}, now \
                    WHERE store_key = $1 AND expires_at > now.t), \
                  ins AS (\
@@ -198,15 +198,15 @@ impl SqlStatements {
             complete: format!(
                 "WITH done AS (\
                    UPDATE {t} SET state = 'completed', completed_at_ms = $3, content_type = $4, \
-                   encoding = $5, body = $6, expires_at = clock_timestamp() + {} \
+                   encoding = $5, body = $6, expires_at = pg_catalog.clock_timestamp() + {} \
                    WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                   AND expires_at > clock_timestamp() RETURNING waiters) \
+                   AND expires_at > pg_catalog.clock_timestamp() RETURNING waiters) \
                  SELECT EXISTS (SELECT 1 FROM done) OR EXISTS (SELECT 1 FROM {t} \
                    WHERE store_key = $1 AND token = $2 AND state = 'completed' \
-                   AND expires_at > clock_timestamp()){}",
+                   AND expires_at > pg_catalog.clock_timestamp()){}",
                 micros.replace("$N", "$7"),
                 wake.map_or_else(String::new, |channel| format!(
-                    ", (SELECT count({}) FROM done WHERE done.waiters) AS woken",
+                    ", (SELECT pg_catalog.count({}) FROM done WHERE done.waiters) AS woken",
                     notify_sql(channel)
                 ))
             ),
@@ -214,41 +214,41 @@ impl SqlStatements {
             release: match wake {
                 None => format!(
                     "DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
-                     AND state = 'in_progress' RETURNING expires_at > clock_timestamp()"
+                     AND state = 'in_progress' RETURNING expires_at > pg_catalog.clock_timestamp()"
                 ),
                 // One row when a row was deleted (and a notification when it had waiters).
                 Some(channel) => format!(
                     "WITH gone AS (DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
                        AND state = 'in_progress' \
-                       RETURNING expires_at > clock_timestamp() AS live, waiters) \
+                       RETURNING expires_at > pg_catalog.clock_timestamp() AS live, waiters) \
                      SELECT gone.live, woken.n FROM gone, \
-                       (SELECT count({}) AS n FROM gone WHERE gone.waiters) AS woken",
+                       (SELECT pg_catalog.count({}) AS n FROM gone WHERE gone.waiters) AS woken",
                     notify_sql(channel)
                 ),
             },
             extend: format!(
-                "UPDATE {t} SET expires_at = clock_timestamp() + {} \
+                "UPDATE {t} SET expires_at = pg_catalog.clock_timestamp() + {} \
                  WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                 AND expires_at > clock_timestamp()",
+                 AND expires_at > pg_catalog.clock_timestamp()",
                 micros.replace("$N", "$3")
             ),
             get: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE store_key = $1 AND expires_at > clock_timestamp()"
+                "SELECT {COLUMNS} FROM {t} WHERE store_key = $1 AND expires_at > pg_catalog.clock_timestamp()"
             ),
             delete: format!(
-                "DELETE FROM {t} WHERE store_key = $1 RETURNING expires_at > clock_timestamp()"
+                "DELETE FROM {t} WHERE store_key = $1 RETURNING expires_at > pg_catalog.clock_timestamp()"
             ),
             // SKIP LOCKED: rows held by a running transaction (a completion in progress) are
             // left for the next batch instead of waited for.
             purge: format!(
                 "DELETE FROM {t} WHERE store_key IN (SELECT store_key FROM {t} \
-                   WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 AND expires_at <= clock_timestamp()"
+                   WHERE expires_at <= pg_catalog.clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND expires_at <= pg_catalog.clock_timestamp()"
             ),
             // `clock_timestamp()` once per row (in the subquery), so the filter and the value
             // agree.
             time_to_live: format!(
-                "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at - clock_timestamp()) \
+                "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at - pg_catalog.clock_timestamp()) \
                  * 1000000)::int8 AS left_us FROM {t} WHERE store_key = $1) AS live \
                  WHERE left_us > 0"
             ),
@@ -303,7 +303,7 @@ impl PostgresStoreBuilder {
     /// run, [`SqlStoreError::InvalidTableName`], or [`SqlStoreError::Database`].
     pub async fn build(self) -> Result<PostgresStore, SqlStoreError> {
         let table = Table::parse(&self.table, true)?;
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        let exists: bool = sqlx::query_scalar(TABLE_EXISTS)
             .bind(&table.quoted)
             .fetch_one(&self.pool)
             .await?;
@@ -345,7 +345,7 @@ impl PostgresStoreBuilder {
     pub async fn migrate(self) -> Result<PostgresStore, SqlStoreError> {
         let table = Table::parse(&self.table, true)?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        sqlx::query(MIGRATION_LOCK)
             .bind(format!("idempotency-sql:{}", table.name))
             .execute(&mut *tx)
             .await?;
@@ -355,10 +355,24 @@ impl PostgresStoreBuilder {
     }
 }
 
+// Every built-in function the store calls is written `pg_catalog.name(...)` (and the catalog
+// table `pg_catalog.pg_attribute`): a function of the same name and arguments in a schema
+// earlier in the connection's `search_path` (a role's or database's setting, or an
+// application's `search_path` option) would otherwise be called instead, e.g. a
+// `clock_timestamp()` that never lets a lease expire. Operators and the records table's own
+// name are left as they are.
+
+/// Whether the table `$1` (quoted name) exists.
+const TABLE_EXISTS: &str = "SELECT pg_catalog.to_regclass($1) IS NOT NULL";
+
+/// The transaction-scoped advisory lock that serialises `migrate()` runs on one table (`$1`:
+/// `idempotency-sql:<table>`).
+const MIGRATION_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))";
+
 /// The columns of the table `$1` (quoted name) and their types; none when it does not exist.
-const COLUMNS_OF: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
-     FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
-     AND NOT a.attisdropped";
+const COLUMNS_OF: &str = "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, \
+     a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass($1) \
+     AND a.attnum > 0 AND NOT a.attisdropped";
 
 impl Dialect for Postgres {
     const POSTGRES: bool = true;
@@ -936,7 +950,11 @@ mod tests {
         let woke = SqlStatements::postgres("\"t\"", Some("t_wake"));
         for s in [&woke.complete, &woke.release] {
             assert!(
-                s.contains("pg_notify('t_wake', encode(sha256(convert_to($1, 'UTF8')), 'hex'))")
+                s.contains(
+                    "pg_catalog.pg_notify('t_wake', pg_catalog.encode(pg_catalog.sha256(\
+                     pg_catalog.convert_to($1, 'UTF8')), 'hex'))"
+                ),
+                "{s}"
             );
             assert!(
                 s.contains(".waiters) AS"),
@@ -947,5 +965,67 @@ mod tests {
         assert_eq!(woke.claim, sql.claim);
         let flag = flag_waiter_sql("\"t\"");
         assert!(flag.contains("SET waiters = true") && flag.contains("$2"));
+    }
+
+    /// The names called as functions in `sql` (an identifier, possibly qualified, right
+    /// before `(`), outside string literals.
+    fn called_functions(sql: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut name = String::new();
+        let mut in_literal = false;
+        for c in sql.chars() {
+            if c == '\'' {
+                in_literal = !in_literal;
+                name.clear();
+            } else if in_literal {
+            } else if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                name.push(c);
+            } else {
+                if c == '(' && !name.is_empty() {
+                    names.push(std::mem::take(&mut name));
+                }
+                name.clear();
+            }
+        }
+        names
+    }
+
+    /// Every built-in function call in every statement the Postgres store sends is qualified
+    /// with `pg_catalog.`, so a schema earlier in `search_path` cannot shadow it.
+    #[test]
+    fn every_function_call_is_qualified_with_pg_catalog() {
+        let found = called_functions("SELECT count(x), pg_catalog.now(), 'f(x)', a.b(c)");
+        assert_eq!(found, ["count", "pg_catalog.now", "a.b"]);
+        for wake in [None, Some("t_wake")] {
+            let sql = SqlStatements::postgres("\"t\"", wake);
+            let statements = [
+                sql.claim.clone(),
+                sql.complete.clone(),
+                sql.release.clone(),
+                sql.extend.clone(),
+                sql.get.clone(),
+                sql.delete.clone(),
+                sql.purge.clone(),
+                sql.time_to_live.clone(),
+                complete_in_transaction(&sql.complete, wake.is_some()),
+                bound_lock_wait_sql("900"),
+                flag_waiter_sql("\"t\""),
+                TABLE_EXISTS.to_owned(),
+                MIGRATION_LOCK.to_owned(),
+                COLUMNS_OF.to_owned(),
+                ABORT_TRANSACTION.to_owned(),
+                "SELECT pg_catalog.current_setting('transaction_isolation')".to_owned(),
+            ];
+            for statement in &statements {
+                for name in called_functions(statement) {
+                    // `EXTRACT(field FROM ...)` is syntax, which Postgres itself resolves in
+                    // `pg_catalog`.
+                    assert!(
+                        name.starts_with("pg_catalog.") || name.eq_ignore_ascii_case("extract"),
+                        "unqualified call of {name} in {statement}"
+                    );
+                }
+            }
+        }
     }
 }
