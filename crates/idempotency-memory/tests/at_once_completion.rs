@@ -6,17 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency_core::{Begin, Fingerprint, Idempotency, Scope};
-use idempotency_memory::{ManualClock, MemoryStore};
+use idempotency_core::Scope;
 
 // Shared with the breaker10 tests; its counting recorder is not used here.
 #[allow(unused_imports)]
 mod breaker10_common;
 
-use breaker10_common::{Mode, Probe, fresh, key, outcome};
+use breaker10_common::{Leased, Mode, fresh, outcome};
 
 /// Lease 1 s (renewed every ~333 ms), the second completion failing transiently five times
 /// (backoff 50 + 100 + 200 + 400 + 800 ms = 1.55 s, past the lease): it is stored, because the
@@ -24,37 +22,19 @@ use breaker10_common::{Mode, Probe, fresh, key, outcome};
 #[tokio::test(start_paused = true)]
 async fn retries_after_an_at_once_transient_failure_keep_the_lease() {
     for at_once in [true, false] {
-        let clock = ManualClock::new();
-        let store = Arc::new(Probe::new(
-            MemoryStore::builder().clock(clock.clone()).build(),
-            Mode {
-                at_once,
-                // The first completion teaches the engine that the store answers at once.
-                unscripted_first: 1,
-                transient_completions: 5,
-                ..Mode::default()
-            },
-        ));
-        // The store's clock moves with tokio's (1 ms steps).
-        let ticking = tokio::spawn({
-            let clock = clock.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    clock.advance(Duration::from_millis(1));
-                }
-            }
+        let leased = Leased::new(Mode {
+            at_once,
+            // The first completion teaches the engine that the store answers at once.
+            unscripted_first: 1,
+            transient_completions: 5,
+            ..Mode::default()
         });
-        let engine = Idempotency::builder(Arc::clone(&store))
-            .ignore_env()
-            .lease(Duration::from_secs(1))
-            .build()
-            .unwrap();
+        let engine = &leased.engine;
         let scope = Scope::new("at-once");
-        let first = fresh(&engine, &scope, "first").await;
+        let first = fresh(engine, &scope, "first").await;
         first.complete(outcome("one")).await.unwrap();
 
-        let guard = fresh(&engine, &scope, "second").await;
+        let guard = fresh(engine, &scope, "second").await;
         let started = tokio::time::Instant::now();
         let answer = guard.complete(outcome("two")).await;
         assert!(
@@ -63,15 +43,9 @@ async fn retries_after_an_at_once_transient_failure_keep_the_lease() {
             started.elapsed()
         );
         assert!(answer.is_ok(), "at once {at_once}: {answer:?}");
-        let replay = engine
-            .begin(&scope, &key("second"), Fingerprint::of("a"))
-            .await
-            .unwrap();
-        assert!(
-            matches!(replay, Begin::Replay(ref o) if o.body == "two"),
-            "at once {at_once}: {replay:?}"
-        );
-        ticking.abort();
+        leased
+            .assert_replays(&scope, "second", "two", &format!("at once {at_once}: "))
+            .await;
     }
 }
 
@@ -81,50 +55,20 @@ async fn retries_after_an_at_once_transient_failure_keep_the_lease() {
 /// outcome is stored (without that, the lease lapses and the completion answers `LeaseLost`).
 #[tokio::test(start_paused = true)]
 async fn a_store_that_stops_answering_at_once_keeps_the_lease() {
-    let clock = ManualClock::new();
-    let store = Arc::new(Probe::new(
-        MemoryStore::builder().clock(clock.clone()).build(),
-        Mode {
-            at_once: true,
-            at_once_first_completion_only: true,
-            slow_async_complete: Some(Duration::from_millis(1500)),
-            ..Mode::default()
-        },
-    ));
-    let ticking = tokio::spawn({
-        let clock = clock.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                clock.advance(Duration::from_millis(1));
-            }
-        }
+    let leased = Leased::new(Mode {
+        at_once: true,
+        at_once_first_completion_only: true,
+        slow_async_complete: Some(Duration::from_millis(1500)),
+        ..Mode::default()
     });
-    let engine = Idempotency::builder(Arc::clone(&store))
-        .ignore_env()
-        .lease(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let engine = &leased.engine;
     let scope = Scope::new("sometimes-at-once");
-    let first = fresh(&engine, &scope, "first").await;
+    let first = fresh(engine, &scope, "first").await;
     first.complete(outcome("one")).await.unwrap();
 
-    let guard = fresh(&engine, &scope, "second").await;
+    let guard = fresh(engine, &scope, "second").await;
     let answer = guard.complete(outcome("two")).await;
     assert!(answer.is_ok(), "{answer:?}");
-    assert_eq!(
-        store
-            .completes_async
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
-    let replay = engine
-        .begin(&scope, &key("second"), Fingerprint::of("a"))
-        .await
-        .unwrap();
-    assert!(
-        matches!(replay, Begin::Replay(ref o) if o.body == "two"),
-        "{replay:?}"
-    );
-    ticking.abort();
+    assert_eq!(leased.completes_async(), 1);
+    leased.assert_replays(&scope, "second", "two", "").await;
 }

@@ -4,20 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use idempotency_core::{
     Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, Record, Scope, StoredOutcome,
 };
-use idempotency_memory::{ManualClock, MemoryStore};
+use idempotency_memory::MemoryStore;
 
 // Shared with the breaker10 tests; its counting recorder is not used here.
 #[allow(unused_imports)]
 mod breaker10_common;
 
-use breaker10_common::{Mode, Probe, fresh, key, outcome};
+use breaker10_common::{Leased, Mode, fresh, outcome};
 
 fn scopes() -> Vec<Scope> {
     vec![
@@ -179,56 +178,26 @@ async fn breaker21_recycled_key_buffers_never_store_under_the_wrong_key() {
 /// whole time (the transient failure must not end it).
 #[tokio::test(start_paused = true)]
 async fn breaker21_stops_answering_at_once_then_fails_transiently_keeps_the_lease() {
-    let clock = ManualClock::new();
-    let store = Arc::new(Probe::new(
-        MemoryStore::builder().clock(clock.clone()).build(),
-        Mode {
-            at_once: true,
-            at_once_first_completion_only: true,
-            unscripted_first: 1,
-            transient_completions: 1,
-            slow_async_complete: Some(Duration::from_millis(1500)),
-            ..Mode::default()
-        },
-    ));
-    let ticking = tokio::spawn({
-        let clock = clock.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                clock.advance(Duration::from_millis(1));
-            }
-        }
+    let leased = Leased::new(Mode {
+        at_once: true,
+        at_once_first_completion_only: true,
+        unscripted_first: 1,
+        transient_completions: 1,
+        slow_async_complete: Some(Duration::from_millis(1500)),
+        ..Mode::default()
     });
-    let engine = Idempotency::builder(Arc::clone(&store))
-        .ignore_env()
-        .lease(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let engine = &leased.engine;
     let scope = Scope::new("b21");
-    fresh(&engine, &scope, "first")
+    fresh(engine, &scope, "first")
         .await
         .complete(outcome("one"))
         .await
         .unwrap();
-    let guard = fresh(&engine, &scope, "second").await;
+    let guard = fresh(engine, &scope, "second").await;
     let started = tokio::time::Instant::now();
     let answer = guard.complete(outcome("two")).await;
     assert!(answer.is_ok(), "{answer:?}");
     assert!(started.elapsed() >= Duration::from_millis(3000));
-    assert_eq!(
-        store
-            .completes_async
-            .load(std::sync::atomic::Ordering::SeqCst),
-        2
-    );
-    let replay = engine
-        .begin(&scope, &key("second"), Fingerprint::of("a"))
-        .await
-        .unwrap();
-    assert!(
-        matches!(replay, Begin::Replay(ref o) if o.body == "two"),
-        "{replay:?}"
-    );
-    ticking.abort();
+    assert_eq!(leased.completes_async(), 2);
+    leased.assert_replays(&scope, "second", "two", "").await;
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use idempotency_core::{
     IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
     Waited, async_trait,
 };
-use idempotency_memory::MemoryStore;
+use idempotency_memory::{ManualClock, MemoryStore};
 
 /// How a [`Probe`] answers.
 #[derive(Debug, Default, Clone, Copy)]
@@ -205,5 +206,65 @@ pub async fn fresh<S: IdempotencyStore + 'static>(
         Ok(Begin::Run(guard)) => guard,
         Ok(_) => panic!("a fresh key runs"),
         Err(error) => panic!("begin {name}: {error}"),
+    }
+}
+
+/// A [`Probe`] in `mode` over a memory store whose clock follows tokio's (paused) clock in
+/// 1 ms steps, and an engine on it with a 1 s lease. The clock stops when this is dropped.
+pub struct Leased {
+    pub store: Arc<Probe>,
+    pub engine: Idempotency<Arc<Probe>>,
+    ticking: tokio::task::JoinHandle<()>,
+}
+
+impl Leased {
+    pub fn new(mode: Mode) -> Self {
+        let clock = ManualClock::new();
+        let store = Arc::new(Probe::new(
+            MemoryStore::builder().clock(clock.clone()).build(),
+            mode,
+        ));
+        // The store's clock moves with tokio's (1 ms steps).
+        let ticking = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                clock.advance(Duration::from_millis(1));
+            }
+        });
+        let engine = Idempotency::builder(Arc::clone(&store))
+            .ignore_env()
+            .lease(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        Self {
+            store,
+            engine,
+            ticking,
+        }
+    }
+
+    /// How many completions took the async path.
+    pub fn completes_async(&self) -> u32 {
+        self.store.completes_async.load(Ordering::SeqCst)
+    }
+
+    /// Panics unless `name` in `scope` replays the body `body` (`what`: the panic message's
+    /// start).
+    pub async fn assert_replays(&self, scope: &Scope, name: &str, body: &str, what: &str) {
+        let replay = self
+            .engine
+            .begin(scope, &key(name), Fingerprint::of("a"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(replay, Begin::Replay(ref o) if o.body == body),
+            "{what}{replay:?}"
+        );
+    }
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        self.ticking.abort();
     }
 }
