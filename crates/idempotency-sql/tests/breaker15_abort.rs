@@ -9,10 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::orders::{Fixture, receipt};
+use common::orders::{Fixture, assert_aborted, identifier, receipt};
 use idempotency_core::{
     Begin, Fingerprint, Guard, IdempotencyError, IdempotencyKey, IdempotencyStore, Scope,
-    StoreError,
 };
 use idempotency_sql::sqlx::postgres::{PgPool, PgPoolOptions};
 use idempotency_sql::{PostgresStore, sqlx};
@@ -89,18 +88,7 @@ async fn timed_out_completion_ignored_then_committed_orders_once() {
     assert_eq!(deleted.rows_affected(), 1);
 
     let mut tx = f.pool.begin().await.expect("begin tx");
-    f.insert(&mut tx, "first").await;
-    let error = f
-        .complete_in(&mut tx, guard, "first")
-        .await
-        .expect_err("the UPDATE waits on the operator's lock");
-    assert!(
-        matches!(
-            error,
-            IdempotencyError::StoreUnavailable(StoreError::Timeout { .. } | _)
-        ),
-        "{error:?}"
-    );
+    f.order_fails_on_the_lock(&mut tx, guard, "first").await;
     operator.commit().await.expect("operator commit");
     // The handler ignores the error and commits.
     let _ = tx.commit().await;
@@ -157,14 +145,7 @@ async fn lease_lost_ignored_commit_is_ok_rolled_back_and_the_connection_is_reusa
         .expect_err("lost");
     assert!(matches!(error, IdempotencyError::LeaseLost), "{error:?}");
     // Later statements of the transaction are refused (25P02).
-    let refused = sqlx::query("SELECT 1").execute(&mut *tx).await;
-    let code = refused
-        .as_ref()
-        .err()
-        .and_then(|e| e.as_database_error())
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("25P02"), "{refused:?}");
+    assert_aborted(&mut tx).await;
     let committed = tx.commit().await;
     assert!(
         committed.is_ok(),
@@ -192,12 +173,7 @@ async fn lease_lost_ignored_commit_is_ok_rolled_back_and_the_connection_is_reusa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_lost_ignored_without_plpgsql_still_rolls_back() {
     let admin = common::pg_pool(2).await;
-    let database = format!(
-        "b15_noplpgsql_{}",
-        &idempotency_testkit::unique_prefix()[1..13]
-    )
-    .to_lowercase()
-    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+    let database = identifier("b15_noplpgsql");
     sqlx::query(&format!("CREATE DATABASE {database}"))
         .execute(&admin)
         .await

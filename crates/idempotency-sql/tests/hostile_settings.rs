@@ -16,9 +16,9 @@ mod common;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
-use common::orders::{Fixture, operator_locks_row, receipt, unique};
+use common::orders::{Fixture, assert_aborted, identifier, operator_locks_row, receipt, unique};
 use idempotency_core::{
-    Begin, Claim, Completed, Fenced, Fingerprint, IdempotencyError, IdempotencyKey,
+    Begin, Claim, Completed, Fenced, Fingerprint, Guard, IdempotencyError, IdempotencyKey,
     IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoreOperation,
     StoredOutcome, Waited,
 };
@@ -71,6 +71,49 @@ fn completed(claim: &InProgress, body: &str) -> Completed {
         completed_at_ms: claim.created_at_ms + 5,
         outcome: StoredOutcome::new(body.to_owned(), None),
     }
+}
+
+/// `store.complete` of `claim` on `key` with the body `body` (a 60 s retention).
+async fn complete(
+    store: &PostgresStore,
+    key: &StoreKey,
+    claim: &InProgress,
+    body: &str,
+) -> Result<Fenced, StoreError> {
+    store
+        .complete(
+            key,
+            &claim.token,
+            &completed(claim, body),
+            Duration::from_secs(60),
+        )
+        .await
+}
+
+/// An engine over `store` (a renewed 60 s lease, a 10 s store timeout, a new orders table),
+/// the guard that runs the key `name`, and an operator's open transaction holding its record
+/// row (`SELECT … FOR UPDATE`).
+async fn running_on_a_locked_row(
+    store: PostgresStore,
+    name: &str,
+) -> (
+    Fixture,
+    IdempotencyKey,
+    Guard<PostgresStore>,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
+    let f = Fixture::on_store(
+        store,
+        Duration::from_secs(60),
+        true,
+        Duration::from_secs(10),
+    )
+    .await;
+    let admin = common::pg_pool(2).await;
+    let key = IdempotencyKey::new(name).unwrap();
+    let guard = f.run(&key).await;
+    let operator = operator_locks_row(&admin, f.table(), &f.store_key(&key)).await;
+    (f, key, guard, operator)
 }
 
 /// Panics unless `result` is a `StoreError::Timeout` of `operation`, reached well before the
@@ -130,14 +173,7 @@ async fn statement_timeout_is_a_timeout_for_every_operation() {
     // complete, extend, release, delete: an operator holds the claimed row.
     let operator = operator_locks_row(&admin, &table, key.as_str()).await;
     let started = Instant::now();
-    let result = store
-        .complete(
-            &key,
-            &claim.token,
-            &completed(&claim, "done"),
-            Duration::from_secs(60),
-        )
-        .await;
+    let result = complete(&store, &key, &claim, "done").await;
     assert_statement_timeout(StoreOperation::Complete, started, result);
     let started = Instant::now();
     let result = store
@@ -153,14 +189,7 @@ async fn statement_timeout_is_a_timeout_for_every_operation() {
     operator.rollback().await.expect("operator rollback");
 
     // The lock gone, the completion a retry would make applies.
-    let result = store
-        .complete(
-            &key,
-            &claim.token,
-            &completed(&claim, "done"),
-            Duration::from_secs(60),
-        )
-        .await;
+    let result = complete(&store, &key, &claim, "done").await;
     assert!(matches!(result, Ok(Fenced::Applied)), "{result:?}");
 }
 
@@ -170,17 +199,8 @@ async fn statement_timeout_is_a_timeout_for_every_operation() {
 /// was `Backend`, not retried: `complete` failed and the key's outcome was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_retries_a_completion_cut_short_by_statement_timeout() {
-    let f = Fixture::on_store(
-        slow_store().await,
-        Duration::from_secs(60),
-        true,
-        Duration::from_secs(10),
-    )
-    .await;
-    let admin = common::pg_pool(2).await;
-    let key = IdempotencyKey::new("sqlfix-engine-retry").unwrap();
-    let guard = f.run(&key).await;
-    let operator = operator_locks_row(&admin, f.table(), &f.store_key(&key)).await;
+    let (f, key, guard, operator) =
+        running_on_a_locked_row(slow_store().await, "sqlfix-engine-retry").await;
     let releaser = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(600)).await;
         operator.rollback().await.expect("operator rollback");
@@ -211,17 +231,8 @@ async fn the_engine_retries_a_completion_cut_short_by_statement_timeout() {
 /// released in the background once the operator lets go, and a retry orders once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_in_cut_short_by_statement_timeout_is_a_timeout_and_commits_nothing() {
-    let f = Fixture::on_store(
-        common::pg_store(8).await,
-        Duration::from_secs(60),
-        true,
-        Duration::from_secs(10),
-    )
-    .await;
-    let admin = common::pg_pool(2).await;
-    let key = IdempotencyKey::new("sqlfix-complete-in").unwrap();
-    let guard = f.run(&key).await;
-    let operator = operator_locks_row(&admin, f.table(), &f.store_key(&key)).await;
+    let (f, key, guard, operator) =
+        running_on_a_locked_row(common::pg_store(8).await, "sqlfix-complete-in").await;
 
     let mut tx = f.pool.begin().await.expect("begin tx");
     sqlx::query(&format!(
@@ -230,12 +241,8 @@ async fn complete_in_cut_short_by_statement_timeout_is_a_timeout_and_commits_not
     .execute(&mut *tx)
     .await
     .expect("SET LOCAL statement_timeout");
-    f.insert(&mut tx, "first").await;
     let started = Instant::now();
-    let error = f
-        .complete_in(&mut tx, guard, "first")
-        .await
-        .expect_err("the UPDATE waits on the operator's lock");
+    let error = f.order_fails_on_the_lock(&mut tx, guard, "first").await;
     assert!(
         matches!(
             error,
@@ -253,14 +260,7 @@ async fn complete_in_cut_short_by_statement_timeout_is_a_timeout_and_commits_not
         started.elapsed()
     );
     // The transaction refuses further statements (25P02): the failed completion aborted it.
-    let refused = sqlx::query("SELECT 1").execute(&mut *tx).await;
-    let code = refused
-        .as_ref()
-        .err()
-        .and_then(|e| e.as_database_error())
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("25P02"), "{refused:?}");
+    assert_aborted(&mut tx).await;
     // The handler ignores the error and commits.
     let _ = tx.commit().await;
     operator.rollback().await.expect("operator rollback");
@@ -300,21 +300,35 @@ async fn shadowing_schema(admin: &PgPool, schema: &str, functions: &[(&str, &str
     }
 }
 
-/// The shadowing functions the store's connections call, by name.
-async fn shadow_calls(admin: &PgPool, schema: &str) -> Vec<String> {
-    sqlx::query_scalar(&format!(
+/// Panics if the store's connections called any shadowing function of `schema`; then drops
+/// the schema.
+async fn assert_no_shadow_called(admin: &PgPool, schema: &str) {
+    let calls: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT DISTINCT name FROM {schema}.calls ORDER BY name"
     ))
     .fetch_all(admin)
     .await
-    .expect("calls")
+    .expect("calls");
+    assert_eq!(
+        calls,
+        Vec::<String>::new(),
+        "the store called shadowing functions"
+    );
+    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(admin)
+        .await;
 }
 
-/// A lowercase schema name unique to this run.
-fn schema_name(what: &str) -> String {
-    unique(what)
-        .to_lowercase()
-        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_")
+/// Whether the boolean SQL expression `condition` holds for the row of `key` in
+/// `public.<table>` (read on `admin`).
+async fn row_holds(admin: &PgPool, table: &str, key: &StoreKey, condition: &str) -> bool {
+    sqlx::query_scalar(&format!(
+        "SELECT {condition} FROM public.{table} WHERE store_key = $1"
+    ))
+    .bind(key.as_str())
+    .fetch_one(admin)
+    .await
+    .unwrap_or_else(|e| panic!("{condition}: {e}"))
 }
 
 /// A store whose connections run with `search_path = schema, pg_catalog, public` on the table
@@ -337,7 +351,7 @@ async fn hostile_store(schema: &str, table: &str) -> PostgresStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadowing_clock_timestamp_does_not_stop_leases_from_lapsing() {
     let admin = common::pg_pool(2).await;
-    let schema = schema_name("evil");
+    let schema = identifier("evil");
     shadowing_schema(
         &admin,
         &schema,
@@ -373,14 +387,13 @@ async fn a_shadowing_clock_timestamp_does_not_stop_leases_from_lapsing() {
         .await
         .expect("claim");
     assert!(matches!(claimed, Claim::Claimed), "{claimed:?}");
-    let near: bool = sqlx::query_scalar(&format!(
-        "SELECT expires_at < pg_catalog.clock_timestamp() + interval '1 minute' \
-         FROM public.{table} WHERE store_key = $1"
-    ))
-    .bind(key.as_str())
-    .fetch_one(&admin)
-    .await
-    .expect("expires_at");
+    let near = row_holds(
+        &admin,
+        &table,
+        &key,
+        "expires_at < pg_catalog.clock_timestamp() + interval '1 minute'",
+    )
+    .await;
     assert!(near, "the lease ends by the real clock, not the shadow's");
     let left = store.time_to_live(&key).await.expect("ttl");
     assert!(
@@ -403,22 +416,13 @@ async fn a_shadowing_clock_timestamp_does_not_stop_leases_from_lapsing() {
         "the lapsed claim must be taken over, got {taken:?}"
     );
     assert_eq!(
-        store
-            .complete(
-                &key,
-                &first.token,
-                &completed(&first, "stale"),
-                Duration::from_secs(60)
-            )
+        complete(&store, &key, &first, "stale")
             .await
             .expect("complete"),
         Fenced::LeaseLost
     );
     // The store's own statements never called it.
-    assert_eq!(shadow_calls(&admin, &schema).await, Vec::<String>::new());
-    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await;
+    assert_no_shadow_called(&admin, &schema).await;
 }
 
 /// Every built-in function the store calls, shadowed (same name and argument types, so the
@@ -430,7 +434,7 @@ async fn a_shadowing_clock_timestamp_does_not_stop_leases_from_lapsing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
     let admin = common::pg_pool(2).await;
-    let schema = schema_name("evil");
+    let schema = identifier("evil");
     shadowing_schema(
         &admin,
         &schema,
@@ -495,14 +499,7 @@ async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let flagged: bool = sqlx::query_scalar(&format!(
-            "SELECT waiters FROM public.{table} WHERE store_key = $1"
-        ))
-        .bind(key.as_str())
-        .fetch_one(&admin)
-        .await
-        .expect("waiters");
-        if flagged {
+        if row_holds(&admin, &table, &key, "waiters").await {
             break;
         }
         assert!(
@@ -512,13 +509,7 @@ async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        store
-            .complete(
-                &key,
-                &claim.token,
-                &completed(&claim, "done"),
-                Duration::from_secs(60)
-            )
+        complete(&store, &key, &claim, "done")
             .await
             .expect("complete"),
         Fenced::Applied
@@ -573,12 +564,5 @@ async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
     tx.commit().await.expect("commit");
     pending.committed();
 
-    assert_eq!(
-        shadow_calls(&admin, &schema).await,
-        Vec::<String>::new(),
-        "the store called shadowing functions"
-    );
-    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await;
+    assert_no_shadow_called(&admin, &schema).await;
 }

@@ -22,6 +22,14 @@ pub fn unique(what: &str) -> String {
     format!("{what}_{}", &idempotency_testkit::unique_prefix()[1..17])
 }
 
+/// A lowercase SQL identifier unique to this test: [`unique`] with every character other than
+/// ASCII letters, digits and `_` replaced by `_`.
+pub fn identifier(what: &str) -> String {
+    unique(what)
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_")
+}
+
 /// A new orders table name (`orders_…`).
 pub fn orders_table() -> String {
     unique("orders")
@@ -127,6 +135,27 @@ impl Fixture {
             .store()
             .complete_in(conn, guard, receipt(who))
             .await
+    }
+
+    /// Writes the order `who` on `conn` and `complete_in` there for `guard` with the receipt
+    /// `who`, while an operator holds the record row: panics unless the completion fails with
+    /// `StoreUnavailable`, and answers that error.
+    pub async fn order_fails_on_the_lock(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        guard: Guard<PostgresStore>,
+        who: &str,
+    ) -> IdempotencyError {
+        self.insert(conn, who).await;
+        let error = self
+            .complete_in(conn, guard, who)
+            .await
+            .expect_err("the UPDATE waits on the operator's lock");
+        assert!(
+            matches!(error, IdempotencyError::StoreUnavailable(_)),
+            "{error:?}"
+        );
+        error
     }
 
     /// [`order_and_complete`] on this engine.
@@ -246,4 +275,17 @@ pub async fn order_and_complete(
 pub async fn retry_orders(engine: &Idempotency<PostgresStore>, orders: &str, key: &IdempotencyKey) {
     let guard = run(engine, key).await;
     order_and_complete(engine, orders, guard, "retry", "the retry completes").await;
+}
+
+/// Panics unless the transaction on `conn` refuses further statements (SQLSTATE 25P02: a
+/// failed statement aborted it).
+pub async fn assert_aborted(conn: &mut sqlx::PgConnection) {
+    let refused = sqlx::query("SELECT 1").execute(conn).await;
+    let code = refused
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("25P02"), "{refused:?}");
 }
