@@ -306,6 +306,11 @@ fn bench(args: &[String]) -> Result<(), String> {
             "--ignore-rust-version",
             "--manifest-path",
             manifest,
+            // Its own workspace: without this it would build into `bench/peers/target`, not
+            // where `peers_bin` below looks (a fresh clone without CARGO_TARGET_DIR failed
+            // with "starting the peer-axum-idempotent app: No such file or directory").
+            "--target-dir",
+            &target,
         ]),
     )?;
     let peers_bin = format!("{target}/release/idempotency-bench-peers");
