@@ -140,6 +140,7 @@ mod listen;
 mod policy;
 mod query;
 mod resp;
+mod retries;
 mod scripts;
 mod server;
 
