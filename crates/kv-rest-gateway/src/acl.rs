@@ -10,14 +10,13 @@
 //!   its two users with the rules below and serves through them. Passwords are derived from the
 //!   tokens (SHA-256), so every instance with the same tokens sets the same passwords and
 //!   instances never lock each other out; after a Redis restart that lost the users, the first
-//!   authentication failure re-creates them.
-//! - **a user someone else changed is left alone.** Before it sets a user the gateway reads it
-//!   (`ACL GETUSER`, [`user_state`]). A user that is `off` was disabled by someone (an operator
-//!   during an incident): the gateway never turns it back on, at start or later. After an
-//!   authentication failure it re-creates only a user that is gone; one whose password is not
-//!   the gateway's (an operator, or an instance with other tokens, set it) is not overwritten
-//!   either. At start an enabled user is set as always (new rules, the current tokens'
-//!   password: a restart after a token rotation).
+//!   authentication failure re-creates them. A user someone else changed is left alone: before
+//!   it sets a user the gateway reads it (`ACL GETUSER`, [`user_state`]). A user that is `off`
+//!   was disabled by someone (an operator during an incident): the gateway never turns it back
+//!   on, at start or later. After an authentication failure it re-creates only a user that is
+//!   gone; one whose password is not the gateway's (an operator, or an instance with other
+//!   tokens, set it) is not overwritten either. At start an enabled user is set as always (new
+//!   rules, the current tokens' password: a restart after a token rotation).
 //! - **refused with NOPERM**: the URL's user is taken as the operator-prepared main user (and
 //!   `read_only_redis_url` as the read-only one). The gateway probes them with harmless
 //!   commands of each forbidden kind and refuses to start when one of them is allowed.

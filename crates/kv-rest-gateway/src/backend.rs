@@ -213,7 +213,8 @@ struct Ready {
     /// while the shared connection waits for a script. Authenticates as the main user.
     killer: UserConnections,
     /// Set when the gateway created the users: they are re-created after an authentication
-    /// failure (a Redis restart without an ACL file forgets them).
+    /// failure when they are gone (a Redis restart without an ACL file forgets them), never
+    /// when someone disabled or changed them ([`Refused`]).
     provisioned: Option<Provisioned>,
 }
 
@@ -248,6 +249,8 @@ struct BackendInner {
     /// Per user (main, read-only: [`slot_of`]): found disabled or changed by someone else
     /// after an authentication failure ([`Backend::refused_now`]).
     refusals: std::sync::Mutex<[Option<Refusal>; 2]>,
+    /// Whether `refusals` holds one: requests skip its lock when it does not.
+    any_refusal: std::sync::atomic::AtomicBool,
     /// The last set-up attempt found a user disabled: what requests answer until it succeeds.
     setup_refused: std::sync::atomic::AtomicBool,
 }
@@ -279,6 +282,7 @@ impl Backend {
                 reprovision: Mutex::new(()),
                 recreation_busy: std::sync::Mutex::new(None),
                 refusals: std::sync::Mutex::new([None, None]),
+                any_refusal: std::sync::atomic::AtomicBool::new(false),
                 setup_refused: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -1047,6 +1051,9 @@ impl Backend {
     /// [`GatewayError::Unauthenticated`] while `role`'s user was found [`Refused`] less than
     /// [`REFUSAL_HOLD`] ago. `count`: a refused request, logged when due.
     fn refused_now(&self, role: Role, count: bool) -> Option<GatewayError> {
+        if !self.inner.any_refusal.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut refusals = self
             .inner
             .refusals
@@ -1072,11 +1079,15 @@ impl Backend {
             .refusals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let slot = &mut refusals[slot_of(role)];
         let Some(kind) = kind else {
-            *slot = None;
+            refusals[slot_of(role)] = None;
+            self.inner
+                .any_refusal
+                .store(refusals.iter().any(Option::is_some), Ordering::Relaxed);
             return;
         };
+        self.inner.any_refusal.store(true, Ordering::Relaxed);
+        let slot = &mut refusals[slot_of(role)];
         let now = tokio::time::Instant::now();
         // The same finding again, without a long pause in between: the same episode.
         let continues = slot.as_ref().is_some_and(|refusal| {
