@@ -10,7 +10,13 @@
 //!   its two users with the rules below and serves through them. Passwords are derived from the
 //!   tokens (SHA-256), so every instance with the same tokens sets the same passwords and
 //!   instances never lock each other out; after a Redis restart that lost the users, the first
-//!   authentication failure re-creates them.
+//!   authentication failure re-creates them. A user someone else changed is left alone: before
+//!   it sets a user the gateway reads it (`ACL GETUSER`, [`user_state`]). A user that is `off`
+//!   was disabled by someone (an operator during an incident): the gateway never turns it back
+//!   on, at start or later. After an authentication failure it re-creates only a user that is
+//!   gone; one whose password is not the gateway's (an operator, or an instance with other
+//!   tokens, set it) is not overwritten either. At start an enabled user is set as always (new
+//!   rules, the current tokens' password: a restart after a token rotation).
 //! - **refused with NOPERM**: the URL's user is taken as the operator-prepared main user (and
 //!   `read_only_redis_url` as the read-only one). The gateway probes them with harmless
 //!   commands of each forbidden kind and refuses to start when one of them is allowed.
@@ -51,7 +57,7 @@ pub(crate) enum Role {
 }
 
 impl Role {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Main => "main",
             Self::ReadOnly => "read-only",
@@ -137,12 +143,128 @@ pub(crate) enum AclError {
     /// keeps it busy: retry later. The refusal's text.
     #[error("Redis is busy with another client's script: {0}")]
     Busy(String),
+    /// The user exists and is `off`: someone disabled it, and the gateway does not turn it
+    /// back on. Retried (the gateway serves once the user is on again, or gone).
+    #[error(
+        "the Redis ACL user {user} is disabled (off), by an operator or another tool: the \
+         gateway does not turn it back on; requests get 503 until someone runs `ACL SETUSER \
+         {user} on` (or `ACL DELUSER {user}`, and the gateway creates it again)"
+    )]
+    Disabled {
+        /// The user's name.
+        user: String,
+    },
 }
 
 impl AclError {
-    /// Whether retrying later may succeed (Redis down), as opposed to a configuration error.
+    /// Whether retrying later may succeed (Redis down, busy, or a user someone disabled), as
+    /// opposed to a configuration error.
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Busy(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Busy(_) | Self::Disabled { .. }
+        )
+    }
+}
+
+/// What `ACL GETUSER` says about one of the gateway's users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UserState {
+    /// No such user: a Redis restart without an ACL file forgot it, or it was deleted.
+    Absent,
+    /// The user exists and is `off`: someone disabled it.
+    Disabled,
+    /// The user exists and is `on`; `ours`: one of its passwords is the gateway's.
+    Enabled {
+        /// Whether the gateway's password is among the user's passwords.
+        ours: bool,
+    },
+    /// `ACL GETUSER` answered an error (not permitted, no ACL) or a reply without the flags:
+    /// the state is unknown, and the caller goes on as before it could ask.
+    Unknown,
+}
+
+/// Reads `credentials.user` with `ACL GETUSER` on `admin`.
+///
+/// Redis answers nil for an absent user, else `flags` (with `on` or `off`), `passwords` (the
+/// hex SHA-256 of each), `commands`, `keys`, `channels`, `selectors`: a flat array under RESP2,
+/// a map under RESP3.
+///
+/// # Errors
+/// [`AclError::Unavailable`] for transport trouble, [`AclError::Busy`] when another client's
+/// script keeps Redis busy. A Redis error reply is [`UserState::Unknown`].
+pub(crate) async fn user_state(
+    admin: &mut MultiplexedConnection,
+    credentials: &Credentials,
+) -> Result<UserState, AclError> {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("GETUSER").arg(&credentials.user);
+    Ok(match send(admin, &cmd).await? {
+        Ok(Value::Nil) => UserState::Absent,
+        Ok(reply) => state_of(&reply, &password_digest(&credentials.password)),
+        Err(_) => UserState::Unknown,
+    })
+}
+
+/// The hex SHA-256 of `password`: how `ACL GETUSER` lists a user's passwords.
+fn password_digest(password: &Secret) -> String {
+    Sha256::digest(password.expose().as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A user's state from its `ACL GETUSER` reply (see [`user_state`]); `digest`: the gateway's
+/// password as Redis lists it.
+fn state_of(reply: &Value, digest: &str) -> UserState {
+    let mut flags = None;
+    let mut passwords = None;
+    let mut field = |name: &Value, value: &Value| match text_of(name).as_deref() {
+        Some("flags") => flags = Some(texts_of(value)),
+        Some("passwords") => passwords = Some(texts_of(value)),
+        _ => {}
+    };
+    match reply {
+        Value::Array(items) => {
+            for pair in items.chunks_exact(2) {
+                field(&pair[0], &pair[1]);
+            }
+        }
+        Value::Map(pairs) => {
+            for (name, value) in pairs {
+                field(name, value);
+            }
+        }
+        _ => return UserState::Unknown,
+    }
+    let Some(flags) = flags else {
+        return UserState::Unknown;
+    };
+    if flags.iter().any(|flag| flag == "off") {
+        UserState::Disabled
+    } else if flags.iter().any(|flag| flag == "on") {
+        let ours = passwords
+            .unwrap_or_default()
+            .iter()
+            .any(|password| password.eq_ignore_ascii_case(digest));
+        UserState::Enabled { ours }
+    } else {
+        UserState::Unknown
+    }
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn texts_of(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items.iter().filter_map(text_of).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -298,6 +420,69 @@ pub(crate) async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    /// `ACL GETUSER` as Redis 7.0 answers it under RESP2 (flags as simple strings; the
+    /// passwords' hex SHA-256, here of "pw") and RESP3 (a map, flags as a set).
+    #[test]
+    fn getuser_replies_tell_absent_off_on_and_whose_password() {
+        let digest = password_digest(&Secret::new("pw"));
+        assert_eq!(
+            digest,
+            "30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4"
+        );
+        let resp2 = |flag: &str, password: &str| {
+            Value::Array(vec![
+                bulk("flags"),
+                Value::Array(vec![
+                    Value::SimpleString(flag.into()),
+                    Value::SimpleString("sanitize-payload".into()),
+                ]),
+                bulk("passwords"),
+                Value::Array(vec![bulk(password)]),
+                bulk("commands"),
+                bulk("+@all"),
+                bulk("keys"),
+                bulk("~*"),
+                bulk("channels"),
+                bulk(""),
+                bulk("selectors"),
+                Value::Array(vec![]),
+            ])
+        };
+        assert_eq!(
+            state_of(&resp2("on", &digest), &digest),
+            UserState::Enabled { ours: true }
+        );
+        assert_eq!(
+            state_of(&resp2("on", &"0".repeat(64)), &digest),
+            UserState::Enabled { ours: false }
+        );
+        assert_eq!(
+            state_of(&resp2("off", &digest), &digest),
+            UserState::Disabled
+        );
+        let resp3 = Value::Map(vec![
+            (bulk("flags"), Value::Set(vec![bulk("off")])),
+            (bulk("passwords"), Value::Array(vec![])),
+        ]);
+        assert_eq!(state_of(&resp3, &digest), UserState::Disabled);
+        let resp3 = Value::Map(vec![(bulk("flags"), Value::Set(vec![bulk("on")]))]);
+        assert_eq!(
+            state_of(&resp3, &digest),
+            UserState::Enabled { ours: false }
+        );
+        for odd in [
+            Value::Okay,
+            Value::Array(vec![bulk("passwords"), Value::Array(vec![])]),
+            Value::Array(vec![bulk("flags"), Value::Array(vec![])]),
+        ] {
+            assert_eq!(state_of(&odd, &digest), UserState::Unknown, "{odd:?}");
+        }
+    }
 
     #[test]
     fn derived_passwords_depend_on_role_and_token() {

@@ -19,13 +19,14 @@ use redis::{
 };
 use tokio::sync::Mutex;
 
-use crate::acl::{self, AclError, Credentials, Role};
+use crate::acl::{self, AclError, Credentials, Role, UserState};
 use crate::auth::Access;
 use crate::config::GatewayConfig;
 use crate::error::{
     GatewayError, from_connect, from_redis, is_busy_refusal, outcome_unknown, server_error_text,
 };
 use crate::link::{Connection, Link};
+use crate::retries::{Report, SetupRetries};
 
 /// Shortest pause between retries of a command that got `BUSY`.
 const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
@@ -43,6 +44,148 @@ fn busy_retry_delay(waited: Duration) -> Duration {
 
 /// How long past the script time limit a `BUSY` reply is still retried (the kill's round trip).
 const BUSY_RETRY_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long the finding that one of the gateway's users is disabled or changed by someone else
+/// ([`Refused`]) answers that user's requests without connecting: at most one connection
+/// attempt and one `ACL GETUSER` per user per this interval, whatever the request rate, and
+/// the gateway serves again within it once the user is fixed.
+const REFUSAL_HOLD: Duration = Duration::from_secs(1);
+
+/// Why the gateway leaves one of its users as it is after an authentication failure, instead
+/// of setting it again: someone else decided, and the gateway does not override them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    /// The user is `off`: an operator disabled it.
+    Disabled,
+    /// The user is `on`, but none of its passwords is the gateway's: an operator, or a gateway
+    /// instance with other tokens, set it.
+    PasswordChanged,
+}
+
+impl Refused {
+    /// The requests' 503 text (after "Redis refused the gateway's credentials: ").
+    fn answer(self) -> &'static str {
+        match self {
+            Self::Disabled => {
+                "the gateway's Redis ACL user is disabled (off); the gateway does not turn a user \
+                 someone disabled back on"
+            }
+            Self::PasswordChanged => {
+                "the gateway's Redis ACL user has a password the gateway did not set; the \
+                 gateway does not overwrite it"
+            }
+        }
+    }
+}
+
+/// A [`Refused`] user: since when, and its log reports.
+struct Refusal {
+    kind: Refused,
+    user: String,
+    /// When the user was last read and found so.
+    checked: tokio::time::Instant,
+    /// The refused requests, logged at the first and then once per [`SetupRetries::EVERY`].
+    reports: SetupRetries,
+}
+
+/// What became of one of the gateway's users after an authentication failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restored {
+    /// It was gone (or could not be read): created again.
+    Recreated,
+    /// It is on with the gateway's password: nothing to do.
+    Intact,
+    /// Left as someone else set it.
+    Refused(Refused),
+}
+
+/// The user serving `access`.
+fn role_of(access: Access) -> Role {
+    match access {
+        Access::ReadWrite => Role::Main,
+        Access::ReadOnly => Role::ReadOnly,
+    }
+}
+
+/// `role`'s place in [`BackendInner::refusals`].
+fn slot_of(role: Role) -> usize {
+    match role {
+        Role::Main => 0,
+        Role::ReadOnly => 1,
+    }
+}
+
+fn log_refusal(role: Role, user: &str, kind: Refused, report: &Report) {
+    let (role, refused_requests, since_s) = (role.label(), report.failed, report.waited.as_secs());
+    match kind {
+        Refused::Disabled => tracing::error!(
+            user = %user,
+            role = %role,
+            refused_requests,
+            since_s,
+            "the gateway's Redis ACL user is disabled (off): an operator disabled it, and the \
+             gateway does not turn it back on; its requests get 503 until it is turned on \
+             (`ACL SETUSER <user> on`) or deleted (`ACL DELUSER <user>`: the gateway then \
+             creates it again)"
+        ),
+        Refused::PasswordChanged => tracing::error!(
+            user = %user,
+            role = %role,
+            refused_requests,
+            since_s,
+            "the gateway's Redis ACL user is on but its password is not the gateway's: someone \
+             else set it (an operator, or a gateway instance with other tokens), and the \
+             gateway does not overwrite it; its requests get 503 until the user is deleted \
+             (`ACL DELUSER <user>`: the gateway then creates it again) or the gateway restarts \
+             (a start sets the password from its tokens)"
+        ),
+    }
+}
+
+/// After an authentication failure: reads one of the gateway's users and creates it again only
+/// when it is gone (or cannot be read, as before `ACL GETUSER` was asked).
+async fn restore(
+    admin: &mut MultiplexedConnection,
+    role: Role,
+    credentials: &Credentials,
+    db: i64,
+) -> Result<Restored, AclError> {
+    Ok(match acl::user_state(admin, credentials).await? {
+        UserState::Absent | UserState::Unknown => {
+            acl::provision(admin, role, credentials, db).await?;
+            Restored::Recreated
+        }
+        UserState::Enabled { ours: true } => Restored::Intact,
+        UserState::Enabled { ours: false } => Restored::Refused(Refused::PasswordChanged),
+        UserState::Disabled => Restored::Refused(Refused::Disabled),
+    })
+}
+
+/// At start: sets one of the gateway's users ([`acl::provision`]) unless it is `off`
+/// ([`AclError::Disabled`]: someone disabled it). An enabled user whose password is not the
+/// gateway's is set anyway (a start after a token rotation must), with a warning.
+async fn set_at_start(
+    admin: &mut MultiplexedConnection,
+    role: Role,
+    credentials: &Credentials,
+    db: i64,
+) -> Result<(), AclError> {
+    match acl::user_state(admin, credentials).await? {
+        UserState::Disabled => {
+            return Err(AclError::Disabled {
+                user: credentials.user.clone(),
+            });
+        }
+        UserState::Enabled { ours: false } => tracing::warn!(
+            user = %credentials.user,
+            role = %role.label(),
+            "the Redis ACL user has a password the gateway did not set (another instance with \
+             other tokens, an operator, or a token rotation): the start sets its tokens' password"
+        ),
+        UserState::Absent | UserState::Enabled { ours: true } | UserState::Unknown => {}
+    }
+    acl::provision(admin, role, credentials, db).await
+}
 
 /// How a transaction ended.
 #[derive(Debug)]
@@ -70,7 +213,8 @@ struct Ready {
     /// while the shared connection waits for a script. Authenticates as the main user.
     killer: UserConnections,
     /// Set when the gateway created the users: they are re-created after an authentication
-    /// failure (a Redis restart without an ACL file forgets them).
+    /// failure when they are gone (a Redis restart without an ACL file forgets them), never
+    /// when someone disabled or changed them ([`Refused`]).
     provisioned: Option<Provisioned>,
 }
 
@@ -102,6 +246,13 @@ struct BackendInner {
     /// When re-creating the users was last refused as busy, and the refusal
     /// ([`Backend::recreation_waits`]).
     recreation_busy: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+    /// Per user (main, read-only: [`slot_of`]): found disabled or changed by someone else
+    /// after an authentication failure ([`Backend::refused_now`]).
+    refusals: std::sync::Mutex<[Option<Refusal>; 2]>,
+    /// Whether `refusals` holds one: requests skip its lock when it does not.
+    any_refusal: std::sync::atomic::AtomicBool,
+    /// The last set-up attempt found a user disabled: what requests answer until it succeeds.
+    setup_refused: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -130,6 +281,9 @@ impl Backend {
                 ready: OnceLock::new(),
                 reprovision: Mutex::new(()),
                 recreation_busy: std::sync::Mutex::new(None),
+                refusals: std::sync::Mutex::new([None, None]),
+                any_refusal: std::sync::atomic::AtomicBool::new(false),
+                setup_refused: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -145,10 +299,23 @@ impl Backend {
 
     /// Sets up the ACL users (or verifies the prepared ones) and opens the connections.
     ///
+    /// A user that is `off` is not turned back on ([`AclError::Disabled`]: retried, and
+    /// requests answer [`GatewayError::Unauthenticated`] meanwhile).
+    ///
     /// # Errors
-    /// [`AclError::Unavailable`] while Redis cannot be reached (retry), any other
-    /// [`AclError`] for a configuration the gateway refuses to serve with.
+    /// [`AclError::Unavailable`] while Redis cannot be reached, [`AclError::Busy`],
+    /// [`AclError::Disabled`] (retry), any other [`AclError`] for a configuration the gateway
+    /// refuses to serve with.
     pub(crate) async fn setup(&self) -> Result<(), AclError> {
+        let result = self.set_up().await;
+        self.inner.setup_refused.store(
+            matches!(result, Err(AclError::Disabled { .. })),
+            Ordering::Relaxed,
+        );
+        result
+    }
+
+    async fn set_up(&self) -> Result<(), AclError> {
         if self.inner.ready.get().is_some() {
             return Ok(());
         }
@@ -156,12 +323,12 @@ impl Backend {
         let db = inner.configured.get_connection_info().redis_settings().db();
         let mut configured = self.connect(&inner.configured).await?;
         let main_creds = acl::derived_credentials(Role::Main, &inner.users.0, &inner.tokens.0);
-        let ready = match acl::provision(&mut configured, Role::Main, &main_creds, db).await {
+        let ready = match set_at_start(&mut configured, Role::Main, &main_creds, db).await {
             Ok(()) => {
                 let read_only_creds = match &inner.tokens.1 {
                     Some(token) if inner.wants_read_only => {
                         let creds = acl::derived_credentials(Role::ReadOnly, &inner.users.1, token);
-                        acl::provision(&mut configured, Role::ReadOnly, &creds, db).await?;
+                        set_at_start(&mut configured, Role::ReadOnly, &creds, db).await?;
                         Some(creds)
                     }
                     _ => None,
@@ -337,9 +504,13 @@ impl Backend {
 
     fn ready(&self) -> Result<&Ready, GatewayError> {
         self.inner.ready.get().ok_or_else(|| {
-            GatewayError::Unavailable(
-                "Redis is unavailable: the gateway is still connecting".into(),
-            )
+            if self.inner.setup_refused.load(Ordering::Relaxed) {
+                GatewayError::Unauthenticated(Refused::Disabled.answer().into())
+            } else {
+                GatewayError::Unavailable(
+                    "Redis is unavailable: the gateway is still connecting".into(),
+                )
+            }
         })
     }
 
@@ -371,15 +542,15 @@ impl Backend {
             // `sent`: the command reached Redis. Not after a refused login or when no attempt
             // was made (the users' re-creation waits for a busy script): a busy refusal then is
             // the re-creation's, never a script's own reply, and needs no check.
-            let (mut result, mut sent) = match self.recreation_waits() {
-                Some(busy) => (Err(busy), false),
+            let (mut result, mut sent, held) = match self.held(access) {
+                Some(held) => (Err(held), false, true),
                 None => {
                     let result = self.command_once(access, cmd, script, resendable).await;
                     let sent = !matches!(result, Err(GatewayError::Unauthenticated(_)));
-                    (result, sent)
+                    (result, sent, false)
                 }
             };
-            if self.reprovision_if_needed(&mut result).await {
+            if !held && self.reprovision_if_needed(access, &mut result).await {
                 result = self.command_once(access, cmd, script, resendable).await;
                 sent = true;
             }
@@ -607,14 +778,15 @@ impl Backend {
                     pending = pipeline_of(cmds);
                     (&pending, count)
                 };
-                let mut result = match self.recreation_waits() {
-                    Some(busy) => Err(busy),
-                    None => {
+                let (mut result, held) = match self.held(access) {
+                    Some(held) => (Err(held), true),
+                    None => (
                         self.pipeline_once(access, pipeline, count, script, resendable)
-                            .await
-                    }
+                            .await,
+                        false,
+                    ),
                 };
-                if self.reprovision_if_needed(&mut result).await {
+                if !held && self.reprovision_if_needed(access, &mut result).await {
                     result = self
                         .pipeline_once(access, pipeline, count, script, resendable)
                         .await;
@@ -676,14 +848,15 @@ impl Backend {
         // the next attempt reuses it instead of connecting again.
         let mut kept = None;
         let mut replies = loop {
-            let mut result = match self.recreation_waits() {
-                Some(busy) => Err(busy),
-                None => {
+            let (mut result, held) = match self.held(access) {
+                Some(held) => (Err(held), true),
+                None => (
                     self.transaction_once(access, &pipeline, count, script, &mut kept)
-                        .await
-                }
+                        .await,
+                    false,
+                ),
             };
-            if self.reprovision_if_needed(&mut result).await {
+            if !held && self.reprovision_if_needed(access, &mut result).await {
                 result = self
                     .transaction_once(access, &pipeline, count, script, &mut kept)
                     .await;
@@ -866,6 +1039,77 @@ impl Backend {
         }
     }
 
+    /// What a request of `access` answers without connecting: the users' re-creation waiting
+    /// for a busy script ([`Backend::recreation_waits`]), or its user found disabled or changed
+    /// by someone else less than [`REFUSAL_HOLD`] ago ([`Backend::refused_now`], counted for
+    /// the log).
+    fn held(&self, access: Access) -> Option<GatewayError> {
+        self.recreation_waits()
+            .or_else(|| self.refused_now(role_of(access), true))
+    }
+
+    /// [`GatewayError::Unauthenticated`] while `role`'s user was found [`Refused`] less than
+    /// [`REFUSAL_HOLD`] ago. `count`: a refused request, logged when due.
+    fn refused_now(&self, role: Role, count: bool) -> Option<GatewayError> {
+        if !self.inner.any_refusal.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut refusals = self
+            .inner
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let refusal = refusals[slot_of(role)].as_mut()?;
+        let now = tokio::time::Instant::now();
+        if now.saturating_duration_since(refusal.checked) >= REFUSAL_HOLD {
+            return None;
+        }
+        if count && let Some(report) = refusal.reports.failure(now) {
+            log_refusal(role, &refusal.user, refusal.kind, &report);
+        }
+        Some(GatewayError::Unauthenticated(refusal.kind.answer().into()))
+    }
+
+    /// Records what reading `role`'s user found after an authentication failure: `None`, it
+    /// serves (created again, or intact); else why it is left alone, logged at the first
+    /// finding and then once per [`SetupRetries::EVERY`] while it lasts.
+    fn record_refusal(&self, role: Role, user: &str, kind: Option<Refused>) {
+        let mut refusals = self
+            .inner
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(kind) = kind else {
+            refusals[slot_of(role)] = None;
+            self.inner
+                .any_refusal
+                .store(refusals.iter().any(Option::is_some), Ordering::Relaxed);
+            return;
+        };
+        self.inner.any_refusal.store(true, Ordering::Relaxed);
+        let slot = &mut refusals[slot_of(role)];
+        let now = tokio::time::Instant::now();
+        // The same finding again, without a long pause in between: the same episode.
+        let continues = slot.as_ref().is_some_and(|refusal| {
+            refusal.kind == kind
+                && refusal.user == user
+                && now.saturating_duration_since(refusal.checked) < SetupRetries::EVERY
+        });
+        let refusal = match slot {
+            Some(refusal) if continues => refusal,
+            _ => slot.insert(Refusal {
+                kind,
+                user: user.to_owned(),
+                checked: now,
+                reports: SetupRetries::new(now),
+            }),
+        };
+        refusal.checked = now;
+        if let Some(report) = refusal.reports.failure(now) {
+            log_refusal(role, user, kind, &report);
+        }
+    }
+
     fn set_recreation_busy(&self, refusal: Option<String>) {
         *self
             .inner
@@ -876,15 +1120,25 @@ impl Backend {
     }
 
     /// After Redis refused the users' credentials while a connection was being opened
-    /// ([`GatewayError::Unauthenticated`]: nothing was sent) in provisioning mode (Redis
-    /// restarted without its ACL users), re-creates the users. Returns whether the caller
-    /// should retry. A command's reply never triggers this, whatever its text: a script's own
-    /// `error('authentication …')` must not re-run the script or make the gateway reconnect.
+    /// ([`GatewayError::Unauthenticated`]: nothing was sent) in provisioning mode, reads the
+    /// users (`ACL GETUSER`) and creates again those that are gone (Redis restarted without
+    /// its ACL users, or they were deleted). Returns whether the caller should retry. A command's
+    /// reply never triggers this, whatever its text: a script's own `error('authentication …')`
+    /// must not re-run the script or make the gateway reconnect.
+    ///
+    /// A user someone else changed is left as it is ([`Refused`]): one that is `off` (an
+    /// operator disabled it) or whose password is not the gateway's. When it is `access`'s
+    /// user, `result` becomes [`GatewayError::Unauthenticated`] saying so, and that user's
+    /// requests answer it without connecting for [`REFUSAL_HOLD`] ([`Backend::held`]).
     ///
     /// When Redis refuses the re-creation because another client's script keeps it busy,
     /// `result` becomes that busy refusal: nothing was sent, so the caller waits it out as any
     /// busy refusal ([`Backend::retry_busy`]) and comes back here after it.
-    async fn reprovision_if_needed<T>(&self, result: &mut Result<T, GatewayError>) -> bool {
+    async fn reprovision_if_needed<T>(
+        &self,
+        access: Access,
+        result: &mut Result<T, GatewayError>,
+    ) -> bool {
         let Err(GatewayError::Unauthenticated(_)) = result else {
             return false;
         };
@@ -895,9 +1149,13 @@ impl Backend {
             return false;
         };
         let _guard = self.inner.reprovision.lock().await;
-        // Another request was just refused as busy while this one waited for the lock.
-        if let Some(busy) = self.recreation_waits() {
-            *result = Err(busy);
+        // Another request was just refused as busy, or found this user left alone, while this
+        // one waited for the lock.
+        if let Some(held) = self
+            .recreation_waits()
+            .or_else(|| self.refused_now(role_of(access), false))
+        {
+            *result = Err(held);
             return false;
         }
         let configured = self.inner.configured.get_connection_info();
@@ -923,12 +1181,19 @@ impl Backend {
             },
             Err(_) => return false,
         };
-        let mut outcomes =
-            vec![acl::provision(&mut admin, Role::Main, &provisioned.main, db).await];
+        let mut users = vec![(Role::Main, &provisioned.main)];
         if let Some(read_only) = &provisioned.read_only {
-            outcomes.push(acl::provision(&mut admin, Role::ReadOnly, read_only, db).await);
+            users.push((Role::ReadOnly, read_only));
         }
-        let busy = outcomes.iter().find_map(|outcome| match outcome {
+        let mut outcomes = Vec::with_capacity(users.len());
+        for (role, credentials) in users {
+            outcomes.push((
+                role,
+                credentials,
+                restore(&mut admin, role, credentials, db).await,
+            ));
+        }
+        let busy = outcomes.iter().find_map(|(_, _, outcome)| match outcome {
             Err(AclError::Busy(text)) => Some(text.clone()),
             _ => None,
         });
@@ -939,17 +1204,37 @@ impl Backend {
             return false;
         }
         self.set_recreation_busy(None);
-        let ok = outcomes.iter().all(Result::is_ok);
-        tracing::warn!(
-            ok,
-            "re-created the Redis ACL users after an authentication failure"
-        );
+        let mut ok = true;
+        let mut recreated = false;
+        for (role, credentials, outcome) in &outcomes {
+            match outcome {
+                Ok(restored) => {
+                    recreated |= *restored == Restored::Recreated;
+                    let refused = match restored {
+                        Restored::Refused(kind) => Some(*kind),
+                        Restored::Recreated | Restored::Intact => None,
+                    };
+                    self.record_refusal(*role, &credentials.user, refused);
+                }
+                Err(_) => ok = false,
+            }
+        }
+        if recreated || !ok {
+            tracing::warn!(
+                ok,
+                "re-created the Redis ACL users that were gone after an authentication failure"
+            );
+        }
         // Connections opened before the users were re-created are useless: connect again.
         ready.main.shared.renew();
         if let Some(read_only) = &ready.read_only {
             read_only.shared.renew();
         }
         ready.killer.shared.renew();
+        if let Some(refused) = self.refused_now(role_of(access), false) {
+            *result = Err(refused);
+            return false;
+        }
         ok
     }
 }

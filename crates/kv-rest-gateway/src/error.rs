@@ -27,9 +27,10 @@ pub(crate) enum GatewayError {
     #[error("{0}")]
     Unavailable(String),
     /// Redis refused the gateway's own credentials while a connection was being opened
-    /// (a refused `AUTH`, `WRONGPASS`, `NOAUTH`): nothing was sent. In provisioning mode the users are
-    /// re-created and the command is tried once more; otherwise a 503 (the gateway is
-    /// misconfigured or Redis lost its users, not the client's fault).
+    /// (a refused `AUTH`, `WRONGPASS`, `NOAUTH`): nothing was sent. In provisioning mode the
+    /// users that are gone are re-created and the command is tried once more; otherwise a 503
+    /// (the gateway is misconfigured, Redis lost its users, or someone disabled the gateway's
+    /// user or changed its password: not the client's fault). The text says which.
     #[error("Redis refused the gateway's credentials: {0}")]
     Unauthenticated(String),
     /// Anything else on the Redis client side (an unexpected reply shape): HTTP 500.

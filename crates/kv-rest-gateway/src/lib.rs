@@ -70,7 +70,10 @@
 //! [`READ_ONLY_RULES`]); Redis applies those rules inside scripts too. When the configured
 //! Redis URL's user may run `ACL SETUSER`, the gateway creates or updates the users at start
 //! (passwords derived from the tokens, names [`DEFAULT_ACL_USER`] / [`DEFAULT_READ_ONLY_ACL_USER`])
-//! and re-creates them after a Redis restart forgot them. Otherwise the URL's user is the
+//! and re-creates them after a Redis restart forgot them. A user someone else changed is left
+//! alone: one that is `off` (an operator disabled it) is never turned back on, at start or
+//! later, and after an authentication failure one whose password is not the gateway's is not
+//! overwritten; its token's requests get 503 and the log says why. Otherwise the URL's user is the
 //! operator-prepared main user ([`GatewayConfig::read_only_redis_url`] the read-only one): the
 //! gateway probes both and refuses to start ([`Error::RedisUsers`]) when one may do more than
 //! it should. Until the users are ready, requests get 503.
@@ -140,6 +143,7 @@ mod listen;
 mod policy;
 mod query;
 mod resp;
+mod retries;
 mod scripts;
 mod server;
 

@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use serde_json::Value as Json;
 use tokio::net::TcpListener;
 
+use crate::acl::AclError;
 use crate::auth::{Access, Tokens, presented_token};
 use crate::backend::{Backend, TransactionOutcome};
 use crate::body::{parse_batch, parse_command};
@@ -26,6 +27,7 @@ use crate::error::{GatewayError, json_bytes_response, json_response};
 use crate::listen::{ConnectionCounter, ServerLimits, serve_with_limits};
 use crate::policy::{check_allowed, is_resendable};
 use crate::resp::{Encoding, item, result_body};
+use crate::retries::{Report, SetupRetries};
 use crate::scripts::{ReplyFix, ScriptRegistry};
 
 /// The unauthenticated health endpoint: `GET` or `HEAD`, 200 `{"result":"OK"}` when Redis
@@ -179,16 +181,32 @@ impl Gateway {
         let setup = tokio::spawn(async move {
             let mut delay = std::time::Duration::from_millis(50);
             let mut retries = SetupRetries::new(tokio::time::Instant::now());
+            let mut disabled = SetupRetries::new(tokio::time::Instant::now());
             loop {
                 match backend.setup().await {
                     Ok(()) => {
-                        if retries.failed > 0 {
-                            tracing::info!(
-                                attempts = retries.failed + 1,
-                                "Redis ACL setup done; serving"
-                            );
+                        let failed = retries.failed + disabled.failed;
+                        if failed > 0 {
+                            tracing::info!(attempts = failed + 1, "Redis ACL setup done; serving");
                         }
                         return;
+                    }
+                    // A user someone disabled: reported on its own, not hidden behind an
+                    // earlier "not ready" report.
+                    Err(error @ AclError::Disabled { .. }) => {
+                        if let Some(Report { failed, waited }) =
+                            disabled.failure(tokio::time::Instant::now())
+                        {
+                            tracing::warn!(
+                                %error,
+                                failed_attempts = failed,
+                                waited_s = waited.as_secs(),
+                                "the Redis ACL setup waits for a user someone disabled: retried, \
+                                 requests get 503 meanwhile"
+                            );
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(1));
                     }
                     Err(error) if error.is_transient() => {
                         match retries.failure(tokio::time::Instant::now()) {
@@ -661,100 +679,4 @@ fn allowed(command: &Command, access: Access) -> Result<(), GatewayError> {
         );
         GatewayError::BadRequest(refusal.message().to_owned())
     })
-}
-
-/// How often a setup that keeps failing is reported at `warn`: the first failure after the
-/// start's own attempt, then once per [`SetupRetries::EVERY`] (the retries themselves run
-/// every second at most, so a Redis that stays unreachable, or busy with a script, for hours
-/// would otherwise be a line per second or, at `debug`, silent while every request gets 503).
-#[derive(Debug)]
-struct SetupRetries {
-    /// Since when the setup has been failing.
-    since: tokio::time::Instant,
-    /// Failed attempts in the background so far.
-    failed: u64,
-    /// When a failure was last reported, if one was.
-    reported: Option<tokio::time::Instant>,
-}
-
-/// A failure to report: attempts failed so far and time since the first.
-#[derive(Debug, PartialEq, Eq)]
-struct Report {
-    failed: u64,
-    waited: std::time::Duration,
-}
-
-impl SetupRetries {
-    /// At most one `warn` per this interval.
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-    fn new(since: tokio::time::Instant) -> Self {
-        Self {
-            since,
-            failed: 0,
-            reported: None,
-        }
-    }
-
-    /// Count a failed attempt at `now`; `Some` when it is to be reported.
-    fn failure(&mut self, now: tokio::time::Instant) -> Option<Report> {
-        self.failed += 1;
-        let due = self
-            .reported
-            .is_none_or(|last| now.saturating_duration_since(last) >= Self::EVERY);
-        due.then(|| {
-            self.reported = Some(now);
-            Report {
-                failed: self.failed,
-                waited: now.saturating_duration_since(self.since),
-            }
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use tokio::time::Instant;
-
-    use super::{Report, SetupRetries};
-
-    /// A setup failing every second for two minutes is reported at its first failure, then once
-    /// per 30 s with the count and the time waited; nothing in between.
-    #[test]
-    fn a_setup_failing_for_long_is_reported_first_then_every_30_s() {
-        let start = Instant::now();
-        let mut retries = SetupRetries::new(start);
-        let mut reports = Vec::new();
-        for second in 1..=120u64 {
-            if let Some(report) = retries.failure(start + Duration::from_secs(second)) {
-                reports.push(report);
-            }
-        }
-        let expected: Vec<Report> = [1u64, 31, 61, 91]
-            .into_iter()
-            .map(|second| Report {
-                failed: second,
-                waited: Duration::from_secs(second),
-            })
-            .collect();
-        assert_eq!(reports, expected);
-        assert_eq!(retries.failed, 120);
-    }
-
-    /// Failures closer together than the interval (the first retries run every 50–800 ms) are
-    /// one report.
-    #[test]
-    fn quick_retries_are_one_report() {
-        let start = Instant::now();
-        let mut retries = SetupRetries::new(start);
-        let mut at = start;
-        let mut reported = 0;
-        for delay_ms in [50u64, 100, 200, 400, 800, 1000, 1000] {
-            at += Duration::from_millis(delay_ms);
-            reported += usize::from(retries.failure(at).is_some());
-        }
-        assert_eq!(reported, 1);
-    }
 }
