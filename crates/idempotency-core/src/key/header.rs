@@ -55,8 +55,7 @@ pub(super) fn parse(value: &[u8]) -> Result<String, KeyError> {
 /// the header value (for error positions).
 fn bare(trimmed: &[u8], start: usize) -> Result<String, KeyError> {
     match super::IdempotencyKey::validate(trimmed) {
-        // Visible ASCII is valid UTF-8.
-        Ok(()) => Ok(trimmed.iter().map(|&b| b as char).collect()),
+        Ok(()) => Ok(super::ascii_text(trimmed)),
         // A bare key never holds whitespace, so a `,` beside whitespace in a refused value is
         // a list (`a, b`: two keys, or two header lines joined by HTTP), not a stray byte.
         Err(_) if looks_like_a_list(trimmed) => Err(KeyError::SeveralKeys),

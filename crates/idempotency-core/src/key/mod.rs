@@ -111,8 +111,7 @@ impl IdempotencyKey {
     /// As [`IdempotencyKey::new`].
     pub fn from_bytes(key: &[u8]) -> Result<Self, KeyError> {
         Self::validate(key)?;
-        // Visible ASCII is valid UTF-8.
-        Ok(Self(key.iter().map(|&b| b as char).collect()))
+        Ok(Self(ascii_text(key)))
     }
 
     /// Parse an HTTP header value: either an RFC 8941 sf-string (`"abc"`, the form of
@@ -428,6 +427,13 @@ fn escape_scope_into(scope: &str, out: &mut String) {
             out.push(HEX[(b & 0x0f) as usize] as char);
         }
     }
+}
+
+/// `bytes`, which [`IdempotencyKey::validate`] accepted, as a `String`: visible ASCII is valid
+/// UTF-8, so this is one check and one copy (the lossy path never replaces anything here), not
+/// a push per character.
+pub(crate) fn ascii_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Helpers shared by this module's tests and `header`'s.
