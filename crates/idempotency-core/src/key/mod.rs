@@ -429,11 +429,14 @@ fn escape_scope_into(scope: &str, out: &mut String) {
     }
 }
 
-/// `bytes`, which [`IdempotencyKey::validate`] accepted, as a `String`: visible ASCII is valid
-/// UTF-8, so this is one check and one copy (the lossy path never replaces anything here), not
-/// a push per character.
+/// `bytes`, which [`IdempotencyKey::validate`] accepted, as a `String`: one check (a word at a
+/// time for ASCII) and one copy, not a push per character.
 pub(crate) fn ascii_text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        // Not reached: visible ASCII is valid UTF-8.
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// Helpers shared by this module's tests and `header`'s.
