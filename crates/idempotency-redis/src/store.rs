@@ -693,7 +693,7 @@ where
     }
 }
 
-/// A `PTTL` reply: milliseconds left, `-2` absent, `-1` no expiry (https://redis.io/docs/latest/commands/pttl/).
+/// A `PTTL` reply: milliseconds left, `-2` absent, `-1` no expiry (<https://redis.io/docs/latest/commands/pttl/>).
 fn ttl_from(operation: StoreOperation, value: Value) -> Result<Option<Duration>, Error> {
     match value {
         Value::Int(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms.unsigned_abs()))),

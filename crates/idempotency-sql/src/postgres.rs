@@ -48,7 +48,7 @@ struct Inner {
 }
 
 /// The completion in the caller's transaction: `complete` that restores the transaction's
-/// `lock_timeout` (`$8`, as [`bound_lock_wait`] found it) and fails when it did not apply.
+/// `lock_timeout` (`$8`, as [`bound_lock_wait_sql`] found it) and fails when it did not apply.
 ///
 /// **Not applied → error**: when the completion matched nothing, the statement itself fails
 /// (a cast of [`NOT_APPLIED`] and the transaction's isolation level to `int`, SQLSTATE

@@ -2,7 +2,7 @@
 //!
 //! # Bounded
 //! A `/pipeline` or `/multi-exec` body is read as a stream of commands by a serde
-//! [`Visitor`](serde::de::Visitor): the count is checked as each command ends, so a body of a
+//! [`Visitor`]: the count is checked as each command ends, so a body of a
 //! million commands stops at command `max_pipeline + 1` instead of being built whole first.
 //! Arguments go straight into a [`Command`]'s compact buffer (their bytes plus one offset each),
 //! never into a `serde_json::Value` tree (32 bytes per node plus a heap allocation per string).

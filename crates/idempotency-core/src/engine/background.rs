@@ -136,7 +136,7 @@ impl Background {
         state.claims.remove(ticket).unwrap_or(false)
     }
 
-    /// The guard starts storing its outcome (renewals continue, see [`Live::completing`]).
+    /// The guard starts storing its outcome (renewals continue, see `Live::completing`).
     /// Returns whether a renewal had already found the lease lost.
     pub(crate) fn mark_completing(&self, ticket: Ticket) -> bool {
         let mut state = self.lock();

@@ -290,7 +290,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     }
 }
 
-/// Store calls on a claim, beside [`Idempotency::timed`]: storing an outcome (with retries)
+/// Store calls on a claim, beside `Idempotency::timed`: storing an outcome (with retries)
 /// and releasing.
 impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// Store `completed` under `claim`, retrying transient failures (see
