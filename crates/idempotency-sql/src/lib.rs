@@ -211,9 +211,12 @@
 //! waiting or running too long — Postgres `lock_timeout` (SQLSTATE `55P03`), or
 //! `statement_timeout` / a cancel request (`57014`), whether set on the role, the database, the
 //! connection or the transaction — is a `StoreError::Timeout` too (transient, so the engine
-//! retries a completion), never `StoreError::Backend`; inside the caller's transaction
-//! (`complete_in`) the failed statement aborts that transaction, so its side effect cannot
-//! commit without the record. Errors are recognised by SQLSTATE
+//! retries a completion), never `StoreError::Backend`; its `after` is how long the statement
+//! ran before the server ended it (about the server's timeout), not the store's budget, which
+//! had not run out, and a `warn` event carries the SQLSTATE and the server's message (which
+//! names the timeout or the cancel: `StoreError::Timeout`'s own message cannot). Inside the
+//! caller's transaction (`complete_in`) the failed statement aborts that transaction, so its
+//! side effect cannot commit without the record. Errors are recognised by SQLSTATE
 //! (Postgres) or result code (SQLite), never by message text. A row that is not a valid record
 //! (edited by hand) is [`StoreError::Corrupt`](idempotency_core::StoreError::Corrupt), never
 //! absent and never overwritten.

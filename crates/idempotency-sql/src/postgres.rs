@@ -584,9 +584,14 @@ impl PostgresStore {
                     .map_err(|e| crate::error::map_sqlx(StoreOperation::Complete, budget, e))?,
                 // The transaction cannot run statements (it failed before, say): nothing to abort.
                 Ok(Err(error)) => {
-                    return Err(
-                        crate::error::map_sqlx(StoreOperation::Complete, budget, error).into(),
-                    );
+                    let ran = started.elapsed();
+                    return Err(crate::error::map_sqlx_after(
+                        StoreOperation::Complete,
+                        budget,
+                        ran,
+                        error,
+                    )
+                    .into());
                 }
                 Err(_) => {
                     self.abort_after_timeout(conn, budget).await;
@@ -627,20 +632,25 @@ impl PostgresStore {
                     self.not_applied(conn, pending, &key, &token, Aborted::Yes { isolation })
                         .await
                 }
-                None => self.failed(pending, &key, &token, budget, error).await,
+                None => {
+                    let ran = started.elapsed();
+                    self.failed(pending, &key, &token, (budget, ran), error)
+                        .await
+                }
             },
         }
     }
 
     /// The completion statement in the caller's transaction failed for another reason than
     /// not applying: a serialization failure or deadlock is told apart from a lost claim
-    /// ([`serialization_failed`](Self::serialization_failed)); any other error is the store's.
+    /// ([`serialization_failed`](Self::serialization_failed)); any other error is the store's
+    /// (`budget`: the store's time budget; `ran`: how long the completion had run).
     async fn failed<S: IdempotencyStore + 'static>(
         &self,
         pending: PendingCompletion<S>,
         key: &StoreKey,
         token: &LeaseToken,
-        budget: Duration,
+        (budget, ran): (Duration, Duration),
         error: sqlx::Error,
     ) -> Result<PendingCompletion<S>, IdempotencyError> {
         match serialization_failure(&error) {
@@ -648,7 +658,9 @@ impl PostgresStore {
                 self.serialization_failed(pending, key, token, code, error)
                     .await
             }
-            None => Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into()),
+            None => Err(
+                crate::error::map_sqlx_after(StoreOperation::Complete, budget, ran, error).into(),
+            ),
         }
     }
 

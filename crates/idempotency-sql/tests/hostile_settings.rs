@@ -136,6 +136,20 @@ fn assert_statement_timeout<T: std::fmt::Debug>(
         "ended by the server's statement_timeout, not the store's budget: {:?}",
         started.elapsed()
     );
+    assert_reports_the_time_it_ran(&error);
+}
+
+/// lowfix C: a timeout the server imposed (`statement_timeout`, SQLSTATE 57014) reports how
+/// long the statement ran (~250 ms here), not the store's 10 s budget, which had not run out
+/// (it sent operators to raise the wrong setting). Before, `after` was the budget.
+fn assert_reports_the_time_it_ran(error: &StoreError) {
+    let StoreError::Timeout { after, .. } = error else {
+        panic!("a timeout: {error:?}")
+    };
+    assert!(
+        *after < Duration::from_secs(5),
+        "`after` is the time the statement ran, not the store's 10 s budget: {error}"
+    );
 }
 
 /// A claim whose upsert waits on another transaction's uncommitted row for the same key, and
@@ -260,6 +274,10 @@ async fn complete_in_cut_short_by_statement_timeout_is_a_timeout_and_commits_not
         "ended by statement_timeout, not the 9.9 s lock bound: {:?}",
         started.elapsed()
     );
+    let IdempotencyError::StoreUnavailable(timeout) = &error else {
+        panic!("checked above")
+    };
+    assert_reports_the_time_it_ran(timeout);
     // The transaction refuses further statements (25P02): the failed completion aborted it.
     assert_aborted(&mut tx).await;
     // The handler ignores the error and commits.
