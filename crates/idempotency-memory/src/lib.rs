@@ -54,8 +54,11 @@
 //! `tokio::sync::Notify` for that key (`IdempotencyStore::wait_for_change`), woken by the
 //! completion, release, delete or takeover, and re-reads once. The notification exists only
 //! while someone waits on the key ([`MemoryStore::waited_keys`]); when nobody waits, a
-//! completion pays one atomic load (the other writers a fence and a load). Lease expiry is not
-//! announced: the engine re-reads once at the end of the wait.
+//! completion pays one atomic load (the other writers a fence and a load). A lease that lapses
+//! wakes its waiters when the record is removed: by a takeover, or by the sweep (amortised over
+//! claims, run when a claim makes room, or [`MemoryStore::sweep_expired`]). Until then nothing
+//! announces it (records expire lazily, no timer runs), and the engine re-reads once at the end
+//! of the wait.
 //!
 //! # Re-exports
 //! [`idempotency_core`], so versions match (every backend crate re-exports core, and its
@@ -414,7 +417,8 @@ impl MemoryStore {
         self.shared.wakers.waited_keys()
     }
 
-    /// Remove every expired record now (normally done amortised over claims).
+    /// Remove every expired record now (normally done amortised over claims); returns how many
+    /// went. Waiters on a removed in-progress record (its lease lapsed) are woken.
     pub fn sweep_expired(&self) -> usize {
         self.shared.sweep(self.shared.clock.now_ms())
     }
@@ -519,16 +523,29 @@ impl Shared {
         self.sweeping.store(false, Ordering::Release);
     }
 
+    /// Remove every record expired at `now`; returns how many went. The waiters of a removed
+    /// in-progress record (its lease lapsed) are woken: the key is free to claim. Whether
+    /// anyone waits is read under the shard lock of the removal, as a completion reads it (see
+    /// `wake::Wakers::anyone_waiting_under_lock`), and the keys are notified once every shard
+    /// lock is released. With nobody waiting, a removed in-progress record costs one atomic
+    /// load more and nothing is collected.
     fn sweep(&self, now: u64) -> usize {
         let mut removed = 0;
-        self.map.retain(|entry| {
+        let mut lapsed: Vec<StoreKey> = Vec::new();
+        self.map.retain(|key, entry| {
             let keep = entry.live(now);
             if !keep {
                 removed += 1;
                 self.account_remove(entry.size);
+                if !entry.record.is_completed() && self.wakers.anyone_waiting_under_lock() {
+                    lapsed.push(key.to_store_key());
+                }
             }
             keep
         });
+        for key in &lapsed {
+            self.wakers.notify(key);
+        }
         removed
     }
 
@@ -934,8 +951,9 @@ impl IdempotencyStore for MemoryStore {
     }
 
     /// In-process: a `tokio::sync::Notify` per waited key, created when the first duplicate
-    /// waits and dropped with the last (see the module `wake`). Lease expiry is not notified
-    /// (records expire lazily); the engine's re-read at the end of the wait catches it.
+    /// waits and dropped with the last (see the module `wake`). A lapsed lease is notified
+    /// when its record is removed (a takeover or a sweep); records expire lazily, so until
+    /// then the engine's re-read at the end of the wait catches it.
     async fn wait_for_change(
         &self,
         key: &StoreKey,

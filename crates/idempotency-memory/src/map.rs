@@ -271,11 +271,14 @@ impl<V> Map<V> {
         }
     }
 
-    /// Keep only the entries for which `keep` answers `true`, one shard at a time (each under
-    /// its write lock).
-    pub(crate) fn retain(&self, mut keep: impl FnMut(&mut V) -> bool) {
+    /// Keep only the entries for which `keep` (given each key and value) answers `true`, one
+    /// shard at a time (each under its write lock, held while `keep` runs).
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&KeyBytes, &mut V) -> bool) {
         for shard in &*self.shards {
-            shard.write().retain(|slot| keep(&mut slot.node.value));
+            shard.write().retain(|slot| {
+                let node = &mut *slot.node;
+                keep(&node.key, &mut node.value)
+            });
         }
     }
 
@@ -336,7 +339,10 @@ mod tests {
             assert_eq!(map.remove_if(&k, hash, |v| *v == 43), Some(43));
             assert!(map.get(&k, hash).is_none());
             assert!(map.get(&key(9999), map.hash(&key(9999))).is_none());
-            map.retain(|v| *v % 2 == 0);
+            map.retain(|k, v| {
+                assert_eq!(k.to_store_key(), key(*v), "each value beside its own key");
+                *v % 2 == 0
+            });
             let mut seen = 0;
             map.for_each(|k, v| {
                 assert_eq!(k.to_store_key(), key(*v));
@@ -498,7 +504,7 @@ mod tests {
             assert_eq!(map.remove_if(&key(8), SAME, |_| true), Some(8));
             assert_eq!(map.remove_if(&key(8), SAME, |_| true), None);
             assert_eq!(map.get(&key(9), SAME).as_deref(), Some(&9));
-            map.retain(|v| *v % 3 != 0);
+            map.retain(|_, v| *v % 3 != 0);
             for n in 0..300 {
                 let expect = match n {
                     7 => Some(1007),
@@ -568,7 +574,7 @@ mod tests {
                     assert_eq!(map.remove_if(&k, SAME, |_| true), Some(n), "{text:?}");
                 }
             }
-            map.retain(|v| *v % 2 == 0);
+            map.retain(|_, v| *v % 2 == 0);
             for (n, text) in texts.iter().enumerate() {
                 let k = StoreKey::from_raw(text.as_str());
                 let expect = (text.len() <= INLINE_KEY && n % 2 == 0).then_some(n);

@@ -5,7 +5,8 @@
 //! anywhere, a completion pays one atomic load (made under its shard lock, see
 //! [`Wakers::anyone_waiting_under_lock`]) and the rarer writers (release, delete, takeover) one
 //! `SeqCst` fence and one atomic load: the map of waited keys is locked only when a waiter is
-//! registered.
+//! registered. A sweep reads the count as a completion does, under the shard lock of each
+//! lapsed in-progress record it removes, and notifies those keys once it is done.
 //!
 //! Why no wake-up is lost: a waiter counts itself in `waiting`, registers its `Notify` and
 //! enables its `Notified` future *before* it checks the record (under the shard lock). A writer

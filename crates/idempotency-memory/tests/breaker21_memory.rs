@@ -316,9 +316,10 @@ fn breaker21_a_waiter_racing_a_change_is_never_left_waiting() {
     ] {
         let clock = ManualClock::new();
         // Full at 2 records: a takeover sometimes goes through `make_room`.
-        // No amortised sweep in the way: a sweep of the lapsed record before the takeover makes
-        // the takeover a plain new claim, which wakes nobody (lease expiry is not announced;
-        // see breaker21_a_waiter_on_a_swept_record_is_woken_by_the_next_change).
+        // No amortised sweep in the way: a sweep of the lapsed record before the takeover
+        // would do the waking (a sweep wakes the waiters of the in-progress records it
+        // removes) and make the takeover a plain new claim: the takeover's own wake-up would
+        // go untested.
         let store = MemoryStore::builder()
             .clock(clock.clone())
             .max_entries(2)
@@ -433,9 +434,9 @@ fn breaker21_a_waiter_racing_a_change_is_never_left_waiting() {
 
 /// A duplicate waits on an in-progress record whose lease then lapses; the record is swept
 /// (amortised sweep, or another claim's `make_room`) before a new claim takes the key, so that
-/// claim is a plain new one and wakes nobody (lease expiry is not announced; a takeover of a
-/// record still in the map does wake). The waiter is not stranded until its timeout for all
-/// that: its notification is the key's, and the new claim's completion wakes it at once.
+/// claim is a plain new one and wakes nobody. The waiter is not stranded until its timeout for
+/// all that: the sweep wakes it (since lowfix A; see `tests/wake.rs`), and before that the new
+/// claim's completion did (its notification is the key's).
 #[tokio::test(start_paused = true)]
 async fn breaker21_a_waiter_on_a_swept_record_is_woken_by_the_next_change() {
     let clock = ManualClock::new();

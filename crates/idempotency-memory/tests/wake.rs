@@ -301,3 +301,154 @@ async fn stores_that_cannot_notify_are_polled_as_before() {
     );
     finisher.await.unwrap();
 }
+
+/// What removes an in-progress record whose lease lapsed (the record is not touched by its
+/// owner, which died or stalled).
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    /// `MemoryStore::sweep_expired`.
+    ExplicitSweep,
+    /// The amortised sweep run by a claim of another key.
+    SweepInAnotherClaim,
+    /// The amortised sweep run by a claim of the same key, which then inserts into the vacant
+    /// slot (no takeover is seen: the sweep took the record out first).
+    SweepInAClaimOfTheKey,
+    /// The sweep of a full store's making room for a claim of another key.
+    MakingRoom,
+}
+
+/// lowfix A: every path that removes a lapsed in-progress record wakes its waiters at once
+/// (the key is free to claim), instead of leaving them asleep until their `max_wait` ends.
+/// Before, only a takeover, release, delete or completion woke them: each case here waited the
+/// whole 60 s and answered `TimedOut`.
+async fn removing_a_lapsed_in_progress_record_wakes_its_waiters(removal: Removal) {
+    let clock = idempotency_memory::ManualClock::new();
+    let builder = MemoryStore::builder().clock(clock.clone());
+    let store = match removal {
+        Removal::ExplicitSweep | Removal::MakingRoom => {
+            // No amortised sweep during the test.
+            builder.sweep_interval(Duration::from_secs(3600))
+        }
+        Removal::SweepInAnotherClaim | Removal::SweepInAClaimOfTheKey => {
+            builder.sweep_interval(Duration::from_secs(1))
+        }
+    };
+    let store = match removal {
+        Removal::MakingRoom => store.max_entries(2),
+        _ => store,
+    }
+    .build();
+    let claim = |n: u8| InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: Fingerprint::of("a"),
+        created_at_ms: u64::from(n),
+    };
+    let k = StoreKey::from_raw("k");
+    let lapsing = claim(1);
+    let claimed = store.try_claim(&k, &lapsing, Duration::from_secs(1)).await;
+    assert_eq!(claimed.unwrap(), Claim::Claimed);
+    // Another key, held all along (fills the 2-record store).
+    let other = StoreKey::from_raw("other");
+    let held = claim(2);
+    let claimed = store.try_claim(&other, &held, Duration::from_secs(3600));
+    assert_eq!(claimed.await.unwrap(), Claim::Claimed);
+
+    let started = Instant::now();
+    let waiter = tokio::spawn({
+        let (store, k) = (store.clone(), k.clone());
+        async move {
+            store
+                .wait_for_change(&k, &lapsing.token, Duration::from_secs(60))
+                .await
+        }
+    });
+    until_waiting(&store).await;
+    // The lease lapses (store time only: the tokio clock does not move).
+    clock.advance(Duration::from_secs(2));
+    let newcomer = claim(3);
+    match removal {
+        Removal::ExplicitSweep => assert_eq!(store.sweep_expired(), 1),
+        Removal::SweepInAnotherClaim | Removal::MakingRoom => {
+            let third = StoreKey::from_raw("third");
+            let claimed = store.try_claim(&third, &newcomer, Duration::from_secs(60));
+            assert_eq!(claimed.await.unwrap(), Claim::Claimed, "{removal:?}");
+        }
+        Removal::SweepInAClaimOfTheKey => {
+            let claimed = store.try_claim(&k, &newcomer, Duration::from_secs(60));
+            assert_eq!(claimed.await.unwrap(), Claim::Claimed, "{removal:?}");
+        }
+    }
+    let waited = waiter.await.unwrap().unwrap();
+    assert_eq!(waited, Waited::Changed, "{removal:?}");
+    assert_eq!(started.elapsed(), Duration::ZERO, "{removal:?}: woken");
+    assert_eq!(store.waited_keys(), 0, "{removal:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_explicit_sweep_wakes_the_waiters_of_a_lapsed_claim() {
+    removing_a_lapsed_in_progress_record_wakes_its_waiters(Removal::ExplicitSweep).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweep_in_a_claim_of_another_key_wakes_the_waiters_of_a_lapsed_claim() {
+    removing_a_lapsed_in_progress_record_wakes_its_waiters(Removal::SweepInAnotherClaim).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweep_in_a_claim_of_the_key_wakes_the_waiters_of_its_lapsed_claim() {
+    removing_a_lapsed_in_progress_record_wakes_its_waiters(Removal::SweepInAClaimOfTheKey).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn making_room_wakes_the_waiters_of_a_lapsed_claim() {
+    removing_a_lapsed_in_progress_record_wakes_its_waiters(Removal::MakingRoom).await;
+}
+
+/// lowfix A through the engine: a duplicate waiting on a key whose owner died is woken when
+/// the sweep removes the lapsed claim, and claims the key itself, long before its `max_wait`.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_on_a_lapsed_claim_is_woken_by_the_sweep_and_runs() {
+    let clock = idempotency_memory::ManualClock::new();
+    let store = Counting {
+        inner: MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_interval(Duration::from_secs(3600))
+            .build(),
+        ..Counting::default()
+    };
+    let engine = Idempotency::builder(store.clone())
+        .lease(Duration::from_secs(5))
+        .wait_for_in_progress(Duration::from_secs(60), Duration::from_secs(10))
+        .renew_leases(false)
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(dead_owner) = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt runs")
+    };
+    let started = Instant::now();
+    let waiter = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+                .await
+        }
+    });
+    until_waiting(&store.inner).await;
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(store.inner.sweep_expired(), 1);
+    let Begin::Run(second) = waiter.await.unwrap().unwrap() else {
+        panic!("the lapsed key is claimed by the waiter")
+    };
+    assert_eq!(started.elapsed(), Duration::ZERO, "woken, not timed out");
+    second
+        .complete(StoredOutcome::new("done", None))
+        .await
+        .unwrap();
+    drop(dead_owner);
+}

@@ -149,22 +149,39 @@ impl TransactionConflict {
     }
 }
 
-/// Map a `sqlx` error from `operation` onto the core's typed error.
+/// Map a `sqlx` error from `operation` onto the core's typed error; `budget` is the store's
+/// time budget, reported as `after` of a timeout. As [`map_sqlx_after`] with the budget for
+/// the time the statement ran (for a caller that did not measure it).
+pub(crate) fn map_sqlx(
+    operation: StoreOperation,
+    budget: Duration,
+    error: sqlx::Error,
+) -> StoreError {
+    map_sqlx_after(operation, budget, budget, error)
+}
+
+/// Map a `sqlx` error from `operation`, whose statement ran for `ran`, onto the core's typed
+/// error.
 ///
-/// - pool timeouts, the store's own budget, Postgres's `lock_timeout` (SQLSTATE `55P03`) and
-///   `query_canceled` (`57014`: a `statement_timeout` set on the role, database, connection or
-///   transaction, or a cancel request such as `pg_cancel_backend`) → [`StoreError::Timeout`]
-///   (transient: a retry may succeed; the statement was rolled back, and inside the caller's
-///   transaction its failure aborts that transaction);
+/// - pool timeouts and the store's own budget → [`StoreError::Timeout`] after `budget`;
+///   Postgres's `lock_timeout` (SQLSTATE `55P03`) and `query_canceled` (`57014`: a
+///   `statement_timeout` set on the role, database, connection or transaction, or a cancel
+///   request such as `pg_cancel_backend`) → [`StoreError::Timeout`] after `ran`, the time the
+///   server let the statement run (the store's budget had not run out: naming it would send an
+///   operator to the wrong setting), logged at `warn` with the SQLSTATE and the server's
+///   message (which names the setting or the cancel). All transient: a retry may succeed; the
+///   statement was rolled back, and inside the caller's transaction its failure aborts that
+///   transaction;
 /// - I/O, TLS, a closed pool, a crashed worker, SQLSTATE class `08` (connection exception),
 ///   `57P01`..`57P03` (server shutting down / starting), `53300` (too many connections) and
 ///   SQLite `BUSY`/`LOCKED` after the busy timeout → [`StoreError::Unavailable`];
 /// - a value that does not decode → [`StoreError::Corrupt`];
 /// - other database errors → [`StoreError::Backend`] with the server's message;
 /// - anything else → [`StoreError::Other`].
-pub(crate) fn map_sqlx(
+pub(crate) fn map_sqlx_after(
     operation: StoreOperation,
     budget: Duration,
+    ran: Duration,
     error: sqlx::Error,
 ) -> StoreError {
     use sqlx::Error as E;
@@ -187,10 +204,21 @@ pub(crate) fn map_sqlx(
         // the role, the database or the connection) or a cancel request ended the statement.
         // Both are waits cut short, not a wrong statement: a retry may succeed, so they are
         // timeouts (transient), not `Backend` (which the engine does not retry).
-        E::Database(db) if is_timeout(db.code().as_deref()) => StoreError::Timeout {
-            operation,
-            after: budget,
-        },
+        E::Database(db) if is_timeout(db.code().as_deref()) => {
+            tracing::warn!(
+                %operation,
+                sqlstate = db.code().as_deref().unwrap_or_default(),
+                ran_ms = ran.as_millis() as u64,
+                budget_ms = budget.as_millis() as u64,
+                message = db.message(),
+                "the database ended the statement before the store's budget \
+                 (statement_timeout, lock_timeout or a cancel request): answered as a timeout"
+            );
+            StoreError::Timeout {
+                operation,
+                after: ran,
+            }
+        }
         E::Database(db) => {
             if is_unavailable(db.code().as_deref()) {
                 StoreError::Unavailable {
@@ -236,8 +264,9 @@ pub(crate) async fn timed<T>(
     budget: Duration,
     call: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
+    let started = tokio::time::Instant::now();
     match tokio::time::timeout(budget, call).await {
-        Ok(result) => result.map_err(|e| map_sqlx(operation, budget, e)),
+        Ok(result) => result.map_err(|e| map_sqlx_after(operation, budget, started.elapsed(), e)),
         Err(_) => Err(StoreError::Timeout {
             operation,
             after: budget,

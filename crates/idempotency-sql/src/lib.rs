@@ -139,10 +139,12 @@
 //! instances with skewed clocks agree. `expires_at` is the lease end of an in-progress row and
 //! the retention end of a completed one; a row past it is absent for every operation. On
 //! Postgres every built-in function is called by its qualified name
-//! (`pg_catalog.clock_timestamp()`, `pg_catalog.pg_notify(…)`, …), so a function of the same
-//! name in a schema that comes earlier in the connection's `search_path` cannot replace it;
-//! operators, type names and the records table's name are not qualified (name the table
-//! `schema.table` to pin it).
+//! (`pg_catalog.clock_timestamp()`, `pg_catalog.pg_notify(…)`, …) and every cast names its
+//! type qualified (`$5::pg_catalog.float8`), so a function, type or domain of the same name in
+//! a schema that comes earlier in the connection's `search_path` cannot replace it; the
+//! migrations write `pg_catalog.text` and `pg_catalog.bytea`, and the SQL keywords `BIGINT`,
+//! `SMALLINT` and `TIMESTAMP WITH TIME ZONE`, which always name the built-in types. Operators
+//! and the records table's name are not qualified (name the table `schema.table` to pin it).
 //! - `try_claim`: `INSERT … ON CONFLICT (store_key) DO UPDATE SET col = CASE WHEN expired THEN
 //!   excluded.col ELSE col END, … RETURNING (token = $new_token) AS claimed, …`. The upsert
 //!   always touches the row, so `RETURNING` always yields it as it is after the statement: ours
@@ -209,9 +211,12 @@
 //! waiting or running too long — Postgres `lock_timeout` (SQLSTATE `55P03`), or
 //! `statement_timeout` / a cancel request (`57014`), whether set on the role, the database, the
 //! connection or the transaction — is a `StoreError::Timeout` too (transient, so the engine
-//! retries a completion), never `StoreError::Backend`; inside the caller's transaction
-//! (`complete_in`) the failed statement aborts that transaction, so its side effect cannot
-//! commit without the record. Errors are recognised by SQLSTATE
+//! retries a completion), never `StoreError::Backend`; its `after` is how long the statement
+//! ran before the server ended it (about the server's timeout), not the store's budget, which
+//! had not run out, and a `warn` event carries the SQLSTATE and the server's message (which
+//! names the timeout or the cancel: `StoreError::Timeout`'s own message cannot). Inside the
+//! caller's transaction (`complete_in`) the failed statement aborts that transaction, so its
+//! side effect cannot commit without the record. Errors are recognised by SQLSTATE
 //! (Postgres) or result code (SQLite), never by message text. A row that is not a valid record
 //! (edited by hand) is [`StoreError::Corrupt`](idempotency_core::StoreError::Corrupt), never
 //! absent and never overwritten.

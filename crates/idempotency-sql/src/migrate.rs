@@ -45,10 +45,13 @@ pub(crate) fn for_table(sql: &str, table: &Table) -> String {
         .replace("\"idempotency_records\"", &table.quoted)
 }
 
-/// The bookkeeping table, created first by `migrate()` (same SQL on both databases).
-pub(crate) fn bookkeeping(table: &Table) -> String {
+/// The bookkeeping table, created first by `migrate()`. On Postgres `text` is written
+/// `pg_catalog.text`, so that a type of that name in a schema earlier in `search_path` cannot
+/// take its place (`BIGINT` is a keyword: always the built-in type).
+pub(crate) fn bookkeeping(table: &Table, postgres: bool) -> String {
+    let text = if postgres { "pg_catalog.text" } else { "TEXT" };
     format!(
-        "CREATE TABLE IF NOT EXISTS {} (version BIGINT NOT NULL PRIMARY KEY, name TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS {} (version BIGINT NOT NULL PRIMARY KEY, name {text} NOT NULL)",
         table.migrations_quoted
     )
 }

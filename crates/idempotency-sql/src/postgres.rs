@@ -66,7 +66,7 @@ fn complete_in_transaction(complete: &str, woken: bool) -> String {
         "{head}, answer ({columns}) AS MATERIALIZED ({answer}) \
          SELECT answer.*, \
          CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' || \
-         pg_catalog.current_setting('transaction_isolation') || ')')::int END \
+         pg_catalog.current_setting('transaction_isolation') || ')')::pg_catalog.int4 END \
          AS aborts_unless_applied, \
          pg_catalog.set_config('lock_timeout', $8, true) AS lock_timeout_restored \
          FROM answer"
@@ -90,7 +90,7 @@ fn bound_lock_wait_sql(bound_ms: &str) -> String {
     debug_assert!(bound_ms.bytes().all(|b| b.is_ascii_digit()));
     // `was.v` in milliseconds: the setting's text (`0`, `250ms`, `90s`, `2min`, `3h`, `2d`)
     // read as an interval.
-    let was_ms = "extract(epoch FROM was.v::interval) * 1000";
+    let was_ms = "extract(epoch FROM was.v::pg_catalog.interval) * 1000";
     format!(
         "WITH was AS MATERIALIZED (SELECT pg_catalog.current_setting('lock_timeout') AS v) \
          SELECT was.v, pg_catalog.set_config('lock_timeout', \
@@ -172,7 +172,7 @@ impl SqlStatements {
         ]
         .map(keep_unless_expired)
         .join(", ");
-        let micros = "$N::float8 * interval '1 microsecond'";
+        let micros = "$N::pg_catalog.float8 * '1 microsecond'::pg_catalog.interval";
         Self {
             claim: format!(
                 "WITH now AS MATERIALIZED (SELECT pg_catalog.clock_timestamp() AS t), \
@@ -249,7 +249,7 @@ impl SqlStatements {
             // agree.
             time_to_live: format!(
                 "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at - pg_catalog.clock_timestamp()) \
-                 * 1000000)::int8 AS left_us FROM {t} WHERE store_key = $1) AS live \
+                 * 1000000)::pg_catalog.int8 AS left_us FROM {t} WHERE store_key = $1) AS live \
                  WHERE left_us > 0"
             ),
         }
@@ -355,12 +355,14 @@ impl PostgresStoreBuilder {
     }
 }
 
-// Every built-in function the store calls is written `pg_catalog.name(...)` (and the catalog
-// table `pg_catalog.pg_attribute`): a function of the same name and arguments in a schema
-// earlier in the connection's `search_path` (a role's or database's setting, or an
-// application's `search_path` option) would otherwise be called instead, e.g. a
-// `clock_timestamp()` that never lets a lease expire. Operators and the records table's own
-// name are left as they are.
+// Every built-in function the store calls is written `pg_catalog.name(...)`, every type it
+// casts to `pg_catalog.type` (`$5::pg_catalog.float8`), and the catalog tables
+// `pg_catalog.pg_attribute` etc.: a function of the same name and arguments, or a type or
+// domain of the same name, in a schema earlier in the connection's `search_path` (a role's or
+// database's setting, or an application's `search_path` option) would otherwise be used
+// instead, e.g. a `clock_timestamp()` that never lets a lease expire, or a `float8` domain
+// whose check fails every claim. Operators and the records table's own name are left as they
+// are.
 
 /// Whether the table `$1` (quoted name) exists.
 const TABLE_EXISTS: &str = "SELECT pg_catalog.to_regclass($1) IS NOT NULL";
@@ -370,9 +372,18 @@ const TABLE_EXISTS: &str = "SELECT pg_catalog.to_regclass($1) IS NOT NULL";
 const MIGRATION_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))";
 
 /// The columns of the table `$1` (quoted name) and their types; none when it does not exist.
-const COLUMNS_OF: &str = "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, \
-     a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass($1) \
-     AND a.attnum > 0 AND NOT a.attisdropped";
+///
+/// A built-in type is named as `format_type` names it, without the `pg_catalog.` it adds when
+/// a type of the same name in a schema earlier in `search_path` hides the built-in one
+/// (`text`, not `pg_catalog.text`); any other type is named with its schema (`evil.text`), so
+/// a column of a look-alike type never passes for the built-in one.
+const COLUMNS_OF: &str = "SELECT a.attname::pg_catalog.text, CASE WHEN n.nspname = 'pg_catalog' \
+     THEN pg_catalog.replace(pg_catalog.format_type(a.atttypid, a.atttypmod), 'pg_catalog.', '') \
+     ELSE pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(ty.typname) END \
+     FROM pg_catalog.pg_attribute a \
+     JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace \
+     WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
 
 impl Dialect for Postgres {
     const POSTGRES: bool = true;
@@ -573,9 +584,14 @@ impl PostgresStore {
                     .map_err(|e| crate::error::map_sqlx(StoreOperation::Complete, budget, e))?,
                 // The transaction cannot run statements (it failed before, say): nothing to abort.
                 Ok(Err(error)) => {
-                    return Err(
-                        crate::error::map_sqlx(StoreOperation::Complete, budget, error).into(),
-                    );
+                    let ran = started.elapsed();
+                    return Err(crate::error::map_sqlx_after(
+                        StoreOperation::Complete,
+                        budget,
+                        ran,
+                        error,
+                    )
+                    .into());
                 }
                 Err(_) => {
                     self.abort_after_timeout(conn, budget).await;
@@ -616,20 +632,25 @@ impl PostgresStore {
                     self.not_applied(conn, pending, &key, &token, Aborted::Yes { isolation })
                         .await
                 }
-                None => self.failed(pending, &key, &token, budget, error).await,
+                None => {
+                    let ran = started.elapsed();
+                    self.failed(pending, &key, &token, (budget, ran), error)
+                        .await
+                }
             },
         }
     }
 
     /// The completion statement in the caller's transaction failed for another reason than
     /// not applying: a serialization failure or deadlock is told apart from a lost claim
-    /// ([`serialization_failed`](Self::serialization_failed)); any other error is the store's.
+    /// ([`serialization_failed`](Self::serialization_failed)); any other error is the store's
+    /// (`budget`: the store's time budget; `ran`: how long the completion had run).
     async fn failed<S: IdempotencyStore + 'static>(
         &self,
         pending: PendingCompletion<S>,
         key: &StoreKey,
         token: &LeaseToken,
-        budget: Duration,
+        (budget, ran): (Duration, Duration),
         error: sqlx::Error,
     ) -> Result<PendingCompletion<S>, IdempotencyError> {
         match serialization_failure(&error) {
@@ -637,7 +658,9 @@ impl PostgresStore {
                 self.serialization_failed(pending, key, token, code, error)
                     .await
             }
-            None => Err(crate::error::map_sqlx(StoreOperation::Complete, budget, error).into()),
+            None => Err(
+                crate::error::map_sqlx_after(StoreOperation::Complete, budget, ran, error).into(),
+            ),
         }
     }
 
@@ -932,9 +955,9 @@ mod tests {
     fn statements_name_the_table_and_bind_in_order() {
         let sql = SqlStatements::postgres("\"t\"", None);
         assert!(sql.claim.contains("INSERT INTO \"t\" AS r"));
-        assert!(sql.claim.contains("now.t + $5::float8"));
-        assert!(sql.complete.contains("$7::float8"));
-        assert!(sql.extend.contains("$3::float8"));
+        assert!(sql.claim.contains("now.t + $5::pg_catalog.float8"));
+        assert!(sql.complete.contains("$7::pg_catalog.float8"));
+        assert!(sql.extend.contains("$3::pg_catalog.float8"));
         for s in [
             &sql.claim,
             &sql.complete,
@@ -990,15 +1013,13 @@ mod tests {
         names
     }
 
-    /// Every built-in function call in every statement the Postgres store sends is qualified
-    /// with `pg_catalog.`, so a schema earlier in `search_path` cannot shadow it.
-    #[test]
-    fn every_function_call_is_qualified_with_pg_catalog() {
-        let found = called_functions("SELECT count(x), pg_catalog.now(), 'f(x)', a.b(c)");
-        assert_eq!(found, ["count", "pg_catalog.now", "a.b"]);
+    /// Every statement the Postgres store sends (both with and without waking waiters), but
+    /// the migrations.
+    fn every_statement() -> Vec<String> {
+        let mut statements = Vec::new();
         for wake in [None, Some("t_wake")] {
             let sql = SqlStatements::postgres("\"t\"", wake);
-            let statements = [
+            statements.extend([
                 sql.claim.clone(),
                 sql.complete.clone(),
                 sql.release.clone(),
@@ -1008,24 +1029,147 @@ mod tests {
                 sql.purge.clone(),
                 sql.time_to_live.clone(),
                 complete_in_transaction(&sql.complete, wake.is_some()),
-                bound_lock_wait_sql("900"),
-                flag_waiter_sql("\"t\""),
-                TABLE_EXISTS.to_owned(),
-                MIGRATION_LOCK.to_owned(),
-                COLUMNS_OF.to_owned(),
-                ABORT_TRANSACTION.to_owned(),
-                "SELECT pg_catalog.current_setting('transaction_isolation')".to_owned(),
-            ];
-            for statement in &statements {
-                for name in called_functions(statement) {
-                    // `EXTRACT(field FROM ...)` is syntax, which Postgres itself resolves in
-                    // `pg_catalog`.
-                    assert!(
-                        name.starts_with("pg_catalog.") || name.eq_ignore_ascii_case("extract"),
-                        "unqualified call of {name} in {statement}"
-                    );
+            ]);
+        }
+        statements.extend([
+            bound_lock_wait_sql("900"),
+            flag_waiter_sql("\"t\""),
+            TABLE_EXISTS.to_owned(),
+            MIGRATION_LOCK.to_owned(),
+            COLUMNS_OF.to_owned(),
+            ABORT_TRANSACTION.to_owned(),
+            "SELECT pg_catalog.current_setting('transaction_isolation')".to_owned(),
+        ]);
+        statements
+    }
+
+    /// Every built-in function call in every statement the Postgres store sends is qualified
+    /// with `pg_catalog.`, so a schema earlier in `search_path` cannot shadow it.
+    #[test]
+    fn every_function_call_is_qualified_with_pg_catalog() {
+        let found = called_functions("SELECT count(x), pg_catalog.now(), 'f(x)', a.b(c)");
+        assert_eq!(found, ["count", "pg_catalog.now", "a.b"]);
+        for statement in &every_statement() {
+            for name in called_functions(statement) {
+                // `EXTRACT(field FROM ...)` is syntax, which Postgres itself resolves in
+                // `pg_catalog`.
+                assert!(
+                    name.starts_with("pg_catalog.") || name.eq_ignore_ascii_case("extract"),
+                    "unqualified call of {name} in {statement}"
+                );
+            }
+        }
+    }
+
+    /// Built-in type names that Postgres looks up through `search_path` when written bare
+    /// (`::float8`, `CAST(x AS text)`, a column's type): a type or domain of that name in a
+    /// schema earlier in it is used instead.
+    const LOOKED_UP_TYPES: &[&str] = &[
+        "text",
+        "bytea",
+        "int2",
+        "int4",
+        "int8",
+        "float4",
+        "float8",
+        "bool",
+        "timestamptz",
+        "timetz",
+        "date",
+        "uuid",
+        "json",
+        "jsonb",
+        "regclass",
+        "regtype",
+        "oid",
+    ];
+
+    /// Type names that are SQL keywords: the grammar maps them to the built-in types
+    /// (`BIGINT` is always `pg_catalog.int8`), so they are safe bare; the statements qualify
+    /// them anyway (one rule to check), the DDL keeps the readable standard names.
+    const KEYWORD_TYPES: &[&str] = &[
+        "int",
+        "integer",
+        "bigint",
+        "smallint",
+        "boolean",
+        "interval",
+        "numeric",
+        "decimal",
+        "real",
+        "float",
+        "timestamp",
+        "time",
+        "varchar",
+    ];
+
+    /// The type names written bare (not `pg_catalog.name`) in `sql`, outside string literals,
+    /// quoted identifiers and `--` comments: any of [`LOOKED_UP_TYPES`], and in statements
+    /// (not `ddl`) any of [`KEYWORD_TYPES`] too. A dotted word is a column or a qualified
+    /// name, never reported.
+    fn bare_types(sql: &str, ddl: bool) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut check = |word: &str| {
+            let lower = word.to_ascii_lowercase();
+            if !lower.contains('.')
+                && (LOOKED_UP_TYPES.contains(&lower.as_str())
+                    || (!ddl && KEYWORD_TYPES.contains(&lower.as_str())))
+            {
+                found.push(word.to_owned());
+            }
+        };
+        for line in sql.lines() {
+            let line = line.find("--").map_or(line, |at| &line[..at]);
+            let mut word = String::new();
+            let mut quote: Option<char> = None;
+            for c in line.chars() {
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    Some(_) => {}
+                    None if c == '\'' || c == '"' => {
+                        check(&std::mem::take(&mut word));
+                        quote = Some(c);
+                    }
+                    None if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$' => {
+                        word.push(c);
+                    }
+                    None => check(&std::mem::take(&mut word)),
                 }
             }
+            check(&word);
+        }
+        found
+    }
+
+    /// lowfix B: every type the Postgres statements cast to, and every type the migrations
+    /// and the bookkeeping table give a column, is the built-in one whatever `search_path`
+    /// holds: `pg_catalog.name`, or (in the DDL) a keyword type name. Before, `::float8`,
+    /// `::int8`, `::text`, `TEXT`, `BYTEA` and `TIMESTAMPTZ` were looked up.
+    #[test]
+    fn every_type_is_qualified_with_pg_catalog() {
+        let found = bare_types(
+            "SELECT $1::float8, x::int, CAST(y AS text), interval '1 s', 'int8'::pg_catalog.text, \
+             t.oid, \"text\" -- text",
+            false,
+        );
+        assert_eq!(found, ["float8", "int", "text", "interval"]);
+        assert_eq!(
+            bare_types("c BIGINT, d TEXT, e TIMESTAMP WITH TIME ZONE", true),
+            ["TEXT"]
+        );
+        for statement in &every_statement() {
+            let bare = bare_types(statement, false);
+            assert!(bare.is_empty(), "unqualified types {bare:?} in {statement}");
+        }
+        let table = Table::parse("app.records", true).expect("a table name");
+        let mut ddl: Vec<String> = crate::migrate::MIGRATIONS
+            .iter()
+            .map(|m| m.postgres.to_owned())
+            .collect();
+        ddl.push(crate::migrate::bookkeeping(&table, true));
+        for sql in &ddl {
+            let bare = bare_types(sql, true);
+            assert!(bare.is_empty(), "unqualified types {bare:?} in {sql}");
         }
     }
 }

@@ -371,7 +371,7 @@ where
         // `Executor::execute` (a boxed future) rather than `RawSql::execute` (an async fn generic
         // over the executor), which would make `migrate()`'s future not `Send` for `tokio::spawn`.
         (&mut *conn)
-            .execute(sqlx::raw_sql(&migrate::bookkeeping(table)))
+            .execute(sqlx::raw_sql(&migrate::bookkeeping(table, DB::POSTGRES)))
             .await?;
         let applied: Vec<i64> =
             sqlx::query_scalar(&format!("SELECT version FROM {}", table.migrations_quoted))

@@ -7,7 +7,8 @@
 //! - a hostile `search_path` (`evil, pg_catalog, public`: a schema whose functions shadow the
 //!   built-ins the store calls, with `pg_catalog` explicitly after it): the store calls the
 //!   built-ins (a claim's lease expires by the real clock; waiters are woken by the real
-//!   `pg_notify`) and never a shadowing function.
+//!   `pg_notify`) and never a shadowing function, and no type or domain of that schema named
+//!   like a built-in type (`text`, `float8`, …) takes the built-in's place.
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -135,6 +136,20 @@ fn assert_statement_timeout<T: std::fmt::Debug>(
         "ended by the server's statement_timeout, not the store's budget: {:?}",
         started.elapsed()
     );
+    assert_reports_the_time_it_ran(&error);
+}
+
+/// lowfix C: a timeout the server imposed (`statement_timeout`, SQLSTATE 57014) reports how
+/// long the statement ran (~250 ms here), not the store's 10 s budget, which had not run out
+/// (it sent operators to raise the wrong setting). Before, `after` was the budget.
+fn assert_reports_the_time_it_ran(error: &StoreError) {
+    let StoreError::Timeout { after, .. } = error else {
+        panic!("a timeout: {error:?}")
+    };
+    assert!(
+        *after < Duration::from_secs(5),
+        "`after` is the time the statement ran, not the store's 10 s budget: {error}"
+    );
 }
 
 /// A claim whose upsert waits on another transaction's uncommitted row for the same key, and
@@ -259,6 +274,10 @@ async fn complete_in_cut_short_by_statement_timeout_is_a_timeout_and_commits_not
         "ended by statement_timeout, not the 9.9 s lock bound: {:?}",
         started.elapsed()
     );
+    let IdempotencyError::StoreUnavailable(timeout) = &error else {
+        panic!("checked above")
+    };
+    assert_reports_the_time_it_ran(timeout);
     // The transaction refuses further statements (25P02): the failed completion aborted it.
     assert_aborted(&mut tx).await;
     // The handler ignores the error and commits.
@@ -555,6 +574,135 @@ async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
         .build()
         .expect("engine");
     let ikey = IdempotencyKey::new("sqlfix-search-path").unwrap();
+    let guard = common::orders::claim(&engine, &ikey).await;
+    let mut tx = store.pool().begin().await.expect("begin");
+    let pending = store
+        .complete_in(&mut tx, guard, receipt("in tx"))
+        .await
+        .expect("complete_in");
+    tx.commit().await.expect("commit");
+    pending.committed();
+
+    assert_no_shadow_called(&admin, &schema).await;
+}
+
+/// Every type name a domain can shadow among the built-in types the store uses (`text`,
+/// `bytea`, `float8`, `int8`, `interval`, …) and the keyword names of some of them (`bigint`,
+/// `int`, `boolean`), with the built-in type it shadows.
+const SHADOWED_TYPES: &[(&str, &str)] = &[
+    ("text", "text"),
+    ("bytea", "bytea"),
+    ("int2", "int2"),
+    ("int4", "int4"),
+    ("int8", "int8"),
+    ("float8", "float8"),
+    ("bool", "bool"),
+    ("timestamptz", "timestamptz"),
+    ("interval", "interval"),
+    ("regclass", "regclass"),
+    ("int", "int4"),
+    ("integer", "int4"),
+    ("bigint", "int8"),
+    ("smallint", "int2"),
+    ("boolean", "bool"),
+];
+
+/// lowfix B: domains named like every built-in type the store casts to or creates columns
+/// of, each refusing every value (`CHECK (false)`), first in `search_path` with `pg_catalog`
+/// explicitly after it (where they do shadow the built-ins: checked first). `migrate()`,
+/// `build()`, claim, extend, time_to_live, complete, get, release, delete, purge and
+/// `complete_in` work, and every column of the records and bookkeeping tables has a
+/// `pg_catalog` type. Before the fix `migrate()` failed (the records table was created with
+/// the shadowing `text`, `bytea` and `timestamptz` columns, and `build()`'s `::text` cast hit
+/// the domain's check), and claims hit `::float8`, `time_to_live` `::int8`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_shadowing_type_is_used_under_a_hostile_search_path() {
+    let admin = common::pg_pool(2).await;
+    let schema = identifier("evil");
+    shadowing_schema(&admin, &schema, &[]).await;
+    for (name, base) in SHADOWED_TYPES {
+        sqlx::query(&format!(
+            "CREATE DOMAIN {schema}.\"{name}\" AS pg_catalog.{base} CHECK (false)"
+        ))
+        .execute(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("create domain {schema}.{name}: {e}"));
+    }
+    // The shadows are in effect on such connections (pg_catalog listed after them).
+    let search_path = format!("{schema},pg_catalog,public");
+    let probe = pool_with(&[("search_path", search_path.as_str())], 1).await;
+    for cast in ["'x'::text", "1::float8", "'1 s'::pg_catalog.text::bytea"] {
+        let shadowed = sqlx::query(&format!("SELECT {cast}"))
+            .fetch_one(&probe)
+            .await
+            .expect_err("the shadowing domain's check refuses the value");
+        assert!(
+            shadowed.to_string().contains("violates check constraint"),
+            "{cast}: {shadowed}"
+        );
+    }
+    probe.close().await;
+
+    let table = unique("sp_types");
+    let store = hostile_store(&schema, &table).await;
+    let not_built_in: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname || '.' || a.attname || ': ' || n.nspname || '.' || ty.typname \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace \
+         WHERE a.attrelid IN (pg_catalog.to_regclass($1), pg_catalog.to_regclass($2)) \
+         AND a.attnum > 0 AND NOT a.attisdropped AND n.nspname <> 'pg_catalog'",
+    )
+    .bind(format!("public.{table}"))
+    .bind(format!("public.{table}_migrations"))
+    .fetch_all(&admin)
+    .await
+    .expect("column types");
+    assert_eq!(
+        not_built_in,
+        Vec::<String>::new(),
+        "columns of shadowing types"
+    );
+
+    let prefix = idempotency_testkit::unique_prefix();
+    let key = StoreKey::from_raw(format!("{prefix}types"));
+    let claim = in_progress("types");
+    let claimed = store.try_claim(&key, &claim, Duration::from_secs(60)).await;
+    assert!(matches!(claimed, Ok(Claim::Claimed)), "{claimed:?}");
+    let extended = store
+        .extend(&key, &claim.token, Duration::from_secs(60))
+        .await;
+    assert!(matches!(extended, Ok(Fenced::Applied)), "{extended:?}");
+    let left = store.time_to_live(&key).await.expect("time_to_live");
+    assert!(
+        left.is_some_and(|left| left <= Duration::from_secs(60)),
+        "{left:?}"
+    );
+    let done = complete(&store, &key, &claim, "done").await;
+    assert!(matches!(done, Ok(Fenced::Applied)), "{done:?}");
+    let Some(Record::Completed(stored)) = store.get(&key).await.expect("get") else {
+        panic!("completed")
+    };
+    assert_eq!(&stored.outcome.body[..], b"done");
+
+    let other = StoreKey::from_raw(format!("{prefix}types-release"));
+    let released = in_progress("release");
+    let claimed = store
+        .try_claim(&other, &released, Duration::from_secs(60))
+        .await;
+    assert!(matches!(claimed, Ok(Claim::Claimed)), "{claimed:?}");
+    let release = store.release(&other, &released.token).await;
+    assert!(matches!(release, Ok(Fenced::Applied)), "{release:?}");
+    assert!(store.delete(&key).await.expect("delete"));
+    store.purge_expired(100).await.expect("purge");
+
+    // complete_in, in a transaction on the store's (hostile) connections.
+    let engine = idempotency_core::Idempotency::builder(store.clone())
+        .prefix(idempotency_testkit::unique_prefix())
+        .ignore_env()
+        .build()
+        .expect("engine");
+    let ikey = IdempotencyKey::new("lowfix-shadowing-types").unwrap();
     let guard = common::orders::claim(&engine, &ikey).await;
     let mut tx = store.pool().begin().await.expect("begin");
     let pending = store
