@@ -131,12 +131,15 @@ impl std::fmt::Display for StoreOperation {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The operation did not finish within its time budget.
+    /// The operation did not finish within its time budget, or the store's server ended it
+    /// for taking too long (a Postgres `statement_timeout` or `lock_timeout`, SQLSTATE 57014 /
+    /// 55P03).
     #[error("store operation `{operation}` timed out after {after:?}")]
     Timeout {
         /// The operation that timed out.
         operation: StoreOperation,
-        /// The budget.
+        /// How long the operation ran before it was given up: the budget when the budget ran
+        /// out; when the server ended it, the time it ran until then (shorter than the budget).
         after: Duration,
     },
     /// The store could not be reached (connection refused, reset, DNS, TLS...).
