@@ -9,8 +9,10 @@ pub(crate) enum CliError {
     /// The memory store was selected: it lives inside one process, there is nothing to inspect.
     #[error(
         "no distributed store is configured (the environment selects the per-process memory \
-         store, which only the app's own process can see): set REDIS_URL, REDIS_CLUSTER_URLS, \
-         or UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN as the app does"
+         store, which only the app's own process can see): set what the app's environment sets: \
+         REDIS_URL (or KV_URL), REDIS_CLUSTER_URLS, UPSTASH_REDIS_REST_URL + \
+         UPSTASH_REDIS_REST_TOKEN (or KV_REST_API_URL + KV_REST_API_TOKEN), or \
+         IDEMPOTENCY_STORE=sql with DATABASE_URL"
     )]
     MemoryStore,
     /// The environment does not select a usable store.

@@ -69,6 +69,23 @@ impl Keyspace {
         Ok(Self::Rest { client, url, token })
     }
 
+    /// Whether the KV REST API gives any HTTP answer to a `PING` (a refusal such as 401 counts:
+    /// it is there, and the command that follows reports the refusal). `false` when no answer
+    /// came (connection refused, DNS, timeout). Other keyspaces: `true` (their servers are
+    /// checked when the store connects).
+    pub(crate) async fn answers(&self) -> bool {
+        let Self::Rest { client, url, token } = self else {
+            return true;
+        };
+        client
+            .post(url.as_str())
+            .bearer_auth(token)
+            .json(&serde_json::json!(["PING"]))
+            .send()
+            .await
+            .is_ok()
+    }
+
     /// The servers to walk.
     pub(crate) async fn nodes(&self) -> Result<Vec<Node>, CliError> {
         match self {

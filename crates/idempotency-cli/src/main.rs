@@ -172,7 +172,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter(&cli))),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -192,6 +192,16 @@ fn main() -> ExitCode {
             eprint!("{}", error_report(&error));
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+/// The log filter without `RUST_LOG`: warnings. `doctor` prints the store's configuration
+/// warnings in its report, so the same warnings logged by the store (once when it connects, once
+/// more when `doctor` reads the settings again) would only repeat them on stderr.
+fn default_log_filter(cli: &Cli) -> &'static str {
+    match cli.command {
+        Command::Doctor { .. } => "warn,idempotency_redis::doctor=error",
+        _ => "warn",
     }
 }
 

@@ -96,7 +96,10 @@ pub(crate) async fn open(lookup: impl Fn(&str) -> Option<String>) -> Result<Open
         .open_existing()
         .await
         .map_err(|error| open_error(&description, error))?;
-    if !store.is_connected() {
+    // The KV REST store keeps no connection, so opening it asks nothing of the server: ask once
+    // here, so that an endpoint that does not answer is "cannot reach the store" for every
+    // command, as a Redis server that does not answer is.
+    if !store.is_connected() || !keyspace.answers().await {
         return Err(CliError::Unreachable(description.to_string()));
     }
     Ok(Opened { store, keyspace })

@@ -6,7 +6,12 @@
 //! `cargo run -p idempotency-demo`; see the README for curl lines.
 //!
 //! # The shop's data
-//! In memory by default. With `DATABASE_URL=postgres://…` or `sqlite://…` the products and
+//! In memory by default: a restart forgets the products and orders, while a shared store
+//! (`REDIS_URL`, KV REST) keeps the recorded answers for the retention (24 h). After a restart a
+//! retry of an earlier request is still replayed — `201`, `"version":1` — for a product the new
+//! process does not have (`GET` answers 404), and an order on it is refused (404). That is the
+//! store doing its job for a shop that lost its data; keep the shop in a database to keep both.
+//! With `DATABASE_URL=postgres://…` or `sqlite://…` the products and
 //! orders live in that database ([`Database`]: tables `demo_products`, `demo_orders`), one
 //! transaction per mutating request. The idempotency records stay in the store the environment
 //! selects (`DATABASE_URL` alone does not move them); with `IDEMPOTENCY_STORE=sql` they are in the

@@ -52,17 +52,22 @@ impl Default for ServerLimits {
 /// The command-line flags (and environment variables) for [`ServerLimits`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct LimitArgs {
-    /// Time a client has to send a request's headers (milliseconds).
-    #[arg(long, env = "DEMO_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    /// Time a client has to send a request's headers (milliseconds, at least 1).
+    #[arg(long, env = "DEMO_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
-    /// Time a client has to send a request's body (milliseconds).
-    #[arg(long, env = "DEMO_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    /// Time a client has to send a request's body (milliseconds, at least 1).
+    #[arg(long, env = "DEMO_BODY_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub body_read_timeout_ms: u64,
-    /// Idle keep-alive connections are closed after this long (milliseconds).
-    #[arg(long, env = "DEMO_IDLE_TIMEOUT_MS", default_value_t = 5_000)]
+    /// Idle keep-alive connections are closed after this long (milliseconds, at least 1; 0
+    /// closed every connection before its first request).
+    #[arg(long, env = "DEMO_IDLE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
-    /// Maximum HTTP connections open at once; more wait in the listen backlog.
-    #[arg(long, env = "DEMO_MAX_CONNECTIONS", default_value_t = 1024)]
+    /// Maximum HTTP connections open at once (at least 1); more wait in the listen backlog.
+    #[arg(long, env = "DEMO_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 }
 

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory as _, Parser};
 use idempotency::{EnvSettings, Idempotency, StoreSelection, store_from_env_with};
 use idempotency_demo::{
     AppState, Database, ExecutionLog, LimitArgs, SlowWork, app, serve_with_limits, shutdown_signal,
@@ -72,6 +73,74 @@ impl std::fmt::Debug for Args {
     }
 }
 
+/// The arguments, from the command line and the `DEMO_*` variables. A value clap refuses that
+/// came from a variable is reported naming that variable (clap's own message names only the
+/// flag, which an operator who set only the variable never typed); exit code 2 either way.
+fn parse_args() -> Args {
+    Args::try_parse().unwrap_or_else(|error| {
+        match refused_variable(&error, |name| std::env::var(name).ok()) {
+            Some(message) => {
+                eprintln!("{message}");
+                std::process::exit(2)
+            }
+            None => error.exit(),
+        }
+    })
+}
+
+/// `error: DEMO_WORK_MS="abc" is not usable: invalid value 'abc' for '--work-ms <WORK_MS>': …`
+/// when `error` refuses a value that the flag's environment variable holds (as `lookup` reads
+/// it), else `None`.
+fn refused_variable(
+    error: &clap::Error,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let (Some(ContextValue::String(flag)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    let command = Args::command();
+    let variable = command.get_arguments().find_map(|arg| {
+        let long = format!("--{}", arg.get_long()?);
+        let named = flag == &long || flag.starts_with(&format!("{long} "));
+        let variable = arg.get_env()?.to_str()?;
+        (named && lookup(variable).as_deref() == Some(value.as_str())).then_some(variable)
+    })?;
+    let rendered = error.render().to_string();
+    let reason = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    Some(format!(
+        "error: {variable}={value:?} is not usable: {reason} (the value comes from the \
+         environment variable {variable}; fix or unset it)"
+    ))
+}
+
+/// An error and its causes on one line, `outer: cause: cause`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn listen_address(args: &Args) -> Result<SocketAddr, String> {
     if let Some(listen) = args.listen {
         return Ok(listen);
@@ -95,7 +164,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
+    let args = parse_args();
     let listen = match listen_address(&args) {
         Ok(listen) => listen,
         Err(error) => {
@@ -119,7 +188,7 @@ async fn main() -> ExitCode {
     let store = match store_from_env_with(selection).await {
         Ok(store) => store,
         Err(error) => {
-            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "no idempotency store");
+            tracing::error!(error = %error_chain(&error), "no idempotency store");
             return ExitCode::FAILURE;
         }
     };
@@ -217,5 +286,51 @@ async fn main() -> ExitCode {
             tracing::error!(%error, "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(args: &[&str], env: &[(&str, &str)]) -> Option<String> {
+        let error =
+            Args::try_parse_from(std::iter::once("idempotency-demo").chain(args.iter().copied()))
+                .err()?;
+        refused_variable(&error, |name| {
+            env.iter()
+                .find(|(variable, _)| *variable == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
+    #[test]
+    fn a_refused_value_from_a_variable_names_the_variable() {
+        // What clap sees when only the variable is set: the value, as if given to the flag.
+        let message = refused(&["--work-ms", "abc"], &[("DEMO_WORK_MS", "abc")]);
+        let message = message.unwrap_or_default();
+        assert!(
+            message.starts_with("error: DEMO_WORK_MS=\"abc\" is not usable: invalid value 'abc' for '--work-ms <WORK_MS>'"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_refused_flag_without_its_variable_is_left_to_clap() {
+        assert_eq!(refused(&["--work-ms", "abc"], &[]), None);
+        assert_eq!(
+            refused(&["--work-ms", "abc"], &[("DEMO_WORK_MS", "5")]),
+            None
+        );
+        assert_eq!(refused(&["--bogus"], &[("DEMO_WORK_MS", "abc")]), None);
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = idempotency::StoreError::Unavailable {
+            source: Box::new(inner),
+        };
+        assert_eq!(error_chain(&outer), "store unreachable: connection refused");
     }
 }

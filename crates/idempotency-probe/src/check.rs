@@ -63,6 +63,41 @@ fn difference(a: &[u8], b: &[u8]) -> String {
     )
 }
 
+/// At most this many different answers are spelled out in one table cell.
+const TALLY_KINDS: usize = 3;
+
+/// Identical answers counted once each, in the order first seen (`8 × 500 {…}`), at most
+/// [`TALLY_KINDS`] of them spelled out: a cell stays one readable line whatever `--concurrency`
+/// (3000 timed-out duplicates were 3000 copies of the same error, 43 KB on one line).
+fn tally(answers: &[String]) -> String {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for answer in answers {
+        match kinds.iter_mut().find(|(text, _)| *text == answer.as_str()) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((answer, 1)),
+        }
+    }
+    let mut shown: Vec<String> = kinds
+        .iter()
+        .take(TALLY_KINDS)
+        .map(|(text, count)| {
+            if *count == 1 {
+                (*text).to_owned()
+            } else {
+                format!("{count} × {text}")
+            }
+        })
+        .collect();
+    if kinds.len() > TALLY_KINDS {
+        let rest: usize = kinds[TALLY_KINDS..].iter().map(|(_, count)| count).sum();
+        shown.push(format!(
+            "and {rest} more ({} other kinds)",
+            kinds.len() - TALLY_KINDS
+        ));
+    }
+    shown.join(", ")
+}
+
 /// Which key header, if any, a request sends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum KeyUse<'a> {
@@ -265,7 +300,7 @@ pub(crate) async fn concurrent(probe: &Probe) -> CheckResult {
         problems.push(format!(
             "{} answers neither 2xx nor 409: {}",
             unexpected.len(),
-            unexpected.join(", ")
+            tally(&unexpected)
         ));
     }
     let mut follow_up = String::new();
@@ -318,6 +353,21 @@ mod tests {
             difference(b"ab", b"abc"),
             "bodies differ at byte 2: `ab` then `abc`"
         );
+    }
+
+    #[test]
+    fn repeated_answers_are_counted_not_repeated() {
+        let timeout = "request failed: operation timed out".to_owned();
+        let answers: Vec<String> = std::iter::repeat_n(timeout, 3000)
+            .chain(["500 oops".to_owned()])
+            .collect();
+        assert_eq!(
+            tally(&answers),
+            "3000 × request failed: operation timed out, 500 oops"
+        );
+        let many: Vec<String> = (0..6).map(|i| format!("50{i}")).collect();
+        assert_eq!(tally(&many), "500, 501, 502, and 3 more (3 other kinds)");
+        assert_eq!(tally(&[]), "");
     }
 
     #[test]

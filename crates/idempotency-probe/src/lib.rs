@@ -87,6 +87,14 @@ pub enum ProbeError {
     /// Not an http(s) URL.
     #[error("invalid URL {0:?}: expected http:// or https://")]
     InvalidUrl(String),
+    /// An http(s) URL that does not parse: no host, a port out of range, a malformed address.
+    #[error("invalid URL {url:?}: {reason}; expected e.g. http://127.0.0.1:3000/api/orders")]
+    MalformedUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it (the URL parser's words: `empty host`, `invalid port number`).
+        reason: String,
+    },
     /// The latency budget is not a positive number of milliseconds.
     #[error("invalid latency budget {0} ms: expected a positive number")]
     InvalidBudget(f64),
@@ -528,10 +536,31 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// An `http://` or `https://` URL (scheme in any case) that parses, with a host: anything else
+/// is an argument error before any request, never five failed checks.
+fn check_url(url: &str) -> Result<(), ProbeError> {
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("http" | "https")) {
+        return Err(ProbeError::InvalidUrl(url.to_owned()));
+    }
+    let malformed = |reason: String| ProbeError::MalformedUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| malformed(e.to_string()))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(malformed("empty host".to_owned()));
+    }
+    Ok(())
+}
+
 /// Run every check against the configured endpoint, in order (a, b, c, d, e).
 ///
 /// # Errors
-/// [`ProbeError`] when the probe cannot run: bad URL, no HTTP client, or
+/// [`ProbeError`] when the probe cannot run: bad URL ([`ProbeError::InvalidUrl`],
+/// [`ProbeError::MalformedUrl`]), no HTTP client, or
 /// [`ProbeError::Unreachable`] when no request got an answer and they failed to connect
 /// (connection refused, DNS, connect timeout), [`ProbeError::Unauthorized`] when at least two
 /// requests were answered and every answer was 401 (or every one 403): credentials missing or
@@ -541,9 +570,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// and failures after the endpoint answered once (a timeout, a dropped connection), are
 /// reported in the [`ProbeReport`].
 pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
-    if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
-        return Err(ProbeError::InvalidUrl(config.url.clone()));
-    }
+    check_url(&config.url)?;
     let client = Client::builder()
         .timeout(config.timeout)
         .build()
@@ -592,6 +619,36 @@ pub async fn run(config: &ProbeConfig) -> Result<ProbeReport, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_without_a_host_or_with_a_bad_port_are_argument_errors() {
+        for url in [
+            "http://",
+            "https://",
+            "http://:3000/x",
+            "http://127.0.0.1:99999/x",
+            "http://[::1/x",
+        ] {
+            assert!(
+                matches!(check_url(url), Err(ProbeError::MalformedUrl { .. })),
+                "{url}: {:?}",
+                check_url(url)
+            );
+        }
+        for url in ["ftp://127.0.0.1/x", "nope", "http:127.0.0.1/x"] {
+            assert!(
+                matches!(check_url(url), Err(ProbeError::InvalidUrl(_))),
+                "{url}"
+            );
+        }
+        for url in [
+            "http://127.0.0.1:3000/api/products/tea",
+            "HTTPS://example.test/x?y=1",
+            "http://[::1]:8080/",
+        ] {
+            assert!(check_url(url).is_ok(), "{url}: {:?}", check_url(url));
+        }
+    }
 
     #[test]
     fn header_lines_parse_and_errors_hide_values() {
