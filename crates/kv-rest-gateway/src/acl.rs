@@ -136,9 +136,10 @@ pub(crate) enum AclError {
         /// Redis's reply.
         reply: String,
     },
-    /// Transport trouble: retry later.
-    #[error("Redis is unavailable")]
-    Unavailable(#[source] redis::RedisError),
+    /// Transport trouble: retry later. The message carries the cause (connection refused, a
+    /// name that does not resolve, a timeout): the setup's warnings print only this message.
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(redis::RedisError),
     /// Redis refused a set-up command because another client's script (or module command)
     /// keeps it busy: retry later. The refusal's text.
     #[error("Redis is busy with another client's script: {0}")]
@@ -482,6 +483,17 @@ mod tests {
         ] {
             assert_eq!(state_of(&odd, &digest), UserState::Unknown, "{odd:?}");
         }
+    }
+
+    #[test]
+    fn unavailable_says_why() {
+        let refused = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        let text = AclError::Unavailable(refused).to_string();
+        assert!(text.starts_with("Redis is unavailable: "), "{text}");
+        assert!(text.contains("Connection refused"), "{text}");
     }
 
     #[test]
