@@ -146,6 +146,11 @@ pub enum ProbeError {
     },
 }
 
+/// The most concurrent duplicates check (e) sends (`--concurrency`): each is a connection of
+/// its own, and thousands queue in the client and the kernel far past the request timeout (30 000
+/// took 112 s with `--timeout-ms 3000`).
+pub const MAX_CONCURRENCY: usize = 1000;
+
 /// What to probe and how.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -233,10 +238,11 @@ impl ProbeConfig {
         Ok(self)
     }
 
-    /// How many duplicates check (e) sends at once (default 8, at least 2).
+    /// How many duplicates check (e) sends at once (default 8, clamped to
+    /// 2..=[`MAX_CONCURRENCY`]).
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(2);
+        self.concurrency = n.clamp(2, MAX_CONCURRENCY);
         self
     }
 

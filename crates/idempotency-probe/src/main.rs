@@ -34,9 +34,11 @@ struct Args {
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
 
-    /// Concurrent duplicates for the concurrency check (at least 2).
+    /// Concurrent duplicates for the concurrency check (2 to 1000: each is a connection of its
+    /// own; thousands queue in the client and the kernel, far past --timeout-ms).
     #[arg(long, default_value_t = 8,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(2..=idempotency_probe::MAX_CONCURRENCY as u64))]
     concurrency: usize,
 
     /// Name of the key header.

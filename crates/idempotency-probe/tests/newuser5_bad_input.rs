@@ -72,3 +72,19 @@ fn identical_failed_answers_are_counted_in_one_short_cell() {
     assert!(detail.len() < 300, "{} bytes: {detail}", detail.len());
     runtime.shutdown_timeout(Duration::from_secs(1));
 }
+
+/// `--concurrency` is bounded: 30 000 duplicates took 112 s with `--timeout-ms 3000` (each one a
+/// connection, queued in the client and the kernel). Over the bound is a bad argument (exit 2)
+/// before any request; the bound itself is accepted by the parser.
+#[test]
+fn concurrency_over_the_bound_exits_2_before_any_request() {
+    let over = (idempotency_probe::MAX_CONCURRENCY + 1).to_string();
+    let output = probe(&["--url", "http://127.0.0.1:9/x", "--concurrency", &over]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--concurrency"),
+        "{}",
+        show(&output)
+    );
+    assert!(output.stdout.is_empty(), "{}", show(&output));
+}
