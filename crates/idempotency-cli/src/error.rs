@@ -45,6 +45,18 @@ pub(crate) enum CliError {
         /// Which table, and what is wrong with it (an `idempotency::sql::SqlStoreError`).
         source: idempotency::BoxError,
     },
+    /// The KV REST API answered the opening `PING` with 401 or 403: the token is wrong or
+    /// lacks the rights (configuration, exit 2).
+    #[error(
+        "the store {store} refuses the token (HTTP {status}): check KV_REST_API_TOKEN or \
+         UPSTASH_REDIS_REST_TOKEN"
+    )]
+    Refused {
+        /// The store, as the redacted store description.
+        store: String,
+        /// The HTTP status (401 or 403).
+        status: u16,
+    },
     /// The store was configured but does not answer.
     #[error("cannot reach the store {0}: is it running, and is the URL right?")]
     Unreachable(String),
@@ -127,6 +139,7 @@ impl CliError {
             | Self::Usage(_)
             | Self::NoDatabase { .. }
             | Self::NoRecordsTable { .. }
+            | Self::Refused { .. }
             | Self::NeedsYes(_) => 2,
             Self::NotFound(_) => 3,
             Self::Unreachable(_) | Self::Store(_) | Self::Keyspace(_) => 1,

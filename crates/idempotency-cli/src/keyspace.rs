@@ -69,21 +69,32 @@ impl Keyspace {
         Ok(Self::Rest { client, url, token })
     }
 
-    /// Whether the KV REST API gives any HTTP answer to a `PING` (a refusal such as 401 counts:
-    /// it is there, and the command that follows reports the refusal). `false` when no answer
-    /// came (connection refused, DNS, timeout). Other keyspaces: `true` (their servers are
-    /// checked when the store connects).
-    pub(crate) async fn answers(&self) -> bool {
+    /// What the KV REST API answers to a `PING`: [`Reply::NoAnswer`] when no answer came
+    /// (connection refused, DNS, timeout), [`Reply::Refused`] for 401 or 403 (the token), else
+    /// [`Reply::Answered`]. Other keyspaces: [`Reply::Answered`] (their servers are checked
+    /// when the store connects).
+    pub(crate) async fn ping(&self) -> Reply {
         let Self::Rest { client, url, token } = self else {
-            return true;
+            return Reply::Answered;
         };
-        client
+        match client
             .post(url.as_str())
             .bearer_auth(token)
             .json(&serde_json::json!(["PING"]))
             .send()
             .await
-            .is_ok()
+        {
+            Err(_) => Reply::NoAnswer,
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+                ) =>
+            {
+                Reply::Refused(response.status().as_u16())
+            }
+            Ok(_) => Reply::Answered,
+        }
     }
 
     /// The servers to walk.
@@ -389,6 +400,17 @@ fn parse_rest_scan(reply: &Json) -> Result<(String, Vec<String>), CliError> {
         .map(|k| k.as_str().map(str::to_owned).ok_or_else(bad))
         .collect::<Result<_, _>>()?;
     Ok((cursor, keys))
+}
+
+/// A KV REST API's answer to the opening `PING` ([`Keyspace::ping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// Some HTTP answer other than a refusal of the token.
+    Answered,
+    /// 401 or 403: the endpoint is there and refuses the token.
+    Refused(u16),
+    /// No HTTP answer at all.
+    NoAnswer,
 }
 
 #[cfg(test)]

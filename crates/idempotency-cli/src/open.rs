@@ -9,7 +9,7 @@ use idempotency::{
 };
 
 use crate::error::CliError;
-use crate::keyspace::{Keyspace, Node};
+use crate::keyspace::{Keyspace, Node, Reply};
 use crate::sql::SqlNode;
 
 /// The opened store and the way to walk its keys.
@@ -99,8 +99,19 @@ pub(crate) async fn open(lookup: impl Fn(&str) -> Option<String>) -> Result<Open
     // The KV REST store keeps no connection, so opening it asks nothing of the server: ask once
     // here, so that an endpoint that does not answer is "cannot reach the store" for every
     // command, as a Redis server that does not answer is.
-    if !store.is_connected() || !keyspace.answers().await {
+    if !store.is_connected() {
         return Err(CliError::Unreachable(description.to_string()));
+    }
+    match keyspace.ping().await {
+        Reply::Answered => {}
+        Reply::NoAnswer => return Err(CliError::Unreachable(description.to_string())),
+        // The token is configuration, as a URL is: exit 2, not a store failure.
+        Reply::Refused(status) => {
+            return Err(CliError::Refused {
+                store: description.to_string(),
+                status,
+            });
+        }
     }
     Ok(Opened { store, keyspace })
 }
