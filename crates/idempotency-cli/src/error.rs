@@ -113,6 +113,18 @@ pub(crate) enum CliError {
         "no record under `{0}` (never claimed, expired after its lease or retention, or deleted)"
     )]
     NotFound(String),
+    /// The key holds a value that is not an idempotency record: another program's value under
+    /// the prefix, or a damaged record (exit 1, as other store content trouble).
+    #[error(
+        "`{key}` holds something that is not an idempotency record ({source}): another \
+         program's value under the prefix, or a damaged record; `delete` removes it"
+    )]
+    NotARecord {
+        /// The store key.
+        key: String,
+        /// What the decoder refused.
+        source: idempotency::CorruptRecord,
+    },
     /// The command needs a confirmation that could not be asked for.
     #[error("{0}: stdin is not a terminal, so pass --yes to confirm")]
     NeedsYes(&'static str),
@@ -142,7 +154,9 @@ impl CliError {
             | Self::Refused { .. }
             | Self::NeedsYes(_) => 2,
             Self::NotFound(_) => 3,
-            Self::Unreachable(_) | Self::Store(_) | Self::Keyspace(_) => 1,
+            Self::Unreachable(_) | Self::Store(_) | Self::Keyspace(_) | Self::NotARecord { .. } => {
+                1
+            }
         }
     }
 }

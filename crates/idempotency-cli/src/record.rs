@@ -44,10 +44,15 @@ fn left(ttl: Option<Duration>) -> String {
 }
 
 async fn read(store: &AnyStore, key: &StoreKey) -> Result<Record, CliError> {
-    store
-        .get(key)
-        .await?
-        .ok_or_else(|| CliError::NotFound(key.to_string()))
+    match store.get(key).await {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(CliError::NotFound(key.to_string())),
+        Err(StoreError::Corrupt(source)) => Err(CliError::NotARecord {
+            key: key.to_string(),
+            source,
+        }),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// `inspect`: print the record's state, time left, fingerprint, times and outcome, with the

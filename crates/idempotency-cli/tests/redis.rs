@@ -125,7 +125,24 @@ async fn bad_input_fails_clearly() {
         .unwrap();
     let junk = run(&env, &["inspect", "alice", "junk"]);
     assert_eq!(junk.code, 1, "{}", junk.all());
-    assert!(junk.stderr.contains("store error"), "{}", junk.stderr);
+    // Says what it is and what repairs it, on one line (was "store error: corrupt idempotency
+    // record").
+    assert!(
+        junk.stderr
+            .contains("`idempotency:alice:junk` holds something that is not an idempotency record")
+            && junk.stderr.contains("`delete` removes it"),
+        "{}",
+        junk.stderr
+    );
+    assert_eq!(
+        junk.stderr
+            .lines()
+            .filter(|line| !line.contains(" WARN "))
+            .count(),
+        1,
+        "{}",
+        junk.stderr
+    );
     // ... and `delete` is its repair.
     let repaired = run(&env, &["delete", "alice", "junk", "--yes"]);
     assert_eq!(repaired.code, 0, "{}", repaired.all());
