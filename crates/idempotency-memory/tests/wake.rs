@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotency_core::{
-    Begin, Claim, Completed, Fenced, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey,
-    IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
-    Waited, async_trait,
+    Begin, Claim, Completed, Fenced, Fingerprint, Guard, Idempotency, IdempotencyError,
+    IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey,
+    StoredOutcome, Waited, async_trait,
 };
 use idempotency_memory::MemoryStore;
 use tokio::time::Instant;
@@ -93,6 +93,31 @@ fn engine(store: Counting, max_wait: Duration) -> Idempotency<Counting> {
         .unwrap()
 }
 
+/// The first attempt at `key()`: it runs.
+async fn first_attempt(engine: &Idempotency<Counting>) -> Guard<Counting> {
+    let Begin::Run(guard) = engine
+        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt runs")
+    };
+    guard
+}
+
+/// A duplicate of the first attempt, as a task of its own (it waits while the key is in
+/// progress).
+fn duplicate(
+    engine: &Idempotency<Counting>,
+) -> tokio::task::JoinHandle<Result<Begin<Counting>, IdempotencyError>> {
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        engine
+            .begin(&Scope::global(), &key(), Fingerprint::of("a"))
+            .await
+    })
+}
+
 /// Let the spawned waiter run until it is registered on the key (no time passes).
 async fn until_waiting(store: &MemoryStore) {
     while store.waited_keys() == 0 {
@@ -104,23 +129,10 @@ async fn until_waiting(store: &MemoryStore) {
 async fn completion_wakes_the_waiter_at_once_with_one_re_read() {
     let store = Counting::default();
     let engine = engine(store.clone(), Duration::from_secs(30));
-    let Begin::Run(guard) = engine
-        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
-        .await
-        .unwrap()
-    else {
-        panic!("first attempt runs")
-    };
+    let guard = first_attempt(&engine).await;
     let claims_before = store.claims.load(Ordering::SeqCst);
     let started = Instant::now();
-    let waiter = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .begin(&Scope::global(), &key(), Fingerprint::of("a"))
-                .await
-        }
-    });
+    let waiter = duplicate(&engine);
     until_waiting(&store.inner).await;
     guard
         .complete(StoredOutcome::new("done", None))
@@ -145,22 +157,9 @@ async fn completion_wakes_the_waiter_at_once_with_one_re_read() {
 async fn release_wakes_the_waiter_which_then_runs() {
     let store = Counting::default();
     let engine = engine(store.clone(), Duration::from_secs(30));
-    let Begin::Run(guard) = engine
-        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
-        .await
-        .unwrap()
-    else {
-        panic!("first attempt runs")
-    };
+    let guard = first_attempt(&engine).await;
     let started = Instant::now();
-    let waiter = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .begin(&Scope::global(), &key(), Fingerprint::of("a"))
-                .await
-        }
-    });
+    let waiter = duplicate(&engine);
     until_waiting(&store.inner).await;
     guard.release().await.unwrap();
     let Begin::Run(second) = waiter.await.unwrap().unwrap() else {
@@ -270,13 +269,7 @@ async fn stores_that_cannot_notify_are_polled_as_before() {
         .ignore_env()
         .build()
         .unwrap();
-    let Begin::Run(guard) = engine
-        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
-        .await
-        .unwrap()
-    else {
-        panic!("first attempt runs")
-    };
+    let guard = first_attempt(&engine).await;
     let claims_before = store.claims.load(Ordering::SeqCst);
     let started = Instant::now();
     let finisher = tokio::spawn(async move {
@@ -423,22 +416,9 @@ async fn a_waiter_on_a_lapsed_claim_is_woken_by_the_sweep_and_runs() {
         .ignore_env()
         .build()
         .unwrap();
-    let Begin::Run(dead_owner) = engine
-        .begin(&Scope::global(), &key(), Fingerprint::of("a"))
-        .await
-        .unwrap()
-    else {
-        panic!("first attempt runs")
-    };
+    let dead_owner = first_attempt(&engine).await;
     let started = Instant::now();
-    let waiter = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .begin(&Scope::global(), &key(), Fingerprint::of("a"))
-                .await
-        }
-    });
+    let waiter = duplicate(&engine);
     until_waiting(&store.inner).await;
     clock.advance(Duration::from_secs(6));
     assert_eq!(store.inner.sweep_expired(), 1);
