@@ -568,20 +568,7 @@ async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
     store.purge_expired(100).await.expect("purge");
 
     // complete_in, in a transaction on the store's (hostile) connections.
-    let engine = idempotency_core::Idempotency::builder(store.clone())
-        .prefix(idempotency_testkit::unique_prefix())
-        .ignore_env()
-        .build()
-        .expect("engine");
-    let ikey = IdempotencyKey::new("sqlfix-search-path").unwrap();
-    let guard = common::orders::claim(&engine, &ikey).await;
-    let mut tx = store.pool().begin().await.expect("begin");
-    let pending = store
-        .complete_in(&mut tx, guard, receipt("in tx"))
-        .await
-        .expect("complete_in");
-    tx.commit().await.expect("commit");
-    pending.committed();
+    complete_in_a_transaction(&store, "sqlfix-search-path").await;
 
     assert_no_shadow_called(&admin, &schema).await;
 }
@@ -697,12 +684,20 @@ async fn no_shadowing_type_is_used_under_a_hostile_search_path() {
     store.purge_expired(100).await.expect("purge");
 
     // complete_in, in a transaction on the store's (hostile) connections.
+    complete_in_a_transaction(&store, "lowfix-shadowing-types").await;
+
+    assert_no_shadow_called(&admin, &schema).await;
+}
+
+/// A claim through the engine, completed with `complete_in` in a transaction on the store's
+/// own (hostile) connections, then committed.
+async fn complete_in_a_transaction(store: &PostgresStore, key: &str) {
     let engine = idempotency_core::Idempotency::builder(store.clone())
         .prefix(idempotency_testkit::unique_prefix())
         .ignore_env()
         .build()
         .expect("engine");
-    let ikey = IdempotencyKey::new("lowfix-shadowing-types").unwrap();
+    let ikey = IdempotencyKey::new(key).unwrap();
     let guard = common::orders::claim(&engine, &ikey).await;
     let mut tx = store.pool().begin().await.expect("begin");
     let pending = store
@@ -711,6 +706,4 @@ async fn no_shadowing_type_is_used_under_a_hostile_search_path() {
         .expect("complete_in");
     tx.commit().await.expect("commit");
     pending.committed();
-
-    assert_no_shadow_called(&admin, &schema).await;
 }
