@@ -6,8 +6,11 @@
 
 use std::process::{Command, Stdio};
 
-fn start_with(variable: &str, value: &str) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_idempotency-demo"))
+/// The demo on an ephemeral port with no store in its environment (the memory store) and
+/// `variable=value`.
+fn demo_with(variable: &str, value: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_idempotency-demo"));
+    command
         .args(["--listen", "127.0.0.1:0"])
         .env_remove("REDIS_URL")
         .env_remove("KV_URL")
@@ -16,9 +19,12 @@ fn start_with(variable: &str, value: &str) -> (Option<i32>, String) {
         .env_remove("IDEMPOTENCY_STORE")
         .env("NO_COLOR", "1")
         .env(variable, value)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the demo");
+        .stdin(Stdio::null());
+    command
+}
+
+fn start_with(variable: &str, value: &str) -> (Option<i32>, String) {
+    let output = demo_with(variable, value).output().expect("run the demo");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -68,16 +74,7 @@ fn a_zero_timeout_or_connection_limit_stops_start_up_naming_the_variable() {
         "DEMO_BODY_READ_TIMEOUT_MS",
         "DEMO_MAX_CONNECTIONS",
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_idempotency-demo"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env_remove("REDIS_URL")
-            .env_remove("KV_URL")
-            .env_remove("UPSTASH_REDIS_REST_URL")
-            .env_remove("KV_REST_API_URL")
-            .env_remove("IDEMPOTENCY_STORE")
-            .env("NO_COLOR", "1")
-            .env(variable, "0")
-            .stdin(Stdio::null())
+        let mut child = demo_with(variable, "0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
