@@ -640,15 +640,6 @@ async fn deleted_acl_users_are_recreated_and_the_write_runs_once() {
     gw.shutdown().await;
 }
 
-/// `total_connections_received` from `INFO stats`.
-fn connections_received(gw: &TestGateway) -> u64 {
-    gw.redis_cli(&["INFO", "stats"])
-        .lines()
-        .find_map(|line| line.strip_prefix("total_connections_received:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("total_connections_received in INFO stats")
-}
-
 /// Any error reply mentioning authentication makes the gateway re-create its ACL users over a
 /// new admin connection and renew every user's connection: even the read-only token, with a
 /// read-only script (or a `NOGROUP` error echoing a key name), can make it do so per request.
@@ -659,7 +650,7 @@ async fn error_texts_cannot_force_reprovisioning() {
     gw.redis_cli(&["XADD", "authentication", "*", "f", "v"]);
     // Warm up: every connection the gateway keeps is open.
     assert_eq!(gw.cmd(json!(["PING"])).await.result(), "PONG");
-    let before = connections_received(&gw);
+    let before = gw.connections_received();
     for _ in 0..10 {
         let reply = gw
             .request(
@@ -689,7 +680,7 @@ async fn error_texts_cannot_force_reprovisioning() {
             .await;
         assert!(reply.error(400).starts_with("NOGROUP"), "{reply:?}");
     }
-    let opened = connections_received(&gw) - before;
+    let opened = gw.connections_received() - before;
     assert!(
         opened <= 2,
         "20 refused requests made the gateway open {opened} Redis connections"

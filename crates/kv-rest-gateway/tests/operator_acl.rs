@@ -93,15 +93,6 @@ fn flags(gw: &TestGateway, user: &str) -> Vec<String> {
         .collect()
 }
 
-/// `total_connections_received` from `INFO stats`.
-fn connections_received(gw: &TestGateway) -> u64 {
-    gw.redis_cli(&["INFO", "stats"])
-        .lines()
-        .find_map(|line| line.strip_prefix("total_connections_received:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("total_connections_received in INFO stats")
-}
-
 /// Sends `SET k <value>` until it is served (within 10 s).
 async fn until_served(gw: &TestGateway, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -134,7 +125,7 @@ async fn a_user_the_operator_disabled_stays_off() {
             .contains("OK")
     );
     gw.redis_cli(&["CLIENT", "KILL", "USER", USER]);
-    let before = connections_received(&gw);
+    let before = gw.connections_received();
     let started = Instant::now();
     for _ in 0..20 {
         let reply = gw.cmd(json!(["SET", "k", "during"])).await;
@@ -150,7 +141,7 @@ async fn a_user_the_operator_disabled_stays_off() {
         assert_eq!(reply.status, 503, "{reply:?}");
     }
     let took = started.elapsed();
-    let opened = connections_received(&gw) - before;
+    let opened = gw.connections_received() - before;
     // Per hold (1 s): one attempt as the user (refused) and one administrator's connection for
     // `ACL GETUSER`; plus this test's `INFO` (measured: 3 for the 40 requests).
     let most = 2 * (took.as_secs() + 1) + 1;

@@ -208,6 +208,16 @@ impl TestGateway {
         redis_cli(self.redis.port(), args)
     }
 
+    /// `total_connections_received` from the Redis server's `INFO stats`.
+    #[allow(dead_code)] // Not every test binary that includes this module counts connections.
+    pub(crate) fn connections_received(&self) -> u64 {
+        self.redis_cli(&["INFO", "stats"])
+            .lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("total_connections_received in INFO stats")
+    }
+
     /// Stops the HTTP server and waits for it.
     pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
