@@ -12,6 +12,8 @@ use idempotency_core::{
 
 #[cfg(any(feature = "redis", feature = "sql"))]
 use super::deferred::{Connect, Deferred};
+#[cfg(any(feature = "redis", feature = "sql"))]
+use super::description::error_chain;
 use super::description::{BackendKind, StoreDescription, StoreSelectionError};
 
 /// One of the stores compiled into this build, chosen at run time (by [`super::store_from_env`]
@@ -281,7 +283,7 @@ pub(super) async fn open(
             // policy answers requests until the store is back).
             Err(error) if error.is_transient() && mode == OpenMode::App => {
                 tracing::error!(
-                    store = %description, %error,
+                    store = %description, error = %error_chain(&error),
                     "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and connecting \
                      in the background; until it answers, the failure policy answers every \
                      protected request"
@@ -296,7 +298,7 @@ pub(super) async fn open(
                 Ok(store) => Inner::RedisCluster(store),
                 Err(error) if error.is_transient() && mode == OpenMode::App => {
                     tracing::error!(
-                        store = %description, %error,
+                        store = %description, error = %error_chain(&error),
                         "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and \
                          connecting in the background; until it answers, the failure policy \
                          answers every protected request"
@@ -321,7 +323,7 @@ pub(super) async fn open(
                 Ok(store) => Inner::Postgres(store),
                 Err(error) if error.is_transient() => {
                     tracing::error!(
-                        store = %description, %error,
+                        store = %description, error = %error_chain(&error),
                         "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and \
                          connecting in the background; until it answers, the failure policy \
                          answers every protected request"

@@ -14,7 +14,7 @@ use std::time::Duration;
 use idempotency_core::StoreError;
 use thiserror::Error;
 
-use super::description::StoreDescription;
+use super::description::{StoreDescription, error_chain};
 
 /// First pause between connection attempts; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -61,7 +61,7 @@ impl<T: Connect> Deferred<T> {
     ) -> Arc<Self> {
         let this = Arc::new(Self {
             ready: OnceLock::new(),
-            last_error: Mutex::new(first_error.to_string()),
+            last_error: Mutex::new(error_chain(&first_error)),
             description,
         });
         tokio::spawn(reconnect(Arc::downgrade(&this), url));
@@ -104,13 +104,13 @@ async fn reconnect<T: Connect>(this: Weak<Deferred<T>>, url: String) {
                 return;
             }
             Err(error) => {
-                tracing::debug!(store = %deferred.description, %error, "idempotency store still not reachable");
+                tracing::debug!(store = %deferred.description, error = %error_chain(&error), "idempotency store still not reachable");
                 if last_warned.elapsed() >= WARN_EVERY {
                     last_warned = tokio::time::Instant::now();
-                    tracing::warn!(store = %deferred.description, %error, "idempotency store still not reachable; retrying in the background");
+                    tracing::warn!(store = %deferred.description, error = %error_chain(&error), "idempotency store still not reachable; retrying in the background");
                 }
                 if let Ok(mut last) = deferred.last_error.lock() {
-                    *last = error.to_string();
+                    *last = error_chain(&error);
                 }
             }
         }
