@@ -106,7 +106,8 @@ pub use engine::{
 pub use error::{ConfigError, IdempotencyError};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
 pub use key::{
-    IdempotencyKey, KeyError, MAX_KEY_LEN, PrefixError, Scope, StoreKey, validate_prefix,
+    IdempotencyKey, KeyError, MAX_ESCAPED_SCOPE_LEN, MAX_KEY_LEN, PrefixError, Scope, StoreKey,
+    validate_prefix,
 };
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
 pub use shared::{DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, debug_spans_can_be_seen, expiry_millis};

@@ -4,16 +4,39 @@
 //!
 //! | variable | meaning | value |
 //! |---|---|---|
-//! | `IDEMPOTENCY_RETENTION` | how long completed outcomes are replayed | a duration: `24h`, `30m` |
-//! | `IDEMPOTENCY_LEASE` | how long a claim holds a key if its owner dies | a duration: `60s` |
-//! | `IDEMPOTENCY_STORE_TIMEOUT` | time budget of one store operation | a duration: `1500ms` |
+//! | `IDEMPOTENCY_RETENTION` | how long completed outcomes are replayed | a duration: `24h`, `30m`; at least `1s` |
+//! | `IDEMPOTENCY_LEASE` | how long a claim holds a key if its owner dies | a duration: `60s`; at least `1s` |
+//! | `IDEMPOTENCY_STORE_TIMEOUT` | time budget of one store operation | a duration: `1500ms`; at least `1ms` |
 //! | `IDEMPOTENCY_FAILURE_POLICY` | what happens when the store fails | `fail-closed` (or `closed`), `fail-open` (or `open`), `fallback` (or `fallback-memory`: a per-process memory store protects requests during an outage; feature `memory`) |
-//! | `IDEMPOTENCY_WAIT_IN_PROGRESS` | how long a duplicate waits for the first attempt before 409 | a duration; `0` answers at once |
+//! | `IDEMPOTENCY_WAIT_IN_PROGRESS` | how long a duplicate waits for the first attempt before 409 | a duration; `0` answers at once; otherwise at least `1ms` |
 //!
 //! Durations are read by [`humantime`]: a number followed by a unit (`ms`, `s`, `m`, `h`, `d`),
 //! several parts allowed (`1h 30m`). Unset or empty variables keep the engine's defaults. A value
 //! that cannot be read is an error naming the variable, so a typo stops start-up instead of
 //! silently running with a default.
+//!
+//! ## Floors
+//!
+//! A value below its floor is refused the same way ([`SettingsError`] naming the variable, the
+//! value, the floor and why): an operator's `1ns` or `1us` is a unit typo for `1s`, and each one
+//! makes the service useless rather than merely unusual.
+//!
+//! - `IDEMPOTENCY_STORE_TIMEOUT` ≥ 1 ms: a shorter budget leaves no room for one store round trip
+//!   plus task scheduling, so store operations time out and the failure policy answers every
+//!   protected request (503 under fail-closed).
+//! - `IDEMPOTENCY_LEASE` ≥ 1 s: a live claim renews its lease every third of the lease, each
+//!   renewal a store round trip; a shorter lease lapses while the first attempt still runs, and
+//!   an identical retry then runs the operation again.
+//! - `IDEMPOTENCY_RETENTION` ≥ 1 s, the lease's floor: the engine refuses a retention shorter than
+//!   the lease anyway (as a combination, when it builds); the floor names the variable at once.
+//! - `IDEMPOTENCY_WAIT_IN_PROGRESS`: `0` (off) or ≥ 1 ms: a shorter wait ends before one store
+//!   round trip could see the first attempt finish.
+//!
+//! The floors are the environment's only: the programmatic
+//! [`IdempotencyBuilder`] accepts any non-zero duration (tests on a paused clock use
+//! millisecond leases) and, as for the environment, refuses a retention shorter than the lease
+//! and **warns** (does not refuse) when the lease is not longer than the store timeout, so
+//! `IDEMPOTENCY_LEASE=1s` with the default 1.5 s store timeout starts, with that warning.
 
 use std::fmt;
 use std::time::Duration;
@@ -35,6 +58,27 @@ pub const WAIT_IN_PROGRESS_ENV: &str = "IDEMPOTENCY_WAIT_IN_PROGRESS";
 
 /// How often a waiting duplicate looks at the store again.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Smallest `IDEMPOTENCY_STORE_TIMEOUT` (see the module's floors).
+const MIN_STORE_TIMEOUT: Duration = Duration::from_millis(1);
+/// Smallest `IDEMPOTENCY_LEASE`.
+const MIN_LEASE: Duration = Duration::from_secs(1);
+/// Smallest `IDEMPOTENCY_RETENTION`: the lease's floor (a retention may not be shorter than the
+/// lease).
+const MIN_RETENTION: Duration = MIN_LEASE;
+/// Smallest non-zero `IDEMPOTENCY_WAIT_IN_PROGRESS`.
+const MIN_WAIT_IN_PROGRESS: Duration = Duration::from_millis(1);
+
+const STORE_TIMEOUT_WHY: &str = "a shorter budget leaves no room for one store round trip plus \
+     task scheduling, so store operations time out and the failure policy answers every \
+     protected request (503 under fail-closed)";
+const LEASE_WHY: &str = "a live claim renews its lease every third of the lease, each renewal a \
+     store round trip; a shorter lease lapses while the first attempt still runs, and an \
+     identical retry then runs the operation again";
+const RETENTION_WHY: &str = "completed outcomes must be kept at least as long as the lease, whose \
+     floor this is; a shorter retention replays nothing";
+const WAIT_WHY: &str = "a shorter wait ends before one store round trip could see the first \
+     attempt finish; use `0` to answer 409 at once";
 
 /// A setting variable holds a value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -103,11 +147,17 @@ impl EnvSettings {
                 .map(|v| (variable, v))
         };
         Ok(Self {
-            retention: read(RETENTION_ENV).map(positive_duration).transpose()?,
-            lease: read(LEASE_ENV).map(positive_duration).transpose()?,
-            store_timeout: read(STORE_TIMEOUT_ENV).map(positive_duration).transpose()?,
+            retention: read(RETENTION_ENV)
+                .map(|r| at_least(r, MIN_RETENTION, RETENTION_WHY))
+                .transpose()?,
+            lease: read(LEASE_ENV)
+                .map(|r| at_least(r, MIN_LEASE, LEASE_WHY))
+                .transpose()?,
+            store_timeout: read(STORE_TIMEOUT_ENV)
+                .map(|r| at_least(r, MIN_STORE_TIMEOUT, STORE_TIMEOUT_WHY))
+                .transpose()?,
             failure_policy: read(FAILURE_POLICY_ENV).map(policy).transpose()?,
-            wait_in_progress: read(WAIT_IN_PROGRESS_ENV).map(duration).transpose()?,
+            wait_in_progress: read(WAIT_IN_PROGRESS_ENV).map(wait).transpose()?,
         })
     }
 
@@ -189,6 +239,42 @@ fn positive_duration(read: (&'static str, String)) -> Result<Duration, SettingsE
             reason: "must be longer than zero".to_owned(),
         }),
         d => Ok(d),
+    }
+}
+
+/// A duration that must be at least `floor` (and so not zero), `why` saying what a shorter one
+/// breaks.
+fn at_least(
+    read: (&'static str, String),
+    floor: Duration,
+    why: &str,
+) -> Result<Duration, SettingsError> {
+    let (variable, value) = (read.0, read.1.clone());
+    match positive_duration(read)? {
+        d if d < floor => Err(below_floor(variable, value, floor, why)),
+        d => Ok(d),
+    }
+}
+
+/// `IDEMPOTENCY_WAIT_IN_PROGRESS`: zero (off) or at least its floor.
+fn wait(read: (&'static str, String)) -> Result<Duration, SettingsError> {
+    let (variable, value) = (read.0, read.1.clone());
+    match duration(read)? {
+        d if !d.is_zero() && d < MIN_WAIT_IN_PROGRESS => {
+            Err(below_floor(variable, value, MIN_WAIT_IN_PROGRESS, WAIT_WHY))
+        }
+        d => Ok(d),
+    }
+}
+
+fn below_floor(variable: &'static str, value: String, floor: Duration, why: &str) -> SettingsError {
+    SettingsError {
+        variable,
+        value,
+        reason: format!(
+            "below the floor of {} (a unit typo, such as `1ns` for `1s`?): {why}",
+            humantime::format_duration(floor)
+        ),
     }
 }
 
@@ -295,6 +381,61 @@ mod tests {
         }
         let settings = read(&[(WAIT_IN_PROGRESS_ENV, "0")]).unwrap();
         assert_eq!(settings.wait_in_progress, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn values_below_their_floor_are_refused_with_the_floor_and_why() {
+        let cases: [(&str, &[&str], &str, &str); 4] = [
+            (
+                STORE_TIMEOUT_ENV,
+                &["1ns", "1us", "999us"],
+                "1ms",
+                "time out",
+            ),
+            (
+                LEASE_ENV,
+                &["1ns", "1ms", "999ms"],
+                "1s",
+                "runs the operation again",
+            ),
+            (RETENTION_ENV, &["1ns", "500ms"], "1s", "lease"),
+            (
+                WAIT_IN_PROGRESS_ENV,
+                &["1ns", "999us"],
+                "1ms",
+                "store round trip",
+            ),
+        ];
+        for (variable, values, floor, why) in cases {
+            for value in values {
+                let error = read(&[(variable, value)]).unwrap_err();
+                assert_eq!(error.variable, variable, "{value}");
+                assert_eq!(error.value, *value);
+                let text = error.to_string();
+                assert!(text.contains(variable), "{text}");
+                assert!(text.contains(&format!("{value:?}")), "{text}");
+                assert!(text.contains(&format!("floor of {floor}")), "{text}");
+                assert!(text.contains(why), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_at_their_floor_are_accepted() {
+        let settings = read(&[
+            (STORE_TIMEOUT_ENV, "1ms"),
+            (LEASE_ENV, "1s"),
+            (RETENTION_ENV, "1s"),
+            (WAIT_IN_PROGRESS_ENV, "1ms"),
+        ])
+        .unwrap();
+        assert_eq!(settings.store_timeout, Some(Duration::from_millis(1)));
+        assert_eq!(settings.lease, Some(Duration::from_secs(1)));
+        assert_eq!(settings.retention, Some(Duration::from_secs(1)));
+        assert_eq!(settings.wait_in_progress, Some(Duration::from_millis(1)));
+        // The engine takes them (the lease is longer than the store timeout here).
+        let builder = idempotency_core::Idempotency::builder(NoStore).ignore_env();
+        assert!(settings.apply(builder).build().is_ok());
     }
 
     #[test]

@@ -1,9 +1,30 @@
 //! Client keys, scopes and the store keys derived from them.
 //!
-//! The store key is `prefix + escape(scope) + ":" + key`. The scope is escaped so that it can
-//! never contain `:`; the first `:` after the prefix therefore ends the scope, and the client key
-//! (which may contain anything visible) is the rest. That makes the derivation injective: two
-//! different `(scope, key)` pairs never share a store key, whatever bytes a client sends.
+//! The store key is `prefix + scope_part + ":" + key`, where `scope_part` is `escape(scope)`, or,
+//! when that is longer than [`MAX_ESCAPED_SCOPE_LEN`] bytes, `"#" + hex(sha256(scope))` (65
+//! bytes). The scope is escaped so that it can never contain `:`; the first `:` after the prefix
+//! therefore ends the scope, and the client key (which may contain anything visible) is the rest.
+//! That makes the derivation injective: two different `(scope, key)` pairs never share a store
+//! key, whatever bytes a client sends.
+//!
+//! **Why the digest, and why it keeps the derivation injective.** A scope is any string (a
+//! bearer token used as one was 60 KB); escaped whole it made a store key as long, which Postgres
+//! cannot index (a btree entry is limited to about 2.7 KB: the insert fails, so every request of
+//! that principal is a store error) and Redis holds per record. Past the bound, the scope part is
+//! a fixed-length digest instead. Proof of injectivity, for a fixed prefix:
+//! 1. Neither form of `scope_part` contains `:` (escaping turns `:` into `%3A`; the digest form
+//!    is `#` and hex digits), so the store key splits back into exactly one
+//!    `(scope_part, key)`: equal store keys have equal scope parts and equal client keys.
+//! 2. An escaped scope consists only of `A-Z a-z 0-9 - _ . ~ @` and `%XX`: it never contains
+//!    `#`. So a scope part starting with `#` is always the digest form and one that does not is
+//!    always the escaped form: a long scope never derives the scope part of a short one.
+//! 3. Two short scopes with equal escaped forms are equal (percent-escaping is injective: every
+//!    byte maps to itself or to its own `%XX`, and `%` itself is escaped).
+//! 4. Two long scopes with equal digest forms have equal SHA-256 digests, so they are equal
+//!    unless SHA-256 has a collision (none is known; finding one is computationally infeasible).
+//!
+//! Scopes whose escaped form is at most [`MAX_ESCAPED_SCOPE_LEN`] bytes (every tenant id, user id
+//! or UUID in practice) derive the same keys as before the bound existed.
 
 use std::fmt;
 
@@ -13,6 +34,15 @@ mod header;
 
 /// Longest accepted client key, in bytes (Stripe and the IETF draft use 255).
 pub const MAX_KEY_LEN: usize = 255;
+
+/// Longest escaped scope kept whole in a store key, in bytes. A scope whose escaped form is
+/// longer is replaced in the store key by `#` and the 64 lowercase hex digits of the SHA-256 of
+/// its UTF-8 bytes (65 bytes), so a store key is at most `prefix + 128 + 1 + 255` bytes (449 with
+/// the longest prefix) however long the scope (see the module docs for why this stays injective).
+pub const MAX_ESCAPED_SCOPE_LEN: usize = 128;
+
+/// The first byte of a digested scope part: a byte the escaping never produces.
+const DIGEST_MARKER: char = '#';
 
 /// Why a client-supplied idempotency key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -293,6 +323,14 @@ impl StoreKey {
     /// be validated with [`validate_prefix`]); the scope is escaped so it cannot contain `:`.
     pub fn derive(prefix: &str, scope: &Scope, key: &IdempotencyKey) -> Self {
         let scope = scope.0.as_str();
+        if escaped_len(scope) > MAX_ESCAPED_SCOPE_LEN {
+            let mut out = spare::take(prefix.len() + DIGESTED_SCOPE_LEN + 1 + key.0.len());
+            out.push_str(prefix);
+            digest_scope_into(scope, &mut out);
+            out.push(':');
+            out.push_str(&key.0);
+            return Self(out);
+        }
         // A scope of unreserved characters only (most tenant names, and the global scope) is
         // copied whole: three copies into one buffer, not a check per byte. The buffer is the
         // one this thread's last finished operation gave back ([`StoreKey::recycle`]) when
@@ -333,9 +371,9 @@ impl StoreKey {
     /// assert!(key.as_str().starts_with(&prefix));
     /// ```
     pub fn scope_prefix(prefix: &str, scope: &Scope) -> String {
-        let mut out = String::with_capacity(prefix.len() + scope.0.len() + 8);
+        let mut out = String::with_capacity(prefix.len() + scope.0.len().min(256) + 8);
         out.push_str(prefix);
-        escape_scope_into(&scope.0, &mut out);
+        scope_part_into(&scope.0, &mut out);
         out.push(':');
         out
     }
@@ -411,6 +449,38 @@ mod spare {
 /// Whether `b` stands for itself in an escaped scope (RFC 3986 unreserved characters and `@`).
 fn kept_in_scope(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'@')
+}
+
+/// Length of a digested scope part: the marker and 64 hex digits.
+const DIGESTED_SCOPE_LEN: usize = 1 + 64;
+
+/// The length of `escape(scope)` without building it.
+fn escaped_len(scope: &str) -> usize {
+    scope
+        .bytes()
+        .map(|b| if kept_in_scope(b) { 1 } else { 3 })
+        .sum()
+}
+
+/// The scope's part of a store key: escaped, or digested when the escaped form is longer than
+/// [`MAX_ESCAPED_SCOPE_LEN`].
+fn scope_part_into(scope: &str, out: &mut String) {
+    if escaped_len(scope) > MAX_ESCAPED_SCOPE_LEN {
+        digest_scope_into(scope, out);
+    } else {
+        escape_scope_into(scope, out);
+    }
+}
+
+/// `#` and the lowercase hex SHA-256 of the scope's bytes.
+fn digest_scope_into(scope: &str, out: &mut String) {
+    use sha2::{Digest, Sha256};
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(DIGEST_MARKER);
+    for b in Sha256::digest(scope.as_bytes()) {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0x0f) as usize] as char);
+    }
 }
 
 /// Percent-escape everything but unreserved characters. `%` and `:` are always escaped (so the
@@ -578,18 +648,81 @@ mod tests {
 
     /// The derivation as first written (a check per scope byte): what every store key ever
     /// persisted was derived with.
+    /// Scopes whose escaped form is longer than the bound are digested (see the module docs).
     fn reference_derivation(prefix: &str, scope: &str, key: &str) -> String {
-        let mut out = String::from(prefix);
+        let mut escaped = String::new();
         for &b in scope.as_bytes() {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'@') {
-                out.push(b as char);
+                escaped.push(b as char);
             } else {
-                out.push_str(&format!("%{b:02X}"));
+                escaped.push_str(&format!("%{b:02X}"));
             }
+        }
+        let mut out = String::from(prefix);
+        if escaped.len() > 128 {
+            use sha2::{Digest, Sha256};
+            out.push('#');
+            for b in Sha256::digest(scope.as_bytes()) {
+                out.push_str(&format!("{b:02x}"));
+            }
+        } else {
+            out.push_str(&escaped);
         }
         out.push(':');
         out.push_str(key);
         out
+    }
+
+    #[test]
+    fn a_60_kb_scope_derives_a_bounded_key() {
+        let key = IdempotencyKey::new("k".repeat(MAX_KEY_LEN)).unwrap();
+        let token = "eyJhbGciOiJSUzI1NiJ9.".repeat(3_000); // ~63 KB, a bearer token
+        let derived = StoreKey::derive("idempotency:", &Scope::new(token.clone()), &key);
+        assert_eq!(
+            derived.as_str().len(),
+            "idempotency:".len() + 65 + 1 + MAX_KEY_LEN
+        );
+        let scope_part = &derived.as_str()["idempotency:".len()..][..65];
+        assert!(scope_part.starts_with('#'), "{scope_part}");
+        assert!(scope_part[1..].bytes().all(|b| b.is_ascii_hexdigit()));
+        // Its records are found by the scope prefix, as a short scope's are.
+        let prefix = StoreKey::scope_prefix("idempotency:", &Scope::new(token.clone()));
+        assert!(derived.as_str().starts_with(&prefix));
+        assert_eq!(prefix.len(), "idempotency:".len() + 65 + 1);
+        // Different long scopes differ (here by their last byte only).
+        let other = StoreKey::derive("idempotency:", &Scope::new(format!("{token}x")), &key);
+        assert_ne!(derived, other);
+    }
+
+    #[test]
+    fn the_bound_is_on_the_escaped_form() {
+        let key = IdempotencyKey::new("k").unwrap();
+        // 128 escaped bytes: kept whole (as before the bound); 129: digested.
+        let at = "a".repeat(MAX_ESCAPED_SCOPE_LEN);
+        let derived = StoreKey::derive("p:", &Scope::new(at.clone()), &key);
+        assert_eq!(derived.as_str(), format!("p:{at}:k"));
+        let over = "a".repeat(MAX_ESCAPED_SCOPE_LEN + 1);
+        let derived = StoreKey::derive("p:", &Scope::new(over), &key);
+        assert!(derived.as_str().starts_with("p:#"), "{derived}");
+        // 43 colons escape to 129 bytes: digested although the scope is 43 bytes.
+        let colons = ":".repeat(43);
+        let derived = StoreKey::derive("p:", &Scope::new(colons), &key);
+        assert!(derived.as_str().starts_with("p:#"), "{derived}");
+        let colons = ":".repeat(42);
+        let derived = StoreKey::derive("p:", &Scope::new(colons), &key);
+        assert_eq!(derived.as_str(), format!("p:{}:k", "%3A".repeat(42)));
+    }
+
+    #[test]
+    fn a_long_scope_never_derives_a_short_scopes_key() {
+        // The scope `#<64 hex>` itself is short but escapes `#` to `%23`: never the digest form.
+        let key = IdempotencyKey::new("k").unwrap();
+        let long = "x".repeat(200);
+        let digested = StoreKey::derive("p:", &Scope::new(long), &key);
+        let part = &digested.as_str()[2..67];
+        let mimic = StoreKey::derive("p:", &Scope::new(part), &key);
+        assert_ne!(digested, mimic);
+        assert!(mimic.as_str().starts_with("p:%23"));
     }
 
     use super::test_support::quote;
@@ -639,6 +772,22 @@ mod tests {
             let d1 = StoreKey::derive("x", &Scope::new(s.clone()), &IdempotencyKey::new(&k).unwrap());
             let d2 = StoreKey::derive("x", &Scope::new(t.clone()), &IdempotencyKey::new(&j).unwrap());
             prop_assert_eq!(d1 == d2, s == t && k == j);
+        }
+
+        #[test]
+        // Scopes on both sides of the bound (short, near 128 escaped bytes, long), with a few
+        // distinct bytes so that near-equal pairs are common: distinct pairs never collide.
+        fn derivation_is_injective_across_the_bound(
+            s1 in "[a:#%]{0,8}", n1 in 0usize..3, k1 in "[a:]{1,4}",
+            s2 in "[a:#%]{0,8}", n2 in 0usize..3, k2 in "[a:]{1,4}",
+        ) {
+            let lengths = [0, 110, 300];
+            let scope1 = format!("{}{s1}", "b".repeat(lengths[n1]));
+            let scope2 = format!("{}{s2}", "b".repeat(lengths[n2]));
+            let d1 = StoreKey::derive("idem:", &Scope::new(scope1.clone()), &IdempotencyKey::new(&k1).unwrap());
+            let d2 = StoreKey::derive("idem:", &Scope::new(scope2.clone()), &IdempotencyKey::new(&k2).unwrap());
+            prop_assert_eq!(d1 == d2, scope1 == scope2 && k1 == k2);
+            prop_assert!(d1.as_str().len() <= "idem:".len() + 128 + 1 + 4);
         }
 
         #[test]

@@ -12,6 +12,8 @@ use idempotency_core::{
 
 #[cfg(any(feature = "redis", feature = "sql"))]
 use super::deferred::{Connect, Deferred};
+#[cfg(any(feature = "redis", feature = "sql"))]
+use super::description::error_chain;
 use super::description::{BackendKind, StoreDescription, StoreSelectionError};
 
 /// One of the stores compiled into this build, chosen at run time (by [`super::store_from_env`]
@@ -281,7 +283,7 @@ pub(super) async fn open(
             // policy answers requests until the store is back).
             Err(error) if error.is_transient() && mode == OpenMode::App => {
                 tracing::error!(
-                    store = %description, %error,
+                    store = %description, error = %error_chain(&error),
                     "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and connecting \
                      in the background; until it answers, the failure policy answers every \
                      protected request"
@@ -296,7 +298,7 @@ pub(super) async fn open(
                 Ok(store) => Inner::RedisCluster(store),
                 Err(error) if error.is_transient() && mode == OpenMode::App => {
                     tracing::error!(
-                        store = %description, %error,
+                        store = %description, error = %error_chain(&error),
                         "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and \
                          connecting in the background; until it answers, the failure policy \
                          answers every protected request"
@@ -321,7 +323,7 @@ pub(super) async fn open(
                 Ok(store) => Inner::Postgres(store),
                 Err(error) if error.is_transient() => {
                     tracing::error!(
-                        store = %description, %error,
+                        store = %description, error = %error_chain(&error),
                         "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and \
                          connecting in the background; until it answers, the failure policy \
                          answers every protected request"
@@ -357,15 +359,73 @@ impl Connect for idempotency_redis::RedisStore {
 impl Connect for idempotency_redis::RedisClusterStore {
     /// `urls`: seed node URLs separated by commas.
     async fn connect(urls: &str) -> Result<Self, StoreError> {
-        let nodes: Vec<String> = urls.split(',').map(|n| n.trim().to_owned()).collect();
-        let store = idempotency_redis::RedisStore::builder()
-            .connect_cluster(nodes)
-            .await?;
-        if let Err(error) = store.doctor().await {
-            tracing::warn!(%error, "could not check the Redis Cluster settings");
-        }
-        Ok(store)
+        connect_cluster(urls).await
     }
+
+    /// The cluster client warns once per seed node per failed attempt, by itself (with
+    /// nothing listening, two lines every few seconds forever). So a background attempt first
+    /// opens a plain TCP connection to each seed (closed at once) and hands over to the client
+    /// only when one accepts; until then the failure is the reconnection loop's to report,
+    /// rate-limited, with its cause.
+    async fn reconnect(urls: &str) -> Result<Self, StoreError> {
+        if let Some(error) = no_seed_accepts(urls).await {
+            return Err(StoreError::Unavailable {
+                source: Box::new(error),
+            });
+        }
+        connect_cluster(urls).await
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn connect_cluster(urls: &str) -> Result<idempotency_redis::RedisClusterStore, StoreError> {
+    let nodes: Vec<String> = urls.split(',').map(|n| n.trim().to_owned()).collect();
+    let store = idempotency_redis::RedisStore::builder()
+        .connect_cluster(nodes)
+        .await?;
+    if let Err(error) = store.doctor().await {
+        tracing::warn!(%error, "could not check the Redis Cluster settings");
+    }
+    Ok(store)
+}
+
+/// No seed node of a Redis Cluster accepts a TCP connection.
+#[cfg(feature = "redis")]
+#[derive(Debug, thiserror::Error)]
+#[error("no seed node accepts connections (last tried: {node})")]
+struct SeedsUnreachable {
+    /// `host:port` of the last seed tried (no credentials).
+    node: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Whether every seed in `urls` refuses (or does not answer within a second) a TCP connection:
+/// `None` when one accepts, or when a seed is not a TCP URL (the cluster client then decides).
+#[cfg(feature = "redis")]
+async fn no_seed_accepts(urls: &str) -> Option<SeedsUnreachable> {
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+    let mut last = None;
+    for node in urls.split(',').map(str::trim) {
+        let parsed = url::Url::parse(node).ok()?;
+        let host = parsed.host_str()?.trim_matches(['[', ']']).to_owned();
+        let port = parsed.port().unwrap_or(6379);
+        let attempt = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
+        let source = match attempt {
+            Ok(Ok(_stream)) => return None,
+            Ok(Err(error)) => error,
+            Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
+        };
+        last = Some(SeedsUnreachable {
+            node: format!("{host}:{port}"),
+            source,
+        });
+    }
+    last
 }
 
 #[cfg(feature = "sql")]
@@ -630,5 +690,33 @@ impl IdempotencyStore for AnyStore {
                 None
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The background probe hands over to the cluster client as soon as one seed accepts, and
+    /// otherwise names the last seed and why (host and port only: never a password).
+    #[tokio::test]
+    async fn the_seed_probe_finds_a_listening_node_and_names_a_refusing_one() {
+        let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listening.local_addr().unwrap().port();
+        let closed = {
+            let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            gone.local_addr().unwrap().port()
+        };
+        let refused = format!("redis://:hunter2@127.0.0.1:{closed}");
+        let error = no_seed_accepts(&refused).await.unwrap();
+        assert_eq!(error.node, format!("127.0.0.1:{closed}"));
+        assert_eq!(error.source.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(!error_chain(&error).contains("hunter2"));
+        let mixed = format!("{refused}, redis://127.0.0.1:{open}");
+        assert!(no_seed_accepts(&mixed).await.is_none());
+        // Not a TCP URL: the cluster client decides.
+        assert!(no_seed_accepts("unix:///tmp/redis.sock").await.is_none());
     }
 }

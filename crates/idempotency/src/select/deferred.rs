@@ -14,7 +14,7 @@ use std::time::Duration;
 use idempotency_core::StoreError;
 use thiserror::Error;
 
-use super::description::StoreDescription;
+use super::description::{StoreDescription, error_chain};
 
 /// First pause between connection attempts; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -23,9 +23,57 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A failed attempt is logged at warn level at most this often (every attempt at debug).
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
+/// Failed background attempts, reported without flooding the log: the first, then at most one
+/// per [`WARN_EVERY`], each report with the attempts so far and the time since the first.
+#[derive(Debug)]
+struct Retries {
+    since: tokio::time::Instant,
+    failed: u64,
+    reported: Option<tokio::time::Instant>,
+}
+
+/// What a report says: attempts failed so far and the time since the first.
+#[derive(Debug, PartialEq, Eq)]
+struct Report {
+    failed: u64,
+    waited: Duration,
+}
+
+impl Retries {
+    fn new(since: tokio::time::Instant) -> Self {
+        Self {
+            since,
+            failed: 0,
+            reported: None,
+        }
+    }
+
+    /// Count a failed attempt at `now`; `Some` when it is to be reported.
+    fn failure(&mut self, now: tokio::time::Instant) -> Option<Report> {
+        self.failed += 1;
+        let due = self
+            .reported
+            .is_none_or(|last| now.saturating_duration_since(last) >= WARN_EVERY);
+        due.then(|| {
+            self.reported = Some(now);
+            Report {
+                failed: self.failed,
+                waited: now.saturating_duration_since(self.since),
+            }
+        })
+    }
+}
+
 /// A store that can be opened from its URL.
 pub(super) trait Connect: Sized + Send + Sync + 'static {
     fn connect(url: &str) -> impl Future<Output = Result<Self, StoreError>> + Send;
+
+    /// A background attempt after the first failed: as [`Connect::connect`], but a store whose
+    /// client logs every failure itself (the Redis Cluster client: one warning per seed node
+    /// per attempt) keeps it quiet, since [`reconnect`] reports the failures, rate-limited.
+    fn reconnect(url: &str) -> impl Future<Output = Result<Self, StoreError>> + Send {
+        Self::connect(url)
+    }
 }
 
 /// Why an operation on a store that is not connected yet failed.
@@ -61,7 +109,7 @@ impl<T: Connect> Deferred<T> {
     ) -> Arc<Self> {
         let this = Arc::new(Self {
             ready: OnceLock::new(),
-            last_error: Mutex::new(first_error.to_string()),
+            last_error: Mutex::new(error_chain(&first_error)),
             description,
         });
         tokio::spawn(reconnect(Arc::downgrade(&this), url));
@@ -90,10 +138,10 @@ impl<T: Connect> Deferred<T> {
 
 async fn reconnect<T: Connect>(this: Weak<Deferred<T>>, url: String) {
     let mut backoff = FIRST_BACKOFF;
-    let mut last_warned = tokio::time::Instant::now();
+    let mut retries = Retries::new(tokio::time::Instant::now());
     loop {
         tokio::time::sleep(backoff).await;
-        let result = T::connect(&url).await;
+        let result = T::reconnect(&url).await;
         let Some(deferred) = this.upgrade() else {
             return; // nobody holds the store any more
         };
@@ -104,16 +152,51 @@ async fn reconnect<T: Connect>(this: Weak<Deferred<T>>, url: String) {
                 return;
             }
             Err(error) => {
-                tracing::debug!(store = %deferred.description, %error, "idempotency store still not reachable");
-                if last_warned.elapsed() >= WARN_EVERY {
-                    last_warned = tokio::time::Instant::now();
-                    tracing::warn!(store = %deferred.description, %error, "idempotency store still not reachable; retrying in the background");
+                let cause = error_chain(&error);
+                tracing::debug!(store = %deferred.description, error = %cause, "idempotency store still not reachable");
+                if let Some(report) = retries.failure(tokio::time::Instant::now()) {
+                    tracing::warn!(
+                        store = %deferred.description,
+                        error = %cause,
+                        attempts = report.failed,
+                        waited_s = report.waited.as_secs(),
+                        "idempotency store still not reachable; retrying in the background \
+                         (reported at most every {}s)",
+                        WARN_EVERY.as_secs()
+                    );
                 }
                 if let Ok(mut last) = deferred.last_error.lock() {
-                    *last = error.to_string();
+                    *last = error_chain(&error);
                 }
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store failing for two minutes, one attempt a second, is reported at its first failure,
+    /// then once per 30 s with the count and the time waited; nothing in between.
+    #[test]
+    fn failures_are_reported_first_then_every_30_s() {
+        let start = tokio::time::Instant::now();
+        let mut retries = Retries::new(start);
+        let mut reports = Vec::new();
+        for second in 1..=120u64 {
+            if let Some(report) = retries.failure(start + Duration::from_secs(second)) {
+                reports.push(report);
+            }
+        }
+        let expected: Vec<Report> = [1u64, 31, 61, 91]
+            .into_iter()
+            .map(|second| Report {
+                failed: second,
+                waited: Duration::from_secs(second),
+            })
+            .collect();
+        assert_eq!(reports, expected);
     }
 }

@@ -127,6 +127,48 @@ impl fmt::Display for StoreDescription {
     }
 }
 
+/// Every way to configure a store shared by the instances of a service, as the messages that
+/// ask for one list them.
+pub(crate) const SHARED_STORE_CHOICES: &str = "REDIS_URL (or KV_URL) for Redis, \
+     REDIS_CLUSTER_URLS for a Redis Cluster, UPSTASH_REDIS_REST_URL + UPSTASH_REDIS_REST_TOKEN (or \
+     KV_REST_API_URL + KV_REST_API_TOKEN) for the KV REST API, or IDEMPOTENCY_STORE=sql with \
+     DATABASE_URL for the application's Postgres or SQLite database";
+
+/// The start-up warning for the memory store: chosen by `IDEMPOTENCY_STORE=memory`
+/// (`explicit`), or because nothing else is configured.
+pub(crate) fn memory_store_warning(explicit: bool) -> String {
+    if explicit {
+        "IDEMPOTENCY_STORE=memory: using the per-process memory store as configured (any Redis, \
+         KV REST or database variables are ignored); it does NOT deduplicate requests across \
+         instances"
+            .to_owned()
+    } else {
+        format!(
+            "no distributed idempotency store configured: using the per-process memory store, \
+             which does NOT deduplicate requests across instances; to share one, set \
+             {SHARED_STORE_CHOICES}"
+        )
+    }
+}
+
+/// `error` and its causes on one line, `outer: cause: cause` (a cause whose text the outer
+/// message already holds is not repeated), so a log shows *why* a store is unreachable
+/// (connection refused, DNS, authentication), not only that it is.
+#[cfg_attr(not(any(feature = "redis", feature = "sql")), allow(dead_code))]
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Why no store could be chosen or opened. Messages name variables, never their secret values.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -134,9 +176,8 @@ pub enum StoreSelectionError {
     /// [`StoreSelection::RequireDistributed`] was asked for and no distributed store is
     /// configured.
     #[error(
-        "a distributed idempotency store is required but none is configured: set \
-         UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (or KV_REST_API_URL and \
-         KV_REST_API_TOKEN) for the KV REST API, or REDIS_URL (or KV_URL) for Redis"
+        "a distributed idempotency store is required but none is configured (nothing set, or \
+         IDEMPOTENCY_STORE=memory): set {SHARED_STORE_CHOICES}"
     )]
     DistributedStoreRequired,
     /// A REST URL variable is set without its token (or the other way round).
@@ -170,8 +211,8 @@ pub enum StoreSelectionError {
     },
     /// Nothing is configured and the `memory` feature is off.
     #[error(
-        "no idempotency store is configured and the `memory` feature is off: configure \
-         Redis or the KV REST API, or enable the feature"
+        "no idempotency store is configured and the `memory` feature is off: set \
+         {SHARED_STORE_CHOICES}; or enable the feature"
     )]
     MemoryUnavailable,
     /// The chosen store could not be opened (connection refused, TLS, ...).
@@ -183,4 +224,57 @@ pub enum StoreSelectionError {
         #[source]
         source: idempotency_core::BoxError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_memory_store_is_not_called_unconfigured() {
+        let explicit = memory_store_warning(true);
+        assert!(explicit.contains("IDEMPOTENCY_STORE=memory"), "{explicit}");
+        assert!(explicit.contains("as configured"), "{explicit}");
+        assert!(!explicit.contains("no distributed"), "{explicit}");
+        assert!(explicit.contains("NOT deduplicate"), "{explicit}");
+        let detected = memory_store_warning(false);
+        assert!(detected.contains("no distributed"), "{detected}");
+    }
+
+    #[test]
+    fn every_list_of_shared_stores_names_them_all() {
+        let texts = [
+            memory_store_warning(false),
+            StoreSelectionError::DistributedStoreRequired.to_string(),
+            StoreSelectionError::MemoryUnavailable.to_string(),
+        ];
+        for text in texts {
+            for name in [
+                "REDIS_URL",
+                "KV_URL",
+                "REDIS_CLUSTER_URLS",
+                "UPSTASH_REDIS_REST_URL",
+                "KV_REST_API_URL",
+                "IDEMPOTENCY_STORE=sql",
+                "DATABASE_URL",
+            ] {
+                assert!(text.contains(name), "{name} missing from: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_error_chain_keeps_the_cause() {
+        #[derive(Debug, Error)]
+        #[error("store unreachable")]
+        struct Outer(#[source] std::io::Error);
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        assert_eq!(
+            error_chain(&Outer(refused)),
+            "store unreachable: Connection refused (os error 111)"
+        );
+    }
 }

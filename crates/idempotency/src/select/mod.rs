@@ -122,11 +122,8 @@ impl StorePlan {
         let description = self.description.clone();
         match description.kind() {
             BackendKind::Memory => {
-                tracing::warn!(
-                    "no distributed idempotency store configured (UPSTASH_REDIS_REST_URL, \
-                     KV_REST_API_URL, REDIS_URL, KV_URL): using the per-process memory store, \
-                     which does NOT deduplicate requests across instances"
-                );
+                let explicit = description.source() == Some(STORE_ENV_VAR);
+                tracing::warn!("{}", description::memory_store_warning(explicit));
             }
             _ => tracing::info!(store = %description, "opening the idempotency store"),
         }
@@ -302,7 +299,12 @@ fn plan_for(
     match selection {
         StoreSelection::RequireDistributed => Err(StoreSelectionError::DistributedStoreRequired),
         StoreSelection::AllowMemory if compiled.memory => Ok(StorePlan {
-            description: StoreDescription::new(BackendKind::Memory, None, None),
+            // Named by `IDEMPOTENCY_STORE=memory`, or chosen because nothing else is set.
+            description: StoreDescription::new(
+                BackendKind::Memory,
+                None,
+                (explicit == Some(BackendKind::Memory)).then_some(STORE_ENV_VAR),
+            ),
             url: None,
             token: None,
         }),

@@ -755,3 +755,24 @@ async fn the_kill_switch_value_is_on_off_or_refused() {
         }
     }
 }
+
+#[test]
+fn memory_named_by_idempotency_store_says_so() {
+    // Chosen explicitly next to a configured Redis: the description (and so the start-up
+    // warning) knows it was the operator's choice, not a missing configuration.
+    let explicit = plan(&[
+        (STORE_ENV_VAR, "memory"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ])
+    .unwrap();
+    assert_eq!(explicit.kind(), BackendKind::Memory);
+    assert_eq!(explicit.description().source(), Some(STORE_ENV_VAR));
+    assert!(
+        explicit
+            .description()
+            .to_string()
+            .contains("from IDEMPOTENCY_STORE")
+    );
+    // Nothing set: memory by default, named by no variable.
+    assert_eq!(plan(&[]).unwrap().description().source(), None);
+}
