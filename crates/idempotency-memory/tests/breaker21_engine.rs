@@ -24,12 +24,15 @@ fn scopes() -> Vec<Scope> {
         Scope::new("t1"),
         // Escaped (not copied whole), longer than its text.
         Scope::new("tenant with spaces/ü:%"),
+        // Just under the bound on an escaped scope (kept in the store key as it is) and over
+        // it (replaced by its digest: `idempotency_core::MAX_ESCAPED_SCOPE_LEN`).
+        Scope::new("s".repeat(idempotency_core::MAX_ESCAPED_SCOPE_LEN)),
         Scope::new("s".repeat(200)),
     ]
 }
 
-/// Key `i` of task `task`: lengths 1 to 255 (a store key past the 512-byte buffer a thread
-/// keeps, with the 200-byte scope).
+/// Key `i` of task `task`: lengths 1 to 255 (with the longest kept scope, the longest store
+/// keys the engine derives, ~400 bytes).
 fn name(task: usize, i: usize) -> String {
     let base = format!("{task}.{i}.");
     let len = [1usize, 9, 40, 120, 255][(task + i) % 5].max(base.len());
@@ -40,7 +43,7 @@ fn body_of(scope: &Scope, name: &str) -> String {
     format!("{scope:?}|{name}")
 }
 
-/// 16 tasks on a 2-worker runtime, 120 keys each over 4 scopes: each key is begun, and its
+/// 16 tasks on a 2-worker runtime, 120 keys each over 5 scopes: each key is begun, and its
 /// guard completed (body naming its scope and key), released, dropped, dropped by a panic
 /// (caught), or dropped with its future mid-way; between, tasks yield (moving threads),
 /// replay, and mismatch (answers that hand the key buffer back). Every guard's store key is
