@@ -72,7 +72,9 @@ fn breaker22_one_sweep_wakes_every_waiter_of_many_lapsed_keys_under_racing_claim
             let mut tokens = Vec::new();
             for n in 0..KEYS {
                 let c = claim(n);
-                let claimed = store.try_claim(&store_key(n), &c, Duration::from_secs(1)).await;
+                let claimed = store
+                    .try_claim(&store_key(n), &c, Duration::from_secs(1))
+                    .await;
                 assert_eq!(claimed.unwrap(), Claim::Claimed);
                 tokens.push(c.token);
             }
@@ -243,7 +245,11 @@ fn breaker22_duplicates_of_dead_owners_run_once_per_key_after_the_sweep() {
                 }
             }
             for (n, count) in runs.iter().enumerate() {
-                assert_eq!(count.load(Ordering::SeqCst), 1, "seed {seed:#x}: key {n} runs");
+                assert_eq!(
+                    count.load(Ordering::SeqCst),
+                    1,
+                    "seed {seed:#x}: key {n} runs"
+                );
             }
             assert_eq!(replays, KEYS * DUPLICATES + 20 - KEYS, "seed {seed:#x}");
             assert_eq!(store.waited_keys(), 0, "seed {seed:#x}");

@@ -505,7 +505,7 @@ impl Backend {
     fn ready(&self) -> Result<&Ready, GatewayError> {
         self.inner.ready.get().ok_or_else(|| {
             if self.inner.setup_refused.load(Ordering::Relaxed) {
-                GatewayError::Unauthenticated(Refused::Disabled.answer().into())
+                GatewayError::Refused(Refused::Disabled.answer())
             } else {
                 GatewayError::Unavailable(
                     "Redis is unavailable: the gateway is still connecting".into(),
@@ -1067,7 +1067,7 @@ impl Backend {
         if count && let Some(report) = refusal.reports.failure(now) {
             log_refusal(role, &refusal.user, refusal.kind, &report);
         }
-        Some(GatewayError::Unauthenticated(refusal.kind.answer().into()))
+        Some(GatewayError::Refused(refusal.kind.answer()))
     }
 
     /// Records what reading `role`'s user found after an authentication failure: `None`, it
@@ -1225,12 +1225,25 @@ impl Backend {
                 "re-created the Redis ACL users that were gone after an authentication failure"
             );
         }
-        // Connections opened before the users were re-created are useless: connect again.
-        ready.main.shared.renew();
-        if let Some(read_only) = &ready.read_only {
+        // Connections opened before the users were re-created are useless: connect again. A
+        // user found intact keeps its connections unless it is this request's (its failed
+        // attempt is replaced): renewing them too reconnected the other token's user, and the
+        // script killer, once a second while a user stayed refused (breaker22).
+        let renew = |role: Role| {
+            role == role_of(access)
+                || !outcomes
+                    .iter()
+                    .any(|(of, _, outcome)| *of == role && matches!(outcome, Ok(Restored::Intact)))
+        };
+        if renew(Role::Main) {
+            ready.main.shared.renew();
+            ready.killer.shared.renew();
+        }
+        if let Some(read_only) = &ready.read_only
+            && renew(Role::ReadOnly)
+        {
             read_only.shared.renew();
         }
-        ready.killer.shared.renew();
         if let Some(refused) = self.refused_now(role_of(access), false) {
             *result = Err(refused);
             return false;
