@@ -257,3 +257,81 @@ fn breaker22_duplicates_of_dead_owners_run_once_per_key_after_the_sweep() {
         });
     }
 }
+
+/// A waiter woken by the sweep while another claimant takes the key at once (before the
+/// waiter's re-read): the waiter must not run; it waits again for the new claim and, that
+/// one never finishing, answers "in progress" at its deadline; then, the new claimant
+/// completing, a later duplicate replays. On the paused clock; the store clock injected.
+#[tokio::test(start_paused = true)]
+async fn breaker22_a_waiter_woken_by_the_sweep_loses_the_key_to_a_claimant_and_waits_again() {
+    let clock = ManualClock::new();
+    let store = MemoryStore::builder()
+        .clock(clock.clone())
+        .sweep_interval(Duration::from_secs(3600))
+        .build();
+    let engine = Idempotency::builder(store.clone())
+        .lease(Duration::from_secs(5))
+        .wait_for_in_progress(Duration::from_secs(3), Duration::from_secs(10))
+        .renew_leases(false)
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(dead) = engine
+        .begin(&Scope::global(), &idem_key(1), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("first attempt runs")
+    };
+    let started = tokio::time::Instant::now();
+    let waiter = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .begin(&Scope::global(), &idem_key(1), Fingerprint::of("a"))
+                .await
+        }
+    });
+    while store.waited_keys() == 0 {
+        tokio::task::yield_now().await;
+    }
+    clock.advance(Duration::from_secs(6));
+    // The sweep and the claimant's claim, with no yield between: the waiter is woken but has
+    // not re-read yet.
+    assert_eq!(store.sweep_expired(), 1);
+    let Begin::Run(claimant) = engine
+        .begin(&Scope::global(), &idem_key(1), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("the swept key is free: the claimant runs")
+    };
+    let err = match waiter.await.unwrap() {
+        Err(err) => err,
+        Ok(Begin::Run(_)) => panic!("double run: the woken waiter ran beside the claimant"),
+        Ok(Begin::Replay(_)) => panic!("nothing completed yet"),
+    };
+    assert!(
+        matches!(err, idempotency_core::IdempotencyError::InProgress { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(3),
+        "waited to its deadline"
+    );
+    assert_eq!(store.waited_keys(), 0);
+    claimant
+        .complete(StoredOutcome::new("claimant", None))
+        .await
+        .unwrap();
+    match engine
+        .begin(&Scope::global(), &idem_key(1), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    {
+        Begin::Replay(outcome) => assert_eq!(&outcome.body[..], b"claimant"),
+        Begin::Run(_) => panic!("must replay"),
+    }
+    drop(dead);
+}

@@ -221,8 +221,20 @@ async fn breaker22_resp3_disabled_user_stays_off_and_recovers() {
     assert!(body.to_string().contains("disabled (off)"), "{body}");
     assert_eq!(flags(port, USER)[0], "off", "turned on under RESP3");
     assert_eq!(gw.read().await.0, 200, "the read-only user serves on");
+    // Refused traffic for a while (the hold is renewed), then turned on while requests flow.
+    for _ in 0..30 {
+        assert_eq!(gw.set("b").await.0, 503);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(redis_cli(port, &["ACL", "SETUSER", USER, "on"]).contains("OK"));
-    gw.until_served("c").await;
+    let took = gw.until_served("c").await;
+    eprintln!("breaker22: served {took:?} after `ACL SETUSER on` (RESP3)");
+    disable(port, USER);
+    assert_eq!(gw.set("d").await.0, 503);
+    assert_eq!(redis_cli(port, &["ACL", "DELUSER", USER]).trim(), "1");
+    let took = gw.until_served("e").await;
+    eprintln!("breaker22: served {took:?} after `ACL DELUSER` (RESP3)");
+    assert_eq!(flags(port, USER)[0], "on");
     gw.shutdown().await;
 }
 
