@@ -505,7 +505,7 @@ impl Backend {
     fn ready(&self) -> Result<&Ready, GatewayError> {
         self.inner.ready.get().ok_or_else(|| {
             if self.inner.setup_refused.load(Ordering::Relaxed) {
-                GatewayError::Unauthenticated(Refused::Disabled.answer().into())
+                GatewayError::Refused(Refused::Disabled.answer())
             } else {
                 GatewayError::Unavailable(
                     "Redis is unavailable: the gateway is still connecting".into(),
@@ -1059,15 +1059,25 @@ impl Backend {
             .refusals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let refusal = refusals[slot_of(role)].as_mut()?;
         let now = tokio::time::Instant::now();
-        if now.saturating_duration_since(refusal.checked) >= REFUSAL_HOLD {
+        let since = now.saturating_duration_since(refusals[slot_of(role)].as_ref()?.checked);
+        if since >= REFUSAL_HOLD {
+            // Not found refused for a report interval (the user serves again): the episode is
+            // over (`record_refusal` would start a new one), so the entry goes, and requests
+            // skip this lock again once no user is refused.
+            if since >= SetupRetries::EVERY {
+                refusals[slot_of(role)] = None;
+                self.inner
+                    .any_refusal
+                    .store(refusals.iter().any(Option::is_some), Ordering::Relaxed);
+            }
             return None;
         }
+        let refusal = refusals[slot_of(role)].as_mut()?;
         if count && let Some(report) = refusal.reports.failure(now) {
             log_refusal(role, &refusal.user, refusal.kind, &report);
         }
-        Some(GatewayError::Unauthenticated(refusal.kind.answer().into()))
+        Some(GatewayError::Refused(refusal.kind.answer()))
     }
 
     /// Records what reading `role`'s user found after an authentication failure: `None`, it
@@ -1225,12 +1235,25 @@ impl Backend {
                 "re-created the Redis ACL users that were gone after an authentication failure"
             );
         }
-        // Connections opened before the users were re-created are useless: connect again.
-        ready.main.shared.renew();
-        if let Some(read_only) = &ready.read_only {
+        // Connections opened before the users were re-created are useless: connect again. A
+        // user found intact keeps its connections unless it is this request's (its failed
+        // attempt is replaced): renewing them too reconnected the other token's user, and the
+        // script killer, once a second while a user stayed refused (breaker22).
+        let renew = |role: Role| {
+            role == role_of(access)
+                || !outcomes
+                    .iter()
+                    .any(|(of, _, outcome)| *of == role && matches!(outcome, Ok(Restored::Intact)))
+        };
+        if renew(Role::Main) {
+            ready.main.shared.renew();
+            ready.killer.shared.renew();
+        }
+        if let Some(read_only) = &ready.read_only
+            && renew(Role::ReadOnly)
+        {
             read_only.shared.renew();
         }
-        ready.killer.shared.renew();
         if let Some(refused) = self.refused_now(role_of(access), false) {
             *result = Err(refused);
             return false;
@@ -1488,6 +1511,35 @@ mod tests {
         GatewayError, busy_retry_delay, last_refused_script, left_outside_multi,
         resend_refused_suffix, take_checks, transaction_refused_as_busy,
     };
+
+    /// breaker22: a refusal that ended (the user served again) must not keep every request
+    /// on the refusals' lock forever: once a report interval has passed without a new
+    /// finding, the entry goes and `any_refusal` is false again (it stayed true).
+    #[tokio::test]
+    async fn breaker22_an_ended_refusal_lets_requests_skip_the_lock_again() {
+        use super::{Backend, Refused, Role, SetupRetries};
+        use std::sync::atomic::Ordering;
+        let config = crate::GatewayConfig::new("redis://127.0.0.1:1", "token");
+        let backend = Backend::new(&config).unwrap();
+        backend.record_refusal(Role::Main, "u", Some(Refused::Disabled));
+        assert!(backend.refused_now(Role::Main, false).is_some(), "held");
+        assert!(backend.refused_now(Role::ReadOnly, false).is_none());
+        let past = tokio::time::Instant::now()
+            .checked_sub(SetupRetries::EVERY + Duration::from_secs(1))
+            .unwrap();
+        backend.inner.refusals.lock().unwrap()[0]
+            .as_mut()
+            .unwrap()
+            .checked = past;
+        assert!(backend.refused_now(Role::Main, true).is_none(), "hold over");
+        assert!(
+            !backend.inner.any_refusal.load(Ordering::Relaxed),
+            "requests still take the refusals' lock"
+        );
+        // A refusal found again is held and reported as a new episode.
+        backend.record_refusal(Role::Main, "u", Some(Refused::Disabled));
+        assert!(backend.refused_now(Role::Main, false).is_some());
+    }
 
     const BUSY: &str =
         "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";

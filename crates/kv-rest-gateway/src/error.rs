@@ -33,6 +33,12 @@ pub(crate) enum GatewayError {
     /// user or changed its password: not the client's fault). The text says which.
     #[error("Redis refused the gateway's credentials: {0}")]
     Unauthenticated(String),
+    /// As [`GatewayError::Unauthenticated`] (same text, HTTP 503), answered because one of the
+    /// gateway's users was found disabled or changed by someone else (see
+    /// `backend::Refused`): the backend reports those once per 30 s, so a request answered so
+    /// is not logged again at `warn` (a line per refused request flooded the log).
+    #[error("Redis refused the gateway's credentials: {0}")]
+    Refused(&'static str),
     /// Anything else on the Redis client side (an unexpected reply shape): HTTP 500.
     #[error("{0}")]
     Internal(String),
@@ -46,7 +52,9 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Unavailable(_) | Self::Unauthenticated(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Unauthenticated(_) | Self::Refused(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

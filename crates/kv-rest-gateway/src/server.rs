@@ -334,7 +334,10 @@ async fn sync_token(State(gateway): State<Gateway>, mut response: Response) -> R
 /// The response of a handler's result; server-side failures are logged.
 fn respond(result: Result<Response, GatewayError>) -> Response {
     result.unwrap_or_else(|error| {
-        if error.status().is_server_error() {
+        if matches!(error, GatewayError::Refused(_)) {
+            // Reported by the backend, once per 30 s per user.
+            tracing::debug!(%error, "request failed");
+        } else if error.status().is_server_error() {
             tracing::warn!(%error, "request failed");
         }
         error.into_response()
