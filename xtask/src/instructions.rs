@@ -1,5 +1,6 @@
-//! `cargo xtask instructions`: client-side instructions per operation under
-//! `valgrind --tool=callgrind`, for the store backends and their baselines.
+//! `cargo xtask instructions`: instructions per operation under `valgrind --tool=callgrind` —
+//! client-side for the store backends and their baselines, server-side per request for the
+//! HTTP apps.
 //!
 //! Wall-clock figures are noisy on a shared machine; instruction counts repeat exactly, so they
 //! are the before/after of a change to the engine or a store. The harness
