@@ -1,5 +1,6 @@
-//! `cargo xtask instructions`: client-side instructions per operation under
-//! `valgrind --tool=callgrind`, for the store backends and their baselines.
+//! `cargo xtask instructions`: instructions per operation under `valgrind --tool=callgrind` —
+//! client-side for the store backends and their baselines, server-side per request for the
+//! HTTP apps.
 //!
 //! Wall-clock figures are noisy on a shared machine; instruction counts repeat exactly, so they
 //! are the before/after of a change to the engine or a store. The harness
@@ -8,6 +9,17 @@
 //! and 2N operations, and `(I(2N) − I(N)) / N` is the cost of one operation with every one-off
 //! cost (start-up, connecting, preparing the scenario) cancelled out. Only the client process is
 //! counted: the Redis server runs outside valgrind.
+//!
+//! The `http-*` backends count the other side: one of the load generator's apps
+//! (`idempotency-loadgen --serve bare|floor|memory`) runs under callgrind, a plain HTTP/1.1
+//! client outside valgrind sends it N (then, in a second run, 2N) requests over C keep-alive
+//! connections, and the same difference gives the server-side instructions per request. They
+//! are reported with and without the inclusive cost of `sha2::sha256::compress256`: valgrind
+//! hides the CPU's SHA extensions, so `sha2` takes its software path there (~3.5 k instructions
+//! per 64-byte block) where the machine itself spends a few hundred.
+
+mod callgrind;
+mod http;
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -18,7 +30,15 @@ use std::time::{Duration, Instant};
 use crate::{cargo, step, target_dir};
 
 /// Backends in the order printed; each baseline comes right before what it is the baseline of.
-const BACKENDS: [&str; 4] = ["raw-redis", "redis", "memory-store", "memory"];
+const BACKENDS: [&str; 7] = [
+    "raw-redis",
+    "redis",
+    "memory-store",
+    "memory",
+    "http-bare",
+    "http-floor",
+    "http-memory",
+];
 const SCENARIOS: [&str; 3] = ["fresh", "replay", "conflict"];
 
 /// The baseline a backend is compared with.
@@ -39,6 +59,10 @@ struct Options {
     redis: Option<String>,
     /// A harness binary built before (a "before" build kept aside): not rebuilt.
     harness: Option<PathBuf>,
+    /// Keep-alive connections the HTTP rows' requests are spread over.
+    connections: u64,
+    /// A load generator binary built before, serving the HTTP rows' apps: not rebuilt.
+    loadgen: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -48,6 +72,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         scenarios: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
         redis: None,
         harness: None,
+        connections: 1,
+        loadgen: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -67,6 +93,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--scenarios" => options.scenarios = list(&value("--scenarios")?, &SCENARIOS)?,
             "--redis" => options.redis = Some(value("--redis")?),
             "--harness" => options.harness = Some(PathBuf::from(value("--harness")?)),
+            "--connections" => {
+                options.connections = value("--connections")?
+                    .parse()
+                    .map_err(|e| format!("--connections: {e}"))?;
+                if !(1..=1024).contains(&options.connections) {
+                    return Err("--connections must be 1 to 1024".to_owned());
+                }
+            }
+            "--loadgen" => options.loadgen = Some(PathBuf::from(value("--loadgen")?)),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -100,9 +135,9 @@ fn per_op(at_n: u64, at_2n: u64, ops: u64) -> f64 {
     (at_2n as f64 - at_n as f64) / ops as f64
 }
 
-/// Build the harness in release mode, then count every backend × scenario asked for. Starts its
-/// own `redis-server` on 127.0.0.1 (a free port, no persistence) unless `--redis` names one,
-/// and stops it at the end.
+/// Build what the rows asked for need in release mode (the harness, the load generator), then
+/// count every backend × scenario asked for. Starts its own `redis-server` on 127.0.0.1 (a free
+/// port, no persistence) for the Redis rows unless `--redis` names one, and stops it at the end.
 pub(crate) fn instructions(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
     if Command::new("valgrind")
@@ -113,27 +148,41 @@ pub(crate) fn instructions(args: &[String]) -> Result<(), String> {
     {
         return Err("valgrind not found: install it (`apt-get install valgrind`)".to_owned());
     }
+    let (http_backends, store_backends): (Vec<&String>, Vec<&String>) = options
+        .backends
+        .iter()
+        .partition(|b| http::app(b).is_some());
     let target = PathBuf::from(target_dir());
-    let harness = match &options.harness {
-        Some(harness) => harness.clone(),
-        None => {
-            step(
-                "cargo build --release --example instructions",
-                cargo(&[
-                    "build",
-                    "--release",
-                    "-p",
-                    "idempotency-loadgen",
-                    "--example",
-                    "instructions",
-                ]),
-            )?;
-            target.join("release/examples/instructions")
-        }
-    };
+    // One build for both whatever the rows ask for: once the crate is built, the other target
+    // costs seconds.
+    let built_before = (options.harness.is_some() || store_backends.is_empty())
+        && (options.loadgen.is_some() || http_backends.is_empty());
+    if !built_before {
+        step(
+            "cargo build --release (the harness and the load generator)",
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "idempotency-loadgen",
+                "--example",
+                "instructions",
+                "--bin",
+                "idempotency-loadgen",
+            ]),
+        )?;
+    }
+    let harness = options
+        .harness
+        .clone()
+        .unwrap_or_else(|| target.join("release/examples/instructions"));
+    let loadgen = options
+        .loadgen
+        .clone()
+        .unwrap_or_else(|| target.join("release/idempotency-loadgen"));
     let out = target.join("instructions");
     std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let needs_redis = options.backends.iter().any(|b| b.contains("redis"));
+    let needs_redis = store_backends.iter().any(|b| b.contains("redis"));
     let server = match (&options.redis, needs_redis) {
         (None, true) => Some(RedisChild::start()?),
         _ => None,
@@ -144,18 +193,38 @@ pub(crate) fn instructions(args: &[String]) -> Result<(), String> {
         .or_else(|| server.as_ref().map(RedisChild::url));
     let mut rows: Vec<(String, String, f64)> = Vec::new();
     for scenario in &options.scenarios {
-        for backend in &options.backends {
+        for backend in &store_backends {
             let mut totals = [0u64; 2];
             for (total, ops) in totals.iter_mut().zip([options.ops, 2 * options.ops]) {
                 *total = count(&harness, &out, backend, scenario, ops, redis.as_deref())?;
             }
             let cost = per_op(totals[0], totals[1], options.ops);
             eprintln!("    {backend} {scenario}: {cost:.0} instructions/op");
-            rows.push((backend.clone(), scenario.clone(), cost));
+            rows.push(((*backend).clone(), scenario.clone(), cost));
         }
     }
     drop(server);
-    println!("{}", table(&rows, options.ops));
+    let mut http_rows: Vec<HttpRow> = Vec::new();
+    for scenario in &options.scenarios {
+        for backend in &http_backends {
+            let row = count_http(&loadgen, &out, backend, scenario, &options)?;
+            eprintln!(
+                "    {backend} {scenario}: {:.0} instructions/request ({:.0} without SHA-256)",
+                row.total,
+                row.total - row.sha256
+            );
+            http_rows.push(row);
+        }
+    }
+    if !rows.is_empty() {
+        println!("{}", table(&rows, options.ops));
+    }
+    if !http_rows.is_empty() {
+        println!(
+            "{}",
+            http_table(&http_rows, options.ops, options.connections)
+        );
+    }
     Ok(())
 }
 
@@ -177,6 +246,96 @@ fn table(rows: &[(String, String, f64)], ops: u64) -> String {
             .map_or_else(String::new, |(base, r)| format!("{r:.2}× {base}"));
         text.push_str(&format!(
             "| {backend} | {scenario} | {cost:.0} | {ratio} |\n"
+        ));
+    }
+    text
+}
+
+/// One HTTP row: server-side instructions per request, in all and in SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+struct HttpRow {
+    backend: String,
+    scenario: String,
+    total: f64,
+    /// The inclusive cost of [`http::SHA256`] per request.
+    sha256: f64,
+}
+
+/// Serve `backend`'s app under callgrind twice (N, then 2N requests): its row.
+fn count_http(
+    loadgen: &Path,
+    out: &Path,
+    backend: &str,
+    scenario: &str,
+    options: &Options,
+) -> Result<HttpRow, String> {
+    let (app, stores) = http::app(backend).ok_or_else(|| format!("`{backend}` is not HTTP"))?;
+    let mut counts = Vec::with_capacity(2);
+    for requests in [options.ops, 2 * options.ops] {
+        let load = http::Load {
+            scenario,
+            requests,
+            connections: options.connections,
+            stores,
+        };
+        let file = out.join(format!(
+            "callgrind.{backend}.{scenario}.c{}.{requests}.out",
+            options.connections
+        ));
+        counts.push(
+            http::count(loadgen, app, &load, &file)
+                .map_err(|e| format!("{backend} {scenario}, {requests} requests: {e}"))?,
+        );
+    }
+    Ok(HttpRow {
+        backend: backend.to_owned(),
+        scenario: scenario.to_owned(),
+        total: per_op(counts[0].total, counts[1].total, options.ops),
+        sha256: per_op(counts[0].inclusive, counts[1].inclusive, options.ops),
+    })
+}
+
+/// The HTTP report: per app × scenario, instructions per request with and without SHA-256,
+/// and the ratios to `http-bare` and `http-floor` (`total× (without SHA-256×)`).
+fn http_table(rows: &[HttpRow], requests: u64, connections: u64) -> String {
+    let mut text = format!(
+        "server-side instructions per request (callgrind on the app, {connections} keep-alive \
+         connection{}, (I({}) - I({requests})) / {requests}; \"without SHA-256\" leaves out the \
+         inclusive cost of {}, software SHA-256 under valgrind)\n\n\
+         | app | scenario | instructions/request | SHA-256 | without SHA-256 | vs http-bare | \
+         vs http-floor |\n|---|---|---:|---:|---:|---:|---:|\n",
+        if connections == 1 { "" } else { "s" },
+        2 * requests,
+        http::SHA256,
+    );
+    for row in rows {
+        let ratio = |base: &str| {
+            rows.iter()
+                .find(|r| {
+                    r.backend == base && r.scenario == row.scenario && r.backend != row.backend
+                })
+                .map_or_else(String::new, |base| {
+                    format!(
+                        "{:.2}× ({:.2}×)",
+                        row.total / base.total,
+                        (row.total - row.sha256) / (base.total - base.sha256)
+                    )
+                })
+        };
+        let vs_floor = if row.backend == "http-bare" {
+            String::new()
+        } else {
+            ratio("http-floor")
+        };
+        text.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
+            row.backend,
+            row.scenario,
+            row.total,
+            row.sha256,
+            row.total - row.sha256,
+            ratio("http-bare"),
+            vs_floor,
         ));
     }
     text
@@ -308,6 +467,75 @@ mod tests {
         assert!(parse(&strings(&["--backends", "mongo"])).is_err());
         assert!(parse(&strings(&["--ops", "0"])).is_err());
         assert!(parse(&strings(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn parses_the_http_rows_options() {
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.backends, strings(&BACKENDS));
+        assert_eq!((defaults.connections, defaults.loadgen), (1, None));
+        let options = parse(&strings(&[
+            "--backends",
+            "http-bare,http-floor,http-memory",
+            "--connections",
+            "16",
+            "--loadgen",
+            "/tmp/before",
+        ]))
+        .unwrap();
+        assert_eq!(
+            options.backends,
+            strings(&["http-bare", "http-floor", "http-memory"])
+        );
+        assert_eq!(options.connections, 16);
+        assert_eq!(options.loadgen, Some(PathBuf::from("/tmp/before")));
+        for bad in [
+            &["--connections", "0"][..],
+            &["--connections", "1025"],
+            &["--connections", "many"],
+            &["--connections"],
+            &["--backends", "http-redis"],
+        ] {
+            assert!(parse(&strings(bad)).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_http_table_gives_ratios_with_and_without_sha256() {
+        let row = |backend: &str, total: f64, sha256: f64| HttpRow {
+            backend: backend.to_owned(),
+            scenario: "fresh".to_owned(),
+            total,
+            sha256,
+        };
+        // 20 k bare; the floor 30 k of which 4 k SHA-256; ours 33 k of which 8 k.
+        let at = |ops: u64, per: u64| 9_000_000 + per * ops;
+        let ours = row(
+            "http-memory",
+            per_op(at(1000, 33_000), at(2000, 33_000), 1000),
+            per_op(at(1000, 8_000), at(2000, 8_000), 1000),
+        );
+        let rows = vec![
+            row("http-bare", 20_000.0, 0.0),
+            row("http-floor", 30_000.0, 4_000.0),
+            ours,
+        ];
+        let text = http_table(&rows, 1000, 16);
+        assert!(text.contains("16 keep-alive connections"), "{text}");
+        assert!(
+            text.contains("| http-bare | fresh | 20000 | 0 | 20000 |  |  |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| http-floor | fresh | 30000 | 4000 | 26000 | 1.50× (1.30×) |  |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| http-memory | fresh | 33000 | 8000 | 25000 | 1.65× (1.25×) | 1.10× (0.96×) |"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -56,12 +56,17 @@ fn print_help() {
          (default 60) or N executions; corpus in fuzz/corpus, committed seeds in\n    \
          fuzz/seeds. Needs a nightly toolchain and `cargo install cargo-fuzz`\n  \
          instructions [--ops N] [--backends LIST] [--scenarios LIST] [--redis URL]\n    \
-         [--harness PATH]\n    \
-         client-side instructions per operation under valgrind --tool=callgrind, at N and\n    \
-         2N operations (default N = 2000): raw-redis, redis, memory-store, memory × fresh,\n    \
-         replay, conflict, with the ratio of each to its baseline. Starts its own\n    \
-         redis-server on 127.0.0.1 unless --redis is given (that database is flushed);\n    \
-         --harness: count a harness binary kept from an earlier build (before/after)\n  \
+         [--harness PATH] [--connections C] [--loadgen PATH]\n    \
+         instructions per operation under valgrind --tool=callgrind, at N and 2N operations\n    \
+         (default N = 2000), each row with its ratio to its baseline; ~1 min after the build.\n    \
+         Client side: raw-redis, redis, memory-store, memory × fresh, replay, conflict.\n    \
+         Starts its own redis-server on 127.0.0.1 unless --redis is given (that database is\n    \
+         flushed); --harness: count a harness binary kept from an earlier build.\n    \
+         Server side: http-bare, http-floor, http-memory, the load generator's app under\n    \
+         callgrind on 127.0.0.1 sent N, then 2N requests over C keep-alive connections\n    \
+         (default 1; the bench's middle cell uses 16); per request with and without SHA-256\n    \
+         (software under valgrind), with the ratios to http-bare and http-floor; --loadgen:\n    \
+         serve the apps from a load generator binary kept from an earlier build\n  \
          help  this text"
     );
 }
