@@ -363,7 +363,28 @@ fn take_testcontainers_switch(args: &[String]) -> (bool, Vec<String>) {
 fn cargo(args: &[&str]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args(args);
+    // What `cargo run` sets for xtask itself (its manifest and package): a nested cargo that
+    // inherits them hands them to build scripts, and a build script that watches one (ring's)
+    // re-runs, so builds from a shell and from `cargo xtask` rebuilt each other (~5 min here).
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && is_cargo_run_variable(name)
+        {
+            command.env_remove(name);
+        }
+    }
     command
+}
+
+/// Whether `name` is one of the variables `cargo run` sets for the binary it runs (and not one
+/// that configures cargo, such as `CARGO_TARGET_DIR` or `CARGO_HOME`).
+fn is_cargo_run_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+        )
 }
 
 fn step(name: &str, mut command: Command) -> Result<(), String> {
@@ -375,5 +396,32 @@ fn step(name: &str, mut command: Command) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`{name}` failed ({status})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_what_cargo_run_sets_is_removed_from_nested_cargo() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+        ] {
+            assert!(super::is_cargo_run_variable(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_TARGET_DIR",
+            "CARGO_HOME",
+            "CARGO_INCREMENTAL",
+            "PATH",
+        ] {
+            assert!(!super::is_cargo_run_variable(name), "{name}");
+        }
     }
 }
