@@ -13,7 +13,8 @@
 //! Durations are read by [`humantime`]: a number followed by a unit (`ms`, `s`, `m`, `h`, `d`),
 //! several parts allowed (`1h 30m`). Unset or empty variables keep the engine's defaults. A value
 //! that cannot be read is an error naming the variable, so a typo stops start-up instead of
-//! silently running with a default.
+//! silently running with a default. Every duration is at most `10000y` (longer ones do not fit
+//! the monotonic clock the engine adds them to, and are refused the same way).
 //!
 //! ## Floors
 //!
@@ -68,6 +69,10 @@ const MIN_LEASE: Duration = Duration::from_secs(1);
 const MIN_RETENTION: Duration = MIN_LEASE;
 /// Smallest non-zero `IDEMPOTENCY_WAIT_IN_PROGRESS`.
 const MIN_WAIT_IN_PROGRESS: Duration = Duration::from_millis(1);
+/// Longest duration any variable takes: 10 000 years (humantime's years, 365.25 days). Longer
+/// values that humantime still reads (up to `u64::MAX` seconds) overflow `Instant + duration`
+/// in the engine, a panic on the request path; this one leaves a margin of 29 million times.
+const MAX_DURATION: Duration = Duration::from_secs(10_000 * 31_557_600);
 
 const STORE_TIMEOUT_WHY: &str = "a shorter budget leaves no room for one store round trip plus \
      task scheduling, so store operations time out and the failure policy answers every \
@@ -223,11 +228,23 @@ fn duration((variable, value): (&'static str, String)) -> Result<Duration, Setti
     if value == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(&value).map_err(|e| SettingsError {
-        variable,
-        value: value.clone(),
-        reason: format!("{e}; expected a duration such as `24h`, `30s` or `250ms`"),
-    })
+    match humantime::parse_duration(&value) {
+        Ok(d) if d > MAX_DURATION => Err(SettingsError {
+            variable,
+            value,
+            reason: format!(
+                "longer than the ceiling of {}: the engine adds durations to the monotonic \
+                 clock, which cannot hold much more",
+                humantime::format_duration(MAX_DURATION)
+            ),
+        }),
+        Ok(d) => Ok(d),
+        Err(e) => Err(SettingsError {
+            variable,
+            value: value.clone(),
+            reason: format!("{e}; expected a duration such as `24h`, `30s` or `250ms`"),
+        }),
+    }
 }
 
 fn positive_duration(read: (&'static str, String)) -> Result<Duration, SettingsError> {

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use tracing::Instrument as _;
 
-use super::background::renewal_interval;
+use super::background::{later, renewal_interval};
 use super::config::FailurePolicy;
 use super::guard::{Guard, Unprotected};
 use super::handle::Idempotency;
@@ -137,7 +137,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             fingerprint,
             created_at_ms: self.inner.wall.unix_millis_at(created_at),
         };
-        let wait_deadline = config.in_progress_wait.map(|w| created_at + w.max_wait);
+        let wait_deadline = config
+            .in_progress_wait
+            .map(|w| later(created_at, w.max_wait));
         let mut waits = WaitState::NotYet;
         let mut started = created_at;
         loop {
@@ -284,7 +286,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 }
             }
         }
-        if Instant::now() + wait.poll_interval > deadline {
+        if later(Instant::now(), wait.poll_interval) > deadline {
             return false;
         }
         tokio::time::sleep(wait.poll_interval).await;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::background::{Driver, Release, State, release_backoff, renewal_interval, renewal_retry};
+use super::background::{
+    Driver, Release, State, later, release_backoff, renewal_interval, renewal_retry,
+};
 use super::handle::{Idempotency, Inner};
 use super::registry::{Ticket, Which};
 use super::stats::{Event, names};
@@ -76,7 +78,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             which,
             attempts: 0,
             due: now,
-            give_up: now + self.inner.config.lease,
+            give_up: later(now, self.inner.config.lease),
         });
         self.wake_driver_for(&mut state, now);
     }
