@@ -408,7 +408,10 @@ async fn no_seed_accepts(urls: &str) -> Option<SeedsUnreachable> {
     let mut last = None;
     for node in urls.split(',').map(str::trim) {
         let parsed = url::Url::parse(node).ok()?;
-        let host = parsed.host_str()?.trim_matches(['[', ']']).to_owned();
+        // As written in the URL (an IPv6 address keeps its brackets) for the message; without
+        // the brackets to connect.
+        let shown = parsed.host_str()?;
+        let host = shown.trim_matches(['[', ']']).to_owned();
         let port = parsed.port().unwrap_or(6379);
         let attempt = tokio::time::timeout(
             PROBE_TIMEOUT,
@@ -421,7 +424,7 @@ async fn no_seed_accepts(urls: &str) -> Option<SeedsUnreachable> {
             Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
         };
         last = Some(SeedsUnreachable {
-            node: format!("{host}:{port}"),
+            node: format!("{shown}:{port}"),
             source,
         });
     }
@@ -716,6 +719,11 @@ mod tests {
         assert!(!error_chain(&error).contains("hunter2"));
         let mixed = format!("{refused}, redis://127.0.0.1:{open}");
         assert!(no_seed_accepts(&mixed).await.is_none());
+        // An IPv6 seed is named as written, brackets kept.
+        let v6 = no_seed_accepts(&format!("redis://[::1]:{closed}"))
+            .await
+            .unwrap();
+        assert_eq!(v6.node, format!("[::1]:{closed}"));
         // Not a TCP URL: the cluster client decides.
         assert!(no_seed_accepts("unix:///tmp/redis.sock").await.is_none());
     }
