@@ -152,3 +152,53 @@ pub enum ConfigError {
         value: String,
     },
 }
+
+/// `error` and its causes on one line, `outer: cause: cause`, for logs and command-line
+/// messages that must say *why* (connection refused, a name that does not resolve, a refused
+/// password), not only *what*. A cause whose text the message so far already holds is not
+/// repeated (some errors print their source in their own message).
+///
+/// ```
+/// use idempotency_core::{StoreError, error_chain};
+///
+/// let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let error = StoreError::Unavailable { source: Box::new(refused) };
+/// assert_eq!(error_chain(&error), "store unreachable: connection refused");
+/// ```
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    /// Each cause once, in order; a cause the outer message already prints is not repeated.
+    #[test]
+    fn the_chain_keeps_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("store unreachable")]
+        struct Outer(#[source] Middle);
+        #[derive(Debug, thiserror::Error)]
+        #[error("connecting to 127.0.0.1:6379: {0}")]
+        struct Middle(#[source] std::io::Error);
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        assert_eq!(
+            error_chain(&Outer(Middle(refused))),
+            "store unreachable: connecting to 127.0.0.1:6379: Connection refused (os error 111)"
+        );
+    }
+}

@@ -103,7 +103,7 @@ pub use engine::{
     IdempotencyBuilder, InProgressWait, KILL_SWITCH_ACCEPTED, PendingCompletion, RUN_CONTENT_TYPE,
     RunError, StatsSnapshot, Unprotected, metric_names, parse_kill_switch,
 };
-pub use error::{ConfigError, IdempotencyError};
+pub use error::{ConfigError, IdempotencyError, error_chain};
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
 pub use key::{
     IdempotencyKey, KeyError, MAX_ESCAPED_SCOPE_LEN, MAX_KEY_LEN, PrefixError, Scope, StoreKey,

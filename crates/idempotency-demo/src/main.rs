@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory as _, Parser};
-use idempotency::{EnvSettings, Idempotency, StoreSelection, store_from_env_with};
+use idempotency::{EnvSettings, Idempotency, StoreSelection, error_chain, store_from_env_with};
 use idempotency_demo::{
     AppState, Database, ExecutionLog, LimitArgs, SlowWork, app, serve_with_limits, shutdown_signal,
 };
@@ -124,21 +124,6 @@ fn refused_variable(
         "error: {variable}={value:?} is not usable: {reason} (the value comes from the \
          environment variable {variable}; fix or unset it)"
     ))
-}
-
-/// An error and its causes on one line, `outer: cause: cause`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn listen_address(args: &Args) -> Result<SocketAddr, String> {

@@ -1,6 +1,8 @@
 //! breaker23: the environment's duration floors at their boundaries, and durations too long for
 //! the monotonic clock (which used to start and then panic on the request path).
 
+#![cfg(feature = "memory")]
+
 use std::time::Duration;
 
 use idempotency::memory::MemoryStore;

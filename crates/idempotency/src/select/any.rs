@@ -12,9 +12,9 @@ use idempotency_core::{
 
 #[cfg(any(feature = "redis", feature = "sql"))]
 use super::deferred::{Connect, Deferred};
-#[cfg(any(feature = "redis", feature = "sql"))]
-use super::description::error_chain;
 use super::description::{BackendKind, StoreDescription, StoreSelectionError};
+#[cfg(any(feature = "redis", feature = "sql"))]
+use idempotency_core::error_chain;
 
 /// One of the stores compiled into this build, chosen at run time (by [`super::store_from_env`]
 /// or built from a store with `From`). Implements [`IdempotencyStore`] by delegation, so

@@ -14,7 +14,9 @@ use std::time::Duration;
 use idempotency_core::StoreError;
 use thiserror::Error;
 
-use super::description::{StoreDescription, error_chain};
+use idempotency_core::error_chain;
+
+use super::description::StoreDescription;
 
 /// First pause between connection attempts; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);

@@ -151,24 +151,6 @@ pub(crate) fn memory_store_warning(explicit: bool) -> String {
     }
 }
 
-/// `error` and its causes on one line, `outer: cause: cause` (a cause whose text the outer
-/// message already holds is not repeated), so a log shows *why* a store is unreachable
-/// (connection refused, DNS, authentication), not only that it is.
-#[cfg_attr(not(any(feature = "redis", feature = "sql")), allow(dead_code))]
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Why no store could be chosen or opened. Messages name variables, never their secret values.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -261,20 +243,5 @@ mod tests {
                 assert!(text.contains(name), "{name} missing from: {text}");
             }
         }
-    }
-
-    #[test]
-    fn the_error_chain_keeps_the_cause() {
-        #[derive(Debug, Error)]
-        #[error("store unreachable")]
-        struct Outer(#[source] std::io::Error);
-        let refused = std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused (os error 111)",
-        );
-        assert_eq!(
-            error_chain(&Outer(refused)),
-            "store unreachable: Connection refused (os error 111)"
-        );
     }
 }
