@@ -87,6 +87,7 @@ mod hexfmt;
 mod key;
 pub mod lua;
 mod record;
+mod repeated;
 mod shared;
 #[cfg(feature = "signal")]
 mod signal;
@@ -110,6 +111,7 @@ pub use key::{
     validate_prefix,
 };
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
+pub use repeated::{FailureReport, RepeatedFailure};
 pub use shared::{DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, debug_spans_can_be_seen, expiry_millis};
 #[cfg(feature = "signal")]
 pub use signal::shutdown_signal;

@@ -185,7 +185,7 @@ impl Gateway {
             loop {
                 match backend.setup().await {
                     Ok(()) => {
-                        let failed = retries.failed + disabled.failed;
+                        let failed = retries.failed() + disabled.failed();
                         if failed > 0 {
                             tracing::info!(attempts = failed + 1, "Redis ACL setup done; serving");
                         }

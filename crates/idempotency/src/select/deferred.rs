@@ -11,10 +11,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use idempotency_core::StoreError;
+use idempotency_core::{RepeatedFailure, StoreError, error_chain};
 use thiserror::Error;
-
-use idempotency_core::error_chain;
 
 use super::description::StoreDescription;
 
@@ -22,49 +20,6 @@ use super::description::StoreDescription;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest pause between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A failed attempt is logged at warn level at most this often (every attempt at debug).
-const WARN_EVERY: Duration = Duration::from_secs(30);
-
-/// Failed background attempts, reported without flooding the log: the first, then at most one
-/// per [`WARN_EVERY`], each report with the attempts so far and the time since the first.
-#[derive(Debug)]
-struct Retries {
-    since: tokio::time::Instant,
-    failed: u64,
-    reported: Option<tokio::time::Instant>,
-}
-
-/// What a report says: attempts failed so far and the time since the first.
-#[derive(Debug, PartialEq, Eq)]
-struct Report {
-    failed: u64,
-    waited: Duration,
-}
-
-impl Retries {
-    fn new(since: tokio::time::Instant) -> Self {
-        Self {
-            since,
-            failed: 0,
-            reported: None,
-        }
-    }
-
-    /// Count a failed attempt at `now`; `Some` when it is to be reported.
-    fn failure(&mut self, now: tokio::time::Instant) -> Option<Report> {
-        self.failed += 1;
-        let due = self
-            .reported
-            .is_none_or(|last| now.saturating_duration_since(last) >= WARN_EVERY);
-        due.then(|| {
-            self.reported = Some(now);
-            Report {
-                failed: self.failed,
-                waited: now.saturating_duration_since(self.since),
-            }
-        })
-    }
-}
 
 /// A store that can be opened from its URL.
 pub(super) trait Connect: Sized + Send + Sync + 'static {
@@ -140,7 +95,7 @@ impl<T: Connect> Deferred<T> {
 
 async fn reconnect<T: Connect>(this: Weak<Deferred<T>>, url: String) {
     let mut backoff = FIRST_BACKOFF;
-    let mut retries = Retries::new(tokio::time::Instant::now());
+    let mut retries = RepeatedFailure::new(tokio::time::Instant::now());
     loop {
         tokio::time::sleep(backoff).await;
         let result = T::reconnect(&url).await;
@@ -164,7 +119,7 @@ async fn reconnect<T: Connect>(this: Weak<Deferred<T>>, url: String) {
                         waited_s = report.waited.as_secs(),
                         "idempotency store still not reachable; retrying in the background \
                          (reported at most every {}s)",
-                        WARN_EVERY.as_secs()
+                        RepeatedFailure::EVERY.as_secs()
                     );
                 }
                 if let Ok(mut last) = deferred.last_error.lock() {
@@ -173,32 +128,5 @@ async fn reconnect<T: Connect>(this: Weak<Deferred<T>>, url: String) {
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A store failing for two minutes, one attempt a second, is reported at its first failure,
-    /// then once per 30 s with the count and the time waited; nothing in between.
-    #[test]
-    fn failures_are_reported_first_then_every_30_s() {
-        let start = tokio::time::Instant::now();
-        let mut retries = Retries::new(start);
-        let mut reports = Vec::new();
-        for second in 1..=120u64 {
-            if let Some(report) = retries.failure(start + Duration::from_secs(second)) {
-                reports.push(report);
-            }
-        }
-        let expected: Vec<Report> = [1u64, 31, 61, 91]
-            .into_iter()
-            .map(|second| Report {
-                failed: second,
-                waited: Duration::from_secs(second),
-            })
-            .collect();
-        assert_eq!(reports, expected);
     }
 }
