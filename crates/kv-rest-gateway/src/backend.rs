@@ -253,6 +253,11 @@ struct BackendInner {
     any_refusal: std::sync::atomic::AtomicBool,
     /// The last set-up attempt found a user disabled: what requests answer until it succeeds.
     setup_refused: std::sync::atomic::AtomicBool,
+    /// The read-only user was `off` at start, so the start left it unset (the main token
+    /// serves meanwhile): once it is found on or gone after an authentication failure it is
+    /// set as a start sets it ([`set_at_start`]: the gateway's password even when someone
+    /// turned it on with another), instead of the run-time rules ([`restore`]).
+    read_only_deferred: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -284,6 +289,7 @@ impl Backend {
                 refusals: std::sync::Mutex::new([None, None]),
                 any_refusal: std::sync::atomic::AtomicBool::new(false),
                 setup_refused: std::sync::atomic::AtomicBool::new(false),
+                read_only_deferred: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -299,8 +305,10 @@ impl Backend {
 
     /// Sets up the ACL users (or verifies the prepared ones) and opens the connections.
     ///
-    /// A user that is `off` is not turned back on ([`AclError::Disabled`]: retried, and
-    /// requests answer [`GatewayError::Unauthenticated`] meanwhile).
+    /// A user that is `off` is not turned back on. The main user so fails the start
+    /// ([`AclError::Disabled`]: retried, and requests answer [`GatewayError::Refused`]
+    /// meanwhile); the read-only user so is left for later (recorded as refused, as at run
+    /// time, and set once it is on or gone) while the main token serves.
     ///
     /// # Errors
     /// [`AclError::Unavailable`] while Redis cannot be reached, [`AclError::Busy`],
@@ -325,10 +333,17 @@ impl Backend {
         let main_creds = acl::derived_credentials(Role::Main, &inner.users.0, &inner.tokens.0);
         let ready = match set_at_start(&mut configured, Role::Main, &main_creds, db).await {
             Ok(()) => {
+                // A read-only user that is `off` does not hold the main token: it is recorded as
+                // refused, as at run time, and set once it is on or gone (`read_only_deferred`).
+                let mut deferred = false;
                 let read_only_creds = match &inner.tokens.1 {
                     Some(token) if inner.wants_read_only => {
                         let creds = acl::derived_credentials(Role::ReadOnly, &inner.users.1, token);
-                        set_at_start(&mut configured, Role::ReadOnly, &creds, db).await?;
+                        match set_at_start(&mut configured, Role::ReadOnly, &creds, db).await {
+                            Ok(()) => {}
+                            Err(AclError::Disabled { .. }) => deferred = true,
+                            Err(error) => return Err(error),
+                        }
                         Some(creds)
                     }
                     _ => None,
@@ -339,12 +354,28 @@ impl Backend {
                     .user_connections(main_info.clone(), Role::Main, db)
                     .await?;
                 let read_only = match &read_only_creds {
+                    Some(creds) if deferred => {
+                        // Its connection opens on its first request once the user is set.
+                        let info = skip_lib_name(with_credentials(
+                            inner.configured.get_connection_info(),
+                            creds,
+                        ));
+                        let client = Client::open(info).map_err(AclError::Unavailable)?;
+                        Some(UserConnections {
+                            shared: self.link(&client),
+                            client,
+                        })
+                    }
                     Some(creds) => {
                         let info = with_credentials(inner.configured.get_connection_info(), creds);
                         Some(self.user_connections(info, Role::ReadOnly, db).await?)
                     }
                     None => None,
                 };
+                if let Some(creds) = read_only_creds.as_ref().filter(|_| deferred) {
+                    inner.read_only_deferred.store(true, Ordering::Relaxed);
+                    self.record_refusal(Role::ReadOnly, &creds.user, Some(Refused::Disabled));
+                }
                 tracing::info!("serving through the gateway's own Redis ACL users");
                 Ready {
                     killer: self.killer(main_info).await?,
@@ -1120,6 +1151,27 @@ impl Backend {
         }
     }
 
+    /// The read-only user the start left unset because it was `off` ([`set_at_start`]'s rules,
+    /// `read_only_deferred`): still `off`, refused; else set now (created, or given the
+    /// gateway's password and rules), after which the run-time rules apply.
+    async fn set_deferred(
+        &self,
+        admin: &mut MultiplexedConnection,
+        credentials: &Credentials,
+        db: i64,
+    ) -> Result<Restored, AclError> {
+        match set_at_start(admin, Role::ReadOnly, credentials, db).await {
+            Ok(()) => {
+                self.inner
+                    .read_only_deferred
+                    .store(false, Ordering::Relaxed);
+                Ok(Restored::Recreated)
+            }
+            Err(AclError::Disabled { .. }) => Ok(Restored::Refused(Refused::Disabled)),
+            Err(error) => Err(error),
+        }
+    }
+
     fn set_recreation_busy(&self, refusal: Option<String>) {
         *self
             .inner
@@ -1197,11 +1249,14 @@ impl Backend {
         }
         let mut outcomes = Vec::with_capacity(users.len());
         for (role, credentials) in users {
-            outcomes.push((
-                role,
-                credentials,
-                restore(&mut admin, role, credentials, db).await,
-            ));
+            let outcome = if role == Role::ReadOnly
+                && self.inner.read_only_deferred.load(Ordering::Relaxed)
+            {
+                self.set_deferred(&mut admin, credentials, db).await
+            } else {
+                restore(&mut admin, role, credentials, db).await
+            };
+            outcomes.push((role, credentials, outcome));
         }
         let busy = outcomes.iter().find_map(|(_, _, outcome)| match outcome {
             Err(AclError::Busy(text)) => Some(text.clone()),
