@@ -10,7 +10,11 @@
 #[path = "gateway/common.rs"]
 mod common;
 
-use std::sync::{Mutex, Once};
+#[path = "gateway/log_capture.rs"]
+mod log_capture;
+
+use log_capture::{LOG, capture_logs};
+
 use std::time::{Duration, Instant};
 
 use idempotency_testkit::fixtures::RedisServer;
@@ -18,36 +22,6 @@ use serde_json::json;
 use sha2::Digest;
 
 use common::{RO_TOKEN, Reply, TestGateway, redis_cli};
-
-/// Every `warn` and `error` line of this test binary.
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(|| Capture)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-    });
-}
 
 /// The captured lines that mention `user` (as `user=<name>` or in an error's text).
 fn log_lines(user: &str) -> Vec<String> {
