@@ -1287,7 +1287,9 @@ impl Backend {
         if recreated || !ok {
             tracing::warn!(
                 ok,
-                "re-created the Redis ACL users that were gone after an authentication failure"
+                "set the gateway's Redis ACL users again after an authentication failure: a \
+                 user was gone (Redis restarted without them, or deleted), or a read-only user \
+                 left unset at start while it was off is on again"
             );
         }
         // Connections opened before the users were re-created are useless: connect again. A
