@@ -94,11 +94,7 @@ pub(crate) fn derived_credentials(role: Role, user: &str, token: &Secret) -> Cre
     hasher.update(role.label().as_bytes());
     hasher.update(b"\0");
     hasher.update(token.expose().as_bytes());
-    let password: String = hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let password = hex(&hasher.finalize());
     Credentials {
         user: user.to_owned(),
         password: Secret::new(password),
@@ -209,10 +205,12 @@ pub(crate) async fn user_state(
 
 /// The hex SHA-256 of `password`: how `ACL GETUSER` lists a user's passwords.
 fn password_digest(password: &Secret) -> String {
-    Sha256::digest(password.expose().as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex(&Sha256::digest(password.expose().as_bytes()))
+}
+
+/// Lower-case hex of `bytes` (a SHA-256: derived passwords, and how Redis lists passwords).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// A user's state from its `ACL GETUSER` reply (see [`user_state`]); `digest`: the gateway's

@@ -475,12 +475,8 @@ fn scope_part_into(scope: &str, out: &mut String) {
 /// `#` and the lowercase hex SHA-256 of the scope's bytes.
 fn digest_scope_into(scope: &str, out: &mut String) {
     use sha2::{Digest, Sha256};
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(DIGEST_MARKER);
-    for b in Sha256::digest(scope.as_bytes()) {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0x0f) as usize] as char);
-    }
+    crate::hexfmt::push_hex(out, &Sha256::digest(scope.as_bytes()));
 }
 
 /// Percent-escape everything but unreserved characters. `%` and `:` are always escaped (so the
