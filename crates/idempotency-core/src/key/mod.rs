@@ -323,7 +323,10 @@ impl StoreKey {
     /// be validated with [`validate_prefix`]); the scope is escaped so it cannot contain `:`.
     pub fn derive(prefix: &str, scope: &Scope, key: &IdempotencyKey) -> Self {
         let scope = scope.0.as_str();
-        if escaped_len(scope) > MAX_ESCAPED_SCOPE_LEN {
+        // One pass over the scope: its escaped length says both whether it is digested and
+        // whether every byte stands for itself (escaped length = length).
+        let escaped = escaped_len(scope);
+        if escaped > MAX_ESCAPED_SCOPE_LEN {
             let mut out = spare::take(prefix.len() + DIGESTED_SCOPE_LEN + 1 + key.0.len());
             out.push_str(prefix);
             digest_scope_into(scope, &mut out);
@@ -335,7 +338,7 @@ impl StoreKey {
         // copied whole: three copies into one buffer, not a check per byte. The buffer is the
         // one this thread's last finished operation gave back ([`StoreKey::recycle`]) when
         // there is one: no allocation (and no free at the end) per engine operation.
-        let mut out = if scope.bytes().all(kept_in_scope) {
+        let mut out = if escaped == scope.len() {
             let mut out = spare::take(prefix.len() + scope.len() + 1 + key.0.len());
             out.push_str(prefix);
             out.push_str(scope);
