@@ -67,6 +67,11 @@
 //! A backend that cannot be tested (no server) must fail with an instruction, never skip
 //! silently.
 //!
+//! For "a store (or endpoint) that is down", [`RefusedPort`] holds a port where nothing listens
+//! and that no other server can take while the test runs (binding port 0 and dropping the
+//! listener frees the port for any server started meanwhile). The fixtures' `stop` / `kill`
+//! hold their server's port the same way until `restart`.
+//!
 //! This crate writes to the stores it is given and panics on broken expectations: it is test
 //! code, not a stable API.
 //!
@@ -86,9 +91,11 @@ pub mod faults;
 pub mod fixtures;
 mod harness;
 pub mod model;
+mod port;
 pub mod suite;
 
 pub use harness::{Capabilities, RawValue, StoreHarness, TimeControl};
+pub use port::RefusedPort;
 
 /// A fresh key prefix for one harness: `t<random hex>:`.
 pub fn unique_prefix() -> String {

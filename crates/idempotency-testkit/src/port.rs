@@ -1,0 +1,212 @@
+//! [`RefusedPort`]: a port on 127.0.0.1 where nothing listens, held so no other server takes it.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use tokio::net::TcpSocket;
+
+/// A TCP port on 127.0.0.1 where nothing listens, reserved for the value's life.
+///
+/// The value holds a TCP socket **bound** to the port but never `listen()`ing, without
+/// `SO_REUSEADDR`. While it lives:
+/// - a connect to [`addr`](Self::addr) is refused at once (`ECONNREFUSED` on Linux: the kernel
+///   answers a SYN to a bound, non-listening port with a reset);
+/// - no other socket can bind the port (`EADDRINUSE`, with or without `SO_REUSEADDR`), and
+///   the kernel never hands it out for a `bind(…:0)` (the way every test server and fixture
+///   picks its port) nor as the source port of an outgoing connection.
+///
+/// That is what a test needs for "a store (or endpoint) that is down". The old way, binding a
+/// listener on port 0 and dropping it, freed the port at once: any server started meanwhile on
+/// an ephemeral port (another test of the same binary, another process) could take it, and the
+/// test then talked to that server instead of getting a refusal.
+///
+/// ```
+/// use idempotency_testkit::RefusedPort;
+///
+/// let down = RefusedPort::new();
+/// let url = format!("redis://{}", down.addr());
+/// let refused = std::net::TcpStream::connect(down.addr()).unwrap_err();
+/// assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+/// # let _ = url;
+/// ```
+///
+/// A test that starts a real server on the port later (a store down at start-up, then up)
+/// holds the value until then and calls [`release`](Self::release) right before the server
+/// binds. Only the moment between the two is unprotected (a bind on port 0 elsewhere could
+/// take the port then, as with any free-port probe); the server's own bind then fails, which
+/// is loud, rather than the test silently talking to another server.
+#[derive(Debug)]
+pub struct RefusedPort {
+    socket: TcpSocket,
+    addr: SocketAddr,
+}
+
+impl RefusedPort {
+    /// Reserve a fresh port (127.0.0.1:0, chosen by the kernel).
+    ///
+    /// # Panics
+    /// When no socket can be bound on 127.0.0.1 (test code: there is nothing to recover).
+    pub fn new() -> Self {
+        Self::bind(0, false).expect("binding a socket on 127.0.0.1:0")
+    }
+
+    /// Reserve a given port (without `SO_REUSEADDR`), e.g. the port of a server a test
+    /// stopped on purpose.
+    ///
+    /// # Errors
+    /// `AddrInUse` while any socket holds the port: a server, and also the `TIME_WAIT` traces of
+    /// connections its server side closed (for about a minute). See
+    /// [`reserve_after_stop`](Self::reserve_after_stop) for a stopped server's port.
+    pub fn reserve(port: u16) -> io::Result<Self> {
+        Self::bind(port, false)
+    }
+
+    /// Reserve the port of a server that was just stopped or killed: as
+    /// [`reserve`](Self::reserve) when possible; when only the `TIME_WAIT` traces of the
+    /// server's connections stand in the way, the socket is bound with `SO_REUSEADDR` instead.
+    /// Connects are refused all the same and the kernel still never hands the port out for a
+    /// `bind(…:0)`; only a socket that binds this very port with `SO_REUSEADDR` (a server told
+    /// to use it, e.g. the stopped server restarted) could then take it.
+    ///
+    /// # Errors
+    /// When even that fails: something listens on the port again.
+    pub fn reserve_after_stop(port: u16) -> io::Result<Self> {
+        match Self::bind(port, false) {
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse => Self::bind(port, true),
+            other => other,
+        }
+    }
+
+    fn bind(port: u16, reuse_address: bool) -> io::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        // Explicitly off (the default of a new socket): with it, another `SO_REUSEADDR` socket
+        // could bind, and even listen on, the port while this one holds it.
+        socket.set_reuseaddr(reuse_address)?;
+        socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+        let addr = socket.local_addr()?;
+        Ok(Self { socket, addr })
+    }
+
+    /// The reserved port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Free the port, for a server the test starts on it **right after** this call (the
+    /// port is returned). Between this call and the server's bind the port is unprotected:
+    /// keep that moment short (release, then bind, with nothing in between that waits).
+    pub fn release(self) -> u16 {
+        let port = self.port();
+        drop(self.socket);
+        port
+    }
+}
+
+impl Default for RefusedPort {
+    /// [`RefusedPort::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+    use std::net::{TcpListener, TcpStream};
+
+    use super::RefusedPort;
+
+    #[test]
+    fn a_connect_is_refused() {
+        let port = RefusedPort::new();
+        assert_ne!(port.port(), 0);
+        assert_eq!(port.addr().ip(), std::net::Ipv4Addr::LOCALHOST);
+        for _ in 0..3 {
+            let error = TcpStream::connect(port.addr()).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{error}");
+        }
+    }
+
+    #[test]
+    fn no_other_socket_binds_the_port_while_it_is_held() {
+        let port = RefusedPort::new();
+        // std's listener sets SO_REUSEADDR on Unix: refused all the same.
+        let error = TcpListener::bind(port.addr()).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+        let error = RefusedPort::reserve(port.port()).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        let error = socket.bind(port.addr()).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+    }
+
+    #[test]
+    fn ephemeral_binds_never_get_the_port() {
+        let held: Vec<RefusedPort> = (0..64).map(|_| RefusedPort::new()).collect();
+        let ports: std::collections::HashSet<u16> = held.iter().map(RefusedPort::port).collect();
+        assert_eq!(ports.len(), held.len(), "two reservations share a port");
+        for _ in 0..2000 {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            assert!(
+                !ports.contains(&port),
+                "bind(0) handed out reserved port {port}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_binds_the_port_after_release() {
+        let reserved = RefusedPort::new();
+        let addr = reserved.addr();
+        let port = reserved.release();
+        assert_eq!(port, addr.port());
+        let listener = TcpListener::bind(addr).unwrap();
+        let _client = TcpStream::connect(addr).unwrap();
+        drop(listener);
+        // And reserved again once the server is gone.
+        let again = RefusedPort::reserve(port).unwrap();
+        assert_eq!(again.port(), port);
+        assert_eq!(
+            TcpStream::connect(addr).unwrap_err().kind(),
+            ErrorKind::ConnectionRefused
+        );
+    }
+
+    #[test]
+    fn a_stopped_servers_port_is_reserved_despite_its_closed_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // The server side closes first, as a killed server's kernel does: TIME_WAIT on its port.
+        drop(accepted);
+        drop(listener);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // The strict reservation is refused (the server side's TIME_WAIT holds the port)...
+        let strict = RefusedPort::reserve(addr.port()).unwrap_err();
+        assert_eq!(strict.kind(), ErrorKind::AddrInUse, "{strict}");
+        // ...the one after a stop is not.
+        let reserved = RefusedPort::reserve_after_stop(addr.port()).unwrap();
+        assert_eq!(
+            TcpStream::connect(addr).unwrap_err().kind(),
+            ErrorKind::ConnectionRefused
+        );
+        // Not handed out by the kernel meanwhile.
+        for _ in 0..2000 {
+            let other = TcpListener::bind("127.0.0.1:0").unwrap();
+            assert_ne!(other.local_addr().unwrap().port(), reserved.port());
+        }
+        // The server restarts on it once released.
+        reserved.release();
+        let _restarted = TcpListener::bind(addr).unwrap();
+    }
+}
