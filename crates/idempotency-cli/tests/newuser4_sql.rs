@@ -110,12 +110,9 @@ async fn a_postgres_database_without_the_records_table_is_refused_and_not_migrat
 /// banner ("THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it…") before it.
 #[test]
 fn an_unreachable_store_prints_only_the_clis_error() {
-    // A port nothing listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nothing listens on, held so no other server takes it while the test runs.
+    let down = idempotency_testkit::RefusedPort::new();
+    let port = down.port();
     let postgres = format!("postgres://app:hunter2@127.0.0.1:{port}/shop");
     let redis = format!("redis://:hunter2@127.0.0.1:{port}/0");
     for env in [

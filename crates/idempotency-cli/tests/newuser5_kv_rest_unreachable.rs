@@ -11,12 +11,9 @@ mod common;
 
 #[test]
 fn a_kv_rest_endpoint_that_does_not_answer_is_cannot_reach_the_store() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let url = format!("http://127.0.0.1:{port}");
+    // A port where nothing listens, held so no other server takes it while the test runs.
+    let down = idempotency_testkit::RefusedPort::new();
+    let url = format!("http://{}", down.addr());
     let env = [
         ("KV_REST_API_URL", url.as_str()),
         ("KV_REST_API_TOKEN", "some-token"),

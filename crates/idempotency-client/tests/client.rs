@@ -250,12 +250,10 @@ async fn attempts_and_total_time_are_bounded() {
 
 #[tokio::test]
 async fn connection_failures_are_retried_until_the_server_is_up() {
-    // Reserve a port, release it, and start the server there a little later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port where nothing listens, held (connects refused, no other server takes it) until
+    // the server starts there a little later.
+    let reserved = idempotency_testkit::RefusedPort::new();
+    let port = reserved.port();
     let server = Scripted::new(&[]);
     let late = server.clone();
     tokio::spawn(async move {
@@ -274,7 +272,7 @@ async fn connection_failures_are_retried_until_the_server_is_up() {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", reserved.release()))
             .await
             .unwrap();
         axum::serve(listener, app).await

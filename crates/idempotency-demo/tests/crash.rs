@@ -56,6 +56,11 @@ struct Demo {
 
 impl Demo {
     fn start(env: Vec<(&'static str, String)>) -> Self {
+        // A free port for the child to bind (not a refused port: it must be free for the
+        // child). Between this probe and the child's bind, and while a killed child restarts,
+        // another server could take it: the child then fails to start and the test panics ("did
+        // not start"). A `RefusedPort` would not shorten that window: the child binds only once
+        // it runs, so the port has to be released before the spawn.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -10,16 +10,13 @@ use std::time::{Duration, Instant};
 use idempotency::AnyStore;
 use idempotency::memory::MemoryStore;
 use idempotency_demo::{AppState, Database, SlowWork};
-
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+use idempotency_testkit::RefusedPort;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_at_start_serves_503_problem_json_with_retry_after() {
-    let url = format!("postgres://postgres@127.0.0.1:{}/shop", closed_port());
+    // Nothing listens there, and no other server takes the port while the test runs.
+    let down = RefusedPort::new();
+    let url = format!("postgres://postgres@{}/shop", down.addr());
     let db = Database::connect(&url)
         .await
         .expect("a database that is down does not stop the demo");

@@ -72,12 +72,9 @@ async fn the_probe_fails_a_service_without_the_layer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_reports_an_unreachable_endpoint_as_unreachable() {
-    // Bind and drop, so nothing listens on the port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens on the port, and no other server takes it while the test runs.
+    let down = idempotency_testkit::RefusedPort::new();
+    let port = down.port();
     let config = ProbeConfig::new(format!("http://127.0.0.1:{port}/api/products/x"), BODY)
         .method("PUT")
         .unwrap()

@@ -138,13 +138,9 @@ async fn wrong_token_is_a_typed_backend_error() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_unavailable_quickly() {
-    // Bind then drop a listener: nothing listens on that port now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = KvRestConfig::new(format!("http://127.0.0.1:{port}"), "t")
+    // Nothing listens on that port, and no other server takes it while the test runs.
+    let down = idempotency_testkit::RefusedPort::new();
+    let config = KvRestConfig::new(format!("http://{}", down.addr()), "t")
         .unwrap()
         .reconnect_attempts(2);
     let store = KvRestStore::new(config).unwrap();

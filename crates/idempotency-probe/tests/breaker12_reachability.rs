@@ -10,6 +10,8 @@ use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use idempotency_testkit::RefusedPort;
+
 fn probe(port: u16, timeout_ms: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
         .args([
@@ -65,16 +67,22 @@ fn accept_then_close_is_a_check_failure_not_unreachable() {
 fn a_server_that_answers_once_then_goes_away_is_a_check_failure() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
+    let server = std::thread::spawn(move || {
         if let Ok((mut stream, _)) = listener.accept() {
             read_head(&mut stream);
             let _ = stream.write_all(
                 b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
             );
         }
-        // The listener drops here: every later connection is refused.
+        // Gone: every later connection is refused. The port stays reserved until the probe
+        // is done, so no other test's server takes it and answers instead.
+        drop(listener);
+        RefusedPort::reserve_after_stop(port).unwrap()
     });
     let output = probe(port, "2000");
+    // The handle holds the thread's result, the reservation, until here (not joined: a probe
+    // that never connected would leave the thread waiting in accept).
+    drop(server);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
 }
 

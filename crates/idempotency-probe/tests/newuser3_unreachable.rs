@@ -7,17 +7,16 @@
 
 use std::process::Command;
 
+use idempotency_testkit::RefusedPort;
+
 #[test]
 fn an_endpoint_that_refuses_every_connection_exits_2() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Nothing listens there, and no other server takes the port while the test runs.
+    let down = RefusedPort::new();
     let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
         .args([
             "--url",
-            &format!("http://127.0.0.1:{port}/x"),
+            &format!("http://{}/x", down.addr()),
             "--timeout-ms",
             "2000",
         ])
@@ -34,14 +33,11 @@ fn an_endpoint_that_refuses_every_connection_exits_2() {
 
 #[test]
 fn the_refusal_says_why_and_no_check_rows_are_printed() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let down = RefusedPort::new();
     let output = Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
         .args([
             "--url",
-            &format!("http://127.0.0.1:{port}/x"),
+            &format!("http://{}/x", down.addr()),
             "--timeout-ms",
             "2000",
             "--json",

@@ -163,14 +163,11 @@ async fn postgres_frozen_then_stopped_server_is_a_transient_error_within_the_bud
 
 #[tokio::test]
 async fn postgres_unreachable_database_at_construction_is_a_typed_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens there, and no other server takes the port while the test runs.
+    let down = idempotency_testkit::RefusedPort::new();
     let pool = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .connect_lazy(&format!("postgres://postgres@{}/postgres", down.addr()))
         .unwrap();
     let started = Instant::now();
     let error = PostgresStore::new(pool).await.unwrap_err();

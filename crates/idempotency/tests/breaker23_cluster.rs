@@ -10,12 +10,8 @@ use idempotency::{
     Begin, Fingerprint, Idempotency, IdempotencyKey, Scope, StoreSelection, StoredOutcome,
     store_from_lookup,
 };
+use idempotency_testkit::RefusedPort;
 use idempotency_testkit::fixtures::RedisCluster;
-
-fn refused_port() -> u16 {
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    gone.local_addr().unwrap().port()
-}
 
 async fn open(urls: String) -> idempotency::AnyStore {
     store_from_lookup(StoreSelection::RequireDistributed, move |name| {
@@ -50,10 +46,14 @@ async fn round_trip(store: idempotency::AnyStore, name: &str) {
 async fn breaker23_cluster_with_one_live_seed_comes_up() {
     let mut cluster = RedisCluster::start(3).expect("redis-server (apt-get install redis-server)");
     let live = cluster.urls()[1].clone();
+    // Seeds that refuse: ports held for the whole test, so no server (the cluster's restarted
+    // nodes included) takes them. The reservation is on 127.0.0.1; nothing in the tests listens
+    // on [::1], so the second one refuses there as well.
+    let (down_v4, down_v6) = (RefusedPort::new(), RefusedPort::new());
     let seeds = format!(
-        "redis://127.0.0.1:{}, redis://[::1]:{}, {live}",
-        refused_port(),
-        refused_port()
+        "redis://{}, redis://[::1]:{}, {live}",
+        down_v4.addr(),
+        down_v6.port()
     );
     // Up at start-up: the first connection goes to the cluster client directly.
     let store = open(seeds.clone()).await;

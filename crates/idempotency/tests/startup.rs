@@ -9,6 +9,7 @@ use idempotency::{
     Begin, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore as _,
     Scope, StoreSelection, StoredOutcome, store_from_lookup,
 };
+use idempotency_testkit::RefusedPort;
 use idempotency_testkit::fixtures::RedisServer;
 
 fn lookup(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
@@ -26,6 +27,8 @@ async fn a_store_down_at_start_up_is_connected_in_the_background() {
     let mut server =
         RedisServer::start_local().expect("redis-server (apt-get install redis-server)");
     let url = server.url().to_owned();
+    // Stopped, the server's port stays reserved (refused, and taken by no other test's server)
+    // until `restart`.
     server.stop().unwrap();
 
     let started = std::time::Instant::now();
@@ -92,16 +95,12 @@ async fn a_store_down_at_start_up_is_connected_in_the_background() {
 /// and the engine runs every operation.
 #[tokio::test]
 async fn the_kill_switch_is_honoured_before_the_store_is_opened() {
-    // Nothing listens on this port (bound and released at once).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens on this port, and no other server takes it while the test runs.
+    let down = RefusedPort::new();
     let store = store_from_lookup(
         StoreSelection::RequireDistributed,
         lookup(vec![
-            ("REDIS_URL", format!("redis://127.0.0.1:{port}")),
+            ("REDIS_URL", format!("redis://{}", down.addr())),
             ("DISABLE_IDEMPOTENCY_CHECKS", "true".to_owned()),
         ]),
     )
@@ -232,13 +231,12 @@ async fn redis_over_tls_from_the_environment() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let tls_port_text = tls_port.to_string();
+    // Held until right before the server starts (a port dropped at once could be taken by
+    // another test's server meanwhile); the fixture's start is the remaining window.
+    let reserved = RefusedPort::new();
+    let tls_port_text = reserved.port().to_string();
+    let tls_port = reserved.release();
     let _server = RedisServer::start_local_with(&[
         "--tls-port",
         &tls_port_text,
