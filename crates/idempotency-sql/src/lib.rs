@@ -139,12 +139,15 @@
 //! instances with skewed clocks agree. `expires_at` is the lease end of an in-progress row and
 //! the retention end of a completed one; a row past it is absent for every operation. On
 //! Postgres every built-in function is called by its qualified name
-//! (`pg_catalog.clock_timestamp()`, `pg_catalog.pg_notify(…)`, …) and every cast names its
-//! type qualified (`$5::pg_catalog.float8`), so a function, type or domain of the same name in
-//! a schema that comes earlier in the connection's `search_path` cannot replace it; the
+//! (`pg_catalog.clock_timestamp()`, `pg_catalog.pg_notify(…)`, …), every cast names its type
+//! qualified (`$5::pg_catalog.float8`) and every operator is written
+//! `OPERATOR(pg_catalog.=)`, `OPERATOR(pg_catalog.>)`, … (`IN (…)` as
+//! `OPERATOR(pg_catalog.=) ANY (…)`), so a function, type, domain or operator of the same name
+//! in a schema that comes earlier in the connection's `search_path` cannot replace it; the
 //! migrations write `pg_catalog.text` and `pg_catalog.bytea`, and the SQL keywords `BIGINT`,
-//! `SMALLINT` and `TIMESTAMP WITH TIME ZONE`, which always name the built-in types. Operators
-//! and the records table's name are not qualified (name the table `schema.table` to pin it).
+//! `SMALLINT` and `TIMESTAMP WITH TIME ZONE`, which always name the built-in types. The
+//! statements below are shown with bare operators for reading. The records table's name is not
+//! qualified (name the table `schema.table` to pin it).
 //! - `try_claim`: `INSERT … ON CONFLICT (store_key) DO UPDATE SET col = CASE WHEN expired THEN
 //!   excluded.col ELSE col END, … RETURNING (token = $new_token) AS claimed, …`. The upsert
 //!   always touches the row, so `RETURNING` always yields it as it is after the statement: ours

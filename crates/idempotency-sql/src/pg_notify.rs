@@ -49,6 +49,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::postgres::op::{EQ, GT};
+
 /// How often the listener connection is pinged to notice a dead peer.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
 /// First and largest pause between reconnection attempts.
@@ -100,9 +102,12 @@ pub(crate) fn notify_sql(channel: &str) -> String {
 /// follows notifies). A flag committed before a completion's UPDATE is seen by that UPDATE
 /// (it runs on the latest row version), which then notifies. `AND NOT waiters` and the second,
 /// read-only part skip the write when the snapshot already shows the flag (duplicate storms).
+/// Operators are `pg_catalog`'s, whatever `search_path` holds (`crate::postgres::op`).
 pub(crate) fn flag_waiter_sql(t: &str) -> String {
-    let held = "store_key = $1 AND token = $2 AND state = 'in_progress' \
-                AND expires_at > pg_catalog.clock_timestamp()";
+    let held = format!(
+        "store_key {EQ} $1 AND token {EQ} $2 AND state {EQ} 'in_progress' \
+         AND expires_at {GT} pg_catalog.clock_timestamp()"
+    );
     format!(
         "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters RETURNING 1) \
          SELECT EXISTS (SELECT 1 FROM flagged) OR EXISTS (SELECT 1 FROM {t} WHERE {held} AND waiters)"

@@ -1,5 +1,9 @@
 //! [`PostgresStore`]: the records table on Postgres, every time comparison on the database's
 //! `clock_timestamp()`.
+//!
+//! Every built-in the statements use is named so that the connection's `search_path` cannot
+//! replace it: functions `pg_catalog.name(…)`, types `pg_catalog.type`, operators
+//! `OPERATOR(pg_catalog.=)` ([`op`]). See [`op`] for why.
 
 use idempotency_core::StoreOperation;
 use std::sync::Arc;
@@ -20,8 +24,56 @@ use crate::table::{DEFAULT_TABLE, Table};
 use crate::{
     DEFAULT_OPERATION_TIMEOUT, SqlStatements, SqlStoreError, TransactionConflict, duration_micros,
 };
+use op::{CONCAT, EQ, GT, LE, LT, MINUS, PLUS, TIMES};
 
 type Base = SharedStore<Postgres>;
+
+/// The built-in operators the statements use, written `OPERATOR(pg_catalog.op)` so that no
+/// operator of the same name in another schema can take their place.
+///
+/// Postgres looks up an unqualified function, type **or operator** through `search_path`, and
+/// `pg_catalog` is searched first only when the path does not list it: a schema listed before
+/// it (`SET search_path = evil, pg_catalog`, as a role's or database's setting or the
+/// application's connection option) is searched first, so its `=(text, text)` or
+/// `>(timestamptz, timestamptz)` would decide which row a claim finds, whether a lease is
+/// live, whether a token passes the fence and what a purge deletes. See `search_path`
+/// (<https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-SEARCH-PATH>),
+/// "The Schema Search Path" and "Secure Schema Usage Patterns"
+/// (<https://www.postgresql.org/docs/current/ddl-schemas.html#DDL-SCHEMAS-PATH>, where
+/// `OPERATOR(pg_catalog.+)` is the qualified form, and `#DDL-SCHEMAS-PATTERNS`), and CREATE
+/// FUNCTION's "Writing SECURITY DEFINER Functions Safely"
+/// (<https://www.postgresql.org/docs/current/sql-createfunction.html#SQL-CREATEFUNCTION-SECURITY>).
+/// Functions are written `pg_catalog.name(…)` and types `pg_catalog.type` for the same reason;
+/// syntax that Postgres itself resolves in `pg_catalog` (`EXTRACT`, `EXISTS`, `IS NULL`, `CASE
+/// WHEN`, `COALESCE`) is left as it is, and `IN (subquery)`, which looks `=` up, is written
+/// `OPERATOR(pg_catalog.=) ANY (…)`.
+///
+/// `OPERATOR(…)` has the precedence of "any other operator" whatever it names (above `=`,
+/// `<`, `>` and below `*`, `+`: "Operator Precedence",
+/// <https://www.postgresql.org/docs/current/sql-syntax-lexical.html#SQL-PRECEDENCE>): an
+/// operand that is itself an operation is parenthesised (`t + (x * y)`, `(e * 1000) > 0`).
+/// The operators are the very ones the bare names resolve to without a hostile schema, so
+/// plans and costs do not change; the names are resolved when a statement is prepared.
+/// Assignments (`SET col = …`) are syntax, not operators. SQLite has no `search_path`: its
+/// statements are unchanged.
+pub(crate) mod op {
+    /// `=`.
+    pub(crate) const EQ: &str = "OPERATOR(pg_catalog.=)";
+    /// `>`.
+    pub(crate) const GT: &str = "OPERATOR(pg_catalog.>)";
+    /// `<`.
+    pub(crate) const LT: &str = "OPERATOR(pg_catalog.<)";
+    /// `<=`.
+    pub(crate) const LE: &str = "OPERATOR(pg_catalog.<=)";
+    /// `+`.
+    pub(crate) const PLUS: &str = "OPERATOR(pg_catalog.+)";
+    /// `-`.
+    pub(crate) const MINUS: &str = "OPERATOR(pg_catalog.-)";
+    /// `*`.
+    pub(crate) const TIMES: &str = "OPERATOR(pg_catalog.*)";
+    /// `||`.
+    pub(crate) const CONCAT: &str = "OPERATOR(pg_catalog.||)";
+}
 
 /// An idempotency store in a Postgres table, on the application's own [`PgPool`].
 ///
@@ -65,8 +117,8 @@ fn complete_in_transaction(complete: &str, woken: bool) -> String {
     format!(
         "{head}, answer ({columns}) AS MATERIALIZED ({answer}) \
          SELECT answer.*, \
-         CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' || \
-         pg_catalog.current_setting('transaction_isolation') || ')')::pg_catalog.int4 END \
+         CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' {CONCAT} \
+         pg_catalog.current_setting('transaction_isolation') {CONCAT} ')')::pg_catalog.int4 END \
          AS aborts_unless_applied, \
          pg_catalog.set_config('lock_timeout', $8, true) AS lock_timeout_restored \
          FROM answer"
@@ -90,12 +142,12 @@ fn bound_lock_wait_sql(bound_ms: &str) -> String {
     debug_assert!(bound_ms.bytes().all(|b| b.is_ascii_digit()));
     // `was.v` in milliseconds: the setting's text (`0`, `250ms`, `90s`, `2min`, `3h`, `2d`)
     // read as an interval.
-    let was_ms = "extract(epoch FROM was.v::pg_catalog.interval) * 1000";
+    let was_ms = format!("(extract(epoch FROM was.v::pg_catalog.interval) {TIMES} 1000)");
     format!(
         "WITH was AS MATERIALIZED (SELECT pg_catalog.current_setting('lock_timeout') AS v) \
          SELECT was.v, pg_catalog.set_config('lock_timeout', \
-         CASE WHEN {was_ms} > 0 AND {was_ms} < {bound_ms} THEN was.v ELSE '{bound_ms}ms' END, \
-         true) FROM was"
+         CASE WHEN {was_ms} {GT} 0 AND {was_ms} {LT} {bound_ms} THEN was.v \
+         ELSE '{bound_ms}ms' END, true) FROM was"
     )
 }
 
@@ -153,7 +205,7 @@ impl SqlStatements {
         // `now` is read once (a materialised CTE) so every comparison agrees.
         let keep_unless_expired = |column: &str| {
             format!(
-                "{column} = CASE WHEN r.expires_at <= (SELECT t FROM now) \
+                "{column} = CASE WHEN r.expires_at {LE} (SELECT t FROM now) \
                  THEN excluded.{column} ELSE r.{column} END"
             )
         };
@@ -172,18 +224,23 @@ impl SqlStatements {
         ]
         .map(keep_unless_expired)
         .join(", ");
-        let micros = "$N::pg_catalog.float8 * '1 microsecond'::pg_catalog.interval";
+        // Parenthesised: `OPERATOR(…)`s share one precedence (see `op`).
+        let micros =
+            format!("($N::pg_catalog.float8 {TIMES} '1 microsecond'::pg_catalog.interval)");
+        // The fence of `complete`, `release` and `extend`: our claim.
+        let held = format!("store_key {EQ} $1 AND token {EQ} $2 AND state {EQ} 'in_progress'");
+        let clock = "pg_catalog.clock_timestamp()";
         Self {
             claim: format!(
                 "WITH now AS MATERIALIZED (SELECT pg_catalog.clock_timestamp() AS t), \
                  live AS MATERIALIZED (SELECT {COLUMNS} FROM {t}, now \
-                   WHERE store_key = $1 AND expires_at > now.t), \
+                   WHERE store_key {EQ} $1 AND expires_at {GT} now.t), \
                  ins AS (\
                    INSERT INTO {t} AS r (store_key, state, token, fingerprint, created_at_ms, expires_at) \
-                   SELECT $1, 'in_progress', $2, $3, $4, now.t + {} FROM now \
+                   SELECT $1, 'in_progress', $2, $3, $4, now.t {PLUS} {} FROM now \
                    WHERE NOT EXISTS (SELECT 1 FROM live) \
                    ON CONFLICT (store_key) DO UPDATE SET {assignments} \
-                   RETURNING (r.token = $2) AS claimed, {COLUMNS}) \
+                   RETURNING (r.token {EQ} $2) AS claimed, {COLUMNS}) \
                  SELECT false AS claimed, {COLUMNS} FROM live \
                  UNION ALL SELECT claimed, {COLUMNS} FROM ins",
                 micros.replace("$N", "$5")
@@ -198,12 +255,11 @@ impl SqlStatements {
             complete: format!(
                 "WITH done AS (\
                    UPDATE {t} SET state = 'completed', completed_at_ms = $3, content_type = $4, \
-                   encoding = $5, body = $6, expires_at = pg_catalog.clock_timestamp() + {} \
-                   WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                   AND expires_at > pg_catalog.clock_timestamp() RETURNING waiters) \
+                   encoding = $5, body = $6, expires_at = {clock} {PLUS} {} \
+                   WHERE {held} AND expires_at {GT} {clock} RETURNING waiters) \
                  SELECT EXISTS (SELECT 1 FROM done) OR EXISTS (SELECT 1 FROM {t} \
-                   WHERE store_key = $1 AND token = $2 AND state = 'completed' \
-                   AND expires_at > pg_catalog.clock_timestamp()){}",
+                   WHERE store_key {EQ} $1 AND token {EQ} $2 AND state {EQ} 'completed' \
+                   AND expires_at {GT} {clock}){}",
                 micros.replace("$N", "$7"),
                 wake.map_or_else(String::new, |channel| format!(
                     ", (SELECT pg_catalog.count({}) FROM done WHERE done.waiters) AS woken",
@@ -212,45 +268,41 @@ impl SqlStatements {
             ),
             // Our own lapsed claim is deleted too (it is garbage), but reported as lost.
             release: match wake {
-                None => format!(
-                    "DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
-                     AND state = 'in_progress' RETURNING expires_at > pg_catalog.clock_timestamp()"
-                ),
+                None => format!("DELETE FROM {t} WHERE {held} RETURNING expires_at {GT} {clock}"),
                 // One row when a row was deleted (and a notification when it had waiters).
                 Some(channel) => format!(
-                    "WITH gone AS (DELETE FROM {t} WHERE store_key = $1 AND token = $2 \
-                       AND state = 'in_progress' \
-                       RETURNING expires_at > pg_catalog.clock_timestamp() AS live, waiters) \
+                    "WITH gone AS (DELETE FROM {t} WHERE {held} \
+                       RETURNING expires_at {GT} {clock} AS live, waiters) \
                      SELECT gone.live, woken.n FROM gone, \
                        (SELECT pg_catalog.count({}) AS n FROM gone WHERE gone.waiters) AS woken",
                     notify_sql(channel)
                 ),
             },
             extend: format!(
-                "UPDATE {t} SET expires_at = pg_catalog.clock_timestamp() + {} \
-                 WHERE store_key = $1 AND token = $2 AND state = 'in_progress' \
-                 AND expires_at > pg_catalog.clock_timestamp()",
+                "UPDATE {t} SET expires_at = {clock} {PLUS} {} \
+                 WHERE {held} AND expires_at {GT} {clock}",
                 micros.replace("$N", "$3")
             ),
             get: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE store_key = $1 AND expires_at > pg_catalog.clock_timestamp()"
+                "SELECT {COLUMNS} FROM {t} WHERE store_key {EQ} $1 AND expires_at {GT} {clock}"
             ),
             delete: format!(
-                "DELETE FROM {t} WHERE store_key = $1 RETURNING expires_at > pg_catalog.clock_timestamp()"
+                "DELETE FROM {t} WHERE store_key {EQ} $1 RETURNING expires_at {GT} {clock}"
             ),
             // SKIP LOCKED: rows held by a running transaction (a completion in progress) are
-            // left for the next batch instead of waited for.
+            // left for the next batch instead of waited for. `= ANY (…)` is `IN (…)` with its
+            // `=` named.
             purge: format!(
-                "DELETE FROM {t} WHERE store_key IN (SELECT store_key FROM {t} \
-                   WHERE expires_at <= pg_catalog.clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 AND expires_at <= pg_catalog.clock_timestamp()"
+                "DELETE FROM {t} WHERE store_key {EQ} ANY (SELECT store_key FROM {t} \
+                   WHERE expires_at {LE} {clock} LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND expires_at {LE} {clock}"
             ),
             // `clock_timestamp()` once per row (in the subquery), so the filter and the value
             // agree.
             time_to_live: format!(
-                "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at - pg_catalog.clock_timestamp()) \
-                 * 1000000)::pg_catalog.int8 AS left_us FROM {t} WHERE store_key = $1) AS live \
-                 WHERE left_us > 0"
+                "SELECT left_us FROM (SELECT (EXTRACT(EPOCH FROM expires_at {MINUS} {clock}) \
+                 {TIMES} 1000000)::pg_catalog.int8 AS left_us FROM {t} WHERE store_key {EQ} $1) \
+                 AS live WHERE left_us {GT} 0"
             ),
         }
     }
@@ -356,13 +408,15 @@ impl PostgresStoreBuilder {
 }
 
 // Every built-in function the store calls is written `pg_catalog.name(...)`, every type it
-// casts to `pg_catalog.type` (`$5::pg_catalog.float8`), and the catalog tables
-// `pg_catalog.pg_attribute` etc.: a function of the same name and arguments, or a type or
-// domain of the same name, in a schema earlier in the connection's `search_path` (a role's or
-// database's setting, or an application's `search_path` option) would otherwise be used
-// instead, e.g. a `clock_timestamp()` that never lets a lease expire, or a `float8` domain
-// whose check fails every claim. Operators and the records table's own name are left as they
-// are.
+// casts to `pg_catalog.type` (`$5::pg_catalog.float8`), every operator
+// `OPERATOR(pg_catalog.=)` (see `op`), and the catalog tables `pg_catalog.pg_attribute` etc.:
+// a function or operator of the same name and arguments, or a type or domain of the same
+// name, in a schema earlier in the connection's `search_path` (a role's or database's
+// setting, or an application's `search_path` option) would otherwise be used instead, e.g. a
+// `clock_timestamp()` or a `>` that never lets a lease expire, an `=` that matches every key
+// or token, or a `float8` domain whose check fails every claim. The records table's own name
+// is left as configured (`schema.table` pins it). The constants below cannot use `op`'s
+// names (no `format!` in a `const`): they spell `OPERATOR(pg_catalog.…)` out.
 
 /// Whether the table `$1` (quoted name) exists.
 const TABLE_EXISTS: &str = "SELECT pg_catalog.to_regclass($1) IS NOT NULL";
@@ -377,13 +431,16 @@ const MIGRATION_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog
 /// a type of the same name in a schema earlier in `search_path` hides the built-in one
 /// (`text`, not `pg_catalog.text`); any other type is named with its schema (`evil.text`), so
 /// a column of a look-alike type never passes for the built-in one.
-const COLUMNS_OF: &str = "SELECT a.attname::pg_catalog.text, CASE WHEN n.nspname = 'pg_catalog' \
+const COLUMNS_OF: &str = "SELECT a.attname::pg_catalog.text, \
+     CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'pg_catalog' \
      THEN pg_catalog.replace(pg_catalog.format_type(a.atttypid, a.atttypmod), 'pg_catalog.', '') \
-     ELSE pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(ty.typname) END \
+     ELSE pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
+     OPERATOR(pg_catalog.||) pg_catalog.quote_ident(ty.typname) END \
      FROM pg_catalog.pg_attribute a \
-     JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
-     JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace \
-     WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
+     JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) a.atttypid \
+     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ty.typnamespace \
+     WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+     AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped";
 
 impl Dialect for Postgres {
     const POSTGRES: bool = true;
@@ -914,7 +971,7 @@ mod tests {
             );
             assert!(
                 in_tx.contains(&format!(
-                    "CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' ||"
+                    "CASE WHEN answer.applied THEN 0 ELSE ('{NOT_APPLIED}' {CONCAT}"
                 )),
                 "{in_tx}"
             );
@@ -927,7 +984,9 @@ mod tests {
             "{bound}"
         );
         assert!(
-            bound.contains("< 900 THEN was.v ELSE '900ms' END, true) FROM was"),
+            bound.contains(&format!(
+                "{LT} 900 THEN was.v ELSE '900ms' END, true) FROM was"
+            )),
             "{bound}"
         );
         assert_eq!(lock_wait_bound(Duration::from_secs(1)), "900");
@@ -955,7 +1014,10 @@ mod tests {
     fn statements_name_the_table_and_bind_in_order() {
         let sql = SqlStatements::postgres("\"t\"", None);
         assert!(sql.claim.contains("INSERT INTO \"t\" AS r"));
-        assert!(sql.claim.contains("now.t + $5::pg_catalog.float8"));
+        assert!(
+            sql.claim
+                .contains("now.t OPERATOR(pg_catalog.+) ($5::pg_catalog.float8")
+        );
         assert!(sql.complete.contains("$7::pg_catalog.float8"));
         assert!(sql.extend.contains("$3::pg_catalog.float8"));
         for s in [
@@ -1052,9 +1114,12 @@ mod tests {
         for statement in &every_statement() {
             for name in called_functions(statement) {
                 // `EXTRACT(field FROM ...)` is syntax, which Postgres itself resolves in
-                // `pg_catalog`.
+                // `pg_catalog`; `OPERATOR(...)` names an operator (checked by
+                // `every_operator_is_qualified_with_pg_catalog`).
                 assert!(
-                    name.starts_with("pg_catalog.") || name.eq_ignore_ascii_case("extract"),
+                    name.starts_with("pg_catalog.")
+                        || name.eq_ignore_ascii_case("extract")
+                        || name.eq_ignore_ascii_case("operator"),
                     "unqualified call of {name} in {statement}"
                 );
             }
@@ -1170,6 +1235,192 @@ mod tests {
         for sql in &ddl {
             let bare = bare_types(sql, true);
             assert!(bare.is_empty(), "unqualified types {bare:?} in {sql}");
+        }
+    }
+
+    /// A token of SQL text, as [`bare_operators`] reads it.
+    #[derive(Debug, PartialEq)]
+    enum Token {
+        /// An identifier, keyword, number or parameter (`pg_catalog.now`, `answer.`, `$1`).
+        Word(String),
+        /// A run of operator characters.
+        Operator(String),
+        /// `OPERATOR(…)`: what is between the parentheses.
+        Named(String),
+        Open,
+        Close,
+        Comma,
+        /// A string literal, a quoted identifier, a `$$` body, `::`, `;`.
+        Other,
+    }
+
+    /// The tokens of `sql`, without `--` comments.
+    fn tokens(sql: &str) -> Vec<Token> {
+        const OPERATOR_CHARS: &str = "+-*/<>=~!@#%^&|`?";
+        let chars: Vec<char> = sql.chars().collect();
+        let mut tokens = Vec::new();
+        let mut at = 0;
+        let skip_to = |from: usize, end: &str| {
+            let rest: String = chars[from..].iter().collect();
+            rest.find(end).map_or(chars.len(), |i| {
+                from + rest[..i].chars().count() + end.chars().count()
+            })
+        };
+        while at < chars.len() {
+            let c = chars[at];
+            let next = chars.get(at + 1).copied();
+            if c == '-' && next == Some('-') {
+                at = skip_to(at, "\n");
+            } else if c == '\'' || c == '"' {
+                at = skip_to(at + 1, &c.to_string());
+                tokens.push(Token::Other);
+            } else if c == '$' && next == Some('$') {
+                at = skip_to(at + 2, "$$");
+                tokens.push(Token::Other);
+            } else if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$' {
+                let start = at;
+                while at < chars.len()
+                    && (chars[at].is_ascii_alphanumeric() || "_.$".contains(chars[at]))
+                {
+                    at += 1;
+                }
+                let word: String = chars[start..at].iter().collect();
+                if word.eq_ignore_ascii_case("operator") && chars.get(at) == Some(&'(') {
+                    let end = skip_to(at, ")");
+                    tokens.push(Token::Named(chars[at + 1..end - 1].iter().collect()));
+                    at = end;
+                } else {
+                    tokens.push(Token::Word(word));
+                }
+            } else if OPERATOR_CHARS.contains(c) {
+                let start = at;
+                while at < chars.len() && OPERATOR_CHARS.contains(chars[at]) {
+                    at += 1;
+                }
+                tokens.push(Token::Operator(chars[start..at].iter().collect()));
+            } else {
+                at += 1;
+                match c {
+                    '(' => tokens.push(Token::Open),
+                    ')' => tokens.push(Token::Close),
+                    ',' => tokens.push(Token::Comma),
+                    c if c.is_whitespace() => {}
+                    _ => tokens.push(Token::Other),
+                }
+            }
+        }
+        tokens
+    }
+
+    /// The operators in `sql` that Postgres would look up through `search_path`: a bare
+    /// operator (`=`, `>`, `||`, …; not `SET column =`, an assignment, nor the `*` of
+    /// `alias.*`), an `OPERATOR(…)` of another schema than `pg_catalog`, and syntax that looks
+    /// `=` or `<`/`>` up (`IN`, `BETWEEN`, `LIKE`, `NULLIF`, `IS DISTINCT FROM`, `CASE x WHEN`,
+    /// …). Outside string literals, quoted identifiers, `$$` bodies and `--` comments.
+    fn bare_operators(sql: &str) -> Vec<String> {
+        const LOOKING_UP: &[&str] = &[
+            "in", "between", "like", "ilike", "similar", "nullif", "distinct", "overlaps",
+        ];
+        let mut found = Vec::new();
+        let mut depth = 0usize;
+        // The depth of the `SET` list being read, a column comes next, a column was just read.
+        let (mut set_list, mut column_next, mut column) = (None, false, false);
+        let mut previous: Option<Token> = None;
+        for token in tokens(sql) {
+            let after_case =
+                matches!(&previous, Some(Token::Word(w)) if w.eq_ignore_ascii_case("case"));
+            if after_case && !matches!(&token, Token::Word(w) if w.eq_ignore_ascii_case("when")) {
+                found.push("CASE x WHEN".to_owned());
+            }
+            let was_column = std::mem::take(&mut column);
+            match &token {
+                Token::Word(word) => {
+                    let lower = word.to_ascii_lowercase();
+                    if LOOKING_UP.contains(&lower.as_str()) {
+                        found.push(word.clone());
+                    }
+                    if lower == "set" {
+                        (set_list, column_next) = (Some(depth), true);
+                    } else {
+                        if set_list == Some(depth)
+                            && ["where", "returning", "from"].contains(&lower.as_str())
+                        {
+                            set_list = None;
+                        }
+                        column = std::mem::take(&mut column_next);
+                    }
+                }
+                Token::Operator(operator) => {
+                    let star = operator == "*"
+                        && matches!(&previous, Some(Token::Word(w)) if w.ends_with('.'));
+                    let assignment = operator == "=" && was_column;
+                    if !star && !assignment {
+                        found.push(operator.clone());
+                    }
+                    column_next = false;
+                }
+                Token::Named(name) => {
+                    if !name.starts_with("pg_catalog.") {
+                        found.push(format!("OPERATOR({name})"));
+                    }
+                    column_next = false;
+                }
+                Token::Open => {
+                    depth += 1;
+                    column_next = false;
+                }
+                Token::Close => {
+                    depth = depth.saturating_sub(1);
+                    if set_list.is_some_and(|list| depth < list) {
+                        set_list = None;
+                    }
+                    column_next = false;
+                }
+                Token::Comma => column_next = set_list == Some(depth),
+                Token::Other => column_next = false,
+            }
+            previous = Some(token);
+        }
+        found
+    }
+
+    /// sqlops: every operator in every statement the Postgres store sends, and in the
+    /// migrations and the bookkeeping table, is `OPERATOR(pg_catalog.…)`, so a schema earlier
+    /// in `search_path` cannot shadow it. Before, every statement compared with bare `=`, `>`,
+    /// `<=` and computed with `+`, `-`, `*`, `||`, and the purge used `IN (…)`.
+    #[test]
+    fn every_operator_is_qualified_with_pg_catalog() {
+        assert_eq!(
+            bare_operators(
+                "SELECT a = b, c OPERATOR(pg_catalog.<) d, e OPERATOR(evil.>) f, 'x = y', \
+                 \"a+b\", g.*, h::pg_catalog.int8 FROM t -- x > y\n\
+                 WHERE i IN (SELECT 1) AND j || k AND CASE l WHEN 1 THEN 2 END \
+                 AND CASE WHEN m THEN 1 END"
+            ),
+            ["=", "OPERATOR(evil.>)", "IN", "||", "CASE x WHEN"]
+        );
+        assert_eq!(
+            bare_operators(
+                "UPDATE t SET a = 1, b = CASE WHEN c OPERATOR(pg_catalog.<=) d THEN e END, \
+                 f = pg_catalog.g(h, i) WHERE j = k RETURNING l > m"
+            ),
+            ["=", ">"]
+        );
+        assert_eq!(
+            bare_operators("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'P0001'; END $$"),
+            Vec::<String>::new()
+        );
+        let table = Table::parse("app.records", true).expect("a table name");
+        let mut checked = every_statement();
+        checked.extend(
+            crate::migrate::MIGRATIONS
+                .iter()
+                .map(|m| m.postgres.to_owned()),
+        );
+        checked.push(crate::migrate::bookkeeping(&table, true));
+        for sql in &checked {
+            let bare = bare_operators(sql);
+            assert!(bare.is_empty(), "operators {bare:?} looked up in {sql}");
         }
     }
 }

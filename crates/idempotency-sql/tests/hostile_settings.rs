@@ -4,11 +4,12 @@
 //!   answers `StoreError::Timeout` (transient: the engine retries a completion), not `Backend`;
 //!   inside the caller's transaction (`complete_in`) the transaction is still left unable to
 //!   commit the side effect without the record;
-//! - a hostile `search_path` (`evil, pg_catalog, public`: a schema whose functions shadow the
-//!   built-ins the store calls, with `pg_catalog` explicitly after it): the store calls the
-//!   built-ins (a claim's lease expires by the real clock; waiters are woken by the real
-//!   `pg_notify`) and never a shadowing function, and no type or domain of that schema named
-//!   like a built-in type (`text`, `float8`, …) takes the built-in's place.
+//! - a hostile `search_path` (`evil, pg_catalog, public`: a schema whose functions and
+//!   operators shadow the built-ins the store uses, with `pg_catalog` explicitly after it): the
+//!   store calls the built-ins (a claim's lease expires by the real clock; waiters are woken by
+//!   the real `pg_notify`) and never a shadowing function or operator (a `=` that matches every
+//!   key, a `>` that keeps every lease live, … decide nothing), and no type or domain of that
+//!   schema named like a built-in type (`text`, `float8`, …) takes the built-in's place.
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -292,8 +293,9 @@ async fn complete_in_cut_short_by_statement_timeout_is_a_timeout_and_commits_not
     assert_eq!(f.count().await, 1, "one order for the key");
 }
 
-/// Creates the schema `schema` with an `evil.calls` log and, for each `(signature, returns,
-/// result)`, a function `schema.signature` that logs its name and returns `result`.
+/// Creates the schema `schema` with an `evil.calls` log (and an `evil.calls_seen` sequence,
+/// which counts the calls of transactions that rolled back too) and, for each `(signature,
+/// returns, result)`, a function `schema.signature` that logs its name and returns `result`.
 async fn shadowing_schema(admin: &PgPool, schema: &str, functions: &[(&str, &str, &str)]) {
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(admin)
@@ -303,24 +305,182 @@ async fn shadowing_schema(admin: &PgPool, schema: &str, functions: &[(&str, &str
         .execute(admin)
         .await
         .expect("calls table");
-    for (signature, returns, result) in functions {
-        let name = &signature[..signature.find('(').expect("a signature")];
-        let body = match *returns {
-            "void" => format!("INSERT INTO {schema}.calls VALUES ('{name}')"),
-            _ => format!("INSERT INTO {schema}.calls VALUES ('{name}'); SELECT {result}"),
-        };
-        sqlx::query(&format!(
-            "CREATE FUNCTION {schema}.{signature} RETURNS {returns} VOLATILE LANGUAGE sql \
-             AS $body$ {body} $body$"
-        ))
+    sqlx::query(&format!("CREATE SEQUENCE {schema}.calls_seen"))
         .execute(admin)
         .await
-        .unwrap_or_else(|e| panic!("create {schema}.{signature}: {e}"));
+        .expect("calls sequence");
+    for (signature, returns, result) in functions {
+        let name = &signature[..signature.find('(').expect("a signature")];
+        logging_function(admin, schema, signature, name, returns, result).await;
     }
 }
 
-/// Panics if the store's connections called any shadowing function of `schema`; then drops
-/// the schema.
+/// Creates the function `schema.signature`, which logs `logged` in `schema.calls`, counts
+/// itself in `schema.calls_seen` and returns `result` (nothing when it `returns` `void`).
+async fn logging_function(
+    admin: &PgPool,
+    schema: &str,
+    signature: &str,
+    logged: &str,
+    returns: &str,
+    result: &str,
+) {
+    let log = format!(
+        "INSERT INTO {schema}.calls VALUES ('{logged}'); \
+         SELECT pg_catalog.nextval('{schema}.calls_seen')"
+    );
+    let body = match returns {
+        "void" => log,
+        _ => format!("{log}; SELECT {result}"),
+    };
+    sqlx::query(&format!(
+        "CREATE FUNCTION {schema}.{signature} RETURNS {returns} VOLATILE LANGUAGE sql \
+         AS $body$ {body} $body$"
+    ))
+    .execute(admin)
+    .await
+    .unwrap_or_else(|e| panic!("create {schema}.{signature}: {e}"));
+}
+
+/// In the schema `schema` (made by [`shadowing_schema`]), for each `(operator, left, right,
+/// returns, result)`, the operator `schema.operator(pg_catalog.left, pg_catalog.right)`: the
+/// name and argument types of a built-in one, so it is the one chosen when `schema` comes
+/// first in `search_path`. Its function logs `operator(left,right)` and returns `result`
+/// (`$1`, `$2`: the operands).
+async fn shadowing_operators(
+    admin: &PgPool,
+    schema: &str,
+    operators: &[(&str, &str, &str, &str, &str)],
+) {
+    for (at, (operator, left, right, returns, result)) in operators.iter().enumerate() {
+        let function = format!("shadow_op_{at}");
+        logging_function(
+            admin,
+            schema,
+            &format!("{function}(pg_catalog.{left}, pg_catalog.{right})"),
+            &format!("{operator}({left},{right})"),
+            returns,
+            result,
+        )
+        .await;
+        sqlx::query(&format!(
+            "CREATE OPERATOR {schema}.{operator} (LEFTARG = pg_catalog.{left}, \
+             RIGHTARG = pg_catalog.{right}, FUNCTION = {schema}.{function})"
+        ))
+        .execute(admin)
+        .await
+        .unwrap_or_else(|e| panic!("create operator {schema}.{operator}({left}, {right}): {e}"));
+    }
+}
+
+/// Every operator the Postgres store's statements use, with its argument types, the type it
+/// returns and the built-in's answer (the shadows of
+/// [`no_shadowing_function_or_operator_is_called_under_a_hostile_search_path`] give the right
+/// answer, and log the call).
+const STORE_OPERATORS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "=",
+        "text",
+        "text",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.=) $2",
+    ),
+    (
+        "=",
+        "bytea",
+        "bytea",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.=) $2",
+    ),
+    (
+        "=",
+        "name",
+        "name",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.=) $2",
+    ),
+    ("=", "oid", "oid", "boolean", "$1 OPERATOR(pg_catalog.=) $2"),
+    (
+        ">",
+        "timestamptz",
+        "timestamptz",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.>) $2",
+    ),
+    (
+        "<=",
+        "timestamptz",
+        "timestamptz",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.<=) $2",
+    ),
+    (
+        "+",
+        "timestamptz",
+        "interval",
+        "timestamptz",
+        "$1 OPERATOR(pg_catalog.+) $2",
+    ),
+    (
+        "-",
+        "timestamptz",
+        "timestamptz",
+        "interval",
+        "$1 OPERATOR(pg_catalog.-) $2",
+    ),
+    (
+        "*",
+        "float8",
+        "interval",
+        "interval",
+        "$1 OPERATOR(pg_catalog.*) $2",
+    ),
+    (
+        "*",
+        "numeric",
+        "numeric",
+        "numeric",
+        "$1 OPERATOR(pg_catalog.*) $2",
+    ),
+    (
+        ">",
+        "numeric",
+        "numeric",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.>) $2",
+    ),
+    (
+        "<",
+        "numeric",
+        "numeric",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.<) $2",
+    ),
+    (
+        ">",
+        "int8",
+        "int4",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.>) $2",
+    ),
+    (
+        ">",
+        "int2",
+        "int4",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.>) $2",
+    ),
+    (
+        "||",
+        "text",
+        "text",
+        "text",
+        "$1 OPERATOR(pg_catalog.||) $2",
+    ),
+];
+
+/// Panics if the store's connections called any shadowing function or operator of `schema`
+/// (also in a transaction that rolled back: `calls_seen`); then drops the schema.
 async fn assert_no_shadow_called(admin: &PgPool, schema: &str) {
     let calls: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT DISTINCT name FROM {schema}.calls ORDER BY name"
@@ -332,6 +492,16 @@ async fn assert_no_shadow_called(admin: &PgPool, schema: &str) {
         calls,
         Vec::<String>::new(),
         "the store called shadowing functions"
+    );
+    let seen: i64 = sqlx::query_scalar(&format!(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {schema}.calls_seen"
+    ))
+    .fetch_one(admin)
+    .await
+    .expect("calls_seen");
+    assert_eq!(
+        seen, 0,
+        "the store called shadowing functions in a transaction that rolled back"
     );
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(admin)
@@ -394,10 +564,12 @@ async fn a_shadowing_clock_timestamp_does_not_stop_leases_from_lapsing() {
         seen, "2999",
         "the shadowing function is first in search_path"
     );
-    sqlx::query(&format!("TRUNCATE {schema}.calls"))
-        .execute(&admin)
-        .await
-        .expect("truncate");
+    sqlx::raw_sql(&format!(
+        "TRUNCATE {schema}.calls; ALTER SEQUENCE {schema}.calls_seen RESTART"
+    ))
+    .execute(&admin)
+    .await
+    .expect("forget the probe's call");
 
     let key = StoreKey::from_raw(format!("{}lease", idempotency_testkit::unique_prefix()));
     let first = in_progress("first");
@@ -444,14 +616,221 @@ async fn a_shadowing_clock_timestamp_does_not_stop_leases_from_lapsing() {
     assert_no_shadow_called(&admin, &schema).await;
 }
 
-/// Every built-in function the store calls, shadowed (same name and argument types, so the
-/// shadow wins when it comes first in `search_path`) by one that logs the call: migrate,
-/// build, claim, flag-and-wait, complete (with a waiter, so `pg_notify`), extend, release,
-/// get, time_to_live, delete, purge and `complete_in` call none of them, and the waiter is
-/// woken by the real `pg_notify` with the real payload. Before the fix the shadows were
-/// called (the log held them; the shadowing `to_regclass` made `build()` find no table).
+/// The year 2999, as a `timestamptz` literal.
+const FAR_FUTURE: &str = "'2999-01-01 00:00:00+00'::pg_catalog.timestamptz";
+
+/// A shadowing set that answers wrongly: what it would make the store decide, its functions
+/// (as [`shadowing_schema`] takes them) and its operators (as [`shadowing_operators`]).
+type WrongShadow = (
+    &'static str,
+    &'static [(&'static str, &'static str, &'static str)],
+    &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    )],
+);
+
+/// Shadows of the operators the store's claims, lease checks, fences and purges decide with,
+/// and of `now()`, each answering wrongly.
+const WRONG_SHADOWS: &[WrongShadow] = &[
+    (
+        "every key is the one claimed (`=` on text always true)",
+        &[],
+        &[("=", "text", "text", "boolean", "true")],
+    ),
+    (
+        "every token passes the fence (`=` on bytea always true)",
+        &[],
+        &[("=", "bytea", "bytea", "boolean", "true")],
+    ),
+    (
+        "every lease is live (`>` on timestamptz always true)",
+        &[],
+        &[(">", "timestamptz", "timestamptz", "boolean", "true")],
+    ),
+    (
+        "no row has expired (`<=` on timestamptz always false)",
+        &[],
+        &[("<=", "timestamptz", "timestamptz", "boolean", "false")],
+    ),
+    (
+        "every lease ends in 2999 (`timestamptz + interval`)",
+        &[],
+        &[("+", "timestamptz", "interval", "timestamptz", FAR_FUTURE)],
+    ),
+    (
+        "the clock reads 2999 (`now()`)",
+        &[("now()", "timestamptz", FAR_FUTURE)],
+        &[],
+    ),
+];
+
+/// sqlops: operators (and `now()`) shadowed by a schema first in `search_path`, with
+/// `pg_catalog` explicitly after it, each answering wrongly ([`WRONG_SHADOWS`], one schema and
+/// one store at a time): claims, lease expiry, fences, completion, release, purge and
+/// `complete_in` decide exactly as without it ([`decides_as_usual`]). Before the operators
+/// were written `OPERATOR(pg_catalog.=)` etc., the first case already failed: the claim of
+/// another key answered `Existing` with the first key's claim (the shadowing `=` on text
+/// matched every row); alone, each other operator case failed too (see `decides_as_usual`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
+async fn wrong_shadowing_operators_do_not_change_what_the_store_decides() {
+    let admin = common::pg_pool(2).await;
+    for (case, functions, operators) in WRONG_SHADOWS {
+        let schema = identifier("evil");
+        shadowing_schema(&admin, &schema, functions).await;
+        shadowing_operators(&admin, &schema, operators).await;
+        let table = unique("sp_ops");
+        let store = hostile_store(&schema, &table).await;
+        decides_as_usual(&store, &admin, &table, case).await;
+        store.pool().close().await;
+        assert_no_shadow_called(&admin, &schema).await;
+    }
+}
+
+/// On `store` (the table `public.<table>`): two claims of two keys are both claimed; a
+/// duplicate finds the claim; a 300 ms lease ends by the real clock and lapses (gone, then
+/// taken over, the stale attempt fenced off); a stranger's completion and release are fenced
+/// off; purge deletes exactly the one expired row; extend, time_to_live, complete, get,
+/// release, delete and `complete_in` answer as on any connection. `case` names the shadows.
+async fn decides_as_usual(store: &PostgresStore, admin: &PgPool, table: &str, case: &str) {
+    let prefix = idempotency_testkit::unique_prefix();
+    let key = |name: &str| StoreKey::from_raw(format!("{prefix}{name}"));
+    let (a, b, c, d) = (key("a"), key("b"), key("c"), key("d"));
+    let (short, long) = (Duration::from_millis(300), Duration::from_secs(60));
+    let stranger = in_progress("stranger");
+
+    let first_a = in_progress("a");
+    let claimed = store.try_claim(&a, &first_a, short).await;
+    assert!(matches!(claimed, Ok(Claim::Claimed)), "{case}: {claimed:?}");
+    let first_b = in_progress("b");
+    let claimed = store.try_claim(&b, &first_b, long).await;
+    assert!(
+        matches!(claimed, Ok(Claim::Claimed)),
+        "{case}: another key is claimed, not found taken: {claimed:?}"
+    );
+    let first_c = in_progress("c");
+    let claimed = store.try_claim(&c, &first_c, short).await;
+    assert!(matches!(claimed, Ok(Claim::Claimed)), "{case}: {claimed:?}");
+    let duplicate = store.try_claim(&b, &in_progress("b again"), long).await;
+    assert!(
+        matches!(&duplicate, Ok(Claim::Existing(Record::InProgress(held))) if held.token == first_b.token),
+        "{case}: a duplicate finds the live claim: {duplicate:?}"
+    );
+    assert!(
+        row_holds(
+            admin,
+            table,
+            &a,
+            "expires_at < pg_catalog.clock_timestamp() + interval '1 minute'"
+        )
+        .await,
+        "{case}: the lease ends by the real clock, 300 ms after the claim"
+    );
+    assert_eq!(
+        complete(store, &b, &stranger, "stolen")
+            .await
+            .expect("complete"),
+        Fenced::LeaseLost,
+        "{case}: a completion under another token is fenced off"
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store.get(&a).await.expect("get"),
+        None,
+        "{case}: the 300 ms lease lapsed"
+    );
+    assert_eq!(store.time_to_live(&a).await.expect("ttl"), None, "{case}");
+    let second_c = in_progress("c again");
+    let taken = store.try_claim(&c, &second_c, long).await;
+    assert!(
+        matches!(taken, Ok(Claim::Claimed)),
+        "{case}: the lapsed claim is taken over: {taken:?}"
+    );
+    assert_eq!(
+        complete(store, &c, &first_c, "stale")
+            .await
+            .expect("complete"),
+        Fenced::LeaseLost,
+        "{case}: the lapsed attempt is fenced off"
+    );
+    assert_eq!(
+        complete(store, &c, &second_c, "c").await.expect("complete"),
+        Fenced::Applied,
+        "{case}"
+    );
+    assert_eq!(
+        store.purge_expired(100).await.expect("purge"),
+        1,
+        "{case}: purge deletes the one expired row (a's), no live one"
+    );
+
+    assert_eq!(
+        store
+            .extend(&b, &first_b.token, long)
+            .await
+            .expect("extend"),
+        Fenced::Applied,
+        "{case}"
+    );
+    let left = store.time_to_live(&b).await.expect("ttl");
+    assert!(
+        left.is_some_and(|left| left > Duration::from_secs(50) && left <= long),
+        "{case}: {left:?}"
+    );
+    assert_eq!(
+        complete(store, &b, &first_b, "done")
+            .await
+            .expect("complete"),
+        Fenced::Applied,
+        "{case}"
+    );
+    let Some(Record::Completed(done)) = store.get(&b).await.expect("get") else {
+        panic!("{case}: b is completed")
+    };
+    assert_eq!(&done.outcome.body[..], b"done", "{case}");
+    assert!(
+        matches!(
+            store.get(&c).await.expect("get"),
+            Some(Record::Completed(_))
+        ),
+        "{case}: c is completed, and stays"
+    );
+
+    let first_d = in_progress("d");
+    let claimed = store.try_claim(&d, &first_d, long).await;
+    assert!(matches!(claimed, Ok(Claim::Claimed)), "{case}: {claimed:?}");
+    assert_eq!(
+        store.release(&d, &stranger.token).await.expect("release"),
+        Fenced::LeaseLost,
+        "{case}: a release under another token is fenced off"
+    );
+    assert_eq!(
+        store.release(&d, &first_d.token).await.expect("release"),
+        Fenced::Applied,
+        "{case}"
+    );
+    assert_eq!(store.get(&d).await.expect("get"), None, "{case}");
+    assert!(store.delete(&b).await.expect("delete"), "{case}");
+    assert!(!store.delete(&b).await.expect("delete"), "{case}");
+
+    complete_in_a_transaction(store, "sqlops-wrong-shadows").await;
+}
+
+/// Every built-in function the store calls, and every operator its statements use
+/// ([`STORE_OPERATORS`]), shadowed (same name and argument types, so the shadow wins when it
+/// comes first in `search_path`) by one that logs the call: migrate, build, claim,
+/// flag-and-wait, complete (with a waiter, so `pg_notify`), extend, release, get,
+/// time_to_live, delete, purge and `complete_in` call none of them, and the waiter is woken by
+/// the real `pg_notify` with the real payload. Before the functions were qualified the shadows
+/// were called (the log held them; the shadowing `to_regclass` made `build()` find no table);
+/// before the operators were (`OPERATOR(pg_catalog.=)` …), the log held every one of
+/// [`STORE_OPERATORS`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_shadowing_function_or_operator_is_called_under_a_hostile_search_path() {
     let admin = common::pg_pool(2).await;
     let schema = identifier("evil");
     shadowing_schema(
@@ -481,9 +860,17 @@ async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
                 "text",
                 "pg_catalog.set_config($1, $2, $3)",
             ),
+            ("now()", "timestamptz", "pg_catalog.now()"),
+            ("quote_ident(text)", "text", "pg_catalog.quote_ident($1)"),
+            (
+                "replace(text, text, text)",
+                "text",
+                "pg_catalog.replace($1, $2, $3)",
+            ),
         ],
     )
     .await;
+    shadowing_operators(&admin, &schema, STORE_OPERATORS).await;
     let table = unique("sp_all");
     let store = hostile_store(&schema, &table).await;
     let prefix = idempotency_testkit::unique_prefix();
@@ -565,12 +952,60 @@ async fn no_shadowing_function_is_called_under_a_hostile_search_path() {
         Fenced::Applied
     );
     assert!(store.delete(&key).await.expect("delete"));
-    store.purge_expired(100).await.expect("purge");
+    // A lapsed claim taken over (the upsert's expiry test) and an expired row to purge.
+    let lapsed = StoreKey::from_raw(format!("{prefix}lapsed"));
+    let expired = StoreKey::from_raw(format!("{prefix}expired"));
+    for key in [&lapsed, &expired] {
+        store
+            .try_claim(key, &in_progress("lapsing"), Duration::from_millis(1))
+            .await
+            .expect("claim");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(matches!(
+        store
+            .try_claim(&lapsed, &in_progress("takeover"), Duration::from_secs(60))
+            .await
+            .expect("claim"),
+        Claim::Claimed
+    ));
+    assert_eq!(store.purge_expired(100).await.expect("purge"), 1);
 
-    // complete_in, in a transaction on the store's (hostile) connections.
+    // complete_in, in a transaction on the store's (hostile) connections; then one whose
+    // claim is gone (the statement that fails when it does not apply), under a lock_timeout
+    // of the transaction's own (the lock bound compares it).
     complete_in_a_transaction(&store, "sqlfix-search-path").await;
+    complete_in_after_the_claim_is_gone(&store, &admin, &table).await;
 
     assert_no_shadow_called(&admin, &schema).await;
+}
+
+/// A claim through the engine whose row an operator deletes, then `complete_in` in a
+/// transaction on the store's own connections with `SET LOCAL lock_timeout = '5s'`: the
+/// answer is `LeaseLost` and the transaction is aborted.
+async fn complete_in_after_the_claim_is_gone(store: &PostgresStore, admin: &PgPool, table: &str) {
+    let engine = idempotency_core::Idempotency::builder(store.clone())
+        .prefix(idempotency_testkit::unique_prefix())
+        .ignore_env()
+        .build()
+        .expect("engine");
+    let guard = common::orders::claim(&engine, &IdempotencyKey::new("sqlops-gone").unwrap()).await;
+    sqlx::query(&format!("DELETE FROM public.{table}"))
+        .execute(admin)
+        .await
+        .expect("the operator deletes the claim");
+    let mut tx = store.pool().begin().await.expect("begin");
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await
+        .expect("SET LOCAL lock_timeout");
+    let lost = store.complete_in(&mut tx, guard, receipt("gone")).await;
+    assert!(
+        matches!(lost, Err(IdempotencyError::LeaseLost)),
+        "{:?}",
+        lost.err()
+    );
+    assert_aborted(&mut tx).await;
 }
 
 /// Every type name a domain can shadow among the built-in types the store uses (`text`,
