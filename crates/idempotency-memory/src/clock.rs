@@ -8,9 +8,24 @@ use std::time::{Duration, Instant};
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Milliseconds since this clock's origin; never decreases.
     fn now_ms(&self) -> u64;
+
+    /// [`Clock::now_ms`] at `now`, a monotonic clock read the caller made just before (the
+    /// engine's, passed to `IdempotencyStore::try_claim_now` and `complete_now`): a clock that
+    /// runs on the monotonic clock answers without reading it again. The default ignores `now`
+    /// and answers [`Clock::now_ms`] (a clock of its own, as [`ManualClock`]).
+    fn at_ms(&self, now: Instant) -> u64 {
+        let _ = now;
+        self.now_ms()
+    }
 }
 
-/// The real monotonic clock (`Instant`), the default.
+/// The real monotonic clock, the default: [`tokio::time::Instant::now`], which is
+/// [`Instant::now`] except inside a tokio runtime whose clock is paused (tokio's `test-util`:
+/// `#[tokio::test(start_paused = true)]`, `tokio::time::pause`), where it is that clock, so the
+/// store's leases and retention run on the same clock as the engine's timers and a test can
+/// let a lease lapse without sleeping (`tokio::time::advance` past a lease that is not renewed
+/// lapses it, as in a process frozen that long). A store used both inside such a runtime and
+/// outside any runtime sees the two clocks, which need not agree: keep it in one.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     origin: Instant,
@@ -20,7 +35,7 @@ impl SystemClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
         Self {
-            origin: Instant::now(),
+            origin: tokio::time::Instant::now().into_std(),
         }
     }
 }
@@ -33,7 +48,12 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+        self.at_ms(tokio::time::Instant::now().into_std())
+    }
+
+    /// No clock read: `now` is one (see [`Clock::at_ms`]).
+    fn at_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 }
 

@@ -75,7 +75,7 @@ mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
@@ -700,9 +700,9 @@ impl MemoryStore {
         key: &StoreKey,
         record: &InProgress,
         lease: Duration,
+        now: u64,
     ) -> Result<Claim, StoreError> {
         let shared = &self.shared;
-        let now = shared.clock.now_ms();
         shared.maybe_sweep(now);
         let expires_at_ms = now.saturating_add(millis(lease));
         // Built only when it goes in (a refused claim builds nothing).
@@ -821,9 +821,9 @@ impl MemoryStore {
         token: &LeaseToken,
         record: &Completed,
         retention: Duration,
+        now: u64,
     ) -> Result<Fenced, StoreError> {
         let shared = &self.shared;
-        let now = shared.clock.now_ms();
         let Some(mut entry) = shared.map.get_mut(key, shared.map.hash(key)) else {
             return Ok(Fenced::LeaseLost);
         };
@@ -868,7 +868,7 @@ impl IdempotencyStore for MemoryStore {
         record: &InProgress,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        self.claim_at_once(key, record, lease)
+        self.claim_at_once(key, record, lease, self.shared.clock.now_ms())
     }
 
     async fn complete(
@@ -878,28 +878,33 @@ impl IdempotencyStore for MemoryStore {
         record: &Completed,
         retention: Duration,
     ) -> Result<Fenced, StoreError> {
-        self.complete_at_once(key, token, record, retention)
+        self.complete_at_once(key, token, record, retention, self.shared.clock.now_ms())
     }
 
-    /// Always answered (the store needs no I/O): the engine's claims build no future.
+    /// Always answered (the store needs no I/O): the engine's claims build no future. The
+    /// time of the claim is `now` on the store's clock ([`Clock::at_ms`]: the system clock
+    /// reads no clock for it).
     fn try_claim_now(
         &self,
         key: &StoreKey,
         record: &InProgress,
         lease: Duration,
+        now: Instant,
     ) -> Option<Result<Claim, StoreError>> {
-        Some(self.claim_at_once(key, record, lease))
+        Some(self.claim_at_once(key, record, lease, self.shared.clock.at_ms(now)))
     }
 
     /// Always answered (the store needs no I/O): the engine's completions build no future.
+    /// The time of the completion is `now`, as for `try_claim_now`.
     fn complete_now(
         &self,
         key: &StoreKey,
         token: &LeaseToken,
         record: &Completed,
         retention: Duration,
+        now: Instant,
     ) -> Option<Result<Fenced, StoreError>> {
-        Some(self.complete_at_once(key, token, record, retention))
+        Some(self.complete_at_once(key, token, record, retention, self.shared.clock.at_ms(now)))
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
@@ -1087,33 +1092,55 @@ mod tests {
             for n in 0..7 {
                 let claim = in_progress();
                 assert_eq!(
-                    store.claim_at_once(&key(n), &claim, lease).unwrap(),
+                    store
+                        .claim_at_once(&key(n), &claim, lease, store.shared.clock.now_ms())
+                        .unwrap(),
                     Claim::Claimed
                 );
                 let done = completion_of(&claim, 0);
-                let fenced = store.complete_at_once(&key(n), &claim.token, &done, retention);
+                let fenced = store.complete_at_once(
+                    &key(n),
+                    &claim.token,
+                    &done,
+                    retention,
+                    store.shared.clock.now_ms(),
+                );
                 assert_eq!(fenced.unwrap(), Fenced::Applied);
             }
             let running = in_progress();
             assert_eq!(
-                store.claim_at_once(&key(7), &running, lease).unwrap(),
+                store
+                    .claim_at_once(&key(7), &running, lease, store.shared.clock.now_ms())
+                    .unwrap(),
                 Claim::Claimed
             );
             assert_eq!((store.len(), store.approximate_bytes()), (8, 8 * size));
 
             let meanwhile: Meanwhile = match race {
                 Race::AnotherClaim => Box::new(move |store: &MemoryStore| {
-                    let other = store.claim_at_once(&key(11), &in_progress(), lease);
+                    let other = store.claim_at_once(
+                        &key(11),
+                        &in_progress(),
+                        lease,
+                        store.shared.clock.now_ms(),
+                    );
                     assert_eq!(other.unwrap(), Claim::Claimed, "{bound:?}");
                 }),
                 Race::ACompletion => Box::new(move |store: &MemoryStore| {
                     let done = completion_of(&running, size);
-                    let fenced = store.complete_at_once(&key(7), &running.token, &done, retention);
+                    let fenced = store.complete_at_once(
+                        &key(7),
+                        &running.token,
+                        &done,
+                        retention,
+                        store.shared.clock.now_ms(),
+                    );
                     assert_eq!(fenced.unwrap(), Fenced::Applied);
                 }),
             };
             BETWEEN_ROOM_AND_INSERT.with(|hook| *hook.borrow_mut() = Some(meanwhile));
-            let claimed = store.claim_at_once(&key(10), &in_progress(), lease);
+            let claimed =
+                store.claim_at_once(&key(10), &in_progress(), lease, store.shared.clock.now_ms());
             assert!(
                 BETWEEN_ROOM_AND_INSERT.with(|hook| hook.borrow().is_none()),
                 "{bound:?} {race:?}: the race was not run"

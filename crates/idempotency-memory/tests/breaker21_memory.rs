@@ -152,6 +152,7 @@ fn run_mixed(bound: Bound, seed: u64) {
                                 &key(n),
                                 &claim,
                                 Duration::from_millis(lease_ms),
+                                tokio::time::Instant::now().into_std(),
                             );
                             match answer.unwrap() {
                                 Ok(Claim::Claimed) => mine.push(Mine {
@@ -195,6 +196,7 @@ fn run_mixed(bound: Bound, seed: u64) {
                                             &m.claim.token,
                                             &done(&m.claim, body),
                                             Duration::from_millis(10 + rng.below(200)),
+                                            tokio::time::Instant::now().into_std(),
                                         )
                                         .unwrap()
                                 }
@@ -355,6 +357,7 @@ fn breaker21_a_waiter_racing_a_change_is_never_left_waiting() {
                                     &claim.token,
                                     &done(&claim, 10),
                                     Duration::from_secs(60),
+                                    tokio::time::Instant::now().into_std(),
                                 )
                                 .unwrap()
                                 .unwrap();
@@ -370,7 +373,12 @@ fn breaker21_a_waiter_racing_a_change_is_never_left_waiting() {
                         Change::Takeover => {
                             clock.advance(Duration::from_millis(1000));
                             let other = store
-                                .try_claim_now(&k, &in_progress(), Duration::from_secs(60))
+                                .try_claim_now(
+                                    &k,
+                                    &in_progress(),
+                                    Duration::from_secs(60),
+                                    tokio::time::Instant::now().into_std(),
+                                )
                                 .unwrap()
                                 .unwrap();
                             assert_eq!(other, Claim::Claimed);
@@ -389,7 +397,12 @@ fn breaker21_a_waiter_racing_a_change_is_never_left_waiting() {
             if round == 0 {
                 let f = in_progress();
                 store
-                    .try_claim_now(&filler, &f, Duration::from_secs(1))
+                    .try_claim_now(
+                        &filler,
+                        &f,
+                        Duration::from_secs(1),
+                        tokio::time::Instant::now().into_std(),
+                    )
                     .unwrap()
                     .unwrap();
                 store
@@ -398,6 +411,7 @@ fn breaker21_a_waiter_racing_a_change_is_never_left_waiting() {
                         &f.token,
                         &done(&f, 0),
                         Duration::from_secs(1 << 30),
+                        tokio::time::Instant::now().into_std(),
                     )
                     .unwrap()
                     .unwrap();
@@ -405,7 +419,12 @@ fn breaker21_a_waiter_racing_a_change_is_never_left_waiting() {
             let claim = in_progress();
             assert_eq!(
                 store
-                    .try_claim_now(&k, &claim, Duration::from_millis(500))
+                    .try_claim_now(
+                        &k,
+                        &claim,
+                        Duration::from_millis(500),
+                        tokio::time::Instant::now().into_std()
+                    )
                     .unwrap()
                     .unwrap(),
                 Claim::Claimed,
@@ -443,7 +462,12 @@ async fn breaker21_a_waiter_on_a_swept_record_is_woken_by_the_next_change() {
     let store = MemoryStore::builder().clock(clock.clone()).build();
     let k = StoreKey::from_raw("b21:swept");
     let first = in_progress();
-    let claimed = store.try_claim_now(&k, &first, Duration::from_millis(10));
+    let claimed = store.try_claim_now(
+        &k,
+        &first,
+        Duration::from_millis(10),
+        tokio::time::Instant::now().into_std(),
+    );
     assert_eq!(claimed.unwrap().unwrap(), Claim::Claimed);
     let waiter = tokio::spawn({
         let (store, k, token) = (store.clone(), k.clone(), first.token);
@@ -462,7 +486,12 @@ async fn breaker21_a_waiter_on_a_swept_record_is_woken_by_the_next_change() {
     clock.advance(Duration::from_millis(20));
     assert_eq!(store.sweep_expired(), 1);
     let second = in_progress();
-    let claimed = store.try_claim_now(&k, &second, Duration::from_secs(60));
+    let claimed = store.try_claim_now(
+        &k,
+        &second,
+        Duration::from_secs(60),
+        tokio::time::Instant::now().into_std(),
+    );
     assert_eq!(claimed.unwrap().unwrap(), Claim::Claimed);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let fenced = store.complete_now(
@@ -470,6 +499,7 @@ async fn breaker21_a_waiter_on_a_swept_record_is_woken_by_the_next_change() {
         &second.token,
         &done(&second, 3),
         Duration::from_secs(60),
+        tokio::time::Instant::now().into_std(),
     );
     assert_eq!(fenced.unwrap().unwrap(), Fenced::Applied);
     let (waited, after) = waiter.await.unwrap();

@@ -265,6 +265,62 @@ async fn waiting_gives_up_with_in_progress() {
     assert_eq!(started.elapsed(), Duration::from_millis(50));
 }
 
+/// The memory store's default clock is tokio's: under a paused clock its leases run on the
+/// same time as the engine's timers. A claim held without renewal lapses once the paused clock
+/// has moved past its lease (a duplicate then takes it over, and the first holder's completion
+/// is refused as a lost lease), and not before. Before, the store kept the real clock, so
+/// hours of paused time left the lease live.
+#[tokio::test(start_paused = true)]
+async fn the_memory_store_runs_on_tokios_paused_clock() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .renew_leases(false)
+        .lease(Duration::from_secs(5))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(first) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("the first attempt runs");
+    };
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let err = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IdempotencyError::InProgress { .. }),
+        "{err:?}"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let Begin::Run(second) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("the lapsed claim is taken over");
+    };
+    let lost = first
+        .complete(StoredOutcome::new("first", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(lost, IdempotencyError::LeaseLost), "{lost:?}");
+    second
+        .complete(StoredOutcome::new("second", None))
+        .await
+        .unwrap();
+    let Begin::Replay(outcome) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("replayed");
+    };
+    assert_eq!(outcome.body, "second");
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropped_guard_releases_in_the_background() {
     let engine = Idempotency::builder(MemoryStore::new())

@@ -89,7 +89,10 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     let key = StoreKey::from_raw("idem:s:now");
     let claim = claim_record();
     assert_eq!(
-        store.try_claim_now(&key, &claim, lease).unwrap().unwrap(),
+        store
+            .try_claim_now(&key, &claim, lease, tokio::time::Instant::now().into_std())
+            .unwrap()
+            .unwrap(),
         Claim::Claimed
     );
     // The async primitive sees what the at-once claim did, and the other way round.
@@ -108,14 +111,26 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     let wrong = LeaseToken::generate();
     assert_eq!(
         store
-            .complete_now(&key, &wrong, &done, retention)
+            .complete_now(
+                &key,
+                &wrong,
+                &done,
+                retention,
+                tokio::time::Instant::now().into_std()
+            )
             .unwrap()
             .unwrap(),
         Fenced::LeaseLost
     );
     assert_eq!(
         store
-            .complete_now(&key, &claim.token, &done, retention)
+            .complete_now(
+                &key,
+                &claim.token,
+                &done,
+                retention,
+                tokio::time::Instant::now().into_std()
+            )
             .unwrap()
             .unwrap(),
         Fenced::Applied
@@ -129,18 +144,32 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
         Fenced::Applied
     );
     assert_eq!(
-        store.try_claim_now(&key, &other, lease).unwrap().unwrap(),
+        store
+            .try_claim_now(&key, &other, lease, tokio::time::Instant::now().into_std())
+            .unwrap()
+            .unwrap(),
         Claim::Existing(Record::Completed(done.clone()))
     );
     // Full: the same typed error as the async claim.
     let full = MemoryStore::builder().max_entries(1).build();
     let first = StoreKey::from_raw("idem:s:1");
     let second = StoreKey::from_raw("idem:s:2");
-    full.try_claim_now(&first, &claim_record(), lease)
-        .unwrap()
-        .unwrap();
+    full.try_claim_now(
+        &first,
+        &claim_record(),
+        lease,
+        tokio::time::Instant::now().into_std(),
+    )
+    .unwrap()
+    .unwrap();
     assert!(matches!(
-        full.try_claim_now(&second, &claim_record(), lease).unwrap(),
+        full.try_claim_now(
+            &second,
+            &claim_record(),
+            lease,
+            tokio::time::Instant::now().into_std()
+        )
+        .unwrap(),
         Err(StoreError::Full { entries: 1 })
     ));
     assert!(matches!(
@@ -150,18 +179,48 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
 
     // Wrappers forward it; a store that does not implement it answers `None` and does nothing.
     let shared: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
-    assert!(shared.try_claim_now(&key, &claim_record(), lease).is_some());
+    assert!(
+        shared
+            .try_claim_now(
+                &key,
+                &claim_record(),
+                lease,
+                tokio::time::Instant::now().into_std()
+            )
+            .is_some()
+    );
     let boxed: Box<dyn IdempotencyStore> = Box::new(MemoryStore::new());
     assert!(
         boxed
-            .complete_now(&key, &claim.token, &done, retention)
+            .complete_now(
+                &key,
+                &claim.token,
+                &done,
+                retention,
+                tokio::time::Instant::now().into_std()
+            )
             .is_some()
     );
     let hidden = AsyncOnly(MemoryStore::new());
-    assert!(hidden.try_claim_now(&key, &claim_record(), lease).is_none());
     assert!(
         hidden
-            .complete_now(&key, &claim.token, &done, retention)
+            .try_claim_now(
+                &key,
+                &claim_record(),
+                lease,
+                tokio::time::Instant::now().into_std()
+            )
+            .is_none()
+    );
+    assert!(
+        hidden
+            .complete_now(
+                &key,
+                &claim.token,
+                &done,
+                retention,
+                tokio::time::Instant::now().into_std()
+            )
             .is_none()
     );
     assert_eq!(hidden.get(&key).await.unwrap(), None, "nothing was done");
@@ -320,4 +379,99 @@ async fn the_engine_answers_the_same_on_both_paths() {
     ] {
         assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
     }
+}
+
+/// The at-once forms take the caller's clock read as the time of the call (the system clock
+/// reads no clock of its own for them): a claim made "at" an instant 10 minutes from now with
+/// a 1 s lease is still live for a claim made now through the async primitive, which reads the
+/// clock; a claim made "at" now with a 1 s lease is not, 2 s later, for an at-once claim
+/// made "at" that later instant. A manual clock ignores the caller's instant.
+#[tokio::test]
+async fn the_at_once_forms_take_the_callers_instant_as_the_time_of_the_call() {
+    let lease = Duration::from_secs(1);
+    let now = std::time::Instant::now();
+    let store = MemoryStore::new();
+
+    let ahead = StoreKey::from_raw("idem:s:ahead");
+    let first = claim_record();
+    let at = now + Duration::from_secs(600);
+    assert_eq!(
+        store
+            .try_claim_now(&ahead, &first, lease, at)
+            .unwrap()
+            .unwrap(),
+        Claim::Claimed
+    );
+    match store
+        .try_claim(&ahead, &claim_record(), lease)
+        .await
+        .unwrap()
+    {
+        Claim::Existing(Record::InProgress(held)) => assert_eq!(held.token, first.token),
+        other => panic!("the lease runs from the caller's instant: {other:?}"),
+    }
+
+    let lapsing = StoreKey::from_raw("idem:s:lapsing");
+    let held = claim_record();
+    assert_eq!(
+        store
+            .try_claim_now(&lapsing, &held, lease, now)
+            .unwrap()
+            .unwrap(),
+        Claim::Claimed
+    );
+    let later = now + Duration::from_secs(2);
+    assert_eq!(
+        store
+            .try_claim_now(&lapsing, &claim_record(), lease, later)
+            .unwrap()
+            .unwrap(),
+        Claim::Claimed,
+        "taken over: the lease had lapsed at the caller's instant"
+    );
+    // Completing "at" an instant after the lapse: the lease is lost.
+    let done = Completed {
+        token: held.token,
+        fingerprint: held.fingerprint,
+        created_at_ms: held.created_at_ms,
+        completed_at_ms: held.created_at_ms,
+        outcome: StoredOutcome::new("x", None),
+    };
+    assert_eq!(
+        store
+            .complete_now(&lapsing, &held.token, &done, lease, later)
+            .unwrap()
+            .unwrap(),
+        Fenced::LeaseLost
+    );
+
+    // A manual clock keeps its own time whatever the caller's instant says.
+    let clock = ManualClock::new();
+    let manual = MemoryStore::builder().clock(clock.clone()).build();
+    let key = StoreKey::from_raw("idem:s:manual");
+    let mine = claim_record();
+    assert_eq!(
+        manual
+            .try_claim_now(&key, &mine, lease, now)
+            .unwrap()
+            .unwrap(),
+        Claim::Claimed
+    );
+    let far = now + Duration::from_secs(3600);
+    match manual
+        .try_claim_now(&key, &claim_record(), lease, far)
+        .unwrap()
+        .unwrap()
+    {
+        Claim::Existing(Record::InProgress(held)) => assert_eq!(held.token, mine.token),
+        other => panic!("a manual clock ignores the caller's instant: {other:?}"),
+    }
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        manual
+            .try_claim_now(&key, &claim_record(), lease, now)
+            .unwrap()
+            .unwrap(),
+        Claim::Claimed
+    );
 }

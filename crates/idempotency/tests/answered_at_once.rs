@@ -29,7 +29,10 @@ async fn the_memory_store_behind_any_store_answers_at_once() {
     let lease = Duration::from_secs(60);
     let claim = in_progress();
     assert_eq!(
-        store.try_claim_now(&key, &claim, lease).unwrap().unwrap(),
+        store
+            .try_claim_now(&key, &claim, lease, tokio::time::Instant::now().into_std())
+            .unwrap()
+            .unwrap(),
         Claim::Claimed
     );
     // What the at-once claim did is what the async primitives see.
@@ -47,7 +50,13 @@ async fn the_memory_store_behind_any_store_answers_at_once() {
     let retention = Duration::from_secs(600);
     assert_eq!(
         store
-            .complete_now(&key, &LeaseToken::generate(), &done, retention)
+            .complete_now(
+                &key,
+                &LeaseToken::generate(),
+                &done,
+                retention,
+                tokio::time::Instant::now().into_std()
+            )
             .unwrap()
             .unwrap(),
         Fenced::LeaseLost,
@@ -55,7 +64,13 @@ async fn the_memory_store_behind_any_store_answers_at_once() {
     );
     assert_eq!(
         store
-            .complete_now(&key, &claim.token, &done, retention)
+            .complete_now(
+                &key,
+                &claim.token,
+                &done,
+                retention,
+                tokio::time::Instant::now().into_std()
+            )
             .unwrap()
             .unwrap(),
         Fenced::Applied
@@ -75,7 +90,12 @@ async fn a_store_that_needs_io_is_not_answered_at_once() {
     let key = StoreKey::from_raw("idem:facade:io");
     assert!(
         store
-            .try_claim_now(&key, &in_progress(), Duration::from_secs(60))
+            .try_claim_now(
+                &key,
+                &in_progress(),
+                Duration::from_secs(60),
+                tokio::time::Instant::now().into_std()
+            )
             .is_none()
     );
     let claim = in_progress();
@@ -88,7 +108,13 @@ async fn a_store_that_needs_io_is_not_answered_at_once() {
     };
     assert!(
         store
-            .complete_now(&key, &claim.token, &done, Duration::from_secs(1))
+            .complete_now(
+                &key,
+                &claim.token,
+                &done,
+                Duration::from_secs(1),
+                tokio::time::Instant::now().into_std()
+            )
             .is_none()
     );
 }

@@ -153,32 +153,33 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
             // per request by the HTTP layer) outgrow glibc's per-thread cache (1032 bytes;
             // `idempotency-memory` test `future_sizes`). Edition 2024 drops an `if let`
             // scrutinee before the `else` block.
-            let (claimed, ended) =
-                if let Some(answer) = store.try_claim_now(&store_key, &record, config.lease) {
-                    let ended = self.store_call_ended(started, StoreOperation::TryClaim, &answer);
-                    (answer, ended)
-                } else {
-                    // A caller that drops this future while the claim is on its way (a client
-                    // gone, a timeout layer) may leave a claim applied with nobody holding its
-                    // token: released in the background, as a claim whose reply was lost
-                    // (fenced: a no-op if it never landed).
-                    let in_flight = ClaimInFlight {
-                        engine: self,
-                        key: &store_key,
-                        token: record.token,
-                        which: Which::Primary,
-                    };
-                    let timed = self
-                        .timed_since(
-                            started,
-                            Which::Primary,
-                            StoreOperation::TryClaim,
-                            store.try_claim(&store_key, &record, config.lease),
-                        )
-                        .await;
-                    in_flight.answered();
-                    timed
+            let (claimed, ended) = if let Some(answer) =
+                store.try_claim_now(&store_key, &record, config.lease, started.into_std())
+            {
+                let ended = self.store_call_ended(started, StoreOperation::TryClaim, &answer);
+                (answer, ended)
+            } else {
+                // A caller that drops this future while the claim is on its way (a client
+                // gone, a timeout layer) may leave a claim applied with nobody holding its
+                // token: released in the background, as a claim whose reply was lost
+                // (fenced: a no-op if it never landed).
+                let in_flight = ClaimInFlight {
+                    engine: self,
+                    key: &store_key,
+                    token: record.token,
+                    which: Which::Primary,
                 };
+                let timed = self
+                    .timed_since(
+                        started,
+                        Which::Primary,
+                        StoreOperation::TryClaim,
+                        store.try_claim(&store_key, &record, config.lease),
+                    )
+                    .await;
+                in_flight.answered();
+                timed
+            };
             let claimed_at = (created_at, ended);
             let existing = match claimed {
                 Ok(Claim::Claimed) => {

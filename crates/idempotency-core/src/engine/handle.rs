@@ -314,11 +314,16 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         // An embedded store answers at once, without the boxed future of the async call (see
         // `IdempotencyStore::complete_now`); latency and failures are recorded as for the call.
         let now = match claim.which {
-            Which::Primary => self
-                .inner
-                .store
-                .complete_now(&claim.key, token, completed, retention),
-            Which::Fallback => store.complete_now(&claim.key, token, completed, retention),
+            Which::Primary => self.inner.store.complete_now(
+                &claim.key,
+                token,
+                completed,
+                retention,
+                started.into_std(),
+            ),
+            Which::Fallback => {
+                store.complete_now(&claim.key, token, completed, retention, started.into_std())
+            }
         };
         let first = match now {
             Some(answer) => {

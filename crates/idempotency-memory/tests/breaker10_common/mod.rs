@@ -146,12 +146,13 @@ impl IdempotencyStore for Probe {
         key: &StoreKey,
         record: &InProgress,
         lease: Duration,
+        now: std::time::Instant,
     ) -> Option<Result<Claim, StoreError>> {
         if !self.mode.at_once {
             return None;
         }
         self.claims_now.fetch_add(1, Ordering::SeqCst);
-        self.inner.try_claim_now(key, record, lease)
+        self.inner.try_claim_now(key, record, lease, now)
     }
     fn complete_now(
         &self,
@@ -159,6 +160,7 @@ impl IdempotencyStore for Probe {
         token: &LeaseToken,
         record: &Completed,
         retention: Duration,
+        now: std::time::Instant,
     ) -> Option<Result<Fenced, StoreError>> {
         if !self.mode.at_once
             || (self.mode.at_once_first_completion_only
@@ -170,7 +172,7 @@ impl IdempotencyStore for Probe {
         if let Some(answer) = self.scripted() {
             return Some(answer);
         }
-        self.inner.complete_now(key, token, record, retention)
+        self.inner.complete_now(key, token, record, retention, now)
     }
 }
 

@@ -664,13 +664,14 @@ impl IdempotencyStore for AnyStore {
         key: &StoreKey,
         record: &InProgress,
         lease: Duration,
+        now: std::time::Instant,
     ) -> Option<Result<Claim, StoreError>> {
         match self.inner {
             #[cfg(feature = "memory")]
-            Inner::Memory(ref store) => store.try_claim_now(key, record, lease),
+            Inner::Memory(ref store) => store.try_claim_now(key, record, lease, now),
             #[allow(unreachable_patterns)]
             _ => {
-                let _ = (key, record, lease);
+                let _ = (key, record, lease, now);
                 None
             }
         }
@@ -683,13 +684,14 @@ impl IdempotencyStore for AnyStore {
         token: &LeaseToken,
         record: &Completed,
         retention: Duration,
+        now: std::time::Instant,
     ) -> Option<Result<Fenced, StoreError>> {
         match self.inner {
             #[cfg(feature = "memory")]
-            Inner::Memory(ref store) => store.complete_now(key, token, record, retention),
+            Inner::Memory(ref store) => store.complete_now(key, token, record, retention, now),
             #[allow(unreachable_patterns)]
             _ => {
-                let _ = (key, token, record, retention);
+                let _ = (key, token, record, retention, now);
                 None
             }
         }
