@@ -2,7 +2,7 @@
 //! the fenced UPDATE did not apply. The guarantee under test: an attempt whose `complete_in`
 //! failed never gets its side effect committed, even when the handler ignores the error and
 //! commits, and exactly one attempt's side effect exists in the end.
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -5,7 +5,7 @@
 //! never commits without its record (one committed order per key, even when the handler
 //! ignores `complete_in`'s error and commits), and the application's settings come out of
 //! `complete_in` as they went in.
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,7 +1,7 @@
 //! breaker20: attacks on the Postgres `complete_in` as changed by 54e3f0c — the lock bound and
 //! the completion sent as ONE simple-query message, every value written into the text as hex
 //! digits (`pg_catalog.decode('…', 'hex')`).
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -10,7 +10,7 @@
 //!   the real `pg_notify`) and never a shadowing function or operator (a `=` that matches every
 //!   key, a `>` that keeps every lease live, … decide nothing), and no type or domain of that
 //!   schema named like a built-in type (`text`, `float8`, …) takes the built-in's place.
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

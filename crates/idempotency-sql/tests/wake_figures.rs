@@ -2,6 +2,7 @@
 //! waiting duplicate's answer on loopback, and what the `pg_notify` costs a completion.
 //! Printed, not asserted (timing targets belong to benchmarks); run with
 //! `cargo test --release -p idempotency-sql --test wake_figures -- --nocapture`.
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -2,6 +2,7 @@
 //! by a completion, a release, a transactional completion only once it commits, and after a
 //! missed notification by the listener's reconnection; a waiting duplicate sends no polling
 //! statements (counted by the server).
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
