@@ -381,6 +381,20 @@ async fn the_engine_answers_the_same_on_both_paths() {
     }
 }
 
+/// `store.try_claim_now(key, record, lease, at)`, answered.
+fn claim_at(
+    store: &MemoryStore,
+    key: &StoreKey,
+    record: &InProgress,
+    lease: Duration,
+    at: std::time::Instant,
+) -> Claim {
+    store
+        .try_claim_now(key, record, lease, at)
+        .expect("the memory store answers at once")
+        .unwrap()
+}
+
 /// The at-once forms take the caller's clock read as the time of the call (the system clock
 /// reads no clock of its own for them): a claim made "at" an instant 10 minutes from now with
 /// a 1 s lease is still live for a claim made now through the async primitive, which reads the
@@ -395,13 +409,7 @@ async fn the_at_once_forms_take_the_callers_instant_as_the_time_of_the_call() {
     let ahead = StoreKey::from_raw("idem:s:ahead");
     let first = claim_record();
     let at = now + Duration::from_secs(600);
-    assert_eq!(
-        store
-            .try_claim_now(&ahead, &first, lease, at)
-            .unwrap()
-            .unwrap(),
-        Claim::Claimed
-    );
+    assert_eq!(claim_at(&store, &ahead, &first, lease, at), Claim::Claimed);
     match store
         .try_claim(&ahead, &claim_record(), lease)
         .await
@@ -414,18 +422,12 @@ async fn the_at_once_forms_take_the_callers_instant_as_the_time_of_the_call() {
     let lapsing = StoreKey::from_raw("idem:s:lapsing");
     let held = claim_record();
     assert_eq!(
-        store
-            .try_claim_now(&lapsing, &held, lease, now)
-            .unwrap()
-            .unwrap(),
+        claim_at(&store, &lapsing, &held, lease, now),
         Claim::Claimed
     );
     let later = now + Duration::from_secs(2);
     assert_eq!(
-        store
-            .try_claim_now(&lapsing, &claim_record(), lease, later)
-            .unwrap()
-            .unwrap(),
+        claim_at(&store, &lapsing, &claim_record(), lease, later),
         Claim::Claimed,
         "taken over: the lease had lapsed at the caller's instant"
     );
@@ -450,28 +452,15 @@ async fn the_at_once_forms_take_the_callers_instant_as_the_time_of_the_call() {
     let manual = MemoryStore::builder().clock(clock.clone()).build();
     let key = StoreKey::from_raw("idem:s:manual");
     let mine = claim_record();
-    assert_eq!(
-        manual
-            .try_claim_now(&key, &mine, lease, now)
-            .unwrap()
-            .unwrap(),
-        Claim::Claimed
-    );
+    assert_eq!(claim_at(&manual, &key, &mine, lease, now), Claim::Claimed);
     let far = now + Duration::from_secs(3600);
-    match manual
-        .try_claim_now(&key, &claim_record(), lease, far)
-        .unwrap()
-        .unwrap()
-    {
+    match claim_at(&manual, &key, &claim_record(), lease, far) {
         Claim::Existing(Record::InProgress(held)) => assert_eq!(held.token, mine.token),
         other => panic!("a manual clock ignores the caller's instant: {other:?}"),
     }
     clock.advance(Duration::from_secs(2));
     assert_eq!(
-        manual
-            .try_claim_now(&key, &claim_record(), lease, now)
-            .unwrap()
-            .unwrap(),
+        claim_at(&manual, &key, &claim_record(), lease, now),
         Claim::Claimed
     );
 }
