@@ -355,12 +355,16 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// done. An implementation either always answers `Some` or always `None`, and never blocks
     /// on I/O.
     ///
-    /// `now` is the caller's monotonic clock read, made just before this call (the engine
-    /// passes the clock read that also times the call: `tokio::time::Instant::now()`, which is
-    /// [`Instant::now`] outside a runtime whose clock tokio's `test-util` paused). A store that
-    /// keeps time on the monotonic clock may take it as the time of the call instead of reading
-    /// the clock again (a clock read costs ~20-25 ns, a good part of an in-process claim); a store
-    /// with a clock of its own (a test's manual clock) ignores it.
+    /// `now` is the caller's monotonic clock read, made before this call (the engine passes
+    /// the clock read that also times the call: `tokio::time::Instant::now()`, which is
+    /// [`Instant::now`] outside a runtime whose clock tokio's `test-util` paused; for a
+    /// completion it is read before the outcome is compressed). A store that keeps time on the
+    /// monotonic clock may take it as the time of the call on its key instead of reading the
+    /// clock again (a clock read costs ~20-25 ns, a good part of an in-process claim): the
+    /// answer is then that of the async primitive called at `now`. It should not take an
+    /// instant ahead of its clock as the time of other keys (the memory store sweeps the whole
+    /// map at its own clock when that is earlier); a store with a clock of its own (a test's
+    /// manual clock) ignores it.
     ///
     /// # Errors
     /// As [`IdempotencyStore::try_claim`] (inside the `Some`).

@@ -23,9 +23,17 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 /// [`Instant::now`] except inside a tokio runtime whose clock is paused (tokio's `test-util`:
 /// `#[tokio::test(start_paused = true)]`, `tokio::time::pause`), where it is that clock, so the
 /// store's leases and retention run on the same clock as the engine's timers and a test can
-/// let a lease lapse without sleeping (`tokio::time::advance` past a lease that is not renewed
-/// lapses it, as in a process frozen that long). A store used both inside such a runtime and
-/// outside any runtime sees the two clocks, which need not agree: keep it in one.
+/// let a lease lapse without sleeping: `tokio::time::advance` past a lease lapses it, as in a
+/// process frozen that long, renewed or not (the renewals due within the jump run after it,
+/// too late; `tokio::time::sleep` lets them run on time).
+///
+/// Each runtime has a clock of its own: keep a store in one runtime. A store shared by several
+/// (a `static` used by tests that run in parallel, each `#[tokio::test]` in its runtime, one
+/// of them paused; or a paused runtime and code outside any runtime) sees clocks that need not
+/// agree, and more than its own key follows the one that is ahead: a claim made on it takes
+/// over leases still live on the other clocks, and the sweep it runs removes every record that
+/// clock sees as expired, other keys' live leases and retained outcomes included (their
+/// duplicates then run again).
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     origin: Instant,

@@ -351,7 +351,8 @@ impl MemoryStoreBuilder {
 
     /// Build the store.
     pub fn build(self) -> MemoryStore {
-        let sweep_interval_ms = self.sweep_interval.as_millis().max(1) as u64;
+        let sweep_interval_ms =
+            u64::try_from(self.sweep_interval.as_millis().max(1)).unwrap_or(u64::MAX);
         let now = self.clock.now_ms();
         MemoryStore {
             shared: Arc::new(Shared {
@@ -364,7 +365,7 @@ impl MemoryStoreBuilder {
                     entries: AtomicUsize::new(0),
                     bytes: AtomicUsize::new(0),
                 }),
-                next_sweep_ms: AtomicU64::new(now + sweep_interval_ms),
+                next_sweep_ms: AtomicU64::new(now.saturating_add(sweep_interval_ms)),
                 sweeping: AtomicBool::new(false),
                 evictions: AtomicU64::new(0),
                 making_room: parking_lot::Mutex::new(()),
@@ -511,16 +512,34 @@ impl Shared {
     }
 
     /// Sweep at most once per interval, by whichever claim notices first.
+    ///
+    /// `now` is the claim's time, which may be the caller's instant (`try_claim_now`): the
+    /// sweep itself runs at [`Shared::sweep_time`], so that an instant ahead of the store's
+    /// clock does not sweep other keys' live records (see there).
     fn maybe_sweep(&self, now: u64) {
         if now < self.next_sweep_ms.load(Ordering::Relaxed)
             || self.sweeping.swap(true, Ordering::Acquire)
         {
             return;
         }
+        let now = self.sweep_time(now);
         self.sweep(now);
-        self.next_sweep_ms
-            .store(now + self.sweep_interval_ms, Ordering::Relaxed);
+        self.next_sweep_ms.store(
+            now.saturating_add(self.sweep_interval_ms),
+            Ordering::Relaxed,
+        );
         self.sweeping.store(false, Ordering::Release);
+    }
+
+    /// The time to sweep the whole map at, for an operation made at `now`: `now`, or the
+    /// store's clock if that is earlier. `now` may be a caller's instant
+    /// (`try_claim_now`/`complete_now`), which the store takes as the time of that call on its
+    /// own key; it is not trusted for the other keys: an instant ahead of the store's clock
+    /// (a caller's mistake, or far in the future) would sweep their live leases and retained
+    /// outcomes, and their duplicates would run again. One clock read per sweep (at most once
+    /// per sweep interval, or when the store is full).
+    fn sweep_time(&self, now: u64) -> u64 {
+        now.min(self.clock.now_ms())
     }
 
     /// Remove every record expired at `now`; returns how many went. The waiters of a removed
@@ -558,7 +577,7 @@ impl Shared {
         if self.room_taken(room) {
             return true;
         }
-        self.sweep(now);
+        self.sweep(self.sweep_time(now));
         if self.room_taken(room) {
             return true;
         }
