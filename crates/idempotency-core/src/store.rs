@@ -358,13 +358,14 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// `now` is the caller's monotonic clock read, made before this call (the engine passes
     /// the clock read that also times the call: `tokio::time::Instant::now()`, which is
     /// [`Instant::now`] outside a runtime whose clock tokio's `test-util` paused; for a
-    /// completion it is read before the outcome is compressed). A store that keeps time on the
-    /// monotonic clock may take it as the time of the call on its key instead of reading the
-    /// clock again (a clock read costs ~20-25 ns, a good part of an in-process claim): the
-    /// answer is then that of the async primitive called at `now`. It should not take an
-    /// instant ahead of its clock as the time of other keys (the memory store sweeps the whole
-    /// map at its own clock when that is earlier); a store with a clock of its own (a test's
-    /// manual clock) ignores it.
+    /// completion it is read before the outcome is compressed). A store that keeps time on that
+    /// clock may take it as the time of the call on its key instead of reading the clock again
+    /// (a clock read costs ~20-25 ns, a good part of an in-process claim): the answer is then
+    /// that of the async primitive called at `now`. It should not take an instant ahead of its
+    /// clock as the time of other keys (the memory store on `TokioClock` sweeps the whole map at
+    /// its own clock when that is earlier). A store on the system's clock (the memory store's
+    /// default, which keeps real time when a test pauses tokio's clock) or on a clock of its own
+    /// (a test's manual clock) ignores it.
     ///
     /// # Errors
     /// As [`IdempotencyStore::try_claim`] (inside the `Some`).

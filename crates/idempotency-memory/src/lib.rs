@@ -85,7 +85,7 @@ use idempotency_core::{
 };
 use map::{Entry as MapEntry, Map};
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use idempotency_core;
 
 /// Counter of completed records evicted to make room.
@@ -342,7 +342,9 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// The time source for expiry (default the system's monotonic clock).
+    /// The time source for expiry: [`SystemClock`] (the system's monotonic clock) by default;
+    /// [`TokioClock`] follows tokio's clock (paused in tests) and saves a clock read per call
+    /// made through the engine; [`ManualClock`] moves only when a test says so.
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -901,8 +903,8 @@ impl IdempotencyStore for MemoryStore {
     }
 
     /// Always answered (the store needs no I/O): the engine's claims build no future. The
-    /// time of the claim is `now` on the store's clock ([`Clock::at_ms`]: the system clock
-    /// reads no clock for it).
+    /// time of the claim is `now` on the store's clock ([`Clock::at_ms`]: [`TokioClock`] takes
+    /// it and reads no clock; [`SystemClock`], the default, reads its own).
     fn try_claim_now(
         &self,
         key: &StoreKey,

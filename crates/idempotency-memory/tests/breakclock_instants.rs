@@ -1,4 +1,4 @@
-//! The caller's instant of `try_claim_now`/`complete_now` is the time of that call on its own
+//! On `TokioClock`, the caller's instant of `try_claim_now`/`complete_now` is the time of that call on its own
 //! key, not the time the store sweeps the whole map at: an instant ahead of the store's clock
 //! (a caller's mistake, or far in the future) swept every other key's live lease and retained
 //! outcome (their duplicates then ran again), and one far enough ahead overflowed the next
@@ -13,7 +13,7 @@ use idempotency_core::{
     Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record,
     StoreKey, StoredOutcome,
 };
-use idempotency_memory::MemoryStore;
+use idempotency_memory::{MemoryStore, TokioClock};
 
 fn claim_record() -> InProgress {
     InProgress {
@@ -41,8 +41,10 @@ fn an_instant_ahead_of_the_store_clock_sweeps_no_other_key() {
         .checked_add(Duration::from_millis(u64::MAX))
         .expect("the monotonic clock holds it");
     for ahead in [an_hour, far] {
-        // A store that sweeps at every claim, whose clock has moved past its first sweep.
+        // A store that sweeps at every claim, whose clock has moved past its first sweep; on
+        // the clock that takes the caller's instant.
         let store = MemoryStore::builder()
+            .clock(TokioClock::new())
             .sweep_interval(Duration::from_millis(1))
             .build();
         std::thread::sleep(Duration::from_millis(3));

@@ -18,13 +18,9 @@ use idempotency_memory::MemoryStore;
 const SLACK_MS: u64 = 2;
 
 fn new_engine() -> Idempotency<MemoryStore> {
-    // The memory store's clock is tokio's (paused here): a claim held across the 2 h
-    // `advance` below needs a lease that outlasts it (without renewal, as here, a 30 s lease
-    // lapses, as it would in a process frozen that long).
     Idempotency::builder(MemoryStore::new())
         .ignore_env()
         .renew_leases(false)
-        .lease(Duration::from_secs(3 * 3600))
         .build()
         .unwrap()
 }

@@ -14,7 +14,7 @@ use idempotency_core::{
     IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, RunError,
     Scope, StoreError, StoreKey, StoreOperation, StoredOutcome, Unprotected, async_trait,
 };
-use idempotency_memory::MemoryStore;
+use idempotency_memory::{MemoryStore, TokioClock};
 use idempotency_testkit::faults::{Fault, FaultyStore};
 
 fn key(s: &str) -> IdempotencyKey {
@@ -265,14 +265,14 @@ async fn waiting_gives_up_with_in_progress() {
     assert_eq!(started.elapsed(), Duration::from_millis(50));
 }
 
-/// The memory store's default clock is tokio's: under a paused clock its leases run on the
-/// same time as the engine's timers. A claim held without renewal lapses once the paused clock
-/// has moved past its lease (a duplicate then takes it over, and the first holder's completion
-/// is refused as a lost lease), and not before. Before, the store kept the real clock, so
-/// hours of paused time left the lease live.
+/// On `TokioClock` the memory store's leases run on tokio's clock, paused here, as the engine's
+/// timers do. A claim held without renewal lapses once the paused clock has moved past its
+/// lease (a duplicate then takes it over, and the first holder's completion is refused as a
+/// lost lease), and not before. The default clock keeps real time: the lease stays live.
 #[tokio::test(start_paused = true)]
-async fn the_memory_store_runs_on_tokios_paused_clock() {
-    let engine = Idempotency::builder(MemoryStore::new())
+async fn a_store_on_tokio_clock_runs_on_the_paused_clock() {
+    let store = MemoryStore::builder().clock(TokioClock::new()).build();
+    let engine = Idempotency::builder(store)
         .renew_leases(false)
         .lease(Duration::from_secs(5))
         .ignore_env()
@@ -319,6 +319,39 @@ async fn the_memory_store_runs_on_tokios_paused_clock() {
         panic!("replayed");
     };
     assert_eq!(outcome.body, "second");
+}
+
+/// The default clock (`SystemClock`) keeps real time when a test pauses tokio's clock: hours of
+/// paused time leave a lease live (a store shared by runtimes whose clocks differ stays
+/// consistent; `TokioClock` is the opt-in that follows the paused clock).
+#[tokio::test(start_paused = true)]
+async fn the_default_clock_keeps_real_time_under_a_paused_clock() {
+    let engine = Idempotency::builder(MemoryStore::new())
+        .renew_leases(false)
+        .lease(Duration::from_secs(5))
+        .ignore_env()
+        .build()
+        .unwrap();
+    let Begin::Run(first) = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap()
+    else {
+        panic!("the first attempt runs");
+    };
+    tokio::time::advance(Duration::from_secs(3 * 3600)).await;
+    let err = engine
+        .begin(&Scope::global(), &key("k"), Fingerprint::of("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IdempotencyError::InProgress { .. }),
+        "{err:?}"
+    );
+    first
+        .complete(StoredOutcome::new("first", None))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,7 @@ use idempotency_core::{
     IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
     Waited, async_trait,
 };
-use idempotency_memory::{ManualClock, MemoryStore};
+use idempotency_memory::{ManualClock, MemoryStore, TokioClock};
 
 /// The memory store with its at-once answers hidden: every call goes through the async
 /// primitives, as for any store that does not implement them.
@@ -395,16 +395,16 @@ fn claim_at(
         .unwrap()
 }
 
-/// The at-once forms take the caller's clock read as the time of the call (the system clock
-/// reads no clock of its own for them): a claim made "at" an instant 10 minutes from now with
-/// a 1 s lease is still live for a claim made now through the async primitive, which reads the
-/// clock; a claim made "at" now with a 1 s lease is not, 2 s later, for an at-once claim
-/// made "at" that later instant. A manual clock ignores the caller's instant.
+/// On `TokioClock` the at-once forms take the caller's clock read as the time of the call (no
+/// clock read of their own): a claim made "at" an instant 10 minutes from now with a 1 s lease
+/// is still live for a claim made now through the async primitive, which reads the clock; a
+/// claim made "at" now with a 1 s lease is not, 2 s later, for an at-once claim made "at" that
+/// later instant. The default clock and a manual clock ignore the caller's instant.
 #[tokio::test]
 async fn the_at_once_forms_take_the_callers_instant_as_the_time_of_the_call() {
     let lease = Duration::from_secs(1);
     let now = std::time::Instant::now();
-    let store = MemoryStore::new();
+    let store = MemoryStore::builder().clock(TokioClock::new()).build();
 
     let ahead = StoreKey::from_raw("idem:s:ahead");
     let first = claim_record();
@@ -446,6 +446,17 @@ async fn the_at_once_forms_take_the_callers_instant_as_the_time_of_the_call() {
             .unwrap(),
         Fenced::LeaseLost
     );
+
+    // The default clock reads its own: an instant an hour ahead does not lapse a live lease.
+    let default = MemoryStore::new();
+    let key = StoreKey::from_raw("idem:s:default");
+    let mine = claim_record();
+    assert_eq!(claim_at(&default, &key, &mine, lease, now), Claim::Claimed);
+    let hour = now + Duration::from_secs(3600);
+    match claim_at(&default, &key, &claim_record(), lease, hour) {
+        Claim::Existing(Record::InProgress(held)) => assert_eq!(held.token, mine.token),
+        other => panic!("the default clock ignores the caller's instant: {other:?}"),
+    }
 
     // A manual clock keeps its own time whatever the caller's instant says.
     let clock = ManualClock::new();
