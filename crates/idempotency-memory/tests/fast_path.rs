@@ -447,28 +447,21 @@ async fn the_at_once_forms_take_the_callers_instant_as_the_time_of_the_call() {
         Fenced::LeaseLost
     );
 
-    // The default clock reads its own: an instant an hour ahead does not lapse a live lease.
-    let default = MemoryStore::new();
-    let key = StoreKey::from_raw("idem:s:default");
-    let mine = claim_record();
-    assert_eq!(claim_at(&default, &key, &mine, lease, now), Claim::Claimed);
-    let hour = now + Duration::from_secs(3600);
-    match claim_at(&default, &key, &claim_record(), lease, hour) {
-        Claim::Existing(Record::InProgress(held)) => assert_eq!(held.token, mine.token),
-        other => panic!("the default clock ignores the caller's instant: {other:?}"),
-    }
-
-    // A manual clock keeps its own time whatever the caller's instant says.
+    // The default clock reads its own, and a manual clock keeps its own time: an instant an
+    // hour ahead does not lapse a live lease.
     let clock = ManualClock::new();
     let manual = MemoryStore::builder().clock(clock.clone()).build();
-    let key = StoreKey::from_raw("idem:s:manual");
-    let mine = claim_record();
-    assert_eq!(claim_at(&manual, &key, &mine, lease, now), Claim::Claimed);
-    let far = now + Duration::from_secs(3600);
-    match claim_at(&manual, &key, &claim_record(), lease, far) {
-        Claim::Existing(Record::InProgress(held)) => assert_eq!(held.token, mine.token),
-        other => panic!("a manual clock ignores the caller's instant: {other:?}"),
+    for (which, store) in [("default", MemoryStore::new()), ("manual", manual.clone())] {
+        let key = StoreKey::from_raw(format!("idem:s:{which}"));
+        let mine = claim_record();
+        assert_eq!(claim_at(&store, &key, &mine, lease, now), Claim::Claimed);
+        let hour = now + Duration::from_secs(3600);
+        match claim_at(&store, &key, &claim_record(), lease, hour) {
+            Claim::Existing(Record::InProgress(held)) => assert_eq!(held.token, mine.token),
+            other => panic!("the {which} clock ignores the caller's instant: {other:?}"),
+        }
     }
+    let key = StoreKey::from_raw("idem:s:manual");
     clock.advance(Duration::from_secs(2));
     assert_eq!(
         claim_at(&manual, &key, &claim_record(), lease, now),
