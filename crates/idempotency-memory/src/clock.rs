@@ -74,6 +74,31 @@ impl Clock for SystemClock {
 /// process where tokio's `test-util` paused a clock, reading it from a thread-local's
 /// destructor at thread exit panics (tokio's own thread-local is gone), which aborts. Outside
 /// tests (no `test-util`) it is the system's monotonic clock.
+///
+/// A test that lets a lease lapse without sleeping (tokio's `test-util` feature):
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotency_core::{Begin, Fingerprint, Idempotency, IdempotencyKey, Scope};
+/// use idempotency_memory::{MemoryStore, TokioClock};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+/// let store = MemoryStore::builder().clock(TokioClock::new()).build();
+/// let engine = Idempotency::builder(store)
+///     .lease(Duration::from_secs(5))
+///     .renew_leases(false) // a holder that stopped renewing (hung, or its process froze)
+///     .ignore_env()
+///     .build()?;
+/// let (scope, key) = (Scope::global(), IdempotencyKey::new("order-1")?);
+/// let Begin::Run(_stuck) = engine.begin(&scope, &key, Fingerprint::of("a")).await? else {
+///     unreachable!("a new key runs");
+/// };
+/// tokio::time::advance(Duration::from_secs(6)).await; // past the lease, on the paused clock
+/// let retry = engine.begin(&scope, &key, Fingerprint::of("a")).await?;
+/// assert!(matches!(retry, Begin::Run(_)), "the lapsed claim is taken over");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
     origin: Instant,
