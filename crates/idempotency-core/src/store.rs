@@ -305,8 +305,14 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// - Returns [`Waited::Changed`] when the record under `key` is no longer in progress under
     ///   `seen` — including when that happened between the caller's read and this call (the
     ///   implementation subscribes first, then checks once), or may have (spurious wake-ups are
-    ///   allowed). Completions and releases must not be missed; deletes and lease expiry need
-    ///   not be notified (the caller's re-read at the end of the wait catches them).
+    ///   allowed). Completions and releases must not be missed; deletes need not be notified
+    ///   (the caller's re-read at the end of the wait catches them).
+    /// - Returns [`Waited::Changed`] by the time the lease found under `seen` ends, if that is
+    ///   before `timeout` (nothing announces a lapse): a duplicate of a claim whose owner is
+    ///   gone must take the key over when its lease lapses, not when its own wait runs out.
+    ///   The lease's end as read with the check (an extension since then only costs the
+    ///   caller one more look and wait). The memory, Redis and Postgres stores do; the shared
+    ///   check is `idempotency_testkit::lapse`.
     /// - Returns [`Waited::TimedOut`] after `timeout` otherwise; the caller then re-reads once.
     /// - Costs no store round trips per unit of time waited: one subscription per waited key
     ///   at most, shared by every waiter of the key in this process.

@@ -56,9 +56,10 @@
 //! while someone waits on the key ([`MemoryStore::waited_keys`]); when nobody waits, a
 //! completion pays one atomic load (the other writers a fence and a load). A lease that lapses
 //! wakes its waiters when the record is removed: by a takeover, or by the sweep (amortised over
-//! claims, run when a claim makes room, or [`MemoryStore::sweep_expired`]). Until then nothing
-//! announces it (records expire lazily, no timer runs), and the engine re-reads once at the end
-//! of the wait.
+//! claims, run when a claim makes room, or [`MemoryStore::sweep_expired`]). Records expire
+//! lazily and no timer runs for them, so each waiter also ends its wait when the lease it
+//! found ends: a duplicate of a claim whose owner is gone (crashed, hung without renewal) takes
+//! the key over when the lease lapses, not when its own wait runs out.
 //!
 //! # Re-exports
 //! [`idempotency_core`], so versions match (every backend crate re-exports core, and its
@@ -978,8 +979,13 @@ impl IdempotencyStore for MemoryStore {
 
     /// In-process: a `tokio::sync::Notify` per waited key, created when the first duplicate
     /// waits and dropped with the last (see the module `wake`). A lapsed lease is notified
-    /// when its record is removed (a takeover or a sweep); records expire lazily, so until
-    /// then the engine's re-read at the end of the wait catches it.
+    /// when its record is removed (a takeover or a sweep); records expire lazily, so the wait
+    /// also ends (`Changed`) when the lease it found ends, if that comes before `timeout`: a
+    /// duplicate of a claim whose owner is gone takes the key over when the lease lapses, not
+    /// when its own wait runs out. The lease's end is read on the store's clock and slept on
+    /// tokio's (the same time with the default [`SystemClock`] and with [`TokioClock`]; with
+    /// a [`ManualClock`] the wait ends after that much of tokio's time and the engine,
+    /// finding the lease still held, waits again).
     async fn wait_for_change(
         &self,
         key: &StoreKey,
@@ -993,10 +999,16 @@ impl IdempotencyStore for MemoryStore {
         notified.as_mut().enable();
         let now = self.shared.clock.now_ms();
         let map = &self.shared.map;
-        let still_held = map
+        let Some(lease_left) = map
             .get(key, map.hash(key))
-            .is_some_and(|e| e.held_by(seen, now));
-        if !still_held {
+            .filter(|e| e.held_by(seen, now))
+            .map(|e| Duration::from_millis(e.expires_at_ms - now))
+        else {
+            return Ok(Waited::Changed);
+        };
+        if lease_left < timeout {
+            // At the lease's end the record is lapsed (`live` is `expires_at_ms > now`).
+            let _woken_or_lapsed = tokio::time::timeout(lease_left, notified).await;
             return Ok(Waited::Changed);
         }
         Ok(match tokio::time::timeout(timeout, notified).await {

@@ -432,3 +432,98 @@ async fn a_waiter_on_a_lapsed_claim_is_woken_by_the_sweep_and_runs() {
         .unwrap();
     drop(dead_owner);
 }
+
+/// A duplicate of a claim whose owner is gone, with nothing else happening on the store (no
+/// completion, release, sweep or other claim), takes the key over when the lease lapses. On
+/// tokio's paused clock (`TokioClock`) exactly then: it used to sleep until its `max_wait`
+/// ended and take over only at the safety re-read (60 s here, not 5 s).
+#[tokio::test(start_paused = true)]
+async fn a_waiter_takes_a_lapsed_claim_over_when_its_lease_ends() {
+    let store = MemoryStore::builder()
+        .clock(idempotency_memory::TokioClock::new())
+        .sweep_interval(Duration::from_secs(3600))
+        .build();
+    let lease = Duration::from_secs(5);
+    let after = idempotency_testkit::lapse::duplicate_takes_over_a_lapsed_claim(
+        store.clone(),
+        lease,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        after, lease,
+        "taken over at the lapse, not at the 60 s deadline"
+    );
+    assert_eq!(store.waited_keys(), 0);
+}
+
+/// The same on the default clock (the system's) in real time: a 200 ms lease is taken over
+/// after about 200 ms, not after the 20 s wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_takes_a_lapsed_claim_over_when_its_lease_ends_on_the_system_clock() {
+    let lease = Duration::from_millis(200);
+    let after = idempotency_testkit::lapse::duplicate_takes_over_a_lapsed_claim(
+        MemoryStore::new(),
+        lease,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        after < Duration::from_secs(5),
+        "taken over at the lapse ({after:?}), not at the 20 s deadline"
+    );
+}
+
+/// A lease extended while a duplicate waits (the owner is alive and renews): the duplicate,
+/// woken when the lease it found would have ended, finds the key still in progress and waits
+/// on; the owner's completion then reaches it as a replay.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_on_an_extended_lease_waits_on_and_gets_the_completion() {
+    let store = Counting {
+        inner: MemoryStore::builder()
+            .clock(idempotency_memory::TokioClock::new())
+            .build(),
+        ..Counting::default()
+    };
+    let engine = Idempotency::builder(store.clone())
+        .lease(Duration::from_secs(5))
+        .wait_for_in_progress(Duration::from_secs(60), Duration::from_secs(60))
+        .renew_leases(false)
+        .ignore_env()
+        .build()
+        .unwrap();
+    let owner = first_attempt(&engine).await;
+    let token = match store.inner.get(owner.store_key().unwrap()).await.unwrap() {
+        Some(Record::InProgress(r)) => r.token,
+        other => panic!("in progress: {other:?}"),
+    };
+    let started = Instant::now();
+    let waiter = duplicate(&engine);
+    until_waiting(&store.inner).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let extended = store
+        .inner
+        .extend(owner.store_key().unwrap(), &token, Duration::from_secs(30))
+        .await;
+    assert_eq!(extended.unwrap(), Fenced::Applied);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !waiter.is_finished(),
+        "still waiting past the first lease's end"
+    );
+    owner
+        .complete(StoredOutcome::new(&b"done"[..], None))
+        .await
+        .unwrap();
+    let Begin::Replay(outcome) = waiter.await.unwrap().unwrap() else {
+        panic!("the duplicate replays the owner's outcome")
+    };
+    assert_eq!(&outcome.body[..], b"done");
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert_eq!(
+        store.claims.load(Ordering::SeqCst),
+        4,
+        "the owner's claim, the duplicate's first look, its look at the first lease's end and \
+         the one after the completion"
+    );
+}

@@ -16,8 +16,10 @@
 //! - While the connection is down, messages are lost. When it comes back, the task subscribes
 //!   every waited channel again and then wakes **every** waiter, which re-reads once: a
 //!   completion published while the subscriber was reconnecting is caught by that re-read.
-//! - Whatever else happens (a lease that expires is not published), the engine re-reads once
-//!   when the wait times out.
+//! - A lease that lapses is not published: the read after subscribing also takes the key's
+//!   `PTTL` (pipelined, one round trip), and the wait ends when the lease it found ends, so a
+//!   duplicate of a claim whose owner is gone takes the key over then, not when its own wait
+//!   runs out. Whatever else happens, the engine re-reads once when the wait times out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,7 +130,7 @@ impl Notifier {
         key: &StoreKey,
         seen: &LeaseToken,
         timeout: Duration,
-        read: impl Future<Output = Result<Option<Record>, StoreError>>,
+        read: impl Future<Output = Result<(Option<Record>, Option<Duration>), StoreError>>,
     ) -> Result<Waited, StoreError> {
         let deadline = Instant::now() + timeout;
         let channel = lua::wake_channel(key);
@@ -158,8 +160,17 @@ impl Notifier {
         }
         // The one check after subscribing: a change before the subscription is seen here.
         match read.await {
-            Ok(record) if !held_by(record.as_ref(), seen) => return Ok(Waited::Changed),
-            Ok(_) => {}
+            Ok((record, _)) if !held_by(record.as_ref(), seen) => return Ok(Waited::Changed),
+            // Nothing is published when the lease lapses: the wait ends when it does, if that
+            // comes first (1 ms more: Redis expires a key once its time is *past*).
+            Ok((_, Some(lease_left))) => {
+                let lapse = Instant::now() + lease_left + Duration::from_millis(1);
+                if lapse < deadline {
+                    let _woken_or_lapsed = tokio::time::timeout_at(lapse, notified).await;
+                    return Ok(Waited::Changed);
+                }
+            }
+            Ok((_, None)) => {}
             // The wait goes on; the engine re-reads when it ends.
             Err(error) => tracing::debug!(%error, "check after subscribing failed"),
         }

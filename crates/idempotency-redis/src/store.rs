@@ -506,6 +506,39 @@ where
         Ok(record_from(StoreOperation::Get, reply)?)
     }
 
+    /// The record under `key` and how long it has left (`PTTL`), in one round trip (a
+    /// pipeline of `GET` and `PTTL`, under the operation timeout, retried once on a broken
+    /// connection): what a waiting duplicate reads once subscribed, so that it also stops
+    /// waiting when the lease it found ends (nothing is published when a lease lapses).
+    ///
+    /// Not atomic: a change between the two replies pairs the record with its successor's
+    /// time to live. A waiter then wakes early or relies on the successor's publication
+    /// (completion, release), which its subscription hears: never later than before.
+    pub(crate) async fn read_with_time_to_live(
+        &self,
+        key: &StoreKey,
+    ) -> Result<(Option<Record>, Option<Duration>), StoreError> {
+        const OPERATION: StoreOperation = StoreOperation::WaitForChange;
+        let work = self.attempts(OPERATION, |mut conn| async move {
+            redis::pipe()
+                .cmd("GET")
+                .arg(key.as_str())
+                .cmd("PTTL")
+                .arg(key.as_str())
+                .query_async::<Value>(&mut conn)
+                .await
+        });
+        let reply = tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(OPERATION)))?;
+        let Value::Array(replies) = reply else {
+            return Err(unexpected(OPERATION, &reply).into());
+        };
+        let [record, ttl] = <[Value; 2]>::try_from(replies)
+            .map_err(|replies| unexpected(OPERATION, &Value::Array(replies)))?;
+        Ok((record_from(OPERATION, record)?, ttl_from(OPERATION, ttl)?))
+    }
+
     /// `WAIT` for the replicas this store was built to wait for (see [`crate::ReplicaWait`]);
     /// `None` when it was built to wait for none.
     ///
@@ -671,7 +704,10 @@ where
         timeout: Duration,
     ) -> Result<Waited, StoreError> {
         match &self.notifier {
-            Some(notifier) => notifier.wait(key, seen, timeout, self.read(key)).await,
+            Some(notifier) => {
+                let read = self.read_with_time_to_live(key);
+                notifier.wait(key, seen, timeout, read).await
+            }
             None => Ok(Waited::Unsupported),
         }
     }
@@ -690,6 +726,14 @@ where
             )
             .await?;
         Ok(ttl_from(StoreOperation::TimeToLive, reply)?)
+    }
+}
+
+/// The error of a reply of an unexpected shape.
+fn unexpected(operation: StoreOperation, reply: &Value) -> Error {
+    Error::UnexpectedReply {
+        operation,
+        reply: format!("{reply:?}"),
     }
 }
 

@@ -124,14 +124,15 @@ async fn completion_wakes_the_waiter_with_no_polling_commands() {
     // `INFO commandstats` also counts the commands a script runs: the completion script's
     // GET and SET are in these figures (one each).
     let in_script = 1;
-    // The duplicate's commands: its claim, the check after subscribing, the re-read (a claim).
+    // The duplicate's commands: its claim, the check after subscribing (`GET` and `PTTL`, one
+    // round trip), the re-read (a claim).
     assert_eq!(
         delta(&after, &before, "set") - in_script,
         2,
         "{after:?} {before:?}"
     );
     assert_eq!(delta(&after, &before, "get") - in_script, 1, "{after:?}");
-    assert_eq!(delta(&after, &before, "pttl"), 0, "{after:?}");
+    assert_eq!(delta(&after, &before, "pttl"), 1, "{after:?}");
     // The completion (the first attempt's), publishing inside its script.
     assert_eq!(delta(&after, &before, "evalsha"), 1, "{after:?}");
     assert_eq!(delta(&after, &before, "publish"), 1, "{after:?}");
@@ -179,6 +180,37 @@ async fn release_wakes_the_waiter_which_runs() {
         "woken, not timed out"
     );
     second.release().await.unwrap();
+}
+
+/// A duplicate of a claim whose owner is gone (it neither completes nor releases: nothing is
+/// published) takes the key over when the 300 ms lease lapses: the read after subscribing takes
+/// the key's `PTTL` too, and the wait ends then. It used to sleep until its `max_wait` (20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_takes_a_lapsed_claim_over_when_its_lease_ends() {
+    let server = RedisServer::start_local().expect("local redis-server (apt install redis-server)");
+    let store = RedisStore::builder()
+        .connect(server.url())
+        .await
+        .expect("connect");
+    assert!(store.notifies_waiters());
+    let mut admin = admin(&server).await;
+    let before = command_calls(&mut admin).await;
+    let after = idempotency_testkit::lapse::duplicate_takes_over_a_lapsed_claim(
+        store,
+        Duration::from_millis(300),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        after < Duration::from_secs(5),
+        "taken over at the lapse ({after:?}), not at the 20 s deadline"
+    );
+    let calls = command_calls(&mut admin).await;
+    assert_eq!(
+        delta(&calls, &before, "pttl"),
+        1,
+        "one PTTL, with the GET after subscribing"
+    );
 }
 
 /// A completion whose message the subscriber never saw (here: written by a store without a

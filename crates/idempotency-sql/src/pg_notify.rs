@@ -33,8 +33,10 @@
 //!   the listener was reconnecting is caught by that re-read. A waiter that arrives while the
 //!   listener is down and does not see it back within the operation timeout answers with an
 //!   error, and the engine polls for that wait instead.
-//! - Whatever else happens (a lease that expires is not notified), the engine re-reads once
-//!   when the wait times out.
+//! - A lease that lapses is not notified: the statement that flags the row also answers the
+//!   lease's time left, and the wait ends when it does, so a duplicate of a claim whose owner
+//!   is gone takes the key over then, not when its own wait runs out. Whatever else happens,
+//!   the engine re-reads once when the wait times out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +51,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::postgres::op::{EQ, GT};
+use crate::postgres::op::{EQ, GT, MINUS, TIMES};
 
 /// How often the listener connection is pinged to notice a dead peer.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
@@ -92,13 +94,14 @@ pub(crate) fn notify_sql(channel: &str) -> String {
 }
 
 /// A waiting duplicate's one statement before it waits: set `waiters` on the live row still in
-/// progress under the token it saw, and answer whether that row is (still) held and flagged,
-/// so that its completion or release will notify. `false`: it changed (or, rarely, another
-/// waiter flagged it concurrently: a spurious wake-up, re-read).
+/// progress under the token it saw, and answer, if that row is (still) held and flagged (so
+/// that its completion or release will notify), the microseconds left of its lease (`int8`;
+/// the wait ends then at the latest: nothing notifies when a lease lapses). No row: it changed
+/// (or, rarely, another waiter flagged it concurrently: a spurious wake-up, re-read).
 ///
 /// Race-free by the row lock: a completion that already updated the row in a transaction not
 /// yet committed holds it, so this UPDATE waits for that transaction; at its commit the row is
-/// completed (no match: `false`, re-read), at its rollback the flag is set (the release that
+/// completed (no match: no row, re-read), at its rollback the flag is set (the release that
 /// follows notifies). A flag committed before a completion's UPDATE is seen by that UPDATE
 /// (it runs on the latest row version), which then notifies. `AND NOT waiters` and the second,
 /// read-only part skip the write when the snapshot already shows the flag (duplicate storms).
@@ -109,8 +112,12 @@ pub(crate) fn flag_waiter_sql(t: &str) -> String {
          AND expires_at {GT} pg_catalog.clock_timestamp()"
     );
     format!(
-        "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters RETURNING 1) \
-         SELECT EXISTS (SELECT 1 FROM flagged) OR EXISTS (SELECT 1 FROM {t} WHERE {held} AND waiters)"
+        "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters \
+           RETURNING expires_at) \
+         SELECT (EXTRACT(EPOCH FROM expires_at {MINUS} pg_catalog.clock_timestamp()) \
+           {TIMES} 1000000)::pg_catalog.int8 \
+         FROM (SELECT expires_at FROM flagged \
+           UNION ALL SELECT expires_at FROM {t} WHERE {held} AND waiters) AS held LIMIT 1"
     )
 }
 
@@ -217,7 +224,7 @@ impl Notifier {
         flag: F,
     ) -> Result<Waited, StoreError>
     where
-        F: Future<Output = Result<bool, StoreError>>,
+        F: Future<Output = Result<Option<Duration>, StoreError>>,
     {
         let deadline = Instant::now() + timeout;
         let registration = Registration::new(&self.shared, wake_payload(key));
@@ -247,7 +254,15 @@ impl Notifier {
         // The one statement after listening: a change committed before `LISTEN` took effect
         // is seen here; once the row is flagged, its completion or release notifies. Without
         // the flag (the statement failed) nothing would: the engine polls this wait instead.
-        if !flag.await? {
+        let Some(lease_left) = flag.await? else {
+            return Ok(Waited::Changed);
+        };
+        // Nothing notifies when the lease lapses: the wait ends when it does, if that comes
+        // first (1 ms more, for the clocks' granularity), so a duplicate of a claim whose owner
+        // is gone takes the key over then, not when its own wait runs out.
+        let lapse = Instant::now() + lease_left + Duration::from_millis(1);
+        if lapse < deadline {
+            let _woken_or_lapsed = tokio::time::timeout_at(lapse, notified).await;
             return Ok(Waited::Changed);
         }
         Ok(match tokio::time::timeout_at(deadline, notified).await {
@@ -427,7 +442,7 @@ mod tests {
         let waited = notifier
             .wait(&key, Duration::from_secs(30), async {
                 checked.store(true, Ordering::SeqCst);
-                Ok(true)
+                Ok(Some(Duration::from_secs(3600)))
             })
             .await;
         assert!(
@@ -452,7 +467,7 @@ mod tests {
             .wait(
                 &StoreKey::from_raw("k"),
                 Duration::from_millis(300),
-                async { Ok(true) },
+                async { Ok(Some(Duration::from_secs(3600))) },
             )
             .await;
         assert_eq!(waited.ok(), Some(Waited::TimedOut));

@@ -910,7 +910,8 @@ impl IdempotencyStore for PostgresStore {
     }
 
     /// One `LISTEN` connection per store, multiplexed across keys (see the module
-    /// `pg_notify`); `Unsupported` (the engine polls) when waking is off.
+    /// `pg_notify`); `Unsupported` (the engine polls) when waking is off. The wait ends when
+    /// the lease it found ends, if that comes first (nothing notifies a lapse).
     async fn wait_for_change(
         &self,
         key: &StoreKey,
@@ -919,14 +920,22 @@ impl IdempotencyStore for PostgresStore {
     ) -> Result<Waited, StoreError> {
         match &self.inner.notifier {
             Some(notifier) => {
-                let flag = timed(
-                    StoreOperation::WaitForChange,
-                    self.inner.base.timeout,
-                    sqlx::query_scalar::<_, bool>(&self.inner.flag_waiter)
-                        .bind(key.as_str())
-                        .bind(seen.as_bytes().as_slice())
-                        .fetch_one(&self.inner.base.pool),
-                );
+                let flag = async {
+                    let lease_left_us: Option<i64> = timed(
+                        StoreOperation::WaitForChange,
+                        self.inner.base.timeout,
+                        sqlx::query_scalar(&self.inner.flag_waiter)
+                            .bind(key.as_str())
+                            .bind(seen.as_bytes().as_slice())
+                            .fetch_optional(&self.inner.base.pool),
+                    )
+                    .await?;
+                    // Zero or less: it lapsed since the row was matched (a change).
+                    Ok(lease_left_us
+                        .and_then(|us| u64::try_from(us).ok())
+                        .filter(|&us| us > 0)
+                        .map(Duration::from_micros))
+                };
                 notifier.wait(key, timeout, flag).await
             }
             None => Ok(Waited::Unsupported),

@@ -208,6 +208,27 @@ async fn release_wakes_the_waiter_which_runs() {
     second.release().await.unwrap();
 }
 
+/// A duplicate of a claim whose owner is gone (it neither completes nor releases: nothing
+/// notifies) takes the key over when the 300 ms lease lapses: the statement that flags the row
+/// answers the lease's time left, and the wait ends then. It used to sleep until its
+/// `max_wait` (20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_takes_a_lapsed_claim_over_when_its_lease_ends() {
+    let store = common::pg_store(4).await;
+    assert!(store.notifies_waiters());
+    let after = idempotency_testkit::lapse::duplicate_takes_over_a_lapsed_claim(
+        store.clone(),
+        Duration::from_millis(300),
+        MAX_WAIT,
+    )
+    .await;
+    assert!(
+        after < MAX_WAIT / 4,
+        "taken over at the lapse ({after:?}), not at the {MAX_WAIT:?} deadline"
+    );
+    assert_eq!(store.waited_keys(), 0);
+}
+
 /// The store-level wait on a key completed inside the application's transaction: no wake-up
 /// while the transaction is open, a wake-up at its commit, none at a rollback.
 async fn transactional_completion(commit: bool) {

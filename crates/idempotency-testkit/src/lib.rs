@@ -90,6 +90,7 @@
 pub mod faults;
 pub mod fixtures;
 mod harness;
+pub mod lapse;
 pub mod model;
 mod port;
 pub mod suite;
