@@ -164,9 +164,11 @@ impl Notifier {
             // Nothing is published when the lease lapses: the wait ends when it does, if that
             // comes first (1 ms more: Redis expires a key once its time is *past*).
             Ok((_, Some(lease_left))) => {
-                let lapse = Instant::now() + lease_left + Duration::from_millis(1);
-                if lapse < deadline {
-                    let _woken_or_lapsed = tokio::time::timeout_at(lapse, notified).await;
+                // Compared as durations: a lease of any length (`PTTL` up to `i64::MAX` ms)
+                // never overflows an instant.
+                let lapse_in = lease_left.saturating_add(Duration::from_millis(1));
+                if lapse_in < deadline.saturating_duration_since(Instant::now()) {
+                    let _woken_or_lapsed = tokio::time::timeout(lapse_in, notified).await;
                     return Ok(Waited::Changed);
                 }
             }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Begin, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, Record, Scope,
-    StoreKey, StoredOutcome, lua, unix_millis_now,
+    Begin, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, InProgress,
+    LeaseToken, Record, Scope, StoreKey, StoredOutcome, Waited, codec, lua, unix_millis_now,
 };
 use idempotency_redis::RedisStore;
 use idempotency_redis::redis::{self, aio::MultiplexedConnection};
@@ -211,6 +211,40 @@ async fn a_waiter_takes_a_lapsed_claim_over_when_its_lease_ends() {
         1,
         "one PTTL, with the GET after subscribing"
     );
+}
+
+/// A record whose lease ends in ~146 million years (`PX` of `i64::MAX / 2` ms, written by
+/// hand): the wait is bounded by its own timeout and ends `TimedOut` (the lease's end, far past
+/// it, is compared as a duration and never added to an instant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_longer_than_any_instant_leaves_the_wait_to_its_timeout() {
+    let server = RedisServer::start_local().expect("local redis-server (apt install redis-server)");
+    let store = RedisStore::builder()
+        .connect(server.url())
+        .await
+        .expect("connect");
+    let mut admin = admin(&server).await;
+    let k = StoreKey::from_raw("endless-lease");
+    let record = InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: Fingerprint::of("a"),
+        created_at_ms: unix_millis_now(),
+    };
+    let () = redis::cmd("SET")
+        .arg(k.as_str())
+        .arg(codec::encode(&Record::InProgress(record.clone())))
+        .arg("PX")
+        .arg(i64::MAX / 2)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let waited = store
+        .wait_for_change(&k, &record.token, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(waited, Waited::TimedOut);
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 /// A completion whose message the subscriber never saw (here: written by a store without a

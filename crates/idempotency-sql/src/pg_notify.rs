@@ -260,9 +260,10 @@ impl Notifier {
         // Nothing notifies when the lease lapses: the wait ends when it does, if that comes
         // first (1 ms more, for the clocks' granularity), so a duplicate of a claim whose owner
         // is gone takes the key over then, not when its own wait runs out.
-        let lapse = Instant::now() + lease_left + Duration::from_millis(1);
-        if lapse < deadline {
-            let _woken_or_lapsed = tokio::time::timeout_at(lapse, notified).await;
+        // Compared as durations: a lease of any length never overflows an instant.
+        let lapse_in = lease_left.saturating_add(Duration::from_millis(1));
+        if lapse_in < deadline.saturating_duration_since(Instant::now()) {
+            let _woken_or_lapsed = tokio::time::timeout(lapse_in, notified).await;
             return Ok(Waited::Changed);
         }
         Ok(match tokio::time::timeout_at(deadline, notified).await {
