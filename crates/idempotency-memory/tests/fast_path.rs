@@ -90,7 +90,7 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     let claim = claim_record();
     assert_eq!(
         store
-            .try_claim_now(&key, &claim, lease, tokio::time::Instant::now().into_std())
+            .try_claim_now(&key, &claim, lease, now())
             .unwrap()
             .unwrap(),
         Claim::Claimed
@@ -111,26 +111,14 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     let wrong = LeaseToken::generate();
     assert_eq!(
         store
-            .complete_now(
-                &key,
-                &wrong,
-                &done,
-                retention,
-                tokio::time::Instant::now().into_std()
-            )
+            .complete_now(&key, &wrong, &done, retention, now())
             .unwrap()
             .unwrap(),
         Fenced::LeaseLost
     );
     assert_eq!(
         store
-            .complete_now(
-                &key,
-                &claim.token,
-                &done,
-                retention,
-                tokio::time::Instant::now().into_std()
-            )
+            .complete_now(&key, &claim.token, &done, retention, now())
             .unwrap()
             .unwrap(),
         Fenced::Applied
@@ -145,7 +133,7 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     );
     assert_eq!(
         store
-            .try_claim_now(&key, &other, lease, tokio::time::Instant::now().into_std())
+            .try_claim_now(&key, &other, lease, now())
             .unwrap()
             .unwrap(),
         Claim::Existing(Record::Completed(done.clone()))
@@ -154,22 +142,12 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     let full = MemoryStore::builder().max_entries(1).build();
     let first = StoreKey::from_raw("idem:s:1");
     let second = StoreKey::from_raw("idem:s:2");
-    full.try_claim_now(
-        &first,
-        &claim_record(),
-        lease,
-        tokio::time::Instant::now().into_std(),
-    )
-    .unwrap()
-    .unwrap();
+    full.try_claim_now(&first, &claim_record(), lease, now())
+        .unwrap()
+        .unwrap();
     assert!(matches!(
-        full.try_claim_now(
-            &second,
-            &claim_record(),
-            lease,
-            tokio::time::Instant::now().into_std()
-        )
-        .unwrap(),
+        full.try_claim_now(&second, &claim_record(), lease, now())
+            .unwrap(),
         Err(StoreError::Full { entries: 1 })
     ));
     assert!(matches!(
@@ -181,46 +159,24 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     let shared: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
     assert!(
         shared
-            .try_claim_now(
-                &key,
-                &claim_record(),
-                lease,
-                tokio::time::Instant::now().into_std()
-            )
+            .try_claim_now(&key, &claim_record(), lease, now())
             .is_some()
     );
     let boxed: Box<dyn IdempotencyStore> = Box::new(MemoryStore::new());
     assert!(
         boxed
-            .complete_now(
-                &key,
-                &claim.token,
-                &done,
-                retention,
-                tokio::time::Instant::now().into_std()
-            )
+            .complete_now(&key, &claim.token, &done, retention, now())
             .is_some()
     );
     let hidden = AsyncOnly(MemoryStore::new());
     assert!(
         hidden
-            .try_claim_now(
-                &key,
-                &claim_record(),
-                lease,
-                tokio::time::Instant::now().into_std()
-            )
+            .try_claim_now(&key, &claim_record(), lease, now())
             .is_none()
     );
     assert!(
         hidden
-            .complete_now(
-                &key,
-                &claim.token,
-                &done,
-                retention,
-                tokio::time::Instant::now().into_std()
-            )
+            .complete_now(&key, &claim.token, &done, retention, now())
             .is_none()
     );
     assert_eq!(hidden.get(&key).await.unwrap(), None, "nothing was done");
@@ -382,6 +338,11 @@ async fn the_engine_answers_the_same_on_both_paths() {
 }
 
 /// `store.try_claim_now(key, record, lease, at)`, answered.
+/// The engine's clock read, as it passes it to the at-once calls.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn claim_at(
     store: &MemoryStore,
     key: &StoreKey,
