@@ -136,9 +136,11 @@ impl<S> IdempotencyBuilder<S> {
     }
 
     /// Wait up to `max_wait` for an in-progress first attempt to finish before answering
-    /// `InProgress` (default: answer at once). On a store that notifies (memory, Redis), the
-    /// waiter is woken by the completion or release and re-reads once, with a safety re-read at
-    /// the end of the wait; on others it looks every `poll_interval`.
+    /// `InProgress` (default: answer at once). On a store that notifies (memory, Redis,
+    /// Postgres), the waiter is woken by the completion or release and re-reads once; a lease
+    /// that lapses (its owner is gone) ends the wait when it ends, and the waiter takes the key
+    /// over; a safety re-read comes at the end of the wait. On other stores it looks every
+    /// `poll_interval`.
     #[must_use]
     pub fn wait_for_in_progress(mut self, max_wait: Duration, poll_interval: Duration) -> Self {
         self.config.in_progress_wait = Some(InProgressWait {
