@@ -59,6 +59,18 @@ pub enum SqlStoreError {
         /// The migration that defines the expected shape (with the ones before it).
         migration: &'static str,
     },
+    /// Postgres `migrate()` of a table named without a schema, which does not exist yet: the
+    /// connection has no schema to create it in (`current_schema()` is NULL: no schema listed
+    /// in its `search_path` exists). Nothing was created.
+    #[error(
+        "no schema to create table {table} in: no schema in the connection's search_path \
+         exists (current_schema() is NULL); create one, fix search_path, or name the table \
+         `schema.table`"
+    )]
+    NoSchema {
+        /// The table, as configured.
+        table: String,
+    },
     /// The database failed while checking or migrating the schema.
     #[error("database error while checking or migrating the idempotency table")]
     Database(#[source] sqlx::Error),

@@ -146,8 +146,19 @@
 //! in a schema that comes earlier in the connection's `search_path` cannot replace it; the
 //! migrations write `pg_catalog.text` and `pg_catalog.bytea`, and the SQL keywords `BIGINT`,
 //! `SMALLINT` and `TIMESTAMP WITH TIME ZONE`, which always name the built-in types. The
-//! statements below are shown with bare operators for reading. The records table's name is not
-//! qualified (name the table `schema.table` to pin it).
+//! statements below are shown with bare operators for reading. The records table is named with
+//! its schema too: as configured (`schema.table`), or, for a name given without one (the
+//! default `idempotency_records`), with the schema it resolved to once, when the store was
+//! built: `build()` looks the name up through the connection's `search_path` (`to_regclass`);
+//! `migrate()` uses the table it finds there (an existing install, in whichever schema of the
+//! path), else creates it, and its `<table>_migrations` bookkeeping table, in
+//! `current_schema()` (the first schema of the path that exists; none is an error,
+//! [`SqlStoreError::NoSchema`]). A table of the same name that later appears in a schema
+//! earlier in the path, or that another pool connection's `search_path` finds first, is never
+//! the store's. [`PostgresStore::statements`] and [`PostgresStore::quoted_table`] show the
+//! qualified name;
+//! [`PostgresStore::table`], the `LISTEN` channel and the migration lock keep the configured
+//! one.
 //! - `try_claim`: `INSERT … ON CONFLICT (store_key) DO UPDATE SET col = CASE WHEN expired THEN
 //!   excluded.col ELSE col END, … RETURNING (token = $new_token) AS claimed, …`. The upsert
 //!   always touches the row, so `RETURNING` always yields it as it is after the statement: ours

@@ -350,11 +350,35 @@ impl PostgresStoreBuilder {
 
     /// Check that the table exists with the expected columns, and build the store.
     ///
+    /// A table named without a schema is looked up once, here, through the connection's
+    /// `search_path` (`to_regclass`), and every statement of the store then names it with the
+    /// schema it was found in (`"app"."idempotency_records"`): a table of the same name that
+    /// later appears in a schema earlier in the path, or that another pool connection's
+    /// `search_path` would find first, is never used.
+    ///
     /// # Errors
     /// [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the migration to
     /// run, [`SqlStoreError::InvalidTableName`], or [`SqlStoreError::Database`].
     pub async fn build(self) -> Result<PostgresStore, SqlStoreError> {
-        let table = Table::parse(&self.table, true)?;
+        let given = Table::parse(&self.table, true)?;
+        let table = if given.schema.is_some() {
+            given
+        } else {
+            match schema_of(&self.pool, &given).await? {
+                Some(schema) => given.in_schema(&schema),
+                None => {
+                    return Err(SqlStoreError::MissingTable {
+                        table: given.name,
+                        migration: crate::migrate::FIRST,
+                    });
+                }
+            }
+        };
+        self.build_on(table).await
+    }
+
+    /// [`build`](Self::build) on `table`, schema-qualified when it was resolved.
+    async fn build_on(self, table: Table) -> Result<PostgresStore, SqlStoreError> {
         let exists: bool = sqlx::query_scalar(TABLE_EXISTS)
             .bind(&table.quoted)
             .fetch_one(&self.pool)
@@ -365,6 +389,8 @@ impl PostgresStoreBuilder {
             Vec::new()
         };
         Base::check_shape(&table, exists, &columns)?;
+        // The configured name, not the resolved one: instances of older versions on the same
+        // table notify and listen on it too.
         let channel = self.wake_waiters.then(|| wake_channel(&table.name));
         let notifier = channel
             .clone()
@@ -389,22 +415,59 @@ impl PostgresStoreBuilder {
     /// `<table>_migrations`), then [`build`](Self::build). Safe to run at every start and from
     /// several instances at once (a transaction-scoped advisory lock serialises them).
     ///
+    /// A table named without a schema is resolved once, under the lock: where the connection's
+    /// `search_path` finds an existing table of that name (`to_regclass`; an install made by
+    /// an older version, in whichever schema of the path it is), else in the schema tables are
+    /// created in (`current_schema()`, the first schema of the path that exists). The
+    /// migrations, the bookkeeping table (`<table>_migrations`, in the same schema) and every
+    /// statement of the store then name that schema.
+    ///
     /// # Errors
     /// As [`build`](Self::build); [`SqlStoreError::NotMigratable`] when the table exists with a
     /// shape the migrations cannot repair (checked before any migration runs or is recorded);
-    /// [`SqlStoreError::Database`] when a migration fails (nothing of it is applied: each run is
-    /// one transaction).
+    /// [`SqlStoreError::NoSchema`] when the table is named without a schema, does not exist, and
+    /// no schema of the connection's `search_path` exists; [`SqlStoreError::Database`] when a
+    /// migration fails (nothing of it is applied: each run is one transaction).
     pub async fn migrate(self) -> Result<PostgresStore, SqlStoreError> {
-        let table = Table::parse(&self.table, true)?;
+        let given = Table::parse(&self.table, true)?;
         let mut tx = self.pool.begin().await?;
+        // The configured name: instances of older versions take the same lock.
         sqlx::query(MIGRATION_LOCK)
-            .bind(format!("idempotency-sql:{}", table.name))
+            .bind(format!("idempotency-sql:{}", given.name))
             .execute(&mut *tx)
             .await?;
+        let table = if given.schema.is_some() {
+            given
+        } else {
+            let schema = match schema_of(&mut *tx, &given).await? {
+                Some(schema) => Some(schema),
+                None => {
+                    sqlx::query_scalar::<_, Option<String>>(CURRENT_SCHEMA)
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
+            };
+            match schema {
+                Some(schema) => given.in_schema(&schema),
+                None => return Err(SqlStoreError::NoSchema { table: given.name }),
+            }
+        };
         Base::migrate_in(&mut tx, &table).await?;
         tx.commit().await?;
-        self.build().await
+        self.build_on(table).await
     }
+}
+
+/// The schema in which `table` (named without a schema) resolves through the connection's
+/// `search_path` ([`SCHEMA_OF`]); `None` when no table of that name is found.
+async fn schema_of<'e, E: 'e + Executor<'e, Database = Postgres>>(
+    executor: E,
+    table: &Table,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(SCHEMA_OF)
+        .bind(&table.quoted)
+        .fetch_optional(executor)
+        .await
 }
 
 // Every built-in function the store calls is written `pg_catalog.name(...)`, every type it
@@ -414,12 +477,27 @@ impl PostgresStoreBuilder {
 // name, in a schema earlier in the connection's `search_path` (a role's or database's
 // setting, or an application's `search_path` option) would otherwise be used instead, e.g. a
 // `clock_timestamp()` or a `>` that never lets a lease expire, an `=` that matches every key
-// or token, or a `float8` domain whose check fails every claim. The records table's own name
-// is left as configured (`schema.table` pins it). The constants below cannot use `op`'s
-// names (no `format!` in a `const`): they spell `OPERATOR(pg_catalog.…)` out.
+// or token, or a `float8` domain whose check fails every claim. The records table is named
+// with its schema too: as configured (`schema.table`), or, named without one, with the schema
+// it resolved to once, at `build()` / `migrate()` ([`SCHEMA_OF`], [`CURRENT_SCHEMA`]), so a
+// table of the same name in a schema earlier in the path (created later, or found first by
+// another pool connection's `search_path`) never takes its claims, completions or purges.
+// The constants below cannot use `op`'s names (no `format!` in a `const`): they spell
+// `OPERATOR(pg_catalog.…)` out.
 
 /// Whether the table `$1` (quoted name) exists.
 const TABLE_EXISTS: &str = "SELECT pg_catalog.to_regclass($1) IS NOT NULL";
+
+/// The schema (unquoted, as the catalog holds it) of the table `$1` (quoted name, without a
+/// schema) as the connection's `search_path` resolves it; no row when none is found.
+const SCHEMA_OF: &str = "SELECT n.nspname::pg_catalog.text \
+     FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+     WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)";
+
+/// The schema a `CREATE TABLE` without a schema creates its table in: the first schema of
+/// `search_path` that exists; NULL when none does.
+const CURRENT_SCHEMA: &str = "SELECT pg_catalog.current_schema()::pg_catalog.text";
 
 /// The transaction-scoped advisory lock that serialises `migrate()` runs on one table (`$1`:
 /// `idempotency-sql:<table>`).
@@ -526,6 +604,14 @@ impl PostgresStore {
     /// The records table's name, as configured.
     pub fn table(&self) -> &str {
         &self.inner.base.table.name
+    }
+
+    /// The records table as the store's statements name it: schema-qualified and quoted
+    /// (`"app"."idempotency_records"`), with the schema it was configured with or, for a name
+    /// given without one, resolved to when the store was built. SQL of the application's own
+    /// that reads the store's table should splice this, not [`table`](Self::table).
+    pub fn quoted_table(&self) -> &str {
+        &self.inner.base.table.quoted
     }
 
     /// Whether waiting duplicates are woken by `LISTEN`/`NOTIFY` (see
@@ -1106,6 +1192,8 @@ mod tests {
             bound_lock_wait_sql("900"),
             flag_waiter_sql("\"t\""),
             TABLE_EXISTS.to_owned(),
+            SCHEMA_OF.to_owned(),
+            CURRENT_SCHEMA.to_owned(),
             MIGRATION_LOCK.to_owned(),
             COLUMNS_OF.to_owned(),
             ABORT_TRANSACTION.to_owned(),
