@@ -10,7 +10,30 @@ use crate::error::CliError;
 /// The records table of an opened SQL store.
 pub(crate) struct SqlNode {
     store: AnyStore,
+    /// Quoted; on Postgres schema-qualified as the store's own statements name it.
     table: String,
+}
+
+/// One step of a walk: the store keys after `$3` that start with the `$1` characters `$2`.
+///
+/// On Postgres every function and operator is `pg_catalog`'s, written so (as the store's own
+/// statements are, see `idempotency_sql`'s docs): a `=` or `>` of the same name in a schema
+/// earlier in the connection's `search_path` would otherwise decide which keys a walk lists,
+/// and so which records `purge` deletes. `ORDER BY` takes the type's default ordering, which
+/// `search_path` does not change.
+fn scan_sql(table: &str, postgres: bool) -> String {
+    if postgres {
+        format!(
+            "SELECT store_key FROM {table} \
+             WHERE pg_catalog.substr(store_key, 1, $1) OPERATOR(pg_catalog.=) $2 \
+             AND store_key OPERATOR(pg_catalog.>) $3 ORDER BY store_key LIMIT $4"
+        )
+    } else {
+        format!(
+            "SELECT store_key FROM {table} WHERE substr(store_key, 1, $1) = $2 AND store_key > $3 \
+             ORDER BY store_key LIMIT $4"
+        )
+    }
 }
 
 /// A cursor of a walk in progress: `k:` + the last store key returned (`"0"`: start or done,
@@ -21,19 +44,16 @@ impl SqlNode {
     /// The table of `store`, if it is the SQL store.
     pub(crate) fn of(store: &AnyStore) -> Option<Self> {
         let table = match (store.as_postgres(), store.as_sqlite()) {
-            (Some(pg), _) => pg.table().to_owned(),
-            (_, Some(lite)) => lite.table().to_owned(),
+            // Pinned to its schema when the store was built: the table the store uses, whatever
+            // `search_path` finds first.
+            (Some(pg), _) => pg.quoted_table().to_owned(),
+            // The store checked the name (letters, digits, `_`).
+            (_, Some(lite)) => format!("\"{}\"", lite.table()),
             _ => return None,
         };
-        // The store checked the name (letters, digits, `_`; Postgres `schema.table`).
-        let quoted = table
-            .split('.')
-            .map(|part| format!("\"{part}\""))
-            .collect::<Vec<_>>()
-            .join(".");
         Some(Self {
             store: store.clone(),
-            table: quoted,
+            table,
         })
     }
 
@@ -47,11 +67,7 @@ impl SqlNode {
         count: usize,
     ) -> Result<(String, Vec<String>), CliError> {
         let after = cursor.strip_prefix(CURSOR).unwrap_or("");
-        let sql = format!(
-            "SELECT store_key FROM {} WHERE substr(store_key, 1, $1) = $2 AND store_key > $3 \
-             ORDER BY store_key LIMIT $4",
-            self.table
-        );
+        let sql = scan_sql(&self.table, self.store.as_postgres().is_some());
         let length = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
         let limit = i64::try_from(count).unwrap_or(i64::MAX);
         let keys: Vec<String> = if let Some(pg) = self.store.as_postgres() {

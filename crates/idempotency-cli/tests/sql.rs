@@ -116,3 +116,50 @@ async fn every_command_on_postgres() {
     let env = [("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", server.url())];
     every_command(&store, &env).await;
 }
+
+/// `purge --scope` on Postgres walks the table with `pg_catalog`'s functions and operators and
+/// the table the store pinned: a `=` on text that matches everything, in a schema the CLI's
+/// connection lists before `pg_catalog`, used to make the walk list every key, and the purge
+/// of one scope deleted another's records too (here bob's 3, beside alice's 5).
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_on_postgres_deletes_only_its_scope_under_a_hostile_search_path() {
+    let server =
+        PostgresServer::start_local().unwrap_or_else(|e| panic!("{e}: {HOW_TO_GET_POSTGRES}"));
+    let pool = sqlx::postgres::PgPool::connect(server.url()).await.unwrap();
+    for statement in [
+        "CREATE SCHEMA evil",
+        "CREATE FUNCTION evil.always(text, text) RETURNS boolean \
+         LANGUAGE sql IMMUTABLE AS 'SELECT true'",
+        "CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.always)",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let store = PostgresStore::builder(pool).migrate().await.unwrap();
+    seed_many(&store, "alice", 5).await;
+    seed_many(&store, "bob", 3).await;
+    let hostile = format!(
+        "{}?options=-c%20search_path%3Devil%2Cpg_catalog%2Cpublic",
+        server.url()
+    );
+    let env = [
+        ("IDEMPOTENCY_STORE", "sql"),
+        ("DATABASE_URL", hostile.as_str()),
+    ];
+    let purged = run(&env, &["purge", "--scope", "alice", "--yes"]);
+    assert_eq!(purged.code, 0, "{}", purged.all());
+    assert!(
+        purged.stdout.contains("deleted 5 records"),
+        "{}",
+        purged.stdout
+    );
+    for i in 0..3 {
+        assert!(
+            store
+                .get(&store_key("bob", &format!("k{i}")))
+                .await
+                .unwrap()
+                .is_some(),
+            "bob's record k{i} survives alice's purge"
+        );
+    }
+}

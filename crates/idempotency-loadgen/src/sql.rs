@@ -77,7 +77,7 @@ fn rand_suffix() -> u32 {
 
 /// Empty the tables so every cell starts from the same state.
 pub(crate) async fn flush(postgres: &PostgresStore, sqlite: &SqliteStore) -> Result<()> {
-    sqlx::query(&format!("TRUNCATE {}", postgres.table()))
+    sqlx::query(&format!("TRUNCATE {}", postgres.quoted_table()))
         .execute(postgres.pool())
         .await?;
     sqlx::query(&format!("DELETE FROM {}", sqlite.table()))
