@@ -315,7 +315,9 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     ///   check is `idempotency_testkit::lapse`.
     /// - Returns [`Waited::TimedOut`] after `timeout` otherwise; the caller then re-reads once.
     /// - Costs no store round trips per unit of time waited: one subscription per waited key
-    ///   at most, shared by every waiter of the key in this process.
+    ///   at most, shared by every waiter of the key in this process. (The caller's wait ends
+    ///   at each lease end it read, so a first attempt that keeps renewing its lease costs a
+    ///   waiter one look, the check and the caller's claim, per lease period.)
     /// - Cancel-safe: dropping the future unregisters the waiter.
     ///
     /// # Errors
