@@ -60,7 +60,7 @@ impl Fenced {
 #[non_exhaustive]
 pub enum Waited {
     /// The record under the key may have changed (completed, released, deleted, or taken
-    /// over): re-read it. Spurious wake-ups are allowed (e.g. after the store's subscriber
+    /// over), or the lease the wait found has ended (lapsed, or been extended): re-read it. Spurious wake-ups are allowed (e.g. after the store's subscriber
     /// reconnected, when a notification may have been missed).
     Changed,
     /// Nothing was heard within the timeout. The caller re-reads once anyway (the safety
