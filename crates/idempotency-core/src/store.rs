@@ -60,7 +60,7 @@ impl Fenced {
 #[non_exhaustive]
 pub enum Waited {
     /// The record under the key may have changed (completed, released, deleted, or taken
-    /// over): re-read it. Spurious wake-ups are allowed (e.g. after the store's subscriber
+    /// over), or the lease the wait found has ended (lapsed, or been extended): re-read it. Spurious wake-ups are allowed (e.g. after the store's subscriber
     /// reconnected, when a notification may have been missed).
     Changed,
     /// Nothing was heard within the timeout. The caller re-reads once anyway (the safety
@@ -315,7 +315,9 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     ///   check is `idempotency_testkit::lapse`.
     /// - Returns [`Waited::TimedOut`] after `timeout` otherwise; the caller then re-reads once.
     /// - Costs no store round trips per unit of time waited: one subscription per waited key
-    ///   at most, shared by every waiter of the key in this process.
+    ///   at most, shared by every waiter of the key in this process. (The caller's wait ends
+    ///   at each lease end it read, so a first attempt that keeps renewing its lease costs a
+    ///   waiter one look, the check and the caller's claim, per lease period.)
     /// - Cancel-safe: dropping the future unregisters the waiter.
     ///
     /// # Errors

@@ -65,8 +65,10 @@
 //! (subscribed while someone in this process waits on it) and reconnecting with back-off;
 //! after a reconnection every waiter re-reads once, since messages published meanwhile are
 //! lost. A waiter costs `SUBSCRIBE`/`UNSUBSCRIBE` (first/last waiter of a key), one `GET`
-//! after subscribing, and one re-read — no command per unit of time waited. Lease expiry is
-//! not published: the engine's safety re-read at the end of the wait catches it.
+//! and `PTTL` (pipelined, one round trip) after subscribing, and one re-read — no command per
+//! unit of time waited, except one look (these again) per lease period while the first attempt
+//! renews its lease. Lease expiry is not published: the wait ends when the lease it read
+//! ends, and the engine re-reads (a duplicate of a crashed owner takes the key over then).
 //! [`RedisClusterStore`] and stores over a caller's connection (`with_connection`) have no
 //! subscriber and poll every `poll_interval` (sharded pub/sub, `SSUBSCRIBE`, is a follow-up).
 //!

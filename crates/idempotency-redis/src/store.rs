@@ -513,7 +513,8 @@ where
     ///
     /// Not atomic: a change between the two replies pairs the record with its successor's
     /// time to live. A waiter then wakes early or relies on the successor's publication
-    /// (completion, release), which its subscription hears: never later than before.
+    /// (completion, release), which its subscription hears: never later than before. A key
+    /// gone by the `PTTL` (`-2`) answers no record, whatever the `GET` found.
     pub(crate) async fn read_with_time_to_live(
         &self,
         key: &StoreKey,
@@ -536,6 +537,11 @@ where
         };
         let [record, ttl] = <[Value; 2]>::try_from(replies)
             .map_err(|replies| unexpected(OPERATION, &Value::Array(replies)))?;
+        // `-2`: the key is gone by the `PTTL` (its lease lapsed, or it was deleted, after the
+        // `GET`): a change, not "no expiry" (which would leave the wait to its timeout).
+        if ttl == Value::Int(-2) {
+            return Ok((None, None));
+        }
         Ok((record_from(OPERATION, record)?, ttl_from(OPERATION, ttl)?))
     }
 

@@ -267,12 +267,15 @@
 //!   protocol `Sync`, no statement) and reconnects with back-off; after a reconnection every
 //!   waiter re-reads once (notifications sent while it was down are lost). A waiter registers,
 //!   makes sure the `LISTEN` is in effect, then flags the row, so a completion is either seen
-//!   by that statement or notified; at the end of the wait the engine re-reads once more (a
-//!   lease that expires is not notified). When the listener cannot connect within the
+//!   by that statement or notified. A lease that expires is not notified: the flag statement
+//!   also answers the lease's time left and the wait ends then at the latest (a duplicate of a
+//!   crashed owner takes the key over at the lapse); at the end of the wait the engine re-reads
+//!   once more. When the listener cannot connect within the
 //!   operation timeout, or the flag statement fails (e.g. it waited longer than the operation
 //!   timeout for a long transaction holding the row), that wait polls instead.
 //! - A waiting duplicate costs its claim, the flag statement and one re-read (a claim), plus
-//!   `LISTEN` once per listener connection: no statement per unit of time waited.
+//!   `LISTEN` once per listener connection: no statement per unit of time waited, except one
+//!   look (the flag statement and a claim) per lease period while the first attempt renews.
 //! - Costs and limits: a transaction that notified takes a cluster-wide lock at commit
 //!   (Postgres serialises notifying commits to keep its queue in commit order); only
 //!   completions and releases of waited rows pay it. A listener anywhere in the cluster that

@@ -51,7 +51,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::postgres::op::{EQ, GT, MINUS, TIMES};
+use crate::postgres::op::{EQ, GT, MINUS, PLUS, TIMES};
 
 /// How often the listener connection is pinged to notice a dead peer.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
@@ -105,8 +105,13 @@ pub(crate) fn notify_sql(channel: &str) -> String {
 /// follows notifies). A flag committed before a completion's UPDATE is seen by that UPDATE
 /// (it runs on the latest row version), which then notifies. `AND NOT waiters` and the second,
 /// read-only part skip the write when the snapshot already shows the flag (duplicate storms).
+/// The lease's end is taken as 100 years away at most: an `expires_at` of `'infinity'` (a
+/// row written by hand) cannot be subtracted from, and would fail the statement (the engine
+/// would then poll a key it can wait on). (`OPERATOR(..)` has one precedence whatever the
+/// operator: the parentheses are needed.)
 /// Operators are `pg_catalog`'s, whatever `search_path` holds (`crate::postgres::op`).
 pub(crate) fn flag_waiter_sql(t: &str) -> String {
+    const CAP: &str = "'100 years'::pg_catalog.interval";
     let held = format!(
         "store_key {EQ} $1 AND token {EQ} $2 AND state {EQ} 'in_progress' \
          AND expires_at {GT} pg_catalog.clock_timestamp()"
@@ -114,7 +119,9 @@ pub(crate) fn flag_waiter_sql(t: &str) -> String {
     format!(
         "WITH flagged AS (UPDATE {t} SET waiters = true WHERE {held} AND NOT waiters \
            RETURNING expires_at) \
-         SELECT (EXTRACT(EPOCH FROM expires_at {MINUS} pg_catalog.clock_timestamp()) \
+         SELECT (EXTRACT(EPOCH FROM CASE \
+           WHEN expires_at {GT} (pg_catalog.clock_timestamp() {PLUS} {CAP}) THEN {CAP} \
+           ELSE expires_at {MINUS} pg_catalog.clock_timestamp() END) \
            {TIMES} 1000000)::pg_catalog.int8 \
          FROM (SELECT expires_at FROM flagged \
            UNION ALL SELECT expires_at FROM {t} WHERE {held} AND waiters) AS held LIMIT 1"

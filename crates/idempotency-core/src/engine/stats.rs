@@ -41,7 +41,9 @@ pub mod names {
     /// `policy` (nothing to answer from: the failure policy applied).
     pub const WRITE_REFUSED: &str = "idempotency_write_refused_total";
     /// Waits of duplicates on a store that notifies, labelled by `result`: `changed` (woken by
-    /// a completion, release or delete) or `timed_out` (the safety re-read followed).
+    /// a completion, release or delete, or at the end of the lease the waiter found: lapsed,
+    /// or extended by a first attempt that renews it, which counts one per lease period) or
+    /// `timed_out` (the safety re-read followed).
     pub const WAKE_UPS: &str = "idempotency_in_progress_wake_ups_total";
     /// Store operation latency in seconds, labelled by `op`.
     pub const STORE_LATENCY: &str = "idempotency_store_op_duration_seconds";
