@@ -7,14 +7,13 @@
 //! pipeline back until the lease has lapsed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotency_core::{
-    Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record, StoreKey, Waited, codec,
-    unix_millis_now,
-};
+use idempotency_core::{IdempotencyStore, StoreKey, Waited};
 use idempotency_redis::RedisStore;
 use idempotency_redis::redis;
 use idempotency_testkit::fixtures::RedisServer;
@@ -95,19 +94,7 @@ async fn a_lease_that_lapses_between_get_and_pttl_ends_the_wait() {
         .await
         .unwrap();
     let k = StoreKey::from_raw("lapses-between-get-and-pttl");
-    let record = InProgress {
-        token: LeaseToken::generate(),
-        fingerprint: Fingerprint::of("a"),
-        created_at_ms: unix_millis_now(),
-    };
-    let () = redis::cmd("SET")
-        .arg(k.as_str())
-        .arg(codec::encode(&Record::InProgress(record.clone())))
-        .arg("PX")
-        .arg(200)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let record = common::put_in_progress(&mut admin, &k, 200).await;
     armed.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let waited = store

@@ -2,12 +2,14 @@
 //! their own (so `INFO commandstats` counts only this test's commands).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Begin, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, InProgress,
-    LeaseToken, Record, Scope, StoreKey, StoredOutcome, Waited, codec, lua, unix_millis_now,
+    Begin, Completed, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, Record, Scope,
+    StoreKey, StoredOutcome, Waited, lua, unix_millis_now,
 };
 use idempotency_redis::RedisStore;
 use idempotency_redis::redis::{self, aio::MultiplexedConnection};
@@ -225,19 +227,7 @@ async fn a_lease_longer_than_any_instant_leaves_the_wait_to_its_timeout() {
         .expect("connect");
     let mut admin = admin(&server).await;
     let k = StoreKey::from_raw("endless-lease");
-    let record = InProgress {
-        token: LeaseToken::generate(),
-        fingerprint: Fingerprint::of("a"),
-        created_at_ms: unix_millis_now(),
-    };
-    let () = redis::cmd("SET")
-        .arg(k.as_str())
-        .arg(codec::encode(&Record::InProgress(record.clone())))
-        .arg("PX")
-        .arg(i64::MAX / 2)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let record = common::put_in_progress(&mut admin, &k, i64::MAX / 2).await;
     let started = Instant::now();
     let waited = store
         .wait_for_change(&k, &record.token, Duration::from_millis(300))

@@ -155,3 +155,27 @@ pub fn completed(
         outcome,
     }
 }
+
+/// Write an in-progress record (a fresh token) under `key` by hand, with `PX px_ms`: a claim
+/// whose owner is gone, for the wait tests. Returns the record written.
+pub async fn put_in_progress(
+    conn: &mut impl ConnectionLike,
+    key: &StoreKey,
+    px_ms: i64,
+) -> idempotency_core::InProgress {
+    use idempotency_core::{Fingerprint, InProgress, LeaseToken, Record, codec, unix_millis_now};
+    let record = InProgress {
+        token: LeaseToken::generate(),
+        fingerprint: Fingerprint::of("a"),
+        created_at_ms: unix_millis_now(),
+    };
+    let () = idempotency_redis::redis::cmd("SET")
+        .arg(key.as_str())
+        .arg(codec::encode(&Record::InProgress(record.clone())))
+        .arg("PX")
+        .arg(px_ms)
+        .query_async(conn)
+        .await
+        .unwrap();
+    record
+}
