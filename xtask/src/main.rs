@@ -110,8 +110,13 @@ fn test(extra: &[String]) -> Result<(), String> {
     ]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     step("cargo doc (-D warnings)", doc)?;
+    let provisioning = std::time::Instant::now();
     provision::ensure_test_servers(testcontainers)?;
     provision::ensure_valkey()?;
+    eprintln!(
+        "<== test servers ready after {:.1} s",
+        provisioning.elapsed().as_secs_f64()
+    );
     let mut args = vec!["test", "--workspace"];
     args.extend_from_slice(features);
     args.extend(extra.iter().map(String::as_str));
@@ -389,9 +394,16 @@ fn is_cargo_run_variable(name: &str) -> bool {
 
 fn step(name: &str, mut command: Command) -> Result<(), String> {
     eprintln!("==> {name}");
+    let started = std::time::Instant::now();
     let status = command
         .status()
         .map_err(|e| format!("could not start `{name}`: {e}"))?;
+    // How long each step took, so that a slow CI run says where its time went.
+    eprintln!(
+        "<== {name}: {} after {:.1} s",
+        if status.success() { "ok" } else { "failed" },
+        started.elapsed().as_secs_f64()
+    );
     if status.success() {
         Ok(())
     } else {
