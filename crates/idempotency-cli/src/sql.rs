@@ -109,12 +109,15 @@ impl SqlNode {
         Ok(live)
     }
 
-    /// The rows in the table (live or expired and not purged yet).
+    /// The rows in the table (live or expired and not purged yet). On Postgres `count` is
+    /// `pg_catalog`'s, as in [`scan_sql`]: a `count(*)` aggregate in a schema earlier in the
+    /// connection's `search_path` would otherwise answer.
     pub(crate) async fn rows(&self) -> Result<u64, CliError> {
-        let sql = format!("SELECT COUNT(*) FROM {}", self.table);
         let rows: i64 = if let Some(pg) = self.store.as_postgres() {
+            let sql = format!("SELECT pg_catalog.count(*) FROM {}", self.table);
             sqlx::query_scalar(&sql).fetch_one(pg.pool()).await
         } else if let Some(lite) = self.store.as_sqlite() {
+            let sql = format!("SELECT COUNT(*) FROM {}", self.table);
             sqlx::query_scalar(&sql).fetch_one(lite.pool()).await
         } else {
             return Err(CliError::Keyspace("not the SQL store".into()));

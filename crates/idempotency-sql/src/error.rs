@@ -11,8 +11,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SqlStoreError {
-    /// The table name is not a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 63
-    /// bytes; Postgres also accepts `schema.table`).
+    /// The table name is not a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 48
+    /// bytes, so that `<table>_migrations` and `<table>_expires_at` fit Postgres's 63; Postgres
+    /// also accepts `schema.table`, each part so).
     #[error("invalid table name {name:?}: use letters, digits and `_` (Postgres: `schema.table`)")]
     InvalidTableName {
         /// The refused name.
@@ -70,6 +71,22 @@ pub enum SqlStoreError {
     NoSchema {
         /// The table, as configured.
         table: String,
+    },
+    /// Postgres, a table named without a schema: the name resolves to the connection's own
+    /// temporary schema (`pg_temp_N`): a temporary table of that name exists on the connection
+    /// that built the store, or `pg_temp` comes first in its `search_path` (then `migrate()`
+    /// would create the records as a temporary table, dropped when that connection closes).
+    /// The pool's other connections cannot use a temporary table. Nothing was created.
+    #[error(
+        "table {table} resolves to the connection's temporary schema {schema}, which the pool's \
+         other connections cannot use: drop the temporary table of that name, put pg_temp \
+         after the other schemas of search_path, or name the table `schema.table`"
+    )]
+    TemporarySchema {
+        /// The table, as configured.
+        table: String,
+        /// The temporary schema it resolved to (`pg_temp_N`).
+        schema: String,
     },
     /// The database failed while checking or migrating the schema.
     #[error("database error while checking or migrating the idempotency table")]

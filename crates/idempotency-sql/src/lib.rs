@@ -159,6 +159,28 @@
 //! qualified name;
 //! [`PostgresStore::table`], the `LISTEN` channel and the migration lock keep the configured
 //! one.
+//!
+//! What a name without a schema resolves to is decided by each store when it is built: an
+//! instance started after a table of the name appeared earlier in its path, or whose
+//! `search_path` differs, resolves to another table than one started before; and a table
+//! dropped and created again in another schema is not followed (the statements fail,
+//! `StoreError::Backend` with SQLSTATE `42P01`, until the store is built again). For one table
+//! whatever the paths and start times, name it `schema.table`, and the same way on every
+//! instance: the `LISTEN` channel is derived from the configured text, so waiters of an
+//! instance configured `idempotency_records` are not woken by completions of one configured
+//! `public.idempotency_records` (they re-read at the end of their `max_wait`); `migrate()`
+//! serialises with either (a name without a schema also takes the lock of `schema.table` once
+//! resolved). Tables of one name in several schemas (a schema per tenant) share the channel: a
+//! notification for another tenant's key of the same text costs a waiter one re-read. The
+//! name is always quoted, so case matters: `Records` is the table `"Records"`, not the
+//! `records` an unquoted `CREATE TABLE Records` makes. A name that resolves to a relation that
+//! is not a table (a materialized view, sequence, index, composite type or foreign table) is
+//! [`SqlStoreError::WrongShape`] / [`SqlStoreError::NotMigratable`] naming what it is; a simple
+//! view over the records table is used as it is by `build()` (`migrate()` cannot index a
+//! view: apply the migrations to its table). A name that resolves to the connection's own
+//! temporary schema (a temporary table of that name on the connection that builds the store,
+//! or `pg_temp` first in `search_path`) is [`SqlStoreError::TemporarySchema`]: no other
+//! connection of the pool could use it.
 //! - `try_claim`: `INSERT … ON CONFLICT (store_key) DO UPDATE SET col = CASE WHEN expired THEN
 //!   excluded.col ELSE col END, … RETURNING (token = $new_token) AS claimed, …`. The upsert
 //!   always touches the row, so `RETURNING` always yields it as it is after the statement: ours

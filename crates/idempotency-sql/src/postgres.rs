@@ -320,7 +320,10 @@ pub struct PostgresStoreBuilder {
 
 impl PostgresStoreBuilder {
     /// The records table (default `idempotency_records`); `schema.table` is accepted. Letters,
-    /// digits and `_` only, at most 48 bytes per part.
+    /// digits and `_` only, at most 48 bytes per part. Used quoted, so case matters: `Records`
+    /// is the table `"Records"` (as `migrate()` creates it), not the `records` an unquoted
+    /// `CREATE TABLE Records` makes. Configure it the same way on every instance (see the crate
+    /// docs, "Statements": the notification channel is derived from this text).
     pub fn table(mut self, name: impl Into<String>) -> Self {
         self.table = name.into();
         self
@@ -358,14 +361,17 @@ impl PostgresStoreBuilder {
     ///
     /// # Errors
     /// [`SqlStoreError::MissingTable`] / [`SqlStoreError::WrongShape`] naming the migration to
-    /// run, [`SqlStoreError::InvalidTableName`], or [`SqlStoreError::Database`].
+    /// run (`WrongShape` also for a relation of the name that is not a table: a materialized
+    /// view, a sequence, …), [`SqlStoreError::TemporarySchema`] when the name resolves to the
+    /// connection's temporary schema, [`SqlStoreError::InvalidTableName`], or
+    /// [`SqlStoreError::Database`].
     pub async fn build(self) -> Result<PostgresStore, SqlStoreError> {
         let given = Table::parse(&self.table, true)?;
         let table = if given.schema.is_some() {
             given
         } else {
             match schema_of(&self.pool, &given).await? {
-                Some(schema) => given.in_schema(&schema),
+                Some(schema) => pinned(given, &schema)?,
                 None => {
                     return Err(SqlStoreError::MissingTable {
                         table: given.name,
@@ -379,10 +385,15 @@ impl PostgresStoreBuilder {
 
     /// [`build`](Self::build) on `table`, schema-qualified when it was resolved.
     async fn build_on(self, table: Table) -> Result<PostgresStore, SqlStoreError> {
-        let exists: bool = sqlx::query_scalar(TABLE_EXISTS)
-            .bind(&table.quoted)
-            .fetch_one(&self.pool)
-            .await?;
+        let kind = relation_kind(&self.pool, &table).await?;
+        if let Some(detail) = kind.as_deref().and_then(not_a_table) {
+            return Err(SqlStoreError::WrongShape {
+                table: table.name,
+                detail,
+                migration: crate::migrate::CURRENT,
+            });
+        }
+        let exists = kind.is_some();
         let columns = if exists {
             Base::columns(&self.pool, &table).await?
         } else {
@@ -413,7 +424,8 @@ impl PostgresStoreBuilder {
 
     /// Apply the migrations this version knows and has not applied yet (recorded in
     /// `<table>_migrations`), then [`build`](Self::build). Safe to run at every start and from
-    /// several instances at once (a transaction-scoped advisory lock serialises them).
+    /// several instances at once (a transaction-scoped advisory lock serialises them, also an
+    /// instance that names the table `schema.table` with one that names it without a schema).
     ///
     /// A table named without a schema is resolved once, under the lock: where the connection's
     /// `search_path` finds an existing table of that name (`to_regclass`; an install made by
@@ -424,9 +436,11 @@ impl PostgresStoreBuilder {
     ///
     /// # Errors
     /// As [`build`](Self::build); [`SqlStoreError::NotMigratable`] when the table exists with a
-    /// shape the migrations cannot repair (checked before any migration runs or is recorded);
+    /// shape the migrations cannot repair, or a relation of the name that is not a table
+    /// (checked before any migration runs or is recorded);
     /// [`SqlStoreError::NoSchema`] when the table is named without a schema, does not exist, and
-    /// no schema of the connection's `search_path` exists; [`SqlStoreError::Database`] when a
+    /// no schema of the connection's `search_path` exists; [`SqlStoreError::TemporarySchema`]
+    /// when it resolves to the connection's temporary schema; [`SqlStoreError::Database`] when a
     /// migration fails (nothing of it is applied: each run is one transaction).
     pub async fn migrate(self) -> Result<PostgresStore, SqlStoreError> {
         let given = Table::parse(&self.table, true)?;
@@ -447,15 +461,77 @@ impl PostgresStoreBuilder {
                         .await?
                 }
             };
-            match schema {
-                Some(schema) => given.in_schema(&schema),
+            let table = match schema {
+                Some(schema) => pinned(given, &schema)?,
                 None => return Err(SqlStoreError::NoSchema { table: given.name }),
+            };
+            // Also the lock of an instance that names the same table with its schema
+            // (`schema.table`), so that the two serialise too. Taken second, and that instance
+            // takes only this one: no deadlock.
+            if let Some(schema) = &table.schema {
+                sqlx::query(MIGRATION_LOCK)
+                    .bind(format!("idempotency-sql:{schema}.{}", table.bare))
+                    .execute(&mut *tx)
+                    .await?;
             }
+            table
         };
+        let kind = relation_kind(&mut *tx, &table).await?;
+        if let Some(detail) = kind.as_deref().and_then(not_a_table) {
+            return Err(SqlStoreError::NotMigratable {
+                table: table.name,
+                detail,
+                migration: crate::migrate::CURRENT,
+            });
+        }
         Base::migrate_in(&mut tx, &table).await?;
         tx.commit().await?;
         self.build_on(table).await
     }
+}
+
+/// `table` (named without a schema) pinned to `schema`, where it resolved; refused when that is
+/// the connection's own temporary schema (`pg_temp_N`: a temporary table of the name on the
+/// connection, or `pg_temp` first in its `search_path`), which no other connection of the pool
+/// can use. (No other schema's name can start with `pg_`: Postgres reserves the prefix.)
+fn pinned(given: Table, schema: &str) -> Result<Table, SqlStoreError> {
+    if schema.starts_with("pg_temp_") {
+        return Err(SqlStoreError::TemporarySchema {
+            table: given.name,
+            schema: schema.to_owned(),
+        });
+    }
+    Ok(given.in_schema(schema))
+}
+
+/// The kind of the relation `table` names (`pg_class.relkind`: `r` a table, `p` a
+/// partitioned table, `v` a view, …); `None` when no relation of that name exists.
+async fn relation_kind<'e, E: 'e + Executor<'e, Database = Postgres>>(
+    executor: E,
+    table: &Table,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(RELATION_KIND)
+        .bind(&table.quoted)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Why a relation of kind `kind` cannot hold the records (`None`: a table, a partitioned table,
+/// or a view, which Postgres can update through when it is a simple one over the records
+/// table). A materialized view, a sequence, an index or a composite type of the name used to
+/// pass `build()` when its columns matched, and every statement failed afterwards.
+fn not_a_table(kind: &str) -> Option<String> {
+    let what = match kind {
+        "r" | "p" | "v" => return None,
+        "m" => "a materialized view",
+        "S" => "a sequence",
+        "i" | "I" => "an index",
+        "c" => "a composite type",
+        "f" => "a foreign table (no `ON CONFLICT … DO UPDATE` on it)",
+        "t" => "a TOAST table",
+        other => return Some(format!("it is a relation of kind `{other}`, not a table")),
+    };
+    Some(format!("it is {what}, not a table"))
 }
 
 /// The schema in which `table` (named without a schema) resolves through the connection's
@@ -485,8 +561,9 @@ async fn schema_of<'e, E: 'e + Executor<'e, Database = Postgres>>(
 // The constants below cannot use `op`'s names (no `format!` in a `const`): they spell
 // `OPERATOR(pg_catalog.…)` out.
 
-/// Whether the table `$1` (quoted name) exists.
-const TABLE_EXISTS: &str = "SELECT pg_catalog.to_regclass($1) IS NOT NULL";
+/// The kind (`pg_class.relkind`) of the relation `$1` (quoted name); no row when none exists.
+const RELATION_KIND: &str = "SELECT c.relkind::pg_catalog.text FROM pg_catalog.pg_class c \
+     WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)";
 
 /// The schema (unquoted, as the catalog holds it) of the table `$1` (quoted name, without a
 /// schema) as the connection's `search_path` resolves it; no row when none is found.
@@ -500,7 +577,9 @@ const SCHEMA_OF: &str = "SELECT n.nspname::pg_catalog.text \
 const CURRENT_SCHEMA: &str = "SELECT pg_catalog.current_schema()::pg_catalog.text";
 
 /// The transaction-scoped advisory lock that serialises `migrate()` runs on one table (`$1`:
-/// `idempotency-sql:<table>`).
+/// `idempotency-sql:<table>`, the name as configured; a name configured without a schema also
+/// takes `idempotency-sql:<schema>.<table>` once resolved, the lock of an instance configured
+/// with the schema).
 const MIGRATION_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))";
 
 /// The columns of the table `$1` (quoted name) and their types; none when it does not exist.
@@ -1191,7 +1270,7 @@ mod tests {
         statements.extend([
             bound_lock_wait_sql("900"),
             flag_waiter_sql("\"t\""),
-            TABLE_EXISTS.to_owned(),
+            RELATION_KIND.to_owned(),
             SCHEMA_OF.to_owned(),
             CURRENT_SCHEMA.to_owned(),
             MIGRATION_LOCK.to_owned(),

@@ -70,7 +70,7 @@ pub async fn until_flagged(store: &PostgresStore, key: &StoreKey) {
     loop {
         let flagged: Option<bool> = sqlx::query_scalar(&format!(
             "SELECT waiters FROM {} WHERE store_key = $1",
-            store.table()
+            store.quoted_table()
         ))
         .bind(key.as_str())
         .fetch_optional(store.pool())
