@@ -272,9 +272,7 @@ async fn connection_failures_are_retried_until_the_server_is_up() {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", reserved.release()))
-            .await
-            .unwrap();
+        let listener = reserved.listen(1024).unwrap();
         axum::serve(listener, app).await
     });
     let response = client(RetryPolicy {

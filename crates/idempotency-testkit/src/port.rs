@@ -30,11 +30,15 @@ use tokio::net::TcpSocket;
 /// # let _ = url;
 /// ```
 ///
-/// A test that starts a real server on the port later (a store down at start-up, then up)
-/// holds the value until then and calls [`release`](Self::release) right before the server
-/// binds. Only the moment between the two is unprotected (a bind on port 0 elsewhere could
-/// take the port then, as with any free-port probe); the server's own bind then fails, which
-/// is loud, rather than the test silently talking to another server.
+/// A test that starts a server on the port later (a store down at start-up, then up) holds the
+/// value until then:
+/// - a server in this process takes the port with [`listen`](Self::listen): the reserved
+///   socket itself starts listening, so the port is never free in between;
+/// - a server in another process (a `redis-server` child) needs the port free: call
+///   [`release`](Self::release) right before it binds, and retry its start on `AddrInUse`.
+///   Only the moment between the two is unprotected (a bind on port 0 elsewhere could take the
+///   port then, as with any free-port probe); the server's own bind then fails, which is loud,
+///   rather than the test silently talking to another server.
 #[derive(Debug)]
 pub struct RefusedPort {
     socket: TcpSocket,
@@ -97,13 +101,41 @@ impl RefusedPort {
         self.addr
     }
 
-    /// Free the port, for a server the test starts on it **right after** this call (the
-    /// port is returned). Between this call and the server's bind the port is unprotected:
-    /// keep that moment short (release, then bind, with nothing in between that waits).
+    /// Free the port, for a server in another process that the test starts on it **right
+    /// after** this call (the port is returned). Between this call and the server's bind the
+    /// port is unprotected: keep that moment short (release, then bind, with nothing in
+    /// between that waits). For a server in this process, [`listen`](Self::listen) has no
+    /// such moment.
+    ///
+    /// The port may not be free at once: a child process that another thread of this process
+    /// is spawning at that moment holds a copy of every socket of the process, this one
+    /// included, until it `exec`s (sockets are close-on-exec, so only that long: microseconds
+    /// to a few milliseconds). A bind right after `release` can fail with `AddrInUse` then;
+    /// whatever binds the port should retry briefly (the fixtures' `restart` does). The same
+    /// holds for any socket a test closes, a listener's included.
     pub fn release(self) -> u16 {
         let port = self.port();
         drop(self.socket);
         port
+    }
+
+    /// Start listening on the reserved port, for a server in this process (an `axum::serve`
+    /// started late, say). The reserved socket itself becomes the listener, so the port is
+    /// never free between the reservation and the server: no other socket can take it, and
+    /// no other thread's process spawn can keep it busy (see [`release`](Self::release)).
+    ///
+    /// `backlog` is `listen(2)`'s: the most connections the kernel queues before the server
+    /// accepts them.
+    ///
+    /// # Errors
+    /// As `listen(2)` (it does not fail on a socket bound as this one is, short of resource
+    /// exhaustion).
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime with IO enabled (the listener registers with its
+    /// reactor), as [`tokio::net::TcpSocket::listen`].
+    pub fn listen(self, backlog: u32) -> io::Result<tokio::net::TcpListener> {
+        self.socket.listen(backlog)
     }
 }
 
@@ -118,6 +150,9 @@ impl Default for RefusedPort {
 mod tests {
     use std::io::ErrorKind;
     use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
 
     use super::RefusedPort;
 
@@ -161,22 +196,91 @@ mod tests {
         }
     }
 
+    /// `bind` again while it fails with `AddrInUse`, for at most 5 s: a socket this process
+    /// just closed can stay busy while another thread's process spawn holds a copy of it,
+    /// until that child `exec`s (see [`RefusedPort::release`]). Any other error, or a port
+    /// still busy after 5 s, is returned.
+    fn bind_retrying<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match bind() {
+                Err(error) if error.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
     #[test]
     fn a_server_binds_the_port_after_release() {
         let reserved = RefusedPort::new();
         let addr = reserved.addr();
         let port = reserved.release();
         assert_eq!(port, addr.port());
-        let listener = TcpListener::bind(addr).unwrap();
+        let listener = bind_retrying(|| TcpListener::bind(addr)).unwrap();
         let _client = TcpStream::connect(addr).unwrap();
         drop(listener);
         // And reserved again once the server is gone.
-        let again = RefusedPort::reserve(port).unwrap();
+        let again = bind_retrying(|| RefusedPort::reserve(port)).unwrap();
         assert_eq!(again.port(), port);
         assert_eq!(
             TcpStream::connect(addr).unwrap_err().kind(),
             ErrorKind::ConnectionRefused
         );
+    }
+
+    /// Another thread spawning child processes all along (as the fixtures do when they start
+    /// servers, in the same test binary): a closed socket's port is busy for a moment while a
+    /// child holds its copy. CI once failed `a_server_binds_the_port_after_release` so (an
+    /// immediate `reserve` after the listener's drop: `AddrInUse`, 17 runs in 100 of this
+    /// crate's tests). `listen` never frees the port; a release is bindable again within the
+    /// retry.
+    #[test]
+    fn reservations_hold_while_another_thread_spawns_processes() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spawner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut spawned = 0_u32;
+                while !stop.load(Ordering::Relaxed) {
+                    // `true(1)`, or anything that execs: only the fork-to-exec moment matters.
+                    let _ = std::process::Command::new("true").status();
+                    spawned += 1;
+                }
+                spawned
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        for _ in 0..200 {
+            // In-process server: the reserved socket listens, an accept is served.
+            let reserved = RefusedPort::new();
+            let addr = reserved.addr();
+            runtime.block_on(async {
+                let listener = reserved.listen(16).unwrap();
+                assert_eq!(listener.local_addr().unwrap(), addr);
+                let (connected, accepted) =
+                    tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+                connected.unwrap();
+                assert_eq!(accepted.unwrap().0.local_addr().unwrap(), addr);
+            });
+            // Released, then bound (retrying a busy moment), then reserved again.
+            let reserved = RefusedPort::new();
+            let port = reserved.release();
+            let listener = bind_retrying(|| TcpListener::bind(("127.0.0.1", port))).unwrap();
+            drop(listener);
+            let again = bind_retrying(|| RefusedPort::reserve(port)).unwrap();
+            assert_eq!(
+                TcpStream::connect(again.addr()).unwrap_err().kind(),
+                ErrorKind::ConnectionRefused
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        let spawned = spawner.join().unwrap();
+        assert!(spawned > 0, "the spawning thread never ran");
     }
 
     #[test]
@@ -195,7 +299,7 @@ mod tests {
         let strict = RefusedPort::reserve(addr.port()).unwrap_err();
         assert_eq!(strict.kind(), ErrorKind::AddrInUse, "{strict}");
         // ...the one after a stop is not.
-        let reserved = RefusedPort::reserve_after_stop(addr.port()).unwrap();
+        let reserved = bind_retrying(|| RefusedPort::reserve_after_stop(addr.port())).unwrap();
         assert_eq!(
             TcpStream::connect(addr).unwrap_err().kind(),
             ErrorKind::ConnectionRefused
@@ -207,6 +311,6 @@ mod tests {
         }
         // The server restarts on it once released.
         reserved.release();
-        let _restarted = TcpListener::bind(addr).unwrap();
+        let _restarted = bind_retrying(|| TcpListener::bind(addr)).unwrap();
     }
 }
