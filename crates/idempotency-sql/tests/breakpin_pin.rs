@@ -8,42 +8,13 @@
 
 mod common;
 
-use std::str::FromStr as _;
 use std::time::Duration;
 
 use common::orders::identifier;
+use common::{fresh_database, pool_on};
 use idempotency_core::{Claim, Fingerprint, IdempotencyStore, InProgress, LeaseToken, StoreKey};
-use idempotency_sql::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use idempotency_sql::sqlx::postgres::PgPool;
 use idempotency_sql::{PostgresStore, SqlStoreError, sqlx};
-
-/// A fresh database on the shared server (`name` + a unique suffix): its URL.
-async fn fresh_database(name: &str) -> String {
-    let database = identifier(name);
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&common::pg_pool(1).await)
-        .await
-        .expect("create database");
-    common::shared_server()
-        .url()
-        .rsplit_once('/')
-        .map(|(base, _)| format!("{base}/{database}"))
-        .expect("url with a database")
-}
-
-/// A pool of up to `max` connections on `url` whose `search_path` is `path` (`None`: the
-/// database's default).
-async fn pool_on(url: &str, path: Option<&str>, max: u32) -> PgPool {
-    let mut connect = PgConnectOptions::from_str(url).expect("url");
-    if let Some(path) = path {
-        connect = connect.options([("search_path", path)]);
-    }
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(connect)
-        .await
-        .expect("pool")
-}
 
 async fn execute(pool: &PgPool, sql: &str) {
     sqlx::raw_sql(sql).execute(pool).await.expect(sql);
@@ -81,7 +52,7 @@ const COLUMNS: &str = "store_key text, state text, token bytea, fingerprint byte
 /// store can use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relation_of_the_name_that_is_not_a_table_is_refused() {
-    let url = fresh_database("breakpin_kind").await;
+    let (_, url) = fresh_database("breakpin_kind").await;
     let admin = pool_on(&url, None, 2).await;
     execute(&admin, "CREATE SCHEMA real").await;
     PostgresStore::builder(admin.clone())
@@ -166,7 +137,7 @@ async fn a_relation_of_the_name_that_is_not_a_table_is_refused() {
 /// when that connection closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connections_temporary_schema_is_never_pinned() {
-    let url = fresh_database("breakpin_temp").await;
+    let (_, url) = fresh_database("breakpin_temp").await;
     let one = pool_on(&url, None, 1).await;
     PostgresStore::builder(one.clone())
         .migrate()
@@ -229,7 +200,7 @@ async fn the_connections_temporary_schema_is_never_pinned() {
 /// `pg_type_typname_nsp_index`, or 42P07) — the instance's start-up failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_serialises_with_an_instance_naming_the_schema() {
-    let url = fresh_database("breakpin_lock").await;
+    let (_, url) = fresh_database("breakpin_lock").await;
     let admin = pool_on(&url, None, 2).await;
     let mut failures = Vec::new();
     for round in 0..20 {

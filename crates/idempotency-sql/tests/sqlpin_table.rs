@@ -8,45 +8,16 @@
 
 mod common;
 
-use std::str::FromStr as _;
 use std::time::Duration;
 
 use common::orders::{Fixture, claim, identifier};
+use common::{fresh_database, pool_on};
 use idempotency_core::{
     Claim, Completed, Fenced, Fingerprint, IdempotencyKey, IdempotencyStore, InProgress,
     LeaseToken, Record, StoreKey, StoredOutcome,
 };
-use idempotency_sql::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use idempotency_sql::sqlx::postgres::PgPool;
 use idempotency_sql::{PostgresStore, SqlStoreError, sqlx};
-
-/// A fresh database on the shared server (`name` + a unique suffix): its name and URL.
-async fn fresh_database(name: &str) -> (String, String) {
-    let database = identifier(name);
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&common::pg_pool(1).await)
-        .await
-        .expect("create database");
-    common::shared_server()
-        .url()
-        .rsplit_once('/')
-        .map(|(base, _)| (database.clone(), format!("{base}/{database}")))
-        .expect("url with a database")
-}
-
-/// A pool of up to `max` connections on `url`, each starting with `search_path` = `path`
-/// (`None`: the database's default).
-async fn pool_on(url: &str, path: Option<&str>, max: u32) -> PgPool {
-    let mut connect = PgConnectOptions::from_str(url).expect("url");
-    if let Some(path) = path {
-        connect = connect.options([("search_path", path)]);
-    }
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(connect)
-        .await
-        .expect("pool")
-}
 
 async fn execute(pool: &PgPool, sql: &str) {
     sqlx::query(sql).execute(pool).await.expect(sql);

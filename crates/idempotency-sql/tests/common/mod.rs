@@ -2,11 +2,12 @@
 //! suite's harnesses over both stores.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use std::str::FromStr as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
-use idempotency_sql::sqlx::postgres::{PgPool, PgPoolOptions};
+use idempotency_sql::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use idempotency_sql::sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
 use idempotency_testkit::fixtures::PostgresServer;
@@ -30,6 +31,35 @@ pub async fn pg_pool(max: u32) -> PgPool {
         .connect(shared_server().url())
         .await
         .expect("connecting to the shared postgres server")
+}
+
+/// A fresh database on the shared server (`name` + a unique suffix): its name and URL.
+pub async fn fresh_database(name: &str) -> (String, String) {
+    let database = orders::identifier(name);
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&pg_pool(1).await)
+        .await
+        .expect("create database");
+    shared_server()
+        .url()
+        .rsplit_once('/')
+        .map(|(base, _)| (database.clone(), format!("{base}/{database}")))
+        .expect("url with a database")
+}
+
+/// A pool of up to `max` connections on `url`, each starting with `search_path` = `path`
+/// (`None`: the database's default).
+pub async fn pool_on(url: &str, path: Option<&str>, max: u32) -> PgPool {
+    let mut connect = PgConnectOptions::from_str(url).expect("url");
+    if let Some(path) = path {
+        connect = connect.options([("search_path", path)]);
+    }
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(connect)
+        .await
+        .expect("pool")
 }
 
 /// A migrated store on the default table of the shared server.
