@@ -15,7 +15,10 @@
 //!   `4xx`, which would fail again the same way, and never an answer marked
 //!   `Idempotent-Replayed: true` (the server's stored answer to this key: a retry would get the
 //!   same bytes). `Retry-After` (seconds or an HTTP date) is honoured; otherwise exponential
-//!   backoff with full jitter. Bounded by a number of attempts and a total time.
+//!   backoff with full jitter. Bounded by a number of attempts and a total time in which
+//!   attempts may start ([`RetryPolicy::max_elapsed`]); how long one attempt may take is the
+//!   client's or the request's timeout, which reqwest leaves unset: without one, a server that
+//!   accepts the connection and never answers holds the first attempt forever.
 //!
 //! # Retried statuses, and why
 //! Stripe's SDKs (the reference for this middleware) retry connection errors, `409` and every
@@ -59,7 +62,16 @@
 //!
 //! After the last attempt the last response is returned as it is (e.g. the final `503`), or
 //! the last transport error; the caller decides what to do next — and may retry later **with
-//! the same key** (read it from [`Outcome::key`]).
+//! the same key** (read it from [`Outcome::key`]). A transport error has no response and so
+//! no [`Outcome`]: the generated key is lost with it. When a request may have to be re-sent
+//! after one (e.g. its attempts all timed out: it may have run), set the key yourself
+//! (`Idempotency-Key` header, e.g. a `uuid::Uuid::now_v7()`) and keep it.
+//!
+//! # The key on the wire
+//! The generated key is sent bare (`Idempotency-Key: 0190…`), as Stripe's clients send it
+//! and as most servers (this workspace's included) accept it. The IETF draft makes the value
+//! a Structured Field String, quoted (`Idempotency-Key: "0190…"`); for a server that requires
+//! that form, set the key yourself, quoted: a caller's key is sent exactly as given.
 
 #![deny(missing_docs)]
 
@@ -124,7 +136,9 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Outcome {
-    /// The key sent with every attempt (`None`: the request had none and got none).
+    /// The key sent with every attempt (`None`: the request had none and got none). A caller's
+    /// key that is not UTF-8 is given lossily (`U+FFFD` for the bytes that are not); of
+    /// several `Idempotency-Key` headers, the first.
     pub key: Option<String>,
     /// Attempts made, the first included.
     pub attempts: u32,
@@ -195,19 +209,29 @@ impl Middleware for IdempotencyMiddleware {
         if self.policy.methods.contains(request.method())
             && !request.headers().contains_key(&header)
         {
-            let key = uuid::Uuid::now_v7().to_string();
-            match HeaderValue::from_str(&key) {
-                Ok(value) => {
-                    request.headers_mut().insert(header.clone(), value);
+            // A retry middleware outside this one (e.g. `reqwest-retry`) runs it again per
+            // attempt, with a copy of the request made before the key was set: the key
+            // generated for the first run is kept in this send's extensions and reused.
+            let value = match extensions.get::<GeneratedKey>() {
+                Some(GeneratedKey(value)) => Some(value.clone()),
+                None => {
+                    let key = uuid::Uuid::now_v7().to_string();
+                    HeaderValue::from_str(&key)
+                        .map_err(|_| unreachable_key(&key))
+                        .ok()
                 }
-                Err(_) => unreachable_key(&key),
+            };
+            if let Some(value) = value {
+                extensions.insert(GeneratedKey(value.clone()));
+                request.headers_mut().insert(header.clone(), value);
             }
         }
+        // Any value is a key, visible ASCII or not (`HeaderValue::from_str` takes UTF-8 text,
+        // `to_str` refuses it): every attempt carries the same bytes, so a retry is as safe.
         let key = request
             .headers()
             .get(&header)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let retryable = key.is_some() || self.policy.retry_without_key;
         let started = tokio::time::Instant::now();
         let mut attempt = 1u32;
@@ -235,7 +259,13 @@ impl Middleware for IdempotencyMiddleware {
             let next_try = match (spare, retry_after) {
                 (Some(spare), Some(retry_after)) => {
                     let delay = self.delay(attempt, retry_after);
-                    (started.elapsed() + delay <= self.policy.max_elapsed).then_some((spare, delay))
+                    // `checked_add`: the delay may come from a `Retry-After` of up to
+                    // `u64::MAX` seconds when `max_backoff` is unbounded.
+                    started
+                        .elapsed()
+                        .checked_add(delay)
+                        .is_some_and(|end| end <= self.policy.max_elapsed)
+                        .then_some((spare, delay))
                 }
                 _ => None,
             };
@@ -268,6 +298,10 @@ impl Middleware for IdempotencyMiddleware {
         }
     }
 }
+
+/// The key generated for one send (one logical request), in its middleware extensions.
+#[derive(Clone)]
+struct GeneratedKey(HeaderValue);
 
 /// A UUID's text is always a valid header value; kept out of line so the request path has no
 /// panic.
