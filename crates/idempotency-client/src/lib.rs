@@ -33,7 +33,8 @@
 //! workspace's layer does) and you want Stripe's behaviour.
 //! - **tells you what happened**: [`Outcome`] in the response's extensions says how many attempts
 //!   it took, which key was used and whether the answer was a replay (`Idempotent-Replayed:
-//!   true`, set by servers following Stripe and the IETF draft).
+//!   true`, Stripe's header, which servers following Stripe set; the IETF draft defines no
+//!   response header).
 //!
 //! ```no_run
 //! use idempotency_client::{IdempotencyMiddleware, Outcome};
@@ -85,7 +86,8 @@ use reqwest_middleware::{Middleware, Next};
 
 /// The request header carrying the key (draft-ietf-httpapi-idempotency-key-header).
 pub const KEY_HEADER: &str = "idempotency-key";
-/// The response header saying the answer is a replay of the first one (Stripe, the IETF draft).
+/// The response header saying the answer is a replay of the first one (Stripe's; the IETF
+/// draft defines no response header).
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// When and how often to retry. The defaults suit interactive calls: up to 8 attempts within

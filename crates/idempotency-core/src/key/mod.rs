@@ -32,7 +32,7 @@ use thiserror::Error;
 
 mod header;
 
-/// Longest accepted client key, in bytes (Stripe and the IETF draft use 255).
+/// Longest accepted client key, in bytes (Stripe's limit, 255; the IETF draft sets none).
 pub const MAX_KEY_LEN: usize = 255;
 
 /// Longest escaped scope kept whole in a store key, in bytes. A scope whose escaped form is
