@@ -10,6 +10,9 @@ use thiserror::Error;
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default time budget to open a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default largest reply body read (64 MiB): far above a record of the engine's default
+/// `max_outcome_size` (1 MiB), far below what a broken or hostile endpoint could stream.
+pub const DEFAULT_MAX_REPLY_SIZE: usize = 64 * 1024 * 1024;
 
 /// Environment variable pairs read by [`crate::KvRestStore::from_env`], in order (the core's
 /// [`KV_REST_ENV_PAIRS`]: Upstash names first, then the deprecated Vercel KV names).
@@ -59,6 +62,7 @@ pub struct KvRestConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) reconnect_attempts: usize,
     pub(crate) key_locking_scripts: bool,
+    pub(crate) max_reply_size: usize,
 }
 
 impl KvRestConfig {
@@ -87,6 +91,7 @@ impl KvRestConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             reconnect_attempts: 2,
             key_locking_scripts: true,
+            max_reply_size: DEFAULT_MAX_REPLY_SIZE,
         })
     }
 
@@ -108,8 +113,9 @@ impl KvRestConfig {
         ))
     }
 
-    /// Time budget of each store operation, i.e. one HTTP request (default 1 s). Past it the
-    /// operation fails with [`StoreError::Timeout`](idempotency_core::StoreError::Timeout).
+    /// Time budget of each store operation, i.e. one HTTP request (default 1 s), resends after
+    /// a connection failure included. Past it the operation fails with
+    /// [`StoreError::Timeout`](idempotency_core::StoreError::Timeout).
     /// Keep it at or below the engine's `store_timeout` so the store's typed error is the one
     /// reported. Same name and meaning as the Redis store's option.
     #[must_use]
@@ -127,7 +133,7 @@ impl KvRestConfig {
 
     /// How many times a request is sent again after a connection failure or a request cut off
     /// before any reply (default 2; never after an HTTP answer or a timeout), with exponential
-    /// back-off. Safe because every command the store sends is idempotent under the record
+    /// back-off, all within the one [`operation_timeout`](Self::operation_timeout). Safe because every command the store sends is idempotent under the record
     /// protocol. Same name as the Redis store's option.
     #[must_use]
     pub fn reconnect_attempts(mut self, attempts: usize) -> Self {
@@ -141,6 +147,16 @@ impl KvRestConfig {
     #[must_use]
     pub fn key_locking_scripts(mut self, enabled: bool) -> Self {
         self.key_locking_scripts = enabled;
+        self
+    }
+
+    /// Largest reply body read, in bytes (default [`DEFAULT_MAX_REPLY_SIZE`]). A longer reply
+    /// (announced by its `Content-Length` or streamed) is not read further and the operation
+    /// fails with `StoreError::Backend`. Raise it with the engine's `max_outcome_size` when
+    /// outcomes of tens of MiB are stored.
+    #[must_use]
+    pub fn max_reply_size(mut self, bytes: usize) -> Self {
+        self.max_reply_size = bytes;
         self
     }
 

@@ -18,10 +18,12 @@
 //! ```
 //!
 //! # Retries
-//! A request that fails to connect is retried (default twice). Every primitive is safe to send
-//! twice: a claim whose first reply was lost finds its own token and the engine treats it as
-//! claimed; a repeated completion under the same token is accepted. A request that got an HTTP
-//! answer is never retried.
+//! A request that fails to connect is retried (default twice), within the operation's
+//! [`KvRestConfig::operation_timeout`]. Every primitive is safe to send twice: a claim whose
+//! first reply was lost finds its own token and the engine treats it as claimed; a repeated
+//! completion under the same token is accepted. A request that got an HTTP answer is never
+//! retried, and redirects are not followed (a `3xx` is an answer: the command is not sent
+//! elsewhere, and no other server answers for the store).
 //!
 //! # Failures
 //! Errors map onto the core's typed `StoreError` exactly as the Redis store maps them, so the
@@ -30,10 +32,12 @@
 //! | condition | error |
 //! |---|---|
 //! | connection refused or cut off (after the resends), HTTP 5xx | `Unavailable` |
-//! | no answer within [`KvRestConfig::operation_timeout`] | `Timeout` |
+//! | no answer within [`KvRestConfig::operation_timeout`] (resends included) | `Timeout` |
 //! | `OOM command not allowed`, `READONLY` | `WriteRefused` |
-//! | any other Redis error reply (`NOPERM`, ...), HTTP 4xx, a reply the protocol never produces | `Backend` |
+//! | any other Redis error reply (`NOPERM`, ...), HTTP 3xx or 4xx, a reply the protocol never produces (a repeated `result` or `error` field included), a reply longer than [`KvRestConfig::max_reply_size`] | `Backend` |
 //! | a value under the key that is not a record, or not a string (`WRONGTYPE`) | `Corrupt` |
+//!
+//! Error messages quote at most [`REPLY_EXCERPT`] bytes of a reply.
 //!
 //! A fenced script that did not apply (`complete`, `release`, `extend` answering 0) re-reads the
 //! key, so a value that is not a record is reported `Corrupt` rather than "lease lost".
@@ -79,10 +83,27 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use crate::wire::{Answer, Arg, Reply};
 
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, ENV_PAIRS, KvRestConfig, KvRestConfigError,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, DEFAULT_OPERATION_TIMEOUT, ENV_PAIRS,
+    KvRestConfig, KvRestConfigError,
 };
 pub use idempotency_core;
 pub use reqwest;
+
+/// Most bytes of a reply quoted in an error message (the rest is counted, not copied).
+pub const REPLY_EXCERPT: usize = 1024;
+
+/// At most [`REPLY_EXCERPT`] bytes of `text` (cut at a character boundary), with the size of
+/// the whole when cut.
+fn excerpt(text: &str) -> String {
+    if text.len() <= REPLY_EXCERPT {
+        return text.to_owned();
+    }
+    let mut end = REPLY_EXCERPT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
 
 /// A script as sent: its text (with the optional Upstash flag line) and the SHA-1 of that text.
 #[derive(Debug, Clone)]
@@ -136,16 +157,27 @@ impl fmt::Debug for KvRestStore {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KvRestError {
-    /// Redis answered with an error reply, relayed by the REST API (`NOPERM ...`, `OOM ...`).
+    /// Redis answered with an error reply, relayed by the REST API (`NOPERM ...`, `OOM ...`;
+    /// at most [`REPLY_EXCERPT`] bytes of it).
     #[error("Redis error reply: {0}")]
     ErrorReply(String),
-    /// The REST API answered with an HTTP error status (its JSON `error`, or the body).
+    /// The REST API answered with an HTTP error status (its JSON `error`, or the body), or
+    /// a redirect (never followed).
     #[error("HTTP {status}: {message}")]
     Http {
         /// The HTTP status code.
         status: u16,
-        /// The `error` field of the reply, or the whole body.
+        /// The `error` field of the reply, or the body (at most [`REPLY_EXCERPT`] bytes).
         message: String,
+    },
+    /// The reply body is longer than [`KvRestConfig::max_reply_size`]; it was not read
+    /// further.
+    #[error("HTTP {status}: the reply is longer than {limit} bytes")]
+    TooLarge {
+        /// The HTTP status code.
+        status: u16,
+        /// The limit in force.
+        limit: usize,
     },
     /// The reply body is not JSON.
     #[error("HTTP {status}: the reply is not JSON")]
@@ -160,13 +192,13 @@ pub enum KvRestError {
     /// integers).
     #[error("cannot write the command as JSON")]
     Encode(#[source] serde_json::Error),
-    /// A reply the record protocol never produces (no `result`, a wrong type, an unknown
-    /// script answer).
+    /// A reply the record protocol never produces (no `result`, a repeated field, a wrong
+    /// type, an unknown script answer).
     #[error("unexpected reply to `{operation}`: {reply}")]
     UnexpectedReply {
         /// The store operation.
         operation: StoreOperation,
-        /// The reply, as JSON text.
+        /// The reply, as JSON text (at most [`REPLY_EXCERPT`] bytes).
         reply: String,
     },
 }
@@ -175,6 +207,8 @@ pub enum KvRestError {
 #[derive(Debug)]
 enum CallError {
     Transport(reqwest::Error),
+    /// The operation's time budget ran out before a resend could go out.
+    Timeout,
     /// An error reply from Redis (HTTP 400 with an `error` field).
     Redis(String),
     /// Any other answer that is not a `result`: HTTP errors, non-JSON, unexpected shapes.
@@ -188,6 +222,10 @@ impl CallError {
                 operation,
                 after: timeout,
             },
+            CallError::Timeout => StoreError::Timeout {
+                operation,
+                after: timeout,
+            },
             CallError::Transport(e) => StoreError::Unavailable {
                 source: Box::new(e),
             },
@@ -196,14 +234,15 @@ impl CallError {
             // the Redis store reports it), not a server failure.
             CallError::Redis(message) if is_wrong_type(&message) => {
                 StoreError::Corrupt(CorruptRecord::new(format!(
-                    "the key holds a value that is not a string (a hash, list, set...): {message}"
+                    "the key holds a value that is not a string (a hash, list, set...): {}",
+                    excerpt(&message)
                 )))
             }
             CallError::Redis(message) if is_write_refused(&message) => StoreError::WriteRefused {
-                source: Box::new(KvRestError::ErrorReply(message)),
+                source: Box::new(KvRestError::ErrorReply(excerpt(&message))),
             },
             CallError::Redis(message) => StoreError::Backend {
-                source: Box::new(KvRestError::ErrorReply(message)),
+                source: Box::new(KvRestError::ErrorReply(excerpt(&message))),
             },
             CallError::Reply(
                 reply @ (KvRestError::Http { status, .. } | KvRestError::NotJson { status, .. }),
@@ -222,7 +261,7 @@ fn unexpected(operation: StoreOperation, reply: &Answer) -> StoreError {
     StoreError::Backend {
         source: Box::new(KvRestError::UnexpectedReply {
             operation,
-            reply: reply.to_string(),
+            reply: excerpt(&reply.to_string()),
         }),
     }
 }
@@ -253,6 +292,9 @@ impl KvRestStore {
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            // A redirect is an answer: following it would send the command again, elsewhere,
+            // and take that server's reply (a 301/302 even as a body-less GET) for the store's.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(KvRestConfigError::Client)?;
         let locking = config.key_locking_scripts;
@@ -309,11 +351,18 @@ impl KvRestStore {
     /// Run one command (JSON form, `POST /`) and return its `result`.
     async fn call(&self, operation: StoreOperation, args: &[Arg<'_>]) -> Result<Answer, CallError> {
         let body = wire::body(args).map_err(|e| CallError::Reply(KvRestError::Encode(e)))?;
+        // One budget for the command, resends included.
+        let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
         let mut attempt = 0;
         loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(CallError::Timeout);
+            }
             let sent = self
                 .client
                 .post(self.url.clone())
+                .timeout(left)
                 .header(AUTHORIZATION, self.authorization.clone())
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 // A reference count, not a copy: a resend sends the same bytes.
@@ -333,7 +382,12 @@ impl KvRestStore {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "KV REST request did not get through; retrying");
                     // 20, 40, 80 ms ... capped at about 10 s.
-                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(10))).await;
+                    let pause = Duration::from_millis(10 << attempt.min(10));
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        // No time left to send again: the failure itself is the answer.
+                        return Err(CallError::Transport(e));
+                    }
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
                 Err(e) => return Err(CallError::Transport(e)),
@@ -341,22 +395,31 @@ impl KvRestStore {
             let status = response.status().as_u16();
             // A body cut off (or too slow) after the status line is a transport failure: the
             // timeout maps to `Timeout`, the rest to `Unavailable`; never resent.
-            let bytes = response.bytes().await.map_err(CallError::Transport)?;
+            let bytes = read_body(response, self.config.max_reply_size)
+                .await
+                .map_err(|e| match e {
+                    Some(e) => CallError::Transport(e),
+                    None => CallError::Reply(KvRestError::TooLarge {
+                        status,
+                        limit: self.config.max_reply_size,
+                    }),
+                })?;
             let reply = wire::parse_reply(&bytes)
                 .map_err(|source| CallError::Reply(KvRestError::NotJson { status, source }))?;
             return match reply {
                 Reply::Error(message) if status == 400 => Err(CallError::Redis(message)),
-                Reply::Error(message) => {
-                    Err(CallError::Reply(KvRestError::Http { status, message }))
-                }
+                Reply::Error(message) => Err(CallError::Reply(KvRestError::Http {
+                    status,
+                    message: excerpt(&message),
+                })),
                 _ if !(200..300).contains(&status) => Err(CallError::Reply(KvRestError::Http {
                     status,
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                    message: excerpt(&String::from_utf8_lossy(&bytes)),
                 })),
                 Reply::Result(answer) => Ok(answer),
                 Reply::Neither(text) => Err(CallError::Reply(KvRestError::UnexpectedReply {
                     operation,
-                    reply: text,
+                    reply: excerpt(&text),
                 })),
             };
         }
@@ -388,6 +451,46 @@ impl KvRestStore {
             _ => Err(unexpected(operation, &reply)),
         }
     }
+}
+
+/// The body of `response`, at most `limit` bytes: `Err(None)` past the limit (announced by
+/// `Content-Length` or streamed; the rest is not read), `Err(Some(_))` when reading fails.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, Option<reqwest::Error>> {
+    let announced = response.content_length();
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(None);
+    }
+    let Some(first) = response.chunk().await? else {
+        return Ok(bytes::Bytes::new());
+    };
+    if first.len() > limit {
+        return Err(None);
+    }
+    let Some(second) = response.chunk().await? else {
+        // The usual case (one chunk): no copy.
+        return Ok(first);
+    };
+    let capacity = announced.map_or(first.len() + second.len(), |length| {
+        usize::try_from(length).unwrap_or(limit)
+    });
+    // Not more than 1 MiB ahead of what arrived, whatever the announced length.
+    let mut body = bytes::BytesMut::with_capacity(capacity.min(limit).min(1 << 20));
+    for chunk in [first, second] {
+        if body.len() + chunk.len() > limit {
+            return Err(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// `EVALSHA sha 1 key args…` or `EVAL text 1 key args…`.

@@ -161,7 +161,8 @@ pub(crate) enum Reply {
     Error(String),
     /// `{"result": …}` (also `"result": null`).
     Result(Answer),
-    /// JSON, but neither of the two: its text.
+    /// JSON, but neither of the two, or an object with a repeated `result` or `error` (which
+    /// of the two is the answer is anyone's guess): its text.
     Neither(String),
 }
 
@@ -170,6 +171,8 @@ pub(crate) enum Reply {
 struct Fields {
     result: Option<Answer>,
     error: Option<Answer>,
+    /// `result` or `error` came more than once.
+    repeated: bool,
 }
 
 impl<'de> Deserialize<'de> for Fields {
@@ -191,6 +194,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
         let mut fields = Fields {
             result: None,
             error: None,
+            repeated: false,
         };
         while let Some(key) = map.next_key::<Key>()? {
             let slot = match key {
@@ -205,7 +209,10 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 }
             };
             if slot.is_some() {
-                return Err(de::Error::custom("repeated field"));
+                // Still decoded to the end: a body that is not JSON text is reported as such.
+                fields.repeated = true;
+                map.next_value::<Value>()?;
+                continue;
             }
             // `Some` also for a `null` value, so `"result": null` differs from no `result`.
             *slot = Some(map.next_value::<Answer>()?);
@@ -252,9 +259,12 @@ impl Visitor<'_> for KeyVisitor {
 pub(crate) fn parse_reply(body: &[u8]) -> Result<Reply, serde_json::Error> {
     let fields = match serde_json::from_slice::<Fields>(body) {
         Ok(fields) => fields,
-        // Not an object (or one with a repeated field): decode it whole, as before.
+        // Not an object: decode it whole, as before.
         Err(_) => return serde_json::from_slice::<Value>(body).map(reply_from_value),
     };
+    if fields.repeated {
+        return Ok(Reply::Neither(String::from_utf8_lossy(body).into_owned()));
+    }
     if let Some(error) = fields.error {
         return Ok(Reply::Error(match error {
             Answer::Text(text) => text,
@@ -337,8 +347,15 @@ mod tests {
             (r#"{"other":1}"#, Reply::Neither(r#"{"other":1}"#.into())),
             ("[1,2]", Reply::Neither("[1,2]".into())),
             ("3", Reply::Neither("3".into())),
-            // A repeated field: decoded whole, the last one wins (as a `Value` did).
-            (r#"{"result":1,"result":2}"#, Reply::Result(Answer::Int(2))),
+            // A repeated field: not an answer (the last one won before, silently).
+            (
+                r#"{"result":1,"result":2}"#,
+                Reply::Neither(r#"{"result":1,"result":2}"#.into()),
+            ),
+            (
+                r#"{"error":"a","result":1,"error":"b"}"#,
+                Reply::Neither(r#"{"error":"a","result":1,"error":"b"}"#.into()),
+            ),
         ];
         for (body, expected) in cases {
             assert_eq!(&parse_reply(body.as_bytes()).unwrap(), expected, "{body}");
