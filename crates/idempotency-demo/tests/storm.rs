@@ -29,6 +29,12 @@ fn keys(default: usize) -> usize {
 }
 
 async fn storm(backend: Backend, keys: usize) {
+    // Warnings (a store error behind a 503, say) in the test's captured output: shown when it
+    // fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
     let demo = Demo::start(backend).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(BATCH_KEYS * DUPLICATES)
@@ -78,8 +84,12 @@ async fn storm(backend: Backend, keys: usize) {
                 answers
                     .iter()
                     .all(|a| (200..300).contains(&a.status) || a.status == 409),
-                "key {k}: unexpected answers {:?}",
-                answers.iter().map(|a| a.status).collect::<Vec<_>>()
+                "key {k}: unexpected answers {:?}; first unexpected: {:?}",
+                answers.iter().map(|a| a.status).collect::<Vec<_>>(),
+                answers
+                    .iter()
+                    .find(|a| !(200..300).contains(&a.status) && a.status != 409)
+                    .map(|a| String::from_utf8_lossy(&a.body))
             );
             let executed: Vec<&&Answer> = ok.iter().filter(|a| !a.replayed).collect();
             assert_eq!(executed.len(), 1, "key {k}: {} executions", executed.len());

@@ -60,8 +60,24 @@ pub async fn store(backend: Backend) -> AnyStore {
         Backend::Rest => BackendKind::KvRest,
     };
     assert_eq!(store.kind(), expected);
+    if backend == Backend::Rest {
+        // The same store with the engine's budget (`STORE_TIMEOUT`) per operation: the
+        // selection builds it with the REST store's default, 1 s, which is the bound that
+        // counts (the engine's is the outer one). Every operation is a request to the
+        // debug-built gateway and then a Redis command; with 256 requests in flight (the
+        // storm) on a loaded 2-core CI machine one took longer than 1 s now and then (a 503,
+        // "`try_claim` timed out after 1s": `storm_rest_via_gateway`, 3 runs in 13 under load).
+        use idempotency::kv_rest::{KvRestConfig, KvRestStore};
+        let config = KvRestConfig::new(shared_gateway(), GATEWAY_TOKEN)
+            .expect("gateway URL")
+            .operation_timeout(STORE_TIMEOUT);
+        return AnyStore::from(KvRestStore::new(config).expect("KV REST store"));
+    }
     store
 }
+
+/// The engine's budget per store operation (`store_timeout`), and the REST store's.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An engine with a fresh key prefix; duplicates that arrive while the first attempt runs wait
 /// for its replay (so a storm sees replays rather than 409s).
@@ -69,7 +85,7 @@ pub fn engine(store: AnyStore) -> Idempotency<AnyStore> {
     Idempotency::builder(store)
         .ignore_env()
         .prefix(idempotency_testkit::unique_prefix())
-        .store_timeout(Duration::from_secs(5))
+        .store_timeout(STORE_TIMEOUT)
         .wait_for_in_progress(Duration::from_secs(20), Duration::from_millis(15))
         .build()
         .expect("engine")
