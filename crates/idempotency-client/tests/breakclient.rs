@@ -4,12 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{client, fast};
 use idempotency_client::{IdempotencyMiddleware, Outcome, RetryPolicy};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use reqwest_middleware::ClientBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the server does with request `n` (0-based), after reading it whole.
@@ -115,20 +118,6 @@ impl Raw {
             }
         });
         addr
-    }
-}
-
-fn client(policy: RetryPolicy) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new())
-        .with(IdempotencyMiddleware::new(policy))
-        .build()
-}
-
-fn fast() -> RetryPolicy {
-    RetryPolicy {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(50),
-        ..RetryPolicy::default()
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,8 +14,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::any;
-use idempotency_client::{IdempotencyMiddleware, Outcome, RetryPolicy};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use common::{client, fast};
+use idempotency_client::{Outcome, RetryPolicy};
 
 /// A scripted answer: status and optional `Retry-After`.
 type Answer = (StatusCode, Option<&'static str>);
@@ -72,20 +74,6 @@ impl Scripted {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
-    }
-}
-
-fn client(policy: RetryPolicy) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new())
-        .with(IdempotencyMiddleware::new(policy))
-        .build()
-}
-
-fn fast() -> RetryPolicy {
-    RetryPolicy {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(50),
-        ..RetryPolicy::default()
     }
 }
 

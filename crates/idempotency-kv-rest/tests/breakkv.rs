@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,7 +14,7 @@ use idempotency_core::{
     Claim, Fingerprint, IdempotencyStore, InProgress, LeaseToken, StoreError, StoreKey,
 };
 use idempotency_kv_rest::{KvRestConfig, KvRestError, KvRestStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const TOKEN: &str = "breakkv-secret-token-0123456789abcdef";
@@ -41,30 +43,7 @@ async fn server(act: Act) -> (String, Arc<AtomicUsize>) {
             };
             let (counter, act) = (Arc::clone(&counter), act.clone());
             tokio::spawn(async move {
-                let mut buffer = vec![0u8; 64 * 1024];
-                let mut read = 0;
-                loop {
-                    let n = socket.read(&mut buffer[read..]).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    read += n;
-                    let text = String::from_utf8_lossy(&buffer[..read]).to_string();
-                    let Some(head_end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length: usize = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if read < head_end + 4 + length {
-                        continue;
-                    }
-                    read = 0;
+                while common::raw::read_request(&mut socket).await {
                     counter.fetch_add(1, Ordering::SeqCst);
                     match &act {
                         Act::Send(bytes) => {

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,30 +29,7 @@ async fn flaky_server(drop_first: usize, stall: bool) -> (String, Arc<AtomicUsiz
             };
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
-                let mut buffer = vec![0u8; 64 * 1024];
-                let mut read = 0;
-                loop {
-                    let n = socket.read(&mut buffer[read..]).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    read += n;
-                    let text = String::from_utf8_lossy(&buffer[..read]).to_string();
-                    let Some(head_end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length: usize = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if read < head_end + 4 + length {
-                        continue;
-                    }
-                    read = 0;
+                while common::raw::read_request(&mut socket).await {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     if n < drop_first {
                         if stall {

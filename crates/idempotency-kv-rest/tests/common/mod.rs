@@ -10,6 +10,8 @@ use idempotency_kv_rest::{KvRestConfig, KvRestStore};
 use idempotency_testkit::fixtures::{GatewayServer, RedisServer};
 use idempotency_testkit::{RawValue, StoreHarness, unique_prefix};
 
+pub mod raw;
+
 pub const TOKEN: &str = "test-token-0123456789";
 
 /// One Redis server per test binary.
