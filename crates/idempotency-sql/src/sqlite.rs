@@ -422,59 +422,24 @@ impl IdempotencyStore for SqliteStore {
         record: &InProgress,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let budget = self.inner.base.timeout;
-        // The attempt runs in its own task, and is not abandoned when the budget runs out (or
-        // the caller's future is dropped): a claim statement that SQLite's worker thread has
-        // already been handed keeps waiting for the write lock (busy timeout) and is applied
-        // once the lock is free, whether or not anyone awaits it. The engine then releases the
-        // timed-out claim in the background, but that release could run first (it finds
-        // nothing) and the claim land after it, held by a token nobody has: the key answered
-        // "in progress" until its lease lapsed. Here the task sees the claim's fate: one
-        // applied after its caller gave up is released under its token (fenced) at once.
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let inner = self.inner.clone();
-        let (key, record) = (key.clone(), record.clone());
-        tokio::spawn(async move {
-            let base = &inner.base;
-            let attempt = async {
-                // A live record needs no write: read it first. In WAL mode a read never waits
-                // for the write lock, so a completed key replays (and an in-progress one
-                // answers "in progress") even while a long transaction holds the lock. The read
-                // is the linearization point of such a claim: the record was live and there, as
-                // if the claim had run then.
-                let live = sqlx::query(&base.sql.get)
-                    .bind(key.as_str())
-                    .fetch_optional(&base.pool)
-                    .await?;
-                if let Some(row) = live {
-                    return Ok((false, row));
-                }
-                let row = base
-                    .claim(&key, &record, lease)
-                    .fetch_one(&base.pool)
-                    .await?;
-                let claimed: Option<bool> = row.try_get("claimed")?;
-                Ok::<_, sqlx::Error>((claimed == Some(true), row))
-            };
-            let done = attempt.await;
-            let applied = matches!(done, Ok((true, _)));
-            if reply.send(done).is_err() && applied {
-                match base.release(&key, &record.token).await {
-                    Ok(_) => {
-                        tracing::debug!(%key, "claim applied after its caller gave up; released")
-                    }
-                    Err(error) => {
-                        tracing::warn!(%key, %error, "claim applied after its caller gave up; its release failed (the claim lapses with its lease)")
-                    }
-                }
-            }
-        });
+        let base = &self.inner.base;
+        let budget = base.timeout;
         let attempt = async {
-            answer.await.unwrap_or_else(|_| {
-                Err(sqlx::Error::Protocol(
-                    "the claim's task ended without an answer".into(),
-                ))
-            })
+            // A live record needs no write: read it first. In WAL mode a read never waits for
+            // the write lock, so a completed key replays (and an in-progress one answers "in
+            // progress") even while a long transaction holds the lock. The read is the
+            // linearization point of such a claim: the record was live and there, as if the
+            // claim had run then.
+            let live = sqlx::query(&base.sql.get)
+                .bind(key.as_str())
+                .fetch_optional(&base.pool)
+                .await?;
+            if let Some(row) = live {
+                return Ok((false, row));
+            }
+            let row = base.claim(key, record, lease).fetch_one(&base.pool).await?;
+            let claimed: Option<bool> = row.try_get("claimed")?;
+            Ok::<_, sqlx::Error>((claimed == Some(true), row))
         };
         let (claimed, row) = match tokio::time::timeout(budget, attempt).await {
             Ok(Ok(done)) => done,

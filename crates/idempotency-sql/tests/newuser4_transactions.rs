@@ -642,61 +642,6 @@ async fn sqlite_claim_inside_the_apps_own_write_transaction_fails_fast() {
     guard.release().await.expect("release");
 }
 
-/// A claim that times out behind the application's `BEGIN IMMEDIATE` transaction is still
-/// applied once the lock is free: SQLite's worker runs the statement it was handed whether or
-/// not anyone awaits it. The store releases such a claim itself. Before, it was left held by a
-/// token nobody has, "in progress" for its whole lease whenever it landed after the engine's
-/// background release (the test above failed so, now and then, under load). Here no engine
-/// releases it: the key must be free once the pool's connections are all idle again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_claim_that_timed_out_behind_the_write_lock_is_not_left_behind() {
-    use idempotency_core::{Claim, IdempotencyStore, InProgress, LeaseToken, StoreKey};
-    let (pool, _dir) = common::sqlite_pool(4).await;
-    let store = SqliteStore::builder(pool.clone())
-        .operation_timeout(Duration::from_millis(300))
-        .migrate()
-        .await
-        .expect("migrate");
-    let key = StoreKey::from_raw("timed-out-behind-the-lock");
-    let record = InProgress {
-        token: LeaseToken::generate(),
-        fingerprint: Fingerprint::of("order"),
-        created_at_ms: idempotency_core::unix_millis_now(),
-    };
-    let tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin tx");
-    let claimed = store
-        .try_claim(&key, &record, Duration::from_secs(60))
-        .await;
-    assert!(
-        matches!(claimed, Err(StoreError::Timeout { .. })),
-        "{claimed:?}"
-    );
-    drop(tx);
-    // The timed-out statement holds its connection until it has run (and the store's release
-    // after it); wait for that, then for the key to be free.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let idle = pool.num_idle() == pool.size() as usize;
-        let live = store.get(&key).await.expect("get");
-        if idle && live.is_none() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a claim nobody holds is left after its timeout: {live:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let other = InProgress {
-        token: LeaseToken::generate(),
-        ..record
-    };
-    assert!(matches!(
-        store.try_claim(&key, &other, Duration::from_secs(60)).await,
-        Ok(Claim::Claimed)
-    ));
-}
-
 /// SQLite's equivalent of a stale snapshot: a transaction opened with a plain (deferred) `BEGIN`
 /// whose first statement is a read, before the claim is committed on the pool, cannot write
 /// any more (`SQLITE_BUSY_SNAPSHOT`). `complete_in` answers a `TransactionConflict` saying to
