@@ -101,7 +101,11 @@
 //! new key waits for the lock (and fails with the engine's failure policy past the operation
 //! timeout). A claim that gives up with `SQLITE_BUSY`/`SQLITE_LOCKED` wrote nothing and is
 //! [`StoreError::WriteRefused`](idempotency_core::StoreError::WriteRefused), so the engine
-//! answers from a read where it can.
+//! answers from a read where it can. Known limit: a claim that times out while waiting for the
+//! lock (before `SQLITE_BUSY`) is not cancelled (sqlx's SQLite worker runs the statement once
+//! the lock is free); the engine releases it in the background, fenced by its token, but a
+//! release that runs before the claim lands finds nothing, and the key then answers "in
+//! progress" until the claim's lease lapses. Keep the operation timeout above the busy timeout.
 //!
 //! **Claim first, then `BEGIN`; on Postgres at `READ COMMITTED`.** The lease renewals run on the
 //! pool, outside the caller's transaction, every third of the lease. At `READ COMMITTED`
