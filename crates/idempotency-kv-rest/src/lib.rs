@@ -32,7 +32,7 @@
 //! | condition | error |
 //! |---|---|
 //! | connection refused or cut off (after the resends), HTTP 5xx | `Unavailable` |
-//! | no answer within [`KvRestConfig::operation_timeout`] (resends included) | `Timeout` |
+//! | no answer within [`KvRestConfig::operation_timeout`] (one budget per primitive: resends, the `EVAL` after `NOSCRIPT` and the re-read below included) | `Timeout` |
 //! | `OOM command not allowed`, `READONLY` | `WriteRefused` |
 //! | any other Redis error reply (`NOPERM`, ...), HTTP 3xx or 4xx, a reply the protocol never produces (a repeated `result` or `error` field included), a reply longer than [`KvRestConfig::max_reply_size`] | `Backend` |
 //! | a value under the key that is not a record, or not a string (`WRONGTYPE`) | `Corrupt` |
@@ -40,7 +40,12 @@
 //! Error messages quote at most [`REPLY_EXCERPT`] bytes of a reply.
 //!
 //! A fenced script that did not apply (`complete`, `release`, `extend` answering 0) re-reads the
-//! key, so a value that is not a record is reported `Corrupt` rather than "lease lost".
+//! key, so a value that is not a record is reported `Corrupt` rather than "lease lost" (a
+//! re-read that fails or runs out of the budget leaves the answer "lease lost").
+//!
+//! Each primitive thus answers within the operation timeout, which the store announces as its
+//! [`IdempotencyStore::operation_bound`]: an engine whose `store_timeout` is at least as long
+//! arms no timer of its own around the store's calls.
 //!
 //! # Waiting duplicates poll
 //! This store does not implement `IdempotencyStore::wait_for_change`: the REST API is plain
@@ -344,16 +349,40 @@ impl KvRestStore {
         operation: StoreOperation,
         args: &[Arg<'_>],
     ) -> Result<Answer, StoreError> {
-        self.call(operation, args)
+        self.command_within(operation, args, self.budget()).await
+    }
+
+    /// [`Self::command`] within what is left of `budget`.
+    async fn command_within(
+        &self,
+        operation: StoreOperation,
+        args: &[Arg<'_>],
+        budget: Budget,
+    ) -> Result<Answer, StoreError> {
+        self.call(operation, args, budget)
             .await
             .map_err(|e| e.into_store_error(operation, self.config.operation_timeout))
     }
 
-    /// Run one command (JSON form, `POST /`) and return its `result`.
-    async fn call(&self, operation: StoreOperation, args: &[Arg<'_>]) -> Result<Answer, CallError> {
+    /// The whole operation timeout, starting now: one per primitive, shared by every request
+    /// the primitive makes (resends, the `EVAL` after `NOSCRIPT`, the read after "lease
+    /// lost"), so the primitive answers within it ([`IdempotencyStore::operation_bound`]).
+    fn budget(&self) -> Budget {
+        Budget {
+            deadline: tokio::time::Instant::now() + self.config.operation_timeout,
+            whole: true,
+        }
+    }
+
+    /// Run one command (JSON form, `POST /`) within `budget` and return its `result`.
+    async fn call(
+        &self,
+        operation: StoreOperation,
+        args: &[Arg<'_>],
+        budget: Budget,
+    ) -> Result<Answer, CallError> {
         let body = wire::body(args).map_err(|e| CallError::Reply(KvRestError::Encode(e)))?;
-        // One budget for the command, resends included.
-        let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
+        let deadline = budget.deadline;
         let mut attempt = 0;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -361,11 +390,12 @@ impl KvRestStore {
                 return Err(CallError::Timeout);
             }
             let mut request = self.client.post(self.url.clone());
-            if attempt > 0 {
-                // A resend gets only what is left of the budget. The first attempt has the
-                // client's own timeout (the whole budget): a per-request timeout is stored in
-                // the request's extensions, a map allocated per request (~540 instructions per
-                // request under callgrind, `examples/kv_ops.rs`).
+            if attempt > 0 || !budget.whole {
+                // A resend, or a later request of the primitive, gets only what is left of
+                // the budget. The first request has the client's own timeout (the whole
+                // budget): a per-request timeout is stored in the request's extensions, a map
+                // allocated per request (~540 instructions per request under callgrind,
+                // `examples/kv_ops.rs`).
                 request = request.timeout(left);
             }
             let sent = request
@@ -439,12 +469,16 @@ impl KvRestStore {
         key: &StoreKey,
         args: &[Arg<'_>],
     ) -> Result<Fenced, StoreError> {
+        // One budget for the whole primitive: `EVALSHA`, the `EVAL` after `NOSCRIPT` and the
+        // read after "lease lost" share it.
+        let budget = self.budget();
         let by_sha = script_command("EVALSHA", &script.sha, key, args);
-        let reply = match self.call(operation, &by_sha).await {
+        let reply = match self.call(operation, &by_sha, budget).await {
             Err(CallError::Redis(message)) if message.starts_with("NOSCRIPT") => {
                 tracing::debug!("script not cached on the server; sending it with EVAL");
                 let by_text = script_command("EVAL", &script.text, key, args);
-                self.command(operation, &by_text).await?
+                self.command_within(operation, &by_text, budget.rest())
+                    .await?
             }
             other => {
                 other.map_err(|e| e.into_store_error(operation, self.config.operation_timeout))?
@@ -452,9 +486,44 @@ impl KvRestStore {
         };
         match reply.as_i64() {
             Some(1) => Ok(Fenced::Applied),
-            // As the Redis store: the scripts cannot tell "not ours" from "not a record".
-            Some(0) => Fenced::lease_lost_unless_corrupt(self.get(key).await),
+            // As the Redis store: the scripts cannot tell "not ours" from "not a record". The
+            // script's answer stands whatever the read meets (a timeout too): only a key
+            // that holds something else than a record changes it.
+            Some(0) => Fenced::lease_lost_unless_corrupt(self.get_within(key, budget.rest()).await),
             _ => Err(unexpected(operation, &reply)),
+        }
+    }
+
+    /// `GET` of `key` within what is left of `budget`.
+    async fn get_within(
+        &self,
+        key: &StoreKey,
+        budget: Budget,
+    ) -> Result<Option<Record>, StoreError> {
+        let command = [Arg::Str("GET"), Arg::Str(key.as_str())];
+        decode_reply(
+            StoreOperation::Get,
+            self.command_within(StoreOperation::Get, &command, budget)
+                .await?,
+        )
+    }
+}
+
+/// The time a primitive has for its requests: until `deadline`.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    deadline: tokio::time::Instant,
+    /// The whole operation timeout, starting with this request: the client's own timeout
+    /// bounds it, without a per-request one.
+    whole: bool,
+}
+
+impl Budget {
+    /// What is left of this budget, for a later request of the same primitive.
+    fn rest(self) -> Self {
+        Self {
+            deadline: self.deadline,
+            whole: false,
         }
     }
 }
@@ -608,11 +677,7 @@ impl IdempotencyStore for KvRestStore {
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let command = [Arg::Str("GET"), Arg::Str(key.as_str())];
-        decode_reply(
-            StoreOperation::Get,
-            self.command(StoreOperation::Get, &command).await?,
-        )
+        self.get_within(key, self.budget()).await
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
@@ -626,6 +691,14 @@ impl IdempotencyStore for KvRestStore {
             Some(deleted) => Ok(deleted > 0),
             None => Err(unexpected(StoreOperation::Delete, &reply)),
         }
+    }
+
+    /// Every primitive answers within [`KvRestConfig::operation_timeout`]: its requests
+    /// (resends, the `EVAL` after `NOSCRIPT`, the read after "lease lost") share that one
+    /// budget, so the engine arms no timer of its own when its `store_timeout` is at least as
+    /// long.
+    fn operation_bound(&self) -> Option<Duration> {
+        Some(self.config.operation_timeout)
     }
 
     /// `PTTL` (one more request, made only when the engine answers "in progress").
