@@ -106,7 +106,8 @@ pub use select::{
     AnyStore, BackendKind, DATABASE_URL_ENV_VAR, FromEnvError, REDIS_CLUSTER_ENV_VAR,
     REDIS_ENV_VARS, REST_ENV_PAIRS, STORE_ENV_VAR, StoreDescription, StorePlan, StoreSelection,
     StoreSelectionError, engine_from_env, plan_store, redact_url, store_from_env,
-    store_from_env_with, store_from_lookup,
+    store_from_env_with, store_from_env_with_timeout, store_from_lookup,
+    store_from_lookup_with_timeout,
 };
 pub use settings::{
     EnvSettings, FAILURE_POLICY_ENV, LEASE_ENV, RETENTION_ENV, STORE_TIMEOUT_ENV, SettingsError,

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `IDEMPOTENCY_RETENTION` | how long completed outcomes are replayed | a duration: `24h`, `30m`; at least `1s` |
 //! | `IDEMPOTENCY_LEASE` | how long a claim holds a key if its owner dies | a duration: `60s`; at least `1s` |
-//! | `IDEMPOTENCY_STORE_TIMEOUT` | time budget of one store operation | a duration: `1500ms`; at least `1ms` |
+//! | `IDEMPOTENCY_STORE_TIMEOUT` | time budget of one store operation: the engine's `store_timeout` and, when [`engine_from_env`](crate::engine_from_env) builds the store, the store's own `operation_timeout` | a duration: `1500ms` (the default); at least `1ms` |
 //! | `IDEMPOTENCY_FAILURE_POLICY` | what happens when the store fails | `fail-closed` (or `closed`), `fail-open` (or `open`), `fallback` (or `fallback-memory`: a per-process memory store protects requests during an outage; feature `memory`) |
 //! | `IDEMPOTENCY_WAIT_IN_PROGRESS` | how long a duplicate waits for the first attempt before 409 | a duration; `0` answers at once; otherwise at least `1ms` |
 //!
@@ -24,7 +24,10 @@
 //!
 //! - `IDEMPOTENCY_STORE_TIMEOUT` ≥ 1 ms: a shorter budget leaves no room for one store round trip
 //!   plus task scheduling, so store operations time out and the failure policy answers every
-//!   protected request (503 under fail-closed).
+//!   protected request (503 under fail-closed). There is no ceiling of the store's: under
+//!   [`engine_from_env`](crate::engine_from_env) the store's own `operation_timeout` follows
+//!   this variable (unset: the engine's 1.5 s), so a longer value is not cut at a store's 1 s
+//!   default.
 //! - `IDEMPOTENCY_LEASE` ≥ 1 s: a live claim renews its lease every third of the lease, each
 //!   renewal a store round trip; a shorter lease lapses while the first attempt still runs, and
 //!   an identical retry then runs the operation again.
@@ -49,7 +52,8 @@ use thiserror::Error;
 pub const RETENTION_ENV: &str = "IDEMPOTENCY_RETENTION";
 /// `IDEMPOTENCY_LEASE`: how long a claim holds its key if its owner dies.
 pub const LEASE_ENV: &str = "IDEMPOTENCY_LEASE";
-/// `IDEMPOTENCY_STORE_TIMEOUT`: time budget of one store operation.
+/// `IDEMPOTENCY_STORE_TIMEOUT`: time budget of one store operation (the engine's, and the
+/// store's own when [`engine_from_env`](crate::engine_from_env) builds it).
 pub const STORE_TIMEOUT_ENV: &str = "IDEMPOTENCY_STORE_TIMEOUT";
 /// `IDEMPOTENCY_FAILURE_POLICY`: `fail-closed`, `fail-open` or `fallback`.
 pub const FAILURE_POLICY_ENV: &str = "IDEMPOTENCY_FAILURE_POLICY";
@@ -164,6 +168,28 @@ impl EnvSettings {
             failure_policy: read(FAILURE_POLICY_ENV).map(policy).transpose()?,
             wait_in_progress: read(WAIT_IN_PROGRESS_ENV).map(wait).transpose()?,
         })
+    }
+
+    /// The engine's store timeout these settings give: `IDEMPOTENCY_STORE_TIMEOUT`, or the
+    /// engine's default ([`Config::store_timeout`](idempotency_core::Config::store_timeout),
+    /// 1.5 s) when it is unset. It is also the stores' own time budget of one operation when
+    /// [`engine_from_env`](crate::engine_from_env) builds them (pass it to
+    /// [`store_from_env_with_timeout`](crate::store_from_env_with_timeout) to do the same).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotency::EnvSettings;
+    /// let set = EnvSettings::from_lookup(|name| {
+    ///     (name == "IDEMPOTENCY_STORE_TIMEOUT").then(|| "5s".to_owned())
+    /// })?;
+    /// assert_eq!(set.store_timeout_or_default(), Duration::from_secs(5));
+    /// let unset = EnvSettings::from_lookup(|_| None)?;
+    /// assert_eq!(unset.store_timeout_or_default(), Duration::from_millis(1500));
+    /// # Ok::<(), idempotency::SettingsError>(())
+    /// ```
+    pub fn store_timeout_or_default(&self) -> Duration {
+        self.store_timeout
+            .unwrap_or_else(|| idempotency_core::Config::default().store_timeout())
     }
 
     /// Whether no variable was set.

@@ -248,12 +248,15 @@ pub(super) enum OpenMode {
     Existing,
 }
 
-/// Open the store a plan describes. `url` and `token` are what the plan read.
+/// Open the store a plan describes. `url` and `token` are what the plan read;
+/// `operation_timeout` is the store's time budget of one operation (`None`: the store's
+/// default), kept by a store connected in the background too.
 #[allow(unused_variables)]
 pub(super) async fn open(
     description: StoreDescription,
     url: Option<String>,
     token: Option<String>,
+    operation_timeout: Option<Duration>,
     mode: OpenMode,
 ) -> Result<AnyStore, StoreSelectionError> {
     let failed = |source: idempotency_core::BoxError| StoreSelectionError::Open {
@@ -266,9 +269,17 @@ pub(super) async fn open(
     if mode == OpenMode::Existing && description.kind() == BackendKind::Sql {
         let url = url.ok_or_else(|| failed("no database URL".into()))?;
         let inner = if is_sqlite_url(&url) {
-            Inner::Sqlite(open_existing_sqlite(&url).await.map_err(failed)?)
+            Inner::Sqlite(
+                open_existing_sqlite(&url, operation_timeout)
+                    .await
+                    .map_err(failed)?,
+            )
         } else {
-            Inner::Postgres(open_existing_postgres(&url).await.map_err(failed)?)
+            Inner::Postgres(
+                open_existing_postgres(&url, operation_timeout)
+                    .await
+                    .map_err(failed)?,
+            )
         };
         return Ok(AnyStore { inner, description });
     }
@@ -276,7 +287,7 @@ pub(super) async fn open(
         #[cfg(feature = "memory")]
         (BackendKind::Memory, _, _) => Inner::Memory(idempotency_memory::MemoryStore::new()),
         #[cfg(feature = "redis")]
-        (BackendKind::Redis, Some(url), _) => match connect_redis(&url).await {
+        (BackendKind::Redis, Some(url), _) => match connect_redis(&url, operation_timeout).await {
             Ok(store) => Inner::Redis(store),
             // The server is down or slow: start anyway and connect in the background, so an
             // outage of the store at deploy time does not keep the service down (the failure
@@ -288,13 +299,23 @@ pub(super) async fn open(
                      in the background; until it answers, the failure policy answers every \
                      protected request"
                 );
-                Inner::RedisDeferred(Deferred::start(description.clone(), url, error))
+                Inner::RedisDeferred(Deferred::start(
+                    description.clone(),
+                    url,
+                    operation_timeout,
+                    error,
+                ))
             }
             Err(error) => return Err(failed(Box::new(error))),
         },
         #[cfg(feature = "redis")]
         (BackendKind::RedisCluster, Some(urls), _) => {
-            match <idempotency_redis::RedisClusterStore as Connect>::connect(&urls).await {
+            match <idempotency_redis::RedisClusterStore as Connect>::connect(
+                &urls,
+                operation_timeout,
+            )
+            .await
+            {
                 Ok(store) => Inner::RedisCluster(store),
                 Err(error) if error.is_transient() && mode == OpenMode::App => {
                     tracing::error!(
@@ -303,23 +324,31 @@ pub(super) async fn open(
                          connecting in the background; until it answers, the failure policy \
                          answers every protected request"
                     );
-                    Inner::RedisClusterDeferred(Deferred::start(description.clone(), urls, error))
+                    Inner::RedisClusterDeferred(Deferred::start(
+                        description.clone(),
+                        urls,
+                        operation_timeout,
+                        error,
+                    ))
                 }
                 Err(error) => return Err(failed(Box::new(error))),
             }
         }
         #[cfg(feature = "kv-rest")]
         (BackendKind::KvRest, Some(url), Some(token)) => Inner::KvRest(
-            idempotency_kv_rest::KvRestStore::connect(url, token)
+            open_kv_rest(url, token, operation_timeout).map_err(|e| failed(Box::new(e)))?,
+        ),
+        #[cfg(feature = "sql")]
+        (BackendKind::Sql, Some(url), _) if is_sqlite_url(&url) => Inner::Sqlite(
+            open_sqlite(&url, operation_timeout)
+                .await
                 .map_err(|e| failed(Box::new(e)))?,
         ),
         #[cfg(feature = "sql")]
-        (BackendKind::Sql, Some(url), _) if is_sqlite_url(&url) => {
-            Inner::Sqlite(open_sqlite(&url).await.map_err(|e| failed(Box::new(e)))?)
-        }
-        #[cfg(feature = "sql")]
         (BackendKind::Sql, Some(url), _) => {
-            match <idempotency_sql::PostgresStore as Connect>::connect(&url).await {
+            match <idempotency_sql::PostgresStore as Connect>::connect(&url, operation_timeout)
+                .await
+            {
                 Ok(store) => Inner::Postgres(store),
                 Err(error) if error.is_transient() => {
                     tracing::error!(
@@ -328,7 +357,12 @@ pub(super) async fn open(
                          connecting in the background; until it answers, the failure policy \
                          answers every protected request"
                     );
-                    Inner::PostgresDeferred(Deferred::start(description.clone(), url, error))
+                    Inner::PostgresDeferred(Deferred::start(
+                        description.clone(),
+                        url,
+                        operation_timeout,
+                        error,
+                    ))
                 }
                 Err(error) => return Err(failed(Box::new(error))),
             }
@@ -338,9 +372,37 @@ pub(super) async fn open(
     Ok(AnyStore { inner, description })
 }
 
+/// The KV REST store for `url` and `token`, with `operation_timeout` if given (else the store's
+/// default).
+#[cfg(feature = "kv-rest")]
+fn open_kv_rest(
+    url: String,
+    token: String,
+    operation_timeout: Option<Duration>,
+) -> Result<idempotency_kv_rest::KvRestStore, idempotency_kv_rest::KvRestConfigError> {
+    let mut config = idempotency_kv_rest::KvRestConfig::new(url, token)?;
+    if let Some(timeout) = operation_timeout {
+        config = config.operation_timeout(timeout);
+    }
+    idempotency_kv_rest::KvRestStore::new(config)
+}
+
+/// Redis settings: the defaults, with `operation_timeout` if given.
 #[cfg(feature = "redis")]
-async fn connect_redis(url: &str) -> Result<idempotency_redis::RedisStore, StoreError> {
-    let store = idempotency_redis::RedisStore::connect(url).await?;
+fn redis_builder(operation_timeout: Option<Duration>) -> idempotency_redis::RedisStoreBuilder {
+    let builder = idempotency_redis::RedisStore::builder();
+    match operation_timeout {
+        Some(timeout) => builder.operation_timeout(timeout),
+        None => builder,
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(
+    url: &str,
+    operation_timeout: Option<Duration>,
+) -> Result<idempotency_redis::RedisStore, StoreError> {
+    let store = redis_builder(operation_timeout).connect(url).await?;
     // Logs its own warnings (eviction policy, persistence); a failed check is not fatal.
     if let Err(error) = store.doctor().await {
         tracing::warn!(%error, "could not check the Redis server settings");
@@ -350,16 +412,16 @@ async fn connect_redis(url: &str) -> Result<idempotency_redis::RedisStore, Store
 
 #[cfg(feature = "redis")]
 impl Connect for idempotency_redis::RedisStore {
-    async fn connect(url: &str) -> Result<Self, StoreError> {
-        connect_redis(url).await
+    async fn connect(url: &str, operation_timeout: Option<Duration>) -> Result<Self, StoreError> {
+        connect_redis(url, operation_timeout).await
     }
 }
 
 #[cfg(feature = "redis")]
 impl Connect for idempotency_redis::RedisClusterStore {
     /// `urls`: seed node URLs separated by commas.
-    async fn connect(urls: &str) -> Result<Self, StoreError> {
-        connect_cluster(urls).await
+    async fn connect(urls: &str, operation_timeout: Option<Duration>) -> Result<Self, StoreError> {
+        connect_cluster(urls, operation_timeout).await
     }
 
     /// The cluster client warns once per seed node per failed attempt, by itself (with
@@ -367,20 +429,26 @@ impl Connect for idempotency_redis::RedisClusterStore {
     /// opens a plain TCP connection to each seed (closed at once) and hands over to the client
     /// only when one accepts; until then the failure is the reconnection loop's to report,
     /// rate-limited, with its cause.
-    async fn reconnect(urls: &str) -> Result<Self, StoreError> {
+    async fn reconnect(
+        urls: &str,
+        operation_timeout: Option<Duration>,
+    ) -> Result<Self, StoreError> {
         if let Some(error) = no_seed_accepts(urls).await {
             return Err(StoreError::Unavailable {
                 source: Box::new(error),
             });
         }
-        connect_cluster(urls).await
+        connect_cluster(urls, operation_timeout).await
     }
 }
 
 #[cfg(feature = "redis")]
-async fn connect_cluster(urls: &str) -> Result<idempotency_redis::RedisClusterStore, StoreError> {
+async fn connect_cluster(
+    urls: &str,
+    operation_timeout: Option<Duration>,
+) -> Result<idempotency_redis::RedisClusterStore, StoreError> {
     let nodes: Vec<String> = urls.split(',').map(|n| n.trim().to_owned()).collect();
-    let store = idempotency_redis::RedisStore::builder()
+    let store = redis_builder(operation_timeout)
         .connect_cluster(nodes)
         .await?;
     if let Err(error) = store.doctor().await {
@@ -442,6 +510,7 @@ fn is_sqlite_url(url: &str) -> bool {
 #[cfg(feature = "sql")]
 async fn open_existing_sqlite(
     url: &str,
+    operation_timeout: Option<Duration>,
 ) -> Result<idempotency_sql::SqliteStore, idempotency_core::BoxError> {
     use idempotency_sql::sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
     use std::str::FromStr as _;
@@ -449,7 +518,7 @@ async fn open_existing_sqlite(
         .create_if_missing(false)
         .busy_timeout(Duration::from_secs(5));
     let pool = SqlitePool::connect_with(options).await?;
-    Ok(idempotency_sql::SqliteStore::builder(pool).build().await?)
+    Ok(sqlite_builder(pool, operation_timeout).build().await?)
 }
 
 /// Connect to an existing Postgres database and check the records table without changing it
@@ -457,15 +526,14 @@ async fn open_existing_sqlite(
 #[cfg(feature = "sql")]
 async fn open_existing_postgres(
     url: &str,
+    operation_timeout: Option<Duration>,
 ) -> Result<idempotency_sql::PostgresStore, idempotency_core::BoxError> {
     let pool = idempotency_sql::sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_secs(2))
         .connect(url)
         .await
         .map_err(sql_start_error)?;
-    Ok(idempotency_sql::PostgresStore::builder(pool)
-        .build()
-        .await?)
+    Ok(postgres_builder(pool, operation_timeout).build().await?)
 }
 
 /// Open a SQLite database from its URL (created if missing; WAL and a busy timeout, as
@@ -473,6 +541,7 @@ async fn open_existing_postgres(
 #[cfg(feature = "sql")]
 async fn open_sqlite(
     url: &str,
+    operation_timeout: Option<Duration>,
 ) -> Result<idempotency_sql::SqliteStore, idempotency_sql::SqlStoreError> {
     use idempotency_sql::sqlx::sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous,
@@ -484,19 +553,45 @@ async fn open_sqlite(
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5));
     let pool = SqlitePool::connect_with(options).await?;
-    idempotency_sql::SqliteStore::builder(pool).migrate().await
+    sqlite_builder(pool, operation_timeout).migrate().await
+}
+
+/// SQLite store settings: the defaults, with `operation_timeout` if given.
+#[cfg(feature = "sql")]
+fn sqlite_builder(
+    pool: idempotency_sql::sqlx::SqlitePool,
+    operation_timeout: Option<Duration>,
+) -> idempotency_sql::SqliteStoreBuilder {
+    let builder = idempotency_sql::SqliteStore::builder(pool);
+    match operation_timeout {
+        Some(timeout) => builder.operation_timeout(timeout),
+        None => builder,
+    }
+}
+
+/// Postgres store settings: the defaults, with `operation_timeout` if given.
+#[cfg(feature = "sql")]
+fn postgres_builder(
+    pool: idempotency_sql::sqlx::PgPool,
+    operation_timeout: Option<Duration>,
+) -> idempotency_sql::PostgresStoreBuilder {
+    let builder = idempotency_sql::PostgresStore::builder(pool);
+    match operation_timeout {
+        Some(timeout) => builder.operation_timeout(timeout),
+        None => builder,
+    }
 }
 
 #[cfg(feature = "sql")]
 impl Connect for idempotency_sql::PostgresStore {
     /// Connects a pool to `url` and creates or upgrades the records table.
-    async fn connect(url: &str) -> Result<Self, StoreError> {
+    async fn connect(url: &str, operation_timeout: Option<Duration>) -> Result<Self, StoreError> {
         let pool = idempotency_sql::sqlx::postgres::PgPoolOptions::new()
             .acquire_timeout(Duration::from_secs(2))
             .connect(url)
             .await
             .map_err(sql_start_error)?;
-        idempotency_sql::PostgresStore::builder(pool)
+        postgres_builder(pool, operation_timeout)
             .migrate()
             .await
             .map_err(|e| match e {

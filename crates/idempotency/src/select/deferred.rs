@@ -21,15 +21,22 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest pause between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A store that can be opened from its URL.
+/// A store that can be opened from its URL, with its time budget of one operation
+/// (`None`: the store's default).
 pub(super) trait Connect: Sized + Send + Sync + 'static {
-    fn connect(url: &str) -> impl Future<Output = Result<Self, StoreError>> + Send;
+    fn connect(
+        url: &str,
+        operation_timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Self, StoreError>> + Send;
 
     /// A background attempt after the first failed: as [`Connect::connect`], but a store whose
     /// client logs every failure itself (the Redis Cluster client: one warning per seed node
     /// per attempt) keeps it quiet, since [`reconnect`] reports the failures, rate-limited.
-    fn reconnect(url: &str) -> impl Future<Output = Result<Self, StoreError>> + Send {
-        Self::connect(url)
+    fn reconnect(
+        url: &str,
+        operation_timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Self, StoreError>> + Send {
+        Self::connect(url, operation_timeout)
     }
 }
 
@@ -57,11 +64,13 @@ impl<T> fmt::Debug for Deferred<T> {
 }
 
 impl<T: Connect> Deferred<T> {
-    /// Start connecting to `url` in the background on the current tokio runtime. The task stops
-    /// when it connects or when the last handle to the store is dropped.
+    /// Start connecting to `url` in the background on the current tokio runtime, the store
+    /// opened with `operation_timeout` as [`Connect::connect`] takes it. The task stops when it
+    /// connects or when the last handle to the store is dropped.
     pub(super) fn start(
         description: StoreDescription,
         url: String,
+        operation_timeout: Option<Duration>,
         first_error: StoreError,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
@@ -69,7 +78,7 @@ impl<T: Connect> Deferred<T> {
             last_error: Mutex::new(error_chain(&first_error)),
             description,
         });
-        tokio::spawn(reconnect(Arc::downgrade(&this), url));
+        tokio::spawn(reconnect(Arc::downgrade(&this), url, operation_timeout));
         this
     }
 
@@ -93,12 +102,16 @@ impl<T: Connect> Deferred<T> {
     }
 }
 
-async fn reconnect<T: Connect>(this: Weak<Deferred<T>>, url: String) {
+async fn reconnect<T: Connect>(
+    this: Weak<Deferred<T>>,
+    url: String,
+    operation_timeout: Option<Duration>,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut retries = RepeatedFailure::new(tokio::time::Instant::now());
     loop {
         tokio::time::sleep(backoff).await;
-        let result = T::reconnect(&url).await;
+        let result = T::reconnect(&url, operation_timeout).await;
         let Some(deferred) = this.upgrade() else {
             return; // nobody holds the store any more
         };

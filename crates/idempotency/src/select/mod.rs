@@ -28,6 +28,13 @@
 //! The choice is made in two steps so it can be tested without touching the process
 //! environment: [`plan_store`] reads variables through a lookup function and does no I/O;
 //! [`StorePlan::open`] connects. [`store_from_env`] does both with `std::env::var`.
+//!
+//! Each store bounds its own operations (its `operation_timeout`). [`store_from_env`],
+//! [`store_from_env_with`] and [`store_from_lookup`] leave each store's default (1 s);
+//! [`store_from_env_with_timeout`], [`store_from_lookup_with_timeout`] and
+//! [`StorePlan::operation_timeout`] set it. [`engine_from_env`] sets it to the engine's store
+//! timeout (`IDEMPOTENCY_STORE_TIMEOUT`, or the engine's default), so that one setting is the
+//! budget of every store call.
 
 mod any;
 #[cfg(any(feature = "redis", feature = "sql"))]
@@ -36,6 +43,7 @@ mod description;
 mod redact;
 
 use std::fmt;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -81,6 +89,8 @@ pub struct StorePlan {
     description: StoreDescription,
     url: Option<String>,
     token: Option<String>,
+    /// The stores' per-operation budget; `None`: each store's own default.
+    operation_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for StorePlan {
@@ -88,6 +98,7 @@ impl fmt::Debug for StorePlan {
         f.debug_struct("StorePlan")
             .field("description", &self.description)
             .field("token", &self.token.as_ref().map(|_| redact::REDACTED))
+            .field("operation_timeout", &self.operation_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +112,19 @@ impl StorePlan {
     /// The kind of store chosen.
     pub fn kind(&self) -> BackendKind {
         self.description.kind()
+    }
+
+    /// Open the store with `timeout` as its time budget of one operation (the store's
+    /// `operation_timeout`: Redis, Redis Cluster, KV REST, Postgres and SQLite; the memory
+    /// store needs none), instead of the store's own default (1 s). Give it the engine's
+    /// `store_timeout`, so that the engine's budget is the one store calls get:
+    /// [`engine_from_env`] does.
+    ///
+    /// Connection timeouts keep their defaults.
+    #[must_use]
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
     }
 
     /// Open the store: connect to Redis (and check the server), build the REST client, or
@@ -127,7 +151,14 @@ impl StorePlan {
             }
             _ => tracing::info!(store = %description, "opening the idempotency store"),
         }
-        any::open(self.description, self.url, self.token, any::OpenMode::App).await
+        any::open(
+            self.description,
+            self.url,
+            self.token,
+            self.operation_timeout,
+            any::OpenMode::App,
+        )
+        .await
     }
 
     /// Open the store as an operator's tool does (the `idempotency` CLI): use what exists,
@@ -152,6 +183,7 @@ impl StorePlan {
             self.description,
             self.url,
             self.token,
+            self.operation_timeout,
             any::OpenMode::Existing,
         )
         .await
@@ -307,6 +339,7 @@ fn plan_for(
             ),
             url: None,
             token: None,
+            operation_timeout: None,
         }),
         StoreSelection::AllowMemory => Err(StoreSelectionError::MemoryUnavailable),
     }
@@ -343,6 +376,7 @@ fn sql_plan(compiled: Compiled, url: Option<String>) -> Result<StorePlan, StoreS
         description: StoreDescription::new(BackendKind::Sql, Some(url), Some(variable)),
         url: Some(url.to_owned()),
         token: None,
+        operation_timeout: None,
     })
 }
 
@@ -365,6 +399,7 @@ fn rest_plan(
         description: StoreDescription::new(BackendKind::KvRest, Some(url), Some(variable)),
         url: Some(url.to_owned()),
         token: Some(token),
+        operation_timeout: None,
     })
 }
 
@@ -402,6 +437,7 @@ fn redis_cluster_plan(compiled: Compiled, urls: &str) -> Result<StorePlan, Store
         description: StoreDescription::new(BackendKind::RedisCluster, Some(&url), Some(variable)),
         url: Some(url),
         token: None,
+        operation_timeout: None,
     })
 }
 
@@ -436,6 +472,7 @@ fn redis_plan(
         description: StoreDescription::new(BackendKind::Redis, Some(url), Some(variable)),
         url: Some(url.to_owned()),
         token: None,
+        operation_timeout: None,
     })
 }
 
@@ -462,10 +499,47 @@ fn feature_disabled(variable: &'static str, backend: BackendKind) -> StoreSelect
 /// A store that is configured correctly but does not answer (connection refused, timeout) does
 /// not fail either: see [`StorePlan::open`].
 ///
+/// The store keeps its own default time budget per operation (1 s), whatever
+/// `IDEMPOTENCY_STORE_TIMEOUT` says: [`store_from_lookup_with_timeout`] sets it.
+///
 /// # Errors
 /// As both.
 pub async fn store_from_lookup(
     selection: StoreSelection,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<AnyStore, StoreSelectionError> {
+    store_from(selection, None, lookup).await
+}
+
+/// [`store_from_lookup`], with `timeout` as the store's time budget of one operation (see
+/// [`StorePlan::operation_timeout`]); usually the engine's `store_timeout`.
+///
+/// ```
+/// # #[cfg(feature = "memory")]
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::Duration;
+/// use idempotency::{Idempotency, StoreSelection, store_from_lookup_with_timeout};
+/// let timeout = Duration::from_secs(3);
+/// let store =
+///     store_from_lookup_with_timeout(StoreSelection::AllowMemory, timeout, |_| None).await?;
+/// let engine = Idempotency::builder(store).store_timeout(timeout).build()?;
+/// # let _ = engine;
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
+///
+/// # Errors
+/// As [`store_from_lookup`].
+pub async fn store_from_lookup_with_timeout(
+    selection: StoreSelection,
+    timeout: Duration,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<AnyStore, StoreSelectionError> {
+    store_from(selection, Some(timeout), lookup).await
+}
+
+async fn store_from(
+    selection: StoreSelection,
+    operation_timeout: Option<Duration>,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<AnyStore, StoreSelectionError> {
     // An unrecognised value is refused, as a typo in `IDEMPOTENCY_STORE` is: the operator who
@@ -482,7 +556,10 @@ pub async fn store_from_lookup(
             }
         })?,
     };
-    let plan = plan_store(selection, lookup)?;
+    let mut plan = plan_store(selection, lookup)?;
+    if let Some(timeout) = operation_timeout {
+        plan = plan.operation_timeout(timeout);
+    }
     if disabled {
         tracing::warn!(
             store = %plan.description(),
@@ -512,12 +589,39 @@ pub async fn store_from_env() -> Result<AnyStore, StoreSelectionError> {
 
 /// The store the process environment selects, under `selection`.
 ///
+/// The store keeps its own default time budget per operation (1 s): it does not read
+/// `IDEMPOTENCY_STORE_TIMEOUT`. To give it the engine's, use [`store_from_env_with_timeout`]
+/// or [`engine_from_env`].
+///
 /// # Errors
 /// As [`plan_store`] and [`StorePlan::open`].
 pub async fn store_from_env_with(
     selection: StoreSelection,
 ) -> Result<AnyStore, StoreSelectionError> {
     store_from_lookup(selection, |name| std::env::var(name).ok()).await
+}
+
+/// The store the process environment selects, under `selection`, with `timeout` as its time
+/// budget of one operation (see [`StorePlan::operation_timeout`]): give it the engine's
+/// `store_timeout`, so that a slow store is cut where the engine's budget says.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use idempotency::{EnvSettings, Idempotency, StoreSelection, store_from_env_with_timeout};
+/// let settings = EnvSettings::from_env()?;
+/// let timeout = settings.store_timeout_or_default();
+/// let store = store_from_env_with_timeout(StoreSelection::AllowMemory, timeout).await?;
+/// let engine = settings.apply(Idempotency::builder(store)).build()?;
+/// # let _ = engine; Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`plan_store`] and [`StorePlan::open`].
+pub async fn store_from_env_with_timeout(
+    selection: StoreSelection,
+    timeout: Duration,
+) -> Result<AnyStore, StoreSelectionError> {
+    store_from_lookup_with_timeout(selection, timeout, |name| std::env::var(name).ok()).await
 }
 
 /// Why [`engine_from_env`] could not build an engine. Each message names the variable to fix.
@@ -538,8 +642,12 @@ pub enum FromEnvError {
 
 /// The whole set-up from the process environment: engine settings ([`crate::EnvSettings`]:
 /// `IDEMPOTENCY_RETENTION`, `_LEASE`, `_STORE_TIMEOUT`, `_FAILURE_POLICY`,
-/// `_WAIT_IN_PROGRESS`), the kill switch, and the store ([`store_from_env_with`]). Logs the
-/// settings and the store at start-up.
+/// `_WAIT_IN_PROGRESS`), the kill switch, and the store ([`store_from_env_with_timeout`]). Logs
+/// the settings and the store at start-up.
+///
+/// The store's own time budget of one operation (its `operation_timeout`) is the engine's store
+/// timeout: `IDEMPOTENCY_STORE_TIMEOUT`, or the engine's default (1.5 s) when it is unset. So
+/// `IDEMPOTENCY_STORE_TIMEOUT=5s` gives every store call 5 s, not the store's default 1 s.
 ///
 /// The service starts even when the store is down (it connects in the background and the
 /// failure policy answers meanwhile) and, under `DISABLE_IDEMPOTENCY_CHECKS=true`, without
@@ -557,8 +665,19 @@ pub enum FromEnvError {
 pub async fn engine_from_env(
     selection: StoreSelection,
 ) -> Result<idempotency_core::Idempotency<AnyStore>, FromEnvError> {
-    let settings = crate::EnvSettings::from_env()?;
-    let store = store_from_env_with(selection).await?;
+    engine_from_lookup(selection, |name| std::env::var(name).ok()).await
+}
+
+/// [`engine_from_env`] with the variables read through `lookup` (the engine's builder still
+/// reads the kill switch from the process environment, as there).
+async fn engine_from_lookup(
+    selection: StoreSelection,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<idempotency_core::Idempotency<AnyStore>, FromEnvError> {
+    let settings = crate::EnvSettings::from_lookup(&lookup)?;
+    let store =
+        store_from_lookup_with_timeout(selection, settings.store_timeout_or_default(), lookup)
+            .await?;
     tracing::info!(store = %store.description(), settings = %settings, "idempotency configured");
     let builder = settings.apply(idempotency_core::Idempotency::builder(store));
     Ok(builder.build()?)

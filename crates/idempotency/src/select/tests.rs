@@ -776,3 +776,261 @@ fn memory_named_by_idempotency_store_says_so() {
     // Nothing set: memory by default, named by no variable.
     assert_eq!(plan(&[]).unwrap().description().source(), None);
 }
+
+/// `IDEMPOTENCY_STORE_TIMEOUT` as the stores' own budget (`engine_from_env`): the value, or the
+/// engine's default when unset, not each store's own 1 s.
+mod store_timeout {
+    use std::time::Duration;
+
+    use idempotency_core::IdempotencyStore as _;
+
+    use super::*;
+
+    /// The engine's default store timeout, as the core states it.
+    fn engine_default() -> Duration {
+        idempotency_core::Config::default().store_timeout()
+    }
+
+    /// The engine `engine_from_env` builds from `vars` (plus `IDEMPOTENCY_STORE_TIMEOUT` when
+    /// `timeout` is given).
+    async fn engine(
+        vars: &[(&str, &str)],
+        timeout: Option<&str>,
+    ) -> idempotency_core::Idempotency<AnyStore> {
+        let mut vars = vars.to_vec();
+        if let Some(timeout) = timeout {
+            vars.push((crate::STORE_TIMEOUT_ENV, timeout));
+        }
+        engine_from_lookup(StoreSelection::AllowMemory, env(&vars))
+            .await
+            .unwrap()
+    }
+
+    /// The SQL stores show their budget only in `Debug` (`SharedStore { .., timeout: 3s, .. }`).
+    #[cfg(feature = "sql")]
+    fn sql_budget_is(store: &AnyStore, expected: Duration) {
+        let shown = match (store.as_sqlite(), store.as_postgres()) {
+            (Some(sqlite), _) => format!("{sqlite:?}"),
+            (None, Some(postgres)) => format!("{postgres:?}"),
+            (None, None) => panic!("not a connected SQL store: {store:?}"),
+        };
+        let budget = shown
+            .split_once(", timeout: ")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .expect("a SQL store shows its `timeout`");
+        assert_eq!(budget, format!("{expected:?}"));
+    }
+
+    #[cfg(feature = "kv-rest")]
+    const REST: [(&str, &str); 2] = [
+        ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
+        ("UPSTASH_REDIS_REST_TOKEN", SECRET),
+    ];
+
+    #[cfg(feature = "kv-rest")]
+    #[tokio::test]
+    async fn the_kv_rest_store_takes_the_engine_store_timeout() {
+        let set = engine(&REST, Some("5s")).await;
+        assert_eq!(set.config().store_timeout(), Duration::from_secs(5));
+        assert!(set.store().as_kv_rest().is_some());
+        assert_eq!(set.store().operation_bound(), Some(Duration::from_secs(5)));
+
+        let unset = engine(&REST, None).await;
+        assert_eq!(unset.store().operation_bound(), Some(engine_default()));
+
+        // The plain entry points keep the store's own default, as documented.
+        let plain = store_from_lookup(StoreSelection::AllowMemory, env(&REST))
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.operation_bound(),
+            Some(idempotency_kv_rest::DEFAULT_OPERATION_TIMEOUT)
+        );
+        let given = store_from_lookup_with_timeout(
+            StoreSelection::AllowMemory,
+            Duration::from_millis(2500),
+            env(&REST),
+        )
+        .await
+        .unwrap();
+        assert_eq!(given.operation_bound(), Some(Duration::from_millis(2500)));
+    }
+
+    /// A KV REST endpoint that answers every request 1.5 s after reading it
+    /// (`{"result":0}`), for `connections` connections; its URL.
+    #[cfg(feature = "kv-rest")]
+    fn slow_rest_endpoint(connections: usize) -> String {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let Ok((mut socket, _)) = listener.accept() else {
+                    return;
+                };
+                std::thread::spawn(move || {
+                    let mut request = Vec::new();
+                    let mut chunk = [0_u8; 4096];
+                    loop {
+                        let Ok(n) = socket.read(&mut chunk) else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&chunk[..n]);
+                        let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(1500));
+                    let body = r#"{"result":0}"#;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(reply.as_bytes());
+                });
+            }
+        });
+        url
+    }
+
+    /// The fault as an operator saw it: `IDEMPOTENCY_STORE_TIMEOUT=3s`, a KV REST endpoint that
+    /// answers in 1.5 s, and every call cut at the store's own 1 s.
+    #[cfg(feature = "kv-rest")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kv_rest_answer_within_idempotency_store_timeout_is_waited_for() {
+        let url = slow_rest_endpoint(2);
+        let vars = [
+            ("UPSTASH_REDIS_REST_URL", url.as_str()),
+            ("UPSTASH_REDIS_REST_TOKEN", SECRET),
+        ];
+        let key = idempotency_core::StoreKey::derive(
+            "t:",
+            &idempotency_core::Scope::global(),
+            &idempotency_core::IdempotencyKey::new("slow").unwrap(),
+        );
+        let engine = engine(&vars, Some("3s")).await;
+        let deleted = engine.store().delete(&key).await;
+        assert!(
+            matches!(deleted, Ok(false)),
+            "a 1.5 s answer under a 3 s budget: {deleted:?}"
+        );
+
+        // The store's default (1 s), which `store_from_lookup` keeps, does cut it.
+        let plain = store_from_lookup(StoreSelection::AllowMemory, env(&vars))
+            .await
+            .unwrap();
+        let cut = plain.delete(&key).await;
+        assert!(
+            matches!(cut, Err(idempotency_core::StoreError::Timeout { .. })),
+            "{cut:?}"
+        );
+    }
+
+    #[cfg(feature = "sql")]
+    #[tokio::test]
+    async fn the_sqlite_store_takes_the_engine_store_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("app.db").display());
+        let vars = [("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", url.as_str())];
+        let set = engine(&vars, Some("3s")).await;
+        sql_budget_is(set.store(), Duration::from_secs(3));
+        let unset = engine(&vars, None).await;
+        sql_budget_is(unset.store(), engine_default());
+        // An operator's tool given a timeout opens the existing database with it too.
+        let existing = plan(&vars)
+            .unwrap()
+            .operation_timeout(Duration::from_secs(7))
+            .open_existing()
+            .await
+            .unwrap();
+        sql_budget_is(&existing, Duration::from_secs(7));
+    }
+
+    /// Redis connected at start-up, and connected in the background after a start-up outage:
+    /// both take the engine's store timeout.
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_redis_store_takes_the_engine_store_timeout_even_connected_later() {
+        let mut server = idempotency_testkit::fixtures::RedisServer::start_local()
+            .expect("redis-server (apt-get install redis-server)");
+        let url = server.url().to_owned();
+        let vars = [("REDIS_URL", url.as_str())];
+        let set = engine(&vars, Some("5s")).await;
+        assert_eq!(
+            set.store().as_redis().unwrap().operation_timeout(),
+            Duration::from_secs(5)
+        );
+        let unset = engine(&vars, None).await;
+        assert_eq!(
+            unset.store().as_redis().unwrap().operation_timeout(),
+            engine_default()
+        );
+
+        server.stop().unwrap();
+        let deferred = engine(&vars, Some("4s")).await;
+        assert!(!deferred.store().is_connected());
+        server.restart().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !deferred.store().is_connected() {
+            assert!(std::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            deferred.store().as_redis().unwrap().operation_timeout(),
+            Duration::from_secs(4)
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_redis_cluster_store_takes_the_engine_store_timeout() {
+        let cluster = idempotency_testkit::fixtures::RedisCluster::start(3)
+            .expect("redis-server (apt-get install redis-server)");
+        let urls = cluster.urls().join(",");
+        let vars = [(REDIS_CLUSTER_ENV_VAR, urls.as_str())];
+        let set = engine(&vars, Some("5s")).await;
+        let store = set.store().as_redis_cluster().expect("a connected cluster");
+        assert_eq!(store.operation_timeout(), Duration::from_secs(5));
+        assert_eq!(set.store().operation_bound(), Some(Duration::from_secs(5)));
+    }
+
+    /// Postgres connected at start-up, and connected in the background after a start-up
+    /// outage: both take the engine's store timeout.
+    #[cfg(feature = "sql")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_store_takes_the_engine_store_timeout_even_connected_later() {
+        let mut server = idempotency_testkit::fixtures::PostgresServer::start_local()
+            .expect("postgres binaries in /usr/local/bin");
+        let url = server.url().to_owned();
+        let vars = [("IDEMPOTENCY_STORE", "sql"), ("DATABASE_URL", url.as_str())];
+        let set = engine(&vars, Some("5s")).await;
+        sql_budget_is(set.store(), Duration::from_secs(5));
+        let unset = engine(&vars, None).await;
+        sql_budget_is(unset.store(), engine_default());
+        drop((set, unset));
+
+        server.kill().unwrap();
+        let deferred = engine(&vars, Some("4s")).await;
+        assert!(!deferred.store().is_connected());
+        server.restart().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !deferred.store().is_connected() {
+            assert!(std::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sql_budget_is(deferred.store(), Duration::from_secs(4));
+    }
+}
