@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory as _, Parser};
-use idempotency::{EnvSettings, Idempotency, StoreSelection, error_chain, store_from_env_with};
+use idempotency::{
+    EnvSettings, Idempotency, StoreSelection, error_chain, store_from_env_with_timeout,
+};
 use idempotency_demo::{
     AppState, Database, ExecutionLog, LimitArgs, SlowWork, app, serve_with_limits, shutdown_signal,
 };
@@ -170,13 +172,16 @@ async fn main() -> ExitCode {
     } else {
         StoreSelection::AllowMemory
     };
-    let store = match store_from_env_with(selection).await {
-        Ok(store) => store,
-        Err(error) => {
-            tracing::error!(error = %error_chain(&error), "no idempotency store");
-            return ExitCode::FAILURE;
-        }
-    };
+    // The store's own per-operation budget is the engine's (`IDEMPOTENCY_STORE_TIMEOUT`), not
+    // the store's 1 s default under a longer setting.
+    let store =
+        match store_from_env_with_timeout(selection, settings.store_timeout_or_default()).await {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "no idempotency store");
+                return ExitCode::FAILURE;
+            }
+        };
     let description = store.description().to_string();
     let mut builder = Idempotency::builder(store);
     if args.wait_in_progress_ms > 0 {
