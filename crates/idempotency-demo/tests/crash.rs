@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use idempotency::sql::sqlx;
@@ -47,41 +47,55 @@ const CLEARED: [&str; 12] = [
     "IDEMPOTENCY_WAIT_IN_PROGRESS",
 ];
 
-/// The demo process, restarted on the same port after each kill.
+/// The demo process, restarted on the same port after each kill (on a new one when another
+/// socket took the port meanwhile).
 struct Demo {
     env: Vec<(&'static str, String)>,
-    port: u16,
+    /// Shared with the storm's clients, which read it for each attempt.
+    port: Arc<AtomicU16>,
     child: Option<Child>,
 }
 
+/// Attempts to start the demo on a fresh port.
+const START_ATTEMPTS: u32 = 5;
+
 impl Demo {
     fn start(env: Vec<(&'static str, String)>) -> Self {
-        // A free port for the child to bind (not a refused port: it must be free for the
-        // child). Between this probe and the child's bind, and while a killed child restarts,
-        // another server could take it: the child then fails to start and the test panics ("did
-        // not start"). A `RefusedPort` would not shorten that window: the child binds only once
-        // it runs, so the port has to be released before the spawn.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut demo = Self {
             env,
-            port,
+            port: Arc::new(AtomicU16::new(0)),
             child: None,
         };
-        demo.spawn();
+        demo.spawn_on_a_free_port();
         demo
     }
 
-    fn spawn(&mut self) {
+    /// The child must bind the port itself, so the port is free between its reservation and
+    /// the child's bind (which comes after the store's connection: tens of milliseconds or
+    /// more): another server (another test's, another process's) can take it then, or a
+    /// process that another thread of this binary is spawning holds a copy of the reserving
+    /// socket. The demo then exits with "Address already in use"; it is started again on
+    /// another port.
+    fn spawn_on_a_free_port(&mut self) {
+        let child = idempotency_testkit::start_on_free_port(START_ATTEMPTS, |port| {
+            self.port.store(port, Ordering::Relaxed);
+            self.try_spawn()
+        })
+        .unwrap_or_else(|seen| {
+            panic!("the demo did not start: its port was taken {START_ATTEMPTS} times:\n{seen}")
+        });
+        self.child = Some(child);
+    }
+
+    /// Start the child on `self.port`; `Err` (with its output) when it could not bind the
+    /// port, a panic when it did not start for any other reason.
+    fn try_spawn(&self) -> Result<Child, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_idempotency-demo"));
         for var in CLEARED {
             command.env_remove(var);
         }
         command
-            .env("PORT", self.port.to_string())
+            .env("PORT", self.port.load(Ordering::Relaxed).to_string())
             .env("RUST_LOG", "warn,idempotency_demo=info")
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -109,25 +123,42 @@ impl Demo {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => Ok(child),
+            Ok(Err(seen)) if seen.contains("cannot listen") && seen.contains("in use") => {
+                let _ = child.wait();
+                Err(seen)
+            }
             Ok(Err(seen)) => panic!("the demo did not start:\n{seen}"),
             Err(_) => panic!("the demo did not start within 30 s"),
         }
-        self.child = Some(child);
     }
 
-    /// SIGKILL, then start again on the same port.
+    /// SIGKILL, then start again on the same port; on a new one if another socket took it
+    /// meanwhile (nothing of this process holds it, so the port will not be free soon).
     fn kill_and_restart(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap(); // SIGKILL on unix
             child.wait().unwrap();
         }
-        self.spawn();
+        match self.try_spawn() {
+            Ok(child) => self.child = Some(child),
+            Err(seen) => {
+                eprintln!(
+                    "the demo's port {} was taken while it restarted; moving:\n{seen}",
+                    self.port.load(Ordering::Relaxed)
+                );
+                self.spawn_on_a_free_port();
+            }
+        }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        url(&self.port)
     }
+}
+
+fn url(port: &AtomicU16) -> String {
+    format!("http://127.0.0.1:{}", port.load(Ordering::Relaxed))
 }
 
 impl Drop for Demo {
@@ -153,7 +184,9 @@ async fn storm(demo: &mut Demo, run: &str) -> Storm {
     let kills = env_or("CRASH_KILLS", 6);
     let seed = env_or("CRASH_SEED", 1);
     let concurrency = env_or("CRASH_CONCURRENCY", 48) as usize;
-    let url = demo.url();
+    // The demo's port, read for each attempt: it moves if another socket took it during a
+    // restart.
+    let port = Arc::clone(&demo.port);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(0)
@@ -162,7 +195,7 @@ async fn storm(demo: &mut Demo, run: &str) -> Storm {
 
     // The product every order refers to.
     let created = http
-        .put(format!("{url}/api/products/tea"))
+        .put(format!("{}/api/products/tea", demo.url()))
         .bearer_auth("shopper")
         .header("idempotency-key", format!("{run}-product"))
         .json(&serde_json::json!({"name": "Tea", "price": 450}))
@@ -180,15 +213,15 @@ async fn storm(demo: &mut Demo, run: &str) -> Storm {
         let key = format!("{run}-{k:05}");
         let permit_gate = Arc::clone(&gate);
         let http = http.clone();
-        let url = url.clone();
+        let port = Arc::clone(&port);
         let attempts = Arc::clone(&attempts);
         tasks.push(tokio::spawn(async move {
             let _permit = permit_gate.acquire_owned().await.unwrap();
             let mut duplicates = Vec::new();
             for c in 0..clients {
-                let (http, url, key, attempts) = (
+                let (http, port, key, attempts) = (
                     http.clone(),
-                    url.clone(),
+                    Arc::clone(&port),
                     key.clone(),
                     Arc::clone(&attempts),
                 );
@@ -198,7 +231,7 @@ async fn storm(demo: &mut Demo, run: &str) -> Storm {
                     loop {
                         attempts.fetch_add(1, Ordering::Relaxed);
                         let sent = http
-                            .post(format!("{url}/api/orders"))
+                            .post(format!("{}/api/orders", url(&port)))
                             .bearer_auth("shopper")
                             .header("idempotency-key", &key)
                             .json(&serde_json::json!({"productId": "tea", "quantity": 1}))

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use idempotency_testkit::RefusedPort;
+use idempotency_testkit::{RefusedPort, retry_while_in_use};
 
 fn probe(port: u16, timeout_ms: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idempotency-probe"))
@@ -67,7 +67,8 @@ fn accept_then_close_is_a_check_failure_not_unreachable() {
 fn a_server_that_answers_once_then_goes_away_is_a_check_failure() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
+    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         if let Ok((mut stream, _)) = listener.accept() {
             read_head(&mut stream);
             let _ = stream.write_all(
@@ -75,15 +76,22 @@ fn a_server_that_answers_once_then_goes_away_is_a_check_failure() {
             );
         }
         // Gone: every later connection is refused. The port stays reserved until the probe
-        // is done, so no other test's server takes it and answers instead.
+        // is done, so no other test's server takes it and answers instead. The reservation
+        // retries while the port is busy: another test of this binary spawning its probe at
+        // the listener's drop holds a copy of the listener until that child execs
+        // (`reserve_after_stop` alone then failed with `AddrInUse`, and the port was left
+        // free).
         drop(listener);
-        RefusedPort::reserve_after_stop(port).unwrap()
+        let _ = reserved_tx.send(retry_while_in_use(|| RefusedPort::reserve_after_stop(port)));
     });
     let output = probe(port, "2000");
-    // The handle holds the thread's result, the reservation, until here (not joined: a probe
-    // that never connected would leave the thread waiting in accept).
-    drop(server);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    // The channel held the reservation until here. Not a join: a probe that never connected
+    // would leave the thread waiting in accept (the exit code above fails the test first).
+    let reserved = reserved_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server thread reserves its port once it answered");
+    reserved.expect("the stopped server's port reserved");
 }
 
 #[test]

@@ -16,6 +16,11 @@ mod common;
 use common::claim_record;
 
 const BUDGET: Duration = Duration::from_millis(300);
+/// How long an operation bounded by [`BUDGET`] may take as the tests measure it: ten times the
+/// budget. Without the bound an operation on a paused server never ends, so this still proves
+/// the timeout; the budget plus 500 ms (the old margin) was thin for a loaded 2-core machine,
+/// where scheduling alone can delay the timer and the measuring task by hundreds of ms.
+const BOUND: Duration = Duration::from_millis(3000);
 
 fn key(name: &str) -> StoreKey {
     common::unique_key("faults", name)
@@ -82,10 +87,7 @@ async fn paused_server_times_out_within_budget_and_policies_apply() {
         matches!(err, StoreError::Timeout { operation: idempotency_core::StoreOperation::TryClaim, after } if after == BUDGET),
         "{err:?}"
     );
-    assert!(
-        took >= BUDGET && took < BUDGET + Duration::from_millis(500),
-        "{took:?}"
-    );
+    assert!(took >= BUDGET && took < BOUND, "{took:?}");
     assert!(matches!(
         store.get(&k).await,
         Err(StoreError::Timeout { .. })
@@ -114,7 +116,7 @@ async fn paused_server_times_out_within_budget_and_policies_apply() {
         "{refused:?}"
     );
     assert!(refused.as_ref().unwrap_err().is_retryable());
-    assert!(started.elapsed() < BUDGET + Duration::from_millis(500));
+    assert!(started.elapsed() < BOUND);
 
     // Fail open: runs without protection.
     let runs = Arc::new(AtomicUsize::new(0));
@@ -211,7 +213,7 @@ async fn restarted_server_the_store_reconnects_without_rebuild() {
         "{err:?}"
     );
     assert!(err.is_transient());
-    assert!(started.elapsed() < BUDGET + Duration::from_millis(500));
+    assert!(started.elapsed() < BOUND);
     server.restart().unwrap();
     assert!(store.get(&key("up-again")).await.unwrap().is_none());
 }

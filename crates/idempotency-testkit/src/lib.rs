@@ -96,7 +96,7 @@ mod port;
 pub mod suite;
 
 pub use harness::{Capabilities, RawValue, StoreHarness, TimeControl};
-pub use port::RefusedPort;
+pub use port::{RefusedPort, retry_while_in_use, start_on_free_port};
 
 /// A fresh key prefix for one harness: `t<random hex>:`.
 pub fn unique_prefix() -> String {

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpSocket;
 
@@ -111,8 +112,9 @@ impl RefusedPort {
     /// is spawning at that moment holds a copy of every socket of the process, this one
     /// included, until it `exec`s (sockets are close-on-exec, so only that long: microseconds
     /// to a few milliseconds). A bind right after `release` can fail with `AddrInUse` then;
-    /// whatever binds the port should retry briefly (the fixtures' `restart` does). The same
-    /// holds for any socket a test closes, a listener's included.
+    /// whatever binds the port should retry briefly ([`retry_while_in_use`]; the fixtures'
+    /// `restart` does). The same holds for any socket a test closes, a listener's included.
+    /// A child process that binds the port should be started with [`start_on_free_port`].
     pub fn release(self) -> u16 {
         let port = self.port();
         drop(self.socket);
@@ -139,6 +141,67 @@ impl RefusedPort {
     }
 }
 
+/// Run `op` again while it fails with `AddrInUse`, every millisecond for at most 5 s: for a
+/// bind (or [`RefusedPort::reserve`]) of a port this process just freed, which stays busy
+/// while a child process that another thread is spawning holds its copy of the socket, until
+/// that child `exec`s (see [`RefusedPort::release`]). Any other error, or a port still busy
+/// after 5 s (another socket really holds it), is returned.
+///
+/// ```
+/// use idempotency_testkit::{RefusedPort, retry_while_in_use};
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let port = listener.local_addr().unwrap().port();
+/// drop(listener); // the server goes away; its port is held so no other server takes it
+/// let down = retry_while_in_use(|| RefusedPort::reserve_after_stop(port)).unwrap();
+/// # drop(down);
+/// ```
+///
+/// # Errors
+/// The last error of `op`.
+pub fn retry_while_in_use<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match op() {
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Start a server **in another process** on a fresh port: `start(port)` gets a port that
+/// was reserved until right before the call; when it fails (its server could not bind the
+/// port: another socket took it in the moment between the release and the child's bind, or
+/// holds it a while, see [`RefusedPort::release`]), it is called again with another fresh
+/// port, up to `attempts` times in all. Returns the first success, or the last error.
+///
+/// For a server in this process use [`RefusedPort::listen`], which has no such moment. For a
+/// restart on the same port (clients already know it), retry `start` on that port instead.
+///
+/// `start` should return an error only for a failure to bind (say, the child exited with
+/// "address in use"), and panic on anything else, which a new port would not cure.
+///
+/// # Errors
+/// The last error of `start`, after `attempts` failures.
+///
+/// # Panics
+/// When `attempts` is 0.
+pub fn start_on_free_port<T, E>(
+    attempts: u32,
+    mut start: impl FnMut(u16) -> Result<T, E>,
+) -> Result<T, E> {
+    assert!(attempts > 0, "start_on_free_port: no attempt allowed");
+    let mut attempt = 1;
+    loop {
+        match start(RefusedPort::new().release()) {
+            Err(_) if attempt < attempts => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
 impl Default for RefusedPort {
     /// [`RefusedPort::new`].
     fn default() -> Self {
@@ -152,9 +215,8 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::{Duration, Instant};
 
-    use super::RefusedPort;
+    use super::{RefusedPort, retry_while_in_use};
 
     #[test]
     fn a_connect_is_refused() {
@@ -196,33 +258,17 @@ mod tests {
         }
     }
 
-    /// `bind` again while it fails with `AddrInUse`, for at most 5 s: a socket this process
-    /// just closed can stay busy while another thread's process spawn holds a copy of it,
-    /// until that child `exec`s (see [`RefusedPort::release`]). Any other error, or a port
-    /// still busy after 5 s, is returned.
-    fn bind_retrying<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match bind() {
-                Err(error) if error.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                other => return other,
-            }
-        }
-    }
-
     #[test]
     fn a_server_binds_the_port_after_release() {
         let reserved = RefusedPort::new();
         let addr = reserved.addr();
         let port = reserved.release();
         assert_eq!(port, addr.port());
-        let listener = bind_retrying(|| TcpListener::bind(addr)).unwrap();
+        let listener = retry_while_in_use(|| TcpListener::bind(addr)).unwrap();
         let _client = TcpStream::connect(addr).unwrap();
         drop(listener);
         // And reserved again once the server is gone.
-        let again = bind_retrying(|| RefusedPort::reserve(port)).unwrap();
+        let again = retry_while_in_use(|| RefusedPort::reserve(port)).unwrap();
         assert_eq!(again.port(), port);
         assert_eq!(
             TcpStream::connect(addr).unwrap_err().kind(),
@@ -270,9 +316,9 @@ mod tests {
             // Released, then bound (retrying a busy moment), then reserved again.
             let reserved = RefusedPort::new();
             let port = reserved.release();
-            let listener = bind_retrying(|| TcpListener::bind(("127.0.0.1", port))).unwrap();
+            let listener = retry_while_in_use(|| TcpListener::bind(("127.0.0.1", port))).unwrap();
             drop(listener);
-            let again = bind_retrying(|| RefusedPort::reserve(port)).unwrap();
+            let again = retry_while_in_use(|| RefusedPort::reserve(port)).unwrap();
             assert_eq!(
                 TcpStream::connect(again.addr()).unwrap_err().kind(),
                 ErrorKind::ConnectionRefused
@@ -281,6 +327,35 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         let spawned = spawner.join().unwrap();
         assert!(spawned > 0, "the spawning thread never ran");
+    }
+
+    /// A start that fails (its port was taken meanwhile) is retried on another fresh port;
+    /// the last failure is returned once the attempts are spent.
+    #[test]
+    fn a_start_on_a_taken_port_is_retried_on_another() {
+        let mut thieves = Vec::new();
+        let mut ports = Vec::new();
+        let started = super::start_on_free_port(3, |port| {
+            ports.push(port);
+            if ports.len() < 3 {
+                // Another server takes the port before the child binds it.
+                thieves.push(TcpListener::bind(("127.0.0.1", port)).unwrap());
+            }
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => Ok(listener),
+                Err(error) => Err(error.kind()),
+            }
+        })
+        .unwrap();
+        assert_eq!(ports.len(), 3);
+        assert_eq!(started.local_addr().unwrap().port(), ports[2]);
+        assert!(ports[2] != ports[0] && ports[2] != ports[1]);
+        let mut calls = 0;
+        let failed = super::start_on_free_port(2, |_| -> Result<(), u32> {
+            calls += 1;
+            Err(calls)
+        });
+        assert_eq!(failed, Err(2));
     }
 
     #[test]
@@ -299,7 +374,7 @@ mod tests {
         let strict = RefusedPort::reserve(addr.port()).unwrap_err();
         assert_eq!(strict.kind(), ErrorKind::AddrInUse, "{strict}");
         // ...the one after a stop is not.
-        let reserved = bind_retrying(|| RefusedPort::reserve_after_stop(addr.port())).unwrap();
+        let reserved = retry_while_in_use(|| RefusedPort::reserve_after_stop(addr.port())).unwrap();
         assert_eq!(
             TcpStream::connect(addr).unwrap_err().kind(),
             ErrorKind::ConnectionRefused
@@ -311,6 +386,6 @@ mod tests {
         }
         // The server restarts on it once released.
         reserved.release();
-        let _restarted = bind_retrying(|| TcpListener::bind(addr)).unwrap();
+        let _restarted = retry_while_in_use(|| TcpListener::bind(addr)).unwrap();
     }
 }

@@ -232,24 +232,31 @@ async fn redis_over_tls_from_the_environment() {
         String::from_utf8_lossy(&made.stderr)
     );
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    // Held until right before the server starts (a port dropped at once could be taken by
-    // another test's server meanwhile); the fixture's start is the remaining window.
-    let reserved = RefusedPort::new();
-    let tls_port_text = reserved.port().to_string();
-    let tls_port = reserved.release();
-    let _server = RedisServer::start_local_with(&[
-        "--tls-port",
-        &tls_port_text,
-        "--tls-cert-file",
-        cert,
-        "--tls-key-file",
-        key,
-        "--tls-ca-cert-file",
-        cert,
-        "--tls-auth-clients",
-        "no",
-    ])
-    .expect("redis-server with TLS (Debian's redis-server has it)");
+    // The TLS port is free from its reservation's release to the server's bind (the fixture's
+    // start: the server process must bind it itself), and another socket can take it then:
+    // the server exits with "Address already in use" (the fixture's own retries keep this
+    // port), and it is started again on another.
+    let mut tls_port = 0;
+    let _server = idempotency_testkit::start_on_free_port(3, |port| {
+        tls_port = port;
+        let port = port.to_string();
+        match RedisServer::start_local_with(&[
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+        ]) {
+            Err(error) if error.to_string().contains("in use") => Err(error),
+            started => Ok(started.expect("redis-server with TLS (Debian's redis-server has it)")),
+        }
+    })
+    .expect("redis-server with TLS: its TLS port taken at each attempt");
     let store = store_from_lookup(
         StoreSelection::RequireDistributed,
         lookup(vec![(
