@@ -27,12 +27,21 @@ fn key(name: &str) -> StoreKey {
 }
 
 async fn store_on(server: &RedisServer) -> RedisStore {
+    store_with_budget(server, BUDGET).await
+}
+
+async fn store_with_budget(server: &RedisServer, budget: Duration) -> RedisStore {
     RedisStore::builder()
-        .operation_timeout(BUDGET)
+        .operation_timeout(budget)
         .connect(server.url())
         .await
         .expect("connect")
 }
+
+/// The budget of the restart test's store: the first operation after a restart reconnects
+/// and may reload a script, which took more than [`BUDGET`] on a loaded machine (1 run in 100);
+/// the test is about that operation succeeding, not about how fast.
+const RESTART_BUDGET: Duration = Duration::from_secs(1);
 
 /// Resumes the server even when an assertion fails, so the test binary does not leave a frozen
 /// process behind for long (the watchdog would kill it at exit anyway).
@@ -152,7 +161,7 @@ async fn paused_server_times_out_within_budget_and_policies_apply() {
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_server_the_store_reconnects_without_rebuild() {
     let mut server = RedisServer::start_local().expect("local redis-server");
-    let store = store_on(&server).await;
+    let store = store_with_budget(&server, RESTART_BUDGET).await;
     let engine = Idempotency::builder(store.clone())
         .ignore_env()
         .build()
