@@ -112,8 +112,11 @@
 //! claim's lease would lapse. So a timed-out claim is never left held by a token nobody has:
 //! the key is free again as soon as the lock is (plus one release). An attempt dropped before
 //! its statement was sent (waiting for a pool connection, or during SQLite's first read) wrote
-//! nothing. Remaining limits: the release needs a Tokio runtime when the future is dropped
-//! (none while the runtime shuts down: the claim then lapses with its lease); the connection
+//! nothing. A claim retried with the same record (same token) while such a release is pending
+//! in the process waits for it first, so the retry is never told it holds a key that the
+//! release then frees. Remaining limits: the release needs a Tokio runtime that keeps running
+//! until the abandoned statement has ended (a runtime shut down before then drops the release,
+//! and the claim lapses with its lease); the connection
 //! stays with the task until the abandoned statement ends (at most the busy timeout on
 //! SQLite; on Postgres as long as the lock it waits for is held, as any abandoned statement
 //! would keep it); and if the database fails the release until the lease would lapse, the

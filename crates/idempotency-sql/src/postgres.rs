@@ -1022,7 +1022,7 @@ impl IdempotencyStore for PostgresStore {
         // row lock keeps running on the server, and is released once it lands, on the same
         // connection ([`crate::shared::ClaimConnection`]).
         let row = timed(StoreOperation::TryClaim, base.timeout, async {
-            let mut conn = base.claim_connection().await?;
+            let mut conn = base.claim_connection(key, &record.token).await?;
             base.claim_on(&mut conn, key, record, lease).await
         })
         .await?;

@@ -19,12 +19,16 @@ use idempotency_core::{
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
+
 use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{
     ColumnIndex, Connection as _, Database, Decode, Encode, Executor, IntoArguments, Pool,
     Row as _, Type,
 };
+use tokio::sync::Notify;
 
 use crate::error::{map_sqlx, timed};
 use crate::migrate::{self, MIGRATIONS, Migration};
@@ -77,6 +81,84 @@ pub(crate) struct SharedStore<DB: Database> {
     pub(crate) sql: SqlStatements,
 }
 
+/// Claims abandoned with their statement in flight whose release ([`ClaimConnection`]) has
+/// not ended yet, by key and token, in this process (every store of the process: a caller may
+/// retry through another store instance on the same database). A claim of the same key with
+/// the same record (a caller retrying a claim that timed out) waits until that release has
+/// ended: otherwise it could find the abandoned claim (its own token: "claimed") just before
+/// the release removes it, and be told it holds a key the release then frees. Claims with any
+/// other token never wait (tokens are random: another database's claim with the same key and
+/// token does not happen), and while no claim is abandoned a claim reads one atomic counter.
+static ORPHANS: LazyLock<Orphans> = LazyLock::new(Orphans::default);
+
+/// See [`ORPHANS`].
+#[derive(Debug, Default)]
+struct Orphans {
+    /// How many releases are pending (the entries of `pending`).
+    count: AtomicUsize,
+    pending: Mutex<Vec<(StoreKey, LeaseToken)>>,
+    /// Notified each time a release ends.
+    ended: Notify,
+}
+
+impl Orphans {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<(StoreKey, LeaseToken)>> {
+        // A panic while the lock was held cannot leave the list half-changed (one push or one
+        // swap_remove): keep using it.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, key: StoreKey, token: LeaseToken) {
+        self.entries().push((key, token));
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remove(&self, key: &StoreKey, token: &LeaseToken) {
+        let mut entries = self.entries();
+        if let Some(at) = entries.iter().position(|(k, t)| k == key && t == token) {
+            entries.swap_remove(at);
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(entries);
+        self.ended.notify_waiters();
+    }
+
+    fn is_pending(&self, key: &StoreKey, token: &LeaseToken) -> bool {
+        self.entries().iter().any(|(k, t)| k == key && t == token)
+    }
+
+    /// Wait until no release is pending for `key` under `token` (the caller's time budget
+    /// bounds the wait).
+    async fn settled(&self, key: &StoreKey, token: &LeaseToken) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        loop {
+            let ended = self.ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            // Registered before the check: a release that ends in between is not missed.
+            ended.as_mut().enable();
+            if !self.is_pending(key, token) {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// Removes an abandoned claim from [`Orphans`] when its release ends, however it ends (done,
+/// given up, or its task dropped by a runtime that shuts down).
+struct PendingRelease {
+    key: StoreKey,
+    token: LeaseToken,
+}
+
+impl Drop for PendingRelease {
+    fn drop(&mut self) {
+        ORPHANS.remove(&self.key, &self.token);
+    }
+}
+
 /// What the fenced completion in the caller's transaction did ([`SharedStore::write_in`]).
 pub(crate) enum Written {
     /// The record is completed under the attempt's token (or was already).
@@ -127,6 +209,8 @@ pub(crate) struct Orphan<DB: Database> {
     key: StoreKey,
     token: LeaseToken,
     lease: Duration,
+    /// Its entry in [`Orphans`], removed when the release ends.
+    pending: PendingRelease,
 }
 
 impl<DB: Database> ClaimConnection<'_, DB> {
@@ -149,6 +233,9 @@ impl<DB: Database> Drop for ClaimConnection<'_, DB> {
             tracing::warn!(key = %claim.key, "claim abandoned without a runtime to release it; it lapses with its lease");
             return;
         };
+        // Registered before the task exists: a retry with this record that starts from now on
+        // waits for the release ([`Orphans`]).
+        ORPHANS.add(claim.key.clone(), claim.token);
         let orphan = Orphan {
             conn,
             pool: self.store.pool.clone(),
@@ -156,6 +243,10 @@ impl<DB: Database> Drop for ClaimConnection<'_, DB> {
             key: claim.key.clone(),
             token: claim.token,
             lease: claim.lease,
+            pending: PendingRelease {
+                key: claim.key.clone(),
+                token: claim.token,
+            },
         };
         drop(runtime.spawn((self.release)(orphan)));
     }
@@ -194,10 +285,18 @@ where
     }
 
     /// A pool connection for a claim ([`ClaimConnection`]).
-    pub(crate) async fn claim_connection(&self) -> Result<ClaimConnection<'_, DB>, sqlx::Error>
+    ///
+    /// A claim of `key` with `token` whose earlier attempt was abandoned waits here until that
+    /// attempt's release has ended ([`Orphans`]), before it reads or writes anything.
+    pub(crate) async fn claim_connection(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+    ) -> Result<ClaimConnection<'_, DB>, sqlx::Error>
     where
         DB::Connection: Send,
     {
+        ORPHANS.settled(key, token).await;
         Ok(ClaimConnection {
             conn: Some(self.pool.acquire().await?),
             store: self,
@@ -246,6 +345,7 @@ where
             key,
             token,
             lease,
+            pending: _pending,
         } = orphan;
         let mut conn = Some(conn);
         if let Some(c) = conn.as_mut()

@@ -433,7 +433,7 @@ impl IdempotencyStore for SqliteStore {
             // Both statements run on one connection, held by a guard: a claim statement
             // abandoned by a timeout (still waiting for the write lock) is released once it
             // lands, on the same connection ([`crate::shared::ClaimConnection`]).
-            let mut conn = base.claim_connection().await?;
+            let mut conn = base.claim_connection(key, &record.token).await?;
             let live = sqlx::query(&base.sql.get)
                 .bind(key.as_str())
                 .fetch_optional(conn.conn())

