@@ -101,11 +101,26 @@
 //! new key waits for the lock (and fails with the engine's failure policy past the operation
 //! timeout). A claim that gives up with `SQLITE_BUSY`/`SQLITE_LOCKED` wrote nothing and is
 //! [`StoreError::WriteRefused`](idempotency_core::StoreError::WriteRefused), so the engine
-//! answers from a read where it can. Known limit: a claim that times out while waiting for the
-//! lock (before `SQLITE_BUSY`) is not cancelled (sqlx's SQLite worker runs the statement once
-//! the lock is free); the engine releases it in the background, fenced by its token, but a
-//! release that runs before the claim lands finds nothing, and the key then answers "in
-//! progress" until the claim's lease lapses. Keep the operation timeout above the busy timeout.
+//! answers from a read where it can. A claim that times out while its statement waits for a
+//! lock (SQLite: the write lock, before `SQLITE_BUSY`; Postgres: the key's row, locked by
+//! another transaction) is not cancelled: sqlx's SQLite worker, or the Postgres server, runs
+//! the statement once the lock is free. The store therefore runs each claim on a connection
+//! held by its own future; when that future is dropped (timeout, or a caller gone) while the
+//! claim statement may be in flight, the same connection is handed to a background task that
+//! waits for the statement to end on it (one connection runs its commands in order) and then
+//! releases the claim, fenced by its token, retrying busy and transient failures until the
+//! claim's lease would lapse. So a timed-out claim is never left held by a token nobody has:
+//! the key is free again as soon as the lock is (plus one release). An attempt dropped before
+//! its statement was sent (waiting for a pool connection, or during SQLite's first read) wrote
+//! nothing. A claim retried with the same record (same token) while such a release is pending
+//! in the process waits for it first, so the retry is never told it holds a key that the
+//! release then frees. Remaining limits: the release needs a Tokio runtime that keeps running
+//! until the abandoned statement has ended (a runtime shut down before then drops the release,
+//! and the claim lapses with its lease); the connection
+//! stays with the task until the abandoned statement ends (at most the busy timeout on
+//! SQLite; on Postgres as long as the lock it waits for is held, as any abandoned statement
+//! would keep it); and if the database fails the release until the lease would lapse, the
+//! claim lapses with its lease.
 //!
 //! **Claim first, then `BEGIN`; on Postgres at `READ COMMITTED`.** The lease renewals run on the
 //! pool, outside the caller's transaction, every third of the lease. At `READ COMMITTED`

@@ -1018,11 +1018,13 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let base = &self.inner.base;
-        let row = timed(
-            StoreOperation::TryClaim,
-            base.timeout,
-            base.claim(key, record, lease).fetch_one(&base.pool),
-        )
+        // On a connection held by a guard: a claim abandoned by a timeout while it waits for a
+        // row lock keeps running on the server, and is released once it lands, on the same
+        // connection ([`crate::shared::ClaimConnection`]).
+        let row = timed(StoreOperation::TryClaim, base.timeout, async {
+            let mut conn = base.claim_connection(key, &record.token).await?;
+            base.claim_on(&mut conn, key, record, lease).await
+        })
         .await?;
         let claimed: Option<bool> = row
             .try_get("claimed")

@@ -16,8 +16,19 @@ use idempotency_core::{
     Completed, CompletionParts, Fenced, IdempotencyError, InProgress, LeaseToken, Record,
     StoreError, StoreKey, StoreOperation,
 };
+use std::future::Future;
+use std::pin::Pin;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
+use sqlx::{
+    ColumnIndex, Connection as _, Database, Decode, Encode, Executor, IntoArguments, Pool,
+    Row as _, Type,
+};
+use tokio::sync::Notify;
 
 use crate::error::{map_sqlx, timed};
 use crate::migrate::{self, MIGRATIONS, Migration};
@@ -70,6 +81,84 @@ pub(crate) struct SharedStore<DB: Database> {
     pub(crate) sql: SqlStatements,
 }
 
+/// Claims abandoned with their statement in flight whose release ([`ClaimConnection`]) has
+/// not ended yet, by key and token, in this process (every store of the process: a caller may
+/// retry through another store instance on the same database). A claim of the same key with
+/// the same record (a caller retrying a claim that timed out) waits until that release has
+/// ended: otherwise it could find the abandoned claim (its own token: "claimed") just before
+/// the release removes it, and be told it holds a key the release then frees. Claims with any
+/// other token never wait (tokens are random: another database's claim with the same key and
+/// token does not happen), and while no claim is abandoned a claim reads one atomic counter.
+static ORPHANS: LazyLock<Orphans> = LazyLock::new(Orphans::default);
+
+/// See [`ORPHANS`].
+#[derive(Debug, Default)]
+struct Orphans {
+    /// How many releases are pending (the entries of `pending`).
+    count: AtomicUsize,
+    pending: Mutex<Vec<(StoreKey, LeaseToken)>>,
+    /// Notified each time a release ends.
+    ended: Notify,
+}
+
+impl Orphans {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<(StoreKey, LeaseToken)>> {
+        // A panic while the lock was held cannot leave the list half-changed (one push or one
+        // swap_remove): keep using it.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, key: StoreKey, token: LeaseToken) {
+        self.entries().push((key, token));
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remove(&self, key: &StoreKey, token: &LeaseToken) {
+        let mut entries = self.entries();
+        if let Some(at) = entries.iter().position(|(k, t)| k == key && t == token) {
+            entries.swap_remove(at);
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(entries);
+        self.ended.notify_waiters();
+    }
+
+    fn is_pending(&self, key: &StoreKey, token: &LeaseToken) -> bool {
+        self.entries().iter().any(|(k, t)| k == key && t == token)
+    }
+
+    /// Wait until no release is pending for `key` under `token` (the caller's time budget
+    /// bounds the wait).
+    async fn settled(&self, key: &StoreKey, token: &LeaseToken) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        loop {
+            let ended = self.ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            // Registered before the check: a release that ends in between is not missed.
+            ended.as_mut().enable();
+            if !self.is_pending(key, token) {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// Removes an abandoned claim from [`Orphans`] when its release ends, however it ends (done,
+/// given up, or its task dropped by a runtime that shuts down).
+struct PendingRelease {
+    key: StoreKey,
+    token: LeaseToken,
+}
+
+impl Drop for PendingRelease {
+    fn drop(&mut self) {
+        ORPHANS.remove(&self.key, &self.token);
+    }
+}
+
 /// What the fenced completion in the caller's transaction did ([`SharedStore::write_in`]).
 pub(crate) enum Written {
     /// The record is completed under the attempt's token (or was already).
@@ -78,6 +167,89 @@ pub(crate) enum Written {
     NotApplied,
     /// The statement failed.
     Failed(sqlx::Error),
+}
+
+/// The pool connection a claim runs on, owned by `try_claim`'s future.
+///
+/// A claim statement that was handed to the connection is not cancelled when that future is
+/// dropped (its time budget ran out, or its caller went away): sqlx's SQLite worker thread runs
+/// the statement once the write lock is free, and a Postgres server runs it once the row lock
+/// it waits for is free, whether or not anyone awaits the reply. The claim would then land
+/// under a token nobody holds. So while the statement may be in flight, dropping this guard
+/// moves the same connection into a task that waits for the statement to end on it (commands
+/// on one connection run in order: the SQLite worker's queue, the Postgres wire protocol, which
+/// sqlx drains before it sends anything else) and then releases the claim, fenced by its token,
+/// with a budget of its own (until the claim's lease would lapse). Dropped before the statement
+/// was handed over (while waiting for a connection, or during SQLite's read), nothing was
+/// written and the connection goes back to the pool as usual. The path that is not dropped
+/// spawns nothing.
+pub(crate) struct ClaimConnection<'a, DB: Database> {
+    conn: Option<PoolConnection<DB>>,
+    store: &'a SharedStore<DB>,
+    /// The claim whose statement may be in flight on `conn`.
+    in_flight: Option<InFlight<'a>>,
+    /// The release after a dropped claim (set where sqlx's bounds are known).
+    release: ReleaseOrphan<DB>,
+}
+
+/// What [`ClaimConnection`]'s `Drop` spawns.
+type ReleaseOrphan<DB> = fn(Orphan<DB>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+struct InFlight<'a> {
+    key: &'a StoreKey,
+    token: LeaseToken,
+    lease: Duration,
+}
+
+/// A claim whose caller stopped waiting while its statement may have been in flight.
+pub(crate) struct Orphan<DB: Database> {
+    conn: PoolConnection<DB>,
+    pool: Pool<DB>,
+    release_sql: String,
+    key: StoreKey,
+    token: LeaseToken,
+    lease: Duration,
+    /// Its entry in [`Orphans`], removed when the release ends.
+    pending: PendingRelease,
+}
+
+impl<DB: Database> ClaimConnection<'_, DB> {
+    /// The connection (for the statements that write nothing, such as SQLite's first read).
+    pub(crate) fn conn(&mut self) -> &mut DB::Connection {
+        self.conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("the connection is only taken on drop"))
+    }
+}
+
+impl<DB: Database> Drop for ClaimConnection<'_, DB> {
+    fn drop(&mut self) {
+        let (Some(conn), Some(claim)) = (self.conn.take(), self.in_flight.take()) else {
+            return;
+        };
+        // Without a runtime (dropped while it shuts down) nothing can run the release; the
+        // claim then lapses with its lease. Never panic in a destructor.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %claim.key, "claim abandoned without a runtime to release it; it lapses with its lease");
+            return;
+        };
+        // Registered before the task exists: a retry with this record that starts from now on
+        // waits for the release ([`Orphans`]).
+        ORPHANS.add(claim.key.clone(), claim.token);
+        let orphan = Orphan {
+            conn,
+            pool: self.store.pool.clone(),
+            release_sql: self.store.sql.release.clone(),
+            key: claim.key.clone(),
+            token: claim.token,
+            lease: claim.lease,
+            pending: PendingRelease {
+                key: claim.key.clone(),
+                token: claim.token,
+            },
+        };
+        drop(runtime.spawn((self.release)(orphan)));
+    }
 }
 
 // The bounds say what sqlx needs to send these parameters and read these columns on `DB`; both
@@ -110,6 +282,114 @@ where
             .bind(record.fingerprint.as_bytes().as_slice())
             .bind(millis_column(record.created_at_ms))
             .bind(DB::units(lease))
+    }
+
+    /// A pool connection for a claim ([`ClaimConnection`]).
+    ///
+    /// A claim of `key` with `token` whose earlier attempt was abandoned waits here until that
+    /// attempt's release has ended ([`Orphans`]), before it reads or writes anything.
+    pub(crate) async fn claim_connection(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+    ) -> Result<ClaimConnection<'_, DB>, sqlx::Error>
+    where
+        DB::Connection: Send,
+    {
+        ORPHANS.settled(key, token).await;
+        Ok(ClaimConnection {
+            conn: Some(self.pool.acquire().await?),
+            store: self,
+            in_flight: None,
+            release: |orphan| Box::pin(Self::release_orphan(orphan)),
+        })
+    }
+
+    /// Run the claim statement on `guard`'s connection. While it runs, dropping the guard
+    /// releases the claim once it has landed. An error the database answered (the statement
+    /// wrote nothing) does not; any other (the connection broke: the statement may have been
+    /// applied) leaves the guard to release it when dropped.
+    pub(crate) async fn claim_on<'a>(
+        &'a self,
+        guard: &mut ClaimConnection<'a, DB>,
+        key: &'a StoreKey,
+        record: &'a InProgress,
+        lease: Duration,
+    ) -> Result<DB::Row, sqlx::Error> {
+        guard.in_flight = Some(InFlight {
+            key,
+            token: record.token,
+            lease,
+        });
+        let row = self.claim(key, record, lease).fetch_one(guard.conn()).await;
+        if !matches!(&row, Err(error) if !matches!(error, sqlx::Error::Database(_))) {
+            guard.in_flight = None;
+        }
+        row
+    }
+
+    /// The release of a claim whose caller stopped waiting while its statement was in flight
+    /// ([`ClaimConnection`]): wait for the statement to end on its connection (however long the
+    /// lock it waits for is held: until then nothing can release it), then release it, fenced
+    /// by its token, retrying busy and transient failures until its lease would have lapsed
+    /// (measured from then: the statement started before), on the connection, or on the pool
+    /// once the connection failed.
+    async fn release_orphan(orphan: Orphan<DB>)
+    where
+        DB::Connection: Send,
+    {
+        let Orphan {
+            conn,
+            pool,
+            release_sql,
+            key,
+            token,
+            lease,
+            pending: _pending,
+        } = orphan;
+        let mut conn = Some(conn);
+        if let Some(c) = conn.as_mut()
+            && let Err(error) = c.ping().await
+        {
+            tracing::debug!(%key, %error, "abandoned claim: its connection failed; releasing on the pool");
+            conn = None;
+        }
+        let deadline = tokio::time::Instant::now() + lease;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(%key, "abandoned claim: not released before its lease would lapse; it lapses with its lease");
+                return;
+            }
+            let query = sqlx::query(&release_sql)
+                .bind(key.as_str())
+                .bind(token.as_bytes().as_slice());
+            let attempt = async {
+                match conn.as_deref_mut() {
+                    Some(c) => query.execute(c).await,
+                    None => query.execute(&pool).await,
+                }
+            };
+            match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(_)) => {
+                    tracing::debug!(%key, "abandoned claim released");
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%key, %error, "abandoned claim: release failed; retrying");
+                    if !matches!(error, sqlx::Error::Database(_)) {
+                        conn = None;
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(%key, "abandoned claim: not released before its lease would lapse; it lapses with its lease");
+                    return;
+                }
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// Run the completion statement `sql` (the plain `complete`, or a store's variant for the

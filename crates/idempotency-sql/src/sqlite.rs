@@ -430,14 +430,18 @@ impl IdempotencyStore for SqliteStore {
             // progress") even while a long transaction holds the lock. The read is the
             // linearization point of such a claim: the record was live and there, as if the
             // claim had run then.
+            // Both statements run on one connection, held by a guard: a claim statement
+            // abandoned by a timeout (still waiting for the write lock) is released once it
+            // lands, on the same connection ([`crate::shared::ClaimConnection`]).
+            let mut conn = base.claim_connection(key, &record.token).await?;
             let live = sqlx::query(&base.sql.get)
                 .bind(key.as_str())
-                .fetch_optional(&base.pool)
+                .fetch_optional(conn.conn())
                 .await?;
             if let Some(row) = live {
                 return Ok((false, row));
             }
-            let row = base.claim(key, record, lease).fetch_one(&base.pool).await?;
+            let row = base.claim_on(&mut conn, key, record, lease).await?;
             let claimed: Option<bool> = row.try_get("claimed")?;
             Ok::<_, sqlx::Error>((claimed == Some(true), row))
         };
