@@ -151,7 +151,7 @@ impl RedisStoreBuilder {
             .set_response_timeout(None)
             .set_number_of_retries(self.reconnect_attempts)
             .set_max_delay(Duration::from_secs(1));
-        let budget = self.connect_timeout + self.operation_timeout;
+        let budget = self.connect_timeout.saturating_add(self.operation_timeout);
         // Kept for the wake-up subscriber, a connection of its own (opened on first wait).
         let subscriber = client.clone();
         let subscriber_timeout = self.connect_timeout.max(self.operation_timeout);
@@ -190,7 +190,7 @@ impl RedisStoreBuilder {
             .retries(self.reconnect_attempts as u32)
             .build()
             .map_err(|e| client_error(StoreOperation::Connect, self.connect_timeout, e))?;
-        let budget = self.connect_timeout + self.operation_timeout;
+        let budget = self.connect_timeout.saturating_add(self.operation_timeout);
         let connection = tokio::time::timeout(budget, client.get_async_connection())
             .await
             .map_err(|_| StoreError::Timeout {

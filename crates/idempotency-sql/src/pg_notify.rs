@@ -233,7 +233,7 @@ impl Notifier {
     where
         F: Future<Output = Result<Option<Duration>, StoreError>>,
     {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(timeout);
         let registration = Registration::new(&self.shared, wake_payload(key));
         // Created now: a wake-up from here on is kept until the await below.
         let notified = registration.notify.notified();
@@ -243,7 +243,7 @@ impl Notifier {
         // The listener must be listening before the check below; on a fresh store this waits
         // for its first connection.
         let mut connected = self.connected.clone();
-        let connect_by = deadline.min(Instant::now() + self.shared.timeout);
+        let connect_by = deadline.min(after(self.shared.timeout));
         if tokio::time::timeout_at(connect_by, connected.wait_for(|up| *up))
             .await
             .is_err()
@@ -428,6 +428,13 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Now plus `timeout`; a timeout too long to add (`Duration::MAX`, meaning "no limit") gives a
+/// deadline about 30 years away instead of a panic.
+fn after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 60 * 60))
+}
 #[cfg(test)]
 mod tests {
     use super::*;

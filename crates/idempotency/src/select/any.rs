@@ -402,12 +402,46 @@ async fn connect_redis(
     url: &str,
     operation_timeout: Option<Duration>,
 ) -> Result<idempotency_redis::RedisStore, StoreError> {
-    let store = redis_builder(operation_timeout).connect(url).await?;
+    let budget = start_up_budget(operation_timeout);
+    let store = within_start_up(budget, redis_builder(operation_timeout).connect(url)).await?;
     // Logs its own warnings (eviction policy, persistence); a failed check is not fatal.
-    if let Err(error) = store.doctor().await {
-        tracing::warn!(%error, "could not check the Redis server settings");
+    match tokio::time::timeout(budget, store.doctor()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not check the Redis server settings"),
+        Err(_) => tracing::warn!(
+            after = ?budget,
+            "could not check the Redis server settings: no answer within the start-up budget"
+        ),
     }
     Ok(store)
+}
+
+/// How long opening a Redis store (connecting, then checking the server) may take at start-up
+/// or on a background reconnection attempt: what it takes with the store's default settings
+/// (`DEFAULT_CONNECT_TIMEOUT` + `DEFAULT_OPERATION_TIMEOUT`), or less under a shorter
+/// operation timeout. A long `IDEMPOTENCY_STORE_TIMEOUT` (minutes, hours) is the budget of each
+/// store call, not of start-up: a server that accepts connections but does not answer must not
+/// hold a service's start for that long (it is connected in the background instead).
+#[cfg(feature = "redis")]
+fn start_up_budget(operation_timeout: Option<Duration>) -> Duration {
+    let default = idempotency_redis::DEFAULT_OPERATION_TIMEOUT;
+    idempotency_redis::DEFAULT_CONNECT_TIMEOUT
+        .saturating_add(operation_timeout.map_or(default, |timeout| timeout.min(default)))
+}
+
+/// `connect` within `budget` (see [`start_up_budget`]): past it, a transient
+/// [`StoreError::Timeout`] (so an application starts and connects in the background).
+#[cfg(feature = "redis")]
+async fn within_start_up<T>(
+    budget: Duration,
+    connect: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(budget, connect)
+        .await
+        .unwrap_or(Err(StoreError::Timeout {
+            operation: idempotency_core::StoreOperation::Connect,
+            after: budget,
+        }))
 }
 
 #[cfg(feature = "redis")]
@@ -448,11 +482,19 @@ async fn connect_cluster(
     operation_timeout: Option<Duration>,
 ) -> Result<idempotency_redis::RedisClusterStore, StoreError> {
     let nodes: Vec<String> = urls.split(',').map(|n| n.trim().to_owned()).collect();
-    let store = redis_builder(operation_timeout)
-        .connect_cluster(nodes)
-        .await?;
-    if let Err(error) = store.doctor().await {
-        tracing::warn!(%error, "could not check the Redis Cluster settings");
+    let budget = start_up_budget(operation_timeout);
+    let store = within_start_up(
+        budget,
+        redis_builder(operation_timeout).connect_cluster(nodes),
+    )
+    .await?;
+    match tokio::time::timeout(budget, store.doctor()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not check the Redis Cluster settings"),
+        Err(_) => tracing::warn!(
+            after = ?budget,
+            "could not check the Redis Cluster settings: no answer within the start-up budget"
+        ),
     }
     Ok(store)
 }
