@@ -11,12 +11,14 @@
 
 mod common;
 
+use common::abandoned::{attempt, settled};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
     Begin, Claim, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore,
-    InProgress, LeaseToken, Record, Scope, StoreKey, StoredOutcome,
+    Record, Scope, StoreKey, StoredOutcome,
 };
 use idempotency_sql::sqlx::sqlite::{SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use idempotency_sql::sqlx::{Connection as _, SqliteConnection};
@@ -24,22 +26,6 @@ use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
 use idempotency_testkit::unique_prefix;
 
 const LEASE: Duration = Duration::from_secs(60);
-
-fn attempt() -> InProgress {
-    InProgress {
-        token: LeaseToken::generate(),
-        fingerprint: Fingerprint::of("order"),
-        created_at_ms: idempotency_core::unix_millis_now(),
-    }
-}
-
-async fn settled<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pool.num_idle() != pool.size() as usize {
-        assert!(Instant::now() < deadline, "the pool never went idle");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 fn engine<S: IdempotencyStore + 'static>(store: S, budget: Duration, wait: bool) -> Idempotency<S> {
     let mut b = Idempotency::builder(store)

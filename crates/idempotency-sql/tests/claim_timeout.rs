@@ -9,11 +9,13 @@
 
 mod common;
 
+use common::abandoned::{attempt, settled};
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Claim, Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record, StoreError, StoreKey,
+    Claim, IdempotencyStore, InProgress, LeaseToken, Record, StoreError, StoreKey,
 };
 use idempotency_sql::sqlx::sqlite::SqlitePool;
 use idempotency_sql::sqlx::{Connection as _, SqliteConnection};
@@ -21,14 +23,6 @@ use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
 use idempotency_testkit::unique_prefix;
 
 const LEASE: Duration = Duration::from_secs(60);
-
-fn attempt() -> InProgress {
-    InProgress {
-        token: LeaseToken::generate(),
-        fingerprint: Fingerprint::of("order"),
-        created_at_ms: idempotency_core::unix_millis_now(),
-    }
-}
 
 /// A store on a fresh WAL SQLite file (busy timeout 5 s) with `budget` per operation, its pool,
 /// and a second connection (outside the pool) that takes the write lock.
@@ -46,18 +40,6 @@ async fn sqlite_setup(
         .await
         .expect("second connection");
     (store, pool, locker, dir)
-}
-
-/// Wait (at most 10 s) until every connection of `pool` is back and idle: a statement
-/// abandoned by a timeout keeps its connection until it has run (sqlx pings a connection
-/// before it goes back to the pool, and the ping waits for the statement), and here until its
-/// release has run too.
-async fn settled<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pool.num_idle() != pool.size() as usize {
-        assert!(Instant::now() < deadline, "the pool never went idle");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Open `n` connections of `pool` before the write lock is taken (opening one waits for the

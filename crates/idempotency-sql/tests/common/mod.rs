@@ -13,6 +13,7 @@ use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
 use idempotency_testkit::fixtures::PostgresServer;
 use idempotency_testkit::{RawValue, StoreHarness, unique_prefix};
 
+pub mod abandoned;
 pub mod orders;
 pub mod wake;
 
