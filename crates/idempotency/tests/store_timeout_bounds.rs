@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use idempotency::{StoreSelection, store_from_lookup_with_timeout};
 use idempotency_core::{IdempotencyStore, StoreKey};
+use idempotency_testkit::fixtures::RedisServer;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A TCP server that accepts and never answers (a hung Redis: SIGSTOPped, or a black hole).
 async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
@@ -298,4 +300,93 @@ async fn postgres_startup_behind_a_table_lock() {
         );
         assert!(store.description().to_string().starts_with("sql"));
     }
+}
+
+/// A TCP proxy to `upstream` that delays every chunk from the server by `delay`.
+async fn slow_link(upstream: u16, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// A healthy Redis behind a slow link (every reply 400 ms late: a far region, a loaded proxy)
+/// under `IDEMPOTENCY_STORE_TIMEOUT=5s`: every command answers well inside 5 s, but opening
+/// the store takes about ten round trips (handshake, `INFO`, the scripts), more than the
+/// start-up budget, so the application starts with the store deferred; the background attempts
+/// have the whole store budget and connect it. (A break pass found the first version of the
+/// start-up bound applied to background attempts too: it never connected.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_redis_behind_a_slow_link_connects_in_the_background() {
+    let server = RedisServer::start().unwrap();
+    let url = slow_link(server.port(), Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let store = store_from_lookup_with_timeout(
+        StoreSelection::AllowMemory,
+        Duration::from_secs(5),
+        |name| (name == "REDIS_URL").then(|| url.clone()),
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "open took {:?}; connected: {}",
+        started.elapsed(),
+        store.is_connected()
+    );
+    // Give the background connection plenty of time (many attempts' worth).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !store.is_connected() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "after {:?}: connected: {}",
+        started.elapsed(),
+        store.is_connected()
+    );
+    // Report only: connections the failed background attempts left open on the server.
+    let direct = redis::Client::open(server.url()).unwrap();
+    let mut conn = direct.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let clients = info
+        .lines()
+        .find(|l| l.starts_with("connected_clients"))
+        .map(str::to_owned);
+    eprintln!("server side after the attempts: {clients:?} (one is this check)");
+    let got = store.get(&StoreKey::from_raw("slow-link".to_owned())).await;
+    assert!(
+        store.is_connected() && got.is_ok(),
+        "a Redis answering every command in 0.4 s (store timeout 5 s) never connected in 20 s: {got:?}"
+    );
 }

@@ -287,27 +287,29 @@ pub(super) async fn open(
         #[cfg(feature = "memory")]
         (BackendKind::Memory, _, _) => Inner::Memory(idempotency_memory::MemoryStore::new()),
         #[cfg(feature = "redis")]
-        (BackendKind::Redis, Some(url), _) => match connect_redis(&url, operation_timeout).await {
-            Ok(store) => Inner::Redis(store),
-            // The server is down or slow: start anyway and connect in the background, so an
-            // outage of the store at deploy time does not keep the service down (the failure
-            // policy answers requests until the store is back).
-            Err(error) if error.is_transient() && mode == OpenMode::App => {
-                tracing::error!(
-                    store = %description, error = %error_chain(&error),
-                    "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and connecting \
-                     in the background; until it answers, the failure policy answers every \
-                     protected request"
-                );
-                Inner::RedisDeferred(Deferred::start(
-                    description.clone(),
-                    url,
-                    operation_timeout,
-                    error,
-                ))
+        (BackendKind::Redis, Some(url), _) => {
+            match connect_redis(&url, operation_timeout, Attempt::StartUp).await {
+                Ok(store) => Inner::Redis(store),
+                // The server is down or slow: start anyway and connect in the background, so an
+                // outage of the store at deploy time does not keep the service down (the failure
+                // policy answers requests until the store is back).
+                Err(error) if error.is_transient() && mode == OpenMode::App => {
+                    tracing::error!(
+                        store = %description, error = %error_chain(&error),
+                        "THE IDEMPOTENCY STORE IS NOT REACHABLE: starting without it and connecting \
+                         in the background; until it answers, the failure policy answers every \
+                         protected request"
+                    );
+                    Inner::RedisDeferred(Deferred::start(
+                        description.clone(),
+                        url,
+                        operation_timeout,
+                        error,
+                    ))
+                }
+                Err(error) => return Err(failed(Box::new(error))),
             }
-            Err(error) => return Err(failed(Box::new(error))),
-        },
+        }
         #[cfg(feature = "redis")]
         (BackendKind::RedisCluster, Some(urls), _) => {
             match <idempotency_redis::RedisClusterStore as Connect>::connect(
@@ -401,9 +403,10 @@ fn redis_builder(operation_timeout: Option<Duration>) -> idempotency_redis::Redi
 async fn connect_redis(
     url: &str,
     operation_timeout: Option<Duration>,
+    at: Attempt,
 ) -> Result<idempotency_redis::RedisStore, StoreError> {
-    let budget = start_up_budget(operation_timeout);
-    let store = within_start_up(budget, redis_builder(operation_timeout).connect(url)).await?;
+    let budget = at.budget(operation_timeout);
+    let store = within(budget, redis_builder(operation_timeout).connect(url)).await?;
     // Logs its own warnings (eviction policy, persistence); a failed check is not fatal.
     match tokio::time::timeout(budget, store.doctor()).await {
         Ok(Ok(_)) => {}
@@ -416,23 +419,44 @@ async fn connect_redis(
     Ok(store)
 }
 
-/// How long opening a Redis store (connecting, then checking the server) may take at start-up
-/// or on a background reconnection attempt: what it takes with the store's default settings
-/// (`DEFAULT_CONNECT_TIMEOUT` + `DEFAULT_OPERATION_TIMEOUT`), or less under a shorter
-/// operation timeout. A long `IDEMPOTENCY_STORE_TIMEOUT` (minutes, hours) is the budget of each
-/// store call, not of start-up: a server that accepts connections but does not answer must not
-/// hold a service's start for that long (it is connected in the background instead).
+/// Which attempt at opening a Redis store this is.
 #[cfg(feature = "redis")]
-fn start_up_budget(operation_timeout: Option<Duration>) -> Duration {
-    let default = idempotency_redis::DEFAULT_OPERATION_TIMEOUT;
-    idempotency_redis::DEFAULT_CONNECT_TIMEOUT
-        .saturating_add(operation_timeout.map_or(default, |timeout| timeout.min(default)))
+#[derive(Debug, Clone, Copy)]
+enum Attempt {
+    /// At start-up, while the application waits.
+    StartUp,
+    /// In the background, after the start-up attempt failed (the application serves meanwhile).
+    Background,
 }
 
-/// `connect` within `budget` (see [`start_up_budget`]): past it, a transient
-/// [`StoreError::Timeout`] (so an application starts and connects in the background).
 #[cfg(feature = "redis")]
-async fn within_start_up<T>(
+impl Attempt {
+    /// How long opening the store (connecting, then checking the server) may take.
+    ///
+    /// At start-up: what it takes with the store's default settings
+    /// (`DEFAULT_CONNECT_TIMEOUT` + `DEFAULT_OPERATION_TIMEOUT`), or less under a shorter
+    /// operation timeout. A long `IDEMPOTENCY_STORE_TIMEOUT` (minutes, hours) is the budget of
+    /// each store call, not of the application's start: a server that accepts connections but
+    /// does not answer must not hold it that long (the store is connected in the background
+    /// instead). In the background: the connect timeout plus the operation timeout, so a
+    /// healthy server behind a slow link (several hundred ms per reply; opening takes about
+    /// ten round trips) connects there under a store timeout long enough for it.
+    fn budget(self, operation_timeout: Option<Duration>) -> Duration {
+        let connect = idempotency_redis::DEFAULT_CONNECT_TIMEOUT;
+        let default = idempotency_redis::DEFAULT_OPERATION_TIMEOUT;
+        let operation = operation_timeout.unwrap_or(default);
+        match self {
+            Attempt::StartUp => connect.saturating_add(operation.min(default)),
+            Attempt::Background => connect.saturating_add(operation),
+        }
+    }
+}
+
+/// `connect` within `budget` (see [`Attempt::budget`]): past it, a transient
+/// [`StoreError::Timeout`] (at start-up, the application then starts and connects in the
+/// background).
+#[cfg(feature = "redis")]
+async fn within<T>(
     budget: Duration,
     connect: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
@@ -447,7 +471,12 @@ async fn within_start_up<T>(
 #[cfg(feature = "redis")]
 impl Connect for idempotency_redis::RedisStore {
     async fn connect(url: &str, operation_timeout: Option<Duration>) -> Result<Self, StoreError> {
-        connect_redis(url, operation_timeout).await
+        connect_redis(url, operation_timeout, Attempt::StartUp).await
+    }
+
+    /// With the background budget ([`Attempt::Background`]).
+    async fn reconnect(url: &str, operation_timeout: Option<Duration>) -> Result<Self, StoreError> {
+        connect_redis(url, operation_timeout, Attempt::Background).await
     }
 }
 
@@ -455,7 +484,7 @@ impl Connect for idempotency_redis::RedisStore {
 impl Connect for idempotency_redis::RedisClusterStore {
     /// `urls`: seed node URLs separated by commas.
     async fn connect(urls: &str, operation_timeout: Option<Duration>) -> Result<Self, StoreError> {
-        connect_cluster(urls, operation_timeout).await
+        connect_cluster(urls, operation_timeout, Attempt::StartUp).await
     }
 
     /// The cluster client warns once per seed node per failed attempt, by itself (with
@@ -472,7 +501,7 @@ impl Connect for idempotency_redis::RedisClusterStore {
                 source: Box::new(error),
             });
         }
-        connect_cluster(urls, operation_timeout).await
+        connect_cluster(urls, operation_timeout, Attempt::Background).await
     }
 }
 
@@ -480,10 +509,11 @@ impl Connect for idempotency_redis::RedisClusterStore {
 async fn connect_cluster(
     urls: &str,
     operation_timeout: Option<Duration>,
+    at: Attempt,
 ) -> Result<idempotency_redis::RedisClusterStore, StoreError> {
     let nodes: Vec<String> = urls.split(',').map(|n| n.trim().to_owned()).collect();
-    let budget = start_up_budget(operation_timeout);
-    let store = within_start_up(
+    let budget = at.budget(operation_timeout);
+    let store = within(
         budget,
         redis_builder(operation_timeout).connect_cluster(nodes),
     )
