@@ -375,14 +375,19 @@ async fn breaker22_ten_seconds_of_refused_traffic_log_one_line() {
         assert_eq!(status, 503);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let lines: Vec<String> = log_since(from)
-        .into_iter()
-        .filter(|line| !line.contains("b22-") || line.contains(USER))
-        .collect();
+    // The subscriber is the binary's: the other tests, running meanwhile, log too. Their
+    // lines that name a user are left out by the name; some name none (users set again after
+    // their Redis restarted, a request cut off by that restart), so those are bounded loosely:
+    // a refusal logged per request would be hundreds of lines here, one per second ten or more.
+    let lines: Vec<String> = log_since(from);
+    let ours: Vec<&String> = lines.iter().filter(|line| line.contains(USER)).collect();
+    let unnamed: Vec<&String> = lines.iter().filter(|line| !line.contains("b22-")).collect();
     assert!(
-        lines.len() <= 2,
-        "{refused} refused requests in 10 s logged {} lines: {lines:#?}",
-        lines.len()
+        ours.len() <= 2 && unnamed.len() <= 5,
+        "{refused} refused requests in 10 s logged {} lines naming {USER} and {} naming no \
+         user: {ours:#?} {unnamed:#?}",
+        ours.len(),
+        unnamed.len()
     );
     gw.shutdown().await;
 }
