@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::abandoned::{attempt, settled};
+use common::abandoned::{attempt, claimed_row_locked, settled};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,25 +260,9 @@ async fn postgres_dropped_claim_that_found_another_owner_leaves_it() {
         .await
         .unwrap();
     let key = StoreKey::from_raw(format!("{}-owner", unique_prefix()));
-    assert!(matches!(
-        store
-            .try_claim(&key, &attempt(), Duration::from_millis(1))
-            .await
-            .unwrap(),
-        Claim::Claimed
-    ));
+    let mut holder = claimed_row_locked(&store, &key, Duration::from_millis(1)).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let owner = attempt();
-    let holder_pool = common::pg_pool(1).await;
-    let mut holder = holder_pool.begin().await.unwrap();
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        store.quoted_table()
-    ))
-    .bind(key.as_str())
-    .fetch_one(&mut *holder)
-    .await
-    .unwrap();
     let late = store.try_claim(&key, &attempt(), LEASE).await;
     assert!(
         matches!(late, Err(idempotency_core::StoreError::Timeout { .. })),
@@ -446,24 +430,8 @@ async fn postgres_a_claim_retried_with_the_same_record_waits_for_the_abandoned_a
         .await
         .unwrap();
     let key = StoreKey::from_raw(format!("{}-retry", unique_prefix()));
-    assert!(matches!(
-        quick
-            .try_claim(&key, &attempt(), Duration::from_millis(1))
-            .await
-            .unwrap(),
-        Claim::Claimed
-    ));
+    let holder = claimed_row_locked(&quick, &key, Duration::from_millis(1)).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let holder_pool = common::pg_pool(1).await;
-    let mut holder = holder_pool.begin().await.unwrap();
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        quick.quoted_table()
-    ))
-    .bind(key.as_str())
-    .fetch_one(&mut *holder)
-    .await
-    .unwrap();
     let record = attempt();
     let first = quick.try_claim(&key, &record, LEASE).await;
     assert!(first.is_err(), "{first:?}");

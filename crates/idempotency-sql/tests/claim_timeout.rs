@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::abandoned::{attempt, settled};
+use common::abandoned::{attempt, claimed_row_locked, settled};
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -142,20 +142,7 @@ async fn postgres_claim_timed_out_behind_a_row_lock_is_not_held_by_nobody() {
         .await
         .expect("migrate");
     let key = StoreKey::from_raw(format!("{}-row", unique_prefix()));
-    let first = store
-        .try_claim(&key, &attempt(), Duration::from_millis(300))
-        .await;
-    assert!(matches!(first, Ok(Claim::Claimed)), "{first:?}");
-    let holder_pool = common::pg_pool(1).await;
-    let mut holder = holder_pool.begin().await.expect("begin");
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
-        store.quoted_table()
-    ))
-    .bind(key.as_str())
-    .fetch_one(&mut *holder)
-    .await
-    .expect("lock the key's row");
+    let holder = claimed_row_locked(&store, &key, Duration::from_millis(300)).await;
     // The record's lease lapses: the next claim takes the key over, once it has the row.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let claimed = store.try_claim(&key, &attempt(), LEASE).await;

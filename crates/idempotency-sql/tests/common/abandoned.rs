@@ -25,3 +25,29 @@ pub async fn settled<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Claim `key` on `store` with `lease` (a record whose lease is to lapse), then lock its row in
+/// a transaction on a connection of its own, which holds the lock until it commits or is
+/// dropped. The claim must succeed.
+pub async fn claimed_row_locked(
+    store: &idempotency_sql::PostgresStore,
+    key: &idempotency_core::StoreKey,
+    lease: Duration,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    use idempotency_core::IdempotencyStore as _;
+    let first = store.try_claim(key, &attempt(), lease).await;
+    assert!(
+        matches!(first, Ok(idempotency_core::Claim::Claimed)),
+        "{first:?}"
+    );
+    let mut holder = super::pg_pool(1).await.begin().await.expect("begin");
+    sqlx::query(&format!(
+        "SELECT 1 FROM {} WHERE store_key = $1 FOR UPDATE",
+        store.quoted_table()
+    ))
+    .bind(key.as_str())
+    .fetch_one(&mut *holder)
+    .await
+    .expect("lock the key's row");
+    holder
+}

@@ -983,15 +983,21 @@ mod store_timeout {
         let deferred = engine(&vars, Some("4s")).await;
         assert!(!deferred.store().is_connected());
         server.restart().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !deferred.store().is_connected() {
-            assert!(std::time::Instant::now() < deadline, "never connected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_connected(deferred.store()).await;
         assert_eq!(
             deferred.store().as_redis().unwrap().operation_timeout(),
             Duration::from_secs(4)
         );
+    }
+
+    /// Wait (at most 30 s) until a store connected in the background is connected.
+    #[cfg(any(feature = "redis", feature = "sql"))]
+    async fn until_connected(store: &AnyStore) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !store.is_connected() {
+            assert!(std::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[cfg(feature = "redis")]
@@ -1026,11 +1032,7 @@ mod store_timeout {
         let deferred = engine(&vars, Some("4s")).await;
         assert!(!deferred.store().is_connected());
         server.restart().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !deferred.store().is_connected() {
-            assert!(std::time::Instant::now() < deadline, "never connected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_connected(deferred.store()).await;
         sql_budget_is(deferred.store(), Duration::from_secs(4));
     }
 }
