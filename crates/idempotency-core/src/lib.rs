@@ -112,7 +112,9 @@ pub use key::{
 };
 pub use record::{Completed, InProgress, OutcomeEncoding, Record, StoredOutcome, unix_millis_now};
 pub use repeated::{FailureReport, RepeatedFailure};
-pub use shared::{DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, debug_spans_can_be_seen, expiry_millis};
+pub use shared::{
+    DEFAULT_RETRY_AFTER, KV_REST_ENV_PAIRS, debug_spans_can_be_seen, expiry_millis, instant_after,
+};
 #[cfg(feature = "signal")]
 pub use signal::shutdown_signal;
 pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError, StoreOperation, Waited};

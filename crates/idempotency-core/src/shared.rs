@@ -1,8 +1,22 @@
 //! Facts every crate of the workspace shares, stated once: the conversion of durations to the
 //! milliseconds stores expire records by, the default `Retry-After`, the KV REST
-//! environment variable names, and when a debug span is worth building.
+//! environment variable names, when a debug span is worth building, and a deadline that
+//! cannot overflow the clock.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// About 30 years: where [`instant_after`] puts a time that does not fit the clock (tokio's
+/// `sleep` does the same).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + after`, or about 30 years from `now` when the sum does not fit the monotonic clock
+/// (`Instant + Duration` panics then). For deadlines built from a duration a user chose: the
+/// engine's and the stores' builders take any duration, `Duration::MAX` ("no limit") too.
+pub fn instant_after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after).unwrap_or_else(|| now + FAR_FUTURE)
+}
 
 /// The `Retry-After` suggested when nothing better is known (1 s): for a retry refused while
 /// the first attempt is in progress (the engine's default

@@ -369,7 +369,10 @@ impl KvRestStore {
     /// lost"), so the primitive answers within it ([`IdempotencyStore::operation_bound`]).
     fn budget(&self) -> Budget {
         Budget {
-            deadline: deadline_after(self.config.operation_timeout),
+            deadline: idempotency_core::instant_after(
+                tokio::time::Instant::now(),
+                self.config.operation_timeout,
+            ),
             whole: true,
         }
     }
@@ -507,14 +510,6 @@ impl KvRestStore {
                 .await?,
         )
     }
-}
-
-/// Now plus `timeout`; a timeout too long to add (`Duration::MAX`, meaning "no limit") gives a
-/// deadline about 30 years away instead of a panic.
-fn deadline_after(timeout: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 60 * 60))
 }
 
 /// The time a primitive has for its requests: until `deadline`.

@@ -132,10 +132,7 @@ impl Notifier {
         timeout: Duration,
         read: impl Future<Output = Result<(Option<Record>, Option<Duration>), StoreError>>,
     ) -> Result<Waited, StoreError> {
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            // `Duration::MAX` ("no limit") must not panic: about 30 years is as good.
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 24 * 60 * 60));
+        let deadline = idempotency_core::instant_after(Instant::now(), timeout);
         let channel = lua::wake_channel(key);
         let registration = Registration::new(self, channel.clone());
         let notified = registration.notify.notified();

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use idempotency_core::instant_after;
 use idempotency_core::{StoreError, StoreKey, Waited};
 use sha2::{Digest as _, Sha256};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -233,7 +234,7 @@ impl Notifier {
     where
         F: Future<Output = Result<Option<Duration>, StoreError>>,
     {
-        let deadline = after(timeout);
+        let deadline = instant_after(Instant::now(), timeout);
         let registration = Registration::new(&self.shared, wake_payload(key));
         // Created now: a wake-up from here on is kept until the await below.
         let notified = registration.notify.notified();
@@ -243,7 +244,7 @@ impl Notifier {
         // The listener must be listening before the check below; on a fresh store this waits
         // for its first connection.
         let mut connected = self.connected.clone();
-        let connect_by = deadline.min(after(self.shared.timeout));
+        let connect_by = deadline.min(instant_after(Instant::now(), self.shared.timeout));
         if tokio::time::timeout_at(connect_by, connected.wait_for(|up| *up))
             .await
             .is_err()
@@ -426,14 +427,6 @@ async fn run(shared: Arc<Shared>) {
         // replaces it when it is dead).
         drop(listener);
     }
-}
-
-/// Now plus `timeout`; a timeout too long to add (`Duration::MAX`, meaning "no limit") gives a
-/// deadline about 30 years away instead of a panic.
-fn after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 60 * 60))
 }
 #[cfg(test)]
 mod tests {

@@ -44,15 +44,8 @@ const RELEASE_BACKOFF_START: Duration = Duration::from_millis(50);
 /// Longest delay between two attempts of a background release.
 const RELEASE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// About 30 years: where [`later`] puts a time that does not fit the clock (tokio's `sleep`
-/// does the same).
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// `now + after`, or [`FAR_FUTURE`] from `now` when the sum does not fit the monotonic clock
-/// (`Instant + Duration` panics then): the builder takes any duration, `Duration::MAX` too.
-pub(crate) fn later(now: Instant, after: Duration) -> Instant {
-    now.checked_add(after).unwrap_or_else(|| now + FAR_FUTURE)
-}
+/// `now + after` without overflow ([`crate::instant_after`]).
+pub(crate) use crate::shared::instant_after as later;
 
 /// The time between two renewals of a lease: a third of it (at least 1 ms).
 pub(crate) fn renewal_interval(lease: Duration) -> Duration {
