@@ -63,6 +63,10 @@ struct Options {
     connections: u64,
     /// A load generator binary built before, serving the HTTP rows' apps: not rebuilt.
     loadgen: Option<PathBuf>,
+    /// Concurrent tasks the store rows' operations are split between, on the harness's one
+    /// runtime thread (the bench's in-process cells run so too; its Redis cells use two
+    /// threads); 1: one after another.
+    tasks: u64,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -74,6 +78,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         harness: None,
         connections: 1,
         loadgen: None,
+        tasks: 1,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -102,8 +107,22 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 }
             }
             "--loadgen" => options.loadgen = Some(PathBuf::from(value("--loadgen")?)),
+            "--tasks" => {
+                options.tasks = value("--tasks")?
+                    .parse()
+                    .map_err(|e| format!("--tasks: {e}"))?;
+                if !(1..=1024).contains(&options.tasks) {
+                    return Err("--tasks must be 1 to 1024".to_owned());
+                }
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if options.ops % options.tasks != 0 {
+        return Err(format!(
+            "--ops ({}) must be a multiple of --tasks ({}): each task runs as many",
+            options.ops, options.tasks
+        ));
     }
     Ok(options)
 }
@@ -196,7 +215,14 @@ pub(crate) fn instructions(args: &[String]) -> Result<(), String> {
         for backend in &store_backends {
             let mut totals = [0u64; 2];
             for (total, ops) in totals.iter_mut().zip([options.ops, 2 * options.ops]) {
-                *total = count(&harness, &out, backend, scenario, ops, redis.as_deref())?;
+                let run = Run {
+                    backend,
+                    scenario,
+                    ops,
+                    tasks: options.tasks,
+                    redis: redis.as_deref(),
+                };
+                *total = count(&harness, &out, &run)?;
             }
             let cost = per_op(totals[0], totals[1], options.ops);
             eprintln!("    {backend} {scenario}: {cost:.0} instructions/op");
@@ -217,7 +243,7 @@ pub(crate) fn instructions(args: &[String]) -> Result<(), String> {
         }
     }
     if !rows.is_empty() {
-        println!("{}", table(&rows, options.ops));
+        println!("{}", table(&rows, options.ops, options.tasks));
     }
     if !http_rows.is_empty() {
         println!(
@@ -229,9 +255,14 @@ pub(crate) fn instructions(args: &[String]) -> Result<(), String> {
 }
 
 /// The report: one line per backend × scenario, with the ratio to its baseline when measured.
-fn table(rows: &[(String, String, f64)], ops: u64) -> String {
+fn table(rows: &[(String, String, f64)], ops: u64, tasks: u64) -> String {
+    let split = if tasks > 1 {
+        format!(", split between {tasks} concurrent tasks on one thread")
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "client-side instructions per operation (callgrind, (I({}) - I({})) / {ops})\n\n\
+        "client-side instructions per operation (callgrind, (I({}) - I({})) / {ops}{split})\n\n\
          | backend | scenario | instructions/op | vs baseline |\n|---|---|---:|---:|\n",
         2 * ops,
         ops
@@ -342,15 +373,29 @@ fn http_table(rows: &[HttpRow], requests: u64, connections: u64) -> String {
 }
 
 /// One run of the harness under callgrind: its total instruction count.
-fn count(
-    harness: &Path,
-    out: &Path,
-    backend: &str,
-    scenario: &str,
+/// One run of the harness under callgrind.
+struct Run<'a> {
+    backend: &'a str,
+    scenario: &'a str,
     ops: u64,
-    redis: Option<&str>,
-) -> Result<u64, String> {
-    let file = out.join(format!("callgrind.{backend}.{scenario}.{ops}.out"));
+    tasks: u64,
+    redis: Option<&'a str>,
+}
+
+fn count(harness: &Path, out: &Path, run: &Run<'_>) -> Result<u64, String> {
+    let Run {
+        backend,
+        scenario,
+        ops,
+        tasks,
+        redis,
+    } = *run;
+    // Named as before for one task, so that files of earlier runs compare.
+    let file = if tasks > 1 {
+        out.join(format!("callgrind.{backend}.{scenario}.t{tasks}.{ops}.out"))
+    } else {
+        out.join(format!("callgrind.{backend}.{scenario}.{ops}.out"))
+    };
     let mut command = Command::new("valgrind");
     command
         .arg("--tool=callgrind")
@@ -358,6 +403,10 @@ fn count(
         .arg(harness)
         .args(["--backend", backend, "--scenario", scenario])
         .args(["--ops", &ops.to_string()]);
+    if tasks > 1 {
+        // Only then: a `--harness` built before this option still runs one task.
+        command.args(["--tasks", &tasks.to_string()]);
+    }
     if let Some(url) = redis {
         command.args(["--redis", url]);
     }
@@ -467,6 +516,17 @@ mod tests {
         assert!(parse(&strings(&["--backends", "mongo"])).is_err());
         assert!(parse(&strings(&["--ops", "0"])).is_err());
         assert!(parse(&strings(&["--bogus"])).is_err());
+        let split = parse(&strings(&["--ops", "6400", "--tasks", "64"])).unwrap();
+        assert_eq!((split.ops, split.tasks), (6400, 64));
+        assert_eq!(parse(&[]).unwrap().tasks, 1);
+        for bad in [
+            &["--ops", "100", "--tasks", "64"][..],
+            &["--tasks", "0"],
+            &["--tasks", "1025"],
+            &["--tasks", "many"],
+        ] {
+            assert!(parse(&strings(bad)).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
@@ -545,7 +605,12 @@ mod tests {
             ("redis".to_owned(), "replay".to_owned(), 12_000.0),
             ("memory".to_owned(), "replay".to_owned(), 3_000.0),
         ];
-        let text = table(&rows, 2000);
+        let text = table(&rows, 2000, 1);
+        assert!(!text.contains("concurrent tasks"), "{text}");
+        assert!(
+            table(&rows, 2000, 64).contains("split between 64 concurrent tasks on one thread"),
+            "{text}"
+        );
         assert!(
             text.contains("| redis | replay | 12000 | 1.20× raw-redis |"),
             "{text}"

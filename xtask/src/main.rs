@@ -56,12 +56,14 @@ fn print_help() {
          (default 60) or N executions; corpus in fuzz/corpus, committed seeds in\n    \
          fuzz/seeds. Needs a nightly toolchain and `cargo install cargo-fuzz`\n  \
          instructions [--ops N] [--backends LIST] [--scenarios LIST] [--redis URL]\n    \
-         [--harness PATH] [--connections C] [--loadgen PATH]\n    \
+         [--harness PATH] [--connections C] [--loadgen PATH] [--tasks T]\n    \
          instructions per operation under valgrind --tool=callgrind, at N and 2N operations\n    \
          (default N = 2000), each row with its ratio to its baseline; ~1 min after the build.\n    \
          Client side: raw-redis, redis, memory-store, memory × fresh, replay, conflict.\n    \
          Starts its own redis-server on 127.0.0.1 unless --redis is given (that database is\n    \
-         flushed); --harness: count a harness binary kept from an earlier build.\n    \
+         flushed); --harness: count a harness binary kept from an earlier build;\n    \
+         --tasks: split the N operations between T concurrent tasks on one thread (N a\n    \
+         multiple of T), as a bench cell at T tasks.\n    \
          Server side: http-bare, http-floor, http-memory, the load generator's app under\n    \
          callgrind on 127.0.0.1 sent N, then 2N requests over C keep-alive connections\n    \
          (default 1; the bench's middle cell uses 16); per request with and without SHA-256\n    \

@@ -51,12 +51,24 @@ struct Args {
     /// A scratch Redis server (flushed), for `raw-redis` and `redis`.
     #[arg(long)]
     redis: Option<String>,
+    /// Concurrent tasks on the runtime, each with a worker of its own (keys of its own), as
+    /// the load generator's cells at 16 or 64 tasks: `--ops` is split between them (it must be
+    /// a multiple of `--tasks`).
+    #[arg(long, default_value_t = 1)]
+    tasks: u64,
 }
 
 const PREFIX: &str = "idempotency:bench:";
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.tasks == 0 || args.ops % args.tasks != 0 {
+        bail!(
+            "--ops ({}) must be a multiple of --tasks ({})",
+            args.ops,
+            args.tasks
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -70,16 +82,22 @@ async fn run(args: Args) -> Result<()> {
             let store = unbounded_memory();
             let fixed = format!("{PREFIX}fixed");
             prepare_store(&store, args.scenario, &fixed).await?;
-            let worker =
-                MemoryStoreWorker::new(store, args.scenario, format!("{PREFIX}t0-"), &fixed);
-            drive(worker, args.ops).await
+            let workers = (0..args.tasks).map(|t| {
+                MemoryStoreWorker::new(
+                    store.clone(),
+                    args.scenario,
+                    format!("{PREFIX}t{t}-"),
+                    &fixed,
+                )
+            });
+            drive_all(workers, args.ops).await
         }
-        "memory" => engine(unbounded_memory(), args.scenario, args.ops).await,
+        "memory" => engine(unbounded_memory(), &args).await,
         "redis" => {
             let url = redis_url(&args)?;
             flush(url).await?;
             let store = RedisStore::connect(url).await?;
-            engine(store, args.scenario, args.ops).await
+            engine(store, &args).await
         }
         "raw-redis" => {
             let url = redis_url(&args)?;
@@ -88,15 +106,17 @@ async fn run(args: Args) -> Result<()> {
             let templates = Templates::new();
             let fixed = format!("{PREFIX}fixed");
             raw::prepare(&conn, &templates, args.scenario, &fixed).await?;
-            let worker = RawWorker::new(
-                conn,
-                templates,
-                args.scenario,
-                format!("{PREFIX}t0-"),
-                0,
-                fixed,
-            );
-            drive(worker, args.ops).await
+            let workers = (0..args.tasks).map(|t| {
+                RawWorker::new(
+                    conn.clone(),
+                    templates.clone(),
+                    args.scenario,
+                    format!("{PREFIX}t{t}-"),
+                    t,
+                    fixed.clone(),
+                )
+            });
+            drive_all(workers, args.ops).await
         }
         other => bail!("unknown backend {other}: raw-redis, redis, memory-store or memory"),
     }
@@ -117,20 +137,43 @@ async fn flush(url: &str) -> Result<()> {
 }
 
 /// The engine over `store`, as the load generator's `engine_cell` builds it.
-async fn engine<S: IdempotencyStore + 'static>(
-    store: S,
-    scenario: Scenario,
-    ops: u64,
-) -> Result<()> {
+async fn engine<S: IdempotencyStore + 'static>(store: S, args: &Args) -> Result<()> {
     let engine = Idempotency::builder(store).ignore_env().build()?;
     let fixed = IdempotencyKey::new("fixed")?;
-    let held = prepare(&engine, scenario, &fixed).await?;
-    let worker = EngineWorker::new(engine, scenario, "t0-".to_owned(), fixed);
-    let result = drive(worker, ops).await;
+    let held = prepare(&engine, args.scenario, &fixed).await?;
+    let workers = (0..args.tasks).map(|t| {
+        EngineWorker::new(
+            engine.clone(),
+            args.scenario,
+            format!("t{t}-"),
+            fixed.clone(),
+        )
+    });
+    let result = drive_all(workers, args.ops).await;
     if let Some(guard) = held {
         guard.release().await?;
     }
     result
+}
+
+/// `ops` operations split between `workers`, each on a task of its own (one worker: on this
+/// task, as before).
+async fn drive_all<W: Worker>(workers: impl Iterator<Item = W>, ops: u64) -> Result<()> {
+    let mut workers: Vec<W> = workers.collect();
+    if workers.len() == 1
+        && let Some(worker) = workers.pop()
+    {
+        return drive(worker, ops).await;
+    }
+    let each = ops / workers.len() as u64;
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|worker| tokio::spawn(drive(worker, each)))
+        .collect();
+    for task in tasks {
+        task.await.context("a worker task panicked")??;
+    }
+    Ok(())
 }
 
 /// One warm-up operation, then `ops` more; any unexpected answer fails the run.
