@@ -117,10 +117,16 @@
 //! release then frees. Remaining limits: the release needs a Tokio runtime that keeps running
 //! until the abandoned statement has ended (a runtime shut down before then drops the release,
 //! and the claim lapses with its lease); the connection
-//! stays with the task until the abandoned statement ends (at most the busy timeout on
-//! SQLite; on Postgres as long as the lock it waits for is held, as any abandoned statement
-//! would keep it); and if the database fails the release until the lease would lapse, the
-//! claim lapses with its lease.
+//! stays with the task until the abandoned statement ends, at most the claim's lease plus the
+//! store's operation timeout (on SQLite the busy timeout usually ends the statement first; on
+//! Postgres it waits as long as the row lock is held): past that the task gives up, detaches
+//! the connection from the pool (the pool opens a replacement; the connection closes once its
+//! statement has ended) and logs a `warn` naming the key, so a lock held for hours does not
+//! cost the pool a connection per abandoned claim. A statement that lands after the task gave
+//! up is a claim under a token nobody holds, which nobody releases: the key is "in progress"
+//! until it lapses, one lease after it landed (as after a crashed owner; a caller retrying
+//! with the same record holds it). And if the database fails the release until the lease
+//! would lapse, the claim lapses with its lease.
 //!
 //! **Claim first, then `BEGIN`; on Postgres at `READ COMMITTED`.** The lease renewals run on the
 //! pool, outside the caller's transaction, every third of the lease. At `READ COMMITTED`

@@ -685,6 +685,13 @@ impl PostgresStore {
         &self.inner.base.table.name
     }
 
+    /// The time budget of each operation, including the wait for a pooled connection: as set
+    /// by [`PostgresStoreBuilder::operation_timeout`], else [`DEFAULT_OPERATION_TIMEOUT`]
+    /// (1 s).
+    pub fn operation_timeout(&self) -> Duration {
+        self.inner.base.timeout
+    }
+
     /// The records table as the store's statements name it: schema-qualified and quoted
     /// (`"app"."idempotency_records"`), with the schema it was configured with or, for a name
     /// given without one, resolved to when the store was built. SQL of the application's own

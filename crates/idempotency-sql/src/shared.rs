@@ -179,7 +179,9 @@ pub(crate) enum Written {
 /// moves the same connection into a task that waits for the statement to end on it (commands
 /// on one connection run in order: the SQLite worker's queue, the Postgres wire protocol, which
 /// sqlx drains before it sends anything else) and then releases the claim, fenced by its token,
-/// with a budget of its own (until the claim's lease would lapse). Dropped before the statement
+/// with a budget of its own (until the claim's lease would lapse); it waits for the statement
+/// at most the lease plus the store's operation timeout, then gives the connection up
+/// ([`SharedStore::release_orphan`]). Dropped before the statement
 /// was handed over (while waiting for a connection, or during SQLite's read), nothing was
 /// written and the connection goes back to the pool as usual. The path that is not dropped
 /// spawns nothing.
@@ -209,6 +211,9 @@ pub(crate) struct Orphan<DB: Database> {
     key: StoreKey,
     token: LeaseToken,
     lease: Duration,
+    /// The store's operation timeout: with the lease, how long the release waits for the
+    /// abandoned statement before it gives the connection up.
+    timeout: Duration,
     /// Its entry in [`Orphans`], removed when the release ends.
     pending: PendingRelease,
 }
@@ -243,6 +248,7 @@ impl<DB: Database> Drop for ClaimConnection<'_, DB> {
             key: claim.key.clone(),
             token: claim.token,
             lease: claim.lease,
+            timeout: self.store.timeout,
             pending: PendingRelease {
                 key: claim.key.clone(),
                 token: claim.token,
@@ -329,11 +335,18 @@ where
     }
 
     /// The release of a claim whose caller stopped waiting while its statement was in flight
-    /// ([`ClaimConnection`]): wait for the statement to end on its connection (however long the
-    /// lock it waits for is held: until then nothing can release it), then release it, fenced
-    /// by its token, retrying busy and transient failures until its lease would have lapsed
-    /// (measured from then: the statement started before), on the connection, or on the pool
-    /// once the connection failed.
+    /// ([`ClaimConnection`]): wait for the statement to end on its connection, then release
+    /// it, fenced by its token, retrying busy and transient failures until its lease would
+    /// have lapsed (measured from then: the statement started before), on the connection, or
+    /// on the pool once the connection failed.
+    ///
+    /// The wait for the statement is bounded by the claim's lease plus the store's operation
+    /// timeout ([`Orphan::timeout`]): past that (the lock it waits for is still held) the
+    /// release gives up and detaches the connection from the pool, so the pool opens a
+    /// replacement instead of losing that capacity for as long as the lock is held. The
+    /// detached connection is dropped (closed once it is free); a statement that still lands
+    /// is a claim under a token nobody holds, released by nobody, which lapses with its lease
+    /// (see the crate docs, "Transactional completion").
     async fn release_orphan(orphan: Orphan<DB>)
     where
         DB::Connection: Send,
@@ -345,14 +358,34 @@ where
             key,
             token,
             lease,
+            timeout,
             pending: _pending,
         } = orphan;
+        let patience = lease.saturating_add(timeout);
         let mut conn = Some(conn);
-        if let Some(c) = conn.as_mut()
-            && let Err(error) = c.ping().await
-        {
-            tracing::debug!(%key, %error, "abandoned claim: its connection failed; releasing on the pool");
-            conn = None;
+        if let Some(c) = conn.as_mut() {
+            match tokio::time::timeout(patience, c.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%key, %error, "abandoned claim: its connection failed; releasing on the pool");
+                    conn = None;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        %key, waited = ?patience,
+                        "abandoned claim: its statement did not end within the lease plus the \
+                         operation timeout; giving its connection up (detached from the pool); \
+                         if the statement still lands, the claim lapses with its lease"
+                    );
+                    if let Some(c) = conn.take() {
+                        // Detached, the pool may open a replacement at once; the connection
+                        // itself closes when the statement in flight on it has ended (dropping
+                        // it does not wait for that).
+                        drop(c.detach());
+                    }
+                    return;
+                }
+            }
         }
         let deadline = tokio::time::Instant::now() + lease;
         let mut pause = Duration::from_millis(5);

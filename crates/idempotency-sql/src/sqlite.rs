@@ -316,6 +316,13 @@ impl SqliteStore {
         &self.inner.base.table.name
     }
 
+    /// The time budget of each operation, including the wait for a pooled connection and for
+    /// SQLite's write lock: as set by [`SqliteStoreBuilder::operation_timeout`], else
+    /// [`DEFAULT_OPERATION_TIMEOUT`] (1 s).
+    pub fn operation_timeout(&self) -> Duration {
+        self.inner.base.timeout
+    }
+
     /// The exact SQL of each primitive, for this table (what a DBA reviews, and what the
     /// `raw-postgres` benchmark baseline sends).
     pub fn statements(&self) -> &SqlStatements {

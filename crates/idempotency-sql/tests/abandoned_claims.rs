@@ -456,3 +456,72 @@ async fn postgres_a_claim_retried_with_the_same_record_waits_for_the_abandoned_a
         "the retry was told it holds the key ({retry:?}), but its claim is gone: {after:?}"
     );
 }
+
+/// The release of an abandoned claim waits for its statement at most the claim's lease plus
+/// the store's operation timeout: past that, with the write lock still held (here by a
+/// `BEGIN IMMEDIATE` that outlasts a busy timeout longer than the test), it gives the
+/// connection up, and a pool of one connection can serve again. Before, the task kept the
+/// pool's only connection for as long as the lock was held. A statement that lands after the
+/// task gave up is a claim by nobody, which lapses after one lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_abandoned_claims_release_gives_its_connection_up_past_lease_plus_timeout() {
+    const SHORT_LEASE: Duration = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    // The busy timeout must not end the abandoned statement first.
+    let opts = sqlite_connect_options(dir.path().join("app.db")).busy_timeout(LEASE);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(LEASE)
+        .connect_with(opts.clone())
+        .await
+        .unwrap();
+    let store = SqliteStore::builder(pool.clone())
+        .operation_timeout(Duration::from_millis(200))
+        .migrate()
+        .await
+        .unwrap();
+    let key = StoreKey::from_raw(format!("{}-given-up", unique_prefix()));
+    let mut locker = SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let abandoned = Instant::now();
+    let first = store.try_claim(&key, &attempt(), SHORT_LEASE).await;
+    assert!(first.is_err(), "{first:?}");
+    // Lease + timeout = 0.5 s; 15 s is plenty. The lock is held throughout.
+    let recovered = tokio::time::timeout(Duration::from_secs(15), async {
+        while pool.size() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let one: i64 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        one
+    })
+    .await;
+    println!(
+        "pool recovered after {:?} (lock still held)",
+        abandoned.elapsed()
+    );
+    assert_eq!(
+        recovered.ok(),
+        Some(1),
+        "the abandoned claim's release kept the pool's only connection while the lock was held"
+    );
+    // Let the abandoned statement land: a claim by nobody, which lapses with its lease.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = store.get(&key).await.unwrap();
+    println!("after the lock: {late:?}");
+    let lapsed = tokio::time::timeout(Duration::from_secs(15), async {
+        while store.get(&key).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(lapsed.is_ok(), "the late claim never lapsed");
+    let next = store.try_claim(&key, &attempt(), LEASE).await;
+    assert!(matches!(next, Ok(Claim::Claimed)), "{next:?}");
+}

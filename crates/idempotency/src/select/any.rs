@@ -600,9 +600,7 @@ async fn open_existing_postgres(
     url: &str,
     operation_timeout: Option<Duration>,
 ) -> Result<idempotency_sql::PostgresStore, idempotency_core::BoxError> {
-    let pool = idempotency_sql::sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(2))
-        .connect(url)
+    let pool = postgres_pool(url, operation_timeout)
         .await
         .map_err(sql_start_error)?;
     Ok(postgres_builder(pool, operation_timeout).build().await?)
@@ -641,6 +639,61 @@ fn sqlite_builder(
     }
 }
 
+/// How long opening a Postgres store waits for its first connection (at start-up, and in each
+/// background attempt), whatever the store's operation timeout: a server that does not answer
+/// must not hold an application's start for a long `IDEMPOTENCY_STORE_TIMEOUT` (the store is
+/// then connected in the background).
+#[cfg(feature = "sql")]
+const POSTGRES_CONNECT_BUDGET: Duration = Duration::from_secs(2);
+
+/// The pool's acquire timeout beyond the store's operation timeout: the store bounds every
+/// operation, the wait for a pooled connection included, by its operation timeout and answers
+/// [`StoreError::Timeout`] past it; the pool's own timeout is only a backstop behind it.
+#[cfg(feature = "sql")]
+const POSTGRES_ACQUIRE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The longest acquire timeout given to the pool: sqlx adds it to the clock (`Instant + d`,
+/// which panics on overflow), and `IDEMPOTENCY_STORE_TIMEOUT` may be up to `Duration::MAX`.
+#[cfg(feature = "sql")]
+const POSTGRES_ACQUIRE_CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The acquire timeout of the facade's Postgres pool under the store's `operation_timeout`
+/// (`None`: the store's default): never shorter than the operation timeout, so a saturated
+/// pool is waited for as long as the operation's budget allows (the store then answers
+/// [`StoreError::Timeout`]) and not cut short by the pool (it was 2 s whatever the budget);
+/// at least [`POSTGRES_CONNECT_BUDGET`] (what it was), so the application's own use of the
+/// pool ([`AnyStore::as_postgres`]) waits no less than before.
+#[cfg(feature = "sql")]
+fn postgres_acquire_timeout(operation_timeout: Option<Duration>) -> Duration {
+    operation_timeout
+        .unwrap_or(idempotency_sql::DEFAULT_OPERATION_TIMEOUT)
+        .saturating_add(POSTGRES_ACQUIRE_MARGIN)
+        .clamp(POSTGRES_CONNECT_BUDGET, POSTGRES_ACQUIRE_CAP)
+}
+
+/// The facade's pool on the Postgres database at `url`, its acquire timeout following the
+/// store's `operation_timeout` ([`postgres_acquire_timeout`]), with one connection opened and
+/// returned to it within [`POSTGRES_CONNECT_BUDGET`] (as sqlx's `connect` does within the
+/// acquire timeout): past it, [`sqlx::Error::PoolTimedOut`](idempotency_sql::sqlx::Error),
+/// as before (a transient start-up failure).
+#[cfg(feature = "sql")]
+async fn postgres_pool(
+    url: &str,
+    operation_timeout: Option<Duration>,
+) -> Result<idempotency_sql::sqlx::PgPool, idempotency_sql::sqlx::Error> {
+    let pool = idempotency_sql::sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(postgres_acquire_timeout(operation_timeout))
+        .connect_lazy(url)?;
+    match tokio::time::timeout(POSTGRES_CONNECT_BUDGET, pool.acquire()).await {
+        Ok(Ok(first)) => {
+            drop(first);
+            Ok(pool)
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(idempotency_sql::sqlx::Error::PoolTimedOut),
+    }
+}
+
 /// Postgres store settings: the defaults, with `operation_timeout` if given.
 #[cfg(feature = "sql")]
 fn postgres_builder(
@@ -658,9 +711,7 @@ fn postgres_builder(
 impl Connect for idempotency_sql::PostgresStore {
     /// Connects a pool to `url` and creates or upgrades the records table.
     async fn connect(url: &str, operation_timeout: Option<Duration>) -> Result<Self, StoreError> {
-        let pool = idempotency_sql::sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(2))
-            .connect(url)
+        let pool = postgres_pool(url, operation_timeout)
             .await
             .map_err(sql_start_error)?;
         postgres_builder(pool, operation_timeout)
