@@ -62,7 +62,7 @@ const PREFIX: &str = "idempotency:bench:";
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.tasks == 0 || args.ops % args.tasks != 0 {
+    if args.tasks == 0 || !args.ops.is_multiple_of(args.tasks) {
         bail!(
             "--ops ({}) must be a multiple of --tasks ({})",
             args.ops,
