@@ -434,7 +434,8 @@ where
             drop(slot);
             return;
         }
-        let deadline = tokio::time::Instant::now() + lease;
+        // Overflow-free: a lease may be `Duration::MAX` ("no limit"; `now + lease` panics).
+        let deadline = idempotency_core::instant_after(tokio::time::Instant::now(), lease);
         let mut pause = Duration::from_millis(5);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

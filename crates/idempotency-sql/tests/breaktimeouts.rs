@@ -99,3 +99,38 @@ async fn postgres_repeated_give_ups_keep_the_servers_connections_bounded() {
          holder allowed"
     );
 }
+
+/// A claim with an unbounded lease (`Duration::MAX`, "no limit": the stores cap it at 100
+/// years), abandoned by its budget while it waits for the row lock, lands once the lock is
+/// free; its release must then free the key. The release computed its deadline as
+/// `Instant::now() + lease`, which panics for such a lease: the task died, the claim was never
+/// released, and the key stayed "in progress" for 100 years.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_abandoned_claim_with_an_unbounded_lease_is_released() {
+    let store = PostgresStore::builder(common::pg_pool(2).await)
+        .operation_timeout(Duration::from_millis(200))
+        .migrate()
+        .await
+        .unwrap();
+    let key = StoreKey::from_raw(format!(
+        "{}-unbounded",
+        idempotency_testkit::unique_prefix()
+    ));
+    let holder =
+        common::abandoned::claimed_row_locked(&store, &key, Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let abandoned = store.try_claim(&key, &attempt(), Duration::MAX).await;
+    assert!(abandoned.is_err(), "{abandoned:?}");
+    holder.rollback().await.unwrap();
+    let freed = tokio::time::timeout(Duration::from_secs(15), async {
+        while store.get(&key).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let after = store.get(&key).await.unwrap();
+    assert!(
+        freed.is_ok(),
+        "the abandoned claim was never released: {after:?}"
+    );
+}
