@@ -122,7 +122,10 @@
 //! Postgres it waits as long as the row lock is held): past that the task gives up, detaches
 //! the connection from the pool (the pool opens a replacement; the connection closes once its
 //! statement has ended) and logs a `warn` naming the key, so a lock held for hours does not
-//! cost the pool a connection per abandoned claim. A statement that lands after the task gave
+//! cost the pool a connection per abandoned claim. At most as many connections are detached
+//! at once as the pool has (a detached statement's server backend stays until it ends: the
+//! server sees at most twice the pool's connections); past that a connection stays with the
+//! pool until a place frees. A statement that lands after the task gave
 //! up is a claim under a token nobody holds, which nobody releases: the key is "in progress"
 //! until it lapses, one lease after it landed (as after a crashed owner; a caller retrying
 //! with the same record holds it). And if the database fails the release until the lease

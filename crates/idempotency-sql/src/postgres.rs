@@ -416,6 +416,7 @@ impl PostgresStoreBuilder {
                     pool: self.pool,
                     table,
                     timeout: self.timeout,
+                    detached: Arc::default(),
                 },
                 notifier,
             }),

@@ -19,8 +19,8 @@ use idempotency_core::{
 use std::future::Future;
 use std::pin::Pin;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
@@ -79,6 +79,31 @@ pub(crate) struct SharedStore<DB: Database> {
     pub(crate) table: Table,
     pub(crate) timeout: Duration,
     pub(crate) sql: SqlStatements,
+    /// How many connections abandoned claims' releases gave up (detached from the pool) whose
+    /// statement has not ended yet ([`SharedStore::release_orphan`]): at most the pool's
+    /// `max_connections`, so the server sees at most twice the pool's connections.
+    pub(crate) detached: Arc<AtomicU32>,
+}
+
+/// A place among [`SharedStore::detached`], given back when dropped.
+struct DetachedSlot(Arc<AtomicU32>);
+
+impl DetachedSlot {
+    /// A place if fewer than `cap` connections are detached.
+    fn reserve(count: &Arc<AtomicU32>, cap: u32) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for DetachedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Claims abandoned with their statement in flight whose release ([`ClaimConnection`]) has
@@ -214,6 +239,8 @@ pub(crate) struct Orphan<DB: Database> {
     /// The store's operation timeout: with the lease, how long the release waits for the
     /// abandoned statement before it gives the connection up.
     timeout: Duration,
+    /// The store's count of detached connections ([`SharedStore::detached`]).
+    detached: Arc<AtomicU32>,
     /// Its entry in [`Orphans`], removed when the release ends.
     pending: PendingRelease,
 }
@@ -249,6 +276,7 @@ impl<DB: Database> Drop for ClaimConnection<'_, DB> {
             token: claim.token,
             lease: claim.lease,
             timeout: self.store.timeout,
+            detached: Arc::clone(&self.store.detached),
             pending: PendingRelease {
                 key: claim.key.clone(),
                 token: claim.token,
@@ -344,7 +372,10 @@ where
     /// timeout ([`Orphan::timeout`]): past that (the lock it waits for is still held) the
     /// release gives up and detaches the connection from the pool, so the pool opens a
     /// replacement instead of losing that capacity for as long as the lock is held. The
-    /// detached connection is dropped (closed once it is free); a statement that still lands
+    /// detached connection is kept, counted, until its statement ends, then closed: at most
+    /// as many are detached at once as the pool has connections (the server's backend of each
+    /// stays until then whatever the client does), and past that bound the connection stays
+    /// with the pool until a place frees (as before the give-up). A statement that still lands
     /// is a claim under a token nobody holds, released by nobody, which lapses with its lease
     /// (see the crate docs, "Transactional completion").
     async fn release_orphan(orphan: Orphan<DB>)
@@ -359,35 +390,52 @@ where
             token,
             lease,
             timeout,
-            pending: _pending,
+            detached,
+            pending,
         } = orphan;
         let patience = lease.saturating_add(timeout);
         let mut conn = Some(conn);
-        if let Some(c) = conn.as_mut() {
+        let mut pending = Some(pending);
+        while let Some(c) = conn.as_mut() {
             match tokio::time::timeout(patience, c.ping()).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => break,
                 Ok(Err(error)) => {
                     tracing::debug!(%key, %error, "abandoned claim: its connection failed; releasing on the pool");
                     conn = None;
+                    break;
                 }
-                Err(_) => {
-                    tracing::warn!(
-                        %key, waited = ?patience,
-                        "abandoned claim: its statement did not end within the lease plus the \
-                         operation timeout; giving its connection up (detached from the pool); \
-                         if the statement still lands, the claim lapses with its lease"
-                    );
-                    if let Some(c) = conn.take() {
-                        // Detached, the pool may open a replacement at once; the connection
-                        // itself closes when the statement in flight on it has ended (dropping
-                        // it does not wait for that).
-                        drop(c.detach());
-                    }
-                    return;
-                }
+                Err(_) => {}
             }
+            // The detached connection's server backend stays until its statement ends (a
+            // server does not notice a closed socket while it waits for a lock): at most as
+            // many detached connections as the pool has, or repeated give-ups behind a lock
+            // held for long would open connections until the server refuses everyone's.
+            // Past that, this one stays with the pool (as before the bound) and is given up
+            // when a place frees.
+            let cap = pool.options().get_max_connections();
+            let Some(slot) = DetachedSlot::reserve(&detached, cap) else {
+                tracing::debug!(%key, cap, "abandoned claim: its statement has not ended, and as many connections as the pool has are given up already; keeping its connection");
+                continue;
+            };
+            tracing::warn!(
+                %key, waited = ?patience,
+                "abandoned claim: its statement did not end within the lease plus the \
+                 operation timeout; giving its connection up (detached from the pool); \
+                 if the statement still lands, the claim lapses with its lease"
+            );
+            // A retry with this record no longer waits for this release.
+            drop(pending.take());
+            if let Some(c) = conn.take() {
+                // Detached, the pool may open a replacement at once; the connection is kept
+                // (and counted) until the statement in flight on it has ended, then closed.
+                let mut raw = c.detach();
+                let _ended = raw.ping().await;
+            }
+            drop(slot);
+            return;
         }
-        let deadline = tokio::time::Instant::now() + lease;
+        // Overflow-free: a lease may be `Duration::MAX` ("no limit"; `now + lease` panics).
+        let deadline = idempotency_core::instant_after(tokio::time::Instant::now(), lease);
         let mut pause = Duration::from_millis(5);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

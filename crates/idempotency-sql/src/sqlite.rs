@@ -198,6 +198,7 @@ impl SqliteStoreBuilder {
                     pool: self.pool,
                     table,
                     timeout: self.timeout,
+                    detached: Arc::default(),
                 },
             }),
         })
