@@ -648,6 +648,10 @@ pub enum FromEnvError {
 /// The store's own time budget of one operation (its `operation_timeout`) is the engine's store
 /// timeout: `IDEMPOTENCY_STORE_TIMEOUT`, or the engine's default (1.5 s) when it is unset. So
 /// `IDEMPOTENCY_STORE_TIMEOUT=5s` gives every store call 5 s, not the store's default 1 s.
+/// It is also how long a call may wait while its server is unreachable: the Postgres pool
+/// retries refused connections until its acquire timeout (the store timeout + 1 s), so under
+/// `5s` a Postgres outage is answered (by the failure policy) after about 5 s, not 2 s as
+/// before the pool followed the store timeout. Keep it short (the default, or a few seconds).
 ///
 /// The service starts even when the store is down (it connects in the background and the
 /// failure policy answers meanwhile) and, under `DISABLE_IDEMPOTENCY_CHECKS=true`, without
