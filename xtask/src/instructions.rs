@@ -118,7 +118,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    if options.ops % options.tasks != 0 {
+    if !options.ops.is_multiple_of(options.tasks) {
         return Err(format!(
             "--ops ({}) must be a multiple of --tasks ({}): each task runs as many",
             options.ops, options.tasks
