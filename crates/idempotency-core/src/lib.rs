@@ -10,7 +10,7 @@
 //! # use idempotency_core::*;
 //! # use std::time::Duration;
 //! # #[derive(Debug, Default)] struct Tiny(std::sync::Mutex<std::collections::HashMap<StoreKey, Record>>);
-//! # #[async_trait::async_trait] impl IdempotencyStore for Tiny {
+//! # impl IdempotencyStore for Tiny {
 //! #   async fn try_claim(&self, k: &StoreKey, r: &InProgress, _: Duration) -> Result<Claim, StoreError> {
 //! #     let mut m = self.0.lock().unwrap();
 //! #     Ok(match m.get(k) { Some(e) => Claim::Existing(e.clone()), None => { m.insert(k.clone(), Record::InProgress(r.clone())); Claim::Claimed } }) }
@@ -94,7 +94,6 @@ mod signal;
 mod store;
 mod token;
 
-pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use corrupt::CorruptRecord;
 #[allow(deprecated)]
@@ -117,5 +116,8 @@ pub use shared::{
 };
 #[cfg(feature = "signal")]
 pub use signal::shutdown_signal;
-pub use store::{BoxError, Claim, Fenced, IdempotencyStore, StoreError, StoreOperation, Waited};
+pub use store::{
+    BoxError, Claim, DynIdempotencyStore, Fenced, IdempotencyStore, StoreError, StoreFuture,
+    StoreOperation, Waited,
+};
 pub use token::LeaseToken;

@@ -1,10 +1,11 @@
 //! The store trait: atomic primitives only. The engine owns the policy, so every backend
 //! behaves the same.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::{Completed, CorruptRecord, InProgress, LeaseToken, Record, StoreKey};
@@ -242,41 +243,47 @@ impl StoreError {
 /// - [`IdempotencyStore::try_claim_now`] and [`IdempotencyStore::complete_now`] are optional
 ///   (the default answers `None`: not available); when implemented, an answer is exactly that
 ///   of the async primitive, made without I/O.
-#[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Create the in-progress record if the key is absent, else return what is there.
-    async fn try_claim(
+    fn try_claim(
         &self,
         key: &StoreKey,
         record: &InProgress,
         lease: Duration,
-    ) -> Result<Claim, StoreError>;
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Replace the in-progress record held under `token` by `record`, kept for `retention`.
-    async fn complete(
+    fn complete(
         &self,
         key: &StoreKey,
         token: &LeaseToken,
         record: &Completed,
         retention: Duration,
-    ) -> Result<Fenced, StoreError>;
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send;
 
     /// Delete the in-progress record held under `token`.
-    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError>;
+    fn release(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send;
 
     /// Reset the lease of the in-progress record held under `token` to `lease` from now.
-    async fn extend(
+    fn extend(
         &self,
         key: &StoreKey,
         token: &LeaseToken,
         lease: Duration,
-    ) -> Result<Fenced, StoreError>;
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send;
 
     /// Read the record, if any (inspection and polling while in progress).
-    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
+    fn get(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
     /// Delete the record whatever its state (explicit invalidation). Returns whether one existed.
-    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError>;
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// How long the record under `key` has left before it expires (for an in-progress record:
     /// the rest of its lease), or `None` when the key is absent, has no expiry, or the store
@@ -289,9 +296,12 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Infrastructure trouble, as for the other primitives (the engine then falls back to its
     /// fixed `Retry-After`).
-    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+    fn time_to_live(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
         let _ = key;
-        Ok(None)
+        std::future::ready(Ok(None))
     }
 
     /// Wait until the in-progress record held under `seen` (the lease token a claim just found)
@@ -323,14 +333,14 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Infrastructure trouble while subscribing or checking (the engine then falls back to
     /// polling for this wait).
-    async fn wait_for_change(
+    fn wait_for_change(
         &self,
         key: &StoreKey,
         seen: &LeaseToken,
         timeout: Duration,
-    ) -> Result<Waited, StoreError> {
+    ) -> impl Future<Output = Result<Waited, StoreError>> + Send {
         let _ = (key, seen, timeout);
-        Ok(Waited::Unsupported)
+        std::future::ready(Ok(Waited::Unsupported))
     }
 
     /// The bound this store puts on each of its primitives by itself (`wait_for_change`
@@ -353,8 +363,8 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     ///
     /// Optional: the default answers `None`, and every caller then makes the async call. The
     /// engine asks this first on its request path and falls back to `try_claim`: an embedded
-    /// store answers a claim without the boxed future of an `async_trait` call (an allocation
-    /// and a free per call, on the hottest path of the memory store).
+    /// store answers a claim without building and polling the call's future (and, behind
+    /// `dyn`, without boxing it), on the hottest path of the memory store.
     ///
     /// # Contract
     /// When it answers `Some`, the answer and its effect on the store are exactly those of
@@ -414,56 +424,65 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
 
 macro_rules! forward_store {
     ($ty:ty) => {
-        #[async_trait]
+        /// Forwards every call to the store it points to (the same future: no box added).
         impl<T: IdempotencyStore + ?Sized> IdempotencyStore for $ty {
-            async fn try_claim(
+            fn try_claim(
                 &self,
                 key: &StoreKey,
                 record: &InProgress,
                 lease: Duration,
-            ) -> Result<Claim, StoreError> {
-                (**self).try_claim(key, record, lease).await
+            ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+                (**self).try_claim(key, record, lease)
             }
-            async fn complete(
+            fn complete(
                 &self,
                 key: &StoreKey,
                 token: &LeaseToken,
                 record: &Completed,
                 retention: Duration,
-            ) -> Result<Fenced, StoreError> {
-                (**self).complete(key, token, record, retention).await
+            ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
+                (**self).complete(key, token, record, retention)
             }
-            async fn release(
+            fn release(
                 &self,
                 key: &StoreKey,
                 token: &LeaseToken,
-            ) -> Result<Fenced, StoreError> {
-                (**self).release(key, token).await
+            ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
+                (**self).release(key, token)
             }
-            async fn extend(
+            fn extend(
                 &self,
                 key: &StoreKey,
                 token: &LeaseToken,
                 lease: Duration,
-            ) -> Result<Fenced, StoreError> {
-                (**self).extend(key, token, lease).await
+            ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
+                (**self).extend(key, token, lease)
             }
-            async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-                (**self).get(key).await
+            fn get(
+                &self,
+                key: &StoreKey,
+            ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+                (**self).get(key)
             }
-            async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-                (**self).delete(key).await
+            fn delete(
+                &self,
+                key: &StoreKey,
+            ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+                (**self).delete(key)
             }
-            async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
-                (**self).time_to_live(key).await
+            fn time_to_live(
+                &self,
+                key: &StoreKey,
+            ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
+                (**self).time_to_live(key)
             }
-            async fn wait_for_change(
+            fn wait_for_change(
                 &self,
                 key: &StoreKey,
                 seen: &LeaseToken,
                 timeout: Duration,
-            ) -> Result<Waited, StoreError> {
-                (**self).wait_for_change(key, seen, timeout).await
+            ) -> impl Future<Output = Result<Waited, StoreError>> + Send {
+                (**self).wait_for_change(key, seen, timeout)
             }
             fn operation_bound(&self) -> Option<Duration> {
                 (**self).operation_bound()
@@ -491,5 +510,234 @@ macro_rules! forward_store {
     };
 }
 
+forward_store!(&T);
 forward_store!(Arc<T>);
 forward_store!(Box<T>);
+
+/// The future of a [`DynIdempotencyStore`] call: boxed, so that the trait can be used as
+/// `dyn DynIdempotencyStore`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// [`IdempotencyStore`] behind a pointer to `dyn`: the same primitives, their futures boxed.
+///
+/// [`IdempotencyStore`] returns each primitive's own future type (no allocation per call), so
+/// it cannot be made into a trait object. Where the store is chosen at run time, use
+/// `Arc<dyn DynIdempotencyStore>` (or `Box<..>`, `&dyn ..`) instead: every `IdempotencyStore`
+/// is a `DynIdempotencyStore` (blanket impl, nothing to write), and `dyn DynIdempotencyStore`
+/// is an `IdempotencyStore` again, so that `Idempotency<Arc<dyn DynIdempotencyStore>>` works.
+/// Calls through `dyn` box their future, one allocation per call; calls on a concrete store
+/// do not.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use idempotency_core::{DynIdempotencyStore, IdempotencyStore};
+/// fn erase<S: IdempotencyStore + 'static>(store: S) -> Arc<dyn DynIdempotencyStore> {
+///     Arc::new(store)
+/// }
+/// ```
+///
+/// Implement [`IdempotencyStore`], not this trait, and call the primitives through
+/// `IdempotencyStore` (implemented by `dyn DynIdempotencyStore`). The methods here are those
+/// of `IdempotencyStore`, documented there, prefixed with `dyn_` so that a call such as
+/// `store.try_claim(..)` on an `Arc<dyn DynIdempotencyStore>` has one meaning with both traits
+/// in scope.
+#[allow(missing_docs)]
+pub trait DynIdempotencyStore: Send + Sync + std::fmt::Debug {
+    fn dyn_try_claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a InProgress,
+        lease: Duration,
+    ) -> StoreFuture<'a, Claim>;
+    fn dyn_complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a LeaseToken,
+        record: &'a Completed,
+        retention: Duration,
+    ) -> StoreFuture<'a, Fenced>;
+    fn dyn_release<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a LeaseToken,
+    ) -> StoreFuture<'a, Fenced>;
+    fn dyn_extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fenced>;
+    fn dyn_get<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Record>>;
+    fn dyn_delete<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, bool>;
+    fn dyn_time_to_live<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>>;
+    fn dyn_wait_for_change<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        seen: &'a LeaseToken,
+        timeout: Duration,
+    ) -> StoreFuture<'a, Waited>;
+    fn dyn_operation_bound(&self) -> Option<Duration>;
+    fn dyn_try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+        now: Instant,
+    ) -> Option<Result<Claim, StoreError>>;
+    fn dyn_complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+        now: Instant,
+    ) -> Option<Result<Fenced, StoreError>>;
+}
+
+impl<T: IdempotencyStore> DynIdempotencyStore for T {
+    fn dyn_try_claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a InProgress,
+        lease: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(IdempotencyStore::try_claim(self, key, record, lease))
+    }
+    fn dyn_complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a LeaseToken,
+        record: &'a Completed,
+        retention: Duration,
+    ) -> StoreFuture<'a, Fenced> {
+        Box::pin(IdempotencyStore::complete(
+            self, key, token, record, retention,
+        ))
+    }
+    fn dyn_release<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a LeaseToken,
+    ) -> StoreFuture<'a, Fenced> {
+        Box::pin(IdempotencyStore::release(self, key, token))
+    }
+    fn dyn_extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> StoreFuture<'a, Fenced> {
+        Box::pin(IdempotencyStore::extend(self, key, token, lease))
+    }
+    fn dyn_get<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(IdempotencyStore::get(self, key))
+    }
+    fn dyn_delete<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, bool> {
+        Box::pin(IdempotencyStore::delete(self, key))
+    }
+    fn dyn_time_to_live<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+        Box::pin(IdempotencyStore::time_to_live(self, key))
+    }
+    fn dyn_wait_for_change<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        seen: &'a LeaseToken,
+        timeout: Duration,
+    ) -> StoreFuture<'a, Waited> {
+        Box::pin(IdempotencyStore::wait_for_change(self, key, seen, timeout))
+    }
+    fn dyn_operation_bound(&self) -> Option<Duration> {
+        IdempotencyStore::operation_bound(self)
+    }
+    fn dyn_try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+        now: Instant,
+    ) -> Option<Result<Claim, StoreError>> {
+        IdempotencyStore::try_claim_now(self, key, record, lease, now)
+    }
+    fn dyn_complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+        now: Instant,
+    ) -> Option<Result<Fenced, StoreError>> {
+        IdempotencyStore::complete_now(self, key, token, record, retention, now)
+    }
+}
+
+/// A store behind `dyn` is a store (each call boxes its future), so that
+/// `Arc<dyn DynIdempotencyStore>`, `Box<..>` and `&dyn ..` are stores too.
+impl IdempotencyStore for dyn DynIdempotencyStore + '_ {
+    async fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        DynIdempotencyStore::dyn_try_claim(self, key, record, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> Result<Fenced, StoreError> {
+        DynIdempotencyStore::dyn_complete(self, key, token, record, retention).await
+    }
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+        DynIdempotencyStore::dyn_release(self, key, token).await
+    }
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        DynIdempotencyStore::dyn_extend(self, key, token, lease).await
+    }
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        DynIdempotencyStore::dyn_get(self, key).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        DynIdempotencyStore::dyn_delete(self, key).await
+    }
+    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+        DynIdempotencyStore::dyn_time_to_live(self, key).await
+    }
+    async fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> Result<Waited, StoreError> {
+        DynIdempotencyStore::dyn_wait_for_change(self, key, seen, timeout).await
+    }
+    fn operation_bound(&self) -> Option<Duration> {
+        DynIdempotencyStore::dyn_operation_bound(self)
+    }
+    fn try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+        now: Instant,
+    ) -> Option<Result<Claim, StoreError>> {
+        DynIdempotencyStore::dyn_try_claim_now(self, key, record, lease, now)
+    }
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+        now: Instant,
+    ) -> Option<Result<Fenced, StoreError>> {
+        DynIdempotencyStore::dyn_complete_now(self, key, token, record, retention, now)
+    }
+}

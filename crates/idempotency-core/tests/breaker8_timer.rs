@@ -52,7 +52,6 @@ async fn behave(how: u64, polls: &AtomicUsize) {
     }
 }
 
-#[idempotency_core::async_trait]
 impl IdempotencyStore for Scripted {
     async fn try_claim(
         &self,

@@ -641,7 +641,6 @@ struct ClaimThenHang {
     landed: Arc<Notify>,
 }
 
-#[idempotency_core::async_trait]
 impl IdempotencyStore for ClaimThenHang {
     async fn try_claim(
         &self,

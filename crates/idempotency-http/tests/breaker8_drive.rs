@@ -43,7 +43,6 @@ struct Slow {
     releases: Arc<AtomicUsize>,
 }
 
-#[idempotency_core::async_trait]
 impl IdempotencyStore for Slow {
     async fn try_claim(
         &self,

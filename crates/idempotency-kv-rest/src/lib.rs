@@ -82,7 +82,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, CorruptRecord, Fenced, IdempotencyStore, InProgress, LeaseToken, Record,
-    StoreError, StoreKey, StoreOperation, async_trait, codec, expiry_millis, lua,
+    StoreError, StoreKey, StoreOperation, codec, expiry_millis, lua,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
@@ -617,7 +617,6 @@ fn decode_reply(operation: StoreOperation, reply: Answer) -> Result<Option<Recor
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for KvRestStore {
     async fn try_claim(
         &self,

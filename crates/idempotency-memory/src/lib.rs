@@ -46,7 +46,7 @@
 //!
 //! # No future per claim
 //! The store answers the engine's claims and completions at once
-//! (`IdempotencyStore::try_claim_now` / `complete_now`): the engine builds no boxed future for
+//! (`IdempotencyStore::try_claim_now` / `complete_now`): the engine builds no future for
 //! them. The async primitives do exactly the same (one body behind both).
 //!
 //! # Waiting duplicates are woken
@@ -82,7 +82,7 @@ use crossbeam_utils::CachePadded;
 
 use idempotency_core::{
     Bytes, Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken,
-    OutcomeEncoding, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
+    OutcomeEncoding, Record, StoreError, StoreKey, StoredOutcome, Waited,
 };
 use map::{Entry as MapEntry, Map};
 
@@ -882,7 +882,6 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn try_claim(
         &self,

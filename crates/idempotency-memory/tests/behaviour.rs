@@ -2,10 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use idempotency_testkit::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency_core::{IdempotencyStore, async_trait};
+use idempotency_core::DynIdempotencyStore;
 use idempotency_memory::{ManualClock, MemoryStore};
 use idempotency_testkit::{Capabilities, StoreHarness};
 
@@ -17,7 +18,7 @@ struct MemoryHarness {
 
 #[async_trait]
 impl StoreHarness for MemoryHarness {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         Arc::new(self.store.clone())
     }
     fn capabilities(&self) -> Capabilities {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use idempotency_core::{
     Begin, Claim, Completed, Fenced, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey,
     IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
-    Waited, async_trait,
+    Waited,
 };
 use idempotency_memory::MemoryStore;
 
@@ -63,7 +63,6 @@ impl Gated {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for Gated {
     async fn try_claim(
         &self,

@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use idempotency_core::{
-    Begin, Claim, Completed, ConfigError, FailurePolicy, Fenced, Fingerprint, Idempotency,
-    IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, RunError,
-    Scope, StoreError, StoreKey, StoreOperation, StoredOutcome, Unprotected, async_trait,
+    Begin, Claim, Completed, ConfigError, DynIdempotencyStore, FailurePolicy, Fenced, Fingerprint,
+    Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken,
+    Record, RunError, Scope, StoreError, StoreKey, StoreOperation, StoredOutcome, Unprotected,
 };
 use idempotency_memory::{MemoryStore, TokioClock};
 use idempotency_testkit::faults::{Fault, FaultyStore};
@@ -144,7 +144,6 @@ fn kill_switch_values() {
 #[derive(Debug)]
 struct LostReplyStore(MemoryStore);
 
-#[async_trait]
 impl IdempotencyStore for LostReplyStore {
     async fn try_claim(
         &self,
@@ -606,7 +605,6 @@ struct SelfBoundedStore {
     bound: Option<Duration>,
 }
 
-#[async_trait]
 impl IdempotencyStore for SelfBoundedStore {
     async fn try_claim(
         &self,
@@ -710,7 +708,7 @@ fn arc_and_box_forward_the_operation_bound() {
         Arc::new(bounded()).operation_bound(),
         Some(Duration::from_millis(250))
     );
-    let boxed: Box<dyn IdempotencyStore> = Box::new(bounded());
+    let boxed: Box<dyn DynIdempotencyStore> = Box::new(bounded());
     assert_eq!(boxed.operation_bound(), Some(Duration::from_millis(250)));
     assert_eq!(MemoryStore::new().operation_bound(), None);
 }

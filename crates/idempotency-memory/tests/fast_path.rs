@@ -1,5 +1,5 @@
 //! The memory store answers the engine's claims and completions at once
-//! (`IdempotencyStore::try_claim_now` / `complete_now`, no boxed future per call): the engine's
+//! (`IdempotencyStore::try_claim_now` / `complete_now`, no future per call): the engine's
 //! answers, counters, metrics and the records left behind are the same as through the async
 //! primitives, which every other store goes through.
 
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use counting::Counting;
 use idempotency_core::{
-    Begin, Claim, Completed, Fenced, Fingerprint, Guard, Idempotency, IdempotencyKey,
-    IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
-    Waited, async_trait,
+    Begin, Claim, Completed, DynIdempotencyStore, Fenced, Fingerprint, Guard, Idempotency,
+    IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey,
+    StoredOutcome, Waited,
 };
 use idempotency_memory::{ManualClock, MemoryStore, TokioClock};
 
@@ -24,7 +24,6 @@ use idempotency_memory::{ManualClock, MemoryStore, TokioClock};
 #[derive(Debug, Clone)]
 struct AsyncOnly(MemoryStore);
 
-#[async_trait]
 impl IdempotencyStore for AsyncOnly {
     async fn try_claim(
         &self,
@@ -156,13 +155,13 @@ async fn the_memory_store_answers_at_once_and_other_stores_do_not() {
     ));
 
     // Wrappers forward it; a store that does not implement it answers `None` and does nothing.
-    let shared: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+    let shared: Arc<dyn DynIdempotencyStore> = Arc::new(MemoryStore::new());
     assert!(
         shared
             .try_claim_now(&key, &claim_record(), lease, now())
             .is_some()
     );
-    let boxed: Box<dyn IdempotencyStore> = Box::new(MemoryStore::new());
+    let boxed: Box<dyn DynIdempotencyStore> = Box::new(MemoryStore::new());
     assert!(
         boxed
             .complete_now(&key, &claim.token, &done, retention, now())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use idempotency_core::{
     Begin, Claim, Completed, Fenced, Fingerprint, Guard, Idempotency, IdempotencyError,
     IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey,
-    StoredOutcome, Waited, async_trait,
+    StoredOutcome, Waited,
 };
 use idempotency_memory::MemoryStore;
 use tokio::time::Instant;
@@ -27,7 +27,6 @@ struct Counting {
     cannot_notify: bool,
 }
 
-#[async_trait]
 impl IdempotencyStore for Counting {
     async fn try_claim(
         &self,

@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::FutureExt as _;
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
@@ -564,7 +563,6 @@ where
     }
 }
 
-#[async_trait]
 impl<C> IdempotencyStore for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,

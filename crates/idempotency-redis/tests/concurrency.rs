@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 
 use idempotency_core::{
-    Claim, Completed, Fenced, Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record,
-    StoreKey, StoredOutcome, unix_millis_now,
+    Claim, Completed, DynIdempotencyStore, Fenced, Fingerprint, IdempotencyStore, InProgress,
+    LeaseToken, Record, StoreKey, StoredOutcome, unix_millis_now,
 };
 use idempotency_testkit::unique_prefix;
 
@@ -27,7 +27,7 @@ fn record(seed: u64) -> InProgress {
 
 /// 2 000 keys, 16 concurrent claimers each (32 000 claims racing on one multiplexed connection): exactly one `Claimed` per key, and every loser
 /// sees the winner's record.
-async fn one_winner_per_key(store: Arc<dyn IdempotencyStore>, in_flight_per_claimer: usize) {
+async fn one_winner_per_key(store: Arc<dyn DynIdempotencyStore>, in_flight_per_claimer: usize) {
     let prefix = unique_prefix();
     let keys: Arc<Vec<StoreKey>> = Arc::new(
         (0..KEYS)

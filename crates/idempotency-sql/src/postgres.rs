@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress, LeaseToken,
-    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, Waited, async_trait,
+    PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, Waited,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgQueryResult, PgRow};
 use sqlx::{Executor, Postgres, Row as _};
@@ -1017,7 +1017,6 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for PostgresStore {
     async fn try_claim(
         &self,

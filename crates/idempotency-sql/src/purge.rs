@@ -4,9 +4,10 @@
 //! clock, and a claim takes an expired row over), so purging only reclaims space. Deletes go in
 //! bounded batches so no statement holds many row locks or a long write lock.
 
+use async_trait::async_trait;
 use std::time::Duration;
 
-use idempotency_core::{StoreError, async_trait};
+use idempotency_core::StoreError;
 
 /// A store that can delete its expired rows in bounded batches.
 #[async_trait]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, CorruptRecord, Fenced, Guard, IdempotencyError, IdempotencyStore, InProgress,
-    LeaseToken, PendingCompletion, Record, StoreError, StoreKey, StoredOutcome, async_trait,
+    LeaseToken, PendingCompletion, Record, StoreError, StoreKey, StoredOutcome,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteQueryResult,
@@ -422,7 +422,6 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for SqliteStore {
     async fn try_claim(
         &self,

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record, StoreKey,
+    Claim, DynIdempotencyStore, Fingerprint, IdempotencyStore, InProgress, LeaseToken, Record,
+    StoreKey,
 };
 use tokio::sync::Barrier;
 
@@ -19,7 +20,7 @@ const CLAIMERS: usize = 16;
 /// claimers of a key really start together.
 const WAVE: usize = 25;
 
-async fn one_winner_per_key(store: Arc<dyn IdempotencyStore>, prefix: &str) {
+async fn one_winner_per_key(store: Arc<dyn DynIdempotencyStore>, prefix: &str) {
     let mut winners_total = 0;
     for wave in 0..KEYS / WAVE {
         let mut tasks = Vec::with_capacity(WAVE * CLAIMERS);
@@ -88,9 +89,9 @@ async fn sqlite_thousand_keys_sixteen_claimers_one_winner_each() {
 /// takeover branch, not only the insert).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_takeover_of_expired_claims_has_one_winner() {
-    let pg: Arc<dyn IdempotencyStore> = Arc::new(common::pg_store(32).await);
+    let pg: Arc<dyn DynIdempotencyStore> = Arc::new(common::pg_store(32).await);
     let (lite, _dir) = common::sqlite_store(8).await;
-    let lite: Arc<dyn IdempotencyStore> = Arc::new(lite);
+    let lite: Arc<dyn DynIdempotencyStore> = Arc::new(lite);
     for store in [pg, lite] {
         let prefix = idempotency_testkit::unique_prefix();
         for n in 0..50 {
@@ -111,7 +112,7 @@ async fn concurrent_takeover_of_expired_claims_has_one_winner() {
     }
 }
 
-async fn one_winner_per_key_on(store: &Arc<dyn IdempotencyStore>, prefix: &str, keys: usize) {
+async fn one_winner_per_key_on(store: &Arc<dyn DynIdempotencyStore>, prefix: &str, keys: usize) {
     for n in 0..keys {
         let key = StoreKey::from_raw(format!("{prefix}stale-{n}"));
         let gate = Arc::new(Barrier::new(CLAIMERS));

@@ -9,8 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Begin, FailurePolicy, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey,
-    IdempotencyStore, InProgress, LeaseToken, Scope, StoreError, StoreKey, Unprotected,
+    Begin, DynIdempotencyStore, FailurePolicy, Fingerprint, Idempotency, IdempotencyError,
+    IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Scope, StoreError, StoreKey,
+    Unprotected,
 };
 use idempotency_sql::sqlx::postgres::PgPoolOptions;
 use idempotency_sql::{PostgresStore, SqliteStore, sqlx};
@@ -251,7 +252,7 @@ async fn sqlite_busy_claim_after_a_short_busy_timeout_is_write_refused() {
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let _ = &store as &dyn IdempotencyStore;
+    let _ = &store as &dyn DynIdempotencyStore;
 }
 
 /// F8: while another transaction holds SQLite's write lock (as long as it likes), a completed

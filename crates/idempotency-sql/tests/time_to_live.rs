@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use idempotency_core::{
-    Completed, Fenced, Fingerprint, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken,
-    Scope, StoreKey, StoredOutcome,
+    Completed, DynIdempotencyStore, Fenced, Fingerprint, IdempotencyKey, IdempotencyStore,
+    InProgress, LeaseToken, Scope, StoreKey, StoredOutcome,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -26,7 +26,7 @@ fn key(name: &str) -> StoreKey {
 }
 
 /// Claim, complete, lapse: what `time_to_live` reports at each step.
-async fn reports_the_time_left(store: &dyn IdempotencyStore) {
+async fn reports_the_time_left(store: &dyn DynIdempotencyStore) {
     let k = key("ttl");
     assert_eq!(store.time_to_live(&k).await.unwrap(), None, "absent");
     let claim = InProgress {

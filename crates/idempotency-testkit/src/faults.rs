@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idempotency_core::{
-    Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, Waited,
+    Claim, Completed, DynIdempotencyStore, Fenced, IdempotencyStore, InProgress, LeaseToken,
+    Record, StoreError, StoreKey, Waited,
 };
 
 /// What the wrapped store does on the next calls.
@@ -43,14 +43,14 @@ enum Op {
 /// Wraps a store; [`FaultyStore::set`] switches failures on and off for all clones.
 #[derive(Debug, Clone)]
 pub struct FaultyStore {
-    inner: Arc<dyn IdempotencyStore>,
+    inner: Arc<dyn DynIdempotencyStore>,
     fault: Arc<AtomicU8>,
     calls: Arc<AtomicU64>,
 }
 
 impl FaultyStore {
     /// Wrap `inner`, passing calls through until told otherwise.
-    pub fn new(inner: Arc<dyn IdempotencyStore>) -> Self {
+    pub fn new(inner: Arc<dyn DynIdempotencyStore>) -> Self {
         Self {
             inner,
             fault: Arc::new(AtomicU8::new(Fault::None as u8)),
@@ -103,7 +103,6 @@ impl FaultyStore {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for FaultyStore {
     async fn try_claim(
         &self,
@@ -182,7 +181,7 @@ impl<H: crate::StoreHarness> FaultyHarness<H> {
 
 #[async_trait]
 impl<H: crate::StoreHarness> crate::StoreHarness for FaultyHarness<H> {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         Arc::new(FaultyStore::new(self.0.store()))
     }
     fn capabilities(&self) -> crate::Capabilities {

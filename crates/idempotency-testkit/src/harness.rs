@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idempotency_core::{IdempotencyStore, StoreKey};
+use idempotency_core::{DynIdempotencyStore, StoreKey};
 
 /// How expiry time passes for a store under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub enum RawValue {
 #[async_trait]
 pub trait StoreHarness: Send + Sync + 'static {
     /// The store under test (the suite also runs it through `Arc<dyn …>` and `Box<dyn …>`).
-    fn store(&self) -> Arc<dyn IdempotencyStore>;
+    fn store(&self) -> Arc<dyn DynIdempotencyStore>;
 
     /// What the store can do (default: [`Capabilities::SERVER`]).
     fn capabilities(&self) -> Capabilities {

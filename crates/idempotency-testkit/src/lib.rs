@@ -22,11 +22,11 @@
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
-//! use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
-//! use idempotency_testkit::{Capabilities, StoreHarness};
+//! use idempotency_core::{DynIdempotencyStore, IdempotencyStore, StoreKey};
+//! use idempotency_testkit::{Capabilities, StoreHarness, async_trait};
 //! # use idempotency_core::*;
 //! # #[derive(Debug, Default)] struct MyStore(std::sync::Mutex<std::collections::HashMap<StoreKey, Record>>);
-//! # #[async_trait] impl IdempotencyStore for MyStore {
+//! # impl IdempotencyStore for MyStore {
 //! #   async fn try_claim(&self, k: &StoreKey, r: &InProgress, _: Duration) -> Result<Claim, StoreError> {
 //! #     let mut m = self.0.lock().unwrap();
 //! #     Ok(match m.get(k) { Some(e) => Claim::Existing(e.clone()), None => { m.insert(k.clone(), Record::InProgress(r.clone())); Claim::Claimed } }) }
@@ -45,7 +45,7 @@
 //!
 //! #[async_trait]
 //! impl StoreHarness for MyHarness {
-//!     fn store(&self) -> Arc<dyn IdempotencyStore> { self.store.clone() }
+//!     fn store(&self) -> Arc<dyn DynIdempotencyStore> { self.store.clone() }
 //!     // Typed records only (the suite then checks the codec instead of raw corrupt values);
 //!     // expiry on the real clock, so the defaults of `advance` (sleep) and `short_lease` fit.
 //!     fn capabilities(&self) -> Capabilities {
@@ -95,6 +95,9 @@ pub mod model;
 mod port;
 pub mod suite;
 
+/// The attribute [`StoreHarness`] implementations need (`#[async_trait]`); stores implement
+/// `IdempotencyStore` without it.
+pub use async_trait::async_trait;
 pub use harness::{Capabilities, RawValue, StoreHarness, TimeControl};
 pub use port::{RefusedPort, retry_while_in_use, start_on_free_port};
 

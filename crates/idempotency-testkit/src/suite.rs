@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use idempotency_core::{
-    Begin, Claim, Completed, Fenced, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey,
-    IdempotencyStore, InProgress, LeaseToken, Record, RunError, Scope, StoreError, StoreKey,
-    StoredOutcome, codec,
+    Begin, Claim, Completed, DynIdempotencyStore, Fenced, Fingerprint, Idempotency,
+    IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, LeaseToken, Record, RunError,
+    Scope, StoreError, StoreKey, StoredOutcome, codec,
 };
 
 use crate::{RawValue, StoreHarness};
@@ -47,7 +47,7 @@ fn completed(claim: &InProgress, body: impl Into<Bytes>) -> Completed {
 }
 
 async fn claim(
-    store: &dyn IdempotencyStore,
+    store: &dyn DynIdempotencyStore,
     k: &StoreKey,
     r: &InProgress,
     lease: Duration,
@@ -63,7 +63,7 @@ fn assert_corrupt<T: std::fmt::Debug>(value: &str, operation: &str, result: Resu
     );
 }
 
-fn engine_over(h: &dyn StoreHarness) -> Idempotency<Arc<dyn IdempotencyStore>> {
+fn engine_over(h: &dyn StoreHarness) -> Idempotency<Arc<dyn DynIdempotencyStore>> {
     Idempotency::builder(h.store())
         .prefix(h.key_prefix())
         .ignore_env()
@@ -553,9 +553,9 @@ pub async fn key_injectivity(h: &dyn StoreHarness) {
     }
 }
 
-/// The engine over the store (as `Box<dyn IdempotencyStore>`): run, replay, mismatch, in progress.
+/// The engine over the store (as `Box<dyn DynIdempotencyStore>`): run, replay, mismatch, in progress.
 pub async fn engine_semantics(h: &dyn StoreHarness) {
-    let boxed: Box<dyn IdempotencyStore> = Box::new(h.store());
+    let boxed: Box<dyn DynIdempotencyStore> = Box::new(h.store());
     let engine = Idempotency::builder(boxed)
         .prefix(h.key_prefix())
         .ignore_env()

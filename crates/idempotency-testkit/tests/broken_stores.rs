@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use idempotency_testkit::async_trait;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use idempotency_core::{
-    Claim, Completed, CorruptRecord, Fenced, IdempotencyStore, InProgress, LeaseToken, Record,
-    StoreError, StoreKey, async_trait, codec,
+    Claim, Completed, CorruptRecord, DynIdempotencyStore, Fenced, IdempotencyStore, InProgress,
+    LeaseToken, Record, StoreError, StoreKey, codec,
 };
 use idempotency_testkit::suite::{self, Behaviour};
 use idempotency_testkit::{Capabilities, RawValue, StoreHarness, TimeControl, unique_prefix};
@@ -163,7 +164,6 @@ impl ByteStore {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for ByteStore {
     async fn try_claim(
         &self,
@@ -290,7 +290,7 @@ impl ByteHarness {
 
 #[async_trait]
 impl StoreHarness for ByteHarness {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         self.store.clone()
     }
     fn capabilities(&self) -> Capabilities {

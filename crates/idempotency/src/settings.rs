@@ -547,7 +547,6 @@ mod tests {
     #[derive(Debug)]
     struct NoStore;
 
-    #[idempotency_core::async_trait]
     impl idempotency_core::IdempotencyStore for NoStore {
         async fn try_claim(
             &self,

@@ -4,11 +4,12 @@
 #![cfg(feature = "memory")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use idempotency_testkit::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency::memory::{ManualClock, MemoryStore};
-use idempotency::{AnyStore, IdempotencyStore, async_trait};
+use idempotency::{AnyStore, DynIdempotencyStore};
 use idempotency_testkit::{Capabilities, StoreHarness};
 
 struct AnyStoreHarness {
@@ -19,7 +20,7 @@ struct AnyStoreHarness {
 
 #[async_trait]
 impl StoreHarness for AnyStoreHarness {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         self.store.clone()
     }
     fn capabilities(&self) -> Capabilities {

@@ -144,7 +144,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let mut started = created_at;
         loop {
             let store = &self.inner.store;
-            // An embedded store answers at once: no boxed future for the async call, and
+            // An embedded store answers at once: no future for the async call, and
             // nothing to cancel (see `IdempotencyStore::try_claim_now`). Its latency and
             // failure are recorded as for the call.
             //
@@ -214,8 +214,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 }
                 Seen::InProgress(seen, created_at_ms) => {
                     // Without a configured wait there is nothing to wait for: no boxed future
-                    // built for it (two boxes per "in progress" answer cost ~300 instructions,
-                    // `cargo xtask instructions`, conflict).
+                    // built for it (two boxes per "in progress" answer, this one and the
+                    // store's when its calls were boxed, cost ~300 instructions, `cargo xtask
+                    // instructions`, conflict).
                     let look_again = wait_deadline.is_some()
                         && Box::pin(self.wait_in_progress(
                             &store_key,

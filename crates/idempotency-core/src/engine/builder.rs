@@ -12,7 +12,7 @@ pub struct IdempotencyBuilder<S> {
     pub(crate) store: S,
     pub(crate) config: Config,
     pub(crate) read_env: bool,
-    pub(crate) fallback: Option<std::sync::Arc<dyn crate::IdempotencyStore>>,
+    pub(crate) fallback: Option<std::sync::Arc<dyn crate::DynIdempotencyStore>>,
 }
 
 impl<S> IdempotencyBuilder<S> {

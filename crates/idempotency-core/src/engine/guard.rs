@@ -203,7 +203,8 @@ impl<S: IdempotencyStore + 'static> Guard<S> {
             let size = outcome.body.len();
             tracing::warn!(size, max, "outcome too large to store; releasing the claim");
             if let Some(claim) = self.take_claim() {
-                let _ = self.engine.release_claim(claim).await;
+                // Boxed: this rare path's future stays out of every completion's.
+                let _ = Box::pin(self.engine.release_claim(claim)).await;
             }
             return Err(IdempotencyError::OutcomeTooLarge { size, max });
         }

@@ -17,8 +17,9 @@ use super::registry::{Ticket, Which};
 use super::stats::{Event, Stats, StatsSnapshot, names};
 use super::wall::WallClock;
 use crate::{
-    Completed, Fenced, IdempotencyError, IdempotencyKey, IdempotencyStore, InProgress, Record,
-    Scope, StoreError, StoreKey, StoreOperation,
+    Claim as Claimed, Completed, DynIdempotencyStore, Fenced, IdempotencyError, IdempotencyKey,
+    IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoreOperation,
+    Waited,
 };
 
 /// First delay between two completion attempts; doubles per attempt.
@@ -52,7 +53,7 @@ impl<S> Clone for Idempotency<S> {
 #[derive(Debug)]
 pub(super) struct Inner<S> {
     pub(super) store: S,
-    pub(super) fallback: Option<Arc<dyn IdempotencyStore>>,
+    pub(super) fallback: Option<Arc<dyn DynIdempotencyStore>>,
     pub(super) config: Config,
     /// Written by every operation, from every thread: on cache lines of its own, away from the
     /// configuration and the store handle that every operation only reads (false sharing
@@ -122,7 +123,7 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
     /// An engine over validated parts. Logs a warning when the kill switch is on.
     pub(crate) fn assemble(
         store: S,
-        fallback: Option<Arc<dyn IdempotencyStore>>,
+        fallback: Option<Arc<dyn DynIdempotencyStore>>,
         config: Config,
     ) -> Self {
         if config.disabled {
@@ -165,11 +166,12 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         StoreKey::derive(&self.inner.config.prefix, scope, key)
     }
 
-    /// The store holding claims of kind `which`.
-    pub(crate) fn store_of(&self, which: Which) -> &dyn IdempotencyStore {
+    /// The store holding claims of kind `which`: the engine's own store is called directly
+    /// (its futures are not boxed), the fallback store through `dyn`.
+    pub(crate) fn store_of(&self, which: Which) -> StoreOf<'_, S> {
         match (which, &self.inner.fallback) {
-            (Which::Fallback, Some(fallback)) => &**fallback,
-            _ => &self.inner.store,
+            (Which::Fallback, Some(fallback)) => StoreOf::Fallback(&**fallback),
+            _ => StoreOf::Primary(&self.inner.store),
         }
     }
 
@@ -246,9 +248,22 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         operation: StoreOperation,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> (Result<T, StoreError>, Instant) {
+        self.timed_since_pinned(started, which, operation, std::pin::pin!(call))
+            .await
+    }
+
+    /// [`Idempotency::timed_since`] for a call the caller pinned: the call's future (the
+    /// store's own, not boxed) is then held once, in the caller's future, instead of once more
+    /// here (an `async fn` keeps its argument and the local it is moved into apart).
+    pub(crate) async fn timed_since_pinned<T>(
+        &self,
+        started: Instant,
+        which: Which,
+        operation: StoreOperation,
+        mut call: std::pin::Pin<&mut impl Future<Output = Result<T, StoreError>>>,
+    ) -> (Result<T, StoreError>, Instant) {
         let after = self.inner.config.store_timeout;
         let result = if self.needs_timer(which) {
-            let mut call = std::pin::pin!(call);
             // Embedded stores answer on the first poll: only arm a timer when the call must wait.
             let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
             match first {
@@ -311,20 +326,9 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
         let store = self.store_of(claim.which);
         let retention = self.config().retention();
         let token = &claim.record.token;
-        // An embedded store answers at once, without the boxed future of the async call (see
+        // An embedded store answers at once, without building the async call's future (see
         // `IdempotencyStore::complete_now`); latency and failures are recorded as for the call.
-        let now = match claim.which {
-            Which::Primary => self.inner.store.complete_now(
-                &claim.key,
-                token,
-                completed,
-                retention,
-                started.into_std(),
-            ),
-            Which::Fallback => {
-                store.complete_now(&claim.key, token, completed, retention, started.into_std())
-            }
-        };
+        let now = store.complete_now(&claim.key, token, completed, retention, started.into_std());
         let first = match now {
             Some(answer) => {
                 self.store_call_ended(started, StoreOperation::Complete, &answer);
@@ -338,14 +342,10 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 // claim is renewed again while the call runs.
                 self.renew_again(claim, renewal_ended);
                 let token = &claim.record.token;
-                self.timed_since(
-                    started,
-                    claim.which,
-                    StoreOperation::Complete,
-                    store.complete(&claim.key, token, completed, retention),
-                )
-                .await
-                .0
+                let call = std::pin::pin!(store.complete(&claim.key, token, completed, retention));
+                self.timed_since_pinned(started, claim.which, StoreOperation::Complete, call)
+                    .await
+                    .0
             }
         };
         match first {
@@ -459,6 +459,159 @@ impl<S: IdempotencyStore + 'static> Idempotency<S> {
                 self.inner.stats.record(Event::LeaseLost);
                 Err(IdempotencyError::LeaseLost)
             }
+        }
+    }
+}
+
+/// The store holding a claim ([`Idempotency::store_of`]): the engine's own store, or its
+/// fallback store behind `dyn`. Each call's future is the primary store's own future or the
+/// fallback's boxed one, without a box of its own.
+#[derive(Debug)]
+pub(crate) enum StoreOf<'a, S> {
+    /// The engine's store.
+    Primary(&'a S),
+    /// The fallback store ([`crate::FailurePolicy::Fallback`]).
+    Fallback(&'a dyn DynIdempotencyStore),
+}
+
+impl<S> Clone for StoreOf<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for StoreOf<'_, S> {}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`StoreOf`] call: the primary store's own future, or the fallback's.
+    #[project = StoreCallProj]
+    pub(crate) enum StoreCall<P, F> {
+        /// A call on the engine's store.
+        Primary { #[pin] call: P },
+        /// A call on the fallback store.
+        Fallback { #[pin] call: F },
+    }
+}
+
+impl<T, P: Future<Output = T>, F: Future<Output = T>> Future for StoreCall<P, F> {
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<T> {
+        match self.project() {
+            StoreCallProj::Primary { call } => call.poll(cx),
+            StoreCallProj::Fallback { call } => call.poll(cx),
+        }
+    }
+}
+
+/// `$call` on the store of a [`StoreOf`]: the fallback's boxed future is awaited in an
+/// `async` block, which holds each argument's lifetime (the box's is their intersection).
+macro_rules! store_call {
+    ($self:expr, $method:ident($($arg:expr),*)) => {
+        match *$self {
+            StoreOf::Primary(store) => StoreCall::Primary { call: store.$method($($arg),*) },
+            StoreOf::Fallback(store) => StoreCall::Fallback {
+                call: async move { store.$method($($arg),*).await },
+            },
+        }
+    };
+}
+
+impl<S: IdempotencyStore> IdempotencyStore for StoreOf<'_, S> {
+    fn try_claim(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claimed, StoreError>> + Send {
+        store_call!(self, try_claim(key, record, lease))
+    }
+
+    fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
+        store_call!(self, complete(key, token, record, retention))
+    }
+
+    fn release(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
+        store_call!(self, release(key, token))
+    }
+
+    fn extend(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
+        store_call!(self, extend(key, token, lease))
+    }
+
+    fn get(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        store_call!(self, get(key))
+    }
+
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        store_call!(self, delete(key))
+    }
+
+    fn time_to_live(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
+        store_call!(self, time_to_live(key))
+    }
+
+    fn wait_for_change(
+        &self,
+        key: &StoreKey,
+        seen: &LeaseToken,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Waited, StoreError>> + Send {
+        store_call!(self, wait_for_change(key, seen, timeout))
+    }
+
+    fn operation_bound(&self) -> Option<Duration> {
+        match *self {
+            Self::Primary(store) => store.operation_bound(),
+            Self::Fallback(store) => store.operation_bound(),
+        }
+    }
+
+    fn try_claim_now(
+        &self,
+        key: &StoreKey,
+        record: &InProgress,
+        lease: Duration,
+        now: std::time::Instant,
+    ) -> Option<Result<Claimed, StoreError>> {
+        match *self {
+            Self::Primary(store) => store.try_claim_now(key, record, lease, now),
+            Self::Fallback(store) => store.try_claim_now(key, record, lease, now),
+        }
+    }
+
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &Completed,
+        retention: Duration,
+        now: std::time::Instant,
+    ) -> Option<Result<Fenced, StoreError>> {
+        match *self {
+            Self::Primary(store) => store.complete_now(key, token, record, retention, now),
+            Self::Fallback(store) => store.complete_now(key, token, record, retention, now),
         }
     }
 }

@@ -2,10 +2,11 @@
 //! behaviour-suite harness for `KvRestStore`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use idempotency_testkit::async_trait;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
+use idempotency_core::{DynIdempotencyStore, StoreKey};
 use idempotency_kv_rest::{KvRestConfig, KvRestStore};
 use idempotency_testkit::fixtures::{GatewayServer, RedisServer};
 use idempotency_testkit::{RawValue, StoreHarness, unique_prefix};
@@ -68,7 +69,7 @@ pub async fn raw_command(gateway_url: &str, command: serde_json::Value) -> serde
 
 #[async_trait]
 impl StoreHarness for RestHarness {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         self.store.clone()
     }
     async fn put_raw(&self, key: &StoreKey, value: RawValue) {

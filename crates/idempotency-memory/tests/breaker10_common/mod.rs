@@ -10,7 +10,7 @@ use std::time::Duration;
 use idempotency_core::{
     Begin, Claim, Completed, Fenced, Fingerprint, Guard, Idempotency, IdempotencyKey,
     IdempotencyStore, InProgress, LeaseToken, Record, Scope, StoreError, StoreKey, StoredOutcome,
-    Waited, async_trait,
+    Waited,
 };
 use idempotency_memory::{ManualClock, MemoryStore};
 
@@ -82,7 +82,6 @@ impl Probe {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for Probe {
     async fn try_claim(
         &self,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, Fenced, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore,
-    InProgress, LeaseToken, Record, StoreError, StoreKey, async_trait,
+    InProgress, LeaseToken, Record, StoreError, StoreKey,
 };
 use idempotency_memory::{Clock, MemoryStore};
 use tokio::time::Instant;
@@ -58,7 +58,6 @@ impl CountingStore {
     }
 }
 
-#[async_trait]
 impl IdempotencyStore for CountingStore {
     async fn try_claim(
         &self,

@@ -1,10 +1,10 @@
 //! Shared test helpers: the `StoreHarness` for Redis and one server / cluster per test binary.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use idempotency_testkit::async_trait;
 use std::sync::{Arc, OnceLock};
 
-use idempotency_core::async_trait;
-use idempotency_core::{IdempotencyStore, StoreKey};
+use idempotency_core::{DynIdempotencyStore, StoreKey};
 use idempotency_redis::redis::aio::ConnectionLike;
 use idempotency_redis::{ClaimStrategy, RedisClusterStore, RedisStore};
 use idempotency_testkit::fixtures::{RedisCluster, RedisServer};
@@ -43,7 +43,7 @@ impl<C> StoreHarness for RedisHarness<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         self.store.clone()
     }
 

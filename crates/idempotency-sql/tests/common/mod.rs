@@ -2,11 +2,12 @@
 //! suite's harnesses over both stores.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use idempotency_testkit::async_trait;
 use std::str::FromStr as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use idempotency_core::{IdempotencyStore, StoreKey, async_trait};
+use idempotency_core::{DynIdempotencyStore, StoreKey};
 use idempotency_sql::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use idempotency_sql::sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use idempotency_sql::{PostgresStore, SqliteStore, sqlite_connect_options, sqlx};
@@ -123,7 +124,7 @@ pub async fn pg_harness() -> PgHarness {
 
 #[async_trait]
 impl StoreHarness for PgHarness {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         self.store.clone()
     }
     async fn put_raw(&self, key: &StoreKey, value: RawValue) {
@@ -168,7 +169,7 @@ pub async fn sqlite_harness() -> SqliteHarness {
 
 #[async_trait]
 impl StoreHarness for SqliteHarness {
-    fn store(&self) -> Arc<dyn IdempotencyStore> {
+    fn store(&self) -> Arc<dyn DynIdempotencyStore> {
         self.store.clone()
     }
     async fn put_raw(&self, key: &StoreKey, value: RawValue) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
-    StoreKey, Waited, async_trait,
+    StoreKey, Waited,
 };
 
 #[cfg(any(feature = "redis", feature = "sql"))]
@@ -785,7 +785,6 @@ macro_rules! delegate {
     };
 }
 
-#[async_trait]
 impl IdempotencyStore for AnyStore {
     async fn try_claim(
         &self,
