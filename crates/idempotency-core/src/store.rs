@@ -243,6 +243,85 @@ impl StoreError {
 /// - [`IdempotencyStore::try_claim_now`] and [`IdempotencyStore::complete_now`] are optional
 ///   (the default answers `None`: not available); when implemented, an answer is exactly that
 ///   of the async primitive, made without I/O.
+///
+/// # Implementing a store
+/// Write the primitives as plain `async fn`s (no `#[async_trait]`): each one's future must be
+/// `Send`, so hold no `std::sync::MutexGuard`, `Rc` or other `!Send` value across an
+/// `.await` (the compiler says "future cannot be sent between threads safely" at the method).
+/// A leftover `#[async_trait]` on the impl fails with E0195, "lifetime parameters or bounds on
+/// method `try_claim` do not match the trait declaration": remove the attribute. A wrapper
+/// around another store forwards the provided methods it should keep (`operation_bound`,
+/// `try_claim_now`, ...): one it does not write answers the default.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::Duration;
+/// use idempotency_core::{
+///     Claim, Completed, Fenced, IdempotencyStore, InProgress, LeaseToken, Record, StoreError,
+///     StoreKey,
+/// };
+///
+/// /// Records in a map, without expiry or fencing (a sketch: see the contract above).
+/// #[derive(Debug, Default)]
+/// struct MapStore(Mutex<HashMap<StoreKey, Record>>);
+///
+/// impl IdempotencyStore for MapStore {
+///     async fn try_claim(
+///         &self,
+///         key: &StoreKey,
+///         record: &InProgress,
+///         _lease: Duration,
+///     ) -> Result<Claim, StoreError> {
+///         // The guard is dropped before the function ends: no `.await` while it is held.
+///         let mut map = self.0.lock().unwrap();
+///         Ok(match map.get(key) {
+///             Some(existing) => Claim::Existing(existing.clone()),
+///             None => {
+///                 map.insert(key.clone(), Record::InProgress(record.clone()));
+///                 Claim::Claimed
+///             }
+///         })
+///     }
+///     async fn complete(
+///         &self,
+///         key: &StoreKey,
+///         _token: &LeaseToken,
+///         record: &Completed,
+///         _retention: Duration,
+///     ) -> Result<Fenced, StoreError> {
+///         self.0.lock().unwrap().insert(key.clone(), Record::Completed(record.clone()));
+///         Ok(Fenced::Applied)
+///     }
+///     async fn release(&self, key: &StoreKey, _token: &LeaseToken) -> Result<Fenced, StoreError> {
+///         self.0.lock().unwrap().remove(key);
+///         Ok(Fenced::Applied)
+///     }
+///     async fn extend(
+///         &self,
+///         _key: &StoreKey,
+///         _token: &LeaseToken,
+///         _lease: Duration,
+///     ) -> Result<Fenced, StoreError> {
+///         Ok(Fenced::Applied)
+///     }
+///     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+///         Ok(self.0.lock().unwrap().get(key).cloned())
+///     }
+///     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+///         Ok(self.0.lock().unwrap().remove(key).is_some())
+///     }
+/// }
+///
+/// // Generic code takes `S: IdempotencyStore`; a store chosen at run time goes behind
+/// // `Arc<dyn DynIdempotencyStore>` (this trait is not dyn-compatible), which is a store too.
+/// # use std::sync::Arc;
+/// # use idempotency_core::{DynIdempotencyStore, Idempotency};
+/// let store: Arc<dyn DynIdempotencyStore> = Arc::new(MapStore::default());
+/// let engine = Idempotency::builder(store).ignore_env().build()?;
+/// # let _ = engine;
+/// # Ok::<(), idempotency_core::ConfigError>(())
+/// ```
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Create the in-progress record if the key is absent, else return what is there.
     fn try_claim(
@@ -524,7 +603,9 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// it cannot be made into a trait object. Where the store is chosen at run time, use
 /// `Arc<dyn DynIdempotencyStore>` (or `Box<..>`, `&dyn ..`) instead: every `IdempotencyStore`
 /// is a `DynIdempotencyStore` (blanket impl, nothing to write), and `dyn DynIdempotencyStore`
-/// is an `IdempotencyStore` again, so that `Idempotency<Arc<dyn DynIdempotencyStore>>` works.
+/// is an `IdempotencyStore` again, so that `Idempotency<Arc<dyn DynIdempotencyStore>>` works
+/// (also written `dyn DynIdempotencyStore + Send + Sync`, as `dyn IdempotencyStore + Send +
+/// Sync` used to be).
 /// Calls through `dyn` box their future, one allocation per call; calls on a concrete store
 /// do not.
 ///
@@ -670,74 +751,87 @@ impl<T: IdempotencyStore> DynIdempotencyStore for T {
     }
 }
 
-/// A store behind `dyn` is a store (each call boxes its future), so that
-/// `Arc<dyn DynIdempotencyStore>`, `Box<..>` and `&dyn ..` are stores too.
-impl IdempotencyStore for dyn DynIdempotencyStore + '_ {
-    async fn try_claim(
-        &self,
-        key: &StoreKey,
-        record: &InProgress,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        DynIdempotencyStore::dyn_try_claim(self, key, record, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &StoreKey,
-        token: &LeaseToken,
-        record: &Completed,
-        retention: Duration,
-    ) -> Result<Fenced, StoreError> {
-        DynIdempotencyStore::dyn_complete(self, key, token, record, retention).await
-    }
-    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
-        DynIdempotencyStore::dyn_release(self, key, token).await
-    }
-    async fn extend(
-        &self,
-        key: &StoreKey,
-        token: &LeaseToken,
-        lease: Duration,
-    ) -> Result<Fenced, StoreError> {
-        DynIdempotencyStore::dyn_extend(self, key, token, lease).await
-    }
-    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        DynIdempotencyStore::dyn_get(self, key).await
-    }
-    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        DynIdempotencyStore::dyn_delete(self, key).await
-    }
-    async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
-        DynIdempotencyStore::dyn_time_to_live(self, key).await
-    }
-    async fn wait_for_change(
-        &self,
-        key: &StoreKey,
-        seen: &LeaseToken,
-        timeout: Duration,
-    ) -> Result<Waited, StoreError> {
-        DynIdempotencyStore::dyn_wait_for_change(self, key, seen, timeout).await
-    }
-    fn operation_bound(&self) -> Option<Duration> {
-        DynIdempotencyStore::dyn_operation_bound(self)
-    }
-    fn try_claim_now(
-        &self,
-        key: &StoreKey,
-        record: &InProgress,
-        lease: Duration,
-        now: Instant,
-    ) -> Option<Result<Claim, StoreError>> {
-        DynIdempotencyStore::dyn_try_claim_now(self, key, record, lease, now)
-    }
-    fn complete_now(
-        &self,
-        key: &StoreKey,
-        token: &LeaseToken,
-        record: &Completed,
-        retention: Duration,
-        now: Instant,
-    ) -> Option<Result<Fenced, StoreError>> {
-        DynIdempotencyStore::dyn_complete_now(self, key, token, record, retention, now)
-    }
+macro_rules! dyn_store {
+    ($($dyn:ty),*) => {$(
+        /// A store behind `dyn` is a store (each call boxes its future), so that
+        /// `Arc<dyn DynIdempotencyStore>`, `Box<..>` and `&dyn ..` are stores too, also
+        /// written with `+ Send`, `+ Sync` or `+ Send + Sync` (as `dyn IdempotencyStore + Send
+        /// + Sync` was before the trait was native): each is a type of its own.
+        impl IdempotencyStore for $dyn {
+            async fn try_claim(
+                &self,
+                key: &StoreKey,
+                record: &InProgress,
+                lease: Duration,
+            ) -> Result<Claim, StoreError> {
+                DynIdempotencyStore::dyn_try_claim(self, key, record, lease).await
+            }
+            async fn complete(
+                &self,
+                key: &StoreKey,
+                token: &LeaseToken,
+                record: &Completed,
+                retention: Duration,
+            ) -> Result<Fenced, StoreError> {
+                DynIdempotencyStore::dyn_complete(self, key, token, record, retention).await
+            }
+            async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<Fenced, StoreError> {
+                DynIdempotencyStore::dyn_release(self, key, token).await
+            }
+            async fn extend(
+                &self,
+                key: &StoreKey,
+                token: &LeaseToken,
+                lease: Duration,
+            ) -> Result<Fenced, StoreError> {
+                DynIdempotencyStore::dyn_extend(self, key, token, lease).await
+            }
+            async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+                DynIdempotencyStore::dyn_get(self, key).await
+            }
+            async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+                DynIdempotencyStore::dyn_delete(self, key).await
+            }
+            async fn time_to_live(&self, key: &StoreKey) -> Result<Option<Duration>, StoreError> {
+                DynIdempotencyStore::dyn_time_to_live(self, key).await
+            }
+            async fn wait_for_change(
+                &self,
+                key: &StoreKey,
+                seen: &LeaseToken,
+                timeout: Duration,
+            ) -> Result<Waited, StoreError> {
+                DynIdempotencyStore::dyn_wait_for_change(self, key, seen, timeout).await
+            }
+            fn operation_bound(&self) -> Option<Duration> {
+                DynIdempotencyStore::dyn_operation_bound(self)
+            }
+            fn try_claim_now(
+                &self,
+                key: &StoreKey,
+                record: &InProgress,
+                lease: Duration,
+                now: Instant,
+            ) -> Option<Result<Claim, StoreError>> {
+                DynIdempotencyStore::dyn_try_claim_now(self, key, record, lease, now)
+            }
+            fn complete_now(
+                &self,
+                key: &StoreKey,
+                token: &LeaseToken,
+                record: &Completed,
+                retention: Duration,
+                now: Instant,
+            ) -> Option<Result<Fenced, StoreError>> {
+                DynIdempotencyStore::dyn_complete_now(self, key, token, record, retention, now)
+            }
+        }
+    )*};
 }
+
+dyn_store!(
+    dyn DynIdempotencyStore + '_,
+    dyn DynIdempotencyStore + Send + '_,
+    dyn DynIdempotencyStore + Sync + '_,
+    dyn DynIdempotencyStore + Send + Sync + '_
+);
