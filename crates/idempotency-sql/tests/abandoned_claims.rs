@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use idempotency_core::{
     Begin, Claim, Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore,
-    Record, Scope, StoreKey, StoredOutcome,
+    InProgress, Record, Scope, StoreKey, StoredOutcome,
 };
 use idempotency_sql::sqlx::sqlite::{SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use idempotency_sql::sqlx::{Connection as _, SqliteConnection};
@@ -400,19 +400,7 @@ async fn sqlite_a_claim_retried_with_the_same_record_waits_for_the_abandoned_att
     tokio::time::sleep(Duration::from_millis(200)).await;
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     let retry = retry.await.unwrap().unwrap();
-    let holds = match &retry {
-        Claim::Claimed => true,
-        Claim::Existing(Record::InProgress(r)) => r.token == record.token,
-        Claim::Existing(_) => false,
-    };
-    assert!(holds, "the retry does not hold the key: {retry:?}");
-    settled(&pool).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = patient.get(&key).await.unwrap();
-    assert!(
-        matches!(&after, Some(Record::InProgress(r)) if r.token == record.token),
-        "the retry was told it holds the key ({retry:?}), but its claim is gone: {after:?}"
-    );
+    the_retry_holds_the_key(retry, &patient, &pool, &key, &record).await;
 }
 
 /// The same on Postgres (row lock of a lapsed record).
@@ -442,19 +430,7 @@ async fn postgres_a_claim_retried_with_the_same_record_waits_for_the_abandoned_a
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.commit().await.unwrap();
     let retry = retry.await.unwrap().unwrap();
-    let holds = match &retry {
-        Claim::Claimed => true,
-        Claim::Existing(Record::InProgress(r)) => r.token == record.token,
-        Claim::Existing(_) => false,
-    };
-    assert!(holds, "the retry does not hold the key: {retry:?}");
-    settled(&pool).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = patient.get(&key).await.unwrap();
-    assert!(
-        matches!(&after, Some(Record::InProgress(r)) if r.token == record.token),
-        "the retry was told it holds the key ({retry:?}), but its claim is gone: {after:?}"
-    );
+    the_retry_holds_the_key(retry, &patient, &pool, &key, &record).await;
 }
 
 /// The release of an abandoned claim waits for its statement at most the claim's lease plus
@@ -524,4 +500,28 @@ async fn sqlite_an_abandoned_claims_release_gives_its_connection_up_past_lease_p
     assert!(lapsed.is_ok(), "the late claim never lapsed");
     let next = store.try_claim(&key, &attempt(), LEASE).await;
     assert!(matches!(next, Ok(Claim::Claimed)), "{next:?}");
+}
+
+/// The end of the same-record retry tests: the retry was told it holds the key, and once the
+/// abandoned attempt's release has run, its claim is still there.
+async fn the_retry_holds_the_key<DB: sqlx::Database>(
+    retry: Claim,
+    patient: &impl IdempotencyStore,
+    pool: &sqlx::Pool<DB>,
+    key: &StoreKey,
+    record: &InProgress,
+) {
+    let holds = match &retry {
+        Claim::Claimed => true,
+        Claim::Existing(Record::InProgress(r)) => r.token == record.token,
+        Claim::Existing(_) => false,
+    };
+    assert!(holds, "the retry does not hold the key: {retry:?}");
+    settled(pool).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = patient.get(key).await.unwrap();
+    assert!(
+        matches!(&after, Some(Record::InProgress(r)) if r.token == record.token),
+        "the retry was told it holds the key ({retry:?}), but its claim is gone: {after:?}"
+    );
 }
