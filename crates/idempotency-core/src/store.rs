@@ -622,14 +622,15 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// of `IdempotencyStore`, documented there, prefixed with `dyn_` so that a call such as
 /// `store.try_claim(..)` on an `Arc<dyn DynIdempotencyStore>` has one meaning with both traits
 /// in scope.
-#[allow(missing_docs)]
 pub trait DynIdempotencyStore: Send + Sync + std::fmt::Debug {
+    /// [`IdempotencyStore::try_claim`], its future boxed.
     fn dyn_try_claim<'a>(
         &'a self,
         key: &'a StoreKey,
         record: &'a InProgress,
         lease: Duration,
     ) -> StoreFuture<'a, Claim>;
+    /// [`IdempotencyStore::complete`], its future boxed.
     fn dyn_complete<'a>(
         &'a self,
         key: &'a StoreKey,
@@ -637,27 +638,35 @@ pub trait DynIdempotencyStore: Send + Sync + std::fmt::Debug {
         record: &'a Completed,
         retention: Duration,
     ) -> StoreFuture<'a, Fenced>;
+    /// [`IdempotencyStore::release`], its future boxed.
     fn dyn_release<'a>(
         &'a self,
         key: &'a StoreKey,
         token: &'a LeaseToken,
     ) -> StoreFuture<'a, Fenced>;
+    /// [`IdempotencyStore::extend`], its future boxed.
     fn dyn_extend<'a>(
         &'a self,
         key: &'a StoreKey,
         token: &'a LeaseToken,
         lease: Duration,
     ) -> StoreFuture<'a, Fenced>;
+    /// [`IdempotencyStore::get`], its future boxed.
     fn dyn_get<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Record>>;
+    /// [`IdempotencyStore::delete`], its future boxed.
     fn dyn_delete<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, bool>;
+    /// [`IdempotencyStore::time_to_live`], its future boxed.
     fn dyn_time_to_live<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>>;
+    /// [`IdempotencyStore::wait_for_change`], its future boxed.
     fn dyn_wait_for_change<'a>(
         &'a self,
         key: &'a StoreKey,
         seen: &'a LeaseToken,
         timeout: Duration,
     ) -> StoreFuture<'a, Waited>;
+    /// [`IdempotencyStore::operation_bound`].
     fn dyn_operation_bound(&self) -> Option<Duration>;
+    /// [`IdempotencyStore::try_claim_now`].
     fn dyn_try_claim_now(
         &self,
         key: &StoreKey,
@@ -665,6 +674,7 @@ pub trait DynIdempotencyStore: Send + Sync + std::fmt::Debug {
         lease: Duration,
         now: Instant,
     ) -> Option<Result<Claim, StoreError>>;
+    /// [`IdempotencyStore::complete_now`].
     fn dyn_complete_now(
         &self,
         key: &StoreKey,
